@@ -1,0 +1,56 @@
+//! Elementwise binary kernels with numpy broadcasting (CPU reference).
+
+use super::BinaryOp;
+use crate::ops::PARALLEL_THRESHOLD;
+use crate::tensor::{Shape, for_each_offset2};
+use rayon::prelude::*;
+
+#[inline(always)]
+fn apply(op: BinaryOp, a: f32, b: f32) -> f32 {
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+    }
+}
+
+/// out[i] = a[i'] op b[i''] with i', i'' the broadcast positions of output index i.
+pub fn binary(op: BinaryOp, a: &[f32], a_shape: &Shape, b: &[f32], b_shape: &Shape, out_shape: &Shape) -> Vec<f32> {
+    let n = out_shape.numel();
+    if a_shape == b_shape {
+        let mut out = vec![0.0; n];
+        if n >= PARALLEL_THRESHOLD {
+            out.par_chunks_mut(4096).zip(a.par_chunks(4096).zip(b.par_chunks(4096))).for_each(|(o, (a, b))| {
+                for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                    *o = apply(op, x, y);
+                }
+            });
+        } else {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = apply(op, x, y);
+            }
+        }
+        return out;
+    }
+    if b.len() == 1 {
+        return a.iter().map(|&x| apply(op, x, b[0])).collect();
+    }
+    if a.len() == 1 {
+        return b.iter().map(|&y| apply(op, a[0], y)).collect();
+    }
+    let sa = a_shape.broadcast_strides(out_shape);
+    let sb = b_shape.broadcast_strides(out_shape);
+    let mut out = vec![0.0; n];
+    for_each_offset2(out_shape.dims(), &sa, &sb, |i, ia, ib| out[i] = apply(op, a[ia], b[ib]));
+    out
+}
+
+/// y = x * scale + shift.
+pub fn affine(x: &[f32], scale: f32, shift: f32) -> Vec<f32> {
+    if x.len() >= PARALLEL_THRESHOLD {
+        x.par_iter().map(|&v| v * scale + shift).collect()
+    } else {
+        x.iter().map(|&v| v * scale + shift).collect()
+    }
+}

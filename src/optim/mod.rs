@@ -1,0 +1,4 @@
+//! Optimisers and learning-rate schedules.
+
+pub mod adamw_math;
+pub mod one_cycle;

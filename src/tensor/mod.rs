@@ -1,0 +1,245 @@
+//! The tensor: a shape, a dtype, a device, shared storage, and (when it takes
+//! part in autograd) the node that made it.
+
+mod shape;
+mod storage;
+
+pub use shape::Shape;
+pub(crate) use shape::for_each_offset2;
+pub use storage::{CpuStorage, Storage};
+
+use crate::autograd::{self, Node};
+use crate::device::Device;
+use crate::error::{Error, Result, shape_err};
+use crate::rng::PhiloxStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Element types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+/// Identity of a tensor in the autograd graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(u64);
+
+impl TensorId {
+    fn next() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(1);
+        TensorId(COUNTER.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A cheaply clonable handle to an n-dimensional array.
+#[derive(Clone)]
+pub struct Tensor(Arc<Inner>);
+
+struct Inner {
+    id: TensorId,
+    shape: Shape,
+    storage: Arc<RwLock<Storage>>,
+    requires_grad: bool,
+    node: Option<Node>,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor(id={}, shape={}, {:?}, {}", self.0.id.0, self.0.shape, self.dtype(), self.device())?;
+        if let Some(node) = &self.0.node {
+            write!(f, ", grad_fn={}", node.op)?;
+        } else if self.0.requires_grad {
+            write!(f, ", requires_grad")?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl Tensor {
+    /// A leaf tensor from host values.
+    pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.numel() {
+            return shape_err("from_vec", format!("{} values do not fill shape {}", data.len(), shape));
+        }
+        Ok(Tensor::from_storage(Storage::Cpu(CpuStorage::F32(data)), shape))
+    }
+
+    /// A leaf tensor over existing storage (its length must match the shape).
+    pub fn from_storage(storage: Storage, shape: Shape) -> Tensor {
+        debug_assert_eq!(storage.len(), shape.numel());
+        Tensor::make(Arc::new(RwLock::new(storage)), shape, false, None)
+    }
+
+    fn make(storage: Arc<RwLock<Storage>>, shape: Shape, requires_grad: bool, node: Option<Node>) -> Tensor {
+        Tensor(Arc::new(Inner { id: TensorId::next(), shape, storage, requires_grad, node }))
+    }
+
+    /// The result of an op. When grad mode is on, `node` builds the op's tape
+    /// entry; it gets a detached handle to the output's storage for backward
+    /// rules that reuse the output (capturing the output itself would be a cycle).
+    /// The entry is kept only if some input requires grad.
+    pub(crate) fn from_op(storage: Storage, shape: Shape, node: impl FnOnce(Tensor) -> Node) -> Tensor {
+        let storage = Arc::new(RwLock::new(storage));
+        let node = if autograd::is_grad_enabled() {
+            let saved_output = Tensor::make(storage.clone(), shape.clone(), false, None);
+            Some(node(saved_output)).filter(|n| n.inputs.iter().any(|t| t.requires_grad()))
+        } else {
+            None
+        };
+        let requires_grad = node.is_some();
+        Tensor::make(storage, shape, requires_grad, node)
+    }
+
+    /// A result that shares this tensor's storage (zero-copy reshape).
+    pub(crate) fn view_op(&self, shape: Shape, node: impl FnOnce() -> Node) -> Tensor {
+        let node = if autograd::is_grad_enabled() && self.requires_grad() { Some(node()) } else { None };
+        let requires_grad = node.is_some();
+        Tensor::make(self.0.storage.clone(), shape, requires_grad, node)
+    }
+
+    pub fn zeros(shape: impl Into<Shape>) -> Tensor {
+        Tensor::full(0.0, shape)
+    }
+
+    pub fn ones(shape: impl Into<Shape>) -> Tensor {
+        Tensor::full(1.0, shape)
+    }
+
+    pub fn full(value: f32, shape: impl Into<Shape>) -> Tensor {
+        let shape = shape.into();
+        Tensor::from_storage(Storage::Cpu(CpuStorage::F32(vec![value; shape.numel()])), shape)
+    }
+
+    pub fn scalar(value: f32) -> Tensor {
+        Tensor::full(value, ())
+    }
+
+    /// Standard normal values from the Philox stream (seed, offset).
+    pub fn randn(shape: impl Into<Shape>, seed: u64, offset: u64) -> Tensor {
+        let shape = shape.into();
+        let mut data = vec![0.0; shape.numel()];
+        PhiloxStream::new(seed, offset).fill_normal(0, &mut data);
+        Tensor::from_storage(Storage::Cpu(CpuStorage::F32(data)), shape)
+    }
+
+    /// Uniform values in [lo, hi) from the Philox stream (seed, offset).
+    pub fn rand_uniform(shape: impl Into<Shape>, lo: f32, hi: f32, seed: u64, offset: u64) -> Tensor {
+        let shape = shape.into();
+        let mut data = vec![0.0; shape.numel()];
+        PhiloxStream::new(seed, offset).fill_uniform(0, &mut data);
+        data.iter_mut().for_each(|x| *x = lo + (hi - lo) * *x);
+        Tensor::from_storage(Storage::Cpu(CpuStorage::F32(data)), shape)
+    }
+
+    pub fn id(&self) -> TensorId {
+        self.0.id
+    }
+    pub fn shape(&self) -> &Shape {
+        &self.0.shape
+    }
+    pub fn dims(&self) -> &[usize] {
+        self.0.shape.dims()
+    }
+    pub fn rank(&self) -> usize {
+        self.0.shape.rank()
+    }
+    pub fn numel(&self) -> usize {
+        self.0.shape.numel()
+    }
+    pub fn device(&self) -> Device {
+        self.storage().device()
+    }
+    pub fn dtype(&self) -> DType {
+        self.storage().dtype()
+    }
+    /// True for parameters (leaves marked trainable) and anything computed from them with grad on.
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+    /// True for tensors that no op made (inputs and parameters).
+    pub fn is_leaf(&self) -> bool {
+        self.0.node.is_none()
+    }
+    pub(crate) fn node(&self) -> Option<&Node> {
+        self.0.node.as_ref()
+    }
+
+    /// A trainable leaf over the same storage (a new identity on the tape).
+    pub fn requires_grad_(self) -> Tensor {
+        Tensor::make(self.0.storage.clone(), self.0.shape.clone(), true, None)
+    }
+
+    /// The same values, cut from the tape.
+    pub fn detach(&self) -> Tensor {
+        Tensor::make(self.0.storage.clone(), self.0.shape.clone(), false, None)
+    }
+
+    /// A copy with its own storage (cut from the tape).
+    pub fn deep_clone(&self) -> Tensor {
+        let storage = self.storage().clone();
+        Tensor::from_storage(storage, self.0.shape.clone())
+    }
+
+    /// Read access to the storage.
+    pub fn storage(&self) -> RwLockReadGuard<'_, Storage> {
+        self.0.storage.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Write access, for in-place updates outside the tape (optimisers, running statistics).
+    pub fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
+        self.0.storage.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when both handles share one buffer.
+    pub fn same_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0.storage, &other.0.storage)
+    }
+
+    /// Values as f32 on the host.
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.storage().to_f32_vec()
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> Result<f32> {
+        if self.numel() != 1 {
+            return shape_err("item", format!("tensor of shape {} has {} elements, not 1", self.shape(), self.numel()));
+        }
+        Ok(self.to_vec()[0])
+    }
+
+    /// Overwrite the values in place (shape must match); not recorded.
+    pub fn copy_from_slice(&self, values: &[f32]) -> Result<()> {
+        if values.len() != self.numel() {
+            return shape_err("copy_from_slice", format!("{} values for shape {}", values.len(), self.shape()));
+        }
+        self.storage_mut().cpu_f32_mut("copy_from_slice")?.copy_from_slice(values);
+        Ok(())
+    }
+
+    /// A copy converted to `dtype` (cut from the tape).
+    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        let storage = self.storage().to_dtype(dtype);
+        Tensor::from_storage(storage, self.0.shape.clone())
+    }
+
+    /// The device shared by all `tensors`, or an error naming `op`.
+    pub(crate) fn common_device(op: &'static str, tensors: &[&Tensor]) -> Result<Device> {
+        let first = tensors[0].device();
+        for t in &tensors[1..] {
+            if t.device() != first {
+                return Err(Error::DeviceMismatch { op, a: first, b: t.device() });
+            }
+        }
+        Ok(first)
+    }
+}
+
+/// The f32 storage of a new host result.
+pub(crate) fn cpu_f32_storage(values: Vec<f32>) -> Storage {
+    Storage::Cpu(CpuStorage::F32(values))
+}

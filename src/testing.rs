@@ -1,0 +1,115 @@
+//! Test helpers shared by the op tests and the CPU↔CUDA parity tests.
+//! Adding an op's gradient check is one call:
+//!
+//! ```ignore
+//! grad_check("silu", &[&[2, 3, 4]], |x| ops::silu(&x[0]), GradTol::default());
+//! ```
+
+use crate::autograd::{backward, no_grad};
+use crate::ops;
+use crate::rng::PhiloxStream;
+use crate::tensor::{Shape, Tensor};
+
+/// Finite-difference settings: central differences with step `h`; an entry
+/// passes when |numeric − analytic| ≤ atol + rtol·|numeric|.
+#[derive(Clone, Copy, Debug)]
+pub struct GradTol {
+    pub h: f64,
+    pub atol: f64,
+    pub rtol: f64,
+}
+
+impl Default for GradTol {
+    /// f32 forward passes, loss summed in f64: h = 1e-3 keeps truncation error
+    /// near 1e-6 and round-off near 1e-4 for losses of order 10.
+    fn default() -> Self {
+        GradTol { h: 1e-3, atol: 2e-3, rtol: 1e-2 }
+    }
+}
+
+/// Standard-normal test data of `shape` from the Philox stream `seed`.
+pub fn randn(shape: &[usize], seed: u64) -> Vec<f32> {
+    let mut v = vec![0.0; shape.iter().product()];
+    PhiloxStream::new(seed, 0).fill_normal(0, &mut v);
+    v
+}
+
+/// Gradient check of `f` at random normal inputs of the given shapes.
+pub fn grad_check(name: &str, shapes: &[&[usize]], f: impl Fn(&[Tensor]) -> crate::Result<Tensor>, tol: GradTol) {
+    let values: Vec<(Vec<f32>, Shape)> =
+        shapes.iter().enumerate().map(|(i, s)| (randn(s, 1000 + i as u64), Shape::from(*s))).collect();
+    grad_check_at(name, values, f, tol);
+}
+
+/// Gradient check of `f` at the given input values: compares the tape's
+/// gradients of L = Σ f(x)·R (R fixed random weights) with central differences.
+/// Panics with the worst entry when a check fails.
+pub fn grad_check_at(
+    name: &str,
+    inputs: Vec<(Vec<f32>, Shape)>,
+    f: impl Fn(&[Tensor]) -> crate::Result<Tensor>,
+    tol: GradTol,
+) {
+    let leaves: Vec<Tensor> = inputs
+        .iter()
+        .map(|(v, s)| Tensor::from_vec(v.clone(), s.clone()).expect("input shape").requires_grad_())
+        .collect();
+    let out = f(&leaves).unwrap_or_else(|e| panic!("{name}: forward failed: {e}"));
+    let weights = randn(out.dims(), 7);
+    let weights_t = Tensor::from_vec(weights.clone(), out.shape().clone()).unwrap();
+    let loss = ops::sum_all(&ops::mul(&out, &weights_t).unwrap()).unwrap();
+    let grads = backward(&loss).unwrap_or_else(|e| panic!("{name}: backward failed: {e}"));
+
+    let weighted_loss = |xs: &[Tensor]| -> f64 {
+        let y = no_grad(|| f(xs)).unwrap().to_vec();
+        y.iter().zip(&weights).map(|(&a, &b)| a as f64 * b as f64).sum()
+    };
+    for (i, (values, shape)) in inputs.iter().enumerate() {
+        let analytic = grads.get(&leaves[i]).map(|g| g.to_vec()).unwrap_or_else(|| vec![0.0; values.len()]);
+        assert_eq!(analytic.len(), values.len(), "{name}: gradient {i} has the wrong size");
+        let mut worst = (0.0f64, 0usize, 0.0f64, 0.0f64);
+        for j in 0..values.len() {
+            let numeric = {
+                let eval_at = |delta: f64| {
+                    let mut v = values.clone();
+                    v[j] = (v[j] as f64 + delta) as f32;
+                    let actual_delta = v[j] as f64 - values[j] as f64;
+                    let xs: Vec<Tensor> = inputs
+                        .iter()
+                        .enumerate()
+                        .map(|(k, (w, s))| Tensor::from_vec(if k == i { v.clone() } else { w.clone() }, s.clone()).unwrap())
+                        .collect();
+                    (weighted_loss(&xs), actual_delta)
+                };
+                let (plus, dp) = eval_at(tol.h);
+                let (minus, dm) = eval_at(-tol.h);
+                (plus - minus) / (dp - dm)
+            };
+            let a = analytic[j] as f64;
+            let excess = (numeric - a).abs() - (tol.atol + tol.rtol * numeric.abs());
+            if excess > worst.0 {
+                worst = (excess, j, numeric, a);
+            }
+        }
+        assert!(
+            worst.0 <= 0.0,
+            "{name}: gradient of input {i} (shape {shape}) wrong at entry {}: numeric {} vs analytic {} (atol {}, rtol {})",
+            worst.1,
+            worst.2,
+            worst.3,
+            tol.atol,
+            tol.rtol
+        );
+    }
+}
+
+/// Panics unless |got − want| ≤ atol + rtol·|want| everywhere.
+pub fn assert_close(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{name}: {} values, expected {}", got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs() && g.is_finite() == w.is_finite(),
+            "{name}: entry {i}: got {g}, expected {w} (atol {atol}, rtol {rtol})"
+        );
+    }
+}
