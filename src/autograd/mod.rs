@@ -70,7 +70,7 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Gradients of the leaves that require grad, by tensor identity.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Gradients {
     map: HashMap<TensorId, Tensor>,
 }

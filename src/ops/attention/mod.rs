@@ -1,1 +1,59 @@
-//! (in progress)
+//! Multi-head scaled dot-product attention: O = softmax(scale·Q·Kᵀ)·V over the
+//! last two dims of q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv]; leading
+//! dims (batch, heads) must agree. In the UNet the sequence is the pixels of a
+//! feature map: the attention block reshapes [B, C, H, W] to [B, heads, H·W, C/heads].
+
+pub mod cpu;
+
+use crate::autograd::Node;
+use crate::device::Device;
+use crate::error::{Result, shape_err};
+use crate::tensor::{Shape, Tensor, cpu_f32_storage};
+
+/// Attention with an explicit `scale` (use 1/√D for the standard form).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let device = Tensor::common_device("attention", &[q, k, v])?;
+    let r = q.rank();
+    if r < 2 || k.rank() != r || v.rank() != r {
+        return shape_err("attention", format!("q {}, k {}, v {} need equal ranks ≥ 2", q.shape(), k.shape(), v.shape()));
+    }
+    let lead = &q.dims()[..r - 2];
+    let (lq, d) = (q.dims()[r - 2], q.dims()[r - 1]);
+    let (lk, dv) = (k.dims()[r - 2], v.dims()[r - 1]);
+    if &k.dims()[..r - 2] != lead || &v.dims()[..r - 2] != lead || k.dims()[r - 1] != d || v.dims()[r - 2] != lk {
+        return shape_err("attention", format!("q {}, k {}, v {} do not fit together", q.shape(), k.shape(), v.shape()));
+    }
+    let dims = cpu::Dims { batch: lead.iter().product(), lq, lk, d, dv };
+    let mut out_dims = lead.to_vec();
+    out_dims.extend([lq, dv]);
+    let (storage, probs) = match device {
+        Device::Cpu => {
+            let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
+            let (o, p) = cpu::forward(sq.cpu_f32("attention")?, sk.cpu_f32("attention")?, sv.cpu_f32("attention")?, dims, scale);
+            (cpu_f32_storage(o), p)
+        }
+    };
+    Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
+        let (q, k, v) = (q.clone(), k.clone(), v.clone());
+        let probs = Tensor::from_storage(cpu_f32_storage(probs), Shape::new(vec![dims.batch, lq, lk]));
+        Node::new("attention", vec![q.clone(), k.clone(), v.clone()], move |g| {
+            let (dq, dk, dv) = match Tensor::common_device("attention_backward", &[&q, g])? {
+                Device::Cpu => {
+                    let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), probs.storage(), g.storage());
+                    let name = "attention_backward";
+                    cpu::backward(
+                        sq.cpu_f32(name)?,
+                        sk.cpu_f32(name)?,
+                        sv.cpu_f32(name)?,
+                        sp.cpu_f32(name)?,
+                        sg.cpu_f32(name)?,
+                        dims,
+                        scale,
+                    )
+                }
+            };
+            let wrap = |data: Vec<f32>, t: &Tensor| Some(Tensor::from_storage(cpu_f32_storage(data), t.shape().clone()));
+            Ok(vec![wrap(dq, &q), wrap(dk, &k), wrap(dv, &v)])
+        })
+    }))
+}

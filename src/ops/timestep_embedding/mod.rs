@@ -1,1 +1,40 @@
-//! (in progress)
+//! Sinusoidal timestep embedding as diffusers' `get_timestep_embedding`
+//! (forward only: timesteps carry no gradient).
+//!
+//!   half = dim/2;  f_i = exp(−ln(max_period)·i / (half − freq_shift)),  i < half
+//!   emb = [sin(t·f), cos(t·f)]  (or [cos, sin] with flip_sin_to_cos); odd dim: one zero pad.
+
+use crate::device::Device;
+use crate::error::{Result, arg_err, shape_err};
+use crate::tensor::{Shape, Tensor, cpu_f32_storage};
+
+/// [N] timesteps → [N, dim] embeddings, computed in f32 in diffusers' order of operations.
+pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, freq_shift: f32, max_period: f32) -> Result<Tensor> {
+    if t.rank() != 1 {
+        return shape_err("timestep_embedding", format!("timesteps must be 1-D, got {}", t.shape()));
+    }
+    let half = dim / 2;
+    if half == 0 || half as f32 - freq_shift == 0.0 {
+        return arg_err("timestep_embedding", format!("dim {dim} with freq_shift {freq_shift} leaves no frequencies"));
+    }
+    let storage = match t.device() {
+        Device::Cpu => cpu_f32_storage(cpu_embedding(t.storage().cpu_f32("timestep_embedding")?, dim, flip_sin_to_cos, freq_shift, max_period)),
+    };
+    Ok(Tensor::from_storage(storage, Shape::new(vec![t.numel(), dim])))
+}
+
+fn cpu_embedding(t: &[f32], dim: usize, flip: bool, freq_shift: f32, max_period: f32) -> Vec<f32> {
+    let half = dim / 2;
+    let neg_log_period = -(max_period as f64).ln() as f32;
+    let freqs: Vec<f32> = (0..half).map(|i| (neg_log_period * i as f32 / (half as f32 - freq_shift)).exp()).collect();
+    let mut out = vec![0.0; t.len() * dim];
+    for (row, &tv) in out.chunks_mut(dim).zip(t) {
+        for (i, &f) in freqs.iter().enumerate() {
+            let arg = tv * f;
+            let (sin_slot, cos_slot) = if flip { (half + i, i) } else { (i, half + i) };
+            row[sin_slot] = arg.sin();
+            row[cos_slot] = arg.cos();
+        }
+    }
+    out
+}

@@ -1,0 +1,47 @@
+//! SiLU, ReLU, leaky ReLU, GeneralRelu: values and gradient checks.
+
+use minidiffusion::testing::{GradTol, assert_close, grad_check_at, randn};
+use minidiffusion::{Shape, Tensor, ops};
+
+fn t(values: &[f32]) -> Tensor {
+    Tensor::from_vec(values.to_vec(), [values.len()]).unwrap()
+}
+
+/// Random inputs kept at least 0.05 from the kink at 0 (the central difference
+/// step is 1e-3, so it never straddles the kink).
+fn away_from_zero(n: usize, seed: u64) -> Vec<f32> {
+    randn(&[n], seed).into_iter().map(|v| if v.abs() < 0.05 { v.signum() * 0.05 + v } else { v }).collect()
+}
+
+#[test]
+fn values() {
+    let x = t(&[-2.0, -0.5, 0.0, 1.0, 3.0]);
+    let silu: Vec<f32> = [-2.0f32, -0.5, 0.0, 1.0, 3.0].iter().map(|&v| v / (1.0 + (-v).exp())).collect();
+    assert_close("silu", &ops::silu(&x).unwrap().to_vec(), &silu, 1e-7, 1e-6);
+    assert_eq!(ops::relu(&x).unwrap().to_vec(), vec![0.0, 0.0, 0.0, 1.0, 3.0]);
+    assert_eq!(ops::leaky_relu(&x, 0.1).unwrap().to_vec(), vec![-0.2, -0.05, 0.0, 1.0, 3.0]);
+    // GeneralRelu(leak 0.1, sub 0.4)
+    assert_close("general_relu", &ops::general_relu(&x, 0.1, 0.4).unwrap().to_vec(), &[-0.6, -0.45, -0.4, 0.6, 2.6], 1e-6, 0.0);
+    // silu(1) = 1/(1+e^-1)
+    assert_close("silu(1)", &ops::silu(&t(&[1.0])).unwrap().to_vec(), &[0.731_058_6], 1e-7, 0.0);
+}
+
+#[test]
+fn silu_grad() {
+    grad_check_at("silu", vec![(randn(&[2, 3, 4, 4], 1), Shape::from([2, 3, 4, 4]))], |x| ops::silu(&x[0]), GradTol::default());
+}
+
+#[test]
+fn relu_grad() {
+    grad_check_at("relu", vec![(away_from_zero(40, 2), Shape::from([40]))], |x| ops::relu(&x[0]), GradTol::default());
+}
+
+#[test]
+fn leaky_relu_grad() {
+    grad_check_at("leaky_relu", vec![(away_from_zero(40, 3), Shape::from([40]))], |x| ops::leaky_relu(&x[0], 0.1), GradTol::default());
+}
+
+#[test]
+fn general_relu_grad() {
+    grad_check_at("general_relu", vec![(away_from_zero(40, 4), Shape::from([4, 10]))], |x| ops::general_relu(&x[0], 0.1, 0.4), GradTol::default());
+}

@@ -1,0 +1,47 @@
+//! Scaled dot-product attention: against a composition of matmul + softmax, and gradient checks.
+
+use minidiffusion::ops::matmul_t;
+use minidiffusion::testing::{GradTol, assert_close, grad_check, randn};
+use minidiffusion::{Tensor, ops};
+
+fn tensor(dims: &[usize], seed: u64) -> Tensor {
+    Tensor::from_vec(randn(dims, seed), dims).unwrap()
+}
+
+#[test]
+fn matches_matmul_softmax_composition() {
+    // B=2, heads=3, L=7 pixels, D=4; Lk may differ from Lq
+    let (q, k, v) = (tensor(&[2, 3, 7, 4], 1), tensor(&[2, 3, 5, 4], 2), tensor(&[2, 3, 5, 6], 3));
+    let scale = 1.0 / 2.0;
+    let got = ops::attention(&q, &k, &v, scale).unwrap();
+    assert_eq!(got.dims(), &[2, 3, 7, 6]);
+    let scores = ops::mul_scalar(&matmul_t(&q, false, &k, true).unwrap(), scale).unwrap();
+    let want = ops::matmul(&ops::softmax(&scores).unwrap(), &v).unwrap();
+    assert_close("attention", &got.to_vec(), &want.to_vec(), 1e-5, 1e-5);
+}
+
+#[test]
+fn uniform_keys_average_values() {
+    // all scores equal → output is the mean of the values
+    let q = Tensor::ones([1, 2, 3]);
+    let k = Tensor::zeros([1, 4, 3]);
+    let v = Tensor::from_vec((0..8).map(|i| i as f32).collect(), [1, 4, 2]).unwrap();
+    let o = ops::attention(&q, &k, &v, 1.0).unwrap().to_vec();
+    assert_close("attention_uniform", &o, &[3.0, 4.0, 3.0, 4.0], 1e-6, 0.0);
+}
+
+#[test]
+fn shape_errors() {
+    assert!(ops::attention(&Tensor::zeros([1, 2, 3]), &Tensor::zeros([1, 2, 4]), &Tensor::zeros([1, 2, 3]), 1.0).is_err());
+    assert!(ops::attention(&Tensor::zeros([1, 2, 3]), &Tensor::zeros([2, 2, 3]), &Tensor::zeros([2, 2, 3]), 1.0).is_err());
+}
+
+#[test]
+fn attention_grad() {
+    grad_check(
+        "attention",
+        &[&[2, 2, 5, 4], &[2, 2, 6, 4], &[2, 2, 6, 3]],
+        |x| ops::attention(&x[0], &x[1], &x[2], 0.5),
+        GradTol::default(),
+    );
+}
