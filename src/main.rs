@@ -1,1 +1,11 @@
-fn main() {}
+use clap::Parser;
+use minidiffusion::cli::{Cli, run};
+
+fn main() {
+    // clap prints its own one-line usage errors and exits with code 2
+    let cli = Cli::parse();
+    if let Err(err) = run(cli) {
+        eprintln!("error: {err:#}");
+        std::process::exit(2);
+    }
+}

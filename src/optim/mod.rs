@@ -1,4 +1,9 @@
 //! Optimisers and learning-rate schedules.
 
+pub mod adamw;
 pub mod adamw_math;
 pub mod one_cycle;
+
+pub use adamw::AdamW;
+pub use adamw_math::AdamWHyper;
+pub use one_cycle::OneCycle;

@@ -1,0 +1,89 @@
+//! AdamW over model parameters: moments per parameter, the update from
+//! [`adamw_math::adamw_step`] applied in place outside the tape.
+
+use super::adamw_math::{AdamWHyper, adamw_step};
+use crate::autograd::Gradients;
+use crate::device::Device;
+use crate::error::{Result, shape_err};
+use crate::tensor::Tensor;
+
+/// AdamW with decoupled weight decay. As in PyTorch, a parameter without a
+/// gradient this step is left alone (no decay, its step count unchanged).
+pub struct AdamW {
+    params: Vec<Tensor>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    steps: Vec<u64>,
+    /// Current hyper-parameters; a schedule sets `lr` and `beta1` before each step.
+    pub hyper: AdamWHyper,
+}
+
+impl AdamW {
+    pub fn new(params: Vec<Tensor>, hyper: AdamWHyper) -> Self {
+        let zeros = |p: &Tensor| Tensor::zeros(p.shape().clone());
+        AdamW {
+            exp_avg: params.iter().map(zeros).collect(),
+            exp_avg_sq: params.iter().map(zeros).collect(),
+            steps: vec![0; params.len()],
+            params,
+            hyper,
+        }
+    }
+
+    /// The defaults of the lesson's training runs: betas (0.9, 0.999), eps 1e-5, weight decay 0.01.
+    pub fn lesson_defaults(lr: f32) -> AdamWHyper {
+        AdamWHyper { lr, beta1: 0.9, beta2: 0.999, eps: 1e-5, weight_decay: 0.01 }
+    }
+
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    /// One update of every parameter that has a gradient in `grads`.
+    pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        for i in 0..self.params.len() {
+            let param = &self.params[i];
+            let Some(grad) = grads.get(param) else { continue };
+            if grad.shape() != param.shape() {
+                return shape_err("adamw", format!("gradient {} for parameter {}", grad.shape(), param.shape()));
+            }
+            self.steps[i] += 1;
+            match param.device() {
+                Device::Cpu => {
+                    let g = grad.storage();
+                    let mut p = param.storage_mut();
+                    let mut m = self.exp_avg[i].storage_mut();
+                    let mut v = self.exp_avg_sq[i].storage_mut();
+                    adamw_step(
+                        p.cpu_f32_mut("adamw")?,
+                        g.cpu_f32("adamw")?,
+                        m.cpu_f32_mut("adamw")?,
+                        v.cpu_f32_mut("adamw")?,
+                        self.steps[i],
+                        self.hyper,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moments and step counts, for checkpoints: (exp_avg, exp_avg_sq, steps).
+    pub fn state(&self) -> (&[Tensor], &[Tensor], &[u64]) {
+        (&self.exp_avg, &self.exp_avg_sq, &self.steps)
+    }
+
+    /// Restore moments and step counts saved by [`AdamW::state`].
+    pub fn load_state(&mut self, exp_avg: &[Vec<f32>], exp_avg_sq: &[Vec<f32>], steps: &[u64]) -> Result<()> {
+        let n = self.params.len();
+        if exp_avg.len() != n || exp_avg_sq.len() != n || steps.len() != n {
+            return shape_err("adamw", format!("optimiser state for {} parameters, model has {n}", exp_avg.len()));
+        }
+        for i in 0..n {
+            self.exp_avg[i].copy_from_slice(&exp_avg[i])?;
+            self.exp_avg_sq[i].copy_from_slice(&exp_avg_sq[i])?;
+        }
+        self.steps = steps.to_vec();
+        Ok(())
+    }
+}

@@ -1,0 +1,40 @@
+//! The binary: help, version, and clear errors (exit code 2, no panic) on bad input.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_minidiffusion")).args(args).output().expect("binary runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn help_and_version() {
+    let (code, stdout, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("Usage: minidiffusion") && stdout.contains("info"), "{stdout}");
+    let (code, stdout, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(stdout.trim(), format!("minidiffusion {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn info_lists_cpu() {
+    let (code, stdout, _) = run(&["info", "--json"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("\"devices\":[\"cpu\"") && stdout.contains("\"cpu_threads\":"), "{stdout}");
+}
+
+#[test]
+fn unknown_subcommand_and_flag_are_clear_errors() {
+    for (args, names) in [(&["frobnicate"][..], "frobnicate"), (&["info", "--bogus"][..], "--bogus")] {
+        let (code, _, stderr) = run(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error:") && first.contains(names), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // no subcommand: usage on stderr, exit 2
+    let (code, _, stderr) = run(&[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("Usage: minidiffusion"), "{stderr}");
+}
