@@ -21,13 +21,13 @@ pub use activation::{Activation, activation, general_relu, leaky_relu, relu, sil
 pub use attention::attention;
 // pub use batch_norm::{BatchNormMode, batch_norm};
 pub use binary::{add, add_scalar, affine, div, mul, mul_scalar, sub};
-// pub use conv2d::{Conv2dParams, conv2d};
+pub use conv2d::{Conv2dParams, conv2d};
 // pub use group_norm::group_norm;
 pub use layout::{concat, narrow, permute, reshape, transpose};
 pub use loss::{cross_entropy, mse_loss};
 pub use matmul::{linear, matmul, matmul_t};
 pub use reduce::{broadcast_to, mean, mean_all, sum, sum_all, sum_to};
-// pub use resample::{avg_pool2x2, upsample_nearest2x};
+pub use resample::{avg_pool2x2, upsample_nearest2x};
 pub use softmax::softmax;
 pub use timestep_embedding::timestep_embedding;
 

@@ -1,1 +1,130 @@
-//! (in progress)
+//! 2-D convolution, NCHW, PyTorch weight layout [OC, C, KH, KW], any kernel
+//! size, one stride and one zero padding for both spatial dims.
+//!
+//!   y[n, o, oy, ox] = b[o] + Σ_{c, ki, kj} W[o, c, ki, kj] · x[n, c, oy·s − p + ki, ox·s − p + kj]
+//!   OH = (H + 2p − KH)/s + 1,  OW = (W + 2p − KW)/s + 1
+//!
+//! Backward (g = dL/dy), computed as matrix products over the im2col matrix
+//! (see `cpu.rs` for the notation):
+//!   dX_n = col2im(Wᵀ · g_n)    dW = Σ_n g_n · col_nᵀ    dB[o] = Σ_{n, oy, ox} g[n, o, oy, ox]
+
+pub mod cpu;
+
+use crate::autograd::Node;
+use crate::device::Device;
+use crate::error::{Result, arg_err, shape_err};
+use crate::tensor::{Shape, Tensor, cpu_f32_storage};
+use cpu::ConvGeom;
+
+/// Stride and zero padding, the same for height and width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Default for Conv2dParams {
+    /// Stride 1, no padding (PyTorch's defaults).
+    fn default() -> Self {
+        Conv2dParams { stride: 1, padding: 0 }
+    }
+}
+
+/// Checks the shapes and returns the geometry of the convolution.
+fn geometry(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<ConvGeom> {
+    const OP: &str = "conv2d";
+    if p.stride == 0 {
+        return arg_err(OP, "stride must be at least 1");
+    }
+    let &[n, c, h, w] = x.dims() else {
+        return shape_err(OP, format!("input must be [N, C, H, W], got {}", x.shape()));
+    };
+    let &[oc, wc, kh, kw] = weight.dims() else {
+        return shape_err(OP, format!("weight must be [OC, C, KH, KW], got {}", weight.shape()));
+    };
+    if wc != c {
+        return shape_err(OP, format!("weight {} expects {wc} input channels, input {} has {c}", weight.shape(), x.shape()));
+    }
+    if kh == 0 || kw == 0 {
+        return shape_err(OP, format!("weight {} has an empty kernel", weight.shape()));
+    }
+    if let Some(b) = bias
+        && b.dims() != [oc]
+    {
+        return shape_err(OP, format!("bias must be [{oc}] for weight {}, got {}", weight.shape(), b.shape()));
+    }
+    let (ph, pw) = (h + 2 * p.padding, w + 2 * p.padding);
+    if kh > ph || kw > pw {
+        return shape_err(
+            OP,
+            format!("kernel {kh}×{kw} is larger than the padded input {ph}×{pw} (input {}, padding {})", x.shape(), p.padding),
+        );
+    }
+    let (oh, ow) = ((ph - kh) / p.stride + 1, (pw - kw) / p.stride + 1);
+    Ok(ConvGeom { n, c, h, w, oc, kh, kw, stride: p.stride, pad: p.padding, oh, ow })
+}
+
+/// y = conv2d(x [N, C, H, W], weight [OC, C, KH, KW]) + bias [OC] → [N, OC, OH, OW].
+pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
+    let mut all = vec![x, weight];
+    all.extend(bias);
+    let device = Tensor::common_device("conv2d", &all)?;
+    let g = geometry(x, weight, bias, p)?;
+    let storage = match device {
+        Device::Cpu => {
+            let (sx, sw) = (x.storage(), weight.storage());
+            let sb = bias.map(|b| b.storage());
+            let db = match &sb {
+                Some(s) => Some(s.cpu_f32("conv2d")?),
+                None => None,
+            };
+            cpu_f32_storage(cpu::conv2d_forward(sx.cpu_f32("conv2d")?, sw.cpu_f32("conv2d")?, db, &g))
+        }
+    };
+    let out_shape = Shape::new(vec![g.n, g.oc, g.oh, g.ow]);
+    Ok(Tensor::from_op(storage, out_shape, |_| {
+        let (x, weight, bias) = (x.clone(), weight.clone(), bias.cloned());
+        let mut inputs = vec![x.clone(), weight.clone()];
+        inputs.extend(bias.clone());
+        Node::new("conv2d", inputs, move |dy| {
+            let mut grads = vec![
+                x.requires_grad().then(|| conv2d_backward_input(dy, &weight, &g)).transpose()?,
+                weight.requires_grad().then(|| conv2d_backward_weight(dy, &x, &g)).transpose()?,
+            ];
+            if let Some(b) = &bias {
+                grads.push(b.requires_grad().then(|| bias_grad(dy, &g)).transpose()?);
+            }
+            Ok(grads)
+        })
+    }))
+}
+
+/// dX = col2im(Wᵀ · dY) per image, shaped like x.
+fn conv2d_backward_input(dy: &Tensor, weight: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+    let storage = match Tensor::common_device("conv2d backward", &[dy, weight])? {
+        Device::Cpu => {
+            let (sd, sw) = (dy.storage(), weight.storage());
+            cpu_f32_storage(cpu::conv2d_backward_input(sd.cpu_f32("conv2d backward")?, sw.cpu_f32("conv2d backward")?, g))
+        }
+    };
+    Ok(Tensor::from_storage(storage, Shape::new(vec![g.n, g.c, g.h, g.w])))
+}
+
+/// dW = Σ_n dY_n · col_nᵀ, shaped like the weight.
+fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+    let storage = match Tensor::common_device("conv2d backward", &[dy, x])? {
+        Device::Cpu => {
+            let (sd, sx) = (dy.storage(), x.storage());
+            cpu_f32_storage(cpu::conv2d_backward_weight(sd.cpu_f32("conv2d backward")?, sx.cpu_f32("conv2d backward")?, g))
+        }
+    };
+    Ok(Tensor::from_storage(storage, Shape::new(vec![g.oc, g.c, g.kh, g.kw])))
+}
+
+/// dB = Σ over batch and pixels of dY, shape [OC].
+fn bias_grad(dy: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+    let storage = match dy.device() {
+        Device::Cpu => cpu_f32_storage(cpu::bias_grad(dy.storage().cpu_f32("conv2d backward")?, g.n, g.oc, g.p())),
+    };
+    Ok(Tensor::from_storage(storage, Shape::new(vec![g.oc])))
+}

@@ -1,1 +1,63 @@
-//! (in progress)
+//! 2× resampling of NCHW images: nearest-neighbour upsampling and 2×2 average
+//! pooling (PyTorch's `AvgPool2d(2, ceil_mode=True)`).
+//!
+//!   upsample: y[n, c, 2i + a, 2j + b] = x[n, c, i, j]        backward: dX[i, j] = Σ_{a,b} g[2i + a, 2j + b]
+//!   avg_pool: y[i, j] = (1/|w_ij|) Σ_{(r,s) ∈ w_ij} x[r, s]    backward: dX[r, s] = g[r/2, s/2] / |w_{r/2, s/2}|
+//! where w_ij is the in-bounds part of rows 2i..2i+2, cols 2j..2j+2 (so an odd
+//! H or W gives edge windows of 2 and a corner window of 1 element).
+
+pub mod cpu;
+
+use crate::autograd::Node;
+use crate::device::Device;
+use crate::error::{Result, shape_err};
+use crate::tensor::{Shape, Tensor, cpu_f32_storage};
+
+/// (N·C, H, W) of a rank-4 input.
+fn planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
+    match *x.dims() {
+        [n, c, h, w] => Ok((n * c, h, w)),
+        _ => shape_err(op, format!("input must be [N, C, H, W], got {}", x.shape())),
+    }
+}
+
+/// [N, C, H, W] → [N, C, 2H, 2W], each pixel repeated over a 2×2 block.
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "upsample_nearest2x";
+    let (pl, h, w) = planes(OP, x)?;
+    let storage = match x.device() {
+        Device::Cpu => cpu_f32_storage(cpu::upsample_nearest2x(x.storage().cpu_f32(OP)?, pl, h, w)),
+    };
+    let d = x.dims();
+    let out_shape = Shape::new(vec![d[0], d[1], 2 * h, 2 * w]);
+    Ok(Tensor::from_op(storage, out_shape, |_| {
+        let in_shape = x.shape().clone();
+        Node::new(OP, vec![x.clone()], move |g| {
+            let storage = match g.device() {
+                Device::Cpu => cpu_f32_storage(cpu::upsample_nearest2x_backward(g.storage().cpu_f32(OP)?, pl, h, w)),
+            };
+            Ok(vec![Some(Tensor::from_storage(storage, in_shape.clone()))])
+        })
+    }))
+}
+
+/// [N, C, H, W] → [N, C, ceil(H/2), ceil(W/2)], the mean of each 2×2 window's
+/// in-bounds elements.
+pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "avg_pool2x2";
+    let (pl, h, w) = planes(OP, x)?;
+    let storage = match x.device() {
+        Device::Cpu => cpu_f32_storage(cpu::avg_pool2x2(x.storage().cpu_f32(OP)?, pl, h, w)),
+    };
+    let d = x.dims();
+    let out_shape = Shape::new(vec![d[0], d[1], cpu::pooled(h), cpu::pooled(w)]);
+    Ok(Tensor::from_op(storage, out_shape, |_| {
+        let in_shape = x.shape().clone();
+        Node::new(OP, vec![x.clone()], move |g| {
+            let storage = match g.device() {
+                Device::Cpu => cpu_f32_storage(cpu::avg_pool2x2_backward(g.storage().cpu_f32(OP)?, pl, h, w)),
+            };
+            Ok(vec![Some(Tensor::from_storage(storage, in_shape.clone()))])
+        })
+    }))
+}

@@ -1,0 +1,248 @@
+//! 2-D convolution on the host (CPU reference): im2col + gemm.
+//!
+//! Notation (one image n): x_n [C, H, W], weight W [OC, K] with K = C·KH·KW
+//! (PyTorch's [OC, C, KH, KW] read as a matrix), y_n [OC, P] with P = OH·OW.
+//! The im2col matrix col_n [K, P] holds, in row r = (c·KH + ki)·KW + kj and
+//! column p = oy·OW + ox, the input pixel that kernel tap (c, ki, kj) sees
+//! for output pixel (oy, ox):
+//!   col_n[r, p] = x_n[c, oy·s − pad + ki, ox·s − pad + kj]   (0 outside the image)
+//! so that
+//!   forward:  y_n  = W · col_n + b·1ᵀ
+//!   backward: dX_n = col2im(Wᵀ · dY_n)        (col2im = adjoint of im2col: scatter-add)
+//!             dW   = Σ_n dY_n · col_nᵀ
+//!             dB   = Σ_n dY_n · 1             (sum over batch and pixels)
+//! A 1×1 kernel with stride 1 and no padding has col_n = x_n, so no copy is made.
+
+use crate::ops::matmul::cpu::{MatRef, gemm};
+use crate::ops::PARALLEL_THRESHOLD;
+use rayon::prelude::*;
+
+/// Shapes of one convolution (validated by the caller).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oc: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// Rows of the im2col matrix: C·KH·KW.
+    pub fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// Output pixels per image: OH·OW.
+    pub fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// True when col_n = x_n (1×1 kernel, stride 1, no padding).
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    fn x_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn y_len(&self) -> usize {
+        self.oc * self.p()
+    }
+    /// The output columns ox whose input column ox·s − pad + kj lies in [0, W).
+    fn valid_ox(&self, kj: usize) -> (usize, usize) {
+        valid_range(self.ow, self.w, self.stride, self.pad, kj)
+    }
+    fn valid_oy(&self, ki: usize) -> (usize, usize) {
+        valid_range(self.oh, self.h, self.stride, self.pad, ki)
+    }
+}
+
+/// [lo, hi): the o in 0..out with 0 ≤ o·s + k − pad < len.
+fn valid_range(out: usize, len: usize, s: usize, pad: usize, k: usize) -> (usize, usize) {
+    // o·s + k ≥ pad  ⇔  o ≥ ceil((pad − k)/s)
+    let lo = if k >= pad { 0 } else { (pad - k).div_ceil(s) };
+    // o·s + k − pad ≤ len − 1  ⇔  o ≤ (len − 1 + pad − k)/s
+    let hi = if len + pad > k { ((len - 1 + pad - k) / s + 1).min(out) } else { 0 };
+    (lo.min(hi), hi)
+}
+
+/// col [K, P] from one image x_n [C, H, W]; out-of-image taps are 0.
+pub fn im2col(x: &[f32], g: &ConvGeom, col: &mut [f32]) {
+    let p = g.p();
+    let mut r = 0;
+    for c in 0..g.c {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            let (y0, y1) = g.valid_oy(ki);
+            for kj in 0..g.kw {
+                let (x0, x1) = g.valid_ox(kj);
+                let row = &mut col[r * p..(r + 1) * p];
+                for oy in 0..g.oh {
+                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                    if oy < y0 || oy >= y1 || x0 >= x1 {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[(oy * g.stride + ki - g.pad) * g.w..][..g.w];
+                    dst[..x0].fill(0.0);
+                    dst[x1..].fill(0.0);
+                    // input column of ox is ox·s + kj − pad (≥ 0 for ox ≥ x0)
+                    let ix0 = x0 * g.stride + kj - g.pad;
+                    if g.stride == 1 {
+                        dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
+                    } else {
+                        for (d, ox) in dst[x0..x1].iter_mut().zip(0..) {
+                            *d = src[ix0 + ox * g.stride];
+                        }
+                    }
+                }
+                r += 1;
+            }
+        }
+    }
+}
+
+/// dx_n [C, H, W] += col2im(dcol [K, P]): each col entry is added back to the
+/// input pixel im2col read it from (the adjoint of [`im2col`]).
+pub fn col2im(dcol: &[f32], g: &ConvGeom, dx: &mut [f32]) {
+    let p = g.p();
+    let mut r = 0;
+    for c in 0..g.c {
+        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            let (y0, y1) = g.valid_oy(ki);
+            for kj in 0..g.kw {
+                let (x0, x1) = g.valid_ox(kj);
+                let row = &dcol[r * p..(r + 1) * p];
+                r += 1;
+                if x0 >= x1 {
+                    continue;
+                }
+                let ix0 = x0 * g.stride + kj - g.pad;
+                for oy in y0..y1 {
+                    let src = &row[oy * g.ow + x0..oy * g.ow + x1];
+                    let dst = &mut plane[(oy * g.stride + ki - g.pad) * g.w..][..g.w];
+                    for (&v, ox) in src.iter().zip(0..) {
+                        dst[ix0 + ox * g.stride] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f(image index, image output chunk, col scratch)` for every image:
+/// across rayon tasks (each with its own scratch, gemm single-threaded) when
+/// N > 1, else once with gemm allowed to use threads. Returns nothing; `f`
+/// receives the `parallel` flag to pass on to gemm.
+fn per_image(out: &mut [f32], chunk: usize, n: usize, scratch: usize, f: impl Fn(usize, &mut [f32], &mut Vec<f32>, bool) + Sync) {
+    if chunk == 0 {
+        return;
+    }
+    if n > 1 {
+        out.par_chunks_mut(chunk).enumerate().for_each_init(|| vec![0.0; scratch], |col, (i, o)| f(i, o, col, false));
+    } else {
+        let mut col = vec![0.0; scratch];
+        for (i, o) in out.chunks_mut(chunk).enumerate() {
+            f(i, o, &mut col, true);
+        }
+    }
+}
+
+/// y [N, OC, OH, OW] = conv(x [N, C, H, W], weight [OC, C, KH, KW]) + bias [OC].
+pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    let (k, p) = (g.k(), g.p());
+    let mut out = vec![0.0; g.n * g.y_len()];
+    let scratch = if g.is_pointwise() { 0 } else { k * p };
+    let w_mat = MatRef::rows(weight, g.oc, k);
+    per_image(&mut out, g.y_len(), g.n, scratch, |i, y, col, parallel| {
+        let x_n = &x[i * g.x_len()..(i + 1) * g.x_len()];
+        let col: &[f32] = if g.is_pointwise() {
+            x_n
+        } else {
+            im2col(x_n, g, col);
+            col
+        };
+        // y_n = b·1ᵀ, then y_n += W · col_n (bias added in the same pass)
+        if let Some(b) = bias {
+            for (row, &bo) in y.chunks_mut(p).zip(b) {
+                row.fill(bo);
+            }
+        }
+        gemm(w_mat, MatRef::rows(col, k, p), y, p, bias.is_some(), parallel);
+    });
+    out
+}
+
+/// dX [N, C, H, W]: dX_n = col2im(Wᵀ · dY_n).
+pub fn conv2d_backward_input(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (k, p) = (g.k(), g.p());
+    let mut dx = vec![0.0; g.n * g.x_len()];
+    let scratch = if g.is_pointwise() { 0 } else { k * p };
+    // Wᵀ [K, OC] as a strided view of W [OC, K]
+    let wt = MatRef::rows(weight, g.oc, k).t();
+    per_image(&mut dx, g.x_len(), g.n, scratch, |i, dx_n, dcol, parallel| {
+        let dy_n = MatRef::rows(&dy[i * g.y_len()..(i + 1) * g.y_len()], g.oc, p);
+        if g.is_pointwise() {
+            // col2im is the identity here: dX_n = Wᵀ · dY_n directly
+            gemm(wt, dy_n, dx_n, p, false, parallel);
+        } else {
+            gemm(wt, dy_n, dcol, p, false, parallel);
+            col2im(dcol, g, dx_n);
+        }
+    });
+    dx
+}
+
+/// dW [OC, C, KH, KW] = Σ_n dY_n [OC, P] · col_nᵀ [P, K].
+///
+/// The batch is cut into one contiguous run of images per rayon thread; each
+/// run sums into its own partial dW (with its own col buffer), and the
+/// partials are added in run order, so the result depends only on the
+/// thread count, not on scheduling.
+pub fn conv2d_backward_weight(dy: &[f32], x: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (k, p) = (g.k(), g.p());
+    let run = |images: std::ops::Range<usize>, parallel: bool| -> Vec<f32> {
+        let mut dw = vec![0.0; g.oc * k];
+        let mut col = vec![0.0; if g.is_pointwise() { 0 } else { k * p }];
+        for i in images {
+            let x_n = &x[i * g.x_len()..(i + 1) * g.x_len()];
+            let col_n: &[f32] = if g.is_pointwise() {
+                x_n
+            } else {
+                im2col(x_n, g, &mut col);
+                &col
+            };
+            let dy_n = MatRef::rows(&dy[i * g.y_len()..(i + 1) * g.y_len()], g.oc, p);
+            // dW += dY_n · col_nᵀ (col_nᵀ as a strided view)
+            gemm(dy_n, MatRef::rows(col_n, k, p).t(), &mut dw, k, true, parallel);
+        }
+        dw
+    };
+    if g.n <= 1 {
+        return run(0..g.n, true);
+    }
+    let per_run = g.n.div_ceil(rayon::current_num_threads().clamp(1, g.n));
+    let partials: Vec<Vec<f32>> =
+        (0..g.n.div_ceil(per_run)).into_par_iter().map(|r| run(r * per_run..((r + 1) * per_run).min(g.n), false)).collect();
+    let mut partials = partials.into_iter();
+    let mut dw = partials.next().unwrap_or_else(|| vec![0.0; g.oc * k]);
+    for part in partials {
+        dw.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+    }
+    dw
+}
+
+/// dB [OC]: dB[o] = Σ_{n, oy, ox} dY[n, o, oy, ox].
+pub fn bias_grad(dy: &[f32], n: usize, oc: usize, p: usize) -> Vec<f32> {
+    let channel = |o: usize| -> f32 { (0..n).map(|i| dy[(i * oc + o) * p..(i * oc + o + 1) * p].iter().sum::<f32>()).sum() };
+    if dy.len() >= PARALLEL_THRESHOLD {
+        (0..oc).into_par_iter().map(channel).collect()
+    } else {
+        (0..oc).map(channel).collect()
+    }
+}

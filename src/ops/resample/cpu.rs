@@ -1,0 +1,100 @@
+//! 2× nearest upsampling and 2×2 average pooling on the host (CPU reference).
+//! Each works plane by plane: a plane is one (n, c) image of H×W values.
+
+use crate::ops::PARALLEL_THRESHOLD;
+use rayon::prelude::*;
+
+/// Runs `f(plane index, output plane)` over `out` cut into planes of `len`,
+/// in parallel when the output is large.
+fn per_plane(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if len == 0 {
+        return;
+    }
+    if out.len() >= PARALLEL_THRESHOLD {
+        out.par_chunks_mut(len).enumerate().for_each(|(i, o)| f(i, o));
+    } else {
+        out.chunks_mut(len).enumerate().for_each(|(i, o)| f(i, o));
+    }
+}
+
+/// y [planes, 2H, 2W]: y[2i + a, 2j + b] = x[i, j] for a, b ∈ {0, 1}.
+pub fn upsample_nearest2x(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut y = vec![0.0; planes * 4 * h * w];
+    per_plane(&mut y, 4 * h * w, |pl, y| {
+        let x = &x[pl * h * w..(pl + 1) * h * w];
+        for i in 0..h {
+            let (top, bottom) = y[4 * i * w..4 * (i + 1) * w].split_at_mut(2 * w);
+            for j in 0..w {
+                top[2 * j] = x[i * w + j];
+                top[2 * j + 1] = x[i * w + j];
+            }
+            bottom.copy_from_slice(top);
+        }
+    });
+    y
+}
+
+/// dX [planes, H, W] from dY [planes, 2H, 2W]: dX[i, j] = Σ_{a, b ∈ {0,1}} dY[2i + a, 2j + b].
+pub fn upsample_nearest2x_backward(dy: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut dx = vec![0.0; planes * h * w];
+    per_plane(&mut dx, h * w, |pl, dx| {
+        let dy = &dy[pl * 4 * h * w..(pl + 1) * 4 * h * w];
+        for i in 0..h {
+            let (r0, r1) = (&dy[2 * i * 2 * w..][..2 * w], &dy[(2 * i + 1) * 2 * w..][..2 * w]);
+            for j in 0..w {
+                dx[i * w + j] = r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1];
+            }
+        }
+    });
+    dx
+}
+
+/// Output size of a 2×2 pool with ceil mode: ceil(H/2).
+pub fn pooled(len: usize) -> usize {
+    len.div_ceil(2)
+}
+
+/// The in-bounds rows (or columns) of window `i` along a dim of length `len`: [2i, min(2i + 2, len)).
+#[inline]
+fn window(i: usize, len: usize) -> std::ops::Range<usize> {
+    2 * i..(2 * i + 2).min(len)
+}
+
+/// y [planes, ceil(H/2), ceil(W/2)]: y[i, j] = mean of x over the in-bounds part
+/// of the window rows 2i..2i+2, cols 2j..2j+2 (divisor = its element count:
+/// 4 inside, 2 on an odd edge, 1 in an odd corner), as PyTorch's
+/// AvgPool2d(2, ceil_mode=True).
+pub fn avg_pool2x2(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
+    let (oh, ow) = (pooled(h), pooled(w));
+    let mut y = vec![0.0; planes * oh * ow];
+    per_plane(&mut y, oh * ow, |pl, y| {
+        let x = &x[pl * h * w..(pl + 1) * h * w];
+        for i in 0..oh {
+            for j in 0..ow {
+                let (rows, cols) = (window(i, h), window(j, w));
+                let count = (rows.len() * cols.len()) as f32;
+                let sum: f32 = rows.flat_map(|r| cols.clone().map(move |c| x[r * w + c])).sum();
+                y[i * ow + j] = sum / count;
+            }
+        }
+    });
+    y
+}
+
+/// dX [planes, H, W] from dY [planes, ceil(H/2), ceil(W/2)]: each input pixel
+/// gets dY of its window divided by that window's element count.
+pub fn avg_pool2x2_backward(dy: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
+    let (oh, ow) = (pooled(h), pooled(w));
+    let mut dx = vec![0.0; planes * h * w];
+    per_plane(&mut dx, h * w, |pl, dx| {
+        let dy = &dy[pl * oh * ow..(pl + 1) * oh * ow];
+        for r in 0..h {
+            for c in 0..w {
+                let (i, j) = (r / 2, c / 2);
+                let count = (window(i, h).len() * window(j, w).len()) as f32;
+                dx[r * w + c] = dy[i * ow + j] / count;
+            }
+        }
+    });
+    dx
+}

@@ -1,0 +1,197 @@
+//! Tests for `ops::conv2d`: forward against a direct nested-loop reference,
+//! hand-computed values, gradient checks of x, weight and bias, and bad shapes.
+//!
+//! Forward tolerance: atol 1e-4, rtol 1e-4 (f32 im2col+gemm vs f32 direct sums
+//! of at most C·KH·KW = 200 terms of order 1; the orders of summation differ).
+
+use minidiffusion::ops::{self, Conv2dParams, conv2d};
+use minidiffusion::testing::{GradTol, assert_close, grad_check, randn};
+use minidiffusion::{Error, Tensor, backward};
+
+const ATOL: f32 = 1e-4;
+const RTOL: f32 = 1e-4;
+
+/// y[n, o, oy, ox] = b[o] + Σ_{c, ki, kj} w[o, c, ki, kj] · x[n, c, oy·s − p + ki, ox·s − p + kj], zero outside.
+#[allow(clippy::too_many_arguments)]
+fn conv_direct(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], b: Option<&[f32]>, stride: usize, pad: usize) -> Vec<f32> {
+    let [n, c, h, wd] = xs;
+    let [oc, _, kh, kw] = ws;
+    let oh = (h + 2 * pad - kh) / stride + 1;
+    let ow = (wd + 2 * pad - kw) / stride + 1;
+    let mut y = vec![0.0f32; n * oc * oh * ow];
+    for ni in 0..n {
+        for o in 0..oc {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = b.map_or(0.0, |b| b[o]) as f64;
+                    for ci in 0..c {
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                let iy = (oy * stride + ki) as isize - pad as isize;
+                                let ix = (ox * stride + kj) as isize - pad as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xv = x[((ni * c + ci) * h + iy as usize) * wd + ix as usize];
+                                let wv = w[((o * c + ci) * kh + ki) * kw + kj];
+                                acc += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    y[((ni * oc + o) * oh + oy) * ow + ox] = acc as f32;
+                }
+            }
+        }
+    }
+    y
+}
+
+fn params(stride: usize, padding: usize) -> Conv2dParams {
+    Conv2dParams { stride, padding }
+}
+
+#[test]
+fn conv2d_params_default_is_stride1_pad0() {
+    assert_eq!(Conv2dParams::default(), Conv2dParams { stride: 1, padding: 0 });
+}
+
+#[test]
+fn conv2d_forward_matches_direct_reference() {
+    // (x shape, weight shape, stride, padding, bias)
+    type Case = ([usize; 4], [usize; 4], usize, usize, bool);
+    let cases: &[Case] = &[
+        ([1, 1, 5, 5], [1, 1, 3, 3], 1, 0, false),
+        ([2, 3, 7, 6], [4, 3, 3, 3], 1, 1, true),
+        ([3, 2, 9, 7], [5, 2, 5, 5], 2, 2, true),
+        ([1, 2, 6, 5], [3, 2, 5, 5], 1, 2, false),
+        ([1, 4, 8, 8], [6, 4, 1, 1], 1, 0, true),  // pointwise: no im2col
+        ([2, 4, 7, 9], [3, 4, 1, 1], 2, 0, false), // 1×1, stride 2
+        ([1, 2, 3, 3], [2, 2, 1, 1], 1, 1, true),  // 1×1 with padding
+        ([2, 3, 11, 10], [2, 3, 3, 3], 2, 1, true),
+        ([4, 3, 5, 5], [2, 3, 3, 3], 2, 0, true),
+        ([2, 1, 4, 7], [2, 1, 2, 3], 1, 1, true), // rectangular kernel
+        ([1, 1, 2, 2], [1, 1, 5, 5], 1, 2, true), // kernel = padded input
+        ([1, 8, 16, 16], [8, 8, 3, 3], 1, 1, true), // N = 1, gemm may use threads
+        ([6, 8, 13, 13], [8, 8, 3, 3], 2, 1, true), // batch split across threads
+    ];
+    for (i, &(xs, ws, stride, pad, with_bias)) in cases.iter().enumerate() {
+        let xv = randn(&xs, 10 + i as u64);
+        let wv = randn(&ws, 100 + i as u64);
+        let bv = randn(&[ws[0]], 200 + i as u64);
+        let x = Tensor::from_vec(xv.clone(), xs).unwrap();
+        let w = Tensor::from_vec(wv.clone(), ws).unwrap();
+        let b = Tensor::from_vec(bv.clone(), [ws[0]]).unwrap();
+        let y = conv2d(&x, &w, with_bias.then_some(&b), params(stride, pad)).unwrap();
+        let want = conv_direct(&xv, xs, &wv, ws, with_bias.then_some(&bv[..]), stride, pad);
+        let oh = (xs[2] + 2 * pad - ws[2]) / stride + 1;
+        let ow = (xs[3] + 2 * pad - ws[3]) / stride + 1;
+        assert_eq!(y.dims(), [xs[0], ws[0], oh, ow], "case {i}");
+        assert_close(&format!("conv2d case {i} {xs:?} {ws:?} s{stride} p{pad}"), &y.to_vec(), &want, ATOL, RTOL);
+    }
+}
+
+#[test]
+fn conv2d_hand_computed_3x3_input_2x2_kernel() {
+    // x = [[1,2,3],[4,5,6],[7,8,9]], k = [[1,2],[3,4]], bias 0.5
+    let x = Tensor::from_vec((1..=9).map(|v| v as f32).collect(), [1, 1, 3, 3]).unwrap();
+    let w = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], [1, 1, 2, 2]).unwrap();
+    let b = Tensor::from_vec(vec![0.5], [1]).unwrap();
+    // y[0,0] = 1·1 + 2·2 + 4·3 + 5·4 = 37, y[0,1] = 47, y[1,0] = 67, y[1,1] = 77
+    let y = conv2d(&x, &w, Some(&b), Conv2dParams::default()).unwrap();
+    assert_eq!(y.dims(), [1, 1, 2, 2]);
+    assert_eq!(y.to_vec(), vec![37.5, 47.5, 67.5, 77.5]);
+    // stride 2, padding 1: OH = (3 + 2 − 2)/2 + 1 = 2; windows start at −1 and 1
+    // y[0,0] = 1·4 = 4, y[0,1] = 2·3 + 3·4 = 18, y[1,0] = 4·2 + 7·4 = 36, y[1,1] = 5 + 12 + 24 + 36 = 77
+    let y = conv2d(&x, &w, None, params(2, 1)).unwrap();
+    assert_eq!(y.dims(), [1, 1, 2, 2]);
+    assert_eq!(y.to_vec(), vec![4.0, 18.0, 36.0, 77.0]);
+}
+
+#[test]
+fn conv2d_hand_computed_gradients_of_sum() {
+    // L = Σ y for the 3×3 ⊛ 2×2 case above:
+    //   dW[ki,kj] = Σ of x over the 2×2 block at (ki,kj); dB = 4 (output pixels);
+    //   dX[i,j] = Σ of the kernel taps that touch (i,j).
+    let x = Tensor::from_vec((1..=9).map(|v| v as f32).collect(), [1, 1, 3, 3]).unwrap().requires_grad_();
+    let w = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], [1, 1, 2, 2]).unwrap().requires_grad_();
+    let b = Tensor::from_vec(vec![0.5], [1]).unwrap().requires_grad_();
+    let y = conv2d(&x, &w, Some(&b), Conv2dParams::default()).unwrap();
+    let grads = backward(&ops::sum_all(&y).unwrap()).unwrap();
+    assert_eq!(grads.get(&w).unwrap().to_vec(), vec![12.0, 16.0, 24.0, 28.0]);
+    assert_eq!(grads.get(&b).unwrap().to_vec(), vec![4.0]);
+    assert_eq!(grads.get(&x).unwrap().to_vec(), vec![1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 3.0, 7.0, 4.0]);
+}
+
+#[test]
+fn conv2d_grad_only_for_inputs_that_require_it() {
+    let x = Tensor::from_vec(randn(&[2, 2, 4, 4], 1), [2, 2, 4, 4]).unwrap().requires_grad_();
+    let w = Tensor::from_vec(randn(&[3, 2, 3, 3], 2), [3, 2, 3, 3]).unwrap();
+    let b = Tensor::from_vec(randn(&[3], 3), [3]).unwrap();
+    let y = conv2d(&x, &w, Some(&b), params(1, 1)).unwrap();
+    let grads = backward(&ops::sum_all(&y).unwrap()).unwrap();
+    assert_eq!(grads.len(), 1);
+    assert_eq!(grads.get(&x).unwrap().dims(), [2, 2, 4, 4]);
+    assert!(grads.get(&w).is_none() && grads.get(&b).is_none());
+}
+
+// Gradient checks use the default GradTol (h 1e-3, atol 2e-3, rtol 1e-2).
+
+#[test]
+fn conv2d_grad_check_stride2_pad1() {
+    grad_check(
+        "conv2d s2 p1",
+        &[&[2, 3, 6, 5], &[4, 3, 3, 3], &[4]],
+        |t| conv2d(&t[0], &t[1], Some(&t[2]), params(2, 1)),
+        GradTol::default(),
+    );
+}
+
+#[test]
+fn conv2d_grad_check_kernel5_pad2() {
+    grad_check(
+        "conv2d k5 p2",
+        &[&[1, 2, 7, 6], &[3, 2, 5, 5], &[3]],
+        |t| conv2d(&t[0], &t[1], Some(&t[2]), params(1, 2)),
+        GradTol::default(),
+    );
+}
+
+#[test]
+fn conv2d_grad_check_kernel1() {
+    // pointwise path (no im2col) with bias, and 1×1 stride 2 without bias
+    grad_check(
+        "conv2d k1",
+        &[&[2, 4, 3, 5], &[3, 4, 1, 1], &[3]],
+        |t| conv2d(&t[0], &t[1], Some(&t[2]), Conv2dParams::default()),
+        GradTol::default(),
+    );
+    grad_check("conv2d k1 s2", &[&[3, 2, 5, 4], &[3, 2, 1, 1]], |t| conv2d(&t[0], &t[1], None, params(2, 0)), GradTol::default());
+}
+
+#[test]
+fn conv2d_grad_check_stride2_no_pad_odd() {
+    grad_check("conv2d k3 s2 p0", &[&[3, 2, 7, 8], &[2, 2, 3, 3]], |t| conv2d(&t[0], &t[1], None, params(2, 0)), GradTol::default());
+}
+
+#[test]
+fn conv2d_shape_errors_return_err() {
+    let x = Tensor::zeros([1, 3, 5, 5]);
+    let shape = |r: minidiffusion::Result<Tensor>| matches!(r, Err(Error::Shape { op: "conv2d", .. }));
+    // channel mismatch
+    assert!(shape(conv2d(&x, &Tensor::zeros([2, 4, 3, 3]), None, Conv2dParams::default())));
+    // kernel larger than the padded input (5 + 2·1 = 7 < 9), per dim
+    assert!(shape(conv2d(&x, &Tensor::zeros([2, 3, 9, 9]), None, params(1, 1))));
+    assert!(shape(conv2d(&x, &Tensor::zeros([2, 3, 1, 6]), None, Conv2dParams::default())));
+    // ... but equal is fine
+    assert!(conv2d(&x, &Tensor::zeros([2, 3, 7, 7]), None, params(1, 1)).is_ok());
+    // bias of the wrong length
+    assert!(shape(conv2d(&x, &Tensor::zeros([2, 3, 3, 3]), Some(&Tensor::zeros([3])), Conv2dParams::default())));
+    // wrong ranks
+    assert!(shape(conv2d(&Tensor::zeros([3, 5, 5]), &Tensor::zeros([2, 3, 3, 3]), None, Conv2dParams::default())));
+    assert!(shape(conv2d(&x, &Tensor::zeros([2, 3, 3]), None, Conv2dParams::default())));
+    // empty kernel
+    assert!(shape(conv2d(&x, &Tensor::zeros([2, 3, 0, 3]), None, Conv2dParams::default())));
+    // stride 0 is an argument error
+    let r = conv2d(&x, &Tensor::zeros([2, 3, 3, 3]), None, params(0, 0));
+    assert!(matches!(r, Err(Error::Argument { op: "conv2d", .. })), "{r:?}");
+}
