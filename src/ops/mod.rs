@@ -19,10 +19,10 @@ pub mod timestep_embedding;
 
 pub use activation::{Activation, activation, general_relu, leaky_relu, relu, silu};
 pub use attention::attention;
-// pub use batch_norm::{BatchNormMode, batch_norm};
+pub use batch_norm::{BatchNormMode, batch_norm};
 pub use binary::{add, add_scalar, affine, div, mul, mul_scalar, sub};
 pub use conv2d::{Conv2dParams, conv2d};
-// pub use group_norm::group_norm;
+pub use group_norm::group_norm;
 pub use layout::{concat, narrow, permute, reshape, transpose};
 pub use loss::{cross_entropy, mse_loss};
 pub use matmul::{linear, matmul, matmul_t};
