@@ -1,0 +1,129 @@
+// CUDA on the CPU, for testing kernels on machines without a GPU.
+//
+// The kernels in kernels/*.cu are compiled a second time with g++, with this
+// header force-included. Each CUDA thread of a block runs as one OS thread;
+// the blocks of a grid run one after another, so a function-local `static`
+// array behaves as the block's __shared__ memory. __syncthreads is a barrier
+// over the block's threads, warp shuffles exchange through a per-warp buffer
+// behind a per-warp barrier, atomics are std::atomic_ref. Threads that return
+// early drop out of both barriers, as on Volta and later GPUs.
+//
+// The subset this supports is the subset our kernels may use: no inline PTX,
+// no tensor-core intrinsics, no dynamic shared memory, full-warp shuffles.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __restrict__ __restrict
+#define __shared__ static
+#define __launch_bounds__(...)
+#define __constant__ static const
+
+struct uint3 { unsigned int x, y, z; };
+struct dim3 { unsigned int x, y, z; };
+
+namespace emu {
+extern thread_local uint3 thread_idx;
+extern thread_local uint3 block_idx;
+extern thread_local dim3 block_dim;
+extern thread_local dim3 grid_dim;
+void sync_threads();
+void sync_warp();
+// Exchange one 64-bit value among the lanes of the calling warp; returns the
+// value written by lane `src_lane` (own value when src_lane is out of range).
+uint64_t warp_exchange(uint64_t value, int src_lane);
+int lane_id();
+
+template <typename T>
+inline T shfl(T v, int src_lane) {
+    static_assert(sizeof(T) <= 8, "shuffle of a value wider than 64 bits");
+    uint64_t bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    uint64_t got = warp_exchange(bits, src_lane);
+    T out;
+    std::memcpy(&out, &got, sizeof(T));
+    return out;
+}
+}  // namespace emu
+
+#define threadIdx (emu::thread_idx)
+#define blockIdx (emu::block_idx)
+#define blockDim (emu::block_dim)
+#define gridDim (emu::grid_dim)
+static constexpr int warpSize = 32;
+
+inline void __syncthreads() { emu::sync_threads(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::sync_warp(); }
+
+template <typename T> inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
+    int lane = emu::lane_id();
+    return emu::shfl(v, (lane & ~(width - 1)) + (src & (width - 1)));
+}
+template <typename T> inline T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
+    int lane = emu::lane_id();
+    int src = lane ^ mask;
+    if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;
+    return emu::shfl(v, src);
+}
+template <typename T> inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+    int lane = emu::lane_id();
+    int src = lane + (int)delta;
+    if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;
+    return emu::shfl(v, src);
+}
+template <typename T> inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
+    int lane = emu::lane_id();
+    int src = lane - (int)delta;
+    if (src < (lane & ~(width - 1))) src = lane;
+    return emu::shfl(v, src);
+}
+
+template <typename T> inline T atomicAdd(T* address, T value) {
+    return std::atomic_ref<T>(*address).fetch_add(value);
+}
+template <typename T> inline T atomicMax(T* address, T value) {
+    std::atomic_ref<T> ref(*address);
+    T old = ref.load();
+    while (old < value && !ref.compare_exchange_weak(old, value)) {}
+    return old;
+}
+
+template <typename T> inline T __ldg(const T* p) { return *p; }
+
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __saturatef(float x) { return std::min(std::max(x, 0.0f), 1.0f); }
+inline unsigned int __umulhi(unsigned int a, unsigned int b) {
+    return (unsigned int)(((uint64_t)a * (uint64_t)b) >> 32);
+}
+inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline int __float_as_int(float f) { int u; std::memcpy(&u, &f, 4); return u; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline void sincos(double x, double* s, double* c) { *s = std::sin(x); *c = std::cos(x); }
+inline void sincosf(float x, float* s, float* c) { *s = std::sin(x); *c = std::cos(x); }
+
+using std::min;
+using std::max;
+using std::sqrt;
+using std::exp;
+using std::log;
+using std::fabs;
+using std::floor;
+using std::ceil;
+using std::sin;
+using std::cos;
+using std::tanh;

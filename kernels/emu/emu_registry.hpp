@@ -1,0 +1,30 @@
+// Registration of emulated kernels by name (see cuda_emu.hpp). The build
+// generates one translation unit that includes every kernels/*.cu and calls
+// emu_register_kernel for each `extern "C" __global__` function in them.
+#pragma once
+
+#include "cuda_emu.hpp"
+
+#include <functional>
+#include <utility>
+#include <vector>
+
+using Trampoline = std::function<void(void**)>;
+
+void emu_register(const char* name, Trampoline call, std::vector<size_t> arg_sizes);
+
+// Defined by the generated translation unit.
+void emu_register_all();
+
+template <typename... A, size_t... I>
+void emu_call_with(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
+    kernel(*static_cast<A*>(args[I])...);
+}
+
+// Register `kernel` under `name`; launches unpack cudaLaunchKernel-style
+// `void** args` into its typed parameters, after checking count and sizes.
+template <typename... A>
+void emu_register_kernel(const char* name, void (*kernel)(A...)) {
+    emu_register(
+        name, [kernel](void** args) { emu_call_with(kernel, args, std::index_sequence_for<A...>{}); }, {sizeof(A)...});
+}

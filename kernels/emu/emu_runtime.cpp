@@ -1,0 +1,154 @@
+// Launch machinery of the CPU emulation of CUDA (see cuda_emu.hpp), and the
+// C interface the Rust side calls: malloc/free on the host heap, and launch by
+// kernel name with cudaLaunchKernel's `void** args` convention.
+
+#include "emu_registry.hpp"
+
+#include <barrier>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+namespace emu {
+
+thread_local uint3 thread_idx;
+thread_local uint3 block_idx;
+thread_local dim3 block_dim;
+thread_local dim3 grid_dim;
+
+namespace {
+
+// The synchronisation state of the block now running.
+struct BlockState {
+    std::optional<std::barrier<>> block_barrier;
+    std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+    std::vector<uint64_t> exchange;  // one slot per thread
+};
+
+thread_local BlockState* current_block = nullptr;
+thread_local int linear_tid = 0;
+
+}  // namespace
+
+void sync_threads() { current_block->block_barrier->arrive_and_wait(); }
+
+void sync_warp() { current_block->warp_barriers[linear_tid / 32]->arrive_and_wait(); }
+
+int lane_id() { return linear_tid % 32; }
+
+uint64_t warp_exchange(uint64_t value, int src_lane) {
+    BlockState& b = *current_block;
+    int warp = linear_tid / 32;
+    int threads = (int)b.exchange.size();
+    b.exchange[linear_tid] = value;
+    b.warp_barriers[warp]->arrive_and_wait();
+    int src = warp * 32 + src_lane;
+    uint64_t got = (src >= warp * 32 && src < std::min(warp * 32 + 32, threads)) ? b.exchange[src] : value;
+    b.warp_barriers[warp]->arrive_and_wait();
+    return got;
+}
+
+}  // namespace emu
+
+struct KernelEntry {
+    Trampoline call;
+    std::vector<size_t> arg_sizes;
+};
+
+static std::map<std::string, KernelEntry>& registry() {
+    static std::map<std::string, KernelEntry> r;
+    return r;
+}
+
+void emu_register(const char* name, Trampoline call, std::vector<size_t> arg_sizes) {
+    registry()[name] = KernelEntry{std::move(call), std::move(arg_sizes)};
+}
+
+static std::mutex launch_mutex;
+static thread_local std::string last_error;
+
+extern "C" {
+
+const char* emu_last_error() { return last_error.c_str(); }
+
+void* emu_malloc(size_t bytes) { return std::calloc(bytes ? bytes : 1, 1); }
+
+void emu_free(void* p) { std::free(p); }
+
+// Returns 0 on success; otherwise emu_last_error() says why.
+int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+               void** args, const size_t* arg_sizes, size_t nargs) {
+    static std::once_flag registered;
+    std::call_once(registered, emu_register_all);
+    auto it = registry().find(name);
+    if (it == registry().end()) {
+        last_error = std::string("no kernel named ") + name;
+        return 1;
+    }
+    const KernelEntry& k = it->second;
+    if (k.arg_sizes.size() != nargs) {
+        last_error = std::string(name) + ": " + std::to_string(nargs) + " arguments given, kernel takes " +
+                     std::to_string(k.arg_sizes.size());
+        return 2;
+    }
+    for (size_t i = 0; i < nargs; ++i) {
+        if (k.arg_sizes[i] != arg_sizes[i]) {
+            last_error = std::string(name) + ": argument " + std::to_string(i) + " has " + std::to_string(arg_sizes[i]) +
+                         " bytes, kernel expects " + std::to_string(k.arg_sizes[i]);
+            return 3;
+        }
+    }
+    const unsigned threads = bx * by * bz;
+    if (threads == 0 || threads > 1024 || gx == 0 || gy == 0 || gz == 0) {
+        last_error = std::string(name) + ": invalid launch configuration";
+        return 4;
+    }
+    // one launch at a time: function-local statics are the shared memory
+    std::lock_guard<std::mutex> guard(launch_mutex);
+    emu::BlockState block;
+    block.exchange.assign(threads, 0);
+    const unsigned blocks = gx * gy * gz;
+    // workers persist over the blocks of this launch; `start` and `finish`
+    // bracket each block, the coordinator resets the block's barriers between
+    std::barrier<> start(threads + 1);
+    std::barrier<> finish(threads + 1);
+    auto reset = [&]() {
+        block.block_barrier.emplace(threads);
+        block.warp_barriers.clear();
+        for (unsigned w = 0; w * 32 < threads; ++w) {
+            block.warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - w * 32)));
+        }
+    };
+    std::vector<std::thread> workers;
+    workers.reserve(threads);
+    for (unsigned t = 0; t < threads; ++t) {
+        workers.emplace_back([&, t]() {
+            emu::current_block = &block;
+            emu::linear_tid = (int)t;
+            emu::thread_idx = uint3{t % bx, (t / bx) % by, t / (bx * by)};
+            emu::block_dim = dim3{bx, by, bz};
+            emu::grid_dim = dim3{gx, gy, gz};
+            for (unsigned b = 0; b < blocks; ++b) {
+                start.arrive_and_wait();
+                emu::block_idx = uint3{b % gx, (b / gx) % gy, b / (gx * gy)};
+                k.call(args);
+                block.block_barrier->arrive_and_drop();
+                block.warp_barriers[t / 32]->arrive_and_drop();
+                finish.arrive_and_wait();
+            }
+        });
+    }
+    for (unsigned b = 0; b < blocks; ++b) {
+        reset();
+        start.arrive_and_wait();
+        finish.arrive_and_wait();
+    }
+    for (auto& w : workers) w.join();
+    return 0;
+}
+
+}  // extern "C"
