@@ -18,6 +18,15 @@ pub enum Error {
     /// Autograd misuse (backward on a non-scalar, nothing requires grad).
     #[error("backward: {0}")]
     Autograd(String),
+    /// A CUDA device was asked for and cannot be used.
+    #[error("--device cuda: {0}")]
+    NoCuda(String),
+    /// A CUDA driver or launch failure.
+    #[error("CUDA: {0}")]
+    Cuda(String),
+    /// An op needs its input on another device.
+    #[error("{op}: expected a tensor on {expected}, got {got}")]
+    WrongDevice { op: &'static str, expected: &'static str, got: crate::device::Device },
     /// I/O with the path named.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },

@@ -113,3 +113,70 @@ pub fn assert_close(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         );
     }
 }
+
+/// The CUDA device parity tests compare against the CPU twin: the first GPU
+/// when there is one, else the CPU emulation of CUDA (the same kernels and
+/// launches, run by kernels/emu). With `MINIDIFFUSION_REQUIRE_GPU=1` a missing
+/// GPU is a failure instead.
+pub fn parity_device() -> crate::Device {
+    use crate::device::{CudaDevice, Device, cuda};
+    if cuda::gpu_count() > 0 {
+        return Device::Cuda(CudaDevice { ordinal: 0, emulated: false });
+    }
+    if std::env::var("MINIDIFFUSION_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("MINIDIFFUSION_REQUIRE_GPU=1 but there is no CUDA device");
+    }
+    static NOTICE: std::sync::Once = std::sync::Once::new();
+    NOTICE.call_once(|| eprintln!("parity: no GPU (SKIPPED on hardware); running the CUDA kernels on the CPU emulation"));
+    Device::Cuda(CudaDevice { ordinal: 0, emulated: true })
+}
+
+/// Tolerance of a CUDA↔CPU comparison: |cuda − cpu| ≤ atol + rtol·|cpu|.
+#[derive(Clone, Copy, Debug)]
+pub struct ParityTol {
+    pub atol: f32,
+    pub rtol: f32,
+}
+
+impl ParityTol {
+    /// Elementwise kernels with the same formula: a few ulp.
+    pub const EXACTISH: ParityTol = ParityTol { atol: 1e-6, rtol: 1e-5 };
+    /// Reductions and products summed in another order.
+    pub const REDUCTION: ParityTol = ParityTol { atol: 1e-5, rtol: 1e-4 };
+}
+
+/// Runs `f` on the CPU and on [`parity_device`] with the same inputs (random
+/// normal values of the given shapes), and compares the outputs and the
+/// gradients of L = Σ f(x)·R for every input.
+pub fn parity_check(name: &str, shapes: &[&[usize]], f: impl Fn(&[Tensor]) -> crate::Result<Tensor>, tol: ParityTol) {
+    let values: Vec<(Vec<f32>, Shape)> =
+        shapes.iter().enumerate().map(|(i, s)| (randn(s, 2000 + i as u64), Shape::from(*s))).collect();
+    parity_check_at(name, values, f, tol);
+}
+
+/// [`parity_check`] at the given input values.
+pub fn parity_check_at(name: &str, inputs: Vec<(Vec<f32>, Shape)>, f: impl Fn(&[Tensor]) -> crate::Result<Tensor>, tol: ParityTol) {
+    let device = parity_device();
+    let run = |device: crate::Device| -> (Vec<f32>, Vec<Vec<f32>>) {
+        let leaves: Vec<Tensor> = inputs
+            .iter()
+            .map(|(v, s)| Tensor::from_vec_on(v.clone(), s.clone(), device).expect("upload").detach().requires_grad_())
+            .collect();
+        let out = f(&leaves).unwrap_or_else(|e| panic!("{name} on {device}: forward failed: {e}"));
+        assert_eq!(out.device(), device, "{name}: output on the wrong device");
+        let weights = Tensor::from_vec_on(randn(out.dims(), 11), out.shape().clone(), device).unwrap();
+        let loss = ops::sum_all(&ops::mul(&out, &weights).unwrap()).unwrap();
+        let grads = backward(&loss).unwrap_or_else(|e| panic!("{name} on {device}: backward failed: {e}"));
+        let grad_values = leaves
+            .iter()
+            .map(|l| grads.get(l).map(|g| g.to_vec()).unwrap_or_else(|| vec![0.0; l.numel()]))
+            .collect();
+        (out.to_vec(), grad_values)
+    };
+    let (cpu_out, cpu_grads) = run(crate::Device::Cpu);
+    let (dev_out, dev_grads) = run(device);
+    assert_close(&format!("{name} forward ({device} vs cpu)"), &dev_out, &cpu_out, tol.atol, tol.rtol);
+    for (i, (d, c)) in dev_grads.iter().zip(&cpu_grads).enumerate() {
+        assert_close(&format!("{name} gradient of input {i} ({device} vs cpu)"), d, c, tol.atol, tol.rtol);
+    }
+}

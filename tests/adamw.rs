@@ -9,7 +9,7 @@ use minidiffusion::{Tensor, backward, ops};
 fn tensor_step_equals_slice_step() {
     let w = Tensor::from_vec(vec![0.5, -1.0, 2.0], [3]).unwrap().requires_grad_();
     let hyper = AdamW::lesson_defaults(1e-2);
-    let mut opt = AdamW::new(vec![w.clone()], hyper);
+    let mut opt = AdamW::new(vec![w.clone()], hyper).unwrap();
     let (mut p, mut m, mut v) = (vec![0.5f32, -1.0, 2.0], vec![0.0; 3], vec![0.0; 3]);
     for t in 1..=3 {
         // L = Σ w² → g = 2w
@@ -26,7 +26,7 @@ fn tensor_step_equals_slice_step() {
 fn parameters_without_gradients_are_untouched() {
     let used = Tensor::from_vec(vec![1.0], [1]).unwrap().requires_grad_();
     let unused = Tensor::from_vec(vec![3.0], [1]).unwrap().requires_grad_();
-    let mut opt = AdamW::new(vec![used.clone(), unused.clone()], AdamW::lesson_defaults(0.1));
+    let mut opt = AdamW::new(vec![used.clone(), unused.clone()], AdamW::lesson_defaults(0.1)).unwrap();
     let grads = backward(&ops::sum_all(&used).unwrap()).unwrap();
     opt.step(&grads).unwrap();
     assert_eq!(unused.to_vec(), vec![3.0]);
@@ -41,7 +41,7 @@ fn one_cycle_drives_a_quadratic_to_its_minimum() {
     let w = Tensor::zeros([4]).requires_grad_();
     let total = 300;
     let sched = OneCycle::new(0.1, total);
-    let mut opt = AdamW::new(vec![w.clone()], AdamWHyper { weight_decay: 0.0, ..AdamW::lesson_defaults(0.1) });
+    let mut opt = AdamW::new(vec![w.clone()], AdamWHyper { weight_decay: 0.0, ..AdamW::lesson_defaults(0.1) }).unwrap();
     for step in 0..total {
         opt.hyper.lr = sched.lr(step) as f32;
         opt.hyper.beta1 = sched.beta1(step) as f32;

@@ -99,7 +99,7 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
     let order = topological_order(loss);
     let _guard = NoGradGuard::new();
     let mut pending: HashMap<TensorId, Tensor> = HashMap::new();
-    pending.insert(loss.id(), Tensor::ones(loss.shape().clone()));
+    pending.insert(loss.id(), Tensor::full_on(1.0, loss.shape().clone(), loss.device())?);
     let mut leaves = Gradients::default();
     for t in order.iter().rev() {
         let Some(grad) = pending.remove(&t.id()) else { continue };

@@ -1,6 +1,11 @@
-//! Where a tensor's storage lives. Ops dispatch on the device of their inputs;
-//! the CUDA device joins this enum with the CUDA backend.
+//! Where a tensor's storage lives. Ops dispatch on the device of their inputs:
+//! `Device::Cpu` runs the plain-Rust kernels, `Device::Cuda` the CUDA kernels
+//! in `kernels/` — on a GPU, or on the CPU emulation of CUDA that lets the
+//! CUDA path be tested on machines without one.
 
+pub mod cuda;
+
+use crate::error::{Error, Result};
 use std::fmt;
 
 /// A compute device.
@@ -9,22 +14,72 @@ pub enum Device {
     /// Host memory, plain-Rust kernels (the reference twins of the CUDA kernels).
     #[default]
     Cpu,
+    /// A CUDA device: a GPU by ordinal, or the emulation.
+    Cuda(CudaDevice),
+}
+
+/// Which CUDA device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CudaDevice {
+    pub ordinal: usize,
+    /// The CPU emulation of CUDA (kernels/emu): same kernels, same launches, no GPU.
+    pub emulated: bool,
 }
 
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(CudaDevice { ordinal, emulated: false }) => write!(f, "cuda:{ordinal}"),
+            Device::Cuda(CudaDevice { ordinal, emulated: true }) => write!(f, "cuda-emu:{ordinal}"),
+        }
+    }
+}
+
+/// What a `--device` flag asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRequest {
+    /// CUDA when a driver and a GPU are there, else the CPU.
+    Auto,
+    Exact(Device),
+}
+
+impl DeviceRequest {
+    /// Parse `auto`, `cpu`, `cuda`, `cuda:N` or `cuda-emu` (the CPU emulation, for tests).
+    pub fn parse(text: &str) -> Result<DeviceRequest> {
+        let bad = || Error::Argument { op: "--device", msg: format!("'{text}' is not one of auto, cpu, cuda, cuda:N") };
+        Ok(match text {
+            "auto" => DeviceRequest::Auto,
+            "cpu" => DeviceRequest::Exact(Device::Cpu),
+            "cuda" => DeviceRequest::Exact(Device::Cuda(CudaDevice { ordinal: 0, emulated: false })),
+            "cuda-emu" => DeviceRequest::Exact(Device::Cuda(CudaDevice { ordinal: 0, emulated: true })),
+            _ => {
+                let ordinal = text.strip_prefix("cuda:").ok_or_else(bad)?.parse::<usize>().map_err(|_| bad())?;
+                DeviceRequest::Exact(Device::Cuda(CudaDevice { ordinal, emulated: false }))
+            }
+        })
+    }
+
+    /// The device to use: `auto` becomes cuda:0 when a GPU is usable, else cpu;
+    /// an explicit CUDA device must be usable, or this is a clear error.
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            DeviceRequest::Auto => Ok(if cuda::gpu_count() > 0 {
+                Device::Cuda(CudaDevice { ordinal: 0, emulated: false })
+            } else {
+                Device::Cpu
+            }),
+            DeviceRequest::Exact(Device::Cuda(d)) => {
+                cuda::backend(d)?;
+                Ok(Device::Cuda(d))
+            }
+            DeviceRequest::Exact(d) => Ok(d),
         }
     }
 }
 
 impl Device {
-    /// Parse `cpu` (CUDA names arrive with the CUDA backend).
-    pub fn parse(name: &str) -> Option<Device> {
-        match name {
-            "cpu" => Some(Device::Cpu),
-            _ => None,
-        }
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda(_))
     }
 }

@@ -19,15 +19,16 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(params: Vec<Tensor>, hyper: AdamWHyper) -> Self {
-        let zeros = |p: &Tensor| Tensor::zeros(p.shape().clone());
-        AdamW {
-            exp_avg: params.iter().map(zeros).collect(),
-            exp_avg_sq: params.iter().map(zeros).collect(),
+    /// Moments start at zero on each parameter's device.
+    pub fn new(params: Vec<Tensor>, hyper: AdamWHyper) -> Result<Self> {
+        let zeros = |p: &Tensor| Tensor::zeros_on(p.shape().clone(), p.device());
+        Ok(AdamW {
+            exp_avg: params.iter().map(zeros).collect::<Result<_>>()?,
+            exp_avg_sq: params.iter().map(zeros).collect::<Result<_>>()?,
             steps: vec![0; params.len()],
             params,
             hyper,
-        }
+        })
     }
 
     /// The defaults of the lesson's training runs: betas (0.9, 0.999), eps 1e-5, weight decay 0.01.
@@ -63,6 +64,7 @@ impl AdamW {
                         self.hyper,
                     );
                 }
+                Device::Cuda(_) => return Err(crate::error::Error::Cuda("optim: no CUDA kernel yet".into())),
             }
         }
         Ok(())

@@ -101,8 +101,45 @@ impl Tensor {
         Tensor::make(self.0.storage.clone(), shape, requires_grad, node)
     }
 
+    /// Zeros on the CPU.
     pub fn zeros(shape: impl Into<Shape>) -> Tensor {
         Tensor::full(0.0, shape)
+    }
+
+    /// `value` everywhere, on `device`.
+    pub fn full_on(value: f32, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
+        let shape = shape.into();
+        let storage = match device {
+            Device::Cpu => cpu_f32_storage(vec![value; shape.numel()]),
+            Device::Cuda(d) => Storage::Cuda(crate::ops::binary::cuda::fill(&crate::device::cuda::backend(d)?, shape.numel(), value)?),
+        };
+        Ok(Tensor::from_storage(storage, shape))
+    }
+
+    /// Zeros on `device`.
+    pub fn zeros_on(shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
+        Tensor::full_on(0.0, shape, device)
+    }
+
+    /// Host values placed on `device`.
+    pub fn from_vec_on(data: Vec<f32>, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
+        Tensor::from_vec(data, shape)?.to_device(device)
+    }
+
+    /// The same values on `device` (a copy unless already there). Recorded:
+    /// the gradient goes back to the source device.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        let source = self.device();
+        if source == device {
+            return Ok(self.clone());
+        }
+        let storage = match device {
+            Device::Cpu => cpu_f32_storage(self.try_to_vec()?),
+            Device::Cuda(d) => Storage::Cuda(crate::device::cuda::backend(d)?.upload(&self.try_to_vec()?)?),
+        };
+        Ok(Tensor::from_op(storage, self.shape().clone(), |_| {
+            Node::new("to_device", vec![self.clone()], move |g| Ok(vec![Some(g.to_device(source)?)]))
+        }))
     }
 
     pub fn ones(shape: impl Into<Shape>) -> Tensor {
@@ -178,10 +215,10 @@ impl Tensor {
         Tensor::make(self.0.storage.clone(), self.0.shape.clone(), false, None)
     }
 
-    /// A copy with its own storage (cut from the tape).
-    pub fn deep_clone(&self) -> Tensor {
-        let storage = self.storage().clone();
-        Tensor::from_storage(storage, self.0.shape.clone())
+    /// A copy with its own storage on the same device (cut from the tape).
+    pub fn deep_clone(&self) -> Result<Tensor> {
+        let storage = self.storage().try_clone()?;
+        Ok(Tensor::from_storage(storage, self.0.shape.clone()))
     }
 
     /// Read access to the storage.
@@ -199,9 +236,15 @@ impl Tensor {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
 
-    /// Values as f32 on the host.
-    pub fn to_vec(&self) -> Vec<f32> {
+    /// Values as f32 on the host (a device copy for CUDA tensors).
+    pub fn try_to_vec(&self) -> Result<Vec<f32>> {
         self.storage().to_f32_vec()
+    }
+
+    /// Values as f32 on the host. Panics only if a CUDA device fails the copy;
+    /// use [`Tensor::try_to_vec`] where that must be handled.
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap_or_else(|e| panic!("copying a tensor to the host failed: {e}"))
     }
 
     /// The single value of a one-element tensor.
@@ -209,7 +252,7 @@ impl Tensor {
         if self.numel() != 1 {
             return shape_err("item", format!("tensor of shape {} has {} elements, not 1", self.shape(), self.numel()));
         }
-        Ok(self.to_vec()[0])
+        Ok(self.try_to_vec()?[0])
     }
 
     /// Overwrite the values in place (shape must match); not recorded.
@@ -217,14 +260,20 @@ impl Tensor {
         if values.len() != self.numel() {
             return shape_err("copy_from_slice", format!("{} values for shape {}", values.len(), self.shape()));
         }
-        self.storage_mut().cpu_f32_mut("copy_from_slice")?.copy_from_slice(values);
-        Ok(())
+        let mut storage = self.storage_mut();
+        match &mut *storage {
+            Storage::Cuda(b) => b.upload_from(values),
+            other => {
+                other.cpu_f32_mut("copy_from_slice")?.copy_from_slice(values);
+                Ok(())
+            }
+        }
     }
 
-    /// A copy converted to `dtype` (cut from the tape).
-    pub fn to_dtype(&self, dtype: DType) -> Tensor {
-        let storage = self.storage().to_dtype(dtype);
-        Tensor::from_storage(storage, self.0.shape.clone())
+    /// A host copy converted to `dtype` (cut from the tape).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        let storage = self.storage().to_dtype(dtype)?;
+        Ok(Tensor::from_storage(storage, self.0.shape.clone()))
     }
 
     /// The device shared by all `tensors`, or an error naming `op`.

@@ -1,15 +1,18 @@
-//! Typed buffers behind a tensor. f32 is the compute type; f16/bf16 storage
-//! exists for checkpoints and the mixed-precision path.
+//! Typed buffers behind a tensor. f32 is the compute type; f16/bf16 host
+//! storage exists for checkpoints and the mixed-precision path.
 
 use super::DType;
 use crate::device::Device;
+use crate::device::cuda::CudaBuffer;
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 
 /// A buffer on one device.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    /// f32 on a CUDA device.
+    Cuda(CudaBuffer),
 }
 
 /// Host buffers by dtype.
@@ -24,12 +27,13 @@ impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(b) => b.device(),
         }
     }
 
     pub fn dtype(&self) -> DType {
         match self {
-            Storage::Cpu(CpuStorage::F32(_)) => DType::F32,
+            Storage::Cpu(CpuStorage::F32(_)) | Storage::Cuda(_) => DType::F32,
             Storage::Cpu(CpuStorage::F16(_)) => DType::F16,
             Storage::Cpu(CpuStorage::BF16(_)) => DType::BF16,
         }
@@ -40,6 +44,7 @@ impl Storage {
             Storage::Cpu(CpuStorage::F32(v)) => v.len(),
             Storage::Cpu(CpuStorage::F16(v)) => v.len(),
             Storage::Cpu(CpuStorage::BF16(v)) => v.len(),
+            Storage::Cuda(b) => b.len(),
         }
     }
 
@@ -47,10 +52,11 @@ impl Storage {
         self.len() == 0
     }
 
-    /// The f32 host slice, or a dtype error naming `op`.
+    /// The f32 host slice, or an error naming `op`.
     pub fn cpu_f32(&self, op: &'static str) -> Result<&[f32]> {
         match self {
             Storage::Cpu(CpuStorage::F32(v)) => Ok(v),
+            Storage::Cuda(b) => Err(Error::WrongDevice { op, expected: "cpu", got: b.device() }),
             other => Err(Error::DType { op, dtype: other.dtype() }),
         }
     }
@@ -58,26 +64,44 @@ impl Storage {
     pub fn cpu_f32_mut(&mut self, op: &'static str) -> Result<&mut [f32]> {
         match self {
             Storage::Cpu(CpuStorage::F32(v)) => Ok(v),
+            Storage::Cuda(b) => Err(Error::WrongDevice { op, expected: "cpu", got: b.device() }),
             other => Err(Error::DType { op, dtype: other.dtype() }),
         }
     }
 
-    /// Values as f32 on the host, whatever the dtype.
-    pub fn to_f32_vec(&self) -> Vec<f32> {
+    /// The CUDA buffer, or an error naming `op`.
+    pub fn cuda(&self, op: &'static str) -> Result<&CudaBuffer> {
         match self {
-            Storage::Cpu(CpuStorage::F32(v)) => v.clone(),
-            Storage::Cpu(CpuStorage::F16(v)) => v.iter().map(|x| x.to_f32()).collect(),
-            Storage::Cpu(CpuStorage::BF16(v)) => v.iter().map(|x| x.to_f32()).collect(),
+            Storage::Cuda(b) => Ok(b),
+            other => Err(Error::WrongDevice { op, expected: "cuda", got: other.device() }),
         }
     }
 
-    /// Convert to another dtype (round to nearest even).
-    pub fn to_dtype(&self, dtype: DType) -> Storage {
-        let values = self.to_f32_vec();
-        Storage::Cpu(match dtype {
+    /// Values as f32 on the host, whatever the dtype or device.
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        Ok(match self {
+            Storage::Cpu(CpuStorage::F32(v)) => v.clone(),
+            Storage::Cpu(CpuStorage::F16(v)) => v.iter().map(|x| x.to_f32()).collect(),
+            Storage::Cpu(CpuStorage::BF16(v)) => v.iter().map(|x| x.to_f32()).collect(),
+            Storage::Cuda(b) => b.download()?,
+        })
+    }
+
+    /// A copy on the same device.
+    pub fn try_clone(&self) -> Result<Storage> {
+        Ok(match self {
+            Storage::Cpu(c) => Storage::Cpu(c.clone()),
+            Storage::Cuda(b) => Storage::Cuda(b.try_clone()?),
+        })
+    }
+
+    /// A host copy converted to another dtype (round to nearest even).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Storage> {
+        let values = self.to_f32_vec()?;
+        Ok(Storage::Cpu(match dtype {
             DType::F32 => CpuStorage::F32(values),
             DType::F16 => CpuStorage::F16(values.iter().map(|&x| f16::from_f32(x)).collect()),
             DType::BF16 => CpuStorage::BF16(values.iter().map(|&x| bf16::from_f32(x)).collect()),
-        })
+        }))
     }
 }

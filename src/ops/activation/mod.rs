@@ -1,11 +1,12 @@
 //! SiLU, ReLU, leaky ReLU and miniai's GeneralRelu. Backward: dx = dy·f'(x).
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::Result;
-use crate::tensor::{Tensor, cpu_f32_storage};
+use crate::tensor::{Storage, Tensor, cpu_f32_storage};
 
 /// A pointwise nonlinearity.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -21,6 +22,7 @@ pub enum Activation {
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::forward(act, x.storage().cpu_f32("activation")?)),
+        Device::Cuda(_) => Storage::Cuda(cuda::forward(act, x.storage().cuda("activation")?)?),
     };
     Ok(Tensor::from_op(storage, x.shape().clone(), |_| {
         let input = x.clone();
@@ -34,6 +36,10 @@ fn activation_backward(x: &Tensor, dy: &Tensor, act: Activation) -> Result<Tenso
         Device::Cpu => {
             let (sx, sg) = (x.storage(), dy.storage());
             cpu_f32_storage(cpu::backward(act, sx.cpu_f32("activation")?, sg.cpu_f32("activation")?))
+        }
+        Device::Cuda(_) => {
+            let (sx, sg) = (x.storage(), dy.storage());
+            Storage::Cuda(cuda::backward(act, sx.cuda("activation")?, sg.cuda("activation")?)?)
         }
     };
     Ok(Tensor::from_storage(storage, x.shape().clone()))

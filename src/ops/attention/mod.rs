@@ -32,6 +32,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tenso
             let (o, p) = cpu::forward(sq.cpu_f32("attention")?, sk.cpu_f32("attention")?, sv.cpu_f32("attention")?, dims, scale);
             (cpu_f32_storage(o), p)
         }
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("attention: no CUDA kernel yet".into())),
     };
     Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
         let (q, k, v) = (q.clone(), k.clone(), v.clone());
@@ -51,6 +52,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tenso
                         scale,
                     )
                 }
+                Device::Cuda(_) => return Err(crate::error::Error::Cuda("attention: no CUDA kernel yet".into())),
             };
             let wrap = |data: Vec<f32>, t: &Tensor| Some(Tensor::from_storage(cpu_f32_storage(data), t.shape().clone()));
             Ok(vec![wrap(dq, &q), wrap(dk, &k), wrap(dv, &v)])

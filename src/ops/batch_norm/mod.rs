@@ -129,6 +129,7 @@ pub fn batch_norm(
             let y = cpu::forward(xs.cpu_f32(OP)?, d, &mean, &rstd, w, b);
             (cpu_f32_storage(y), mean, rstd)
         }
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("batch_norm: no CUDA kernel yet".into())),
     };
 
     Ok(Tensor::from_op(storage, x.shape().clone(), |_| {
@@ -153,6 +154,7 @@ pub fn batch_norm(
                         x.requires_grad(),
                     )
                 }
+                Device::Cuda(_) => return Err(crate::error::Error::Cuda("batch_norm: no CUDA kernel yet".into())),
             };
             let mut grads = vec![dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?];
             if let Some(w) = &weight {

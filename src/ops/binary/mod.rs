@@ -5,19 +5,22 @@
 //!   affine y = s·x + c: g·s
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, shape_err};
 use crate::ops::reduce::sum_to;
-use crate::tensor::{Tensor, cpu_f32_storage};
+use crate::tensor::{Storage, Tensor, cpu_f32_storage};
 
+/// Elementwise binary ops; the discriminants are the kernels' op codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
 pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
+    Add = 0,
+    Sub = 1,
+    Mul = 2,
+    Div = 3,
 }
 
 impl BinaryOp {
@@ -56,6 +59,10 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             let (sa, sb) = (a.storage(), b.storage());
             cpu_f32_storage(cpu::binary(op, sa.cpu_f32(name)?, a.shape(), sb.cpu_f32(name)?, b.shape(), &out_shape))
         }
+        Device::Cuda(_) => {
+            let (sa, sb) = (a.storage(), b.storage());
+            Storage::Cuda(cuda::binary(op, sa.cuda(name)?, a.shape(), sb.cuda(name)?, b.shape(), &out_shape)?)
+        }
     };
     Ok(Tensor::from_op(storage, out_shape, |_| {
         let (a, b) = (a.clone(), b.clone());
@@ -81,6 +88,7 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn affine(x: &Tensor, scale: f32, shift: f32) -> Result<Tensor> {
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::affine(x.storage().cpu_f32("affine")?, scale, shift)),
+        Device::Cuda(_) => Storage::Cuda(cuda::affine(x.storage().cuda("affine")?, scale, shift)?),
     };
     Ok(Tensor::from_op(storage, x.shape().clone(), |_| {
         Node::new("affine", vec![x.clone()], move |g| Ok(vec![Some(mul_scalar(g, scale)?)]))

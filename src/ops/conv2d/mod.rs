@@ -80,6 +80,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParam
             };
             cpu_f32_storage(cpu::conv2d_forward(sx.cpu_f32("conv2d")?, sw.cpu_f32("conv2d")?, db, &g))
         }
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("conv2d: no CUDA kernel yet".into())),
     };
     let out_shape = Shape::new(vec![g.n, g.oc, g.oh, g.ow]);
     Ok(Tensor::from_op(storage, out_shape, |_| {
@@ -106,6 +107,7 @@ fn conv2d_backward_input(dy: &Tensor, weight: &Tensor, g: &ConvGeom) -> Result<T
             let (sd, sw) = (dy.storage(), weight.storage());
             cpu_f32_storage(cpu::conv2d_backward_input(sd.cpu_f32("conv2d backward")?, sw.cpu_f32("conv2d backward")?, g))
         }
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("conv2d: no CUDA kernel yet".into())),
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.n, g.c, g.h, g.w])))
 }
@@ -117,6 +119,7 @@ fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tenso
             let (sd, sx) = (dy.storage(), x.storage());
             cpu_f32_storage(cpu::conv2d_backward_weight(sd.cpu_f32("conv2d backward")?, sx.cpu_f32("conv2d backward")?, g))
         }
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("conv2d: no CUDA kernel yet".into())),
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.oc, g.c, g.kh, g.kw])))
 }
@@ -125,6 +128,7 @@ fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tenso
 fn bias_grad(dy: &Tensor, g: &ConvGeom) -> Result<Tensor> {
     let storage = match dy.device() {
         Device::Cpu => cpu_f32_storage(cpu::bias_grad(dy.storage().cpu_f32("conv2d backward")?, g.n, g.oc, g.p())),
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("conv2d: no CUDA kernel yet".into())),
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.oc])))
 }

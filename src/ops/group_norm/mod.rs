@@ -69,6 +69,7 @@ pub fn group_norm(
             let (y, mean, rstd) = cpu::forward(xs.cpu_f32(OP)?, d, w, b, eps);
             (cpu_f32_storage(y), mean, rstd)
         }
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("group_norm: no CUDA kernel yet".into())),
     };
 
     Ok(Tensor::from_op(storage, x.shape().clone(), |_| {
@@ -84,6 +85,7 @@ pub fn group_norm(
                     let w = ws.as_ref().map(|s| s.cpu_f32(OP)).transpose()?;
                     cpu::backward(gs.cpu_f32(OP)?, xs.cpu_f32(OP)?, &mean, &rstd, w, d, x.requires_grad())
                 }
+                Device::Cuda(_) => return Err(crate::error::Error::Cuda("group_norm: no CUDA kernel yet".into())),
             };
             let mut grads = vec![dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?];
             if let Some(w) = &weight {

@@ -5,11 +5,12 @@
 //! (concat with zero blocks).
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, arg_err, shape_err};
-use crate::tensor::{Shape, Tensor, cpu_f32_storage};
+use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 
 /// Same values, new shape with the same element count (shares storage).
 pub fn reshape(x: &Tensor, dims: impl Into<Shape>) -> Result<Tensor> {
@@ -31,6 +32,7 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     let out_shape = Shape::new(perm.iter().map(|&p| x.dims()[p]).collect());
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::permute(x.storage().cpu_f32("permute")?, x.shape(), perm)),
+        Device::Cuda(_) => Storage::Cuda(cuda::permute(x.storage().cuda("permute")?, x.shape(), perm)?),
     };
     Ok(Tensor::from_op(storage, out_shape, |_| {
         let mut inverse = vec![0; rank];
@@ -76,6 +78,11 @@ pub fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {
             let slices = guards.iter().map(|g| g.cpu_f32("concat")).collect::<Result<Vec<_>>>()?;
             cpu_f32_storage(cpu::concat(&slices, &lens, outer, inner))
         }
+        Device::Cuda(_) => {
+            let guards: Vec<_> = parts.iter().map(|p| p.storage()).collect();
+            let bufs = guards.iter().map(|g| g.cuda("concat")).collect::<Result<Vec<_>>>()?;
+            Storage::Cuda(cuda::concat(&bufs, &lens, outer, inner)?)
+        }
     };
     Ok(Tensor::from_op(storage, Shape::new(dims), |_| {
         let inputs: Vec<Tensor> = parts.iter().map(|&p| p.clone()).collect();
@@ -101,6 +108,7 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
     dims[axis] = len;
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::narrow(x.storage().cpu_f32("narrow")?, outer, axis_len, inner, start, len)),
+        Device::Cuda(_) => Storage::Cuda(cuda::narrow(x.storage().cuda("narrow")?, outer, axis_len, inner, start, len)?),
     };
     Ok(Tensor::from_op(storage, Shape::new(dims), |_| {
         let in_shape = x.shape().clone();
@@ -109,10 +117,10 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
             let zeros_dims = |n: usize| {
                 let mut d = in_shape.dims().to_vec();
                 d[axis] = n;
-                Tensor::zeros(d)
+                Tensor::zeros_on(d, g.device())
             };
-            let before = zeros_dims(start);
-            let after = zeros_dims(axis_len - start - len);
+            let before = zeros_dims(start)?;
+            let after = zeros_dims(axis_len - start - len)?;
             if start > 0 {
                 parts.push(&before);
             }

@@ -40,6 +40,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
             }
             ((total / n.max(1) as f64) as f32, probs)
         }
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("loss: no CUDA kernel yet".into())),
     };
     let labels = labels.to_vec();
     Ok(Tensor::from_op(cpu_f32_storage(vec![loss]), Shape::new(vec![]), |_| {

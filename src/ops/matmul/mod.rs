@@ -63,6 +63,7 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
             }
             cpu_f32_storage(out)
         }
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("matmul: no CUDA kernel yet".into())),
     };
     Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
         let (a, b) = (a.clone(), b.clone());

@@ -5,13 +5,14 @@
 //! over the broadcast axes; mean = sum · 1/count.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, arg_err, shape_err};
 use crate::ops::binary::mul_scalar;
 use crate::ops::layout::reshape;
-use crate::tensor::{Shape, Tensor, cpu_f32_storage};
+use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 
 /// `shape` with the dims of `axes` set to 1 (axes validated).
 fn keepdim_shape(op: &'static str, shape: &Shape, axes: &[usize]) -> Result<Shape> {
@@ -29,6 +30,7 @@ fn keepdim_shape(op: &'static str, shape: &Shape, axes: &[usize]) -> Result<Shap
 fn sum_keepdim(x: &Tensor, keep: Shape) -> Result<Tensor> {
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::sum_keepdim(x.storage().cpu_f32("sum")?, x.shape(), &keep)),
+        Device::Cuda(_) => Storage::Cuda(cuda::sum_keepdim(x.storage().cuda("sum")?, x.shape(), &keep)?),
     };
     Ok(Tensor::from_op(storage, keep, |_| {
         let in_shape = x.shape().clone();
@@ -93,6 +95,7 @@ pub fn broadcast_to(x: &Tensor, target: &Shape) -> Result<Tensor> {
     let from = Shape::new(from);
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::broadcast(x.storage().cpu_f32("broadcast_to")?, &from, target)),
+        Device::Cuda(_) => Storage::Cuda(cuda::broadcast(x.storage().cuda("broadcast_to")?, &from, target)?),
     };
     Ok(Tensor::from_op(storage, target.clone(), |_| {
         let in_shape = x.shape().clone();

@@ -27,6 +27,7 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     let (pl, h, w) = planes(OP, x)?;
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::upsample_nearest2x(x.storage().cpu_f32(OP)?, pl, h, w)),
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("resample: no CUDA kernel yet".into())),
     };
     let d = x.dims();
     let out_shape = Shape::new(vec![d[0], d[1], 2 * h, 2 * w]);
@@ -35,6 +36,7 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
         Node::new(OP, vec![x.clone()], move |g| {
             let storage = match g.device() {
                 Device::Cpu => cpu_f32_storage(cpu::upsample_nearest2x_backward(g.storage().cpu_f32(OP)?, pl, h, w)),
+                Device::Cuda(_) => return Err(crate::error::Error::Cuda("resample: no CUDA kernel yet".into())),
             };
             Ok(vec![Some(Tensor::from_storage(storage, in_shape.clone()))])
         })
@@ -48,6 +50,7 @@ pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (pl, h, w) = planes(OP, x)?;
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::avg_pool2x2(x.storage().cpu_f32(OP)?, pl, h, w)),
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("resample: no CUDA kernel yet".into())),
     };
     let d = x.dims();
     let out_shape = Shape::new(vec![d[0], d[1], cpu::pooled(h), cpu::pooled(w)]);
@@ -56,6 +59,7 @@ pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
         Node::new(OP, vec![x.clone()], move |g| {
             let storage = match g.device() {
                 Device::Cpu => cpu_f32_storage(cpu::avg_pool2x2_backward(g.storage().cpu_f32(OP)?, pl, h, w)),
+                Device::Cuda(_) => return Err(crate::error::Error::Cuda("resample: no CUDA kernel yet".into())),
             };
             Ok(vec![Some(Tensor::from_storage(storage, in_shape.clone()))])
         })

@@ -14,6 +14,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     let cols = x.dims()[x.rank() - 1];
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::forward(x.storage().cpu_f32("softmax")?, cols)),
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("softmax: no CUDA kernel yet".into())),
     };
     Ok(Tensor::from_op(storage, x.shape().clone(), |y| {
         Node::new("softmax", vec![x.clone()], move |g| {
@@ -22,6 +23,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
                     let (sy, sg) = (y.storage(), g.storage());
                     cpu_f32_storage(cpu::backward(sy.cpu_f32("softmax")?, sg.cpu_f32("softmax")?, cols))
                 }
+                Device::Cuda(_) => return Err(crate::error::Error::Cuda("softmax: no CUDA kernel yet".into())),
             };
             Ok(vec![Some(Tensor::from_storage(storage, y.shape().clone()))])
         })

@@ -19,6 +19,7 @@ pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, freq_sh
     }
     let storage = match t.device() {
         Device::Cpu => cpu_f32_storage(cpu_embedding(t.storage().cpu_f32("timestep_embedding")?, dim, flip_sin_to_cos, freq_shift, max_period)),
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("timestep_embedding: no CUDA kernel yet".into())),
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![t.numel(), dim])))
 }

@@ -1,0 +1,105 @@
+// Shared device helpers: launch geometry, strided index math, warp and block
+// reductions. Included by every kernel file.
+#pragma once
+
+// Ranks up to this many dims travel by value in the parameter structs.
+#define MD_MAX_DIMS 6
+
+// −∞ without math.h (NVRTC has none).
+#define MD_NEG_INF (__int_as_float((int)0xff800000u))
+
+// Threads per block of the 1-D elementwise kernels.
+#define MD_THREADS 256
+
+// Output dims and the strides of two inputs read through broadcasting (a
+// stride of 0 repeats the input along that axis). Mirrors ops::binary::cuda::Broadcast2.
+struct Broadcast2 {
+    int rank;
+    int dims[MD_MAX_DIMS];
+    int a_strides[MD_MAX_DIMS];
+    int b_strides[MD_MAX_DIMS];
+};
+
+// Global index of this thread in a 1-D launch, and the grid-stride step.
+__device__ __forceinline__ int global_index() { return (int)(blockIdx.x * blockDim.x + threadIdx.x); }
+__device__ __forceinline__ int grid_stride() { return (int)(gridDim.x * blockDim.x); }
+
+// Offsets of linear output index i under two stride sets (row-major dims).
+__device__ __forceinline__ void broadcast_offsets(const Broadcast2& p, int i, int* a_off, int* b_off) {
+    int a = 0, b = 0;
+    for (int d = p.rank - 1; d >= 0; --d) {
+        int coord = i % p.dims[d];
+        i /= p.dims[d];
+        a += coord * p.a_strides[d];
+        b += coord * p.b_strides[d];
+    }
+    *a_off = a;
+    *b_off = b;
+}
+
+// Sum over the 32 lanes of a warp; every lane gets the total.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread
+// gets the total. `scratch` is 32 floats of shared memory, reusable after return.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : MD_NEG_INF;
+    return warp_max(v);
+}
+
+// Output dims and the strides one input is read with (permute, broadcast).
+// Mirrors ops::layout::cuda::Strided1.
+struct Strided1 {
+    int rank;
+    int dims[MD_MAX_DIMS];
+    int strides[MD_MAX_DIMS];
+};
+
+// Offset of linear index i of `dims` under `strides`.
+__device__ __forceinline__ int strided_offset(const Strided1& p, int i) {
+    int off = 0;
+    for (int d = p.rank - 1; d >= 0; --d) {
+        off += (i % p.dims[d]) * p.strides[d];
+        i /= p.dims[d];
+    }
+    return off;
+}
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Block-wide sum in double; `scratch` is 32 doubles of shared memory.
+__device__ __forceinline__ double block_sum_d(double v, double* scratch) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_sum_d(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.0;
+    return warp_sum_d(v);
+}

@@ -1,0 +1,147 @@
+//! A caching allocator: freed blocks go back to a free list by size class and
+//! are handed out again, so a training step in its steady state calls
+//! neither cudaMalloc nor cudaFree. Classes: 4 per power of two (≤ 25 % slack),
+//! at least 512 bytes.
+
+use super::driver::Driver;
+use crate::error::Result;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Counters of the allocator (see [`CachingAllocator::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocStats {
+    /// Calls to the driver's malloc (cudaMalloc on a GPU).
+    pub device_mallocs: u64,
+    /// Calls to the driver's free.
+    pub device_frees: u64,
+    /// Allocations served from the cache.
+    pub reuses: u64,
+    /// Bytes held from the driver (in use + cached).
+    pub bytes_reserved: usize,
+    /// Bytes in live blocks.
+    pub bytes_in_use: usize,
+}
+
+pub struct CachingAllocator {
+    driver: Arc<dyn Driver>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    free: BTreeMap<usize, Vec<u64>>,
+    stats: AllocStats,
+}
+
+/// A live device allocation; dropping it returns it to the cache.
+pub struct DeviceBlock {
+    ptr: u64,
+    class_bytes: usize,
+    allocator: Arc<CachingAllocator>,
+}
+
+impl DeviceBlock {
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    pub fn capacity_bytes(&self) -> usize {
+        self.class_bytes
+    }
+}
+
+impl Drop for DeviceBlock {
+    fn drop(&mut self) {
+        let mut state = self.allocator.lock();
+        state.stats.bytes_in_use -= self.class_bytes;
+        state.free.entry(self.class_bytes).or_default().push(self.ptr);
+    }
+}
+
+/// The size class that holds `bytes`.
+pub fn size_class(bytes: usize) -> usize {
+    let bytes = bytes.max(512);
+    let top = usize::BITS - 1 - bytes.leading_zeros(); // floor(log2)
+    let step = 1usize << top.saturating_sub(2); // quarter of the octave
+    bytes.div_ceil(step) * step
+}
+
+impl CachingAllocator {
+    pub fn new(driver: Arc<dyn Driver>) -> Arc<CachingAllocator> {
+        Arc::new(CachingAllocator { driver, state: Mutex::new(State::default()) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A block of at least `bytes` bytes (contents undefined).
+    pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<DeviceBlock> {
+        let class_bytes = size_class(bytes);
+        {
+            let mut state = self.lock();
+            if let Some(ptr) = state.free.get_mut(&class_bytes).and_then(|v| v.pop()) {
+                state.stats.reuses += 1;
+                state.stats.bytes_in_use += class_bytes;
+                return Ok(DeviceBlock { ptr, class_bytes, allocator: self.clone() });
+            }
+        }
+        let ptr = match self.driver.malloc(class_bytes) {
+            Ok(p) => p,
+            Err(_) => {
+                // out of memory: give the cache back and try once more
+                self.empty_cache();
+                self.driver.malloc(class_bytes)?
+            }
+        };
+        let mut state = self.lock();
+        state.stats.device_mallocs += 1;
+        state.stats.bytes_reserved += class_bytes;
+        state.stats.bytes_in_use += class_bytes;
+        Ok(DeviceBlock { ptr, class_bytes, allocator: self.clone() })
+    }
+
+    /// Return every cached (unused) block to the driver.
+    pub fn empty_cache(&self) {
+        let blocks: Vec<(usize, Vec<u64>)> = std::mem::take(&mut self.lock().free).into_iter().collect();
+        let mut freed = 0;
+        let mut count = 0;
+        for (class_bytes, ptrs) in blocks {
+            for p in ptrs {
+                self.driver.free(p);
+                freed += class_bytes;
+                count += 1;
+            }
+        }
+        let mut state = self.lock();
+        state.stats.device_frees += count;
+        state.stats.bytes_reserved -= freed;
+    }
+
+    pub fn stats(&self) -> AllocStats {
+        self.lock().stats
+    }
+
+    pub fn driver(&self) -> &Arc<dyn Driver> {
+        &self.driver
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_have_bounded_slack() {
+        assert_eq!(size_class(1), 512);
+        assert_eq!(size_class(512), 512);
+        assert_eq!(size_class(513), 640);
+        assert_eq!(size_class(1024), 1024);
+        assert_eq!(size_class(1025), 1280);
+        for bytes in [700usize, 5000, 123_457, 10_000_000] {
+            let c = size_class(bytes);
+            assert!(c >= bytes && (c as f64) <= bytes as f64 * 1.25 + 1.0, "{bytes} -> {c}");
+            assert_eq!(size_class(c), c, "classes are fixed points");
+        }
+    }
+}

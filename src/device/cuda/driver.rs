@@ -1,0 +1,73 @@
+//! The few driver operations the CUDA backend needs, behind one trait with two
+//! implementations: a real GPU through cudarc, and the CPU emulation.
+
+use crate::error::Result;
+
+/// A kernel argument, passed by value as cuLaunchKernel expects.
+#[derive(Clone, Debug)]
+pub enum Arg {
+    /// A device pointer.
+    Ptr(u64),
+    I32(i32),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+    /// A `#[repr(C)]` struct passed by value (its bytes).
+    Bytes(Vec<u8>),
+}
+
+impl Arg {
+    /// The argument's bytes, as the kernel reads them.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Arg::Ptr(v) | Arg::U64(v) => bytemuck::bytes_of(v),
+            Arg::I32(v) => bytemuck::bytes_of(v),
+            Arg::U32(v) => bytemuck::bytes_of(v),
+            Arg::F32(v) => bytemuck::bytes_of(v),
+            Arg::Bytes(b) => b,
+        }
+    }
+
+    /// A `#[repr(C)]` plain-old-data struct.
+    pub fn pod<T: bytemuck::Pod>(value: &T) -> Arg {
+        Arg::Bytes(bytemuck::bytes_of(value).to_vec())
+    }
+}
+
+/// Grid and block sizes of a launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+}
+
+impl LaunchConfig {
+    /// One thread per element, `threads` per block.
+    pub fn for_elems(n: usize, threads: u32) -> LaunchConfig {
+        let blocks = n.div_ceil(threads as usize).max(1) as u32;
+        LaunchConfig { grid: [blocks, 1, 1], block: [threads, 1, 1] }
+    }
+    /// `blocks` blocks of `threads` threads.
+    pub fn blocks(blocks: usize, threads: u32) -> LaunchConfig {
+        LaunchConfig { grid: [blocks.max(1) as u32, 1, 1], block: [threads, 1, 1] }
+    }
+    /// A 3-D grid of 1-D blocks.
+    pub fn grid(grid: [usize; 3], threads: u32) -> LaunchConfig {
+        LaunchConfig { grid: grid.map(|g| g.max(1) as u32), block: [threads, 1, 1] }
+    }
+}
+
+/// Device memory, copies and launches on one stream. All work is ordered on
+/// that stream; `dtoh` waits for it.
+pub trait Driver: Send + Sync {
+    /// The device's name (e.g. "NVIDIA H100 80GB HBM3" or "CUDA emulation on the CPU").
+    fn name(&self) -> String;
+    fn malloc(&self, bytes: usize) -> Result<u64>;
+    fn free(&self, ptr: u64);
+    fn htod(&self, dst: u64, src: &[u8]) -> Result<()>;
+    fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()>;
+    fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
+    fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
+    fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[Arg]) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+}

@@ -1,0 +1,125 @@
+//! A real GPU as a [`Driver`], through cudarc (driver API, loaded at run time).
+
+use super::driver::{Arg, Driver, LaunchConfig};
+use super::kernels::KernelImage;
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, result as cu};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+pub struct GpuDriver {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    name: String,
+}
+
+fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Cuda(format!("{what}: {e:?}"))
+}
+
+impl GpuDriver {
+    /// Open GPU `ordinal` and load the kernels (the embedded fatbin, or the
+    /// embedded sources compiled with NVRTC for this GPU's architecture).
+    pub fn open(ordinal: usize) -> Result<GpuDriver> {
+        let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err(&format!("opening CUDA device {ordinal}"), e))?;
+        // SAFETY: called before any allocation on this context (cudarc's advice).
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
+        let ptx = match super::kernels::KERNEL_IMAGE {
+            KernelImage::Fatbin(bytes) => cudarc::nvrtc::Ptx::from_binary(bytes.to_vec()),
+            KernelImage::Source(src) => {
+                let (major, minor) = ctx.compute_capability().map_err(|e| cuda_err("compute capability", e))?;
+                let opts = cudarc::nvrtc::CompileOptions {
+                    options: vec![format!("--gpu-architecture=compute_{major}{minor}"), "-std=c++17".into()],
+                    ..Default::default()
+                };
+                cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| cuda_err("compiling the kernels with NVRTC", e))?
+            }
+        };
+        let module = ctx.load_module(ptx).map_err(|e| cuda_err("loading the kernels", e))?;
+        Ok(GpuDriver { ctx, stream, module, functions: Mutex::new(HashMap::new()), name })
+    }
+
+    fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
+        let mut cache = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cache.get(kernel) {
+            return Ok(f.clone());
+        }
+        let f = self.module.load_function(kernel).map_err(|e| cuda_err(&format!("kernel {kernel}"), e))?;
+        cache.insert(kernel, f.clone());
+        Ok(f)
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| cuda_err("binding the CUDA context", e))
+    }
+}
+
+impl Driver for GpuDriver {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn malloc(&self, bytes: usize) -> Result<u64> {
+        self.bind()?;
+        // SAFETY: a plain allocation on the bound context.
+        unsafe { cu::malloc_sync(bytes.max(1)) }.map_err(|e| cuda_err(&format!("allocating {bytes} bytes"), e))
+    }
+
+    fn free(&self, ptr: u64) {
+        if self.bind().is_ok() {
+            // SAFETY: ptr came from malloc and is freed once; work using it is
+            // finished first because free waits for the stream.
+            let _ = self.stream.synchronize();
+            let _ = unsafe { cu::free_sync(ptr) };
+        }
+    }
+
+    fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: dst holds at least src.len() bytes; the copy completes before return.
+        unsafe { cu::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(|e| cuda_err("host to device copy", e))?;
+        self.synchronize()
+    }
+
+    fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: src holds at least dst.len() bytes; the stream is synchronised before dst is read.
+        unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }.map_err(|e| cuda_err("device to host copy", e))?;
+        self.synchronize()
+    }
+
+    fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: both buffers hold at least `bytes` bytes; ordered on the stream.
+        unsafe { cu::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }.map_err(|e| cuda_err("device copy", e))
+    }
+
+    fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: dst holds at least `bytes` bytes; ordered on the stream.
+        unsafe { cu::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }.map_err(|e| cuda_err("memset", e))
+    }
+
+    fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        self.bind()?;
+        let f = self.function(kernel)?;
+        let mut storage: Vec<Vec<u8>> = args.iter().map(|a| a.bytes().to_vec()).collect();
+        let mut params: Vec<*mut c_void> = storage.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
+        let [gx, gy, gz] = cfg.grid;
+        let [bx, by, bz] = cfg.block;
+        // SAFETY: params point at the argument bytes, alive for the call; the
+        // typed wrapper of each kernel (ops/*/cuda.rs) passes them in the
+        // kernel's order and sizes (the emulator checks both in tests).
+        unsafe { cu::launch_kernel(f.cu_function(), (gx, gy, gz), (bx, by, bz), 0, self.stream.cu_stream(), &mut params) }
+            .map_err(|e| cuda_err(&format!("launching {kernel}"), e))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| cuda_err("synchronising the stream", e))
+    }
+}

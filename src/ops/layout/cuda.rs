@@ -1,0 +1,79 @@
+//! CUDA launches of kernels/layout.cu: strided gathers and slab copies.
+
+use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
+use crate::error::{Result, shape_err};
+use crate::ops::binary::cuda::{MAX_DIMS, elems};
+use crate::tensor::Shape;
+
+const THREADS: u32 = 256;
+
+/// Mirrors `Strided1` in kernels/common.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Strided1 {
+    pub rank: i32,
+    pub dims: [i32; MAX_DIMS],
+    pub strides: [i32; MAX_DIMS],
+}
+
+impl Strided1 {
+    pub fn new(op: &'static str, dims: &[usize], strides: &[usize]) -> Result<Strided1> {
+        if dims.len() > MAX_DIMS {
+            return shape_err(op, format!("CUDA kernels take at most {MAX_DIMS} dims, got {}", dims.len()));
+        }
+        let mut p = Strided1 { rank: dims.len() as i32, dims: [1; MAX_DIMS], strides: [0; MAX_DIMS] };
+        for d in 0..dims.len() {
+            p.dims[d] = dims[d] as i32;
+            p.strides[d] = strides[d] as i32;
+        }
+        Ok(p)
+    }
+}
+
+/// out (row-major over `dims`) = x read with `strides`.
+pub fn strided_copy(op: &'static str, x: &CudaBuffer, dims: &[usize], strides: &[usize]) -> Result<CudaBuffer> {
+    let n: usize = dims.iter().product();
+    let out = x.backend().alloc(n)?;
+    if n > 0 {
+        let p = Strided1::new(op, dims, strides)?;
+        x.backend().launch("strided_copy", LaunchConfig::for_elems(n, THREADS), &[out.arg(), x.arg(), Arg::pod(&p), Arg::I32(elems(op, n)?)])?;
+    }
+    Ok(out)
+}
+
+pub fn permute(x: &CudaBuffer, shape: &Shape, perm: &[usize]) -> Result<CudaBuffer> {
+    let strides = shape.strides();
+    let dims: Vec<usize> = perm.iter().map(|&p| shape.dims()[p]).collect();
+    let read: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
+    strided_copy("permute", x, &dims, &read)
+}
+
+/// Tensors as [outer, axis, inner]: copy `len` axis entries from `in_start` of
+/// `x` (axis length `in_axis`) to `out_start` of `out` (axis length `out_axis`).
+#[allow(clippy::too_many_arguments)]
+pub fn slab_copy(out: &CudaBuffer, x: &CudaBuffer, outer: usize, len: usize, inner: usize, in_axis: usize, in_start: usize, out_axis: usize, out_start: usize) -> Result<()> {
+    let n = outer * len * inner;
+    if n == 0 {
+        return Ok(());
+    }
+    let i = |v: usize| Ok::<Arg, crate::Error>(Arg::I32(elems("slab_copy", v)?));
+    let args = [out.arg(), x.arg(), i(outer)?, i(len)?, i(inner)?, i(in_axis)?, i(in_start)?, i(out_axis)?, i(out_start)?];
+    x.backend().launch("slab_copy", LaunchConfig::for_elems(n, THREADS), &args)
+}
+
+pub fn concat(parts: &[&CudaBuffer], lens: &[usize], outer: usize, inner: usize) -> Result<CudaBuffer> {
+    let total: usize = lens.iter().sum();
+    let out = parts[0].backend().alloc(outer * total * inner)?;
+    let mut start = 0;
+    for (part, &len) in parts.iter().zip(lens) {
+        slab_copy(&out, part, outer, len, inner, len, 0, total, start)?;
+        start += len;
+    }
+    Ok(out)
+}
+
+pub fn narrow(x: &CudaBuffer, outer: usize, axis_len: usize, inner: usize, start: usize, len: usize) -> Result<CudaBuffer> {
+    let out = x.backend().alloc(outer * len * inner)?;
+    slab_copy(&out, x, outer, len, inner, axis_len, start, len, 0)?;
+    Ok(out)
+}

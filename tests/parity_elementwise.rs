@@ -1,0 +1,55 @@
+//! CUDA against the CPU twin: binary ops (same shape, broadcast, scalar),
+//! affine, fill and activations, forward and backward. On a machine without a
+//! GPU these run on the CPU emulation of CUDA (kernels/emu).
+
+use minidiffusion::testing::{ParityTol, parity_check, parity_check_at, parity_device, randn};
+use minidiffusion::{Shape, Tensor, ops};
+
+#[test]
+fn binary_parity() {
+    // odd sizes, not multiples of the 256-thread block
+    parity_check("add", &[&[3, 5, 7], &[3, 5, 7]], |x| ops::add(&x[0], &x[1]), ParityTol::EXACTISH);
+    parity_check("sub_broadcast", &[&[2, 3, 5, 7], &[3, 1, 7]], |x| ops::sub(&x[0], &x[1]), ParityTol::REDUCTION);
+    parity_check("mul_channel", &[&[4, 6, 5, 5], &[1, 6, 1, 1]], |x| ops::mul(&x[0], &x[1]), ParityTol::REDUCTION);
+    parity_check("mul_scalar_tensor", &[&[301], &[]], |x| ops::mul(&x[0], &x[1]), ParityTol::REDUCTION);
+    let b: Vec<f32> = randn(&[7], 5).iter().map(|v| v.signum() * (1.0 + v.abs())).collect();
+    parity_check_at(
+        "div",
+        vec![(randn(&[9, 7], 4), Shape::from([9, 7])), (b, Shape::from([7]))],
+        |x| ops::div(&x[0], &x[1]),
+        ParityTol::REDUCTION,
+    );
+}
+
+#[test]
+fn affine_parity() {
+    parity_check("affine", &[&[1000]], |x| ops::affine(&x[0], -1.5, 0.25), ParityTol::EXACTISH);
+}
+
+#[test]
+fn fill_parity() {
+    let t = Tensor::full_on(2.5, [3, 333], parity_device()).unwrap();
+    assert_eq!(t.to_vec(), vec![2.5; 999]);
+    assert_eq!(Tensor::zeros_on([5], parity_device()).unwrap().to_vec(), vec![0.0; 5]);
+}
+
+#[test]
+fn activation_parity() {
+    // expf on the GPU vs libm on the CPU: a few ulp
+    parity_check("silu", &[&[2, 3, 17, 13]], |x| ops::silu(&x[0]), ParityTol::EXACTISH);
+    parity_check("relu", &[&[777]], |x| ops::relu(&x[0]), ParityTol::EXACTISH);
+    parity_check("leaky_relu", &[&[777]], |x| ops::leaky_relu(&x[0], 0.1), ParityTol::EXACTISH);
+    parity_check("general_relu", &[&[5, 155]], |x| ops::general_relu(&x[0], 0.1, 0.4), ParityTol::EXACTISH);
+}
+
+#[test]
+fn to_device_round_trip_and_gradient() {
+    let device = parity_device();
+    let x = Tensor::from_vec((0..10).map(|i| i as f32).collect(), [10]).unwrap().requires_grad_();
+    let on_device = x.to_device(device).unwrap();
+    assert_eq!(on_device.device(), device);
+    let y = ops::mul_scalar(&on_device, 3.0).unwrap().to_device(minidiffusion::Device::Cpu).unwrap();
+    let grads = minidiffusion::backward(&ops::sum_all(&y).unwrap()).unwrap();
+    assert_eq!(grads.get(&x).unwrap().to_vec(), vec![3.0; 10]);
+    assert_eq!(grads.get(&x).unwrap().device(), minidiffusion::Device::Cpu);
+}

@@ -1,0 +1,33 @@
+//! CUDA against the CPU twin: sums over axes, broadcast_to, permute, concat,
+//! narrow, reshape — forward and backward, on odd shapes.
+
+use minidiffusion::testing::{ParityTol, parity_check};
+use minidiffusion::{Shape, ops};
+
+#[test]
+fn reduce_parity() {
+    parity_check("sum_axis1", &[&[3, 37, 5]], |x| ops::sum(&x[0], &[1], false), ParityTol::REDUCTION);
+    parity_check("sum_axes02_keepdim", &[&[4, 3, 29]], |x| ops::sum(&x[0], &[0, 2], true), ParityTol::REDUCTION);
+    parity_check("sum_all_large", &[&[3, 1111]], |x| ops::sum_all(&x[0]), ParityTol::REDUCTION);
+    parity_check("mean", &[&[6, 7, 3]], |x| ops::mean(&x[0], &[0, 2], false), ParityTol::REDUCTION);
+    parity_check("sum_to_bias", &[&[5, 3, 4, 4]], |x| ops::sum_to(&x[0], &Shape::from([3, 1, 1])), ParityTol::REDUCTION);
+}
+
+#[test]
+fn broadcast_parity() {
+    parity_check("broadcast_to", &[&[3, 1]], |x| ops::broadcast_to(&x[0], &Shape::from([2, 3, 5])), ParityTol::REDUCTION);
+}
+
+#[test]
+fn permute_parity() {
+    parity_check("permute", &[&[2, 3, 5, 7]], |x| ops::permute(&x[0], &[0, 2, 3, 1]), ParityTol::EXACTISH);
+    parity_check("transpose", &[&[13, 17]], |x| ops::transpose(&x[0], 0, 1), ParityTol::EXACTISH);
+}
+
+#[test]
+fn concat_narrow_reshape_parity() {
+    parity_check("concat_channels", &[&[2, 3, 5, 5], &[2, 7, 5, 5]], |x| ops::concat(&[&x[0], &x[1]], 1), ParityTol::EXACTISH);
+    parity_check("concat_last", &[&[3, 2], &[3, 5], &[3, 1]], |x| ops::concat(&[&x[0], &x[1], &x[2]], 1), ParityTol::EXACTISH);
+    parity_check("narrow", &[&[2, 9, 3]], |x| ops::narrow(&x[0], 1, 2, 5), ParityTol::EXACTISH);
+    parity_check("reshape", &[&[6, 10]], |x| ops::reshape(&x[0], [3, 20]), ParityTol::EXACTISH);
+}
