@@ -13,6 +13,7 @@ pub mod layout;
 pub mod loss;
 pub mod matmul;
 pub mod reduce;
+pub mod random;
 pub mod resample;
 pub mod softmax;
 pub mod timestep_embedding;

@@ -46,6 +46,25 @@ struct Inner {
     node: Option<Node>,
 }
 
+impl Drop for Inner {
+    /// Frees a graph iteratively: a long chain of ops would otherwise recurse
+    /// once per node while dropping and overflow the stack.
+    fn drop(&mut self) {
+        let Some(node) = self.node.take() else { return };
+        let mut stack = vec![node];
+        while let Some(Node { inputs, backward, .. }) = stack.pop() {
+            drop(backward); // releases captured clones first, so `inputs` may hold the last reference
+            for input in inputs {
+                if let Ok(mut inner) = Arc::try_unwrap(input.0) {
+                    if let Some(next) = inner.node.take() {
+                        stack.push(next);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tensor(id={}, shape={}, {:?}, {}", self.0.id.0, self.0.shape, self.dtype(), self.device())?;

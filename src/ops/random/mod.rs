@@ -1,0 +1,1 @@
+//! Random tensors from the Philox stream, on any device (in progress).
