@@ -3,7 +3,6 @@
 //! plain-Rust CPU twin of each.
 
 pub mod autograd;
-pub mod cli;
 pub mod device;
 pub mod error;
 pub mod ops;

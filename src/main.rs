@@ -1,5 +1,7 @@
+mod cli;
+
 use clap::Parser;
-use minidiffusion::cli::{Cli, run};
+use cli::{Cli, run};
 
 fn main() {
     // clap prints its own one-line usage errors and exits with code 2

@@ -18,6 +18,29 @@ fn help_and_version() {
 }
 
 #[test]
+fn device_cuda_without_gpu_is_one_line_and_exit_2() {
+    if minidiffusion::device::cuda::gpu_count() > 0 {
+        eprintln!("SKIPPED (a GPU is present)");
+        return;
+    }
+    let (code, stdout, stderr) = run(&["bench", "kernels", "--device", "cuda", "--iters", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: --device cuda: "), "{stderr}");
+    let (code, _, stderr) = run(&["bench", "kernels", "--device", "tpu"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("'tpu' is not one of auto, cpu, cuda, cuda:N"), "{stderr}");
+}
+
+#[test]
+fn bench_kernels_runs_on_cpu() {
+    let (code, stdout, stderr) = run(&["bench", "kernels", "--device", "cpu", "--batch-size", "1", "--iters", "1", "--only", "add", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"kernel\":\"add\"") && stdout.contains("\"device\":\"cpu\""), "{stdout}");
+}
+
+#[test]
 fn info_lists_cpu() {
     let (code, stdout, _) = run(&["info", "--json"]);
     assert_eq!(code, 0);

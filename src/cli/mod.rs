@@ -1,9 +1,12 @@
 //! The command line: one file per subcommand. Later issues add train, sample,
-//! schedule, fid, eval, bench and runs.
+//! schedule, fid, eval and runs.
 
+pub mod bench;
 pub mod info;
 
 use clap::{Parser, Subcommand};
+use minidiffusion::Device;
+use minidiffusion::device::DeviceRequest;
 
 /// Train small diffusion UNets, sample them fast and score the samples.
 #[derive(Parser, Debug)]
@@ -17,11 +20,27 @@ pub struct Cli {
 pub enum Command {
     /// Print the version, the compute devices this build can use and the CPU thread count.
     Info(info::InfoArgs),
+    /// Benchmarks (kernels at UNet shapes).
+    Bench(bench::BenchArgs),
 }
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args),
+        Command::Bench(args) => bench::run(args),
     }
+}
+
+/// The device a `--device` flag names; `auto` says on stderr what it chose.
+pub fn resolve_device(flag: &str) -> anyhow::Result<Device> {
+    let request = DeviceRequest::parse(flag)?;
+    let device = request.resolve()?;
+    if request == DeviceRequest::Auto {
+        match device {
+            Device::Cpu => eprintln!("device: cpu (no CUDA GPU found; --device cuda to require one)"),
+            Device::Cuda(d) => eprintln!("device: {device} ({})", minidiffusion::device::cuda::backend(d)?.name()),
+        }
+    }
+    Ok(device)
 }

@@ -1,0 +1,97 @@
+//! The CUDA backend's own behaviour: device selection and its errors, the
+//! caching allocator's steady state, launch argument checks. Runs on the CPU
+//! emulation of CUDA when there is no GPU.
+
+use minidiffusion::device::cuda::{self, Arg, LaunchConfig};
+use minidiffusion::device::{CudaDevice, DeviceRequest};
+use minidiffusion::testing::parity_device;
+use minidiffusion::{Device, Tensor, backward, ops};
+
+fn emulated() -> CudaDevice {
+    CudaDevice { ordinal: 0, emulated: true }
+}
+
+#[test]
+fn device_flag_parsing() {
+    assert_eq!(DeviceRequest::parse("auto").unwrap(), DeviceRequest::Auto);
+    assert_eq!(DeviceRequest::parse("cpu").unwrap(), DeviceRequest::Exact(Device::Cpu));
+    assert_eq!(
+        DeviceRequest::parse("cuda:1").unwrap(),
+        DeviceRequest::Exact(Device::Cuda(CudaDevice { ordinal: 1, emulated: false }))
+    );
+    for bad in ["gpu", "cuda:", "cuda:x", "CUDA"] {
+        let err = DeviceRequest::parse(bad).unwrap_err().to_string();
+        assert!(err.contains("--device") && err.contains(bad), "{err}");
+    }
+}
+
+#[test]
+fn cuda_without_a_gpu_is_a_clear_error_and_auto_falls_back() {
+    if cuda::gpu_count() > 0 {
+        eprintln!("SKIPPED (a GPU is present: the no-GPU errors cannot be shown)");
+        return;
+    }
+    let err = DeviceRequest::parse("cuda").unwrap().resolve().unwrap_err().to_string();
+    assert!(err.starts_with("--device cuda:") && !err.contains('\n'), "{err}");
+    assert_eq!(DeviceRequest::Auto.resolve().unwrap(), Device::Cpu);
+}
+
+#[test]
+fn launches_check_arguments_and_names() {
+    let backend = cuda::backend(emulated()).unwrap();
+    let out = backend.alloc(10).unwrap();
+    let cfg = LaunchConfig::for_elems(10, 256);
+    let err = backend.launch("fill_f32", cfg, &[out.arg(), Arg::F32(1.0)]).unwrap_err().to_string();
+    assert!(err.contains("fill_f32") && err.contains("2 arguments"), "{err}");
+    let err = backend.launch("fill_f32", cfg, &[out.arg(), Arg::U64(1), Arg::I32(10)]).unwrap_err().to_string();
+    assert!(err.contains("argument 1 has 8 bytes"), "{err}");
+    let err = backend.launch("no_such_kernel", cfg, &[]).unwrap_err().to_string();
+    assert!(err.contains("no kernel named no_such_kernel"), "{err}");
+    backend.launch("fill_f32", cfg, &[out.arg(), Arg::F32(1.5), Arg::I32(10)]).unwrap();
+    assert_eq!(out.download().unwrap(), vec![1.5; 10]);
+}
+
+#[test]
+fn every_kernel_build_rs_found_is_launchable_by_name() {
+    // a wrong argument count proves the emulator knows the kernel by name
+    let backend = cuda::backend(emulated()).unwrap();
+    let names = cuda::kernels::names();
+    assert!(names.contains(&"fill_f32") && names.contains(&"reduce_sum"), "{names:?}");
+    for name in names {
+        let err = backend.launch(name, LaunchConfig::for_elems(1, 32), &[]).unwrap_err().to_string();
+        assert!(err.contains("arguments given"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn steady_state_training_steps_allocate_nothing_new() {
+    // its own emulated ordinal, so other tests' allocations do not interfere
+    let device = Device::Cuda(CudaDevice { ordinal: 7, emulated: true });
+    let backend = cuda::backend(CudaDevice { ordinal: 7, emulated: true }).unwrap();
+    let w = Tensor::from_vec_on(vec![0.5; 64], [8, 8], device).unwrap().detach().requires_grad_();
+    let x = Tensor::from_vec_on((0..128).map(|i| i as f32 / 128.0).collect(), [16, 8], device).unwrap();
+    let step = || {
+        let h = ops::silu(&ops::mul(&x, &ops::sum(&w, &[0], true).unwrap()).unwrap()).unwrap();
+        let loss = ops::mean_all(&ops::mul(&h, &h).unwrap()).unwrap();
+        let grads = backward(&loss).unwrap();
+        grads.get(&w).unwrap().to_vec()
+    };
+    step();
+    step();
+    let after_warmup = backend.alloc_stats();
+    for _ in 0..5 {
+        step();
+    }
+    let after = backend.alloc_stats();
+    assert_eq!(after.device_mallocs, after_warmup.device_mallocs, "{after:?}");
+    assert!(after.reuses > after_warmup.reuses);
+    assert_eq!(after.device_frees, 0);
+    backend.empty_cache();
+    let emptied = backend.alloc_stats();
+    assert!(emptied.device_frees > 0 && emptied.bytes_reserved == emptied.bytes_in_use, "{emptied:?}");
+}
+
+#[test]
+fn parity_device_is_cuda() {
+    assert!(parity_device().is_cuda());
+}
