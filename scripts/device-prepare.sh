@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Prepare the GPU device check, here (no GPU needed): build the CLI and the
+# GPU-facing release test binaries with every kernel compiled by nvcc, and put
+# them with scripts/device-run.sh (and the Fashion-MNIST files, when present)
+# into device-bundle/ (git-ignored), which is carried to the GPU machine.
+# Then, on the GPU machine:  bash device-bundle/device-run.sh "$OUT"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+source scripts/install-nvcc.sh
+export MINIDIFFUSION_REQUIRE_NVCC=1
+
+bundle=device-bundle
+rm -rf "$bundle"
+mkdir -p "$bundle/bin" "$bundle/tests"
+
+cargo build --release --bin minidiffusion
+cp target/release/minidiffusion "$bundle/bin/"
+
+# the test binaries that touch CUDA: parity_* and cuda_backend
+cargo test --release --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    exe = msg.get("executable")
+    name = msg.get("target", {}).get("name", "")
+    if exe and msg.get("profile", {}).get("test") and (name.startswith("parity_") or name == "cuda_backend"):
+        print(name, exe)
+' | while read -r name exe; do
+        cp "$exe" "$bundle/tests/$name"
+    done
+
+strip "$bundle"/bin/* "$bundle"/tests/* 2>/dev/null || true
+cp scripts/device-run.sh "$bundle/"
+[ -f scripts/bench_torch_kernels.py ] && cp scripts/bench_torch_kernels.py "$bundle/"
+data=/usr/share/datasets/fashion-mnist
+if [ -d "$data" ]; then
+    mkdir -p "$bundle/data" && cp "$data"/*.gz "$bundle/data/"
+fi
+git rev-parse HEAD > "$bundle/COMMIT"
+git status --porcelain | grep -q . && echo "dirty" >> "$bundle/COMMIT" || true
+du -sh "$bundle"
+ls -la "$bundle/tests"
