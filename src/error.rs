@@ -27,6 +27,9 @@ pub enum Error {
     /// An op needs its input on another device.
     #[error("{op}: expected a tensor on {expected}, got {got}")]
     WrongDevice { op: &'static str, expected: &'static str, got: crate::device::Device },
+    /// A data or model file that cannot be used, with the file named.
+    #[error("{path}: {msg}")]
+    Data { path: String, msg: String },
     /// I/O with the path named.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },

@@ -3,6 +3,7 @@
 //! plain-Rust CPU twin of each.
 
 pub mod autograd;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod ops;
