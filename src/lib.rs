@@ -5,7 +5,10 @@
 pub mod autograd;
 pub mod data;
 pub mod device;
+pub mod diffusion;
 pub mod error;
+pub mod io;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod rng;

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod info;
+pub mod schedule;
 
 use clap::{Parser, Subcommand};
 use minidiffusion::Device;
@@ -20,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the version, the compute devices this build can use and the CPU thread count.
     Info(info::InfoArgs),
+    /// Print a noise schedule (betas, alphas, alphas_cumprod, sigmas).
+    Schedule(schedule::ScheduleArgs),
     /// Benchmarks (kernels at UNet shapes).
     Bench(bench::BenchArgs),
 }
@@ -28,6 +31,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args),
+        Command::Schedule(args) => schedule::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

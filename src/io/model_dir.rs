@@ -1,0 +1,197 @@
+//! diffusers' model directory: `config.json` (UNet2DModel), the weights in
+//! `diffusion_pytorch_model.safetensors`, and `scheduler_config.json`
+//! (DDIMScheduler keys). A directory saved by diffusers loads here; one saved
+//! here loads with `UNet2DModel.from_pretrained` and `DDIMScheduler.from_pretrained`.
+
+use super::safetensors::{self as st, StateDict};
+use super::write_atomic;
+use crate::device::Device;
+use crate::diffusion::{Schedule, ScheduleKind};
+use crate::error::{Error, Result};
+use crate::nn::load_state;
+use crate::nn::unet::{UNet2DConfig, UNet2DModel};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const CONFIG: &str = "config.json";
+pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
+pub const SCHEDULER: &str = "scheduler_config.json";
+/// The diffusers version our files say they match.
+pub const DIFFUSERS_VERSION: &str = "0.35.2";
+
+fn d_steps() -> usize {
+    1000
+}
+fn d_beta_start() -> f64 {
+    1e-4
+}
+fn d_beta_end() -> f64 {
+    0.02
+}
+fn d_linear() -> String {
+    "linear".into()
+}
+fn d_true() -> bool {
+    true
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_leading() -> String {
+    "leading".into()
+}
+fn d_epsilon() -> String {
+    "epsilon".into()
+}
+
+/// diffusers' scheduler config (DDIMScheduler / DDPMScheduler keys and defaults).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SchedulerConfig {
+    #[serde(default = "d_steps")]
+    pub num_train_timesteps: usize,
+    #[serde(default = "d_beta_start")]
+    pub beta_start: f64,
+    #[serde(default = "d_beta_end")]
+    pub beta_end: f64,
+    #[serde(default = "d_linear")]
+    pub beta_schedule: String,
+    #[serde(default)]
+    pub trained_betas: Option<Vec<f64>>,
+    #[serde(default = "d_true")]
+    pub clip_sample: bool,
+    #[serde(default = "d_one")]
+    pub clip_sample_range: f64,
+    #[serde(default = "d_true")]
+    pub set_alpha_to_one: bool,
+    #[serde(default)]
+    pub steps_offset: usize,
+    #[serde(default = "d_leading")]
+    pub timestep_spacing: String,
+    #[serde(default = "d_epsilon")]
+    pub prediction_type: String,
+    #[serde(default)]
+    pub thresholding: bool,
+    #[serde(default)]
+    pub rescale_betas_zero_snr: bool,
+}
+
+impl SchedulerConfig {
+    /// The config describing `schedule` (named when diffusers has the name,
+    /// else as trained_betas). Our samplers do not clip x̂₀ unless asked.
+    pub fn from_schedule(schedule: &Schedule) -> SchedulerConfig {
+        let mut c: SchedulerConfig = serde_json::from_str("{}").expect("defaults");
+        c.num_train_timesteps = schedule.steps();
+        c.clip_sample = false;
+        c.set_alpha_to_one = false;
+        match &schedule.kind {
+            ScheduleKind::Linear { beta_min, beta_max } => (c.beta_start, c.beta_end) = (*beta_min, *beta_max),
+            ScheduleKind::ScaledLinear { beta_min, beta_max } => {
+                (c.beta_start, c.beta_end, c.beta_schedule) = (*beta_min, *beta_max, "scaled_linear".into())
+            }
+            ScheduleKind::SquaredCosCapV2 => c.beta_schedule = "squaredcos_cap_v2".into(),
+            ScheduleKind::Cosine | ScheduleKind::Explicit(_) => c.trained_betas = Some(schedule.betas.clone()),
+        }
+        c
+    }
+
+    /// The schedule this config describes; unsupported values are refused by name.
+    pub fn schedule(&self) -> Result<Schedule> {
+        let refuse = |key: &str, value: &dyn std::fmt::Display| Error::Data {
+            path: SCHEDULER.into(),
+            msg: format!("{key} {value} is not supported"),
+        };
+        if self.prediction_type != "epsilon" {
+            return Err(refuse("prediction_type", &self.prediction_type));
+        }
+        if self.thresholding {
+            return Err(refuse("thresholding", &true));
+        }
+        if self.rescale_betas_zero_snr {
+            return Err(refuse("rescale_betas_zero_snr", &true));
+        }
+        if !matches!(self.timestep_spacing.as_str(), "leading" | "trailing" | "linspace") {
+            return Err(refuse("timestep_spacing", &self.timestep_spacing));
+        }
+        let kind = match (&self.trained_betas, self.beta_schedule.as_str()) {
+            (Some(b), _) => ScheduleKind::Explicit(b.clone()),
+            (None, "linear") => ScheduleKind::Linear { beta_min: self.beta_start, beta_max: self.beta_end },
+            (None, "scaled_linear") => ScheduleKind::ScaledLinear { beta_min: self.beta_start, beta_max: self.beta_end },
+            (None, "squaredcos_cap_v2") => ScheduleKind::SquaredCosCapV2,
+            (None, other) => return Err(refuse("beta_schedule", &other)),
+        };
+        Schedule::new(kind, self.num_train_timesteps)
+    }
+}
+
+/// diffusers renamed the attention parameters in 0.14; old files still say these.
+fn modernise_names(state: StateDict) -> StateDict {
+    state
+        .into_iter()
+        .map(|(name, v)| {
+            let renamed = [(".query.", ".to_q."), (".key.", ".to_k."), (".value.", ".to_v."), (".proj_attn.", ".to_out.0.")]
+                .iter()
+                .find(|(old, _)| name.contains(old))
+                .map(|(old, new)| name.replace(old, new))
+                .unwrap_or(name);
+            (renamed, v)
+        })
+        .collect()
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Data { path: path.display().to_string(), msg: format!("cannot read: {e}") })?;
+    serde_json::from_str(&text).map_err(|e| Error::Data { path: path.display().to_string(), msg: format!("invalid JSON: {e}") })
+}
+
+fn to_json<T: Serialize>(class: &str, value: &T) -> Result<Vec<u8>> {
+    let mut v = serde_json::to_value(value).map_err(|e| Error::Argument { op: "save", msg: e.to_string() })?;
+    let map = v.as_object_mut().expect("structs serialise to objects");
+    map.insert("_class_name".into(), class.into());
+    map.insert("_diffusers_version".into(), DIFFUSERS_VERSION.into());
+    let mut text = serde_json::to_string_pretty(&v).expect("serialisable");
+    text.push('\n');
+    Ok(text.into_bytes())
+}
+
+/// Load a model directory onto `device`.
+pub fn load(dir: &Path, device: Device) -> Result<(UNet2DModel, SchedulerConfig)> {
+    if !dir.is_dir() {
+        return Err(Error::Data { path: dir.display().to_string(), msg: "no such model directory".into() });
+    }
+    let config_path = dir.join(CONFIG);
+    let config: UNet2DConfig = read_json(&config_path)?;
+    config.validate().map_err(|e| match e {
+        Error::Data { msg, .. } => Error::Data { path: config_path.display().to_string(), msg },
+        other => other,
+    })?;
+    let weights_path = dir.join(WEIGHTS);
+    if !weights_path.is_file() && dir.join("diffusion_pytorch_model.bin").is_file() {
+        return Err(Error::Data {
+            path: dir.join("diffusion_pytorch_model.bin").display().to_string(),
+            msg: "PyTorch pickle weights are not read; save with safe_serialization=True".into(),
+        });
+    }
+    let state = modernise_names(st::read(&weights_path)?);
+    let model = UNet2DModel::new(config, 0, device)?;
+    load_state(&model, &state, &weights_path.display().to_string())?;
+    let scheduler_path = dir.join(SCHEDULER);
+    let scheduler: SchedulerConfig = if scheduler_path.is_file() {
+        read_json(&scheduler_path)?
+    } else {
+        return Err(Error::Data { path: scheduler_path.display().to_string(), msg: "missing (the noise schedule comes from it)".into() });
+    };
+    scheduler.schedule().map_err(|e| match e {
+        Error::Data { msg, .. } => Error::Data { path: scheduler_path.display().to_string(), msg },
+        Error::Argument { msg, .. } => Error::Data { path: scheduler_path.display().to_string(), msg },
+        other => other,
+    })?;
+    Ok((model, scheduler))
+}
+
+/// Save a model directory (each file written atomically).
+pub fn save(dir: &Path, model: &UNet2DModel, scheduler: &SchedulerConfig) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
+    write_atomic(&dir.join(WEIGHTS), &st::serialize(&st::module_tensors(model)?)?)?;
+    write_atomic(&dir.join(CONFIG), &to_json("UNet2DModel", &model.config)?)?;
+    write_atomic(&dir.join(SCHEDULER), &to_json("DDIMScheduler", scheduler)?)
+}

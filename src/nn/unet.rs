@@ -1,0 +1,557 @@
+//! diffusers' `UNet2DModel`, layer for layer and name for name, so its
+//! `config.json` + `diffusion_pytorch_model.safetensors` load here and ours
+//! load there. Blocks: DownBlock2D, AttnDownBlock2D, UNetMidBlock2D,
+//! UpBlock2D, AttnUpBlock2D; ResnetBlock2D with the time embedding added
+//! after conv1; attention over the pixels of a feature map.
+
+use super::init::Initializer;
+use super::layers::{Conv2d, GroupNorm, Linear};
+use super::{Module, join};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::ops;
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+fn d_in() -> usize {
+    3
+}
+fn d_positional() -> String {
+    "positional".into()
+}
+fn d_true() -> bool {
+    true
+}
+fn d_down() -> Vec<String> {
+    ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"].map(String::from).to_vec()
+}
+fn d_up() -> Vec<String> {
+    ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"].map(String::from).to_vec()
+}
+fn d_channels() -> Vec<usize> {
+    vec![224, 448, 672, 896]
+}
+fn d_two() -> usize {
+    2
+}
+fn d_one_f() -> f64 {
+    1.0
+}
+fn d_one() -> usize {
+    1
+}
+fn d_conv() -> String {
+    "conv".into()
+}
+fn d_silu() -> String {
+    "silu".into()
+}
+fn d_head() -> Option<usize> {
+    Some(8)
+}
+fn d_groups() -> Option<usize> {
+    Some(32)
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_default() -> String {
+    "default".into()
+}
+fn d_mid() -> Option<String> {
+    Some("UNetMidBlock2D".into())
+}
+
+/// `UNet2DModel`'s config.json, with diffusers' keys and defaults.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UNet2DConfig {
+    #[serde(default)]
+    pub sample_size: Value,
+    #[serde(default = "d_in")]
+    pub in_channels: usize,
+    #[serde(default = "d_in")]
+    pub out_channels: usize,
+    #[serde(default)]
+    pub center_input_sample: bool,
+    #[serde(default = "d_positional")]
+    pub time_embedding_type: String,
+    #[serde(default)]
+    pub freq_shift: f64,
+    #[serde(default = "d_true")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default = "d_down")]
+    pub down_block_types: Vec<String>,
+    #[serde(default = "d_mid")]
+    pub mid_block_type: Option<String>,
+    #[serde(default = "d_up")]
+    pub up_block_types: Vec<String>,
+    #[serde(default = "d_channels")]
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "d_two")]
+    pub layers_per_block: usize,
+    #[serde(default = "d_one_f")]
+    pub mid_block_scale_factor: f64,
+    #[serde(default = "d_one")]
+    pub downsample_padding: usize,
+    #[serde(default = "d_conv")]
+    pub downsample_type: String,
+    #[serde(default = "d_conv")]
+    pub upsample_type: String,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default = "d_silu")]
+    pub act_fn: String,
+    #[serde(default = "d_head")]
+    pub attention_head_dim: Option<usize>,
+    #[serde(default = "d_groups")]
+    pub norm_num_groups: Option<usize>,
+    #[serde(default)]
+    pub attn_norm_num_groups: Option<usize>,
+    #[serde(default = "d_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "d_default")]
+    pub resnet_time_scale_shift: String,
+    #[serde(default = "d_true")]
+    pub add_attention: bool,
+    #[serde(default)]
+    pub class_embed_type: Option<String>,
+    #[serde(default)]
+    pub num_class_embeds: Option<usize>,
+    #[serde(default)]
+    pub num_train_timesteps: Option<usize>,
+}
+
+impl UNet2DConfig {
+    /// The lesson's model (SPEC): 1→1 channels, (32, 64, 128, 256), 8 groups,
+    /// attention at 16×16, 8×8, 4×4 and in the middle, 8 channels per head.
+    pub fn seed_preset() -> UNet2DConfig {
+        UNet2DConfig {
+            sample_size: Value::from(32),
+            in_channels: 1,
+            out_channels: 1,
+            block_out_channels: vec![32, 64, 128, 256],
+            norm_num_groups: Some(8),
+            ..UNet2DConfig::diffusers_defaults()
+        }
+    }
+
+    /// A small UNet that learns visibly within a few hundred CPU steps.
+    pub fn tiny_preset() -> UNet2DConfig {
+        UNet2DConfig {
+            sample_size: Value::from(32),
+            in_channels: 1,
+            out_channels: 1,
+            down_block_types: ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"].map(String::from).to_vec(),
+            up_block_types: ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"].map(String::from).to_vec(),
+            block_out_channels: vec![16, 32, 64],
+            layers_per_block: 1,
+            norm_num_groups: Some(8),
+            ..UNet2DConfig::diffusers_defaults()
+        }
+    }
+
+    /// All of diffusers' defaults.
+    pub fn diffusers_defaults() -> UNet2DConfig {
+        serde_json::from_str("{}").expect("defaults")
+    }
+
+    fn refuse(key: &str, value: impl std::fmt::Display, why: &str) -> Error {
+        Error::Data { path: "config.json".into(), msg: format!("{key} {value} is not supported ({why})") }
+    }
+
+    /// Refuse, by name, what this implementation does not do.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.block_out_channels.len();
+        if self.time_embedding_type != "positional" {
+            return Err(Self::refuse("time_embedding_type", &self.time_embedding_type, "only \"positional\""));
+        }
+        if !matches!(self.act_fn.as_str(), "silu" | "swish") {
+            return Err(Self::refuse("act_fn", &self.act_fn, "only \"silu\""));
+        }
+        if self.downsample_type != "conv" {
+            return Err(Self::refuse("downsample_type", &self.downsample_type, "only \"conv\""));
+        }
+        if self.upsample_type != "conv" {
+            return Err(Self::refuse("upsample_type", &self.upsample_type, "only \"conv\""));
+        }
+        if self.resnet_time_scale_shift != "default" {
+            return Err(Self::refuse("resnet_time_scale_shift", &self.resnet_time_scale_shift, "only \"default\""));
+        }
+        if let Some(c) = &self.class_embed_type {
+            return Err(Self::refuse("class_embed_type", c, "class conditioning is not implemented"));
+        }
+        if let Some(c) = self.num_class_embeds {
+            return Err(Self::refuse("num_class_embeds", c, "class conditioning is not implemented"));
+        }
+        if let Some(m) = &self.mid_block_type {
+            if m != "UNetMidBlock2D" {
+                return Err(Self::refuse("mid_block_type", m, "only \"UNetMidBlock2D\""));
+            }
+        }
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(Error::Data {
+                path: "config.json".into(),
+                msg: format!(
+                    "{} down blocks, {} up blocks and {n} block_out_channels must all be equal and non-zero",
+                    self.down_block_types.len(),
+                    self.up_block_types.len()
+                ),
+            });
+        }
+        for t in &self.down_block_types {
+            if !matches!(t.as_str(), "DownBlock2D" | "AttnDownBlock2D") {
+                return Err(Self::refuse("down_block_types entry", t, "DownBlock2D or AttnDownBlock2D"));
+            }
+        }
+        for t in &self.up_block_types {
+            if !matches!(t.as_str(), "UpBlock2D" | "AttnUpBlock2D") {
+                return Err(Self::refuse("up_block_types entry", t, "UpBlock2D or AttnUpBlock2D"));
+            }
+        }
+        let groups = self.groups()?;
+        for &c in &self.block_out_channels {
+            if c == 0 || c % groups != 0 {
+                return Err(Self::refuse("norm_num_groups", groups, &format!("must divide every block_out_channels entry, {c} is not a multiple")));
+            }
+            if let Some(h) = self.attention_head_dim {
+                if h == 0 || c % h != 0 {
+                    return Err(Self::refuse("attention_head_dim", h, &format!("must divide the channels, {c} is not a multiple")));
+                }
+            }
+        }
+        if self.layers_per_block == 0 {
+            return Err(Self::refuse("layers_per_block", 0, "at least 1"));
+        }
+        Ok(())
+    }
+
+    fn groups(&self) -> Result<usize> {
+        self.norm_num_groups.ok_or_else(|| Self::refuse("norm_num_groups", "null", "a group count is required"))
+    }
+
+    /// The sample's height and width when the config says.
+    pub fn sample_hw(&self) -> Option<(usize, usize)> {
+        match &self.sample_size {
+            Value::Number(n) => n.as_u64().map(|s| (s as usize, s as usize)),
+            Value::Array(a) if a.len() == 2 => Some((a[0].as_u64()? as usize, a[1].as_u64()? as usize)),
+            _ => None,
+        }
+    }
+}
+
+/// ResnetBlock2D: norm1 → SiLU → conv1 → + time_emb_proj(SiLU(temb)) → norm2 →
+/// SiLU → conv2, plus the input (through a 1×1 conv_shortcut when channels change).
+pub struct ResnetBlock {
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    pub time_emb_proj: Linear,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    pub conv_shortcut: Option<Conv2d>,
+    pub output_scale: f32,
+}
+
+impl ResnetBlock {
+    fn new(init: &mut Initializer, cin: usize, cout: usize, temb: usize, groups: usize, eps: f32, output_scale: f32, device: Device) -> Result<Self> {
+        Ok(ResnetBlock {
+            norm1: GroupNorm::new(groups, cin, eps, device)?,
+            conv1: Conv2d::new(init, cin, cout, 3, 1, 1, device)?,
+            time_emb_proj: Linear::new(init, temb, cout, true, device)?,
+            norm2: GroupNorm::new(groups, cout, eps, device)?,
+            conv2: Conv2d::new(init, cout, cout, 3, 1, 1, device)?,
+            conv_shortcut: if cin != cout { Some(Conv2d::new(init, cin, cout, 1, 1, 0, device)?) } else { None },
+            output_scale,
+        })
+    }
+
+    /// `temb_act` is SiLU(temb), shared by all blocks.
+    fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let t = self.time_emb_proj.forward(temb_act)?;
+        let t = ops::reshape(&t, [t.dims()[0], t.dims()[1], 1, 1])?;
+        let h = ops::add(&h, &t)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+        let skip = match &self.conv_shortcut {
+            Some(c) => c.forward(x)?,
+            None => x.clone(),
+        };
+        let out = ops::add(&skip, &h)?;
+        if self.output_scale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.output_scale) }
+    }
+}
+
+impl Module for ResnetBlock {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        self.norm1.visit(&join(prefix, "norm1"), f);
+        self.conv1.visit(&join(prefix, "conv1"), f);
+        self.time_emb_proj.visit(&join(prefix, "time_emb_proj"), f);
+        self.norm2.visit(&join(prefix, "norm2"), f);
+        self.conv2.visit(&join(prefix, "conv2"), f);
+        if let Some(c) = &self.conv_shortcut {
+            c.visit(&join(prefix, "conv_shortcut"), f);
+        }
+    }
+}
+
+/// diffusers' `Attention` as the UNet's blocks build it: group norm, q/k/v
+/// projections, multi-head attention over the H·W pixels, to_out, residual.
+pub struct AttentionBlock {
+    pub group_norm: GroupNorm,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    pub heads: usize,
+    pub rescale: f32,
+}
+
+impl AttentionBlock {
+    fn new(init: &mut Initializer, channels: usize, head_dim: Option<usize>, groups: usize, eps: f32, rescale: f32, device: Device) -> Result<Self> {
+        let head_dim = head_dim.unwrap_or(channels);
+        let heads = channels / head_dim;
+        let inner = heads * head_dim;
+        Ok(AttentionBlock {
+            group_norm: GroupNorm::new(groups, channels, eps, device)?,
+            to_q: Linear::new(init, channels, inner, true, device)?,
+            to_k: Linear::new(init, channels, inner, true, device)?,
+            to_v: Linear::new(init, channels, inner, true, device)?,
+            to_out: Linear::new(init, inner, channels, true, device)?,
+            heads,
+            rescale,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
+        let pixels = h * w;
+        // [B, C, H, W] → normalised → [B, HW, C]
+        let normed = self.group_norm.forward(x)?;
+        let seq = ops::transpose(&ops::reshape(&normed, [b, c, pixels])?, 1, 2)?;
+        let inner = self.to_q.weight.dims()[0];
+        let head_dim = inner / self.heads;
+        let split = |t: Tensor| -> Result<Tensor> { ops::permute(&ops::reshape(&t, [b, pixels, self.heads, head_dim])?, &[0, 2, 1, 3]) };
+        let q = split(self.to_q.forward(&seq)?)?;
+        let k = split(self.to_k.forward(&seq)?)?;
+        let v = split(self.to_v.forward(&seq)?)?;
+        let o = ops::attention(&q, &k, &v, 1.0 / (head_dim as f32).sqrt())?;
+        let o = ops::reshape(&ops::permute(&o, &[0, 2, 1, 3])?, [b, pixels, inner])?;
+        let o = self.to_out.forward(&o)?;
+        let o = ops::reshape(&ops::transpose(&o, 1, 2)?, [b, c, h, w])?;
+        let out = ops::add(&o, x)?;
+        if self.rescale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.rescale) }
+    }
+}
+
+impl Module for AttentionBlock {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        self.group_norm.visit(&join(prefix, "group_norm"), f);
+        self.to_q.visit(&join(prefix, "to_q"), f);
+        self.to_k.visit(&join(prefix, "to_k"), f);
+        self.to_v.visit(&join(prefix, "to_v"), f);
+        self.to_out.visit(&join(prefix, "to_out.0"), f);
+    }
+}
+
+/// A down, mid or up block: resnets, each optionally followed by attention,
+/// then an optional resampler (stride-2 conv down, nearest 2× + conv up).
+pub struct Block {
+    pub resnets: Vec<ResnetBlock>,
+    pub attentions: Vec<AttentionBlock>,
+    pub resampler: Option<Conv2d>,
+}
+
+impl Block {
+    fn visit(&self, prefix: &str, resampler_name: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        for (i, r) in self.resnets.iter().enumerate() {
+            r.visit(&join(prefix, &format!("resnets.{i}")), f);
+        }
+        for (i, a) in self.attentions.iter().enumerate() {
+            a.visit(&join(prefix, &format!("attentions.{i}")), f);
+        }
+        if let Some(c) = &self.resampler {
+            c.visit(&join(prefix, &format!("{resampler_name}.0.conv")), f);
+        }
+    }
+}
+
+/// The model.
+pub struct UNet2DModel {
+    pub config: UNet2DConfig,
+    pub time_linear_1: Linear,
+    pub time_linear_2: Linear,
+    pub conv_in: Conv2d,
+    pub down_blocks: Vec<Block>,
+    pub mid_block: Option<Block>,
+    pub up_blocks: Vec<Block>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+    pub device: Device,
+}
+
+impl UNet2DModel {
+    /// A new model on `device`, initialised as the lesson does: PyTorch's
+    /// default init, then zero weights in each down/up resnet's conv2 and in
+    /// conv_out, and orthogonal downsampler convs.
+    pub fn new(config: UNet2DConfig, seed: u64, device: Device) -> Result<UNet2DModel> {
+        config.validate()?;
+        let mut init = Initializer::new(seed);
+        let model = UNet2DModel::build(config, &mut init, device)?;
+        for block in model.down_blocks.iter().chain(&model.up_blocks) {
+            for r in &block.resnets {
+                r.conv2.zero_weight()?;
+            }
+        }
+        for block in &model.down_blocks {
+            if let Some(d) = &block.resampler {
+                d.orthogonal_weight(&mut init)?;
+            }
+        }
+        model.conv_out.zero_weight()?;
+        Ok(model)
+    }
+
+    fn build(config: UNet2DConfig, init: &mut Initializer, device: Device) -> Result<UNet2DModel> {
+        let ch = &config.block_out_channels;
+        let groups = config.groups()?;
+        let eps = config.norm_eps as f32;
+        let c0 = ch[0];
+        let temb = c0 * 4;
+        let n = ch.len();
+        let time_linear_1 = Linear::new(init, c0, temb, true, device)?;
+        let time_linear_2 = Linear::new(init, temb, temb, true, device)?;
+        let conv_in = Conv2d::new(init, config.in_channels, c0, 3, 1, 1, device)?;
+        let mut down_blocks = Vec::new();
+        let mut out_c = c0;
+        for (i, kind) in config.down_block_types.iter().enumerate() {
+            let in_c = out_c;
+            out_c = ch[i];
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..config.layers_per_block {
+                resnets.push(ResnetBlock::new(init, if j == 0 { in_c } else { out_c }, out_c, temb, groups, eps, 1.0, device)?);
+                if kind == "AttnDownBlock2D" {
+                    attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, groups, eps, 1.0, device)?);
+                }
+            }
+            let resampler = if i + 1 < n { Some(Conv2d::new(init, out_c, out_c, 3, 2, config.downsample_padding, device)?) } else { None };
+            down_blocks.push(Block { resnets, attentions, resampler });
+        }
+        let last = ch[n - 1];
+        let mid_block = match &config.mid_block_type {
+            None => None,
+            Some(_) => {
+                let scale = config.mid_block_scale_factor as f32;
+                let attn_groups = config.attn_norm_num_groups.unwrap_or(groups);
+                let mut attentions = Vec::new();
+                if config.add_attention {
+                    attentions.push(AttentionBlock::new(init, last, config.attention_head_dim, attn_groups, eps, scale, device)?);
+                }
+                let resnets = vec![
+                    ResnetBlock::new(init, last, last, temb, groups, eps, scale, device)?,
+                    ResnetBlock::new(init, last, last, temb, groups, eps, scale, device)?,
+                ];
+                Some(Block { resnets, attentions, resampler: None })
+            }
+        };
+        let reversed: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut up_blocks = Vec::new();
+        let mut out_c = reversed[0];
+        for (i, kind) in config.up_block_types.iter().enumerate() {
+            let prev_out = out_c;
+            out_c = reversed[i];
+            let in_c = reversed[(i + 1).min(n - 1)];
+            let layers = config.layers_per_block + 1;
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..layers {
+                let skip_c = if j == layers - 1 { in_c } else { out_c };
+                let res_in = if j == 0 { prev_out } else { out_c };
+                resnets.push(ResnetBlock::new(init, res_in + skip_c, out_c, temb, groups, eps, 1.0, device)?);
+                if kind == "AttnUpBlock2D" {
+                    attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, groups, eps, 1.0, device)?);
+                }
+            }
+            let resampler = if i + 1 < n { Some(Conv2d::new(init, out_c, out_c, 3, 1, 1, device)?) } else { None };
+            up_blocks.push(Block { resnets, attentions, resampler });
+        }
+        let conv_norm_out = GroupNorm::new(groups, c0, eps, device)?;
+        let conv_out = Conv2d::new(init, c0, config.out_channels, 3, 1, 1, device)?;
+        Ok(UNet2DModel { config, time_linear_1, time_linear_2, conv_in, down_blocks, mid_block, up_blocks, conv_norm_out, conv_out, device })
+    }
+
+    /// ε̂ = model(x_t, t): x [B, in, H, W] on the model's device, `t` [B] timesteps (as f32).
+    pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        if x.rank() != 4 || x.dims()[1] != c.in_channels || t.dims() != [x.dims()[0]] {
+            return Err(Error::Shape {
+                op: "unet",
+                msg: format!("input {} and timesteps {} do not fit a UNet with {} input channels", x.shape(), t.shape(), c.in_channels),
+            });
+        }
+        let levels = c.block_out_channels.len();
+        let factor = 1usize << (levels - 1);
+        if x.dims()[2] % factor != 0 || x.dims()[3] % factor != 0 {
+            return Err(Error::Shape { op: "unet", msg: format!("height and width of {} must be multiples of {factor}", x.shape()) });
+        }
+        let x = if c.center_input_sample { ops::affine(x, 2.0, -1.0)? } else { x.clone() };
+        let emb = ops::timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift as f32, 10000.0)?;
+        let emb = self.time_linear_2.forward(&ops::silu(&self.time_linear_1.forward(&emb)?)?)?;
+        let temb_act = ops::silu(&emb)?;
+
+        let mut h = self.conv_in.forward(&x)?;
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks {
+            for (j, r) in block.resnets.iter().enumerate() {
+                h = r.forward(&h, &temb_act)?;
+                if let Some(a) = block.attentions.get(j) {
+                    h = a.forward(&h)?;
+                }
+                skips.push(h.clone());
+            }
+            if let Some(d) = &block.resampler {
+                h = d.forward(&h)?;
+                skips.push(h.clone());
+            }
+        }
+        if let Some(mid) = &self.mid_block {
+            h = mid.resnets[0].forward(&h, &temb_act)?;
+            if let Some(a) = mid.attentions.first() {
+                h = a.forward(&h)?;
+            }
+            h = mid.resnets[1].forward(&h, &temb_act)?;
+        }
+        for block in &self.up_blocks {
+            for (j, r) in block.resnets.iter().enumerate() {
+                let skip = skips.pop().expect("one skip per up resnet");
+                h = r.forward(&ops::concat(&[&h, &skip], 1)?, &temb_act)?;
+                if let Some(a) = block.attentions.get(j) {
+                    h = a.forward(&h)?;
+                }
+            }
+            if let Some(u) = &block.resampler {
+                h = u.forward(&ops::upsample_nearest2x(&h)?)?;
+            }
+        }
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)
+    }
+}
+
+impl Module for UNet2DModel {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        self.time_linear_1.visit(&join(prefix, "time_embedding.linear_1"), f);
+        self.time_linear_2.visit(&join(prefix, "time_embedding.linear_2"), f);
+        self.conv_in.visit(&join(prefix, "conv_in"), f);
+        for (i, b) in self.down_blocks.iter().enumerate() {
+            b.visit(&join(prefix, &format!("down_blocks.{i}")), "downsamplers", f);
+        }
+        if let Some(m) = &self.mid_block {
+            m.visit(&join(prefix, "mid_block"), "", f);
+        }
+        for (i, b) in self.up_blocks.iter().enumerate() {
+            b.visit(&join(prefix, &format!("up_blocks.{i}")), "upsamplers", f);
+        }
+        self.conv_norm_out.visit(&join(prefix, "conv_norm_out"), f);
+        self.conv_out.visit(&join(prefix, "conv_out"), f);
+    }
+}
