@@ -1,5 +1,8 @@
-//! Diffusion: noise schedules, noisify, and the samplers (DDPM, skip-DDPM, DDIM).
+//! Diffusion: noise schedules and the samplers (DDPM, skip-DDPM, DDIM); the
+//! fused per-element updates are ops (ops::diffusion).
 
+pub mod sampler;
 pub mod schedule;
 
+pub use sampler::{SamplerKind, SamplerOptions, Spacing};
 pub use schedule::{Schedule, ScheduleKind};

@@ -82,7 +82,7 @@ impl SchedulerConfig {
         let mut c: SchedulerConfig = serde_json::from_str("{}").expect("defaults");
         c.num_train_timesteps = schedule.steps();
         c.clip_sample = false;
-        c.set_alpha_to_one = false;
+        c.set_alpha_to_one = true; // SPEC: ᾱ_prev = 1 after t = 0
         match &schedule.kind {
             ScheduleKind::Linear { beta_min, beta_max } => (c.beta_start, c.beta_end) = (*beta_min, *beta_max),
             ScheduleKind::ScaledLinear { beta_min, beta_max } => {

@@ -1,10 +1,10 @@
-//! NumPy .npy arrays (format 1.0/2.0/3.0): read little-endian f32/f64 (C order)
-//! as f32; write f32.
+//! NumPy .npy arrays (format 1.0/2.0/3.0): read little-endian f32/f64/i32/i64
+//! (C order) as f32; write f32.
 
 use crate::error::{Error, Result};
 use std::path::Path;
 
-/// (shape, values) of a float .npy file.
+/// (shape, values) of a numeric .npy file, as f32.
 pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::Data { path: path.display().to_string(), msg: format!("cannot read: {e}") })?;
     parse(path, &bytes)
@@ -27,13 +27,10 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         Some(header[at..].trim_start().strip_prefix(':')?.trim_start())
     };
     let descr = field("descr").ok_or_else(|| err("no descr in header".into()))?;
-    let width = if descr.starts_with("'<f4'") {
-        4
-    } else if descr.starts_with("'<f8'") {
-        8
-    } else {
-        return Err(err(format!("dtype {} is not supported (use little-endian float32 or float64)", descr.split(',').next().unwrap_or(descr))));
-    };
+    let kind = ["'<f4'", "'<f8'", "'<i4'", "'<i8'"].iter().position(|k| descr.starts_with(k)).ok_or_else(|| {
+        err(format!("dtype {} is not supported (little-endian float32/64 or int32/64)", descr.split(',').next().unwrap_or(descr)))
+    })?;
+    let width = [4, 8, 4, 8][kind];
     if field("fortran_order").is_some_and(|v| v.starts_with("True")) {
         return Err(err("Fortran-order arrays are not supported (save with C order)".into()));
     }
@@ -46,10 +43,12 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     if data.len() < n * width {
         return Err(err(format!("truncated: shape {shape:?} needs {} bytes of data, file has {}", n * width, data.len())));
     }
-    let values = if width == 4 {
-        data[..n * 4].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-    } else {
-        data[..n * 8].chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect()
+    let chunks = data[..n * width].chunks_exact(width);
+    let values = match kind {
+        0 => chunks.map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        1 => chunks.map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+        2 => chunks.map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+        _ => chunks.map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
     };
     Ok((shape, values))
 }

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod batch_norm;
 pub mod binary;
 pub mod conv2d;
+pub mod diffusion;
 pub mod group_norm;
 pub mod layout;
 pub mod loss;

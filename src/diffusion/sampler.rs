@@ -1,0 +1,203 @@
+//! The samplers of the lesson (SPEC "Sampling"): DDPM over all T steps,
+//! skip-DDPM (the model called only at some steps, ε̂ reused between), and
+//! DDIM over a subset of timesteps with η and optional x̂0 clipping — each
+//! step one fused update (ops::diffusion::step).
+//!
+//! Randomness: x_T is normal stream (seed, 0); the noise of the k-th update is
+//! stream (seed, 1 + k). Element indices are global over the whole sample set,
+//! so results do not depend on the batch size.
+
+use super::Schedule;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::ops::diffusion::{StepCoefs, step};
+use crate::tensor::Tensor;
+
+/// How DDIM picks its timesteps (diffusers' `timestep_spacing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Spacing {
+    /// T//n·(n−1), …, T//n, 0 (plus steps_offset): 100 of 1000 → 990, 980, …, 0.
+    #[default]
+    Leading,
+    /// round(T − k·T/n) − 1: 100 of 1000 → 999, 989, …, 9.
+    Trailing,
+    /// round(linspace(0, T−1, n)), descending.
+    Linspace,
+}
+
+impl Spacing {
+    pub fn parse(text: &str) -> Result<Spacing> {
+        match text {
+            "leading" => Ok(Spacing::Leading),
+            "trailing" => Ok(Spacing::Trailing),
+            "linspace" => Ok(Spacing::Linspace),
+            _ => Err(Error::Argument { op: "--timestep-spacing", msg: format!("'{text}' is not one of leading, trailing, linspace") }),
+        }
+    }
+}
+
+/// Which sampler.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SamplerKind {
+    /// All T steps, the model at each.
+    Ddpm,
+    /// The model only when t % 3 == 0 or t < 50 (367 calls for T = 1000).
+    DdpmSkip,
+    /// The model at {t : (t+101) % ((t+101)//100) == 0} (296 calls for T = 1000).
+    DdpmSampleAt,
+    /// `steps` timesteps with stochasticity η.
+    Ddim { steps: usize, eta: f64, spacing: Spacing },
+}
+
+/// Sampler settings beyond the kind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplerOptions {
+    pub kind: SamplerKind,
+    /// Clip x̂0 to [−v, v] before the update (diffusers clips at 1 by default; the lesson does not).
+    pub clip_x0: Option<f32>,
+    /// ᾱ used after the last DDIM step: 1 (set_alpha_to_one) or ᾱ_0.
+    pub set_alpha_to_one: bool,
+    /// Added to DDIM's leading timesteps (diffusers' steps_offset).
+    pub steps_offset: usize,
+    pub seed: u64,
+    /// Keep x̂0 after these update indices (0-based), for the FID-per-step curve.
+    pub keep_x0_at: Vec<usize>,
+}
+
+impl Default for SamplerOptions {
+    fn default() -> Self {
+        SamplerOptions { kind: SamplerKind::Ddpm, clip_x0: None, set_alpha_to_one: true, steps_offset: 0, seed: 0, keep_x0_at: vec![] }
+    }
+}
+
+/// What a sampling run produced.
+pub struct Samples {
+    pub x0: Tensor,
+    pub model_evals: usize,
+    /// (update index, timestep, x̂0) for each kept step.
+    pub x0_history: Vec<(usize, usize, Tensor)>,
+}
+
+/// DDIM's timesteps, descending, as diffusers' DDIMScheduler.set_timesteps.
+pub fn ddim_timesteps(train_steps: usize, steps: usize, spacing: Spacing, offset: usize) -> Result<Vec<usize>> {
+    if steps == 0 || steps > train_steps {
+        return Err(Error::Argument { op: "--steps", msg: format!("{steps} must be between 1 and the {train_steps} training timesteps") });
+    }
+    let t = match spacing {
+        Spacing::Leading => {
+            let ratio = train_steps / steps;
+            (0..steps).rev().map(|i| i * ratio + offset).collect::<Vec<_>>()
+        }
+        Spacing::Trailing => {
+            let ratio = train_steps as f64 / steps as f64;
+            (0..steps).map(|i| ((train_steps as f64 - i as f64 * ratio).round() as usize).saturating_sub(1)).collect()
+        }
+        Spacing::Linspace => {
+            let last = (train_steps - 1) as f64;
+            (0..steps).rev().map(|i| if steps == 1 { 0 } else { (last * i as f64 / (steps - 1) as f64).round() as usize }).collect()
+        }
+    };
+    if let Some(&bad) = t.iter().find(|&&x| x >= train_steps) {
+        return Err(Error::Argument { op: "steps_offset", msg: format!("timestep {bad} is beyond the {train_steps} training timesteps") });
+    }
+    Ok(t)
+}
+
+/// Whether skip-DDPM calls the model at timestep t.
+pub fn model_called_at(kind: SamplerKind, t: usize) -> bool {
+    match kind {
+        SamplerKind::DdpmSkip => t % 3 == 0 || t < 50,
+        SamplerKind::DdpmSampleAt => (t + 101) % ((t + 101) / 100) == 0,
+        _ => true,
+    }
+}
+
+/// The DDPM update at t (SPEC): x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t;
+/// x_{t−1} = x̂0·√ᾱ_{t−1}·β_t/(1−ᾱ_t) + x_t·√α_t·(1−ᾱ_{t−1})/(1−ᾱ_t) + σ_t·z, z = 0 at t = 0.
+pub fn ddpm_coefs(s: &Schedule, t: usize, clip: Option<f32>) -> StepCoefs {
+    let abar_t = s.abar(t as i64);
+    let abar_prev = s.abar(t as i64 - 1);
+    let beta = s.betas[t];
+    StepCoefs {
+        eps_scale: (1.0 - abar_t).sqrt() as f32,
+        inv_sqrt_abar: (1.0 / abar_t.sqrt()) as f32,
+        clip: clip.unwrap_or(0.0),
+        c_x0: (abar_prev.sqrt() * beta / (1.0 - abar_t)) as f32,
+        c_xt: (s.alphas[t].sqrt() * (1.0 - abar_prev) / (1.0 - abar_t)) as f32,
+        c_eps: 0.0,
+        sigma: if t > 0 { s.sigmas[t] as f32 } else { 0.0 },
+    }
+}
+
+/// The DDIM update from ᾱ_t to ᾱ_prev with η: σ = η·√((1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev));
+/// x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z.
+pub fn ddim_coefs(abar_t: f64, abar_prev: f64, eta: f64, clip: Option<f32>) -> StepCoefs {
+    let variance = (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev);
+    let sigma = eta * variance.max(0.0).sqrt();
+    StepCoefs {
+        eps_scale: (1.0 - abar_t).sqrt() as f32,
+        inv_sqrt_abar: (1.0 / abar_t.sqrt()) as f32,
+        clip: clip.unwrap_or(0.0),
+        c_x0: abar_prev.sqrt() as f32,
+        c_xt: 0.0,
+        c_eps: (1.0 - abar_prev - sigma * sigma).max(0.0).sqrt() as f32,
+        sigma: sigma as f32,
+    }
+}
+
+/// Initial noise x_T for samples `first..first+count` of a run (shape [count, C, H, W]).
+pub fn initial_noise(dims: [usize; 4], first: usize, seed: u64, device: Device) -> Result<Tensor> {
+    let per_sample = dims[1] * dims[2] * dims[3];
+    let mut v = vec![0.0; dims.iter().product()];
+    crate::rng::PhiloxStream::new(seed, 0).fill_normal((first * per_sample) as u64, &mut v);
+    Tensor::from_vec(v, dims.to_vec())?.to_device(device)
+}
+
+/// Run the sampler from x_T (samples `first..` of the run, for the noise
+/// indices). `model(x_t, t)` returns ε̂ for timesteps `t` ([B] f32).
+pub fn sample(
+    mut model: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
+    x_t: Tensor,
+    first: usize,
+    schedule: &Schedule,
+    opts: &SamplerOptions,
+) -> Result<Samples> {
+    let batch = x_t.dims()[0];
+    let device = x_t.device();
+    let start = (first * (x_t.numel() / batch.max(1))) as u64;
+    let timesteps = |t: usize| Tensor::full_on(t as f32, [batch], device);
+    let mut x = x_t;
+    let mut evals = 0;
+    let mut history = Vec::new();
+    let mut eps: Option<Tensor> = None;
+    let plan: Vec<(usize, StepCoefs)> = match opts.kind {
+        SamplerKind::Ddpm | SamplerKind::DdpmSkip | SamplerKind::DdpmSampleAt => {
+            (0..schedule.steps()).rev().map(|t| (t, ddpm_coefs(schedule, t, opts.clip_x0))).collect()
+        }
+        SamplerKind::Ddim { steps, eta, spacing } => {
+            let ts = ddim_timesteps(schedule.steps(), steps, spacing, opts.steps_offset)?;
+            let ratio = schedule.steps() / steps;
+            let final_abar = if opts.set_alpha_to_one { 1.0 } else { schedule.abar(0) };
+            ts.iter()
+                .map(|&t| {
+                    let prev = t as i64 - ratio as i64;
+                    let abar_prev = if prev >= 0 { schedule.abar(prev) } else { final_abar };
+                    (t, ddim_coefs(schedule.abar(t as i64), abar_prev, eta, opts.clip_x0))
+                })
+                .collect()
+        }
+    };
+    for (k, &(t, coefs)) in plan.iter().enumerate() {
+        if eps.is_none() || model_called_at(opts.kind, t) {
+            eps = Some(model(&x, &timesteps(t)?)?);
+            evals += 1;
+        }
+        let want_x0 = opts.keep_x0_at.contains(&k);
+        let (next, x0) = step(&x, eps.as_ref().expect("set above"), coefs, opts.seed, 1 + k as u64, start, want_x0)?;
+        if let Some(x0) = x0 {
+            history.push((k, t, x0));
+        }
+        x = next;
+    }
+    Ok(Samples { x0: x, model_evals: evals, x0_history: history })
+}

@@ -1,0 +1,55 @@
+//! The fused diffusion updates on the host (reference for kernels/diffusion.cu).
+//! Noise element i of a call is normal number `start + i` of the Philox stream
+//! (seed, offset), so a batch drawn in pieces equals the batch drawn at once.
+
+use crate::rng::PhiloxStream;
+use rayon::prelude::*;
+
+const CHUNK: usize = 4096;
+
+/// x_t = a_s·x0 + b_s·ε and ε for every element, s = i / per_sample,
+/// with a_s = √ᾱ_{t_s}, b_s = √(1 − ᾱ_{t_s}).
+pub fn noisify(x0: &[f32], a: &[f32], b: &[f32], per_sample: usize, seed: u64, offset: u64, start: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut eps = vec![0.0; x0.len()];
+    let stream = PhiloxStream::new(seed, offset);
+    eps.par_chunks_mut(CHUNK).enumerate().for_each(|(c, e)| stream.fill_normal(start + (c * CHUNK) as u64, e));
+    let xt = x0.iter().zip(&eps).enumerate().map(|(i, (&x, &e))| a[i / per_sample] * x + b[i / per_sample] * e).collect();
+    (xt, eps)
+}
+
+/// Scalar coefficients of one sampler step (computed on the host in f64).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepCoefs {
+    /// x̂0 = (x_t − eps_scale·ε̂) · inv_sqrt_abar
+    pub eps_scale: f32,
+    pub inv_sqrt_abar: f32,
+    /// clip x̂0 to [−clip, clip] when clip > 0
+    pub clip: f32,
+    /// x_prev = c_x0·x̂0 + c_xt·x_t + c_eps·ε̂ + sigma·z
+    pub c_x0: f32,
+    pub c_xt: f32,
+    pub c_eps: f32,
+    pub sigma: f32,
+}
+
+/// One sampler step (DDPM and DDIM are both this with different coefficients).
+/// Returns x_prev and, when asked, x̂0. z is drawn only when sigma > 0.
+pub fn step(xt: &[f32], eps: &[f32], k: StepCoefs, seed: u64, offset: u64, start: u64, want_x0: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+    let mut z = vec![0.0; if k.sigma > 0.0 { xt.len() } else { 0 }];
+    let stream = PhiloxStream::new(seed, offset);
+    z.par_chunks_mut(CHUNK).enumerate().for_each(|(c, zc)| stream.fill_normal(start + (c * CHUNK) as u64, zc));
+    let x0_of = |i: usize| {
+        let x0 = (xt[i] - k.eps_scale * eps[i]) * k.inv_sqrt_abar;
+        if k.clip > 0.0 { x0.clamp(-k.clip, k.clip) } else { x0 }
+    };
+    let prev = (0..xt.len())
+        .map(|i| {
+            let mut v = k.c_x0 * x0_of(i) + k.c_xt * xt[i] + k.c_eps * eps[i];
+            if k.sigma > 0.0 {
+                v += k.sigma * z[i];
+            }
+            v
+        })
+        .collect();
+    (prev, want_x0.then(|| (0..xt.len()).map(x0_of).collect()))
+}

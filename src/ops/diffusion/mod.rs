@@ -1,0 +1,54 @@
+//! The fused diffusion ops (no gradients): noisify for training, and one
+//! sampler step for DDPM and DDIM, with Philox noise so CPU and CUDA draw the
+//! same numbers for the same (seed, offset).
+//!
+//!   noisify:  x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε,  ε ~ N(0, I), t per sample
+//!   step:     x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t  (optionally clipped)
+//!             x_prev = c_x0·x̂0 + c_xt·x_t + c_eps·ε̂ + σ·z
+
+pub mod cpu;
+
+pub use cpu::StepCoefs;
+
+use crate::device::Device;
+use crate::error::{Result, shape_err};
+use crate::tensor::{Tensor, cpu_f32_storage};
+
+/// (x_t, ε) for a batch x0 [B, ...] at per-sample timesteps with ᾱ values `abar` (len B).
+/// Noise element i is normal number `start + i` of the Philox stream (seed, offset).
+pub fn noisify(x0: &Tensor, abar: &[f64], seed: u64, offset: u64, start: u64) -> Result<(Tensor, Tensor)> {
+    let batch = x0.dims().first().copied().unwrap_or(0);
+    if abar.len() != batch || batch == 0 {
+        return shape_err("noisify", format!("{} ᾱ values for a batch of shape {}", abar.len(), x0.shape()));
+    }
+    let a: Vec<f32> = abar.iter().map(|v| v.sqrt() as f32).collect();
+    let b: Vec<f32> = abar.iter().map(|v| (1.0 - v).sqrt() as f32).collect();
+    let per_sample = x0.numel() / batch;
+    let (xt, eps) = match x0.device() {
+        Device::Cpu => {
+            let (xt, eps) = cpu::noisify(x0.storage().cpu_f32("noisify")?, &a, &b, per_sample, seed, offset, start);
+            (cpu_f32_storage(xt), cpu_f32_storage(eps))
+        }
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("diffusion: no CUDA kernel yet".into())),
+    };
+    Ok((Tensor::from_storage(xt, x0.shape().clone()), Tensor::from_storage(eps, x0.shape().clone())))
+}
+
+/// One sampler update: (x_prev, x̂0 if `want_x0`).
+/// z element i is normal number `start + i` of the Philox stream (seed, offset).
+pub fn step(xt: &Tensor, eps: &Tensor, k: StepCoefs, seed: u64, offset: u64, start: u64, want_x0: bool) -> Result<(Tensor, Option<Tensor>)> {
+    if xt.shape() != eps.shape() {
+        return shape_err("sampler step", format!("x_t {} and ε̂ {} differ", xt.shape(), eps.shape()));
+    }
+    let device = Tensor::common_device("sampler step", &[xt, eps])?;
+    let (prev, x0) = match device {
+        Device::Cpu => {
+            let (sx, se) = (xt.storage(), eps.storage());
+            let (p, x0) = cpu::step(sx.cpu_f32("step")?, se.cpu_f32("step")?, k, seed, offset, start, want_x0);
+            (cpu_f32_storage(p), x0.map(cpu_f32_storage))
+        }
+        Device::Cuda(_) => return Err(crate::error::Error::Cuda("diffusion: no CUDA kernel yet".into())),
+    };
+    let shape = xt.shape().clone();
+    Ok((Tensor::from_storage(prev, shape.clone()), x0.map(|s| Tensor::from_storage(s, shape))))
+}

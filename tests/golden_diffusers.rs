@@ -1,0 +1,200 @@
+//! Against diffusers: golden files made by scripts/make_golden.py (diffusers
+//! 0.42.1, torch 2.15.0, CPU, f32) under tests/golden/. UNet forward passes of
+//! three random models, the time embedding, schedules, DDIM and DDPM updates,
+//! and a whole DDIM run.
+
+use minidiffusion::diffusion::sampler::{self, SamplerKind, SamplerOptions, Spacing, ddim_coefs, ddpm_coefs};
+use minidiffusion::diffusion::{Schedule, ScheduleKind};
+use minidiffusion::io::{model_dir, npy};
+use minidiffusion::ops::diffusion::{StepCoefs, step};
+use minidiffusion::testing::assert_close;
+use minidiffusion::{Device, Tensor, no_grad, ops};
+use std::path::{Path, PathBuf};
+
+fn golden(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(rel)
+}
+
+fn load(rel: &str) -> (Vec<usize>, Vec<f32>) {
+    npy::read(&golden(rel)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn tensor(rel: &str) -> Tensor {
+    let (shape, v) = load(rel);
+    Tensor::from_vec(v, shape).unwrap()
+}
+
+/// Largest |a − b| / (1e-5 + max |b|): an error relative to the output's scale.
+fn scaled_error(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) + 1e-5;
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+const CASES: [&str; 6] = ["t0", "t1", "t500", "t999", "mixed_1_999", "mixed_500_0"];
+
+#[test]
+fn unet_forward_matches_diffusers() {
+    // f32 throughout; sums in a different order: 1e-5 absolute + 1e-4 relative
+    for name in ["unet_a", "unet_b", "unet_c"] {
+        let (model, _) = model_dir::load(&golden(name), Device::Cpu).unwrap();
+        let x = tensor(&format!("{name}/forward/x.npy"));
+        for case in CASES {
+            let t = tensor(&format!("{name}/forward/t_{case}.npy"));
+            let (_, want) = load(&format!("{name}/forward/eps_{case}.npy"));
+            let got = no_grad(|| model.forward(&x, &t)).unwrap();
+            assert_close(&format!("{name} eps {case}"), &got.to_vec(), &want, 1e-5, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn unet_forward_non_square_input() {
+    let (model, _) = model_dir::load(&golden("unet_c"), Device::Cpu).unwrap();
+    let x = tensor("unet_c/forward/x_8x12.npy");
+    let t = tensor("unet_c/forward/t_mixed_1_999_8x12.npy");
+    let (_, want) = load("unet_c/forward/eps_mixed_1_999_8x12.npy");
+    let got = no_grad(|| model.forward(&x, &t)).unwrap();
+    assert_close("unet_c 8x12", &got.to_vec(), &want, 1e-5, 1e-4);
+}
+
+#[test]
+fn time_embedding_matches_diffusers() {
+    for (name, dim, flip, shift) in [("unet_a", 8, true, 0.0), ("unet_b", 8, false, 1.0), ("unet_c", 8, true, 1.0)] {
+        for case in CASES {
+            let t = tensor(&format!("{name}/forward/t_{case}.npy"));
+            let (_, want) = load(&format!("{name}/forward/time_proj_{case}.npy"));
+            let got = ops::timestep_embedding(&t, dim, flip, shift, 10000.0).unwrap();
+            // f32 sin/cos of arguments up to 999: 2e-5 absolute
+            assert_close(&format!("{name} time_proj {case}"), &got.to_vec(), &want, 2e-5, 0.0);
+        }
+    }
+}
+
+#[test]
+fn schedules_match_diffusers() {
+    for (dir, kind) in [
+        ("linear_1e-4_0.01", ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.01 }),
+        ("linear_1e-4_0.02", ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.02 }),
+        ("squaredcos_cap_v2", ScheduleKind::SquaredCosCapV2),
+    ] {
+        let s = Schedule::new(kind, 1000).unwrap();
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        // f64 against numpy's f64 recomputation: exact up to rounding
+        assert_close(&format!("{dir} betas f64"), &f32s(&s.betas), &load(&format!("schedules/{dir}/betas_f64.npy")).1, 0.0, 1e-6);
+        assert_close(&format!("{dir} abar f64"), &f32s(&s.alphas_cumprod), &load(&format!("schedules/{dir}/alphas_cumprod_f64.npy")).1, 0.0, 1e-6);
+        // against diffusers' f32 tensors (f32 linspace and cumprod): 2e-6 relative, 1e-9 absolute near ᾱ ≈ 0
+        assert_close(&format!("{dir} betas"), &f32s(&s.betas), &load(&format!("schedules/{dir}/betas.npy")).1, 1e-9, 2e-6);
+        assert_close(&format!("{dir} abar"), &f32s(&s.alphas_cumprod), &load(&format!("schedules/{dir}/alphas_cumprod.npy")).1, 1e-9, 2e-6);
+    }
+}
+
+#[test]
+fn scheduler_config_of_a_diffusers_model_gives_its_schedule() {
+    let (_, sched) = model_dir::load(&golden("unet_c"), Device::Cpu).unwrap();
+    let s = sched.schedule().unwrap();
+    assert_eq!(s.kind, ScheduleKind::SquaredCosCapV2);
+    let (_, sched) = model_dir::load(&golden("unet_b"), Device::Cpu).unwrap();
+    assert_eq!(sched.schedule().unwrap().kind, ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.02 });
+}
+
+/// Replays recorded DDIM steps: each step from the recorded x_t and ε̂, noise added from the recording.
+fn replay_ddim(dir: &str, eta: f64) {
+    let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.01 }, 1000).unwrap();
+    let (_, ts) = load(&format!("sampling/{dir}/timesteps.npy"));
+    let (shape, eps) = load(&format!("sampling/{dir}/model_output.npy"));
+    let (_, noise) = load(&format!("sampling/{dir}/variance_noise.npy"));
+    let (_, prev) = load(&format!("sampling/{dir}/prev_sample.npy"));
+    let (_, x0s) = load(&format!("sampling/{dir}/pred_original_sample.npy"));
+    let per = shape[1..].iter().product::<usize>();
+    let (_, mut x) = load("sampling/x_T.npy");
+    let expected_ts = sampler::ddim_timesteps(1000, 10, Spacing::Leading, 0).unwrap();
+    assert_eq!(ts.iter().map(|&t| t as usize).collect::<Vec<_>>(), expected_ts);
+    for (k, &t) in ts.iter().enumerate() {
+        let t = t as i64;
+        let abar_prev = if t - 100 >= 0 { s.abar(t - 100) } else { s.abar(0) }; // set_alpha_to_one = False
+        let coefs = ddim_coefs(s.abar(t), abar_prev, eta, None);
+        let deterministic = StepCoefs { sigma: 0.0, ..coefs };
+        let xt = Tensor::from_vec(x.clone(), shape[1..].to_vec()).unwrap();
+        let e = Tensor::from_vec(eps[k * per..(k + 1) * per].to_vec(), shape[1..].to_vec()).unwrap();
+        let (next, x0) = step(&xt, &e, deterministic, 0, 0, 0, true).unwrap();
+        let mut next = next.to_vec();
+        for (v, z) in next.iter_mut().zip(&noise[k * per..(k + 1) * per]) {
+            *v += coefs.sigma * z;
+        }
+        assert_close(&format!("{dir} x0 step {k}"), &x0.unwrap().to_vec(), &x0s[k * per..(k + 1) * per], 1e-5, 1e-4);
+        assert_close(&format!("{dir} prev step {k}"), &next, &prev[k * per..(k + 1) * per], 1e-5, 1e-4);
+        x = prev[k * per..(k + 1) * per].to_vec();
+    }
+}
+
+#[test]
+fn ddim_steps_match_diffusers() {
+    replay_ddim("ddim_eta0", 0.0);
+    replay_ddim("ddim_eta1", 1.0);
+}
+
+#[test]
+fn ddpm_update_matches_diffusers_over_1000_steps() {
+    // diffusers' DDPMScheduler adds σ² = (1−ᾱ_{t−1})/(1−ᾱ_t)·β_t noise ("fixed_small"); the lesson's
+    // DDPM uses σ² = β_t. The deterministic part is the same: check it, with the recorded noise
+    // times diffusers' σ taken out.
+    let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.01 }, 1000).unwrap();
+    let dir = "sampling/ddpm_1000_synthetic";
+    let (shape, eps) = load(&format!("{dir}/model_output.npy"));
+    let (_, noise) = load(&format!("{dir}/variance_noise.npy"));
+    let (_, prev) = load(&format!("{dir}/prev_sample.npy"));
+    let (_, ts) = load(&format!("{dir}/timesteps.npy"));
+    let per = shape[1..].iter().product::<usize>();
+    let (_, mut x) = load(&format!("{dir}/x_T.npy"));
+    for (k, &t) in ts.iter().enumerate() {
+        let t = t as usize;
+        let coefs = ddpm_coefs(&s, t, None);
+        let deterministic = StepCoefs { sigma: 0.0, ..coefs };
+        let xt = Tensor::from_vec(x.clone(), shape[1..].to_vec()).unwrap();
+        let e = Tensor::from_vec(eps[k * per..(k + 1) * per].to_vec(), shape[1..].to_vec()).unwrap();
+        let (next, _) = step(&xt, &e, deterministic, 0, 0, 0, false).unwrap();
+        let small_sigma = if t > 0 { ((1.0 - s.abar(t as i64 - 1)) / (1.0 - s.abar(t as i64)) * s.betas[t]).sqrt() as f32 } else { 0.0 };
+        let got: Vec<f32> = next.to_vec().iter().zip(&noise[k * per..(k + 1) * per]).map(|(v, z)| v + small_sigma * z).collect();
+        assert_close(&format!("ddpm step {k} (t={t})"), &got, &prev[k * per..(k + 1) * per], 1e-5, 1e-4);
+        x = prev[k * per..(k + 1) * per].to_vec();
+    }
+}
+
+#[test]
+fn whole_ddim_run_matches_diffusers() {
+    let (model, _) = model_dir::load(&golden("unet_a"), Device::Cpu).unwrap();
+    let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.01 }, 1000).unwrap();
+    let x_t = tensor("sampling/x_T.npy");
+    let opts = SamplerOptions {
+        kind: SamplerKind::Ddim { steps: 10, eta: 0.0, spacing: Spacing::Leading },
+        set_alpha_to_one: false,
+        ..Default::default()
+    };
+    let out = no_grad(|| sampler::sample(|x, t| model.forward(x, t), x_t, 0, &s, &opts)).unwrap();
+    assert_eq!(out.model_evals, 10);
+    let (shape, prev) = load("sampling/ddim_eta0/prev_sample.npy");
+    let per: usize = shape[1..].iter().product();
+    let want = &prev[9 * per..];
+    let err = scaled_error(&out.x0.to_vec(), want);
+    // ten model calls compound f32 differences: 1e-4 of the output's scale
+    assert!(err < 1e-4, "final sample differs from diffusers by {err} of its scale");
+}
+
+#[test]
+fn noisify_formula_matches_add_noise() {
+    let s = Schedule::lesson_default();
+    let (shape, x0) = load("noisify/x0.npy");
+    let (_, noise) = load("noisify/noise.npy");
+    let (_, ts) = load("noisify/t.npy");
+    let (_, want) = load("noisify/x_t.npy");
+    let per: usize = shape[1..].iter().product();
+    let got: Vec<f32> = (0..x0.len())
+        .map(|i| {
+            let abar = s.abar(ts[i / per] as i64);
+            (abar.sqrt() as f32) * x0[i] + ((1.0 - abar).sqrt() as f32) * noise[i]
+        })
+        .collect();
+    // diffusers forms √(1 − ᾱ_t) from an f32 ᾱ_t: at t = 0, 1 − 0.9999f32 keeps only
+    // ~3 digits (relative 6e-4 in 1 − ᾱ), ours is f64: 5e-6 absolute covers it
+    assert_close("add_noise", &got, &want, 5e-6, 1e-5);
+}
