@@ -14,6 +14,7 @@ pub mod optim;
 pub mod rng;
 pub mod tensor;
 pub mod testing;
+pub mod train;
 
 pub use autograd::{Gradients, backward, no_grad};
 pub use device::Device;

@@ -1,7 +1,8 @@
 //! group_norm: forward against a naive f64 reference and hand-computed values,
-//! gradient checks for x, weight and bias, and refused inputs.
+//! gradient checks for x, weight and bias, and refused inputs; the fused
+//! group_norm_silu against silu(group_norm(..)) and its gradient checks.
 
-use minidiffusion::ops::group_norm::group_norm;
+use minidiffusion::ops::group_norm::{group_norm, group_norm_silu};
 use minidiffusion::testing::{GradTol, assert_close, grad_check, randn};
 use minidiffusion::{Error, Tensor};
 
@@ -237,4 +238,81 @@ fn empty_batch_is_fine() {
     let x = Tensor::zeros(vec![0, 4, 3]);
     let y = group_norm(&x, 2, None, None, 1e-5).unwrap();
     assert_eq!(y.dims(), &[0, 4, 3]);
+}
+
+#[test]
+fn group_norm_silu_forward_equals_silu_of_group_norm() {
+    // Tolerance 1e-6 abs + 1e-6 rel: the fused pass forms u = (x−μ)·(rstd·γ) + β
+    // with the same f32 operations as group_norm and applies the same SiLU
+    // formula, so the results agree to the last bit in practice.
+    let cases: &[(&[usize], usize)] = &[(&[2, 6, 5, 7], 3), (&[3, 4, 5], 1), (&[2, 4], 4), (&[1, 8, 3, 3], 2)];
+    for (k, &(dims, groups)) in cases.iter().enumerate() {
+        let c = dims[1];
+        let xv: Vec<f32> = randn(dims, 90 + k as u64).iter().map(|v| 1.5 + 2.0 * v).collect();
+        let x = Tensor::from_vec(xv, dims.to_vec()).unwrap();
+        let (_, w) = tensor(&[c], 91 + k as u64);
+        let (_, b) = tensor(&[c], 92 + k as u64);
+        for affine in [false, true] {
+            let (wo, bo) = if affine { (Some(&w), Some(&b)) } else { (None, None) };
+            let fused = group_norm_silu(&x, groups, wo, bo, 1e-5).unwrap();
+            let chained = minidiffusion::ops::silu(&group_norm(&x, groups, wo, bo, 1e-5).unwrap()).unwrap();
+            assert_eq!(fused.dims(), dims);
+            assert_close(
+                &format!("group_norm_silu {dims:?} g{groups} affine {affine}"),
+                &fused.to_vec(),
+                &chained.to_vec(),
+                1e-6,
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn group_norm_silu_gradients_equal_the_chain() {
+    // The fused backward against the tape through silu(group_norm(..)):
+    // same formulas, sums in another order, so 1e-5 abs + 1e-4 rel.
+    let dims = [2, 6, 3, 5];
+    let x = tensor(&dims, 1).1.requires_grad_();
+    let w = tensor(&[6], 2).1.requires_grad_();
+    let b = tensor(&[6], 3).1.requires_grad_();
+    let r = tensor(&dims, 4).1;
+    let grads_of = |y: Tensor| {
+        let g = minidiffusion::backward(&minidiffusion::ops::sum_all(&minidiffusion::ops::mul(&y, &r).unwrap()).unwrap())
+            .unwrap();
+        [&x, &w, &b].map(|t| g.get(t).unwrap().to_vec())
+    };
+    let fused = grads_of(group_norm_silu(&x, 3, Some(&w), Some(&b), 1e-5).unwrap());
+    let chained = grads_of(minidiffusion::ops::silu(&group_norm(&x, 3, Some(&w), Some(&b), 1e-5).unwrap()).unwrap());
+    for (i, name) in ["dx", "dw", "db"].iter().enumerate() {
+        assert_close(name, &fused[i], &chained[i], 1e-5, 1e-4);
+    }
+}
+
+#[test]
+fn grad_check_group_norm_silu() {
+    for (dims, groups) in [(&[2usize, 6, 3, 3][..], 2usize), (&[2, 4, 7][..], 4), (&[3, 8][..], 2), (&[1, 3, 2, 5][..], 1)] {
+        let c = dims[1];
+        grad_check(
+            &format!("group_norm_silu x,w,b {dims:?} g{groups}"),
+            &[dims, &[c], &[c]],
+            |t| group_norm_silu(&t[0], groups, Some(&t[1]), Some(&t[2]), 1e-5),
+            GradTol::default(),
+        );
+    }
+    grad_check(
+        "group_norm_silu x [2,6,3,3] g3",
+        &[&[2, 6, 3, 3]],
+        |t| group_norm_silu(&t[0], 3, None, None, 1e-5),
+        GradTol::default(),
+    );
+}
+
+#[test]
+fn group_norm_silu_bad_inputs_are_errors() {
+    let x = Tensor::zeros(vec![2, 6, 3]);
+    let err = group_norm_silu(&x, 4, None, None, 1e-5).unwrap_err();
+    assert!(matches!(err, Error::Argument { .. }) && err.to_string().contains("group_norm_silu"), "{err}");
+    assert!(matches!(group_norm_silu(&x, 2, Some(&Tensor::ones(vec![5])), None, 1e-5), Err(Error::Shape { .. })));
+    assert_eq!(group_norm_silu(&Tensor::zeros(vec![0, 4, 3]), 2, None, None, 1e-5).unwrap().dims(), &[0, 4, 3]);
 }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod info;
 pub mod schedule;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 use minidiffusion::Device;
@@ -21,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the version, the compute devices this build can use and the CPU thread count.
     Info(info::InfoArgs),
+    /// Train a diffusion UNet (the lesson's DDPM recipe).
+    Train(train::TrainArgs),
     /// Print a noise schedule (betas, alphas, alphas_cumprod, sigmas).
     Schedule(schedule::ScheduleArgs),
     /// Benchmarks (kernels at UNet shapes).
@@ -31,6 +34,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args),
+        Command::Train(args) => train::run(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Bench(args) => bench::run(args),
     }

@@ -107,9 +107,9 @@ impl GroupNorm {
         ops::group_norm(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps)
     }
 
-    /// silu(group_norm(x)): the pair every resnet block and the output head chain.
+    /// silu(group_norm(x)) in one fused op: the pair every resnet block and the output head chain.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        ops::silu(&self.forward(x)?)
+        ops::group_norm_silu(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps)
     }
 }
 

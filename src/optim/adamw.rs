@@ -4,7 +4,7 @@
 use super::adamw_math::{AdamWHyper, adamw_step};
 use crate::autograd::Gradients;
 use crate::device::Device;
-use crate::error::{Result, shape_err};
+use crate::error::{Error, Result, shape_err};
 use crate::tensor::Tensor;
 
 /// AdamW with decoupled weight decay. As in PyTorch, a parameter without a
@@ -64,7 +64,25 @@ impl AdamW {
                         self.hyper,
                     );
                 }
-                Device::Cuda(_) => return Err(crate::error::Error::Cuda("optim: no CUDA kernel yet".into())),
+                Device::Cuda(_) => {
+                    if grad.device() != param.device() {
+                        return Err(Error::DeviceMismatch { op: "adamw", a: param.device(), b: grad.device() });
+                    }
+                    let g = grad.storage();
+                    let p = param.storage_mut();
+                    let m = self.exp_avg[i].storage_mut();
+                    let v = self.exp_avg_sq[i].storage_mut();
+                    // In place on the device buffers (kernels/optim.cu); the one
+                    // stream orders this launch after every queued use of them.
+                    super::cuda::adamw_step(
+                        p.cuda("adamw")?,
+                        g.cuda("adamw")?,
+                        m.cuda("adamw")?,
+                        v.cuda("adamw")?,
+                        self.steps[i],
+                        self.hyper,
+                    )?;
+                }
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 
 pub mod adamw;
 pub mod adamw_math;
+pub mod cuda;
 pub mod one_cycle;
 
 pub use adamw::AdamW;

@@ -4,11 +4,12 @@
 //! feature map: the attention block reshapes [B, C, H, W] to [B, heads, H·W, C/heads].
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, shape_err};
-use crate::tensor::{Shape, Tensor, cpu_f32_storage};
+use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 
 /// Attention with an explicit `scale` (use 1/√D for the standard form).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
@@ -30,19 +31,24 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tenso
         Device::Cpu => {
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
             let (o, p) = cpu::forward(sq.cpu_f32("attention")?, sk.cpu_f32("attention")?, sv.cpu_f32("attention")?, dims, scale);
-            (cpu_f32_storage(o), p)
+            (cpu_f32_storage(o), cpu_f32_storage(p))
         }
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("attention: no CUDA kernel yet".into())),
+        Device::Cuda(_) => {
+            let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
+            let (o, p) = cuda::forward(sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?, dims, scale)?;
+            (Storage::Cuda(o), Storage::Cuda(p))
+        }
     };
     Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
         let (q, k, v) = (q.clone(), k.clone(), v.clone());
-        let probs = Tensor::from_storage(cpu_f32_storage(probs), Shape::new(vec![dims.batch, lq, lk]));
+        // the saved probabilities, on the forward's device
+        let probs = Tensor::from_storage(probs, Shape::new(vec![dims.batch, lq, lk]));
         Node::new("attention", vec![q.clone(), k.clone(), v.clone()], move |g| {
             let (dq, dk, dv) = match Tensor::common_device("attention_backward", &[&q, g])? {
                 Device::Cpu => {
                     let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), probs.storage(), g.storage());
                     let name = "attention_backward";
-                    cpu::backward(
+                    let (dq, dk, dv) = cpu::backward(
                         sq.cpu_f32(name)?,
                         sk.cpu_f32(name)?,
                         sv.cpu_f32(name)?,
@@ -50,11 +56,18 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tenso
                         sg.cpu_f32(name)?,
                         dims,
                         scale,
-                    )
+                    );
+                    (cpu_f32_storage(dq), cpu_f32_storage(dk), cpu_f32_storage(dv))
                 }
-                Device::Cuda(_) => return Err(crate::error::Error::Cuda("attention: no CUDA kernel yet".into())),
+                Device::Cuda(_) => {
+                    let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), probs.storage(), g.storage());
+                    let name = "attention_backward";
+                    let (dq, dk, dv) =
+                        cuda::backward(sq.cuda(name)?, sk.cuda(name)?, sv.cuda(name)?, sp.cuda(name)?, sg.cuda(name)?, dims, scale)?;
+                    (Storage::Cuda(dq), Storage::Cuda(dk), Storage::Cuda(dv))
+                }
             };
-            let wrap = |data: Vec<f32>, t: &Tensor| Some(Tensor::from_storage(cpu_f32_storage(data), t.shape().clone()));
+            let wrap = |data: Storage, t: &Tensor| Some(Tensor::from_storage(data, t.shape().clone()));
             Ok(vec![wrap(dq, &q), wrap(dk, &k), wrap(dv, &v)])
         })
     }))

@@ -15,13 +15,18 @@
 //!   Eval:  dx = γ·rstd·dy
 //!   dγ_c = Σ dy·x̂,   dβ_c = Σ dy.
 //! The running statistics never get gradients.
+//!
+//! On CUDA (kernels/batchnorm.cu) forward and backward are one launch each,
+//! one block per channel; the train-mode forward also updates the running
+//! statistics in place on the device, and the saved μ and rstd stay there.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Error, Result, arg_err, shape_err};
-use crate::tensor::{DType, Tensor, cpu_f32_storage};
+use crate::tensor::{DType, Storage, Tensor, cpu_f32_storage};
 use cpu::BatchNormDims;
 
 const OP: &str = "batch_norm";
@@ -34,6 +39,12 @@ pub enum BatchNormMode {
     Train { momentum: f32 },
     /// The running statistics.
     Eval,
+}
+
+/// What the forward pass keeps for backward: the per-channel μ and rstd it used.
+enum SavedStats {
+    Cpu { mean: Vec<f32>, rstd: Vec<f32> },
+    Cuda(cuda::SavedStats),
 }
 
 /// Checks that a per-channel tensor has shape [C].
@@ -93,7 +104,7 @@ pub fn batch_norm(
         return Err(Error::DType { op: OP, dtype: t.dtype() });
     }
 
-    let (storage, mean, rstd) = match device {
+    let (storage, saved) = match device {
         Device::Cpu => {
             let rstd_of = |var: f64| (1.0 / (var + eps as f64).sqrt()) as f32;
             let (mean, rstd): (Vec<f32>, Vec<f32>) = match train {
@@ -127,9 +138,21 @@ pub fn batch_norm(
             let w = ws.as_ref().map(|s| s.cpu_f32(OP)).transpose()?;
             let b = bs.as_ref().map(|s| s.cpu_f32(OP)).transpose()?;
             let y = cpu::forward(xs.cpu_f32(OP)?, d, &mean, &rstd, w, b);
-            (cpu_f32_storage(y), mean, rstd)
+            (cpu_f32_storage(y), SavedStats::Cpu { mean, rstd })
         }
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("batch_norm: no CUDA kernel yet".into())),
+        Device::Cuda(_) => {
+            // The kernel writes the running statistics in place (train mode).
+            // They are device memory behind a pointer: read guards suffice to
+            // keep the buffers alive, and never deadlock should running_mean
+            // and running_var be one tensor.
+            let (xs, rm, rv) = (x.storage(), running_mean.storage(), running_var.storage());
+            let ws = weight.map(|w| w.storage());
+            let bs = bias.map(|b| b.storage());
+            let w = ws.as_ref().map(|s| s.cuda(OP)).transpose()?;
+            let b = bs.as_ref().map(|s| s.cuda(OP)).transpose()?;
+            let (y, stats) = cuda::forward(xs.cuda(OP)?, d, rm.cuda(OP)?, rv.cuda(OP)?, w, b, train, eps)?;
+            (Storage::Cuda(y), SavedStats::Cuda(stats))
+        }
     };
 
     Ok(Tensor::from_op(storage, x.shape().clone(), |_| {
@@ -138,30 +161,41 @@ pub fn batch_norm(
         let has_bias = bias.is_some();
         let inputs: Vec<Tensor> = std::iter::once(x.clone()).chain(weight.clone()).chain(bias.cloned()).collect();
         Node::new(OP, inputs, move |g| {
-            let (dx, dw, db) = match g.device() {
-                Device::Cpu => {
-                    let (gs, xs) = (g.storage(), x.storage());
-                    let ws = weight.as_ref().map(|w| w.storage());
+            let (gs, xs) = (g.storage(), x.storage());
+            let ws = weight.as_ref().map(|w| w.storage());
+            let (dx, dw, db): (Option<Tensor>, Tensor, Tensor) = match &saved {
+                SavedStats::Cpu { mean, rstd } => {
                     let w = ws.as_ref().map(|s| s.cpu_f32(OP)).transpose()?;
-                    cpu::backward(
+                    let (dx, dw, db) = cpu::backward(
                         gs.cpu_f32(OP)?,
                         xs.cpu_f32(OP)?,
                         d,
-                        &mean,
-                        &rstd,
+                        mean,
+                        rstd,
                         w,
                         train.is_some(),
                         x.requires_grad(),
+                    );
+                    (
+                        dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?,
+                        Tensor::from_vec(dw, vec![c])?,
+                        Tensor::from_vec(db, vec![c])?,
                     )
                 }
-                Device::Cuda(_) => return Err(crate::error::Error::Cuda("batch_norm: no CUDA kernel yet".into())),
+                SavedStats::Cuda(stats) => {
+                    let w = ws.as_ref().map(|s| s.cuda(OP)).transpose()?;
+                    let (dx, dw, db) =
+                        cuda::backward(gs.cuda(OP)?, xs.cuda(OP)?, stats, w, d, train.is_some(), x.requires_grad())?;
+                    let cuda = |buf, shape: Vec<usize>| Tensor::from_storage(Storage::Cuda(buf), shape.into());
+                    (dx.map(|v| cuda(v, x.dims().to_vec())), cuda(dw, vec![c]), cuda(db, vec![c]))
+                }
             };
-            let mut grads = vec![dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?];
+            let mut grads = vec![dx];
             if let Some(w) = &weight {
-                grads.push(w.requires_grad().then(|| Tensor::from_vec(dw, vec![c])).transpose()?);
+                grads.push(w.requires_grad().then_some(dw));
             }
             if has_bias {
-                grads.push(Some(Tensor::from_vec(db, vec![c])?));
+                grads.push(Some(db));
             }
             Ok(grads)
         })

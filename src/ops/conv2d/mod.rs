@@ -7,13 +7,17 @@
 //! Backward (g = dL/dy), computed as matrix products over the im2col matrix
 //! (see `cpu.rs` for the notation):
 //!   dX_n = col2im(Wᵀ · g_n)    dW = Σ_n g_n · col_nᵀ    dB[o] = Σ_{n, oy, ox} g[n, o, oy, ox]
+//!
+//! On CUDA (`cuda.rs`, kernels/conv2d.cu) the same three products run as
+//! implicit GEMMs that gather the im2col entries on the fly; dB uses the reduce kernel.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, arg_err, shape_err};
-use crate::tensor::{Shape, Tensor, cpu_f32_storage};
+use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 use cpu::ConvGeom;
 
 /// Stride and zero padding, the same for height and width.
@@ -80,7 +84,15 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParam
             };
             cpu_f32_storage(cpu::conv2d_forward(sx.cpu_f32("conv2d")?, sw.cpu_f32("conv2d")?, db, &g))
         }
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("conv2d: no CUDA kernel yet".into())),
+        Device::Cuda(_) => {
+            let (sx, sw) = (x.storage(), weight.storage());
+            let sb = bias.map(|b| b.storage());
+            let db = match &sb {
+                Some(s) => Some(s.cuda("conv2d")?),
+                None => None,
+            };
+            Storage::Cuda(cuda::forward(sx.cuda("conv2d")?, sw.cuda("conv2d")?, db, &g)?)
+        }
     };
     let out_shape = Shape::new(vec![g.n, g.oc, g.oh, g.ow]);
     Ok(Tensor::from_op(storage, out_shape, |_| {
@@ -107,7 +119,10 @@ fn conv2d_backward_input(dy: &Tensor, weight: &Tensor, g: &ConvGeom) -> Result<T
             let (sd, sw) = (dy.storage(), weight.storage());
             cpu_f32_storage(cpu::conv2d_backward_input(sd.cpu_f32("conv2d backward")?, sw.cpu_f32("conv2d backward")?, g))
         }
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("conv2d: no CUDA kernel yet".into())),
+        Device::Cuda(_) => {
+            let (sd, sw) = (dy.storage(), weight.storage());
+            Storage::Cuda(cuda::backward_input(sd.cuda("conv2d backward")?, sw.cuda("conv2d backward")?, g)?)
+        }
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.n, g.c, g.h, g.w])))
 }
@@ -119,7 +134,10 @@ fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tenso
             let (sd, sx) = (dy.storage(), x.storage());
             cpu_f32_storage(cpu::conv2d_backward_weight(sd.cpu_f32("conv2d backward")?, sx.cpu_f32("conv2d backward")?, g))
         }
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("conv2d: no CUDA kernel yet".into())),
+        Device::Cuda(_) => {
+            let (sd, sx) = (dy.storage(), x.storage());
+            Storage::Cuda(cuda::backward_weight(sd.cuda("conv2d backward")?, sx.cuda("conv2d backward")?, g)?)
+        }
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.oc, g.c, g.kh, g.kw])))
 }
@@ -128,7 +146,7 @@ fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tenso
 fn bias_grad(dy: &Tensor, g: &ConvGeom) -> Result<Tensor> {
     let storage = match dy.device() {
         Device::Cpu => cpu_f32_storage(cpu::bias_grad(dy.storage().cpu_f32("conv2d backward")?, g.n, g.oc, g.p())),
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("conv2d: no CUDA kernel yet".into())),
+        Device::Cuda(_) => Storage::Cuda(cuda::bias_grad(dy.storage().cuda("conv2d backward")?, g)?),
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.oc])))
 }

@@ -3,6 +3,7 @@
 //! M = (C/G)·S values x[n, g·C/G .. (g+1)·C/G, :]. One rayon task per (n, g);
 //! statistics and reductions accumulate in f64.
 
+use crate::ops::activation::Activation;
 use rayon::prelude::*;
 
 /// Sizes of a group-norm problem.
@@ -45,6 +46,31 @@ pub fn forward(
     bias: Option<&[f32]>,
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    forward_act(x, d, weight, bias, eps, false)
+}
+
+/// Group norm followed by SiLU in one pass over each group:
+///   u = (x−μ)·rstd·γ_c + β_c,   y = silu(u) = u·σ(u).
+/// Returns (y, mean, rstd) as [`forward`] does.
+pub fn forward_silu(
+    x: &[f32],
+    d: GroupNormDims,
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    forward_act(x, d, weight, bias, eps, true)
+}
+
+/// [`forward`] (silu false) or [`forward_silu`] (silu true).
+fn forward_act(
+    x: &[f32],
+    d: GroupNormDims,
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f32,
+    silu: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (cg, m, s) = (d.cg(), d.m(), d.s);
     let mut y = vec![0.0f32; x.len()];
     let mut mean = vec![0.0f32; d.n * d.groups];
@@ -63,8 +89,14 @@ pub fn forward(
                 let scale = rs * weight.map_or(1.0, |w| w[ch]);
                 let shift = bias.map_or(0.0, |b| b[ch]);
                 let (yc, xc) = (&mut yg[ci * s..(ci + 1) * s], &xg[ci * s..(ci + 1) * s]);
-                for (yv, &xv) in yc.iter_mut().zip(xc) {
-                    *yv = (xv - mu) * scale + shift;
+                if silu {
+                    for (yv, &xv) in yc.iter_mut().zip(xc) {
+                        *yv = Activation::Silu.apply((xv - mu) * scale + shift);
+                    }
+                } else {
+                    for (yv, &xv) in yc.iter_mut().zip(xc) {
+                        *yv = (xv - mu) * scale + shift;
+                    }
                 }
             }
         },
@@ -144,4 +176,38 @@ pub fn backward(
         }
     }
     (dx, dw.into_iter().map(|v| v as f32).collect(), db.into_iter().map(|v| v as f32).collect())
+}
+
+/// The gradient reaching u = x̂·γ + β in the fused group norm + SiLU:
+///   dz = dy·silu'(u),  silu'(u) = σ(u)·(1 + u·(1 − σ(u))),
+/// with u recomputed from x and the saved statistics. [`backward`] applied to
+/// dz then gives dx, dγ and dβ of the fused op.
+pub fn silu_grad(
+    dy: &[f32],
+    x: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    d: GroupNormDims,
+) -> Vec<f32> {
+    let (cg, m, s) = (d.cg(), d.m(), d.s);
+    let mut dz = vec![0.0f32; x.len()];
+    if m == 0 {
+        return dz;
+    }
+    dz.par_chunks_mut(m).zip(dy.par_chunks(m).zip(x.par_chunks(m))).enumerate().for_each(|(ng, (dzg, (dyg, xg)))| {
+        let g = ng % d.groups;
+        let (mu, rs) = (mean[ng], rstd[ng]);
+        for ci in 0..cg {
+            let ch = g * cg + ci;
+            let (gm, bt) = (weight.map_or(1.0, |w| w[ch]), bias.map_or(0.0, |b| b[ch]));
+            let range = ci * s..(ci + 1) * s;
+            for ((o, &dv), &xv) in dzg[range.clone()].iter_mut().zip(&dyg[range.clone()]).zip(&xg[range]) {
+                let xhat = (xv - mu) * rs;
+                *o = dv * Activation::Silu.derivative(xhat * gm + bt);
+            }
+        }
+    });
+    dz
 }

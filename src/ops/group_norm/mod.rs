@@ -9,21 +9,30 @@
 //! are kept from the forward pass, x̂ is recomputed from x):
 //!   dx_i = rstd·(g_i − mean(g) − x̂_i·mean(g·x̂))
 //!   dγ_c = Σ_{n,s} dy·x̂,   dβ_c = Σ_{n,s} dy.
+//!
+//! `group_norm_silu` fuses the SiLU the UNet always applies next:
+//!   u = x̂·γ_c + β_c,  y = silu(u) = u·σ(u),
+//! and its backward is the group-norm backward applied to
+//!   dz = dy·silu'(u),  silu'(u) = σ(u)·(1 + u·(1 − σ(u))),
+//! with u recomputed from x and the saved μ and rstd.
+//!
+//! On CUDA (kernels/groupnorm.cu) the forward is one launch (one block per
+//! group), the backward two (dx per group, then dγ and dβ per channel); the
+//! saved μ and rstd stay on the device.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, arg_err, shape_err};
-use crate::tensor::{Tensor, cpu_f32_storage};
+use crate::tensor::{Storage, Tensor, cpu_f32_storage};
 use cpu::GroupNormDims;
 
-const OP: &str = "group_norm";
-
 /// Checks that an optional per-channel parameter has shape [C].
-fn check_param(what: &str, p: Option<&Tensor>, c: usize) -> Result<()> {
+fn check_param(op: &'static str, what: &str, p: Option<&Tensor>, c: usize) -> Result<()> {
     match p {
-        Some(t) if t.dims() != [c] => shape_err(OP, format!("{what} has shape {}, expected [{c}]", t.shape())),
+        Some(t) if t.dims() != [c] => shape_err(op, format!("{what} has shape {}, expected [{c}]", t.shape())),
         _ => Ok(()),
     }
 }
@@ -37,62 +46,118 @@ pub fn group_norm(
     bias: Option<&Tensor>,
     eps: f32,
 ) -> Result<Tensor> {
+    norm("group_norm", x, groups, weight, bias, eps, false)
+}
+
+/// silu(group_norm(x, groups, weight, bias, eps)) as one op: one pass on the
+/// CPU, one kernel launch on CUDA, and no intermediate kept for backward.
+pub fn group_norm_silu(
+    x: &Tensor,
+    groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+) -> Result<Tensor> {
+    norm("group_norm_silu", x, groups, weight, bias, eps, true)
+}
+
+/// What the forward pass keeps for backward: μ and rstd per group (n·G + g).
+enum SavedStats {
+    Cpu { mean: Vec<f32>, rstd: Vec<f32> },
+    Cuda(cuda::SavedStats),
+}
+
+/// Group norm, followed by SiLU when `silu`.
+fn norm(
+    op: &'static str,
+    x: &Tensor,
+    groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+    silu: bool,
+) -> Result<Tensor> {
     if x.rank() < 2 {
-        return shape_err(OP, format!("input must be [N, C, *], got shape {}", x.shape()));
+        return shape_err(op, format!("input must be [N, C, *], got shape {}", x.shape()));
     }
     let (n, c) = (x.dims()[0], x.dims()[1]);
     let s: usize = x.dims()[2..].iter().product();
     if groups == 0 {
-        return arg_err(OP, "groups must be at least 1");
+        return arg_err(op, "groups must be at least 1");
     }
     if c % groups != 0 {
-        return arg_err(OP, format!("{c} channels do not divide into {groups} groups"));
+        return arg_err(op, format!("{c} channels do not divide into {groups} groups"));
     }
     if !(eps >= 0.0 && eps.is_finite()) {
-        return arg_err(OP, format!("eps must be finite and non-negative, got {eps}"));
+        return arg_err(op, format!("eps must be finite and non-negative, got {eps}"));
     }
-    check_param("weight", weight, c)?;
-    check_param("bias", bias, c)?;
+    check_param(op, "weight", weight, c)?;
+    check_param(op, "bias", bias, c)?;
     let mut all: Vec<&Tensor> = vec![x];
     all.extend(weight);
     all.extend(bias);
-    let device = Tensor::common_device(OP, &all)?;
+    let device = Tensor::common_device(op, &all)?;
     let d = GroupNormDims { n, c, s, groups };
 
-    let (storage, mean, rstd) = match device {
+    let xs = x.storage();
+    let ws = weight.map(|w| w.storage());
+    let bs = bias.map(|b| b.storage());
+    let (storage, saved) = match device {
         Device::Cpu => {
-            let xs = x.storage();
-            let ws = weight.map(|w| w.storage());
-            let bs = bias.map(|b| b.storage());
-            let w = ws.as_ref().map(|s| s.cpu_f32(OP)).transpose()?;
-            let b = bs.as_ref().map(|s| s.cpu_f32(OP)).transpose()?;
-            let (y, mean, rstd) = cpu::forward(xs.cpu_f32(OP)?, d, w, b, eps);
-            (cpu_f32_storage(y), mean, rstd)
+            let w = ws.as_ref().map(|s| s.cpu_f32(op)).transpose()?;
+            let b = bs.as_ref().map(|s| s.cpu_f32(op)).transpose()?;
+            let forward = if silu { cpu::forward_silu } else { cpu::forward };
+            let (y, mean, rstd) = forward(xs.cpu_f32(op)?, d, w, b, eps);
+            (cpu_f32_storage(y), SavedStats::Cpu { mean, rstd })
         }
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("group_norm: no CUDA kernel yet".into())),
+        Device::Cuda(_) => {
+            let w = ws.as_ref().map(|s| s.cuda(op)).transpose()?;
+            let b = bs.as_ref().map(|s| s.cuda(op)).transpose()?;
+            let (y, stats) = cuda::forward(xs.cuda(op)?, d, w, b, eps, silu)?;
+            (Storage::Cuda(y), SavedStats::Cuda(stats))
+        }
     };
+    drop((xs, ws, bs));
 
     Ok(Tensor::from_op(storage, x.shape().clone(), |_| {
         let x = x.clone();
         let weight = weight.cloned();
-        let has_bias = bias.is_some();
-        let inputs: Vec<Tensor> = std::iter::once(x.clone()).chain(weight.clone()).chain(bias.cloned()).collect();
-        Node::new(OP, inputs, move |g| {
-            let (dx, dw, db) = match g.device() {
-                Device::Cpu => {
-                    let (gs, xs) = (g.storage(), x.storage());
-                    let ws = weight.as_ref().map(|w| w.storage());
-                    let w = ws.as_ref().map(|s| s.cpu_f32(OP)).transpose()?;
-                    cpu::backward(gs.cpu_f32(OP)?, xs.cpu_f32(OP)?, &mean, &rstd, w, d, x.requires_grad())
+        let bias = bias.cloned();
+        let inputs: Vec<Tensor> = std::iter::once(x.clone()).chain(weight.clone()).chain(bias.clone()).collect();
+        Node::new(op, inputs, move |g| {
+            let (gs, xs) = (g.storage(), x.storage());
+            let ws = weight.as_ref().map(|w| w.storage());
+            let bs = bias.as_ref().map(|b| b.storage());
+            let (dx, dw, db): (Option<Tensor>, Tensor, Tensor) = match &saved {
+                SavedStats::Cpu { mean, rstd } => {
+                    let w = ws.as_ref().map(|s| s.cpu_f32(op)).transpose()?;
+                    let (dy, xv) = (gs.cpu_f32(op)?, xs.cpu_f32(op)?);
+                    let dz;
+                    let dy = if silu {
+                        let b = bs.as_ref().map(|s| s.cpu_f32(op)).transpose()?;
+                        dz = cpu::silu_grad(dy, xv, mean, rstd, w, b, d);
+                        &dz[..]
+                    } else {
+                        dy
+                    };
+                    let (dx, dw, db) = cpu::backward(dy, xv, mean, rstd, w, d, x.requires_grad());
+                    (dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?, Tensor::from_vec(dw, vec![c])?, Tensor::from_vec(db, vec![c])?)
                 }
-                Device::Cuda(_) => return Err(crate::error::Error::Cuda("group_norm: no CUDA kernel yet".into())),
+                SavedStats::Cuda(stats) => {
+                    let w = ws.as_ref().map(|s| s.cuda(op)).transpose()?;
+                    let b = bs.as_ref().map(|s| s.cuda(op)).transpose()?;
+                    let (dx, dw, db) =
+                        cuda::backward(gs.cuda(op)?, xs.cuda(op)?, stats, w, b, d, silu, x.requires_grad())?;
+                    let cuda = |buf, shape: Vec<usize>| Tensor::from_storage(Storage::Cuda(buf), shape.into());
+                    (dx.map(|v| cuda(v, x.dims().to_vec())), cuda(dw, vec![c]), cuda(db, vec![c]))
+                }
             };
-            let mut grads = vec![dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?];
+            let mut grads = vec![dx];
             if let Some(w) = &weight {
-                grads.push(w.requires_grad().then(|| Tensor::from_vec(dw, vec![c])).transpose()?);
+                grads.push(w.requires_grad().then_some(dw));
             }
-            if has_bias {
-                grads.push(Some(Tensor::from_vec(db, vec![c])?));
+            if bias.is_some() {
+                grads.push(Some(db));
             }
             Ok(grads)
         })

@@ -3,11 +3,14 @@
 //! mse = mean((p − t)²);            dp = g·2(p − t)/n,  dt = −dp
 //! ce  = mean_i(logsumexp(z_i) − z_i[y_i]);  dz = g·(softmax(z) − onehot(y))/N
 
+pub mod cuda;
+
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, arg_err, shape_err};
 use crate::ops::{binary, reduce};
-use crate::tensor::{Shape, Tensor, cpu_f32_storage};
+use crate::device::cuda::CudaBuffer;
+use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 
 /// Mean squared error over all elements.
 pub fn mse_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
@@ -27,7 +30,12 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
     if let Some(&bad) = labels.iter().find(|&&y| y >= k) {
         return arg_err("cross_entropy", format!("label {bad} is out of range for {k} classes"));
     }
-    let (loss, probs) = match logits.device() {
+    // what backward needs: softmax(logits), and on CUDA the uploaded labels
+    enum Saved {
+        Cpu(Vec<f32>),
+        Cuda { probs: CudaBuffer, labels: CudaBuffer },
+    }
+    let (loss, saved) = match logits.device() {
         Device::Cpu => {
             let z = logits.storage();
             let z = z.cpu_f32("cross_entropy")?;
@@ -38,20 +46,35 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
                 let lse = max as f64 + row.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln();
                 total += lse - row[y] as f64;
             }
-            ((total / n.max(1) as f64) as f32, probs)
+            (cpu_f32_storage(vec![(total / n.max(1) as f64) as f32]), Saved::Cpu(probs))
         }
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("loss: no CUDA kernel yet".into())),
+        Device::Cuda(_) => {
+            let z = logits.storage();
+            let z = z.cuda("cross_entropy")?;
+            let labels = cuda::upload_labels(z.backend(), labels)?;
+            let (loss, probs) = cuda::forward(z, &labels, n, k)?;
+            (Storage::Cuda(loss), Saved::Cuda { probs, labels })
+        }
     };
     let labels = labels.to_vec();
-    Ok(Tensor::from_op(cpu_f32_storage(vec![loss]), Shape::new(vec![]), |_| {
+    Ok(Tensor::from_op(loss, Shape::new(vec![]), |_| {
         Node::new("cross_entropy", vec![logits.clone()], move |g| {
-            let scale = g.item()? / n.max(1) as f32;
-            let mut grad = probs.clone();
-            for (row, &y) in grad.chunks_mut(k).zip(&labels) {
-                row[y] -= 1.0;
-                row.iter_mut().for_each(|v| *v *= scale);
-            }
-            Ok(vec![Some(Tensor::from_storage(cpu_f32_storage(grad), Shape::new(vec![n, k])))])
+            let grad = match &saved {
+                Saved::Cpu(probs) => {
+                    let scale = g.item()? / n.max(1) as f32;
+                    let mut grad = probs.clone();
+                    for (row, &y) in grad.chunks_mut(k).zip(&labels) {
+                        row[y] -= 1.0;
+                        row.iter_mut().for_each(|v| *v *= scale);
+                    }
+                    cpu_f32_storage(grad)
+                }
+                Saved::Cuda { probs, labels } => {
+                    let g = g.storage();
+                    Storage::Cuda(cuda::backward(probs, labels, g.cuda("cross_entropy_backward")?, n, k)?)
+                }
+            };
+            Ok(vec![Some(Tensor::from_storage(grad, Shape::new(vec![n, k])))])
         })
     }))
 }

@@ -5,6 +5,7 @@
 //! written with the transpose flags so no gradient needs a transposed copy.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::autograd::Node;
 use crate::device::Device;
@@ -12,7 +13,7 @@ use crate::error::{Result, shape_err};
 use crate::ops::binary::add;
 use crate::ops::layout::reshape;
 use crate::ops::reduce::sum_to;
-use crate::tensor::{Shape, Tensor, cpu_f32_storage, for_each_offset2};
+use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage, for_each_offset2};
 use cpu::MatRef;
 use rayon::prelude::*;
 
@@ -63,7 +64,11 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
             }
             cpu_f32_storage(out)
         }
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("matmul: no CUDA kernel yet".into())),
+        Device::Cuda(_) => {
+            let (sa, sb) = (a.storage(), b.storage());
+            let (da, db) = (sa.cuda("matmul")?, sb.cuda("matmul")?);
+            Storage::Cuda(cuda::matmul(da, &a_batch, (ar, ac), trans_a, db, &b_batch, (br, bc), trans_b, &batch)?)
+        }
     };
     Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
         let (a, b) = (a.clone(), b.clone());

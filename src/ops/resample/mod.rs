@@ -7,11 +7,12 @@
 //! H or W gives edge windows of 2 and a corner window of 1 element).
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, shape_err};
-use crate::tensor::{Shape, Tensor, cpu_f32_storage};
+use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 
 /// (N·C, H, W) of a rank-4 input.
 fn planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
@@ -27,7 +28,7 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     let (pl, h, w) = planes(OP, x)?;
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::upsample_nearest2x(x.storage().cpu_f32(OP)?, pl, h, w)),
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("resample: no CUDA kernel yet".into())),
+        Device::Cuda(_) => Storage::Cuda(cuda::upsample_nearest2x(x.storage().cuda(OP)?, pl, h, w)?),
     };
     let d = x.dims();
     let out_shape = Shape::new(vec![d[0], d[1], 2 * h, 2 * w]);
@@ -36,7 +37,7 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
         Node::new(OP, vec![x.clone()], move |g| {
             let storage = match g.device() {
                 Device::Cpu => cpu_f32_storage(cpu::upsample_nearest2x_backward(g.storage().cpu_f32(OP)?, pl, h, w)),
-                Device::Cuda(_) => return Err(crate::error::Error::Cuda("resample: no CUDA kernel yet".into())),
+                Device::Cuda(_) => Storage::Cuda(cuda::upsample_nearest2x_backward(g.storage().cuda(OP)?, pl, h, w)?),
             };
             Ok(vec![Some(Tensor::from_storage(storage, in_shape.clone()))])
         })
@@ -50,7 +51,7 @@ pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (pl, h, w) = planes(OP, x)?;
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::avg_pool2x2(x.storage().cpu_f32(OP)?, pl, h, w)),
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("resample: no CUDA kernel yet".into())),
+        Device::Cuda(_) => Storage::Cuda(cuda::avg_pool2x2(x.storage().cuda(OP)?, pl, h, w)?),
     };
     let d = x.dims();
     let out_shape = Shape::new(vec![d[0], d[1], cpu::pooled(h), cpu::pooled(w)]);
@@ -59,7 +60,7 @@ pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
         Node::new(OP, vec![x.clone()], move |g| {
             let storage = match g.device() {
                 Device::Cpu => cpu_f32_storage(cpu::avg_pool2x2_backward(g.storage().cpu_f32(OP)?, pl, h, w)),
-                Device::Cuda(_) => return Err(crate::error::Error::Cuda("resample: no CUDA kernel yet".into())),
+                Device::Cuda(_) => Storage::Cuda(cuda::avg_pool2x2_backward(g.storage().cuda(OP)?, pl, h, w)?),
             };
             Ok(vec![Some(Tensor::from_storage(storage, in_shape.clone()))])
         })

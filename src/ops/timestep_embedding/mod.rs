@@ -4,9 +4,11 @@
 //!   half = dim/2;  f_i = exp(−ln(max_period)·i / (half − freq_shift)),  i < half
 //!   emb = [sin(t·f), cos(t·f)]  (or [cos, sin] with flip_sin_to_cos); odd dim: one zero pad.
 
+pub mod cuda;
+
 use crate::device::Device;
 use crate::error::{Result, arg_err, shape_err};
-use crate::tensor::{Shape, Tensor, cpu_f32_storage};
+use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 
 /// [N] timesteps → [N, dim] embeddings, computed in f32 in diffusers' order of operations.
 pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, freq_shift: f32, max_period: f32) -> Result<Tensor> {
@@ -19,14 +21,25 @@ pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, freq_sh
     }
     let storage = match t.device() {
         Device::Cpu => cpu_f32_storage(cpu_embedding(t.storage().cpu_f32("timestep_embedding")?, dim, flip_sin_to_cos, freq_shift, max_period)),
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("timestep_embedding: no CUDA kernel yet".into())),
+        Device::Cuda(_) => Storage::Cuda(cuda::timestep_embedding(
+            t.storage().cuda("timestep_embedding")?,
+            dim,
+            flip_sin_to_cos,
+            freq_shift,
+            max_period,
+        )?),
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![t.numel(), dim])))
 }
 
+/// `−ln(max_period)` computed in f64 and rounded to f32 (shared with the CUDA launch).
+pub(crate) fn neg_log_period(max_period: f32) -> f32 {
+    -(max_period as f64).ln() as f32
+}
+
 fn cpu_embedding(t: &[f32], dim: usize, flip: bool, freq_shift: f32, max_period: f32) -> Vec<f32> {
     let half = dim / 2;
-    let neg_log_period = -(max_period as f64).ln() as f32;
+    let neg_log_period = neg_log_period(max_period);
     let freqs: Vec<f32> = (0..half).map(|i| (neg_log_period * i as f32 / (half as f32 - freq_shift)).exp()).collect();
     let mut out = vec![0.0; t.len() * dim];
     for (row, &tv) in out.chunks_mut(dim).zip(t) {

@@ -1,0 +1,332 @@
+// 2-D convolution, NCHW, weight [OC, C, KH, KW], as implicit GEMM: the three
+// matrix products of ops/conv2d (forward, input gradient, weight gradient) run
+// through one shared-memory tile routine, and each operand tile is gathered
+// straight from the tensors, so no im2col matrix is ever written.
+//
+// Notation: P = OH·OW output pixels per image, KK = KH·KW kernel taps,
+// s = stride, p = padding. Every GEMM is C[m, n] = Σ_k A[m, k]·B[k, n]:
+//
+//   forward          M = OC, N = N·OH·OW, K = C·KH·KW
+//     A[oc, (c,kh,kw)]          = W[oc, c, kh, kw]
+//     B[(c,kh,kw), (n,oh,ow)]   = x[n, c, oh·s − p + kh, ow·s − p + kw]    (0 outside the image)
+//     y[n, oc, oh, ow]          = C[oc, (n,oh,ow)] + b[oc]
+//   backward input   M = C, N = N·H·W, K = OC·KH·KW
+//     A[c, (oc,kh,kw)]          = W[oc, c, kh, kw]
+//     B[(oc,kh,kw), (n,h,w)]    = dy[n, oc, (h + p − kh)/s, (w + p − kw)/s] when both divisions
+//                                 are exact and land inside [0, OH) × [0, OW), else 0
+//     dx[n, c, h, w]            = C[c, (n,h,w)]
+//   backward weight  M = OC, N = C·KH·KW, K = N·OH·OW (split over gridDim.z)
+//     A[oc, (n,oh,ow)]          = dy[n, oc, oh, ow]
+//     B[(n,oh,ow), (c,kh,kw)]   = x[n, c, oh·s − p + kh, ow·s − p + kw]   (0 outside the image)
+//     dW_z[oc, (c,kh,kw)]       = C restricted to split z's k range; dW = Σ_z dW_z
+//
+// Tiling: a block of 256 threads computes a 64×64 tile of C. It walks K in
+// slices of 16: each thread gathers 4 elements of the 64×16 A slice and 4 of
+// the 16×64 B slice into shared memory, then, after a barrier, accumulates
+// its 4×4 outputs in registers (rows ty + 16i, columns tx + 16j, where
+// tx = tid % 16, ty = tid / 16). Strided output columns make the final stores
+// coalesced: for fixed (i, j) 16 consecutive threads write 16 consecutive n,
+// which are consecutive pixels of one image plane.
+#include "common.cuh"
+
+namespace conv {
+
+// Convolution geometry, mirrors ops::conv2d::cuda::ConvShape.
+struct Shape {
+    int n, c, h, w;  // input [N, C, H, W]
+    int oc, kh, kw;  // weight [OC, C, KH, KW]
+    int stride, pad;
+    int oh, ow;  // output [N, OC, OH, OW]
+};
+
+constexpr int BM = 64;       // tile rows (m)
+constexpr int BN = 64;       // tile columns (n)
+constexpr int BK = 16;       // K slice
+constexpr int THREADS = 256; // 16×16 threads, 4×4 outputs each
+constexpr int SLOTS = 4;     // elements of each operand slice a thread loads: 64·16 / 256
+static_assert(BM == BN, "load_slice fills both tiles with the same shape");
+
+// Which thread loads which element of a 64×16 operand slice (rows = the m or
+// n index, columns = k). Element e = tid + 256·i of the slice, i < SLOTS:
+//   K_FAST  (operand contiguous along k):  k = e % 16, row = e / 16
+//   !K_FAST (operand contiguous along m/n): row = e % 64, k = e / 64
+// so consecutive threads read consecutive addresses in either case.
+template <bool K_FAST>
+__device__ __forceinline__ int slot_row(int tid, int i) {
+    return K_FAST ? tid / BK + (THREADS / BK) * i : tid % BM;
+}
+template <bool K_FAST>
+__device__ __forceinline__ int slot_k(int tid, int i) {
+    return K_FAST ? tid % BK : tid / BM + (THREADS / BM) * i;
+}
+
+// ---- Operands. Each has a per-row context `Ctx`, computed once per thread
+// and slot (the row of a slot is the same for every K slice), and `load`,
+// the element at (row, k) for an in-range row and k. ----
+
+// Forward A: W seen as [OC, K] row-major.  A[oc, k] = W[oc·K + k].
+struct WeightRows {
+    static constexpr bool K_FAST = true;
+    const float* w;
+    int K;
+    struct Ctx { int base; };
+    __device__ Ctx ctx(int oc) const { return Ctx{oc * K}; }
+    __device__ float load(const Ctx& c, int k) const { return w[c.base + k]; }
+};
+
+// Backward-input A: A[c, (oc,r)] = W[(oc·C + c)·KK + r], r = kh·KW + kw.
+// Consecutive k within one oc are consecutive in W.
+struct WeightCols {
+    static constexpr bool K_FAST = true;
+    const float* w;
+    Shape s;
+    struct Ctx { int c; };
+    __device__ Ctx ctx(int c) const { return Ctx{c}; }
+    __device__ float load(const Ctx& c, int k) const {
+        const int kk = s.kh * s.kw;
+        const int oc = k / kk, r = k - oc * kk;
+        return w[(oc * s.c + c.c) * kk + r];
+    }
+};
+
+// Forward B (an im2col column, gathered): for n = (img, oh, ow) and k = (c, kh, kw)
+//   B[k, n] = x[img, c, iy, ix],  iy = oh·s − p + kh,  ix = ow·s − p + kw,  0 unless
+//   0 ≤ iy < H and 0 ≤ ix < W.  The context keeps img·C·H·W and the window corner.
+struct ImageCols {
+    static constexpr bool K_FAST = false;
+    const float* x;
+    Shape s;
+    struct Ctx { int base, iy0, ix0; };
+    __device__ Ctx ctx(int n) const {
+        const int P = s.oh * s.ow;
+        const int img = n / P, pix = n - img * P;
+        const int oh = pix / s.ow, ow = pix - oh * s.ow;
+        return Ctx{img * s.c * s.h * s.w, oh * s.stride - s.pad, ow * s.stride - s.pad};
+    }
+    __device__ float load(const Ctx& c, int k) const {
+        const int kk = s.kh * s.kw;
+        const int ch = k / kk, r = k - ch * kk;
+        const int kh = r / s.kw, kw = r - kh * s.kw;
+        const int iy = c.iy0 + kh, ix = c.ix0 + kw;
+        if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) return 0.0f;
+        return x[c.base + (ch * s.h + iy) * s.w + ix];
+    }
+};
+
+// Backward-input B: for n = (img, h, w) and k = (oc, kh, kw), the output pixel
+// whose window put tap (kh, kw) on (h, w): oy·s − p + kh = h ⇔ oy = (h + p − kh)/s.
+//   B[k, n] = dy[img, oc, oy, ox] when h + p − kh ≥ 0 is a multiple of s with oy < OH
+//             (and the same along w), else 0.
+struct GradCols {
+    static constexpr bool K_FAST = false;
+    const float* dy;
+    Shape s;
+    struct Ctx { int base, ty0, tx0; };
+    __device__ Ctx ctx(int n) const {
+        const int hw = s.h * s.w;
+        const int img = n / hw, pix = n - img * hw;
+        const int h = pix / s.w, w = pix - h * s.w;
+        return Ctx{img * s.oc * s.oh * s.ow, h + s.pad, w + s.pad};
+    }
+    __device__ float load(const Ctx& c, int k) const {
+        const int kk = s.kh * s.kw;
+        const int oc = k / kk, r = k - oc * kk;
+        const int kh = r / s.kw, kw = r - kh * s.kw;
+        const int ty = c.ty0 - kh, tx = c.tx0 - kw;  // oy·s and ox·s
+        if (ty < 0 || tx < 0) return 0.0f;
+        const int oy = ty / s.stride, ox = tx / s.stride;
+        if (oy * s.stride != ty || ox * s.stride != tx || oy >= s.oh || ox >= s.ow) return 0.0f;
+        return dy[c.base + (oc * s.oh + oy) * s.ow + ox];
+    }
+};
+
+// Backward-weight A: A[oc, (img,pix)] = dy[(img·OC + oc)·P + pix]; consecutive k
+// within one image are consecutive in dy.
+struct GradRows {
+    static constexpr bool K_FAST = true;
+    const float* dy;
+    Shape s;
+    struct Ctx { int oc; };
+    __device__ Ctx ctx(int oc) const { return Ctx{oc}; }
+    __device__ float load(const Ctx& c, int k) const {
+        const int P = s.oh * s.ow;
+        const int img = k / P, pix = k - img * P;
+        return dy[(img * s.oc + c.oc) * P + pix];
+    }
+};
+
+// Backward-weight B (an im2col row, gathered): for k = (img, oh, ow) and
+// n = (c, kh, kw)
+//   B[k, n] = x[img, c, oh·s − p + kh, ow·s − p + kw]  (0 outside the image).
+// The context keeps c·H·W and the tap offsets kh − p, kw − p.
+struct ImageRows {
+    static constexpr bool K_FAST = true;
+    const float* x;
+    Shape s;
+    struct Ctx { int plane, dy0, dx0; };
+    __device__ Ctx ctx(int n) const {
+        const int kk = s.kh * s.kw;
+        const int ch = n / kk, r = n - ch * kk;
+        const int kh = r / s.kw, kw = r - kh * s.kw;
+        return Ctx{ch * s.h * s.w, kh - s.pad, kw - s.pad};
+    }
+    __device__ float load(const Ctx& c, int k) const {
+        const int P = s.oh * s.ow;
+        const int img = k / P, pix = k - img * P;
+        const int oh = pix / s.ow, ow = pix - oh * s.ow;
+        const int iy = oh * s.stride + c.dy0, ix = ow * s.stride + c.dx0;
+        if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) return 0.0f;
+        return x[img * s.c * s.h * s.w + c.plane + iy * s.w + ix];
+    }
+};
+
+// ---- Outputs: `col(n)` is the per-column part of the address (computed once
+// per thread and column), `store(m, col, v)` writes C[m, n] = v. ----
+
+// Forward: y[img, oc, pix] = C[oc, (img,pix)] + b[oc]; col = img·OC·P + pix.
+struct ForwardOut {
+    float* y;
+    const float* bias;  // null when there is no bias
+    Shape s;
+    __device__ int col(int n) const {
+        const int P = s.oh * s.ow;
+        const int img = n / P;
+        return img * s.oc * P + (n - img * P);
+    }
+    __device__ void store(int oc, int col, float v) const {
+        y[col + oc * s.oh * s.ow] = bias != nullptr ? v + bias[oc] : v;
+    }
+};
+
+// Backward input: dx[img, c, pix] = C[c, (img,pix)]; col = img·C·H·W + pix.
+struct InputGradOut {
+    float* dx;
+    Shape s;
+    __device__ int col(int n) const {
+        const int hw = s.h * s.w;
+        const int img = n / hw;
+        return img * s.c * hw + (n - img * hw);
+    }
+    __device__ void store(int c, int col, float v) const { dx[col + c * s.h * s.w] = v; }
+};
+
+// Backward weight: dW_z[oc, n] row-major, N = C·KH·KW columns.
+struct WeightGradOut {
+    float* dw;  // this split's [OC, N] slab
+    int N;
+    __device__ int col(int n) const { return n; }
+    __device__ void store(int oc, int col, float v) const { dw[oc * N + col] = v; }
+};
+
+// Loads the 64×16 slice of operand `op` at rows row0.., k = k0.. into tile[k][row].
+// Rows ≥ rows and k ≥ k_end read as 0, so partial tiles add nothing.
+template <class Op>
+__device__ __forceinline__ void load_slice(const Op& op, const typename Op::Ctx* ctx, const bool* row_ok,
+                                           float (*tile)[BM + 1], int k0, int k_end, int tid) {
+#pragma unroll
+    for (int i = 0; i < SLOTS; ++i) {
+        const int r = slot_row<Op::K_FAST>(tid, i), kk = slot_k<Op::K_FAST>(tid, i);
+        const int k = k0 + kk;
+        tile[kk][r] = (row_ok[i] && k < k_end) ? op.load(ctx[i], k) : 0.0f;
+    }
+}
+
+// One 64×64 tile of C = A·B over k in [blockIdx.z·k_chunk, min(K, (blockIdx.z + 1)·k_chunk)),
+// tile origin (m0, n0) = (64·blockIdx.y, 64·blockIdx.x). Launch with 256 threads.
+template <class OpA, class OpB, class Out>
+__device__ __forceinline__ void gemm_tile(const OpA& A, const OpB& B, const Out& out, int M, int N, int K, int k_chunk) {
+    // Row padding of 1 spreads the column-wise stores of K_FAST slices over the banks.
+    __shared__ float As[BK][BM + 1];  // As[k][m]
+    __shared__ float Bs[BK][BN + 1];  // Bs[k][n]
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int k_begin = blockIdx.z * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
+
+    // Per-slot row contexts: the gather index math that does not depend on k.
+    typename OpA::Ctx a_ctx[SLOTS];
+    typename OpB::Ctx b_ctx[SLOTS];
+    bool a_ok[SLOTS], b_ok[SLOTS];
+#pragma unroll
+    for (int i = 0; i < SLOTS; ++i) {
+        const int m = m0 + slot_row<OpA::K_FAST>(tid, i);
+        const int n = n0 + slot_row<OpB::K_FAST>(tid, i);
+        a_ok[i] = m < M;
+        b_ok[i] = n < N;
+        a_ctx[i] = A.ctx(a_ok[i] ? m : 0);
+        b_ctx[i] = B.ctx(b_ok[i] ? n : 0);
+    }
+
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        load_slice(A, a_ctx, a_ok, As, k0, k_end, tid);
+        load_slice(B, b_ctx, b_ok, Bs, k0, k_end, tid);
+        __syncthreads();
+        // acc[i][j] += Σ_kk A[m0 + ty + 16i, k0 + kk] · B[k0 + kk, n0 + tx + 16j]
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            float a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();  // the next slice overwrites As, Bs
+    }
+
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int n = n0 + tx + 16 * j;
+        if (n >= N) continue;
+        const int col = out.col(n);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + ty + 16 * i;
+            if (m < M) out.store(m, col, acc[i][j]);
+        }
+    }
+}
+
+}  // namespace conv
+
+// y [N, OC, OH, OW] = conv(x, W) + b. Grid (⌈N·OH·OW/64⌉, ⌈OC/64⌉, 1), 256 threads.
+// bias may be null.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_forward_f32(float* y, const float* x, const float* w, const float* bias, conv::Shape s) {
+    const int M = s.oc, N = s.n * s.oh * s.ow, K = s.c * s.kh * s.kw;
+    conv::gemm_tile(conv::WeightRows{w, K}, conv::ImageCols{x, s}, conv::ForwardOut{y, bias, s}, M, N, K, K);
+}
+
+// dx [N, C, H, W] from dy [N, OC, OH, OW] and W. Grid (⌈N·H·W/64⌉, ⌈C/64⌉, 1), 256 threads.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_backward_input_f32(float* dx, const float* dy, const float* w, conv::Shape s) {
+    const int M = s.c, N = s.n * s.h * s.w, K = s.oc * s.kh * s.kw;
+    conv::gemm_tile(conv::WeightCols{w, s}, conv::GradCols{dy, s}, conv::InputGradOut{dx, s}, M, N, K, K);
+}
+
+// Partial weight gradients dw_part [splits, OC, C·KH·KW]: split z = blockIdx.z sums
+// k = (img, oh, ow) over [z·k_chunk, (z + 1)·k_chunk). Grid (⌈C·KH·KW/64⌉, ⌈OC/64⌉, splits).
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_backward_weight_f32(float* dw_part, const float* dy, const float* x, conv::Shape s, int k_chunk) {
+    const int M = s.oc, N = s.c * s.kh * s.kw, K = s.n * s.oh * s.ow;
+    float* slab = dw_part + (size_t)blockIdx.z * M * N;
+    conv::gemm_tile(conv::GradRows{dy, s}, conv::ImageRows{x, s}, conv::WeightGradOut{slab, N}, M, N, K, k_chunk);
+}
+
+// out[i] = Σ_{z < splits} part[z·len + i], in split order (deterministic).
+extern "C" __global__ void conv2d_sum_splits_f32(float* out, const float* part, int splits, int len) {
+    for (int i = global_index(); i < len; i += grid_stride()) {
+        float acc = 0.0f;
+        for (int z = 0; z < splits; ++z) acc += part[(size_t)z * len + i];
+        out[i] = acc;
+    }
+}

@@ -1,0 +1,167 @@
+// Group normalisation, optionally fused with SiLU (the UNet always chains
+// them), forward and backward. Mirrors src/ops/group_norm/cpu.rs.
+//
+// x is [N, C, S] contiguous (S = the flattened spatial dims); the C channels
+// split into G groups of Cg = C/G, and group (n, g) is the contiguous run of
+// M = Cg·S values starting at (n·G + g)·M. Per group:
+//   μ = Σx/M,  σ² = Σ(x−μ)²/M (biased, two passes in f64),  rstd = 1/√(σ²+eps)
+//   x̂ = (x−μ)·rstd,  u = x̂·γ_c + β_c,  y = u            (plain group norm)
+//                                       y = u·σ(u)       (fused SiLU)
+// γ = 1, β = 0 when the pointers are null.
+#include "common.cuh"
+
+#define GN_THREADS 256
+
+namespace groupnorm {
+
+// σ(u) and silu'(u) = σ(u)·(1 + u·(1 − σ(u))), as ops::activation::cpu.
+__device__ __forceinline__ float sigmoid(float u) { return 1.0f / (1.0f + expf(-u)); }
+__device__ __forceinline__ float silu_slope(float u) {
+    const float s = sigmoid(u);
+    return s * (1.0f + u * (1.0f - s));
+}
+
+// The gradient reaching u: dy itself, or dy·silu'(u) for the fused op, with
+// u = x̂·γ + β recomputed from x and the saved statistics.
+__device__ __forceinline__ float grad_u(float dy, float xhat, float gamma, float beta, int silu) {
+    return silu ? dy * silu_slope(xhat * gamma + beta) : dy;
+}
+
+}  // namespace groupnorm
+
+// Forward: one block per group (n, g), grid-stride over the N·G groups.
+//   pass 1: Σx                → μ           (f64 block sum)
+//   pass 2: Σ(x−μ)²           → σ², rstd    (f64 block sum, around the f64 μ)
+//   pass 3: y = act((x − μ)·(rstd·γ_c) + β_c)
+// The statistics are stored as f32, mean[n·G + g] and rstd[n·G + g], exactly
+// as the CPU twin rounds them; pass 3 uses those f32 values, as the CPU does.
+// Consecutive threads read consecutive elements of the group (coalesced).
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                      const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                      int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    __shared__ double scratch[32];
+    const int m = cg * s;
+    for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
+        const int g = ng % groups;
+        const float* xg = x + (long long)ng * m;
+        float* yg = y + (long long)ng * m;
+
+        // μ = Σx / M
+        double acc = 0.0;
+        for (int i = threadIdx.x; i < m; i += blockDim.x) acc += (double)xg[i];
+        const double mean_d = block_sum_d(acc, scratch) / (double)m;
+
+        // σ² = Σ(x − μ)² / M
+        acc = 0.0;
+        for (int i = threadIdx.x; i < m; i += blockDim.x) {
+            const double dv = (double)xg[i] - mean_d;
+            acc += dv * dv;
+        }
+        const double var = block_sum_d(acc, scratch) / (double)m;
+
+        const float mu = (float)mean_d;
+        const float rs = (float)(1.0 / sqrt(var + (double)eps));
+        if (threadIdx.x == 0) {
+            mean_out[ng] = mu;
+            rstd_out[ng] = rs;
+        }
+
+        // y = act((x − μ)·(rstd·γ_c) + β_c), c = g·Cg + i/S
+        for (int i = threadIdx.x; i < m; i += blockDim.x) {
+            const int ch = g * cg + i / s;
+            const float scale = rs * (gamma ? gamma[ch] : 1.0f);
+            const float shift = beta ? beta[ch] : 0.0f;
+            const float u = (xg[i] - mu) * scale + shift;
+            yg[i] = silu ? u / (1.0f + expf(-u)) : u;
+        }
+    }
+}
+
+// Backward, step 1 (one block per group (n, g), grid-stride over the groups).
+// With dz = dy (or dy·silu'(u) fused), x̂ = (x − μ)·rstd and g = dz·γ_c:
+//   per channel c of the group:  A_nc = Σ_s dz,  B_nc = Σ_s dz·x̂   (f64, one warp
+//     per channel, lanes striding over S), stored in partials[2·(n·C + c) + {0,1}]
+//     for the parameter gradients (step 2);
+//   mean(g) = Σ_c γ_c·A_nc / M,  mean(g·x̂) = Σ_c γ_c·B_nc / M   (block sums);
+//   dx = rstd·(g − mean(g) − x̂·mean(g·x̂))                      (skipped if dx is null).
+// Every warp runs the same number of channel iterations, so the shuffles always
+// see the whole warp.
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_backward(float* __restrict__ dx, double* __restrict__ partials, const float* __restrict__ dy,
+                       const float* __restrict__ x, const float* __restrict__ mean, const float* __restrict__ rstd,
+                       const float* __restrict__ gamma, const float* __restrict__ beta, int num_groups_total,
+                       int groups, int cg, int s, int silu) {
+    __shared__ double scratch[32];
+    const int m = cg * s;
+    const int c = groups * cg;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
+        const int n = ng / groups, g = ng % groups;
+        const float mu = mean[ng], rs = rstd[ng];
+        const float* xg = x + (long long)ng * m;
+        const float* dyg = dy + (long long)ng * m;
+        double* part = partials + 2 * ((long long)n * c + (long long)g * cg);
+
+        // A_nc, B_nc: warp w takes channels w, w + warps, ...
+        const int rounds = (cg + warps - 1) / warps;
+        for (int r = 0; r < rounds; ++r) {
+            const int ci = r * warps + warp;
+            double a = 0.0, b = 0.0;
+            if (ci < cg) {
+                const int ch = g * cg + ci;
+                const float gm = gamma ? gamma[ch] : 1.0f, bt = beta ? beta[ch] : 0.0f;
+                for (int si = lane; si < s; si += 32) {
+                    const float xhat = (xg[ci * s + si] - mu) * rs;
+                    const float dz = groupnorm::grad_u(dyg[ci * s + si], xhat, gm, bt, silu);
+                    a += (double)dz;
+                    b += (double)dz * (double)xhat;
+                }
+            }
+            a = warp_sum_d(a);
+            b = warp_sum_d(b);
+            if (ci < cg && lane == 0) {
+                part[2 * ci] = a;
+                part[2 * ci + 1] = b;
+            }
+        }
+        if (dx == nullptr) continue;  // uniform over the block
+        __syncthreads();  // the partials of this group are visible to the whole block
+
+        // mean(g) = Σ_c γ_c·A_nc / M,  mean(g·x̂) = Σ_c γ_c·B_nc / M
+        double sa = 0.0, sb = 0.0;
+        for (int ci = threadIdx.x; ci < cg; ci += blockDim.x) {
+            const double gm = gamma ? (double)gamma[g * cg + ci] : 1.0;
+            sa += gm * part[2 * ci];
+            sb += gm * part[2 * ci + 1];
+        }
+        const float mean_g = (float)(block_sum_d(sa, scratch) / (double)m);
+        const float mean_gx = (float)(block_sum_d(sb, scratch) / (double)m);
+
+        // dx = rstd·(dz·γ − mean(g) − x̂·mean(g·x̂))
+        float* dxg = dx + (long long)ng * m;
+        for (int i = threadIdx.x; i < m; i += blockDim.x) {
+            const int ch = g * cg + i / s;
+            const float gm = gamma ? gamma[ch] : 1.0f, bt = beta ? beta[ch] : 0.0f;
+            const float xhat = (xg[i] - mu) * rs;
+            const float dz = groupnorm::grad_u(dyg[i], xhat, gm, bt, silu);
+            dxg[i] = rs * (dz * gm - mean_g - xhat * mean_gx);
+        }
+    }
+}
+
+// Backward, step 2: the parameter gradients, one thread per channel c summing
+// the per-sample partials in order n = 0, 1, ... (as the CPU twin, so the
+// result is deterministic):  dβ_c = Σ_n A_nc,  dγ_c = Σ_n B_nc.
+extern "C" __global__ void groupnorm_backward_params(float* __restrict__ dgamma, float* __restrict__ dbeta,
+                                                     const double* __restrict__ partials, int n, int c) {
+    for (int ch = global_index(); ch < c; ch += grid_stride()) {
+        double a = 0.0, b = 0.0;
+        for (int k = 0; k < n; ++k) {
+            a += partials[2 * ((long long)k * c + ch)];
+            b += partials[2 * ((long long)k * c + ch) + 1];
+        }
+        dbeta[ch] = (float)a;
+        dgamma[ch] = (float)b;
+    }
+}

@@ -1,0 +1,211 @@
+//! `minidiffusion train`: the lesson's DDPM training (SPEC "Training").
+
+use super::resolve_device;
+use anyhow::{Context, bail};
+use clap::Args;
+use minidiffusion::data::batches::InputRange;
+use minidiffusion::data::{self, Dataset, Split};
+use minidiffusion::io::model_dir;
+use minidiffusion::nn::param_count;
+use minidiffusion::nn::unet::{UNet2DConfig, UNet2DModel};
+use minidiffusion::train::callbacks::{Checkpoint, Progress, Recorder};
+use minidiffusion::train::{Learner, TrainConfig, checkpoint};
+use minidiffusion::{Device, Error};
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Directory of the dataset files (default: /usr/share/datasets/fashion-mnist, else the embedded sample).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// fashion-mnist or cifar10.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    /// tiny, seed, or a JSON file with a UNet2DModel config (default: seed on a GPU, tiny on CPU).
+    #[arg(long)]
+    pub config: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Stop after this many optimiser steps (the one-cycle schedule spans them).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate of the one-cycle schedule.
+    #[arg(long, default_value_t = 1e-2)]
+    pub lr: f64,
+    /// linear or cosine.
+    #[arg(long, default_value = "linear")]
+    pub schedule: String,
+    #[arg(long, default_value_t = 1e-4)]
+    pub beta_min: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub beta_max: f64,
+    /// Data range: -0.5,0.5 (the lesson's finding), -1,1 or 0,1.
+    #[arg(long, default_value = "-0.5,0.5")]
+    pub input_range: String,
+    /// auto (CUDA when a GPU is there, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Model directory to write (diffusers layout), at each epoch end and at the end.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run saved in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Make the last stdout line a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// (preset name, UNet config, default epochs, default batch size).
+fn preset(name: &str) -> anyhow::Result<(String, UNet2DConfig, usize, usize)> {
+    Ok(match name {
+        "seed" => ("seed".into(), UNet2DConfig::seed_preset(), 25, 512),
+        "tiny" => ("tiny".into(), UNet2DConfig::tiny_preset(), 1, 64),
+        file => {
+            let text = std::fs::read_to_string(file).map_err(|e| Error::Data { path: file.into(), msg: format!("cannot read: {e}") })?;
+            let config: UNet2DConfig = serde_json::from_str(&text).map_err(|e| Error::Data { path: file.into(), msg: format!("invalid UNet config: {e}") })?;
+            config.validate().map_err(|e| match e {
+                Error::Data { msg, .. } => Error::Data { path: file.into(), msg },
+                other => other,
+            })?;
+            (file.into(), config, 25, 512)
+        }
+    })
+}
+
+/// Train and test splits, and where they came from.
+fn load_data(args: &TrainArgs) -> anyhow::Result<(Dataset, Dataset)> {
+    match args.dataset.as_str() {
+        "fashion-mnist" => {
+            let dir = match &args.data {
+                Some(d) => Some(d.clone()),
+                None => Some(PathBuf::from(data::DEFAULT_FASHION_MNIST_DIR)).filter(|d| d.is_dir()),
+            };
+            match dir {
+                Some(d) => Ok((data::load_fashion_mnist(&d, Split::Train)?, data::load_fashion_mnist(&d, Split::Test)?)),
+                None => {
+                    eprintln!(
+                        "data: {} not found and no --data given; using the embedded Fashion-MNIST sample (5,000 train / 1,000 test images, MIT licence)",
+                        data::DEFAULT_FASHION_MNIST_DIR
+                    );
+                    Ok((data::embedded_fashion_mnist(Split::Train)?, data::embedded_fashion_mnist(Split::Test)?))
+                }
+            }
+        }
+        "cifar10" => {
+            let Some(d) = &args.data else { bail!("--dataset cifar10 needs --data DIR (the directory of data_batch_*.bin and test_batch.bin)") };
+            Ok((data::load_cifar10(d, Split::Train)?, data::load_cifar10(d, Split::Test)?))
+        }
+        other => bail!("--dataset: '{other}' is not one of fashion-mnist, cifar10"),
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let device = resolve_device(&args.device)?;
+    InputRange::parse(&args.input_range)?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("model"));
+    let (config, model) = if args.resume {
+        let state = checkpoint::read_state(&out)?;
+        let (model, _) = model_dir::load(&out, device)?;
+        eprintln!("resuming {} at step {}/{} (epoch {})", out.display(), state.step, state.total_steps, state.epoch);
+        (state.train, model)
+    } else {
+        let name = args.config.clone().unwrap_or_else(|| {
+            let pick = if device.is_cuda() { "seed" } else { "tiny" };
+            eprintln!("config: {pick} (the default on {}; --config to choose)", if device.is_cuda() { "a GPU" } else { "the CPU" });
+            pick.to_string()
+        });
+        let (preset, unet, epochs, batch) = preset(&name)?;
+        let config = TrainConfig {
+            preset,
+            unet,
+            dataset: args.dataset.clone(),
+            epochs: args.epochs.unwrap_or(epochs),
+            max_steps: args.max_steps,
+            batch_size: args.batch_size.unwrap_or(batch),
+            lr: args.lr,
+            schedule: args.schedule.clone(),
+            beta_min: args.beta_min,
+            beta_max: args.beta_max,
+            train_timesteps: 1000,
+            input_range: args.input_range.clone(),
+            seed: args.seed,
+            weight_decay: 0.01,
+            adam_eps: 1e-5,
+        };
+        config.noise_schedule()?;
+        if config.epochs == 0 || config.batch_size == 0 || config.max_steps == Some(0) {
+            bail!("--epochs, --batch-size and --max-steps must be at least 1");
+        }
+        let model = UNet2DModel::new(config.unet.clone(), config.seed, device)?;
+        (config, model)
+    };
+    let (train, test) = load_data(&TrainArgs { dataset: config.dataset.clone(), ..args })?;
+    check_shapes(&config, &train)?;
+    eprintln!(
+        "training {} ({:.2}M parameters) on {} ({} train / {} test images from {}), batch {}, device {device}",
+        config.preset,
+        param_count(&model) as f64 / 1e6,
+        config.dataset,
+        train.len(),
+        test.len(),
+        train.source,
+        config.batch_size
+    );
+    let mut learner = Learner::new(config, model, train, test, device)?;
+    if learner_resume_needed(&out, &learner)? {
+        let state = checkpoint::read_state(&out)?;
+        checkpoint::restore(&mut learner, &out, &state)?;
+    }
+    let (mut progress, mut saver, mut recorder) = (Progress::new(true), Checkpoint { dir: out.clone() }, Recorder::default());
+    learner
+        .fit(&mut [&mut progress, &mut saver, &mut recorder])
+        .with_context(|| format!("training stopped; the last checkpoint in {} is kept", out.display()))?;
+    let summary = summarise(&recorder, &learner, device, &out);
+    if args.json {
+        println!("{summary}");
+    } else {
+        eprintln!("saved {} ({})", out.display(), summary);
+    }
+    Ok(())
+}
+
+fn learner_resume_needed(out: &Path, l: &Learner) -> anyhow::Result<bool> {
+    Ok(l.step == 0 && out.join(checkpoint::TRAIN_STATE).is_file() && checkpoint::read_state(out)?.train == l.config)
+}
+
+fn check_shapes(config: &TrainConfig, train: &Dataset) -> anyhow::Result<()> {
+    if config.unet.in_channels != train.channels || config.unet.out_channels != train.channels {
+        bail!(
+            "the model has {} input and {} output channels but {} images have {}",
+            config.unet.in_channels,
+            config.unet.out_channels,
+            config.dataset,
+            train.channels
+        );
+    }
+    Ok(())
+}
+
+fn summarise(r: &Recorder, l: &Learner, device: Device, out: &Path) -> String {
+    let mean = |v: &[f32]| if v.is_empty() { f32::NAN } else { v.iter().sum::<f32>() / v.len() as f32 };
+    let first = mean(&r.losses[..r.losses.len().min(10)]);
+    let last = mean(&r.losses[r.losses.len().saturating_sub(10)..]);
+    let images: usize = r.epochs.iter().map(|e| e.images).sum();
+    let seconds: f64 = r.epochs.iter().map(|e| e.train_seconds).sum();
+    let images_per_s = if seconds > 0.0 { images as f64 / seconds } else { 0.0 };
+    serde_json::json!({
+        "steps": l.step,
+        "first_loss": first,
+        "final_loss": last,
+        "eval_loss": r.epochs.last().map(|e| e.eval_loss),
+        "images_per_s": (images_per_s * 10.0).round() / 10.0,
+        "device": device.to_string(),
+        "out": out.display().to_string(),
+    })
+    .to_string()
+}

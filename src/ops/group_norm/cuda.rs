@@ -1,0 +1,108 @@
+//! CUDA launches of kernels/groupnorm.cu: group norm (optionally fused with
+//! SiLU) forward, and its backward in two launches (per-group dx and per-(n, c)
+//! partial sums, then the per-channel parameter gradients).
+
+use super::cpu::GroupNormDims;
+use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
+use crate::error::Result;
+use crate::ops::binary::cuda::elems;
+
+const OP: &str = "group_norm";
+/// Threads per block of the per-group kernels (GN_THREADS).
+const THREADS: u32 = 256;
+/// Most blocks launched; the kernels grid-stride over the remaining groups.
+const MAX_BLOCKS: usize = 65_535;
+
+fn opt_arg(b: Option<&CudaBuffer>) -> Arg {
+    b.map_or(Arg::Ptr(0), |b| b.arg())
+}
+
+/// The statistics a forward pass keeps for backward: mean and rstd per group
+/// (n, g), indexed n·G + g, on the device.
+pub struct SavedStats {
+    pub mean: CudaBuffer,
+    pub rstd: CudaBuffer,
+}
+
+/// y = act(x̂·γ + β) with act = SiLU when `silu`, else the identity.
+/// Returns y and the saved statistics.
+pub fn forward(
+    x: &CudaBuffer,
+    d: GroupNormDims,
+    weight: Option<&CudaBuffer>,
+    bias: Option<&CudaBuffer>,
+    eps: f32,
+    silu: bool,
+) -> Result<(CudaBuffer, SavedStats)> {
+    let backend = x.backend();
+    let groups_total = d.n * d.groups;
+    let y = backend.alloc(x.len())?;
+    if d.m() == 0 {
+        // Nothing to normalise: statistics are 0, as on the CPU.
+        return Ok((y, SavedStats { mean: backend.zeros(groups_total)?, rstd: backend.zeros(groups_total)? }));
+    }
+    let (mean, rstd) = (backend.alloc(groups_total)?, backend.alloc(groups_total)?);
+    elems(OP, x.len())?;
+    let args = [
+        y.arg(),
+        mean.arg(),
+        rstd.arg(),
+        x.arg(),
+        opt_arg(weight),
+        opt_arg(bias),
+        Arg::I32(elems(OP, groups_total)?),
+        Arg::I32(d.groups as i32),
+        Arg::I32(d.cg() as i32),
+        Arg::I32(d.s as i32),
+        Arg::F32(eps),
+        Arg::I32(silu as i32),
+    ];
+    backend.launch("groupnorm_forward", LaunchConfig::blocks(groups_total.min(MAX_BLOCKS), THREADS), &args)?;
+    Ok((y, SavedStats { mean, rstd }))
+}
+
+/// Gradients (dx if `need_dx`, dγ, dβ) of group norm, or of the fused
+/// group norm + SiLU when `silu` (then `bias` enters through u = x̂·γ + β).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dy: &CudaBuffer,
+    x: &CudaBuffer,
+    stats: &SavedStats,
+    weight: Option<&CudaBuffer>,
+    bias: Option<&CudaBuffer>,
+    d: GroupNormDims,
+    silu: bool,
+    need_dx: bool,
+) -> Result<(Option<CudaBuffer>, CudaBuffer, CudaBuffer)> {
+    let backend = x.backend();
+    if d.m() == 0 || d.n == 0 {
+        let dx = need_dx.then(|| backend.zeros(x.len())).transpose()?;
+        return Ok((dx, backend.zeros(d.c)?, backend.zeros(d.c)?));
+    }
+    let groups_total = d.n * d.groups;
+    let dx = need_dx.then(|| backend.alloc(x.len())).transpose()?;
+    // (A_nc, B_nc) as f64 pairs: 2·N·C doubles = 4·N·C f32 slots.
+    let partials = backend.alloc(4 * d.n * d.c)?;
+    elems(OP, x.len())?;
+    elems(OP, 2 * d.n * d.c)?;
+    let args = [
+        opt_arg(dx.as_ref()),
+        partials.arg(),
+        dy.arg(),
+        x.arg(),
+        stats.mean.arg(),
+        stats.rstd.arg(),
+        opt_arg(weight),
+        opt_arg(bias),
+        Arg::I32(elems(OP, groups_total)?),
+        Arg::I32(d.groups as i32),
+        Arg::I32(d.cg() as i32),
+        Arg::I32(d.s as i32),
+        Arg::I32(silu as i32),
+    ];
+    backend.launch("groupnorm_backward", LaunchConfig::blocks(groups_total.min(MAX_BLOCKS), THREADS), &args)?;
+    let (dw, db) = (backend.alloc(d.c)?, backend.alloc(d.c)?);
+    let args = [dw.arg(), db.arg(), partials.arg(), Arg::I32(d.n as i32), Arg::I32(d.c as i32)];
+    backend.launch("groupnorm_backward_params", LaunchConfig::for_elems(d.c, THREADS), &args)?;
+    Ok((dx, dw, db))
+}

@@ -1,0 +1,43 @@
+//! CUDA launches of kernels/resample.cu: nearest 2× upsampling and 2×2
+//! ceil-mode average pooling, forward and backward, on `planes` = N·C images
+//! of H×W (the H, W of the op's input).
+
+use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
+use crate::error::Result;
+use crate::ops::binary::cuda::elems;
+
+const THREADS: u32 = 256;
+
+/// Launches `kernel(out, input, planes, h, w)` with one thread per element of
+/// an output of `out_len` elements.
+fn launch(kernel: &'static str, op: &'static str, input: &CudaBuffer, out_len: usize, planes: usize, h: usize, w: usize) -> Result<CudaBuffer> {
+    let out = input.backend().alloc(out_len)?;
+    if out_len == 0 {
+        return Ok(out);
+    }
+    // the largest index a kernel forms is below max(input, output) length
+    elems(op, input.len().max(out_len))?;
+    let args = [out.arg(), input.arg(), Arg::I32(elems(op, planes)?), Arg::I32(elems(op, h)?), Arg::I32(elems(op, w)?)];
+    input.backend().launch(kernel, LaunchConfig::for_elems(out_len, THREADS), &args)?;
+    Ok(out)
+}
+
+/// y [planes, 2H, 2W]: y[2i + a, 2j + b] = x[i, j].
+pub fn upsample_nearest2x(x: &CudaBuffer, planes: usize, h: usize, w: usize) -> Result<CudaBuffer> {
+    launch("upsample_nearest2x_f32", "upsample_nearest2x", x, planes * 4 * h * w, planes, h, w)
+}
+
+/// dX [planes, H, W] = the sum of each 2×2 block of dY [planes, 2H, 2W].
+pub fn upsample_nearest2x_backward(dy: &CudaBuffer, planes: usize, h: usize, w: usize) -> Result<CudaBuffer> {
+    launch("upsample_nearest2x_backward_f32", "upsample_nearest2x", dy, planes * h * w, planes, h, w)
+}
+
+/// y [planes, ⌈H/2⌉, ⌈W/2⌉]: the mean of each window's in-bounds elements.
+pub fn avg_pool2x2(x: &CudaBuffer, planes: usize, h: usize, w: usize) -> Result<CudaBuffer> {
+    launch("avg_pool2x2_f32", "avg_pool2x2", x, planes * h.div_ceil(2) * w.div_ceil(2), planes, h, w)
+}
+
+/// dX [planes, H, W]: each pixel gets its window's dY divided by the window's count.
+pub fn avg_pool2x2_backward(dy: &CudaBuffer, planes: usize, h: usize, w: usize) -> Result<CudaBuffer> {
+    launch("avg_pool2x2_backward_f32", "avg_pool2x2", dy, planes * h * w, planes, h, w)
+}

@@ -1,0 +1,103 @@
+//! The standard callbacks: progress display, checkpoints, loss record.
+
+use super::{Callback, EpochReport, Learner, checkpoint};
+use crate::error::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// A progress bar (loss, images/s, ETA) and one line per epoch on stderr.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    started: Option<Instant>,
+    images: usize,
+    /// Print epoch lines (false for --json runs that want a quiet stderr).
+    pub epoch_lines: bool,
+}
+
+impl Progress {
+    pub fn new(epoch_lines: bool) -> Self {
+        Progress { bar: None, started: None, images: 0, epoch_lines }
+    }
+}
+
+impl Callback for Progress {
+    fn before_fit(&mut self, l: &Learner) -> Result<()> {
+        let bar = ProgressBar::new((l.total_steps - l.step) as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").expect("valid template").progress_chars("=> "),
+        );
+        self.bar = Some(bar);
+        self.started = Some(Instant::now());
+        Ok(())
+    }
+
+    fn after_batch(&mut self, l: &Learner, loss: f32) -> Result<()> {
+        self.images += l.config.batch_size;
+        if let (Some(bar), Some(t0)) = (&self.bar, self.started) {
+            let rate = self.images as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {loss:.4}  {rate:.0} img/s"));
+            bar.inc(1);
+        }
+        Ok(())
+    }
+
+    fn after_epoch(&mut self, l: &Learner, r: &EpochReport) -> Result<()> {
+        if self.epoch_lines {
+            let line = format!(
+                "epoch {}: train loss {:.4}, eval loss {:.4}, {:.0} img/s, {:.1}s (step {}/{})",
+                r.epoch, r.train_loss, r.eval_loss, r.images_per_s, r.seconds, l.step, l.total_steps
+            );
+            match &self.bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn after_fit(&mut self, _l: &Learner) -> Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        Ok(())
+    }
+
+    fn on_failure(&mut self, _l: &Learner, _err: &crate::Error) {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
+    }
+}
+
+/// Saves the model directory and resume state at each epoch end and at the end.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+}
+
+impl Callback for Checkpoint {
+    fn after_epoch(&mut self, l: &Learner, _r: &EpochReport) -> Result<()> {
+        checkpoint::save(l, &self.dir)
+    }
+    fn after_fit(&mut self, l: &Learner) -> Result<()> {
+        checkpoint::save(l, &self.dir)
+    }
+}
+
+/// Keeps every loss and epoch report (for --json and tests).
+#[derive(Default)]
+pub struct Recorder {
+    pub losses: Vec<f32>,
+    pub epochs: Vec<EpochReport>,
+}
+
+impl Callback for Recorder {
+    fn after_batch(&mut self, _l: &Learner, loss: f32) -> Result<()> {
+        self.losses.push(loss);
+        Ok(())
+    }
+    fn after_epoch(&mut self, _l: &Learner, r: &EpochReport) -> Result<()> {
+        self.epochs.push(r.clone());
+        Ok(())
+    }
+}

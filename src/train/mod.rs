@@ -1,0 +1,244 @@
+//! The training loop, miniai's Learner in Rust: `fit` runs epochs of noisify →
+//! ε̂ = model(x_t, t) → MSE → backward → AdamW with one-cycle, and everything
+//! around it (progress, checkpoints, metrics, run tracking) is a [`Callback`].
+
+pub mod callbacks;
+pub mod checkpoint;
+
+use crate::data::batches::{InputRange, epoch_order, images_f32};
+use crate::data::{Dataset, DatasetKind};
+use crate::device::Device;
+use crate::diffusion::{Schedule, ScheduleKind};
+use crate::error::{Error, Result};
+use crate::nn::params;
+use crate::nn::unet::{UNet2DConfig, UNet2DModel};
+use crate::ops;
+use crate::optim::{AdamW, AdamWHyper, OneCycle};
+use crate::rng::PhiloxStream;
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Philox offsets of the training randomness (disjoint ranges).
+const TIMESTEP_STREAM: u64 = 0x7100_0000_0000;
+const NOISE_STREAM: u64 = 0x7200_0000_0000;
+const EVAL_TIMESTEP_STREAM: u64 = 0x7300_0000_0000;
+const EVAL_NOISE_STREAM: u64 = 0x7400_0000_0000;
+
+/// Everything that defines a training run (saved with its checkpoints).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    /// "tiny", "seed" or the JSON file the UNet config came from.
+    pub preset: String,
+    pub unet: UNet2DConfig,
+    pub dataset: String,
+    pub epochs: usize,
+    pub max_steps: Option<usize>,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// "linear" or "cosine".
+    pub schedule: String,
+    pub beta_min: f64,
+    pub beta_max: f64,
+    pub train_timesteps: usize,
+    pub input_range: String,
+    pub seed: u64,
+    pub weight_decay: f32,
+    pub adam_eps: f32,
+}
+
+impl TrainConfig {
+    pub fn noise_schedule(&self) -> Result<Schedule> {
+        let kind = match self.schedule.as_str() {
+            "linear" => ScheduleKind::Linear { beta_min: self.beta_min, beta_max: self.beta_max },
+            "cosine" => ScheduleKind::Cosine,
+            other => return Err(Error::Argument { op: "--schedule", msg: format!("'{other}' is not one of linear, cosine") }),
+        };
+        Schedule::new(kind, self.train_timesteps)
+    }
+
+    pub fn range(&self) -> Result<InputRange> {
+        InputRange::parse(&self.input_range)
+    }
+
+    pub fn dataset_kind(&self) -> DatasetKind {
+        if self.dataset == "cifar10" { DatasetKind::Cifar10 } else { DatasetKind::FashionMnist }
+    }
+}
+
+/// Pixels added on each side so 28×28 images become 32×32.
+pub fn padding_for(ds: &Dataset) -> usize {
+    if ds.height == 28 { 2 } else { 0 }
+}
+
+/// What one epoch did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochReport {
+    pub epoch: usize,
+    /// Images trained on, and the seconds that took (evaluation excluded).
+    pub images: usize,
+    pub train_seconds: f64,
+    pub train_loss: f32,
+    pub eval_loss: f32,
+    pub images_per_s: f64,
+    pub seconds: f64,
+}
+
+/// Hooks around the loop. Each returns Ok to go on; an error stops the run.
+pub trait Callback {
+    fn before_fit(&mut self, _l: &Learner) -> Result<()> {
+        Ok(())
+    }
+    fn after_batch(&mut self, _l: &Learner, _loss: f32) -> Result<()> {
+        Ok(())
+    }
+    fn after_epoch(&mut self, _l: &Learner, _report: &EpochReport) -> Result<()> {
+        Ok(())
+    }
+    fn after_fit(&mut self, _l: &Learner) -> Result<()> {
+        Ok(())
+    }
+    /// The run stopped with `err` (NaN loss, I/O failure, interrupt).
+    fn on_failure(&mut self, _l: &Learner, _err: &Error) {}
+}
+
+/// The model, its optimiser and schedule, the data, and where the run is.
+pub struct Learner {
+    pub config: TrainConfig,
+    pub model: UNet2DModel,
+    pub opt: AdamW,
+    pub one_cycle: OneCycle,
+    pub schedule: Schedule,
+    pub train: Dataset,
+    pub test: Dataset,
+    pub device: Device,
+    /// Optimiser steps done.
+    pub step: usize,
+    /// Epochs done.
+    pub epoch: usize,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+    /// Learning rate of the last step.
+    pub lr: f64,
+}
+
+impl Learner {
+    pub fn new(config: TrainConfig, model: UNet2DModel, train: Dataset, test: Dataset, device: Device) -> Result<Learner> {
+        if config.batch_size == 0 || train.is_empty() {
+            return Err(Error::Argument { op: "train", msg: "needs a batch size ≥ 1 and at least one training image".into() });
+        }
+        let steps_per_epoch = train.len().div_ceil(config.batch_size);
+        let total_steps = config.max_steps.map_or(steps_per_epoch * config.epochs, |m| m.min(steps_per_epoch * config.epochs.max(1)).max(1));
+        let hyper = AdamWHyper { lr: config.lr as f32, beta1: 0.9, beta2: 0.999, eps: config.adam_eps, weight_decay: config.weight_decay };
+        let opt = AdamW::new(params(&model), hyper)?;
+        let one_cycle = OneCycle::new(config.lr, total_steps);
+        let schedule = config.noise_schedule()?;
+        Ok(Learner { config, model, opt, one_cycle, schedule, train, test, device, step: 0, epoch: 0, steps_per_epoch, total_steps, lr: 0.0 })
+    }
+
+    fn timesteps(&self, stream: u64, count: usize) -> Vec<u32> {
+        let mut t = vec![0u32; count];
+        PhiloxStream::new(self.config.seed, stream).fill_below(0, self.schedule.steps() as u32, &mut t);
+        t
+    }
+
+    /// The noisy batch and its target for images `indices`: (x_t, t as f32 [B], ε).
+    fn noisy_batch(&self, ds: &Dataset, indices: &[usize], t_stream: u64, noise_stream: u64) -> Result<(Tensor, Tensor, Tensor)> {
+        let pad = padding_for(ds);
+        let (h, w) = (ds.height + 2 * pad, ds.width + 2 * pad);
+        let x0 = Tensor::from_vec(images_f32(ds, indices, pad, self.config.range()?), [indices.len(), ds.channels, h, w])?.to_device(self.device)?;
+        let t = self.timesteps(t_stream, indices.len());
+        let abar: Vec<f64> = t.iter().map(|&t| self.schedule.abar(t as i64)).collect();
+        let (x_t, eps) = ops::diffusion::noisify(&x0, &abar, self.config.seed, noise_stream, 0)?;
+        let t = Tensor::from_vec_on(t.iter().map(|&v| v as f32).collect(), [indices.len()], self.device)?;
+        Ok((x_t, t, eps))
+    }
+
+    /// One optimiser step on images `indices`; returns the loss.
+    pub fn train_step(&mut self, indices: &[usize]) -> Result<f32> {
+        let (x_t, t, eps) = self.noisy_batch(&self.train, indices, TIMESTEP_STREAM + self.step as u64, NOISE_STREAM + self.step as u64)?;
+        let pred = self.model.forward(&x_t, &t)?;
+        let loss = ops::mse_loss(&pred, &eps)?;
+        let value = loss.item()?;
+        if !value.is_finite() {
+            return Err(Error::Argument {
+                op: "train",
+                msg: format!("the loss is {value} at step {} (epoch {}); stopping, the last checkpoint is kept", self.step + 1, self.epoch + 1),
+            });
+        }
+        let grads = crate::autograd::backward(&loss)?;
+        self.lr = self.one_cycle.lr(self.step);
+        self.opt.hyper.lr = self.lr as f32;
+        self.opt.hyper.beta1 = self.one_cycle.beta1(self.step) as f32;
+        self.opt.step(&grads)?;
+        self.step += 1;
+        Ok(value)
+    }
+
+    /// Mean MSE over the test split with fixed noise (comparable across epochs).
+    pub fn eval_loss(&self) -> Result<f32> {
+        let _guard = crate::autograd::NoGradGuard::new();
+        let n = self.test.len();
+        let (mut total, mut count) = (0f64, 0usize);
+        for (b, start) in (0..n).step_by(self.config.batch_size).enumerate() {
+            let idx: Vec<usize> = (start..(start + self.config.batch_size).min(n)).collect();
+            let (x_t, t, eps) = self.noisy_batch(&self.test, &idx, EVAL_TIMESTEP_STREAM + b as u64, EVAL_NOISE_STREAM + b as u64)?;
+            let loss = ops::mse_loss(&self.model.forward(&x_t, &t)?, &eps)?.item()?;
+            total += loss as f64 * idx.len() as f64;
+            count += idx.len();
+        }
+        Ok((total / count.max(1) as f64) as f32)
+    }
+
+    /// Epochs until `total_steps`, calling back around each batch and epoch.
+    pub fn fit(&mut self, callbacks: &mut [&mut dyn Callback]) -> Result<()> {
+        let result = self.fit_inner(callbacks);
+        if let Err(e) = &result {
+            for cb in callbacks.iter_mut() {
+                cb.on_failure(self, e);
+            }
+        }
+        result
+    }
+
+    fn fit_inner(&mut self, callbacks: &mut [&mut dyn Callback]) -> Result<()> {
+        for cb in callbacks.iter_mut() {
+            cb.before_fit(self)?;
+        }
+        while self.step < self.total_steps {
+            let started = Instant::now();
+            let order = epoch_order(self.train.len(), self.config.seed, self.epoch as u64);
+            let (mut loss_sum, mut batches, mut images) = (0f64, 0usize, 0usize);
+            for chunk in order.chunks(self.config.batch_size) {
+                if self.step >= self.total_steps {
+                    break;
+                }
+                let loss = self.train_step(chunk)?;
+                loss_sum += loss as f64;
+                batches += 1;
+                images += chunk.len();
+                for cb in callbacks.iter_mut() {
+                    cb.after_batch(self, loss)?;
+                }
+            }
+            let train_seconds = started.elapsed().as_secs_f64();
+            self.epoch += 1;
+            let report = EpochReport {
+                epoch: self.epoch,
+                images,
+                train_seconds,
+                train_loss: (loss_sum / batches.max(1) as f64) as f32,
+                eval_loss: self.eval_loss()?,
+                images_per_s: images as f64 / train_seconds.max(1e-9),
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            for cb in callbacks.iter_mut() {
+                cb.after_epoch(self, &report)?;
+            }
+        }
+        for cb in callbacks.iter_mut() {
+            cb.after_fit(self)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! CUDA against the CPU twin: row softmax (forward and backward), scaled
+//! dot-product attention (GEMM + softmax + GEMM, and the five-product
+//! backward) and cross-entropy. On a machine without a GPU these run on the
+//! CPU emulation of CUDA (kernels/emu).
+//!
+//! Tolerance: ParityTol::REDUCTION (atol 1e-5, rtol 1e-4) — row sums and dot
+//! products in another order than the CPU's, and expf/logf on the device
+//! against libm.
+
+use minidiffusion::testing::{ParityTol, parity_check, parity_check_at, randn};
+use minidiffusion::{Shape, ops};
+
+#[test]
+fn softmax_rows_of_odd_length() {
+    // 1 (y = 1, dx = 0), 7 (a partial warp), 100, 513 (lanes loop past 512)
+    parity_check("softmax_1", &[&[3, 1]], |x| ops::softmax(&x[0]), ParityTol::REDUCTION);
+    parity_check("softmax_7", &[&[19, 7]], |x| ops::softmax(&x[0]), ParityTol::REDUCTION); // 19 rows: 3 blocks of 8 warps
+    parity_check("softmax_100", &[&[2, 2, 100]], |x| ops::softmax(&x[0]), ParityTol::REDUCTION);
+    parity_check("softmax_513", &[&[3, 513]], |x| ops::softmax(&x[0]), ParityTol::REDUCTION);
+    // large logits: the max subtraction keeps exp finite
+    let big: Vec<f32> = randn(&[4, 9], 5).iter().map(|v| 80.0 * v).collect();
+    parity_check_at("softmax_large", vec![(big, Shape::from([4, 9]))], |x| ops::softmax(&x[0]), ParityTol::REDUCTION);
+}
+
+#[test]
+fn attention_parity() {
+    // B=2, heads=3, Lq=7 ≠ Lk=5, D=4, Dv=6
+    parity_check(
+        "attention",
+        &[&[2, 3, 7, 4], &[2, 3, 5, 4], &[2, 3, 5, 6]],
+        |x| ops::attention(&x[0], &x[1], &x[2], 0.5),
+        ParityTol::REDUCTION,
+    );
+    // odd sizes, Lk = 70 > one 64-wide tile, scale 1/√D
+    let scale = 1.0 / 5f32.sqrt();
+    parity_check(
+        "attention_odd",
+        &[&[1, 2, 13, 5], &[1, 2, 70, 5], &[1, 2, 70, 3]],
+        |x| ops::attention(&x[0], &x[1], &x[2], scale),
+        ParityTol::REDUCTION,
+    );
+    // rank 2 (a single head, batch 1)
+    parity_check("attention_2d", &[&[9, 3], &[11, 3], &[11, 2]], |x| ops::attention(&x[0], &x[1], &x[2], 0.7), ParityTol::REDUCTION);
+}
+
+#[test]
+fn cross_entropy_parity() {
+    let labels = [3, 0, 12, 7, 7, 1, 5, 11, 2];
+    parity_check("cross_entropy", &[&[9, 13]], |x| ops::cross_entropy(&x[0], &labels), ParityTol::REDUCTION);
+    let labels: Vec<usize> = (0..20).map(|i| (i * 37) % 100).collect();
+    parity_check("cross_entropy_100", &[&[20, 100]], |x| ops::cross_entropy(&x[0], &labels), ParityTol::REDUCTION);
+    // composed with other ops so the incoming gradient is not 1
+    parity_check(
+        "cross_entropy_scaled",
+        &[&[4, 3]],
+        |x| ops::mul_scalar(&ops::cross_entropy(&x[0], &[2, 0, 1, 1])?, 2.5),
+        ParityTol::REDUCTION,
+    );
+}
+
+#[test]
+fn mse_loss_parity() {
+    parity_check("mse_loss", &[&[3, 17], &[3, 17]], |x| ops::mse_loss(&x[0], &x[1]), ParityTol::REDUCTION);
+}

@@ -1,0 +1,207 @@
+//! CUDA against the CPU twin: group norm, the fused group norm + SiLU and
+//! batch norm (train and eval, and the running statistics a train step
+//! leaves), forward and every input's gradient, on odd shapes. On a machine
+//! without a GPU these run on the CPU emulation of CUDA (kernels/emu).
+//!
+//! Tolerance: ParityTol::REDUCTION (|cuda − cpu| ≤ 1e-5 + 1e-4·|cpu|) for
+//! every comparison: both sides accumulate the statistics and the gradient
+//! sums in f64, only in another order, and then apply the same f32 formulas.
+//! Running statistics: 1e-6 + 1e-5·|cpu|.
+
+use minidiffusion::ops::batch_norm::{BatchNormMode, batch_norm};
+use minidiffusion::ops::group_norm::{group_norm, group_norm_silu};
+use minidiffusion::testing::{ParityTol, assert_close, parity_check, parity_check_at, parity_device, randn};
+use minidiffusion::{Device, Shape, Tensor, backward, ops};
+
+const TOL: ParityTol = ParityTol::REDUCTION;
+
+/// (x shape, group counts) covering groups 1, 2 and C, odd spatial sizes
+/// (5×7), rank 2 and rank 5, groups larger than the 256-thread block
+/// (1×4×9×11 with one group: 396 values) and more channels per group than
+/// warps per block (20 channels in one group: three rounds of 8 warps).
+const GN_CASES: &[(&[usize], &[usize])] = &[
+    (&[2, 6, 5, 7], &[1, 2, 6]),
+    (&[3, 4, 5], &[1, 2, 4]),
+    (&[3, 6], &[1, 3]),
+    (&[2, 3, 2, 3, 2], &[3]),
+    (&[1, 4, 9, 11], &[1]),
+    (&[2, 20, 3], &[1, 20]),
+];
+
+/// The signature shared by group_norm and group_norm_silu.
+type GroupNormFn = fn(&Tensor, usize, Option<&Tensor>, Option<&Tensor>, f32) -> minidiffusion::Result<Tensor>;
+
+/// Group norm or the fused group norm + SiLU, with and without the affine
+/// parameters, forward and gradients.
+fn group_norm_cases(name: &str, op: GroupNormFn) {
+    for &(dims, groups_list) in GN_CASES {
+        let c = dims[1];
+        for &groups in groups_list {
+            parity_check(&format!("{name} {dims:?} g{groups}"), &[dims], |t| op(&t[0], groups, None, None, 1e-5), TOL);
+            parity_check(
+                &format!("{name} {dims:?} g{groups} affine"),
+                &[dims, &[c], &[c]],
+                |t| op(&t[0], groups, Some(&t[1]), Some(&t[2]), 1e-5),
+                TOL,
+            );
+        }
+    }
+    // Weight only and bias only (the kernels read null γ / β as 1 / 0).
+    let dims: &[usize] = &[2, 4, 5, 7];
+    parity_check(&format!("{name} weight only"), &[dims, &[4]], |t| op(&t[0], 2, Some(&t[1]), None, 1e-5), TOL);
+    parity_check(&format!("{name} bias only"), &[dims, &[4]], |t| op(&t[0], 2, None, Some(&t[1]), 1e-5), TOL);
+    // Mean far from 0 and variance far from 1: the two-pass statistics.
+    let x: Vec<f32> = randn(dims, 3).iter().map(|v| 40.0 + 0.05 * v).collect();
+    parity_check_at(
+        &format!("{name} offset input"),
+        vec![(x, Shape::from(dims)), (randn(&[4], 4), Shape::from([4])), (randn(&[4], 5), Shape::from([4]))],
+        |t| op(&t[0], 2, Some(&t[1]), Some(&t[2]), 1e-5),
+        TOL,
+    );
+}
+
+#[test]
+fn group_norm_parity() {
+    group_norm_cases("group_norm", group_norm);
+}
+
+#[test]
+fn group_norm_silu_parity() {
+    group_norm_cases("group_norm_silu", group_norm_silu);
+}
+
+/// Only the parameters require grad: the backward kernels skip dx (null
+/// pointer) and still produce dγ, dβ.
+#[test]
+fn parameter_gradients_without_dx_parity() {
+    let dims = [2, 6, 5, 3];
+    let run = |device: Device| -> Vec<Vec<f32>> {
+        let x = Tensor::from_vec_on(randn(&dims, 1), dims.to_vec(), device).unwrap();
+        let w = Tensor::from_vec_on(randn(&[6], 2), vec![6], device).unwrap().detach().requires_grad_();
+        let b = Tensor::from_vec_on(randn(&[6], 3), vec![6], device).unwrap().detach().requires_grad_();
+        let r = Tensor::from_vec_on(randn(&dims, 4), dims.to_vec(), device).unwrap();
+        let (rm, rv) = (Tensor::zeros_on([6], device).unwrap(), Tensor::full_on(1.0, [6], device).unwrap());
+        let mut out = vec![];
+        for k in 0..3 {
+            let y = match k {
+                0 => group_norm(&x, 3, Some(&w), Some(&b), 1e-5),
+                1 => group_norm_silu(&x, 3, Some(&w), Some(&b), 1e-5),
+                _ => batch_norm(&x, &rm, &rv, Some(&w), Some(&b), BatchNormMode::Train { momentum: 0.1 }, 1e-5),
+            }
+            .unwrap();
+            let grads = backward(&ops::sum_all(&ops::mul(&y, &r).unwrap()).unwrap()).unwrap();
+            assert!(grads.get(&x).is_none());
+            out.push(grads.get(&w).unwrap().to_vec());
+            out.push(grads.get(&b).unwrap().to_vec());
+        }
+        out
+    };
+    let (cpu, dev) = (run(Device::Cpu), run(parity_device()));
+    for (i, (d, c)) in dev.iter().zip(&cpu).enumerate() {
+        assert_close(&format!("parameter gradient {i}"), d, c, TOL.atol, TOL.rtol);
+    }
+}
+
+/// x shapes for batch norm: [N, C], odd spatial sizes, rank 5, and channels
+/// with more values than the 256-thread block (8×9×5 = 360).
+const BN_SHAPES: &[&[usize]] = &[&[6, 5], &[4, 3, 5, 7], &[3, 2, 7], &[2, 3, 2, 1, 3], &[8, 2, 9, 5]];
+
+#[test]
+fn batch_norm_train_parity() {
+    for &dims in BN_SHAPES {
+        let c = dims[1];
+        let train = BatchNormMode::Train { momentum: 0.1 };
+        let stats = |t: &Tensor| (Tensor::zeros_on([c], t.device()).unwrap(), Tensor::full_on(1.0, [c], t.device()).unwrap());
+        parity_check(
+            &format!("batch_norm train {dims:?}"),
+            &[dims],
+            |t| {
+                let (rm, rv) = stats(&t[0]);
+                batch_norm(&t[0], &rm, &rv, None, None, train, 1e-5)
+            },
+            TOL,
+        );
+        parity_check(
+            &format!("batch_norm train {dims:?} affine"),
+            &[dims, &[c], &[c]],
+            |t| {
+                let (rm, rv) = stats(&t[0]);
+                batch_norm(&t[0], &rm, &rv, Some(&t[1]), Some(&t[2]), train, 1e-5)
+            },
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn batch_norm_eval_parity() {
+    for &dims in BN_SHAPES {
+        let c = dims[1];
+        let rm = randn(&[c], 8);
+        let rv: Vec<f32> = randn(&[c], 9).iter().map(|v| 0.5 + v.abs()).collect();
+        let stats = |t: &Tensor| {
+            let d = t.device();
+            (Tensor::from_vec_on(rm.clone(), vec![c], d).unwrap(), Tensor::from_vec_on(rv.clone(), vec![c], d).unwrap())
+        };
+        parity_check(
+            &format!("batch_norm eval {dims:?}"),
+            &[dims],
+            |t| {
+                let (rm, rv) = stats(&t[0]);
+                batch_norm(&t[0], &rm, &rv, None, None, BatchNormMode::Eval, 1e-5)
+            },
+            TOL,
+        );
+        parity_check(
+            &format!("batch_norm eval {dims:?} affine"),
+            &[dims, &[c], &[c]],
+            |t| {
+                let (rm, rv) = stats(&t[0]);
+                batch_norm(&t[0], &rm, &rv, Some(&t[1]), Some(&t[2]), BatchNormMode::Eval, 1e-5)
+            },
+            TOL,
+        );
+    }
+}
+
+/// Two train steps then an eval step on each device, from the same starting
+/// running statistics: the running statistics after each step, and the eval
+/// output, match the CPU twin; eval leaves the statistics alone.
+#[test]
+fn batch_norm_running_stats_parity() {
+    let dims = [5, 3, 4, 7];
+    let run = |device: Device| -> Vec<Vec<f32>> {
+        let rm = Tensor::from_vec_on(vec![0.3, -1.0, 2.0], vec![3], device).unwrap();
+        let rv = Tensor::from_vec_on(vec![0.5, 2.0, 1.5], vec![3], device).unwrap();
+        let mut seen = vec![];
+        for (step, momentum) in [(0u64, 0.1f32), (1, 0.3)] {
+            let xv: Vec<f32> = randn(&dims, 70 + step).iter().map(|v| 1.0 + 3.0 * v).collect();
+            let x = Tensor::from_vec_on(xv, dims.to_vec(), device).unwrap();
+            batch_norm(&x, &rm, &rv, None, None, BatchNormMode::Train { momentum }, 1e-5).unwrap();
+            seen.push(rm.to_vec());
+            seen.push(rv.to_vec());
+        }
+        let x = Tensor::from_vec_on(randn(&dims, 80), dims.to_vec(), device).unwrap();
+        seen.push(batch_norm(&x, &rm, &rv, None, None, BatchNormMode::Eval, 1e-5).unwrap().to_vec());
+        assert_eq!(rm.to_vec(), seen[2], "eval leaves running_mean alone on {device}");
+        assert_eq!(rv.to_vec(), seen[3], "eval leaves running_var alone on {device}");
+        seen
+    };
+    let (cpu, dev) = (run(Device::Cpu), run(parity_device()));
+    let what = ["running_mean step 0", "running_var step 0", "running_mean step 1", "running_var step 1"];
+    for (i, name) in what.iter().enumerate() {
+        assert_close(name, &dev[i], &cpu[i], 1e-6, 1e-5);
+    }
+    assert_close("eval after train", &dev[4], &cpu[4], TOL.atol, TOL.rtol);
+}
+
+/// Empty batches go through the CUDA path without launching on nothing.
+#[test]
+fn empty_inputs_parity() {
+    let device = parity_device();
+    let x = Tensor::zeros_on([0, 4, 3], device).unwrap();
+    assert_eq!(group_norm(&x, 2, None, None, 1e-5).unwrap().dims(), &[0, 4, 3]);
+    assert_eq!(group_norm_silu(&x, 2, None, None, 1e-5).unwrap().dims(), &[0, 4, 3]);
+    let (rm, rv) = (Tensor::zeros_on([4], device).unwrap(), Tensor::full_on(1.0, [4], device).unwrap());
+    assert_eq!(batch_norm(&x, &rm, &rv, None, None, BatchNormMode::Eval, 1e-5).unwrap().dims(), &[0, 4, 3]);
+}

@@ -1,0 +1,110 @@
+//! AdamW on CUDA parameters (kernels/optim.cu) against the CPU AdamW
+//! (adamw_math.rs) over 3 steps, both lerp branches, with a parameter that gets
+//! no gradient. The kernel uses explicitly rounded f32 operations in the CPU
+//! order, so the results are the same bit for bit — exact on the CPU emulation
+//! of CUDA (asserted); on a GPU the assertion allows 1 ulp per value (parameters
+//! and both moments) and the largest distance seen is printed.
+
+use minidiffusion::optim::{AdamW, AdamWHyper};
+use minidiffusion::testing::{parity_device, randn};
+use minidiffusion::{Device, Tensor, backward, ops};
+
+fn ulp_distance(a: f32, b: f32) -> u64 {
+    let key = |x: f32| {
+        let bits = x.to_bits() as i64;
+        if bits & 0x8000_0000 != 0 { -(bits & 0x7fff_ffff) } else { bits }
+    };
+    (key(a) - key(b)).unsigned_abs()
+}
+
+/// Parameters [3, 37], [300] (past one 256-thread block) and [5] (never used:
+/// no gradient), their AdamW, and the per-step gradient constants.
+struct Run {
+    params: Vec<Tensor>,
+    opt: AdamW,
+}
+
+fn init(device: Device, hyper: AdamWHyper) -> Run {
+    let shapes: [&[usize]; 3] = [&[3, 37], &[300], &[5]];
+    let params: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Tensor::from_vec_on(randn(s, 100 + i as u64), *s, device).unwrap().requires_grad_())
+        .collect();
+    let opt = AdamW::new(params.clone(), hyper).unwrap();
+    Run { params, opt }
+}
+
+/// L = Σ p0·c0 + Σ p1·c1 with fresh constants each step: the gradients are the
+/// constants exactly, on every device. Larger values at step 2 exercise v.
+fn step(run: &mut Run, t: u64, device: Device, beta1: f32) {
+    let scale = if t == 2 { 50.0 } else { 1.0 };
+    let consts: Vec<Tensor> = (0..2)
+        .map(|i| {
+            let v: Vec<f32> = randn(run.params[i].dims(), 500 + 10 * t + i as u64).iter().map(|x| x * scale).collect();
+            Tensor::from_vec_on(v, run.params[i].shape().clone(), device).unwrap()
+        })
+        .collect();
+    let loss = ops::add(
+        &ops::sum_all(&ops::mul(&run.params[0], &consts[0]).unwrap()).unwrap(),
+        &ops::sum_all(&ops::mul(&run.params[1], &consts[1]).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let grads = backward(&loss).unwrap();
+    assert!(grads.get(&run.params[2]).is_none());
+    for (i, (p, c)) in run.params.iter().zip(&consts).enumerate() {
+        assert_eq!(grads.get(p).unwrap().to_vec(), c.to_vec(), "gradient {i} at step {t}");
+    }
+    run.opt.hyper.beta1 = beta1;
+    run.opt.step(&grads).unwrap();
+}
+
+#[test]
+fn adamw_three_steps_cuda_equals_cpu() {
+    let device = parity_device();
+    let hyper = AdamWHyper { lr: 3e-2, beta1: 0.9, beta2: 0.999, eps: 1e-5, weight_decay: 0.01 };
+    let mut cpu = init(Device::Cpu, hyper);
+    let mut dev = init(device, hyper);
+    let mut max_ulp = 0u64;
+    // step 2 uses β1 = 0.4: lerp weight 0.6 ≥ 0.5, ATen's other lerp formula
+    for (t, beta1) in [(1u64, 0.9f32), (2, 0.4), (3, 0.85)] {
+        step(&mut cpu, t, Device::Cpu, beta1);
+        step(&mut dev, t, device, beta1);
+        let (cm, cv, cs) = cpu.opt.state();
+        let (dm, dv, ds) = dev.opt.state();
+        assert_eq!(cs, ds);
+        assert_eq!(ds, &[t, t, 0]);
+        for i in 0..3 {
+            assert_eq!(dev.params[i].device(), device);
+            for (what, d, c) in [("param", &dev.params[i], &cpu.params[i]), ("exp_avg", &dm[i], &cm[i]), ("exp_avg_sq", &dv[i], &cv[i])] {
+                for (k, (&x, &y)) in d.to_vec().iter().zip(&c.to_vec()).enumerate() {
+                    let u = ulp_distance(x, y);
+                    assert!(u <= 1, "step {t} {what} {i} entry {k}: {device} {x} vs cpu {y} ({u} ulp)");
+                    max_ulp = max_ulp.max(u);
+                }
+            }
+        }
+    }
+    // the parameter without a gradient is untouched (no decay) on both devices
+    assert_eq!(dev.params[2].to_vec(), randn(&[5], 102));
+    assert_eq!(cpu.params[2].to_vec(), randn(&[5], 102));
+    eprintln!("parity_optim: AdamW 3 steps on {device} vs cpu, max distance {max_ulp} ulp");
+    if matches!(device, Device::Cuda(d) if d.emulated) {
+        assert_eq!(max_ulp, 0, "the emulation must be bit exact");
+    }
+}
+
+#[test]
+fn adamw_one_optimizer_over_cuda_and_cpu_parameters() {
+    let device = parity_device();
+    let p = Tensor::from_vec_on(vec![1.0, 2.0], [2], device).unwrap().requires_grad_();
+    let q = Tensor::from_vec(vec![1.0, 2.0], [2]).unwrap().requires_grad_();
+    // each parameter is stepped on its own device; the same values give the same update
+    let mut opt = AdamW::new(vec![p.clone(), q.clone()], AdamW::lesson_defaults(0.1)).unwrap();
+    let loss = ops::add(&ops::sum_all(&p).unwrap().to_device(Device::Cpu).unwrap(), &ops::sum_all(&q).unwrap()).unwrap();
+    let grads = backward(&loss).unwrap();
+    assert_eq!(grads.get(&p).unwrap().device(), device);
+    opt.step(&grads).unwrap();
+    assert!(p.to_vec().iter().zip([1.0, 2.0]).all(|(a, b)| *a < b));
+    assert_eq!(p.to_vec(), q.to_vec());
+}
