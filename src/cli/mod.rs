@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod info;
+pub mod sample;
 pub mod schedule;
 pub mod train;
 
@@ -24,6 +25,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Train a diffusion UNet (the lesson's DDPM recipe).
     Train(train::TrainArgs),
+    /// Sample images from a model directory (DDPM, skip-DDPM, DDIM).
+    Sample(sample::SampleArgs),
     /// Print a noise schedule (betas, alphas, alphas_cumprod, sigmas).
     Schedule(schedule::ScheduleArgs),
     /// Benchmarks (kernels at UNet shapes).
@@ -35,6 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Train(args) => train::run(args),
+        Command::Sample(args) => sample::run(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Bench(args) => bench::run(args),
     }

@@ -18,7 +18,9 @@ pub fn noisify(x0: &[f32], a: &[f32], b: &[f32], per_sample: usize, seed: u64, o
 }
 
 /// Scalar coefficients of one sampler step (computed on the host in f64).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Mirrors `StepCoefs` in kernels/diffusion.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct StepCoefs {
     /// x̂0 = (x_t − eps_scale·ε̂) · inv_sqrt_abar
     pub eps_scale: f32,

@@ -7,12 +7,13 @@
 //!             x_prev = c_x0·x̂0 + c_xt·x_t + c_eps·ε̂ + σ·z
 
 pub mod cpu;
+pub mod cuda;
 
 pub use cpu::StepCoefs;
 
 use crate::device::Device;
 use crate::error::{Result, shape_err};
-use crate::tensor::{Tensor, cpu_f32_storage};
+use crate::tensor::{Storage, Tensor, cpu_f32_storage};
 
 /// (x_t, ε) for a batch x0 [B, ...] at per-sample timesteps with ᾱ values `abar` (len B).
 /// Noise element i is normal number `start + i` of the Philox stream (seed, offset).
@@ -29,7 +30,10 @@ pub fn noisify(x0: &Tensor, abar: &[f64], seed: u64, offset: u64, start: u64) ->
             let (xt, eps) = cpu::noisify(x0.storage().cpu_f32("noisify")?, &a, &b, per_sample, seed, offset, start);
             (cpu_f32_storage(xt), cpu_f32_storage(eps))
         }
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("diffusion: no CUDA kernel yet".into())),
+        Device::Cuda(_) => {
+            let (xt, eps) = cuda::noisify(x0.storage().cuda("noisify")?, &a, &b, per_sample, seed, offset, start)?;
+            (Storage::Cuda(xt), Storage::Cuda(eps))
+        }
     };
     Ok((Tensor::from_storage(xt, x0.shape().clone()), Tensor::from_storage(eps, x0.shape().clone())))
 }
@@ -47,7 +51,11 @@ pub fn step(xt: &Tensor, eps: &Tensor, k: StepCoefs, seed: u64, offset: u64, sta
             let (p, x0) = cpu::step(sx.cpu_f32("step")?, se.cpu_f32("step")?, k, seed, offset, start, want_x0);
             (cpu_f32_storage(p), x0.map(cpu_f32_storage))
         }
-        Device::Cuda(_) => return Err(crate::error::Error::Cuda("diffusion: no CUDA kernel yet".into())),
+        Device::Cuda(_) => {
+            let (sx, se) = (xt.storage(), eps.storage());
+            let (p, x0) = cuda::step(sx.cuda("step")?, se.cuda("step")?, k, seed, offset, start, want_x0)?;
+            (Storage::Cuda(p), x0.map(Storage::Cuda))
+        }
     };
     let shape = xt.shape().clone();
     Ok((Tensor::from_storage(prev, shape.clone()), x0.map(|s| Tensor::from_storage(s, shape))))

@@ -1,0 +1,165 @@
+//! `minidiffusion sample`: draw images from a model directory with DDPM,
+//! skip-DDPM or DDIM (SPEC "Sampling").
+
+use super::resolve_device;
+use anyhow::bail;
+use clap::Args;
+use minidiffusion::diffusion::sampler::{self, SamplerKind, SamplerOptions, Spacing};
+use minidiffusion::diffusion::Schedule;
+use minidiffusion::io::model_dir::{self, SchedulerConfig};
+use minidiffusion::io::{npy, png};
+use minidiffusion::nn::unet::UNet2DModel;
+use minidiffusion::train::checkpoint;
+use minidiffusion::{Device, Tensor, no_grad};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The sampler flags shared by sample, bench sample and eval.
+#[derive(Args, Debug, Clone)]
+pub struct SamplerArgs {
+    /// ddpm (all steps), ddpm-skip (t%3==0 or t<50), ddpm-sample-at, or ddim.
+    #[arg(long, default_value = "ddim")]
+    pub sampler: String,
+    /// DDIM timesteps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// DDIM η: 0 deterministic, 1 DDPM-like noise.
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Clip x̂0 to [−V, V] before each update, or none (the lesson's own DDIM).
+    #[arg(long, default_value = "none")]
+    pub clip_x0: String,
+    /// DDIM timestep spacing: leading (diffusers' default: 990, 980, …, 0), trailing or linspace.
+    #[arg(long, default_value = "leading")]
+    pub timestep_spacing: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplerArgs {
+    pub fn options(&self, scheduler: &SchedulerConfig) -> anyhow::Result<SamplerOptions> {
+        let kind = match self.sampler.as_str() {
+            "ddpm" => SamplerKind::Ddpm,
+            "ddpm-skip" => SamplerKind::DdpmSkip,
+            "ddpm-sample-at" => SamplerKind::DdpmSampleAt,
+            "ddim" => SamplerKind::Ddim { steps: self.steps, eta: self.eta, spacing: Spacing::parse(&self.timestep_spacing)? },
+            other => bail!("--sampler: '{other}' is not one of ddpm, ddpm-skip, ddpm-sample-at, ddim"),
+        };
+        if !(0.0..=10.0).contains(&self.eta) {
+            bail!("--eta: {} is outside [0, 10]", self.eta);
+        }
+        let clip_x0 = match self.clip_x0.as_str() {
+            "none" => None,
+            v => match v.parse::<f32>() {
+                Ok(c) if c > 0.0 && c.is_finite() => Some(c),
+                _ => bail!("--clip-x0: '{v}' is neither none nor a positive number"),
+            },
+        };
+        Ok(SamplerOptions {
+            kind,
+            clip_x0,
+            set_alpha_to_one: scheduler.set_alpha_to_one,
+            steps_offset: scheduler.steps_offset,
+            seed: self.seed,
+            keep_x0_at: vec![],
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// Model directory (diffusers layout: config.json, diffusion_pytorch_model.safetensors, scheduler_config.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// Number of samples.
+    #[arg(short = 'n', long = "num", default_value_t = 16)]
+    pub n: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Start from this x_T (float32 .npy, N×C×H×W) instead of seeded noise; N comes from it.
+    #[arg(long)]
+    pub init_noise: Option<PathBuf>,
+    /// PNG grid of the samples.
+    #[arg(long, default_value = "samples.png")]
+    pub out: PathBuf,
+    /// Also write the samples as float32 .npy (N×C×H×W) in the model's data range.
+    #[arg(long)]
+    pub npy: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// The model's data range: from the training record when there is one, else diffusers' [−1, 1].
+pub fn data_range(dir: &std::path::Path) -> (f32, f32) {
+    checkpoint::read_state(dir).ok().and_then(|s| s.train.range().ok()).map_or((-1.0, 1.0), |r| r.bounds())
+}
+
+/// Sample `n` images in batches; returns (samples N×C×H×W on the host, model evaluations, seconds).
+pub fn sample_all(
+    model: &UNet2DModel,
+    schedule: &Schedule,
+    opts: &SamplerOptions,
+    n: usize,
+    batch_size: usize,
+    init: Option<&(Vec<usize>, Vec<f32>)>,
+    device: Device,
+) -> anyhow::Result<(Vec<f32>, [usize; 4], usize, f64)> {
+    let c = model.config.in_channels;
+    let (h, w) = match init {
+        Some((dims, _)) => (dims[2], dims[3]),
+        None => model.config.sample_hw().unwrap_or((32, 32)),
+    };
+    let per = c * h * w;
+    let mut out = Vec::with_capacity(n * per);
+    let mut evals = 0;
+    let started = Instant::now();
+    for first in (0..n).step_by(batch_size.max(1)) {
+        let count = batch_size.min(n - first);
+        let x_t = match init {
+            Some((_, v)) => Tensor::from_vec_on(v[first * per..(first + count) * per].to_vec(), [count, c, h, w], device)?,
+            None => sampler::initial_noise([count, c, h, w], first, opts.seed, device)?,
+        };
+        let s = no_grad(|| sampler::sample(|x, t| model.forward(x, t), x_t, first, schedule, opts))?;
+        evals += s.model_evals * count;
+        out.extend(s.x0.try_to_vec()?);
+    }
+    Ok((out, [n, c, h, w], evals, started.elapsed().as_secs_f64()))
+}
+
+pub fn run(args: SampleArgs) -> anyhow::Result<()> {
+    let device = resolve_device(&args.device)?;
+    let (model, scheduler) = model_dir::load(&args.model, device)?;
+    let schedule = scheduler.schedule()?;
+    let opts = args.sampler.options(&scheduler)?;
+    let init = match &args.init_noise {
+        Some(p) => {
+            let (dims, v) = npy::read(p)?;
+            if dims.len() != 4 || dims[1] != model.config.in_channels {
+                bail!("{}: x_T must be N×{}×H×W, got {dims:?}", p.display(), model.config.in_channels);
+            }
+            Some((dims, v))
+        }
+        None => None,
+    };
+    let n = init.as_ref().map_or(args.n, |(d, _)| d[0]);
+    if n == 0 || args.batch_size == 0 {
+        bail!("-n and --batch-size must be at least 1");
+    }
+    let (samples, dims, evals, seconds) = sample_all(&model, &schedule, &opts, n, args.batch_size, init.as_ref(), device)?;
+    let (lo, hi) = data_range(&args.model);
+    let cols = (n as f64).sqrt().ceil() as usize;
+    png::write_grid(&args.out, &samples, &dims, lo, hi, cols)?;
+    if let Some(p) = &args.npy {
+        npy::write(p, &dims, &samples)?;
+    }
+    println!(
+        "{n} samples in {seconds:.2}s on {device}: {:.1} samples/s, {:.1} model evaluations/s ({} per sample); grid: {}",
+        n as f64 / seconds,
+        evals as f64 / seconds,
+        evals / n,
+        args.out.display()
+    );
+    Ok(())
+}
