@@ -18,6 +18,46 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Time each kernel family at UNet shapes (forward and backward).
     Kernels(KernelArgs),
+    /// Time sampling: samples/s and model evaluations/s.
+    Sample(SampleBenchArgs),
+    /// Time training steps: images/s.
+    Train(TrainBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SampleBenchArgs {
+    /// A model directory to sample (else --config).
+    #[arg(long, conflicts_with = "config")]
+    pub model: Option<std::path::PathBuf>,
+    /// A preset (tiny, seed), randomly initialised — enough for timing.
+    #[arg(long)]
+    pub config: Option<String>,
+    #[command(flatten)]
+    pub sampler: super::sample::SamplerArgs,
+    #[arg(short = 'n', long = "num", default_value_t = 64)]
+    pub n: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainBenchArgs {
+    /// A preset: tiny or seed.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -42,6 +82,8 @@ pub struct KernelArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchWhat::Kernels(k) => kernels(k),
+        BenchWhat::Sample(a) => sample(a),
+        BenchWhat::Train(a) => train(a),
     }
 }
 
@@ -177,6 +219,110 @@ fn kernels(args: KernelArgs) -> anyhow::Result<()> {
             let g = if case.flops > 0.0 { format!("{gflops:.1}") } else { "—".into() };
             println!("{:<16} {:<24} {:>10.3} {:>10} {:>10.1}", case.name, case.shape, seconds * 1e3, g, gbps);
         }
+    }
+    Ok(())
+}
+
+fn preset_config(name: &str) -> anyhow::Result<minidiffusion::nn::unet::UNet2DConfig> {
+    use minidiffusion::nn::unet::UNet2DConfig;
+    match name {
+        "tiny" => Ok(UNet2DConfig::tiny_preset()),
+        "seed" => Ok(UNet2DConfig::seed_preset()),
+        other => anyhow::bail!("--config: '{other}' is not one of tiny, seed"),
+    }
+}
+
+fn sample(args: SampleBenchArgs) -> anyhow::Result<()> {
+    use minidiffusion::io::model_dir::{self, SchedulerConfig};
+    use minidiffusion::nn::unet::UNet2DModel;
+    let device = resolve_device(&args.device)?;
+    let (model, scheduler, label) = match (&args.model, &args.config) {
+        (Some(dir), _) => {
+            let (m, s) = model_dir::load(dir, device)?;
+            (m, s, dir.display().to_string())
+        }
+        (None, name) => {
+            let name = name.clone().unwrap_or_else(|| "seed".into());
+            let m = UNet2DModel::new(preset_config(&name)?, 0, device)?;
+            let s = SchedulerConfig::from_schedule(&minidiffusion::diffusion::Schedule::lesson_default());
+            (m, s, name)
+        }
+    };
+    let schedule = scheduler.schedule()?;
+    let opts = args.sampler.options(&scheduler)?;
+    if args.n == 0 || args.batch_size == 0 {
+        anyhow::bail!("-n and --batch-size must be at least 1");
+    }
+    // warm-up: one DDIM step on one batch (allocator, kernel loading)
+    let warm = minidiffusion::diffusion::SamplerOptions {
+        kind: minidiffusion::diffusion::SamplerKind::Ddim { steps: 1, eta: 0.0, spacing: Default::default() },
+        ..opts.clone()
+    };
+    super::sample::sample_all(&model, &schedule, &warm, args.batch_size.min(args.n), args.batch_size, None, device)?;
+    let (_, _, evals, seconds) = super::sample::sample_all(&model, &schedule, &opts, args.n, args.batch_size, None, device)?;
+    let steps = evals / args.n;
+    let (sps, eps) = (args.n as f64 / seconds, evals as f64 / seconds);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"samples_per_s": sps, "model_evals_per_s": eps, "device": device.to_string(), "n": args.n,
+                "steps": steps, "batch_size": args.batch_size, "sampler": args.sampler.sampler, "model": label, "seconds": seconds})
+        );
+    } else {
+        println!("{label}: {} samples × {steps} model calls in {seconds:.2}s on {device}: {sps:.2} samples/s, {eps:.1} model evaluations/s", args.n);
+    }
+    Ok(())
+}
+
+fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
+    use minidiffusion::data::{Split, embedded_fashion_mnist};
+    use minidiffusion::nn::unet::UNet2DModel;
+    use minidiffusion::train::{Learner, TrainConfig};
+    let device = resolve_device(&args.device)?;
+    if args.steps == 0 || args.batch_size == 0 {
+        anyhow::bail!("--steps and --batch-size must be at least 1");
+    }
+    let unet = preset_config(&args.config)?;
+    let train = embedded_fashion_mnist(Split::Train)?;
+    let test = embedded_fashion_mnist(Split::Test)?.take(args.batch_size);
+    let config = TrainConfig {
+        preset: args.config.clone(),
+        unet: unet.clone(),
+        dataset: "fashion-mnist".into(),
+        epochs: 1_000,
+        max_steps: Some(args.steps + 1),
+        batch_size: args.batch_size,
+        lr: 1e-2,
+        schedule: "linear".into(),
+        beta_min: 1e-4,
+        beta_max: 0.01,
+        train_timesteps: 1000,
+        input_range: "-0.5,0.5".into(),
+        seed: 0,
+        weight_decay: 0.01,
+        adam_eps: 1e-5,
+        eval_images: None,
+    };
+    let model = UNet2DModel::new(unet, 0, device)?;
+    let mut learner = Learner::new(config, model, train.clone(), test, device)?;
+    let batch = |k: usize| -> Vec<usize> { (0..args.batch_size).map(|i| (k * args.batch_size + i) % train.len()).collect() };
+    learner.train_step(&batch(0))?;
+    synchronize(device)?;
+    let start = Instant::now();
+    for k in 1..=args.steps {
+        learner.train_step(&batch(k))?;
+    }
+    synchronize(device)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let ips = (args.steps * args.batch_size) as f64 / seconds;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"images_per_s": ips, "device": device.to_string(), "config": args.config, "batch_size": args.batch_size,
+                "steps": args.steps, "seconds_per_step": seconds / args.steps as f64})
+        );
+    } else {
+        println!("{}: {} steps of batch {} in {seconds:.2}s on {device}: {ips:.1} images/s, {:.3}s per step", args.config, args.steps, args.batch_size, seconds / args.steps as f64);
     }
     Ok(())
 }

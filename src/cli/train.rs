@@ -55,16 +55,19 @@ pub struct TrainArgs {
     /// Continue the run saved in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Evaluate on the first N test images each epoch (default: all for seed, 1000 for tiny).
+    #[arg(long)]
+    pub eval_images: Option<usize>,
     /// Make the last stdout line a JSON summary.
     #[arg(long)]
     pub json: bool,
 }
 
-/// (preset name, UNet config, default epochs, default batch size).
-fn preset(name: &str) -> anyhow::Result<(String, UNet2DConfig, usize, usize)> {
+/// (preset name, UNet config, default epochs, default batch size, default eval images).
+fn preset(name: &str) -> anyhow::Result<(String, UNet2DConfig, usize, usize, Option<usize>)> {
     Ok(match name {
-        "seed" => ("seed".into(), UNet2DConfig::seed_preset(), 25, 512),
-        "tiny" => ("tiny".into(), UNet2DConfig::tiny_preset(), 1, 64),
+        "seed" => ("seed".into(), UNet2DConfig::seed_preset(), 25, 512, None),
+        "tiny" => ("tiny".into(), UNet2DConfig::tiny_preset(), 1, 64, Some(1000)),
         file => {
             let text = std::fs::read_to_string(file).map_err(|e| Error::Data { path: file.into(), msg: format!("cannot read: {e}") })?;
             let config: UNet2DConfig = serde_json::from_str(&text).map_err(|e| Error::Data { path: file.into(), msg: format!("invalid UNet config: {e}") })?;
@@ -72,7 +75,7 @@ fn preset(name: &str) -> anyhow::Result<(String, UNet2DConfig, usize, usize)> {
                 Error::Data { msg, .. } => Error::Data { path: file.into(), msg },
                 other => other,
             })?;
-            (file.into(), config, 25, 512)
+            (file.into(), config, 25, 512, None)
         }
     })
 }
@@ -119,7 +122,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             eprintln!("config: {pick} (the default on {}; --config to choose)", if device.is_cuda() { "a GPU" } else { "the CPU" });
             pick.to_string()
         });
-        let (preset, unet, epochs, batch) = preset(&name)?;
+        let (preset, unet, epochs, batch, eval_images) = preset(&name)?;
         let config = TrainConfig {
             preset,
             unet,
@@ -136,6 +139,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             seed: args.seed,
             weight_decay: 0.01,
             adam_eps: 1e-5,
+            eval_images: args.eval_images.or(eval_images),
         };
         config.noise_schedule()?;
         if config.epochs == 0 || config.batch_size == 0 || config.max_steps == Some(0) {

@@ -49,8 +49,8 @@ impl Callback for Progress {
                 r.epoch, r.train_loss, r.eval_loss, r.images_per_s, r.seconds, l.step, l.total_steps
             );
             match &self.bar {
-                Some(bar) => bar.println(line),
-                None => eprintln!("{line}"),
+                Some(bar) if !bar.is_hidden() => bar.println(line),
+                _ => eprintln!("{line}"),
             }
         }
         Ok(())

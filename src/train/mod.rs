@@ -45,6 +45,9 @@ pub struct TrainConfig {
     pub seed: u64,
     pub weight_decay: f32,
     pub adam_eps: f32,
+    /// Evaluate on the first this many test images (all when absent).
+    #[serde(default)]
+    pub eval_images: Option<usize>,
 }
 
 impl TrainConfig {
@@ -178,7 +181,7 @@ impl Learner {
     /// Mean MSE over the test split with fixed noise (comparable across epochs).
     pub fn eval_loss(&self) -> Result<f32> {
         let _guard = crate::autograd::NoGradGuard::new();
-        let n = self.test.len();
+        let n = self.config.eval_images.map_or(self.test.len(), |m| m.min(self.test.len()));
         let (mut total, mut count) = (0f64, 0usize);
         for (b, start) in (0..n).step_by(self.config.batch_size).enumerate() {
             let idx: Vec<usize> = (start..(start + self.config.batch_size).min(n)).collect();
