@@ -20,3 +20,12 @@ extern "C" __global__ void slab_copy(float* out, const float* in, int outer, int
         out[(o * out_axis + out_start + j) * inner + k] = in[(o * in_axis + in_start + j) * inner + k];
     }
 }
+
+// Row gather: out[r] = in[rows[r]] for rows of `row_len` elements (batches
+// from a dataset kept on the device). `rows` holds int32 values.
+extern "C" __global__ void gather_rows(float* out, const float* in, const int* rows, int row_len, int n) {
+    for (int i = global_index(); i < n; i += grid_stride()) {
+        const int r = i / row_len;
+        out[i] = in[rows[r] * row_len + (i - r * row_len)];
+    }
+}

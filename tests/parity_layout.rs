@@ -31,3 +31,16 @@ fn concat_narrow_reshape_parity() {
     parity_check("narrow", &[&[2, 9, 3]], |x| ops::narrow(&x[0], 1, 2, 5), ParityTol::EXACTISH);
     parity_check("reshape", &[&[6, 10]], |x| ops::reshape(&x[0], [3, 20]), ParityTol::EXACTISH);
 }
+
+#[test]
+fn index_select_parity() {
+    let x = minidiffusion::Tensor::from_vec((0..5 * 7).map(|i| i as f32).collect(), [5, 7]).unwrap();
+    let rows = [4, 0, 0, 2];
+    let cpu = ops::index_select(&x, &rows).unwrap();
+    assert_eq!(cpu.dims(), &[4, 7]);
+    assert_eq!(&cpu.to_vec()[..7], &(28..35).map(|i| i as f32).collect::<Vec<_>>()[..]);
+    let dev = ops::index_select(&x.to_device(minidiffusion::testing::parity_device()).unwrap(), &rows).unwrap();
+    assert_eq!(dev.device(), minidiffusion::testing::parity_device());
+    assert_eq!(dev.to_vec(), cpu.to_vec());
+    assert!(ops::index_select(&x, &[5]).is_err());
+}

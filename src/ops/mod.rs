@@ -25,7 +25,7 @@ pub use batch_norm::{BatchNormMode, batch_norm};
 pub use binary::{add, add_scalar, affine, div, mul, mul_scalar, sub};
 pub use conv2d::{Conv2dParams, conv2d};
 pub use group_norm::{group_norm, group_norm_silu};
-pub use layout::{concat, narrow, permute, reshape, transpose};
+pub use layout::{concat, index_select, narrow, permute, reshape, transpose};
 pub use loss::{cross_entropy, mse_loss};
 pub use matmul::{linear, matmul, matmul_t};
 pub use reduce::{broadcast_to, mean, mean_all, sum, sum_all, sum_to};

@@ -74,6 +74,15 @@ pub fn padding_for(ds: &Dataset) -> usize {
     if ds.height == 28 { 2 } else { 0 }
 }
 
+/// The first `n` images of `ds`, scaled to `range`, padded to 32×32 (28×28
+/// inputs), as one [n, C, H, W] tensor on `device`.
+fn prepared(ds: &Dataset, n: usize, range: InputRange, device: Device) -> Result<Tensor> {
+    let pad = padding_for(ds);
+    let indices: Vec<usize> = (0..n).collect();
+    let dims = [n, ds.channels, ds.height + 2 * pad, ds.width + 2 * pad];
+    Tensor::from_vec(images_f32(ds, &indices, pad, range), dims)?.to_device(device)
+}
+
 /// What one epoch did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochReport {
@@ -123,6 +132,9 @@ pub struct Learner {
     pub total_steps: usize,
     /// Learning rate of the last step.
     pub lr: f64,
+    /// Both splits scaled and padded once, on the device: a batch is a row gather.
+    train_x: Tensor,
+    test_x: Tensor,
 }
 
 impl Learner {
@@ -136,7 +148,11 @@ impl Learner {
         let opt = AdamW::new(params(&model), hyper)?;
         let one_cycle = OneCycle::new(config.lr, total_steps);
         let schedule = config.noise_schedule()?;
-        Ok(Learner { config, model, opt, one_cycle, schedule, train, test, device, step: 0, epoch: 0, steps_per_epoch, total_steps, lr: 0.0 })
+        let range = config.range()?;
+        let eval_n = config.eval_images.map_or(test.len(), |m| m.min(test.len()));
+        let train_x = prepared(&train, train.len(), range, device)?;
+        let test_x = prepared(&test, eval_n, range, device)?;
+        Ok(Learner { config, model, opt, one_cycle, schedule, train, test, device, step: 0, epoch: 0, steps_per_epoch, total_steps, lr: 0.0, train_x, test_x })
     }
 
     fn timesteps(&self, stream: u64, count: usize) -> Vec<u32> {
@@ -145,11 +161,9 @@ impl Learner {
         t
     }
 
-    /// The noisy batch and its target for images `indices`: (x_t, t as f32 [B], ε).
-    fn noisy_batch(&self, ds: &Dataset, indices: &[usize], t_stream: u64, noise_stream: u64) -> Result<(Tensor, Tensor, Tensor)> {
-        let pad = padding_for(ds);
-        let (h, w) = (ds.height + 2 * pad, ds.width + 2 * pad);
-        let x0 = Tensor::from_vec(images_f32(ds, indices, pad, self.config.range()?), [indices.len(), ds.channels, h, w])?.to_device(self.device)?;
+    /// The noisy batch and its target for rows `indices` of `images`: (x_t, t as f32 [B], ε).
+    fn noisy_batch(&self, images: &Tensor, indices: &[usize], t_stream: u64, noise_stream: u64) -> Result<(Tensor, Tensor, Tensor)> {
+        let x0 = ops::index_select(images, indices)?;
         let t = self.timesteps(t_stream, indices.len());
         let abar: Vec<f64> = t.iter().map(|&t| self.schedule.abar(t as i64)).collect();
         let (x_t, eps) = ops::diffusion::noisify(&x0, &abar, self.config.seed, noise_stream, 0)?;
@@ -159,7 +173,7 @@ impl Learner {
 
     /// One optimiser step on images `indices`; returns the loss.
     pub fn train_step(&mut self, indices: &[usize]) -> Result<f32> {
-        let (x_t, t, eps) = self.noisy_batch(&self.train, indices, TIMESTEP_STREAM + self.step as u64, NOISE_STREAM + self.step as u64)?;
+        let (x_t, t, eps) = self.noisy_batch(&self.train_x, indices, TIMESTEP_STREAM + self.step as u64, NOISE_STREAM + self.step as u64)?;
         let pred = self.model.forward(&x_t, &t)?;
         let loss = ops::mse_loss(&pred, &eps)?;
         let value = loss.item()?;
@@ -181,11 +195,11 @@ impl Learner {
     /// Mean MSE over the test split with fixed noise (comparable across epochs).
     pub fn eval_loss(&self) -> Result<f32> {
         let _guard = crate::autograd::NoGradGuard::new();
-        let n = self.config.eval_images.map_or(self.test.len(), |m| m.min(self.test.len()));
+        let n = self.test_x.dims()[0];
         let (mut total, mut count) = (0f64, 0usize);
         for (b, start) in (0..n).step_by(self.config.batch_size).enumerate() {
             let idx: Vec<usize> = (start..(start + self.config.batch_size).min(n)).collect();
-            let (x_t, t, eps) = self.noisy_batch(&self.test, &idx, EVAL_TIMESTEP_STREAM + b as u64, EVAL_NOISE_STREAM + b as u64)?;
+            let (x_t, t, eps) = self.noisy_batch(&self.test_x, &idx, EVAL_TIMESTEP_STREAM + b as u64, EVAL_NOISE_STREAM + b as u64)?;
             let loss = ops::mse_loss(&self.model.forward(&x_t, &t)?, &eps)?.item()?;
             total += loss as f64 * idx.len() as f64;
             count += idx.len();

@@ -77,3 +77,17 @@ pub fn narrow(x: &CudaBuffer, outer: usize, axis_len: usize, inner: usize, start
     slab_copy(&out, x, outer, len, inner, axis_len, start, len, 0)?;
     Ok(out)
 }
+
+/// out[r] = x[rows[r]] for rows of `row_len` elements.
+pub fn gather_rows(x: &CudaBuffer, rows: &[usize], row_len: usize) -> Result<CudaBuffer> {
+    let backend = x.backend();
+    let n = rows.len() * row_len;
+    let out = backend.alloc(n)?;
+    if n > 0 {
+        let as_i32: Vec<f32> = rows.iter().map(|&r| f32::from_bits(r as u32)).collect();
+        let idx = backend.upload(&as_i32)?;
+        let args = [out.arg(), x.arg(), idx.arg(), Arg::I32(elems("gather_rows", row_len)?), Arg::I32(elems("gather_rows", n)?)];
+        backend.launch("gather_rows", LaunchConfig::for_elems(n, THREADS), &args)?;
+    }
+    Ok(out)
+}

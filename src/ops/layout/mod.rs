@@ -132,3 +132,29 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
         })
     }))
 }
+
+/// Rows `rows` of `x` along axis 0 (a data gather: not differentiable).
+pub fn index_select(x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    if x.rank() == 0 {
+        return shape_err("index_select", "needs at least one axis");
+    }
+    if x.requires_grad() {
+        return arg_err("index_select", "has no gradient (it gathers data batches)");
+    }
+    let n = x.dims()[0];
+    if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
+        return arg_err("index_select", format!("row {bad} is out of range for {n} rows"));
+    }
+    let row_len = x.numel() / n.max(1);
+    let mut dims = x.dims().to_vec();
+    dims[0] = rows.len();
+    let storage = match x.device() {
+        Device::Cpu => {
+            let s = x.storage();
+            let data = s.cpu_f32("index_select")?;
+            cpu_f32_storage(rows.iter().flat_map(|&r| data[r * row_len..(r + 1) * row_len].iter().copied()).collect())
+        }
+        Device::Cuda(_) => Storage::Cuda(cuda::gather_rows(x.storage().cuda("index_select")?, rows, row_len)?),
+    };
+    Ok(Tensor::from_storage(storage, Shape::new(dims)))
+}
