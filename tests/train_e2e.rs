@@ -201,3 +201,36 @@ fn a_diverging_run_stops_and_keeps_the_last_checkpoint() {
         assert!(safetensors::read(&weights).unwrap().values().all(|(_, v)| v.iter().all(|x| x.is_finite())));
     }
 }
+
+#[test]
+fn cifar10_trains_with_three_channels() {
+    // 40 training records and 8 test records of structured 3×32×32 images
+    let data = temp_dir("cifar");
+    let record = |i: usize| {
+        let mut r = vec![(i % 10) as u8];
+        r.extend((0..3072).map(|p| ((p % 32) * 8 + i) as u8));
+        r
+    };
+    std::fs::write(data.join("data_batch_1.bin"), (0..40).flat_map(record).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(data.join("test_batch.bin"), (40..48).flat_map(record).collect::<Vec<u8>>()).unwrap();
+    let out = temp_dir("cifar-out").join("model");
+    let (code, stdout, stderr) = run(&[
+        "train", "--dataset", "cifar10", "--data", data.to_str().unwrap(), "--config", "tiny", "--max-steps", "3",
+        "--batch-size", "8", "--device", "cpu", "--out", out.to_str().unwrap(), "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json_field(stdout.lines().last().unwrap(), "steps"), 3.0);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["in_channels"].as_u64(), config["out_channels"].as_u64()), (Some(3), Some(3)));
+    let npy_path = out.join("s.npy");
+    let (code, _, stderr) = run(&[
+        "sample", "--model", out.to_str().unwrap(), "-n", "2", "--steps", "2", "--device", "cpu",
+        "--out", out.join("s.png").to_str().unwrap(), "--npy", npy_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(npy::read(&npy_path).unwrap().0, vec![2, 3, 32, 32]);
+    // --dataset cifar10 without --data is refused clearly
+    let (code, _, stderr) = run(&["train", "--dataset", "cifar10", "--device", "cpu"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--dataset cifar10 needs --data DIR"), "{stderr}");
+}

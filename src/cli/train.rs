@@ -80,9 +80,9 @@ fn preset(name: &str) -> anyhow::Result<(String, UNet2DConfig, usize, usize, Opt
     })
 }
 
-/// Train and test splits, and where they came from.
-fn load_data(args: &TrainArgs) -> anyhow::Result<(Dataset, Dataset)> {
-    match args.dataset.as_str() {
+/// Train and test splits of `dataset`.
+fn load_data(dataset: &str, args: &TrainArgs) -> anyhow::Result<(Dataset, Dataset)> {
+    match dataset {
         "fashion-mnist" => {
             let dir = match &args.data {
                 Some(d) => Some(d.clone()),
@@ -111,8 +111,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = resolve_device(&args.device)?;
     InputRange::parse(&args.input_range)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("model"));
-    let (config, model) = if args.resume {
-        let state = checkpoint::read_state(&out)?;
+    let resumed = if args.resume { Some(checkpoint::read_state(&out)?) } else { None };
+    let dataset = resumed.as_ref().map_or(args.dataset.clone(), |s| s.train.dataset.clone());
+    let (train, test) = load_data(&dataset, &args)?;
+    let (config, model) = if let Some(state) = resumed {
         let (model, _) = model_dir::load(&out, device)?;
         eprintln!("resuming {} at step {}/{} (epoch {})", out.display(), state.step, state.total_steps, state.epoch);
         (state.train, model)
@@ -122,7 +124,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             eprintln!("config: {pick} (the default on {}; --config to choose)", if device.is_cuda() { "a GPU" } else { "the CPU" });
             pick.to_string()
         });
-        let (preset, unet, epochs, batch, eval_images) = preset(&name)?;
+        let (preset, mut unet, epochs, batch, eval_images) = preset(&name)?;
+        if matches!(preset.as_str(), "tiny" | "seed") {
+            // the presets take the dataset's channels (1 for Fashion-MNIST, 3 for CIFAR-10)
+            (unet.in_channels, unet.out_channels) = (train.channels, train.channels);
+        }
         let config = TrainConfig {
             preset,
             unet,
@@ -148,7 +154,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let model = UNet2DModel::new(config.unet.clone(), config.seed, device)?;
         (config, model)
     };
-    let (train, test) = load_data(&TrainArgs { dataset: config.dataset.clone(), ..args })?;
     check_shapes(&config, &train)?;
     eprintln!(
         "training {} ({:.2}M parameters) on {} ({} train / {} test images from {}), batch {}, device {device}",
