@@ -6,6 +6,7 @@ pub mod info;
 pub mod sample;
 pub mod schedule;
 pub mod train;
+pub mod train_classifier;
 
 use clap::{Parser, Subcommand};
 use minidiffusion::Device;
@@ -25,6 +26,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Train a diffusion UNet (the lesson's DDPM recipe).
     Train(train::TrainArgs),
+    /// Train the Fashion-MNIST classifier whose features score samples (FID/KID).
+    TrainClassifier(train_classifier::TrainClassifierArgs),
     /// Sample images from a model directory (DDPM, skip-DDPM, DDIM).
     Sample(sample::SampleArgs),
     /// Print a noise schedule (betas, alphas, alphas_cumprod, sigmas).
@@ -38,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Train(args) => train::run(args),
+        Command::TrainClassifier(args) => train_classifier::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Bench(args) => bench::run(args),

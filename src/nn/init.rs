@@ -28,6 +28,13 @@ impl Initializer {
         v
     }
 
+    /// Standard normal draws.
+    pub fn normal(&mut self, n: usize) -> Vec<f32> {
+        let mut v = vec![0.0; n];
+        self.stream().fill_normal(0, &mut v);
+        v
+    }
+
     /// A rows × cols matrix with orthonormal rows (rows ≤ cols) or columns,
     /// as torch.nn.init.orthogonal_ on the weight flattened to [out, rest]:
     /// Gram–Schmidt (twice, for stability) on normal draws.

@@ -119,3 +119,48 @@ impl Module for GroupNorm {
         f(join(prefix, "bias"), &self.bias);
     }
 }
+
+/// Batch normalisation with running statistics (PyTorch's BatchNorm1d/2d:
+/// momentum 0.1, eps 1e-5, γ = 1, β = 0 at init). `training` picks batch
+/// statistics (and updates the running ones) or the running ones.
+pub struct BatchNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+impl BatchNorm {
+    pub fn new(channels: usize, device: Device) -> Result<BatchNorm> {
+        Ok(BatchNorm {
+            weight: param(vec![1.0; channels], &[channels], device)?,
+            bias: param(vec![0.0; channels], &[channels], device)?,
+            running_mean: Tensor::zeros_on([channels], device)?,
+            running_var: Tensor::full_on(1.0, [channels], device)?,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+        let mode = if training { ops::BatchNormMode::Train { momentum: self.momentum } } else { ops::BatchNormMode::Eval };
+        ops::batch_norm(x, &self.running_mean, &self.running_var, Some(&self.weight), Some(&self.bias), mode, self.eps)
+    }
+}
+
+impl Module for BatchNorm {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        f(join(prefix, "weight"), &self.weight);
+        f(join(prefix, "bias"), &self.bias);
+    }
+}
+
+impl BatchNorm {
+    /// The running statistics (saved with the weights; not trained).
+    pub fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        f(join(prefix, "running_mean"), &self.running_mean);
+        f(join(prefix, "running_var"), &self.running_var);
+    }
+}

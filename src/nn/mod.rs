@@ -2,6 +2,7 @@
 //! (trainable leaf tensors) and names them as PyTorch/diffusers do, so a
 //! model's state maps one to one onto a safetensors file.
 
+pub mod classifier;
 pub mod init;
 pub mod layers;
 pub mod unet;
