@@ -38,6 +38,10 @@ impl Callback for Progress {
             let rate = self.images as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("loss {loss:.4}  {rate:.0} img/s"));
             bar.inc(1);
+            // no terminal: a plain line now and then instead of the bar
+            if bar.is_hidden() && self.epoch_lines && l.step % 100 == 0 {
+                eprintln!("step {}/{}: loss {loss:.4}, {rate:.0} img/s, lr {:.2e}", l.step, l.total_steps, l.lr);
+            }
         }
         Ok(())
     }
