@@ -59,6 +59,28 @@ impl Shape {
     }
 }
 
+impl Shape {
+    /// When `self` broadcast to `full` is one contiguous run of `full`'s dims
+    /// (ones before and after it), element i of `full` reads element
+    /// (i / inner) % middle of `self`: returns (inner, middle). Covers a bias
+    /// [C] on [M, C], [1, C, 1, 1] or [N, C, 1, 1] on [N, C, H, W], and scalars.
+    pub fn middle_block_of(&self, full: &Shape) -> Option<(usize, usize)> {
+        let offset = full.rank().checked_sub(self.rank())?;
+        let own = |d: usize| if d < offset { 1 } else { self.0[d - offset] };
+        let kept: Vec<usize> = (0..full.rank()).filter(|&d| own(d) != 1).collect();
+        let (first, last) = match (kept.first(), kept.last()) {
+            (Some(&f), Some(&l)) => (f, l),
+            _ => return Some((full.numel().max(1), 1)),
+        };
+        if (first..=last).any(|d| own(d) != full.0[d]) {
+            return None;
+        }
+        let inner = full.0[last + 1..].iter().product();
+        let middle = full.0[first..=last].iter().product();
+        Some((inner, middle))
+    }
+}
+
 fn dim_from_end(dims: &[usize], from_end: usize) -> usize {
     if from_end < dims.len() {
         dims[dims.len() - 1 - from_end]
@@ -164,6 +186,17 @@ mod tests {
         assert!(Shape::from([2, 3]).broadcast(&Shape::from([4])).is_none());
         assert_eq!(Shape::from([2, 3, 4]).strides(), vec![12, 4, 1]);
         assert_eq!(b.broadcast_strides(&Shape::from([4, 5, 3])), vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn middle_blocks() {
+        let full = Shape::from([2, 3, 4, 5]);
+        assert_eq!(Shape::from([1, 3, 1, 1]).middle_block_of(&full), Some((20, 3)));
+        assert_eq!(Shape::from([2, 3, 1, 1]).middle_block_of(&full), Some((20, 6)));
+        assert_eq!(Shape::from([5]).middle_block_of(&full), Some((1, 5)));
+        assert_eq!(Shape::from([]).middle_block_of(&full), Some((120, 1)));
+        assert_eq!(Shape::from([2, 1, 4, 1]).middle_block_of(&full), None);
+        assert_eq!(full.middle_block_of(&full), Some((1, 120)));
     }
 
     #[test]

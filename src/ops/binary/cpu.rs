@@ -39,6 +39,17 @@ pub fn binary(op: BinaryOp, a: &[f32], a_shape: &Shape, b: &[f32], b_shape: &Sha
     if a.len() == 1 {
         return b.iter().map(|&y| apply(op, a[0], y)).collect();
     }
+    // one operand full, the other a contiguous block repeated (bias, per-channel scale)
+    if a_shape == out_shape {
+        if let Some((inner, middle)) = b_shape.middle_block_of(out_shape) {
+            return with_block(a, b, inner, middle, |x, y| apply(op, x, y));
+        }
+    }
+    if b_shape == out_shape {
+        if let Some((inner, middle)) = a_shape.middle_block_of(out_shape) {
+            return with_block(b, a, inner, middle, |y, x| apply(op, x, y));
+        }
+    }
     let sa = a_shape.broadcast_strides(out_shape);
     let sb = b_shape.broadcast_strides(out_shape);
     let mut out = vec![0.0; n];
@@ -53,4 +64,21 @@ pub fn affine(x: &[f32], scale: f32, shift: f32) -> Vec<f32> {
     } else {
         x.iter().map(|&v| v * scale + shift).collect()
     }
+}
+
+/// out[i] = f(full[i], block[(i / inner) % middle]).
+fn with_block(full: &[f32], block: &[f32], inner: usize, middle: usize, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0.0; full.len()];
+    let run = |(k, (o, x)): (usize, (&mut [f32], &[f32]))| {
+        let v = block[k % middle];
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = f(x, v);
+        }
+    };
+    if full.len() >= PARALLEL_THRESHOLD {
+        out.par_chunks_mut(inner).zip(full.par_chunks(inner)).enumerate().for_each(run);
+    } else {
+        out.chunks_mut(inner).zip(full.chunks(inner)).enumerate().for_each(run);
+    }
+    out
 }

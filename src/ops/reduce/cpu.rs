@@ -10,6 +10,14 @@ pub fn sum_keepdim(x: &[f32], in_shape: &Shape, keep_shape: &Shape) -> Vec<f32> 
         let total: f64 = x.par_chunks(8192).map(|c| c.iter().map(|&v| v as f64).sum::<f64>()).sum();
         return vec![total as f32];
     }
+    if let Some((inner, middle)) = keep_shape.middle_block_of(in_shape) {
+        // the kept dims are one contiguous run: sum runs of `inner` into slot (k % middle)
+        let mut acc = vec![0f64; middle];
+        for (k, run) in x.chunks(inner.max(1)).enumerate() {
+            acc[k % middle] += run.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        return acc.into_iter().map(|v| v as f32).collect();
+    }
     let mut acc = vec![0f64; out_n];
     let in_strides = in_shape.strides();
     let out_strides = keep_shape.broadcast_strides(in_shape);
@@ -19,6 +27,11 @@ pub fn sum_keepdim(x: &[f32], in_shape: &Shape, keep_shape: &Shape) -> Vec<f32> 
 
 /// Repeat `x` (shape `from`, same rank as `to`, dims equal or 1) to shape `to`.
 pub fn broadcast(x: &[f32], from: &Shape, to: &Shape) -> Vec<f32> {
+    if let Some((inner, middle)) = from.middle_block_of(to) {
+        let mut out = vec![0.0; to.numel()];
+        out.par_chunks_mut(inner.max(1)).enumerate().for_each(|(k, o)| o.fill(x[k % middle]));
+        return out;
+    }
     let mut out = vec![0.0; to.numel()];
     let out_strides = to.strides();
     let in_strides = from.broadcast_strides(to);
