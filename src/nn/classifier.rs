@@ -211,3 +211,27 @@ impl Classifier {
         Ok((model, info))
     }
 }
+
+impl Classifier {
+    /// Features of many images (values in [−1, 1], N×C×H×W on the host), in
+    /// batches on the classifier's device: an [N, D] tensor on that device.
+    pub fn features_batched(&self, images: &[f32], dims: [usize; 4], batch: usize) -> Result<Tensor> {
+        let [n, c, h, w] = dims;
+        if c != self.config.in_channels {
+            return Err(Error::Shape { op: "features", msg: format!("images have {c} channels, the classifier takes {}", self.config.in_channels) });
+        }
+        let per = c * h * w;
+        let _guard = crate::autograd::NoGradGuard::new();
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(batch.max(1)) {
+            let count = batch.min(n - start);
+            let x = Tensor::from_vec(images[start * per..(start + count) * per].to_vec(), [count, c, h, w])?.to_device(self.device)?;
+            parts.push(self.features(&x, false)?);
+        }
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        if refs.is_empty() {
+            return Err(Error::Shape { op: "features", msg: "no images".into() });
+        }
+        ops::concat(&refs, 0)
+    }
+}
