@@ -8,12 +8,14 @@ pub mod device;
 pub mod diffusion;
 pub mod error;
 pub mod io;
+pub mod metrics;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod tensor;
 pub mod testing;
+pub mod track;
 pub mod train;
 
 pub use autograd::{Gradients, backward, no_grad};

@@ -95,3 +95,22 @@ fn steady_state_training_steps_allocate_nothing_new() {
 fn parity_device_is_cuda() {
     assert!(parity_device().is_cuda());
 }
+
+#[test]
+fn profiling_counts_every_launch_by_kernel() {
+    let backend = cuda::backend(CudaDevice { ordinal: 9, emulated: true }).unwrap();
+    let device = backend.device();
+    let x = Tensor::from_vec_on(vec![1.0; 300], [3, 100], device).unwrap();
+    backend.start_profiling();
+    let y = ops::silu(&ops::add(&x, &x).unwrap()).unwrap();
+    let _ = ops::sum_all(&y).unwrap();
+    let rows = backend.stop_profiling().unwrap();
+    let calls = |k: &str| rows.iter().find(|r| r.kernel == k).map_or(0, |r| r.calls);
+    assert_eq!((calls("binary_same"), calls("activation_forward"), calls("reduce_sum")), (1, 1, 1), "{rows:?}");
+    assert!(rows.iter().all(|r| r.total_ms >= 0.0));
+    let table = cuda::profile_table(&rows);
+    assert!(table.contains("activation_forward") && table.contains('%'), "{table}");
+    // off again: nothing more is recorded
+    let _ = ops::silu(&x).unwrap();
+    assert!(backend.stop_profiling().unwrap().is_empty());
+}

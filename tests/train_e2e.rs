@@ -56,7 +56,13 @@ fn micro_config(dir: &Path) -> PathBuf {
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_minidiffusion")).args(args).output().expect("binary runs");
+    // runs are recorded in a store of this test process, not the checkout's runs/
+    let store = std::env::temp_dir().join(format!("minidiffusion-e2e-runs-{}.db", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_minidiffusion"))
+        .args(args)
+        .env("MINIDIFFUSION_RUNS", store)
+        .output()
+        .expect("binary runs");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
@@ -73,7 +79,7 @@ fn training_lowers_the_loss_and_the_checkpoint_samples_reproducibly() {
     let out = work.join("model");
     let (code, stdout, stderr) = run(&[
         "train", "--data", data.to_str().unwrap(), "--config", config.to_str().unwrap(), "--epochs", "3",
-        "--batch-size", "16", "--lr", "3e-3", "--device", "cpu", "--out", out.to_str().unwrap(), "--json",
+        "--batch-size", "16", "--lr", "3e-3", "--device", "cpu", "--out", out.to_str().unwrap(), "--json", "--grid-steps", "5",
     ]);
     assert_eq!(code, 0, "{stderr}");
     let last = stdout.lines().last().unwrap();

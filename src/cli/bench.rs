@@ -42,6 +42,9 @@ pub struct SampleBenchArgs {
     pub device: String,
     #[arg(long)]
     pub json: bool,
+    /// Print a per-kernel table (calls, total ms, share) of the timed run (CUDA devices).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Args, Debug)]
@@ -58,6 +61,9 @@ pub struct TrainBenchArgs {
     pub device: String,
     #[arg(long)]
     pub json: bool,
+    /// Print a per-kernel table (calls, total ms, share) of the timed steps (CUDA devices).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +181,24 @@ fn cases(b: usize, device: Device) -> Result<Vec<Case>> {
     Ok(out)
 }
 
+/// Start timing kernels when asked (CUDA only); the closure prints the table.
+fn profiler(device: Device, on: bool) -> anyhow::Result<Option<std::sync::Arc<minidiffusion::device::cuda::CudaBackend>>> {
+    if !on {
+        return Ok(None);
+    }
+    let Device::Cuda(d) = device else { anyhow::bail!("--profile times CUDA kernels; use --device cuda") };
+    let backend = minidiffusion::device::cuda::backend(d)?;
+    backend.start_profiling();
+    Ok(Some(backend))
+}
+
+fn print_profile(backend: Option<std::sync::Arc<minidiffusion::device::cuda::CudaBackend>>) -> anyhow::Result<()> {
+    if let Some(b) = backend {
+        eprint!("{}", minidiffusion::device::cuda::profile_table(&b.stop_profiling()?));
+    }
+    Ok(())
+}
+
 fn synchronize(device: Device) -> Result<()> {
     if let Device::Cuda(d) = device {
         minidiffusion::device::cuda::backend(d)?.synchronize()?;
@@ -259,7 +283,9 @@ fn sample(args: SampleBenchArgs) -> anyhow::Result<()> {
         ..opts.clone()
     };
     super::sample::sample_all(&model, &schedule, &warm, args.batch_size.min(args.n), args.batch_size, None, device)?;
+    let prof = profiler(device, args.profile)?;
     let (_, _, evals, seconds) = super::sample::sample_all(&model, &schedule, &opts, args.n, args.batch_size, None, device)?;
+    print_profile(prof)?;
     let steps = evals / args.n;
     let (sps, eps) = (args.n as f64 / seconds, evals as f64 / seconds);
     if args.json {
@@ -308,12 +334,14 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
     let batch = |k: usize| -> Vec<usize> { (0..args.batch_size).map(|i| (k * args.batch_size + i) % train.len()).collect() };
     learner.train_step(&batch(0))?;
     synchronize(device)?;
+    let prof = profiler(device, args.profile)?;
     let start = Instant::now();
     for k in 1..=args.steps {
         learner.train_step(&batch(k))?;
     }
     synchronize(device)?;
     let seconds = start.elapsed().as_secs_f64();
+    print_profile(prof)?;
     let ips = (args.steps * args.batch_size) as f64 / seconds;
     if args.json {
         println!(

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod info;
+pub mod runs;
 pub mod sample;
 pub mod schedule;
 pub mod train;
@@ -34,6 +35,8 @@ pub enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Benchmarks (kernels at UNet shapes).
     Bench(bench::BenchArgs),
+    /// The tracked runs: list, show, compare, report (one HTML file), serve (localhost).
+    Runs(runs::RunsArgs),
 }
 
 /// Run the parsed command.
@@ -45,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(args) => sample::run(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Runs(args) => runs::run(args),
     }
 }
 

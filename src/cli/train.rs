@@ -9,6 +9,7 @@ use minidiffusion::io::model_dir;
 use minidiffusion::nn::param_count;
 use minidiffusion::nn::unet::{UNet2DConfig, UNet2DModel};
 use minidiffusion::train::callbacks::{Checkpoint, Progress, Recorder};
+use minidiffusion::track::{self, tracker::TrainTracking};
 use minidiffusion::train::{Learner, TrainConfig, checkpoint};
 use minidiffusion::{Device, Error};
 use std::path::{Path, PathBuf};
@@ -61,6 +62,15 @@ pub struct TrainArgs {
     /// Make the last stdout line a JSON summary.
     #[arg(long)]
     pub json: bool,
+    /// The runs store this run is recorded in (default: $MINIDIFFUSION_RUNS, else runs/minidiffusion.db).
+    #[arg(long)]
+    pub runs_db: Option<PathBuf>,
+    /// Name of the run in the store (default: <config>-<dataset>-<id>).
+    #[arg(long)]
+    pub run_name: Option<String>,
+    /// DDIM steps of the 16-sample grid drawn at each epoch end (0: no grids).
+    #[arg(long, default_value_t = 50)]
+    pub grid_steps: usize,
 }
 
 /// (preset name, UNet config, default epochs, default batch size, default eval images).
@@ -171,8 +181,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         checkpoint::restore(&mut learner, &out, &state)?;
     }
     let (mut progress, mut saver, mut recorder) = (Progress::new(true), Checkpoint { dir: out.clone() }, Recorder::default());
+    let runs_db = track::db_path(args.runs_db.as_deref());
+    let mut tracking = TrainTracking::start(&runs_db, args.run_name.as_deref(), &learner, &out, args.grid_steps)
+        .with_context(|| format!("cannot record the run in {} (--runs-db to choose another store)", runs_db.display()))?;
+    eprintln!("run {} '{}' recorded in {} (minidiffusion runs show {})", tracking.tracker.id(), tracking.tracker.name(), runs_db.display(), tracking.tracker.id());
+    let [ckpts, grids, tracker] = tracking.callbacks();
     learner
-        .fit(&mut [&mut progress, &mut saver, &mut recorder])
+        .fit(&mut [&mut progress, &mut saver, &mut recorder, ckpts, grids, tracker])
         .with_context(|| format!("training stopped; the last checkpoint in {} is kept", out.display()))?;
     let summary = summarise(&recorder, &learner, device, &out);
     if args.json {

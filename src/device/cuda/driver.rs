@@ -70,4 +70,8 @@ pub trait Driver: Send + Sync {
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
     fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[Arg]) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+    /// Start or stop timing every launch (CUDA events on a GPU).
+    fn set_profiling(&self, on: bool);
+    /// The timings since the last call: (kernel, milliseconds) per launch.
+    fn take_profile(&self) -> Result<Vec<(&'static str, f64)>>;
 }

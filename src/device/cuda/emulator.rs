@@ -25,7 +25,11 @@ unsafe extern "C" {
     ) -> c_int;
 }
 
-pub struct EmulatedDriver;
+#[derive(Default)]
+pub struct EmulatedDriver {
+    profiling: std::sync::atomic::AtomicBool,
+    timings: std::sync::Mutex<Vec<(&'static str, f64)>>,
+}
 
 impl Driver for EmulatedDriver {
     fn name(&self) -> String {
@@ -77,6 +81,7 @@ impl Driver for EmulatedDriver {
         let mut pointers: Vec<*mut c_void> = storage.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
         let [gx, gy, gz] = cfg.grid;
         let [bx, by, bz] = cfg.block;
+        let started = std::time::Instant::now();
         // SAFETY: pointers/sizes describe `storage`, alive for the call; the
         // runtime checks count and sizes against the kernel's signature.
         let code = unsafe { emu_launch(name.as_ptr(), gx, gy, gz, bx, by, bz, pointers.as_mut_ptr(), sizes.as_ptr(), args.len()) };
@@ -85,10 +90,22 @@ impl Driver for EmulatedDriver {
             let msg = unsafe { CStr::from_ptr(emu_last_error()) }.to_string_lossy().into_owned();
             return Err(Error::Cuda(format!("launch of {kernel} failed: {msg}")));
         }
+        if self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
+            // launches are synchronous here: wall time is the kernel's time
+            self.timings.lock().unwrap_or_else(|e| e.into_inner()).push((kernel, started.elapsed().as_secs_f64() * 1e3));
+        }
         Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn set_profiling(&self, on: bool) {
+        self.profiling.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn take_profile(&self) -> Result<Vec<(&'static str, f64)>> {
+        Ok(std::mem::take(&mut *self.timings.lock().unwrap_or_else(|e| e.into_inner())))
     }
 }

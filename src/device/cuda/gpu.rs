@@ -3,7 +3,7 @@
 use super::driver::{Arg, Driver, LaunchConfig};
 use super::kernels::KernelImage;
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, result as cu};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, result as cu, sys};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,9 @@ pub struct GpuDriver {
     module: Arc<CudaModule>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     name: String,
+    profiling: std::sync::atomic::AtomicBool,
+    /// (kernel, start, end) events of timed launches, read by take_profile.
+    timed: Mutex<Vec<(&'static str, CudaEvent, CudaEvent)>>,
 }
 
 fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -41,7 +44,15 @@ impl GpuDriver {
             }
         };
         let module = ctx.load_module(ptx).map_err(|e| cuda_err("loading the kernels", e))?;
-        Ok(GpuDriver { ctx, stream, module, functions: Mutex::new(HashMap::new()), name })
+        Ok(GpuDriver {
+            ctx,
+            stream,
+            module,
+            functions: Mutex::new(HashMap::new()),
+            name,
+            profiling: Default::default(),
+            timed: Mutex::new(Vec::new()),
+        })
     }
 
     fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
@@ -112,14 +123,41 @@ impl Driver for GpuDriver {
         let mut params: Vec<*mut c_void> = storage.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
         let [gx, gy, gz] = cfg.grid;
         let [bx, by, bz] = cfg.block;
+        let events = if self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
+            let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let start = self.ctx.new_event(timing).map_err(|e| cuda_err("creating an event", e))?;
+            let end = self.ctx.new_event(timing).map_err(|e| cuda_err("creating an event", e))?;
+            start.record(&self.stream).map_err(|e| cuda_err("recording an event", e))?;
+            Some((start, end))
+        } else {
+            None
+        };
         // SAFETY: params point at the argument bytes, alive for the call; the
         // typed wrapper of each kernel (ops/*/cuda.rs) passes them in the
         // kernel's order and sizes (the emulator checks both in tests).
         unsafe { cu::launch_kernel(f.cu_function(), (gx, gy, gz), (bx, by, bz), 0, self.stream.cu_stream(), &mut params) }
-            .map_err(|e| cuda_err(&format!("launching {kernel}"), e))
+            .map_err(|e| cuda_err(&format!("launching {kernel}"), e))?;
+        if let Some((start, end)) = events {
+            end.record(&self.stream).map_err(|e| cuda_err("recording an event", e))?;
+            self.timed.lock().unwrap_or_else(|e| e.into_inner()).push((kernel, start, end));
+        }
+        Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| cuda_err("synchronising the stream", e))
+    }
+
+    fn set_profiling(&self, on: bool) {
+        self.profiling.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn take_profile(&self) -> Result<Vec<(&'static str, f64)>> {
+        self.synchronize()?;
+        let timed = std::mem::take(&mut *self.timed.lock().unwrap_or_else(|e| e.into_inner()));
+        timed
+            .into_iter()
+            .map(|(k, start, end)| Ok((k, start.elapsed_ms(&end).map_err(|e| cuda_err("reading an event", e))? as f64)))
+            .collect()
     }
 }

@@ -57,7 +57,7 @@ pub fn backend(device: CudaDevice) -> Result<Arc<CudaBackend>> {
         return Ok(b.clone());
     }
     let driver: Arc<dyn Driver> = if device.emulated {
-        Arc::new(emulator::EmulatedDriver)
+        Arc::new(emulator::EmulatedDriver::default())
     } else {
         if device.ordinal >= gpu_count() {
             return Err(Error::NoCuda(no_gpu_reason(device.ordinal)));
@@ -118,10 +118,51 @@ impl CudaBackend {
         self.allocator.stats()
     }
 
+    /// Time every kernel launch from now on (CUDA events on a GPU).
+    pub fn start_profiling(&self) {
+        self.driver().set_profiling(true);
+    }
+
+    /// Stop timing and return one row per kernel: (name, calls, total ms),
+    /// slowest first.
+    pub fn stop_profiling(&self) -> Result<Vec<KernelTime>> {
+        self.driver().set_profiling(false);
+        let mut rows: Vec<KernelTime> = Vec::new();
+        for (name, ms) in self.driver().take_profile()? {
+            match rows.iter_mut().find(|r| r.kernel == name) {
+                Some(r) => {
+                    r.calls += 1;
+                    r.total_ms += ms;
+                }
+                None => rows.push(KernelTime { kernel: name, calls: 1, total_ms: ms }),
+            }
+        }
+        rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+        Ok(rows)
+    }
+
     /// Give cached device memory back to the driver.
     pub fn empty_cache(&self) {
         self.allocator.empty_cache()
     }
+}
+
+/// Time spent in one kernel while profiling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    pub kernel: &'static str,
+    pub calls: usize,
+    pub total_ms: f64,
+}
+
+/// The profile as a table: kernel, calls, total ms, share of the total.
+pub fn profile_table(rows: &[KernelTime]) -> String {
+    let total: f64 = rows.iter().map(|r| r.total_ms).sum();
+    let mut out = format!("{:<32} {:>8} {:>12} {:>8}\n", "kernel", "calls", "total ms", "share");
+    for r in rows {
+        out += &format!("{:<32} {:>8} {:>12.3} {:>7.1}%\n", r.kernel, r.calls, r.total_ms, 100.0 * r.total_ms / total.max(1e-12));
+    }
+    out
 }
 
 /// The storage of an f32 CUDA tensor: `len` elements in a cached device block.
