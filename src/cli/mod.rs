@@ -2,6 +2,7 @@
 //! schedule, fid, eval and runs.
 
 pub mod bench;
+pub mod fid;
 pub mod info;
 pub mod runs;
 pub mod sample;
@@ -31,6 +32,10 @@ pub enum Command {
     TrainClassifier(train_classifier::TrainClassifierArgs),
     /// Sample images from a model directory (DDPM, skip-DDPM, DDIM).
     Sample(sample::SampleArgs),
+    /// FID (and KID) between two sets: features, images, PNG folders or fashion-mnist:test|train[:N].
+    Fid(fid::FidArgs),
+    /// Sample a model and score it: FID/KID against the test set, the real-data floor, x̂0 per step.
+    Eval(fid::EvalArgs),
     /// Print a noise schedule (betas, alphas, alphas_cumprod, sigmas).
     Schedule(schedule::ScheduleArgs),
     /// Benchmarks (kernels at UNet shapes).
@@ -46,6 +51,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::TrainClassifier(args) => train_classifier::run(args),
         Command::Sample(args) => sample::run(args),
+        Command::Fid(args) => fid::run_fid(args),
+        Command::Eval(args) => fid::run_eval(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Runs(args) => runs::run(args),

@@ -39,3 +39,41 @@ pub fn grid_png_bytes(values: &[f32], dims: &[usize], lo: f32, hi: f32, cols: us
 pub fn write_grid(path: &Path, values: &[f32], dims: &[usize], lo: f32, hi: f32, cols: usize) -> Result<()> {
     super::write_atomic(path, &grid_png_bytes(values, dims, lo, hi, cols)?)
 }
+
+/// A small line chart (one series, y from 0) as PNG: axes in grey, the curve in blue, points marked.
+pub fn write_line_plot(path: &Path, xs: &[f64], ys: &[f64]) -> Result<()> {
+    let (w, h, margin) = (640u32, 400u32, 40u32);
+    let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+    let (xmin, xmax) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let ymax = ys.iter().fold(0f64, |m, &y| if y.is_finite() { m.max(y) } else { m }).max(1e-9) * 1.05;
+    let px = |x: f64| margin as f64 + (x - xmin) / (xmax - xmin).max(1e-9) * (w - 2 * margin) as f64;
+    let py = |y: f64| (h - margin) as f64 - y / ymax * (h - 2 * margin) as f64;
+    for x in margin..w - margin {
+        img.put_pixel(x, h - margin, image::Rgb([120, 120, 120]));
+    }
+    for y in margin..h - margin {
+        img.put_pixel(margin, y, image::Rgb([120, 120, 120]));
+    }
+    let mut dot = |x: f64, y: f64, r: i64| {
+        for dy in -r..=r {
+            for dx in -r..=r {
+                let (a, b) = (x as i64 + dx, y as i64 + dy);
+                if a >= 0 && b >= 0 && (a as u32) < w && (b as u32) < h {
+                    img.put_pixel(a as u32, b as u32, image::Rgb([30, 90, 200]));
+                }
+            }
+        }
+    };
+    for i in 0..xs.len() {
+        dot(px(xs[i]), py(ys[i]), 3);
+        if i + 1 < xs.len() {
+            for s in 0..=100 {
+                let f = s as f64 / 100.0;
+                dot(px(xs[i]) * (1.0 - f) + px(xs[i + 1]) * f, py(ys[i]) * (1.0 - f) + py(ys[i + 1]) * f, 1);
+            }
+        }
+    }
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(|e| Error::Argument { op: "plot", msg: e.to_string() })?;
+    super::write_atomic(path, &bytes)
+}
