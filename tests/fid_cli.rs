@@ -46,16 +46,23 @@ fn classifier_copy(dir: &Path) -> PathBuf {
 #[test]
 fn features_against_themselves_and_shifted() {
     let dir = temp_dir("features");
-    // 300 random 16-d feature rows, and the same shifted by 1
+    // 300 random 16-d feature rows, another 300 of the same distribution, and the first shifted by 1
     let v = minidiffusion::testing::randn(&[300, 16], 5);
     npy::write(&dir.join("a.npy"), &[300, 16], &v).unwrap();
+    npy::write(&dir.join("a2.npy"), &[300, 16], &minidiffusion::testing::randn(&[300, 16], 6)).unwrap();
     npy::write(&dir.join("b.npy"), &[300, 16], &v.iter().map(|x| x + 1.0).collect::<Vec<_>>()).unwrap();
     let c = classifier_copy(&dir);
-    let (code, stdout, stderr) = run(&["fid", "a.npy", "a.npy", "--kid", "--json", "--device", "cpu", "--classifier", c.to_str().unwrap()], &dir);
+    let (code, stdout, stderr) = run(&["fid", "a.npy", "a.npy", "--json", "--device", "cpu", "--classifier", c.to_str().unwrap()], &dir);
     assert_eq!(code, 0, "{stderr}");
     let j = json(&stdout);
     assert!(j["fid"].as_f64().unwrap().abs() < 1e-6, "{j}");
-    assert!(j["kid"].as_f64().unwrap().abs() < 1e-2, "{j}");
+    // KID of two samples of one distribution ≈ 0 (unbiased: either sign), of shifted sets clearly positive
+    let (code, stdout, stderr) = run(&["fid", "a.npy", "a2.npy", "--kid", "--json", "--device", "cpu", "--classifier", c.to_str().unwrap()], &dir);
+    assert_eq!(code, 0, "{stderr}");
+    let same = json(&stdout)["kid"].as_f64().unwrap();
+    let (_, stdout, _) = run(&["fid", "a.npy", "b.npy", "--kid", "--json", "--device", "cpu", "--classifier", c.to_str().unwrap()], &dir);
+    let shifted = json(&stdout)["kid"].as_f64().unwrap();
+    assert!(same.abs() < 0.1 && shifted > 10.0 * same.abs().max(0.01), "same {same}, shifted {shifted}");
     assert_eq!((j["n_a"].as_u64(), j["feature_dim"].as_u64()), (Some(300), Some(16)));
     assert!(stderr.contains("biased upward"), "{stderr}");
     // a mean shift of 1 in 16 dims adds 16 to the FID
@@ -84,7 +91,8 @@ fn real_images_score_near_the_floor_and_noise_scores_far() {
     let pngs = dir.join("pngs");
     std::fs::create_dir_all(&pngs).unwrap();
     for i in 0..200 {
-        minidiffusion::io::png::write_grid(&pngs.join(format!("{i:04}.png")), &noise[i * 1024..(i + 1) * 1024], &[1, 1, 32, 32], -1.0, 1.0, 1).unwrap();
+        let pixels: Vec<u8> = noise[i * 1024..(i + 1) * 1024].iter().map(|v| ((v + 1.0) * 127.5).round() as u8).collect();
+        image::GrayImage::from_raw(32, 32, pixels).unwrap().save(pngs.join(format!("{i:04}.png"))).unwrap();
     }
     let (code, stdout, stderr) = run(&["fid", "pngs", "fashion-mnist:test", "--json", "--device", "cpu", "--classifier", c.to_str().unwrap()], &dir);
     assert_eq!(code, 0, "{stderr}");
