@@ -149,3 +149,32 @@ fn eval_reports_fid_kid_floor_and_the_x0_curve() {
     assert_eq!(curve.iter().map(|p| p["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 4, 6]);
     assert!(dir.join("curve/x0_curve.json").is_file() && dir.join("curve/x0_curve.png").is_file());
 }
+
+#[test]
+fn training_can_record_fid_and_kid_each_epoch() {
+    let dir = temp_dir("epochfid");
+    let c = classifier_copy(&dir);
+    std::fs::write(
+        dir.join("micro.json"),
+        r#"{"in_channels": 1, "out_channels": 1, "sample_size": 32, "block_out_channels": [8, 16],
+            "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+            "layers_per_block": 1, "norm_num_groups": 4}"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_minidiffusion"))
+        .args(["train", "--config", "micro.json", "--max-steps", "2", "--batch-size", "8", "--eval-images", "8", "--grid-steps", "0"])
+        .args(["--epoch-fid", "32", "--device", "cpu", "--out", "model", "--runs-db", "runs.db"])
+        .current_dir(&dir)
+        .env("MINIDIFFUSION_CLASSIFIER", &c)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, stdout, stderr) = run(&["runs", "show", "1", "--json", "--runs-db", "runs.db"], &dir);
+    assert_eq!(code, 0, "{stderr}");
+    let j = json(&stdout);
+    for key in ["fid", "kid"] {
+        let points = j["metrics"][key].as_array().unwrap_or_else(|| panic!("no {key} in {j}"));
+        assert_eq!(points.len(), 1);
+        assert!(points[0][1].as_f64().unwrap().is_finite());
+    }
+}

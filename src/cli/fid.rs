@@ -49,9 +49,9 @@ pub struct FidArgs {
 }
 
 /// Features of one set: [N, D] on the device, and whether they came from a cache.
-struct Features {
-    features: Tensor,
-    stats: FeatureStats,
+pub struct Features {
+    pub features: Tensor,
+    pub stats: FeatureStats,
 }
 
 fn classifier(path: Option<&Path>, device: Device) -> anyhow::Result<(Classifier, PathBuf)> {
@@ -101,7 +101,7 @@ fn png_folder(dir: &Path) -> anyhow::Result<(Vec<f32>, [usize; 4])> {
 }
 
 /// The features of a set named on the command line (cached next to the classifier for Fashion-MNIST).
-fn features_of(spec: &str, model: &Classifier, classifier_dir: &Path) -> anyhow::Result<Features> {
+pub fn features_of(spec: &str, model: &Classifier, classifier_dir: &Path) -> anyhow::Result<Features> {
     if let Some(rest) = spec.strip_prefix("fashion-mnist:") {
         let (split, limit) = match rest.split_once(':') {
             Some(("train", n)) => (Split::Train, Some(n.parse::<usize>().with_context(|| format!("'{spec}': N must be a number"))?)),
@@ -207,7 +207,7 @@ pub struct EvalArgs {
 }
 
 /// Map samples from the model's data range to the classifier's [−1, 1].
-fn to_unit_range(v: &mut [f32], lo: f32, hi: f32) {
+pub fn to_unit_range(v: &mut [f32], lo: f32, hi: f32) {
     v.iter_mut().for_each(|x| *x = 2.0 * (*x - lo) / (hi - lo) - 1.0);
 }
 
@@ -287,4 +287,28 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The per-epoch FID/KID of `n` DDIM-25 samples (fixed seed) against the test
+/// set, for the tracker (issue 6's optional callback). None when no classifier.
+pub fn epoch_scorer(n: usize, device: Device) -> anyhow::Result<impl FnMut(&minidiffusion::train::Learner) -> minidiffusion::Result<Vec<(String, f64)>>> {
+    let dir = default_classifier();
+    let (model, _) = Classifier::load(&dir, device).map_err(|e| anyhow::anyhow!("--epoch-fid needs the classifier: {e}"))?;
+    let reference = features_of("fashion-mnist:test", &model, &dir)?;
+    Ok(move |l: &minidiffusion::train::Learner| -> minidiffusion::Result<Vec<(String, f64)>> {
+        let opts = sampler::SamplerOptions {
+            kind: sampler::SamplerKind::Ddim { steps: 25, eta: 0.0, spacing: Default::default() },
+            seed: 1234,
+            ..Default::default()
+        };
+        let (c, (h, w)) = (l.model.config.in_channels, l.model.config.sample_hw().unwrap_or((32, 32)));
+        let x_t = sampler::initial_noise([n, c, h, w], 0, opts.seed, device)?;
+        let s = no_grad(|| sampler::sample(|x, t| l.model.forward(x, t), x_t, 0, &l.schedule, &opts))?;
+        let mut images = s.x0.try_to_vec()?;
+        let (lo, hi) = l.config.range()?.bounds();
+        to_unit_range(&mut images, lo, hi);
+        let f = model.features_batched(&images, [n, c, h, w], 256)?;
+        let stats = FeatureStats::from_features(&f)?;
+        Ok(vec![("fid".into(), metrics::fid(&stats, &reference.stats, device)?), ("kid".into(), metrics::kid(&f, &reference.features)?)])
+    })
 }

@@ -68,6 +68,9 @@ pub struct TrainArgs {
     /// Name of the run in the store (default: <config>-<dataset>-<id>).
     #[arg(long)]
     pub run_name: Option<String>,
+    /// FID and KID of this many DDIM-25 samples at each epoch end, recorded with the run (0: off; needs the classifier).
+    #[arg(long, default_value_t = 0)]
+    pub epoch_fid: usize,
     /// DDIM steps of the 16-sample grid drawn at each epoch end (0: no grids).
     #[arg(long, default_value_t = 50)]
     pub grid_steps: usize,
@@ -185,9 +188,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut tracking = TrainTracking::start(&runs_db, args.run_name.as_deref(), &learner, &out, args.grid_steps)
         .with_context(|| format!("cannot record the run in {} (--runs-db to choose another store)", runs_db.display()))?;
     eprintln!("run {} '{}' recorded in {} (minidiffusion runs show {})", tracking.tracker.id(), tracking.tracker.name(), runs_db.display(), tracking.tracker.id());
+    let mut scores = if args.epoch_fid >= 2 {
+        Some(track::tracker::EpochMetrics { handle: tracking.tracker.handle(), compute: super::fid::epoch_scorer(args.epoch_fid, device)? })
+    } else {
+        None
+    };
     let [ckpts, grids, tracker] = tracking.callbacks();
+    let mut callbacks: Vec<&mut dyn minidiffusion::train::Callback> = vec![&mut progress, &mut saver, &mut recorder, ckpts, grids];
+    if let Some(s) = scores.as_mut() {
+        callbacks.push(s);
+    }
+    callbacks.push(tracker);
     learner
-        .fit(&mut [&mut progress, &mut saver, &mut recorder, ckpts, grids, tracker])
+        .fit(&mut callbacks)
         .with_context(|| format!("training stopped; the last checkpoint in {} is kept", out.display()))?;
     let summary = summarise(&recorder, &learner, device, &out);
     if args.json {
