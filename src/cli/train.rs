@@ -127,6 +127,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let resumed = if args.resume { Some(checkpoint::read_state(&out)?) } else { None };
     let dataset = resumed.as_ref().map_or(args.dataset.clone(), |s| s.train.dataset.clone());
     let (train, test) = load_data(&dataset, &args)?;
+    let resuming = resumed.is_some();
     let (config, model) = if let Some(state) = resumed {
         let (model, _) = model_dir::load(&out, device)?;
         eprintln!("resuming {} at step {}/{} (epoch {})", out.display(), state.step, state.total_steps, state.epoch);
@@ -179,7 +180,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         config.batch_size
     );
     let mut learner = Learner::new(config, model, train, test, device)?;
-    if learner_resume_needed(&out, &learner)? {
+    if resuming {
         let state = checkpoint::read_state(&out)?;
         checkpoint::restore(&mut learner, &out, &state)?;
     }
@@ -209,10 +210,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eprintln!("saved {} ({})", out.display(), summary);
     }
     Ok(())
-}
-
-fn learner_resume_needed(out: &Path, l: &Learner) -> anyhow::Result<bool> {
-    Ok(l.step == 0 && out.join(checkpoint::TRAIN_STATE).is_file() && checkpoint::read_state(out)?.train == l.config)
 }
 
 fn check_shapes(config: &TrainConfig, train: &Dataset) -> anyhow::Result<()> {
