@@ -35,8 +35,12 @@ for line in sys.stdin:
     done
 
 strip "$bundle"/bin/* "$bundle"/tests/* 2>/dev/null || true
-cp scripts/device-run.sh "$bundle/"
 [ -f scripts/bench_torch_kernels.py ] && cp scripts/bench_torch_kernels.py "$bundle/"
+[ -f scripts/bench_pytorch.py ] && cp scripts/bench_pytorch.py "$bundle/"
+# the carry limit is 64 MiB: binaries travel gzipped (device-run.sh unpacks them)
+tar -C "$bundle" -czf "$bundle/payload.tar.gz" bin tests $(cd "$bundle" && ls *.py 2>/dev/null)
+rm -rf "$bundle/bin" "$bundle/tests" "$bundle"/*.py
+cp scripts/device-run.sh "$bundle/"
 data=/usr/share/datasets/fashion-mnist
 if [ -d "$data" ]; then
     mkdir -p "$bundle/data" && cp "$data"/*.gz "$bundle/data/"
@@ -44,4 +48,4 @@ fi
 git rev-parse HEAD > "$bundle/COMMIT"
 git status --porcelain | grep -q . && echo "dirty" >> "$bundle/COMMIT" || true
 du -sh "$bundle"
-ls -la "$bundle/tests"
+ls -la "$bundle"

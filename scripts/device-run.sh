@@ -4,9 +4,14 @@
 #   bash device-bundle/device-run.sh OUTDIR
 # Writes logs and a summary to OUTDIR. Budget: under 8 minutes.
 set -uo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
+bundle="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?usage: device-run.sh OUTDIR}"
 mkdir -p "$out"
+# unpack the gzipped binaries next to the bundle (it may be read-only)
+here="$(mktemp -d)"
+tar -C "$here" -xzf "$bundle/payload.tar.gz"
+cp "$bundle/COMMIT" "$here/"
+[ -d "$bundle/data" ] && ln -s "$bundle/data" "$here/data"
 summary="$out/summary.txt"
 : > "$summary"
 export MINIDIFFUSION_REQUIRE_GPU=1
