@@ -180,3 +180,22 @@ pub fn parity_check_at(name: &str, inputs: Vec<(Vec<f32>, Shape)>, f: impl Fn(&[
         assert_close(&format!("{name} gradient of input {i} ({device} vs cpu)"), d, c, tol.atol, tol.rtol);
     }
 }
+
+/// Write the first `n_train` / `n_test` images of the embedded Fashion-MNIST
+/// sample into `dir` as raw IDX files (a small real dataset for end-to-end tests).
+pub fn write_idx_sample(dir: &std::path::Path, n_train: usize, n_test: usize) -> crate::Result<()> {
+    use crate::data::{Split, embedded_fashion_mnist};
+    let io = |e: std::io::Error| crate::Error::Io { path: dir.display().to_string(), source: e };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    for (split, prefix, n) in [(Split::Train, "train", n_train), (Split::Test, "t10k", n_test)] {
+        let ds = embedded_fashion_mnist(split)?.take(n);
+        let n = ds.len() as u32;
+        let mut images: Vec<u8> = [0x0803u32, n, 28, 28].iter().flat_map(|v| v.to_be_bytes()).collect();
+        images.extend_from_slice(&ds.images);
+        let mut labels: Vec<u8> = [0x0801u32, n].iter().flat_map(|v| v.to_be_bytes()).collect();
+        labels.extend_from_slice(&ds.labels);
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).map_err(io)?;
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).map_err(io)?;
+    }
+    Ok(())
+}

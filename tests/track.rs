@@ -9,7 +9,6 @@
 //! tests print SKIPPED — unless `CI` or `MINIDIFFUSION_REQUIRE_CHROMIUM` is
 //! set (.ci/run installs chromium and sets the latter), where they fail.
 
-use minidiffusion::data::{Split, embedded_fashion_mnist};
 use minidiffusion::io::png;
 use minidiffusion::track::report;
 use minidiffusion::track::store::{Artifact, MetricRow, NewRun, Store};
@@ -33,22 +32,7 @@ fn temp_dir(name: &str) -> PathBuf {
 /// `n_train` / `n_test` images of the embedded sample as IDX files.
 fn small_dataset(dir: &Path, n_train: usize, n_test: usize) -> PathBuf {
     let dir = dir.join("data");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (split, prefix, n) in [(Split::Train, "train", n_train), (Split::Test, "t10k", n_test)] {
-        let ds = embedded_fashion_mnist(split).unwrap().take(n);
-        let mut images = vec![];
-        for v in [0x0803u32, n as u32, 28, 28] {
-            images.extend_from_slice(&v.to_be_bytes());
-        }
-        images.extend_from_slice(&ds.images);
-        let mut labels = vec![];
-        for v in [0x0801u32, n as u32] {
-            labels.extend_from_slice(&v.to_be_bytes());
-        }
-        labels.extend_from_slice(&ds.labels);
-        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-    }
+    minidiffusion::testing::write_idx_sample(&dir, n_train, n_test).unwrap();
     dir
 }
 

@@ -3,7 +3,7 @@
 //! same samples for the same seed, a resumed run ends bit-identical to an
 //! uninterrupted one, and bad input is one clear line with exit code 2.
 
-use minidiffusion::data::{Split, embedded_fashion_mnist};
+use minidiffusion::data::Split;
 use minidiffusion::io::{npy, safetensors};
 use minidiffusion::nn::unet::UNet2DModel;
 use minidiffusion::train::callbacks::Checkpoint;
@@ -23,21 +23,7 @@ fn temp_dir(name: &str) -> PathBuf {
 /// `n_train` / `n_test` images of the embedded sample as IDX files in a new directory.
 fn small_dataset(name: &str, n_train: usize, n_test: usize) -> PathBuf {
     let dir = temp_dir(name);
-    for (split, prefix, n) in [(Split::Train, "train", n_train), (Split::Test, "t10k", n_test)] {
-        let ds = embedded_fashion_mnist(split).unwrap().take(n);
-        let mut images = vec![];
-        for v in [0x0803u32, n as u32, 28, 28] {
-            images.extend_from_slice(&v.to_be_bytes());
-        }
-        images.extend_from_slice(&ds.images);
-        let mut labels = vec![];
-        for v in [0x0801u32, n as u32] {
-            labels.extend_from_slice(&v.to_be_bytes());
-        }
-        labels.extend_from_slice(&ds.labels);
-        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-    }
+    minidiffusion::testing::write_idx_sample(&dir, n_train, n_test).unwrap();
     dir
 }
 
