@@ -41,8 +41,17 @@ strip "$bundle"/bin/* "$bundle"/tests/* 2>/dev/null || true
 tar -C "$bundle" -czf "$bundle/payload.tar.gz" bin tests $(cd "$bundle" && ls *.py 2>/dev/null)
 rm -rf "$bundle/bin" "$bundle/tests" "$bundle"/*.py
 cp scripts/device-run.sh "$bundle/"
+# diffusers for the PyTorch baseline (pure Python; the GPU machine has torch but
+# no network): fetched here into .whl/ (git-ignored) with importlib_metadata
+if [ ! -f .whl/diffusers-0.42.1-py3-none-any.whl ]; then
+    python3 -m pip download -q --no-deps --only-binary=:all: -d .whl diffusers==0.42.1 importlib_metadata || echo "no diffusers wheel: the PyTorch baseline will be skipped"
+fi
+if ls .whl/*.whl > /dev/null 2>&1; then
+    mkdir -p "$bundle/wheels" && cp .whl/diffusers-*.whl .whl/importlib_metadata-*.whl "$bundle/wheels/"
+fi
 data=/usr/share/datasets/fashion-mnist
-if [ -d "$data" ]; then
+# the full data (30 MB) only when asked: with the tree it would pass the carry limit
+if [ "${DEVICE_DATA:-0}" = 1 ] && [ -d "$data" ]; then
     mkdir -p "$bundle/data" && cp "$data"/*.gz "$bundle/data/"
 fi
 git rev-parse HEAD > "$bundle/COMMIT"

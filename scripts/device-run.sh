@@ -1,50 +1,104 @@
 #!/usr/bin/env bash
 # The GPU device check, run on the GPU machine (no Rust toolchain, no network)
 # from the bundle scripts/device-prepare.sh made:
-#   bash device-bundle/device-run.sh OUTDIR
-# Writes logs and a summary to OUTDIR. Budget: under 8 minutes.
+#   bash device-bundle/device-run.sh OUTDIR [BUDGET_S] [STAGES]
+# STAGES (default "parity kernels ours torch"): which parts to run, in order.
+# Every step has its own timeout and the script stops starting steps once
+# BUDGET_S (default 420) is near, so it always finishes and packs its logs:
+# OUTDIR gets summary.txt, results.jsonl and logs.tar.gz (the device tool
+# returns at most 8 files).
 set -uo pipefail
 bundle="$(cd "$(dirname "$0")" && pwd)"
-out="${1:?usage: device-run.sh OUTDIR}"
+out="${1:?usage: device-run.sh OUTDIR [BUDGET_S] [STAGES]}"
+budget="${2:-420}"
+stages="${3:-parity kernels ours torch}"
+t0=$(date +%s)
 mkdir -p "$out"
-# unpack the gzipped binaries next to the bundle (it may be read-only)
 here="$(mktemp -d)"
+logs="$here/logs"
+mkdir -p "$logs"
 tar -C "$here" -xzf "$bundle/payload.tar.gz"
 cp "$bundle/COMMIT" "$here/"
-[ -d "$bundle/data" ] && ln -s "$bundle/data" "$here/data"
 summary="$out/summary.txt"
+results="$out/results.jsonl"
 : > "$summary"
+: > "$results"
 export MINIDIFFUSION_REQUIRE_GPU=1
-
-echo "commit: $(tr '\n' ' ' < "$here/COMMIT")" | tee -a "$summary"
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" | tee -a "$summary"
-head -n 15 "$out/nvidia-smi.txt"
-"$here/bin/minidiffusion" info | tee -a "$summary"
-
+md="$here/bin/minidiffusion"
 status=0
-for t in "$here"/tests/*; do
-    name="$(basename "$t")"
-    start=$(date +%s.%N)
-    if timeout 120 "$t" --test-threads=1 > "$out/$name.log" 2>&1; then
-        result=passed
-    else
-        result="FAILED (exit $?)"
-        status=1
-    fi
-    secs=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')" 2>/dev/null || echo "?")
-    echo "$name: $result in ${secs}s — $(grep -E '^test result' "$out/$name.log" | tail -n 1)" | tee -a "$summary"
+
+say() { echo "$*" | tee -a "$summary"; }
+left() { echo $(( budget - ($(date +%s) - t0) )); }
+
+# step NAME TIMEOUT CMD...: runs CMD (stdout+stderr to logs/NAME.log) if the
+# budget allows; JSON lines it prints go to results.jsonl tagged with NAME
+step() {
+    local name="$1" limit="$2"; shift 2
+    local rest; rest=$(left)
+    if [ "$rest" -lt 15 ]; then say "$name: SKIPPED (budget spent)"; return; fi
+    [ "$limit" -gt $(( rest - 10 )) ] && limit=$(( rest - 10 ))
+    local start; start=$(date +%s.%N)
+    timeout "$limit" "$@" > "$logs/$name.log" 2>&1
+    local rc=$?
+    local secs; secs=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+    local result="ok"
+    if [ $rc -ne 0 ]; then result="FAILED (exit $rc)"; status=1; fi
+    say "$name: $result in ${secs}s $(grep -E '^test result' "$logs/$name.log" | tail -n 1)"
+    grep -E '^\{' "$logs/$name.log" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        d = json.loads(line)
+    except ValueError:
+        continue
+    d["step"] = sys.argv[1]
+    print(json.dumps(d))' "$name" >> "$results"
+    if [ $rc -ne 0 ]; then grep -A1 -E 'panicked|^error' "$logs/$name.log" | grep -v '^--' | head -n 6 | tee -a "$summary"; fi
+}
+
+say "commit: $(tr '\n' ' ' < "$here/COMMIT")"
+nvidia-smi > "$logs/nvidia-smi.txt" 2>&1 || say "nvidia-smi failed"
+grep -E 'Driver Version|H100|H200|MiB' "$logs/nvidia-smi.txt" | head -n 4 | tee -a "$summary"
+"$md" info 2>&1 | tee -a "$summary"
+
+if ls "$bundle"/wheels/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$here/site" "$bundle"/wheels/*.whl > "$logs/pip.log" 2>&1 \
+        && export PYTHONPATH="$here/site" || say "diffusers wheel install FAILED"
+fi
+
+for stage in $stages; do
+case "$stage" in
+parity)
+    # parity_unet first: the whole model on the GPU says most at once
+    for name in parity_unet cuda_backend $(cd "$here/tests" && ls | grep -v -x -e parity_unet -e cuda_backend); do
+        step "$name" 90 "$here/tests/$name" --test-threads=1
+    done
+    ;;
+kernels)
+    step bench_kernels 90 "$md" bench kernels --device cuda --iters 20 --json
+    step torch_kernels 90 python3 "$here/bench_torch_kernels.py" --iters 20
+    ;;
+ours)
+    step ours_sample_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile
+    step ours_train_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile
+    step ours_sample 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json
+    step ours_train 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json
+    ;;
+torch)
+    bp="$here/bench_pytorch.py"
+    step torch_sample_fp32 90 python3 "$bp" sample --dtype fp32
+    step torch_sample_bf16 90 python3 "$bp" sample --dtype bf16
+    step torch_train_fp32 60 python3 "$bp" train --dtype fp32
+    step torch_train_bf16 60 python3 "$bp" train --dtype bf16
+    step torch_sample_bf16_compile 150 python3 "$bp" sample --dtype bf16 --compile
+    step torch_train_bf16_compile 150 python3 "$bp" train --dtype bf16 --compile
+    ;;
+*) say "unknown stage $stage" ;;
+esac
 done
 
-echo "--- bench kernels (ours) ---" | tee -a "$summary"
-timeout 180 "$here/bin/minidiffusion" bench kernels --device cuda --iters 20 --json > "$out/bench_kernels.jsonl" 2> "$out/bench_kernels.err" \
-    || { echo "bench kernels FAILED" | tee -a "$summary"; status=1; }
-cat "$out/bench_kernels.jsonl" | tee -a "$summary"
-
-if [ -f "$here/bench_torch_kernels.py" ] && python3 -c "import torch" 2>/dev/null; then
-    echo "--- bench kernels (PyTorch: cuDNN / cuBLAS) ---" | tee -a "$summary"
-    timeout 120 python3 "$here/bench_torch_kernels.py" --iters 20 > "$out/bench_torch.jsonl" 2> "$out/bench_torch.err" \
-        || echo "torch bench FAILED" | tee -a "$summary"
-    cat "$out/bench_torch.jsonl" | tee -a "$summary"
-fi
-echo "exit status: $status" | tee -a "$summary"
+say "--- results ---"
+cat "$results" | tee -a "$summary"
+say "exit status: $status, $(( $(date +%s) - t0 ))s"
+tar -C "$here" -czf "$out/logs.tar.gz" logs
 exit $status
