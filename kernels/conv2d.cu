@@ -22,12 +22,14 @@
 //
 // Tiling: a block of 256 threads computes a 64×64 tile of C. It walks K in
 // slices of 16: each thread gathers 4 elements of the 64×16 A slice and 4 of
-// the 16×64 B slice into shared memory, then, after a barrier, accumulates
-// its 4×4 outputs in registers (rows ty + 16i, columns tx + 16j, where
-// tx = tid % 16, ty = tid / 16). Strided output columns make the final stores
-// coalesced: for fixed (i, j) 16 consecutive threads write 16 consecutive n,
-// which are consecutive pixels of one image plane.
+// the 16×64 B slice into shared memory (As[k][m], Bs[k][n]), then, after a
+// barrier, the block's 8 warps multiply the slice on the tensor cores at f32
+// accuracy (3xTF32, kernels/mma.cuh): warp w owns rows 32·(w % 2).. and
+// columns 16·(w / 2).. of the tile. Rows of As/Bs are padded to 68 floats so
+// the fragment reads (lanes 4 rows × 8 columns apart) hit distinct banks
+// pairwise at worst.
 #include "common.cuh"
+#include "mma.cuh"
 
 namespace conv {
 
@@ -44,7 +46,8 @@ constexpr int BN = 64;       // tile columns (n)
 constexpr int BK = 16;       // K slice
 constexpr int THREADS = 256; // 16×16 threads, 4×4 outputs each
 constexpr int SLOTS = 4;     // elements of each operand slice a thread loads: 64·16 / 256
-static_assert(BM == BN, "load_slice fills both tiles with the same shape");
+constexpr int LDS = BM + 4;  // shared row length (see Tiling)
+static_assert(BM == BN, "fetch_slice/store_slice fill both tiles with the same shape");
 
 // Which thread loads which element of a 64×16 operand slice (rows = the m or
 // n index, columns = k). Element e = tid + 256·i of the slice, i < SLOTS:
@@ -110,6 +113,37 @@ struct ImageCols {
         const int iy = c.iy0 + kh, ix = c.ix0 + kw;
         if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) return 0.0f;
         return x[c.base + (ch * s.h + iy) * s.w + ix];
+    }
+};
+
+// Forward B through a table: the k → (c, kh, kw) split of ImageCols costs two
+// integer divisions per element and slice; with K ≤ TAB_MAX the block makes
+// it once, into shared memory: tab[k] = (c·H·W + kh·W + kw) << 8 | kh << 4 | kw
+// (needs KH, KW ≤ 16 and C·H·W < 2²³). The context keeps the address of the
+// window's corner, img·C·H·W + iy0·W + ix0 (outside the image when padded:
+// only in-range taps are read).
+constexpr int TAB_MAX = 4608;  // 512 channels × 3×3
+struct ImageColsTab {
+    static constexpr bool K_FAST = false;
+    const float* x;
+    const int* tab;
+    Shape s;
+    struct Ctx { int corner, iy0, ix0; };
+    __device__ Ctx ctx(int n) const {
+        const int P = s.oh * s.ow;
+        const int img = n / P, pix = n - img * P;
+        const int oh = pix / s.ow, ow = pix - oh * s.ow;
+        const int iy0 = oh * s.stride - s.pad, ix0 = ow * s.stride - s.pad;
+        return Ctx{img * s.c * s.h * s.w + iy0 * s.w + ix0, iy0, ix0};
+    }
+    __device__ float load(const Ctx& c, int k) const {
+        const int t = tab[k];
+        const int iy = c.iy0 + ((t >> 4) & 15), ix = c.ix0 + (t & 15);
+        if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) return 0.0f;
+        return x[c.corner + (t >> 8)];
+    }
+    __device__ static bool fits(const Shape& s) {
+        return s.c * s.kh * s.kw <= TAB_MAX && s.kh <= 16 && s.kw <= 16 && s.c * s.h * s.w < (1 << 23);
     }
 };
 
@@ -218,27 +252,33 @@ struct WeightGradOut {
     __device__ void store(int oc, int col, float v) const { dw[oc * N + col] = v; }
 };
 
-// Loads the 64×16 slice of operand `op` at rows row0.., k = k0.. into tile[k][row].
-// Rows ≥ rows and k ≥ k_end read as 0, so partial tiles add nothing.
+// Reads this thread's SLOTS elements of the 64×16 slice of operand `op` at
+// rows row0.., k = k0.. into registers. Rows ≥ rows and k ≥ k_end read as 0,
+// so partial tiles add nothing.
 template <class Op>
-__device__ __forceinline__ void load_slice(const Op& op, const typename Op::Ctx* ctx, const bool* row_ok,
-                                           float (*tile)[BM + 1], int k0, int k_end, int tid) {
+__device__ __forceinline__ void fetch_slice(const Op& op, const typename Op::Ctx* ctx, const bool* row_ok, float* regs,
+                                            int k0, int k_end, int tid) {
 #pragma unroll
     for (int i = 0; i < SLOTS; ++i) {
-        const int r = slot_row<Op::K_FAST>(tid, i), kk = slot_k<Op::K_FAST>(tid, i);
-        const int k = k0 + kk;
-        tile[kk][r] = (row_ok[i] && k < k_end) ? op.load(ctx[i], k) : 0.0f;
+        const int k = k0 + slot_k<Op::K_FAST>(tid, i);
+        regs[i] = (row_ok[i] && k < k_end) ? op.load(ctx[i], k) : 0.0f;
     }
+}
+
+// Writes the fetched elements into tile[k][row].
+template <class Op>
+__device__ __forceinline__ void store_slice(const float* regs, float (*tile)[LDS], int tid) {
+#pragma unroll
+    for (int i = 0; i < SLOTS; ++i) tile[slot_k<Op::K_FAST>(tid, i)][slot_row<Op::K_FAST>(tid, i)] = regs[i];
 }
 
 // One 64×64 tile of C = A·B over k in [blockIdx.z·k_chunk, min(K, (blockIdx.z + 1)·k_chunk)),
 // tile origin (m0, n0) = (64·blockIdx.y, 64·blockIdx.x). Launch with 256 threads.
 template <class OpA, class OpB, class Out>
 __device__ __forceinline__ void gemm_tile(const OpA& A, const OpB& B, const Out& out, int M, int N, int K, int k_chunk) {
-    // Row padding of 1 spreads the column-wise stores of K_FAST slices over the banks.
-    __shared__ float As[BK][BM + 1];  // As[k][m]
-    __shared__ float Bs[BK][BN + 1];  // Bs[k][n]
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    __shared__ float As[BK][LDS];  // As[k][m]
+    __shared__ float Bs[BK][LDS];  // Bs[k][n]
+    const int tid = threadIdx.x;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int k_begin = blockIdx.z * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
@@ -257,43 +297,38 @@ __device__ __forceinline__ void gemm_tile(const OpA& A, const OpB& B, const Out&
         b_ctx[i] = B.ctx(b_ok[i] ? n : 0);
     }
 
-    float acc[4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-
+    // Software pipeline: the next slice's global reads are issued before the
+    // tensor cores work on this one, so their latency overlaps the products.
+    float a_regs[SLOTS], b_regs[SLOTS];
+    fetch_slice(A, a_ctx, a_ok, a_regs, k_begin, k_end, tid);
+    fetch_slice(B, b_ctx, b_ok, b_regs, k_begin, k_end, tid);
+    mma::Acc acc;
+    acc.zero();
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-        load_slice(A, a_ctx, a_ok, As, k0, k_end, tid);
-        load_slice(B, b_ctx, b_ok, Bs, k0, k_end, tid);
+        store_slice<OpA>(a_regs, As, tid);
+        store_slice<OpB>(b_regs, Bs, tid);
         __syncthreads();
-        // acc[i][j] += Σ_kk A[m0 + ty + 16i, k0 + kk] · B[k0 + kk, n0 + tx + 16j]
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            float a[4], b[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        if (k0 + BK < k_end) {
+            fetch_slice(A, a_ctx, a_ok, a_regs, k0 + BK, k_end, tid);
+            fetch_slice(B, b_ctx, b_ok, b_regs, k0 + BK, k_end, tid);
         }
+        mma::warp_slice_3xtf32<LDS>(As, Bs, acc);  // acc += As[k][rows]ᵀ·Bs[k][cols]
         __syncthreads();  // the next slice overwrites As, Bs
     }
 
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int n = n0 + tx + 16 * j;
-        if (n >= N) continue;
-        const int col = out.col(n);
+    for (int ni = 0; ni < 2; ++ni)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int m = m0 + ty + 16 * i;
-            if (m < M) out.store(m, col, acc[i][j]);
+        for (int q = 0; q < 4; ++q) {
+            const int n = n0 + mma::acc_col(ni, q);
+            if (n >= N) continue;
+            const int col = out.col(n);
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+                const int m = m0 + mma::acc_row(mi, q);
+                if (m < M) out.store(m, col, acc.get(mi, ni, q));
+            }
         }
-    }
 }
 
 }  // namespace conv
@@ -303,7 +338,17 @@ __device__ __forceinline__ void gemm_tile(const OpA& A, const OpB& B, const Out&
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_forward_f32(float* y, const float* x, const float* w, const float* bias, conv::Shape s) {
     const int M = s.oc, N = s.n * s.oh * s.ow, K = s.c * s.kh * s.kw;
-    conv::gemm_tile(conv::WeightRows{w, K}, conv::ImageCols{x, s}, conv::ForwardOut{y, bias, s}, M, N, K, K);
+    if (conv::ImageColsTab::fits(s)) {
+        __shared__ int tab[conv::TAB_MAX];
+        for (int k = threadIdx.x; k < K; k += blockDim.x) {
+            const int kk = s.kh * s.kw, ch = k / kk, r = k - ch * kk, kh = r / s.kw, kw = r - kh * s.kw;
+            tab[k] = ((ch * s.h + kh) * s.w + kw) << 8 | kh << 4 | kw;
+        }
+        __syncthreads();
+        conv::gemm_tile(conv::WeightRows{w, K}, conv::ImageColsTab{x, tab, s}, conv::ForwardOut{y, bias, s}, M, N, K, K);
+    } else {
+        conv::gemm_tile(conv::WeightRows{w, K}, conv::ImageCols{x, s}, conv::ForwardOut{y, bias, s}, M, N, K, K);
+    }
 }
 
 // dx [N, C, H, W] from dy [N, OC, OH, OW] and W. Grid (⌈N·H·W/64⌉, ⌈C/64⌉, 1), 256 threads.

@@ -14,13 +14,21 @@
 //   As[p][i] = A(i0 + i, p0 + p)   (64×16 slice, stored K-major)
 //   Bs[p][j] = B(p0 + p, j0 + j)   (16×64 slice)
 // in shared memory, zero-filled outside M, N and K, so odd sizes need no case
-// in the inner loop; then each thread accumulates a 4×4 block of C in registers:
-//   thread t: tx = t % 16, ty = t / 16
-//   acc[r][s] = Σ_p A(i0 + ty + 16r, p)·B(p, j0 + tx + 16s),   r, s < 4
-// The strided (not contiguous) 4×4 assignment makes the 16 threads of a
-// half-warp read 16 consecutive Bs entries (no bank conflicts) and write 16
-// consecutive C columns (coalesced when c_col = 1).
+// in the inner loop; then the block's 8 warps multiply the slice on the
+// tensor cores at f32 accuracy (3xTF32, kernels/mma.cuh), warp w owning rows
+// 32·(w % 2).. and columns 16·(w / 2).. of the tile.
+//
+// Split K. A product with few output tiles and a long K (a linear layer's
+// weight gradient sums over every token: M, N ≤ 256, K = 131,072 at batch 512)
+// would leave most of the GPU idle. Then the host launches it with k_split = 1:
+// grid z = split index s instead of batch entry, the block sums only
+//   k ∈ [s·k_chunk, min(K, (s + 1)·k_chunk))
+// into its own slab part_s = c + s·c_batch (plain [M, N] rows), and
+// gemm_sum_splits_f32 adds the slabs in split order into the real C:
+//   C(i, j) = alpha·Σ_s part_s(i, j) (+ C(i, j))
+// so the result does not depend on scheduling (deterministic).
 #include "common.cuh"
+#include "mma.cuh"
 
 // Sizes and strides of one (batched) product. Mirrors ops::matmul::cuda::GemmParams.
 struct GemmParams {
@@ -30,6 +38,8 @@ struct GemmParams {
     int c_row, c_col, c_batch;
     float alpha;
     int accumulate;  // 1: C += alpha·op(A)·op(B); 0: C = alpha·op(A)·op(B) (C is not read)
+    int k_split;     // 1: batch entry z is K split z (operands not advanced), see above
+    int k_chunk;     // K per split when k_split
 };
 
 namespace gemm {
@@ -37,44 +47,70 @@ namespace gemm {
 constexpr int BM = 64;                          // tile rows (along M)
 constexpr int BN = 64;                          // tile columns (along N)
 constexpr int BK = 16;                          // K slice
-constexpr int TM = 4;                           // outputs per thread along M
-constexpr int TN = 4;                           // outputs per thread along N
-constexpr int THREADS = (BM / TM) * (BN / TN);  // 256
-// One padding column: the K-major stores of a row-major A slice (consecutive
-// threads walk p, a row stride of BM + 1 floats apart) fall in distinct banks.
-constexpr int PAD = 1;
+constexpr int THREADS = 256;                    // 8 warps
+// Rows padded to 68 floats: the mma fragment reads (lanes 4 rows × 8 columns
+// apart) and the K-major stores of a row-major slice conflict pairwise at worst.
+constexpr int PAD = 4;
 
-// As[p][i] = A(i0 + i, p0 + p), zero outside the matrix. Consecutive threads
-// follow whichever stride of A is 1, so a warp's global reads are contiguous
-// for A and for Aᵀ alike.
-__device__ __forceinline__ void load_a(float (*as)[BM + PAD], const float* a, const GemmParams& p, int i0, int p0) {
-    for (int e = threadIdx.x; e < BM * BK; e += THREADS) {
+// Elements a thread stages per operand slice: 64·16 / 256.
+constexpr int SLOTS = BM * BK / THREADS;
+
+// This thread's share of the slice As[p][i] = A(i0 + i, p0 + p) (zero outside
+// the matrix), read into registers: element e = tid + 256·s of the slice.
+// Consecutive threads follow whichever stride of A is 1, so a warp's global
+// reads are contiguous for A and for Aᵀ alike.
+__device__ __forceinline__ void a_slot(const GemmParams& p, int e, int& i, int& kk) {
+    if (p.a_col == 1) {  // row-major: walk along K first
+        kk = e % BK;
+        i = e / BK;
+    } else {  // transposed: walk along M first
+        i = e % BM;
+        kk = e / BM;
+    }
+}
+__device__ __forceinline__ void fetch_a(float* regs, const float* a, const GemmParams& p, int i0, int p0, int k_end) {
+#pragma unroll
+    for (int s = 0; s < SLOTS; ++s) {
         int i, kk;
-        if (p.a_col == 1) {  // row-major: walk along K first
-            kk = e % BK;
-            i = e / BK;
-        } else {  // transposed: walk along M first
-            i = e % BM;
-            kk = e / BM;
-        }
+        a_slot(p, threadIdx.x + s * THREADS, i, kk);
         const int gi = i0 + i, gk = p0 + kk;
-        as[kk][i] = (gi < p.m && gk < p.k) ? a[gi * p.a_row + gk * p.a_col] : 0.0f;
+        regs[s] = (gi < p.m && gk < k_end) ? a[gi * p.a_row + gk * p.a_col] : 0.0f;
+    }
+}
+__device__ __forceinline__ void store_a(const float* regs, float (*as)[BM + PAD], const GemmParams& p) {
+#pragma unroll
+    for (int s = 0; s < SLOTS; ++s) {
+        int i, kk;
+        a_slot(p, threadIdx.x + s * THREADS, i, kk);
+        as[kk][i] = regs[s];
     }
 }
 
-// Bs[p][j] = B(p0 + p, j0 + j), zero outside the matrix; same coalescing rule.
-__device__ __forceinline__ void load_b(float (*bs)[BN + PAD], const float* b, const GemmParams& p, int p0, int j0) {
-    for (int e = threadIdx.x; e < BK * BN; e += THREADS) {
+// The same for Bs[p][j] = B(p0 + p, j0 + j).
+__device__ __forceinline__ void b_slot(const GemmParams& p, int e, int& kk, int& j) {
+    if (p.b_col == 1) {  // row-major: walk along N first
+        j = e % BN;
+        kk = e / BN;
+    } else {  // transposed: walk along K first
+        kk = e % BK;
+        j = e / BK;
+    }
+}
+__device__ __forceinline__ void fetch_b(float* regs, const float* b, const GemmParams& p, int p0, int j0, int k_end) {
+#pragma unroll
+    for (int s = 0; s < SLOTS; ++s) {
         int kk, j;
-        if (p.b_col == 1) {  // row-major: walk along N first
-            j = e % BN;
-            kk = e / BN;
-        } else {  // transposed: walk along K first
-            kk = e % BK;
-            j = e / BK;
-        }
+        b_slot(p, threadIdx.x + s * THREADS, kk, j);
         const int gk = p0 + kk, gj = j0 + j;
-        bs[kk][j] = (gk < p.k && gj < p.n) ? b[gk * p.b_row + gj * p.b_col] : 0.0f;
+        regs[s] = (gk < k_end && gj < p.n) ? b[gk * p.b_row + gj * p.b_col] : 0.0f;
+    }
+}
+__device__ __forceinline__ void store_b(const float* regs, float (*bs)[BN + PAD], const GemmParams& p) {
+#pragma unroll
+    for (int s = 0; s < SLOTS; ++s) {
+        int kk, j;
+        b_slot(p, threadIdx.x + s * THREADS, kk, j);
+        bs[kk][j] = regs[s];
     }
 }
 
@@ -85,49 +121,59 @@ extern "C" __global__ void __launch_bounds__(256) gemm_tiled_f32(float* c, const
     using namespace gemm;
     __shared__ float as[BK][BM + PAD];
     __shared__ float bs[BK][BN + PAD];
-    const int tx = threadIdx.x % (BN / TN), ty = threadIdx.x / (BN / TN);
     const int i0 = blockIdx.y * BM, j0 = blockIdx.x * BN;
 
     for (int z = blockIdx.z; z < p.batch; z += gridDim.z) {
         const float* az = a + z * p.a_batch;
         const float* bz = b + z * p.b_batch;
         float* cz = c + z * p.c_batch;
+        const int k_begin = p.k_split ? z * p.k_chunk : 0;
+        const int k_end = p.k_split ? min(p.k, k_begin + p.k_chunk) : p.k;
 
-        float acc[TM][TN];
-        for (int r = 0; r < TM; ++r)
-            for (int s = 0; s < TN; ++s) acc[r][s] = 0.0f;
-
-        for (int p0 = 0; p0 < p.k; p0 += BK) {
-            load_a(as, az, p, i0, p0);
-            load_b(bs, bz, p, p0, j0);
+        // Software pipeline: the next slice's global reads are issued before
+        // the tensor cores work on this one.
+        float a_regs[SLOTS], b_regs[SLOTS];
+        fetch_a(a_regs, az, p, i0, k_begin, k_end);
+        fetch_b(b_regs, bz, p, k_begin, j0, k_end);
+        mma::Acc acc;
+        acc.zero();
+        for (int p0 = k_begin; p0 < k_end; p0 += BK) {
+            store_a(a_regs, as, p);
+            store_b(b_regs, bs, p);
             __syncthreads();
-            // acc[r][s] += Σ_kk As[kk][ty + 16r]·Bs[kk][tx + 16s]
-#pragma unroll
-            for (int kk = 0; kk < BK; ++kk) {
-                float ar[TM], br[TN];
-#pragma unroll
-                for (int r = 0; r < TM; ++r) ar[r] = as[kk][ty + r * (BM / TM)];
-#pragma unroll
-                for (int s = 0; s < TN; ++s) br[s] = bs[kk][tx + s * (BN / TN)];
-#pragma unroll
-                for (int r = 0; r < TM; ++r)
-#pragma unroll
-                    for (int s = 0; s < TN; ++s) acc[r][s] = fmaf(ar[r], br[s], acc[r][s]);
+            if (p0 + BK < k_end) {
+                fetch_a(a_regs, az, p, i0, p0 + BK, k_end);
+                fetch_b(b_regs, bz, p, p0 + BK, j0, k_end);
             }
+            mma::warp_slice_3xtf32<BM + PAD>(as, bs, acc);  // acc += As[k][rows]ᵀ·Bs[k][cols]
             __syncthreads();  // the tiles are overwritten by the next slice
         }
 
         // C(i, j) = alpha·acc (+ C(i, j)), only inside M×N
-        for (int r = 0; r < TM; ++r) {
-            const int i = i0 + ty + r * (BM / TM);
-            if (i >= p.m) continue;
-            for (int s = 0; s < TN; ++s) {
-                const int j = j0 + tx + s * (BN / TN);
-                if (j >= p.n) continue;
-                float* out = cz + i * p.c_row + j * p.c_col;
-                const float v = p.alpha * acc[r][s];
-                *out = p.accumulate ? *out + v : v;
-            }
-        }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int i = i0 + mma::acc_row(mi, q), j = j0 + mma::acc_col(ni, q);
+                    if (i >= p.m || j >= p.n) continue;
+                    float* out = cz + i * p.c_row + j * p.c_col;
+                    const float v = p.alpha * acc.get(mi, ni, q);
+                    *out = p.accumulate ? *out + v : v;
+                }
+    }
+}
+
+// The split-K epilogue: C(i, j) = alpha·Σ_{s < splits} part[s·M·N + i·N + j] (+ C(i, j)),
+// summed in split order. p describes the real C (m, n, strides, alpha, accumulate).
+extern "C" __global__ void gemm_sum_splits_f32(float* c, const float* part, int splits, GemmParams p) {
+    const int len = p.m * p.n;
+    for (int e = global_index(); e < len; e += grid_stride()) {
+        float acc = 0.0f;
+        for (int s = 0; s < splits; ++s) acc += part[(size_t)s * len + e];
+        float* out = c + (e / p.n) * p.c_row + (e % p.n) * p.c_col;
+        const float v = p.alpha * acc;
+        *out = p.accumulate ? *out + v : v;
     }
 }

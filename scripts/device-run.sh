@@ -2,7 +2,8 @@
 # The GPU device check, run on the GPU machine (no Rust toolchain, no network)
 # from the bundle scripts/device-prepare.sh made:
 #   bash device-bundle/device-run.sh OUTDIR [BUDGET_S] [STAGES]
-# STAGES (default "parity kernels ours torch"): which parts to run, in order.
+# STAGES (default "parity kernels ours torch"): which parts to run, in order;
+# torch_eager, torch_compile_train and torch_compile_sample are parts of torch.
 # Every step has its own timeout and the script stops starting steps once
 # BUDGET_S (default 420) is near, so it always finishes and packs its logs:
 # OUTDIR gets summary.txt, results.jsonl and logs.tar.gz (the device tool
@@ -71,7 +72,7 @@ case "$stage" in
 parity)
     # parity_unet first: the whole model on the GPU says most at once
     for name in parity_unet cuda_backend $(cd "$here/tests" && ls | grep -v -x -e parity_unet -e cuda_backend); do
-        step "$name" 90 "$here/tests/$name" --test-threads=1
+        step "$name" 90 "$here/tests/$name" --test-threads=1 --nocapture
     done
     ;;
 kernels)
@@ -84,14 +85,22 @@ ours)
     step ours_sample 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json
     step ours_train 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json
     ;;
-torch)
+torch|torch_eager)
     bp="$here/bench_pytorch.py"
-    step torch_sample_fp32 90 python3 "$bp" sample --dtype fp32
     step torch_sample_bf16 90 python3 "$bp" sample --dtype bf16
-    step torch_train_fp32 60 python3 "$bp" train --dtype fp32
     step torch_train_bf16 60 python3 "$bp" train --dtype bf16
-    step torch_sample_bf16_compile 150 python3 "$bp" sample --dtype bf16 --compile
-    step torch_train_bf16_compile 150 python3 "$bp" train --dtype bf16 --compile
+    if [ "$stage" = torch ]; then
+        step torch_train_fp32 60 python3 "$bp" train --dtype fp32
+        step torch_sample_fp32 90 python3 "$bp" sample --dtype fp32
+        step torch_sample_bf16_compile 150 python3 "$bp" sample --dtype bf16 --compile
+        step torch_train_bf16_compile 150 python3 "$bp" train --dtype bf16 --compile
+    fi
+    ;;
+torch_compile_train)
+    step torch_train_bf16_compile 200 python3 "$here/bench_pytorch.py" train --dtype bf16 --compile
+    ;;
+torch_compile_sample)
+    step torch_sample_bf16_compile 150 python3 "$here/bench_pytorch.py" sample --dtype bf16 --compile
     ;;
 *) say "unknown stage $stage" ;;
 esac

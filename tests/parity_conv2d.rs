@@ -6,7 +6,10 @@
 //! bias, N = 1 and N > 1. On a machine without a GPU these run on the CPU
 //! emulation of CUDA (kernels/emu).
 //!
-//! Tolerance: ParityTol::REDUCTION (atol 1e-5, rtol 1e-4) unless stated.
+//! Tolerance: ParityTol::TENSOR_CORE (atol 1e-4, rtol 1e-4): the three
+//! products run on the tensor cores at f32 accuracy (3xTF32, kernels/mma.cuh),
+//! whose truncating accumulation drifts a few ulp of the output's scale over
+//! long sums (an H100 missed REDUCTION's 1e-5 + 1e-4 rel by 6e-5 at K = 603).
 //! Each output is a sum of up to C·KH·KW = 603 (forward), OC·KH·KW = 630
 //! (input gradient) or N·OH·OW = 126 (weight gradient) products of O(1)
 //! values, summed in another order than the CPU's im2col + gemm.
@@ -30,32 +33,34 @@ fn case(name: &str, x: [usize; 4], oc: usize, k: (usize, usize), stride: usize, 
 #[test]
 fn conv2d_3x3_parity() {
     // the UNet's 3×3, stride 1, pad 1 (weight gradient takes the split-K path: K = 2·63)
-    case("k3_s1_p1_bias", [2, 3, 7, 9], 5, (3, 3), 1, 1, true, ParityTol::REDUCTION);
+    case("k3_s1_p1_bias", [2, 3, 7, 9], 5, (3, 3), 1, 1, true, ParityTol::TENSOR_CORE);
     // no padding, N = 1
-    case("k3_s1_p0_nobias", [1, 5, 7, 9], 17, (3, 3), 1, 0, false, ParityTol::REDUCTION);
+    case("k3_s1_p0_nobias", [1, 5, 7, 9], 17, (3, 3), 1, 0, false, ParityTol::TENSOR_CORE);
     // stride-2 downsampling, pad 1: the input gradient skips taps that do not divide
-    case("k3_s2_p1_bias", [2, 17, 7, 9], 17, (3, 3), 2, 1, true, ParityTol::REDUCTION);
-    case("k3_s2_p0_nobias", [3, 5, 9, 7], 3, (3, 3), 2, 0, false, ParityTol::REDUCTION);
+    case("k3_s2_p1_bias", [2, 17, 7, 9], 17, (3, 3), 2, 1, true, ParityTol::TENSOR_CORE);
+    case("k3_s2_p0_nobias", [3, 5, 9, 7], 3, (3, 3), 2, 0, false, ParityTol::TENSOR_CORE);
 }
 
 #[test]
 fn conv2d_1x1_parity() {
-    case("k1_s1_p0_bias", [2, 17, 5, 7], 5, (1, 1), 1, 0, true, ParityTol::REDUCTION);
-    case("k1_s2_p1_nobias", [1, 3, 7, 9], 5, (1, 1), 2, 1, false, ParityTol::REDUCTION);
+    case("k1_s1_p0_bias", [2, 17, 5, 7], 5, (1, 1), 1, 0, true, ParityTol::TENSOR_CORE);
+    case("k1_s2_p1_nobias", [1, 3, 7, 9], 5, (1, 1), 2, 1, false, ParityTol::TENSOR_CORE);
 }
 
 #[test]
 fn conv2d_5x5_parity() {
-    case("k5_s1_p2_bias", [2, 5, 7, 9], 3, (5, 5), 1, 2, true, ParityTol::REDUCTION);
-    case("k5_s2_p2_nobias", [1, 3, 9, 7], 17, (5, 5), 2, 2, false, ParityTol::REDUCTION);
+    case("k5_s1_p2_bias", [2, 5, 7, 9], 3, (5, 5), 1, 2, true, ParityTol::TENSOR_CORE);
+    case("k5_s2_p2_nobias", [1, 3, 9, 7], 17, (5, 5), 2, 2, false, ParityTol::TENSOR_CORE);
     // the kernel covers the whole padded image: OH = OW = 1
-    case("k5_s1_p0_single_pixel", [2, 3, 5, 5], 5, (5, 5), 1, 0, true, ParityTol::REDUCTION);
+    case("k5_s1_p0_single_pixel", [2, 3, 5, 5], 5, (5, 5), 1, 0, true, ParityTol::TENSOR_CORE);
 }
 
 #[test]
 fn conv2d_nonsquare_and_multi_tile_parity() {
-    case("k3x1_s1_p1", [2, 5, 7, 9], 3, (3, 1), 1, 1, true, ParityTol::REDUCTION);
+    case("k3x1_s1_p1", [2, 5, 7, 9], 3, (3, 1), 1, 1, true, ParityTol::TENSOR_CORE);
     // more than one 64-row tile in every GEMM: OC = 70 (forward, weight
     // gradient), C = 67 (input gradient), C·KH·KW = 603 columns of dW
-    case("k3_multi_tile", [1, 67, 3, 5], 70, (3, 3), 1, 1, true, ParityTol::REDUCTION);
+    case("k3_multi_tile", [1, 67, 3, 5], 70, (3, 3), 1, 1, true, ParityTol::TENSOR_CORE);
+    // K = 520·9 > 4608: the forward gathers without its shared k table
+    case("k3_no_k_table", [1, 520, 3, 2], 3, (3, 3), 1, 1, true, ParityTol::TENSOR_CORE);
 }

@@ -11,6 +11,11 @@ fn reduce_parity() {
     parity_check("sum_all_large", &[&[3, 1111]], |x| ops::sum_all(&x[0]), ParityTol::REDUCTION);
     parity_check("mean", &[&[6, 7, 3]], |x| ops::mean(&x[0], &[0, 2], false), ParityTol::REDUCTION);
     parity_check("sum_to_bias", &[&[5, 3, 4, 4]], |x| ops::sum_to(&x[0], &Shape::from([3, 1, 1])), ParityTol::REDUCTION);
+    // a conv bias gradient at scale: few sums of many terms, split into chunks
+    use minidiffusion::ops::reduce::cuda::sum_splits;
+    assert_eq!(sum_splits(3, 9 * 4000), (8, 4500));
+    assert_eq!(sum_splits(600, 1 << 20).0, 1);
+    parity_check("sum_to_bias_split", &[&[9, 3, 40, 100]], |x| ops::sum_to(&x[0], &Shape::from([3, 1, 1])), ParityTol::REDUCTION);
 }
 
 #[test]

@@ -9,8 +9,11 @@
 // early drop out of both barriers, as on Volta and later GPUs.
 //
 // The subset this supports is the subset our kernels may use: no inline PTX,
-// no tensor-core intrinsics, no dynamic shared memory, full-warp shuffles.
+// no dynamic shared memory, full-warp shuffles. Tensor-core products go
+// through emu::mma_m16n8k8_3xtf32 (kernels/mma.cuh picks it under MD_EMULATED).
 #pragma once
+
+#define MD_EMULATED 1
 
 #include <algorithm>
 #include <atomic>
@@ -42,6 +45,11 @@ void sync_warp();
 // value written by lane `src_lane` (own value when src_lane is out of range).
 uint64_t warp_exchange(uint64_t value, int src_lane);
 int lane_id();
+// The warp's big += hi_a·hi_b, small += lo_a·hi_b + hi_a·lo_b on m16n8k8
+// TF32 fragments (layout in kernels/mma.cuh), each product summed over k in
+// f32, as three mma.sync instructions do. Every lane of the warp must call it.
+void mma_m16n8k8_3xtf32(float (&big)[4], float (&small)[4], const unsigned int (&a_hi)[4], const unsigned int (&a_lo)[4],
+                        const unsigned int (&b_hi)[2], const unsigned int (&b_lo)[2]);
 
 template <typename T>
 inline T shfl(T v, int src_lane) {

@@ -27,10 +27,12 @@ struct BlockState {
     std::optional<std::barrier<>> block_barrier;
     std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
     std::vector<uint64_t> exchange;  // one slot per thread
+    std::vector<uint32_t> fragments;  // mma fragments: two buffers × 12 words per thread
 };
 
 thread_local BlockState* current_block = nullptr;
 thread_local int linear_tid = 0;
+thread_local int mma_calls = 0;  // picks the fragment buffer (alternating)
 
 }  // namespace
 
@@ -50,6 +52,38 @@ uint64_t warp_exchange(uint64_t value, int src_lane) {
     uint64_t got = (src >= warp * 32 && src < std::min(warp * 32 + 32, threads)) ? b.exchange[src] : value;
     b.warp_barriers[warp]->arrive_and_wait();
     return got;
+}
+
+void mma_m16n8k8_3xtf32(float (&big)[4], float (&small)[4], const unsigned int (&a_hi)[4], const unsigned int (&a_lo)[4],
+                        const unsigned int (&b_hi)[2], const unsigned int (&b_lo)[2]) {
+    BlockState& blk = *current_block;
+    const int warp = linear_tid / 32, lane = linear_tid % 32;
+    const int threads = (int)blk.exchange.size();
+    // Two alternating buffers: a lane can only overwrite buffer X two calls
+    // later, after every lane has passed the barrier of the call in between
+    // and so finished reading X. One barrier per call.
+    uint32_t* buf = blk.fragments.data() + (size_t)(mma_calls++ % 2) * threads * 12;
+    uint32_t* mine = buf + (size_t)linear_tid * 12;
+    for (int i = 0; i < 4; ++i) mine[i] = a_hi[i], mine[4 + i] = a_lo[i];
+    for (int i = 0; i < 2; ++i) mine[8 + i] = b_hi[i], mine[10 + i] = b_lo[i];
+    blk.warp_barriers[warp]->arrive_and_wait();
+    const uint32_t* w = buf + (size_t)warp * 32 * 12;
+    auto as_f = [](uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; };
+    // A[r][k] of the hi (0) or lo (4) part: lane (r % 8)·4 + k % 4, register (r ≥ 8) + 2·(k ≥ 4)
+    auto A = [&](int part, int r, int k) { return as_f(w[((r % 8) * 4 + k % 4) * 12 + part + (r >= 8) + 2 * (k >= 4)]); };
+    // B[k][c] of the hi (8) or lo (10) part: lane c·4 + k % 4, register (k ≥ 4)
+    auto B = [&](int part, int k, int c) { return as_f(w[(c * 4 + k % 4) * 12 + part + (k >= 4)]); };
+    const int g = lane / 4, t = lane % 4;
+    auto dot = [&](int pa, int pb, int r, int c) {
+        float sum = 0.0f;  // tf32 products are exact in f32
+        for (int k = 0; k < 8; ++k) sum += A(pa, r, k) * B(pb, k, c);
+        return sum;
+    };
+    for (int q = 0; q < 4; ++q) {
+        const int r = g + 8 * (q / 2), c = 2 * t + q % 2;
+        small[q] = (small[q] + dot(4, 8, r, c)) + dot(0, 10, r, c);
+        big[q] += dot(0, 8, r, c);
+    }
 }
 
 }  // namespace emu
@@ -111,6 +145,7 @@ int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned
     std::lock_guard<std::mutex> guard(launch_mutex);
     emu::BlockState block;
     block.exchange.assign(threads, 0);
+    block.fragments.assign((size_t)threads * 24, 0);
     const unsigned blocks = gx * gy * gz;
     // workers persist over the blocks of this launch; `start` and `finish`
     // bracket each block, the coordinator resets the block's barriers between
@@ -129,6 +164,7 @@ int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned
         workers.emplace_back([&, t]() {
             emu::current_block = &block;
             emu::linear_tid = (int)t;
+            emu::mma_calls = 0;
             emu::thread_idx = uint3{t % bx, (t / bx) % by, t / (bx * by)};
             emu::block_dim = dim3{bx, by, bz};
             emu::grid_dim = dim3{gx, gy, gz};

@@ -32,6 +32,29 @@ pub struct GemmParams {
     pub c_batch: i32,
     pub alpha: f32,
     pub accumulate: i32,
+    pub k_split: i32,
+    pub k_chunk: i32,
+}
+
+/// Split K when a single product has fewer output tiles than this and
+/// K ≥ [`SPLIT_MIN_K`]: splits bring the blocks towards [`SPLIT_TARGET_BLOCKS`]
+/// (two per SM of a 132-SM H100), each summing at least [`SPLIT_MIN_CHUNK`] of K.
+/// Fixed numbers, not the device's: the result is the same on every GPU.
+const SPLIT_MAX_TILES: usize = 64;
+const SPLIT_MIN_K: usize = 2048;
+const SPLIT_TARGET_BLOCKS: usize = 264;
+const SPLIT_MIN_CHUNK: usize = 512;
+
+/// (splits, k_chunk) for an [M, K]·[K, N] product of `batch` entries; (1, K) when not split.
+pub fn k_splits(m: usize, n: usize, k: usize, batch: usize) -> (usize, usize) {
+    let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
+    if batch != 1 || tiles >= SPLIT_MAX_TILES || k < SPLIT_MIN_K {
+        return (1, k);
+    }
+    let want = SPLIT_TARGET_BLOCKS.div_ceil(tiles).min(k / SPLIT_MIN_CHUNK).max(1);
+    // chunks are whole K slices (16) so every block but the last does full slices
+    let chunk = k.div_ceil(want).div_ceil(16) * 16;
+    (k.div_ceil(chunk), chunk)
 }
 
 /// A batch of strided matrices in a CUDA buffer: element (i, j) of batch entry
@@ -122,12 +145,38 @@ pub fn gemm(a: MatView, b: MatView, c: MatView, batch: usize, alpha: f32, accumu
         c_batch: i(c.batch_stride)?,
         alpha,
         accumulate: accumulate as i32,
+        k_split: 0,
+        k_chunk: i(k)?,
     };
     for v in [&a, &b, &c] {
         i(v.end(batch))?;
     }
-    let cfg = LaunchConfig::grid([n.div_ceil(TILE), m.div_ceil(TILE), batch.min(GRID_YZ_MAX)], THREADS);
-    c.buf.backend().launch("gemm_tiled_f32", cfg, &[c.ptr(), a.ptr(), b.ptr(), Arg::pod(&p)])
+    let backend = c.buf.backend();
+    let (splits, chunk) = k_splits(m, n, k, batch);
+    if splits == 1 {
+        let cfg = LaunchConfig::grid([n.div_ceil(TILE), m.div_ceil(TILE), batch.min(GRID_YZ_MAX)], THREADS);
+        return backend.launch("gemm_tiled_f32", cfg, &[c.ptr(), a.ptr(), b.ptr(), Arg::pod(&p)]);
+    }
+    // split K: partial [M, N] slabs, one per split, then their sum in split order
+    let part = backend.alloc(splits * m * n)?;
+    let pp = GemmParams {
+        batch: i(splits)?,
+        a_batch: 0,
+        b_batch: 0,
+        c_row: p.n,
+        c_col: 1,
+        c_batch: i(m * n)?,
+        alpha: 1.0,
+        accumulate: 0,
+        k_split: 1,
+        k_chunk: i(chunk)?,
+        ..p
+    };
+    i(splits * m * n)?;
+    let cfg = LaunchConfig::grid([n.div_ceil(TILE), m.div_ceil(TILE), splits], THREADS);
+    backend.launch("gemm_tiled_f32", cfg, &[part.arg(), a.ptr(), b.ptr(), Arg::pod(&pp)])?;
+    let cfg = LaunchConfig::for_elems(m * n, 256);
+    backend.launch("gemm_sum_splits_f32", cfg, &[c.ptr(), part.arg(), Arg::I32(splits as i32), Arg::pod(&p)])
 }
 
 /// The single stride S with offset(z) = z·S for every row-major index z over

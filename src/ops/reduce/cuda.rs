@@ -39,9 +39,35 @@ pub fn sum_keepdim(x: &CudaBuffer, in_shape: &Shape, keep_shape: &Shape) -> Resu
         reduced: Strided1::new("sum", &red_dims, &red_strides)?,
         reduce_count: elems("sum", reduce_count)?,
     };
-    let cfg = LaunchConfig::blocks(out_count.min(65_535), 256);
-    x.backend().launch("reduce_sum", cfg, &[out.arg(), x.arg(), Arg::pod(&p), Arg::I32(elems("sum", out_count)?)])?;
+    let (splits, chunk) = sum_splits(out_count, reduce_count);
+    let backend = x.backend();
+    if splits == 1 {
+        let cfg = LaunchConfig::blocks(out_count.min(65_535), 256);
+        backend.launch("reduce_sum", cfg, &[out.arg(), x.arg(), Arg::pod(&p), Arg::I32(elems("sum", out_count)?)])?;
+        return Ok(out);
+    }
+    // partial sums in f64 (two f32 slots each), then their ordered sum
+    let part = backend.alloc(2 * out_count * splits)?;
+    let (n, s) = (elems("sum", out_count)?, elems("sum", splits)?);
+    let cfg = LaunchConfig::blocks((out_count * splits).min(65_535), 256);
+    backend.launch("reduce_sum_split", cfg, &[part.arg(), x.arg(), Arg::pod(&p), Arg::I32(n), Arg::I32(s), Arg::I32(elems("sum", chunk)?)])?;
+    backend.launch("reduce_sum_finish", LaunchConfig::for_elems(out_count, 256), &[out.arg(), part.arg(), Arg::I32(n), Arg::I32(s)])?;
     Ok(out)
+}
+
+/// Split each of `out_count` sums of `reduce_count` terms into chunks when
+/// the outputs alone would give fewer blocks than [`SPLIT_TARGET_BLOCKS`] and
+/// every chunk keeps ≥ [`SPLIT_MIN_CHUNK`] terms: (splits, chunk), (1, count)
+/// when not split. Fixed numbers: the same result on every GPU.
+pub fn sum_splits(out_count: usize, reduce_count: usize) -> (usize, usize) {
+    const SPLIT_TARGET_BLOCKS: usize = 528;
+    const SPLIT_MIN_CHUNK: usize = 4096;
+    if out_count >= SPLIT_TARGET_BLOCKS || reduce_count < 2 * SPLIT_MIN_CHUNK {
+        return (1, reduce_count);
+    }
+    let want = SPLIT_TARGET_BLOCKS.div_ceil(out_count).min(reduce_count / SPLIT_MIN_CHUNK).max(1);
+    let chunk = reduce_count.div_ceil(want);
+    (reduce_count.div_ceil(chunk), chunk)
 }
 
 /// Repeat `x` (shape `from`, same rank as `to`, dims equal or 1) to `to`.

@@ -1,0 +1,124 @@
+// Tensor-core products at f32 accuracy ("3xTF32"), for the tiled GEMM and the
+// implicit-GEMM convolution.
+//
+// A tensor core multiplies TF32 numbers (f32 with the mantissa cut to 10 bits)
+// and accumulates in f32. Splitting each f32 operand x into
+//   hi = tf32(x),  lo = tf32(x − hi)          (x = hi + lo to ~2⁻²² relative)
+// and summing three products
+//   a·b ≈ lo_a·hi_b + hi_a·lo_b + hi_a·hi_b   (lo_a·lo_b, ~2⁻²², is dropped)
+// gives f32-level accuracy at a third of TF32's rate, still well above the
+// f32 FMA pipes (H100: 495 dense TF32 TFLOP/s against 67 f32). The tensor
+// core rounds each mma's f32 sum towards zero, a bias that grows with every
+// instruction: the two small products go to their own accumulator (its
+// values are ~2⁻¹¹ of the main one, so its truncation is negligible) and the
+// two are added once at the end, which roughly thirds the error of one
+// shared accumulator (measured on an H100: 6e-5 on outputs of scale ~10 at K ≈ 200).
+//
+// The instruction is mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32: one warp
+// computes D[16×8] += A[16×8]·B[8×8]. Lane l holds, with g = l / 4, t = l % 4:
+//   A: a0 = A[g][t], a1 = A[g + 8][t], a2 = A[g][t + 4], a3 = A[g + 8][t + 4]
+//   B: b0 = B[t][g], b1 = B[t + 4][g]
+//   D: d0 = D[g][2t], d1 = D[g][2t + 1], d2 = D[g + 8][2t], d3 = D[g + 8][2t + 1]
+//
+// warp_slice_3xtf32 runs one K slice of 16 of a 64×64 block tile held in
+// shared memory as As[k][m], Bs[k][n] (the layout both kernels stage): the
+// block's 8 warps tile it 2 (m) × 4 (n), each warp owning 32 rows × 16
+// columns = 2 × 2 mma tiles, Acc::big[mi][ni][q] and Acc::small[..] as D's d_q
+// above; Acc::get adds the two.
+#pragma once
+
+namespace mma {
+
+// One warp's accumulators of a 64×64 block tile (see warp_slice_3xtf32).
+struct Acc {
+    float big[2][2][4];
+    float small[2][2][4];
+    __device__ __forceinline__ void zero() {
+#pragma unroll
+        for (int i = 0; i < 16; ++i) (&big[0][0][0])[i] = (&small[0][0][0])[i] = 0.0f;
+    }
+    __device__ __forceinline__ float get(int mi, int ni, int q) const { return big[mi][ni][q] + small[mi][ni][q]; }
+};
+
+// tf32(x): round to nearest, ties away from zero (cvt.rna.tf32.f32), as f32
+// bits with the 13 dropped mantissa bits zero.
+__device__ __forceinline__ unsigned int tf32(float x) {
+#if defined(MD_EMULATED)
+    unsigned int u = __float_as_uint(x);
+    if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;  // not for inf/NaN
+    return u & 0xffffe000u;
+#else
+    unsigned int r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r & 0xffffe000u;
+#endif
+}
+
+// x = hi + lo, both TF32.
+__device__ __forceinline__ void split(float x, unsigned int& hi, unsigned int& lo) {
+    hi = tf32(x);
+    lo = tf32(x - __uint_as_float(hi));
+}
+
+// big += hi_a·hi_b and small += lo_a·hi_b + hi_a·lo_b over one m16n8k8 tile
+// (fragments as above).
+__device__ __forceinline__ void mma_3xtf32(float (&big)[4], float (&small)[4], const unsigned int (&a_hi)[4],
+                                           const unsigned int (&a_lo)[4], const unsigned int (&b_hi)[2],
+                                           const unsigned int (&b_lo)[2]) {
+#if defined(MD_EMULATED)
+    emu::mma_m16n8k8_3xtf32(big, small, a_hi, a_lo, b_hi, b_lo);
+#else
+#define MD_MMA_TF32(D, A, B)                                                                                    \
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, " \
+                 "{%0,%1,%2,%3};"                                                                              \
+                 : "+f"(D[0]), "+f"(D[1]), "+f"(D[2]), "+f"(D[3])                                              \
+                 : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(B[0]), "r"(B[1]))
+    MD_MMA_TF32(small, a_lo, b_hi);
+    MD_MMA_TF32(small, a_hi, b_lo);
+    MD_MMA_TF32(big, a_hi, b_hi);
+#undef MD_MMA_TF32
+#endif
+}
+
+// acc += As[k0..k0+16][rows of this warp]ᵀ · Bs[k0..k0+16][columns of this warp]
+// for a block of 256 threads (8 warps, 2 × 4) on a 64×64 tile; LD is the row
+// length of As and Bs (≥ 64). Call with every thread of the block.
+template <int LD>
+__device__ __forceinline__ void warp_slice_3xtf32(const float (*As)[LD], const float (*Bs)[LD], Acc& acc) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int m_w = 32 * (warp % 2), n_w = 16 * (warp / 2);
+#pragma unroll
+    for (int k0 = 0; k0 < 16; k0 += 8) {
+        unsigned int a_hi[2][4], a_lo[2][4], b_hi[2][2], b_lo[2][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+            const int r = m_w + 16 * mi + g;
+            split(As[k0 + t][r], a_hi[mi][0], a_lo[mi][0]);
+            split(As[k0 + t][r + 8], a_hi[mi][1], a_lo[mi][1]);
+            split(As[k0 + t + 4][r], a_hi[mi][2], a_lo[mi][2]);
+            split(As[k0 + t + 4][r + 8], a_hi[mi][3], a_lo[mi][3]);
+        }
+#pragma unroll
+        for (int ni = 0; ni < 2; ++ni) {
+            const int c = n_w + 8 * ni + g;
+            split(Bs[k0 + t][c], b_hi[ni][0], b_lo[ni][0]);
+            split(Bs[k0 + t + 4][c], b_hi[ni][1], b_lo[ni][1]);
+        }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 2; ++ni)
+                mma_3xtf32(acc.big[mi][ni], acc.small[mi][ni], a_hi[mi], a_lo[mi], b_hi[ni], b_lo[ni]);
+    }
+}
+
+// The tile coordinates (row, column within the block's 64×64 tile) of acc[mi][ni][q].
+__device__ __forceinline__ int acc_row(int mi, int q) {
+    return 32 * ((threadIdx.x / 32) % 2) + 16 * mi + (threadIdx.x % 32) / 4 + 8 * (q / 2);
+}
+__device__ __forceinline__ int acc_col(int ni, int q) {
+    return 16 * ((threadIdx.x / 32) / 2) + 8 * ni + 2 * (threadIdx.x % 4) + (q % 2);
+}
+
+}  // namespace mma
