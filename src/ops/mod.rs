@@ -9,6 +9,7 @@ pub mod batch_norm;
 pub mod binary;
 pub mod conv2d;
 pub mod diffusion;
+pub mod fast_math;
 pub mod group_norm;
 pub mod layout;
 pub mod loss;

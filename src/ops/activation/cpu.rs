@@ -2,6 +2,7 @@
 
 use super::Activation;
 use crate::ops::PARALLEL_THRESHOLD;
+use crate::ops::fast_math::{self, map, map2};
 use rayon::prelude::*;
 
 impl Activation {
@@ -10,7 +11,7 @@ impl Activation {
     pub fn apply(self, x: f32) -> f32 {
         match self {
             // silu(x) = x·σ(x)
-            Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::Silu => x / (1.0 + fast_math::exp(-x)),
             Activation::Relu => x.max(0.0),
             Activation::LeakyRelu { slope } => {
                 if x > 0.0 { x } else { slope * x }
@@ -26,7 +27,7 @@ impl Activation {
         match self {
             // d/dx x·σ(x) = σ(x)·(1 + x·(1 − σ(x)))
             Activation::Silu => {
-                let s = 1.0 / (1.0 + (-x).exp());
+                let s = fast_math::sigmoid(x);
                 s * (1.0 + x * (1.0 - s))
             }
             Activation::Relu => {
@@ -40,18 +41,16 @@ impl Activation {
 }
 
 pub fn forward(act: Activation, x: &[f32]) -> Vec<f32> {
-    if x.len() >= PARALLEL_THRESHOLD {
-        x.par_iter().map(|&v| act.apply(v)).collect()
-    } else {
-        x.iter().map(|&v| act.apply(v)).collect()
-    }
+    let mut y = vec![0.0; x.len()];
+    y.par_chunks_mut(PARALLEL_THRESHOLD).zip(x.par_chunks(PARALLEL_THRESHOLD)).for_each(|(y, x)| map(y, x, |v| act.apply(v)));
+    y
 }
 
 /// dx = dy · f'(x).
 pub fn backward(act: Activation, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    if x.len() >= PARALLEL_THRESHOLD {
-        x.par_iter().zip(dy.par_iter()).map(|(&v, &g)| g * act.derivative(v)).collect()
-    } else {
-        x.iter().zip(dy).map(|(&v, &g)| g * act.derivative(v)).collect()
-    }
+    let mut dx = vec![0.0; x.len()];
+    dx.par_chunks_mut(PARALLEL_THRESHOLD)
+        .zip(x.par_chunks(PARALLEL_THRESHOLD).zip(dy.par_chunks(PARALLEL_THRESHOLD)))
+        .for_each(|(dx, (x, dy))| map2(dx, x, dy, |v, g| g * act.derivative(v)));
+    dx
 }

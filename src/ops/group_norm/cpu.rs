@@ -90,9 +90,7 @@ fn forward_act(
                 let shift = bias.map_or(0.0, |b| b[ch]);
                 let (yc, xc) = (&mut yg[ci * s..(ci + 1) * s], &xg[ci * s..(ci + 1) * s]);
                 if silu {
-                    for (yv, &xv) in yc.iter_mut().zip(xc) {
-                        *yv = Activation::Silu.apply((xv - mu) * scale + shift);
-                    }
+                    crate::ops::fast_math::map(yc, xc, |xv| Activation::Silu.apply((xv - mu) * scale + shift));
                 } else {
                     for (yv, &xv) in yc.iter_mut().zip(xc) {
                         *yv = (xv - mu) * scale + shift;
@@ -203,10 +201,9 @@ pub fn silu_grad(
             let ch = g * cg + ci;
             let (gm, bt) = (weight.map_or(1.0, |w| w[ch]), bias.map_or(0.0, |b| b[ch]));
             let range = ci * s..(ci + 1) * s;
-            for ((o, &dv), &xv) in dzg[range.clone()].iter_mut().zip(&dyg[range.clone()]).zip(&xg[range]) {
-                let xhat = (xv - mu) * rs;
-                *o = dv * Activation::Silu.derivative(xhat * gm + bt);
-            }
+            crate::ops::fast_math::map2(&mut dzg[range.clone()], &dyg[range.clone()], &xg[range], |dv, xv| {
+                dv * Activation::Silu.derivative((xv - mu) * rs * gm + bt)
+            });
         }
     });
     dz

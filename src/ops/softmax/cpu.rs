@@ -12,14 +12,11 @@ pub fn forward(x: &[f32], cols: usize) -> Vec<f32> {
 }
 
 pub fn softmax_row_in_place(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut total = 0.0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        total += *v;
-    }
-    let inv = 1.0 / total;
-    row.iter_mut().for_each(|v| *v *= inv);
+    use crate::ops::fast_math;
+    let max = fast_math::max(row);
+    fast_math::map_in_place(row, |v| fast_math::exp(v - max));
+    let inv = 1.0 / fast_math::sum(row);
+    fast_math::map_in_place(row, |v| v * inv);
 }
 
 /// dx = y ⊙ (dy − Σ_j dy_j·y_j), row-wise.
