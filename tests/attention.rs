@@ -45,3 +45,26 @@ fn attention_grad() {
         GradTol::default(),
     );
 }
+
+#[test]
+fn columns_layout_is_attention_of_the_transposes() {
+    // q [B, H, D, Lq], k [B, H, D, Lk], v [B, H, Dv, Lk] → o [B, H, Dv, Lq]
+    let (q, k, v) = (tensor(&[2, 3, 4, 5], 21), tensor(&[2, 3, 4, 6], 22), tensor(&[2, 3, 3, 6], 23));
+    let t = |x: &Tensor| ops::transpose(x, 2, 3).unwrap();
+    let want = t(&ops::attention(&t(&q), &t(&k), &t(&v), 0.6).unwrap());
+    let got = ops::attention_columns(&q, &k, &v, 0.6).unwrap();
+    assert_eq!(got.dims(), &[2, 3, 3, 5]);
+    assert_close("attention_columns", &got.to_vec(), &want.to_vec(), 1e-6, 1e-5);
+    // Lk of k and v must agree along their last dim now
+    assert!(ops::attention_columns(&q, &k, &tensor(&[2, 3, 3, 5], 24), 1.0).is_err());
+}
+
+#[test]
+fn attention_columns_grad() {
+    grad_check(
+        "attention_columns",
+        &[&[2, 2, 4, 5], &[2, 2, 4, 6], &[2, 2, 3, 6]],
+        |x| ops::attention_columns(&x[0], &x[1], &x[2], 0.5),
+        GradTol::default(),
+    );
+}

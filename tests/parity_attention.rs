@@ -41,6 +41,13 @@ fn attention_parity() {
     );
     // rank 2 (a single head, batch 1)
     parity_check("attention_2d", &[&[9, 3], &[11, 3], &[11, 2]], |x| ops::attention(&x[0], &x[1], &x[2], 0.7), ParityTol::REDUCTION);
+    // channels-first sequences (the UNet's layout): q [B, H, D, Lq], k [B, H, D, Lk], v [B, H, Dv, Lk]
+    parity_check(
+        "attention_columns",
+        &[&[2, 3, 4, 7], &[2, 3, 4, 70], &[2, 3, 6, 70]],
+        |x| ops::attention_columns(&x[0], &x[1], &x[2], 0.5),
+        ParityTol::REDUCTION,
+    );
 }
 
 #[test]

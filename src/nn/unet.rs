@@ -322,23 +322,33 @@ impl AttentionBlock {
         })
     }
 
+    /// diffusers' Attention on a feature map, computed channels-first: with
+    /// X = groupnorm(x) as [B, C, HW], Qᵀ = W_q·X + b_q is [B, inner, HW] =
+    /// [B, heads, D, HW] as it lies, so the heads need no permute; attention on
+    /// transposed sequences gives Oᵀ [B, heads, D, HW] = [B, inner, HW], and
+    /// W_out·Oᵀ + b_out is already [B, C, H, W]. The same products as
+    /// diffusers' token-major layout, none of its transposes.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
         let pixels = h * w;
-        // [B, C, H, W] → normalised → [B, HW, C]
-        let normed = self.group_norm.forward(x)?;
-        let seq = ops::transpose(&ops::reshape(&normed, [b, c, pixels])?, 1, 2)?;
+        let normed = ops::reshape(&self.group_norm.forward(x)?, [b, c, pixels])?;
         let inner = self.to_q.weight.dims()[0];
         let head_dim = inner / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> { ops::permute(&ops::reshape(&t, [b, pixels, self.heads, head_dim])?, &[0, 2, 1, 3]) };
-        let q = split(self.to_q.forward(&seq)?)?;
-        let k = split(self.to_k.forward(&seq)?)?;
-        let v = split(self.to_v.forward(&seq)?)?;
-        let o = ops::attention(&q, &k, &v, 1.0 / (head_dim as f32).sqrt())?;
-        let o = ops::reshape(&ops::permute(&o, &[0, 2, 1, 3])?, [b, pixels, inner])?;
-        let o = self.to_out.forward(&o)?;
-        let o = ops::reshape(&ops::transpose(&o, 1, 2)?, [b, c, h, w])?;
-        let out = ops::add(&o, x)?;
+        // W·X (+ b as a column) for one of the block's linear layers
+        let project = |layer: &Linear, input: &Tensor| -> Result<Tensor> {
+            let y = ops::matmul(&layer.weight, input)?;
+            match &layer.bias {
+                Some(bias) => ops::add(&y, &ops::reshape(bias, [bias.numel(), 1])?),
+                None => Ok(y),
+            }
+        };
+        let heads = |t: Tensor| ops::reshape(&t, [b, self.heads, head_dim, pixels]);
+        let q = heads(project(&self.to_q, &normed)?)?;
+        let k = heads(project(&self.to_k, &normed)?)?;
+        let v = heads(project(&self.to_v, &normed)?)?;
+        let o = ops::attention_columns(&q, &k, &v, 1.0 / (head_dim as f32).sqrt())?;
+        let o = project(&self.to_out, &ops::reshape(&o, [b, inner, pixels])?)?;
+        let out = ops::add(&ops::reshape(&o, [b, c, h, w])?, x)?;
         if self.rescale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.rescale) }
     }
 }

@@ -21,7 +21,7 @@ pub mod softmax;
 pub mod timestep_embedding;
 
 pub use activation::{Activation, activation, general_relu, leaky_relu, relu, silu};
-pub use attention::attention;
+pub use attention::{attention, attention_columns};
 pub use batch_norm::{BatchNormMode, batch_norm};
 pub use binary::{add, add_scalar, affine, div, mul, mul_scalar, sub};
 pub use conv2d::{Conv2dParams, conv2d};

@@ -1,5 +1,8 @@
 //! Scaled dot-product attention, one (batch, head) slice per rayon task (CPU reference).
-//! Shapes per slice: q [Lq, D], k [Lk, D], v [Lk, Dv], p [Lq, Lk], o [Lq, Dv].
+//! Shapes per slice: q [Lq, D], k [Lk, D], v [Lk, Dv], p [Lq, Lk], o [Lq, Dv]
+//! (Layout::Rows), or each sequence operand transposed, q [D, Lq], k [D, Lk],
+//! v [Dv, Lk], o [Dv, Lq] (Layout::Columns: the UNet's channels-first feature
+//! maps, no permutes); p is [Lq, Lk] either way.
 
 use crate::ops::matmul::cpu::{MatRef, gemm};
 use crate::ops::softmax::cpu::{softmax_row_backward, softmax_row_in_place};
@@ -15,21 +18,48 @@ pub struct Dims {
     pub dv: usize,
 }
 
+/// How q, k, v, o (and their gradients) lie in memory per batch entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// [L, D]: one row per sequence position.
+    Rows,
+    /// [D, L]: one row per feature (channels-first).
+    Columns,
+}
+
+impl Layout {
+    /// Entry `b` of a batch of [l, d] sequence matrices, as an [l, d] view.
+    fn view(self, data: &[f32], b: usize, l: usize, d: usize) -> MatRef<'_> {
+        let slice = &data[b * l * d..(b + 1) * l * d];
+        match self {
+            Layout::Rows => MatRef::rows(slice, l, d),
+            Layout::Columns => MatRef::rows(slice, d, l).t(),
+        }
+    }
+
+    /// out = a·b for an [l, d] result stored in this layout (as (a·b)ᵀ = bᵀ·aᵀ
+    /// into [d, l] for Columns).
+    fn product(self, a: MatRef, b: MatRef, out: &mut [f32]) {
+        match self {
+            Layout::Rows => gemm(a, b, out, b.cols, false, false),
+            Layout::Columns => gemm(b.t(), a.t(), out, a.rows, false, false),
+        }
+    }
+}
+
 /// P = softmax(scale·Q·Kᵀ) row-wise, O = P·V. Returns (O, P); P is kept for backward.
-pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> (Vec<f32>, Vec<f32>) {
+pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scale: f32) -> (Vec<f32>, Vec<f32>) {
     let Dims { batch, lq, lk, d, dv } = dims;
     let mut o = vec![0.0; batch * lq * dv];
     let mut p = vec![0.0; batch * lq * lk];
     o.par_chunks_mut(lq * dv).zip(p.par_chunks_mut(lq * lk)).enumerate().for_each(|(b, (o, p))| {
-        let qb = MatRef::rows(&q[b * lq * d..(b + 1) * lq * d], lq, d);
-        let kb = MatRef::rows(&k[b * lk * d..(b + 1) * lk * d], lk, d);
-        let vb = MatRef::rows(&v[b * lk * dv..(b + 1) * lk * dv], lk, dv);
+        let (qb, kb, vb) = (layout.view(q, b, lq, d), layout.view(k, b, lk, d), layout.view(v, b, lk, dv));
         gemm(qb, kb.t(), p, lk, false, false);
         for row in p.chunks_mut(lk) {
             row.iter_mut().for_each(|s| *s *= scale);
             softmax_row_in_place(row);
         }
-        gemm(MatRef::rows(p, lq, lk), vb, o, dv, false, false);
+        layout.product(MatRef::rows(p, lq, lk), vb, o);
     });
     (o, p)
 }
@@ -37,7 +67,17 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> (Vec<
 /// Gradients (dQ, dK, dV) from dO and the saved P:
 ///   dV = Pᵀ·dO;  dP = dO·Vᵀ;  dS = P ⊙ (dP − rowsum(dP ⊙ P));
 ///   dQ = scale·dS·K;  dK = scale·dSᵀ·Q.
-pub fn backward(q: &[f32], k: &[f32], v: &[f32], p: &[f32], d_o: &[f32], dims: Dims, scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    p: &[f32],
+    d_o: &[f32],
+    dims: Dims,
+    layout: Layout,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let Dims { batch, lq, lk, d, dv } = dims;
     let mut dq = vec![0.0; batch * lq * d];
     let mut dk = vec![0.0; batch * lk * d];
@@ -47,22 +87,20 @@ pub fn backward(q: &[f32], k: &[f32], v: &[f32], p: &[f32], d_o: &[f32], dims: D
         .zip(dvv.par_chunks_mut(lk * dv))
         .enumerate()
         .for_each(|(b, ((dq, dk), dvb))| {
-            let qb = MatRef::rows(&q[b * lq * d..(b + 1) * lq * d], lq, d);
-            let kb = MatRef::rows(&k[b * lk * d..(b + 1) * lk * d], lk, d);
-            let vb = MatRef::rows(&v[b * lk * dv..(b + 1) * lk * dv], lk, dv);
-            let pb = &p[b * lq * lk..(b + 1) * lq * lk];
-            let dob = MatRef::rows(&d_o[b * lq * dv..(b + 1) * lq * dv], lq, dv);
-            gemm(MatRef::rows(pb, lq, lk).t(), dob, dvb, dv, false, false);
+            let (qb, kb, vb) = (layout.view(q, b, lq, d), layout.view(k, b, lk, d), layout.view(v, b, lk, dv));
+            let pb = MatRef::rows(&p[b * lq * lk..(b + 1) * lq * lk], lq, lk);
+            let dob = layout.view(d_o, b, lq, dv);
+            layout.product(pb.t(), dob, dvb);
             let mut dp = vec![0.0; lq * lk];
             gemm(dob, vb.t(), &mut dp, lk, false, false);
             let mut ds = vec![0.0; lq * lk];
-            for ((ds, dp), p) in ds.chunks_mut(lk).zip(dp.chunks(lk)).zip(pb.chunks(lk)) {
+            for ((ds, dp), p) in ds.chunks_mut(lk).zip(dp.chunks(lk)).zip(pb.data.chunks(lk)) {
                 softmax_row_backward(p, dp, ds);
                 ds.iter_mut().for_each(|x| *x *= scale);
             }
             let ds = MatRef::rows(&ds, lq, lk);
-            gemm(ds, kb, dq, d, false, false);
-            gemm(ds.t(), qb, dk, d, false, false);
+            layout.product(ds, kb, dq);
+            layout.product(ds.t(), qb, dk);
         });
     (dq, dk, dvv)
 }

@@ -1,32 +1,51 @@
 //! Attention on CUDA, the CPU twin's steps as launches: the products are the
 //! tiled GEMM of kernels/gemm.cu (batched over the leading dims, transposes by
 //! strides), the softmax is the warp-per-row kernel of kernels/attention.cu.
-//! Shapes per batch entry: q [Lq, D], k [Lk, D], v [Lk, Dv], p [Lq, Lk], o [Lq, Dv].
+//! Shapes per batch entry as in the CPU twin: q [Lq, D], k [Lk, D], v [Lk, Dv],
+//! o [Lq, Dv] for Layout::Rows, each transposed for Layout::Columns; p [Lq, Lk].
 
-use super::cpu::Dims;
+use super::cpu::{Dims, Layout};
 use crate::device::cuda::CudaBuffer;
 use crate::error::Result;
 use crate::ops::matmul::cuda::{MatView, gemm};
 use crate::ops::softmax::cuda as softmax;
 
+/// The batch of [l, d] sequence matrices in `buf`, as [l, d] views.
+fn view(layout: Layout, buf: &CudaBuffer, l: usize, d: usize) -> MatView<'_> {
+    match layout {
+        Layout::Rows => MatView::rows(buf, l, d),
+        Layout::Columns => MatView::rows(buf, d, l).t(),
+    }
+}
+
+/// out = a·b (per batch entry) for an [l, d] result stored in `layout`:
+/// (a·b)ᵀ = bᵀ·aᵀ into [d, l] for Columns, so every write is a plain row.
+fn product(layout: Layout, a: MatView, b: MatView, out: &CudaBuffer, batch: usize, alpha: f32) -> Result<()> {
+    match layout {
+        Layout::Rows => gemm(a, b, MatView::rows(out, a.rows, b.cols), batch, alpha, false),
+        Layout::Columns => gemm(b.t(), a.t(), MatView::rows(out, b.cols, a.rows), batch, alpha, false),
+    }
+}
+
 /// P = softmax(scale·Q·Kᵀ) row-wise, O = P·V. Returns (O, P); P is kept for backward.
-pub fn forward(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32) -> Result<(CudaBuffer, CudaBuffer)> {
+pub fn forward(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, layout: Layout, scale: f32) -> Result<(CudaBuffer, CudaBuffer)> {
     let Dims { batch, lq, lk, d, dv } = dims;
     let backend = q.backend();
     let p = backend.alloc(batch * lq * lk)?;
     let o = backend.alloc(batch * lq * dv)?;
     // S = scale·Q·Kᵀ, into P's buffer
-    gemm(MatView::rows(q, lq, d), MatView::rows(k, lk, d).t(), MatView::rows(&p, lq, lk), batch, scale, false)?;
+    gemm(view(layout, q, lq, d), view(layout, k, lk, d).t(), MatView::rows(&p, lq, lk), batch, scale, false)?;
     // P = softmax(S), in place
     softmax::forward_into(&p, &p, lk)?;
     // O = P·V
-    gemm(MatView::rows(&p, lq, lk), MatView::rows(v, lk, dv), MatView::rows(&o, lq, dv), batch, 1.0, false)?;
+    product(layout, MatView::rows(&p, lq, lk), view(layout, v, lk, dv), &o, batch, 1.0)?;
     Ok((o, p))
 }
 
 /// Gradients (dQ, dK, dV) from dO and the saved P:
 ///   dV = Pᵀ·dO;  dP = dO·Vᵀ;  dS = scale·P ⊙ (dP − rowsum(dP ⊙ P));
 ///   dQ = dS·K;  dK = dSᵀ·Q   (scale folded into dS once, as the CPU twin does).
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     q: &CudaBuffer,
     k: &CudaBuffer,
@@ -34,6 +53,7 @@ pub fn backward(
     p: &CudaBuffer,
     d_o: &CudaBuffer,
     dims: Dims,
+    layout: Layout,
     scale: f32,
 ) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
     let Dims { batch, lq, lk, d, dv } = dims;
@@ -41,16 +61,16 @@ pub fn backward(
     let (dq, dk, dvv, dp) =
         (backend.alloc(batch * lq * d)?, backend.alloc(batch * lk * d)?, backend.alloc(batch * lk * dv)?, backend.alloc(batch * lq * lk)?);
     let p_view = MatView::rows(p, lq, lk);
-    let do_view = MatView::rows(d_o, lq, dv);
+    let do_view = view(layout, d_o, lq, dv);
     // dV = Pᵀ·dO
-    gemm(p_view.t(), do_view, MatView::rows(&dvv, lk, dv), batch, 1.0, false)?;
+    product(layout, p_view.t(), do_view, &dvv, batch, 1.0)?;
     // dP = dO·Vᵀ
-    gemm(do_view, MatView::rows(v, lk, dv).t(), MatView::rows(&dp, lq, lk), batch, 1.0, false)?;
+    gemm(do_view, view(layout, v, lk, dv).t(), MatView::rows(&dp, lq, lk), batch, 1.0, false)?;
     // dS = scale·P ⊙ (dP − rowsum(dP ⊙ P))
     let ds = softmax::backward_scaled(p, &dp, lk, scale)?;
     let ds_view = MatView::rows(&ds, lq, lk);
     // dQ = dS·K,  dK = dSᵀ·Q
-    gemm(ds_view, MatView::rows(k, lk, d), MatView::rows(&dq, lq, d), batch, 1.0, false)?;
-    gemm(ds_view.t(), MatView::rows(q, lq, d), MatView::rows(&dk, lk, d), batch, 1.0, false)?;
+    product(layout, ds_view, view(layout, k, lk, d), &dq, batch, 1.0)?;
+    product(layout, ds_view.t(), view(layout, q, lq, d), &dk, batch, 1.0)?;
     Ok((dq, dk, dvv))
 }

@@ -1,10 +1,15 @@
 //! Multi-head scaled dot-product attention: O = softmax(scale·Q·Kᵀ)·V over the
 //! last two dims of q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv]; leading
-//! dims (batch, heads) must agree. In the UNet the sequence is the pixels of a
-//! feature map: the attention block reshapes [B, C, H, W] to [B, heads, H·W, C/heads].
+//! dims (batch, heads) must agree. [`attention_columns`] takes the same with
+//! each sequence operand transposed, q [..., D, Lq], k [..., D, Lk],
+//! v [..., Dv, Lk] → o [..., Dv, Lq]: the UNet's attention block hands it its
+//! channels-first feature maps, [B, C, H, W] read as [B, heads, C/heads, H·W],
+//! so no permute copies are made.
 
 pub mod cpu;
 pub mod cuda;
+
+pub use cpu::Layout;
 
 use crate::autograd::Node;
 use crate::device::Device;
@@ -13,29 +18,46 @@ use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 
 /// Attention with an explicit `scale` (use 1/√D for the standard form).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    attention_in(q, k, v, scale, Layout::Rows)
+}
+
+/// [`attention`] on transposed sequences: q [..., D, Lq], k [..., D, Lk],
+/// v [..., Dv, Lk] give o [..., Dv, Lq] (= attention(qᵀ, kᵀ, vᵀ)ᵀ).
+pub fn attention_columns(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    attention_in(q, k, v, scale, Layout::Columns)
+}
+
+fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) -> Result<Tensor> {
     let device = Tensor::common_device("attention", &[q, k, v])?;
     let r = q.rank();
     if r < 2 || k.rank() != r || v.rank() != r {
         return shape_err("attention", format!("q {}, k {}, v {} need equal ranks ≥ 2", q.shape(), k.shape(), v.shape()));
     }
+    // (sequence length, features) of an operand's last two dims
+    let seq = |t: &Tensor| match layout {
+        Layout::Rows => (t.dims()[r - 2], t.dims()[r - 1]),
+        Layout::Columns => (t.dims()[r - 1], t.dims()[r - 2]),
+    };
     let lead = &q.dims()[..r - 2];
-    let (lq, d) = (q.dims()[r - 2], q.dims()[r - 1]);
-    let (lk, dv) = (k.dims()[r - 2], v.dims()[r - 1]);
-    if &k.dims()[..r - 2] != lead || &v.dims()[..r - 2] != lead || k.dims()[r - 1] != d || v.dims()[r - 2] != lk {
+    let ((lq, d), (lk, dk), (lv, dv)) = (seq(q), seq(k), seq(v));
+    if &k.dims()[..r - 2] != lead || &v.dims()[..r - 2] != lead || dk != d || lv != lk {
         return shape_err("attention", format!("q {}, k {}, v {} do not fit together", q.shape(), k.shape(), v.shape()));
     }
     let dims = cpu::Dims { batch: lead.iter().product(), lq, lk, d, dv };
     let mut out_dims = lead.to_vec();
-    out_dims.extend([lq, dv]);
+    out_dims.extend(match layout {
+        Layout::Rows => [lq, dv],
+        Layout::Columns => [dv, lq],
+    });
     let (storage, probs) = match device {
         Device::Cpu => {
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
-            let (o, p) = cpu::forward(sq.cpu_f32("attention")?, sk.cpu_f32("attention")?, sv.cpu_f32("attention")?, dims, scale);
+            let (o, p) = cpu::forward(sq.cpu_f32("attention")?, sk.cpu_f32("attention")?, sv.cpu_f32("attention")?, dims, layout, scale);
             (cpu_f32_storage(o), cpu_f32_storage(p))
         }
         Device::Cuda(_) => {
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
-            let (o, p) = cuda::forward(sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?, dims, scale)?;
+            let (o, p) = cuda::forward(sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?, dims, layout, scale)?;
             (Storage::Cuda(o), Storage::Cuda(p))
         }
     };
@@ -55,6 +77,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tenso
                         sp.cpu_f32(name)?,
                         sg.cpu_f32(name)?,
                         dims,
+                        layout,
                         scale,
                     );
                     (cpu_f32_storage(dq), cpu_f32_storage(dk), cpu_f32_storage(dv))
@@ -63,7 +86,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tenso
                     let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), probs.storage(), g.storage());
                     let name = "attention_backward";
                     let (dq, dk, dv) =
-                        cuda::backward(sq.cuda(name)?, sk.cuda(name)?, sv.cuda(name)?, sp.cuda(name)?, sg.cuda(name)?, dims, scale)?;
+                        cuda::backward(sq.cuda(name)?, sk.cuda(name)?, sv.cuda(name)?, sp.cuda(name)?, sg.cuda(name)?, dims, layout, scale)?;
                     (Storage::Cuda(dq), Storage::Cuda(dk), Storage::Cuda(dv))
                 }
             };
