@@ -68,3 +68,12 @@ fn attention_columns_grad() {
         GradTol::default(),
     );
 }
+
+#[test]
+fn inference_without_saved_probabilities_gives_the_same_output() {
+    // under no_grad the CPU op keeps no P and reuses one scratch per task
+    let (q, k, v) = (tensor(&[3, 2, 4, 9], 31), tensor(&[3, 2, 4, 7], 32), tensor(&[3, 2, 5, 7], 33));
+    let with_tape = ops::attention_columns(&q.detach().requires_grad_(), &k, &v, 0.4).unwrap().to_vec();
+    let inference = minidiffusion::no_grad(|| ops::attention_columns(&q, &k, &v, 0.4)).unwrap().to_vec();
+    assert_eq!(with_tape, inference);
+}

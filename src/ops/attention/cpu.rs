@@ -5,7 +5,7 @@
 //! maps, no permutes); p is [Lq, Lk] either way.
 
 use crate::ops::matmul::cpu::{MatRef, gemm};
-use crate::ops::softmax::cpu::{softmax_row_backward, softmax_row_in_place};
+use crate::ops::softmax::cpu::{softmax_row_backward, softmax_row_scaled_in_place};
 use rayon::prelude::*;
 
 /// Sizes of one attention problem.
@@ -49,19 +49,34 @@ impl Layout {
 
 /// P = softmax(scale·Q·Kᵀ) row-wise, O = P·V. Returns (O, P); P is kept for backward.
 pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scale: f32) -> (Vec<f32>, Vec<f32>) {
-    let Dims { batch, lq, lk, d, dv } = dims;
+    let Dims { batch, lq, lk, dv, .. } = dims;
     let mut o = vec![0.0; batch * lq * dv];
     let mut p = vec![0.0; batch * lq * lk];
     o.par_chunks_mut(lq * dv).zip(p.par_chunks_mut(lq * lk)).enumerate().for_each(|(b, (o, p))| {
-        let (qb, kb, vb) = (layout.view(q, b, lq, d), layout.view(k, b, lk, d), layout.view(v, b, lk, dv));
-        gemm(qb, kb.t(), p, lk, false, false);
-        for row in p.chunks_mut(lk) {
-            row.iter_mut().for_each(|s| *s *= scale);
-            softmax_row_in_place(row);
-        }
-        layout.product(MatRef::rows(p, lq, lk), vb, o);
+        forward_one(q, k, v, dims, layout, scale, b, p, o);
     });
     (o, p)
+}
+
+/// [`forward`] without keeping P (inference): each task reuses one [Lq, Lk]
+/// scratch, which stays in cache between the two products.
+pub fn forward_output(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scale: f32) -> Vec<f32> {
+    let Dims { batch, lq, lk, dv, .. } = dims;
+    let mut o = vec![0.0; batch * lq * dv];
+    o.par_chunks_mut(lq * dv)
+        .enumerate()
+        .for_each_init(|| vec![0.0; lq * lk], |p, (b, o)| forward_one(q, k, v, dims, layout, scale, b, p, o));
+    o
+}
+
+/// Batch entry b: p = softmax(scale·Q_b·K_bᵀ), o = p·V_b.
+#[allow(clippy::too_many_arguments)]
+fn forward_one(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scale: f32, b: usize, p: &mut [f32], o: &mut [f32]) {
+    let Dims { lq, lk, d, dv, .. } = dims;
+    let (qb, kb, vb) = (layout.view(q, b, lq, d), layout.view(k, b, lk, d), layout.view(v, b, lk, dv));
+    gemm(qb, kb.t(), p, lk, false, false);
+    p.chunks_mut(lk).for_each(|row| softmax_row_scaled_in_place(row, scale));
+    layout.product(MatRef::rows(p, lq, lk), vb, o);
 }
 
 /// Gradients (dQ, dK, dV) from dO and the saved P:

@@ -44,6 +44,7 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
         return shape_err("attention", format!("q {}, k {}, v {} do not fit together", q.shape(), k.shape(), v.shape()));
     }
     let dims = cpu::Dims { batch: lead.iter().product(), lq, lk, d, dv };
+    let keep_probs = crate::autograd::is_grad_enabled() && [q, k, v].iter().any(|t| t.requires_grad());
     let mut out_dims = lead.to_vec();
     out_dims.extend(match layout {
         Layout::Rows => [lq, dv],
@@ -52,8 +53,14 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
     let (storage, probs) = match device {
         Device::Cpu => {
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
-            let (o, p) = cpu::forward(sq.cpu_f32("attention")?, sk.cpu_f32("attention")?, sv.cpu_f32("attention")?, dims, layout, scale);
-            (cpu_f32_storage(o), cpu_f32_storage(p))
+            let (q, k, v) = (sq.cpu_f32("attention")?, sk.cpu_f32("attention")?, sv.cpu_f32("attention")?);
+            if keep_probs {
+                let (o, p) = cpu::forward(q, k, v, dims, layout, scale);
+                (cpu_f32_storage(o), cpu_f32_storage(p))
+            } else {
+                // no backward will run: P is not kept (the node is never built)
+                (cpu_f32_storage(cpu::forward_output(q, k, v, dims, layout, scale)), cpu_f32_storage(Vec::new()))
+            }
         }
         Device::Cuda(_) => {
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
