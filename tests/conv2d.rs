@@ -195,3 +195,15 @@ fn conv2d_shape_errors_return_err() {
     let r = conv2d(&x, &Tensor::zeros([2, 3, 3, 3]), None, params(0, 0));
     assert!(matches!(r, Err(Error::Argument { op: "conv2d", .. })), "{r:?}");
 }
+
+#[test]
+fn conv2d_grad_check_stride1_input_gradient_as_a_convolution() {
+    // stride 1, square kernels: dx is computed as a forward convolution with the
+    // flipped, transposed weight (padding KH − 1 − p); every padding it allows
+    // (small shapes: the f32 forward's rounding, summed over many outputs, is
+    // the finite differences' noise floor)
+    grad_check("conv2d k3 s1 p1", &[&[2, 2, 5, 4], &[3, 2, 3, 3]], |t| conv2d(&t[0], &t[1], None, params(1, 1)), GradTol::default());
+    grad_check("conv2d k3 s1 p0", &[&[1, 2, 5, 6], &[2, 2, 3, 3]], |t| conv2d(&t[0], &t[1], None, params(1, 0)), GradTol::default());
+    grad_check("conv2d k3 s1 p2", &[&[1, 2, 4, 3], &[2, 2, 3, 3]], |t| conv2d(&t[0], &t[1], None, params(1, 2)), GradTol::default());
+    grad_check("conv2d k2 s1 p1", &[&[2, 2, 4, 5], &[2, 2, 2, 2]], |t| conv2d(&t[0], &t[1], None, params(1, 1)), GradTol::default());
+}

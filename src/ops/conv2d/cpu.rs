@@ -178,8 +178,12 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvG
     out
 }
 
-/// dX [N, C, H, W]: dX_n = col2im(Wᵀ · dY_n).
+/// dX [N, C, H, W]: dX_n = col2im(Wᵀ · dY_n), or for a stride-1 square
+/// kernel the forward convolution that equals it (see [`input_grad_as_conv`]).
 pub fn conv2d_backward_input(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> {
+    if g.stride == 1 && g.kh == g.kw && g.kh > 1 && g.pad < g.kh && g.oh > 0 && g.ow > 0 {
+        return input_grad_as_conv(dy, weight, g);
+    }
     let (k, p) = (g.k(), g.p());
     let mut dx = vec![0.0; g.n * g.x_len()];
     let scratch = if g.is_pointwise() { 0 } else { k * p };
@@ -196,6 +200,28 @@ pub fn conv2d_backward_input(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f3
         }
     });
     dx
+}
+
+/// Stride 1: dx[c, iy, ix] = Σ_{oc, kh, kw} W[oc, c, kh, kw]·dy[oc, iy + p − kh, ix + p − kw],
+/// which with kh' = KH − 1 − kh is a forward convolution of dy with
+///   W'[c, oc, kh', kw'] = W[oc, c, KH − 1 − kh', KW − 1 − kw'],  padding KH − 1 − p,
+/// whose output is H × W again. im2col gathers where col2im would scatter-add.
+fn input_grad_as_conv(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let kk = g.kh * g.kw;
+    let mut flipped = vec![0.0; weight.len()];
+    for oc in 0..g.oc {
+        for c in 0..g.c {
+            let src = &weight[(oc * g.c + c) * kk..][..kk];
+            let dst = &mut flipped[(c * g.oc + oc) * kk..][..kk];
+            for (d, &w) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = w;
+            }
+        }
+    }
+    let pad = g.kh - 1 - g.pad;
+    let gt = ConvGeom { n: g.n, c: g.oc, h: g.oh, w: g.ow, oc: g.c, kh: g.kh, kw: g.kw, stride: 1, pad, oh: g.h, ow: g.w };
+    debug_assert_eq!(g.oh + 2 * pad + 1 - g.kh, g.h);
+    conv2d_forward(dy, &flipped, None, &gt)
 }
 
 /// dW [OC, C, KH, KW] = Σ_n dY_n [OC, P] · col_nᵀ [P, K].
