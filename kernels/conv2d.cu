@@ -92,6 +92,16 @@ struct WeightCols {
     }
 };
 
+// Output column n = (img, oh, ow) of the forward GEMM: its image and the
+// top-left input pixel (iy0, ix0) = (oh·s − p, ow·s − p) of its window.
+struct Window { int img, iy0, ix0; };
+__device__ __forceinline__ Window window(const Shape& s, int n) {
+    const int P = s.oh * s.ow;
+    const int img = n / P, pix = n - img * P;
+    const int oh = pix / s.ow, ow = pix - oh * s.ow;
+    return Window{img, oh * s.stride - s.pad, ow * s.stride - s.pad};
+}
+
 // Forward B (an im2col column, gathered): for n = (img, oh, ow) and k = (c, kh, kw)
 //   B[k, n] = x[img, c, iy, ix],  iy = oh·s − p + kh,  ix = ow·s − p + kw,  0 unless
 //   0 ≤ iy < H and 0 ≤ ix < W.  The context keeps img·C·H·W and the window corner.
@@ -101,10 +111,8 @@ struct ImageCols {
     Shape s;
     struct Ctx { int base, iy0, ix0; };
     __device__ Ctx ctx(int n) const {
-        const int P = s.oh * s.ow;
-        const int img = n / P, pix = n - img * P;
-        const int oh = pix / s.ow, ow = pix - oh * s.ow;
-        return Ctx{img * s.c * s.h * s.w, oh * s.stride - s.pad, ow * s.stride - s.pad};
+        const Window win = window(s, n);
+        return Ctx{win.img * s.c * s.h * s.w, win.iy0, win.ix0};
     }
     __device__ float load(const Ctx& c, int k) const {
         const int kk = s.kh * s.kw;
@@ -130,11 +138,8 @@ struct ImageColsTab {
     Shape s;
     struct Ctx { int corner, iy0, ix0; };
     __device__ Ctx ctx(int n) const {
-        const int P = s.oh * s.ow;
-        const int img = n / P, pix = n - img * P;
-        const int oh = pix / s.ow, ow = pix - oh * s.ow;
-        const int iy0 = oh * s.stride - s.pad, ix0 = ow * s.stride - s.pad;
-        return Ctx{img * s.c * s.h * s.w + iy0 * s.w + ix0, iy0, ix0};
+        const Window win = window(s, n);
+        return Ctx{win.img * s.c * s.h * s.w + win.iy0 * s.w + win.ix0, win.iy0, win.ix0};
     }
     __device__ float load(const Ctx& c, int k) const {
         const int t = tab[k];

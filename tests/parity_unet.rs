@@ -57,22 +57,10 @@ fn golden_unets_on_the_device_match_diffusers() {
 fn learner(device: Device, batch_size: usize) -> Learner {
     let (model, _) = model_dir::load(&golden("unet_a"), device).unwrap();
     let config = TrainConfig {
-        preset: "unet_a".into(),
-        unet: model.config.clone(),
-        dataset: "fashion-mnist".into(),
-        epochs: 1,
         max_steps: Some(20),
-        batch_size,
-        lr: 1e-2,
-        schedule: "linear".into(),
-        beta_min: 1e-4,
-        beta_max: 0.01,
-        train_timesteps: 1000,
-        input_range: "-0.5,0.5".into(),
         seed: 3,
-        weight_decay: 0.01,
-        adam_eps: 1e-5,
         eval_images: Some(batch_size),
+        ..TrainConfig::lesson("unet_a", model.config.clone(), batch_size, 1e-2)
     };
     let train = embedded_fashion_mnist(Split::Train).unwrap().take(64);
     let test = embedded_fashion_mnist(Split::Test).unwrap().take(16);

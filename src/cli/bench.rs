@@ -312,22 +312,9 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
     let train = embedded_fashion_mnist(Split::Train)?;
     let test = embedded_fashion_mnist(Split::Test)?.take(args.batch_size);
     let config = TrainConfig {
-        preset: args.config.clone(),
-        unet: unet.clone(),
-        dataset: "fashion-mnist".into(),
         epochs: 1_000,
         max_steps: Some(args.steps + 1),
-        batch_size: args.batch_size,
-        lr: 1e-2,
-        schedule: "linear".into(),
-        beta_min: 1e-4,
-        beta_max: 0.01,
-        train_timesteps: 1000,
-        input_range: "-0.5,0.5".into(),
-        seed: 0,
-        weight_decay: 0.01,
-        adam_eps: 1e-5,
-        eval_images: None,
+        ..TrainConfig::lesson(&args.config, unet.clone(), args.batch_size, 1e-2)
     };
     let model = UNet2DModel::new(unet, 0, device)?;
     let mut learner = Learner::new(config, model, train.clone(), test, device)?;

@@ -30,16 +30,19 @@ fn chunk_range(i: usize, c: usize, n: usize) -> (usize, usize) {
     (at(i), at(i + 1))
 }
 
-/// KID of features x [m, D] and y [n, D] (same device: the CPU or CUDA), the lesson's chunked estimate.
-pub fn kid(x: &Tensor, y: &Tensor) -> Result<f64> {
+/// (rows of x, rows of y, D) of features x [m, D] and y [n, D], which must share D.
+fn feature_dims(x: &Tensor, y: &Tensor) -> Result<(usize, usize, usize)> {
     let (nx, d) = dims2("kid", x)?;
     let (ny, dy) = dims2("kid", y)?;
     if d != dy {
-        return Err(Error::Shape {
-            op: "kid",
-            msg: format!("feature dimensions differ: {d} and {dy}"),
-        });
+        return Err(Error::Shape { op: "kid", msg: format!("feature dimensions differ: {d} and {dy}") });
     }
+    Ok((nx, ny, d))
+}
+
+/// KID of features x [m, D] and y [n, D] (same device: the CPU or CUDA), the lesson's chunked estimate.
+pub fn kid(x: &Tensor, y: &Tensor) -> Result<f64> {
+    let (nx, ny, d) = feature_dims(x, y)?;
     let c = kid_chunk_count(nx, ny);
     let pairs: Vec<_> = (0..c)
         .map(|i| (chunk_range(i, c, nx), chunk_range(i, c, ny)))
@@ -70,14 +73,7 @@ impl Default for KidSubsets {
 
 /// torchmetrics-style KID: (mean, standard deviation (n−1)) of MMD² over random subsets.
 pub fn kid_subsets(x: &Tensor, y: &Tensor, opts: &KidSubsets) -> Result<(f64, f64)> {
-    let (nx, d) = dims2("kid", x)?;
-    let (ny, dy) = dims2("kid", y)?;
-    if d != dy {
-        return Err(Error::Shape {
-            op: "kid",
-            msg: format!("feature dimensions differ: {d} and {dy}"),
-        });
-    }
+    let (nx, ny, d) = feature_dims(x, y)?;
     let k = opts.subset_size;
     if k < 2 || k > nx.min(ny) || opts.subsets == 0 {
         return Err(Error::Argument {

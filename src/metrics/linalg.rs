@@ -15,6 +15,17 @@ pub fn matmul_f64_into(a: &[f64], b: &[f64], c: &mut [f64], m: usize, k: usize, 
         a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
         "matmul_f64: operand sizes"
     );
+    // SAFETY: the assert keeps every row-major access inside a, b and c.
+    unsafe { gemm_f64(c, m, n, k, a, (k, 1), b, (n, 1)) }
+}
+
+/// c [m, n] (row-major, overwritten) = A·B with A(i, p) = a[i·a_rs + p·a_cs]
+/// and B(p, j) = b[p·b_rs + j·b_cs]; rayon threads when large.
+///
+/// # Safety
+/// Every such index of A and B must lie inside `a` and `b`, and c must hold m·n.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f64(c: &mut [f64], m: usize, n: usize, k: usize, a: &[f64], (a_rs, a_cs): (usize, usize), b: &[f64], (b_rs, b_cs): (usize, usize)) {
     if m == 0 || n == 0 {
         return;
     }
@@ -22,13 +33,8 @@ pub fn matmul_f64_into(a: &[f64], b: &[f64], c: &mut [f64], m: usize, k: usize, 
         c[..m * n].fill(0.0);
         return;
     }
-    let parallelism = if m * n * k >= 1 << 18 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the assert above keeps every access inside the three row-major
-    // slices (column stride 1, row strides k, n and n); `c` is exclusively borrowed.
+    let parallelism = if m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: the caller's promise; `c` is exclusively borrowed.
     unsafe {
         gemm::gemm(
             m,
@@ -39,11 +45,11 @@ pub fn matmul_f64_into(a: &[f64], b: &[f64], c: &mut [f64], m: usize, k: usize, 
             n as isize,
             false,
             a.as_ptr(),
-            1,
-            k as isize,
+            a_cs as isize,
+            a_rs as isize,
             b.as_ptr(),
-            1,
-            n as isize,
+            b_cs as isize,
+            b_rs as isize,
             0.0,
             1.0,
             false,
@@ -88,41 +94,6 @@ pub fn matmul_tn_f64(x: &[f64], rows: usize, cols: usize, c: &mut [f64]) {
         x.len() >= rows * cols && c.len() >= cols * cols,
         "matmul_tn_f64: operand sizes"
     );
-    if cols == 0 {
-        return;
-    }
-    if rows == 0 {
-        c[..cols * cols].fill(0.0);
-        return;
-    }
-    let parallelism = if rows * cols * cols >= 1 << 18 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: xᵀ is x with swapped strides (column stride cols, row stride 1),
-    // inside x by the assert; `c` is exclusively borrowed and holds cols×cols.
-    unsafe {
-        gemm::gemm(
-            cols,
-            cols,
-            rows,
-            c.as_mut_ptr(),
-            1,
-            cols as isize,
-            false,
-            x.as_ptr(),
-            cols as isize,
-            1,
-            x.as_ptr(),
-            1,
-            cols as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    // SAFETY: xᵀ is x with swapped strides, inside x by the assert.
+    unsafe { gemm_f64(c, cols, cols, rows, x, (1, cols), x, (cols, 1)) }
 }

@@ -51,6 +51,30 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The lesson's recipe for `unet` on Fashion-MNIST: linear β from 1e-4 to
+    /// 0.01 over 1000 steps, images in [−0.5, 0.5], AdamW (wd 0.01, eps 1e-5),
+    /// one epoch, seed 0, every test image evaluated.
+    pub fn lesson(preset: &str, unet: UNet2DConfig, batch_size: usize, lr: f64) -> TrainConfig {
+        TrainConfig {
+            preset: preset.into(),
+            unet,
+            dataset: "fashion-mnist".into(),
+            epochs: 1,
+            max_steps: None,
+            batch_size,
+            lr,
+            schedule: "linear".into(),
+            beta_min: 1e-4,
+            beta_max: 0.01,
+            train_timesteps: 1000,
+            input_range: "-0.5,0.5".into(),
+            seed: 0,
+            weight_decay: 0.01,
+            adam_eps: 1e-5,
+            eval_images: None,
+        }
+    }
+
     pub fn noise_schedule(&self) -> Result<Schedule> {
         let kind = match self.schedule.as_str() {
             "linear" => ScheduleKind::Linear { beta_min: self.beta_min, beta_max: self.beta_max },
