@@ -1,7 +1,7 @@
 //! Vectorisable f32 math for the CPU twins' hot loops: a branch-free `exp`
 //! (libm's `expf` is a scalar call, 10 % of a CPU sampling step) and slice
-//! maps compiled a second time for AVX2 + FMA, picked at run time (the
-//! default x86-64 target has only SSE2).
+//! maps compiled again for AVX-512 and for AVX2 + FMA, the widest picked at
+//! run time (the default x86-64 target has only SSE2).
 
 /// e^x to within 2 ulp for |x| ≤ 87 (0 below −87.3, +∞ above 88.7, NaN kept).
 ///
@@ -50,68 +50,104 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// dst[i] = f(src[i]).
-#[inline]
-pub fn map(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32 + Copy) {
-    assert_eq!(dst.len(), src.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { map_avx2(dst, src, f) };
-    }
-    map_plain(dst, src, f);
+/// Compiles `$plain` (an `#[inline(always)]` fn) three times: for AVX-512,
+/// for AVX2 + FMA, and for the default target; `$name` picks the widest the
+/// CPU has at run time. Plain multiplies and adds only (Rust never fuses them),
+/// so every version gives the same bits.
+macro_rules! dispatch {
+    ($(#[$doc:meta])* pub fn $name:ident $(<$g:ident: $bound:path>)? ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $plain:ident) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name $(<$g: $bound>)? ($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn wide $(<$g: $bound>)? ($($arg: $ty),*) $(-> $ret)? { $plain($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn narrow $(<$g: $bound>)? ($($arg: $ty),*) $(-> $ret)? { $plain($($arg),*) }
+                match simd_level() {
+                    // SAFETY: the CPU has the features (checked by simd_level).
+                    SimdLevel::Avx512 => return unsafe { wide($($arg),*) },
+                    // SAFETY: as above.
+                    SimdLevel::Avx2 => return unsafe { narrow($($arg),*) },
+                    SimdLevel::Plain => {}
+                }
+            }
+            $plain($($arg),*)
+        }
+    };
 }
 
-/// dst[i] = f(a[i], b[i]).
-#[inline]
-pub fn map2(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
-    assert!(dst.len() == a.len() && a.len() == b.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { map2_avx2(dst, a, b, f) };
-    }
-    map2_plain(dst, a, b, f);
+dispatch! {
+    /// dst[i] = f(src[i]).
+    pub fn map<F: MapFn>(dst: &mut [f32], src: &[f32], f: F) => map_plain
 }
 
-/// buf[i] = f(buf[i]).
-#[inline]
-pub fn map_in_place(buf: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { map_in_place_avx2(buf, f) };
-    }
-    buf.iter_mut().for_each(|v| *v = f(*v));
+dispatch! {
+    /// dst[i] = f(a[i], b[i]).
+    pub fn map2<F: Map2Fn>(dst: &mut [f32], a: &[f32], b: &[f32], f: F) => map2_plain
+}
+
+dispatch! {
+    /// buf[i] = f(buf[i]).
+    pub fn map_in_place<F: MapFn>(buf: &mut [f32], f: F) => map_in_place_plain
+}
+
+dispatch! {
+    /// buf[i] = f(buf[i], other[i]).
+    pub fn map2_in_place<F: Map2Fn>(buf: &mut [f32], other: &[f32], f: F) => map2_in_place_plain
+}
+
+dispatch! {
+    /// buf[i] = f(buf[i]), returning Σ buf[i] afterwards with the bits of
+    /// [`sum`] (one pass where map then sum would read the buffer twice).
+    pub fn map_in_place_sum<F: MapFn>(buf: &mut [f32], f: F) -> f32 => map_in_place_sum_lanes
+}
+
+dispatch! {
+    /// Largest entry (−∞ for none; NaNs are skipped), in 16 lanes so it vectorises.
+    pub fn max(v: &[f32]) -> f32 => max_lanes
+}
+
+dispatch! {
+    /// Σ v in 16 interleaved partial sums (then added pairwise): the same bits
+    /// on every CPU.
+    pub fn sum(v: &[f32]) -> f32 => sum_lanes
+}
+
+/// `Fn(f32) -> f32 + Copy`, nameable in the dispatch macro.
+pub trait MapFn: Fn(f32) -> f32 + Copy {}
+impl<F: Fn(f32) -> f32 + Copy> MapFn for F {}
+/// `Fn(f32, f32) -> f32 + Copy`, nameable in the dispatch macro.
+pub trait Map2Fn: Fn(f32, f32) -> f32 + Copy {}
+impl<F: Fn(f32, f32) -> f32 + Copy> Map2Fn for F {}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SimdLevel {
+    Avx512,
+    Avx2,
+    Plain,
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn simd_level() -> SimdLevel {
+    SimdLevel::Plain
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_in_place_avx2(buf: &mut [f32], f: impl Fn(f32) -> f32) {
-    buf.iter_mut().for_each(|v| *v = f(*v));
-}
-
-/// Largest entry (−∞ for none; NaNs are skipped), in 16 lanes so it vectorises.
-#[inline]
-pub fn max(v: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { max_avx2(v) };
-    }
-    max_lanes(v)
-}
-
-/// Σ v in 16 interleaved partial sums (then added pairwise): the same bits
-/// with or without AVX2.
-#[inline]
-pub fn sum(v: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { sum_avx2(v) };
-    }
-    sum_lanes(v)
+fn simd_level() -> SimdLevel {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+            SimdLevel::Avx512
+        } else if avx2 {
+            SimdLevel::Avx2
+        } else {
+            SimdLevel::Plain
+        }
+    })
 }
 
 const LANES: usize = 16;
@@ -143,6 +179,12 @@ fn sum_lanes(v: &[f32]) -> f32 {
             *a += x;
         }
     }
+    finish_sum(acc, tail)
+}
+
+/// The 16 lane sums added pairwise, then the tail in order.
+#[inline(always)]
+fn finish_sum(mut acc: [f32; LANES], tail: &[f32]) -> f32 {
     let mut width = LANES;
     while width > 1 {
         width /= 2;
@@ -153,26 +195,24 @@ fn sum_lanes(v: &[f32]) -> f32 {
     tail.iter().fold(acc[0], |s, &x| s + x)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn max_avx2(v: &[f32]) -> f32 {
-    max_lanes(v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sum_avx2(v: &[f32]) -> f32 {
-    sum_lanes(v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn has_avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+#[inline(always)]
+fn map_in_place_sum_lanes(buf: &mut [f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = buf.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *x = f(*x);
+            *a += *x;
+        }
+    }
+    let tail = chunks.into_remainder();
+    tail.iter_mut().for_each(|x| *x = f(*x));
+    finish_sum(acc, tail)
 }
 
 #[inline(always)]
 fn map_plain(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
+    assert_eq!(dst.len(), src.len());
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = f(s);
     }
@@ -180,21 +220,23 @@ fn map_plain(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
 
 #[inline(always)]
 fn map2_plain(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    assert!(dst.len() == a.len() && a.len() == b.len());
     for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
         *d = f(x, y);
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_avx2(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
-    map_plain(dst, src, f)
+#[inline(always)]
+fn map2_in_place_plain(buf: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32) {
+    assert_eq!(buf.len(), other.len());
+    for (x, &y) in buf.iter_mut().zip(other) {
+        *x = f(*x, y);
+    }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map2_avx2(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
-    map2_plain(dst, a, b, f)
+#[inline(always)]
+fn map_in_place_plain(buf: &mut [f32], f: impl Fn(f32) -> f32) {
+    buf.iter_mut().for_each(|v| *v = f(*v));
 }
 
 #[cfg(test)]
@@ -230,6 +272,22 @@ mod tests {
         assert!((sum(&v) as f64 - exact).abs() <= 1e-6 * exact.abs().max(1.0));
         assert_eq!(sum(&v), sum_lanes(&v));
         assert_eq!(sum(&[1.5, 2.0]), 3.5);
+        let mut mapped = v.clone();
+        let s = map_in_place_sum(&mut mapped, |x| exp(x * 0.1));
+        let want: Vec<f32> = v.iter().map(|&x| exp(x * 0.1)).collect();
+        assert_eq!(mapped, want);
+        assert_eq!(s, sum(&want));
+        assert_eq!(s, sum_lanes(&want));
+    }
+
+    #[test]
+    fn every_simd_level_gives_the_same_bits() {
+        let a: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.177).collect();
+        let mut plain = vec![0.0; a.len()];
+        map_plain(&mut plain, &a, |x| x / (1.0 + exp(-x)));
+        let mut dispatched = vec![0.0; a.len()];
+        map(&mut dispatched, &a, |x| x / (1.0 + exp(-x)));
+        assert_eq!(plain, dispatched, "at {:?}", simd_level());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! maps, no permutes); p is [Lq, Lk] either way.
 
 use crate::ops::matmul::cpu::{MatRef, gemm};
-use crate::ops::softmax::cpu::{softmax_row_backward, softmax_row_scaled_in_place};
+use crate::ops::fast_math;
+use crate::ops::softmax::cpu::{exp_row_scaled_in_place, softmax_row_backward, softmax_row_scaled_in_place};
 use rayon::prelude::*;
 
 /// Sizes of one attention problem.
@@ -63,9 +64,25 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scal
 pub fn forward_output(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scale: f32) -> Vec<f32> {
     let Dims { batch, lq, lk, dv, .. } = dims;
     let mut o = vec![0.0; batch * lq * dv];
-    o.par_chunks_mut(lq * dv)
-        .enumerate()
-        .for_each_init(|| vec![0.0; lq * lk], |p, (b, o)| forward_one(q, k, v, dims, layout, scale, b, p, o));
+    o.par_chunks_mut(lq * dv).enumerate().for_each_init(
+        || (vec![0.0; lq * lk], vec![0.0; lq]),
+        |(e, inv_sums), (b, o)| {
+            let Dims { lq, lk, d, dv, .. } = dims;
+            let (qb, kb, vb) = (layout.view(q, b, lq, d), layout.view(k, b, lk, d), layout.view(v, b, lk, dv));
+            // E = exp(scale·(S − rowmax)) unnormalised, O = E·V, then each
+            // row of O divided by its row's Σ E: a pass over [Lq, Dv]
+            // instead of one over [Lq, Lk]
+            gemm(qb, kb.t(), e, lk, false, false);
+            for (row, inv) in e.chunks_mut(lk).zip(inv_sums.iter_mut()) {
+                *inv = 1.0 / exp_row_scaled_in_place(row, scale);
+            }
+            layout.product(MatRef::rows(e, lq, lk), vb, o);
+            match layout {
+                Layout::Rows => o.chunks_mut(dv).zip(inv_sums.iter()).for_each(|(row, &inv)| row.iter_mut().for_each(|x| *x *= inv)),
+                Layout::Columns => o.chunks_mut(lq).for_each(|row| fast_math::map2_in_place(row, inv_sums, |x, inv| x * inv)),
+            }
+        },
+    );
     o
 }
 

@@ -14,22 +14,27 @@ pub fn forward(x: &[f32], cols: usize) -> Vec<f32> {
 /// softmax(scale·row) in place, the scaling folded into the exp pass
 /// (max(scale·x) = scale·max(x) for scale > 0).
 pub fn softmax_row_scaled_in_place(row: &mut [f32], scale: f32) {
+    let inv = 1.0 / exp_row_scaled_in_place(row, scale);
+    crate::ops::fast_math::map_in_place(row, |v| v * inv);
+}
+
+/// row = exp(scale·row − max(scale·row)) in place, the numerator of
+/// softmax(scale·row); returns its sum (the denominator).
+pub fn exp_row_scaled_in_place(row: &mut [f32], scale: f32) -> f32 {
     use crate::ops::fast_math;
     if scale <= 0.0 || !scale.is_finite() {
         row.iter_mut().for_each(|v| *v *= scale);
-        return softmax_row_in_place(row);
+        let max = fast_math::max(row);
+        return fast_math::map_in_place_sum(row, |v| fast_math::exp(v - max));
     }
     let max = fast_math::max(row);
-    fast_math::map_in_place(row, |v| fast_math::exp((v - max) * scale));
-    let inv = 1.0 / fast_math::sum(row);
-    fast_math::map_in_place(row, |v| v * inv);
+    fast_math::map_in_place_sum(row, |v| fast_math::exp((v - max) * scale))
 }
 
 pub fn softmax_row_in_place(row: &mut [f32]) {
     use crate::ops::fast_math;
     let max = fast_math::max(row);
-    fast_math::map_in_place(row, |v| fast_math::exp(v - max));
-    let inv = 1.0 / fast_math::sum(row);
+    let inv = 1.0 / fast_math::map_in_place_sum(row, |v| fast_math::exp(v - max));
     fast_math::map_in_place(row, |v| v * inv);
 }
 
