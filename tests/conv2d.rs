@@ -207,3 +207,58 @@ fn conv2d_grad_check_stride1_input_gradient_as_a_convolution() {
     grad_check("conv2d k3 s1 p2", &[&[1, 2, 4, 3], &[2, 2, 3, 3]], |t| conv2d(&t[0], &t[1], None, params(1, 2)), GradTol::default());
     grad_check("conv2d k2 s1 p1", &[&[2, 2, 4, 5], &[2, 2, 2, 2]], |t| conv2d(&t[0], &t[1], None, params(1, 1)), GradTol::default());
 }
+
+#[test]
+fn avx512_direct_kernel_matches_the_gemm_path_with_every_epilogue() {
+    use minidiffusion::ops::conv2d::cpu::{ConvGeom, Epilogue, conv2d_forward_gemm};
+    use minidiffusion::ops::conv2d::direct;
+    if !direct::available() {
+        println!("SKIPPED avx512_direct_kernel_matches_the_gemm_path: this CPU has no AVX-512");
+        return;
+    }
+    // (n, c, h, w, oc, k, stride, pad): every tile shape (24×16, 12×32, 8×32,
+    // 1×128) with partial channel tiles, pixel counts off the panel width,
+    // several K blocks (K = 360, 576, 2304), one image (channel tiles split
+    // across threads) and image groups, strided and 1×1 kernels
+    let cases = [
+        (9, 40, 4, 4, 50, 3, 1, 1),
+        (3, 64, 8, 8, 40, 3, 1, 1),
+        (2, 8, 32, 32, 13, 3, 1, 1),
+        (5, 16, 7, 9, 1, 3, 1, 1),
+        (1, 256, 4, 4, 256, 3, 1, 1),
+        (1, 24, 11, 5, 7, 5, 1, 2),
+        (4, 6, 13, 13, 25, 3, 2, 1),
+        (6, 33, 4, 4, 30, 1, 1, 0),
+        (2, 3, 5, 6, 3, 3, 2, 0),
+        (3, 5, 1, 1, 9, 3, 1, 1),
+    ];
+    for (i, &(n, c, h, w, oc, k, stride, pad)) in cases.iter().enumerate() {
+        let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+        let g = ConvGeom { n, c, h, w, oc, kh: k, kw: k, stride, pad, oh, ow };
+        let x = randn(&[n, c, h, w], 300 + i as u64);
+        let wt = randn(&[oc, c, k, k], 400 + i as u64);
+        let bias = randn(&[oc], 500 + i as u64);
+        let sample_bias = randn(&[n, oc], 600 + i as u64);
+        let residual = randn(&[n, oc, oh, ow], 700 + i as u64);
+        let epilogues = [
+            Epilogue::default(),
+            Epilogue { bias: Some(&bias), ..Epilogue::default() },
+            Epilogue { bias: Some(&bias), sample_bias: Some(&sample_bias), residual: Some(&residual) },
+            Epilogue { sample_bias: Some(&sample_bias), ..Epilogue::default() },
+            Epilogue { residual: Some(&residual), ..Epilogue::default() },
+        ];
+        for (j, epi) in epilogues.iter().enumerate() {
+            let want = conv2d_forward_gemm(&x, &wt, epi, &g);
+            let got = direct::forward(&x, &wt, epi, &g);
+            // two f32 summation orders over K ≤ 2304 terms of unit size
+            assert_close(&format!("direct conv case {i} epilogue {j} {g:?}"), &got, &want, ATOL, RTOL);
+            if j == 1 {
+                // and no less accurate than the gemm path against an f64 sum
+                let exact = conv_direct(&x, [n, c, h, w], &wt, [oc, c, k, k], Some(&bias), stride, pad);
+                let worst = |y: &[f32]| y.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let (direct_err, gemm_err) = (worst(&got), worst(&want));
+                assert!(direct_err <= 2.0 * gemm_err + 1e-6, "case {i}: direct error {direct_err:e}, gemm {gemm_err:e}");
+            }
+        }
+    }
+}

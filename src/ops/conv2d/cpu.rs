@@ -1,4 +1,5 @@
-//! 2-D convolution on the host (CPU reference): im2col + gemm.
+//! 2-D convolution on the host (CPU reference): im2col + gemm, and the
+//! AVX-512 direct forward kernel of `direct.rs` where the CPU has it.
 //!
 //! Notation (one image n): x_n [C, H, W], weight W [OC, K] with K = C·KH·KW
 //! (PyTorch's [OC, C, KH, KW] read as a matrix), y_n [OC, P] with P = OH·OW.
@@ -73,34 +74,33 @@ fn valid_range(out: usize, len: usize, s: usize, pad: usize, k: usize) -> (usize
 /// col [K, P] from one image x_n [C, H, W]; out-of-image taps are 0.
 pub fn im2col(x: &[f32], g: &ConvGeom, col: &mut [f32]) {
     let p = g.p();
-    let mut r = 0;
-    for c in 0..g.c {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ki in 0..g.kh {
-            let (y0, y1) = g.valid_oy(ki);
-            for kj in 0..g.kw {
-                let (x0, x1) = g.valid_ox(kj);
-                let row = &mut col[r * p..(r + 1) * p];
-                for oy in 0..g.oh {
-                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                    if oy < y0 || oy >= y1 || x0 >= x1 {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[(oy * g.stride + ki - g.pad) * g.w..][..g.w];
-                    dst[..x0].fill(0.0);
-                    dst[x1..].fill(0.0);
-                    // input column of ox is ox·s + kj − pad (≥ 0 for ox ≥ x0)
-                    let ix0 = x0 * g.stride + kj - g.pad;
-                    if g.stride == 1 {
-                        dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
-                    } else {
-                        for (d, ox) in dst[x0..x1].iter_mut().zip(0..) {
-                            *d = src[ix0 + ox * g.stride];
-                        }
-                    }
-                }
-                r += 1;
+    for (r, row) in col[..g.k() * p].chunks_mut(p.max(1)).enumerate() {
+        im2col_row(x, g, r, row);
+    }
+}
+
+/// Row r = (c·KH + ki)·KW + kj of col [K, P]: the P input pixels tap (c, ki, kj) sees.
+pub fn im2col_row(x: &[f32], g: &ConvGeom, r: usize, row: &mut [f32]) {
+    let (c, tap) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
+    let (ki, kj) = (tap / g.kw, tap % g.kw);
+    let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+    let (y0, y1) = g.valid_oy(ki);
+    let (x0, x1) = g.valid_ox(kj);
+    for (oy, dst) in row[..g.p()].chunks_mut(g.ow.max(1)).enumerate() {
+        if oy < y0 || oy >= y1 || x0 >= x1 {
+            dst.fill(0.0);
+            continue;
+        }
+        let src = &plane[(oy * g.stride + ki - g.pad) * g.w..][..g.w];
+        dst[..x0].fill(0.0);
+        dst[x1..].fill(0.0);
+        // input column of ox is ox·s + kj − pad (≥ 0 for ox ≥ x0)
+        let ix0 = x0 * g.stride + kj - g.pad;
+        if g.stride == 1 {
+            dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
+        } else {
+            for (d, ox) in dst[x0..x1].iter_mut().zip(0..) {
+                *d = src[ix0 + ox * g.stride];
             }
         }
     }
@@ -153,8 +153,52 @@ fn per_image(out: &mut [f32], chunk: usize, n: usize, scratch: usize, f: impl Fn
     }
 }
 
+/// What the forward convolution adds to W·col_n as it writes y: a bias per
+/// output channel, a bias per (image, channel) (the UNet's time embedding)
+/// and a tensor shaped like y (a residual), each optional.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// [OC]
+    pub bias: Option<&'a [f32]>,
+    /// [N, OC]
+    pub sample_bias: Option<&'a [f32]>,
+    /// [N, OC, OH, OW]
+    pub residual: Option<&'a [f32]>,
+}
+
+impl Epilogue<'_> {
+    /// bias[o] + sample_bias[i, o] for every output channel o of image i.
+    pub fn row_add(&self, i: usize, oc: usize) -> Vec<f32> {
+        let mut add = self.bias.map_or_else(|| vec![0.0; oc], |b| b[..oc].to_vec());
+        if let Some(sb) = self.sample_bias {
+            add.iter_mut().zip(&sb[i * oc..(i + 1) * oc]).for_each(|(a, s)| *a += s);
+        }
+        add
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bias.is_none() && self.sample_bias.is_none() && self.residual.is_none()
+    }
+}
+
 /// y [N, OC, OH, OW] = conv(x [N, C, H, W], weight [OC, C, KH, KW]) + bias [OC].
 pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    conv2d_forward_fused(x, weight, &Epilogue { bias, ..Epilogue::default() }, g)
+}
+
+/// y = conv(x, weight) + epilogue: the AVX-512 direct kernel where the CPU has
+/// it ([`super::direct`]), else im2col + gemm.
+pub fn conv2d_forward_fused(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
+    if super::direct::available() {
+        super::direct::forward(x, weight, epi, g)
+    } else {
+        conv2d_forward_gemm(x, weight, epi, g)
+    }
+}
+
+/// y = conv(x, weight) + epilogue by im2col + gemm per image (the reference
+/// the direct kernel is tested against).
+pub fn conv2d_forward_gemm(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
     let (k, p) = (g.k(), g.p());
     let mut out = vec![0.0; g.n * g.y_len()];
     let scratch = if g.is_pointwise() { 0 } else { k * p };
@@ -167,13 +211,20 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvG
             im2col(x_n, g, col);
             col
         };
-        // y_n = b·1ᵀ, then y_n += W · col_n (bias added in the same pass)
-        if let Some(b) = bias {
-            for (row, &bo) in y.chunks_mut(p).zip(b) {
-                row.fill(bo);
+        // y_n = the epilogue, then y_n += W · col_n
+        if !epi.is_empty() {
+            let row_add = epi.row_add(i, g.oc);
+            for (o, row) in y.chunks_mut(p).enumerate() {
+                match epi.residual {
+                    Some(r) => {
+                        let r = &r[(i * g.oc + o) * p..][..p];
+                        row.iter_mut().zip(r).for_each(|(d, &v)| *d = v + row_add[o]);
+                    }
+                    None => row.fill(row_add[o]),
+                }
             }
         }
-        gemm(w_mat, MatRef::rows(col, k, p), y, p, bias.is_some(), parallel);
+        gemm(w_mat, MatRef::rows(col, k, p), y, p, !epi.is_empty(), parallel);
     });
     out
 }

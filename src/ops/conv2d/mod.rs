@@ -13,6 +13,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod direct;
 
 use crate::autograd::Node;
 use crate::device::Device;

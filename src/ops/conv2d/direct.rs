@@ -1,0 +1,438 @@
+//! The CPU forward convolution on AVX-512: im2col packed straight into pixel
+//! panels, a register-blocked microkernel, the epilogue added as it stores.
+//!
+//! Per image (notation of `cpu.rs`: y_n [OC, P] = W [OC, K] · col_n [K, P]):
+//! - col_n is packed into pixel panels B_t [K][T], T = 16·NV pixels per
+//!   panel (zeros past P), one im2col row at a time, so the gathered matrix
+//!   is written once, in the order the microkernel reads it;
+//! - W is packed once per call into channel panels A_u [K][MR] (zeros past OC);
+//! - for each (u, t) the microkernel keeps the MR × T block of y in MR·NV
+//!   zmm accumulators and runs the whole K: per k, NV vector loads of B_t[k],
+//!   MR broadcasts of A_u[k], MR·NV fused multiply-adds
+//!     acc[r][v] += A_u[k][r] · B_t[k][16v .. 16v + 16]
+//!   then stores y[u·MR + r, t·T + 16v ..] = acc[r][v] + epilogue (masked at
+//!   the edges).
+//! Both panels of one (u, t) pair stay in L2 (K·(MR + T)·4 bytes ≤ 0.6 MB at
+//! K = 4608); the channel tile is the outer loop, so A_u is reused across all
+//! pixel panels of the image.
+//!
+//! Sums run over k in order with FMA: not the bits of the gemm path, within
+//! its rounding (tested against it).
+
+use super::cpu::{ConvGeom, Epilogue, im2col_row};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// True when this CPU runs the AVX-512 kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// (MR, NV): output channels × 16-pixel vectors per microkernel call. Picks
+/// the shape with the least padded work (24×16 for few pixels and many
+/// channels, 8×32 for few channels, 1×128 for one).
+fn tile_shape(oc: usize, p: usize) -> (usize, usize) {
+    // (MR, NV, cost weight): 8×2 has 16 accumulators, a little less overlap;
+    // 1×8 (one output channel, the UNet's conv_out) loads more than it computes
+    const SHAPES: [(usize, usize, f64); 4] = [(24, 1, 1.0), (12, 2, 1.0), (8, 2, 1.05), (1, 8, 2.0)];
+    let cost = |&(mr, nv, weight): &(usize, usize, f64)| {
+        (oc.next_multiple_of(mr) * p.next_multiple_of(16 * nv)) as f64 * weight
+    };
+    let best = SHAPES.iter().min_by(|a, b| cost(a).total_cmp(&cost(b))).expect("shapes");
+    (best.0, best.1)
+}
+
+/// 64-byte aligned f32 scratch, one per thread, grown as needed (never zeroed:
+/// the packers write every entry).
+struct Scratch {
+    buf: Vec<f32>,
+}
+
+impl Scratch {
+    fn get(&mut self, len: usize) -> &mut [f32] {
+        if self.buf.len() < len + 16 {
+            self.buf = vec![0.0; len + 16];
+        }
+        let offset = self.buf.as_ptr().align_offset(64).min(16);
+        &mut self.buf[offset..offset + len]
+    }
+}
+
+thread_local! {
+    static PANELS: RefCell<Scratch> = const { RefCell::new(Scratch { buf: Vec::new() }) };
+}
+
+/// A_u [K][MR] for every channel tile u, zero rows past OC. Read 16 k at a
+/// time from each of the MR rows (one cache line each), written in order.
+fn pack_weights(weight: &[f32], oc: usize, k: usize, mr: usize) -> Vec<f32> {
+    let tiles = oc.div_ceil(mr);
+    let len = tiles * k * mr;
+    let mut a: Vec<f32> = Vec::with_capacity(len);
+    a.spare_capacity_mut()[..len].par_chunks_mut(k * mr).enumerate().for_each(|(u, panel)| {
+        let rows = mr.min(oc - u * mr);
+        for (kk, dst) in panel.chunks_mut(mr).enumerate() {
+            for (r, d) in dst.iter_mut().enumerate() {
+                d.write(if r < rows { weight[(u * mr + r) * k + kk] } else { 0.0 });
+            }
+        }
+    });
+    // SAFETY: the loop above wrote all `len` entries.
+    unsafe { a.set_len(len) };
+    a
+}
+
+/// B_t [K][T] for every pixel panel t of image x_n (zeros past P); `row` is
+/// P floats of scratch for strided convolutions.
+fn pack_image(x_n: &[f32], g: &ConvGeom, t_len: usize, panels: &mut [f32], row: &mut [f32], runs: &Runs) {
+    let (k, p) = (g.k(), g.p());
+    let tiles = p.div_ceil(t_len);
+    assert!(x_n.len() >= g.c * g.h * g.w && panels.len() >= tiles * k * t_len);
+    #[cfg(target_arch = "x86_64")]
+    if g.stride == 1 {
+        // SAFETY: AVX-512 checked by `forward`; `runs` was built for this
+        // geometry, its masked lanes read only inside x_n (see Runs::new);
+        // every store is inside `panels` (asserted size).
+        return unsafe { avx512::pack_stride1(x_n.as_ptr(), g, t_len, panels.as_mut_ptr(), runs) };
+    }
+    for kk in 0..k {
+        im2col_row(x_n, g, kk, row);
+        for t in 0..tiles {
+            let dst = &mut panels[(t * k + kk) * t_len..][..t_len];
+            let src = &row[t * t_len..p.min((t + 1) * t_len)];
+            dst[..src.len()].copy_from_slice(src);
+            dst[src.len()..].fill(0.0);
+        }
+    }
+}
+
+/// For a stride-1 convolution: the 16-lane groups of the pixel panels as runs
+/// of consecutive output pixels along one output row, and per run and tap
+/// (ki, kj) the lanes that see the image and where lane 0 would read.
+///
+/// Group q (lanes 16q.. of the panels' pixel order) holds pixels 16q + j;
+/// a run covers lanes [lane, lane + len) = output pixels (oy, ox ..). For tap
+/// (ki, kj) lane j of the run reads x[c, oy + ki − pad, ox + (j − lane) + kj − pad],
+/// at offset c·H·W + `offset` + j from x_n, in the image when the row is
+/// and the column lies in [0, W) (`mask`).
+pub struct Runs {
+    /// Runs of group q: `starts[q]..starts[q + 1]`.
+    starts: Vec<usize>,
+    /// Per run, per tap: (lane mask, offset of lane 0).
+    taps: Vec<(u16, isize)>,
+    taps_per_run: usize,
+}
+
+impl Runs {
+    pub fn new(g: &ConvGeom) -> Runs {
+        let (p, taps_per_run) = (g.p(), g.kh * g.kw);
+        let (mut starts, mut taps) = (vec![0], Vec::new());
+        for q in 0..p.div_ceil(16) {
+            let mut pix = 16 * q;
+            while pix < p.min(16 * q + 16) {
+                let (oy, ox) = (pix / g.ow, pix % g.ow);
+                let lane = pix - 16 * q;
+                let len = (g.ow - ox).min(16 - lane);
+                for ki in 0..g.kh {
+                    for kj in 0..g.kw {
+                        let iy = (oy + ki) as isize - g.pad as isize;
+                        let ix0 = (ox + kj) as isize - g.pad as isize;
+                        let mut mask = 0u16;
+                        if iy >= 0 && iy < g.h as isize {
+                            for j in 0..len {
+                                let ix = ix0 + j as isize;
+                                if ix >= 0 && ix < g.w as isize {
+                                    mask |= 1 << (lane + j);
+                                }
+                            }
+                        }
+                        taps.push((mask, iy * g.w as isize + ix0 - lane as isize));
+                    }
+                }
+                pix += len;
+            }
+            starts.push(taps.len() / taps_per_run);
+        }
+        Runs { starts, taps, taps_per_run }
+    }
+}
+
+/// y [N, OC, OH, OW] = conv(x, weight) + epilogue, on AVX-512 (check [`available`]).
+///
+/// Images go to rayon tasks in groups: a group packs its images' pixel
+/// panels together, so each weight block loaded into cache serves at least
+/// [`MIN_PANELS`] panels (a 4×4 map has one; the weight, 2.4 MB at 256
+/// channels, would otherwise stream from L3 once per image). One image alone
+/// splits its channel tiles across the threads instead.
+pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
+    assert!(available(), "direct convolution needs AVX-512");
+    let (k, p) = (g.k(), g.p());
+    let y_len = g.oc * p;
+    let total = g.n * y_len;
+    if total == 0 {
+        return Vec::new();
+    }
+    let mut y: Vec<f32> = Vec::with_capacity(total);
+    let (mr, nv) = tile_shape(g.oc, p);
+    let t_len = 16 * nv;
+    let tiles = p.div_ceil(t_len);
+    let a = pack_weights(weight, g.oc, k, mr);
+    let image_panels = tiles * k * t_len;
+    let x_len = g.c * g.h * g.w;
+    let shape = Tiling { k, p, mr, nv, tiles };
+    let runs = Runs::new(g);
+    let y_out = &mut y.spare_capacity_mut()[..total];
+    if g.n == 1 {
+        let mut panels = vec![0.0; image_panels];
+        pack_image(x, g, t_len, &mut panels, &mut vec![0.0; p], &runs);
+        let row_add = epi.row_add(0, g.oc);
+        let per_task = mr * p;
+        y_out.par_chunks_mut(per_task).enumerate().for_each(|(u, y_u)| {
+            let block = Block {
+                a: &a[u * k * mr..],
+                panels: &panels,
+                row_add: &row_add[u * mr..],
+                residual: epi.residual.map(|r| &r[u * per_task..]),
+                images: 1,
+                image_stride: 0,
+            };
+            block_tiles(&block, y_u, &shape);
+        });
+        // SAFETY: block_tiles wrote every entry of y (all channels × all pixels).
+        unsafe { y.set_len(total) };
+        return y;
+    }
+    let spare = g.n.div_ceil(2 * rayon::current_num_threads()).max(1);
+    let group = MIN_PANELS.div_ceil(tiles).clamp(1, spare);
+    y_out.par_chunks_mut(group * y_len).enumerate().for_each(|(gi, y_g)| {
+        let (i0, images) = (gi * group, y_g.len() / y_len);
+        PANELS.with_borrow_mut(|scratch| {
+            let buf = scratch.get(images * image_panels + p);
+            let (panels, row) = buf.split_at_mut(images * image_panels);
+            for (j, panels_j) in panels.chunks_mut(image_panels).enumerate() {
+                pack_image(&x[(i0 + j) * x_len..(i0 + j + 1) * x_len], g, t_len, panels_j, row, &runs);
+            }
+            let row_add: Vec<f32> = (i0..i0 + images).flat_map(|i| epi.row_add(i, g.oc)).collect();
+            let block = Block {
+                a: &a,
+                panels,
+                row_add: &row_add,
+                residual: epi.residual.map(|r| &r[i0 * y_len..(i0 + images) * y_len]),
+                images,
+                image_stride: y_len,
+            };
+            block_tiles(&block, y_g, &shape);
+        })
+    });
+    // SAFETY: block_tiles wrote every entry of y (all images × channels × pixels).
+    unsafe { y.set_len(total) };
+    y
+}
+
+/// Pixel panels a task runs each weight block over, at least (when the batch allows).
+const MIN_PANELS: usize = 8;
+
+/// K values per block: one pixel panel's block (KC·T floats, 16–32 KB) stays
+/// in L1 while every channel tile runs over it.
+const KC: usize = 256;
+
+/// Sizes every task shares.
+struct Tiling {
+    k: usize,
+    p: usize,
+    mr: usize,
+    nv: usize,
+    /// Pixel panels per image.
+    tiles: usize,
+}
+
+/// One task's operands: `images` images' pixel panels and, from some channel
+/// tile on, the weight panels, row additions (image j's at j·OC... as laid
+/// out by the caller: image_stride / P channels apart) and residual.
+struct Block<'a> {
+    a: &'a [f32],
+    panels: &'a [f32],
+    row_add: &'a [f32],
+    residual: Option<&'a [f32]>,
+    images: usize,
+    /// Offset between images in y and residual (OC·P); row_add uses OC.
+    image_stride: usize,
+}
+
+/// y (rows of `images` images, from the block's first channel) for every
+/// channel tile × pixel panel, in K blocks: the first block writes every
+/// entry (y may start uninitialised), partial sums stay in y between blocks,
+/// the epilogue is added after the last.
+fn block_tiles(b: &Block, y: &mut [std::mem::MaybeUninit<f32>], s: &Tiling) {
+    let Tiling { k, p, mr, nv, tiles } = *s;
+    let t_len = 16 * nv;
+    let image_rows = if b.images == 1 { y.len() } else { b.image_stride };
+    let channels = image_rows / p;
+    let row_add_stride = b.image_stride / p;
+    assert!(b.images >= 1 && y.len() == (b.images - 1) * b.image_stride + channels * p);
+    assert!(b.a.len() >= channels.div_ceil(mr) * k * mr && b.panels.len() >= b.images * tiles * k * t_len);
+    assert!(b.row_add.len() >= (b.images - 1) * row_add_stride + channels && b.residual.is_none_or(|r| r.len() >= y.len()));
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let (first, last) = (k0 == 0, k0 + kc == k);
+        for j in 0..b.images {
+            for t in 0..tiles {
+                let b_t = b.panels[((j * tiles + t) * k + k0) * t_len..].as_ptr();
+                for u in 0..channels.div_ceil(mr) {
+                    let at = j * b.image_stride + u * mr * p + t * t_len;
+                    let out = Store {
+                        y: y[at..].as_mut_ptr().cast::<f32>(),
+                        row_stride: p,
+                        rows: mr.min(channels - u * mr),
+                        cols: t_len.min(p - t * t_len),
+                        accumulate: !first,
+                        row_add: if last { b.row_add[j * row_add_stride + u * mr..].as_ptr() } else { std::ptr::null() },
+                        residual: match b.residual {
+                            Some(r) if last => r[at..].as_ptr(),
+                            _ => std::ptr::null(),
+                        },
+                    };
+                    let a_u = b.a[(u * k + k0) * mr..].as_ptr();
+                    // SAFETY: `available()` was checked by `forward`; a_u holds
+                    // kc·MR and b_t kc·T floats of their panels (asserted
+                    // sizes); Store's pointers address `rows` rows of `cols`
+                    // entries at stride P inside y / residual.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        match (mr, nv) {
+                            (24, 1) => avx512::micro::<24, 1>(kc, a_u, b_t, &out),
+                            (12, 2) => avx512::micro::<12, 2>(kc, a_u, b_t, &out),
+                            (8, 2) => avx512::micro::<8, 2>(kc, a_u, b_t, &out),
+                            (1, 8) => avx512::micro::<1, 8>(kc, a_u, b_t, &out),
+                            _ => unreachable!("tile shape {mr}×{nv}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where one microkernel block goes: `rows` rows of `cols` (≤ T) outputs.
+struct Store {
+    y: *mut f32,
+    row_stride: usize,
+    rows: usize,
+    cols: usize,
+    /// Start from the partial sums in y (later K blocks) instead of 0.
+    accumulate: bool,
+    /// Added to every output of a row (bias + per-image bias), `rows` values;
+    /// null before the last K block.
+    row_add: *const f32,
+    /// Added elementwise, laid out like y; null for none.
+    residual: *const f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{ConvGeom, Runs, Store};
+    use std::arch::x86_64::*;
+
+    /// Stride-1 pixel panels: per tap k = (c, ki, kj) and 16-lane group, one
+    /// masked load per run (lanes outside the image read nothing and are 0)
+    /// and one store.
+    ///
+    /// # Safety
+    /// AVX-512F; `runs` built for `g`; x holds C·H·W and panels
+    /// ⌈P/T⌉·K·T floats.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pack_stride1(x: *const f32, g: &ConvGeom, t_len: usize, panels: *mut f32, runs: &Runs) {
+        let (k, taps) = (g.k(), g.kh * g.kw);
+        let groups = runs.starts.len() - 1;
+        let nv = t_len / 16;
+        for kk in 0..k {
+            let (c, tap) = (kk / taps, kk % taps);
+            let plane = x.wrapping_add(c * g.h * g.w);
+            // groups past P (the rest of the last panel) stay 0
+            for q in 0..t_len / 16 * g.p().div_ceil(t_len) {
+                let mut v = _mm512_setzero_ps();
+                for run in runs.starts[q.min(groups)]..runs.starts[(q + 1).min(groups)] {
+                    let (mask, offset) = runs.taps[run * runs.taps_per_run + tap];
+                    // SAFETY: only the lanes in `mask` are read, and those
+                    // lie inside the channel plane (Runs::new).
+                    v = unsafe { _mm512_mask_loadu_ps(v, mask, plane.wrapping_offset(offset)) };
+                }
+                let (t, lane) = (q / nv, 16 * (q % nv));
+                // SAFETY: panel t, row kk, lanes lane.. lane + 16 < T: inside panels.
+                unsafe { _mm512_storeu_ps(panels.add((t * k + kk) * t_len + lane), v) };
+            }
+        }
+    }
+
+    /// acc[r][v] = Σ_k a[k·MR + r] · b[k·T + 16v ..][..16], then
+    /// y[r, 16v + j] = (y[r, 16v + j] if accumulating) + acc[r][v][j]
+    /// (+ row_add[r]) (+ residual[r, 16v + j]).
+    ///
+    /// # Safety
+    /// AVX-512F; `a` holds K·MR and `b` K·16·NV floats; `out` as documented.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn micro<const MR: usize, const NV: usize>(k: usize, a: *const f32, b: *const f32, out: &Store) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for kk in 0..k {
+            // SAFETY (whole block): kk < K keeps both reads inside the panels.
+            unsafe {
+                let b_k = b.add(kk * 16 * NV);
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for (v, lane) in bv.iter_mut().enumerate() {
+                    *lane = _mm512_loadu_ps(b_k.add(16 * v));
+                }
+                let a_k = a.add(kk * MR);
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let w = _mm512_set1_ps(*a_k.add(r));
+                    for (acc_rv, &bvv) in acc_r.iter_mut().zip(&bv) {
+                        *acc_rv = _mm512_fmadd_ps(w, bvv, *acc_rv);
+                    }
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate().take(out.rows) {
+            for (v, &acc_rv) in acc_r.iter().enumerate() {
+                let start = 16 * v;
+                if start >= out.cols {
+                    break;
+                }
+                let n = (out.cols - start).min(16);
+                let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+                // SAFETY: row r < rows and columns start..start + n < cols are inside y / residual.
+                unsafe {
+                    let at = r * out.row_stride + start;
+                    let mut val = acc_rv;
+                    if out.accumulate {
+                        val = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out.y.add(at)), val);
+                    }
+                    if !out.row_add.is_null() {
+                        val = _mm512_add_ps(val, _mm512_set1_ps(*out.row_add.add(r)));
+                    }
+                    if !out.residual.is_null() {
+                        val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mask, out.residual.add(at)));
+                    }
+                    _mm512_mask_storeu_ps(out.y.add(at), mask, val);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_shapes_fit_the_unet() {
+        assert_eq!(tile_shape(256, 16), (24, 1));
+        assert_eq!(tile_shape(32, 1024), (8, 2));
+        assert_eq!(tile_shape(1, 1024), (1, 8));
+        assert_eq!(tile_shape(3, 1024), (8, 2));
+    }
+}
