@@ -115,6 +115,16 @@ dispatch! {
     pub fn sum(v: &[f32]) -> f32 => sum_lanes
 }
 
+dispatch! {
+    /// Σ v accumulated in f64, in 16 interleaved partial sums.
+    pub fn sum_f64(v: &[f32]) -> f64 => sum_f64_lanes
+}
+
+dispatch! {
+    /// Σ (v − c)² accumulated in f64, in 16 interleaved partial sums.
+    pub fn sum_sq_dev_f64(v: &[f32], c: f64) -> f64 => sum_sq_dev_f64_lanes
+}
+
 /// `Fn(f32) -> f32 + Copy`, nameable in the dispatch macro.
 pub trait MapFn: Fn(f32) -> f32 + Copy {}
 impl<F: Fn(f32) -> f32 + Copy> MapFn for F {}
@@ -193,6 +203,40 @@ fn finish_sum(mut acc: [f32; LANES], tail: &[f32]) -> f32 {
         }
     }
     tail.iter().fold(acc[0], |s, &x| s + x)
+}
+
+#[inline(always)]
+fn sum_f64_lanes(v: &[f32]) -> f64 {
+    sum_sq_or_plain_f64(v, |x| x as f64)
+}
+
+#[inline(always)]
+fn sum_sq_dev_f64_lanes(v: &[f32], c: f64) -> f64 {
+    sum_sq_or_plain_f64(v, |x| {
+        let d = x as f64 - c;
+        d * d
+    })
+}
+
+/// Σ f(v) in f64 lanes, added pairwise, then the tail in order.
+#[inline(always)]
+fn sum_sq_or_plain_f64(v: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+    }
+    tail.iter().fold(acc[0], |s, &x| s + f(x))
 }
 
 #[inline(always)]
@@ -278,6 +322,17 @@ mod tests {
         assert_eq!(mapped, want);
         assert_eq!(s, sum(&want));
         assert_eq!(s, sum_lanes(&want));
+    }
+
+    #[test]
+    fn f64_lane_sums() {
+        let v: Vec<f32> = (0..1003).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.25 + 1e3).collect();
+        let exact: f64 = v.iter().map(|&x| x as f64).sum();
+        assert!((sum_f64(&v) - exact).abs() <= 1e-12 * exact.abs());
+        let mean = exact / v.len() as f64;
+        let dev: f64 = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum();
+        assert!((sum_sq_dev_f64(&v, mean) - dev).abs() <= 1e-12 * dev);
+        assert_eq!(sum_f64(&[]), 0.0);
     }
 
     #[test]

@@ -27,11 +27,12 @@ impl GroupNormDims {
     }
 }
 
-/// Mean and 1/√(var + eps) of `v` (biased variance), two passes in f64.
+/// Mean and 1/√(var + eps) of `v` (biased variance), two passes in f64 (vectorised lanes).
 pub fn mean_rstd(v: &[f32], eps: f32) -> (f32, f32) {
+    use crate::ops::fast_math::{sum_f64, sum_sq_dev_f64};
     let m = v.len() as f64;
-    let mean = v.iter().map(|&a| a as f64).sum::<f64>() / m;
-    let var = v.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / m;
+    let mean = sum_f64(v) / m;
+    let var = sum_sq_dev_f64(v, mean) / m;
     (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
 }
 
@@ -92,9 +93,7 @@ fn forward_act(
                 if silu {
                     crate::ops::fast_math::map(yc, xc, |xv| Activation::Silu.apply((xv - mu) * scale + shift));
                 } else {
-                    for (yv, &xv) in yc.iter_mut().zip(xc) {
-                        *yv = (xv - mu) * scale + shift;
-                    }
+                    crate::ops::fast_math::map(yc, xc, |xv| (xv - mu) * scale + shift);
                 }
             }
         },
