@@ -222,10 +222,14 @@ struct ImageRows {
 // ---- Outputs: `col(n)` is the per-column part of the address (computed once
 // per thread and column), `store(m, col, v)` writes C[m, n] = v. ----
 
-// Forward: y[img, oc, pix] = C[oc, (img,pix)] + b[oc]; col = img·OC·P + pix.
+// Forward: y[img, oc, pix] = C[oc, (img,pix)] + b[oc] + sb[img, oc] + r[img, oc, pix]
+// (each term optional: the UNet's conv + bias + time embedding + residual in
+// one store); col = img·OC·P + pix.
 struct ForwardOut {
     float* y;
-    const float* bias;  // null when there is no bias
+    const float* bias;         // [OC] or null
+    const float* sample_bias;  // [N, OC] or null
+    const float* residual;     // [N, OC, OH, OW] or null
     Shape s;
     __device__ int col(int n) const {
         const int P = s.oh * s.ow;
@@ -233,7 +237,11 @@ struct ForwardOut {
         return img * s.oc * P + (n - img * P);
     }
     __device__ void store(int oc, int col, float v) const {
-        y[col + oc * s.oh * s.ow] = bias != nullptr ? v + bias[oc] : v;
+        const int at = col + oc * s.oh * s.ow;
+        if (bias != nullptr) v += bias[oc];
+        if (sample_bias != nullptr) v += sample_bias[col / (s.oc * s.oh * s.ow) * s.oc + oc];
+        if (residual != nullptr) v += residual[at];
+        y[at] = v;
     }
 };
 
@@ -338,10 +346,11 @@ __device__ __forceinline__ void gemm_tile(const OpA& A, const OpB& B, const Out&
 
 }  // namespace conv
 
-// y [N, OC, OH, OW] = conv(x, W) + b. Grid (⌈N·OH·OW/64⌉, ⌈OC/64⌉, 1), 256 threads.
-// bias may be null.
+// y [N, OC, OH, OW] = conv(x, W) + b + sb + r. Grid (⌈N·OH·OW/64⌉, ⌈OC/64⌉, 1),
+// 256 threads. bias, sample_bias and residual may each be null.
 extern "C" __global__ void __launch_bounds__(256)
-    conv2d_forward_f32(float* y, const float* x, const float* w, const float* bias, conv::Shape s) {
+    conv2d_forward_f32(float* y, const float* x, const float* w, const float* bias, const float* sample_bias,
+                       const float* residual, conv::Shape s) {
     const int M = s.oc, N = s.n * s.oh * s.ow, K = s.c * s.kh * s.kw;
     if (conv::ImageColsTab::fits(s)) {
         __shared__ int tab[conv::TAB_MAX];
@@ -350,9 +359,9 @@ extern "C" __global__ void __launch_bounds__(256)
             tab[k] = ((ch * s.h + kh) * s.w + kw) << 8 | kh << 4 | kw;
         }
         __syncthreads();
-        conv::gemm_tile(conv::WeightRows{w, K}, conv::ImageColsTab{x, tab, s}, conv::ForwardOut{y, bias, s}, M, N, K, K);
+        conv::gemm_tile(conv::WeightRows{w, K}, conv::ImageColsTab{x, tab, s}, conv::ForwardOut{y, bias, sample_bias, residual, s}, M, N, K, K);
     } else {
-        conv::gemm_tile(conv::WeightRows{w, K}, conv::ImageCols{x, s}, conv::ForwardOut{y, bias, s}, M, N, K, K);
+        conv::gemm_tile(conv::WeightRows{w, K}, conv::ImageCols{x, s}, conv::ForwardOut{y, bias, sample_bias, residual, s}, M, N, K, K);
     }
 }
 

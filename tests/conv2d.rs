@@ -262,3 +262,25 @@ fn avx512_direct_kernel_matches_the_gemm_path_with_every_epilogue() {
         }
     }
 }
+
+#[test]
+fn conv2d_fused_equals_conv_then_adds_and_its_gradients_check() {
+    use minidiffusion::ops::{ConvAdd, conv2d_fused};
+    let p = params(1, 1);
+    let t = |dims: &[usize], seed| Tensor::from_vec(randn(dims, seed), dims).unwrap();
+    let (x, w, b, sb, r) = (t(&[3, 4, 6, 5], 1), t(&[7, 4, 3, 3], 2), t(&[7], 3), t(&[3, 7], 4), t(&[3, 7, 6, 5], 5));
+    let fused = conv2d_fused(&x, &w, Some(&b), ConvAdd { sample_bias: Some(&sb), residual: Some(&r) }, p).unwrap();
+    let chained = ops::add(&ops::add(&conv2d(&x, &w, Some(&b), p).unwrap(), &ops::reshape(&sb, [3, 7, 1, 1]).unwrap()).unwrap(), &r).unwrap();
+    assert_close("fused vs chained", &fused.to_vec(), &chained.to_vec(), 1e-5, 1e-5);
+    grad_check(
+        "conv2d_fused",
+        &[&[3, 4, 6, 5], &[7, 4, 3, 3], &[7], &[3, 7], &[3, 7, 6, 5]],
+        |t| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) }, p),
+        GradTol::default(),
+    );
+    // shapes of the extra operands are checked
+    let bad = conv2d_fused(&x, &w, None, ConvAdd { sample_bias: Some(&b), residual: None }, p).unwrap_err();
+    assert!(bad.to_string().contains("per-image bias must be [3, 7]"), "{bad}");
+    let bad = conv2d_fused(&x, &w, None, ConvAdd { sample_bias: None, residual: Some(&x) }, p).unwrap_err();
+    assert!(bad.to_string().contains("residual must be [3, 7, 6, 5]"), "{bad}");
+}

@@ -64,3 +64,27 @@ fn conv2d_nonsquare_and_multi_tile_parity() {
     // K = 520·9 > 4608: the forward gathers without its shared k table
     case("k3_no_k_table", [1, 520, 3, 2], 3, (3, 3), 1, 1, true, ParityTol::TENSOR_CORE);
 }
+
+#[test]
+fn conv2d_fused_epilogue_parity() {
+    use minidiffusion::ops::{ConvAdd, conv2d_fused};
+    // bias + per-image bias + residual added as the kernel stores, and their
+    // gradients (Σ over pixels per image; the identity)
+    let (x, w, b, sb, r) = ([3, 5, 7, 9], [6, 5, 3, 3], [6], [3, 6], [3, 6, 7, 9]);
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    parity_check(
+        "fused_all",
+        &[&x, &w, &b, &sb, &r],
+        |t| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) }, p),
+        ParityTol::TENSOR_CORE,
+    );
+    // stride 2, only the residual
+    let (x, w, r) = ([2, 17, 7, 9], [17, 17, 3, 3], [2, 17, 4, 5]);
+    let p = Conv2dParams { stride: 2, padding: 1 };
+    parity_check(
+        "fused_residual_s2",
+        &[&x, &w, &r],
+        |t| conv2d_fused(&t[0], &t[1], None, ConvAdd { sample_bias: None, residual: Some(&t[2]) }, p),
+        ParityTol::TENSOR_CORE,
+    );
+}

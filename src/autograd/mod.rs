@@ -4,6 +4,7 @@
 //! loss in reverse topological order, summing gradients of tensors used more
 //! than once. In no-grad mode nothing is recorded and no activation is kept.
 
+use crate::device::nvtx;
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorId};
 use std::cell::Cell;
@@ -96,6 +97,7 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
     if !loss.requires_grad() {
         return Err(Error::Autograd("the loss does not depend on any tensor that requires grad".into()));
     }
+    let _nvtx = nvtx::range("backward");
     let order = topological_order(loss);
     let _guard = NoGradGuard::new();
     let mut pending: HashMap<TensorId, Tensor> = HashMap::new();
@@ -107,7 +109,9 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
             leaves.map.insert(t.id(), grad);
             continue;
         };
+        let op_range = nvtx::enabled().then(|| nvtx::range(&format!("{} backward", node.op)));
         let input_grads = (node.backward)(&grad)?;
+        drop(op_range);
         debug_assert_eq!(input_grads.len(), node.inputs.len(), "{}: one gradient per input", node.op);
         for (input, g) in node.inputs.iter().zip(input_grads) {
             let Some(g) = g else { continue };

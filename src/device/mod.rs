@@ -4,6 +4,7 @@
 //! CUDA path be tested on machines without one.
 
 pub mod cuda;
+pub mod nvtx;
 
 use crate::error::{Error, Result};
 use std::fmt;

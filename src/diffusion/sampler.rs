@@ -188,6 +188,7 @@ pub fn sample(
         }
     };
     for (k, &(t, coefs)) in plan.iter().enumerate() {
+        let _nvtx = crate::device::nvtx::range("sampler step");
         if eps.is_none() || model_called_at(opts.kind, t) {
             eps = Some(model(&x, &timesteps(t)?)?);
             evals += 1;

@@ -63,6 +63,12 @@ impl Conv2d {
         ops::conv2d(x, &self.weight, self.bias.as_ref(), self.params)
     }
 
+    /// The convolution plus a per-image bias and/or a residual, added as it
+    /// stores (`ops::conv2d_fused`).
+    pub fn forward_add(&self, x: &Tensor, add: ops::ConvAdd) -> Result<Tensor> {
+        ops::conv2d_fused(x, &self.weight, self.bias.as_ref(), add, self.params)
+    }
+
     /// Set the weight to zero (the lesson's init of each resnet's conv2 and of conv_out).
     pub fn zero_weight(&self) -> Result<()> {
         self.weight.copy_from_slice(&vec![0.0; self.weight.numel()])

@@ -7,9 +7,9 @@
 use super::init::Initializer;
 use super::layers::{Conv2d, GroupNorm, Linear};
 use super::{Module, join};
-use crate::device::Device;
+use crate::device::{Device, nvtx};
 use crate::error::{Error, Result};
-use crate::ops;
+use crate::ops::{self, Conv2dParams, ConvAdd};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -266,17 +266,17 @@ impl ResnetBlock {
     }
 
     /// `temb_act` is SiLU(temb), shared by all blocks.
+    /// The time embedding is added by conv1 and the skip by conv2 as they
+    /// store their outputs (`ops::conv2d_fused`), not as separate passes.
     fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let _nvtx = nvtx::range("ResnetBlock2D");
         let t = self.time_emb_proj.forward(temb_act)?;
-        let t = ops::reshape(&t, [t.dims()[0], t.dims()[1], 1, 1])?;
-        let h = ops::add(&h, &t)?;
-        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+        let h = self.conv1.forward_add(&self.norm1.forward_silu(x)?, ConvAdd { sample_bias: Some(&t), residual: None })?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        let out = ops::add(&skip, &h)?;
+        let out = self.conv2.forward_add(&self.norm2.forward_silu(&h)?, ConvAdd { sample_bias: None, residual: Some(&skip) })?;
         if self.output_scale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.output_scale) }
     }
 }
@@ -329,26 +329,26 @@ impl AttentionBlock {
     /// W_out·Oᵀ + b_out is already [B, C, H, W]. The same products as
     /// diffusers' token-major layout, none of its transposes.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
+        let _nvtx = nvtx::range("Attention");
+        let (b, h, w) = (x.dims()[0], x.dims()[2], x.dims()[3]);
         let pixels = h * w;
-        let normed = ops::reshape(&self.group_norm.forward(x)?, [b, c, pixels])?;
+        let normed = self.group_norm.forward(x)?;
         let inner = self.to_q.weight.dims()[0];
         let head_dim = inner / self.heads;
-        // W·X (+ b as a column) for one of the block's linear layers
-        let project = |layer: &Linear, input: &Tensor| -> Result<Tensor> {
-            let y = ops::matmul(&layer.weight, input)?;
-            match &layer.bias {
-                Some(bias) => ops::add(&y, &ops::reshape(bias, [bias.numel(), 1])?),
-                None => Ok(y),
-            }
+        // W·X + b for one of the block's linear layers: a 1×1 convolution
+        // with the [out, in] weight viewed as [out, in, 1, 1]
+        let project = |layer: &Linear, input: &Tensor, residual: Option<&Tensor>| -> Result<Tensor> {
+            let [out_c, in_c] = [layer.weight.dims()[0], layer.weight.dims()[1]];
+            let weight = ops::reshape(&layer.weight, [out_c, in_c, 1, 1])?;
+            ops::conv2d_fused(input, &weight, layer.bias.as_ref(), ConvAdd { sample_bias: None, residual }, Conv2dParams::default())
         };
         let heads = |t: Tensor| ops::reshape(&t, [b, self.heads, head_dim, pixels]);
-        let q = heads(project(&self.to_q, &normed)?)?;
-        let k = heads(project(&self.to_k, &normed)?)?;
-        let v = heads(project(&self.to_v, &normed)?)?;
+        let q = heads(project(&self.to_q, &normed, None)?)?;
+        let k = heads(project(&self.to_k, &normed, None)?)?;
+        let v = heads(project(&self.to_v, &normed, None)?)?;
         let o = ops::attention_columns(&q, &k, &v, 1.0 / (head_dim as f32).sqrt())?;
-        let o = project(&self.to_out, &ops::reshape(&o, [b, inner, pixels])?)?;
-        let out = ops::add(&ops::reshape(&o, [b, c, h, w])?, x)?;
+        // to_out adds the residual x as it stores
+        let out = project(&self.to_out, &ops::reshape(&o, [b, inner, h, w])?, Some(x))?;
         if self.rescale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.rescale) }
     }
 }
@@ -492,6 +492,7 @@ impl UNet2DModel {
 
     /// ε̂ = model(x_t, t): x [B, in, H, W] on the model's device, `t` [B] timesteps (as f32).
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let _nvtx = nvtx::range("UNet2DModel");
         let c = &self.config;
         if x.rank() != 4 || x.dims()[1] != c.in_channels || t.dims() != [x.dims()[0]] {
             return Err(Error::Shape {
@@ -512,6 +513,7 @@ impl UNet2DModel {
         let mut h = self.conv_in.forward(&x)?;
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
+            let _nvtx = nvtx::range("down block");
             for (j, r) in block.resnets.iter().enumerate() {
                 h = r.forward(&h, &temb_act)?;
                 if let Some(a) = block.attentions.get(j) {
@@ -525,6 +527,7 @@ impl UNet2DModel {
             }
         }
         if let Some(mid) = &self.mid_block {
+            let _nvtx = nvtx::range("mid block");
             h = mid.resnets[0].forward(&h, &temb_act)?;
             if let Some(a) = mid.attentions.first() {
                 h = a.forward(&h)?;
@@ -532,6 +535,7 @@ impl UNet2DModel {
             h = mid.resnets[1].forward(&h, &temb_act)?;
         }
         for block in &self.up_blocks {
+            let _nvtx = nvtx::range("up block");
             for (j, r) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
                 h = r.forward(&ops::concat(&[&h, &skip], 1)?, &temb_act)?;

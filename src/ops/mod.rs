@@ -24,7 +24,7 @@ pub use activation::{Activation, activation, general_relu, leaky_relu, relu, sil
 pub use attention::{attention, attention_columns};
 pub use batch_norm::{BatchNormMode, batch_norm};
 pub use binary::{add, add_scalar, affine, div, mul, mul_scalar, sub};
-pub use conv2d::{Conv2dParams, conv2d};
+pub use conv2d::{Conv2dParams, ConvAdd, conv2d, conv2d_fused};
 pub use group_norm::{group_norm, group_norm_silu};
 pub use layout::{concat, index_select, narrow, permute, reshape, transpose};
 pub use loss::{cross_entropy, mse_loss};

@@ -197,6 +197,7 @@ impl Learner {
 
     /// One optimiser step on images `indices`; returns the loss.
     pub fn train_step(&mut self, indices: &[usize]) -> Result<f32> {
+        let _nvtx = crate::device::nvtx::range("train step");
         let (x_t, t, eps) = self.noisy_batch(&self.train_x, indices, TIMESTEP_STREAM + self.step as u64, NOISE_STREAM + self.step as u64)?;
         let pred = self.model.forward(&x_t, &t)?;
         let loss = ops::mse_loss(&pred, &eps)?;
@@ -211,7 +212,9 @@ impl Learner {
         self.lr = self.one_cycle.lr(self.step);
         self.opt.hyper.lr = self.lr as f32;
         self.opt.hyper.beta1 = self.one_cycle.beta1(self.step) as f32;
+        let optimizer_range = crate::device::nvtx::range("optimizer step");
         self.opt.step(&grads)?;
+        drop(optimizer_range);
         self.step += 1;
         Ok(value)
     }

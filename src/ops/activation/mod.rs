@@ -20,6 +20,7 @@ pub enum Activation {
 
 /// y = f(x) elementwise.
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("activation");
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::forward(act, x.storage().cpu_f32("activation")?)),
         Device::Cuda(_) => Storage::Cuda(cuda::forward(act, x.storage().cuda("activation")?)?),

@@ -18,12 +18,14 @@ use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 
 /// Attention with an explicit `scale` (use 1/√D for the standard form).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("attention");
     attention_in(q, k, v, scale, Layout::Rows)
 }
 
 /// [`attention`] on transposed sequences: q [..., D, Lq], k [..., D, Lk],
 /// v [..., Dv, Lk] give o [..., Dv, Lq] (= attention(qᵀ, kᵀ, vᵀ)ᵀ).
 pub fn attention_columns(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("attention_columns");
     attention_in(q, k, v, scale, Layout::Columns)
 }
 

@@ -67,6 +67,7 @@ pub fn batch_norm(
     mode: BatchNormMode,
     eps: f32,
 ) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("batch_norm");
     if x.rank() < 2 {
         return shape_err(OP, format!("input must be [N, C] or [N, C, *], got shape {}", x.shape()));
     }

@@ -49,6 +49,7 @@ pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `op` applied elementwise after broadcasting `a` and `b` to a common shape.
 pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("binary");
     let name = op.name();
     let device = Tensor::common_device(name, &[a, b])?;
     let Some(out_shape) = a.shape().broadcast(b.shape()) else {
@@ -86,6 +87,7 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// y = x·scale + shift.
 pub fn affine(x: &Tensor, scale: f32, shift: f32) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("affine");
     let storage = match x.device() {
         Device::Cpu => cpu_f32_storage(cpu::affine(x.storage().cpu_f32("affine")?, scale, shift)),
         Device::Cuda(_) => Storage::Cuda(cuda::affine(x.storage().cuda("affine")?, scale, shift)?),
@@ -96,9 +98,11 @@ pub fn affine(x: &Tensor, scale: f32, shift: f32) -> Result<Tensor> {
 }
 
 pub fn add_scalar(x: &Tensor, value: f32) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("add_scalar");
     affine(x, 1.0, value)
 }
 
 pub fn mul_scalar(x: &Tensor, value: f32) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("mul_scalar");
     affine(x, value, 0.0)
 }

@@ -73,17 +73,27 @@ fn gemm_grid(m: usize, n: usize, splits: usize) -> LaunchConfig {
     LaunchConfig::grid([n.div_ceil(TILE), m.div_ceil(TILE), splits], GEMM_THREADS)
 }
 
-/// y [N, OC, OH, OW] = conv(x [N, C, H, W], weight [OC, C, KH, KW]) + bias [OC].
-pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, bias: Option<&CudaBuffer>, g: &ConvGeom) -> Result<CudaBuffer> {
+/// What the forward kernel adds as it stores (each may be absent): bias [OC],
+/// sample_bias [N, OC], residual [N, OC, OH, OW].
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a CudaBuffer>,
+    pub sample_bias: Option<&'a CudaBuffer>,
+    pub residual: Option<&'a CudaBuffer>,
+}
+
+/// y [N, OC, OH, OW] = conv(x [N, C, H, W], weight [OC, C, KH, KW]) + the epilogue.
+pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom) -> Result<CudaBuffer> {
     let backend = x.backend();
     let out = backend.alloc(g.n * g.oc * g.p())?;
     if out.is_empty() {
         return Ok(out);
     }
     let s = ConvShape::new(g)?;
-    let bias_arg = bias.map_or(Arg::Ptr(0), |b| b.arg());
+    let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
     let cfg = gemm_grid(g.oc, g.n * g.p(), 1);
-    backend.launch("conv2d_forward_f32", cfg, &[out.arg(), x.arg(), weight.arg(), bias_arg, Arg::pod(&s)])?;
+    let args = [out.arg(), x.arg(), weight.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(&s)];
+    backend.launch("conv2d_forward_f32", cfg, &args)?;
     Ok(out)
 }
 

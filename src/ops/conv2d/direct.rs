@@ -433,6 +433,7 @@ mod tests {
         assert_eq!(tile_shape(256, 16), (24, 1));
         assert_eq!(tile_shape(32, 1024), (8, 2));
         assert_eq!(tile_shape(1, 1024), (1, 8));
-        assert_eq!(tile_shape(3, 1024), (8, 2));
+        assert_eq!(tile_shape(3, 1024), (1, 8));
+        assert_eq!(tile_shape(6, 1024), (8, 2));
     }
 }

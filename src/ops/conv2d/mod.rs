@@ -71,42 +71,78 @@ fn geometry(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams)
 
 /// y = conv2d(x [N, C, H, W], weight [OC, C, KH, KW]) + bias [OC] → [N, OC, OH, OW].
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
+    conv2d_fused(x, weight, bias, ConvAdd::default(), p)
+}
+
+/// What [`conv2d_fused`] adds to the convolution as it writes its output,
+/// beyond the per-channel bias.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConvAdd<'a> {
+    /// [N, OC]: a bias per image and output channel (the UNet's time
+    /// embedding, broadcast over the pixels).
+    pub sample_bias: Option<&'a Tensor>,
+    /// [N, OC, OH, OW]: added elementwise (a residual connection).
+    pub residual: Option<&'a Tensor>,
+}
+
+/// y = conv2d(x, weight) + bias[o] + sample_bias[n, o] + residual[n, o, oy, ox]
+/// in one pass over y (each term optional): what the UNet's resnet blocks
+/// chain as conv, broadcast add and residual add, with no intermediate tensors.
+/// Gradients: d sample_bias[n, o] = Σ_pixels dy[n, o], d residual = dy.
+pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("conv2d_fused");
+    const OP: &str = "conv2d";
     let mut all = vec![x, weight];
     all.extend(bias);
-    let device = Tensor::common_device("conv2d", &all)?;
+    all.extend(add.sample_bias);
+    all.extend(add.residual);
+    let device = Tensor::common_device(OP, &all)?;
     let g = geometry(x, weight, bias, p)?;
+    if let Some(sb) = add.sample_bias
+        && sb.dims() != [g.n, g.oc]
+    {
+        return shape_err(OP, format!("per-image bias must be [{}, {}], got {}", g.n, g.oc, sb.shape()));
+    }
+    if let Some(r) = add.residual
+        && r.dims() != [g.n, g.oc, g.oh, g.ow]
+    {
+        return shape_err(OP, format!("residual must be [{}, {}, {}, {}], got {}", g.n, g.oc, g.oh, g.ow, r.shape()));
+    }
     let storage = match device {
         Device::Cpu => {
             let (sx, sw) = (x.storage(), weight.storage());
-            let sb = bias.map(|b| b.storage());
-            let db = match &sb {
-                Some(s) => Some(s.cpu_f32("conv2d")?),
-                None => None,
-            };
-            cpu_f32_storage(cpu::conv2d_forward(sx.cpu_f32("conv2d")?, sw.cpu_f32("conv2d")?, db, &g))
+            let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
+            let epi = cpu::Epilogue { bias: host(&sb)?, sample_bias: host(&ss)?, residual: host(&sr)? };
+            cpu_f32_storage(cpu::conv2d_forward_fused(sx.cpu_f32(OP)?, sw.cpu_f32(OP)?, &epi, &g))
         }
         Device::Cuda(_) => {
             let (sx, sw) = (x.storage(), weight.storage());
-            let sb = bias.map(|b| b.storage());
-            let db = match &sb {
-                Some(s) => Some(s.cuda("conv2d")?),
-                None => None,
-            };
-            Storage::Cuda(cuda::forward(sx.cuda("conv2d")?, sw.cuda("conv2d")?, db, &g)?)
+            let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
+            let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
+            Storage::Cuda(cuda::forward(sx.cuda(OP)?, sw.cuda(OP)?, &epi, &g)?)
         }
     };
     let out_shape = Shape::new(vec![g.n, g.oc, g.oh, g.ow]);
     Ok(Tensor::from_op(storage, out_shape, |_| {
-        let (x, weight, bias) = (x.clone(), weight.clone(), bias.cloned());
+        let (x, weight) = (x.clone(), weight.clone());
+        let (bias, sample_bias, residual) = (bias.cloned(), add.sample_bias.cloned(), add.residual.cloned());
         let mut inputs = vec![x.clone(), weight.clone()];
         inputs.extend(bias.clone());
-        Node::new("conv2d", inputs, move |dy| {
+        inputs.extend(sample_bias.clone());
+        inputs.extend(residual.clone());
+        Node::new(OP, inputs, move |dy| {
             let mut grads = vec![
                 x.requires_grad().then(|| conv2d_backward_input(dy, &weight, &g)).transpose()?,
                 weight.requires_grad().then(|| conv2d_backward_weight(dy, &x, &g)).transpose()?,
             ];
             if let Some(b) = &bias {
                 grads.push(b.requires_grad().then(|| bias_grad(dy, &g)).transpose()?);
+            }
+            if let Some(sb) = &sample_bias {
+                grads.push(sb.requires_grad().then(|| sample_bias_grad(dy, &g)).transpose()?);
+            }
+            if let Some(r) = &residual {
+                grads.push(r.requires_grad().then(|| dy.clone()));
             }
             Ok(grads)
         })
@@ -141,6 +177,25 @@ fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tenso
         }
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.oc, g.c, g.kh, g.kw])))
+}
+
+/// The host slice of an optional operand's storage.
+fn host<'a>(s: &'a Option<StorageGuard<'_>>) -> Result<Option<&'a [f32]>> {
+    s.as_deref().map(|s| s.cpu_f32("conv2d")).transpose()
+}
+
+/// The device buffer of an optional operand's storage.
+fn dev<'a>(s: &'a Option<StorageGuard<'_>>) -> Result<Option<&'a crate::device::cuda::CudaBuffer>> {
+    s.as_deref().map(|s| s.cuda("conv2d")).transpose()
+}
+
+type StorageGuard<'a> = std::sync::RwLockReadGuard<'a, Storage>;
+
+/// d sample_bias [N, OC] = Σ over each image's pixels of dY.
+fn sample_bias_grad(dy: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+    let rows = crate::ops::reshape(dy, [g.n * g.oc, g.p()])?;
+    let summed = crate::ops::reduce::sum(&rows, &[1], false)?;
+    crate::ops::reshape(&summed, [g.n, g.oc])
 }
 
 /// dB = Σ over batch and pixels of dY, shape [OC].

@@ -18,6 +18,7 @@ use crate::tensor::{Storage, Tensor, cpu_f32_storage};
 /// (x_t, ε) for a batch x0 [B, ...] at per-sample timesteps with ᾱ values `abar` (len B).
 /// Noise element i is normal number `start + i` of the Philox stream (seed, offset).
 pub fn noisify(x0: &Tensor, abar: &[f64], seed: u64, offset: u64, start: u64) -> Result<(Tensor, Tensor)> {
+    let _nvtx = crate::device::nvtx::range("diffusion_noisify");
     let batch = x0.dims().first().copied().unwrap_or(0);
     if abar.len() != batch || batch == 0 {
         return shape_err("noisify", format!("{} ᾱ values for a batch of shape {}", abar.len(), x0.shape()));
@@ -41,6 +42,7 @@ pub fn noisify(x0: &Tensor, abar: &[f64], seed: u64, offset: u64, start: u64) ->
 /// One sampler update: (x_prev, x̂0 if `want_x0`).
 /// z element i is normal number `start + i` of the Philox stream (seed, offset).
 pub fn step(xt: &Tensor, eps: &Tensor, k: StepCoefs, seed: u64, offset: u64, start: u64, want_x0: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let _nvtx = crate::device::nvtx::range("diffusion_step");
     if xt.shape() != eps.shape() {
         return shape_err("sampler step", format!("x_t {} and ε̂ {} differ", xt.shape(), eps.shape()));
     }

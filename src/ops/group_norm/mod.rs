@@ -46,6 +46,7 @@ pub fn group_norm(
     bias: Option<&Tensor>,
     eps: f32,
 ) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("group_norm");
     norm("group_norm", x, groups, weight, bias, eps, false)
 }
 
@@ -58,6 +59,7 @@ pub fn group_norm_silu(
     bias: Option<&Tensor>,
     eps: f32,
 ) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("group_norm_silu");
     norm("group_norm_silu", x, groups, weight, bias, eps, true)
 }
 

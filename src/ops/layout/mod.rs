@@ -24,6 +24,7 @@ pub fn reshape(x: &Tensor, dims: impl Into<Shape>) -> Result<Tensor> {
 
 /// Reorder axes: output dim d is input dim perm[d].
 pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("permute");
     let rank = x.rank();
     let mut seen = vec![false; rank];
     if perm.len() != rank || perm.iter().any(|&p| p >= rank || std::mem::replace(&mut seen[p], true)) {
@@ -55,6 +56,7 @@ pub fn transpose(x: &Tensor, a: usize, b: usize) -> Result<Tensor> {
 
 /// Join tensors along `axis`; all other dims must agree (UNet skip connections).
 pub fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("concat");
     let Some(first) = parts.first() else {
         return arg_err("concat", "no tensors to concatenate");
     };
@@ -100,6 +102,7 @@ pub fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {
 
 /// Entries start..start+len along `axis` (a copy).
 pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("narrow");
     if axis >= x.rank() || start + len > x.dims()[axis] {
         return arg_err("narrow", format!("range {start}..{} of axis {axis} is outside shape {}", start + len, x.shape()));
     }
@@ -135,6 +138,7 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
 
 /// Rows `rows` of `x` along axis 0 (a data gather: not differentiable).
 pub fn index_select(x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("index_select");
     if x.rank() == 0 {
         return shape_err("index_select", "needs at least one axis");
     }

@@ -14,6 +14,7 @@ use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 
 /// Mean squared error over all elements.
 pub fn mse_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("mse_loss");
     if pred.shape() != target.shape() {
         return shape_err("mse_loss", format!("prediction {} and target {} differ", pred.shape(), target.shape()));
     }
@@ -23,6 +24,7 @@ pub fn mse_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
 
 /// Mean cross-entropy of logits [N, K] against class indices `labels` (len N).
 pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("cross_entropy");
     if logits.rank() != 2 || logits.dims()[0] != labels.len() {
         return shape_err("cross_entropy", format!("logits {} need shape [N, K] with N = {} labels", logits.shape(), labels.len()));
     }

@@ -24,6 +24,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// op(a)·op(b) where op transposes the last two dims when its flag is set.
 pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("matmul_t");
     let device = Tensor::common_device("matmul", &[a, b])?;
     if a.rank() < 2 || b.rank() < 2 {
         return shape_err("matmul", format!("operands need 2 or more dims, got {} and {}", a.shape(), b.shape()));
@@ -94,6 +95,7 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
 
 /// y = x·wᵀ + bias for x [..., in], w [out, in] (PyTorch's layout), bias [out].
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("linear");
     if weight.rank() != 2 || x.rank() == 0 || x.dims()[x.rank() - 1] != weight.dims()[1] {
         return shape_err("linear", format!("input {} does not fit weight {}", x.shape(), weight.shape()));
     }

@@ -25,6 +25,7 @@ pub fn randn(shape: impl Into<Shape>, seed: u64, offset: u64, device: Device) ->
 
 /// Standard normals of `shape` from elements `start..` of stream (seed, offset).
 pub fn randn_at(shape: impl Into<Shape>, seed: u64, offset: u64, start: u64, device: Device) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("randn_at");
     let shape = shape.into();
     let n = shape.numel();
     let storage = match device {
@@ -42,6 +43,7 @@ pub fn rand_uniform(shape: impl Into<Shape>, lo: f32, hi: f32, seed: u64, offset
 
 /// [`rand_uniform`] from elements `start..` of the stream.
 pub fn rand_uniform_at(shape: impl Into<Shape>, lo: f32, hi: f32, seed: u64, offset: u64, start: u64, device: Device) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("rand_uniform_at");
     let shape = shape.into();
     let n = shape.numel();
     let storage = match device {
@@ -58,6 +60,7 @@ pub fn random_u32(n: usize, seed: u64, offset: u64, device: Device) -> Result<Ve
 
 /// The raw u32 stream (seed, offset), elements start..start+n, computed on `device`.
 pub fn random_u32_at(n: usize, seed: u64, offset: u64, start: u64, device: Device) -> Result<Vec<u32>> {
+    let _nvtx = crate::device::nvtx::range("random_u32_at");
     match device {
         Device::Cpu => Ok(cpu::u32s(seed, offset, start, n)),
         Device::Cuda(d) => cuda::u32s(&crate::device::cuda::backend(d)?, seed, offset, start, n),

@@ -40,6 +40,7 @@ fn sum_keepdim(x: &Tensor, keep: Shape) -> Result<Tensor> {
 
 /// Sum over `axes`; with `keepdim` the summed dims stay as 1.
 pub fn sum(x: &Tensor, axes: &[usize], keepdim: bool) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("sum");
     let keep = keepdim_shape("sum", x.shape(), axes)?;
     let summed = sum_keepdim(x, keep)?;
     if keepdim {
@@ -68,6 +69,7 @@ pub fn mean_all(x: &Tensor) -> Result<Tensor> {
 
 /// Sum `x` down to `target`, a shape `x` is a broadcast of.
 pub fn sum_to(x: &Tensor, target: &Shape) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("sum_to");
     if x.shape() == target {
         return Ok(x.clone());
     }
@@ -83,6 +85,7 @@ pub fn sum_to(x: &Tensor, target: &Shape) -> Result<Tensor> {
 
 /// Repeat `x` along broadcast axes to `target`.
 pub fn broadcast_to(x: &Tensor, target: &Shape) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("broadcast_to");
     if x.shape() == target {
         return Ok(x.clone());
     }

@@ -24,6 +24,7 @@ fn planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
 
 /// [N, C, H, W] → [N, C, 2H, 2W], each pixel repeated over a 2×2 block.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("upsample_nearest2x");
     const OP: &str = "upsample_nearest2x";
     let (pl, h, w) = planes(OP, x)?;
     let storage = match x.device() {
@@ -47,6 +48,7 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
 /// [N, C, H, W] → [N, C, ceil(H/2), ceil(W/2)], the mean of each 2×2 window's
 /// in-bounds elements.
 pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("avg_pool2x2");
     const OP: &str = "avg_pool2x2";
     let (pl, h, w) = planes(OP, x)?;
     let storage = match x.device() {

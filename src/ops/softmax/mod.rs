@@ -9,6 +9,7 @@ use crate::error::{Result, shape_err};
 use crate::tensor::{Storage, Tensor, cpu_f32_storage};
 
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("softmax");
     if x.rank() == 0 {
         return shape_err("softmax", "needs at least one axis");
     }

@@ -12,6 +12,7 @@ use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 
 /// [N] timesteps → [N, dim] embeddings, computed in f32 in diffusers' order of operations.
 pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, freq_shift: f32, max_period: f32) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("timestep_embedding");
     if t.rank() != 1 {
         return shape_err("timestep_embedding", format!("timesteps must be 1-D, got {}", t.shape()));
     }
