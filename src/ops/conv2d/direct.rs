@@ -66,7 +66,10 @@ impl Scratch {
 }
 
 thread_local! {
+    /// Pixel panels of a task's images (strided convolutions).
     static PANELS: RefCell<Scratch> = const { RefCell::new(Scratch { buf: Vec::new() }) };
+    /// One KC × T block packed just before use (stride 1).
+    static BLOCK: RefCell<Scratch> = const { RefCell::new(Scratch { buf: Vec::new() }) };
 }
 
 /// A_u [K][MR] for every channel tile u, zero rows past OC. Read 16 k at a
@@ -96,10 +99,13 @@ fn pack_image(x_n: &[f32], g: &ConvGeom, t_len: usize, panels: &mut [f32], row: 
     assert!(x_n.len() >= g.c * g.h * g.w && panels.len() >= tiles * k * t_len);
     #[cfg(target_arch = "x86_64")]
     if g.stride == 1 {
-        // SAFETY: AVX-512 checked by `forward`; `runs` was built for this
-        // geometry, its masked lanes read only inside x_n (see Runs::new);
-        // every store is inside `panels` (asserted size).
-        return unsafe { avx512::pack_stride1(x_n.as_ptr(), g, t_len, panels.as_mut_ptr(), runs) };
+        for t in 0..tiles {
+            // SAFETY: AVX-512 checked by `forward`; `runs` was built for this
+            // geometry, its masked lanes read only inside x_n (see Runs::new);
+            // panel t (K·T floats) is inside `panels` (asserted size).
+            unsafe { avx512::pack_block(x_n.as_ptr(), g, t, 0, k, t_len, panels[t * k * t_len..].as_mut_ptr(), runs) };
+        }
+        return;
     }
     for kk in 0..k {
         im2col_row(x_n, g, kk, row);
@@ -124,7 +130,8 @@ fn pack_image(x_n: &[f32], g: &ConvGeom, t_len: usize, panels: &mut [f32], row: 
 pub struct Runs {
     /// Runs of group q: `starts[q]..starts[q + 1]`.
     starts: Vec<usize>,
-    /// Per run, per tap: (lane mask, offset of lane 0).
+    /// (lane mask, offset of lane 0) of group q, tap t, its run r at
+    /// starts[q]·taps + t·runs(q) + r: one tap's runs side by side.
     taps: Vec<(u16, isize)>,
     taps_per_run: usize,
 }
@@ -134,11 +141,14 @@ impl Runs {
         let (p, taps_per_run) = (g.p(), g.kh * g.kw);
         let (mut starts, mut taps) = (vec![0], Vec::new());
         for q in 0..p.div_ceil(16) {
+            // this group's runs, each with its taps in (ki, kj) order
+            let mut runs: Vec<Vec<(u16, isize)>> = Vec::new();
             let mut pix = 16 * q;
             while pix < p.min(16 * q + 16) {
                 let (oy, ox) = (pix / g.ow, pix % g.ow);
                 let lane = pix - 16 * q;
                 let len = (g.ow - ox).min(16 - lane);
+                let mut run = Vec::with_capacity(taps_per_run);
                 for ki in 0..g.kh {
                     for kj in 0..g.kw {
                         let iy = (oy + ki) as isize - g.pad as isize;
@@ -152,14 +162,24 @@ impl Runs {
                                 }
                             }
                         }
-                        taps.push((mask, iy * g.w as isize + ix0 - lane as isize));
+                        run.push((mask, iy * g.w as isize + ix0 - lane as isize));
                     }
                 }
+                runs.push(run);
                 pix += len;
             }
-            starts.push(taps.len() / taps_per_run);
+            for t in 0..taps_per_run {
+                taps.extend(runs.iter().map(|run| run[t]));
+            }
+            starts.push(starts[q] + runs.len());
         }
         Runs { starts, taps, taps_per_run }
+    }
+
+    /// The runs of group q at tap t.
+    fn at(&self, q: usize, t: usize) -> &[(u16, isize)] {
+        let (first, n) = (self.starts[q], self.starts[q + 1] - self.starts[q]);
+        &self.taps[first * self.taps_per_run + t * n..][..n]
     }
 }
 
@@ -196,7 +216,7 @@ pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f
         y_out.par_chunks_mut(per_task).enumerate().for_each(|(u, y_u)| {
             let block = Block {
                 a: &a[u * k * mr..],
-                panels: &panels,
+                source: Source::Packed(&panels),
                 row_add: &row_add[u * mr..],
                 residual: epi.residual.map(|r| &r[u * per_task..]),
                 images: 1,
@@ -212,21 +232,21 @@ pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f
     let group = MIN_PANELS.div_ceil(tiles).clamp(1, spare);
     y_out.par_chunks_mut(group * y_len).enumerate().for_each(|(gi, y_g)| {
         let (i0, images) = (gi * group, y_g.len() / y_len);
+        let row_add: Vec<f32> = (i0..i0 + images).flat_map(|i| epi.row_add(i, g.oc)).collect();
+        let residual = epi.residual.map(|r| &r[i0 * y_len..(i0 + images) * y_len]);
+        let x_g = &x[i0 * x_len..(i0 + images) * x_len];
+        if g.stride == 1 {
+            let source = Source::Images { x: x_g, x_len, g, runs: &runs };
+            let block = Block { a: &a, source, row_add: &row_add, residual, images, image_stride: y_len };
+            return block_tiles(&block, y_g, &shape);
+        }
         PANELS.with_borrow_mut(|scratch| {
             let buf = scratch.get(images * image_panels + p);
             let (panels, row) = buf.split_at_mut(images * image_panels);
             for (j, panels_j) in panels.chunks_mut(image_panels).enumerate() {
-                pack_image(&x[(i0 + j) * x_len..(i0 + j + 1) * x_len], g, t_len, panels_j, row, &runs);
+                pack_image(&x_g[j * x_len..(j + 1) * x_len], g, t_len, panels_j, row, &runs);
             }
-            let row_add: Vec<f32> = (i0..i0 + images).flat_map(|i| epi.row_add(i, g.oc)).collect();
-            let block = Block {
-                a: &a,
-                panels,
-                row_add: &row_add,
-                residual: epi.residual.map(|r| &r[i0 * y_len..(i0 + images) * y_len]),
-                images,
-                image_stride: y_len,
-            };
+            let block = Block { a: &a, source: Source::Packed(panels), row_add: &row_add, residual, images, image_stride: y_len };
             block_tiles(&block, y_g, &shape);
         })
     });
@@ -241,6 +261,16 @@ const MIN_PANELS: usize = 8;
 /// K values per block: one pixel panel's block (KC·T floats, 16–32 KB) stays
 /// in L1 while every channel tile runs over it.
 const KC: usize = 256;
+
+/// Where the pixel panels come from.
+enum Source<'a> {
+    /// Every image's panels, packed beforehand.
+    Packed(&'a [f32]),
+    /// Stride 1: each KC × T block packed from the images (x_len floats
+    /// apart) just before the channel tiles use it, so it is written to and
+    /// read from L1 instead of a panel matrix of up to K·P floats per image.
+    Images { x: &'a [f32], x_len: usize, g: &'a ConvGeom, runs: &'a Runs },
+}
 
 /// Sizes every task shares.
 struct Tiling {
@@ -257,7 +287,7 @@ struct Tiling {
 /// out by the caller: image_stride / P channels apart) and residual.
 struct Block<'a> {
     a: &'a [f32],
-    panels: &'a [f32],
+    source: Source<'a>,
     row_add: &'a [f32],
     residual: Option<&'a [f32]>,
     images: usize,
@@ -276,47 +306,65 @@ fn block_tiles(b: &Block, y: &mut [std::mem::MaybeUninit<f32>], s: &Tiling) {
     let channels = image_rows / p;
     let row_add_stride = b.image_stride / p;
     assert!(b.images >= 1 && y.len() == (b.images - 1) * b.image_stride + channels * p);
-    assert!(b.a.len() >= channels.div_ceil(mr) * k * mr && b.panels.len() >= b.images * tiles * k * t_len);
+    assert!(b.a.len() >= channels.div_ceil(mr) * k * mr);
     assert!(b.row_add.len() >= (b.images - 1) * row_add_stride + channels && b.residual.is_none_or(|r| r.len() >= y.len()));
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        let (first, last) = (k0 == 0, k0 + kc == k);
-        for j in 0..b.images {
-            for t in 0..tiles {
-                let b_t = b.panels[((j * tiles + t) * k + k0) * t_len..].as_ptr();
-                for u in 0..channels.div_ceil(mr) {
-                    let at = j * b.image_stride + u * mr * p + t * t_len;
-                    let out = Store {
-                        y: y[at..].as_mut_ptr().cast::<f32>(),
-                        row_stride: p,
-                        rows: mr.min(channels - u * mr),
-                        cols: t_len.min(p - t * t_len),
-                        accumulate: !first,
-                        row_add: if last { b.row_add[j * row_add_stride + u * mr..].as_ptr() } else { std::ptr::null() },
-                        residual: match b.residual {
-                            Some(r) if last => r[at..].as_ptr(),
-                            _ => std::ptr::null(),
-                        },
+    match b.source {
+        Source::Packed(panels) => assert!(panels.len() >= b.images * tiles * k * t_len),
+        Source::Images { x, x_len, g, .. } => assert!(g.stride == 1 && x_len >= g.c * g.h * g.w && x.len() >= b.images * x_len),
+    }
+    BLOCK.with_borrow_mut(|scratch| {
+        let buf = scratch.get(if matches!(b.source, Source::Images { .. }) { KC * t_len } else { 0 });
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let (first, last) = (k0 == 0, k0 + kc == k);
+            for j in 0..b.images {
+                for t in 0..tiles {
+                    let b_t = match b.source {
+                        Source::Packed(panels) => panels[((j * tiles + t) * k + k0) * t_len..].as_ptr(),
+                        Source::Images { x, x_len, g, runs } => {
+                            // SAFETY: AVX-512 checked by `forward`; image j holds
+                            // C·H·W floats and buf KC·T (asserted above).
+                            #[cfg(target_arch = "x86_64")]
+                            unsafe {
+                                avx512::pack_block(x[j * x_len..].as_ptr(), g, t, k0, kc, t_len, buf.as_mut_ptr(), runs)
+                            };
+                            buf.as_ptr()
+                        }
                     };
-                    let a_u = b.a[(u * k + k0) * mr..].as_ptr();
-                    // SAFETY: `available()` was checked by `forward`; a_u holds
-                    // kc·MR and b_t kc·T floats of their panels (asserted
-                    // sizes); Store's pointers address `rows` rows of `cols`
-                    // entries at stride P inside y / residual.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        match (mr, nv) {
-                            (24, 1) => avx512::micro::<24, 1>(kc, a_u, b_t, &out),
-                            (12, 2) => avx512::micro::<12, 2>(kc, a_u, b_t, &out),
-                            (8, 2) => avx512::micro::<8, 2>(kc, a_u, b_t, &out),
-                            (1, 8) => avx512::micro::<1, 8>(kc, a_u, b_t, &out),
-                            _ => unreachable!("tile shape {mr}×{nv}"),
+                    for u in 0..channels.div_ceil(mr) {
+                        let at = j * b.image_stride + u * mr * p + t * t_len;
+                        let out = Store {
+                            y: y[at..].as_mut_ptr().cast::<f32>(),
+                            row_stride: p,
+                            rows: mr.min(channels - u * mr),
+                            cols: t_len.min(p - t * t_len),
+                            accumulate: !first,
+                            row_add: if last { b.row_add[j * row_add_stride + u * mr..].as_ptr() } else { std::ptr::null() },
+                            residual: match b.residual {
+                                Some(r) if last => r[at..].as_ptr(),
+                                _ => std::ptr::null(),
+                            },
+                        };
+                        let a_u = b.a[(u * k + k0) * mr..].as_ptr();
+                        // SAFETY: `available()` was checked by `forward`; a_u holds
+                        // kc·MR and b_t kc·T floats of their panels (asserted
+                        // sizes); Store's pointers address `rows` rows of `cols`
+                        // entries at stride P inside y / residual.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            match (mr, nv) {
+                                (24, 1) => avx512::micro::<24, 1>(kc, a_u, b_t, &out),
+                                (12, 2) => avx512::micro::<12, 2>(kc, a_u, b_t, &out),
+                                (8, 2) => avx512::micro::<8, 2>(kc, a_u, b_t, &out),
+                                (1, 8) => avx512::micro::<1, 8>(kc, a_u, b_t, &out),
+                                _ => unreachable!("tile shape {mr}×{nv}"),
+                            }
                         }
                     }
                 }
             }
         }
-    }
+    })
 }
 
 /// Where one microkernel block goes: `rows` rows of `cols` (≤ T) outputs.
@@ -339,33 +387,43 @@ mod avx512 {
     use super::{ConvGeom, Runs, Store};
     use std::arch::x86_64::*;
 
-    /// Stride-1 pixel panels: per tap k = (c, ki, kj) and 16-lane group, one
-    /// masked load per run (lanes outside the image read nothing and are 0)
-    /// and one store.
+    /// Rows k0 .. k0 + kc of stride-1 pixel panel t, into dst [kc][T]: per
+    /// tap k = (c, ki, kj) and 16-lane group, one masked load per run (lanes
+    /// outside the image read nothing and are 0) and one store.
     ///
     /// # Safety
-    /// AVX-512F; `runs` built for `g`; x holds C·H·W and panels
-    /// ⌈P/T⌉·K·T floats.
+    /// AVX-512F; `runs` built for `g`; x holds C·H·W floats, dst kc·T;
+    /// k0 + kc ≤ K.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn pack_stride1(x: *const f32, g: &ConvGeom, t_len: usize, panels: *mut f32, runs: &Runs) {
-        let (k, taps) = (g.k(), g.kh * g.kw);
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn pack_block(x: *const f32, g: &ConvGeom, t: usize, k0: usize, kc: usize, t_len: usize, dst: *mut f32, runs: &Runs) {
+        let taps = g.kh * g.kw;
         let groups = runs.starts.len() - 1;
         let nv = t_len / 16;
-        for kk in 0..k {
-            let (c, tap) = (kk / taps, kk % taps);
+        let (mut c, mut tap) = (k0 / taps, k0 % taps);
+        for kk in 0..kc {
             let plane = x.wrapping_add(c * g.h * g.w);
-            // groups past P (the rest of the last panel) stay 0
-            for q in 0..t_len / 16 * g.p().div_ceil(t_len) {
-                let mut v = _mm512_setzero_ps();
-                for run in runs.starts[q.min(groups)]..runs.starts[(q + 1).min(groups)] {
-                    let (mask, offset) = runs.taps[run * runs.taps_per_run + tap];
-                    // SAFETY: only the lanes in `mask` are read, and those
-                    // lie inside the channel plane (Runs::new).
-                    v = unsafe { _mm512_mask_loadu_ps(v, mask, plane.wrapping_offset(offset)) };
+            for v in 0..nv {
+                let q = t * nv + v;
+                let mut lanes = _mm512_setzero_si512();
+                // groups past P (the rest of the last panel) stay 0
+                if q < groups {
+                    for &(mask, offset) in runs.at(q, tap) {
+                        // runs own disjoint lanes: zero-masked loads ORed
+                        // together (independent, unlike a chain of merging loads)
+                        // SAFETY: only the lanes in `mask` are read, and
+                        // those lie inside the channel plane (Runs::new).
+                        let run = unsafe { _mm512_maskz_loadu_ps(mask, plane.wrapping_offset(offset)) };
+                        lanes = _mm512_or_si512(lanes, _mm512_castps_si512(run));
+                    }
                 }
-                let (t, lane) = (q / nv, 16 * (q % nv));
-                // SAFETY: panel t, row kk, lanes lane.. lane + 16 < T: inside panels.
-                unsafe { _mm512_storeu_ps(panels.add((t * k + kk) * t_len + lane), v) };
+                // SAFETY: row kk < kc, lanes 16v.. 16v + 16 ≤ T: inside dst.
+                unsafe { _mm512_storeu_ps(dst.add(kk * t_len + 16 * v), _mm512_castsi512_ps(lanes)) };
+            }
+            tap += 1;
+            if tap == taps {
+                tap = 0;
+                c += 1;
             }
         }
     }
