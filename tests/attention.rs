@@ -83,3 +83,17 @@ fn inference_without_saved_probabilities_gives_the_same_output() {
     let inference = minidiffusion::no_grad(|| ops::attention(&q, &k, &v, 0.4)).unwrap().to_vec();
     assert_close("attention no_grad", &inference, &with_tape, 1e-6, 1e-6);
 }
+
+#[test]
+fn inference_columns_kernel_matches_the_tape_path_on_uneven_shapes() {
+    // 16 queries per block: Lq = 37 leaves a partial block; Dv = 11 runs one
+    // 8-row group and three single rows; long keys (Lk = 300), D = 8 and 20
+    for (i, &(b, h, d, lq, lk, dv)) in [(2, 3, 8, 37, 300, 11), (1, 2, 20, 16, 5, 8), (3, 1, 3, 1, 1, 1)].iter().enumerate() {
+        let seed = 40 + 3 * i as u64;
+        let (q, k, v) = (tensor(&[b, h, d, lq], seed), tensor(&[b, h, d, lk], seed + 1), tensor(&[b, h, dv, lk], seed + 2));
+        let scale = 1.0 / (d as f32).sqrt();
+        let with_tape = ops::attention_columns(&q.detach().requires_grad_(), &k, &v, scale).unwrap().to_vec();
+        let inference = minidiffusion::no_grad(|| ops::attention_columns(&q, &k, &v, scale)).unwrap().to_vec();
+        assert_close(&format!("columns inference case {i}"), &inference, &with_tape, 1e-6, 1e-5);
+    }
+}

@@ -11,37 +11,46 @@
 /// slices vectorise.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
+    use exp_consts::*;
+    let xc = x.clamp(LO, HI);
     // round(xc·log₂e) by the 1.5·2²³ trick: the sum's low mantissa bits hold
     // the integer (a float→int cast would not vectorise)
-    const SHIFTER: f32 = 12_582_912.0;
-    let xc = x.clamp(-87.336_55, 88.722_83);
     let t = xc * LOG2E + SHIFTER;
     let n = t - SHIFTER;
     let n_int = (t.to_bits() as i32).wrapping_sub(SHIFTER.to_bits() as i32);
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     // plain multiplies and adds (no FMA): the same bits with or without AVX2
-    let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let mut p = POLY[0];
+    for c in &POLY[1..] {
+        p = p * r + c;
+    }
     let e_r = p * r * r + r + 1.0;
     // 2ⁿ for n in [−126, 127]; the clamp keeps n ≥ −126, so e^−87.3 is the smallest normal
     let two_n = f32::from_bits(((n_int + 127) as u32) << 23);
     let y = e_r * two_n;
-    if x > 88.722_83 {
+    if x > HI {
         f32::INFINITY
-    } else if x < -87.336_55 {
+    } else if x < LO {
         0.0
     } else if x.is_nan() {
         x
     } else {
         y
     }
+}
+
+/// The constants of [`exp`] (shared with the attention kernel's 16-lane copy).
+#[allow(clippy::excessive_precision)]
+pub mod exp_consts {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    pub const SHIFTER: f32 = 12_582_912.0;
+    /// Inputs are clamped to [LO, HI]; outside, e^x is 0 or +∞.
+    pub const LO: f32 = -87.336_55;
+    pub const HI: f32 = 88.722_83;
+    /// Horner coefficients of (e^r − 1 − r)/r², highest degree first.
+    pub const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
 }
 
 /// σ(x) = 1 / (1 + e^−x).
@@ -91,11 +100,6 @@ dispatch! {
 dispatch! {
     /// buf[i] = f(buf[i]).
     pub fn map_in_place<F: MapFn>(buf: &mut [f32], f: F) => map_in_place_plain
-}
-
-dispatch! {
-    /// buf[i] = f(buf[i], other[i]).
-    pub fn map2_in_place<F: Map2Fn>(buf: &mut [f32], other: &[f32], f: F) => map2_in_place_plain
 }
 
 dispatch! {
@@ -267,14 +271,6 @@ fn map2_plain(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32
     assert!(dst.len() == a.len() && a.len() == b.len());
     for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
         *d = f(x, y);
-    }
-}
-
-#[inline(always)]
-fn map2_in_place_plain(buf: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32) {
-    assert_eq!(buf.len(), other.len());
-    for (x, &y) in buf.iter_mut().zip(other) {
-        *x = f(*x, y);
     }
 }
 

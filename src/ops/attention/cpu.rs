@@ -59,11 +59,23 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scal
     (o, p)
 }
 
-/// [`forward`] without keeping P (inference): each task reuses one [Lq, Lk]
-/// scratch, which stays in cache between the two products.
+/// [`forward`] without keeping P (inference). Layout::Columns (the UNet's)
+/// runs [`columns_lanes`]; Rows reuses one [Lq, Lk] scratch per task, which
+/// stays in cache between the two products.
 pub fn forward_output(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scale: f32) -> Vec<f32> {
     let Dims { batch, lq, lk, dv, .. } = dims;
     let mut o = vec![0.0; batch * lq * dv];
+    if layout == Layout::Columns && lk > 0 {
+        let Dims { d, .. } = dims;
+        o.par_chunks_mut(lq * dv).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(scores, q_block), (b, o)| {
+                let (qb, kb, vb) = (&q[b * d * lq..][..d * lq], &k[b * d * lk..][..d * lk], &v[b * dv * lk..][..dv * lk]);
+                columns_lanes(qb, kb, vb, o, dims, scale, scores, q_block);
+            },
+        );
+        return o;
+    }
     o.par_chunks_mut(lq * dv).enumerate().for_each_init(
         || (vec![0.0; lq * lk], vec![0.0; lq]),
         |(e, inv_sums), (b, o)| {
@@ -77,13 +89,109 @@ pub fn forward_output(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layou
                 *inv = 1.0 / exp_row_scaled_in_place(row, scale);
             }
             layout.product(MatRef::rows(e, lq, lk), vb, o);
-            match layout {
-                Layout::Rows => o.chunks_mut(dv).zip(inv_sums.iter()).for_each(|(row, &inv)| row.iter_mut().for_each(|x| *x *= inv)),
-                Layout::Columns => o.chunks_mut(lq).for_each(|row| fast_math::map2_in_place(row, inv_sums, |x, inv| x * inv)),
-            }
+            o.chunks_mut(dv).zip(inv_sums.iter()).for_each(|(row, &inv)| row.iter_mut().for_each(|x| *x *= inv));
         },
     );
     o
+}
+
+/// Queries per block of [`columns_lanes`]: one 16-lane vector.
+const QUERIES: usize = 16;
+
+/// Attention of one batch entry in the Columns layout, inference only: Q
+/// [D, Lq], K [D, Lk], V [Dv, Lk] → O [Dv, Lq], 16 queries at a time, one per
+/// vector lane, so every step is lane-wise (no horizontal sums, no P matrix):
+///   s_j = scale · Σ_d K[d, j] · Q[d, i]      for all keys j  (`scores`, Lk × 16)
+///   m = max_j s_j,  e_j = exp(s_j − m),  l = Σ_j e_j
+///   O[c, i] = (Σ_j V[c, j] · e_j) / l
+/// With AVX-512 each block runs `avx512::columns_block`, the same steps in
+/// intrinsics; else the portable [`columns_lanes_plain`].
+#[allow(clippy::too_many_arguments)]
+fn columns_lanes(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let Dims { lq, lk, d, dv, .. } = dims;
+        assert!(q.len() >= d * lq && k.len() >= d * lk && v.len() >= dv * lk && o.len() >= dv * lq);
+        scores.resize(lk, [0.0; QUERIES]);
+        q_block.resize(d, [0.0; QUERIES]);
+        for i0 in (0..lq).step_by(QUERIES) {
+            // SAFETY: AVX-512F checked above; the slices hold Q [D, Lq], K
+            // [D, Lk], V [Dv, Lk], O [Dv, Lq] (asserted), the scratch Lk and
+            // D vectors, and the block's n ≤ 16 lanes start at i0 < Lq.
+            unsafe { avx512::columns_block(q, k, v, o, dims, scale, i0, scores, q_block) };
+        }
+        return;
+    }
+    columns_lanes_plain(q, k, v, o, dims, scale, scores, q_block)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn columns_lanes_plain(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) {
+    let Dims { lq, lk, d, dv, .. } = dims;
+    assert!(q.len() >= d * lq && k.len() >= d * lk && v.len() >= dv * lk && o.len() >= dv * lq);
+    scores.resize(lk, [0.0; QUERIES]);
+    q_block.resize(d, [0.0; QUERIES]);
+    for i0 in (0..lq).step_by(QUERIES) {
+        let n = QUERIES.min(lq - i0);
+        for (dd, lanes) in q_block.iter_mut().enumerate() {
+            *lanes = [0.0; QUERIES];
+            lanes[..n].copy_from_slice(&q[dd * lq + i0..][..n]);
+        }
+        let mut max = [f32::NEG_INFINITY; QUERIES];
+        for (j, s) in scores.iter_mut().enumerate() {
+            let mut acc = [0.0f32; QUERIES];
+            for (dd, lanes) in q_block.iter().enumerate() {
+                let kv = k[dd * lk + j];
+                for (a, &x) in acc.iter_mut().zip(lanes) {
+                    *a = kv.mul_add(x, *a);
+                }
+            }
+            for (a, m) in acc.iter_mut().zip(max.iter_mut()) {
+                *a *= scale;
+                *m = if *a > *m { *a } else { *m };
+            }
+            *s = acc;
+        }
+        let mut sum = [0.0f32; QUERIES];
+        for s in scores.iter_mut() {
+            for ((e, &m), l) in s.iter_mut().zip(&max).zip(sum.iter_mut()) {
+                *e = fast_math::exp(*e - m);
+                *l += *e;
+            }
+        }
+        let mut c0 = 0;
+        while c0 + 8 <= dv {
+            weighted_values::<8>(v, scores, lk, c0, &sum, &mut o[c0 * lq + i0..], lq, n);
+            c0 += 8;
+        }
+        while c0 < dv {
+            weighted_values::<1>(v, scores, lk, c0, &sum, &mut o[c0 * lq + i0..], lq, n);
+            c0 += 1;
+        }
+    }
+}
+
+/// O[c0 + c, lane] = Σ_j V[c0 + c, j] · e_j[lane] / l[lane] for C rows, the
+/// first `n` lanes stored (rows of O `lq` apart).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn weighted_values<const C: usize>(v: &[f32], e: &[[f32; QUERIES]], lk: usize, c0: usize, sum: &[f32; QUERIES], o: &mut [f32], lq: usize, n: usize) {
+    let mut acc = [[0.0f32; QUERIES]; C];
+    let rows: [&[f32]; C] = std::array::from_fn(|c| &v[(c0 + c) * lk..(c0 + c + 1) * lk]);
+    for (j, e_j) in e.iter().enumerate() {
+        for (acc_c, row) in acc.iter_mut().zip(&rows) {
+            let vv = row[j];
+            for (a, &x) in acc_c.iter_mut().zip(e_j) {
+                *a = vv.mul_add(x, *a);
+            }
+        }
+    }
+    for (c, acc_c) in acc.iter().enumerate() {
+        for (out, (&a, &l)) in o[c * lq..c * lq + n].iter_mut().zip(acc_c.iter().zip(sum)) {
+            *out = a / l;
+        }
+    }
 }
 
 /// Batch entry b: p = softmax(scale·Q_b·K_bᵀ), o = p·V_b.
@@ -135,4 +243,164 @@ pub fn backward(
             layout.product(ds.t(), qb, dk);
         });
     (dq, dk, dvv)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Dims, QUERIES};
+    use std::arch::x86_64::*;
+
+    /// `fast_math::exp` on 16 lanes: the same operations in the same order
+    /// (no FMA), so the same bits.
+    #[target_feature(enable = "avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        use crate::ops::fast_math::exp_consts::*;
+        let (hi, lo) = (_mm512_set1_ps(HI), _mm512_set1_ps(LO));
+        let xc = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+        let shifter = _mm512_set1_ps(SHIFTER);
+        let t = _mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(LOG2E)), shifter);
+        let n = _mm512_sub_ps(t, shifter);
+        let n_int = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(shifter));
+        let r = _mm512_sub_ps(_mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(LN2_HI))), _mm512_mul_ps(n, _mm512_set1_ps(LN2_LO)));
+        let mut p = _mm512_set1_ps(POLY[0]);
+        for &c in &POLY[1..] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
+        }
+        let e_r = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r), _mm512_set1_ps(1.0));
+        let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n_int, _mm512_set1_epi32(127))));
+        let y = _mm512_mul_ps(e_r, two_n);
+        let y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, hi), y, _mm512_set1_ps(f32::INFINITY));
+        let y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo), y, _mm512_setzero_ps());
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x), y, x)
+    }
+
+    /// The 16 queries from i0 of `super::columns_lanes_plain`, in registers:
+    /// scores four keys at a time (four accumulator chains), exp and sum in
+    /// one pass, the weighted values eight output rows at a time.
+    ///
+    /// # Safety
+    /// AVX-512F; q [D, Lq], k [D, Lk], v [Dv, Lk], o [Dv, Lq] at least that
+    /// long; scores Lk and q_block D vectors; i0 < Lq.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn columns_block(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], dims: Dims, scale: f32, i0: usize, scores: &mut [[f32; QUERIES]], q_block: &mut [[f32; QUERIES]]) {
+        let Dims { lq, lk, d, dv, .. } = dims;
+        let n = QUERIES.min(lq - i0);
+        let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+        let (kp, vp, sp) = (k.as_ptr(), v.as_ptr(), scores.as_mut_ptr().cast::<f32>());
+        // SAFETY (all blocks below): every index stays inside the slices'
+        // asserted sizes; masked lanes past Lq are never read or written.
+        unsafe {
+            for (dd, lanes) in q_block.iter_mut().enumerate().take(d) {
+                _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_maskz_loadu_ps(mask, q.as_ptr().add(dd * lq + i0)));
+            }
+            let qp = q_block.as_ptr().cast::<f32>();
+            let scale_v = _mm512_set1_ps(scale);
+            let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+            let mut j = 0;
+            while j + 4 <= lk {
+                let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+                for dd in 0..d {
+                    let qv = _mm512_loadu_ps(qp.add(16 * dd));
+                    let kr = kp.add(dd * lk + j);
+                    a0 = _mm512_fmadd_ps(_mm512_set1_ps(*kr), qv, a0);
+                    a1 = _mm512_fmadd_ps(_mm512_set1_ps(*kr.add(1)), qv, a1);
+                    a2 = _mm512_fmadd_ps(_mm512_set1_ps(*kr.add(2)), qv, a2);
+                    a3 = _mm512_fmadd_ps(_mm512_set1_ps(*kr.add(3)), qv, a3);
+                }
+                for (i, a) in [a0, a1, a2, a3].into_iter().enumerate() {
+                    let s = _mm512_mul_ps(a, scale_v);
+                    max = _mm512_max_ps(s, max);
+                    _mm512_storeu_ps(sp.add(16 * (j + i)), s);
+                }
+                j += 4;
+            }
+            while j < lk {
+                let mut a = _mm512_setzero_ps();
+                for dd in 0..d {
+                    a = _mm512_fmadd_ps(_mm512_set1_ps(*kp.add(dd * lk + j)), _mm512_loadu_ps(qp.add(16 * dd)), a);
+                }
+                let s = _mm512_mul_ps(a, scale_v);
+                max = _mm512_max_ps(s, max);
+                _mm512_storeu_ps(sp.add(16 * j), s);
+                j += 1;
+            }
+            let mut sum = _mm512_setzero_ps();
+            for j in 0..lk {
+                let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(sp.add(16 * j)), max));
+                sum = _mm512_add_ps(sum, e);
+                _mm512_storeu_ps(sp.add(16 * j), e);
+            }
+            let mut c0 = 0;
+            while c0 < dv {
+                let rows = 8.min(dv - c0);
+                let mut acc = [_mm512_setzero_ps(); 8];
+                if rows == 8 {
+                    for j in 0..lk {
+                        let e = _mm512_loadu_ps(sp.add(16 * j));
+                        for (c, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(_mm512_set1_ps(*vp.add((c0 + c) * lk + j)), e, *a);
+                        }
+                    }
+                } else {
+                    for j in 0..lk {
+                        let e = _mm512_loadu_ps(sp.add(16 * j));
+                        for (c, a) in acc.iter_mut().enumerate().take(rows) {
+                            *a = _mm512_fmadd_ps(_mm512_set1_ps(*vp.add((c0 + c) * lk + j)), e, *a);
+                        }
+                    }
+                }
+                for (c, a) in acc.iter().enumerate().take(rows) {
+                    _mm512_mask_storeu_ps(o.as_mut_ptr().add((c0 + c) * lq + i0), mask, _mm512_div_ps(*a, sum));
+                }
+                c0 += rows;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn exp16_is_fast_math_exp_bit_for_bit() {
+            if !std::arch::is_x86_feature_detected!("avx512f") {
+                println!("SKIPPED exp16: this CPU has no AVX-512");
+                return;
+            }
+            let xs: Vec<f32> = (0..4096).map(|i| -100.0 + i as f32 * 0.0477).chain([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0]).collect();
+            for chunk in xs.chunks(16) {
+                let mut lanes = [0.0f32; 16];
+                lanes[..chunk.len()].copy_from_slice(chunk);
+                let mut got = [0.0f32; 16];
+                // SAFETY: AVX-512F checked above.
+                unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp16(_mm512_loadu_ps(lanes.as_ptr()))) };
+                for (&x, &g) in lanes.iter().zip(&got) {
+                    let want = crate::ops::fast_math::exp(x);
+                    assert!(g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()), "exp16({x}) = {g}, exp = {want}");
+                }
+            }
+        }
+
+        #[test]
+        fn intrinsics_block_matches_the_portable_lanes() {
+            if !std::arch::is_x86_feature_detected!("avx512f") {
+                println!("SKIPPED columns_block: this CPU has no AVX-512");
+                return;
+            }
+            let (lq, lk, d, dv) = (37, 23, 5, 11);
+            let dims = Dims { batch: 1, lq, lk, d, dv };
+            let val = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0) - 1.0;
+            let q: Vec<f32> = (0..d * lq).map(|i| val(i, 1)).collect();
+            let k: Vec<f32> = (0..d * lk).map(|i| val(i, 2)).collect();
+            let v: Vec<f32> = (0..dv * lk).map(|i| val(i, 3)).collect();
+            let (mut want, mut got) = (vec![0.0; dv * lq], vec![0.0; dv * lq]);
+            let (mut s, mut qb) = (Vec::new(), Vec::new());
+            super::super::columns_lanes_plain(&q, &k, &v, &mut want, dims, 0.7, &mut s, &mut qb);
+            super::super::columns_lanes(&q, &k, &v, &mut got, dims, 0.7, &mut s, &mut qb);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "entry {i}: {g} vs {w}");
+            }
+        }
+    }
 }

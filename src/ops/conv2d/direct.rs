@@ -2,22 +2,24 @@
 //! panels, a register-blocked microkernel, the epilogue added as it stores.
 //!
 //! Per image (notation of `cpu.rs`: y_n [OC, P] = W [OC, K] · col_n [K, P]):
-//! - col_n is packed into pixel panels B_t [K][T], T = 16·NV pixels per
-//!   panel (zeros past P), one im2col row at a time, so the gathered matrix
-//!   is written once, in the order the microkernel reads it;
+//!
 //! - W is packed once per call into channel panels A_u [K][MR] (zeros past OC);
-//! - for each (u, t) the microkernel keeps the MR × T block of y in MR·NV
-//!   zmm accumulators and runs the whole K: per k, NV vector loads of B_t[k],
-//!   MR broadcasts of A_u[k], MR·NV fused multiply-adds
-//!     acc[r][v] += A_u[k][r] · B_t[k][16v .. 16v + 16]
-//!   then stores y[u·MR + r, t·T + 16v ..] = acc[r][v] + epilogue (masked at
-//!   the edges).
-//! Both panels of one (u, t) pair stay in L2 (K·(MR + T)·4 bytes ≤ 0.6 MB at
-//! K = 4608); the channel tile is the outer loop, so A_u is reused across all
-//! pixel panels of the image.
+//! - col_n is packed into pixel panels B_t [K][T], T = 16·NV pixels (zeros
+//!   past P), in K blocks of KC rows: for stride 1 each KC × T block is
+//!   gathered by masked loads just before use and stays in L1; strided
+//!   convolutions pack whole panels from im2col rows first;
+//! - for each K block, pixel panel t and channel tile u the microkernel keeps
+//!   the MR × T block of y in MR·NV zmm accumulators: per k, NV vector loads
+//!   of B_t[k], MR broadcasts of A_u[k], MR·NV fused multiply-adds,
+//!   acc[r][v] += A_u[k][r] · B_t[k][16v .. 16v + 16];
+//!   the first K block writes y, later ones add to it, the last adds the
+//!   epilogue (masked at the edges).
+//!
+//! Small maps are batched: a task takes a group of images so that each weight
+//! block in cache serves several pixel panels.
 //!
 //! Sums run over k in order with FMA: not the bits of the gemm path, within
-//! its rounding (tested against it).
+//! its rounding (tested against it and against an f64 sum).
 
 use super::cpu::{ConvGeom, Epilogue, im2col_row};
 use rayon::prelude::*;
