@@ -218,8 +218,8 @@ fn avx512_direct_kernel_matches_the_gemm_path_with_every_epilogue() {
     }
     // (n, c, h, w, oc, k, stride, pad): every tile shape (24×16, 12×32, 8×32,
     // 1×128) with partial channel tiles, pixel counts off the panel width,
-    // several K blocks (K = 360, 576, 2304), one image (channel tiles split
-    // across threads) and image groups, strided and 1×1 kernels
+    // several K blocks (K = 297, 360, 576, 2304), one image (channel tiles
+    // split across threads) and image groups, strided and 1×1 kernels
     let cases = [
         (9, 40, 4, 4, 50, 3, 1, 1),
         (3, 64, 8, 8, 40, 3, 1, 1),
@@ -231,6 +231,11 @@ fn avx512_direct_kernel_matches_the_gemm_path_with_every_epilogue() {
         (6, 33, 4, 4, 30, 1, 1, 0),
         (2, 3, 5, 6, 3, 3, 2, 0),
         (3, 5, 1, 1, 9, 3, 1, 1),
+        // whole rows of 16-pixel vectors: read from a zero-padded copy, no panels
+        (1, 5, 16, 16, 9, 5, 1, 2),
+        (3, 7, 18, 18, 30, 3, 1, 0),
+        (2, 20, 16, 16, 24, 1, 1, 0),
+        (2, 33, 16, 32, 40, 3, 1, 1),
     ];
     for (i, &(n, c, h, w, oc, k, stride, pad)) in cases.iter().enumerate() {
         let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);

@@ -185,6 +185,49 @@ impl Runs {
     }
 }
 
+/// Geometry of [`Source::Padded`]: planes of hp × wp and the K tap offsets.
+struct PaddedLayout {
+    hp: usize,
+    wp: usize,
+    offs: Vec<isize>,
+}
+
+impl PaddedLayout {
+    /// For stride-1 convolutions whose output rows are whole 16-pixel vectors.
+    fn new(g: &ConvGeom) -> Option<PaddedLayout> {
+        if g.stride != 1 || g.ow == 0 || g.ow % 16 != 0 {
+            return None;
+        }
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        let offs = (0..g.c)
+            .flat_map(|c| (0..g.kh).flat_map(move |ki| (0..g.kw).map(move |kj| ((c * hp + ki) * wp + kj) as isize)))
+            .collect();
+        Some(PaddedLayout { hp, wp, offs })
+    }
+
+    fn image_len(&self, g: &ConvGeom) -> usize {
+        g.c * self.hp * self.wp
+    }
+
+    /// dst [C, hp, wp] = x_n with `pad` zeros on every side.
+    fn pad(&self, x_n: &[f32], g: &ConvGeom, dst: &mut [f32]) {
+        let (hp, wp, pad) = (self.hp, self.wp, g.pad);
+        for (plane, src) in dst[..self.image_len(g)].chunks_mut(hp * wp).zip(x_n.chunks(g.h * g.w)) {
+            plane[..pad * wp].fill(0.0);
+            plane[(pad + g.h) * wp..].fill(0.0);
+            for (row, src_row) in plane[pad * wp..(pad + g.h) * wp].chunks_mut(wp).zip(src.chunks(g.w)) {
+                row[..pad].fill(0.0);
+                row[pad..pad + g.w].copy_from_slice(src_row);
+                row[pad + g.w..].fill(0.0);
+            }
+        }
+    }
+
+    fn source<'a>(&'a self, xpad: &'a [f32], g: &ConvGeom) -> Source<'a> {
+        Source::Padded { xpad, image_len: self.image_len(g), wp: self.wp, ow: g.ow, offs: &self.offs }
+    }
+}
+
 /// y [N, OC, OH, OW] = conv(x, weight) + epilogue, on AVX-512 (check [`available`]).
 ///
 /// Images go to rayon tasks in groups: a group packs its images' pixel
@@ -193,6 +236,12 @@ impl Runs {
 /// channels, would otherwise stream from L3 once per image). One image alone
 /// splits its channel tiles across the threads instead.
 pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
+    let t0 = std::time::Instant::now();
+    let y = forward_inner(x, weight, epi, g);
+    if std::env::var("CONV_TRACE").is_ok() { eprintln!("CONVTRACE {} {} {} {} {} {} {} {:.3}", g.n, g.c, g.h, g.oc, g.kh, g.stride, epi.residual.is_some() as u8, t0.elapsed().as_secs_f64()*1e3); }
+    y
+}
+fn forward_inner(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
     assert!(available(), "direct convolution needs AVX-512");
     let (k, p) = (g.k(), g.p());
     let y_len = g.oc * p;
@@ -210,15 +259,27 @@ pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f
     let shape = Tiling { k, p, mr, nv, tiles };
     let runs = Runs::new(g);
     let y_out = &mut y.spare_capacity_mut()[..total];
+    let padded = PaddedLayout::new(g);
     if g.n == 1 {
-        let mut panels = vec![0.0; image_panels];
-        pack_image(x, g, t_len, &mut panels, &mut vec![0.0; p], &runs);
+        let mut scratch = Vec::new();
+        let source = match &padded {
+            Some(layout) => {
+                scratch.resize(layout.image_len(g), 0.0);
+                layout.pad(x, g, &mut scratch);
+                layout.source(&scratch, g)
+            }
+            None => {
+                scratch.resize(image_panels, 0.0);
+                pack_image(x, g, t_len, &mut scratch, &mut vec![0.0; p], &runs);
+                Source::Packed(&scratch)
+            }
+        };
         let row_add = epi.row_add(0, g.oc);
         let per_task = mr * p;
         y_out.par_chunks_mut(per_task).enumerate().for_each(|(u, y_u)| {
             let block = Block {
                 a: &a[u * k * mr..],
-                source: Source::Packed(&panels),
+                source: source.clone(),
                 row_add: &row_add[u * mr..],
                 residual: epi.residual.map(|r| &r[u * per_task..]),
                 images: 1,
@@ -237,6 +298,17 @@ pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f
         let row_add: Vec<f32> = (i0..i0 + images).flat_map(|i| epi.row_add(i, g.oc)).collect();
         let residual = epi.residual.map(|r| &r[i0 * y_len..(i0 + images) * y_len]);
         let x_g = &x[i0 * x_len..(i0 + images) * x_len];
+        if let Some(layout) = &padded {
+            let image_len = layout.image_len(g);
+            return PANELS.with_borrow_mut(|scratch| {
+                let xpad = scratch.get(images * image_len);
+                for (j, dst) in xpad.chunks_mut(image_len).enumerate() {
+                    layout.pad(&x_g[j * x_len..(j + 1) * x_len], g, dst);
+                }
+                let block = Block { a: &a, source: layout.source(xpad, g), row_add: &row_add, residual, images, image_stride: y_len };
+                block_tiles(&block, y_g, &shape);
+            });
+        }
         if g.stride == 1 {
             let source = Source::Images { x: x_g, x_len, g, runs: &runs };
             let block = Block { a: &a, source, row_add: &row_add, residual, images, image_stride: y_len };
@@ -265,6 +337,7 @@ const MIN_PANELS: usize = 8;
 const KC: usize = 256;
 
 /// Where the pixel panels come from.
+#[derive(Clone)]
 enum Source<'a> {
     /// Every image's panels, packed beforehand.
     Packed(&'a [f32]),
@@ -272,6 +345,12 @@ enum Source<'a> {
     /// apart) just before the channel tiles use it, so it is written to and
     /// read from L1 instead of a panel matrix of up to K·P floats per image.
     Images { x: &'a [f32], x_len: usize, g: &'a ConvGeom, runs: &'a Runs },
+    /// Stride 1 with whole rows of 16-pixel vectors (OW a multiple of 16):
+    /// no panels at all. Each image is copied once with its zero padding
+    /// (planes of (H + 2·pad) × `wp`, `image_len` floats apart); B_t[k] for
+    /// vector v is then the padded row segment at `offs[k]` =
+    /// (c·(H + 2·pad) + ki)·wp + kj from the vector's first output pixel.
+    Padded { xpad: &'a [f32], image_len: usize, wp: usize, ow: usize, offs: &'a [isize] },
 }
 
 /// Sizes every task shares.
@@ -313,6 +392,12 @@ fn block_tiles(b: &Block, y: &mut [std::mem::MaybeUninit<f32>], s: &Tiling) {
     match b.source {
         Source::Packed(panels) => assert!(panels.len() >= b.images * tiles * k * t_len),
         Source::Images { x, x_len, g, .. } => assert!(g.stride == 1 && x_len >= g.c * g.h * g.w && x.len() >= b.images * x_len),
+        Source::Padded { xpad, image_len, wp, ow, offs } => {
+            // the farthest read: the last vector's first pixel, the largest offset, 16 lanes
+            let far = offs.iter().copied().max().unwrap_or(0);
+            assert!(offs.len() == k && ow % 16 == 0 && p % ow == 0 && xpad.len() >= b.images * image_len);
+            assert!(offs.iter().all(|&o| o >= 0) && (p / ow - 1) * wp + ow + far as usize <= image_len);
+        }
     }
     BLOCK.with_borrow_mut(|scratch| {
         let buf = scratch.get(if matches!(b.source, Source::Images { .. }) { KC * t_len } else { 0 });
@@ -321,8 +406,10 @@ fn block_tiles(b: &Block, y: &mut [std::mem::MaybeUninit<f32>], s: &Tiling) {
             let (first, last) = (k0 == 0, k0 + kc == k);
             for j in 0..b.images {
                 for t in 0..tiles {
-                    let b_t = match b.source {
-                        Source::Packed(panels) => panels[((j * tiles + t) * k + k0) * t_len..].as_ptr(),
+                    // where B_t[k] lies: a packed block, or rows of the padded image
+                    let mut bases = [std::ptr::null::<f32>(); 8];
+                    let b_rows = match b.source {
+                        Source::Packed(panels) => BRows::Contiguous(panels[((j * tiles + t) * k + k0) * t_len..].as_ptr()),
                         Source::Images { x, x_len, g, runs } => {
                             // SAFETY: AVX-512 checked by `forward`; image j holds
                             // C·H·W floats and buf KC·T (asserted above).
@@ -330,7 +417,15 @@ fn block_tiles(b: &Block, y: &mut [std::mem::MaybeUninit<f32>], s: &Tiling) {
                             unsafe {
                                 avx512::pack_block(x[j * x_len..].as_ptr(), g, t, k0, kc, t_len, buf.as_mut_ptr(), runs)
                             };
-                            buf.as_ptr()
+                            BRows::Contiguous(buf.as_ptr())
+                        }
+                        Source::Padded { xpad, image_len, wp, ow, offs } => {
+                            for (v, base) in bases.iter_mut().take(nv).enumerate() {
+                                // vectors past P read the tile's first (their lanes are not stored)
+                                let pix = if t * t_len + 16 * v < p { t * t_len + 16 * v } else { t * t_len };
+                                *base = xpad[j * image_len + (pix / ow) * wp + pix % ow..].as_ptr();
+                            }
+                            BRows::Offsets(offs[k0..].as_ptr())
                         }
                     };
                     for u in 0..channels.div_ceil(mr) {
@@ -349,16 +444,22 @@ fn block_tiles(b: &Block, y: &mut [std::mem::MaybeUninit<f32>], s: &Tiling) {
                         };
                         let a_u = b.a[(u * k + k0) * mr..].as_ptr();
                         // SAFETY: `available()` was checked by `forward`; a_u holds
-                        // kc·MR and b_t kc·T floats of their panels (asserted
-                        // sizes); Store's pointers address `rows` rows of `cols`
-                        // entries at stride P inside y / residual.
+                        // kc·MR floats, bases[v] + offs[kk] for kk < kc address
+                        // 16 floats inside the packed block or padded image
+                        // (asserted sizes); Store's pointers address `rows`
+                        // rows of `cols` entries at stride P inside y / residual.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            match (mr, nv) {
-                                (24, 1) => avx512::micro::<24, 1>(kc, a_u, b_t, &out),
-                                (12, 2) => avx512::micro::<12, 2>(kc, a_u, b_t, &out),
-                                (8, 2) => avx512::micro::<8, 2>(kc, a_u, b_t, &out),
-                                (1, 8) => avx512::micro::<1, 8>(kc, a_u, b_t, &out),
+                            use avx512::{Contiguous, Offsets, micro};
+                            match (b_rows, mr, nv) {
+                                (BRows::Contiguous(b_t), 24, 1) => micro::<24, 1, _>(kc, a_u, Contiguous::<1>(b_t), &out),
+                                (BRows::Contiguous(b_t), 12, 2) => micro::<12, 2, _>(kc, a_u, Contiguous::<2>(b_t), &out),
+                                (BRows::Contiguous(b_t), 8, 2) => micro::<8, 2, _>(kc, a_u, Contiguous::<2>(b_t), &out),
+                                (BRows::Contiguous(b_t), 1, 8) => micro::<1, 8, _>(kc, a_u, Contiguous::<8>(b_t), &out),
+                                (BRows::Offsets(offs), 24, 1) => micro::<24, 1, _>(kc, a_u, Offsets::<1> { offs, bases: first_bases(&bases) }, &out),
+                                (BRows::Offsets(offs), 12, 2) => micro::<12, 2, _>(kc, a_u, Offsets::<2> { offs, bases: first_bases(&bases) }, &out),
+                                (BRows::Offsets(offs), 8, 2) => micro::<8, 2, _>(kc, a_u, Offsets::<2> { offs, bases: first_bases(&bases) }, &out),
+                                (BRows::Offsets(offs), 1, 8) => micro::<1, 8, _>(kc, a_u, Offsets::<8> { offs, bases: first_bases(&bases) }, &out),
                                 _ => unreachable!("tile shape {mr}×{nv}"),
                             }
                         }
@@ -367,6 +468,19 @@ fn block_tiles(b: &Block, y: &mut [std::mem::MaybeUninit<f32>], s: &Tiling) {
             }
         }
     })
+}
+
+/// B_t of one microkernel call: a packed block, or the tap offsets into a
+/// padded image (with the vectors' base pointers beside it).
+#[derive(Clone, Copy)]
+enum BRows {
+    Contiguous(*const f32),
+    Offsets(*const isize),
+}
+
+/// The first N of eight vector base pointers.
+fn first_bases<const N: usize>(bases: &[*const f32; 8]) -> [*const f32; N] {
+    std::array::from_fn(|v| bases[v])
 }
 
 /// Where one microkernel block goes: `rows` rows of `cols` (≤ T) outputs.
@@ -388,6 +502,9 @@ struct Store {
 mod avx512 {
     use super::{ConvGeom, Runs, Store};
     use std::arch::x86_64::*;
+
+    /// Channels ahead whose input pixels `pack_block` prefetches.
+    const PREFETCH_CHANNELS: usize = 4;
 
     /// Rows k0 .. k0 + kc of stride-1 pixel panel t, into dst [kc][T]: per
     /// tap k = (c, ki, kj) and 16-lane group, one masked load per run (lanes
@@ -417,6 +534,12 @@ mod avx512 {
                         // those lie inside the channel plane (Runs::new).
                         let run = unsafe { _mm512_maskz_loadu_ps(mask, plane.wrapping_offset(offset)) };
                         lanes = _mm512_or_si512(lanes, _mm512_castps_si512(run));
+                        if mask != 0 && c + PREFETCH_CHANNELS < g.c {
+                            // the input comes from L3 (written by the previous
+                            // op): fetch the same pixels a few channels ahead
+                            let first = offset + mask.trailing_zeros() as isize;
+                            _mm_prefetch::<_MM_HINT_T0>(plane.wrapping_add(PREFETCH_CHANNELS * g.h * g.w).wrapping_offset(first).cast::<i8>());
+                        }
                     }
                 }
                 // SAFETY: row kk < kc, lanes 16v.. 16v + 16 ≤ T: inside dst.
@@ -430,22 +553,56 @@ mod avx512 {
         }
     }
 
-    /// acc[r][v] = Σ_k a[k·MR + r] · b[k·T + 16v ..][..16], then
+    /// Where B_k[v], the 16 floats of pixel vector v at row k, lie.
+    pub trait PanelRows {
+        /// # Safety
+        /// k and v inside the panel this describes.
+        unsafe fn row(&self, k: usize, v: usize) -> __m512;
+    }
+
+    /// A packed panel: B_k[v] at base + (k·NV + v)·16.
+    #[derive(Clone, Copy)]
+    pub struct Contiguous<const NV: usize>(pub *const f32);
+
+    impl<const NV: usize> PanelRows for Contiguous<NV> {
+        #[inline(always)]
+        unsafe fn row(&self, k: usize, v: usize) -> __m512 {
+            // SAFETY: the caller keeps (k, v) inside the panel.
+            unsafe { _mm512_loadu_ps(self.0.add((k * NV + v) * 16)) }
+        }
+    }
+
+    /// Rows of a padded image: B_k[v] at bases[v] + offs[k].
+    #[derive(Clone, Copy)]
+    pub struct Offsets<const NV: usize> {
+        pub offs: *const isize,
+        pub bases: [*const f32; NV],
+    }
+
+    impl<const NV: usize> PanelRows for Offsets<NV> {
+        #[inline(always)]
+        unsafe fn row(&self, k: usize, v: usize) -> __m512 {
+            // SAFETY: the caller keeps (k, v) inside the image.
+            unsafe { _mm512_loadu_ps(self.bases[v].offset(*self.offs.add(k))) }
+        }
+    }
+
+    /// acc[r][v] = Σ_k a[k·MR + r] · B_k[v], then
     /// y[r, 16v + j] = (y[r, 16v + j] if accumulating) + acc[r][v][j]
     /// (+ row_add[r]) (+ residual[r, 16v + j]).
     ///
     /// # Safety
-    /// AVX-512F; `a` holds K·MR and `b` K·16·NV floats; `out` as documented.
+    /// AVX-512F; `a` holds K·MR floats and `b` K rows of NV vectors; `out` as
+    /// documented.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn micro<const MR: usize, const NV: usize>(k: usize, a: *const f32, b: *const f32, out: &Store) {
+    pub unsafe fn micro<const MR: usize, const NV: usize, B: PanelRows + Copy>(k: usize, a: *const f32, b: B, out: &Store) {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         for kk in 0..k {
-            // SAFETY (whole block): kk < K keeps both reads inside the panels.
+            // SAFETY (whole block): kk < K keeps every read inside the panels.
             unsafe {
-                let b_k = b.add(kk * 16 * NV);
                 let mut bv = [_mm512_setzero_ps(); NV];
                 for (v, lane) in bv.iter_mut().enumerate() {
-                    *lane = _mm512_loadu_ps(b_k.add(16 * v));
+                    *lane = b.row(kk, v);
                 }
                 let a_k = a.add(kk * MR);
                 for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -456,7 +613,10 @@ mod avx512 {
                 }
             }
         }
-        for (r, acc_r) in acc.iter().enumerate().take(out.rows) {
+        // the epilogue indexes rows at run time: give it a copy, so that
+        // `acc` itself is only ever indexed by constants and stays in registers
+        let tile = std::hint::black_box(acc);
+        for (r, acc_r) in tile.iter().enumerate().take(out.rows) {
             for (v, &acc_rv) in acc_r.iter().enumerate() {
                 let start = 16 * v;
                 if start >= out.cols {
