@@ -195,7 +195,7 @@ struct PaddedLayout {
 impl PaddedLayout {
     /// For stride-1 convolutions whose output rows are whole 16-pixel vectors.
     fn new(g: &ConvGeom) -> Option<PaddedLayout> {
-        if g.stride != 1 || g.ow == 0 || g.ow % 16 != 0 {
+        if g.stride != 1 || g.ow == 0 || !g.ow.is_multiple_of(16) {
             return None;
         }
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
