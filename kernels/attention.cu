@@ -59,3 +59,88 @@ extern "C" __global__ void __launch_bounds__(256) softmax_rows_backward(float* d
 
     for (int j = lane; j < cols; j += 32) dx[base + j] = scale * y[base + j] * (dy[base + j] - d);
 }
+
+namespace attention {
+
+constexpr int MAX_HEAD = 32;        // D and Dv of the fused kernel, at most
+constexpr int KEY_CHUNK = 64;       // keys staged in shared memory at a time
+constexpr int QUERY_THREADS = 128;  // queries (threads) per block
+
+// q·k_j for one key of the staged chunk: Σ_d q[d]·ks[d][jj].
+__device__ __forceinline__ float staged_score(const float* qr, const float* ks, int jj, int d) {
+    float s = 0.0f;
+#pragma unroll
+    for (int dd = 0; dd < MAX_HEAD; ++dd)
+        if (dd < d) s = fmaf(qr[dd], ks[dd * KEY_CHUNK + jj], s);
+    return s;
+}
+
+}  // namespace attention
+
+// Inference attention in the Columns layout (the UNet's channels-first maps),
+// with no probability matrix: per batch entry b, Q [D, Lq], K [D, Lk],
+// V [Dv, Lk] → O [Dv, Lq],
+//   O[c, i] = Σ_j e^(s_ij − m_i) V[c, j] / Σ_j e^(s_ij − m_i),  s_ij = scale·Σ_d Q[d,i] K[d,j]
+// One query per thread (coalesced reads of Q and writes of O along i). Keys
+// come in chunks of 64 staged in shared memory (every thread reads the same
+// entry: a broadcast); per chunk a thread first takes the chunk's score max,
+// rescales its running sum l and accumulator acc[c] once by e^(m_old − m_new)
+// (the online softmax), then adds the chunk's e^(s − m)·V. Scores are
+// computed twice per chunk (2·D FMAs per key) instead of stored.
+// grid = (⌈Lq/128⌉, batch), block = 128; D, Dv ≤ 32.
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_infer_f32(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d, int dv,
+                                float scale) {
+    using namespace attention;
+    __shared__ float ks[MAX_HEAD * KEY_CHUNK];
+    __shared__ float vs[MAX_HEAD * KEY_CHUNK];
+    const long long b = blockIdx.y;
+    const int i = (int)blockIdx.x * QUERY_THREADS + (int)threadIdx.x;
+    const float* qb = q + b * d * lq;
+    const float* kb = k + b * d * lk;
+    const float* vb = v + b * dv * lk;
+
+    float qr[MAX_HEAD], acc[MAX_HEAD];
+#pragma unroll
+    for (int dd = 0; dd < MAX_HEAD; ++dd) {
+        qr[dd] = (dd < d && i < lq) ? scale * qb[(long long)dd * lq + i] : 0.0f;
+        acc[dd] = 0.0f;
+    }
+    float m = MD_NEG_INF, l = 0.0f;
+    for (int j0 = 0; j0 < lk; j0 += KEY_CHUNK) {
+        const int n = min(KEY_CHUNK, lk - j0);
+        __syncthreads();  // the previous chunk is no longer read
+        for (int t = threadIdx.x; t < d * KEY_CHUNK; t += QUERY_THREADS) {
+            const int dd = t / KEY_CHUNK, jj = t - dd * KEY_CHUNK;
+            ks[t] = jj < n ? kb[(long long)dd * lk + j0 + jj] : 0.0f;
+        }
+        for (int t = threadIdx.x; t < dv * KEY_CHUNK; t += QUERY_THREADS) {
+            const int c = t / KEY_CHUNK, jj = t - c * KEY_CHUNK;
+            vs[t] = jj < n ? vb[(long long)c * lk + j0 + jj] : 0.0f;
+        }
+        __syncthreads();
+        float chunk_max = MD_NEG_INF;
+        for (int jj = 0; jj < n; ++jj) chunk_max = fmaxf(chunk_max, staged_score(qr, ks, jj, d));
+        const float m_new = fmaxf(m, chunk_max);
+        // e^(m − m_new) rescales what was summed so far (0 before the first
+        // chunk; 1 while every score is −∞, so nothing turns into NaN)
+        const float rescale = m_new == MD_NEG_INF ? 1.0f : expf(m - m_new);
+        l *= rescale;
+#pragma unroll
+        for (int c = 0; c < MAX_HEAD; ++c) acc[c] *= rescale;
+        for (int jj = 0; jj < n; ++jj) {
+            const float e = m_new == MD_NEG_INF ? 0.0f : expf(staged_score(qr, ks, jj, d) - m_new);
+            l += e;
+#pragma unroll
+            for (int c = 0; c < MAX_HEAD; ++c)
+                if (c < dv) acc[c] = fmaf(e, vs[c * KEY_CHUNK + jj], acc[c]);
+        }
+        m = m_new;
+    }
+    if (i >= lq) return;
+    float* ob = o + b * dv * lq;
+    const float inv = 1.0f / l;
+#pragma unroll
+    for (int c = 0; c < MAX_HEAD; ++c)
+        if (c < dv) ob[(long long)c * lq + i] = acc[c] * inv;
+}

@@ -69,3 +69,23 @@ fn cross_entropy_parity() {
 fn mse_loss_parity() {
     parity_check("mse_loss", &[&[3, 17], &[3, 17]], |x| ops::mse_loss(&x[0], &x[1]), ParityTol::REDUCTION);
 }
+
+#[test]
+fn fused_inference_attention_parity() {
+    // no_grad in the Columns layout runs attention_columns_infer_f32 (no P):
+    // Lq = 130 spans two 128-query blocks, Lk = 150 three 64-key chunks (the
+    // last partial), D = 8 / Dv = 5 like the UNet's heads, then D = 20 and
+    // Dv = 32 (the kernel's limit), then D = 40 > 32 (the GEMM path)
+    use minidiffusion::{Tensor, no_grad, testing::assert_close, testing::parity_device};
+    for (i, &(b, h, d, lq, lk, dv)) in [(2, 3, 8, 130, 150, 5), (1, 2, 20, 17, 64, 32), (1, 1, 40, 9, 11, 3)].iter().enumerate() {
+        let scale = 1.0 / (d as f32).sqrt();
+        let shapes = [[b, h, d, lq], [b, h, d, lk], [b, h, dv, lk]];
+        let values: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(j, s)| randn(s, 90 + 3 * i as u64 + j as u64)).collect();
+        let run = |device| {
+            let t: Vec<Tensor> = values.iter().zip(&shapes).map(|(v, s)| Tensor::from_vec_on(v.clone(), *s, device).unwrap()).collect();
+            no_grad(|| ops::attention_columns(&t[0], &t[1], &t[2], scale)).unwrap().to_vec()
+        };
+        let (cpu, dev) = (run(minidiffusion::Device::Cpu), run(parity_device()));
+        assert_close(&format!("fused inference attention case {i}"), &dev, &cpu, ParityTol::REDUCTION.atol, ParityTol::REDUCTION.rtol);
+    }
+}

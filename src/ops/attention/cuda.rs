@@ -5,7 +5,8 @@
 //! o [Lq, Dv] for Layout::Rows, each transposed for Layout::Columns; p [Lq, Lk].
 
 use super::cpu::{Dims, Layout};
-use crate::device::cuda::CudaBuffer;
+use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
+use crate::ops::binary::cuda::elems;
 use crate::error::Result;
 use crate::ops::matmul::cuda::{MatView, gemm};
 use crate::ops::softmax::cuda as softmax;
@@ -40,6 +41,33 @@ pub fn forward(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, layou
     // O = P·V
     product(layout, MatView::rows(&p, lq, lk), view(layout, v, lk, dv), &o, batch, 1.0)?;
     Ok((o, p))
+}
+
+/// Largest D and Dv of the fused inference kernel (attention::MAX_HEAD).
+const FUSED_MAX_HEAD: usize = 32;
+/// Queries (threads) per block of the fused kernel.
+const FUSED_THREADS: u32 = 128;
+
+/// O without keeping P (inference). Layout::Columns with D, Dv ≤ 32 (the
+/// UNet's heads) runs the fused kernel — no [Lq, Lk] matrix is written;
+/// anything else runs [`forward`] and drops P.
+pub fn forward_output(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, layout: Layout, scale: f32) -> Result<CudaBuffer> {
+    let Dims { batch, lq, lk, d, dv } = dims;
+    if layout != Layout::Columns || d > FUSED_MAX_HEAD || dv > FUSED_MAX_HEAD || lk == 0 {
+        return Ok(forward(q, k, v, dims, layout, scale)?.0);
+    }
+    let backend = q.backend();
+    let o = backend.alloc(batch * lq * dv)?;
+    if o.is_empty() {
+        return Ok(o);
+    }
+    let int = |n: usize| elems("attention", n).map(Arg::I32);
+    // every index the kernel forms is below the largest buffer's length
+    elems("attention", batch * d.max(dv) * lq.max(lk))?;
+    let cfg = LaunchConfig::grid([lq.div_ceil(FUSED_THREADS as usize), batch, 1], FUSED_THREADS);
+    let args = [o.arg(), q.arg(), k.arg(), v.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
+    backend.launch("attention_columns_infer_f32", cfg, &args)?;
+    Ok(o)
 }
 
 /// Gradients (dQ, dK, dV) from dO and the saved P:

@@ -66,8 +66,14 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
         }
         Device::Cuda(_) => {
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
-            let (o, p) = cuda::forward(sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?, dims, layout, scale)?;
-            (Storage::Cuda(o), Storage::Cuda(p))
+            let (q, k, v) = (sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?);
+            if keep_probs {
+                let (o, p) = cuda::forward(q, k, v, dims, layout, scale)?;
+                (Storage::Cuda(o), Storage::Cuda(p))
+            } else {
+                let o = cuda::forward_output(q, k, v, dims, layout, scale)?;
+                (Storage::Cuda(o), cpu_f32_storage(Vec::new()))
+            }
         }
     };
     Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
