@@ -236,12 +236,6 @@ impl PaddedLayout {
 /// channels, would otherwise stream from L3 once per image). One image alone
 /// splits its channel tiles across the threads instead.
 pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
-    let t0 = std::time::Instant::now();
-    let y = forward_inner(x, weight, epi, g);
-    if std::env::var("CONV_TRACE").is_ok() { eprintln!("CONVTRACE {} {} {} {} {} {} {} {:.3}", g.n, g.c, g.h, g.oc, g.kh, g.stride, epi.residual.is_some() as u8, t0.elapsed().as_secs_f64()*1e3); }
-    y
-}
-fn forward_inner(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
     assert!(available(), "direct convolution needs AVX-512");
     let (k, p) = (g.k(), g.p());
     let y_len = g.oc * p;
@@ -503,9 +497,6 @@ mod avx512 {
     use super::{ConvGeom, Runs, Store};
     use std::arch::x86_64::*;
 
-    /// Channels ahead whose input pixels `pack_block` prefetches.
-    const PREFETCH_CHANNELS: usize = 4;
-
     /// Rows k0 .. k0 + kc of stride-1 pixel panel t, into dst [kc][T]: per
     /// tap k = (c, ki, kj) and 16-lane group, one masked load per run (lanes
     /// outside the image read nothing and are 0) and one store.
@@ -534,12 +525,6 @@ mod avx512 {
                         // those lie inside the channel plane (Runs::new).
                         let run = unsafe { _mm512_maskz_loadu_ps(mask, plane.wrapping_offset(offset)) };
                         lanes = _mm512_or_si512(lanes, _mm512_castps_si512(run));
-                        if mask != 0 && c + PREFETCH_CHANNELS < g.c {
-                            // the input comes from L3 (written by the previous
-                            // op): fetch the same pixels a few channels ahead
-                            let first = offset + mask.trailing_zeros() as isize;
-                            _mm_prefetch::<_MM_HINT_T0>(plane.wrapping_add(PREFETCH_CHANNELS * g.h * g.w).wrapping_offset(first).cast::<i8>());
-                        }
                     }
                 }
                 // SAFETY: row kk < kc, lanes 16v.. 16v + 16 ≤ T: inside dst.
