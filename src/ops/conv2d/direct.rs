@@ -4,10 +4,12 @@
 //! Per image (notation of `cpu.rs`: y_n [OC, P] = W [OC, K] · col_n [K, P]):
 //!
 //! - W is packed once per call into channel panels A_u [K][MR] (zeros past OC);
-//! - col_n is packed into pixel panels B_t [K][T], T = 16·NV pixels (zeros
-//!   past P), in K blocks of KC rows: for stride 1 each KC × T block is
-//!   gathered by masked loads just before use and stays in L1; strided
-//!   convolutions pack whole panels from im2col rows first;
+//! - col_n, as pixel panels B_t [K][T] of T = 16·NV pixels, comes one of three
+//!   ways: stride 1 with output rows of whole 16-pixel vectors (16×16, 32×32
+//!   maps) reads a zero-padded copy of the image in place through per-tap
+//!   offsets; other stride-1 maps gather each KC × T block by masked loads
+//!   just before use (it stays in L1); strided convolutions pack whole panels
+//!   from im2col rows first;
 //! - for each K block, pixel panel t and channel tile u the microkernel keeps
 //!   the MR × T block of y in MR·NV zmm accumulators: per k, NV vector loads
 //!   of B_t[k], MR broadcasts of A_u[k], MR·NV fused multiply-adds,
