@@ -192,19 +192,24 @@ struct PaddedLayout {
     hp: usize,
     wp: usize,
     offs: Vec<isize>,
+    /// A 1×1 kernel without padding over P = a multiple of 16 pixels: x
+    /// itself is the layout (no copy; the last vector ends at the image's end).
+    in_place: bool,
 }
 
 impl PaddedLayout {
-    /// For stride-1 convolutions whose output rows are whole 16-pixel vectors.
+    /// For stride-1 convolutions whose output rows are whole 16-pixel
+    /// vectors, and for 1×1 ones whose pixel count is a multiple of 16.
     fn new(g: &ConvGeom) -> Option<PaddedLayout> {
-        if g.stride != 1 || g.ow == 0 || !g.ow.is_multiple_of(16) {
+        let in_place = g.is_pointwise() && g.p() > 0 && g.p().is_multiple_of(16);
+        if !in_place && (g.stride != 1 || g.ow == 0 || !g.ow.is_multiple_of(16)) {
             return None;
         }
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
         let offs = (0..g.c)
             .flat_map(|c| (0..g.kh).flat_map(move |ki| (0..g.kw).map(move |kj| ((c * hp + ki) * wp + kj) as isize)))
             .collect();
-        Some(PaddedLayout { hp, wp, offs })
+        Some(PaddedLayout { hp, wp, offs, in_place })
     }
 
     fn image_len(&self, g: &ConvGeom) -> usize {
@@ -259,6 +264,7 @@ pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f
     if g.n == 1 {
         let mut scratch = Vec::new();
         let source = match &padded {
+            Some(layout) if layout.in_place => layout.source(x, g),
             Some(layout) => {
                 scratch.resize(layout.image_len(g), 0.0);
                 layout.pad(x, g, &mut scratch);
@@ -295,6 +301,10 @@ pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f
         let residual = epi.residual.map(|r| &r[i0 * y_len..(i0 + images) * y_len]);
         let x_g = &x[i0 * x_len..(i0 + images) * x_len];
         if let Some(layout) = &padded {
+            if layout.in_place {
+                let block = Block { a: &a, source: layout.source(x_g, g), row_add: &row_add, residual, images, image_stride: y_len };
+                return block_tiles(&block, y_g, &shape);
+            }
             let image_len = layout.image_len(g);
             return PANELS.with_borrow_mut(|scratch| {
                 let xpad = scratch.get(images * image_len);
@@ -391,8 +401,10 @@ fn block_tiles(b: &Block, y: &mut [std::mem::MaybeUninit<f32>], s: &Tiling) {
         Source::Padded { xpad, image_len, wp, ow, offs } => {
             // the farthest read: the last vector's first pixel, the largest offset, 16 lanes
             let far = offs.iter().copied().max().unwrap_or(0);
-            assert!(offs.len() == k && ow % 16 == 0 && p % ow == 0 && xpad.len() >= b.images * image_len);
-            assert!(offs.iter().all(|&o| o >= 0) && (p / ow - 1) * wp + ow + far as usize <= image_len);
+            // a vector's 16 pixels are consecutive: rows of whole vectors, or rows without padding
+            assert!(offs.len() == k && (ow % 16 == 0 || wp == ow) && p % ow == 0 && xpad.len() >= b.images * image_len);
+            let last_vector = (p - 1) / 16 * 16;
+            assert!(offs.iter().all(|&o| o >= 0) && (last_vector / ow) * wp + last_vector % ow + 16 + far as usize <= image_len);
         }
     }
     BLOCK.with_borrow_mut(|scratch| {
