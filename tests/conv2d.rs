@@ -290,3 +290,38 @@ fn conv2d_fused_equals_conv_then_adds_and_its_gradients_check() {
     let bad = conv2d_fused(&x, &w, None, ConvAdd { sample_bias: None, residual: Some(&x) }, p).unwrap_err();
     assert!(bad.to_string().contains("residual must be [3, 7, 6, 5]"), "{bad}");
 }
+
+#[test]
+fn avx512_direct_kernel_matches_the_gemm_path_on_random_geometries() {
+    use minidiffusion::ops::conv2d::cpu::{ConvGeom, Epilogue, conv2d_forward_gemm};
+    use minidiffusion::ops::conv2d::direct;
+    if !direct::available() {
+        println!("SKIPPED avx512_direct_kernel_matches_the_gemm_path_on_random_geometries: this CPU has no AVX-512");
+        return;
+    }
+    // 200 geometries from a fixed LCG: kernels 1–5 (non-square too), strides
+    // 1–3, paddings 0–2, maps 1–34 wide, 1–70 channels, 1–5 images
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: usize| -> usize {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) as usize) % n
+    };
+    let mut checked = 0;
+    while checked < 200 {
+        let (n, c, oc) = (1 + next(5), 1 + next(70), 1 + next(70));
+        let (kh, kw, stride, pad) = (1 + next(5), 1 + next(5), 1 + next(3), next(3));
+        let (h, w) = (1 + next(34), 1 + next(34));
+        if kh > h + 2 * pad || kw > w + 2 * pad {
+            continue;
+        }
+        let (oh, ow) = ((h + 2 * pad - kh) / stride + 1, (w + 2 * pad - kw) / stride + 1);
+        let g = ConvGeom { n, c, h, w, oc, kh, kw, stride, pad, oh, ow };
+        let seed = 1000 + checked as u64;
+        let (x, wt, bias, residual) = (randn(&[n, c, h, w], seed), randn(&[oc, c, kh, kw], seed + 1), randn(&[oc], seed + 2), randn(&[n, oc, oh, ow], seed + 3));
+        let epi = Epilogue { bias: Some(&bias), sample_bias: None, residual: Some(&residual) };
+        let want = conv2d_forward_gemm(&x, &wt, &epi, &g);
+        let got = direct::forward(&x, &wt, &epi, &g);
+        assert_close(&format!("direct conv {g:?}"), &got, &want, ATOL, RTOL);
+        checked += 1;
+    }
+}

@@ -78,8 +78,10 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
     };
     Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
         let (q, k, v) = (q.clone(), k.clone(), v.clone());
-        // the saved probabilities, on the forward's device
-        let probs = Tensor::from_storage(probs, Shape::new(vec![dims.batch, lq, lk]));
+        // the saved probabilities, on the forward's device; without them (no
+        // input requires grad) from_op drops this node, so an empty shape does
+        let probs_shape = if keep_probs { vec![dims.batch, lq, lk] } else { vec![0] };
+        let probs = Tensor::from_storage(probs, Shape::new(probs_shape));
         Node::new("attention", vec![q.clone(), k.clone(), v.clone()], move |g| {
             let (dq, dk, dv) = match Tensor::common_device("attention_backward", &[&q, g])? {
                 Device::Cpu => {
