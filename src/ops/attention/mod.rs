@@ -78,9 +78,14 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
     };
     Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
         let (q, k, v) = (q.clone(), k.clone(), v.clone());
-        // the saved probabilities, on the forward's device; without them (no
-        // input requires grad) from_op drops this node, so an empty shape does
-        let probs_shape = if keep_probs { vec![dims.batch, lq, lk] } else { vec![0] };
+        // what backward needs, on the forward's device: the CPU's row
+        // log-sum-exp [batch, Lq], CUDA's probabilities [batch, Lq, Lk];
+        // without it (no input requires grad) from_op drops this node
+        let probs_shape = match (keep_probs, device) {
+            (false, _) => vec![0],
+            (true, Device::Cpu) => vec![dims.batch, lq],
+            (true, Device::Cuda(_)) => vec![dims.batch, lq, lk],
+        };
         let probs = Tensor::from_storage(probs, Shape::new(probs_shape));
         Node::new("attention", vec![q.clone(), k.clone(), v.clone()], move |g| {
             let (dq, dk, dv) = match Tensor::common_device("attention_backward", &[&q, g])? {

@@ -11,13 +11,6 @@ pub fn forward(x: &[f32], cols: usize) -> Vec<f32> {
     y
 }
 
-/// softmax(scale·row) in place, the scaling folded into the exp pass
-/// (max(scale·x) = scale·max(x) for scale > 0).
-pub fn softmax_row_scaled_in_place(row: &mut [f32], scale: f32) {
-    let inv = 1.0 / exp_row_scaled_in_place(row, scale);
-    crate::ops::fast_math::map_in_place(row, |v| v * inv);
-}
-
 /// row = exp(scale·row − max(scale·row)) in place, the numerator of
 /// softmax(scale·row); returns its sum (the denominator).
 pub fn exp_row_scaled_in_place(row: &mut [f32], scale: f32) -> f32 {
