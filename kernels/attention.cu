@@ -87,10 +87,12 @@ __device__ __forceinline__ float staged_score(const float* qr, const float* ks, 
 // rescales its running sum l and accumulator acc[c] once by e^(m_old − m_new)
 // (the online softmax), then adds the chunk's e^(s − m)·V. Scores are
 // computed twice per chunk (2·D FMAs per key) instead of stored.
+// With lse non-null (training) it also writes each query's log-sum-exp,
+// lse[b, i] = m + log l = log Σ_j e^(s_ij), from which backward recomputes P.
 // grid = (⌈Lq/128⌉, batch), block = 128; D, Dv ≤ 32.
 extern "C" __global__ void __launch_bounds__(128)
-    attention_columns_infer_f32(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d, int dv,
-                                float scale) {
+    attention_columns_infer_f32(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk,
+                                int d, int dv, float scale) {
     using namespace attention;
     __shared__ float ks[MAX_HEAD * KEY_CHUNK];
     __shared__ float vs[MAX_HEAD * KEY_CHUNK];
@@ -138,9 +140,17 @@ extern "C" __global__ void __launch_bounds__(128)
         m = m_new;
     }
     if (i >= lq) return;
+    if (lse != nullptr) lse[b * lq + i] = m + logf(l);
     float* ob = o + b * dv * lq;
     const float inv = 1.0f / l;
 #pragma unroll
     for (int c = 0; c < MAX_HEAD; ++c)
         if (c < dv) ob[(long long)c * lq + i] = acc[c] * inv;
+}
+
+// P = e^(scale·S − lse) row-wise, in place: the probabilities of the fused
+// forward recomputed for backward from S = Q·Kᵀ (unscaled) and the saved
+// log-sum-exp. s is [n / cols, cols].
+extern "C" __global__ void attention_probs_from_lse_f32(float* s, const float* lse, int n, int cols, float scale) {
+    for (int e = global_index(); e < n; e += grid_stride()) s[e] = expf(scale * s[e] - lse[e / cols]);
 }

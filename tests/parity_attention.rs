@@ -89,3 +89,26 @@ fn fused_inference_attention_parity() {
         assert_close(&format!("fused inference attention case {i}"), &dev, &cpu, ParityTol::REDUCTION.atol, ParityTol::REDUCTION.rtol);
     }
 }
+
+#[test]
+fn fused_training_attention_parity() {
+    // with grad, the Columns layout at D, Dv ≤ 32 keeps only the rows'
+    // log-sum-exp (attention_columns_infer_f32 writes it) and backward
+    // recomputes P (attention_probs_from_lse_f32): forward and all three
+    // gradients against the CPU twin; Lq = 130 (two query blocks), Lk = 70
+    // (two key chunks)
+    let scale = 1.0 / 8f32.sqrt();
+    parity_check(
+        "attention_columns_fused_training",
+        &[&[2, 2, 8, 130], &[2, 2, 8, 70], &[2, 2, 5, 70]],
+        |x| ops::attention_columns(&x[0], &x[1], &x[2], scale),
+        ParityTol::REDUCTION,
+    );
+    // D = 40 > 32: the GEMM path keeps P
+    parity_check(
+        "attention_columns_gemm_training",
+        &[&[1, 2, 40, 9], &[1, 2, 40, 11], &[1, 2, 3, 11]],
+        |x| ops::attention_columns(&x[0], &x[1], &x[2], 0.2),
+        ParityTol::REDUCTION,
+    );
+}

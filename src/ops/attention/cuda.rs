@@ -48,26 +48,71 @@ const FUSED_MAX_HEAD: usize = 32;
 /// Queries (threads) per block of the fused kernel.
 const FUSED_THREADS: u32 = 128;
 
-/// O without keeping P (inference). Layout::Columns with D, Dv ≤ 32 (the
-/// UNet's heads) runs the fused kernel — no [Lq, Lk] matrix is written;
-/// anything else runs [`forward`] and drops P.
+/// True when the fused kernel runs this problem: Layout::Columns with
+/// D, Dv ≤ 32 (the UNet's heads) and at least one key.
+pub fn fused(dims: Dims, layout: Layout) -> bool {
+    layout == Layout::Columns && dims.d <= FUSED_MAX_HEAD && dims.dv <= FUSED_MAX_HEAD && dims.lk > 0
+}
+
+/// O without keeping P (inference): the fused kernel where [`fused`], else
+/// [`forward`] with P dropped.
 pub fn forward_output(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, layout: Layout, scale: f32) -> Result<CudaBuffer> {
-    let Dims { batch, lq, lk, d, dv } = dims;
-    if layout != Layout::Columns || d > FUSED_MAX_HEAD || dv > FUSED_MAX_HEAD || lk == 0 {
+    if !fused(dims, layout) {
         return Ok(forward(q, k, v, dims, layout, scale)?.0);
     }
+    fused_forward(q, k, v, dims, scale, false).map(|(o, _)| o)
+}
+
+/// (O, L) by the fused kernel (requires [`fused`]): L [batch, Lq] the rows'
+/// log-sum-exp, from which [`backward_lse`] recomputes P; no [batch, Lq, Lk]
+/// P is written or kept.
+pub fn forward_lse(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32) -> Result<(CudaBuffer, CudaBuffer)> {
+    let (o, lse) = fused_forward(q, k, v, dims, scale, true)?;
+    Ok((o, lse.expect("asked for")))
+}
+
+fn fused_forward(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32, with_lse: bool) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
+    let Dims { batch, lq, lk, d, dv } = dims;
     let backend = q.backend();
     let o = backend.alloc(batch * lq * dv)?;
+    let lse = if with_lse { Some(backend.alloc(batch * lq)?) } else { None };
     if o.is_empty() {
-        return Ok(o);
+        return Ok((o, lse));
     }
     let int = |n: usize| elems("attention", n).map(Arg::I32);
     // every index the kernel forms is below the largest buffer's length
     elems("attention", batch * d.max(dv) * lq.max(lk))?;
     let cfg = LaunchConfig::grid([lq.div_ceil(FUSED_THREADS as usize), batch, 1], FUSED_THREADS);
-    let args = [o.arg(), q.arg(), k.arg(), v.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
+    let lse_arg = lse.as_ref().map_or(Arg::Ptr(0), |l| l.arg());
+    let args = [o.arg(), lse_arg, q.arg(), k.arg(), v.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
     backend.launch("attention_columns_infer_f32", cfg, &args)?;
-    Ok(o)
+    Ok((o, lse))
+}
+
+/// [`backward`] from the saved log-sum-exp of [`forward_lse`]: P recomputed
+/// as e^(scale·Q·Kᵀ − L) (one GEMM and one elementwise pass) into the buffer
+/// backward would otherwise have kept since the forward.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_lse(
+    q: &CudaBuffer,
+    k: &CudaBuffer,
+    v: &CudaBuffer,
+    lse: &CudaBuffer,
+    d_o: &CudaBuffer,
+    dims: Dims,
+    layout: Layout,
+    scale: f32,
+) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
+    let Dims { batch, lq, lk, d, .. } = dims;
+    let backend = q.backend();
+    let p = backend.alloc(batch * lq * lk)?;
+    if !p.is_empty() {
+        gemm(view(layout, q, lq, d), view(layout, k, lk, d).t(), MatView::rows(&p, lq, lk), batch, 1.0, false)?;
+        let n = elems("attention", p.len())?;
+        let args = [p.arg(), lse.arg(), Arg::I32(n), Arg::I32(elems("attention", lk)?), Arg::F32(scale)];
+        backend.launch("attention_probs_from_lse_f32", LaunchConfig::for_elems(p.len(), 256), &args)?;
+    }
+    backward(q, k, v, &p, d_o, dims, layout, scale)
 }
 
 /// Gradients (dQ, dK, dV) from dO and the saved P:

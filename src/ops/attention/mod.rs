@@ -67,7 +67,10 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
         Device::Cuda(_) => {
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
             let (q, k, v) = (sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?);
-            if keep_probs {
+            if keep_probs && cuda::fused(dims, layout) {
+                let (o, lse) = cuda::forward_lse(q, k, v, dims, scale)?;
+                (Storage::Cuda(o), Storage::Cuda(lse))
+            } else if keep_probs {
                 let (o, p) = cuda::forward(q, k, v, dims, layout, scale)?;
                 (Storage::Cuda(o), Storage::Cuda(p))
             } else {
@@ -78,13 +81,15 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
     };
     Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
         let (q, k, v) = (q.clone(), k.clone(), v.clone());
-        // what backward needs, on the forward's device: the CPU's row
-        // log-sum-exp [batch, Lq], CUDA's probabilities [batch, Lq, Lk];
-        // without it (no input requires grad) from_op drops this node
-        let probs_shape = match (keep_probs, device) {
+        // what backward needs, on the forward's device: the rows' log-sum-exp
+        // [batch, Lq] (CPU, and CUDA's fused kernel), else the probabilities
+        // [batch, Lq, Lk]; without it (no input requires grad) from_op drops
+        // this node
+        let saved_lse = device == Device::Cpu || cuda::fused(dims, layout);
+        let probs_shape = match (keep_probs, saved_lse) {
             (false, _) => vec![0],
-            (true, Device::Cpu) => vec![dims.batch, lq],
-            (true, Device::Cuda(_)) => vec![dims.batch, lq, lk],
+            (true, true) => vec![dims.batch, lq],
+            (true, false) => vec![dims.batch, lq, lk],
         };
         let probs = Tensor::from_storage(probs, Shape::new(probs_shape));
         Node::new("attention", vec![q.clone(), k.clone(), v.clone()], move |g| {
@@ -107,8 +112,12 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
                 Device::Cuda(_) => {
                     let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), probs.storage(), g.storage());
                     let name = "attention_backward";
-                    let (dq, dk, dv) =
-                        cuda::backward(sq.cuda(name)?, sk.cuda(name)?, sv.cuda(name)?, sp.cuda(name)?, sg.cuda(name)?, dims, layout, scale)?;
+                    let (q, k, v, saved, g) = (sq.cuda(name)?, sk.cuda(name)?, sv.cuda(name)?, sp.cuda(name)?, sg.cuda(name)?);
+                    let (dq, dk, dv) = if saved_lse {
+                        cuda::backward_lse(q, k, v, saved, g, dims, layout, scale)?
+                    } else {
+                        cuda::backward(q, k, v, saved, g, dims, layout, scale)?
+                    };
                     (Storage::Cuda(dq), Storage::Cuda(dk), Storage::Cuda(dv))
                 }
             };
