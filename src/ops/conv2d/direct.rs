@@ -70,7 +70,7 @@ impl Scratch {
 }
 
 thread_local! {
-    /// Pixel panels of a task's images (strided convolutions).
+    /// A task's padded image copies or packed panels.
     static PANELS: RefCell<Scratch> = const { RefCell::new(Scratch { buf: Vec::new() }) };
     /// One KC × T block packed just before use (stride 1).
     static BLOCK: RefCell<Scratch> = const { RefCell::new(Scratch { buf: Vec::new() }) };
@@ -95,14 +95,15 @@ fn pack_weights(weight: &[f32], oc: usize, k: usize, mr: usize) -> Vec<f32> {
     a
 }
 
-/// B_t [K][T] for every pixel panel t of image x_n (zeros past P); `row` is
-/// P floats of scratch for strided convolutions.
-fn pack_image(x_n: &[f32], g: &ConvGeom, t_len: usize, panels: &mut [f32], row: &mut [f32], runs: &Runs) {
+/// B_t [K][T] for every pixel panel t of image x_n (zeros past P): by masked
+/// loads with the `runs` of a stride-1 geometry, else from im2col rows
+/// (`row`: P floats of scratch).
+fn pack_image(x_n: &[f32], g: &ConvGeom, t_len: usize, panels: &mut [f32], row: &mut [f32], runs: Option<&Runs>) {
     let (k, p) = (g.k(), g.p());
     let tiles = p.div_ceil(t_len);
     assert!(x_n.len() >= g.c * g.h * g.w && panels.len() >= tiles * k * t_len);
     #[cfg(target_arch = "x86_64")]
-    if g.stride == 1 {
+    if let Some(runs) = runs {
         for t in 0..tiles {
             // SAFETY: AVX-512 checked by `forward`; `runs` was built for this
             // geometry, its masked lanes read only inside x_n (see Runs::new);
@@ -131,7 +132,7 @@ fn pack_image(x_n: &[f32], g: &ConvGeom, t_len: usize, panels: &mut [f32], row: 
 /// (ki, kj) lane j of the run reads x[c, oy + ki − pad, ox + (j − lane) + kj − pad],
 /// at offset c·H·W + `offset` + j from x_n, in the image when the row is
 /// and the column lies in [0, W) (`mask`).
-pub struct Runs {
+struct Runs {
     /// Runs of group q: `starts[q]..starts[q + 1]`.
     starts: Vec<usize>,
     /// (lane mask, offset of lane 0) of group q, tap t, its run r at
@@ -141,7 +142,7 @@ pub struct Runs {
 }
 
 impl Runs {
-    pub fn new(g: &ConvGeom) -> Runs {
+    fn new(g: &ConvGeom) -> Runs {
         let (p, taps_per_run) = (g.p(), g.kh * g.kw);
         let (mut starts, mut taps) = (vec![0], Vec::new());
         for q in 0..p.div_ceil(16) {
@@ -258,9 +259,10 @@ pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f
     let image_panels = tiles * k * t_len;
     let x_len = g.c * g.h * g.w;
     let shape = Tiling { k, p, mr, nv, tiles };
-    let runs = Runs::new(g);
     let y_out = &mut y.spare_capacity_mut()[..total];
     let padded = PaddedLayout::new(g);
+    // the masked-load gather, for the stride-1 maps the padded layout does not take
+    let runs = (g.stride == 1 && padded.is_none()).then(|| Runs::new(g));
     if g.n == 1 {
         let mut scratch = Vec::new();
         let source = match &padded {
@@ -272,7 +274,7 @@ pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f
             }
             None => {
                 scratch.resize(image_panels, 0.0);
-                pack_image(x, g, t_len, &mut scratch, &mut vec![0.0; p], &runs);
+                pack_image(x, g, t_len, &mut scratch, &mut vec![0.0; p], runs.as_ref());
                 Source::Packed(&scratch)
             }
         };
@@ -300,34 +302,28 @@ pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f
         let row_add: Vec<f32> = (i0..i0 + images).flat_map(|i| epi.row_add(i, g.oc)).collect();
         let residual = epi.residual.map(|r| &r[i0 * y_len..(i0 + images) * y_len]);
         let x_g = &x[i0 * x_len..(i0 + images) * x_len];
-        if let Some(layout) = &padded {
-            if layout.in_place {
-                let block = Block { a: &a, source: layout.source(x_g, g), row_add: &row_add, residual, images, image_stride: y_len };
-                return block_tiles(&block, y_g, &shape);
-            }
-            let image_len = layout.image_len(g);
-            return PANELS.with_borrow_mut(|scratch| {
-                let xpad = scratch.get(images * image_len);
-                for (j, dst) in xpad.chunks_mut(image_len).enumerate() {
-                    layout.pad(&x_g[j * x_len..(j + 1) * x_len], g, dst);
-                }
-                let block = Block { a: &a, source: layout.source(xpad, g), row_add: &row_add, residual, images, image_stride: y_len };
-                block_tiles(&block, y_g, &shape);
-            });
-        }
-        if g.stride == 1 {
-            let source = Source::Images { x: x_g, x_len, g, runs: &runs };
-            let block = Block { a: &a, source, row_add: &row_add, residual, images, image_stride: y_len };
-            return block_tiles(&block, y_g, &shape);
-        }
         PANELS.with_borrow_mut(|scratch| {
-            let buf = scratch.get(images * image_panels + p);
-            let (panels, row) = buf.split_at_mut(images * image_panels);
-            for (j, panels_j) in panels.chunks_mut(image_panels).enumerate() {
-                pack_image(&x_g[j * x_len..(j + 1) * x_len], g, t_len, panels_j, row, &runs);
-            }
-            let block = Block { a: &a, source: Source::Packed(panels), row_add: &row_add, residual, images, image_stride: y_len };
-            block_tiles(&block, y_g, &shape);
+            let source = match (&padded, &runs) {
+                (Some(layout), _) if layout.in_place => layout.source(x_g, g),
+                (Some(layout), _) => {
+                    let image_len = layout.image_len(g);
+                    let xpad = scratch.get(images * image_len);
+                    for (j, dst) in xpad.chunks_mut(image_len).enumerate() {
+                        layout.pad(&x_g[j * x_len..(j + 1) * x_len], g, dst);
+                    }
+                    layout.source(xpad, g)
+                }
+                (None, Some(runs)) => Source::Images { x: x_g, x_len, g, runs },
+                (None, None) => {
+                    let buf = scratch.get(images * image_panels + p);
+                    let (panels, row) = buf.split_at_mut(images * image_panels);
+                    for (j, panels_j) in panels.chunks_mut(image_panels).enumerate() {
+                        pack_image(&x_g[j * x_len..(j + 1) * x_len], g, t_len, panels_j, row, None);
+                    }
+                    Source::Packed(panels)
+                }
+            };
+            block_tiles(&Block { a: &a, source, row_add: &row_add, residual, images, image_stride: y_len }, y_g, &shape);
         })
     });
     // SAFETY: block_tiles wrote every entry of y (all images × channels × pixels).
