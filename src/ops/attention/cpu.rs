@@ -91,7 +91,7 @@ pub fn forward_output(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layou
             // instead of one over [Lq, Lk]
             gemm(qb, kb.t(), e, lk, false, false);
             for (row, inv) in e.chunks_mut(lk).zip(inv_sums.iter_mut()) {
-                *inv = 1.0 / exp_row_scaled_in_place(row, scale);
+                *inv = 1.0 / exp_row_scaled_in_place(row, scale).1;
             }
             layout.product(MatRef::rows(e, lq, lk), vb, o);
             o.chunks_mut(dv).zip(inv_sums.iter()).for_each(|(row, &inv)| row.iter_mut().for_each(|x| *x *= inv));
@@ -207,9 +207,7 @@ fn forward_one(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scal
     let (qb, kb, vb) = (layout.view(q, b, lq, d), layout.view(k, b, lk, d), layout.view(v, b, lk, dv));
     gemm(qb, kb.t(), p, lk, false, false);
     for (row, lse) in p.chunks_mut(lk).zip(lse.iter_mut()) {
-        fast_math::map_in_place(row, |s| s * scale);
-        let max = fast_math::max(row);
-        let sum = fast_math::map_in_place_sum(row, |x| fast_math::exp(x - max));
+        let (max, sum) = exp_row_scaled_in_place(row, scale);
         *lse = max + sum.ln();
         let inv = 1.0 / sum;
         fast_math::map_in_place(row, |e| e * inv);

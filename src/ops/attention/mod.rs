@@ -46,31 +46,34 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
         return shape_err("attention", format!("q {}, k {}, v {} do not fit together", q.shape(), k.shape(), v.shape()));
     }
     let dims = cpu::Dims { batch: lead.iter().product(), lq, lk, d, dv };
-    let keep_probs = crate::autograd::is_grad_enabled() && [q, k, v].iter().any(|t| t.requires_grad());
+    // backward needs the rows' log-sum-exp (the CPU, and CUDA's fused kernel:
+    // P is recomputed) or else the probabilities P; nothing when no input
+    // requires grad (from_op then drops the node)
+    let for_backward = crate::autograd::is_grad_enabled() && [q, k, v].iter().any(|t| t.requires_grad());
+    let saves_lse = device == Device::Cpu || cuda::fused(dims, layout);
     let mut out_dims = lead.to_vec();
     out_dims.extend(match layout {
         Layout::Rows => [lq, dv],
         Layout::Columns => [dv, lq],
     });
-    let (storage, probs) = match device {
+    let (storage, saved) = match device {
         Device::Cpu => {
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
             let (q, k, v) = (sq.cpu_f32("attention")?, sk.cpu_f32("attention")?, sv.cpu_f32("attention")?);
-            if keep_probs {
-                let (o, p) = cpu::forward(q, k, v, dims, layout, scale);
-                (cpu_f32_storage(o), cpu_f32_storage(p))
+            if for_backward {
+                let (o, lse) = cpu::forward(q, k, v, dims, layout, scale);
+                (cpu_f32_storage(o), cpu_f32_storage(lse))
             } else {
-                // no backward will run: P is not kept (the node is never built)
                 (cpu_f32_storage(cpu::forward_output(q, k, v, dims, layout, scale)), cpu_f32_storage(Vec::new()))
             }
         }
         Device::Cuda(_) => {
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
             let (q, k, v) = (sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?);
-            if keep_probs && cuda::fused(dims, layout) {
+            if for_backward && saves_lse {
                 let (o, lse) = cuda::forward_lse(q, k, v, dims, scale)?;
                 (Storage::Cuda(o), Storage::Cuda(lse))
-            } else if keep_probs {
+            } else if for_backward {
                 let (o, p) = cuda::forward(q, k, v, dims, layout, scale)?;
                 (Storage::Cuda(o), Storage::Cuda(p))
             } else {
@@ -81,21 +84,17 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
     };
     Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
         let (q, k, v) = (q.clone(), k.clone(), v.clone());
-        // what backward needs, on the forward's device: the rows' log-sum-exp
-        // [batch, Lq] (CPU, and CUDA's fused kernel), else the probabilities
-        // [batch, Lq, Lk]; without it (no input requires grad) from_op drops
-        // this node
-        let saved_lse = device == Device::Cpu || cuda::fused(dims, layout);
-        let probs_shape = match (keep_probs, saved_lse) {
+        // what the forward saved, on its device
+        let saved_shape = match (for_backward, saves_lse) {
             (false, _) => vec![0],
             (true, true) => vec![dims.batch, lq],
             (true, false) => vec![dims.batch, lq, lk],
         };
-        let probs = Tensor::from_storage(probs, Shape::new(probs_shape));
+        let saved = Tensor::from_storage(saved, Shape::new(saved_shape));
         Node::new("attention", vec![q.clone(), k.clone(), v.clone()], move |g| {
             let (dq, dk, dv) = match Tensor::common_device("attention_backward", &[&q, g])? {
                 Device::Cpu => {
-                    let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), probs.storage(), g.storage());
+                    let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), saved.storage(), g.storage());
                     let name = "attention_backward";
                     let (dq, dk, dv) = cpu::backward(
                         sq.cpu_f32(name)?,
@@ -110,10 +109,10 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
                     (cpu_f32_storage(dq), cpu_f32_storage(dk), cpu_f32_storage(dv))
                 }
                 Device::Cuda(_) => {
-                    let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), probs.storage(), g.storage());
+                    let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), saved.storage(), g.storage());
                     let name = "attention_backward";
                     let (q, k, v, saved, g) = (sq.cuda(name)?, sk.cuda(name)?, sv.cuda(name)?, sp.cuda(name)?, sg.cuda(name)?);
-                    let (dq, dk, dv) = if saved_lse {
+                    let (dq, dk, dv) = if saves_lse {
                         cuda::backward_lse(q, k, v, saved, g, dims, layout, scale)?
                     } else {
                         cuda::backward(q, k, v, saved, g, dims, layout, scale)?

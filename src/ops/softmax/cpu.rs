@@ -11,17 +11,14 @@ pub fn forward(x: &[f32], cols: usize) -> Vec<f32> {
     y
 }
 
-/// row = exp(scale·row − max(scale·row)) in place, the numerator of
-/// softmax(scale·row); returns its sum (the denominator).
-pub fn exp_row_scaled_in_place(row: &mut [f32], scale: f32) -> f32 {
+/// row = e^(scale·row − m) in place with m = max(scale·row), the numerator of
+/// softmax(scale·row); returns (m, Σ row), so the denominator is the sum and
+/// log Σ e^(scale·row) = m + ln Σ. Any scale: it is applied before the max.
+pub fn exp_row_scaled_in_place(row: &mut [f32], scale: f32) -> (f32, f32) {
     use crate::ops::fast_math;
-    if scale <= 0.0 || !scale.is_finite() {
-        row.iter_mut().for_each(|v| *v *= scale);
-        let max = fast_math::max(row);
-        return fast_math::map_in_place_sum(row, |v| fast_math::exp(v - max));
-    }
+    fast_math::map_in_place(row, |v| v * scale);
     let max = fast_math::max(row);
-    fast_math::map_in_place_sum(row, |v| fast_math::exp((v - max) * scale))
+    (max, fast_math::map_in_place_sum(row, |v| fast_math::exp(v - max)))
 }
 
 pub fn softmax_row_in_place(row: &mut [f32]) {
