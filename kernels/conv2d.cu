@@ -21,11 +21,13 @@
 //     dW_z[oc, (c,kh,kw)]       = C restricted to split z's k range; dW = Σ_z dW_z
 //
 // Tiling: a block of 256 threads computes a 64×64 tile of C. It walks K in
-// slices of 16: each thread gathers 4 elements of the 64×16 A slice and 4 of
-// the 16×64 B slice into shared memory (As[k][m], Bs[k][n]), then, after a
-// barrier, the block's 8 warps multiply the slice on the tensor cores at f32
-// accuracy (3xTF32, kernels/mma.cuh): warp w owns rows 32·(w % 2).. and
-// columns 16·(w / 2).. of the tile. Rows of As/Bs are padded to 68 floats so
+// slices of 16 words: each thread gathers 4 words of the 64×16 A slice and 4
+// of the 16×64 B slice into shared memory (As[k][m], Bs[k][n]), then, after a
+// barrier, the block's 8 warps multiply the slice on the tensor cores: warp w
+// owns rows 32·(w % 2).. and columns 16·(w / 2).. of the tile. A word is one
+// f32 at f32 accuracy (3xTF32, kernels/mma.cuh) or two consecutive k values
+// as bf16 at the bf16 compute precision (mma::Bf16: K slices of 32, one
+// m16n8k16 instruction per 16 k). Rows of As/Bs are padded to 68 words so
 // the fragment reads (lanes 4 rows × 8 columns apart) hit distinct banks
 // pairwise at worst.
 #include "common.cuh"
@@ -43,14 +45,14 @@ struct Shape {
 
 constexpr int BM = 64;       // tile rows (m)
 constexpr int BN = 64;       // tile columns (n)
-constexpr int BK = 16;       // K slice
-constexpr int THREADS = 256; // 16×16 threads, 4×4 outputs each
-constexpr int SLOTS = 4;     // elements of each operand slice a thread loads: 64·16 / 256
+constexpr int BK = 16;       // K slice in staged words (16 k at f32, 32 at bf16)
+constexpr int THREADS = 256; // 8 warps
+constexpr int SLOTS = 4;     // words of each operand slice a thread loads: 64·16 / 256
 constexpr int LDS = BM + 4;  // shared row length (see Tiling)
 static_assert(BM == BN, "fetch_slice/store_slice fill both tiles with the same shape");
 
-// Which thread loads which element of a 64×16 operand slice (rows = the m or
-// n index, columns = k). Element e = tid + 256·i of the slice, i < SLOTS:
+// Which thread loads which word of a 64×16 operand slice (rows = the m or
+// n index, columns = k words). Word e = tid + 256·i of the slice, i < SLOTS:
 //   K_FAST  (operand contiguous along k):  k = e % 16, row = e / 16
 //   !K_FAST (operand contiguous along m/n): row = e % 64, k = e / 64
 // so consecutive threads read consecutive addresses in either case.
@@ -265,32 +267,40 @@ struct WeightGradOut {
     __device__ void store(int oc, int col, float v) const { dw[oc * N + col] = v; }
 };
 
-// Reads this thread's SLOTS elements of the 64×16 slice of operand `op` at
-// rows row0.., k = k0.. into registers. Rows ≥ rows and k ≥ k_end read as 0,
-// so partial tiles add nothing.
-template <class Op>
-__device__ __forceinline__ void fetch_slice(const Op& op, const typename Op::Ctx* ctx, const bool* row_ok, float* regs,
-                                            int k0, int k_end, int tid) {
+// Reads this thread's SLOTS words of the 64×16-word slice of operand `op` at
+// rows row0.., k = k0.. into registers: word (row, j) holds the PER_WORD
+// values k0 + PER_WORD·j + e, e < PER_WORD, packed by Math. Rows ≥ rows and
+// k ≥ k_end read as 0, so partial tiles add nothing.
+template <class Math, class Op>
+__device__ __forceinline__ void fetch_slice(const Op& op, const typename Op::Ctx* ctx, const bool* row_ok,
+                                            typename Math::Word* regs, int k0, int k_end, int tid) {
 #pragma unroll
     for (int i = 0; i < SLOTS; ++i) {
-        const int k = k0 + slot_k<Op::K_FAST>(tid, i);
-        regs[i] = (row_ok[i] && k < k_end) ? op.load(ctx[i], k) : 0.0f;
+        const int k = k0 + Math::PER_WORD * slot_k<Op::K_FAST>(tid, i);
+        float v[Math::PER_WORD];
+#pragma unroll
+        for (int e = 0; e < Math::PER_WORD; ++e) v[e] = (row_ok[i] && k + e < k_end) ? op.load(ctx[i], k + e) : 0.0f;
+        regs[i] = Math::pack(v);
     }
 }
 
-// Writes the fetched elements into tile[k][row].
-template <class Op>
-__device__ __forceinline__ void store_slice(const float* regs, float (*tile)[LDS], int tid) {
+// Writes the fetched words into tile[k word][row].
+template <class Math, class Op>
+__device__ __forceinline__ void store_slice(const typename Math::Word* regs, typename Math::Word (*tile)[LDS], int tid) {
 #pragma unroll
     for (int i = 0; i < SLOTS; ++i) tile[slot_k<Op::K_FAST>(tid, i)][slot_row<Op::K_FAST>(tid, i)] = regs[i];
 }
 
 // One 64×64 tile of C = A·B over k in [blockIdx.z·k_chunk, min(K, (blockIdx.z + 1)·k_chunk)),
-// tile origin (m0, n0) = (64·blockIdx.y, 64·blockIdx.x). Launch with 256 threads.
-template <class OpA, class OpB, class Out>
+// tile origin (m0, n0) = (64·blockIdx.y, 64·blockIdx.x), products at the
+// precision of Math (mma::Tf32x3: f32 accuracy; mma::Bf16: operands rounded
+// to bf16, f32 sums), K slices of 16·Math::PER_WORD. Launch with 256 threads.
+template <class Math, class OpA, class OpB, class Out>
 __device__ __forceinline__ void gemm_tile(const OpA& A, const OpB& B, const Out& out, int M, int N, int K, int k_chunk) {
-    __shared__ float As[BK][LDS];  // As[k][m]
-    __shared__ float Bs[BK][LDS];  // Bs[k][n]
+    using Word = typename Math::Word;
+    constexpr int K_SLICE = BK * Math::PER_WORD;
+    __shared__ Word As[BK][LDS];  // As[k word][m]
+    __shared__ Word Bs[BK][LDS];  // Bs[k word][n]
     const int tid = threadIdx.x;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int k_begin = blockIdx.z * k_chunk;
@@ -312,20 +322,20 @@ __device__ __forceinline__ void gemm_tile(const OpA& A, const OpB& B, const Out&
 
     // Software pipeline: the next slice's global reads are issued before the
     // tensor cores work on this one, so their latency overlaps the products.
-    float a_regs[SLOTS], b_regs[SLOTS];
-    fetch_slice(A, a_ctx, a_ok, a_regs, k_begin, k_end, tid);
-    fetch_slice(B, b_ctx, b_ok, b_regs, k_begin, k_end, tid);
+    Word a_regs[SLOTS], b_regs[SLOTS];
+    fetch_slice<Math>(A, a_ctx, a_ok, a_regs, k_begin, k_end, tid);
+    fetch_slice<Math>(B, b_ctx, b_ok, b_regs, k_begin, k_end, tid);
     mma::Acc acc;
     acc.zero();
-    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-        store_slice<OpA>(a_regs, As, tid);
-        store_slice<OpB>(b_regs, Bs, tid);
+    for (int k0 = k_begin; k0 < k_end; k0 += K_SLICE) {
+        store_slice<Math, OpA>(a_regs, As, tid);
+        store_slice<Math, OpB>(b_regs, Bs, tid);
         __syncthreads();
-        if (k0 + BK < k_end) {
-            fetch_slice(A, a_ctx, a_ok, a_regs, k0 + BK, k_end, tid);
-            fetch_slice(B, b_ctx, b_ok, b_regs, k0 + BK, k_end, tid);
+        if (k0 + K_SLICE < k_end) {
+            fetch_slice<Math>(A, a_ctx, a_ok, a_regs, k0 + K_SLICE, k_end, tid);
+            fetch_slice<Math>(B, b_ctx, b_ok, b_regs, k0 + K_SLICE, k_end, tid);
         }
-        mma::warp_slice_3xtf32<LDS>(As, Bs, acc);  // acc += As[k][rows]ᵀ·Bs[k][cols]
+        Math::template slice<LDS>(As, Bs, acc);  // acc += As[k][rows]ᵀ·Bs[k][cols]
         __syncthreads();  // the next slice overwrites As, Bs
     }
 
@@ -344,41 +354,73 @@ __device__ __forceinline__ void gemm_tile(const OpA& A, const OpB& B, const Out&
         }
 }
 
-}  // namespace conv
+// ---- The three convolution GEMMs, at either compute precision (Math). ----
 
 // y [N, OC, OH, OW] = conv(x, W) + b + sb + r. Grid (⌈N·OH·OW/64⌉, ⌈OC/64⌉, 1),
 // 256 threads. bias, sample_bias and residual may each be null.
-extern "C" __global__ void __launch_bounds__(256)
-    conv2d_forward_f32(float* y, const float* x, const float* w, const float* bias, const float* sample_bias,
-                       const float* residual, conv::Shape s) {
+template <class Math>
+__device__ __forceinline__ void forward(float* y, const float* x, const float* w, const float* bias,
+                                        const float* sample_bias, const float* residual, const Shape& s) {
     const int M = s.oc, N = s.n * s.oh * s.ow, K = s.c * s.kh * s.kw;
-    if (conv::ImageColsTab::fits(s)) {
-        __shared__ int tab[conv::TAB_MAX];
+    const ForwardOut out{y, bias, sample_bias, residual, s};
+    if (ImageColsTab::fits(s)) {
+        __shared__ int tab[TAB_MAX];
         for (int k = threadIdx.x; k < K; k += blockDim.x) {
             const int kk = s.kh * s.kw, ch = k / kk, r = k - ch * kk, kh = r / s.kw, kw = r - kh * s.kw;
             tab[k] = ((ch * s.h + kh) * s.w + kw) << 8 | kh << 4 | kw;
         }
         __syncthreads();
-        conv::gemm_tile(conv::WeightRows{w, K}, conv::ImageColsTab{x, tab, s}, conv::ForwardOut{y, bias, sample_bias, residual, s}, M, N, K, K);
+        gemm_tile<Math>(WeightRows{w, K}, ImageColsTab{x, tab, s}, out, M, N, K, K);
     } else {
-        conv::gemm_tile(conv::WeightRows{w, K}, conv::ImageCols{x, s}, conv::ForwardOut{y, bias, sample_bias, residual, s}, M, N, K, K);
+        gemm_tile<Math>(WeightRows{w, K}, ImageCols{x, s}, out, M, N, K, K);
     }
 }
 
 // dx [N, C, H, W] from dy [N, OC, OH, OW] and W. Grid (⌈N·H·W/64⌉, ⌈C/64⌉, 1), 256 threads.
-extern "C" __global__ void __launch_bounds__(256)
-    conv2d_backward_input_f32(float* dx, const float* dy, const float* w, conv::Shape s) {
+template <class Math>
+__device__ __forceinline__ void backward_input(float* dx, const float* dy, const float* w, const Shape& s) {
     const int M = s.c, N = s.n * s.h * s.w, K = s.oc * s.kh * s.kw;
-    conv::gemm_tile(conv::WeightCols{w, s}, conv::GradCols{dy, s}, conv::InputGradOut{dx, s}, M, N, K, K);
+    gemm_tile<Math>(WeightCols{w, s}, GradCols{dy, s}, InputGradOut{dx, s}, M, N, K, K);
 }
 
 // Partial weight gradients dw_part [splits, OC, C·KH·KW]: split z = blockIdx.z sums
 // k = (img, oh, ow) over [z·k_chunk, (z + 1)·k_chunk). Grid (⌈C·KH·KW/64⌉, ⌈OC/64⌉, splits).
-extern "C" __global__ void __launch_bounds__(256)
-    conv2d_backward_weight_f32(float* dw_part, const float* dy, const float* x, conv::Shape s, int k_chunk) {
+template <class Math>
+__device__ __forceinline__ void backward_weight(float* dw_part, const float* dy, const float* x, const Shape& s, int k_chunk) {
     const int M = s.oc, N = s.c * s.kh * s.kw, K = s.n * s.oh * s.ow;
     float* slab = dw_part + (size_t)blockIdx.z * M * N;
-    conv::gemm_tile(conv::GradRows{dy, s}, conv::ImageRows{x, s}, conv::WeightGradOut{slab, N}, M, N, K, k_chunk);
+    gemm_tile<Math>(GradRows{dy, s}, ImageRows{x, s}, WeightGradOut{slab, N}, M, N, K, k_chunk);
+}
+
+}  // namespace conv
+
+// The launchable kernels: _f32 at f32 accuracy (3xTF32), _bf16 with bf16
+// operands and f32 sums (the bf16 compute precision). Same arguments.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_forward_f32(float* y, const float* x, const float* w, const float* bias, const float* sample_bias,
+                       const float* residual, conv::Shape s) {
+    conv::forward<mma::Tf32x3>(y, x, w, bias, sample_bias, residual, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_forward_bf16(float* y, const float* x, const float* w, const float* bias, const float* sample_bias,
+                        const float* residual, conv::Shape s) {
+    conv::forward<mma::Bf16>(y, x, w, bias, sample_bias, residual, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_backward_input_f32(float* dx, const float* dy, const float* w, conv::Shape s) {
+    conv::backward_input<mma::Tf32x3>(dx, dy, w, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_backward_input_bf16(float* dx, const float* dy, const float* w, conv::Shape s) {
+    conv::backward_input<mma::Bf16>(dx, dy, w, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_backward_weight_f32(float* dw_part, const float* dy, const float* x, conv::Shape s, int k_chunk) {
+    conv::backward_weight<mma::Tf32x3>(dw_part, dy, x, s, k_chunk);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_backward_weight_bf16(float* dw_part, const float* dy, const float* x, conv::Shape s, int k_chunk) {
+    conv::backward_weight<mma::Bf16>(dw_part, dy, x, s, k_chunk);
 }
 
 // out[i] = Σ_{z < splits} part[z·len + i], in split order (deterministic).

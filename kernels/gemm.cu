@@ -15,8 +15,11 @@
 //   Bs[p][j] = B(p0 + p, j0 + j)   (16×64 slice)
 // in shared memory, zero-filled outside M, N and K, so odd sizes need no case
 // in the inner loop; then the block's 8 warps multiply the slice on the
-// tensor cores at f32 accuracy (3xTF32, kernels/mma.cuh), warp w owning rows
-// 32·(w % 2).. and columns 16·(w / 2).. of the tile.
+// tensor cores, warp w owning rows 32·(w % 2).. and columns 16·(w / 2).. of
+// the tile: at f32 accuracy (3xTF32, kernels/mma.cuh) in gemm_tiled_f32, or
+// with bf16 operands and f32 sums in gemm_tiled_bf16 (the bf16 compute
+// precision), where a staged word holds two consecutive p as bf16 and a slice
+// is 16 words = 32 p (one m16n8k16 instruction per 16 p).
 //
 // Split K. A product with few output tiles and a long K (a linear layer's
 // weight gradient sums over every token: M, N ≤ 256, K = 131,072 at batch 512)
@@ -46,19 +49,19 @@ namespace gemm {
 
 constexpr int BM = 64;                          // tile rows (along M)
 constexpr int BN = 64;                          // tile columns (along N)
-constexpr int BK = 16;                          // K slice
+constexpr int BK = 16;                          // K slice in staged words
 constexpr int THREADS = 256;                    // 8 warps
 // Rows padded to 68 floats: the mma fragment reads (lanes 4 rows × 8 columns
 // apart) and the K-major stores of a row-major slice conflict pairwise at worst.
 constexpr int PAD = 4;
 
-// Elements a thread stages per operand slice: 64·16 / 256.
+// Words a thread stages per operand slice: 64·16 / 256.
 constexpr int SLOTS = BM * BK / THREADS;
 
-// This thread's share of the slice As[p][i] = A(i0 + i, p0 + p) (zero outside
-// the matrix), read into registers: element e = tid + 256·s of the slice.
-// Consecutive threads follow whichever stride of A is 1, so a warp's global
-// reads are contiguous for A and for Aᵀ alike.
+// This thread's share of the slice As[w][i] = A(i0 + i, p0 + PER_WORD·w + e),
+// e < PER_WORD packed by Math (zero outside the matrix), read into registers:
+// word e = tid + 256·s of the slice. Consecutive threads follow whichever
+// stride of A is 1, so a warp's global reads are contiguous for A and for Aᵀ alike.
 __device__ __forceinline__ void a_slot(const GemmParams& p, int e, int& i, int& kk) {
     if (p.a_col == 1) {  // row-major: walk along K first
         kk = e % BK;
@@ -68,16 +71,23 @@ __device__ __forceinline__ void a_slot(const GemmParams& p, int e, int& i, int& 
         kk = e / BM;
     }
 }
-__device__ __forceinline__ void fetch_a(float* regs, const float* a, const GemmParams& p, int i0, int p0, int k_end) {
+template <class Math>
+__device__ __forceinline__ void fetch_a(typename Math::Word* regs, const float* a, const GemmParams& p, int i0, int p0,
+                                        int k_end) {
 #pragma unroll
     for (int s = 0; s < SLOTS; ++s) {
         int i, kk;
         a_slot(p, threadIdx.x + s * THREADS, i, kk);
-        const int gi = i0 + i, gk = p0 + kk;
-        regs[s] = (gi < p.m && gk < k_end) ? a[gi * p.a_row + gk * p.a_col] : 0.0f;
+        const int gi = i0 + i, gk = p0 + Math::PER_WORD * kk;
+        float v[Math::PER_WORD];
+#pragma unroll
+        for (int e = 0; e < Math::PER_WORD; ++e)
+            v[e] = (gi < p.m && gk + e < k_end) ? a[gi * p.a_row + (gk + e) * p.a_col] : 0.0f;
+        regs[s] = Math::pack(v);
     }
 }
-__device__ __forceinline__ void store_a(const float* regs, float (*as)[BM + PAD], const GemmParams& p) {
+template <class Word>
+__device__ __forceinline__ void store_a(const Word* regs, Word (*as)[BM + PAD], const GemmParams& p) {
 #pragma unroll
     for (int s = 0; s < SLOTS; ++s) {
         int i, kk;
@@ -96,16 +106,23 @@ __device__ __forceinline__ void b_slot(const GemmParams& p, int e, int& kk, int&
         j = e / BK;
     }
 }
-__device__ __forceinline__ void fetch_b(float* regs, const float* b, const GemmParams& p, int p0, int j0, int k_end) {
+template <class Math>
+__device__ __forceinline__ void fetch_b(typename Math::Word* regs, const float* b, const GemmParams& p, int p0, int j0,
+                                        int k_end) {
 #pragma unroll
     for (int s = 0; s < SLOTS; ++s) {
         int kk, j;
         b_slot(p, threadIdx.x + s * THREADS, kk, j);
-        const int gk = p0 + kk, gj = j0 + j;
-        regs[s] = (gk < k_end && gj < p.n) ? b[gk * p.b_row + gj * p.b_col] : 0.0f;
+        const int gk = p0 + Math::PER_WORD * kk, gj = j0 + j;
+        float v[Math::PER_WORD];
+#pragma unroll
+        for (int e = 0; e < Math::PER_WORD; ++e)
+            v[e] = (gk + e < k_end && gj < p.n) ? b[(gk + e) * p.b_row + gj * p.b_col] : 0.0f;
+        regs[s] = Math::pack(v);
     }
 }
-__device__ __forceinline__ void store_b(const float* regs, float (*bs)[BN + PAD], const GemmParams& p) {
+template <class Word>
+__device__ __forceinline__ void store_b(const Word* regs, Word (*bs)[BN + PAD], const GemmParams& p) {
 #pragma unroll
     for (int s = 0; s < SLOTS; ++s) {
         int kk, j;
@@ -114,13 +131,13 @@ __device__ __forceinline__ void store_b(const float* regs, float (*bs)[BN + PAD]
     }
 }
 
-}  // namespace gemm
-
-// grid = (⌈N/64⌉, ⌈M/64⌉, min(batch, 65535)), block = 256.
-extern "C" __global__ void __launch_bounds__(256) gemm_tiled_f32(float* c, const float* a, const float* b, GemmParams p) {
-    using namespace gemm;
-    __shared__ float as[BK][BM + PAD];
-    __shared__ float bs[BK][BN + PAD];
+// The tiled product at the precision of Math (mma::Tf32x3 or mma::Bf16).
+template <class Math>
+__device__ __forceinline__ void tiled(float* c, const float* a, const float* b, const GemmParams& p) {
+    using Word = typename Math::Word;
+    constexpr int K_SLICE = BK * Math::PER_WORD;
+    __shared__ Word as[BK][BM + PAD];
+    __shared__ Word bs[BK][BN + PAD];
     const int i0 = blockIdx.y * BM, j0 = blockIdx.x * BN;
 
     for (int z = blockIdx.z; z < p.batch; z += gridDim.z) {
@@ -132,20 +149,20 @@ extern "C" __global__ void __launch_bounds__(256) gemm_tiled_f32(float* c, const
 
         // Software pipeline: the next slice's global reads are issued before
         // the tensor cores work on this one.
-        float a_regs[SLOTS], b_regs[SLOTS];
-        fetch_a(a_regs, az, p, i0, k_begin, k_end);
-        fetch_b(b_regs, bz, p, k_begin, j0, k_end);
+        Word a_regs[SLOTS], b_regs[SLOTS];
+        fetch_a<Math>(a_regs, az, p, i0, k_begin, k_end);
+        fetch_b<Math>(b_regs, bz, p, k_begin, j0, k_end);
         mma::Acc acc;
         acc.zero();
-        for (int p0 = k_begin; p0 < k_end; p0 += BK) {
+        for (int p0 = k_begin; p0 < k_end; p0 += K_SLICE) {
             store_a(a_regs, as, p);
             store_b(b_regs, bs, p);
             __syncthreads();
-            if (p0 + BK < k_end) {
-                fetch_a(a_regs, az, p, i0, p0 + BK, k_end);
-                fetch_b(b_regs, bz, p, p0 + BK, j0, k_end);
+            if (p0 + K_SLICE < k_end) {
+                fetch_a<Math>(a_regs, az, p, i0, p0 + K_SLICE, k_end);
+                fetch_b<Math>(b_regs, bz, p, p0 + K_SLICE, j0, k_end);
             }
-            mma::warp_slice_3xtf32<BM + PAD>(as, bs, acc);  // acc += As[k][rows]ᵀ·Bs[k][cols]
+            Math::template slice<BM + PAD>(as, bs, acc);  // acc += As[k][rows]ᵀ·Bs[k][cols]
             __syncthreads();  // the tiles are overwritten by the next slice
         }
 
@@ -163,6 +180,16 @@ extern "C" __global__ void __launch_bounds__(256) gemm_tiled_f32(float* c, const
                     *out = p.accumulate ? *out + v : v;
                 }
     }
+}
+
+}  // namespace gemm
+
+// grid = (⌈N/64⌉, ⌈M/64⌉, min(batch, 65535)), block = 256. Same arguments for both.
+extern "C" __global__ void __launch_bounds__(256) gemm_tiled_f32(float* c, const float* a, const float* b, GemmParams p) {
+    gemm::tiled<mma::Tf32x3>(c, a, b, p);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_tiled_bf16(float* c, const float* a, const float* b, GemmParams p) {
+    gemm::tiled<mma::Bf16>(c, a, b, p);
 }
 
 // The split-K epilogue: C(i, j) = alpha·Σ_{s < splits} part[s·M·N + i·N + j] (+ C(i, j)),

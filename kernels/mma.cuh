@@ -113,6 +113,95 @@ __device__ __forceinline__ void warp_slice_3xtf32(const float (*As)[LD], const f
     }
 }
 
+// ---- bf16 products (the `bf16` compute precision, ops::precision) ----
+//
+// Operands rounded to bfloat16 (8-bit mantissa, f32's exponent) multiply
+// exactly in f32 (8 + 8 bits ≤ 24) and accumulate in f32: the numbers of
+// PyTorch's bf16 autocast with an f32 output, at 6× the products per
+// instruction of 3xTF32 (one mma covers k = 16 instead of three covering 8).
+//
+// The instruction is mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32. Its
+// registers hold pairs of bf16 along k (lower k in the low half); with
+// g = lane / 4, t = lane % 4 and kp = k / 2 the pair index:
+//   A: a0 = A[g][kp t], a1 = A[g + 8][kp t], a2 = A[g][kp t + 4], a3 = A[g + 8][kp t + 4]
+//   B: b0 = B[kp t][g], b1 = B[kp t + 4][g]
+//   D: as m16n8k8 above.
+// So the tiles are staged as pairs, As[kp][m] and Bs[kp][n], and the fragment
+// reads are those of the TF32 path with k replaced by kp.
+
+// bf16 bits of x, rounded to nearest, ties to even; NaN stays a (quiet) NaN.
+// The same rounding as ops::precision::round_bf16 on the CPU.
+__device__ __forceinline__ unsigned int bf16_bits(float x) {
+    const unsigned int u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;  // NaN
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// One 32-bit register of two bf16: lo in bits 0..15, hi in bits 16..31.
+__device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+
+// d += A·B over one m16n8k16 tile of bf16 pairs (fragments as above).
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+#if defined(MD_EMULATED)
+    emu::mma_m16n8k16_bf16(d, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// acc.big += As[kp0..kp0+16][rows of this warp]ᵀ · Bs[..][columns of this warp]
+// for 16 k pairs (k = 32) of bf16 tiles, with the warp tiling of
+// warp_slice_3xtf32 (acc.small is not touched, so Acc::get stays exact).
+template <int LD>
+__device__ __forceinline__ void warp_slice_bf16(const unsigned int (*As)[LD], const unsigned int (*Bs)[LD], Acc& acc) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int m_w = 32 * (warp % 2), n_w = 16 * (warp / 2);
+#pragma unroll
+    for (int kp0 = 0; kp0 < 16; kp0 += 8) {
+        unsigned int a[2][4], b[2][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+            const int r = m_w + 16 * mi + g;
+            a[mi][0] = As[kp0 + t][r];
+            a[mi][1] = As[kp0 + t][r + 8];
+            a[mi][2] = As[kp0 + t + 4][r];
+            a[mi][3] = As[kp0 + t + 4][r + 8];
+        }
+#pragma unroll
+        for (int ni = 0; ni < 2; ++ni) {
+            const int c = n_w + 8 * ni + g;
+            b[ni][0] = Bs[kp0 + t][c];
+            b[ni][1] = Bs[kp0 + t + 4][c];
+        }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 2; ++ni) mma_bf16(acc.big[mi][ni], a[mi], b[ni]);
+    }
+}
+
+// How a block tile's K slices are staged and multiplied: one policy per
+// compute precision. A slice is 16 rows of `Word`s, each holding PER_WORD
+// consecutive k values of one row or column of the tile (K_SLICE = 16·PER_WORD).
+struct Tf32x3 {
+    using Word = float;
+    static constexpr int PER_WORD = 1;
+    __device__ static Word pack(const float (&v)[1]) { return v[0]; }
+    template <int LD>
+    __device__ static void slice(const Word (*As)[LD], const Word (*Bs)[LD], Acc& acc) { warp_slice_3xtf32<LD>(As, Bs, acc); }
+};
+struct Bf16 {
+    using Word = unsigned int;
+    static constexpr int PER_WORD = 2;
+    __device__ static Word pack(const float (&v)[2]) { return bf16_pair(v[0], v[1]); }
+    template <int LD>
+    __device__ static void slice(const Word (*As)[LD], const Word (*Bs)[LD], Acc& acc) { warp_slice_bf16<LD>(As, Bs, acc); }
+};
+
 // The tile coordinates (row, column within the block's 64×64 tile) of acc[mi][ni][q].
 __device__ __forceinline__ int acc_row(int mi, int q) {
     return 32 * ((threadIdx.x / 32) % 2) + 16 * mi + (threadIdx.x % 32) / 4 + 8 * (q / 2);

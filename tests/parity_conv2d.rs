@@ -88,3 +88,34 @@ fn conv2d_fused_epilogue_parity() {
         ParityTol::TENSOR_CORE,
     );
 }
+
+/// The `*_bf16` kernels (the bf16 compute precision: operands rounded to bf16
+/// on load, one m16n8k16 tensor-core instruction per 16 k, f32 sums) against
+/// the CPU twin at bf16 (f32 kernels on rounded operands). Both multiply the
+/// same bf16 values exactly, so TENSOR_CORE's tolerance holds; bf16 against
+/// f32 differs by ~1e-2 of the scale here (tests/precision.rs), so a kernel
+/// that skipped the rounding fails.
+#[test]
+fn conv2d_bf16_parity() {
+    use minidiffusion::ops::{ConvAdd, Precision, conv2d_fused, with_precision};
+    let bf16 = |f: &dyn Fn() -> minidiffusion::Result<minidiffusion::Tensor>| {
+        let _p = with_precision(Precision::Bf16);
+        f()
+    };
+    let s1 = Conv2dParams { stride: 1, padding: 1 };
+    // K = 27 (odd: the last bf16 pair is half padding), split-K weight gradient
+    parity_check("bf16_k3_s1_p1", &[&[2, 3, 7, 9], &[5, 3, 3, 3], &[5]], |t| bf16(&|| conv2d(&t[0], &t[1], Some(&t[2]), s1)), ParityTol::TENSOR_CORE);
+    // stride 2, K = 153 over five 32-wide slices
+    let s2 = Conv2dParams { stride: 2, padding: 1 };
+    parity_check("bf16_k3_s2", &[&[2, 17, 7, 9], &[17, 17, 3, 3]], |t| bf16(&|| conv2d(&t[0], &t[1], None, s2)), ParityTol::TENSOR_CORE);
+    // two 64-row tiles in every GEMM, and the fused epilogue
+    parity_check(
+        "bf16_multi_tile_fused",
+        &[&[1, 67, 3, 5], &[70, 67, 3, 3], &[70], &[1, 70], &[1, 70, 3, 5]],
+        |t| bf16(&|| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) }, s1)),
+        ParityTol::TENSOR_CORE,
+    );
+    // 1×1 over an odd channel count
+    let p0 = Conv2dParams { stride: 1, padding: 0 };
+    parity_check("bf16_k1", &[&[2, 17, 5, 7], &[5, 17, 1, 1]], |t| bf16(&|| conv2d(&t[0], &t[1], None, p0)), ParityTol::TENSOR_CORE);
+}

@@ -131,3 +131,26 @@ fn gemm_split_k_long_products() {
     // and through the tape: a linear layer's weight gradient sums over every row
     parity_check("linear_long_batch", &[&[4100, 12], &[20, 12]], |x| ops::linear(&x[0], &x[1], None), ParityTol { atol: 1e-4, rtol: 1e-4 });
 }
+
+/// `gemm_tiled_bf16` (the bf16 compute precision) against the CPU twin at
+/// bf16: the same bf16 operands multiplied exactly, f32 sums in another order.
+/// Odd sizes, all transposes, a broadcast batch, and the split-K path (one
+/// output tile, K = 4100: 8 splits, the last one partial, an odd K).
+#[test]
+fn matmul_bf16_parity() {
+    use minidiffusion::ops::{Precision, with_precision};
+    let bf16 = |f: &dyn Fn() -> minidiffusion::Result<Tensor>| {
+        let _p = with_precision(Precision::Bf16);
+        f()
+    };
+    parity_check("bf16_matmul_odd", &[&[65, 33], &[33, 17]], |x| bf16(&|| ops::matmul(&x[0], &x[1])), ParityTol::TENSOR_CORE);
+    parity_check("bf16_broadcast_b", &[&[4, 9, 35], &[35, 7]], |x| bf16(&|| ops::matmul(&x[0], &x[1])), ParityTol::TENSOR_CORE);
+    for (ta, tb) in [(true, false), (false, true), (true, true)] {
+        let a: &[usize] = if ta { &[2, 19, 13] } else { &[2, 13, 19] };
+        let b: &[usize] = if tb { &[2, 11, 19] } else { &[2, 19, 11] };
+        parity_check(&format!("bf16_matmul_t({ta}, {tb})"), &[a, b], |x| bf16(&|| ops::matmul_t(&x[0], ta, &x[1], tb)), ParityTol::TENSOR_CORE);
+    }
+    parity_check("bf16_linear", &[&[6, 33], &[65, 33], &[65]], |x| bf16(&|| ops::linear(&x[0], &x[1], Some(&x[2]))), ParityTol::TENSOR_CORE);
+    // K long enough to split (sums of 4101 O(1) products: scale ~64)
+    parity_check("bf16_split_k", &[&[3, 4101], &[4101, 5]], |x| bf16(&|| ops::matmul(&x[0], &x[1])), ParityTol { atol: 3e-4, rtol: 1e-4 });
+}

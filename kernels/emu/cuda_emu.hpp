@@ -10,7 +10,8 @@
 //
 // The subset this supports is the subset our kernels may use: no inline PTX,
 // no dynamic shared memory, full-warp shuffles. Tensor-core products go
-// through emu::mma_m16n8k8_3xtf32 (kernels/mma.cuh picks it under MD_EMULATED).
+// through emu::mma_m16n8k8_3xtf32 and emu::mma_m16n8k16_bf16 (kernels/mma.cuh
+// picks them under MD_EMULATED).
 #pragma once
 
 #define MD_EMULATED 1
@@ -50,6 +51,9 @@ int lane_id();
 // f32, as three mma.sync instructions do. Every lane of the warp must call it.
 void mma_m16n8k8_3xtf32(float (&big)[4], float (&small)[4], const unsigned int (&a_hi)[4], const unsigned int (&a_lo)[4],
                         const unsigned int (&b_hi)[2], const unsigned int (&b_lo)[2]);
+// The warp's d += A·B on m16n8k16 bf16-pair fragments (layout in
+// kernels/mma.cuh), summed over k in f32 (bf16 products are exact in f32).
+void mma_m16n8k16_bf16(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]);
 
 template <typename T>
 inline T shfl(T v, int src_lane) {

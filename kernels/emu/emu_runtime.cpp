@@ -86,6 +86,43 @@ void mma_m16n8k8_3xtf32(float (&big)[4], float (&small)[4], const unsigned int (
     }
 }
 
+void mma_m16n8k16_bf16(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+    BlockState& blk = *current_block;
+    const int warp = linear_tid / 32, lane = linear_tid % 32;
+    const int threads = (int)blk.exchange.size();
+    // The alternating fragment buffers of mma_m16n8k8_3xtf32 (6 of 12 words used).
+    uint32_t* buf = blk.fragments.data() + (size_t)(mma_calls++ % 2) * threads * 12;
+    uint32_t* mine = buf + (size_t)linear_tid * 12;
+    for (int i = 0; i < 4; ++i) mine[i] = a[i];
+    for (int i = 0; i < 2; ++i) mine[4 + i] = b[i];
+    blk.warp_barriers[warp]->arrive_and_wait();
+    const uint32_t* w = buf + (size_t)warp * 32 * 12;
+    // bf16 bits → f32: the high half of an f32
+    auto half = [](uint32_t word, int k) {
+        uint32_t u = (k % 2 ? word >> 16 : word & 0xffffu) << 16;
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    };
+    // A[r][k]: pair kp = k / 2 in lane (r % 8)·4 + kp % 4, register (r ≥ 8) + 2·(kp ≥ 4)
+    auto A = [&](int r, int k) {
+        const int kp = k / 2;
+        return half(w[((r % 8) * 4 + kp % 4) * 12 + (r >= 8) + 2 * (kp >= 4)], k);
+    };
+    // B[k][c]: pair kp in lane c·4 + kp % 4, register 4 + (kp ≥ 4)
+    auto B = [&](int k, int c) {
+        const int kp = k / 2;
+        return half(w[(c * 4 + kp % 4) * 12 + 4 + (kp >= 4)], k);
+    };
+    const int g = lane / 4, t = lane % 4;
+    for (int q = 0; q < 4; ++q) {
+        const int r = g + 8 * (q / 2), c = 2 * t + q % 2;
+        float sum = 0.0f;
+        for (int k = 0; k < 16; ++k) sum += A(r, k) * B(k, c);
+        d[q] += sum;
+    }
+}
+
 }  // namespace emu
 
 struct KernelEntry {

@@ -10,12 +10,14 @@ use super::cpu::ConvGeom;
 use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
 use crate::error::{Result, shape_err};
 use crate::ops::binary::cuda::elems;
+use crate::ops::precision::Precision;
 use crate::ops::reduce::cuda::sum_keepdim;
 use crate::tensor::Shape;
 
 /// Output tile edge of the GEMM kernels (BM = BN in kernels/conv2d.cu).
 const TILE: usize = 64;
-/// K slice of the GEMM kernels (BK).
+/// K slice of the GEMM kernels at f32 (BK words of one value; bf16 slices
+/// are 32, two values a word: a multiple of this).
 const K_SLICE: usize = 16;
 /// Threads per GEMM block.
 const GEMM_THREADS: u32 = 256;
@@ -82,8 +84,18 @@ pub struct Epilogue<'a> {
     pub residual: Option<&'a CudaBuffer>,
 }
 
-/// y [N, OC, OH, OW] = conv(x [N, C, H, W], weight [OC, C, KH, KW]) + the epilogue.
-pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom) -> Result<CudaBuffer> {
+/// The three GEMM kernels at compute precision `prec`: (forward, input
+/// gradient, weight gradient).
+fn kernels(prec: Precision) -> (&'static str, &'static str, &'static str) {
+    match prec {
+        Precision::F32 => ("conv2d_forward_f32", "conv2d_backward_input_f32", "conv2d_backward_weight_f32"),
+        Precision::Bf16 => ("conv2d_forward_bf16", "conv2d_backward_input_bf16", "conv2d_backward_weight_bf16"),
+    }
+}
+
+/// y [N, OC, OH, OW] = conv(x [N, C, H, W], weight [OC, C, KH, KW]) + the
+/// epilogue, the product at precision `prec`.
+pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
     let backend = x.backend();
     let out = backend.alloc(g.n * g.oc * g.p())?;
     if out.is_empty() {
@@ -93,12 +105,12 @@ pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
     let cfg = gemm_grid(g.oc, g.n * g.p(), 1);
     let args = [out.arg(), x.arg(), weight.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(&s)];
-    backend.launch("conv2d_forward_f32", cfg, &args)?;
+    backend.launch(kernels(prec).0, cfg, &args)?;
     Ok(out)
 }
 
-/// dX [N, C, H, W] from dY [N, OC, OH, OW] and the weight.
-pub fn backward_input(dy: &CudaBuffer, weight: &CudaBuffer, g: &ConvGeom) -> Result<CudaBuffer> {
+/// dX [N, C, H, W] from dY [N, OC, OH, OW] and the weight, at precision `prec`.
+pub fn backward_input(dy: &CudaBuffer, weight: &CudaBuffer, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
     let backend = dy.backend();
     let dx = backend.alloc(g.n * g.c * g.h * g.w)?;
     if dx.is_empty() {
@@ -106,7 +118,7 @@ pub fn backward_input(dy: &CudaBuffer, weight: &CudaBuffer, g: &ConvGeom) -> Res
     }
     let s = ConvShape::new(g)?;
     let cfg = gemm_grid(g.c, g.n * g.h * g.w, 1);
-    backend.launch("conv2d_backward_input_f32", cfg, &[dx.arg(), dy.arg(), weight.arg(), Arg::pod(&s)])?;
+    backend.launch(kernels(prec).1, cfg, &[dx.arg(), dy.arg(), weight.arg(), Arg::pod(&s)])?;
     Ok(dx)
 }
 
@@ -121,8 +133,8 @@ fn weight_splits(m: usize, n: usize, k: usize) -> (usize, usize) {
 }
 
 /// dW [OC, C, KH, KW] = Σ over batch and output pixels of dY ⊗ the input
-/// patches, as split-K partials summed in split order.
-pub fn backward_weight(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom) -> Result<CudaBuffer> {
+/// patches, as split-K partials summed in split order; the products at precision `prec`.
+pub fn backward_weight(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
     let backend = dy.backend();
     let (m, n, k) = (g.oc, g.k(), g.n * g.p());
     let len = m * n;
@@ -135,7 +147,7 @@ pub fn backward_weight(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom) -> Result<
     let cfg = gemm_grid(m, n, splits);
     if splits == 1 {
         let dw = backend.alloc(len)?;
-        backend.launch("conv2d_backward_weight_f32", cfg, &[dw.arg(), dy.arg(), x.arg(), Arg::pod(&s), chunk_arg])?;
+        backend.launch(kernels(prec).2, cfg, &[dw.arg(), dy.arg(), x.arg(), Arg::pod(&s), chunk_arg])?;
         return Ok(dw);
     }
     let total = splits * len;
@@ -143,7 +155,7 @@ pub fn backward_weight(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom) -> Result<
         return shape_err("conv2d", format!("{splits} weight-gradient partials of {len} elements exceed 2^31"));
     }
     let partials = backend.alloc(total)?;
-    backend.launch("conv2d_backward_weight_f32", cfg, &[partials.arg(), dy.arg(), x.arg(), Arg::pod(&s), chunk_arg])?;
+    backend.launch(kernels(prec).2, cfg, &[partials.arg(), dy.arg(), x.arg(), Arg::pod(&s), chunk_arg])?;
     let dw = backend.alloc(len)?;
     let args = [dw.arg(), partials.arg(), Arg::I32(splits as i32), Arg::I32(elems("conv2d", len)?)];
     backend.launch("conv2d_sum_splits_f32", LaunchConfig::for_elems(len, 256), &args)?;

@@ -10,6 +10,10 @@
 //!
 //! On CUDA (`cuda.rs`, kernels/conv2d.cu) the same three products run as
 //! implicit GEMMs that gather the im2col entries on the fly; dB uses the reduce kernel.
+//!
+//! The three products run at this thread's compute precision when the forward
+//! runs ([`crate::ops::precision`]): at bf16 their operands (x, W, dY) are
+//! rounded to bf16; bias, the per-image bias, the residual and dB stay f32.
 
 pub mod cpu;
 pub mod cuda;
@@ -18,6 +22,7 @@ pub mod direct;
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, arg_err, shape_err};
+use crate::ops::precision::{self, Precision, operand};
 use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
 use cpu::ConvGeom;
 
@@ -108,18 +113,20 @@ pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: Con
     {
         return shape_err(OP, format!("residual must be [{}, {}, {}, {}], got {}", g.n, g.oc, g.oh, g.ow, r.shape()));
     }
+    let prec = precision::current();
     let storage = match device {
         Device::Cpu => {
             let (sx, sw) = (x.storage(), weight.storage());
             let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
             let epi = cpu::Epilogue { bias: host(&sb)?, sample_bias: host(&ss)?, residual: host(&sr)? };
-            cpu_f32_storage(cpu::conv2d_forward_fused(sx.cpu_f32(OP)?, sw.cpu_f32(OP)?, &epi, &g))
+            let (ox, ow) = (operand(sx.cpu_f32(OP)?, prec), operand(sw.cpu_f32(OP)?, prec));
+            cpu_f32_storage(cpu::conv2d_forward_fused(&ox, &ow, &epi, &g))
         }
         Device::Cuda(_) => {
             let (sx, sw) = (x.storage(), weight.storage());
             let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
             let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
-            Storage::Cuda(cuda::forward(sx.cuda(OP)?, sw.cuda(OP)?, &epi, &g)?)
+            Storage::Cuda(cuda::forward(sx.cuda(OP)?, sw.cuda(OP)?, &epi, &g, prec)?)
         }
     };
     let out_shape = Shape::new(vec![g.n, g.oc, g.oh, g.ow]);
@@ -132,8 +139,8 @@ pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: Con
         inputs.extend(residual.clone());
         Node::new(OP, inputs, move |dy| {
             let mut grads = vec![
-                x.requires_grad().then(|| conv2d_backward_input(dy, &weight, &g)).transpose()?,
-                weight.requires_grad().then(|| conv2d_backward_weight(dy, &x, &g)).transpose()?,
+                x.requires_grad().then(|| conv2d_backward_input(dy, &weight, &g, prec)).transpose()?,
+                weight.requires_grad().then(|| conv2d_backward_weight(dy, &x, &g, prec)).transpose()?,
             ];
             if let Some(b) = &bias {
                 grads.push(b.requires_grad().then(|| bias_grad(dy, &g)).transpose()?);
@@ -150,30 +157,34 @@ pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: Con
 }
 
 /// dX = col2im(Wᵀ · dY) per image, shaped like x.
-fn conv2d_backward_input(dy: &Tensor, weight: &Tensor, g: &ConvGeom) -> Result<Tensor> {
-    let storage = match Tensor::common_device("conv2d backward", &[dy, weight])? {
+fn conv2d_backward_input(dy: &Tensor, weight: &Tensor, g: &ConvGeom, prec: Precision) -> Result<Tensor> {
+    const OP: &str = "conv2d backward";
+    let storage = match Tensor::common_device(OP, &[dy, weight])? {
         Device::Cpu => {
             let (sd, sw) = (dy.storage(), weight.storage());
-            cpu_f32_storage(cpu::conv2d_backward_input(sd.cpu_f32("conv2d backward")?, sw.cpu_f32("conv2d backward")?, g))
+            let (od, ow) = (operand(sd.cpu_f32(OP)?, prec), operand(sw.cpu_f32(OP)?, prec));
+            cpu_f32_storage(cpu::conv2d_backward_input(&od, &ow, g))
         }
         Device::Cuda(_) => {
             let (sd, sw) = (dy.storage(), weight.storage());
-            Storage::Cuda(cuda::backward_input(sd.cuda("conv2d backward")?, sw.cuda("conv2d backward")?, g)?)
+            Storage::Cuda(cuda::backward_input(sd.cuda(OP)?, sw.cuda(OP)?, g, prec)?)
         }
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.n, g.c, g.h, g.w])))
 }
 
 /// dW = Σ_n dY_n · col_nᵀ, shaped like the weight.
-fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tensor> {
-    let storage = match Tensor::common_device("conv2d backward", &[dy, x])? {
+fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom, prec: Precision) -> Result<Tensor> {
+    const OP: &str = "conv2d backward";
+    let storage = match Tensor::common_device(OP, &[dy, x])? {
         Device::Cpu => {
             let (sd, sx) = (dy.storage(), x.storage());
-            cpu_f32_storage(cpu::conv2d_backward_weight(sd.cpu_f32("conv2d backward")?, sx.cpu_f32("conv2d backward")?, g))
+            let (od, ox) = (operand(sd.cpu_f32(OP)?, prec), operand(sx.cpu_f32(OP)?, prec));
+            cpu_f32_storage(cpu::conv2d_backward_weight(&od, &ox, g))
         }
         Device::Cuda(_) => {
             let (sd, sx) = (dy.storage(), x.storage());
-            Storage::Cuda(cuda::backward_weight(sd.cuda("conv2d backward")?, sx.cuda("conv2d backward")?, g)?)
+            Storage::Cuda(cuda::backward_weight(sd.cuda(OP)?, sx.cuda(OP)?, g, prec)?)
         }
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.oc, g.c, g.kh, g.kw])))

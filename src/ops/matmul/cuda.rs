@@ -5,6 +5,7 @@
 use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
 use crate::error::{Error, Result, shape_err};
 use crate::ops::binary::cuda::elems;
+use crate::ops::precision::Precision;
 use crate::tensor::{Shape, for_each_offset2};
 
 /// Output tile of one block (BM = BN in kernels/gemm.cu) and its thread count.
@@ -106,8 +107,14 @@ impl<'a> MatView<'a> {
 
 /// c = alpha·a·b, or c += alpha·a·b when `accumulate`, for `batch` entries:
 /// a is [M, K], b [K, N], c [M, N] per entry (views may be transposed or
-/// broadcast; c must not overlap a or b). One launch.
+/// broadcast; c must not overlap a or b). One launch; f32 accuracy.
 pub fn gemm(a: MatView, b: MatView, c: MatView, batch: usize, alpha: f32, accumulate: bool) -> Result<()> {
+    gemm_at(a, b, c, batch, alpha, accumulate, Precision::F32)
+}
+
+/// [`gemm`] with the products at compute precision `prec` (`gemm_tiled_bf16`
+/// at bf16: operands rounded to bf16, f32 sums).
+pub fn gemm_at(a: MatView, b: MatView, c: MatView, batch: usize, alpha: f32, accumulate: bool, prec: Precision) -> Result<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k || c.rows != m || c.cols != n {
         return shape_err("gemm", format!("[{m}, {k}]·[{}, {n}] does not give [{}, {}]", b.rows, c.rows, c.cols));
@@ -152,10 +159,14 @@ pub fn gemm(a: MatView, b: MatView, c: MatView, batch: usize, alpha: f32, accumu
         i(v.end(batch))?;
     }
     let backend = c.buf.backend();
+    let tiled = match prec {
+        Precision::F32 => "gemm_tiled_f32",
+        Precision::Bf16 => "gemm_tiled_bf16",
+    };
     let (splits, chunk) = k_splits(m, n, k, batch);
     if splits == 1 {
         let cfg = LaunchConfig::grid([n.div_ceil(TILE), m.div_ceil(TILE), batch.min(GRID_YZ_MAX)], THREADS);
-        return backend.launch("gemm_tiled_f32", cfg, &[c.ptr(), a.ptr(), b.ptr(), Arg::pod(&p)]);
+        return backend.launch(tiled, cfg, &[c.ptr(), a.ptr(), b.ptr(), Arg::pod(&p)]);
     }
     // split K: partial [M, N] slabs, one per split, then their sum in split order
     let part = backend.alloc(splits * m * n)?;
@@ -174,7 +185,7 @@ pub fn gemm(a: MatView, b: MatView, c: MatView, batch: usize, alpha: f32, accumu
     };
     i(splits * m * n)?;
     let cfg = LaunchConfig::grid([n.div_ceil(TILE), m.div_ceil(TILE), splits], THREADS);
-    backend.launch("gemm_tiled_f32", cfg, &[part.arg(), a.ptr(), b.ptr(), Arg::pod(&pp)])?;
+    backend.launch(tiled, cfg, &[part.arg(), a.ptr(), b.ptr(), Arg::pod(&pp)])?;
     let cfg = LaunchConfig::for_elems(m * n, 256);
     backend.launch("gemm_sum_splits_f32", cfg, &[c.ptr(), part.arg(), Arg::I32(splits as i32), Arg::pod(&p)])
 }
@@ -198,7 +209,8 @@ fn uniform_stride(dims: &[usize], strides: &[usize]) -> Option<usize> {
 }
 
 /// matmul_t on CUDA: op(a)·op(b) for a [a_batch.., ar, ac], b [b_batch.., br, bc]
-/// with the batch dims broadcast to `batch`; the result is contiguous [batch.., m, n].
+/// with the batch dims broadcast to `batch`, products at precision `prec`; the
+/// result is contiguous [batch.., m, n].
 ///
 /// The trailing batch dims over which both operands advance by one fixed
 /// stride each (present in full, or broadcast) go to one batched launch; the
@@ -215,6 +227,7 @@ pub fn matmul(
     (br, bc): (usize, usize),
     trans_b: bool,
     batch: &Shape,
+    prec: Precision,
 ) -> Result<CudaBuffer> {
     let va = MatView::rows(a, ar, ac).t_if(trans_a);
     let vb = MatView::rows(b, br, bc).t_if(trans_b);
@@ -241,7 +254,8 @@ pub fn matmul(
     let mut starts = Vec::new();
     for_each_offset2(&dims[..split], &sa[..split], &sb[..split], |o, oa, ob| starts.push((o, oa, ob)));
     for (o, oa, ob) in starts {
-        gemm(va.at(oa).batch_stride(stride_a), vb.at(ob).batch_stride(stride_b), vc.at(o * inner * m * n), inner, 1.0, false)?;
+        let (ea, eb, ec) = (va.at(oa).batch_stride(stride_a), vb.at(ob).batch_stride(stride_b), vc.at(o * inner * m * n));
+        gemm_at(ea, eb, ec, inner, 1.0, false, prec)?;
     }
     Ok(out)
 }

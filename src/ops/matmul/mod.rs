@@ -3,6 +3,9 @@
 //! C = op(A)·op(B), op = identity or transpose of the last two dims. Backward:
 //!   dop(A) = dC·op(B)ᵀ,  dop(B) = op(A)ᵀ·dC,  each summed over broadcast batch dims;
 //! written with the transpose flags so no gradient needs a transposed copy.
+//!
+//! Products run at this thread's compute precision when the forward runs
+//! ([`crate::ops::precision`]), the backward's at the same one.
 
 pub mod cpu;
 pub mod cuda;
@@ -12,6 +15,7 @@ use crate::device::Device;
 use crate::error::{Result, shape_err};
 use crate::ops::binary::add;
 use crate::ops::layout::reshape;
+use crate::ops::precision::{self, operand};
 use crate::ops::reduce::sum_to;
 use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage, for_each_offset2};
 use cpu::MatRef;
@@ -43,10 +47,11 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
     };
     let mut out_dims = batch.dims().to_vec();
     out_dims.extend([m, n]);
+    let prec = precision::current();
     let storage = match device {
         Device::Cpu => {
             let (sa, sb) = (a.storage(), b.storage());
-            let (da, db) = (sa.cpu_f32("matmul")?, sb.cpu_f32("matmul")?);
+            let (da, db) = (operand(sa.cpu_f32("matmul")?, prec), operand(sb.cpu_f32("matmul")?, prec));
             // matrix offsets of each output batch entry
             let mut offsets = Vec::with_capacity(batch.numel());
             let stride_a: Vec<usize> = a_batch.broadcast_strides(&batch).iter().map(|s| s * ar * ac).collect();
@@ -68,12 +73,13 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
         Device::Cuda(_) => {
             let (sa, sb) = (a.storage(), b.storage());
             let (da, db) = (sa.cuda("matmul")?, sb.cuda("matmul")?);
-            Storage::Cuda(cuda::matmul(da, &a_batch, (ar, ac), trans_a, db, &b_batch, (br, bc), trans_b, &batch)?)
+            Storage::Cuda(cuda::matmul(da, &a_batch, (ar, ac), trans_a, db, &b_batch, (br, bc), trans_b, &batch, prec)?)
         }
     };
     Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
         let (a, b) = (a.clone(), b.clone());
         Node::new("matmul", vec![a.clone(), b.clone()], move |g| {
+            let _forward_precision = precision::with_precision(prec);
             let ga = if !a.requires_grad() {
                 None
             } else if trans_a {

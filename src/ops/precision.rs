@@ -1,0 +1,172 @@
+//! The compute precision of the matrix products: convolutions ([`conv2d`],
+//! [`conv2d_fused`]) and [`matmul`]/[`linear`], forward and backward.
+//!
+//! - [`Precision::F32`] (the default): f32 operands, f32 accuracy (on CUDA
+//!   the tensor cores at 3xTF32).
+//! - [`Precision::Bf16`]: each operand element is rounded to bfloat16 (round
+//!   to nearest, ties to even) before it is multiplied; products are exact in
+//!   f32 (8 + 8 mantissa bits) and summed in f32. Storage stays f32: inputs,
+//!   outputs, weights (the f32 master copy the optimizer updates), gradients,
+//!   and every other op (norms, attention, the loss) run as at f32. These are
+//!   the numbers of PyTorch's `torch.autocast(dtype=torch.bfloat16)` for the
+//!   products, with f32 outputs instead of bf16 ones. bf16 has f32's exponent
+//!   range, so training needs no loss scaling. On CUDA the products run one
+//!   bf16 tensor-core instruction per 16 k (`*_bf16` kernels) instead of three
+//!   TF32 ones per 8; on the CPU the operands are rounded and the f32 kernels
+//!   run (the reference the CUDA parity tests compare against).
+//!
+//! Like PyTorch's autocast the setting is per thread and scoped
+//! ([`with_precision`]); an op reads it when it runs forward and its backward
+//! uses the same precision, whatever the setting is when backward runs.
+//!
+//! [`conv2d`]: crate::ops::conv2d
+//! [`conv2d_fused`]: crate::ops::conv2d_fused
+//! [`matmul`]: crate::ops::matmul
+//! [`linear`]: crate::ops::linear
+
+use std::cell::Cell;
+use std::fmt;
+use std::str::FromStr;
+
+/// How matrix products multiply (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 operands and sums.
+    #[default]
+    F32,
+    /// bf16-rounded operands, exact products, f32 sums.
+    Bf16,
+}
+
+impl Precision {
+    /// The name the CLI and the run records use: `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision '{s}' (expected f32 or bf16)")),
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: Cell<Precision> = const { Cell::new(Precision::F32) };
+}
+
+/// This thread's compute precision for the matrix products.
+pub fn current() -> Precision {
+    CURRENT.with(Cell::get)
+}
+
+/// Restores the previous precision when dropped.
+#[must_use = "the precision applies only while the guard lives"]
+pub struct PrecisionGuard {
+    previous: Precision,
+}
+
+impl Drop for PrecisionGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.previous));
+    }
+}
+
+/// Sets this thread's compute precision until the returned guard drops
+/// (`torch.autocast`'s scope).
+pub fn with_precision(p: Precision) -> PrecisionGuard {
+    let previous = CURRENT.with(|c| c.replace(p));
+    PrecisionGuard { previous }
+}
+
+/// x rounded to the nearest bfloat16 (ties to even), as an f32; NaN stays
+/// NaN, values past bf16's largest finite round to ±inf. The same rounding
+/// as `mma::bf16_bits` in kernels/mma.cuh.
+pub fn round_bf16(x: f32) -> f32 {
+    let u = x.to_bits();
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return f32::from_bits((u | 0x0040_0000) & 0xffff_0000);
+    }
+    let rounded = u.wrapping_add(0x7fff + ((u >> 16) & 1));
+    f32::from_bits(rounded & 0xffff_0000)
+}
+
+/// The operand a product at precision `p` multiplies: `values` itself at
+/// f32, a bf16-rounded copy at bf16.
+pub fn operand(values: &[f32], p: Precision) -> std::borrow::Cow<'_, [f32]> {
+    use rayon::prelude::*;
+    match p {
+        Precision::F32 => std::borrow::Cow::Borrowed(values),
+        Precision::Bf16 => std::borrow::Cow::Owned(values.par_iter().with_min_len(1 << 14).map(|&x| round_bf16(x)).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_matches_half_crate_and_ties_go_to_even() {
+        // every bf16 neighbourhood edge case: ties, carries into the exponent, subnormals, signs
+        let mut cases = vec![0.0f32, -0.0, 1.0, -1.0, f32::MIN_POSITIVE, 1e-40, -1e-40, f32::MAX, -f32::MAX, f32::INFINITY];
+        for base in [1.0f32, 3.0, 1e-3, 65504.0, 1e30, 1e-38] {
+            let b = base.to_bits();
+            for off in [0x7fffu32, 0x8000, 0x8001, 0x17fff, 0x18000, 0x18001, 0xffff] {
+                cases.push(f32::from_bits(b + off));
+                cases.push(-f32::from_bits(b + off));
+            }
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = f32::from_bits(state as u32);
+            if x.is_finite() {
+                cases.push(x);
+            }
+        }
+        for x in cases {
+            let want = half::bf16::from_f32(x).to_f32();
+            assert_eq!(round_bf16(x).to_bits(), want.to_bits(), "{x:e} ({:#010x})", x.to_bits());
+        }
+        // explicit ties: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 → even (1); 1 + 3·2^-8 → 1 + 2^-6
+        assert_eq!(round_bf16(1.0 + 2f32.powi(-8)), 1.0);
+        assert_eq!(round_bf16(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
+        assert!(round_bf16(f32::NAN).is_nan());
+        assert_eq!(round_bf16(f32::MAX), f32::INFINITY);
+    }
+
+    #[test]
+    fn scope_restores_the_previous_precision() {
+        assert_eq!(current(), Precision::F32);
+        {
+            let _outer = with_precision(Precision::Bf16);
+            assert_eq!(current(), Precision::Bf16);
+            {
+                let _inner = with_precision(Precision::F32);
+                assert_eq!(current(), Precision::F32);
+            }
+            assert_eq!(current(), Precision::Bf16);
+            // other threads keep their own
+            std::thread::spawn(|| assert_eq!(current(), Precision::F32)).join().unwrap();
+        }
+        assert_eq!(current(), Precision::F32);
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert!("f16".parse::<Precision>().unwrap_err().contains("f32 or bf16"));
+    }
+}

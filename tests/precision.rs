@@ -1,0 +1,103 @@
+//! The bf16 compute precision (ops::precision) on the CPU twin, which the
+//! CUDA `*_bf16` kernels are compared against:
+//! - a conv / matmul at bf16 is exactly the f32 op on bf16-rounded operands,
+//!   forward and both gradients (dY rounded too), bit for bit;
+//! - its distance from f32 is what bf16 operands give (relative error of
+//!   order 2⁻⁸), far above the parity tolerances, so a CUDA kernel that
+//!   skipped the rounding would fail its parity test;
+//! - backward uses the forward's precision whatever the setting is then.
+
+use minidiffusion::autograd::backward;
+use minidiffusion::ops::precision::round_bf16;
+use minidiffusion::ops::{self, Conv2dParams, ConvAdd, Precision, with_precision};
+use minidiffusion::testing::randn;
+use minidiffusion::{Result, Tensor};
+
+/// Output and input gradients of L = Σ f(inputs)·r.
+fn run(inputs: &[(Vec<f32>, Vec<usize>)], r_values: &[f32], f: &dyn Fn(&[Tensor]) -> Result<Tensor>) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let leaves: Vec<Tensor> = inputs.iter().map(|(v, s)| Tensor::from_vec(v.clone(), s.clone()).unwrap().requires_grad_()).collect();
+    let out = f(&leaves).unwrap();
+    let r = Tensor::from_vec(r_values.to_vec(), out.shape().clone()).unwrap();
+    let loss = ops::sum_all(&ops::mul(&out, &r).unwrap()).unwrap();
+    let grads = backward(&loss).unwrap();
+    (out.to_vec(), leaves.iter().map(|l| grads.get(l).unwrap().to_vec()).collect())
+}
+
+fn rounded(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| round_bf16(x)).collect()
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// bf16(f)(inputs) == f32(f)(rounded inputs) bit for bit, with a rounded
+/// upstream gradient r, for the listed `product_inputs` (the operands of the
+/// products; others, like a bias, are not rounded); and bf16 differs from
+/// f32 on the raw inputs by a bf16-sized relative error.
+fn check(name: &str, shapes: &[&[usize]], product_inputs: &[usize], out_len: usize, f: &dyn Fn(&[Tensor]) -> Result<Tensor>) {
+    let raw: Vec<(Vec<f32>, Vec<usize>)> = shapes.iter().enumerate().map(|(i, s)| (randn(s, 40 + i as u64), s.to_vec())).collect();
+    let r = rounded(&randn(&[out_len], 99));
+    let pre_rounded: Vec<(Vec<f32>, Vec<usize>)> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, (v, s))| (if product_inputs.contains(&i) { rounded(v) } else { v.clone() }, s.clone()))
+        .collect();
+
+    let (bf16_out, bf16_grads) = run(&raw, &r, &|t| {
+        let _bf16 = with_precision(Precision::Bf16);
+        f(t)
+    });
+    let (want_out, want_grads) = run(&pre_rounded, &r, f);
+    assert_eq!(bf16_out, want_out, "{name}: bf16 forward is not f32 on rounded operands");
+    for i in 0..shapes.len() {
+        // the gradient of a product input is a product of the other operand and dY (rounded either way)
+        assert_eq!(bf16_grads[i], want_grads[i], "{name}: gradient of input {i} at bf16 is not f32 on rounded operands");
+    }
+
+    let (f32_out, f32_grads) = run(&raw, &r, f);
+    let err = max_rel(&bf16_out, &f32_out);
+    assert!(err > 1e-3 && err < 2e-2, "{name}: bf16 vs f32 forward differ by {err:e} of the output's scale");
+    for &i in product_inputs {
+        let err = max_rel(&bf16_grads[i], &f32_grads[i]);
+        assert!(err > 1e-3 && err < 2e-2, "{name}: bf16 vs f32 gradient of input {i} differ by {err:e}");
+    }
+}
+
+#[test]
+fn conv2d_at_bf16_is_f32_on_rounded_operands() {
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    check("conv3x3", &[&[2, 8, 6, 7], &[5, 8, 3, 3], &[5]], &[0, 1], 2 * 5 * 6 * 7, &|t| ops::conv2d(&t[0], &t[1], Some(&t[2]), p));
+    // the fused epilogue's per-image bias and residual stay f32
+    let p = Conv2dParams { stride: 2, padding: 1 };
+    check("conv_fused_s2", &[&[2, 6, 7, 9], &[4, 6, 3, 3], &[2, 4], &[2, 4, 4, 5]], &[0, 1], 2 * 4 * 4 * 5, &|t| {
+        ops::conv2d_fused(&t[0], &t[1], None, ConvAdd { sample_bias: Some(&t[2]), residual: Some(&t[3]) }, p)
+    });
+}
+
+#[test]
+fn matmul_at_bf16_is_f32_on_rounded_operands() {
+    check("matmul", &[&[3, 9, 40], &[40, 7]], &[0, 1], 3 * 9 * 7, &|t| ops::matmul(&t[0], &t[1]));
+    check("matmul_t", &[&[40, 9], &[7, 40]], &[0, 1], 9 * 7, &|t| ops::matmul_t(&t[0], true, &t[1], true));
+    check("linear", &[&[6, 33], &[10, 33], &[10]], &[0, 1], 6 * 10, &|t| ops::linear(&t[0], &t[1], Some(&t[2])));
+}
+
+#[test]
+fn backward_keeps_the_forward_precision() {
+    let a = Tensor::from_vec(randn(&[8, 50], 1), [8, 50]).unwrap().requires_grad_();
+    let b = Tensor::from_vec(randn(&[50, 6], 2), [50, 6]).unwrap().requires_grad_();
+    let grads_of = |forward: Precision, backward_at: Precision| {
+        let y = {
+            let _p = with_precision(forward);
+            ops::matmul(&a, &b).unwrap()
+        };
+        let r = Tensor::from_vec(randn(&[8, 6], 3), [8, 6]).unwrap();
+        let loss = ops::sum_all(&ops::mul(&y, &r).unwrap()).unwrap();
+        let _p = with_precision(backward_at);
+        backward(&loss).unwrap().get(&a).unwrap().to_vec()
+    };
+    assert_eq!(grads_of(Precision::Bf16, Precision::F32), grads_of(Precision::Bf16, Precision::Bf16));
+    assert_eq!(grads_of(Precision::F32, Precision::Bf16), grads_of(Precision::F32, Precision::F32));
+    assert_ne!(grads_of(Precision::Bf16, Precision::F32), grads_of(Precision::F32, Precision::F32));
+}
