@@ -31,17 +31,10 @@
 // the fragment reads (lanes 4 rows × 8 columns apart) hit distinct banks
 // pairwise at worst.
 #include "common.cuh"
+#include "conv2d.cuh"
 #include "mma.cuh"
 
 namespace conv {
-
-// Convolution geometry, mirrors ops::conv2d::cuda::ConvShape.
-struct Shape {
-    int n, c, h, w;  // input [N, C, H, W]
-    int oc, kh, kw;  // weight [OC, C, KH, KW]
-    int stride, pad;
-    int oh, ow;  // output [N, OC, OH, OW]
-};
 
 constexpr int BM = 64;       // tile rows (m)
 constexpr int BN = 64;       // tile columns (n)
@@ -223,29 +216,6 @@ struct ImageRows {
 
 // ---- Outputs: `col(n)` is the per-column part of the address (computed once
 // per thread and column), `store(m, col, v)` writes C[m, n] = v. ----
-
-// Forward: y[img, oc, pix] = C[oc, (img,pix)] + b[oc] + sb[img, oc] + r[img, oc, pix]
-// (each term optional: the UNet's conv + bias + time embedding + residual in
-// one store); col = img·OC·P + pix.
-struct ForwardOut {
-    float* y;
-    const float* bias;         // [OC] or null
-    const float* sample_bias;  // [N, OC] or null
-    const float* residual;     // [N, OC, OH, OW] or null
-    Shape s;
-    __device__ int col(int n) const {
-        const int P = s.oh * s.ow;
-        const int img = n / P;
-        return img * s.oc * P + (n - img * P);
-    }
-    __device__ void store(int oc, int col, float v) const {
-        const int at = col + oc * s.oh * s.ow;
-        if (bias != nullptr) v += bias[oc];
-        if (sample_bias != nullptr) v += sample_bias[col / (s.oc * s.oh * s.ow) * s.oc + oc];
-        if (residual != nullptr) v += residual[at];
-        y[at] = v;
-    }
-};
 
 // Backward input: dx[img, c, pix] = C[c, (img,pix)]; col = img·C·H·W + pix.
 struct InputGradOut {

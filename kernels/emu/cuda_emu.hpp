@@ -33,6 +33,7 @@
 #define __constant__ static const
 
 struct uint3 { unsigned int x, y, z; };
+struct alignas(16) uint4 { unsigned int x, y, z, w; };
 struct dim3 { unsigned int x, y, z; };
 
 namespace emu {

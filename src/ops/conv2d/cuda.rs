@@ -93,15 +93,77 @@ fn kernels(prec: Precision) -> (&'static str, &'static str, &'static str) {
     }
 }
 
+/// Pixels per block of the same-conv kernels (BN in kernels/conv2d_same.cu).
+const SAME_TILE_PIXELS: usize = 128;
+/// Patch pixels a same-conv block can stage (PATCH_MAX).
+const SAME_PATCH_MAX: usize = 288;
+/// Packed weight rows are padded to this (M_ALIGN); channels to chunks of 16.
+const SAME_M_ALIGN: usize = 64;
+const SAME_CHUNK: usize = 16;
+
+/// Whether kernels/conv2d_same.cu takes this convolution: stride 1, a square
+/// 1×1 or 3×3 kernel with "same" padding, and 128-pixel tiles that are whole
+/// output rows of one image or whole images, with a patch that fits.
+fn same_conv_fits(g: &ConvGeom) -> bool {
+    let p = g.p();
+    let square = g.kh == g.kw && (g.kh == 1 || g.kh == 3) && g.pad == (g.kh - 1) / 2;
+    if g.stride != 1 || !square || p == 0 {
+        return false;
+    }
+    let rows = if p >= SAME_TILE_PIXELS {
+        if p % SAME_TILE_PIXELS != 0 || SAME_TILE_PIXELS % g.ow != 0 {
+            return false;
+        }
+        SAME_TILE_PIXELS / g.ow
+    } else {
+        if SAME_TILE_PIXELS % p != 0 {
+            return false;
+        }
+        g.oh
+    };
+    let segments = SAME_TILE_PIXELS / (rows * g.ow);
+    segments * (rows + 2 * g.pad) * (g.ow + 2 * g.pad) <= SAME_PATCH_MAX
+}
+
+/// A same conv at bf16 (kernels/conv2d_same.cu) of `x` [N, s.c, s.h, s.w] into
+/// [N, s.oc, s.oh, s.ow]: packs `weight` (transposed and flipped when `flip`,
+/// for an input gradient), then one launch.
+fn same_conv_bf16(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogue, s: &ConvShape) -> Result<CudaBuffer> {
+    let backend = x.backend();
+    let (m, cg, ks) = (s.oc as usize, s.c as usize, s.kh as usize);
+    let packed_len = cg.div_ceil(SAME_CHUNK) * m.div_ceil(SAME_M_ALIGN) * SAME_M_ALIGN * ks * ks * SAME_CHUNK / 2;
+    let packed = backend.alloc(packed_len)?;
+    let args = [packed.arg(), weight.arg(), Arg::I32(s.oc), Arg::I32(s.c), Arg::I32(s.kh), Arg::I32(flip as i32)];
+    backend.launch("conv2d_pack_same_bf16", LaunchConfig::for_elems(packed_len, 256), &args)?;
+    let out = backend.alloc(s.n as usize * m * (s.oh * s.ow) as usize)?;
+    let kernel = match (m <= 32, ks) {
+        (true, 1) => "conv2d_same_bf16_m32_k1",
+        (true, _) => "conv2d_same_bf16_m32_k3",
+        (false, 1) => "conv2d_same_bf16_m64_k1",
+        (false, _) => "conv2d_same_bf16_m64_k3",
+    };
+    let bm = if m <= 32 { 32 } else { 64 };
+    let pixels = s.n as usize * (s.oh * s.ow) as usize;
+    let cfg = LaunchConfig::grid([pixels.div_ceil(SAME_TILE_PIXELS), m.div_ceil(bm), 1], GEMM_THREADS);
+    let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
+    let args = [out.arg(), x.arg(), packed.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(s)];
+    backend.launch(kernel, cfg, &args)?;
+    Ok(out)
+}
+
 /// y [N, OC, OH, OW] = conv(x [N, C, H, W], weight [OC, C, KH, KW]) + the
-/// epilogue, the product at precision `prec`.
+/// epilogue, the product at precision `prec` (at bf16, stride-1 1×1 and 3×3
+/// same convs take kernels/conv2d_same.cu).
 pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
     let backend = x.backend();
-    let out = backend.alloc(g.n * g.oc * g.p())?;
-    if out.is_empty() {
-        return Ok(out);
+    if g.n * g.oc * g.p() == 0 {
+        return backend.alloc(0);
     }
     let s = ConvShape::new(g)?;
+    if prec == Precision::Bf16 && same_conv_fits(g) {
+        return same_conv_bf16(x, weight, false, epi, &s);
+    }
+    let out = backend.alloc(g.n * g.oc * g.p())?;
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
     let cfg = gemm_grid(g.oc, g.n * g.p(), 1);
     let args = [out.arg(), x.arg(), weight.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(&s)];
@@ -109,14 +171,20 @@ pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom
     Ok(out)
 }
 
-/// dX [N, C, H, W] from dY [N, OC, OH, OW] and the weight, at precision `prec`.
+/// dX [N, C, H, W] from dY [N, OC, OH, OW] and the weight, at precision `prec`
+/// (at bf16, the input gradient of a stride-1 same conv is the same conv of dY
+/// with the weight transposed and flipped: kernels/conv2d_same.cu).
 pub fn backward_input(dy: &CudaBuffer, weight: &CudaBuffer, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
     let backend = dy.backend();
-    let dx = backend.alloc(g.n * g.c * g.h * g.w)?;
-    if dx.is_empty() {
-        return Ok(dx);
+    if g.n * g.c * g.h * g.w == 0 {
+        return backend.alloc(0);
     }
     let s = ConvShape::new(g)?;
+    let transposed = ConvGeom { c: g.oc, h: g.oh, w: g.ow, oc: g.c, oh: g.h, ow: g.w, ..*g };
+    if prec == Precision::Bf16 && same_conv_fits(g) && same_conv_fits(&transposed) {
+        return same_conv_bf16(dy, weight, true, &Epilogue::default(), &ConvShape::new(&transposed)?);
+    }
+    let dx = backend.alloc(g.n * g.c * g.h * g.w)?;
     let cfg = gemm_grid(g.c, g.n * g.h * g.w, 1);
     backend.launch(kernels(prec).1, cfg, &[dx.arg(), dy.arg(), weight.arg(), Arg::pod(&s)])?;
     Ok(dx)
@@ -170,6 +238,43 @@ pub fn bias_grad(dy: &CudaBuffer, g: &ConvGeom) -> Result<CudaBuffer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn geom(n: usize, c: usize, hw: (usize, usize), oc: usize, k: usize, stride: usize, pad: usize) -> ConvGeom {
+        let (oh, ow) = ((hw.0 + 2 * pad - k) / stride + 1, (hw.1 + 2 * pad - k) / stride + 1);
+        ConvGeom { n, c, h: hw.0, w: hw.1, oc, kh: k, kw: k, stride, pad, oh, ow }
+    }
+
+    #[test]
+    fn same_conv_takes_the_unet_shapes() {
+        // the seed UNet's maps, and the shapes of tests/parity_conv2d.rs's same-conv parity
+        for &(n, c, hw, oc, k) in &[
+            (512, 32, (32, 32), 32, 3),
+            (512, 64, (16, 16), 64, 3),
+            (512, 128, (8, 8), 128, 3),
+            (512, 256, (4, 4), 256, 3),
+            (512, 128, (8, 8), 384, 1),
+            (2, 20, (16, 16), 40, 3),
+            (1, 16, (32, 32), 32, 3),
+            (2, 5, (8, 16), 6, 3),
+            (3, 17, (4, 4), 8, 3),
+            (3, 33, (8, 8), 70, 1),
+        ] {
+            let g = geom(n, c, hw, oc, k, 1, (k - 1) / 2);
+            assert!(same_conv_fits(&g), "{g:?}");
+        }
+        // strided, unpadded, 5×5, rows that do not tile 128 pixels, maps too small for the patch
+        for g in [
+            geom(2, 8, (8, 8), 8, 3, 2, 1),
+            geom(2, 8, (8, 8), 8, 3, 1, 0),
+            geom(2, 8, (8, 8), 8, 5, 1, 2),
+            geom(2, 8, (7, 9), 8, 3, 1, 1),
+            geom(2, 8, (12, 12), 8, 3, 1, 1),
+            geom(64, 8, (2, 2), 8, 3, 1, 1),
+            geom(2, 8, (1, 256), 8, 3, 1, 1),
+        ] {
+            assert!(!same_conv_fits(&g), "{g:?}");
+        }
+    }
 
     #[test]
     fn splits_cover_k_with_whole_slices() {

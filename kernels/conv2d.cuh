@@ -1,0 +1,38 @@
+// What the convolution kernels share (kernels/conv2d.cu, kernels/conv2d_same.cu):
+// the geometry and the forward output with its fused epilogue.
+#pragma once
+
+namespace conv {
+
+// Convolution geometry, mirrors ops::conv2d::cuda::ConvShape.
+struct Shape {
+    int n, c, h, w;  // input [N, C, H, W]
+    int oc, kh, kw;  // weight [OC, C, KH, KW]
+    int stride, pad;
+    int oh, ow;  // output [N, OC, OH, OW]
+};
+
+// Forward: y[img, oc, pix] = C[oc, (img,pix)] + b[oc] + sb[img, oc] + r[img, oc, pix]
+// (each term optional: the UNet's conv + bias + time embedding + residual in
+// one store); col = img·OC·P + pix.
+struct ForwardOut {
+    float* y;
+    const float* bias;         // [OC] or null
+    const float* sample_bias;  // [N, OC] or null
+    const float* residual;     // [N, OC, OH, OW] or null
+    Shape s;
+    __device__ int col(int n) const {
+        const int P = s.oh * s.ow;
+        const int img = n / P;
+        return img * s.oc * P + (n - img * P);
+    }
+    __device__ void store(int oc, int col, float v) const {
+        const int at = col + oc * s.oh * s.ow;
+        if (bias != nullptr) v += bias[oc];
+        if (sample_bias != nullptr) v += sample_bias[col / (s.oc * s.oh * s.ow) * s.oc + oc];
+        if (residual != nullptr) v += residual[at];
+        y[at] = v;
+    }
+};
+
+}  // namespace conv
