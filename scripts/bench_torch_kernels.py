@@ -2,7 +2,11 @@
 convolutions, cuBLAS for products), so both run on the same GPU in one
 session. Prints one JSON object per line with the same keys.
 
-    python3 scripts/bench_torch_kernels.py [--batch-size 64] [--iters 20] [--device cuda]
+    python3 scripts/bench_torch_kernels.py [--batch-size 64] [--iters 20] [--device cuda] [--precision f32|bf16]
+
+--precision bf16 runs the convolutions and the product on bf16 tensors (what
+torch.autocast(dtype=torch.bfloat16) gives them), next to our `bench kernels
+--precision bf16`; the other cases stay f32.
 """
 import argparse
 import json
@@ -17,7 +21,9 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     args = ap.parse_args()
+    prod = torch.bfloat16 if args.precision == "bf16" else torch.float32
     dev = torch.device(args.device)
     b = args.batch_size
     torch.backends.cudnn.benchmark = True
@@ -26,9 +32,9 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     cases = []
     for ci, co, hw in [(32, 32, 32), (64, 64, 16), (128, 128, 8), (256, 256, 4)]:
-        x = torch.randn(b, ci, hw, hw, device=dev, requires_grad=True)
-        w = (0.05 * torch.randn(co, ci, 3, 3, device=dev)).requires_grad_()
-        bias = torch.randn(co, device=dev, requires_grad=True)
+        x = torch.randn(b, ci, hw, hw, device=dev, dtype=prod, requires_grad=True)
+        w = (0.05 * torch.randn(co, ci, 3, 3, device=dev, dtype=prod)).requires_grad_()
+        bias = torch.randn(co, device=dev, dtype=prod, requires_grad=True)
         flops = 2.0 * b * co * hw * hw * ci * 9
         nbytes = 4.0 * (x.numel() + b * co * hw * hw + w.numel())
         shape = f"{b}x{ci}x{hw}x{hw}->{co} k3"
@@ -37,8 +43,8 @@ def main():
         cases.append(("conv2d_backward", shape, 2 * flops, 2 * nbytes,
                       lambda y=y, x=x, w=w, bias=bias: torch.autograd.grad(y, (x, w, bias), retain_graph=True)))
     m, k, n = b * 256, 64, 192
-    a = torch.randn(m, k, device=dev)
-    wt = torch.randn(n, k, device=dev)
+    a = torch.randn(m, k, device=dev, dtype=prod)
+    wt = torch.randn(n, k, device=dev, dtype=prod)
     cases.append(("matmul", f"{m}x{k}·({n}x{k})ᵀ", 2.0 * m * k * n, 4.0 * (m * k + k * n + m * n), lambda: a @ wt.t()))
     for ch, hw in [(32, 32), (64, 16)]:
         x = torch.randn(b, ch, hw, hw, device=dev)
@@ -67,6 +73,7 @@ def main():
             sync()
         seconds = (time.perf_counter() - start) / args.iters
         print(json.dumps({"kernel": name, "shape": shape, "device": f"torch-{args.device}",
+                          "precision": args.precision if name in ("conv2d_forward", "conv2d_backward", "matmul") else "f32",
                           "ms": round(seconds * 1e3, 4), "gflops": round(flops / seconds / 1e9, 2),
                           "gbps": round(nbytes / seconds / 1e9, 2)}), flush=True)
 

@@ -3,7 +3,9 @@
 # from the bundle scripts/device-prepare.sh made:
 #   bash device-bundle/device-run.sh OUTDIR [BUDGET_S] [STAGES]
 # STAGES (default "parity kernels ours torch"): which parts to run, in order;
-# torch_eager, torch_compile_train and torch_compile_sample are parts of torch.
+# torch_eager, torch_compile_train and torch_compile_sample are parts of torch;
+# kernels_bf16 and ours_bf16 are the bf16 compute precision's kernels and
+# figures (ours with --precision bf16, torch's kernels on bf16 tensors).
 # Every step has its own timeout and the script stops starting steps once
 # BUDGET_S (default 420) is near, so it always finishes and packs its logs:
 # OUTDIR gets summary.txt, results.jsonl and logs.tar.gz (the device tool
@@ -78,6 +80,15 @@ parity)
 kernels)
     step bench_kernels 90 "$md" bench kernels --device cuda --iters 20 --json
     step torch_kernels 90 python3 "$here/bench_torch_kernels.py" --iters 20
+    ;;
+kernels_bf16)
+    step bench_kernels_bf16 90 "$md" bench kernels --device cuda --iters 20 --json --precision bf16
+    step torch_kernels_bf16 90 python3 "$here/bench_torch_kernels.py" --iters 20 --precision bf16
+    ;;
+ours_bf16)
+    step ours_sample_bf16_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile --precision bf16
+    step ours_sample_bf16 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     ;;
 ours)
     step ours_sample_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile

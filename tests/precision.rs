@@ -101,3 +101,57 @@ fn backward_keeps_the_forward_precision() {
     assert_eq!(grads_of(Precision::F32, Precision::Bf16), grads_of(Precision::F32, Precision::F32));
     assert_ne!(grads_of(Precision::Bf16, Precision::F32), grads_of(Precision::F32, Precision::F32));
 }
+
+/// Mixed-precision training (bf16 products, f32 master weights, no loss
+/// scaling) follows the f32 loss curve: the tiny UNet, 40 AdamW steps on the
+/// same data, noise and timesteps, from three initial weights each. After 40
+/// steps the curve is still falling and runs from different initial weights
+/// spread by ±7 % (measured: last-10-step means 0.096–0.110 at f32), so the
+/// two precisions are compared by their means over the three starts, and each
+/// first step (same weights, only the products' rounding differs) closely.
+#[test]
+fn bf16_training_follows_the_f32_loss_curve() {
+    use minidiffusion::data::{Split, embedded_fashion_mnist};
+    use minidiffusion::nn::unet::{UNet2DConfig, UNet2DModel};
+    use minidiffusion::train::{Learner, TrainConfig};
+    let (steps, batch, inits) = (40, 16, 3);
+    // (losses, eval loss) of one run
+    let run = |precision: Precision, init: u64| -> (Vec<f32>, f32) {
+        let unet = UNet2DConfig::tiny_preset();
+        let config = TrainConfig {
+            max_steps: Some(steps),
+            eval_images: Some(64),
+            precision,
+            ..TrainConfig::lesson("tiny", unet.clone(), batch, 3e-3)
+        };
+        let model = UNet2DModel::new(unet, init, minidiffusion::Device::Cpu).unwrap();
+        let train = embedded_fashion_mnist(Split::Train).unwrap().take(steps * batch);
+        let test = embedded_fashion_mnist(Split::Test).unwrap().take(64);
+        let mut l = Learner::new(config, model, train, test, minidiffusion::Device::Cpu).unwrap();
+        let losses = (0..steps).map(|s| l.train_step(&(s * batch..(s + 1) * batch).collect::<Vec<_>>()).unwrap()).collect();
+        (losses, l.eval_loss().unwrap())
+    };
+    let last10 = |v: &[f32]| v[steps - 10..].iter().sum::<f32>() / 10.0;
+    // (mean last-10 loss, mean eval loss) over the starts
+    let mut means = Vec::new();
+    let mut f32_first = Vec::new();
+    for precision in [Precision::F32, Precision::Bf16] {
+        let (mut tail, mut eval) = (0.0, 0.0);
+        for init in 0..inits {
+            let (losses, e) = run(precision, init);
+            if precision == Precision::F32 {
+                f32_first.push(losses[0]);
+            }
+            let want = f32_first[init as usize];
+            assert!((losses[0] - want).abs() < 1e-2 * want, "init {init} step 1: {precision} {} vs f32 {want}", losses[0]);
+            assert!(last10(&losses) < 0.2 * losses[0], "init {init} at {precision} did not learn: {} → {}", losses[0], last10(&losses));
+            eprintln!("init {init} {precision}: first {:.4}, last-10 mean {:.4}, eval {e:.4}", losses[0], last10(&losses));
+            tail += last10(&losses) / inits as f32;
+            eval += e / inits as f32;
+        }
+        means.push((tail, eval));
+    }
+    let ((f32_tail, f32_eval), (bf16_tail, bf16_eval)) = (means[0], means[1]);
+    assert!((bf16_tail - f32_tail).abs() < 0.05 * f32_tail, "last-10 mean: bf16 {bf16_tail} vs f32 {f32_tail}");
+    assert!((bf16_eval - f32_eval).abs() < 0.05 * f32_eval, "eval loss: bf16 {bf16_eval} vs f32 {f32_eval}");
+}

@@ -226,3 +226,33 @@ fn cifar10_trains_with_three_channels() {
     assert_eq!(code, 2);
     assert!(stderr.contains("--dataset cifar10 needs --data DIR"), "{stderr}");
 }
+
+#[test]
+fn bf16_training_is_recorded_and_resume_keeps_it() {
+    let data = small_dataset("bf16", 32, 16);
+    let work = temp_dir("bf16-out");
+    let config = micro_config(&work);
+    let out = work.join("model");
+    let base = ["train", "--data", data.to_str().unwrap(), "--config", config.to_str().unwrap(), "--batch-size", "16", "--device", "cpu"];
+    let with = |extra: &[&str]| -> Vec<String> { base.iter().chain(extra).map(|s| s.to_string()).collect() };
+    let args = with(&["--epochs", "1", "--precision", "bf16", "--out", out.to_str().unwrap(), "--grid-steps", "0"]);
+    let (code, _, stderr) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("bf16 products"), "{stderr}");
+    let state = checkpoint::read_state(&out).unwrap();
+    assert_eq!(state.train.precision, minidiffusion::ops::Precision::Bf16);
+
+    // resuming at another precision is refused in one line, the checkpoint untouched
+    let before = std::fs::read(out.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let args = with(&["--epochs", "2", "--precision", "f32", "--out", out.to_str().unwrap(), "--resume"]);
+    let (code, _, stderr) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "{stderr}");
+    assert!(stderr.contains("--precision f32") && stderr.contains("trained at bf16"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("diffusion_pytorch_model.safetensors")).unwrap(), before);
+
+    // an unknown precision names the flag
+    let (code, _, stderr) = run(&["sample", "--model", out.to_str().unwrap(), "--precision", "f16", "--device", "cpu"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--precision") && stderr.contains("expected f32 or bf16"), "{stderr}");
+}

@@ -4,7 +4,7 @@
 
 use super::resolve_device;
 use clap::{Args, Subcommand};
-use minidiffusion::ops::{self, Conv2dParams, matmul_t};
+use minidiffusion::ops::{self, Conv2dParams, Precision, matmul_t, with_precision};
 use minidiffusion::{Device, Result, Tensor, backward, no_grad};
 use std::time::Instant;
 
@@ -64,6 +64,9 @@ pub struct TrainBenchArgs {
     /// Print a per-kernel table (calls, total ms, share) of the timed steps (CUDA devices).
     #[arg(long)]
     pub profile: bool,
+    /// Products in f32 or bf16 (mixed precision, f32 master weights).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +86,9 @@ pub struct KernelArgs {
     /// Print one JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Products (conv2d, matmul) in f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -214,6 +220,8 @@ fn kernels(args: KernelArgs) -> anyhow::Result<()> {
     if !args.json {
         println!("{:<16} {:<24} {:>10} {:>10} {:>10}", "kernel", "shape", "ms", "GFLOP/s", "GB/s");
     }
+    // the backward cases' graphs are built here, so their products take the precision too
+    let _precision = with_precision(args.precision);
     for case in cases(args.batch_size, device)? {
         if args.only.as_ref().is_some_and(|f| !case.name.contains(f.as_str())) {
             continue;
@@ -232,8 +240,9 @@ fn kernels(args: KernelArgs) -> anyhow::Result<()> {
         let gbps = case.bytes / seconds / 1e9;
         if args.json {
             println!(
-                "{{\"kernel\":\"{}\",\"shape\":\"{}\",\"device\":\"{device}\",\"ms\":{:.4},\"gflops\":{:.2},\"gbps\":{:.2}}}",
+                "{{\"kernel\":\"{}\",\"shape\":\"{}\",\"device\":\"{device}\",\"precision\":\"{}\",\"ms\":{:.4},\"gflops\":{:.2},\"gbps\":{:.2}}}",
                 case.name,
+                args.precision,
                 case.shape,
                 seconds * 1e3,
                 gflops,
@@ -292,10 +301,14 @@ fn sample(args: SampleBenchArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({"samples_per_s": sps, "model_evals_per_s": eps, "device": device.to_string(), "n": args.n,
-                "steps": steps, "batch_size": args.batch_size, "sampler": args.sampler.sampler, "model": label, "seconds": seconds})
+                "steps": steps, "batch_size": args.batch_size, "sampler": args.sampler.sampler, "model": label, "seconds": seconds,
+                "precision": opts.precision})
         );
     } else {
-        println!("{label}: {} samples × {steps} model calls in {seconds:.2}s on {device}: {sps:.2} samples/s, {eps:.1} model evaluations/s", args.n);
+        println!(
+            "{label}: {} samples × {steps} model calls in {seconds:.2}s on {device} ({} products): {sps:.2} samples/s, {eps:.1} model evaluations/s",
+            args.n, opts.precision
+        );
     }
     Ok(())
 }
@@ -314,6 +327,7 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
     let config = TrainConfig {
         epochs: 1_000,
         max_steps: Some(args.steps + 1),
+        precision: args.precision,
         ..TrainConfig::lesson(&args.config, unet.clone(), args.batch_size, 1e-2)
     };
     let model = UNet2DModel::new(unet, 0, device)?;
@@ -334,10 +348,17 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({"images_per_s": ips, "device": device.to_string(), "config": args.config, "batch_size": args.batch_size,
-                "steps": args.steps, "seconds_per_step": seconds / args.steps as f64})
+                "steps": args.steps, "seconds_per_step": seconds / args.steps as f64, "precision": args.precision})
         );
     } else {
-        println!("{}: {} steps of batch {} in {seconds:.2}s on {device}: {ips:.1} images/s, {:.3}s per step", args.config, args.steps, args.batch_size, seconds / args.steps as f64);
+        println!(
+            "{}: {} steps of batch {} in {seconds:.2}s on {device} ({} products): {ips:.1} images/s, {:.3}s per step",
+            args.config,
+            args.steps,
+            args.batch_size,
+            args.precision,
+            seconds / args.steps as f64
+        );
     }
     Ok(())
 }

@@ -273,14 +273,14 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let summary = serde_json::json!({
         "fid": fid, "kid": kid, "n": args.n, "floor_fid": floor_fid, "floor_kid": floor_kid,
         "sampler": args.sampler.sampler, "model_evals_per_sample": evals / args.n.div_ceil(args.batch_size).max(1),
-        "sample_seconds": sample_seconds, "device": device.to_string(), "x0_curve": curve,
+        "sample_seconds": sample_seconds, "device": device.to_string(), "precision": opts.precision, "x0_curve": curve,
     });
     if args.json {
         println!("{summary}");
     } else {
         println!(
-            "{} samples ({}): FID {fid:.3}, KID {kid:.5}; real-data floor at the same n: FID {floor_fid:.3}, KID {floor_kid:.5}; sampling took {sample_seconds:.1}s",
-            args.n, args.sampler.sampler
+            "{} samples ({}, {} products): FID {fid:.3}, KID {kid:.5}; real-data floor at the same n: FID {floor_fid:.3}, KID {floor_kid:.5}; sampling took {sample_seconds:.1}s",
+            args.n, args.sampler.sampler, opts.precision
         );
         for p in &curve {
             println!("  x̂0 after step {}: FID {:.3}", p["step"], p["fid"].as_f64().unwrap_or(f64::NAN));
@@ -299,6 +299,7 @@ pub fn epoch_scorer(n: usize, device: Device) -> anyhow::Result<impl FnMut(&mini
         let opts = sampler::SamplerOptions {
             kind: sampler::SamplerKind::Ddim { steps: 25, eta: 0.0, spacing: Default::default() },
             seed: 1234,
+            precision: l.config.precision,
             ..Default::default()
         };
         let (c, (h, w)) = (l.model.config.in_channels, l.model.config.sample_hw().unwrap_or((32, 32)));

@@ -9,6 +9,7 @@ use minidiffusion::diffusion::Schedule;
 use minidiffusion::io::model_dir::{self, SchedulerConfig};
 use minidiffusion::io::{npy, png};
 use minidiffusion::nn::unet::UNet2DModel;
+use minidiffusion::ops::Precision;
 use minidiffusion::train::checkpoint;
 use minidiffusion::{Device, Tensor, no_grad};
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ pub struct SamplerArgs {
     pub timestep_spacing: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Products of the model calls: f32, or bf16 (operands rounded to bf16, f32 sums; bf16 tensor cores on CUDA).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 impl SamplerArgs {
@@ -62,6 +66,7 @@ impl SamplerArgs {
             steps_offset: scheduler.steps_offset,
             seed: self.seed,
             keep_x0_at: vec![],
+            precision: self.precision,
         })
     }
 }

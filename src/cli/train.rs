@@ -8,6 +8,7 @@ use minidiffusion::data::{self, Dataset, Split};
 use minidiffusion::io::model_dir;
 use minidiffusion::nn::param_count;
 use minidiffusion::nn::unet::{UNet2DConfig, UNet2DModel};
+use minidiffusion::ops::Precision;
 use minidiffusion::train::callbacks::{Checkpoint, Progress, Recorder};
 use minidiffusion::track::{self, tracker::TrainTracking};
 use minidiffusion::train::{Learner, TrainConfig, checkpoint};
@@ -74,6 +75,10 @@ pub struct TrainArgs {
     /// DDIM steps of the 16-sample grid drawn at each epoch end (0: no grids).
     #[arg(long, default_value_t = 50)]
     pub grid_steps: usize,
+    /// Products (convolutions, linear layers) in f32, or bf16 (mixed precision: operands rounded to bf16,
+    /// f32 sums, f32 master weights and gradients; bf16 tensor cores on CUDA). Default f32; a resumed run keeps its own.
+    #[arg(long)]
+    pub precision: Option<Precision>,
 }
 
 /// A preset's defaults.
@@ -141,6 +146,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let resuming = resumed.is_some();
     let (config, model) = if let Some(state) = resumed {
         let (model, _) = model_dir::load(&out, device)?;
+        if let Some(p) = args.precision
+            && p != state.train.precision
+        {
+            bail!("--precision {p}: the run in {} was trained at {}; resume it without --precision", out.display(), state.train.precision);
+        }
         eprintln!("resuming {} at step {}/{} (epoch {})", out.display(), state.step, state.total_steps, state.epoch);
         (state.train, model)
     } else {
@@ -171,6 +181,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             weight_decay: 0.01,
             adam_eps: 1e-5,
             eval_images: args.eval_images.or(eval_images),
+            precision: args.precision.unwrap_or_default(),
         };
         config.noise_schedule()?;
         if config.epochs == 0 || config.batch_size == 0 || config.max_steps == Some(0) {
@@ -181,14 +192,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     check_shapes(&config, &train)?;
     eprintln!(
-        "training {} ({:.2}M parameters) on {} ({} train / {} test images from {}), batch {}, device {device}",
+        "training {} ({:.2}M parameters) on {} ({} train / {} test images from {}), batch {}, {} products, device {device}",
         config.preset,
         param_count(&model) as f64 / 1e6,
         config.dataset,
         train.len(),
         test.len(),
         train.source,
-        config.batch_size
+        config.batch_size,
+        config.precision
     );
     let mut learner = Learner::new(config, model, train, test, device)?;
     if resuming {

@@ -7,6 +7,7 @@
 //! stream (seed, 1 + k). Element indices are global over the whole sample set,
 //! so results do not depend on the batch size.
 
+use crate::ops::precision::Precision;
 use super::Schedule;
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -62,11 +63,21 @@ pub struct SamplerOptions {
     pub seed: u64,
     /// Keep x̂0 after these update indices (0-based), for the FID-per-step curve.
     pub keep_x0_at: Vec<usize>,
+    /// The compute precision of the model calls' products (ops::precision).
+    pub precision: Precision,
 }
 
 impl Default for SamplerOptions {
     fn default() -> Self {
-        SamplerOptions { kind: SamplerKind::Ddpm, clip_x0: None, set_alpha_to_one: true, steps_offset: 0, seed: 0, keep_x0_at: vec![] }
+        SamplerOptions {
+            kind: SamplerKind::Ddpm,
+            clip_x0: None,
+            set_alpha_to_one: true,
+            steps_offset: 0,
+            seed: 0,
+            keep_x0_at: vec![],
+            precision: Precision::F32,
+        }
     }
 }
 
@@ -162,6 +173,7 @@ pub fn sample(
     schedule: &Schedule,
     opts: &SamplerOptions,
 ) -> Result<Samples> {
+    let _precision = crate::ops::precision::with_precision(opts.precision);
     let batch = x_t.dims()[0];
     let device = x_t.device();
     let start = (first * (x_t.numel() / batch.max(1))) as u64;

@@ -28,8 +28,9 @@ use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 
-/// How matrix products multiply (see the module docs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// How matrix products multiply (see the module docs). Serialized as "f32" / "bf16".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// f32 operands and sums.
     #[default]

@@ -272,6 +272,7 @@ impl SampleGrid {
             steps_offset: 0,
             seed: GRID_SEED,
             keep_x0_at: vec![],
+            precision: l.config.precision,
         };
         let c = l.model.config.in_channels;
         let (h, w) = l.model.config.sample_hw().unwrap_or((32, 32));

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::nn::params;
 use crate::nn::unet::{UNet2DConfig, UNet2DModel};
 use crate::ops;
+use crate::ops::precision::Precision;
 use crate::optim::{AdamW, AdamWHyper, OneCycle};
 use crate::rng::PhiloxStream;
 use crate::tensor::Tensor;
@@ -48,6 +49,11 @@ pub struct TrainConfig {
     /// Evaluate on the first this many test images (all when absent).
     #[serde(default)]
     pub eval_images: Option<usize>,
+    /// The compute precision of the model's products in training, evaluation
+    /// and the grids drawn meanwhile (ops::precision); weights, optimizer
+    /// state and gradients stay f32 (f32 master weights; bf16 needs no loss scaling).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -72,6 +78,7 @@ impl TrainConfig {
             weight_decay: 0.01,
             adam_eps: 1e-5,
             eval_images: None,
+            precision: Precision::F32,
         }
     }
 
@@ -198,6 +205,7 @@ impl Learner {
     /// One optimiser step on images `indices`; returns the loss.
     pub fn train_step(&mut self, indices: &[usize]) -> Result<f32> {
         let _nvtx = crate::device::nvtx::range("train step");
+        let _precision = crate::ops::precision::with_precision(self.config.precision);
         let (x_t, t, eps) = self.noisy_batch(&self.train_x, indices, TIMESTEP_STREAM + self.step as u64, NOISE_STREAM + self.step as u64)?;
         let pred = self.model.forward(&x_t, &t)?;
         let loss = ops::mse_loss(&pred, &eps)?;
@@ -222,6 +230,7 @@ impl Learner {
     /// Mean MSE over the test split with fixed noise (comparable across epochs).
     pub fn eval_loss(&self) -> Result<f32> {
         let _guard = crate::autograd::NoGradGuard::new();
+        let _precision = crate::ops::precision::with_precision(self.config.precision);
         let n = self.test_x.dims()[0];
         let (mut total, mut count) = (0f64, 0usize);
         for (b, start) in (0..n).step_by(self.config.batch_size).enumerate() {
