@@ -209,6 +209,149 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float
         }
 }
 
+// ---- Weight gradient ----
+//
+//   dW[oc, c, tap] = Σ_{img, y, x} dY[img, oc, y, x] · x[img, c, y − p + kh, x − p + kw]
+//
+// GEMM view: M = OC, N = (c, tap) over C·K², K = the N·OH·OW pixels, split
+// over gridDim.z (each split sums whole 128-pixel tiles into its own slab,
+// conv2d_sum_splits_f32 adds the slabs). The mma's k runs along pixels, so
+// its bf16 pairs are two neighbouring pixels of one row (OW even):
+//   A[oc][pair] = dY at pixels 2j, 2j + 1 of the tile    (contiguous in dY)
+//   B[pair][(c, tap)] = the patch at those pixels shifted by the tap: two
+//       neighbouring patch pixels, at an even or odd position (the tap's kw).
+// The patch is staged twice as bf16 pairs, from even and from odd positions,
+// so either is one aligned 32-bit shared load:
+//   pairs[0][c][q] = (P[c][2q], P[c][2q + 1]),  pairs[1][c][q] = (P[c][2q + 1], P[c][2q + 2]).
+// Block tile: BM output channels × CT input channels (BM 64: CT 16; BM 32:
+// CT 32), all taps; warp w owns rows 16·(w % WARPS_M).. and K² n8 tiles.
+constexpr int WG_A_LD = BN / 2 + 4;  // words per dY row in shared (64 pairs + 4: conflict-free A fragments)
+constexpr int OUTSIDE = -2147483647 - 1;  // a patch column left or right of the image
+
+// The pair row length of the staged patch: ≥ pixels/2 + 1, and ≡ 4 (mod 8)
+// so that 8 channels' rows start in distinct banks.
+__host__ __device__ constexpr int pair_row(int pixels) { return (pixels / 2 + 1 + 3) / 8 * 8 + 4; }
+// The largest patch (pixels) the weight gradient stages: BM 32 blocks stage
+// twice the channels, so they take smaller patches (48 KB of shared memory).
+__host__ __device__ constexpr int wg_patch_max(int bm) { return bm == 64 ? PATCH_MAX : 256; }
+
+template <int BM, int KS>
+__device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, const float* x, const conv::Shape& s,
+                                            int tiles_per_split) {
+    constexpr int KK = KS * KS;
+    constexpr int CT = BM == 64 ? 16 : 32;          // input channels per block
+    constexpr int WARPS_M = BM / 16, WARPS_N = 8 / WARPS_M;
+    constexpr int NT = CT * KK / 8 / WARPS_N;       // n8 tiles per warp (= K²)
+    constexpr int PX_MAX = wg_patch_max(BM);
+    constexpr int CS = pair_row(PX_MAX);            // patch pair row, for the largest patch
+    __shared__ unsigned int a_tile[BM * WG_A_LD];   // dY pairs [oc][pair]
+    __shared__ unsigned int pairs[2 * CT * CS];     // [parity][c][q]
+    __shared__ int patch_src[PX_MAX];               // patch pixel → offset from (img0, oh0) (negative in the top
+                                                    // halo), OUTSIDE past the left or right edge
+    __shared__ int patch_row[PX_MAX];               // patch pixel → (segment, input row relative to oh0)
+    __shared__ int pair_src[BN / 2];                // tile pixel pair → dY offset of pixel 2j from (img0, oh0)
+    __shared__ int pair_patch[BN / 2];              // tile pixel pair → its patch pixel for tap (0, 0), halved
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int P = s.oh * s.ow, HW = s.h * s.w;
+    const int m0 = blockIdx.y * BM, c0 = blockIdx.x * CT;
+    const Tile tile = tile_of(s);
+    const int tiles = (s.n * P + BN - 1) / BN;
+    const int tile_begin = blockIdx.z * tiles_per_split;
+    const int tile_end = min(tiles, tile_begin + tiles_per_split);
+
+    // The tile geometry, the same for every tile.
+    for (int i = tid; i < tile.pixels; i += THREADS) {
+        const int seg = i / (tile.seg_rows * tile.pw), q = i - seg * tile.seg_rows * tile.pw;
+        const int pr = q / tile.pw, pc = q - pr * tile.pw;
+        const int ix = pc - s.pad;
+        patch_src[i] = ix >= 0 && ix < s.w ? seg * s.c * HW + (pr - s.pad) * s.w + ix : OUTSIDE;
+        patch_row[i] = seg << 16 | pr;
+    }
+    for (int j = tid; j < BN / 2; j += THREADS) {
+        const int n = 2 * j, seg = n / tile.seg_pix, local = n - seg * tile.seg_pix;
+        const int r = local / s.ow, col = local - r * s.ow;
+        pair_src[j] = seg * s.oc * P + local;
+        pair_patch[j] = ((seg * tile.seg_rows + r) * tile.pw + col) / 2;  // even: OW and col are even
+    }
+
+    // This lane's B columns: n8 tile nt = warp_n·NT + ni, column 8·nt + g = (c, tap).
+    const int warp_n = warp / WARPS_M, m_w = 16 * (warp % WARPS_M);
+    int col_off[NT];
+#pragma unroll
+    for (int ni = 0; ni < NT; ++ni) {
+        const int col = 8 * (warp_n * NT + ni) + g, c = col / KK, tap = col % KK;
+        const int shift = (tap / KS) * tile.pw + tap % KS;
+        col_off[ni] = ((shift & 1) * CT + c) * CS + (shift >> 1);
+    }
+    float acc[NT][4];
+#pragma unroll
+    for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[ni][r] = 0.0f;
+    __syncthreads();
+
+    for (int tl = tile_begin; tl < tile_end; ++tl) {
+        const int n0 = tl * BN, img0 = n0 / P, oh0 = (n0 - img0 * P) / s.ow;
+        // dY pairs: a_tile[oc][j] = (dY at tile pixels 2j, 2j + 1), 0 past the batch or OC
+        for (int e = tid; e < BM * (BN / 2); e += THREADS) {
+            const int oc = e / (BN / 2), j = e - oc * (BN / 2);
+            const int img = img0 + pair_src[j] / (s.oc * P);
+            float lo = 0.0f, hi = 0.0f;
+            if (m0 + oc < s.oc && img < s.n) {
+                const float* at = dy + (size_t)img0 * s.oc * P + oh0 * s.ow + pair_src[j] + (m0 + oc) * P;
+                lo = at[0];
+                hi = at[1];
+            }
+            a_tile[oc * WG_A_LD + j] = mma::bf16_pair(lo, hi);
+        }
+        // the patch of channels c0.., as pairs from even and odd positions
+        const int half = tile.pixels / 2 + 1;
+        for (int e = tid; e < CT * half; e += THREADS) {
+            const int c = e / half, q = e - c * half;
+            float v[3];
+#pragma unroll
+            for (int k = 0; k < 3; ++k) {
+                const int i = 2 * q + k;
+                v[k] = 0.0f;
+                if (i < tile.pixels && c0 + c < s.c && patch_src[i] != OUTSIDE) {
+                    const int seg = patch_row[i] >> 16, iy = oh0 - s.pad + (patch_row[i] & 0xffff);
+                    if (img0 + seg < s.n && iy >= 0 && iy < s.h)
+                        v[k] = x[(size_t)img0 * s.c * HW + (size_t)(c0 + c) * HW + oh0 * s.w + patch_src[i]];
+                }
+            }
+            pairs[c * CS + q] = mma::bf16_pair(v[0], v[1]);
+            pairs[(CT + c) * CS + q] = mma::bf16_pair(v[1], v[2]);
+        }
+        __syncthreads();
+#pragma unroll 2
+        for (int ks = 0; ks < BN / 16; ++ks) {
+            const int j0 = 8 * ks + t;  // pairs 2t.. of this k16 step: pixel pairs j0 and j0 + 4
+            const unsigned int* ar = a_tile + (m_w + g) * WG_A_LD;
+            const unsigned int a[4] = {ar[j0], ar[8 * WG_A_LD + j0], ar[j0 + 4], ar[8 * WG_A_LD + j0 + 4]};
+            const int q0 = pair_patch[j0], q1 = pair_patch[j0 + 4];
+#pragma unroll
+            for (int ni = 0; ni < NT; ++ni) {
+                const unsigned int b[2] = {pairs[col_off[ni] + q0], pairs[col_off[ni] + q1]};
+                mma::mma_bf16(acc[ni], a, b);
+            }
+        }
+        __syncthreads();  // the next tile overwrites the staged operands
+    }
+
+    // acc[ni][r]: row m0 + m_w + g + 8(r/2), column 8·nt + 2t + r%2 = (c, tap)
+    float* slab = dw_part + (size_t)blockIdx.z * s.oc * s.c * KK;
+#pragma unroll
+    for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int m = m0 + m_w + g + 8 * (r / 2);
+            const int col = 8 * (warp_n * NT + ni) + 2 * t + r % 2, c = c0 + col / KK, tap = col % KK;
+            if (m < s.oc && c < s.c) slab[((size_t)m * s.c + c) * KK + tap] = acc[ni][r];
+        }
+}
+
 }  // namespace same
 
 // Packs W [OC, C, K, K] for the kernels below, as documented at the top. The
@@ -261,4 +404,28 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_m64_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                               const float* residual, conv::Shape s) {
     same::forward<64, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+
+// Partial weight gradients dw_part [splits, OC, C, K, K] of a same conv (OW
+// even): split z = blockIdx.z sums 128-pixel tiles [z·tiles_per_split, …).
+// Grid (⌈C/CT⌉, ⌈OC/BM⌉, splits), 256 threads; CT = 16 for BM 64, 32 for BM 32.
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_weight_grad_bf16_m32_k1(float* dw_part, const float* dy, const float* x, conv::Shape s,
+                                          int tiles_per_split) {
+    same::weight_grad<32, 1>(dw_part, dy, x, s, tiles_per_split);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_weight_grad_bf16_m32_k3(float* dw_part, const float* dy, const float* x, conv::Shape s,
+                                          int tiles_per_split) {
+    same::weight_grad<32, 3>(dw_part, dy, x, s, tiles_per_split);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_weight_grad_bf16_m64_k1(float* dw_part, const float* dy, const float* x, conv::Shape s,
+                                          int tiles_per_split) {
+    same::weight_grad<64, 1>(dw_part, dy, x, s, tiles_per_split);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_weight_grad_bf16_m64_k3(float* dw_part, const float* dy, const float* x, conv::Shape s,
+                                          int tiles_per_split) {
+    same::weight_grad<64, 3>(dw_part, dy, x, s, tiles_per_split);
 }

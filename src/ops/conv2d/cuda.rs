@@ -101,28 +101,78 @@ const SAME_PATCH_MAX: usize = 288;
 const SAME_M_ALIGN: usize = 64;
 const SAME_CHUNK: usize = 16;
 
-/// Whether kernels/conv2d_same.cu takes this convolution: stride 1, a square
-/// 1×1 or 3×3 kernel with "same" padding, and 128-pixel tiles that are whole
-/// output rows of one image or whole images, with a patch that fits.
-fn same_conv_fits(g: &ConvGeom) -> bool {
+/// The weight gradient's BM 32 blocks stage twice the channels: smaller
+/// patches (wg_patch_max).
+const SAME_WG_PATCH_MAX_M32: usize = 256;
+/// Weight-gradient blocks per launch the split over pixel tiles aims for.
+const SAME_WG_TARGET_BLOCKS: usize = 264;
+
+/// The patch pixels of a 128-pixel tile of kernels/conv2d_same.cu for this
+/// convolution, when it is one those kernels take: stride 1, a square 1×1 or
+/// 3×3 kernel with "same" padding, tiles that are whole output rows of one
+/// image or whole images, and a patch that fits.
+fn same_patch_pixels(g: &ConvGeom) -> Option<usize> {
     let p = g.p();
     let square = g.kh == g.kw && (g.kh == 1 || g.kh == 3) && g.pad == (g.kh - 1) / 2;
     if g.stride != 1 || !square || p == 0 {
-        return false;
+        return None;
     }
     let rows = if p >= SAME_TILE_PIXELS {
-        if p % SAME_TILE_PIXELS != 0 || SAME_TILE_PIXELS % g.ow != 0 {
-            return false;
-        }
-        SAME_TILE_PIXELS / g.ow
+        (p % SAME_TILE_PIXELS == 0 && SAME_TILE_PIXELS % g.ow == 0).then_some(SAME_TILE_PIXELS / g.ow)?
     } else {
-        if SAME_TILE_PIXELS % p != 0 {
-            return false;
-        }
-        g.oh
+        (SAME_TILE_PIXELS % p == 0).then_some(g.oh)?
     };
     let segments = SAME_TILE_PIXELS / (rows * g.ow);
-    segments * (rows + 2 * g.pad) * (g.ow + 2 * g.pad) <= SAME_PATCH_MAX
+    Some(segments * (rows + 2 * g.pad) * (g.ow + 2 * g.pad)).filter(|&px| px <= SAME_PATCH_MAX)
+}
+
+fn same_conv_fits(g: &ConvGeom) -> bool {
+    same_patch_pixels(g).is_some()
+}
+
+/// The rows of a same-conv block: 32 for at most 32 output rows, else 64.
+fn same_block_rows(m: usize) -> usize {
+    if m <= 32 { 32 } else { 64 }
+}
+
+/// Whether the weight-gradient kernel takes this convolution: a same conv
+/// whose pixel pairs never straddle a row (OW even), with a patch its block fits.
+fn same_weight_grad_fits(g: &ConvGeom) -> bool {
+    let max = if same_block_rows(g.oc) == 32 { SAME_WG_PATCH_MAX_M32 } else { SAME_PATCH_MAX };
+    g.ow % 2 == 0 && same_patch_pixels(g).is_some_and(|px| px <= max)
+}
+
+/// dW of a same conv at bf16 (kernels/conv2d_same.cu): split over 128-pixel
+/// tiles into partial slabs, summed in split order.
+/// `target_blocks`: the blocks the split aims for ([`SAME_WG_TARGET_BLOCKS`]).
+fn same_weight_grad_bf16(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, s: &ConvShape, target_blocks: usize) -> Result<CudaBuffer> {
+    let backend = dy.backend();
+    let bm = same_block_rows(g.oc);
+    let ct = if bm == 64 { 16 } else { 32 };
+    let tiles = (g.n * g.p()).div_ceil(SAME_TILE_PIXELS);
+    let blocks = g.c.div_ceil(ct) * g.oc.div_ceil(bm);
+    let want = target_blocks.div_ceil(blocks).clamp(1, tiles);
+    let per_split = tiles.div_ceil(want);
+    let splits = tiles.div_ceil(per_split);
+    let len = g.oc * g.k();
+    let total = splits * len;
+    elems("conv2d", total)?;
+    let partials = backend.alloc(total)?;
+    let kernel = match (bm, g.kh) {
+        (32, 1) => "conv2d_same_weight_grad_bf16_m32_k1",
+        (32, _) => "conv2d_same_weight_grad_bf16_m32_k3",
+        (_, 1) => "conv2d_same_weight_grad_bf16_m64_k1",
+        _ => "conv2d_same_weight_grad_bf16_m64_k3",
+    };
+    let cfg = LaunchConfig::grid([g.c.div_ceil(ct), g.oc.div_ceil(bm), splits], GEMM_THREADS);
+    backend.launch(kernel, cfg, &[partials.arg(), dy.arg(), x.arg(), Arg::pod(s), Arg::I32(elems("conv2d", per_split)?)])?;
+    if splits == 1 {
+        return Ok(partials);
+    }
+    let dw = backend.alloc(len)?;
+    let args = [dw.arg(), partials.arg(), Arg::I32(splits as i32), Arg::I32(elems("conv2d", len)?)];
+    backend.launch("conv2d_sum_splits_f32", LaunchConfig::for_elems(len, 256), &args)?;
+    Ok(dw)
 }
 
 /// A same conv at bf16 (kernels/conv2d_same.cu) of `x` [N, s.c, s.h, s.w] into
@@ -136,13 +186,13 @@ fn same_conv_bf16(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogu
     let args = [packed.arg(), weight.arg(), Arg::I32(s.oc), Arg::I32(s.c), Arg::I32(s.kh), Arg::I32(flip as i32)];
     backend.launch("conv2d_pack_same_bf16", LaunchConfig::for_elems(packed_len, 256), &args)?;
     let out = backend.alloc(s.n as usize * m * (s.oh * s.ow) as usize)?;
-    let kernel = match (m <= 32, ks) {
-        (true, 1) => "conv2d_same_bf16_m32_k1",
-        (true, _) => "conv2d_same_bf16_m32_k3",
-        (false, 1) => "conv2d_same_bf16_m64_k1",
-        (false, _) => "conv2d_same_bf16_m64_k3",
+    let bm = same_block_rows(m);
+    let kernel = match (bm, ks) {
+        (32, 1) => "conv2d_same_bf16_m32_k1",
+        (32, _) => "conv2d_same_bf16_m32_k3",
+        (_, 1) => "conv2d_same_bf16_m64_k1",
+        _ => "conv2d_same_bf16_m64_k3",
     };
-    let bm = if m <= 32 { 32 } else { 64 };
     let pixels = s.n as usize * (s.oh * s.ow) as usize;
     let cfg = LaunchConfig::grid([pixels.div_ceil(SAME_TILE_PIXELS), m.div_ceil(bm), 1], GEMM_THREADS);
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
@@ -201,7 +251,8 @@ fn weight_splits(m: usize, n: usize, k: usize) -> (usize, usize) {
 }
 
 /// dW [OC, C, KH, KW] = Σ over batch and output pixels of dY ⊗ the input
-/// patches, as split-K partials summed in split order; the products at precision `prec`.
+/// patches, as split-K partials summed in split order; the products at
+/// precision `prec` (at bf16, same convs with OW even take kernels/conv2d_same.cu).
 pub fn backward_weight(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
     let backend = dy.backend();
     let (m, n, k) = (g.oc, g.k(), g.n * g.p());
@@ -210,6 +261,9 @@ pub fn backward_weight(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Prec
         return backend.alloc(0);
     }
     let s = ConvShape::new(g)?;
+    if prec == Precision::Bf16 && same_weight_grad_fits(g) {
+        return same_weight_grad_bf16(dy, x, g, &s, SAME_WG_TARGET_BLOCKS);
+    }
     let (splits, chunk) = weight_splits(m, n, k);
     let chunk_arg = Arg::I32(elems("conv2d", chunk)?);
     let cfg = gemm_grid(m, n, splits);
@@ -274,6 +328,29 @@ mod tests {
         ] {
             assert!(!same_conv_fits(&g), "{g:?}");
         }
+    }
+
+    /// The same-conv weight gradient summing all its pixel tiles in one split
+    /// (one block looping over 6 tiles), in one split per tile, and the
+    /// generic bf16 kernel agree (emulation of CUDA; the parity tests compare
+    /// with the CPU twin).
+    #[test]
+    fn same_weight_grad_splits_agree() {
+        use crate::device::{CudaDevice, cuda::backend};
+        let b = backend(CudaDevice { ordinal: 0, emulated: true }).unwrap();
+        let g = geom(3, 5, (16, 16), 6, 3, 1, 1);
+        let s = ConvShape::new(&g).unwrap();
+        let dy = b.upload(&crate::testing::randn(&[3, 6, 16, 16], 5)).unwrap();
+        let x = b.upload(&crate::testing::randn(&[3, 5, 16, 16], 6)).unwrap();
+        let one = same_weight_grad_bf16(&dy, &x, &g, &s, 1).unwrap().download().unwrap();
+        let many = same_weight_grad_bf16(&dy, &x, &g, &s, SAME_WG_TARGET_BLOCKS).unwrap().download().unwrap();
+        let generic = backward_weight(&dy, &x, &g, Precision::F32).unwrap().download().unwrap();
+        assert!(same_weight_grad_fits(&g));
+        let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(max_diff(&one, &many) < 1e-4, "{}", max_diff(&one, &many));
+        // against f32: the bf16 distance, not a wrong tap or tile (sums of 768 products, scale ~30)
+        let (d, scale) = (max_diff(&one, &generic), generic.iter().fold(0f32, |m, v| m.max(v.abs())));
+        assert!(d > 1e-4 * scale && d < 2e-2 * scale, "bf16 vs f32 weight gradient: {d} of scale {scale}");
     }
 
     #[test]
