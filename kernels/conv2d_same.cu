@@ -1,17 +1,20 @@
-// Stride-1 "same" convolutions (K×K kernel, K = 1 or 3, padding (K − 1)/2) at
-// the bf16 compute precision: the UNet's 3×3 and 1×1 convolutions, forward,
-// and their input gradients (the input gradient of a stride-1 same conv is
+// Stride-1 "same" convolutions (K×K kernel, K = 1 or 3, padding (K − 1)/2):
+// the UNet's 3×3 and 1×1 convolutions, forward, and their input gradients,
+// at f32 accuracy (3xTF32, as conv2d.cu) and at the bf16 compute precision;
+// their weight gradients at bf16 (the input gradient of a stride-1 same conv is
 // the same conv of dY with the weight transposed over channels and flipped:
 //   dX[n, c, y, x] = Σ_{oc, kh, kw} W[oc, c, K−1−kh, K−1−kw] · dY[n, oc, y − p + kh, x − p + kw]).
 //
 // The generic implicit GEMM (conv2d.cu) gathers each im2col element from
 // global memory: K² loads per input value, each with its own index math.
-// Here a block stages an input *patch* once per 16-channel chunk — the rows
-// its output pixels need plus the halo, converted to bf16 — and reads the K²
-// shifted windows of it from shared memory.
+// Here a block stages an input *patch* once per channel chunk — the rows its
+// output pixels need plus the halo — and reads the K² shifted windows of it
+// from shared memory.
 //
 // GEMM view: C[m, n] = Σ_{chunk, tap, c} A[m, (c, tap)] · B[(c, tap), n]
-//   m = output channel, n = (image, oh, ow) over N·OH·OW, 16 channels a chunk.
+//   m = output channel, n = (image, oh, ow) over N·OH·OW. A chunk is 8 words
+//   a pixel: 8 channels as f32 (one m16n8k8 step per tap, three TF32 mma for
+//   f32 accuracy) or 16 as bf16 pairs (one m16n8k16 step per tap).
 // Block tile: BM (32 or 64) channels × 128 pixels, 8 warps as WARPS_M × WARPS_N,
 // each warp 32 channels × WN pixels (2 × WN/8 m16n8k16 tiles).
 //
@@ -20,17 +23,18 @@
 // S = 128/OW) or 128/P whole images (P divides 128, S = OH). Each of these
 // `segments` needs input rows oh0 − p … oh0 + S − 1 + p, columns −p … OW − 1 + p:
 // the patch holds (S + 2p) × (OW + 2p) pixels per segment (zeros outside the
-// image or past the batch), PATCH_STRIDE words per pixel: the chunk's 8 channel
-// pairs as bf16x2 (pair j = channels 16·chunk + 2j, +1) and 4 words of padding,
-// so a warp's B fragment reads (8 pixels × 4 pairs) hit 32 distinct banks.
+// image or past the batch), PATCH_STRIDE words per pixel: the chunk's 8 words
+// (word j = channel 8·chunk + j, or the bf16 pair of channels 16·chunk + 2j, +1)
+// and 4 words of padding, so a warp's B fragment reads (8 pixels × 4 words)
+// hit 32 distinct banks.
 //
-// Weights. A host-launched pack (conv2d_pack_same_bf16) writes A in the
-// order the mma fragments want it: for chunk q, 16-row block mb, tap, lane
-// l = 4g + t, the four words
-//   {A[16mb + g][kp t], A[16mb + g + 8][kp t], A[16mb + g][kp t + 4], A[16mb + g + 8][kp t + 4]}
-// (kp = pair within the chunk), so staging is a straight copy and a fragment
+// Weights. A host-launched pack (conv2d_pack_same_f32 / _bf16) writes A in
+// the order the mma fragments want it: for chunk q, 16-row block mb, tap,
+// lane l = 4g + t, the four words
+//   {A[16mb + g][w t], A[16mb + g + 8][w t], A[16mb + g][w t + 4], A[16mb + g + 8][w t + 4]}
+// (w = word within the chunk), so staging is a straight copy and a fragment
 // is one 16-byte shared load. Rows are padded to a multiple of 64 and chunks
-// to whole 16-channel chunks with zeros, so the kernel reads A without bounds.
+// to whole chunks with zeros, so the kernel reads A without bounds.
 #include "common.cuh"
 #include "conv2d.cuh"
 #include "mma.cuh"
@@ -39,8 +43,8 @@ namespace same {
 
 constexpr int BN = 128;              // pixels per block tile
 constexpr int THREADS = 256;         // 8 warps
-constexpr int PAIRS = 8;             // channel pairs per chunk (16 channels: one k16 step per tap)
-constexpr int PATCH_STRIDE = 12;     // words per patch pixel: 8 pairs + 4 padding (conflict-free fragments)
+constexpr int PAIRS = 8;             // words per patch pixel and chunk: 8 channels (f32) or 8 pairs (bf16)
+constexpr int PATCH_STRIDE = 12;     // words per patch pixel: 8 + 4 padding (conflict-free fragments)
 constexpr int PATCH_MAX = 288;       // patch pixels a block can stage (host checks the geometry): 4×4 maps need 288
 constexpr int M_ALIGN = 64;          // packed weight rows are padded to this
 
@@ -64,40 +68,87 @@ __device__ __forceinline__ Tile tile_of(const conv::Shape& s) {
     return t;
 }
 
-// acc[mi][ni][q] += the chunk's products, tap by tap. Warp tile: rows m_w..m_w+31,
+// A staged word as its bits (f32 words stay f32 bits).
+__device__ __forceinline__ unsigned int word_bits(unsigned int w) { return w; }
+__device__ __forceinline__ unsigned int word_bits(float w) { return __float_as_uint(w); }
+
+// One mma step of a chunk's tap (8 words of k) at each precision: the A
+// fragment as staged (4 words), prepared once per tap; acc += A·B.
+template <class Math> struct Step;
+template <> struct Step<mma::Bf16> {
+    struct A { unsigned int w[4]; };
+    struct Acc {
+        float d[4];
+        __device__ void zero() { d[0] = d[1] = d[2] = d[3] = 0.0f; }
+        __device__ float get(int r) const { return d[r]; }
+    };
+    __device__ static A prep(const uint4 v) { return A{{v.x, v.y, v.z, v.w}}; }
+    __device__ static void mma(Acc& acc, const A& a, unsigned int b0, unsigned int b1) {
+        const unsigned int b[2] = {b0, b1};
+        mma::mma_bf16(acc.d, a.w, b);
+    }
+};
+template <> struct Step<mma::Tf32x3> {
+    struct A { unsigned int hi[4], lo[4]; };
+    struct Acc {
+        float big[4], small[4];
+        __device__ void zero() {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) big[r] = small[r] = 0.0f;
+        }
+        __device__ float get(int r) const { return big[r] + small[r]; }
+    };
+    __device__ static A prep(const uint4 v) {
+        A a;
+        const unsigned int w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) mma::split(__uint_as_float(w[i]), a.hi[i], a.lo[i]);
+        return a;
+    }
+    __device__ static void mma(Acc& acc, const A& a, unsigned int b0, unsigned int b1) {
+        unsigned int hi[2], lo[2];
+        mma::split(__uint_as_float(b0), hi[0], lo[0]);
+        mma::split(__uint_as_float(b1), hi[1], lo[1]);
+        mma::mma_3xtf32(acc.big, acc.small, a.hi, a.lo, hi, lo);
+    }
+};
+
+// acc[mi][ni] += the chunk's products, tap by tap. Warp tile: rows m_w..m_w+31,
 // pixels n_w..n_w+WN−1; pix0[ni] is the patch pixel of output pixel n_w + 8ni + g
 // (this lane's B column) for tap (0, 0).
-template <int BM, int KS, int NI>
+template <class Math, int BM, int KS, int NI>
 __device__ __forceinline__ void chunk_products(const uint4* As, const unsigned int* patch, const int* pix0, int pw,
-                                               float (&acc)[2][NI][4]) {
+                                               typename Step<Math>::Acc (&acc)[2][NI]) {
     constexpr int KK = KS * KS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int t = lane % 4;
     const int mb0 = 2 * (warp % (BM / 32));  // this warp's first 16-row block
-#pragma unroll
+    // fully unrolled at bf16; at f32 (twice the accumulators) by rows of taps, to stay in registers
+    constexpr int UNROLL = Math::PER_WORD == 2 ? KK : KS;
+#pragma unroll UNROLL
     for (int tap = 0; tap < KK; ++tap) {
         const int shift = (tap / KS) * pw + tap % KS;
-        unsigned int a[2][4];
+        typename Step<Math>::A a[2];
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi) {
-            const uint4 v = As[((mb0 + mi) * KK + tap) * 32 + lane];
-            a[mi][0] = v.x, a[mi][1] = v.y, a[mi][2] = v.z, a[mi][3] = v.w;
-        }
+        for (int mi = 0; mi < 2; ++mi) a[mi] = Step<Math>::prep(As[((mb0 + mi) * KK + tap) * 32 + lane]);
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {
             const unsigned int* px = patch + (pix0[ni] + shift) * PATCH_STRIDE;
-            const unsigned int b[2] = {px[t], px[t + 4]};
+            const unsigned int b0 = px[t], b1 = px[t + 4];
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi) mma::mma_bf16(acc[mi][ni], a[mi], b);
+            for (int mi = 0; mi < 2; ++mi) Step<Math>::mma(acc[mi][ni], a[mi], b0, b1);
         }
     }
 }
 
-// y = same-conv(x, A) + epilogue, A packed by conv2d_pack_same_bf16 for this
-// shape (M = s.oc rows, s.c channels). Grid (⌈N·OH·OW/128⌉, ⌈OC/BM⌉), 256 threads.
-template <int BM, int KS>
+// y = same-conv(x, A) + epilogue at the precision of Math, A packed by
+// conv2d_pack_same_<precision> for this shape (M = s.oc rows, s.c channels).
+// Grid (⌈N·OH·OW/128⌉, ⌈OC/BM⌉), 256 threads.
+template <class Math, int BM, int KS>
 __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float* x, const uint4* wp, const conv::Shape& s) {
     constexpr int KK = KS * KS;
+    constexpr int PER_WORD = Math::PER_WORD;        // channels per patch word
+    constexpr int CHUNK = PAIRS * PER_WORD;         // channels per chunk
     constexpr int WARPS_M = BM / 32, WARPS_N = 8 / WARPS_M;
     constexpr int WN = BN / WARPS_N, NI = WN / 8;
     constexpr int A_VECS = BM / 16 * KK * 32;                       // uint4 of A per chunk
@@ -113,10 +164,10 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
     const Tile tile = tile_of(s);
     const int img0 = n0 / P, oh0 = (n0 - img0 * P) / s.ow;
-    const int chunks = (s.c + 2 * PAIRS - 1) / (2 * PAIRS);
+    const int chunks = (s.c + CHUNK - 1) / CHUNK;
     const int m_blocks = (s.oc + M_ALIGN - 1) / M_ALIGN * (M_ALIGN / 16);  // 16-row blocks per chunk in wp
 
-    // This thread's patch words: word e = tid + 256·i is pair j = e / pixels of
+    // This thread's patch words: word e = tid + 256·i is word j = e / pixels of
     // patch pixel p = e % pixels. Its source offset (without the chunk's
     // channel) and its shared address are the same for every chunk.
     int src[P_LOADS], dst[P_LOADS];
@@ -128,7 +179,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float
         const int pr = q / tile.pw, pc = q - pr * tile.pw;
         const int img = img0 + seg, iy = oh0 - s.pad + pr, ix = pc - s.pad;
         const bool inside = j < PAIRS && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
-        src[i] = inside ? img * s.c * HW + 2 * j * HW + iy * s.w + ix : -1;
+        src[i] = inside ? img * s.c * HW + PER_WORD * j * HW + iy * s.w + ix : -1;
         dst[i] = j < PAIRS ? p * PATCH_STRIDE + j : -1;  // j = dst % PATCH_STRIDE
     }
     // The patch pixel of this lane's B columns for tap (0, 0).
@@ -141,7 +192,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float
         pix0[ni] = (seg * tile.seg_rows + r) * tile.pw + col;
     }
 
-    // chunk q's operands into registers: A straight from wp, the patch as bf16 pairs
+    // chunk q's operands into registers: A straight from wp, the patch as words
     uint4 a_regs[A_LOADS];
     unsigned int p_regs[P_LOADS];
     const uint4 zero4 = {0u, 0u, 0u, 0u};
@@ -152,16 +203,14 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float
             const int v = tid + THREADS * i;
             a_regs[i] = v < A_VECS ? a_src[v] : zero4;
         }
-        const int c0 = 2 * PAIRS * q;
+        const int c0 = CHUNK * q;
 #pragma unroll
         for (int i = 0; i < P_LOADS; ++i) {
-            const int c = c0 + 2 * (dst[i] % PATCH_STRIDE);
-            float lo = 0.0f, hi = 0.0f;
-            if (src[i] >= 0 && c < s.c) {
-                lo = x[src[i] + c0 * HW];
-                if (c + 1 < s.c) hi = x[src[i] + c0 * HW + HW];
-            }
-            p_regs[i] = mma::bf16_pair(lo, hi);
+            const int c = c0 + PER_WORD * (dst[i] % PATCH_STRIDE);
+            float v[PER_WORD];
+#pragma unroll
+            for (int e = 0; e < PER_WORD; ++e) v[e] = src[i] >= 0 && c + e < s.c ? x[src[i] + (c0 + e) * HW] : 0.0f;
+            p_regs[i] = word_bits(Math::pack(v));
         }
     };
     auto stage = [&]() {
@@ -173,13 +222,11 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float
             if (dst[i] >= 0) patch[dst[i]] = p_regs[i];
     };
 
-    float acc[2][NI][4];
+    typename Step<Math>::Acc acc[2][NI];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+        for (int ni = 0; ni < NI; ++ni) acc[mi][ni].zero();
 
     // Software pipeline: the next chunk's global reads are issued before the
     // tensor cores work on this one.
@@ -188,7 +235,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float
         stage();
         __syncthreads();
         if (q + 1 < chunks) fetch(q + 1);
-        chunk_products<BM, KS, NI>(As, patch, pix0, tile.pw, acc);
+        chunk_products<Math, BM, KS, NI>(As, patch, pix0, tile.pw, acc);
         __syncthreads();  // the next chunk overwrites As and the patch
     }
 
@@ -204,7 +251,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi) {
                 const int m = m0 + m_w + 16 * mi + g + 8 * (r / 2);
-                if (m < s.oc) out.store(m, col, acc[mi][ni][r]);
+                if (m < s.oc) out.store(m, col, acc[mi][ni].get(r));
             }
         }
 }
@@ -215,42 +262,51 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float
 //
 // GEMM view: M = OC, N = (c, tap) over C·K², K = the N·OH·OW pixels, split
 // over gridDim.z (each split sums whole 128-pixel tiles into its own slab,
-// conv2d_sum_splits_f32 adds the slabs). The mma's k runs along pixels, so
-// its bf16 pairs are two neighbouring pixels of one row (OW even):
-//   A[oc][pair] = dY at pixels 2j, 2j + 1 of the tile    (contiguous in dY)
-//   B[pair][(c, tap)] = the patch at those pixels shifted by the tap: two
-//       neighbouring patch pixels, at an even or odd position (the tap's kw).
-// The patch is staged twice as bf16 pairs, from even and from odd positions,
-// so either is one aligned 32-bit shared load:
-//   pairs[0][c][q] = (P[c][2q], P[c][2q + 1]),  pairs[1][c][q] = (P[c][2q + 1], P[c][2q + 2]).
+// conv2d_sum_splits_f32 adds the slabs). The mma's k runs along pixels: a
+// word is one pixel (f32, m16n8k8 steps) or a bf16 pair of two neighbouring
+// pixels of one row (bf16, m16n8k16; OW even):
+//   A[oc][word] = dY at the word's pixels      (contiguous in dY)
+//   B[word][(c, tap)] = the patch at those pixels shifted by the tap.
+// At bf16 a shifted pair starts at an even or odd patch position (the tap's
+// kw), so the patch is staged twice, from even and from odd positions, and
+// either is one aligned 32-bit shared load:
+//   words[0][c][q] = (P[c][2q], P[c][2q + 1]),  words[1][c][q] = (P[c][2q + 1], P[c][2q + 2]);
+// at f32 once: words[0][c][q] = P[c][q]. dY is staged 64 words at a time
+// (one phase of a tile at bf16, two at f32).
 // Block tile: BM output channels × CT input channels (BM 64: CT 16; BM 32:
 // CT 32), all taps; warp w owns rows 16·(w % WARPS_M).. and K² n8 tiles.
-constexpr int WG_A_LD = BN / 2 + 4;  // words per dY row in shared (64 pairs + 4: conflict-free A fragments)
+constexpr int WG_PHASE = 64;             // dY words staged at a time
+constexpr int WG_A_LD = WG_PHASE + 4;    // words per dY row in shared (+4: conflict-free A fragments)
 constexpr int OUTSIDE = -2147483647 - 1;  // a patch column left or right of the image
 
-// The pair row length of the staged patch: ≥ pixels/2 + 1, and ≡ 4 (mod 8)
+// The staged patch's row (words per channel) for `pixels` patch pixels at
+// PER_WORD pixels a word: ≥ pixels/2 + 1 (pairs) or ≥ pixels, and ≡ 4 (mod 8)
 // so that 8 channels' rows start in distinct banks.
-__host__ __device__ constexpr int pair_row(int pixels) { return (pixels / 2 + 1 + 3) / 8 * 8 + 4; }
+__host__ __device__ constexpr int patch_row_words(int pixels, int per_word) {
+    return ((per_word == 2 ? pixels / 2 + 1 : pixels) + 3) / 8 * 8 + 4;
+}
 // The largest patch (pixels) the weight gradient stages: BM 32 blocks stage
 // twice the channels, so they take smaller patches (48 KB of shared memory).
 __host__ __device__ constexpr int wg_patch_max(int bm) { return bm == 64 ? PATCH_MAX : 256; }
 
-template <int BM, int KS>
+template <class Math, int BM, int KS>
 __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, const float* x, const conv::Shape& s,
                                             int tiles_per_split) {
     constexpr int KK = KS * KS;
+    constexpr int PER_WORD = Math::PER_WORD;        // pixels per word
+    constexpr int TILE_WORDS = BN / PER_WORD;       // words of pixels per tile
     constexpr int CT = BM == 64 ? 16 : 32;          // input channels per block
     constexpr int WARPS_M = BM / 16, WARPS_N = 8 / WARPS_M;
     constexpr int NT = CT * KK / 8 / WARPS_N;       // n8 tiles per warp (= K²)
     constexpr int PX_MAX = wg_patch_max(BM);
-    constexpr int CS = pair_row(PX_MAX);            // patch pair row, for the largest patch
-    __shared__ unsigned int a_tile[BM * WG_A_LD];   // dY pairs [oc][pair]
-    __shared__ unsigned int pairs[2 * CT * CS];     // [parity][c][q]
+    constexpr int CS = patch_row_words(PX_MAX, PER_WORD);
+    __shared__ unsigned int a_tile[BM * WG_A_LD];   // dY words [oc][word] of one phase
+    __shared__ unsigned int words[PER_WORD * CT * CS];  // [parity][c][q]
     __shared__ int patch_src[PX_MAX];               // patch pixel → offset from (img0, oh0) (negative in the top
                                                     // halo), OUTSIDE past the left or right edge
     __shared__ int patch_row[PX_MAX];               // patch pixel → (segment, input row relative to oh0)
-    __shared__ int pair_src[BN / 2];                // tile pixel pair → dY offset of pixel 2j from (img0, oh0)
-    __shared__ int pair_patch[BN / 2];              // tile pixel pair → its patch pixel for tap (0, 0), halved
+    __shared__ int word_src[TILE_WORDS];            // tile word → dY offset of its first pixel from (img0, oh0)
+    __shared__ int word_patch[TILE_WORDS];          // tile word → its first pixel's patch pixel for tap (0, 0), / PER_WORD
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
@@ -269,11 +325,11 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
         patch_src[i] = ix >= 0 && ix < s.w ? seg * s.c * HW + (pr - s.pad) * s.w + ix : OUTSIDE;
         patch_row[i] = seg << 16 | pr;
     }
-    for (int j = tid; j < BN / 2; j += THREADS) {
-        const int n = 2 * j, seg = n / tile.seg_pix, local = n - seg * tile.seg_pix;
+    for (int j = tid; j < TILE_WORDS; j += THREADS) {
+        const int n = PER_WORD * j, seg = n / tile.seg_pix, local = n - seg * tile.seg_pix;
         const int r = local / s.ow, col = local - r * s.ow;
-        pair_src[j] = seg * s.oc * P + local;
-        pair_patch[j] = ((seg * tile.seg_rows + r) * tile.pw + col) / 2;  // even: OW and col are even
+        word_src[j] = seg * s.oc * P + local;
+        word_patch[j] = ((seg * tile.seg_rows + r) * tile.pw + col) / PER_WORD;  // even at bf16: OW and col are
     }
 
     // This lane's B columns: n8 tile nt = warp_n·NT + ni, column 8·nt + g = (c, tap).
@@ -283,37 +339,23 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
     for (int ni = 0; ni < NT; ++ni) {
         const int col = 8 * (warp_n * NT + ni) + g, c = col / KK, tap = col % KK;
         const int shift = (tap / KS) * tile.pw + tap % KS;
-        col_off[ni] = ((shift & 1) * CT + c) * CS + (shift >> 1);
+        col_off[ni] = ((shift % PER_WORD) * CT + c) * CS + shift / PER_WORD;
     }
-    float acc[NT][4];
+    typename Step<Math>::Acc acc[NT];
 #pragma unroll
-    for (int ni = 0; ni < NT; ++ni)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) acc[ni][r] = 0.0f;
+    for (int ni = 0; ni < NT; ++ni) acc[ni].zero();
     __syncthreads();
 
     for (int tl = tile_begin; tl < tile_end; ++tl) {
         const int n0 = tl * BN, img0 = n0 / P, oh0 = (n0 - img0 * P) / s.ow;
-        // dY pairs: a_tile[oc][j] = (dY at tile pixels 2j, 2j + 1), 0 past the batch or OC
-        for (int e = tid; e < BM * (BN / 2); e += THREADS) {
-            const int oc = e / (BN / 2), j = e - oc * (BN / 2);
-            const int img = img0 + pair_src[j] / (s.oc * P);
-            float lo = 0.0f, hi = 0.0f;
-            if (m0 + oc < s.oc && img < s.n) {
-                const float* at = dy + (size_t)img0 * s.oc * P + oh0 * s.ow + pair_src[j] + (m0 + oc) * P;
-                lo = at[0];
-                hi = at[1];
-            }
-            a_tile[oc * WG_A_LD + j] = mma::bf16_pair(lo, hi);
-        }
-        // the patch of channels c0.., as pairs from even and odd positions
-        const int half = tile.pixels / 2 + 1;
-        for (int e = tid; e < CT * half; e += THREADS) {
-            const int c = e / half, q = e - c * half;
-            float v[3];
+        // the patch of channels c0.. (0 outside the image, past the batch or past C)
+        const int row_items = PER_WORD == 2 ? tile.pixels / 2 + 1 : tile.pixels;
+        for (int e = tid; e < CT * row_items; e += THREADS) {
+            const int c = e / row_items, q = e - c * row_items;
+            float v[PER_WORD + 1];
 #pragma unroll
-            for (int k = 0; k < 3; ++k) {
-                const int i = 2 * q + k;
+            for (int k = 0; k <= PER_WORD; ++k) {
+                const int i = PER_WORD * q + k;
                 v[k] = 0.0f;
                 if (i < tile.pixels && c0 + c < s.c && patch_src[i] != OUTSIDE) {
                     const int seg = patch_row[i] >> 16, iy = oh0 - s.pad + (patch_row[i] & 0xffff);
@@ -321,26 +363,45 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
                         v[k] = x[(size_t)img0 * s.c * HW + (size_t)(c0 + c) * HW + oh0 * s.w + patch_src[i]];
                 }
             }
-            pairs[c * CS + q] = mma::bf16_pair(v[0], v[1]);
-            pairs[(CT + c) * CS + q] = mma::bf16_pair(v[1], v[2]);
-        }
-        __syncthreads();
-#pragma unroll 2
-        for (int ks = 0; ks < BN / 16; ++ks) {
-            const int j0 = 8 * ks + t;  // pairs 2t.. of this k16 step: pixel pairs j0 and j0 + 4
-            const unsigned int* ar = a_tile + (m_w + g) * WG_A_LD;
-            const unsigned int a[4] = {ar[j0], ar[8 * WG_A_LD + j0], ar[j0 + 4], ar[8 * WG_A_LD + j0 + 4]};
-            const int q0 = pair_patch[j0], q1 = pair_patch[j0 + 4];
 #pragma unroll
-            for (int ni = 0; ni < NT; ++ni) {
-                const unsigned int b[2] = {pairs[col_off[ni] + q0], pairs[col_off[ni] + q1]};
-                mma::mma_bf16(acc[ni], a, b);
+            for (int parity = 0; parity < PER_WORD; ++parity) {
+                float w[PER_WORD];
+#pragma unroll
+                for (int k = 0; k < PER_WORD; ++k) w[k] = v[parity + k];
+                words[(parity * CT + c) * CS + q] = word_bits(Math::pack(w));
             }
         }
-        __syncthreads();  // the next tile overwrites the staged operands
+        for (int phase = 0; phase < TILE_WORDS / WG_PHASE; ++phase) {
+            // dY words of this phase: a_tile[oc][j] = dY at word phase·64 + j (0 past the batch or OC)
+            for (int e = tid; e < BM * WG_PHASE; e += THREADS) {
+                const int oc = e / WG_PHASE, j = e - oc * WG_PHASE, src = word_src[phase * WG_PHASE + j];
+                const int img = img0 + src / (s.oc * P);
+                float v[PER_WORD];
+#pragma unroll
+                for (int k = 0; k < PER_WORD; ++k) v[k] = 0.0f;
+                if (m0 + oc < s.oc && img < s.n) {
+                    const float* at = dy + (size_t)img0 * s.oc * P + oh0 * s.ow + src + (m0 + oc) * P;
+#pragma unroll
+                    for (int k = 0; k < PER_WORD; ++k) v[k] = at[k];
+                }
+                a_tile[oc * WG_A_LD + j] = word_bits(Math::pack(v));
+            }
+            __syncthreads();
+#pragma unroll 2
+            for (int ks = 0; ks < WG_PHASE / 8; ++ks) {
+                const int j0 = 8 * ks + t;  // this lane's k words j0 and j0 + 4 of the step
+                const unsigned int* ar = a_tile + (m_w + g) * WG_A_LD;
+                const typename Step<Math>::A a =
+                    Step<Math>::prep(uint4{ar[j0], ar[8 * WG_A_LD + j0], ar[j0 + 4], ar[8 * WG_A_LD + j0 + 4]});
+                const int q0 = word_patch[phase * WG_PHASE + j0], q1 = word_patch[phase * WG_PHASE + j0 + 4];
+#pragma unroll
+                for (int ni = 0; ni < NT; ++ni) Step<Math>::mma(acc[ni], a, words[col_off[ni] + q0], words[col_off[ni] + q1]);
+            }
+            __syncthreads();  // the next phase or tile overwrites the staged operands
+        }
     }
 
-    // acc[ni][r]: row m0 + m_w + g + 8(r/2), column 8·nt + 2t + r%2 = (c, tap)
+    // acc[ni]: row m0 + m_w + g + 8(r/2), column 8·nt + 2t + r%2 = (c, tap)
     float* slab = dw_part + (size_t)blockIdx.z * s.oc * s.c * KK;
 #pragma unroll
     for (int ni = 0; ni < NT; ++ni)
@@ -348,84 +409,141 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
         for (int r = 0; r < 4; ++r) {
             const int m = m0 + m_w + g + 8 * (r / 2);
             const int col = 8 * (warp_n * NT + ni) + 2 * t + r % 2, c = c0 + col / KK, tap = col % KK;
-            if (m < s.oc && c < s.c) slab[((size_t)m * s.c + c) * KK + tap] = acc[ni][r];
+            if (m < s.oc && c < s.c) slab[((size_t)m * s.c + c) * KK + tap] = acc[ni].get(r);
         }
 }
 
 }  // namespace same
 
-// Packs W [OC, C, K, K] for the kernels below, as documented at the top. The
+namespace same {
+
+// Packs W [OC, C, K, K] for forward<Math>, as documented at the top. The
 // GEMM's rows m < M and channels c < CG are, for the forward (flip = 0):
 //   A[m, c, tap] = W[m, c, tap]                 (M = OC, CG = C)
 // and for the input gradient (flip = 1):
 //   A[m, c, tap] = W[c, m, K² − 1 − tap]        (M = C, CG = OC)
-// wp holds ⌈CG/16⌉ chunks × ⌈M/64⌉·4 row blocks × K² taps × 32 lanes × 4 words.
-extern "C" __global__ void conv2d_pack_same_bf16(unsigned int* wp, const float* w, int M, int CG, int ks, int flip) {
+// wp holds ⌈CG/chunk⌉ chunks × ⌈M/64⌉·4 row blocks × K² taps × 32 lanes × 4 words.
+template <class Math>
+__device__ __forceinline__ void pack(unsigned int* wp, const float* w, int M, int CG, int ks, int flip) {
+    constexpr int PER_WORD = Math::PER_WORD;
     const int kk = ks * ks;
-    const int m_blocks = (M + same::M_ALIGN - 1) / same::M_ALIGN * (same::M_ALIGN / 16);
-    const int chunks = (CG + 2 * same::PAIRS - 1) / (2 * same::PAIRS);
+    const int m_blocks = (M + M_ALIGN - 1) / M_ALIGN * (M_ALIGN / 16);
+    const int chunks = (CG + PAIRS * PER_WORD - 1) / (PAIRS * PER_WORD);
     const int len = chunks * m_blocks * kk * 128;
     for (int idx = global_index(); idx < len; idx += grid_stride()) {
         const int r = idx % 4, lane = idx / 4 % 32;
         const int rest = idx / 128;  // (chunk·m_blocks + mb)·kk + tap
         const int tap = rest % kk, mb = rest / kk % m_blocks, chunk = rest / kk / m_blocks;
         const int m = 16 * mb + lane / 4 + 8 * (r & 1);
-        const int c = 2 * (same::PAIRS * chunk + lane % 4 + 4 * (r >> 1));
-        float v[2] = {0.0f, 0.0f};
-        for (int e = 0; e < 2; ++e) {
+        const int c = PER_WORD * (PAIRS * chunk + lane % 4 + 4 * (r >> 1));
+        float v[PER_WORD];
+#pragma unroll
+        for (int e = 0; e < PER_WORD; ++e) {
+            v[e] = 0.0f;
             if (m >= M || c + e >= CG) continue;
             v[e] = flip ? w[((c + e) * M + m) * kk + (kk - 1 - tap)] : w[(m * CG + c + e) * kk + tap];
         }
-        wp[idx] = mma::bf16_pair(v[0], v[1]);
+        wp[idx] = word_bits(Math::pack(v));
     }
 }
 
+}  // namespace same
+
+extern "C" __global__ void conv2d_pack_same_f32(unsigned int* wp, const float* w, int M, int CG, int ks, int flip) {
+    same::pack<mma::Tf32x3>(wp, w, M, CG, ks, flip);
+}
+extern "C" __global__ void conv2d_pack_same_bf16(unsigned int* wp, const float* w, int M, int CG, int ks, int flip) {
+    same::pack<mma::Bf16>(wp, w, M, CG, ks, flip);
+}
+
 // y [N, OC, OH, OW] = same-conv(x [N, C, H, W]) + bias + sample_bias + residual
-// (each may be null) with the weights packed by conv2d_pack_same_bf16 (flip 0).
-// For the input gradient: y = dX, x = dY, the shape with C ↔ OC, H ↔ OH,
-// W ↔ OW swapped, weights packed with flip 1, no epilogue.
+// (each may be null) with the weights packed by conv2d_pack_same_<precision>
+// (flip 0): _f32 at f32 accuracy (3xTF32), _bf16 with bf16 operands. For the
+// input gradient: y = dX, x = dY, the shape with C ↔ OC, H ↔ OH, W ↔ OW
+// swapped, weights packed with flip 1, no epilogue.
 // Grid (⌈N·OH·OW/128⌉, ⌈OC/BM⌉), 256 threads.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_m32_k1(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                              const float* residual, conv::Shape s) {
+    same::forward<mma::Tf32x3, 32, 1>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_m32_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                              const float* residual, conv::Shape s) {
+    same::forward<mma::Tf32x3, 32, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_m64_k1(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                              const float* residual, conv::Shape s) {
+    same::forward<mma::Tf32x3, 64, 1>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_m64_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                              const float* residual, conv::Shape s) {
+    same::forward<mma::Tf32x3, 64, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_m32_k1(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                               const float* residual, conv::Shape s) {
-    same::forward<32, 1>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+    same::forward<mma::Bf16, 32, 1>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_m32_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                               const float* residual, conv::Shape s) {
-    same::forward<32, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+    same::forward<mma::Bf16, 32, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_m64_k1(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                               const float* residual, conv::Shape s) {
-    same::forward<64, 1>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+    same::forward<mma::Bf16, 64, 1>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_m64_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                               const float* residual, conv::Shape s) {
-    same::forward<64, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+    same::forward<mma::Bf16, 64, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
 }
 
-// Partial weight gradients dw_part [splits, OC, C, K, K] of a same conv (OW
-// even): split z = blockIdx.z sums 128-pixel tiles [z·tiles_per_split, …).
-// Grid (⌈C/CT⌉, ⌈OC/BM⌉, splits), 256 threads; CT = 16 for BM 64, 32 for BM 32.
+// Partial weight gradients dw_part [splits, OC, C, K, K] of a same conv
+// (OW even at bf16): split z = blockIdx.z sums 128-pixel tiles
+// [z·tiles_per_split, …). Grid (⌈C/CT⌉, ⌈OC/BM⌉, splits), 256 threads;
+// CT = 16 for BM 64, 32 for BM 32.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_weight_grad_f32_m32_k1(float* dw_part, const float* dy, const float* x, conv::Shape s,
+                                          int tiles_per_split) {
+    same::weight_grad<mma::Tf32x3, 32, 1>(dw_part, dy, x, s, tiles_per_split);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_weight_grad_f32_m32_k3(float* dw_part, const float* dy, const float* x, conv::Shape s,
+                                          int tiles_per_split) {
+    same::weight_grad<mma::Tf32x3, 32, 3>(dw_part, dy, x, s, tiles_per_split);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_weight_grad_f32_m64_k1(float* dw_part, const float* dy, const float* x, conv::Shape s,
+                                          int tiles_per_split) {
+    same::weight_grad<mma::Tf32x3, 64, 1>(dw_part, dy, x, s, tiles_per_split);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_weight_grad_f32_m64_k3(float* dw_part, const float* dy, const float* x, conv::Shape s,
+                                          int tiles_per_split) {
+    same::weight_grad<mma::Tf32x3, 64, 3>(dw_part, dy, x, s, tiles_per_split);
+}
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_weight_grad_bf16_m32_k1(float* dw_part, const float* dy, const float* x, conv::Shape s,
                                           int tiles_per_split) {
-    same::weight_grad<32, 1>(dw_part, dy, x, s, tiles_per_split);
+    same::weight_grad<mma::Bf16, 32, 1>(dw_part, dy, x, s, tiles_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_weight_grad_bf16_m32_k3(float* dw_part, const float* dy, const float* x, conv::Shape s,
                                           int tiles_per_split) {
-    same::weight_grad<32, 3>(dw_part, dy, x, s, tiles_per_split);
+    same::weight_grad<mma::Bf16, 32, 3>(dw_part, dy, x, s, tiles_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_weight_grad_bf16_m64_k1(float* dw_part, const float* dy, const float* x, conv::Shape s,
                                           int tiles_per_split) {
-    same::weight_grad<64, 1>(dw_part, dy, x, s, tiles_per_split);
+    same::weight_grad<mma::Bf16, 64, 1>(dw_part, dy, x, s, tiles_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_weight_grad_bf16_m64_k3(float* dw_part, const float* dy, const float* x, conv::Shape s,
                                           int tiles_per_split) {
-    same::weight_grad<64, 3>(dw_part, dy, x, s, tiles_per_split);
+    same::weight_grad<mma::Bf16, 64, 3>(dw_part, dy, x, s, tiles_per_split);
 }

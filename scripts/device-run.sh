@@ -79,10 +79,13 @@ parity)
     ;;
 kernels)
     step bench_kernels 90 "$md" bench kernels --device cuda --iters 20 --json
+    # the same UNet shapes through the generic implicit GEMM only (A/B of kernels/conv2d_same.cu)
+    MINIDIFFUSION_CONV=generic step bench_kernels_generic 60 "$md" bench kernels --device cuda --iters 20 --json --only conv2d
     step torch_kernels 90 python3 "$here/bench_torch_kernels.py" --iters 20
     ;;
 kernels_bf16)
     step bench_kernels_bf16 90 "$md" bench kernels --device cuda --iters 20 --json --precision bf16
+    MINIDIFFUSION_CONV=generic step bench_kernels_bf16_generic 60 "$md" bench kernels --device cuda --iters 20 --json --precision bf16 --only conv2d
     step torch_kernels_bf16 90 python3 "$here/bench_torch_kernels.py" --iters 20 --precision bf16
     ;;
 ours_bf16)

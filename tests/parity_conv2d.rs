@@ -120,32 +120,44 @@ fn conv2d_bf16_parity() {
     parity_check("bf16_k1", &[&[2, 17, 5, 7], &[5, 17, 1, 1]], |t| bf16(&|| conv2d(&t[0], &t[1], None, p0)), ParityTol::TENSOR_CORE);
 }
 
-/// kernels/conv2d_same.cu (bf16, stride-1 1×1 and 3×3 same convs: a staged
-/// input patch per 16-channel chunk, weights packed in fragment order) for
-/// the forward and, with the weight transposed and flipped, the input
-/// gradient, against the CPU twin at bf16. Geometries: tiles of whole rows of
-/// one image (16×16, 32×32, 8×16) and of several whole images (4×4: 8 a tile;
-/// 8×8: 2 a tile) with the batch ending inside a tile; channel counts that
-/// leave the last chunk partial (17, 20, 33) and output channels past one
-/// 64-row block (70) or under 32 (8); every epilogue term. The unit test
+/// kernels/conv2d_same.cu (stride-1 1×1 and 3×3 same convs: a staged input
+/// patch per channel chunk, weights packed in fragment order) for the forward
+/// and, with the weight transposed and flipped, the input gradient; at bf16
+/// also the weight gradient (pixel pairs along k). Against the CPU twin at
+/// the same precision. Geometries: tiles of whole rows of one image (16×16,
+/// 32×32, 8×16) and of several whole images (4×4: 8 a tile; 8×8: 2 a tile)
+/// with the batch ending inside a tile; channel counts that leave the last
+/// chunk partial (5, 17, 20, 33) and output channels past one 64-row block
+/// (70) or under 32 (8); every epilogue term. The unit test
 /// `same_conv_takes_the_unet_shapes` (ops/conv2d/cuda.rs) checks that these
-/// shapes take this kernel.
-#[test]
-fn conv2d_same_bf16_parity() {
-    use minidiffusion::ops::{ConvAdd, Precision, conv2d_fused, with_precision};
-    let bf16 = |f: &dyn Fn() -> minidiffusion::Result<minidiffusion::Tensor>| {
-        let _p = with_precision(Precision::Bf16);
+/// shapes take these kernels.
+fn same_conv_parity(precision: minidiffusion::ops::Precision) {
+    use minidiffusion::ops::{ConvAdd, conv2d_fused, with_precision};
+    let at = |f: &dyn Fn() -> minidiffusion::Result<minidiffusion::Tensor>| {
+        let _p = with_precision(precision);
         f()
     };
+    let name = |case: &str| format!("{precision}_{case}");
     let (same3, same1) = (Conv2dParams { stride: 1, padding: 1 }, Conv2dParams { stride: 1, padding: 0 });
     parity_check(
-        "same_k3_16x16_fused",
+        &name("same_k3_16x16_fused"),
         &[&[2, 20, 16, 16], &[40, 20, 3, 3], &[40], &[2, 40], &[2, 40, 16, 16]],
-        |t| bf16(&|| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) }, same3)),
+        |t| at(&|| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) }, same3)),
         ParityTol::TENSOR_CORE,
     );
-    parity_check("same_k3_32x32", &[&[1, 16, 32, 32], &[32, 16, 3, 3], &[32]], |t| bf16(&|| conv2d(&t[0], &t[1], Some(&t[2]), same3)), ParityTol::TENSOR_CORE);
-    parity_check("same_k3_8x16", &[&[2, 5, 8, 16], &[6, 5, 3, 3]], |t| bf16(&|| conv2d(&t[0], &t[1], None, same3)), ParityTol::TENSOR_CORE);
-    parity_check("same_k3_4x4_images", &[&[3, 17, 4, 4], &[8, 17, 3, 3], &[8]], |t| bf16(&|| conv2d(&t[0], &t[1], Some(&t[2]), same3)), ParityTol::TENSOR_CORE);
-    parity_check("same_k1_8x8_images", &[&[3, 33, 8, 8], &[70, 33, 1, 1], &[70]], |t| bf16(&|| conv2d(&t[0], &t[1], Some(&t[2]), same1)), ParityTol::TENSOR_CORE);
+    let tol = ParityTol::TENSOR_CORE;
+    parity_check(&name("same_k3_32x32"), &[&[1, 16, 32, 32], &[32, 16, 3, 3], &[32]], |t| at(&|| conv2d(&t[0], &t[1], Some(&t[2]), same3)), tol);
+    parity_check(&name("same_k3_8x16"), &[&[2, 5, 8, 16], &[6, 5, 3, 3]], |t| at(&|| conv2d(&t[0], &t[1], None, same3)), tol);
+    parity_check(&name("same_k3_4x4_images"), &[&[3, 17, 4, 4], &[8, 17, 3, 3], &[8]], |t| at(&|| conv2d(&t[0], &t[1], Some(&t[2]), same3)), tol);
+    parity_check(&name("same_k1_8x8_images"), &[&[3, 33, 8, 8], &[70, 33, 1, 1], &[70]], |t| at(&|| conv2d(&t[0], &t[1], Some(&t[2]), same1)), tol);
+}
+
+#[test]
+fn conv2d_same_f32_parity() {
+    same_conv_parity(minidiffusion::ops::Precision::F32);
+}
+
+#[test]
+fn conv2d_same_bf16_parity() {
+    same_conv_parity(minidiffusion::ops::Precision::Bf16);
 }
