@@ -17,6 +17,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// SASS targets by default; `MINIDIFFUSION_CUDA_ARCHS=90` (a comma list)
+/// builds only those, with PTX of the first (scripts/device-prepare.sh: the
+/// H100/H200 bundle must fit the device tool's carry limit).
 const ARCHS: [&str; 4] = ["80", "86", "89", "90"];
 
 fn main() {
@@ -24,7 +27,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let kernel_dir = root.join("kernels");
     println!("cargo:rerun-if-changed=kernels");
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "MINIDIFFUSION_REQUIRE_NVCC"] {
+    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "MINIDIFFUSION_REQUIRE_NVCC", "MINIDIFFUSION_CUDA_ARCHS"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
 
@@ -123,10 +126,17 @@ fn find_nvcc() -> Option<PathBuf> {
 fn compile_fatbin(nvcc: &Path, unit: &Path, include: &Path, fatbin: &Path) -> Result<(), String> {
     let mut cmd = Command::new(nvcc);
     cmd.args(["--fatbin", "-O3", "-std=c++17", "-Werror", "all-warnings", "-Xptxas", "-Werror"]).arg("-I").arg(include);
-    for arch in ARCHS {
+    let archs: Vec<String> = match env::var("MINIDIFFUSION_CUDA_ARCHS") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').map(|a| a.trim().to_string()).collect(),
+        _ => ARCHS.iter().map(|a| a.to_string()).collect(),
+    };
+    if let Some(bad) = archs.iter().find(|a| a.is_empty() || !a.chars().all(|c| c.is_ascii_digit())) {
+        return Err(format!("MINIDIFFUSION_CUDA_ARCHS: '{bad}' is not a compute capability like 90"));
+    }
+    for arch in &archs {
         cmd.arg(format!("-gencode=arch=compute_{arch},code=sm_{arch}"));
     }
-    cmd.arg("-gencode=arch=compute_80,code=compute_80");
+    cmd.arg(format!("-gencode=arch=compute_{0},code=compute_{0}", archs[0]));
     cmd.arg("-o").arg(fatbin).arg(unit);
     let output = cmd.output().map_err(|e| format!("{}: {e}", nvcc.display()))?;
     if output.status.success() && output.stderr.is_empty() {
