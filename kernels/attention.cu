@@ -148,9 +148,141 @@ extern "C" __global__ void __launch_bounds__(128)
         if (c < dv) ob[(long long)c * lq + i] = acc[c] * inv;
 }
 
-// P = e^(scale·S − lse) row-wise, in place: the probabilities of the fused
-// forward recomputed for backward from S = Q·Kᵀ (unscaled) and the saved
-// log-sum-exp. s is [n / cols, cols].
-extern "C" __global__ void attention_probs_from_lse_f32(float* s, const float* lse, int n, int cols, float scale) {
-    for (int e = global_index(); e < n; e += grid_stride()) s[e] = expf(scale * s[e] - lse[e / cols]);
+// ---- Fused training backward (Columns layout, D, Dv ≤ 32), no P ----
+//
+// From Q, K, V, dO and each query's log-sum-exp L_i (the forward's), with
+//   P_ij = e^(s_ij − L_i),  s_ij = scale·Σ_d Q[d,i] K[d,j],  dP_ij = Σ_c dO[c,i] V[c,j],
+//   δ_i = Σ_j P_ij dP_ij  (= Σ_c dO[c,i] O[c,i]),  dS_ij = scale·P_ij (dP_ij − δ_i):
+//   dQ[:, i] = Σ_j dS_ij K[:, j],  dK[:, j] = Σ_i dS_ij Q[:, i],  dV[:, j] = Σ_i P_ij dO[:, i]
+// in two kernels that recompute P_ij on the fly (flash attention's backward,
+// one sequence position per thread): by query (δ and dQ: two passes over the
+// keys, staged 64 at a time), then by key (dK and dV: one pass over the
+// queries, staged 64 at a time with their L and δ). Nothing of size Lq·Lk is
+// written: the GEMM path wrote P, dP and dS, each [batch, Lq, Lk].
+
+namespace attention {
+
+// Σ_c a[c]·staged[c][jj] over the first n of MAX_HEAD registers.
+__device__ __forceinline__ float staged_dot(const float* a, const float* staged, int jj, int n) {
+    float s = 0.0f;
+#pragma unroll
+    for (int c = 0; c < MAX_HEAD; ++c)
+        if (c < n) s = fmaf(a[c], staged[c * KEY_CHUNK + jj], s);
+    return s;
+}
+
+}  // namespace attention
+
+// δ [batch, Lq] and dQ [batch, D, Lq], one query per thread.
+// grid = (⌈Lq/128⌉, batch), block = 128.
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_backward_query_f32(float* dq, float* delta, const float* q, const float* k, const float* v,
+                                         const float* d_o, const float* lse, int lq, int lk, int d, int dv, float scale) {
+    using namespace attention;
+    __shared__ float ks[MAX_HEAD * KEY_CHUNK];
+    __shared__ float vs[MAX_HEAD * KEY_CHUNK];
+    const long long b = blockIdx.y;
+    const int i = (int)blockIdx.x * QUERY_THREADS + (int)threadIdx.x;
+    const bool live = i < lq;
+    const float* kb = k + b * d * lk;
+    const float* vb = v + b * dv * lk;
+    float qr[MAX_HEAD], dor[MAX_HEAD], acc[MAX_HEAD];
+#pragma unroll
+    for (int c = 0; c < MAX_HEAD; ++c) {
+        qr[c] = (c < d && live) ? scale * q[(b * d + c) * lq + i] : 0.0f;
+        dor[c] = (c < dv && live) ? d_o[(b * dv + c) * lq + i] : 0.0f;
+        acc[c] = 0.0f;
+    }
+    const float li = live ? lse[b * lq + i] : 0.0f;
+    float di = 0.0f;
+    // pass 0: δ_i = Σ_j P_ij dP_ij; pass 1: dQ_i += P_ij (dP_ij − δ_i) K_j
+    for (int pass = 0; pass < 2; ++pass) {
+        for (int j0 = 0; j0 < lk; j0 += KEY_CHUNK) {
+            const int n = min(KEY_CHUNK, lk - j0);
+            __syncthreads();  // the previous chunk is no longer read
+            for (int t = threadIdx.x; t < d * KEY_CHUNK; t += QUERY_THREADS) {
+                const int c = t / KEY_CHUNK, jj = t - c * KEY_CHUNK;
+                ks[t] = jj < n ? kb[(long long)c * lk + j0 + jj] : 0.0f;
+            }
+            for (int t = threadIdx.x; t < dv * KEY_CHUNK; t += QUERY_THREADS) {
+                const int c = t / KEY_CHUNK, jj = t - c * KEY_CHUNK;
+                vs[t] = jj < n ? vb[(long long)c * lk + j0 + jj] : 0.0f;
+            }
+            __syncthreads();
+            for (int jj = 0; jj < n; ++jj) {
+                const float p = expf(staged_dot(qr, ks, jj, d) - li);
+                const float dp = staged_dot(dor, vs, jj, dv);
+                if (pass == 0) {
+                    di = fmaf(p, dp, di);
+                } else {
+                    const float ds = p * (dp - di);
+#pragma unroll
+                    for (int c = 0; c < MAX_HEAD; ++c)
+                        if (c < d) acc[c] = fmaf(ds, ks[c * KEY_CHUNK + jj], acc[c]);
+                }
+            }
+        }
+    }
+    if (!live) return;
+    delta[b * lq + i] = di;
+#pragma unroll
+    for (int c = 0; c < MAX_HEAD; ++c)
+        if (c < d) dq[(b * d + c) * lq + i] = scale * acc[c];
+}
+
+// dK [batch, D, Lk] and dV [batch, Dv, Lk], one key per thread, from δ of
+// attention_columns_backward_query_f32. grid = (⌈Lk/128⌉, batch), block = 128.
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_backward_key_f32(float* dk, float* dvv, const float* q, const float* k, const float* v,
+                                       const float* d_o, const float* lse, const float* delta, int lq, int lk, int d,
+                                       int dv, float scale) {
+    using namespace attention;
+    __shared__ float qs[MAX_HEAD * KEY_CHUNK];   // scale·Q of 64 queries
+    __shared__ float dos[MAX_HEAD * KEY_CHUNK];  // their dO
+    __shared__ float ls[KEY_CHUNK], deltas[KEY_CHUNK];
+    const long long b = blockIdx.y;
+    const int j = (int)blockIdx.x * QUERY_THREADS + (int)threadIdx.x;
+    const bool live = j < lk;
+    const float* qb = q + b * d * lq;
+    const float* dob = d_o + b * dv * lq;
+    float kr[MAX_HEAD], vr[MAX_HEAD], dk_acc[MAX_HEAD], dv_acc[MAX_HEAD];
+#pragma unroll
+    for (int c = 0; c < MAX_HEAD; ++c) {
+        kr[c] = (c < d && live) ? k[(b * d + c) * lk + j] : 0.0f;
+        vr[c] = (c < dv && live) ? v[(b * dv + c) * lk + j] : 0.0f;
+        dk_acc[c] = dv_acc[c] = 0.0f;
+    }
+    for (int i0 = 0; i0 < lq; i0 += KEY_CHUNK) {
+        const int n = min(KEY_CHUNK, lq - i0);
+        __syncthreads();  // the previous chunk is no longer read
+        for (int t = threadIdx.x; t < d * KEY_CHUNK; t += QUERY_THREADS) {
+            const int c = t / KEY_CHUNK, ii = t - c * KEY_CHUNK;
+            qs[t] = ii < n ? scale * qb[(long long)c * lq + i0 + ii] : 0.0f;
+        }
+        for (int t = threadIdx.x; t < dv * KEY_CHUNK; t += QUERY_THREADS) {
+            const int c = t / KEY_CHUNK, ii = t - c * KEY_CHUNK;
+            dos[t] = ii < n ? dob[(long long)c * lq + i0 + ii] : 0.0f;
+        }
+        for (int ii = threadIdx.x; ii < KEY_CHUNK; ii += QUERY_THREADS) {
+            ls[ii] = ii < n ? lse[b * lq + i0 + ii] : 0.0f;
+            deltas[ii] = ii < n ? delta[b * lq + i0 + ii] : 0.0f;
+        }
+        __syncthreads();
+        for (int ii = 0; ii < n; ++ii) {
+            const float p = expf(staged_dot(kr, qs, ii, d) - ls[ii]);  // s_ij: qs holds scale·Q
+            const float dp = staged_dot(vr, dos, ii, dv);
+            const float ds = p * (dp - deltas[ii]);
+#pragma unroll
+            for (int c = 0; c < MAX_HEAD; ++c) {
+                if (c < dv) dv_acc[c] = fmaf(p, dos[c * KEY_CHUNK + ii], dv_acc[c]);
+                if (c < d) dk_acc[c] = fmaf(ds, qs[c * KEY_CHUNK + ii], dk_acc[c]);
+            }
+        }
+    }
+    if (!live) return;
+#pragma unroll
+    for (int c = 0; c < MAX_HEAD; ++c) {
+        if (c < d) dk[(b * d + c) * lk + j] = dk_acc[c];  // qs held scale·Q: dK = scale·Σ_i P (dP − δ) Q
+        if (c < dv) dvv[(b * dv + c) * lk + j] = dv_acc[c];
+    }
 }

@@ -94,14 +94,22 @@ fn fused_inference_attention_parity() {
 fn fused_training_attention_parity() {
     // with grad, the Columns layout at D, Dv ≤ 32 keeps only the rows'
     // log-sum-exp (attention_columns_infer_f32 writes it) and backward
-    // recomputes P (attention_probs_from_lse_f32): forward and all three
-    // gradients against the CPU twin; Lq = 130 (two query blocks), Lk = 70
-    // (two key chunks)
+    // recomputes P on the fly (attention_columns_backward_query_f32 for δ and
+    // dQ, attention_columns_backward_key_f32 for dK and dV): forward and all
+    // three gradients against the CPU twin. Lq = 130: two query blocks, three
+    // staged query chunks; Lk = 70: two staged key chunks
     let scale = 1.0 / 8f32.sqrt();
     parity_check(
         "attention_columns_fused_training",
         &[&[2, 2, 8, 130], &[2, 2, 8, 70], &[2, 2, 5, 70]],
         |x| ops::attention_columns(&x[0], &x[1], &x[2], scale),
+        ParityTol::REDUCTION,
+    );
+    // Lk = 150: two key blocks; D = 20, Dv = 32 (the register limit)
+    parity_check(
+        "attention_columns_fused_training_wide",
+        &[&[1, 2, 20, 70], &[1, 2, 20, 150], &[1, 2, 32, 150]],
+        |x| ops::attention_columns(&x[0], &x[1], &x[2], 0.3),
         ParityTol::REDUCTION,
     );
     // D = 40 > 32: the GEMM path keeps P

@@ -89,9 +89,11 @@ fn fused_forward(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, sca
     Ok((o, lse))
 }
 
-/// [`backward`] from the saved log-sum-exp of [`forward_lse`]: P recomputed
-/// as e^(scale·Q·Kᵀ − L) (one GEMM and one elementwise pass) into the buffer
-/// backward would otherwise have kept since the forward.
+/// (dQ, dK, dV) from the saved log-sum-exp of [`forward_lse`] (requires
+/// [`fused`]) by the fused backward kernels: P is recomputed on the fly, one
+/// query per thread for δ and dQ, then one key per thread for dK and dV;
+/// nothing of size [batch, Lq, Lk] is written (the GEMM path [`backward`]
+/// writes P, dP and dS).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_lse(
     q: &CudaBuffer,
@@ -100,19 +102,25 @@ pub fn backward_lse(
     lse: &CudaBuffer,
     d_o: &CudaBuffer,
     dims: Dims,
-    layout: Layout,
     scale: f32,
 ) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
-    let Dims { batch, lq, lk, d, .. } = dims;
+    let Dims { batch, lq, lk, d, dv } = dims;
     let backend = q.backend();
-    let p = backend.alloc(batch * lq * lk)?;
-    if !p.is_empty() {
-        gemm(view(layout, q, lq, d), view(layout, k, lk, d).t(), MatView::rows(&p, lq, lk), batch, 1.0, false)?;
-        let n = elems("attention", p.len())?;
-        let args = [p.arg(), lse.arg(), Arg::I32(n), Arg::I32(elems("attention", lk)?), Arg::F32(scale)];
-        backend.launch("attention_probs_from_lse_f32", LaunchConfig::for_elems(p.len(), 256), &args)?;
+    if batch * lq == 0 {
+        // no queries: dQ is empty and nothing reaches K or V
+        return Ok((backend.alloc(0)?, backend.zeros(batch * lk * d)?, backend.zeros(batch * lk * dv)?));
     }
-    backward(q, k, v, &p, d_o, dims, layout, scale)
+    let (dq, dk, dvv) = (backend.alloc(batch * lq * d)?, backend.alloc(batch * lk * d)?, backend.alloc(batch * lk * dv)?);
+    let delta = backend.alloc(batch * lq)?;
+    let int = |n: usize| elems("attention", n).map(Arg::I32);
+    elems("attention", batch * d.max(dv) * lq.max(lk))?;
+    let cfg = LaunchConfig::grid([lq.div_ceil(FUSED_THREADS as usize), batch, 1], FUSED_THREADS);
+    let args = [dq.arg(), delta.arg(), q.arg(), k.arg(), v.arg(), d_o.arg(), lse.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
+    backend.launch("attention_columns_backward_query_f32", cfg, &args)?;
+    let cfg = LaunchConfig::grid([lk.div_ceil(FUSED_THREADS as usize), batch, 1], FUSED_THREADS);
+    let args = [dk.arg(), dvv.arg(), q.arg(), k.arg(), v.arg(), d_o.arg(), lse.arg(), delta.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
+    backend.launch("attention_columns_backward_key_f32", cfg, &args)?;
+    Ok((dq, dk, dvv))
 }
 
 /// Gradients (dQ, dK, dV) from dO and the saved P:

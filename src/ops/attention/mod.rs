@@ -113,7 +113,7 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
                     let name = "attention_backward";
                     let (q, k, v, saved, g) = (sq.cuda(name)?, sk.cuda(name)?, sv.cuda(name)?, sp.cuda(name)?, sg.cuda(name)?);
                     let (dq, dk, dv) = if saves_lse {
-                        cuda::backward_lse(q, k, v, saved, g, dims, layout, scale)?
+                        cuda::backward_lse(q, k, v, saved, g, dims, scale)?
                     } else {
                         cuda::backward(q, k, v, saved, g, dims, layout, scale)?
                     };
