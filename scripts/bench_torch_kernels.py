@@ -53,9 +53,14 @@ def main():
         cases.append(("group_norm", f"{b}x{ch}x{hw}x{hw} g8", 0.0, 8.0 * x.numel(),
                       lambda x=x, g=g, be=be: F.group_norm(x, 8, g, be, 1e-5)))
     for heads, pixels in [(8, 256), (16, 64)]:
-        q, kk, v = (torch.randn(b, heads, pixels, 8, device=dev) for _ in range(3))
-        cases.append(("attention", f"{b}x{heads}h x{pixels}px d8", 4.0 * b * heads * pixels * pixels * 8,
-                      16.0 * b * heads * pixels * 8, lambda q=q, kk=kk, v=v: F.scaled_dot_product_attention(q, kk, v)))
+        q, kk, v = (torch.randn(b, heads, pixels, 8, device=dev, requires_grad=True) for _ in range(3))
+        flops, nbytes = 4.0 * b * heads * pixels * pixels * 8, 16.0 * b * heads * pixels * 8
+        shape = f"{b}x{heads}h x{pixels}px d8"
+        cases.append(("attention", shape, flops, nbytes,
+                      lambda q=q, kk=kk, v=v: F.scaled_dot_product_attention(q, kk, v)))
+        o = F.scaled_dot_product_attention(q, kk, v).sum()
+        cases.append(("attention_backward", shape, 2.5 * flops, 2 * nbytes,
+                      lambda o=o, q=q, kk=kk, v=v: torch.autograd.grad(o, (q, kk, v), retain_graph=True)))
     x = torch.randn(b, 32, 32, 32, device=dev)
     y2 = torch.randn(b, 32, 32, 32, device=dev)
     cases.append(("add", f"{b}x32x32x32", 0.0, 12.0 * x.numel(), lambda: x + y2))
@@ -63,7 +68,7 @@ def main():
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for name, shape, flops, nbytes, work in cases:
-        with torch.no_grad() if name != "conv2d_backward" else torch.enable_grad():
+        with torch.no_grad() if not name.endswith("_backward") else torch.enable_grad():
             for _ in range(2):
                 work()
             sync()

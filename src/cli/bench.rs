@@ -158,16 +158,29 @@ fn cases(b: usize, device: Device) -> Result<Vec<Case>> {
             work: Box::new(move || no_grad(|| ops::group_norm(&x, 8, Some(&g), Some(&beta), 1e-5).map(drop))),
         });
     }
+    // the UNet's attention: channels-first heads [B, heads, 8, pixels] (attention_columns)
     for &(heads, pixels) in &[(8, 256), (16, 64)] {
-        let q = randn(&[b, heads, pixels, 8], 9, device)?;
-        let k = randn(&[b, heads, pixels, 8], 10, device)?;
-        let v = randn(&[b, heads, pixels, 8], 11, device)?;
+        let q = randn(&[b, heads, 8, pixels], 9, device)?.detach().requires_grad_();
+        let k = randn(&[b, heads, 8, pixels], 10, device)?.detach().requires_grad_();
+        let v = randn(&[b, heads, 8, pixels], 11, device)?.detach().requires_grad_();
+        let (flops, bytes) = (4.0 * (b * heads * pixels * pixels * 8) as f64, 4.0 * 4.0 * (b * heads * pixels * 8) as f64);
+        let shape = format!("{b}x{heads}h x{pixels}px d8");
+        let (q2, k2, v2) = (q.clone(), k.clone(), v.clone());
         out.push(Case {
             name: "attention".into(),
-            shape: format!("{b}x{heads}h x{pixels}px d8"),
-            flops: 4.0 * (b * heads * pixels * pixels * 8) as f64,
-            bytes: 4.0 * 4.0 * (b * heads * pixels * 8) as f64,
-            work: Box::new(move || no_grad(|| ops::attention(&q, &k, &v, 8f32.sqrt().recip()).map(drop))),
+            shape: shape.clone(),
+            flops,
+            bytes,
+            work: Box::new(move || no_grad(|| ops::attention_columns(&q2, &k2, &v2, 8f32.sqrt().recip()).map(drop))),
+        });
+        // backward: dQ, dK, dV from the saved log-sum-exp (2.5× the forward's products)
+        let loss = ops::sum_all(&ops::attention_columns(&q, &k, &v, 8f32.sqrt().recip())?)?;
+        out.push(Case {
+            name: "attention_backward".into(),
+            shape,
+            flops: 2.5 * flops,
+            bytes: 2.0 * bytes,
+            work: Box::new(move || backward(&loss).map(drop)),
         });
     }
     {
@@ -218,7 +231,7 @@ fn kernels(args: KernelArgs) -> anyhow::Result<()> {
         anyhow::bail!("--iters and --batch-size must be at least 1");
     }
     if !args.json {
-        println!("{:<16} {:<24} {:>10} {:>10} {:>10}", "kernel", "shape", "ms", "GFLOP/s", "GB/s");
+        println!("{:<20} {:<24} {:>10} {:>10} {:>10}", "kernel", "shape", "ms", "GFLOP/s", "GB/s");
     }
     // the backward cases' graphs are built here, so their products take the precision too
     let _precision = with_precision(args.precision);
@@ -250,7 +263,7 @@ fn kernels(args: KernelArgs) -> anyhow::Result<()> {
             );
         } else {
             let g = if case.flops > 0.0 { format!("{gflops:.1}") } else { "—".into() };
-            println!("{:<16} {:<24} {:>10.3} {:>10} {:>10.1}", case.name, case.shape, seconds * 1e3, g, gbps);
+            println!("{:<20} {:<24} {:>10.3} {:>10} {:>10.1}", case.name, case.shape, seconds * 1e3, g, gbps);
         }
     }
     Ok(())
