@@ -98,6 +98,7 @@ ours)
     step ours_train_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile
     step ours_sample 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json
     step ours_train 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json
+    step ours_fid 60 "$md" bench fid --device cuda --json
     ;;
 torch|torch_eager)
     bp="$here/bench_pytorch.py"

@@ -41,6 +41,19 @@ fn bench_kernels_runs_on_cpu() {
 }
 
 #[test]
+fn bench_fid_runs_on_cpu_and_rejects_bad_sizes() {
+    let (code, stdout, stderr) = run(&["bench", "fid", "--device", "cpu", "--n-real", "300", "--n-fake", "200", "--dim", "64", "--iters", "1", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(v["fid_ms"].as_f64().unwrap() > 0.0 && v["fid"].as_f64().unwrap() > 0.0, "{stdout}");
+    assert_eq!(v["n_real"], 300);
+    let (code, _, stderr) = run(&["bench", "fid", "--device", "cpu", "--n-fake", "1"]);
+    assert_eq!(code, 2);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--n-real and --n-fake must be at least 2"), "{stderr}");
+}
+
+#[test]
 fn info_lists_cpu() {
     let (code, stdout, _) = run(&["info", "--json"]);
     assert_eq!(code, 0);

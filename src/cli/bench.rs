@@ -22,6 +22,28 @@ pub enum BenchWhat {
     Sample(SampleBenchArgs),
     /// Time training steps: images/s.
     Train(TrainBenchArgs),
+    /// Time FID between two feature sets (statistics on the device, Newton–Schulz square root, FID).
+    Fid(FidBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FidBenchArgs {
+    /// Rows of the first (real) feature set.
+    #[arg(long, default_value_t = 10_000)]
+    pub n_real: usize,
+    /// Rows of the second (sample) feature set.
+    #[arg(long, default_value_t = 2_048)]
+    pub n_fake: usize,
+    /// Feature dimension (the classifier's: 512).
+    #[arg(long, default_value_t = 512)]
+    pub dim: usize,
+    /// Timed repetitions (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +118,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchWhat::Kernels(k) => kernels(k),
         BenchWhat::Sample(a) => sample(a),
         BenchWhat::Train(a) => train(a),
+        BenchWhat::Fid(a) => fid(a),
     }
 }
 
@@ -371,6 +394,65 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
             args.batch_size,
             args.precision,
             seconds / args.steps as f64
+        );
+    }
+    Ok(())
+}
+
+/// FID of two feature sets already on the device, as `eval` scores: each
+/// set's statistics (mean, covariance) on the device, then the square root
+/// and the FID. Random features with a decaying spectrum (GeneralRelu-like),
+/// so the square root does real iterations.
+fn fid(args: FidBenchArgs) -> anyhow::Result<()> {
+    use minidiffusion::metrics::{FeatureStats, FidOptions, fid_with};
+    let device = resolve_device(&args.device)?;
+    if args.n_real < 2 || args.n_fake < 2 || args.dim == 0 || args.iters == 0 {
+        anyhow::bail!("--n-real and --n-fake must be at least 2, --dim and --iters at least 1");
+    }
+    let features = |n: usize, seed: u64| -> Result<Tensor> {
+        let scale: Vec<f32> = (0..args.dim).map(|j| 3.0 - 2.99 * j as f32 / args.dim.max(2) as f32).collect();
+        let z = Tensor::from_vec(Tensor::randn(vec![n, args.dim], seed, 0).to_vec().iter().enumerate().map(|(e, v)| v * scale[e % args.dim]).collect(), [n, args.dim])?;
+        let w = ops::mul_scalar(&Tensor::randn(vec![args.dim, args.dim], 99, 0), (args.dim as f32).sqrt().recip())?;
+        let h = ops::leaky_relu(&ops::matmul(&z, &w)?, 0.1)?;
+        ops::add_scalar(&h, -0.4)?.to_device(device)
+    };
+    let (real, fake) = (features(args.n_real, 1)?, features(args.n_fake, 2)?);
+    let run = || -> anyhow::Result<(f64, f64, minidiffusion::metrics::FidReport)> {
+        let start = Instant::now();
+        let (a, b) = (FeatureStats::from_features(&real)?, FeatureStats::from_features(&fake)?);
+        let stats = start.elapsed().as_secs_f64();
+        let report = fid_with(&a, &b, device, &FidOptions::default())?;
+        Ok((stats, start.elapsed().as_secs_f64(), report))
+    };
+    run()?;
+    let (mut stats, mut total) = (0.0, 0.0);
+    let mut last = None;
+    for _ in 0..args.iters {
+        let (s, t, r) = run()?;
+        stats += s / args.iters as f64;
+        total += t / args.iters as f64;
+        last = Some(r);
+    }
+    let report = last.expect("at least one iteration");
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"fid_ms": total * 1e3, "stats_ms": stats * 1e3, "sqrt_and_fid_ms": (total - stats) * 1e3,
+                "n_real": args.n_real, "n_fake": args.n_fake, "dim": args.dim, "device": device.to_string(),
+                "fid": report.fid, "newton_schulz_iterations": report.iterations})
+        );
+    } else {
+        println!(
+            "FID of {}×{} vs {}×{} on {device}: {:.1} ms (statistics {:.1} ms, square root + FID {:.1} ms, {} Newton–Schulz iterations); FID {:.4}",
+            args.n_real,
+            args.dim,
+            args.n_fake,
+            args.dim,
+            total * 1e3,
+            stats * 1e3,
+            (total - stats) * 1e3,
+            report.iterations,
+            report.fid
         );
     }
     Ok(())
