@@ -92,7 +92,7 @@ fn conv2d_fused_epilogue_parity() {
 /// The `*_bf16` kernels (the bf16 compute precision: operands rounded to bf16
 /// on load, one m16n8k16 tensor-core instruction per 16 k, f32 sums) against
 /// the CPU twin at bf16 (f32 kernels on rounded operands). Both multiply the
-/// same bf16 values exactly, so TENSOR_CORE's tolerance holds; bf16 against
+/// same bf16 values exactly (ParityTol::BF16_TENSOR_CORE); bf16 against
 /// f32 differs by ~1e-2 of the scale here (tests/precision.rs), so a kernel
 /// that skipped the rounding fails.
 #[test]
@@ -104,20 +104,20 @@ fn conv2d_bf16_parity() {
     };
     let s1 = Conv2dParams { stride: 1, padding: 1 };
     // K = 27 (odd: the last bf16 pair is half padding), split-K weight gradient
-    parity_check("bf16_k3_s1_p1", &[&[2, 3, 7, 9], &[5, 3, 3, 3], &[5]], |t| bf16(&|| conv2d(&t[0], &t[1], Some(&t[2]), s1)), ParityTol::TENSOR_CORE);
+    parity_check("bf16_k3_s1_p1", &[&[2, 3, 7, 9], &[5, 3, 3, 3], &[5]], |t| bf16(&|| conv2d(&t[0], &t[1], Some(&t[2]), s1)), ParityTol::BF16_TENSOR_CORE);
     // stride 2, K = 153 over five 32-wide slices
     let s2 = Conv2dParams { stride: 2, padding: 1 };
-    parity_check("bf16_k3_s2", &[&[2, 17, 7, 9], &[17, 17, 3, 3]], |t| bf16(&|| conv2d(&t[0], &t[1], None, s2)), ParityTol::TENSOR_CORE);
+    parity_check("bf16_k3_s2", &[&[2, 17, 7, 9], &[17, 17, 3, 3]], |t| bf16(&|| conv2d(&t[0], &t[1], None, s2)), ParityTol::BF16_TENSOR_CORE);
     // two 64-row tiles in every GEMM, and the fused epilogue
     parity_check(
         "bf16_multi_tile_fused",
         &[&[1, 67, 3, 5], &[70, 67, 3, 3], &[70], &[1, 70], &[1, 70, 3, 5]],
         |t| bf16(&|| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) }, s1)),
-        ParityTol::TENSOR_CORE,
+        ParityTol::BF16_TENSOR_CORE,
     );
     // 1×1 over an odd channel count
     let p0 = Conv2dParams { stride: 1, padding: 0 };
-    parity_check("bf16_k1", &[&[2, 17, 5, 7], &[5, 17, 1, 1]], |t| bf16(&|| conv2d(&t[0], &t[1], None, p0)), ParityTol::TENSOR_CORE);
+    parity_check("bf16_k1", &[&[2, 17, 5, 7], &[5, 17, 1, 1]], |t| bf16(&|| conv2d(&t[0], &t[1], None, p0)), ParityTol::BF16_TENSOR_CORE);
 }
 
 /// kernels/conv2d_same.cu (stride-1 1×1 and 3×3 same convs: a staged input
@@ -138,14 +138,14 @@ fn same_conv_parity(precision: minidiffusion::ops::Precision) {
         f()
     };
     let name = |case: &str| format!("{precision}_{case}");
+    let tol = if precision == minidiffusion::ops::Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
     let (same3, same1) = (Conv2dParams { stride: 1, padding: 1 }, Conv2dParams { stride: 1, padding: 0 });
     parity_check(
         &name("same_k3_16x16_fused"),
         &[&[2, 20, 16, 16], &[40, 20, 3, 3], &[40], &[2, 40], &[2, 40, 16, 16]],
         |t| at(&|| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) }, same3)),
-        ParityTol::TENSOR_CORE,
+        tol,
     );
-    let tol = ParityTol::TENSOR_CORE;
     parity_check(&name("same_k3_32x32"), &[&[1, 16, 32, 32], &[32, 16, 3, 3], &[32]], |t| at(&|| conv2d(&t[0], &t[1], Some(&t[2]), same3)), tol);
     parity_check(&name("same_k3_8x16"), &[&[2, 5, 8, 16], &[6, 5, 3, 3]], |t| at(&|| conv2d(&t[0], &t[1], None, same3)), tol);
     parity_check(&name("same_k3_4x4_images"), &[&[3, 17, 4, 4], &[8, 17, 3, 3], &[8]], |t| at(&|| conv2d(&t[0], &t[1], Some(&t[2]), same3)), tol);
