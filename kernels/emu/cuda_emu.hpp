@@ -8,6 +8,9 @@
 // behind a per-warp barrier, atomics are std::atomic_ref. Threads that return
 // early drop out of both barriers, as on Volta and later GPUs.
 //
+// Device buffers are exact-size blocks that end at a guard page
+// (emu_runtime.cpp), so an out-of-bounds access past a buffer faults.
+//
 // The subset this supports is the subset our kernels may use: no inline PTX,
 // no dynamic shared memory, full-warp shuffles. Tensor-core products go
 // through emu::mma_m16n8k8_3xtf32 and emu::mma_m16n8k16_bf16 (kernels/mma.cuh

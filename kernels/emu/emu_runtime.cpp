@@ -5,6 +5,8 @@
 #include "emu_registry.hpp"
 
 #include <barrier>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -140,15 +142,42 @@ void emu_register(const char* name, Trampoline call, std::vector<size_t> arg_siz
 }
 
 static std::mutex launch_mutex;
+static std::mutex mappings_mutex;
+// block pointer → (mapping base, mapping length)
+static std::map<void*, std::pair<void*, size_t>>& mappings() {
+    static std::map<void*, std::pair<void*, size_t>> m;
+    return m;
+}
 static thread_local std::string last_error;
 
 extern "C" {
 
 const char* emu_last_error() { return last_error.c_str(); }
 
-void* emu_malloc(size_t bytes) { return std::calloc(bytes ? bytes : 1, 1); }
+// Device memory: fresh zeroed pages per block, placed so that the block ends
+// where an inaccessible guard page begins — a kernel that reads or writes
+// past a buffer's end (beyond its 16-byte rounding) faults at once instead of
+// touching a neighbour (the allocator asks for exact sizes: exact_blocks).
+void* emu_malloc(size_t bytes) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t used = (bytes ? bytes : 1) + 15 & ~(size_t)15;
+    const size_t data = (used + page - 1) / page * page;
+    void* base = mmap(nullptr, data + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return nullptr;
+    mprotect((char*)base + data, page, PROT_NONE);
+    std::lock_guard<std::mutex> lock(mappings_mutex);
+    void* p = (char*)base + (data - used);
+    mappings()[p] = {base, data + page};
+    return p;
+}
 
-void emu_free(void* p) { std::free(p); }
+void emu_free(void* p) {
+    std::lock_guard<std::mutex> lock(mappings_mutex);
+    auto it = mappings().find(p);
+    if (it == mappings().end()) return;
+    munmap(it->second.first, it->second.second);
+    mappings().erase(it);
+}
 
 // Returns 0 on success; otherwise emu_last_error() says why.
 int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,

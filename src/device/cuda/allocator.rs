@@ -77,7 +77,7 @@ impl CachingAllocator {
 
     /// A block of at least `bytes` bytes (contents undefined).
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<DeviceBlock> {
-        let class_bytes = size_class(bytes);
+        let class_bytes = if self.driver.exact_blocks() { bytes.max(16).next_multiple_of(16) } else { size_class(bytes) };
         {
             let mut state = self.lock();
             if let Some(ptr) = state.free.get_mut(&class_bytes).and_then(|v| v.pop()) {

@@ -36,8 +36,12 @@ impl Driver for EmulatedDriver {
         "CUDA emulation on the CPU".into()
     }
 
+    fn exact_blocks(&self) -> bool {
+        true
+    }
+
     fn malloc(&self, bytes: usize) -> Result<u64> {
-        // SAFETY: plain calloc; a null result is reported.
+        // SAFETY: zeroed pages with the block's end at a guard page; a null result is reported.
         let p = unsafe { emu_malloc(bytes) };
         if p.is_null() {
             return Err(Error::Cuda(format!("emulated allocation of {bytes} bytes failed")));
