@@ -4,6 +4,10 @@
 # them with scripts/device-run.sh (and the Fashion-MNIST files, when present)
 # into device-bundle/ (git-ignored), which is carried to the GPU machine.
 # Then, on the GPU machine:  bash device-bundle/device-run.sh "$OUT"
+#
+# DEVICE_TESTS=0 leaves the test binaries out and DEVICE_DATA=1 adds the
+# Fashion-MNIST files (30 MB): the bundle for the `recipe` stage (the seed
+# recipe and its FID), which would not fit the carry limit with both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +26,7 @@ cargo build --release --bin minidiffusion
 cp target/release/minidiffusion "$bundle/bin/"
 
 # the test binaries that touch CUDA: parity_* and cuda_backend
-cargo test --release --no-run --message-format=json 2>/dev/null \
+[ "${DEVICE_TESTS:-1}" = 0 ] || cargo test --release --no-run --message-format=json 2>/dev/null \
     | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -50,7 +54,8 @@ cp scripts/device-run.sh "$bundle/"
 if [ ! -f .whl/diffusers-0.42.1-py3-none-any.whl ]; then
     python3 -m pip download -q --no-deps --only-binary=:all: -d .whl diffusers==0.42.1 importlib_metadata || echo "no diffusers wheel: the PyTorch baseline will be skipped"
 fi
-if ls .whl/*.whl > /dev/null 2>&1; then
+# (not in the recipe bundle: it runs no PyTorch, and the data takes the room)
+if [ "${DEVICE_TESTS:-1}" != 0 ] && ls .whl/*.whl > /dev/null 2>&1; then
     mkdir -p "$bundle/wheels" && cp .whl/diffusers-*.whl .whl/importlib_metadata-*.whl "$bundle/wheels/"
 fi
 data=/usr/share/datasets/fashion-mnist

@@ -5,7 +5,10 @@
 # STAGES (default "parity kernels ours torch"): which parts to run, in order;
 # torch_eager, torch_compile_train and torch_compile_sample are parts of torch;
 # kernels_bf16 and ours_bf16 are the bf16 compute precision's kernels and
-# figures (ours with --precision bf16, torch's kernels on bf16 tensors).
+# figures (ours with --precision bf16, torch's kernels on bf16 tensors);
+# recipe (a bundle made with DEVICE_TESTS=0 DEVICE_DATA=1) trains the seed
+# recipe on the full Fashion-MNIST at bf16 for as much of the budget as is
+# left, then scores it (eval: FID/KID of DDIM-100 and DDIM-25 at n = 2048).
 # Every step has its own timeout and the script stops starting steps once
 # BUDGET_S (default 420) is near, so it always finishes and packs its logs:
 # OUTDIR gets summary.txt, results.jsonl and logs.tar.gz (the device tool
@@ -109,6 +112,19 @@ torch|torch_eager)
         step torch_sample_fp32 90 python3 "$bp" sample --dtype fp32
         step torch_sample_bf16_compile 150 python3 "$bp" sample --dtype bf16 --compile
         step torch_train_bf16_compile 150 python3 "$bp" train --dtype bf16 --compile
+    fi
+    ;;
+recipe)
+    if [ -d "$bundle/data" ]; then
+        export MINIDIFFUSION_FASHION_MNIST="$bundle/data"
+        rest=$(left)
+        step recipe_train $(( rest > 240 ? rest - 120 : 120 )) "$md" train --config seed --precision bf16 --device cuda --out "$here/seed" \
+            --grid-steps 0 --runs-db "$here/runs.db" --json
+        step recipe_eval_ddim100 60 "$md" eval --model "$here/seed" -n 2048 --steps 100 --batch-size 2048 --precision bf16 --device cuda --json
+        step recipe_eval_ddim25 40 "$md" eval --model "$here/seed" -n 2048 --steps 25 --batch-size 2048 --precision bf16 --device cuda --json
+        cp "$here/seed/minidiffusion.json" "$out/recipe_state.json" 2>/dev/null || true
+    else
+        say "recipe: SKIPPED (no data: prepare with DEVICE_TESTS=0 DEVICE_DATA=1)"
     fi
     ;;
 torch_compile_train)

@@ -63,7 +63,7 @@ fn classifier(path: Option<&Path>, device: Device) -> anyhow::Result<(Classifier
 /// Real Fashion-MNIST images padded to 32×32 in [−1, 1] (the border black, as
 /// the lesson's reference set).
 fn fashion_images(split: Split, limit: Option<usize>) -> anyhow::Result<(Vec<f32>, [usize; 4])> {
-    let dir = PathBuf::from(data::DEFAULT_FASHION_MNIST_DIR);
+    let dir = data::fashion_mnist_dir();
     let ds = if dir.is_dir() {
         data::load_fashion_mnist(&dir, split)?
     } else {

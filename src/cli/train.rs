@@ -115,14 +115,14 @@ fn load_data(dataset: &str, args: &TrainArgs) -> anyhow::Result<(Dataset, Datase
         "fashion-mnist" => {
             let dir = match &args.data {
                 Some(d) => Some(d.clone()),
-                None => Some(PathBuf::from(data::DEFAULT_FASHION_MNIST_DIR)).filter(|d| d.is_dir()),
+                None => Some(data::fashion_mnist_dir()).filter(|d| d.is_dir()),
             };
             match dir {
                 Some(d) => Ok((data::load_fashion_mnist(&d, Split::Train)?, data::load_fashion_mnist(&d, Split::Test)?)),
                 None => {
                     eprintln!(
                         "data: {} not found and no --data given; using the embedded Fashion-MNIST sample (5,000 train / 1,000 test images, MIT licence)",
-                        data::DEFAULT_FASHION_MNIST_DIR
+                        data::fashion_mnist_dir().display()
                     );
                     Ok((data::embedded_fashion_mnist(Split::Train)?, data::embedded_fashion_mnist(Split::Test)?))
                 }

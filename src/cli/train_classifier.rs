@@ -79,7 +79,7 @@ pub fn run(args: TrainClassifierArgs) -> anyhow::Result<()> {
     if args.epochs == 0 || args.batch_size == 0 {
         bail!("--epochs and --batch-size must be at least 1");
     }
-    let dir = args.data.clone().or_else(|| Some(PathBuf::from(data::DEFAULT_FASHION_MNIST_DIR)).filter(|d| d.is_dir()));
+    let dir = args.data.clone().or_else(|| Some(data::fashion_mnist_dir()).filter(|d| d.is_dir()));
     let (train, test) = match &dir {
         Some(d) => (data::load_fashion_mnist(d, Split::Train)?, data::load_fashion_mnist(d, Split::Test)?),
         None => {

@@ -11,6 +11,13 @@ use std::path::{Path, PathBuf};
 /// Debian's `dataset-fashion-mnist` installs the four files here.
 pub const DEFAULT_FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
+/// Where train, train-classifier and the FID reference look for Fashion-MNIST
+/// when no `--data` is given: `$MINIDIFFUSION_FASHION_MNIST`, else
+/// [`DEFAULT_FASHION_MNIST_DIR`] (Debian's `dataset-fashion-mnist`).
+pub fn fashion_mnist_dir() -> std::path::PathBuf {
+    std::env::var_os("MINIDIFFUSION_FASHION_MNIST").map_or_else(|| DEFAULT_FASHION_MNIST_DIR.into(), std::path::PathBuf::from)
+}
+
 /// Images (u8, N×C×H×W) with their class labels.
 #[derive(Clone, Debug)]
 pub struct Dataset {
