@@ -1,9 +1,9 @@
 // Stride-1 "same" convolutions (K×K kernel, K = 1 or 3, padding (K − 1)/2):
-// the UNet's 3×3 and 1×1 convolutions, forward, and their input gradients,
-// at f32 accuracy (3xTF32, as conv2d.cu) and at the bf16 compute precision;
-// their weight gradients at bf16 (the input gradient of a stride-1 same conv is
-// the same conv of dY with the weight transposed over channels and flipped:
-//   dX[n, c, y, x] = Σ_{oc, kh, kw} W[oc, c, K−1−kh, K−1−kw] · dY[n, oc, y − p + kh, x − p + kw]).
+// the UNet's 3×3 and 1×1 convolutions — forward, input gradient and weight
+// gradient — at f32 accuracy (3xTF32, as conv2d.cu) and at the bf16 compute
+// precision. The input gradient of a stride-1 same conv is the same conv of
+// dY with the weight transposed over channels and flipped:
+//   dX[n, c, y, x] = Σ_{oc, kh, kw} W[oc, c, K−1−kh, K−1−kw] · dY[n, oc, y − p + kh, x − p + kw].
 //
 // The generic implicit GEMM (conv2d.cu) gathers each im2col element from
 // global memory: K² loads per input value, each with its own index math.
@@ -16,7 +16,7 @@
 //   a pixel: 8 channels as f32 (one m16n8k8 step per tap, three TF32 mma for
 //   f32 accuracy) or 16 as bf16 pairs (one m16n8k16 step per tap).
 // Block tile: BM (32 or 64) channels × 128 pixels, 8 warps as WARPS_M × WARPS_N,
-// each warp 32 channels × WN pixels (2 × WN/8 m16n8k16 tiles).
+// each warp 32 channels × WN pixels (2 × WN/8 mma tiles of 16 × 8).
 //
 // Pixel tiles. 128 consecutive pixels n0.. are whole output rows: either one
 // image's rows oh0..oh0+S−1 (P = OH·OW a multiple of 128, OW divides 128,
@@ -43,7 +43,7 @@ namespace same {
 
 constexpr int BN = 128;              // pixels per block tile
 constexpr int THREADS = 256;         // 8 warps
-constexpr int PAIRS = 8;             // words per patch pixel and chunk: 8 channels (f32) or 8 pairs (bf16)
+constexpr int CHUNK_WORDS = 8;       // words per patch pixel and chunk: 8 channels (f32) or 8 pairs (bf16)
 constexpr int PATCH_STRIDE = 12;     // words per patch pixel: 8 + 4 padding (conflict-free fragments)
 constexpr int PATCH_MAX = 288;       // patch pixels a block can stage (host checks the geometry): 4×4 maps need 288
 constexpr int M_ALIGN = 64;          // packed weight rows are padded to this
@@ -148,12 +148,12 @@ template <class Math, int BM, int KS>
 __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float* x, const uint4* wp, const conv::Shape& s) {
     constexpr int KK = KS * KS;
     constexpr int PER_WORD = Math::PER_WORD;        // channels per patch word
-    constexpr int CHUNK = PAIRS * PER_WORD;         // channels per chunk
+    constexpr int CHUNK = CHUNK_WORDS * PER_WORD;   // channels per chunk
     constexpr int WARPS_M = BM / 32, WARPS_N = 8 / WARPS_M;
     constexpr int WN = BN / WARPS_N, NI = WN / 8;
     constexpr int A_VECS = BM / 16 * KK * 32;                       // uint4 of A per chunk
     constexpr int A_LOADS = (A_VECS + THREADS - 1) / THREADS;
-    constexpr int P_LOADS = (PATCH_MAX * PAIRS + THREADS - 1) / THREADS;  // patch words per thread, at most
+    constexpr int P_LOADS = (PATCH_MAX * CHUNK_WORDS + THREADS - 1) / THREADS;  // patch words per thread, at most
     __shared__ uint4 As[A_VECS];
     __shared__ unsigned int patch[PATCH_MAX * PATCH_STRIDE];
 
@@ -178,9 +178,9 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float
         const int seg = p / (tile.seg_rows * tile.pw), q = p - seg * tile.seg_rows * tile.pw;
         const int pr = q / tile.pw, pc = q - pr * tile.pw;
         const int img = img0 + seg, iy = oh0 - s.pad + pr, ix = pc - s.pad;
-        const bool inside = j < PAIRS && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
+        const bool inside = j < CHUNK_WORDS && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
         src[i] = inside ? img * s.c * HW + PER_WORD * j * HW + iy * s.w + ix : -1;
-        dst[i] = j < PAIRS ? p * PATCH_STRIDE + j : -1;  // j = dst % PATCH_STRIDE
+        dst[i] = j < CHUNK_WORDS ? p * PATCH_STRIDE + j : -1;  // j = dst % PATCH_STRIDE
     }
     // The patch pixel of this lane's B columns for tap (0, 0).
     const int n_w = (warp / WARPS_M) * WN;
@@ -428,14 +428,14 @@ __device__ __forceinline__ void pack(unsigned int* wp, const float* w, int M, in
     constexpr int PER_WORD = Math::PER_WORD;
     const int kk = ks * ks;
     const int m_blocks = (M + M_ALIGN - 1) / M_ALIGN * (M_ALIGN / 16);
-    const int chunks = (CG + PAIRS * PER_WORD - 1) / (PAIRS * PER_WORD);
+    const int chunks = (CG + CHUNK_WORDS * PER_WORD - 1) / (CHUNK_WORDS * PER_WORD);
     const int len = chunks * m_blocks * kk * 128;
     for (int idx = global_index(); idx < len; idx += grid_stride()) {
         const int r = idx % 4, lane = idx / 4 % 32;
         const int rest = idx / 128;  // (chunk·m_blocks + mb)·kk + tap
         const int tap = rest % kk, mb = rest / kk % m_blocks, chunk = rest / kk / m_blocks;
         const int m = 16 * mb + lane / 4 + 8 * (r & 1);
-        const int c = PER_WORD * (PAIRS * chunk + lane % 4 + 4 * (r >> 1));
+        const int c = PER_WORD * (CHUNK_WORDS * chunk + lane % 4 + 4 * (r >> 1));
         float v[PER_WORD];
 #pragma unroll
         for (int e = 0; e < PER_WORD; ++e) {

@@ -99,7 +99,7 @@ const SAME_TILE_PIXELS: usize = 128;
 const SAME_PATCH_MAX: usize = 288;
 /// Packed weight rows are padded to this (M_ALIGN); channels to whole chunks.
 const SAME_M_ALIGN: usize = 64;
-/// Words per patch pixel and chunk (PAIRS): 8 channels at f32, 16 at bf16.
+/// Words per patch pixel and chunk (CHUNK_WORDS): 8 channels at f32, 16 at bf16.
 const SAME_CHUNK_WORDS: usize = 8;
 
 /// The weight gradient's BM 32 blocks stage twice the channels: smaller
