@@ -4,40 +4,15 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use minidiffusion::metrics::{FeatureStats, FidOptions, fid_with};
-use minidiffusion::testing::randn;
-use minidiffusion::{Device, Tensor, ops};
+use minidiffusion::Device;
+use minidiffusion::testing::fid_features;
 use std::hint::black_box;
 use std::time::Instant;
 
 const D: usize = 512;
 
-/// GeneralRelu-like features with a decaying spectrum: leaky(z·diag(s)·W) − 0.4.
-fn features(n: usize, seed: u64) -> Vec<f32> {
-    let scale: Vec<f32> = (0..D)
-        .map(|j| 3.0 - 2.99 * j as f32 / (D - 1) as f32)
-        .collect();
-    let z: Vec<f32> = randn(&[n, D], seed)
-        .iter()
-        .enumerate()
-        .map(|(e, v)| v * scale[e % D])
-        .collect();
-    let w: Vec<f32> = randn(&[D, D], 99)
-        .iter()
-        .map(|v| v / (D as f32).sqrt())
-        .collect();
-    let h = ops::matmul(
-        &Tensor::from_vec(z, [n, D]).unwrap(),
-        &Tensor::from_vec(w, [D, D]).unwrap(),
-    )
-    .unwrap();
-    h.to_vec()
-        .iter()
-        .map(|&v| if v > 0.0 { v } else { 0.1 * v } - 0.4)
-        .collect()
-}
-
 fn bench_fid(c: &mut Criterion) {
-    let (real, fake) = (features(10_000, 1), features(2_048, 2));
+    let (real, fake) = (fid_features(10_000, D, 1), fid_features(2_048, D, 2));
     let run = || {
         let a = FeatureStats::from_slice(&real, 10_000, D).unwrap();
         let b = FeatureStats::from_slice(&fake, 2_048, D).unwrap();

@@ -75,6 +75,17 @@ __device__ __forceinline__ float staged_score(const float* qr, const float* ks, 
     return s;
 }
 
+// staged[c][jj] = mul·src[c·len + j0 + jj] for c < rows and the chunk's 64
+// positions jj (0 from n on): one chunk of a [rows, len] sequence matrix in
+// shared memory, loaded by all QUERY_THREADS threads (coalesced along jj).
+__device__ __forceinline__ void stage_chunk(float* staged, const float* src, int rows, int len, int j0, int n,
+                                            float mul = 1.0f) {
+    for (int t = threadIdx.x; t < rows * KEY_CHUNK; t += QUERY_THREADS) {
+        const int c = t / KEY_CHUNK, jj = t - c * KEY_CHUNK;
+        staged[t] = jj < n ? mul * src[(long long)c * len + j0 + jj] : 0.0f;
+    }
+}
+
 }  // namespace attention
 
 // Inference attention in the Columns layout (the UNet's channels-first maps),
@@ -112,14 +123,8 @@ extern "C" __global__ void __launch_bounds__(128)
     for (int j0 = 0; j0 < lk; j0 += KEY_CHUNK) {
         const int n = min(KEY_CHUNK, lk - j0);
         __syncthreads();  // the previous chunk is no longer read
-        for (int t = threadIdx.x; t < d * KEY_CHUNK; t += QUERY_THREADS) {
-            const int dd = t / KEY_CHUNK, jj = t - dd * KEY_CHUNK;
-            ks[t] = jj < n ? kb[(long long)dd * lk + j0 + jj] : 0.0f;
-        }
-        for (int t = threadIdx.x; t < dv * KEY_CHUNK; t += QUERY_THREADS) {
-            const int c = t / KEY_CHUNK, jj = t - c * KEY_CHUNK;
-            vs[t] = jj < n ? vb[(long long)c * lk + j0 + jj] : 0.0f;
-        }
+        stage_chunk(ks, kb, d, lk, j0, n);
+        stage_chunk(vs, vb, dv, lk, j0, n);
         __syncthreads();
         float chunk_max = MD_NEG_INF;
         for (int jj = 0; jj < n; ++jj) chunk_max = fmaxf(chunk_max, staged_score(qr, ks, jj, d));
@@ -200,14 +205,8 @@ extern "C" __global__ void __launch_bounds__(128)
         for (int j0 = 0; j0 < lk; j0 += KEY_CHUNK) {
             const int n = min(KEY_CHUNK, lk - j0);
             __syncthreads();  // the previous chunk is no longer read
-            for (int t = threadIdx.x; t < d * KEY_CHUNK; t += QUERY_THREADS) {
-                const int c = t / KEY_CHUNK, jj = t - c * KEY_CHUNK;
-                ks[t] = jj < n ? kb[(long long)c * lk + j0 + jj] : 0.0f;
-            }
-            for (int t = threadIdx.x; t < dv * KEY_CHUNK; t += QUERY_THREADS) {
-                const int c = t / KEY_CHUNK, jj = t - c * KEY_CHUNK;
-                vs[t] = jj < n ? vb[(long long)c * lk + j0 + jj] : 0.0f;
-            }
+            stage_chunk(ks, kb, d, lk, j0, n);
+            stage_chunk(vs, vb, dv, lk, j0, n);
             __syncthreads();
             for (int jj = 0; jj < n; ++jj) {
                 const float p = expf(staged_dot(qr, ks, jj, d) - li);
@@ -255,14 +254,8 @@ extern "C" __global__ void __launch_bounds__(128)
     for (int i0 = 0; i0 < lq; i0 += KEY_CHUNK) {
         const int n = min(KEY_CHUNK, lq - i0);
         __syncthreads();  // the previous chunk is no longer read
-        for (int t = threadIdx.x; t < d * KEY_CHUNK; t += QUERY_THREADS) {
-            const int c = t / KEY_CHUNK, ii = t - c * KEY_CHUNK;
-            qs[t] = ii < n ? scale * qb[(long long)c * lq + i0 + ii] : 0.0f;
-        }
-        for (int t = threadIdx.x; t < dv * KEY_CHUNK; t += QUERY_THREADS) {
-            const int c = t / KEY_CHUNK, ii = t - c * KEY_CHUNK;
-            dos[t] = ii < n ? dob[(long long)c * lq + i0 + ii] : 0.0f;
-        }
+        stage_chunk(qs, qb, d, lq, i0, n, scale);
+        stage_chunk(dos, dob, dv, lq, i0, n);
         for (int ii = threadIdx.x; ii < KEY_CHUNK; ii += QUERY_THREADS) {
             ls[ii] = ii < n ? lse[b * lq + i0 + ii] : 0.0f;
             deltas[ii] = ii < n ? delta[b * lq + i0 + ii] : 0.0f;

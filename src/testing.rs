@@ -192,6 +192,18 @@ pub fn parity_check_at(name: &str, inputs: Vec<(Vec<f32>, Shape)>, f: impl Fn(&[
     }
 }
 
+/// FID benchmark features [n, dim] (`cargo bench --bench fid`, `bench fid`):
+/// GeneralRelu-like, leaky(z·diag(s)·W) − 0.4 with z normal, s falling from
+/// 3 to 0.01 and W normal / √dim, so the covariances have a decaying spectrum
+/// and the Newton–Schulz square root does real iterations.
+pub fn fid_features(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let scale: Vec<f32> = (0..dim).map(|j| 3.0 - 2.99 * j as f32 / (dim.max(2) - 1) as f32).collect();
+    let z: Vec<f32> = randn(&[n, dim], seed).iter().enumerate().map(|(e, v)| v * scale[e % dim]).collect();
+    let w: Vec<f32> = randn(&[dim, dim], 99).iter().map(|v| v / (dim as f32).sqrt()).collect();
+    let h = ops::matmul(&Tensor::from_vec(z, [n, dim]).expect("shape"), &Tensor::from_vec(w, [dim, dim]).expect("shape")).expect("matmul");
+    h.to_vec().iter().map(|&v| if v > 0.0 { v } else { 0.1 * v } - 0.4).collect()
+}
+
 /// Write the first `n_train` / `n_test` images of the embedded Fashion-MNIST
 /// sample into `dir` as raw IDX files (a small real dataset for end-to-end tests).
 pub fn write_idx_sample(dir: &std::path::Path, n_train: usize, n_test: usize) -> crate::Result<()> {

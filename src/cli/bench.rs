@@ -401,8 +401,7 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
 
 /// FID of two feature sets already on the device, as `eval` scores: each
 /// set's statistics (mean, covariance) on the device, then the square root
-/// and the FID. Random features with a decaying spectrum (GeneralRelu-like),
-/// so the square root does real iterations.
+/// and the FID, for the features of `cargo bench --bench fid`.
 fn fid(args: FidBenchArgs) -> anyhow::Result<()> {
     use minidiffusion::metrics::{FeatureStats, FidOptions, fid_with};
     let device = resolve_device(&args.device)?;
@@ -410,11 +409,7 @@ fn fid(args: FidBenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--n-real and --n-fake must be at least 2, --dim and --iters at least 1");
     }
     let features = |n: usize, seed: u64| -> Result<Tensor> {
-        let scale: Vec<f32> = (0..args.dim).map(|j| 3.0 - 2.99 * j as f32 / args.dim.max(2) as f32).collect();
-        let z = Tensor::from_vec(Tensor::randn(vec![n, args.dim], seed, 0).to_vec().iter().enumerate().map(|(e, v)| v * scale[e % args.dim]).collect(), [n, args.dim])?;
-        let w = ops::mul_scalar(&Tensor::randn(vec![args.dim, args.dim], 99, 0), (args.dim as f32).sqrt().recip())?;
-        let h = ops::leaky_relu(&ops::matmul(&z, &w)?, 0.1)?;
-        ops::add_scalar(&h, -0.4)?.to_device(device)
+        Tensor::from_vec(minidiffusion::testing::fid_features(n, args.dim, seed), [n, args.dim])?.to_device(device)
     };
     let (real, fake) = (features(args.n_real, 1)?, features(args.n_fake, 2)?);
     let run = || -> anyhow::Result<(f64, f64, minidiffusion::metrics::FidReport)> {
