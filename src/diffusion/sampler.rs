@@ -7,10 +7,10 @@
 //! stream (seed, 1 + k). Element indices are global over the whole sample set,
 //! so results do not depend on the batch size.
 
-use crate::ops::precision::Precision;
 use super::Schedule;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::ops::precision::Precision;
 use crate::ops::diffusion::{StepCoefs, step};
 use crate::tensor::Tensor;
 

@@ -1,6 +1,9 @@
-//! Attention on CUDA, the CPU twin's steps as launches: the products are the
-//! tiled GEMM of kernels/gemm.cu (batched over the leading dims, transposes by
-//! strides), the softmax is the warp-per-row kernel of kernels/attention.cu.
+//! Attention on CUDA. Channels-first heads of at most 32 features (the UNet's)
+//! run fused, forward and backward, with no [Lq, Lk] matrix in memory
+//! ([`fused`]); otherwise the CPU twin's steps as launches: the products are
+//! the tiled GEMM of kernels/gemm.cu (batched over the leading dims,
+//! transposes by strides), the softmax is the warp-per-row kernel of
+//! kernels/attention.cu.
 //! Shapes per batch entry as in the CPU twin: q [Lq, D], k [Lk, D], v [Lk, Dv],
 //! o [Lq, Dv] for Layout::Rows, each transposed for Layout::Columns; p [Lq, Lk].
 
