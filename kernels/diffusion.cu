@@ -41,10 +41,10 @@ extern "C" __global__ void diffusion_noisify(float* xt, float* eps, const float*
 // One sampler update for every element:
 //   x̂0 = clip((x_t − eps_scale·ε̂)·inv_sqrt_abar)
 //   x_prev = c_x0·x̂0 + c_xt·x_t + c_eps·ε̂ (+ sigma·z when sigma > 0)
-// x0_out may be null (x̂0 not wanted).
-extern "C" __global__ void diffusion_step(float* prev, float* x0_out, const float* xt, const float* eps, StepCoefs c,
-                                          unsigned long long seed, unsigned long long offset, unsigned long long start,
-                                          int n) {
+// x0_out may be null (x̂0 not wanted). prev may be xt (each element is read
+// before it is written, by the same thread).
+__device__ void step_elements(float* prev, float* x0_out, const float* xt, const float* eps, const StepCoefs& c,
+                              unsigned long long seed, unsigned long long offset, unsigned long long start, int n) {
     const int first = (int)(start & 3);
     const int blocks = (first + n + 3) / 4;
     for (int k = global_index(); k < blocks; k += grid_stride()) {
@@ -62,4 +62,37 @@ extern "C" __global__ void diffusion_step(float* prev, float* x0_out, const floa
             if (x0_out) x0_out[i] = x0;
         }
     }
+}
+
+extern "C" __global__ void diffusion_step(float* prev, float* x0_out, const float* xt, const float* eps, StepCoefs c,
+                                          unsigned long long seed, unsigned long long offset, unsigned long long start,
+                                          int n) {
+    step_elements(prev, x0_out, xt, eps, c, seed, offset, start, n);
+}
+
+// A sampler step's values in device memory, so that a step captured once in
+// a CUDA graph reads each step's values when it is replayed. Mirrors
+// ops::diffusion::StepParams.
+struct StepParams {
+    StepCoefs c;
+    float t;                   // the timestep the model is called with
+    unsigned long long seed;   // the noise: Philox stream (seed, offset),
+    unsigned long long offset; // element i is normal number start + i
+    unsigned long long start;
+    float* x0_out;             // where x̂0 goes, or null
+};
+
+// *p = value and timesteps[0..batch) = value.t: one launch before each
+// replay of a captured step (it is not part of the graph).
+extern "C" __global__ void diffusion_set_step(StepParams* p, float* timesteps, int batch, StepParams value) {
+    const int i = global_index();
+    if (i == 0) *p = value;
+    if (i < batch) timesteps[i] = value.t;
+}
+
+// The sampler update in place, x ← x_prev, with the values in *p: the same
+// arithmetic as diffusion_step.
+extern "C" __global__ void diffusion_step_in_place(float* x, const float* eps, const StepParams* p, int n) {
+    const StepParams q = *p;
+    step_elements(x, q.x0_out, x, eps, q.c, q.seed, q.offset, q.start, n);
 }

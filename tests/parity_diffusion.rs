@@ -6,7 +6,7 @@
 
 use minidiffusion::diffusion::sampler::{ddim_coefs, ddpm_coefs};
 use minidiffusion::diffusion::Schedule;
-use minidiffusion::ops::diffusion::{noisify, step};
+use minidiffusion::ops::diffusion::{DeviceStep, noisify, step};
 use minidiffusion::testing::{assert_close, parity_device, randn};
 use minidiffusion::{Device, Tensor};
 
@@ -63,4 +63,35 @@ fn step_parity() {
     let (b, _) = step(&xt_c, &eps_c, minidiffusion::ops::diffusion::StepCoefs { sigma: 0.0, ..k }, 7, 3, 0, false).unwrap();
     assert_ne!(a.to_vec(), b.to_vec());
     assert_eq!(Device::Cpu, a.device());
+}
+
+/// The step a CUDA graph replays (values written to the device by `set`, x
+/// updated in place by `apply`) against the CPU twin of the ordinary step.
+#[test]
+fn device_step_in_place_parity() {
+    let s = Schedule::lesson_default();
+    let (xt_c, xt_d) = pair(&[2, 3, 5, 3], 4);
+    let (eps_c, eps_d) = pair(&[2, 3, 5, 3], 5);
+    let dev = DeviceStep::new(parity_device(), 2).unwrap();
+    let cases = [
+        (500, ddpm_coefs(&s, 500, None), 0u64),
+        (0, ddpm_coefs(&s, 0, None), 5),
+        (700, ddim_coefs(s.abar(700), s.abar(600), 1.0, Some(1.0)), 7),
+    ];
+    for (t, k, start) in cases {
+        let (p_c, x0_c) = step(&xt_c, &eps_c, k, 11, 2, start, true).unwrap();
+        let x = xt_d.deep_clone().unwrap();
+        let x0 = Tensor::zeros_on([2, 3, 5, 3], parity_device()).unwrap();
+        dev.set(t, k, 11, 2, start, Some(&x0)).unwrap();
+        assert_eq!(dev.timesteps().to_vec(), vec![t as f32; 2]);
+        dev.apply(&x, &eps_d).unwrap();
+        assert_close("in-place step", &x.to_vec(), &p_c.to_vec(), 1e-7, 1e-6);
+        assert_close("in-place step x̂0", &x0.to_vec(), &x0_c.unwrap().to_vec(), 1e-7, 1e-6);
+        // without x̂0 the update is the same
+        let y = xt_d.deep_clone().unwrap();
+        dev.set(t, k, 11, 2, start, None).unwrap();
+        dev.apply(&y, &eps_d).unwrap();
+        assert_eq!(y.to_vec(), x.to_vec());
+    }
+    assert!(DeviceStep::new(Device::Cpu, 2).is_err(), "a device step is CUDA's");
 }

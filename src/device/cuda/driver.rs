@@ -57,6 +57,12 @@ impl LaunchConfig {
     }
 }
 
+/// A captured CUDA graph, instantiated: one launch replays all its work on
+/// the stream, in the order it was recorded.
+pub trait GraphExec {
+    fn launch(&self) -> Result<()>;
+}
+
 /// Device memory, copies and launches on one stream. All work is ordered on
 /// that stream; `dtoh` waits for it.
 pub trait Driver: Send + Sync {
@@ -80,4 +86,12 @@ pub trait Driver: Send + Sync {
     fn set_profiling(&self, on: bool);
     /// The timings since the last call: (kernel, milliseconds) per launch.
     fn take_profile(&self) -> Result<Vec<(&'static str, f64)>>;
+    /// From now on record the calling thread's launches, device copies and
+    /// memsets into a graph instead of running them (relaxed capture mode:
+    /// allocation is allowed). Host copies, synchronisation and freeing
+    /// device memory fail and invalidate the capture, as on a GPU.
+    fn begin_capture(&self) -> Result<()>;
+    /// Stop recording: the graph, instantiated. Fails if the capture was
+    /// invalidated or recorded nothing.
+    fn end_capture(&self) -> Result<Box<dyn GraphExec>>;
 }

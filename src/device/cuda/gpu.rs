@@ -1,9 +1,9 @@
 //! A real GPU as a [`Driver`], through cudarc (driver API, loaded at run time).
 
-use super::driver::{Arg, Driver, LaunchConfig};
+use super::driver::{Arg, Driver, GraphExec, LaunchConfig};
 use super::kernels::KernelImage;
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, result as cu, sys};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaStream, result as cu, sys};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,17 @@ pub struct GpuDriver {
     profiling: std::sync::atomic::AtomicBool,
     /// (kernel, start, end) events of timed launches, read by take_profile.
     timed: Mutex<Vec<(&'static str, CudaEvent, CudaEvent)>>,
+    /// A graph capture is open on the stream (launches are not timed then).
+    capturing: std::sync::atomic::AtomicBool,
+}
+
+/// An instantiated CUDA graph (cudarc's, which destroys it when dropped).
+struct GpuGraph(CudaGraph);
+
+impl GraphExec for GpuGraph {
+    fn launch(&self) -> Result<()> {
+        self.0.launch().map_err(|e| cuda_err("launching a CUDA graph", e))
+    }
 }
 
 fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -30,7 +41,8 @@ impl GpuDriver {
         let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err(&format!("opening CUDA device {ordinal}"), e))?;
         // SAFETY: called before any allocation on this context (cudarc's advice).
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(|e| cuda_err("creating a stream", e))?;
         let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
         let ptx = match super::kernels::KERNEL_IMAGE {
             KernelImage::Fatbin(bytes) => cudarc::nvrtc::Ptx::from_binary(bytes.to_vec()),
@@ -52,6 +64,7 @@ impl GpuDriver {
             name,
             profiling: Default::default(),
             timed: Mutex::new(Vec::new()),
+            capturing: Default::default(),
         })
     }
 
@@ -123,7 +136,8 @@ impl Driver for GpuDriver {
         let mut params: Vec<*mut c_void> = storage.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
         let [gx, gy, gz] = cfg.grid;
         let [bx, by, bz] = cfg.block;
-        let events = if self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
+        let timed = self.profiling.load(std::sync::atomic::Ordering::Relaxed) && !self.capturing.load(std::sync::atomic::Ordering::Relaxed);
+        let events = if timed {
             let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
             let start = self.ctx.new_event(timing).map_err(|e| cuda_err("creating an event", e))?;
             let end = self.ctx.new_event(timing).map_err(|e| cuda_err("creating an event", e))?;
@@ -159,5 +173,27 @@ impl Driver for GpuDriver {
             .into_iter()
             .map(|(k, start, end)| Ok((k, start.elapsed_ms(&end).map_err(|e| cuda_err("reading an event", e))? as f64)))
             .collect()
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        // Relaxed: the caching allocator may call cuMemAlloc while the graph's
+        // private pool grows; every stream operation is recorded, not run.
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| cuda_err("beginning a CUDA graph capture", e))?;
+        self.capturing.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<Box<dyn GraphExec>> {
+        self.capturing.store(false, std::sync::atomic::Ordering::Relaxed);
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| cuda_err("ending a CUDA graph capture", e))?
+            .ok_or_else(|| Error::Cuda("the CUDA graph capture recorded nothing".into()))?;
+        // upload now, so the first launch does not pay for it
+        graph.upload().map_err(|e| cuda_err("uploading a CUDA graph", e))?;
+        Ok(Box::new(GpuGraph(graph)))
     }
 }

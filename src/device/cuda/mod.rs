@@ -9,14 +9,15 @@ mod emulator;
 mod gpu;
 pub mod kernels;
 
-pub use allocator::AllocStats;
+pub use allocator::{AllocStats, GraphPool};
 pub use driver::{Arg, LaunchConfig};
 
 use super::{CudaDevice, Device};
 use crate::error::{Error, Result};
 use allocator::{CachingAllocator, DeviceBlock};
-use driver::Driver;
+use driver::{Driver, GraphExec};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Number of usable GPUs: 0 when libcuda cannot be loaded or no GPU is visible.
@@ -47,6 +48,49 @@ fn no_gpu_reason(ordinal: usize) -> String {
 pub struct CudaBackend {
     device: CudaDevice,
     allocator: Arc<CachingAllocator>,
+    profiling: AtomicBool,
+    graph_captures: AtomicU64,
+    graph_launches: AtomicU64,
+}
+
+/// Counters of CUDA graph use on a device (see [`CudaBackend::graph_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphStats {
+    pub captures: u64,
+    pub launches: u64,
+}
+
+/// Work captured once on a device and replayed by [`Graph::launch`]: the same
+/// kernels with the same arguments on the same buffers, one launch for all.
+/// It keeps its private memory pool, so the addresses it replays stay its own.
+pub struct Graph {
+    exec: Box<dyn GraphExec>,
+    backend: Arc<CudaBackend>,
+    _pool: Arc<GraphPool>,
+}
+
+impl Graph {
+    /// Queue the whole graph on the device's stream.
+    pub fn launch(&self) -> Result<()> {
+        let _nvtx = crate::device::nvtx::range("graph launch");
+        self.exec.launch()?;
+        self.backend.graph_launches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Restores the thread's previous pool when dropped (also on error or panic).
+struct ActivePool<'a> {
+    allocator: &'a CachingAllocator,
+    previous: Option<Option<Arc<GraphPool>>>,
+}
+
+impl Drop for ActivePool<'_> {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            self.allocator.set_active_pool(previous);
+        }
+    }
 }
 
 /// The backend of `device`, opened on first use and shared after.
@@ -64,7 +108,13 @@ pub fn backend(device: CudaDevice) -> Result<Arc<CudaBackend>> {
         }
         Arc::new(gpu::GpuDriver::open(device.ordinal)?)
     };
-    let b = Arc::new(CudaBackend { device, allocator: CachingAllocator::new(driver) });
+    let b = Arc::new(CudaBackend {
+        device,
+        allocator: CachingAllocator::new(driver),
+        profiling: AtomicBool::new(false),
+        graph_captures: AtomicU64::new(0),
+        graph_launches: AtomicU64::new(0),
+    });
     map.insert(device, b.clone());
     Ok(b)
 }
@@ -120,12 +170,19 @@ impl CudaBackend {
 
     /// Time every kernel launch from now on (CUDA events on a GPU).
     pub fn start_profiling(&self) {
+        self.profiling.store(true, Ordering::Relaxed);
         self.driver().set_profiling(true);
+    }
+
+    /// Whether launches are being timed (graph replays cannot be, per kernel).
+    pub fn is_profiling(&self) -> bool {
+        self.profiling.load(Ordering::Relaxed)
     }
 
     /// Stop timing and return one row per kernel: (name, calls, total ms),
     /// slowest first.
     pub fn stop_profiling(&self) -> Result<Vec<KernelTime>> {
+        self.profiling.store(false, Ordering::Relaxed);
         self.driver().set_profiling(false);
         let mut rows: Vec<KernelTime> = Vec::new();
         for (name, ms) in self.driver().take_profile()? {
@@ -144,6 +201,46 @@ impl CudaBackend {
     /// Give cached device memory back to the driver.
     pub fn empty_cache(&self) {
         self.allocator.empty_cache()
+    }
+
+    /// A new private memory pool for a graph.
+    pub fn new_graph_pool(&self) -> Arc<GraphPool> {
+        self.allocator.new_pool()
+    }
+
+    fn activate(&self, pool: &Arc<GraphPool>) -> ActivePool<'_> {
+        let previous = self.allocator.set_active_pool(Some(pool.clone()));
+        ActivePool { allocator: &self.allocator, previous: Some(previous) }
+    }
+
+    /// Run `f` with this thread's allocations on this device drawn from `pool`
+    /// (the eager warm-up before a capture: it grows the pool to what the
+    /// captured work needs, so the capture itself allocates nothing).
+    pub fn with_pool<T>(&self, pool: &Arc<GraphPool>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _active = self.activate(pool);
+        f()
+    }
+
+    /// Record `f`'s work on this device as a graph, allocating from `pool`;
+    /// nothing runs until [`Graph::launch`]. `f` must not copy to or from the
+    /// host or synchronise (that fails the capture). Its results are buffers
+    /// the graph will write when launched.
+    pub fn capture<T>(self: &Arc<Self>, pool: &Arc<GraphPool>, f: impl FnOnce() -> Result<T>) -> Result<(Graph, T)> {
+        let _nvtx = crate::device::nvtx::range("graph capture");
+        let active = self.activate(pool);
+        self.driver().begin_capture()?;
+        let recorded = f();
+        let ended = self.driver().end_capture();
+        drop(active);
+        let value = recorded?;
+        let exec = ended?;
+        self.graph_captures.fetch_add(1, Ordering::Relaxed);
+        Ok((Graph { exec, backend: self.clone(), _pool: pool.clone() }, value))
+    }
+
+    /// How many graphs were captured and launched on this device.
+    pub fn graph_stats(&self) -> GraphStats {
+        GraphStats { captures: self.graph_captures.load(Ordering::Relaxed), launches: self.graph_launches.load(Ordering::Relaxed) }
     }
 }
 
@@ -211,6 +308,12 @@ impl CudaBuffer {
         let copy = self.backend.alloc(self.len)?;
         self.backend.driver().dtod(copy.ptr(), self.ptr(), self.len * 4)?;
         Ok(copy)
+    }
+
+    /// Overwrite with another buffer's values on the device (same length).
+    pub fn copy_from(&self, src: &CudaBuffer) -> Result<()> {
+        assert_eq!(src.len, self.len, "copy_from: length");
+        self.backend.driver().dtod(self.ptr(), src.ptr(), self.len * 4)
     }
 
     /// Overwrite with host values (same length).

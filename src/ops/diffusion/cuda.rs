@@ -1,7 +1,7 @@
 //! CUDA launches of kernels/diffusion.cu.
 
-use super::StepCoefs;
-use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
+use super::{StepCoefs, StepParams};
+use crate::device::cuda::{Arg, CudaBackend, CudaBuffer, LaunchConfig};
 use crate::error::Result;
 use crate::ops::binary::cuda::elems;
 
@@ -46,4 +46,27 @@ pub fn step(xt: &CudaBuffer, eps: &CudaBuffer, k: StepCoefs, seed: u64, offset: 
         backend.launch("diffusion_step", config(start, n), &args)?;
     }
     Ok((prev, x0))
+}
+
+/// *params = value and timesteps[..] = value.t (one launch).
+pub fn set_step(params: &CudaBuffer, timesteps: &CudaBuffer, value: &StepParams) -> Result<()> {
+    let batch = timesteps.len();
+    let args = [params.arg(), timesteps.arg(), Arg::I32(elems("set_step", batch)?), Arg::pod(value)];
+    params.backend().launch("diffusion_set_step", LaunchConfig::for_elems(batch.max(1), THREADS), &args)
+}
+
+/// x ← the update of x with ε̂ and the values in `params`, in place.
+pub fn step_in_place(x: &CudaBuffer, eps: &CudaBuffer, params: &CudaBuffer) -> Result<()> {
+    let n = x.len();
+    if n > 0 {
+        let args = [x.arg(), eps.arg(), params.arg(), Arg::I32(elems("step", n)?)];
+        // the start (so the first Philox block) is on the device: cover any
+        x.backend().launch("diffusion_step_in_place", config(3, n), &args)?;
+    }
+    Ok(())
+}
+
+/// A device buffer that holds one `StepParams`.
+pub fn params_buffer(backend: &std::sync::Arc<CudaBackend>) -> Result<CudaBuffer> {
+    backend.zeros(std::mem::size_of::<StepParams>() / 4)
 }

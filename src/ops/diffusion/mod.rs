@@ -12,7 +12,7 @@ pub mod cuda;
 pub use cpu::StepCoefs;
 
 use crate::device::Device;
-use crate::error::{Result, shape_err};
+use crate::error::{Error, Result, shape_err};
 use crate::tensor::{Storage, Tensor, cpu_f32_storage};
 
 /// (x_t, ε) for a batch x0 [B, ...] at per-sample timesteps with ᾱ values `abar` (len B).
@@ -61,4 +61,67 @@ pub fn step(xt: &Tensor, eps: &Tensor, k: StepCoefs, seed: u64, offset: u64, sta
     };
     let shape = xt.shape().clone();
     Ok((Tensor::from_storage(prev, shape.clone()), x0.map(|s| Tensor::from_storage(s, shape))))
+}
+
+/// One sampler step's values as the CUDA kernels read them from device
+/// memory (mirrors `StepParams` in kernels/diffusion.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepParams {
+    pub coefs: StepCoefs,
+    /// The timestep the model is called with.
+    pub t: f32,
+    pub seed: u64,
+    pub offset: u64,
+    pub start: u64,
+    /// Device address for x̂0, or 0.
+    pub x0_out: u64,
+}
+
+/// A sampler step whose values live on the device: `set` writes them (one
+/// launch), `apply` updates x in place reading them. Work captured once in a
+/// CUDA graph — the model on `timesteps()`, then `apply` — is thus replayed
+/// for every step with that step's values. CUDA only.
+pub struct DeviceStep {
+    params: crate::device::cuda::CudaBuffer,
+    timesteps: Tensor,
+}
+
+impl DeviceStep {
+    /// For a batch of `batch` samples on the CUDA device `device`.
+    pub fn new(device: Device, batch: usize) -> Result<DeviceStep> {
+        let Device::Cuda(d) = device else {
+            return Err(Error::WrongDevice { op: "DeviceStep", expected: "cuda", got: device });
+        };
+        let backend = crate::device::cuda::backend(d)?;
+        Ok(DeviceStep { params: cuda::params_buffer(&backend)?, timesteps: Tensor::zeros_on([batch], device)? })
+    }
+
+    /// The timesteps [batch] the model is called with (set by `set`).
+    pub fn timesteps(&self) -> &Tensor {
+        &self.timesteps
+    }
+
+    /// This step's values: timestep t, coefficients, noise stream
+    /// (seed, offset) from element `start`, and where x̂0 goes (a tensor the
+    /// size of x on this device, or none).
+    pub fn set(&self, t: usize, coefs: StepCoefs, seed: u64, offset: u64, start: u64, x0_out: Option<&Tensor>) -> Result<()> {
+        let x0_storage = x0_out.map(|x| x.storage());
+        let x0_ptr = match &x0_storage {
+            Some(s) => s.cuda("sampler step x̂0")?.ptr(),
+            None => 0,
+        };
+        let value = StepParams { coefs, t: t as f32, seed, offset, start, x0_out: x0_ptr };
+        cuda::set_step(&self.params, self.timesteps.storage().cuda("sampler step")?, &value)
+    }
+
+    /// x ← x_prev in place with ε̂ and the values set last.
+    pub fn apply(&self, x: &Tensor, eps: &Tensor) -> Result<()> {
+        let _nvtx = crate::device::nvtx::range("diffusion_step");
+        if x.shape() != eps.shape() {
+            return shape_err("sampler step", format!("x_t {} and ε̂ {} differ", x.shape(), eps.shape()));
+        }
+        let (sx, se) = (x.storage(), eps.storage());
+        cuda::step_in_place(sx.cuda("sampler step")?, se.cuda("sampler step")?, &self.params)
+    }
 }
