@@ -8,7 +8,9 @@
 # figures (ours with --precision bf16, torch's kernels on bf16 tensors);
 # recipe (a bundle made with DEVICE_TESTS=0 DEVICE_DATA=1) trains the seed
 # recipe on the full Fashion-MNIST at bf16 for as much of the budget as is
-# left, then scores it (eval: FID/KID of DDIM-100 and DDIM-25 at n = 2048).
+# left, then scores it (eval: FID/KID of DDIM-100 and DDIM-25 at n = 2048);
+# graph is the CUDA graph A/B: DDIM-100 at batches 16, 256 and 2048 with one
+# captured step replayed (the default) and with every kernel launched.
 # Every step has its own timeout and the script stops starting steps once
 # BUDGET_S (default 420) is near, so it always finishes and packs its logs:
 # OUTDIR gets summary.txt, results.jsonl and logs.tar.gz (the device tool
@@ -102,6 +104,12 @@ ours)
     step ours_sample 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json
     step ours_train 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json
     step ours_fid 60 "$md" bench fid --device cuda --json
+    ;;
+graph)
+    for b in 16 256 2048; do
+        step ours_sample_bf16_b${b}_graph 120 "$md" bench sample --config seed --steps 100 -n $b --batch-size $b --device cuda --json --precision bf16
+        step ours_sample_bf16_b${b}_nograph 120 "$md" bench sample --config seed --steps 100 -n $b --batch-size $b --device cuda --json --precision bf16 --cuda-graph off
+    done
     ;;
 torch|torch_eager)
     bp="$here/bench_pytorch.py"

@@ -74,3 +74,18 @@ fn unknown_subcommand_and_flag_are_clear_errors() {
     assert_eq!(code, 2);
     assert!(stderr.contains("Usage: minidiffusion"), "{stderr}");
 }
+
+#[test]
+fn cuda_graph_flag_is_on_or_off() {
+    let (code, stdout, stderr) = run(&["bench", "sample", "--config", "tiny", "--device", "cpu", "--cuda-graph", "maybe", "-n", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--cuda-graph: 'maybe' is neither on nor off"), "{stderr}");
+    // on the CPU the flag is accepted and no graph is used
+    let (code, stdout, stderr) =
+        run(&["bench", "sample", "--config", "tiny", "--device", "cpu", "--steps", "3", "-n", "1", "--batch-size", "1", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["cuda_graph"], false, "{stdout}");
+}

@@ -329,6 +329,11 @@ fn sample(args: SampleBenchArgs) -> anyhow::Result<()> {
     };
     super::sample::sample_all(&model, &schedule, &warm, args.batch_size.min(args.n), args.batch_size, None, device)?;
     let prof = profiler(device, args.profile)?;
+    // a graph's kernels cannot be timed one by one: profiled runs launch each
+    let graphed = minidiffusion::diffusion::sampler::uses_cuda_graph(device, &schedule, &opts)?;
+    if args.profile && opts.cuda_graph && matches!(device, Device::Cuda(_)) {
+        eprintln!("note: --profile times every kernel, so this run launches them one by one (no CUDA graph)");
+    }
     let (_, _, evals, seconds) = super::sample::sample_all(&model, &schedule, &opts, args.n, args.batch_size, None, device)?;
     print_profile(prof)?;
     let steps = evals / args.n;
@@ -338,12 +343,14 @@ fn sample(args: SampleBenchArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({"samples_per_s": sps, "model_evals_per_s": eps, "device": device.to_string(), "n": args.n,
                 "steps": steps, "batch_size": args.batch_size, "sampler": args.sampler.sampler, "model": label, "seconds": seconds,
-                "precision": opts.precision})
+                "precision": opts.precision, "cuda_graph": graphed})
         );
     } else {
         println!(
-            "{label}: {} samples × {steps} model calls in {seconds:.2}s on {device} ({} products): {sps:.2} samples/s, {eps:.1} model evaluations/s",
-            args.n, opts.precision
+            "{label}: {} samples × {steps} model calls in {seconds:.2}s on {device} ({} products{}): {sps:.2} samples/s, {eps:.1} model evaluations/s",
+            args.n,
+            opts.precision,
+            if graphed { ", CUDA graph" } else { "" }
         );
     }
     Ok(())

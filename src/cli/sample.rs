@@ -38,6 +38,9 @@ pub struct SamplerArgs {
     /// Products of the model calls: f32, or bf16 (operands rounded to bf16, f32 sums; bf16 tensor cores on CUDA).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// On CUDA: capture a model step as a CUDA graph and replay it (on), or launch every kernel (off). Same samples.
+    #[arg(long, default_value = "on")]
+    pub cuda_graph: String,
 }
 
 impl SamplerArgs {
@@ -59,6 +62,11 @@ impl SamplerArgs {
                 _ => bail!("--clip-x0: '{v}' is neither none nor a positive number"),
             },
         };
+        let cuda_graph = match self.cuda_graph.as_str() {
+            "on" => true,
+            "off" => false,
+            other => bail!("--cuda-graph: '{other}' is neither on nor off"),
+        };
         Ok(SamplerOptions {
             kind,
             clip_x0,
@@ -67,6 +75,7 @@ impl SamplerArgs {
             seed: self.seed,
             keep_x0_at: vec![],
             precision: self.precision,
+            cuda_graph,
         })
     }
 }

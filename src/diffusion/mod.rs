@@ -1,6 +1,7 @@
 //! Diffusion: noise schedules and the samplers (DDPM, skip-DDPM, DDIM); the
 //! fused per-element updates are ops (ops::diffusion).
 
+mod cuda_graph;
 pub mod sampler;
 pub mod schedule;
 

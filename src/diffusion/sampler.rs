@@ -65,6 +65,9 @@ pub struct SamplerOptions {
     pub keep_x0_at: Vec<usize>,
     /// The compute precision of the model calls' products (ops::precision).
     pub precision: Precision,
+    /// On CUDA, capture one model step as a CUDA graph and replay it for the
+    /// others (`cuda_graph::sample`); same results, bit for bit.
+    pub cuda_graph: bool,
 }
 
 impl Default for SamplerOptions {
@@ -77,6 +80,7 @@ impl Default for SamplerOptions {
             seed: 0,
             keep_x0_at: vec![],
             precision: Precision::F32,
+            cuda_graph: true,
         }
     }
 }
@@ -164,25 +168,9 @@ pub fn initial_noise(dims: [usize; 4], first: usize, seed: u64, device: Device) 
     Tensor::from_vec(v, dims.to_vec())?.to_device(device)
 }
 
-/// Run the sampler from x_T (samples `first..` of the run, for the noise
-/// indices). `model(x_t, t)` returns ε̂ for timesteps `t` ([B] f32).
-pub fn sample(
-    mut model: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
-    x_t: Tensor,
-    first: usize,
-    schedule: &Schedule,
-    opts: &SamplerOptions,
-) -> Result<Samples> {
-    let _precision = crate::ops::precision::with_precision(opts.precision);
-    let batch = x_t.dims()[0];
-    let device = x_t.device();
-    let start = (first * (x_t.numel() / batch.max(1))) as u64;
-    let timesteps = |t: usize| Tensor::full_on(t as f32, [batch], device);
-    let mut x = x_t;
-    let mut evals = 0;
-    let mut history = Vec::new();
-    let mut eps: Option<Tensor> = None;
-    let plan: Vec<(usize, StepCoefs)> = match opts.kind {
+/// Each update: (timestep, coefficients), in sampling order.
+pub fn plan(schedule: &Schedule, opts: &SamplerOptions) -> Result<Vec<(usize, StepCoefs)>> {
+    Ok(match opts.kind {
         SamplerKind::Ddpm | SamplerKind::DdpmSkip | SamplerKind::DdpmSampleAt => {
             (0..schedule.steps()).rev().map(|t| (t, ddpm_coefs(schedule, t, opts.clip_x0))).collect()
         }
@@ -198,15 +186,49 @@ pub fn sample(
                 })
                 .collect()
         }
-    };
+    })
+}
+
+/// Whether update k of `plan` calls the model (the first always does).
+pub fn calls_model(kind: SamplerKind, plan: &[(usize, StepCoefs)], k: usize) -> bool {
+    k == 0 || model_called_at(kind, plan[k].0)
+}
+
+/// Whether `sample` on `device` will replay its model steps from a CUDA graph.
+pub fn uses_cuda_graph(device: Device, schedule: &Schedule, opts: &SamplerOptions) -> Result<bool> {
+    Ok(super::cuda_graph::worth_it(device, opts, &plan(schedule, opts)?)?.is_some())
+}
+
+/// Run the sampler from x_T (samples `first..` of the run, for the noise
+/// indices). `model(x_t, t)` returns ε̂ for timesteps `t` ([B] f32).
+pub fn sample(
+    mut model: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
+    x_t: Tensor,
+    first: usize,
+    schedule: &Schedule,
+    opts: &SamplerOptions,
+) -> Result<Samples> {
+    let _precision = crate::ops::precision::with_precision(opts.precision);
+    let batch = x_t.dims()[0];
+    let device = x_t.device();
+    let start = (first * (x_t.numel() / batch.max(1))) as u64;
+    let plan = plan(schedule, opts)?;
+    if let Some(backend) = super::cuda_graph::worth_it(device, opts, &plan)? {
+        return super::cuda_graph::sample(&backend, model, x_t, start, &plan, opts);
+    }
+    let timesteps = |t: usize| Tensor::full_on(t as f32, [batch], device);
+    let mut x = x_t;
+    let mut evals = 0;
+    let mut history = Vec::new();
+    let mut eps: Option<Tensor> = None;
     for (k, &(t, coefs)) in plan.iter().enumerate() {
         let _nvtx = crate::device::nvtx::range("sampler step");
-        if eps.is_none() || model_called_at(opts.kind, t) {
+        if calls_model(opts.kind, &plan, k) {
             eps = Some(model(&x, &timesteps(t)?)?);
             evals += 1;
         }
         let want_x0 = opts.keep_x0_at.contains(&k);
-        let (next, x0) = step(&x, eps.as_ref().expect("set above"), coefs, opts.seed, 1 + k as u64, start, want_x0)?;
+        let (next, x0) = step(&x, eps.as_ref().expect("set at k = 0"), coefs, opts.seed, 1 + k as u64, start, want_x0)?;
         if let Some(x0) = x0 {
             history.push((k, t, x0));
         }

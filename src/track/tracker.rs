@@ -273,6 +273,7 @@ impl SampleGrid {
             seed: GRID_SEED,
             keep_x0_at: vec![],
             precision: l.config.precision,
+            cuda_graph: true,
         };
         let c = l.model.config.in_channels;
         let (h, w) = l.model.config.sample_hw().unwrap_or((32, 32));

@@ -1,0 +1,197 @@
+//! CUDA graphs (on a GPU when there is one, else the CPU emulation of CUDA,
+//! which records a capture and replays it, and fails host copies and
+//! synchronisation inside a capture as a GPU does): sampling with a graph
+//! equals the eager loop bit for bit for every sampler kind; the graph's
+//! private pool keeps its memory from the rest of the program; an illegal
+//! call fails the capture and leaves the device usable.
+//!
+//! The tests share the device's counters (graph launches, mallocs), so they
+//! run one at a time.
+
+use minidiffusion::device::cuda::{self, CudaBackend};
+use minidiffusion::diffusion::sampler::{self, SamplerKind, SamplerOptions, Spacing};
+use minidiffusion::diffusion::{Schedule, ScheduleKind};
+use minidiffusion::io::model_dir;
+use minidiffusion::ops::{self, Conv2dParams};
+use minidiffusion::testing::{parity_device, randn};
+use minidiffusion::{Device, Tensor, no_grad};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn backend(device: Device) -> Arc<CudaBackend> {
+    let Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
+    cuda::backend(d).unwrap()
+}
+
+fn device_tensor(dims: &[usize], seed: u64, device: Device) -> Tensor {
+    Tensor::from_vec_on(randn(dims, seed), dims.to_vec(), device).unwrap()
+}
+
+/// A cheap stand-in for a UNet that uses x and t: ε̂ = silu(conv3x3(x)) · t/T + 0.1·x.
+fn toy_model(weight: &Tensor) -> impl Fn(&Tensor, &Tensor) -> minidiffusion::Result<Tensor> + '_ {
+    move |x: &Tensor, t: &Tensor| {
+        let h = ops::silu(&ops::conv2d(x, weight, None, Conv2dParams { stride: 1, padding: 1 })?)?;
+        let scale = ops::reshape(&ops::mul_scalar(t, 1.0 / 60.0)?, [x.dims()[0], 1, 1, 1])?;
+        ops::add(&ops::mul(&h, &scale)?, &ops::mul_scalar(x, 0.1)?)
+    }
+}
+
+/// Runs `opts` with and without the graph; asserts equal samples, x̂0
+/// history and model calls, and `launches` graph launches from one capture.
+fn assert_graph_equals_eager(
+    model: impl Fn(&Tensor, &Tensor) -> minidiffusion::Result<Tensor>,
+    x_t: &Tensor,
+    first: usize,
+    schedule: &Schedule,
+    opts: &SamplerOptions,
+    launches: u64,
+) {
+    let b = backend(x_t.device());
+    let eager_opts = SamplerOptions { cuda_graph: false, ..opts.clone() };
+    let before = b.graph_stats();
+    let eager = no_grad(|| sampler::sample(&model, x_t.clone(), first, schedule, &eager_opts)).unwrap();
+    assert_eq!(b.graph_stats(), before, "cuda_graph: false uses no graph");
+    let x_t_values = x_t.to_vec();
+    let graphed = no_grad(|| sampler::sample(&model, x_t.clone(), first, schedule, opts)).unwrap();
+    let after = b.graph_stats();
+    assert_eq!((after.captures - before.captures, after.launches - before.launches), (1, launches), "{:?}", opts.kind);
+    assert_eq!(x_t.to_vec(), x_t_values, "the caller's x_T is left as it was");
+    assert_eq!(graphed.model_evals, eager.model_evals);
+    assert_eq!(graphed.x0.to_vec(), eager.x0.to_vec(), "{:?}: samples differ", opts.kind);
+    assert_eq!(graphed.x0_history.len(), eager.x0_history.len());
+    for ((k, t, a), (k2, t2, b)) in graphed.x0_history.iter().zip(&eager.x0_history) {
+        assert_eq!((k, t), (k2, t2));
+        assert_eq!(a.to_vec(), b.to_vec(), "x̂0 after update {k} differs");
+    }
+    // the update really moved x
+    assert_ne!(graphed.x0.to_vec(), x_t_values);
+}
+
+#[test]
+fn graphed_sampling_equals_eager_for_every_sampler() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let device = parity_device();
+    let weight = device_tensor(&[2, 2, 3, 3], 1, device);
+    let model = toy_model(&weight);
+    let x_t = device_tensor(&[3, 2, 5, 4], 2, device);
+    let short = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.02 }, 60).unwrap();
+    let ddim = |steps, eta| SamplerKind::Ddim { steps, eta, spacing: Spacing::Leading };
+    let cases = [
+        // deterministic DDIM: 6 model calls, the first eager, then 5 launches
+        (SamplerOptions { kind: ddim(6, 0.0), ..Default::default() }, 5),
+        // noise at every update, clipping, x̂0 kept at three updates, samples from 7 on
+        (SamplerOptions { kind: ddim(5, 1.0), clip_x0: Some(1.0), keep_x0_at: vec![0, 2, 4], seed: 9, ..Default::default() }, 4),
+        // DDPM over all 60 steps
+        (SamplerOptions { kind: SamplerKind::Ddpm, seed: 3, ..Default::default() }, 59),
+        // skip-DDPM: the model at 59, 57, 54, 51 and below 50 (54 calls); ε̂ reused between
+        (SamplerOptions { kind: SamplerKind::DdpmSkip, seed: 4, keep_x0_at: vec![1, 58], ..Default::default() }, 53),
+    ];
+    for (opts, launches) in cases {
+        let first = if opts.seed == 9 { 7 } else { 0 };
+        assert_graph_equals_eager(&model, &x_t, first, &short, &opts, launches);
+    }
+}
+
+/// The golden diffusers UNet (attention, group norms, up/down sampling):
+/// nothing in its forward pass copies to the host or synchronises, so it
+/// captures, and its replays equal the eager passes. (Slow on the emulation:
+/// ~9 s a forward pass, so 3 DDIM steps.)
+#[test]
+fn graphed_unet_sampling_equals_eager() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let device = parity_device();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/unet_a");
+    let (model, _) = model_dir::load(&dir, device).unwrap();
+    let x_t = sampler::initial_noise([2, 1, 16, 16], 0, 5, device).unwrap();
+    let opts = SamplerOptions { kind: SamplerKind::Ddim { steps: 3, eta: 0.0, spacing: Spacing::Leading }, ..Default::default() };
+    assert_graph_equals_eager(|x, t| model.forward(x, t), &x_t, 0, &Schedule::lesson_default(), &opts, 2);
+}
+
+#[test]
+fn graphed_runs_at_bf16_and_in_a_warm_cache_allocate_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let device = parity_device();
+    let weight = device_tensor(&[8, 8, 3, 3], 6, device);
+    let model = toy_model(&weight);
+    let x_t = device_tensor(&[2, 8, 6, 6], 7, device);
+    let s = Schedule::lesson_default();
+    // the products' precision is part of what is captured
+    let opts = SamplerOptions {
+        kind: SamplerKind::Ddim { steps: 8, eta: 0.0, spacing: Spacing::Leading },
+        precision: ops::Precision::Bf16,
+        ..Default::default()
+    };
+    assert_graph_equals_eager(&model, &x_t, 0, &s, &opts, 7);
+    // a second run finds every block it needs in the cache: its warm-up,
+    // capture and replays call cudaMalloc not once
+    let b = backend(device);
+    let warm = b.alloc_stats().device_mallocs;
+    no_grad(|| sampler::sample(&model, x_t.clone(), 0, &s, &opts)).unwrap();
+    assert_eq!(b.alloc_stats().device_mallocs, warm, "a graphed run in a warm cache calls cudaMalloc");
+}
+
+#[test]
+fn a_graph_keeps_its_memory_until_it_is_dropped() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let device = parity_device();
+    let b = backend(device);
+    let ptr = |t: &Tensor| t.storage().cuda("test").unwrap().ptr();
+    let x = device_tensor(&[1000], 3, device);
+    let outside = device_tensor(&[777], 4, device);
+    let outside_ptr = ptr(&outside);
+    let pool = b.new_graph_pool();
+    let mut outside = Some(outside);
+    // the captured work: a temporary (freed inside), an output, and a block of
+    // the general cache dropped inside the capture
+    let (graph, (y, temp_ptr)) = b
+        .capture(&pool, || {
+            let temp = ops::mul_scalar(&x, 2.0)?;
+            let y = ops::add_scalar(&temp, 1.0)?;
+            drop(outside.take());
+            Ok((y, ptr(&temp)))
+        })
+        .unwrap();
+    // nothing ran yet; launching runs it, as often as wanted
+    graph.launch().unwrap();
+    let want: Vec<f32> = x.to_vec().iter().map(|v| v * 2.0 + 1.0).collect();
+    assert_eq!(y.to_vec(), want);
+    x.copy_from_slice(&vec![1.0; 1000]).unwrap();
+    graph.launch().unwrap();
+    assert_eq!(y.to_vec(), vec![3.0; 1000], "a replay reads x again");
+    // while the graph lives, no allocation outside its pool gets its blocks
+    let others: Vec<Tensor> = (0..4).map(|_| Tensor::zeros_on([1000], device).unwrap()).chain([Tensor::zeros_on([777], device).unwrap()]).collect();
+    for o in &others {
+        assert!(ptr(o) != temp_ptr && ptr(o) != ptr(&y) && ptr(o) != outside_ptr, "a graph's block was handed out");
+    }
+    drop(others);
+    drop((graph, y, pool));
+    // the graph gone, the blocks it held serve everyone again
+    let reused: Vec<Tensor> = (0..8).map(|_| Tensor::zeros_on([777], device).unwrap()).collect();
+    assert!(reused.iter().any(|t| ptr(t) == outside_ptr), "the held block went back to the cache");
+}
+
+#[test]
+fn host_copies_fail_a_capture_and_the_device_stays_usable() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let device = parity_device();
+    let b = backend(device);
+    let x = device_tensor(&[64], 5, device);
+    let pool = b.new_graph_pool();
+    let err = b
+        .capture(&pool, || {
+            let y = ops::mul_scalar(&x, 3.0)?;
+            y.try_to_vec() // reads the device: not allowed while capturing
+        })
+        .err()
+        .expect("a device-to-host copy inside a capture fails it");
+    let msg = err.to_string();
+    assert!(msg.contains("capturing") || msg.contains("capture"), "{msg}");
+    // the stream works eagerly, and a clean capture after it works
+    let y = ops::mul_scalar(&x, 3.0).unwrap();
+    assert_eq!(y.to_vec(), x.to_vec().iter().map(|v| v * 3.0).collect::<Vec<_>>());
+    let (graph, z) = b.capture(&pool, || ops::add_scalar(&x, 1.0)).unwrap();
+    graph.launch().unwrap();
+    assert_eq!(z.to_vec(), x.to_vec().iter().map(|v| v + 1.0).collect::<Vec<_>>());
+}
