@@ -25,7 +25,9 @@ mkdir -p "$out"
 here="$(mktemp -d)"
 logs="$here/logs"
 mkdir -p "$logs"
-tar -C "$here" -xzf "$bundle/payload.tar.gz"
+tar -C "$here" -xJf "$bundle/payload.tar.xz" 2> /dev/null \
+    || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$bundle/payload.tar.xz" "$here" \
+    || { echo "cannot unpack $bundle/payload.tar.xz (neither tar -J nor Python lzma)"; exit 2; }
 cp "$bundle/COMMIT" "$here/"
 summary="$out/summary.txt"
 results="$out/results.jsonl"

@@ -15,15 +15,11 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     let threads = rayon::current_num_threads();
     let mut devices = vec!["cpu".to_string()];
     devices.extend((0..cuda::gpu_count()).map(|i| format!("cuda:{i}")));
-    let kernels = if cuda::kernels::compiled_ahead() { "nvcc fatbin (sm_80, sm_86, sm_89, sm_90, compute_80 PTX)" } else { "sources, compiled by NVRTC at first use" };
+    let kernels = cuda::kernels::targets();
     if args.json {
-        let list: Vec<String> = devices.iter().map(|d| format!("\"{d}\"")).collect();
-        println!(
-            "{{\"version\":\"{version}\",\"devices\":[{}],\"cpu_threads\":{threads},\"cuda_kernels\":{},\"kernels_ahead_of_time\":{}}}",
-            list.join(","),
-            cuda::kernels::names().len(),
-            cuda::kernels::compiled_ahead()
-        );
+        let info = serde_json::json!({"version": version, "devices": devices, "cpu_threads": threads,
+            "cuda_kernels": cuda::kernels::names().len(), "kernels_ahead_of_time": cuda::kernels::compiled_ahead(), "kernel_targets": kernels});
+        println!("{info}");
     } else {
         println!("minidiffusion {version}");
         println!("devices: {}", devices.join(", "));

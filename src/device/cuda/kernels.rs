@@ -14,6 +14,11 @@ pub fn compiled_ahead() -> bool {
     matches!(KERNEL_IMAGE, KernelImage::Fatbin(_))
 }
 
+/// What the kernel image holds: "nvcc fatbin (sm_80, …, compute_80 PTX)" or NVRTC sources.
+pub fn targets() -> &'static str {
+    KERNEL_TARGETS
+}
+
 /// Names of all kernels.
 pub fn names() -> &'static [&'static str] {
     KERNEL_NAMES
