@@ -20,6 +20,26 @@ struct Broadcast2 {
     int b_strides[MD_MAX_DIMS];
 };
 
+// bf16 bits of x, rounded to nearest, ties to even; NaN stays a (quiet) NaN.
+// The same rounding as ops::precision::round_bf16 on the CPU. A bf16 tensor
+// is stored as these 16-bit patterns (unsigned short).
+__device__ __forceinline__ unsigned int bf16_bits(float x) {
+    const unsigned int u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;  // NaN
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// The value of stored bf16 bits (exact in f32).
+__device__ __forceinline__ float bf16_value(unsigned short bits) { return __uint_as_float((unsigned int)bits << 16); }
+
+// An element of f32 or bf16 storage, as f32.
+__device__ __forceinline__ float load_f32(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float load_f32(const unsigned short* p, long long i) { return bf16_value(p[i]); }
+
+// Store v to f32 storage, or rounded to bf16 storage.
+__device__ __forceinline__ void store_as(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void store_as(unsigned short* p, long long i, float v) { p[i] = (unsigned short)bf16_bits(v); }
+
 // Global index of this thread in a 1-D launch, and the grid-stride step.
 __device__ __forceinline__ int global_index() { return (int)(blockIdx.x * blockDim.x + threadIdx.x); }
 __device__ __forceinline__ int grid_stride() { return (int)(gridDim.x * blockDim.x); }

@@ -143,9 +143,11 @@ __device__ __forceinline__ void chunk_products(const uint4* As, const unsigned i
 
 // y = same-conv(x, A) + epilogue at the precision of Math, A packed by
 // conv2d_pack_same_<precision> for this shape (M = s.oc rows, s.c channels).
+// x is f32, or bf16 storage (TX = unsigned short: the bf16 path's GroupNorm
+// + SiLU output, staged as it is — the values the f32 input would round to).
 // Grid (⌈N·OH·OW/128⌉, ⌈OC/BM⌉), 256 threads.
-template <class Math, int BM, int KS>
-__device__ __forceinline__ void forward(const conv::ForwardOut& out, const float* x, const uint4* wp, const conv::Shape& s) {
+template <class Math, int BM, int KS, class TX = float>
+__device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s) {
     constexpr int KK = KS * KS;
     constexpr int PER_WORD = Math::PER_WORD;        // channels per patch word
     constexpr int CHUNK = CHUNK_WORDS * PER_WORD;   // channels per chunk
@@ -209,7 +211,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const float
             const int c = c0 + PER_WORD * (dst[i] % PATCH_STRIDE);
             float v[PER_WORD];
 #pragma unroll
-            for (int e = 0; e < PER_WORD; ++e) v[e] = src[i] >= 0 && c + e < s.c ? x[src[i] + (c0 + e) * HW] : 0.0f;
+            for (int e = 0; e < PER_WORD; ++e) v[e] = src[i] >= 0 && c + e < s.c ? load_f32(x, src[i] + (c0 + e) * HW) : 0.0f;
             p_regs[i] = word_bits(Math::pack(v));
         }
     };
@@ -500,6 +502,28 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_m64_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                               const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 64, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+
+// The bf16 forward reading x from bf16 storage.
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_m32_k1(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                    const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 1>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_m32_k3(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                    const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_m64_k1(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                    const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 64, 1>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_m64_k3(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                    const float* sample_bias, const float* residual, conv::Shape s) {
     same::forward<mma::Bf16, 64, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
 }
 

@@ -77,3 +77,13 @@ extern "C" __global__ void activation_forward(float* y, const float* x, int act,
 extern "C" __global__ void activation_backward(float* dx, const float* x, const float* dy, int act, float leak, int n) {
     for (int i = global_index(); i < n; i += grid_stride()) dx[i] = dy[i] * activation_slope(act, x[i], leak);
 }
+
+// Storage casts (ops::cast): f32 → bf16 rounds to nearest even (NaN kept),
+// bf16 → f32 is exact.
+extern "C" __global__ void cast_f32_to_bf16(unsigned short* y, const float* x, int n) {
+    for (int i = global_index(); i < n; i += grid_stride()) store_as(y, i, x[i]);
+}
+
+extern "C" __global__ void cast_bf16_to_f32(float* y, const unsigned short* x, int n) {
+    for (int i = global_index(); i < n; i += grid_stride()) y[i] = bf16_value(x[i]);
+}

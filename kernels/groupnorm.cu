@@ -27,8 +27,6 @@ __device__ __forceinline__ float grad_u(float dy, float xhat, float gamma, float
     return silu ? dy * silu_slope(xhat * gamma + beta) : dy;
 }
 
-}  // namespace groupnorm
-
 // Forward: one block per group (n, g), grid-stride over the N·G groups.
 //   pass 1: Σx                → μ           (f64 block sum)
 //   pass 2: Σ(x−μ)²           → σ², rstd    (f64 block sum, around the f64 μ)
@@ -36,16 +34,17 @@ __device__ __forceinline__ float grad_u(float dy, float xhat, float gamma, float
 // The statistics are stored as f32, mean[n·G + g] and rstd[n·G + g], exactly
 // as the CPU twin rounds them; pass 3 uses those f32 values, as the CPU does.
 // Consecutive threads read consecutive elements of the group (coalesced).
-extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    groupnorm_forward(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
-                      const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
-                      int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+template <class TY>
+__device__ __forceinline__ void forward(TY* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                                        const float* __restrict__ x, const float* __restrict__ gamma,
+                                        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
+                                        float eps, int silu) {
     __shared__ double scratch[32];
     const int m = cg * s;
     for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
         const int g = ng % groups;
         const float* xg = x + (long long)ng * m;
-        float* yg = y + (long long)ng * m;
+        TY* yg = y + (long long)ng * m;
 
         // μ = Σx / M
         double acc = 0.0;
@@ -67,18 +66,35 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
             rstd_out[ng] = rs;
         }
 
-        // y = act((x − μ)·(rstd·γ_c) + β_c), c = g·Cg + i/S
+        // y = act((x − μ)·(rstd·γ_c) + β_c), c = g·Cg + i/S (rounded to bf16 when stored so)
         for (int i = threadIdx.x; i < m; i += blockDim.x) {
             const int ch = g * cg + i / s;
             const float scale = rs * (gamma ? gamma[ch] : 1.0f);
             const float shift = beta ? beta[ch] : 0.0f;
             const float u = (xg[i] - mu) * scale + shift;
-            yg[i] = silu ? u / (1.0f + expf(-u)) : u;
+            store_as(yg, i, silu ? u / (1.0f + expf(-u)) : u);
         }
     }
 }
 
-// Backward, step 1 (one block per group (n, g), grid-stride over the groups).
+}  // namespace groupnorm
+
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                      const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                      int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+
+// The same with y stored as bf16 (the inference path at the bf16 compute
+// precision: y only feeds a convolution that rounds it to bf16 anyway).
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_bf16(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                           const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                           int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+
 // With dz = dy (or dy·silu'(u) fused), x̂ = (x − μ)·rstd and g = dz·γ_c:
 //   per channel c of the group:  A_nc = Σ_s dz,  B_nc = Σ_s dz·x̂   (f64, one warp
 //     per channel, lanes striding over S), stored in partials[2·(n·C + c) + {0,1}]

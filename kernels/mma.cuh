@@ -26,6 +26,7 @@
 // columns = 2 × 2 mma tiles, Acc::big[mi][ni][q] and Acc::small[..] as D's d_q
 // above; Acc::get adds the two.
 #pragma once
+#include "common.cuh"
 
 namespace mma {
 
@@ -129,14 +130,7 @@ __device__ __forceinline__ void warp_slice_3xtf32(const float (*As)[LD], const f
 // So the tiles are staged as pairs, As[kp][m] and Bs[kp][n], and the fragment
 // reads are those of the TF32 path with k replaced by kp.
 
-// bf16 bits of x, rounded to nearest, ties to even; NaN stays a (quiet) NaN.
-// The same rounding as ops::precision::round_bf16 on the CPU.
-__device__ __forceinline__ unsigned int bf16_bits(float x) {
-    const unsigned int u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;  // NaN
-    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
-
+// (bf16_bits, the rounding to bf16, is in common.cuh.)
 // One 32-bit register of two bf16: lo in bits 0..15, hi in bits 16..31.
 __device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
 

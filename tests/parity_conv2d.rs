@@ -161,3 +161,32 @@ fn conv2d_same_f32_parity() {
 fn conv2d_same_bf16_parity() {
     same_conv_parity(minidiffusion::ops::Precision::Bf16);
 }
+
+/// The bf16 same conv reading its input from bf16 storage (the bf16
+/// inference path's GroupNorm + SiLU output) equals the same kernel reading
+/// the f32 widening of those values, bit for bit, on the same geometries
+/// (both kernel rows, both K, partial chunks, multi-image tiles, epilogue).
+#[test]
+fn conv2d_same_bf16_reads_bf16_storage() {
+    use minidiffusion::ops::{ConvAdd, Precision, cast, conv2d_fused, with_precision};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::testing::{parity_device, randn};
+    use minidiffusion::{Tensor, no_grad};
+    let device = parity_device();
+    let t = |dims: &[usize], seed: u64| Tensor::from_vec_on(randn(dims, seed), dims.to_vec(), device).unwrap();
+    let _p = with_precision(Precision::Bf16);
+    let cases: [(&[usize], &[usize], usize); 4] =
+        [(&[2, 20, 16, 16], &[40, 20, 3, 3], 1), (&[3, 17, 4, 4], &[8, 17, 3, 3], 1), (&[3, 33, 8, 8], &[70, 33, 1, 1], 0), (&[1, 16, 32, 32], &[32, 16, 3, 3], 1)];
+    for (k, (xd, wd, pad)) in cases.into_iter().enumerate() {
+        let stored = cast(&t(xd, 10 + k as u64), DType::BF16).unwrap();
+        assert_eq!(stored.dtype(), DType::BF16);
+        let widened = cast(&stored, DType::F32).unwrap();
+        let (w, oc) = (t(wd, 20 + k as u64), wd[0]);
+        let (sb, res) = (t(&[xd[0], oc], 30 + k as u64), t(&[xd[0], oc, xd[2], xd[3]], 40 + k as u64));
+        let conv = |x: &Tensor| {
+            let add = ConvAdd { sample_bias: Some(&sb), residual: Some(&res) };
+            no_grad(|| conv2d_fused(x, &w, None, add, Conv2dParams { stride: 1, padding: pad })).unwrap().to_vec()
+        };
+        assert_eq!(conv(&stored), conv(&widened), "case {k}: {xd:?} * {wd:?}");
+    }
+}

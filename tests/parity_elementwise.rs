@@ -53,3 +53,43 @@ fn to_device_round_trip_and_gradient() {
     assert_eq!(grads.get(&x).unwrap().to_vec(), vec![3.0; 10]);
     assert_eq!(grads.get(&x).unwrap().device(), minidiffusion::Device::Cpu);
 }
+
+/// Storage casts on the device against the CPU twin (the `half` crate's
+/// rounding): ties to even both ways, NaN kept, ±∞, subnormals, values that
+/// round up to ∞, and the exact widening back.
+#[test]
+fn cast_parity() {
+    use minidiffusion::tensor::DType;
+    let mut v = randn(&[1000], 5);
+    v.extend([
+        1.0 + 1.0 / 256.0,            // a tie: rounds down to 1 (even)
+        1.0 + 3.0 / 256.0,            // a tie: rounds up (to even)
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-40,                        // subnormal
+        -3e-39,
+        f32::MAX,                     // past bf16's largest: ∞
+        3.3895314e38,                 // bf16's largest
+        0.0,
+        -0.0,
+    ]);
+    let cpu = Tensor::from_vec(v.clone(), vec![v.len()]).unwrap();
+    let dev = cpu.to_device(parity_device()).unwrap();
+    let (c16, d16) = (ops::cast(&cpu, DType::BF16).unwrap(), ops::cast(&dev, DType::BF16).unwrap());
+    assert_eq!((c16.dtype(), d16.dtype(), d16.device()), (DType::BF16, DType::BF16, parity_device()));
+    let bits = |t: &Tensor| t.to_vec().iter().map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() }).collect::<Vec<_>>();
+    assert_eq!(bits(&d16), bits(&c16), "f32 → bf16");
+    let back = ops::cast(&d16, DType::F32).unwrap();
+    assert_eq!((back.dtype(), back.device()), (DType::F32, parity_device()));
+    assert_eq!(bits(&back), bits(&d16), "bf16 → f32 is exact");
+    let got = d16.to_vec();
+    let n = v.len();
+    assert_eq!((got[1000], got[1001]), (1.0, 1.0 + 4.0 / 256.0));
+    assert!(got[1002].is_nan() && got[1003] == f32::INFINITY && got[1004] == f32::NEG_INFINITY && got[1007] == f32::INFINITY);
+    assert_eq!((got[1008], got[n - 2]), (3.3895314e38, 0.0));
+    assert!(got[n - 1] == 0.0 && got[n - 1].is_sign_negative());
+    // ops that compute in f32 refuse bf16 storage with one clear error
+    let err = ops::add(&d16, &d16).unwrap_err().to_string();
+    assert!(err.contains("BF16") || err.contains("bf16"), "{err}");
+}

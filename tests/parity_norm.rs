@@ -205,3 +205,29 @@ fn empty_inputs_parity() {
     let (rm, rv) = (Tensor::zeros_on([4], device).unwrap(), Tensor::full_on(1.0, [4], device).unwrap());
     assert_eq!(batch_norm(&x, &rm, &rv, None, None, BatchNormMode::Eval, 1e-5).unwrap().dims(), &[0, 4, 3]);
 }
+
+/// GroupNorm + SiLU stored as bf16 (the bf16 inference path) on the device:
+/// exactly the device's f32 output rounded to bf16, and the CPU twin's
+/// stored values to one bf16 step (an f32 ulp between the two can move a
+/// value across a rounding boundary).
+#[test]
+fn group_norm_silu_bf16_storage_parity() {
+    use minidiffusion::ops::group_norm::group_norm_silu_stored;
+    use minidiffusion::tensor::DType;
+    for &(dims, groups_list) in GN_CASES {
+        let c = dims[1];
+        for &groups in groups_list {
+            let host = |d: &[usize], seed| Tensor::from_vec(randn(d, seed), d.to_vec()).unwrap();
+            let (x, w, b) = (host(dims, 1), host(&[c], 2), host(&[c], 3));
+            let dev = |t: &Tensor| t.to_device(parity_device()).unwrap();
+            let (xd, wd, bd) = (dev(&x), dev(&w), dev(&b));
+            let stored = group_norm_silu_stored(&xd, groups, Some(&wd), Some(&bd), 1e-5, DType::BF16).unwrap();
+            assert_eq!((stored.dtype(), stored.device()), (DType::BF16, parity_device()));
+            let f32_out = group_norm_silu(&xd, groups, Some(&wd), Some(&bd), 1e-5).unwrap().to_vec();
+            let rounded: Vec<f32> = f32_out.iter().map(|&v| minidiffusion::ops::precision::round_bf16(v)).collect();
+            assert_eq!(stored.to_vec(), rounded, "{dims:?} g{groups}: not the f32 output rounded");
+            let twin = group_norm_silu_stored(&x, groups, Some(&w), Some(&b), 1e-5, DType::BF16).unwrap().to_vec();
+            assert_close(&format!("bf16 storage {dims:?} g{groups}"), &stored.to_vec(), &twin, 1e-6, 1.0 / 128.0);
+        }
+    }
+}

@@ -155,3 +155,50 @@ fn bf16_training_follows_the_f32_loss_curve() {
     assert!((bf16_tail - f32_tail).abs() < 0.05 * f32_tail, "last-10 mean: bf16 {bf16_tail} vs f32 {f32_tail}");
     assert!((bf16_eval - f32_eval).abs() < 0.05 * f32_eval, "eval loss: bf16 {bf16_eval} vs f32 {f32_eval}");
 }
+
+/// bf16 storage of the conv inputs (GroupNorm + SiLU outputs at bf16
+/// inference): the stored values are the f32 outputs rounded to bf16; a
+/// convolution reading them equals one reading their f32 widening; and a
+/// whole UNet forward at bf16 is the same bit for bit with the storage
+/// (no_grad) as without it (a recording tape keeps f32).
+#[test]
+fn bf16_storage_of_conv_inputs_changes_no_value() {
+    use minidiffusion::nn::unet::{UNet2DConfig, UNet2DModel};
+    use minidiffusion::ops::group_norm::{group_norm_silu, group_norm_silu_stored};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::{Device, no_grad};
+    let x = Tensor::from_vec(randn(&[2, 8, 5, 6], 31), vec![2, 8, 5, 6]).unwrap();
+    let (w, b) = (Tensor::from_vec(randn(&[8], 32), vec![8]).unwrap(), Tensor::from_vec(randn(&[8], 33), vec![8]).unwrap());
+    let f32_out = group_norm_silu(&x, 4, Some(&w), Some(&b), 1e-5).unwrap();
+    let stored = group_norm_silu_stored(&x, 4, Some(&w), Some(&b), 1e-5, DType::BF16).unwrap();
+    assert_eq!(stored.dtype(), DType::BF16);
+    assert_eq!(stored.to_vec(), rounded(&f32_out.to_vec()));
+    // a recording tape cannot take bf16 storage
+    let wg = w.detach().requires_grad_();
+    let err = group_norm_silu_stored(&x, 4, Some(&wg), Some(&b), 1e-5, DType::BF16).unwrap_err().to_string();
+    assert!(err.contains("no_grad"), "{err}");
+    // the conv after it, at both precisions, with the fused epilogue
+    let cw = Tensor::from_vec(randn(&[6, 8, 3, 3], 34), vec![6, 8, 3, 3]).unwrap();
+    let sb = Tensor::from_vec(randn(&[2, 6], 35), vec![2, 6]).unwrap();
+    let widened = ops::cast(&stored, DType::F32).unwrap();
+    assert_eq!(widened.dtype(), DType::F32);
+    for prec in [Precision::F32, Precision::Bf16] {
+        let conv = |x: &Tensor| {
+            let add = ConvAdd { sample_bias: Some(&sb), residual: None };
+            let _p = with_precision(prec);
+            ops::conv2d_fused(x, &cw, None, add, Conv2dParams { stride: 1, padding: 1 }).unwrap().to_vec()
+        };
+        assert_eq!(conv(&stored), conv(&widened), "{prec}");
+    }
+    // the UNet: bf16 storage under no_grad, f32 storage while the tape records
+    let model = UNet2DModel::new(UNet2DConfig::tiny_preset(), 7, Device::Cpu).unwrap();
+    let xs = Tensor::from_vec(randn(&[2, 1, 32, 32], 36), vec![2, 1, 32, 32]).unwrap();
+    let t = Tensor::from_vec(vec![10.0, 900.0], vec![2]).unwrap();
+    let _bf16 = with_precision(Precision::Bf16);
+    use minidiffusion::ops::precision::conv_input_storage;
+    assert_eq!((conv_input_storage(), no_grad(conv_input_storage)), (DType::F32, DType::BF16));
+    let recorded = model.forward(&xs, &t).unwrap();
+    assert!(recorded.requires_grad(), "the tape recorded, so storage stayed f32");
+    let inferred = no_grad(|| model.forward(&xs, &t)).unwrap();
+    assert_eq!(inferred.to_vec(), recorded.to_vec(), "bf16 storage changed the UNet's output");
+}

@@ -113,9 +113,12 @@ impl GroupNorm {
         ops::group_norm(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps)
     }
 
-    /// silu(group_norm(x)) in one fused op: the pair every resnet block and the output head chain.
+    /// silu(group_norm(x)) in one fused op: the pair every resnet block and the
+    /// output head chain, always into a convolution — so at bf16 inference it
+    /// is stored in bf16 (`ops::precision::conv_input_storage`).
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        ops::group_norm_silu(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps)
+        let store = ops::precision::conv_input_storage();
+        ops::group_norm::group_norm_silu_stored(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps, store)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod activation;
 pub mod attention;
 pub mod batch_norm;
 pub mod binary;
+pub mod cast;
 pub mod conv2d;
 pub mod diffusion;
 pub mod fast_math;
@@ -25,6 +26,7 @@ pub use activation::{Activation, activation, general_relu, leaky_relu, relu, sil
 pub use attention::{attention, attention_columns};
 pub use batch_norm::{BatchNormMode, batch_norm};
 pub use binary::{add, add_scalar, affine, div, mul, mul_scalar, sub};
+pub use cast::cast;
 pub use conv2d::{Conv2dParams, ConvAdd, conv2d, conv2d_fused};
 pub use group_norm::{group_norm, group_norm_silu};
 pub use layout::{concat, index_select, narrow, permute, reshape, transpose};

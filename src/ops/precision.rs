@@ -15,6 +15,13 @@
 //!   TF32 ones per 8; on the CPU the operands are rounded and the f32 kernels
 //!   run (the reference the CUDA parity tests compare against).
 //!
+//! Storage: in inference (no tape recording) at bf16, the activations whose
+//! only consumer is a convolution — the UNet's GroupNorm + SiLU outputs — are
+//! stored in bf16 ([`conv_input_storage`]): the convolution rounds its input
+//! to bf16 anyway, so the results are the same bit for bit, with half the
+//! memory traffic for those tensors. `MINIDIFFUSION_BF16_STORAGE=0` keeps
+//! them f32 (the A/B switch).
+//!
 //! Like PyTorch's autocast the setting is per thread and scoped
 //! ([`with_precision`]); an op reads it when it runs forward and its backward
 //! uses the same precision, whatever the setting is when backward runs.
@@ -116,6 +123,18 @@ pub fn operand(values: &[f32], p: Precision) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
+/// How to store an activation whose only consumer is a convolution: bf16 at
+/// the bf16 precision while no tape records (see the module docs), else f32.
+pub fn conv_input_storage() -> crate::tensor::DType {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = *ENABLED.get_or_init(|| std::env::var("MINIDIFFUSION_BF16_STORAGE").map_or(true, |v| v != "0"));
+    if enabled && current() == Precision::Bf16 && !crate::autograd::is_grad_enabled() {
+        crate::tensor::DType::BF16
+    } else {
+        crate::tensor::DType::F32
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,3 +190,4 @@ mod tests {
         assert!("f16".parse::<Precision>().unwrap_err().contains("f32 or bf16"));
     }
 }
+

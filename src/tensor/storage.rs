@@ -33,7 +33,8 @@ impl Storage {
 
     pub fn dtype(&self) -> DType {
         match self {
-            Storage::Cpu(CpuStorage::F32(_)) | Storage::Cuda(_) => DType::F32,
+            Storage::Cpu(CpuStorage::F32(_)) => DType::F32,
+            Storage::Cuda(b) => b.dtype(),
             Storage::Cpu(CpuStorage::F16(_)) => DType::F16,
             Storage::Cpu(CpuStorage::BF16(_)) => DType::BF16,
         }
@@ -69,8 +70,17 @@ impl Storage {
         }
     }
 
-    /// The CUDA buffer, or an error naming `op`.
+    /// The f32 CUDA buffer, or an error naming `op`.
     pub fn cuda(&self, op: &'static str) -> Result<&CudaBuffer> {
+        match self {
+            Storage::Cuda(b) if b.dtype() == DType::F32 => Ok(b),
+            Storage::Cuda(b) => Err(Error::DType { op, dtype: b.dtype() }),
+            other => Err(Error::WrongDevice { op, expected: "cuda", got: other.device() }),
+        }
+    }
+
+    /// The CUDA buffer whatever its dtype (for the ops that read bf16 storage too).
+    pub fn cuda_any(&self, op: &'static str) -> Result<&CudaBuffer> {
         match self {
             Storage::Cuda(b) => Ok(b),
             other => Err(Error::WrongDevice { op, expected: "cuda", got: other.device() }),

@@ -14,6 +14,7 @@ pub use driver::{Arg, LaunchConfig};
 
 use super::{CudaDevice, Device};
 use crate::error::{Error, Result};
+use crate::tensor::DType;
 use allocator::{CachingAllocator, DeviceBlock};
 use driver::{Driver, GraphExec};
 use std::collections::HashMap;
@@ -135,8 +136,16 @@ impl CudaBackend {
 
     /// An f32 buffer of `len` elements, contents undefined.
     pub fn alloc(self: &Arc<Self>, len: usize) -> Result<CudaBuffer> {
-        let block = self.allocator.alloc(len * 4)?;
-        Ok(CudaBuffer { block, len, backend: self.clone() })
+        self.alloc_as(len, DType::F32)
+    }
+
+    /// A buffer of `len` elements of `dtype` (f32 or bf16), contents undefined.
+    pub fn alloc_as(self: &Arc<Self>, len: usize, dtype: DType) -> Result<CudaBuffer> {
+        if dtype == DType::F16 {
+            return Err(Error::Cuda("f16 storage on CUDA is not supported (f32 and bf16 are)".into()));
+        }
+        let block = self.allocator.alloc(len * dtype.size_of())?;
+        Ok(CudaBuffer { block, len, dtype, backend: self.clone() })
     }
 
     /// An f32 buffer of zeros.
@@ -262,22 +271,30 @@ pub fn profile_table(rows: &[KernelTime]) -> String {
     out
 }
 
-/// The storage of an f32 CUDA tensor: `len` elements in a cached device block.
+/// The storage of a CUDA tensor: `len` elements of f32 (the compute type) or
+/// bf16 (16-bit patterns; the bf16 path's activations) in a cached device block.
 pub struct CudaBuffer {
     block: DeviceBlock,
     len: usize,
+    dtype: DType,
     backend: Arc<CudaBackend>,
 }
 
 impl std::fmt::Debug for CudaBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaBuffer({} f32 on {})", self.len, self.backend.device())
+        write!(f, "CudaBuffer({} {:?} on {})", self.len, self.dtype, self.backend.device())
     }
 }
 
 impl CudaBuffer {
     pub fn len(&self) -> usize {
         self.len
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn bytes(&self) -> usize {
+        self.len * self.dtype.size_of()
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -296,8 +313,13 @@ impl CudaBuffer {
         self.backend.device()
     }
 
-    /// The values, copied to the host.
+    /// The values as f32, copied to the host (bf16 widened exactly).
     pub fn download(&self) -> Result<Vec<f32>> {
+        if self.dtype == DType::BF16 {
+            let mut bits = vec![0u16; self.len];
+            self.backend.driver().dtoh(bytemuck::cast_slice_mut(&mut bits), self.ptr())?;
+            return Ok(bits.into_iter().map(|b| half::bf16::from_bits(b).to_f32()).collect());
+        }
         let mut out = vec![0f32; self.len];
         self.backend.driver().dtoh(bytemuck::cast_slice_mut(&mut out), self.ptr())?;
         Ok(out)
@@ -305,20 +327,23 @@ impl CudaBuffer {
 
     /// A device-side copy.
     pub fn try_clone(&self) -> Result<CudaBuffer> {
-        let copy = self.backend.alloc(self.len)?;
-        self.backend.driver().dtod(copy.ptr(), self.ptr(), self.len * 4)?;
+        let copy = self.backend.alloc_as(self.len, self.dtype)?;
+        self.backend.driver().dtod(copy.ptr(), self.ptr(), self.bytes())?;
         Ok(copy)
     }
 
-    /// Overwrite with another buffer's values on the device (same length).
+    /// Overwrite with another buffer's values on the device (same length and dtype).
     pub fn copy_from(&self, src: &CudaBuffer) -> Result<()> {
-        assert_eq!(src.len, self.len, "copy_from: length");
-        self.backend.driver().dtod(self.ptr(), src.ptr(), self.len * 4)
+        assert_eq!((src.len, src.dtype), (self.len, self.dtype), "copy_from: length and dtype");
+        self.backend.driver().dtod(self.ptr(), src.ptr(), self.bytes())
     }
 
-    /// Overwrite with host values (same length).
+    /// Overwrite with host values (same length; f32 buffers).
     pub fn upload_from(&self, values: &[f32]) -> Result<()> {
         assert_eq!(values.len(), self.len, "upload_from: length");
+        if self.dtype != DType::F32 {
+            return Err(Error::DType { op: "upload", dtype: self.dtype });
+        }
         self.backend.driver().htod(self.ptr(), bytemuck::cast_slice(values))
     }
 }

@@ -8,11 +8,11 @@
 
 use super::cpu::ConvGeom;
 use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
-use crate::error::{Result, shape_err};
+use crate::error::{Error, Result, shape_err};
 use crate::ops::binary::cuda::elems;
 use crate::ops::precision::Precision;
 use crate::ops::reduce::cuda::sum_keepdim;
-use crate::tensor::Shape;
+use crate::tensor::{DType, Shape};
 
 /// Output tile edge of the GEMM kernels (BM = BN in kernels/conv2d.cu).
 const TILE: usize = 64;
@@ -131,6 +131,12 @@ fn same_conv_fits(g: &ConvGeom) -> bool {
     same_kernels_enabled() && same_patch_pixels(g).is_some()
 }
 
+/// Whether the forward of `g` runs the same-conv kernels (which also read
+/// bf16-stored inputs at the bf16 precision).
+pub fn same_conv_takes(g: &ConvGeom) -> bool {
+    same_conv_fits(g)
+}
+
 /// `MINIDIFFUSION_CONV=generic` sends every convolution to the generic
 /// implicit GEMM (kernels/conv2d.cu): the A/B switch for measuring the
 /// same-conv kernels on a GPU (scripts/device-run.sh). Read once.
@@ -211,7 +217,15 @@ fn same_conv(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogue, s:
     backend.launch(pack, LaunchConfig::for_elems(packed_len, 256), &args)?;
     let out = backend.alloc(s.n as usize * m * (s.oh * s.ow) as usize)?;
     let bm = same_block_rows(m);
+    let bf16_input = x.dtype() == DType::BF16;
+    if bf16_input && prec != Precision::Bf16 {
+        return Err(Error::DType { op: "conv2d at f32", dtype: DType::BF16 });
+    }
     let kernel = match (prec, bm, ks) {
+        (Precision::Bf16, 32, 1) if bf16_input => "conv2d_same_bf16_xbf16_m32_k1",
+        (Precision::Bf16, 32, _) if bf16_input => "conv2d_same_bf16_xbf16_m32_k3",
+        (Precision::Bf16, _, 1) if bf16_input => "conv2d_same_bf16_xbf16_m64_k1",
+        (Precision::Bf16, _, _) if bf16_input => "conv2d_same_bf16_xbf16_m64_k3",
         (Precision::F32, 32, 1) => "conv2d_same_f32_m32_k1",
         (Precision::F32, 32, _) => "conv2d_same_f32_m32_k3",
         (Precision::F32, _, 1) => "conv2d_same_f32_m64_k1",
@@ -240,6 +254,9 @@ pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom
     let s = ConvShape::new(g)?;
     if same_conv_fits(g) {
         return same_conv(x, weight, false, epi, &s, prec);
+    }
+    if x.dtype() != DType::F32 {
+        return Err(Error::DType { op: "conv2d (generic kernel)", dtype: x.dtype() });
     }
     let out = backend.alloc(g.n * g.oc * g.p())?;
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());

@@ -23,7 +23,7 @@ use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, arg_err, shape_err};
 use crate::ops::precision::{self, Precision, operand};
-use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
+use crate::tensor::{DType, Shape, Storage, Tensor, cpu_f32_storage};
 use cpu::ConvGeom;
 
 /// Stride and zero padding, the same for height and width.
@@ -114,6 +114,16 @@ pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: Con
         return shape_err(OP, format!("residual must be [{}, {}, {}, {}], got {}", g.n, g.oc, g.oh, g.ow, r.shape()));
     }
     let prec = precision::current();
+    // bf16 storage (the bf16 path's GroupNorm + SiLU output): the same-conv
+    // bf16 kernel reads it as it is; every other case widens it to f32 (exact)
+    let recording = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
+    let widened;
+    let x = if x.dtype() != DType::F32 && (recording || !cuda_reads_bf16(device, &g, prec)) {
+        widened = crate::ops::cast(x, DType::F32)?;
+        &widened
+    } else {
+        x
+    };
     let storage = match device {
         Device::Cpu => {
             let (sx, sw) = (x.storage(), weight.storage());
@@ -126,7 +136,7 @@ pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: Con
             let (sx, sw) = (x.storage(), weight.storage());
             let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
             let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
-            Storage::Cuda(cuda::forward(sx.cuda(OP)?, sw.cuda(OP)?, &epi, &g, prec)?)
+            Storage::Cuda(cuda::forward(sx.cuda_any(OP)?, sw.cuda(OP)?, &epi, &g, prec)?)
         }
     };
     let out_shape = Shape::new(vec![g.n, g.oc, g.oh, g.ow]);
@@ -154,6 +164,11 @@ pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: Con
             Ok(grads)
         })
     }))
+}
+
+/// Whether the CUDA forward reads a bf16-stored input directly (a same conv at bf16).
+fn cuda_reads_bf16(device: Device, g: &ConvGeom, prec: Precision) -> bool {
+    matches!(device, Device::Cuda(_)) && prec == Precision::Bf16 && cuda::same_conv_takes(g)
 }
 
 /// dX = col2im(Wᵀ · dY) per image, shaped like x.

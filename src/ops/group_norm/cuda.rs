@@ -6,6 +6,7 @@ use super::cpu::GroupNormDims;
 use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
 use crate::error::Result;
 use crate::ops::binary::cuda::elems;
+use crate::tensor::DType;
 
 const OP: &str = "group_norm";
 /// Threads per block of the per-group kernels (GN_THREADS).
@@ -34,9 +35,22 @@ pub fn forward(
     eps: f32,
     silu: bool,
 ) -> Result<(CudaBuffer, SavedStats)> {
+    forward_as(x, d, weight, bias, eps, silu, DType::F32)
+}
+
+/// `forward` with y stored as `store` (f32, or bf16 rounded to nearest even).
+pub fn forward_as(
+    x: &CudaBuffer,
+    d: GroupNormDims,
+    weight: Option<&CudaBuffer>,
+    bias: Option<&CudaBuffer>,
+    eps: f32,
+    silu: bool,
+    store: DType,
+) -> Result<(CudaBuffer, SavedStats)> {
     let backend = x.backend();
     let groups_total = d.n * d.groups;
-    let y = backend.alloc(x.len())?;
+    let y = backend.alloc_as(x.len(), store)?;
     if d.m() == 0 {
         // Nothing to normalise: statistics are 0, as on the CPU.
         return Ok((y, SavedStats { mean: backend.zeros(groups_total)?, rstd: backend.zeros(groups_total)? }));
@@ -57,7 +71,8 @@ pub fn forward(
         Arg::F32(eps),
         Arg::I32(silu as i32),
     ];
-    backend.launch("groupnorm_forward", LaunchConfig::blocks(groups_total.min(MAX_BLOCKS), THREADS), &args)?;
+    let kernel = if store == DType::BF16 { "groupnorm_forward_bf16" } else { "groupnorm_forward" };
+    backend.launch(kernel, LaunchConfig::blocks(groups_total.min(MAX_BLOCKS), THREADS), &args)?;
     Ok((y, SavedStats { mean, rstd }))
 }
 

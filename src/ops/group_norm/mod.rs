@@ -26,7 +26,7 @@ pub mod cuda;
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, arg_err, shape_err};
-use crate::tensor::{Storage, Tensor, cpu_f32_storage};
+use crate::tensor::{CpuStorage, DType, Storage, Tensor, cpu_f32_storage};
 use cpu::GroupNormDims;
 
 /// Checks that an optional per-channel parameter has shape [C].
@@ -63,22 +63,57 @@ pub fn group_norm_silu(
     norm("group_norm_silu", x, groups, weight, bias, eps, true)
 }
 
-/// What the forward pass keeps for backward: μ and rstd per group (n·G + g).
-enum SavedStats {
-    Cpu { mean: Vec<f32>, rstd: Vec<f32> },
-    Cuda(cuda::SavedStats),
-}
-
-/// Group norm, followed by SiLU when `silu`.
-fn norm(
-    op: &'static str,
+/// `group_norm_silu` with its output stored as `store`: F32, or BF16 for
+/// inference feeding a bf16 convolution (the values that convolution would
+/// round its input to; `ops::precision::conv_input_storage`). BF16 is not
+/// differentiable: with a tape recording it is an error.
+pub fn group_norm_silu_stored(
     x: &Tensor,
     groups: usize,
     weight: Option<&Tensor>,
     bias: Option<&Tensor>,
     eps: f32,
-    silu: bool,
+    store: DType,
 ) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("group_norm_silu");
+    match store {
+        DType::F32 => norm("group_norm_silu", x, groups, weight, bias, eps, true),
+        DType::BF16 => {
+            let recording =
+                crate::autograd::is_grad_enabled() && std::iter::once(x).chain(weight).chain(bias).any(|t| t.requires_grad());
+            if recording {
+                return arg_err("group_norm_silu", "bf16 storage is for inference: run it under no_grad");
+            }
+            stored_bf16(x, groups, weight, bias, eps)
+        }
+        DType::F16 => arg_err("group_norm_silu", "f16 storage is not supported (f32 or bf16)"),
+    }
+}
+
+/// The forward of group norm + SiLU with y rounded to bf16 and stored so.
+fn stored_bf16(x: &Tensor, groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    const OP: &str = "group_norm_silu";
+    let d = check(OP, x, groups, weight, bias, eps)?;
+    let storage = match Tensor::common_device(OP, &std::iter::once(x).chain(weight).chain(bias).collect::<Vec<_>>())? {
+        Device::Cpu => {
+            let (xs, ws, bs) = (x.storage(), weight.map(|w| w.storage()), bias.map(|b| b.storage()));
+            let w = ws.as_ref().map(|s| s.cpu_f32(OP)).transpose()?;
+            let b = bs.as_ref().map(|s| s.cpu_f32(OP)).transpose()?;
+            let (y, _, _) = cpu::forward_silu(xs.cpu_f32(OP)?, d, w, b, eps);
+            Storage::Cpu(CpuStorage::BF16(y.into_iter().map(half::bf16::from_f32).collect()))
+        }
+        Device::Cuda(_) => {
+            let (xs, ws, bs) = (x.storage(), weight.map(|w| w.storage()), bias.map(|b| b.storage()));
+            let w = ws.as_ref().map(|s| s.cuda(OP)).transpose()?;
+            let b = bs.as_ref().map(|s| s.cuda(OP)).transpose()?;
+            Storage::Cuda(cuda::forward_as(xs.cuda(OP)?, d, w, b, eps, true, DType::BF16)?.0)
+        }
+    };
+    Ok(Tensor::from_storage(storage, x.shape().clone()))
+}
+
+/// The checked dimensions of a group norm of `x`.
+fn check(op: &'static str, x: &Tensor, groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<GroupNormDims> {
     if x.rank() < 2 {
         return shape_err(op, format!("input must be [N, C, *], got shape {}", x.shape()));
     }
@@ -95,11 +130,31 @@ fn norm(
     }
     check_param(op, "weight", weight, c)?;
     check_param(op, "bias", bias, c)?;
+    Ok(GroupNormDims { n, c, s, groups })
+}
+
+/// What the forward pass keeps for backward: μ and rstd per group (n·G + g).
+enum SavedStats {
+    Cpu { mean: Vec<f32>, rstd: Vec<f32> },
+    Cuda(cuda::SavedStats),
+}
+
+/// Group norm, followed by SiLU when `silu`.
+fn norm(
+    op: &'static str,
+    x: &Tensor,
+    groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+    silu: bool,
+) -> Result<Tensor> {
+    let d = check(op, x, groups, weight, bias, eps)?;
+    let c = d.c;
     let mut all: Vec<&Tensor> = vec![x];
     all.extend(weight);
     all.extend(bias);
     let device = Tensor::common_device(op, &all)?;
-    let d = GroupNormDims { n, c, s, groups };
 
     let xs = x.storage();
     let ws = weight.map(|w| w.storage());

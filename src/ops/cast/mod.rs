@@ -1,0 +1,33 @@
+//! Storage casts between f32 and bf16 on the tensor's own device, as
+//! `Tensor.to(torch.bfloat16)`: f32 → bf16 rounds to nearest even (NaN stays
+//! NaN), bf16 → f32 is exact. Storage only — every op computes in f32; the
+//! bf16 compute path stores GroupNorm + SiLU outputs in bf16 for the
+//! convolution after them (`ops::precision::activation_storage`). Not on the
+//! tape: the result is cut from it (inference).
+
+pub mod cuda;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Storage, Tensor};
+
+/// `x` with its values stored as `dtype`, on x's device. F16 is a host-only
+/// storage type (checkpoints); on CUDA f32 and bf16 are supported.
+pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("cast");
+    if x.dtype() == dtype {
+        return Ok(x.detach());
+    }
+    let storage = match x.device() {
+        Device::Cpu => x.storage().to_dtype(dtype)?,
+        Device::Cuda(_) => {
+            let s = x.storage();
+            let src = s.cuda_any("cast")?;
+            match (src.dtype(), dtype) {
+                (DType::F32, DType::BF16) | (DType::BF16, DType::F32) => Storage::Cuda(cuda::cast(src, dtype)?),
+                (from, to) => return Err(Error::Cuda(format!("cast from {from:?} to {to:?} is not supported on CUDA"))),
+            }
+        }
+    };
+    Ok(Tensor::from_storage(storage, x.shape().clone()))
+}
