@@ -291,8 +291,8 @@ __host__ __device__ constexpr int patch_row_words(int pixels, int per_word) {
 // twice the channels, so they take smaller patches (48 KB of shared memory).
 __host__ __device__ constexpr int wg_patch_max(int bm) { return bm == 64 ? PATCH_MAX : 256; }
 
-template <class Math, int BM, int KS>
-__device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, const float* x, const conv::Shape& s,
+template <class Math, int BM, int KS, class TX = float>
+__device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, const TX* x, const conv::Shape& s,
                                             int tiles_per_split) {
     constexpr int KK = KS * KS;
     constexpr int PER_WORD = Math::PER_WORD;        // pixels per word
@@ -362,7 +362,7 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
                 if (i < tile.pixels && c0 + c < s.c && patch_src[i] != OUTSIDE) {
                     const int seg = patch_row[i] >> 16, iy = oh0 - s.pad + (patch_row[i] & 0xffff);
                     if (img0 + seg < s.n && iy >= 0 && iy < s.h)
-                        v[k] = x[(size_t)img0 * s.c * HW + (size_t)(c0 + c) * HW + oh0 * s.w + patch_src[i]];
+                        v[k] = load_f32(x, (long long)img0 * s.c * HW + (long long)(c0 + c) * HW + oh0 * s.w + patch_src[i]);
                 }
             }
 #pragma unroll
@@ -569,5 +569,27 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_weight_grad_bf16_m64_k3(float* dw_part, const float* dy, const float* x, conv::Shape s,
                                           int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 64, 3>(dw_part, dy, x, s, tiles_per_split);
+}
+
+// The bf16 weight gradient reading x from bf16 storage.
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_weight_grad_bf16_xbf16_m32_k1(float* dw_part, const float* dy, const unsigned short* x, conv::Shape s,
+                                                int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 32, 1>(dw_part, dy, x, s, tiles_per_split);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_weight_grad_bf16_xbf16_m32_k3(float* dw_part, const float* dy, const unsigned short* x, conv::Shape s,
+                                                int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 32, 3>(dw_part, dy, x, s, tiles_per_split);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_weight_grad_bf16_xbf16_m64_k1(float* dw_part, const float* dy, const unsigned short* x, conv::Shape s,
+                                                int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 64, 1>(dw_part, dy, x, s, tiles_per_split);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_weight_grad_bf16_xbf16_m64_k3(float* dw_part, const float* dy, const unsigned short* x, conv::Shape s,
+                                                int tiles_per_split) {
     same::weight_grad<mma::Bf16, 64, 3>(dw_part, dy, x, s, tiles_per_split);
 }

@@ -162,10 +162,11 @@ fn conv2d_same_bf16_parity() {
     same_conv_parity(minidiffusion::ops::Precision::Bf16);
 }
 
-/// The bf16 same conv reading its input from bf16 storage (the bf16
-/// inference path's GroupNorm + SiLU output) equals the same kernel reading
-/// the f32 widening of those values, bit for bit, on the same geometries
-/// (both kernel rows, both K, partial chunks, multi-image tiles, epilogue).
+/// The bf16 same conv reading its input from bf16 storage (the bf16 path's
+/// GroupNorm + SiLU output) equals the same kernels reading the f32
+/// widening of those values, bit for bit — forward and weight gradient — on
+/// the same geometries (both kernel rows, both K, partial chunks,
+/// multi-image tiles, epilogue).
 #[test]
 fn conv2d_same_bf16_reads_bf16_storage() {
     use minidiffusion::ops::{ConvAdd, Precision, cast, conv2d_fused, with_precision};
@@ -188,5 +189,14 @@ fn conv2d_same_bf16_reads_bf16_storage() {
             no_grad(|| conv2d_fused(x, &w, None, add, Conv2dParams { stride: 1, padding: pad })).unwrap().to_vec()
         };
         assert_eq!(conv(&stored), conv(&widened), "case {k}: {xd:?} * {wd:?}");
+        // training: the weight gradient reads the stored x as it is, too
+        let wg = w.detach().requires_grad_();
+        let r = t(&[xd[0], oc, xd[2], xd[3]], 50 + k as u64);
+        let dw = |x: &Tensor| {
+            let y = conv2d_fused(x, &wg, None, ConvAdd::default(), Conv2dParams { stride: 1, padding: pad }).unwrap();
+            let loss = minidiffusion::ops::sum_all(&minidiffusion::ops::mul(&y, &r).unwrap()).unwrap();
+            minidiffusion::backward(&loss).unwrap().get(&wg).unwrap().to_vec()
+        };
+        assert_eq!(dw(&stored), dw(&widened), "case {k}: weight gradient");
     }
 }

@@ -228,6 +228,17 @@ fn group_norm_silu_bf16_storage_parity() {
             assert_eq!(stored.to_vec(), rounded, "{dims:?} g{groups}: not the f32 output rounded");
             let twin = group_norm_silu_stored(&x, groups, Some(&w), Some(&b), 1e-5, DType::BF16).unwrap().to_vec();
             assert_close(&format!("bf16 storage {dims:?} g{groups}"), &stored.to_vec(), &twin, 1e-6, 1.0 / 128.0);
+            // on the tape: the same gradients as with f32 storage (backward recomputes from x)
+            let (xg, wg, bg) = (xd.detach().requires_grad_(), wd.detach().requires_grad_(), bd.detach().requires_grad_());
+            let r = dev(&host(dims, 4));
+            let grads = |store| {
+                let y = group_norm_silu_stored(&xg, groups, Some(&wg), Some(&bg), 1e-5, store).unwrap();
+                let y = ops::cast(&y, DType::F32).unwrap();
+                let g = backward(&ops::sum_all(&ops::mul(&y, &r).unwrap()).unwrap()).unwrap();
+                [&xg, &wg, &bg].map(|t| g.get(t).unwrap().to_vec())
+            };
+            let (g16, g32) = (grads(DType::BF16), grads(DType::F32));
+            assert_eq!(g16, g32, "{dims:?} g{groups}: gradients through bf16 storage");
         }
     }
 }

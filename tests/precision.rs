@@ -156,15 +156,16 @@ fn bf16_training_follows_the_f32_loss_curve() {
     assert!((bf16_eval - f32_eval).abs() < 0.05 * f32_eval, "eval loss: bf16 {bf16_eval} vs f32 {f32_eval}");
 }
 
-/// bf16 storage of the conv inputs (GroupNorm + SiLU outputs at bf16
-/// inference): the stored values are the f32 outputs rounded to bf16; a
-/// convolution reading them equals one reading their f32 widening; and a
-/// whole UNet forward at bf16 is the same bit for bit with the storage
-/// (no_grad) as without it (a recording tape keeps f32).
+/// bf16 storage of the conv inputs (the GroupNorm + SiLU outputs at bf16):
+/// the stored values are the f32 outputs rounded to bf16; a convolution
+/// reading them equals one reading their f32 widening; and a whole UNet at
+/// bf16 — forward and every parameter's gradient — is the same bit for bit
+/// with the storage as without it.
 #[test]
 fn bf16_storage_of_conv_inputs_changes_no_value() {
     use minidiffusion::nn::unet::{UNet2DConfig, UNet2DModel};
     use minidiffusion::ops::group_norm::{group_norm_silu, group_norm_silu_stored};
+    use minidiffusion::ops::precision::{conv_input_storage, with_conv_input_storage};
     use minidiffusion::tensor::DType;
     use minidiffusion::{Device, no_grad};
     let x = Tensor::from_vec(randn(&[2, 8, 5, 6], 31), vec![2, 8, 5, 6]).unwrap();
@@ -173,10 +174,6 @@ fn bf16_storage_of_conv_inputs_changes_no_value() {
     let stored = group_norm_silu_stored(&x, 4, Some(&w), Some(&b), 1e-5, DType::BF16).unwrap();
     assert_eq!(stored.dtype(), DType::BF16);
     assert_eq!(stored.to_vec(), rounded(&f32_out.to_vec()));
-    // a recording tape cannot take bf16 storage
-    let wg = w.detach().requires_grad_();
-    let err = group_norm_silu_stored(&x, 4, Some(&wg), Some(&b), 1e-5, DType::BF16).unwrap_err().to_string();
-    assert!(err.contains("no_grad"), "{err}");
     // the conv after it, at both precisions, with the fused epilogue
     let cw = Tensor::from_vec(randn(&[6, 8, 3, 3], 34), vec![6, 8, 3, 3]).unwrap();
     let sb = Tensor::from_vec(randn(&[2, 6], 35), vec![2, 6]).unwrap();
@@ -190,15 +187,48 @@ fn bf16_storage_of_conv_inputs_changes_no_value() {
         };
         assert_eq!(conv(&stored), conv(&widened), "{prec}");
     }
-    // the UNet: bf16 storage under no_grad, f32 storage while the tape records
+    // the policy: bf16 at the bf16 precision, unless a scope says f32
+    let _bf16 = with_precision(Precision::Bf16);
+    assert_eq!(conv_input_storage(), DType::BF16);
+    assert_eq!(no_grad(conv_input_storage), DType::BF16);
+    assert_eq!({
+        let _f32 = with_conv_input_storage(DType::F32);
+        conv_input_storage()
+    }, DType::F32);
+    // the UNet: output and every parameter gradient, with and without the storage
     let model = UNet2DModel::new(UNet2DConfig::tiny_preset(), 7, Device::Cpu).unwrap();
     let xs = Tensor::from_vec(randn(&[2, 1, 32, 32], 36), vec![2, 1, 32, 32]).unwrap();
     let t = Tensor::from_vec(vec![10.0, 900.0], vec![2]).unwrap();
-    let _bf16 = with_precision(Precision::Bf16);
-    use minidiffusion::ops::precision::conv_input_storage;
-    assert_eq!((conv_input_storage(), no_grad(conv_input_storage)), (DType::F32, DType::BF16));
-    let recorded = model.forward(&xs, &t).unwrap();
-    assert!(recorded.requires_grad(), "the tape recorded, so storage stayed f32");
+    let r = Tensor::from_vec(randn(&[2, 1, 32, 32], 37), vec![2, 1, 32, 32]).unwrap();
+    let params = minidiffusion::nn::params(&model);
+    let run = |store: DType| -> (Vec<f32>, Vec<Option<Vec<f32>>>) {
+        let _s = with_conv_input_storage(store);
+        let y = model.forward(&xs, &t).unwrap();
+        let loss = ops::sum_all(&ops::mul(&y, &r).unwrap()).unwrap();
+        let grads = backward(&loss).unwrap();
+        (y.to_vec(), params.iter().map(|p| grads.get(p).map(|g| g.to_vec())).collect())
+    };
+    let (y16, g16) = run(DType::BF16);
+    let (y32, g32) = run(DType::F32);
+    assert_eq!(y16, y32, "bf16 storage changed the UNet's output");
+    assert!(g32.iter().filter(|g| g.is_some()).count() > params.len() / 2, "the parameters have gradients");
+    for (i, (a, b)) in g16.iter().zip(&g32).enumerate() {
+        assert_eq!(a, b, "bf16 storage changed parameter {i}'s gradient");
+    }
     let inferred = no_grad(|| model.forward(&xs, &t)).unwrap();
-    assert_eq!(inferred.to_vec(), recorded.to_vec(), "bf16 storage changed the UNet's output");
+    assert_eq!(inferred.to_vec(), y32);
+}
+
+/// A storage cast is on the tape like PyTorch's `.to(dtype)`: the gradient
+/// passes through unchanged, in f32.
+#[test]
+fn cast_passes_the_gradient_through() {
+    use minidiffusion::tensor::DType;
+    let x = Tensor::from_vec(randn(&[3, 4], 41), vec![3, 4]).unwrap().requires_grad_();
+    let r = Tensor::from_vec(randn(&[3, 4], 42), vec![3, 4]).unwrap();
+    let y = ops::cast(&ops::cast(&x, DType::BF16).unwrap(), DType::F32).unwrap();
+    assert_eq!(y.to_vec(), rounded(&x.to_vec()));
+    let grads = backward(&ops::sum_all(&ops::mul(&y, &r).unwrap()).unwrap()).unwrap();
+    let g = grads.get(&x).expect("x has a gradient");
+    assert_eq!((g.dtype(), g.to_vec()), (DType::F32, r.to_vec()));
 }

@@ -114,8 +114,8 @@ impl GroupNorm {
     }
 
     /// silu(group_norm(x)) in one fused op: the pair every resnet block and the
-    /// output head chain, always into a convolution — so at bf16 inference it
-    /// is stored in bf16 (`ops::precision::conv_input_storage`).
+    /// output head chain, always into a convolution — so at the bf16
+    /// precision it is stored in bf16 (`ops::precision::conv_input_storage`).
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         let store = ops::precision::conv_input_storage();
         ops::group_norm::group_norm_silu_stored(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps, store)

@@ -15,12 +15,13 @@
 //!   TF32 ones per 8; on the CPU the operands are rounded and the f32 kernels
 //!   run (the reference the CUDA parity tests compare against).
 //!
-//! Storage: in inference (no tape recording) at bf16, the activations whose
-//! only consumer is a convolution — the UNet's GroupNorm + SiLU outputs — are
-//! stored in bf16 ([`conv_input_storage`]): the convolution rounds its input
-//! to bf16 anyway, so the results are the same bit for bit, with half the
-//! memory traffic for those tensors. `MINIDIFFUSION_BF16_STORAGE=0` keeps
-//! them f32 (the A/B switch).
+//! Storage: at bf16 the activations whose only consumer is a convolution —
+//! the UNet's GroupNorm + SiLU outputs — are stored in bf16
+//! ([`conv_input_storage`]): the convolution rounds its input to bf16 anyway
+//! (forward and weight gradient), and the GroupNorm's backward recomputes
+//! from its own input, so forward and gradients are the same bit for bit,
+//! with half the memory traffic (and saved memory) for those tensors.
+//! `MINIDIFFUSION_BF16_STORAGE=0` keeps them f32 (the A/B switch).
 //!
 //! Like PyTorch's autocast the setting is per thread and scoped
 //! ([`with_precision`]); an op reads it when it runs forward and its backward
@@ -123,16 +124,37 @@ pub fn operand(values: &[f32], p: Precision) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
+thread_local! {
+    static CONV_INPUT_STORAGE: Cell<Option<crate::tensor::DType>> = const { Cell::new(None) };
+}
+
 /// How to store an activation whose only consumer is a convolution: bf16 at
-/// the bf16 precision while no tape records (see the module docs), else f32.
+/// the bf16 precision (see the module docs), else f32; a
+/// [`with_conv_input_storage`] scope or `MINIDIFFUSION_BF16_STORAGE=0`
+/// (f32) overrides it.
 pub fn conv_input_storage() -> crate::tensor::DType {
+    use crate::tensor::DType;
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let enabled = *ENABLED.get_or_init(|| std::env::var("MINIDIFFUSION_BF16_STORAGE").map_or(true, |v| v != "0"));
-    if enabled && current() == Precision::Bf16 && !crate::autograd::is_grad_enabled() {
-        crate::tensor::DType::BF16
-    } else {
-        crate::tensor::DType::F32
+    if let Some(forced) = CONV_INPUT_STORAGE.with(Cell::get) {
+        return forced;
     }
+    let enabled = *ENABLED.get_or_init(|| std::env::var("MINIDIFFUSION_BF16_STORAGE").map_or(true, |v| v != "0"));
+    if enabled && current() == Precision::Bf16 { DType::BF16 } else { DType::F32 }
+}
+
+/// Restores the previous conv-input storage when dropped.
+pub struct StorageGuard(Option<crate::tensor::DType>);
+
+impl Drop for StorageGuard {
+    fn drop(&mut self) {
+        CONV_INPUT_STORAGE.with(|s| s.set(self.0));
+    }
+}
+
+/// Store conv inputs as `dtype` on this thread until the guard is dropped
+/// (F32: the A/B against bf16 storage, which gives the same numbers).
+pub fn with_conv_input_storage(dtype: crate::tensor::DType) -> StorageGuard {
+    StorageGuard(CONV_INPUT_STORAGE.with(|s| s.replace(Some(dtype))))
 }
 
 #[cfg(test)]

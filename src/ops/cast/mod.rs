@@ -2,11 +2,13 @@
 //! `Tensor.to(torch.bfloat16)`: f32 → bf16 rounds to nearest even (NaN stays
 //! NaN), bf16 → f32 is exact. Storage only — every op computes in f32; the
 //! bf16 compute path stores GroupNorm + SiLU outputs in bf16 for the
-//! convolution after them (`ops::precision::activation_storage`). Not on the
-//! tape: the result is cut from it (inference).
+//! convolution after them (`ops::precision::conv_input_storage`).
+//! Differentiable as PyTorch's `.to(dtype)`: the gradient passes through
+//! unchanged (gradients stay f32).
 
 pub mod cuda;
 
+use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Storage, Tensor};
@@ -16,7 +18,7 @@ use crate::tensor::{DType, Storage, Tensor};
 pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("cast");
     if x.dtype() == dtype {
-        return Ok(x.detach());
+        return Ok(x.clone());
     }
     let storage = match x.device() {
         Device::Cpu => x.storage().to_dtype(dtype)?,
@@ -29,5 +31,8 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
             }
         }
     };
-    Ok(Tensor::from_storage(storage, x.shape().clone()))
+    Ok(Tensor::from_op(storage, x.shape().clone(), |_| {
+        let x = x.clone();
+        Node::new("cast", vec![x], |g| Ok(vec![Some(g.clone())]))
+    }))
 }

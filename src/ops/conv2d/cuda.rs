@@ -181,7 +181,12 @@ fn same_weight_grad(
     let total = splits * len;
     elems("conv2d", total)?;
     let partials = backend.alloc(total)?;
+    let bf16_input = x.dtype() == DType::BF16;
     let kernel = match (prec, bm, g.kh) {
+        (Precision::Bf16, 32, 1) if bf16_input => "conv2d_same_weight_grad_bf16_xbf16_m32_k1",
+        (Precision::Bf16, 32, _) if bf16_input => "conv2d_same_weight_grad_bf16_xbf16_m32_k3",
+        (Precision::Bf16, _, 1) if bf16_input => "conv2d_same_weight_grad_bf16_xbf16_m64_k1",
+        (Precision::Bf16, _, _) if bf16_input => "conv2d_same_weight_grad_bf16_xbf16_m64_k3",
         (Precision::F32, 32, 1) => "conv2d_same_weight_grad_f32_m32_k1",
         (Precision::F32, 32, _) => "conv2d_same_weight_grad_f32_m32_k3",
         (Precision::F32, _, 1) => "conv2d_same_weight_grad_f32_m64_k1",
@@ -306,9 +311,18 @@ pub fn backward_weight(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Prec
         return backend.alloc(0);
     }
     let s = ConvShape::new(g)?;
-    if same_weight_grad_fits(g, prec) {
+    let bf16_input = x.dtype() == DType::BF16;
+    if same_weight_grad_fits(g, prec) && (!bf16_input || prec == Precision::Bf16) {
         return same_weight_grad(dy, x, g, &s, SAME_WG_TARGET_BLOCKS, prec);
     }
+    // the generic kernels read f32: widen a bf16-stored x (exact)
+    let widened;
+    let x = if bf16_input {
+        widened = crate::ops::cast::cuda::cast(x, DType::F32)?;
+        &widened
+    } else {
+        x
+    };
     let (splits, chunk) = weight_splits(m, n, k);
     let chunk_arg = Arg::I32(elems("conv2d", chunk)?);
     let cfg = gemm_grid(m, n, splits);

@@ -115,10 +115,10 @@ pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: Con
     }
     let prec = precision::current();
     // bf16 storage (the bf16 path's GroupNorm + SiLU output): the same-conv
-    // bf16 kernel reads it as it is; every other case widens it to f32 (exact)
-    let recording = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
+    // bf16 kernels read it as it is (forward and weight gradient); every
+    // other case widens it to f32 (exact)
     let widened;
-    let x = if x.dtype() != DType::F32 && (recording || !cuda_reads_bf16(device, &g, prec)) {
+    let x = if x.dtype() != DType::F32 && !cuda_reads_bf16(device, &g, prec) {
         widened = crate::ops::cast(x, DType::F32)?;
         &widened
     } else {
@@ -199,7 +199,7 @@ fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom, prec: Precision
         }
         Device::Cuda(_) => {
             let (sd, sx) = (dy.storage(), x.storage());
-            Storage::Cuda(cuda::backward_weight(sd.cuda(OP)?, sx.cuda(OP)?, g, prec)?)
+            Storage::Cuda(cuda::backward_weight(sd.cuda(OP)?, sx.cuda_any(OP)?, g, prec)?)
         }
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.oc, g.c, g.kh, g.kw])))

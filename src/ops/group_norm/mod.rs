@@ -47,7 +47,7 @@ pub fn group_norm(
     eps: f32,
 ) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("group_norm");
-    norm("group_norm", x, groups, weight, bias, eps, false)
+    norm("group_norm", x, groups, weight, bias, eps, false, DType::F32)
 }
 
 /// silu(group_norm(x, groups, weight, bias, eps)) as one op: one pass on the
@@ -60,13 +60,14 @@ pub fn group_norm_silu(
     eps: f32,
 ) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("group_norm_silu");
-    norm("group_norm_silu", x, groups, weight, bias, eps, true)
+    norm("group_norm_silu", x, groups, weight, bias, eps, true, DType::F32)
 }
 
-/// `group_norm_silu` with its output stored as `store`: F32, or BF16 for
-/// inference feeding a bf16 convolution (the values that convolution would
-/// round its input to; `ops::precision::conv_input_storage`). BF16 is not
-/// differentiable: with a tape recording it is an error.
+/// `group_norm_silu` with its output stored as `store`: F32, or BF16 (the
+/// output rounded to bf16) when its consumer is a bf16 convolution, which
+/// rounds its input to exactly those values
+/// (`ops::precision::conv_input_storage`). The backward is the same: it
+/// recomputes from x, not from the output.
 pub fn group_norm_silu_stored(
     x: &Tensor,
     groups: usize,
@@ -76,40 +77,10 @@ pub fn group_norm_silu_stored(
     store: DType,
 ) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("group_norm_silu");
-    match store {
-        DType::F32 => norm("group_norm_silu", x, groups, weight, bias, eps, true),
-        DType::BF16 => {
-            let recording =
-                crate::autograd::is_grad_enabled() && std::iter::once(x).chain(weight).chain(bias).any(|t| t.requires_grad());
-            if recording {
-                return arg_err("group_norm_silu", "bf16 storage is for inference: run it under no_grad");
-            }
-            stored_bf16(x, groups, weight, bias, eps)
-        }
-        DType::F16 => arg_err("group_norm_silu", "f16 storage is not supported (f32 or bf16)"),
+    if store == DType::F16 {
+        return arg_err("group_norm_silu", "f16 storage is not supported (f32 or bf16)");
     }
-}
-
-/// The forward of group norm + SiLU with y rounded to bf16 and stored so.
-fn stored_bf16(x: &Tensor, groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
-    const OP: &str = "group_norm_silu";
-    let d = check(OP, x, groups, weight, bias, eps)?;
-    let storage = match Tensor::common_device(OP, &std::iter::once(x).chain(weight).chain(bias).collect::<Vec<_>>())? {
-        Device::Cpu => {
-            let (xs, ws, bs) = (x.storage(), weight.map(|w| w.storage()), bias.map(|b| b.storage()));
-            let w = ws.as_ref().map(|s| s.cpu_f32(OP)).transpose()?;
-            let b = bs.as_ref().map(|s| s.cpu_f32(OP)).transpose()?;
-            let (y, _, _) = cpu::forward_silu(xs.cpu_f32(OP)?, d, w, b, eps);
-            Storage::Cpu(CpuStorage::BF16(y.into_iter().map(half::bf16::from_f32).collect()))
-        }
-        Device::Cuda(_) => {
-            let (xs, ws, bs) = (x.storage(), weight.map(|w| w.storage()), bias.map(|b| b.storage()));
-            let w = ws.as_ref().map(|s| s.cuda(OP)).transpose()?;
-            let b = bs.as_ref().map(|s| s.cuda(OP)).transpose()?;
-            Storage::Cuda(cuda::forward_as(xs.cuda(OP)?, d, w, b, eps, true, DType::BF16)?.0)
-        }
-    };
-    Ok(Tensor::from_storage(storage, x.shape().clone()))
+    norm("group_norm_silu", x, groups, weight, bias, eps, true, store)
 }
 
 /// The checked dimensions of a group norm of `x`.
@@ -139,7 +110,9 @@ enum SavedStats {
     Cuda(cuda::SavedStats),
 }
 
-/// Group norm, followed by SiLU when `silu`.
+/// Group norm, followed by SiLU when `silu`, the output stored as `store`
+/// (f32, or bf16 rounded to nearest even).
+#[allow(clippy::too_many_arguments)]
 fn norm(
     op: &'static str,
     x: &Tensor,
@@ -148,6 +121,7 @@ fn norm(
     bias: Option<&Tensor>,
     eps: f32,
     silu: bool,
+    store: DType,
 ) -> Result<Tensor> {
     let d = check(op, x, groups, weight, bias, eps)?;
     let c = d.c;
@@ -165,12 +139,16 @@ fn norm(
             let b = bs.as_ref().map(|s| s.cpu_f32(op)).transpose()?;
             let forward = if silu { cpu::forward_silu } else { cpu::forward };
             let (y, mean, rstd) = forward(xs.cpu_f32(op)?, d, w, b, eps);
-            (cpu_f32_storage(y), SavedStats::Cpu { mean, rstd })
+            let y = match store {
+                DType::BF16 => Storage::Cpu(CpuStorage::BF16(y.into_iter().map(half::bf16::from_f32).collect())),
+                _ => cpu_f32_storage(y),
+            };
+            (y, SavedStats::Cpu { mean, rstd })
         }
         Device::Cuda(_) => {
             let w = ws.as_ref().map(|s| s.cuda(op)).transpose()?;
             let b = bs.as_ref().map(|s| s.cuda(op)).transpose()?;
-            let (y, stats) = cuda::forward(xs.cuda(op)?, d, w, b, eps, silu)?;
+            let (y, stats) = cuda::forward_as(xs.cuda(op)?, d, w, b, eps, silu, store)?;
             (Storage::Cuda(y), SavedStats::Cuda(stats))
         }
     };
