@@ -38,6 +38,11 @@ fn bench_kernels_runs_on_cpu() {
     let (code, stdout, stderr) = run(&["bench", "kernels", "--device", "cpu", "--batch-size", "1", "--iters", "1", "--only", "add", "--json"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("\"kernel\":\"add\"") && stdout.contains("\"device\":\"cpu\""), "{stdout}");
+    // at bf16 it also times the conv reading a bf16-stored input
+    let args = ["bench", "kernels", "--device", "cpu", "--batch-size", "1", "--iters", "1", "--only", "xbf16", "--precision", "bf16", "--json"];
+    let (code, stdout, stderr) = run(&args);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.matches("\"kernel\":\"conv2d_forward_xbf16\"").count(), 4, "{stdout}");
 }
 
 #[test]

@@ -153,6 +153,18 @@ fn cases(b: usize, device: Device) -> Result<Vec<Case>> {
             bytes,
             work: Box::new(move || no_grad(|| ops::conv2d(&x2, &w2, Some(&b2), p).map(drop))),
         });
+        if ops::precision::current() == Precision::Bf16 {
+            // the input as the bf16 path stores a GroupNorm + SiLU output
+            let xb = no_grad(|| ops::cast(&x, minidiffusion::tensor::DType::BF16))?;
+            let (w3, b3) = (w.clone(), bias.clone());
+            out.push(Case {
+                name: "conv2d_forward_xbf16".into(),
+                shape: shape.clone(),
+                flops,
+                bytes: bytes - 2.0 * xb.numel() as f64,
+                work: Box::new(move || no_grad(|| ops::conv2d(&xb, &w3, Some(&b3), p).map(drop))),
+            });
+        }
         let loss = ops::sum_all(&ops::conv2d(&x, &w, Some(&bias), p)?)?;
         out.push(Case { name: "conv2d_backward".into(), shape, flops: 2.0 * flops, bytes: 2.0 * bytes, work: Box::new(move || backward(&loss).map(drop)) });
     }
