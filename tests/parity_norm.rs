@@ -212,7 +212,7 @@ fn empty_inputs_parity() {
 /// value across a rounding boundary).
 #[test]
 fn group_norm_silu_bf16_storage_parity() {
-    use minidiffusion::ops::group_norm::group_norm_silu_stored;
+    use minidiffusion::ops::group_norm::{group_norm_silu_stored, group_norm_stored};
     use minidiffusion::tensor::DType;
     for &(dims, groups_list) in GN_CASES {
         let c = dims[1];
@@ -222,6 +222,11 @@ fn group_norm_silu_bf16_storage_parity() {
             let dev = |t: &Tensor| t.to_device(parity_device()).unwrap();
             let (xd, wd, bd) = (dev(&x), dev(&w), dev(&b));
             let stored = group_norm_silu_stored(&xd, groups, Some(&wd), Some(&bd), 1e-5, DType::BF16).unwrap();
+            // the plain group norm stores the same way (the attention block's input to its projections)
+            let plain = group_norm_stored(&xd, groups, Some(&wd), Some(&bd), 1e-5, DType::BF16).unwrap();
+            let plain_f32 = group_norm(&xd, groups, Some(&wd), Some(&bd), 1e-5).unwrap().to_vec();
+            let plain_rounded: Vec<f32> = plain_f32.iter().map(|&v| minidiffusion::ops::precision::round_bf16(v)).collect();
+            assert_eq!((plain.dtype(), plain.to_vec()), (DType::BF16, plain_rounded), "{dims:?} g{groups}: plain group norm");
             assert_eq!((stored.dtype(), stored.device()), (DType::BF16, parity_device()));
             let f32_out = group_norm_silu(&xd, groups, Some(&wd), Some(&bd), 1e-5).unwrap().to_vec();
             let rounded: Vec<f32> = f32_out.iter().map(|&v| minidiffusion::ops::precision::round_bf16(v)).collect();

@@ -113,6 +113,14 @@ impl GroupNorm {
         ops::group_norm(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps)
     }
 
+    /// `forward` for an output only convolutions read (the attention block's
+    /// projections): at the bf16 precision stored in bf16
+    /// (`ops::precision::conv_input_storage`).
+    pub fn forward_into_convs(&self, x: &Tensor) -> Result<Tensor> {
+        let store = ops::precision::conv_input_storage();
+        ops::group_norm::group_norm_stored(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps, store)
+    }
+
     /// silu(group_norm(x)) in one fused op: the pair every resnet block and the
     /// output head chain, always into a convolution — so at the bf16
     /// precision it is stored in bf16 (`ops::precision::conv_input_storage`).

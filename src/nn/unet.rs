@@ -332,7 +332,8 @@ impl AttentionBlock {
         let _nvtx = nvtx::range("Attention");
         let (b, h, w) = (x.dims()[0], x.dims()[2], x.dims()[3]);
         let pixels = h * w;
-        let normed = self.group_norm.forward(x)?;
+        // read only by the three projections (1×1 convolutions)
+        let normed = self.group_norm.forward_into_convs(x)?;
         let inner = self.to_q.weight.dims()[0];
         let head_dim = inner / self.heads;
         // W·X + b for one of the block's linear layers: a 1×1 convolution

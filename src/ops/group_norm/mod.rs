@@ -63,6 +63,17 @@ pub fn group_norm_silu(
     norm("group_norm_silu", x, groups, weight, bias, eps, true, DType::F32)
 }
 
+/// `group_norm` with its output stored as `store`: F32, or BF16 when its
+/// consumers are bf16 convolutions (the attention block's projections); as
+/// [`group_norm_silu_stored`].
+pub fn group_norm_stored(x: &Tensor, groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32, store: DType) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("group_norm");
+    if store == DType::F16 {
+        return arg_err("group_norm", "f16 storage is not supported (f32 or bf16)");
+    }
+    norm("group_norm", x, groups, weight, bias, eps, false, store)
+}
+
 /// `group_norm_silu` with its output stored as `store`: F32, or BF16 (the
 /// output rounded to bf16) when its consumer is a bf16 convolution, which
 /// rounds its input to exactly those values
