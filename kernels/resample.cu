@@ -10,16 +10,26 @@ namespace resample {
 // The in-bounds part of window i along a dim of length len: [2i, min(2i + 2, len)).
 __device__ __forceinline__ int window_end(int i, int len) { return min(2 * i + 2, len); }
 
-}  // namespace resample
-
-// y [planes, 2H, 2W]: y[pl, oy, ox] = x[pl, oy/2, ox/2].
-extern "C" __global__ void upsample_nearest2x_f32(float* y, const float* x, int planes, int h, int w) {
+// y [planes, 2H, 2W]: y[pl, oy, ox] = x[pl, oy/2, ox/2] (stored as TY: f32,
+// or rounded to bf16 for the bf16 path's upsampler conv).
+template <class TY>
+__device__ __forceinline__ void upsample(TY* y, const float* x, int planes, int h, int w) {
     const int ow = 2 * w, per_plane = 4 * h * w, n = planes * per_plane;
     for (int i = global_index(); i < n; i += grid_stride()) {
         const int pl = i / per_plane, r = i - pl * per_plane;
         const int oy = r / ow, ox = r - oy * ow;
-        y[i] = x[pl * h * w + (oy / 2) * w + ox / 2];
+        store_as(y, i, x[pl * h * w + (oy / 2) * w + ox / 2]);
     }
+}
+
+}  // namespace resample
+
+extern "C" __global__ void upsample_nearest2x_f32(float* y, const float* x, int planes, int h, int w) {
+    resample::upsample(y, x, planes, h, w);
+}
+
+extern "C" __global__ void upsample_nearest2x_bf16(unsigned short* y, const float* x, int planes, int h, int w) {
+    resample::upsample(y, x, planes, h, w);
 }
 
 // dx [planes, H, W] from dy [planes, 2H, 2W]:

@@ -31,3 +31,30 @@ fn pool_then_upsample_parity() {
     // the UNet's down and up path around one level, on an odd size
     parity_check("avg_pool2x2 ∘ upsample_nearest2x", &[&[2, 3, 5, 7]], |x| upsample_nearest2x(&avg_pool2x2(&x[0])?), ParityTol::EXACTISH);
 }
+
+/// Nearest upsampling stored as bf16 (the bf16 path's upsampler input):
+/// the f32 result rounded, on the device as on the CPU, bit for bit, and
+/// the same input gradient as with f32 storage.
+#[test]
+fn upsample_bf16_storage_parity() {
+    use minidiffusion::ops::{self, resample::upsample_nearest2x_stored};
+    use minidiffusion::Tensor;
+    use minidiffusion::testing::parity_device;
+    use minidiffusion::tensor::DType;
+    let dims = [2, 3, 5, 7];
+    let cpu = Tensor::from_vec(minidiffusion::testing::randn(&dims, 3), dims.to_vec()).unwrap();
+    let dev = cpu.to_device(parity_device()).unwrap();
+    let rounded: Vec<f32> = ops::upsample_nearest2x(&cpu).unwrap().to_vec().iter().map(|&v| minidiffusion::ops::precision::round_bf16(v)).collect();
+    for x in [&cpu, &dev] {
+        let y = upsample_nearest2x_stored(x, DType::BF16).unwrap();
+        assert_eq!((y.dtype(), y.dims()), (DType::BF16, &[2, 3, 10, 14][..]));
+        assert_eq!(y.to_vec(), rounded, "on {}", x.device());
+        let xg = x.detach().requires_grad_();
+        let r = Tensor::from_vec(minidiffusion::testing::randn(&[2, 3, 10, 14], 4), vec![2, 3, 10, 14]).unwrap().to_device(x.device()).unwrap();
+        let grad = |store| {
+            let y = ops::cast(&upsample_nearest2x_stored(&xg, store).unwrap(), DType::F32).unwrap();
+            minidiffusion::backward(&ops::sum_all(&ops::mul(&y, &r).unwrap()).unwrap()).unwrap().get(&xg).unwrap().to_vec()
+        };
+        assert_eq!(grad(DType::BF16), grad(DType::F32), "gradient on {}", x.device());
+    }
+}

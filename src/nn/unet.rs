@@ -545,7 +545,8 @@ impl UNet2DModel {
                 }
             }
             if let Some(u) = &block.resampler {
-                h = u.forward(&ops::upsample_nearest2x(&h)?)?;
+                // read only by the upsampler conv: bf16 at the bf16 precision
+                h = u.forward(&ops::resample::upsample_nearest2x_stored(&h, ops::precision::conv_input_storage())?)?;
             }
         }
         self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)

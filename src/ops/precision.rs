@@ -16,10 +16,12 @@
 //!   run (the reference the CUDA parity tests compare against).
 //!
 //! Storage: at bf16 the activations whose only consumer is a convolution —
-//! the UNet's GroupNorm + SiLU outputs — are stored in bf16
+//! the UNet's GroupNorm + SiLU outputs, its attention blocks' GroupNorm
+//! output (read by the 1×1 projections) and its upsampled maps — are stored
+//! in bf16
 //! ([`conv_input_storage`]): the convolution rounds its input to bf16 anyway
-//! (forward and weight gradient), and the GroupNorm's backward recomputes
-//! from its own input, so forward and gradients are the same bit for bit,
+//! (forward and weight gradient), and the producers' backward does not read
+//! their output, so forward and gradients are the same bit for bit,
 //! with half the memory traffic (and saved memory) for those tensors.
 //! `MINIDIFFUSION_BF16_STORAGE=0` keeps them f32 (the A/B switch).
 //!

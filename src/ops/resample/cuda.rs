@@ -5,13 +5,20 @@
 use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
 use crate::error::Result;
 use crate::ops::binary::cuda::elems;
+use crate::tensor::DType;
 
 const THREADS: u32 = 256;
 
 /// Launches `kernel(out, input, planes, h, w)` with one thread per element of
 /// an output of `out_len` elements.
 fn launch(kernel: &'static str, op: &'static str, input: &CudaBuffer, out_len: usize, planes: usize, h: usize, w: usize) -> Result<CudaBuffer> {
-    let out = input.backend().alloc(out_len)?;
+    launch_as(kernel, op, input, out_len, planes, h, w, DType::F32)
+}
+
+/// `launch` with the output stored as `store`.
+#[allow(clippy::too_many_arguments)]
+fn launch_as(kernel: &'static str, op: &'static str, input: &CudaBuffer, out_len: usize, planes: usize, h: usize, w: usize, store: DType) -> Result<CudaBuffer> {
+    let out = input.backend().alloc_as(out_len, store)?;
     if out_len == 0 {
         return Ok(out);
     }
@@ -23,8 +30,9 @@ fn launch(kernel: &'static str, op: &'static str, input: &CudaBuffer, out_len: u
 }
 
 /// y [planes, 2H, 2W]: y[2i + a, 2j + b] = x[i, j].
-pub fn upsample_nearest2x(x: &CudaBuffer, planes: usize, h: usize, w: usize) -> Result<CudaBuffer> {
-    launch("upsample_nearest2x_f32", "upsample_nearest2x", x, planes * 4 * h * w, planes, h, w)
+pub fn upsample_nearest2x(x: &CudaBuffer, planes: usize, h: usize, w: usize, store: DType) -> Result<CudaBuffer> {
+    let kernel = if store == DType::BF16 { "upsample_nearest2x_bf16" } else { "upsample_nearest2x_f32" };
+    launch_as(kernel, "upsample_nearest2x", x, planes * 4 * h * w, planes, h, w, store)
 }
 
 /// dX [planes, H, W] = the sum of each 2×2 block of dY [planes, 2H, 2W].

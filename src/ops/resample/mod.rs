@@ -12,7 +12,7 @@ pub mod cuda;
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, shape_err};
-use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
+use crate::tensor::{CpuStorage, DType, Shape, Storage, Tensor, cpu_f32_storage};
 
 /// (N·C, H, W) of a rank-4 input.
 fn planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
@@ -24,12 +24,25 @@ fn planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
 
 /// [N, C, H, W] → [N, C, 2H, 2W], each pixel repeated over a 2×2 block.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    upsample_nearest2x_stored(x, DType::F32)
+}
+
+/// `upsample_nearest2x` with the output stored as `store`: F32, or BF16 (the
+/// values rounded) when only a bf16 convolution reads it — the UNet's
+/// upsampler (`ops::precision::conv_input_storage`). The backward is the
+/// same (it sums the incoming gradient).
+pub fn upsample_nearest2x_stored(x: &Tensor, store: DType) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("upsample_nearest2x");
     const OP: &str = "upsample_nearest2x";
     let (pl, h, w) = planes(OP, x)?;
-    let storage = match x.device() {
-        Device::Cpu => cpu_f32_storage(cpu::upsample_nearest2x(x.storage().cpu_f32(OP)?, pl, h, w)),
-        Device::Cuda(_) => Storage::Cuda(cuda::upsample_nearest2x(x.storage().cuda(OP)?, pl, h, w)?),
+    let storage = match (x.device(), store) {
+        (_, DType::F16) => return shape_err(OP, "f16 storage is not supported (f32 or bf16)".to_string()),
+        (Device::Cpu, DType::F32) => cpu_f32_storage(cpu::upsample_nearest2x(x.storage().cpu_f32(OP)?, pl, h, w)),
+        (Device::Cpu, _) => {
+            let y = cpu::upsample_nearest2x(x.storage().cpu_f32(OP)?, pl, h, w);
+            Storage::Cpu(CpuStorage::BF16(y.into_iter().map(half::bf16::from_f32).collect()))
+        }
+        (Device::Cuda(_), _) => Storage::Cuda(cuda::upsample_nearest2x(x.storage().cuda(OP)?, pl, h, w, store)?),
     };
     let d = x.dims();
     let out_shape = Shape::new(vec![d[0], d[1], 2 * h, 2 * w]);
