@@ -94,5 +94,8 @@ where
             history.push((k, t, x0));
         }
     }
+    // the last replay finishes before its graph is destroyed (the caller
+    // reads x next anyway)
+    backend.synchronize()?;
     Ok(Samples { x0: x, model_evals: evals, x0_history: history })
 }
