@@ -89,6 +89,11 @@ fn cast_parity() {
     assert!(got[1002].is_nan() && got[1003] == f32::INFINITY && got[1004] == f32::NEG_INFINITY && got[1007] == f32::INFINITY);
     assert_eq!((got[1008], got[n - 2]), (3.3895314e38, 0.0));
     assert!(got[n - 1] == 0.0 && got[n - 1].is_sign_negative());
+    // moving between devices keeps the dtype and the values
+    let there = c16.to_device(parity_device()).unwrap();
+    let back_home = d16.to_device(minidiffusion::Device::Cpu).unwrap();
+    assert_eq!((there.dtype(), back_home.dtype()), (DType::BF16, DType::BF16));
+    assert_eq!((bits(&there), bits(&back_home)), (bits(&c16), bits(&c16)));
     // ops that compute in f32 refuse bf16 storage with one clear error
     let err = ops::add(&d16, &d16).unwrap_err().to_string();
     assert!(err.contains("BF16") || err.contains("bf16"), "{err}");

@@ -155,16 +155,25 @@ impl Tensor {
         Tensor::from_vec(data, shape)?.to_device(device)
     }
 
-    /// The same values on `device` (a copy unless already there). Recorded:
-    /// the gradient goes back to the source device.
+    /// The same values on `device` (a copy unless already there), in the
+    /// same dtype (f16 becomes f32 on CUDA, which stores f32 and bf16).
+    /// Recorded: the gradient goes back to the source device.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
         let source = self.device();
         if source == device {
             return Ok(self.clone());
         }
+        let dtype = self.dtype();
         let storage = match device {
-            Device::Cpu => cpu_f32_storage(self.try_to_vec()?),
-            Device::Cuda(d) => Storage::Cuda(crate::device::cuda::backend(d)?.upload(&self.try_to_vec()?)?),
+            Device::Cpu if dtype == DType::F32 => cpu_f32_storage(self.try_to_vec()?),
+            Device::Cpu => self.storage().to_dtype(dtype)?,
+            Device::Cuda(d) => {
+                let f32_buffer = crate::device::cuda::backend(d)?.upload(&self.try_to_vec()?)?;
+                match dtype {
+                    DType::BF16 => Storage::Cuda(crate::ops::cast::cuda::cast(&f32_buffer, DType::BF16)?),
+                    _ => Storage::Cuda(f32_buffer),
+                }
+            }
         };
         Ok(Tensor::from_op(storage, self.shape().clone(), |_| {
             Node::new("to_device", vec![self.clone()], move |g| Ok(vec![Some(g.to_device(source)?)]))
