@@ -25,21 +25,10 @@ pub struct SavedStats {
     pub rstd: CudaBuffer,
 }
 
-/// y = act(x̂·γ + β) with act = SiLU when `silu`, else the identity.
-/// Returns y and the saved statistics.
+/// y = act(x̂·γ + β) with act = SiLU when `silu`, else the identity, stored
+/// as `store` (f32, or bf16 rounded to nearest even). Returns y and the
+/// saved statistics.
 pub fn forward(
-    x: &CudaBuffer,
-    d: GroupNormDims,
-    weight: Option<&CudaBuffer>,
-    bias: Option<&CudaBuffer>,
-    eps: f32,
-    silu: bool,
-) -> Result<(CudaBuffer, SavedStats)> {
-    forward_as(x, d, weight, bias, eps, silu, DType::F32)
-}
-
-/// `forward` with y stored as `store` (f32, or bf16 rounded to nearest even).
-pub fn forward_as(
     x: &CudaBuffer,
     d: GroupNormDims,
     weight: Option<&CudaBuffer>,

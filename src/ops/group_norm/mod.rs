@@ -68,9 +68,6 @@ pub fn group_norm_silu(
 /// [`group_norm_silu_stored`].
 pub fn group_norm_stored(x: &Tensor, groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32, store: DType) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("group_norm");
-    if store == DType::F16 {
-        return arg_err("group_norm", "f16 storage is not supported (f32 or bf16)");
-    }
     norm("group_norm", x, groups, weight, bias, eps, false, store)
 }
 
@@ -88,9 +85,6 @@ pub fn group_norm_silu_stored(
     store: DType,
 ) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("group_norm_silu");
-    if store == DType::F16 {
-        return arg_err("group_norm_silu", "f16 storage is not supported (f32 or bf16)");
-    }
     norm("group_norm_silu", x, groups, weight, bias, eps, true, store)
 }
 
@@ -135,6 +129,9 @@ fn norm(
     store: DType,
 ) -> Result<Tensor> {
     let d = check(op, x, groups, weight, bias, eps)?;
+    if store == DType::F16 {
+        return arg_err(op, "f16 storage is not supported (f32 or bf16)");
+    }
     let c = d.c;
     let mut all: Vec<&Tensor> = vec![x];
     all.extend(weight);
@@ -159,7 +156,7 @@ fn norm(
         Device::Cuda(_) => {
             let w = ws.as_ref().map(|s| s.cuda(op)).transpose()?;
             let b = bs.as_ref().map(|s| s.cuda(op)).transpose()?;
-            let (y, stats) = cuda::forward_as(xs.cuda(op)?, d, w, b, eps, silu, store)?;
+            let (y, stats) = cuda::forward(xs.cuda(op)?, d, w, b, eps, silu, store)?;
             (Storage::Cuda(y), SavedStats::Cuda(stats))
         }
     };
