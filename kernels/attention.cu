@@ -66,12 +66,13 @@ constexpr int MAX_HEAD = 32;        // D and Dv of the fused kernel, at most
 constexpr int KEY_CHUNK = 64;       // keys staged in shared memory at a time
 constexpr int QUERY_THREADS = 128;  // queries (threads) per block
 
-// q·k_j for one key of the staged chunk: Σ_d q[d]·ks[d][jj].
-__device__ __forceinline__ float staged_score(const float* qr, const float* ks, int jj, int d) {
+// Σ_c a[c]·staged[c][jj] over the first n of MAX_HEAD registers: a score
+// q·k_j against a staged chunk of keys (or of queries, values, dO).
+__device__ __forceinline__ float staged_dot(const float* a, const float* staged, int jj, int n) {
     float s = 0.0f;
 #pragma unroll
-    for (int dd = 0; dd < MAX_HEAD; ++dd)
-        if (dd < d) s = fmaf(qr[dd], ks[dd * KEY_CHUNK + jj], s);
+    for (int c = 0; c < MAX_HEAD; ++c)
+        if (c < n) s = fmaf(a[c], staged[c * KEY_CHUNK + jj], s);
     return s;
 }
 
@@ -127,7 +128,7 @@ extern "C" __global__ void __launch_bounds__(128)
         stage_chunk(vs, vb, dv, lk, j0, n);
         __syncthreads();
         float chunk_max = MD_NEG_INF;
-        for (int jj = 0; jj < n; ++jj) chunk_max = fmaxf(chunk_max, staged_score(qr, ks, jj, d));
+        for (int jj = 0; jj < n; ++jj) chunk_max = fmaxf(chunk_max, staged_dot(qr, ks, jj, d));
         const float m_new = fmaxf(m, chunk_max);
         // e^(m − m_new) rescales what was summed so far (0 before the first
         // chunk; 1 while every score is −∞, so nothing turns into NaN)
@@ -136,7 +137,7 @@ extern "C" __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int c = 0; c < MAX_HEAD; ++c) acc[c] *= rescale;
         for (int jj = 0; jj < n; ++jj) {
-            const float e = m_new == MD_NEG_INF ? 0.0f : expf(staged_score(qr, ks, jj, d) - m_new);
+            const float e = m_new == MD_NEG_INF ? 0.0f : expf(staged_dot(qr, ks, jj, d) - m_new);
             l += e;
 #pragma unroll
             for (int c = 0; c < MAX_HEAD; ++c)
@@ -165,18 +166,6 @@ extern "C" __global__ void __launch_bounds__(128)
 // queries, staged 64 at a time with their L and δ). Nothing of size Lq·Lk is
 // written: the GEMM path wrote P, dP and dS, each [batch, Lq, Lk].
 
-namespace attention {
-
-// Σ_c a[c]·staged[c][jj] over the first n of MAX_HEAD registers.
-__device__ __forceinline__ float staged_dot(const float* a, const float* staged, int jj, int n) {
-    float s = 0.0f;
-#pragma unroll
-    for (int c = 0; c < MAX_HEAD; ++c)
-        if (c < n) s = fmaf(a[c], staged[c * KEY_CHUNK + jj], s);
-    return s;
-}
-
-}  // namespace attention
 
 // δ [batch, Lq] and dQ [batch, D, Lq], one query per thread.
 // grid = (⌈Lq/128⌉, batch), block = 128.
