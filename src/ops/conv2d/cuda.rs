@@ -158,6 +158,47 @@ fn same_weight_grad_fits(g: &ConvGeom, prec: Precision) -> bool {
     (prec == Precision::F32 || g.ow % 2 == 0) && same_conv_fits(g) && same_patch_pixels(g).is_some_and(|px| px <= max)
 }
 
+/// Same-conv kernel names by [variant][block rows 32, 64][K 1, 3]; variants:
+/// f32, bf16, bf16 reading a bf16-stored input.
+type SameKernels = [[[&'static str; 2]; 2]; 3];
+
+const SAME_FORWARD_KERNELS: SameKernels = [
+    [["conv2d_same_f32_m32_k1", "conv2d_same_f32_m32_k3"], ["conv2d_same_f32_m64_k1", "conv2d_same_f32_m64_k3"]],
+    [["conv2d_same_bf16_m32_k1", "conv2d_same_bf16_m32_k3"], ["conv2d_same_bf16_m64_k1", "conv2d_same_bf16_m64_k3"]],
+    [
+        ["conv2d_same_bf16_xbf16_m32_k1", "conv2d_same_bf16_xbf16_m32_k3"],
+        ["conv2d_same_bf16_xbf16_m64_k1", "conv2d_same_bf16_xbf16_m64_k3"],
+    ],
+];
+
+const SAME_WEIGHT_GRAD_KERNELS: SameKernels = [
+    [
+        ["conv2d_same_weight_grad_f32_m32_k1", "conv2d_same_weight_grad_f32_m32_k3"],
+        ["conv2d_same_weight_grad_f32_m64_k1", "conv2d_same_weight_grad_f32_m64_k3"],
+    ],
+    [
+        ["conv2d_same_weight_grad_bf16_m32_k1", "conv2d_same_weight_grad_bf16_m32_k3"],
+        ["conv2d_same_weight_grad_bf16_m64_k1", "conv2d_same_weight_grad_bf16_m64_k3"],
+    ],
+    [
+        ["conv2d_same_weight_grad_bf16_xbf16_m32_k1", "conv2d_same_weight_grad_bf16_xbf16_m32_k3"],
+        ["conv2d_same_weight_grad_bf16_xbf16_m64_k1", "conv2d_same_weight_grad_bf16_xbf16_m64_k3"],
+    ],
+];
+
+/// The kernel of `names` for precision `prec`, an input stored as `x_dtype`,
+/// `bm` block rows and a K×K kernel (K 1 or 3). A bf16-stored input is read
+/// as it is only at the bf16 precision.
+fn same_kernel(names: &SameKernels, prec: Precision, x_dtype: DType, bm: usize, k: usize) -> Result<&'static str> {
+    let variant = match (prec, x_dtype) {
+        (Precision::F32, DType::F32) => 0,
+        (Precision::Bf16, DType::F32) => 1,
+        (Precision::Bf16, DType::BF16) => 2,
+        (_, dtype) => return Err(Error::DType { op: "conv2d (same-conv kernel)", dtype }),
+    };
+    Ok(names[variant][usize::from(bm != 32)][usize::from(k != 1)])
+}
+
 /// dW of a same conv (kernels/conv2d_same.cu) at `prec`: split over 128-pixel
 /// tiles into partial slabs, summed in split order. `target_blocks`: the
 /// blocks the split aims for ([`SAME_WG_TARGET_BLOCKS`]).
@@ -181,21 +222,7 @@ fn same_weight_grad(
     let total = splits * len;
     elems("conv2d", total)?;
     let partials = backend.alloc(total)?;
-    let bf16_input = x.dtype() == DType::BF16;
-    let kernel = match (prec, bm, g.kh) {
-        (Precision::Bf16, 32, 1) if bf16_input => "conv2d_same_weight_grad_bf16_xbf16_m32_k1",
-        (Precision::Bf16, 32, _) if bf16_input => "conv2d_same_weight_grad_bf16_xbf16_m32_k3",
-        (Precision::Bf16, _, 1) if bf16_input => "conv2d_same_weight_grad_bf16_xbf16_m64_k1",
-        (Precision::Bf16, _, _) if bf16_input => "conv2d_same_weight_grad_bf16_xbf16_m64_k3",
-        (Precision::F32, 32, 1) => "conv2d_same_weight_grad_f32_m32_k1",
-        (Precision::F32, 32, _) => "conv2d_same_weight_grad_f32_m32_k3",
-        (Precision::F32, _, 1) => "conv2d_same_weight_grad_f32_m64_k1",
-        (Precision::F32, _, _) => "conv2d_same_weight_grad_f32_m64_k3",
-        (Precision::Bf16, 32, 1) => "conv2d_same_weight_grad_bf16_m32_k1",
-        (Precision::Bf16, 32, _) => "conv2d_same_weight_grad_bf16_m32_k3",
-        (Precision::Bf16, _, 1) => "conv2d_same_weight_grad_bf16_m64_k1",
-        (Precision::Bf16, _, _) => "conv2d_same_weight_grad_bf16_m64_k3",
-    };
+    let kernel = same_kernel(&SAME_WEIGHT_GRAD_KERNELS, prec, x.dtype(), bm, g.kh)?;
     let cfg = LaunchConfig::grid([g.c.div_ceil(ct), g.oc.div_ceil(bm), splits], GEMM_THREADS);
     backend.launch(kernel, cfg, &[partials.arg(), dy.arg(), x.arg(), Arg::pod(s), Arg::I32(elems("conv2d", per_split)?)])?;
     if splits == 1 {
@@ -222,24 +249,7 @@ fn same_conv(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogue, s:
     backend.launch(pack, LaunchConfig::for_elems(packed_len, 256), &args)?;
     let out = backend.alloc(s.n as usize * m * (s.oh * s.ow) as usize)?;
     let bm = same_block_rows(m);
-    let bf16_input = x.dtype() == DType::BF16;
-    if bf16_input && prec != Precision::Bf16 {
-        return Err(Error::DType { op: "conv2d at f32", dtype: DType::BF16 });
-    }
-    let kernel = match (prec, bm, ks) {
-        (Precision::Bf16, 32, 1) if bf16_input => "conv2d_same_bf16_xbf16_m32_k1",
-        (Precision::Bf16, 32, _) if bf16_input => "conv2d_same_bf16_xbf16_m32_k3",
-        (Precision::Bf16, _, 1) if bf16_input => "conv2d_same_bf16_xbf16_m64_k1",
-        (Precision::Bf16, _, _) if bf16_input => "conv2d_same_bf16_xbf16_m64_k3",
-        (Precision::F32, 32, 1) => "conv2d_same_f32_m32_k1",
-        (Precision::F32, 32, _) => "conv2d_same_f32_m32_k3",
-        (Precision::F32, _, 1) => "conv2d_same_f32_m64_k1",
-        (Precision::F32, _, _) => "conv2d_same_f32_m64_k3",
-        (Precision::Bf16, 32, 1) => "conv2d_same_bf16_m32_k1",
-        (Precision::Bf16, 32, _) => "conv2d_same_bf16_m32_k3",
-        (Precision::Bf16, _, 1) => "conv2d_same_bf16_m64_k1",
-        (Precision::Bf16, _, _) => "conv2d_same_bf16_m64_k3",
-    };
+    let kernel = same_kernel(&SAME_FORWARD_KERNELS, prec, x.dtype(), bm, ks)?;
     let pixels = s.n as usize * (s.oh * s.ow) as usize;
     let cfg = LaunchConfig::grid([pixels.div_ceil(SAME_TILE_PIXELS), m.div_ceil(bm), 1], GEMM_THREADS);
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
