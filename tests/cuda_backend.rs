@@ -114,3 +114,58 @@ fn profiling_counts_every_launch_by_kernel() {
     let _ = ops::silu(&x).unwrap();
     assert!(backend.stop_profiling().unwrap().is_empty());
 }
+
+/// Small uploads are staged in pinned blocks and queued without waiting for
+/// the stream: each must carry the values its source held at the call, even
+/// when the source is overwritten right after and the stream is busy, and
+/// no staging block may be reused while a copy from it is queued.
+#[test]
+fn uploads_carry_the_values_at_the_call_while_the_stream_is_busy() {
+    let Device::Cuda(device) = parity_device() else { unreachable!("parity_device is CUDA") };
+    let backend = cuda::backend(device).unwrap();
+    // a fill that keeps a GPU busy for a while (small on the emulation, which runs it at once)
+    let n = if device.emulated { 1 << 10 } else { 1 << 24 };
+    let busy = backend.alloc(n).unwrap();
+    let keep_busy = || backend.launch("fill_f32", LaunchConfig::for_elems(n, 256), &[busy.arg(), Arg::F32(2.0), Arg::I32(n as i32)]).unwrap();
+    // sizes: one value, a batch's worth, just under and just over the
+    // pinned limit (1 MiB: the larger copy is staged by the driver)
+    let lens = [1usize, 512, 3000, (1 << 18) - 1, (1 << 18) + 5];
+    let mut host = Vec::new();
+    let mut uploaded = Vec::new();
+    for k in 0..150 {
+        let len = lens[k % lens.len()];
+        host.clear();
+        host.extend((0..len).map(|i| (k * 7 + i % 13) as f32));
+        keep_busy();
+        uploaded.push((k, len, backend.upload(&host).unwrap()));
+        host.fill(f32::NAN); // what a reused host buffer would do
+    }
+    for (k, len, buf) in uploaded {
+        let got = buf.download().unwrap();
+        let want: Vec<f32> = (0..len).map(|i| (k * 7 + i % 13) as f32).collect();
+        assert!(got == want, "upload {k} ({len} values) changed after the call");
+    }
+}
+
+/// A queued read returns the values at its place in the stream, not the
+/// values later work writes; many may be outstanding at once, and bf16
+/// storage is widened.
+#[test]
+fn queued_reads_see_the_stream_at_their_place() {
+    let device = parity_device();
+    let values = |k: usize| -> Vec<f32> { (0..1000).map(|i| (k * 1000 + i) as f32 * 0.25).collect() };
+    let tensors: Vec<Tensor> = (0..80).map(|k| Tensor::from_vec_on(values(k), [1000], device).unwrap()).collect();
+    let pending: Vec<_> = tensors.iter().map(|t| t.to_host_async().unwrap()).collect();
+    for t in &tensors {
+        t.copy_from_slice(&[-1.0; 1000]).unwrap(); // queued after the reads
+    }
+    for (k, p) in pending.into_iter().enumerate().rev() {
+        assert!(p.wait().unwrap() == values(k), "read {k}");
+    }
+    assert_eq!(tensors[3].to_vec(), vec![-1.0; 1000]);
+    let x = Tensor::from_vec_on(vec![1.0, 1.0 + 1.0 / 128.0, -3.5, 1e-3], [4], device).unwrap();
+    let stored = ops::cast(&x, minidiffusion::DType::BF16).unwrap();
+    assert_eq!(stored.to_host_async().unwrap().wait().unwrap(), stored.to_vec());
+    // a CPU tensor's values are ready at once
+    assert_eq!(Tensor::from_vec(vec![2.0], [1]).unwrap().to_host_async().unwrap().wait().unwrap(), vec![2.0]);
+}

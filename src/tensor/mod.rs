@@ -293,6 +293,16 @@ impl Tensor {
         Ok(self.try_to_vec()?[0])
     }
 
+    /// Start copying the values to the host without waiting for the device
+    /// (a CUDA tensor's copy is queued behind the work that computes it);
+    /// [`HostValues::wait`] returns them.
+    pub fn to_host_async(&self) -> Result<HostValues> {
+        Ok(match &*self.storage() {
+            Storage::Cuda(b) => HostValues::Pending(b.download_async()?),
+            cpu => HostValues::Ready(cpu.to_f32_vec()?),
+        })
+    }
+
     /// Overwrite the values in place (shape must match); not recorded.
     pub fn copy_from_slice(&self, values: &[f32]) -> Result<()> {
         if values.len() != self.numel() {
@@ -329,4 +339,20 @@ impl Tensor {
 /// The f32 storage of a new host result.
 pub(crate) fn cpu_f32_storage(values: Vec<f32>) -> Storage {
     Storage::Cpu(CpuStorage::F32(values))
+}
+
+/// A tensor's values on their way to the host ([`Tensor::to_host_async`]).
+pub enum HostValues {
+    Ready(Vec<f32>),
+    Pending(crate::device::cuda::PendingDownload),
+}
+
+impl HostValues {
+    /// The values, waiting for the copy if it is still queued.
+    pub fn wait(self) -> Result<Vec<f32>> {
+        match self {
+            HostValues::Ready(v) => Ok(v),
+            HostValues::Pending(p) => p.wait(),
+        }
+    }
 }

@@ -63,8 +63,15 @@ pub trait GraphExec {
     fn launch(&self) -> Result<()>;
 }
 
+/// A device-to-host copy queued on the stream.
+pub trait PendingRead: Send {
+    /// Wait for the copy (not for the work queued after it) and return its bytes.
+    fn wait(self: Box<Self>) -> Result<Vec<u8>>;
+}
+
 /// Device memory, copies and launches on one stream. All work is ordered on
-/// that stream; `dtoh` waits for it.
+/// that stream; `dtoh` waits for it, `htod` does not (the source is copied
+/// before it returns).
 pub trait Driver: Send + Sync {
     /// The device's name (e.g. "NVIDIA H100 80GB HBM3" or "CUDA emulation on the CPU").
     fn name(&self) -> String;
@@ -78,6 +85,9 @@ pub trait Driver: Send + Sync {
     fn free(&self, ptr: u64);
     fn htod(&self, dst: u64, src: &[u8]) -> Result<()>;
     fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()>;
+    /// Queue a copy of `bytes` bytes at `src` to the host; the host goes on
+    /// (a training step's loss is read after the next step is queued).
+    fn dtoh_async(&self, src: u64, bytes: usize) -> Result<Box<dyn PendingRead>>;
     fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
     fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[Arg]) -> Result<()>;

@@ -2,7 +2,7 @@
 //! launches run the kernels compiled by g++ against kernels/emu/cuda_emu.hpp,
 //! with the argument count and sizes checked against each kernel's signature.
 
-use super::driver::{Arg, Driver, GraphExec, LaunchConfig};
+use super::driver::{Arg, Driver, GraphExec, LaunchConfig, PendingRead};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
@@ -133,6 +133,15 @@ impl GraphExec for EmulatedGraph {
     }
 }
 
+/// A read-back on the emulation, complete when queued.
+struct ReadDone(Vec<u8>);
+
+impl PendingRead for ReadDone {
+    fn wait(self: Box<Self>) -> Result<Vec<u8>> {
+        Ok(self.0)
+    }
+}
+
 impl Driver for EmulatedDriver {
     fn name(&self) -> String {
         "CUDA emulation on the CPU".into()
@@ -170,6 +179,13 @@ impl Driver for EmulatedDriver {
         // SAFETY: as htod.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
         Ok(())
+    }
+
+    fn dtoh_async(&self, src: u64, bytes: usize) -> Result<Box<dyn PendingRead>> {
+        // the emulation's stream has always finished: the copy is done now
+        let mut out = vec![0u8; bytes];
+        self.dtoh(&mut out, src)?;
+        Ok(Box::new(ReadDone(out)))
     }
 
     fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {

@@ -1,7 +1,8 @@
 //! A real GPU as a [`Driver`], through cudarc (driver API, loaded at run time).
 
-use super::driver::{Arg, Driver, GraphExec, LaunchConfig};
+use super::driver::{Arg, Driver, GraphExec, LaunchConfig, PendingRead};
 use super::kernels::KernelImage;
+use super::pinned::{PINNED_MAX_BYTES, PinnedBlock, PinnedPool};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaStream, result as cu, sys};
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ pub struct GpuDriver {
     timed: Mutex<Vec<(&'static str, CudaEvent, CudaEvent)>>,
     /// A graph capture is open on the stream (launches are not timed then).
     capturing: std::sync::atomic::AtomicBool,
+    /// Staging for small copies, so that they do not synchronise the stream.
+    pinned: Arc<PinnedPool>,
 }
 
 /// An instantiated CUDA graph (cudarc's, which destroys it when dropped).
@@ -57,7 +60,6 @@ impl GpuDriver {
         };
         let module = ctx.load_module(ptx).map_err(|e| cuda_err("loading the kernels", e))?;
         Ok(GpuDriver {
-            ctx,
             stream,
             module,
             functions: Mutex::new(HashMap::new()),
@@ -65,6 +67,8 @@ impl GpuDriver {
             profiling: Default::default(),
             timed: Mutex::new(Vec::new()),
             capturing: Default::default(),
+            pinned: Arc::new(PinnedPool::new(ctx.clone())),
+            ctx,
         })
     }
 
@@ -80,6 +84,40 @@ impl GpuDriver {
 
     fn bind(&self) -> Result<()> {
         self.ctx.bind_to_thread().map_err(|e| cuda_err("binding the CUDA context", e))
+    }
+
+    /// Host copies would be recorded as graph nodes reading or writing a
+    /// staging block later reused: refused, as the emulation refuses them.
+    fn forbid_in_capture(&self, what: &str) -> Result<()> {
+        if self.capturing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Cuda(format!("{what} is not allowed while capturing a CUDA graph")));
+        }
+        Ok(())
+    }
+}
+
+/// A read-back into a pinned block; the block goes back to the pool after.
+struct GpuPendingRead {
+    block: Option<PinnedBlock>,
+    bytes: usize,
+    pool: Arc<PinnedPool>,
+}
+
+impl PendingRead for GpuPendingRead {
+    fn wait(mut self: Box<Self>) -> Result<Vec<u8>> {
+        let mut block = self.block.take().expect("waited once");
+        let waited = block.wait();
+        let out = block.bytes_mut(self.bytes).to_vec();
+        self.pool.give_back(block);
+        waited.map(|_| out)
+    }
+}
+
+impl Drop for GpuPendingRead {
+    fn drop(&mut self) {
+        if let Some(block) = self.block.take() {
+            self.pool.give_back(block); // busy until the copy is done
+        }
     }
 }
 
@@ -104,17 +142,44 @@ impl Driver for GpuDriver {
     }
 
     fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.forbid_in_capture("a host-to-device copy")?;
         self.bind()?;
+        if src.len() <= PINNED_MAX_BYTES {
+            // staged in a pinned block: queued, no wait for the stream
+            let mut block = self.pinned.take(src.len())?;
+            block.bytes_mut(src.len()).copy_from_slice(src);
+            // SAFETY: dst holds at least src.len() bytes; the block stays
+            // untouched until the event recorded after the copy completes.
+            let copied = unsafe { cu::memcpy_htod_async(dst, block.bytes_mut(src.len()), self.stream.cu_stream()) }
+                .map_err(|e| cuda_err("host to device copy", e))
+                .and_then(|_| block.record(&self.stream));
+            self.pinned.give_back(block);
+            return copied;
+        }
         // SAFETY: dst holds at least src.len() bytes; the copy completes before return.
         unsafe { cu::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(|e| cuda_err("host to device copy", e))?;
         self.synchronize()
     }
 
     fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.forbid_in_capture("a device-to-host copy")?;
         self.bind()?;
         // SAFETY: src holds at least dst.len() bytes; the stream is synchronised before dst is read.
         unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }.map_err(|e| cuda_err("device to host copy", e))?;
         self.synchronize()
+    }
+
+    fn dtoh_async(&self, src: u64, bytes: usize) -> Result<Box<dyn PendingRead>> {
+        self.forbid_in_capture("a device-to-host copy")?;
+        self.bind()?;
+        let mut block = self.pinned.take(bytes)?;
+        // SAFETY: src holds at least `bytes` bytes; the block is read only
+        // after the event recorded behind the copy has completed.
+        let queued = unsafe { cu::memcpy_dtoh_async(block.bytes_mut(bytes), src, self.stream.cu_stream()) }
+            .map_err(|e| cuda_err("device to host copy", e))
+            .and_then(|_| block.record(&self.stream));
+        let pending = GpuPendingRead { block: Some(block), bytes, pool: self.pinned.clone() };
+        queued.map(|_| Box::new(pending) as Box<dyn PendingRead>)
     }
 
     fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {

@@ -8,6 +8,7 @@ pub mod driver;
 mod emulator;
 mod gpu;
 pub mod kernels;
+pub mod pinned;
 
 pub use allocator::{AllocStats, GraphPool};
 pub use driver::{Arg, LaunchConfig};
@@ -16,7 +17,7 @@ use super::{CudaDevice, Device};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use allocator::{CachingAllocator, DeviceBlock};
-use driver::{Driver, GraphExec};
+use driver::{Driver, GraphExec, PendingRead};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -325,6 +326,14 @@ impl CudaBuffer {
         Ok(out)
     }
 
+    /// Queue a copy of the values to the host and go on; [`PendingDownload::wait`]
+    /// returns them once the stream has reached the copy (work queued later
+    /// may still be running).
+    pub fn download_async(&self) -> Result<PendingDownload> {
+        let read = self.backend.driver().dtoh_async(self.ptr(), self.bytes())?;
+        Ok(PendingDownload { read, dtype: self.dtype })
+    }
+
     /// A device-side copy.
     pub fn try_clone(&self) -> Result<CudaBuffer> {
         let copy = self.backend.alloc_as(self.len, self.dtype)?;
@@ -345,5 +354,22 @@ impl CudaBuffer {
             return Err(Error::DType { op: "upload", dtype: self.dtype });
         }
         self.backend.driver().htod(self.ptr(), bytemuck::cast_slice(values))
+    }
+}
+
+/// Values on their way to the host (see [`CudaBuffer::download_async`]).
+pub struct PendingDownload {
+    read: Box<dyn PendingRead>,
+    dtype: DType,
+}
+
+impl PendingDownload {
+    /// Wait for the copy; the values as f32 (bf16 widened exactly).
+    pub fn wait(self) -> Result<Vec<f32>> {
+        let bytes = self.read.wait()?;
+        Ok(match self.dtype {
+            DType::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_bits(u16::from_ne_bytes([b[0], b[1]])).to_f32()).collect(),
+            _ => bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        })
     }
 }
