@@ -108,9 +108,16 @@ fn training_steps_on_the_device_follow_the_cpu() {
     // the emulation: one step (forward, backward, AdamW) and the eval, ~3 min in CI
     let (steps, b) = if on_gpu(device) { (4, 8) } else { (1, 2) };
     let (mut cpu, mut dev) = (learner(Device::Cpu, b), learner(device, b));
-    for step in 0..steps {
-        let batch: Vec<usize> = (step * b..step * b + b).collect();
-        let (lc, ld) = (cpu.train_step(&batch).unwrap(), dev.train_step(&batch).unwrap());
+    let batches: Vec<Vec<usize>> = (0..steps).map(|step| (step * b..step * b + b).collect()).collect();
+    // the device queues each step before reading the last one's loss, as `train` does
+    let mut device_losses = Vec::new();
+    dev.run_steps(batches.iter().map(Vec::as_slice), |_, r| {
+        device_losses.push(r.loss);
+        Ok(())
+    })
+    .unwrap();
+    for (step, (batch, ld)) in batches.iter().zip(device_losses).enumerate() {
+        let lc = cpu.train_step(batch).unwrap();
         eprintln!("step {step}: loss cpu {lc:.7} {device} {ld:.7}");
         assert_close(&format!("loss at step {step} on {device}"), &[ld], &[lc], 1e-6, 1e-4);
     }

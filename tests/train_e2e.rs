@@ -256,3 +256,54 @@ fn bf16_training_is_recorded_and_resume_keeps_it() {
     assert_eq!(code, 2);
     assert!(stderr.contains("--precision") && stderr.contains("expected f32 or bf16"), "{stderr}");
 }
+
+/// `fit` queues each step before reading the previous step's loss: the
+/// losses, learning rates and weights equal those of steps taken one at a
+/// time, and each batch is reported in order with its own step, epoch, lr.
+#[test]
+fn queued_steps_equal_steps_taken_one_at_a_time() {
+    use minidiffusion::data::embedded_fashion_mnist;
+    use minidiffusion::nn::unet::UNet2DConfig;
+    use minidiffusion::train::{BatchReport, TrainConfig};
+    let (steps, batch) = (5, 4);
+    let learner = || {
+        let unet = UNet2DConfig::tiny_preset();
+        let config = TrainConfig { max_steps: Some(steps), eval_images: Some(8), ..TrainConfig::lesson("tiny", unet.clone(), batch, 1e-2) };
+        let model = UNet2DModel::new(unet, 1, Device::Cpu).unwrap();
+        let train = embedded_fashion_mnist(Split::Train).unwrap().take(steps * batch);
+        let test = embedded_fashion_mnist(Split::Test).unwrap().take(8);
+        Learner::new(config, model, train, test, Device::Cpu).unwrap()
+    };
+    let batches: Vec<Vec<usize>> = (0..steps).map(|s| (s * batch..(s + 1) * batch).rev().collect()).collect();
+    let mut one_by_one = learner();
+    let mut expected = Vec::new();
+    for b in &batches {
+        let loss = one_by_one.train_step(b).unwrap();
+        expected.push(BatchReport { step: one_by_one.step, epoch: 1, images: batch, lr: one_by_one.lr, loss });
+    }
+    let mut queued = learner();
+    let mut reports = Vec::new();
+    queued
+        .run_steps(batches.iter().map(Vec::as_slice), |l, r| {
+            assert_eq!(l.step, (r.step + 1).min(steps), "the next step is queued before a loss is read");
+            reports.push(r);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(reports, expected);
+    assert_eq!(reports.iter().map(|r| r.step).collect::<Vec<_>>(), (1..=steps).collect::<Vec<_>>());
+    assert!(reports[0].lr < reports[2].lr, "one-cycle warms up");
+    for (a, b) in one_by_one.opt.params().iter().zip(queued.opt.params()) {
+        assert_eq!(a.to_vec(), b.to_vec());
+    }
+    // a callback's error stops the loop at that batch
+    let mut stopped = learner();
+    let mut seen = 0;
+    let err = stopped
+        .run_steps(batches.iter().map(Vec::as_slice), |_, r| {
+            seen += 1;
+            if r.step == 2 { Err(Error::Argument { op: "test", msg: "stop".into() }) } else { Ok(()) }
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("stop") && seen == 2, "{err}");
+}

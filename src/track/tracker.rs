@@ -15,7 +15,7 @@ use super::{GitInfo, now, sha256_hex};
 use crate::diffusion::sampler::{self, SamplerKind, SamplerOptions, Spacing};
 use crate::error::{Error, Result};
 use crate::io::png;
-use crate::train::{Callback, EpochReport, Learner};
+use crate::train::{BatchReport, Callback, EpochReport, Learner};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
@@ -216,9 +216,9 @@ impl Drop for Tracker {
 }
 
 impl Callback for Tracker {
-    fn after_batch(&mut self, l: &Learner, loss: f32) -> Result<()> {
-        self.handle.metric(l.step, l.epoch + 1, "loss", loss as f64);
-        self.handle.metric(l.step, l.epoch + 1, "lr", l.lr);
+    fn after_batch(&mut self, _l: &Learner, batch: &BatchReport) -> Result<()> {
+        self.handle.metric(batch.step, batch.epoch, "loss", batch.loss as f64);
+        self.handle.metric(batch.step, batch.epoch, "lr", batch.lr);
         if interrupt::requested() { Err(interrupt::error()) } else { Ok(()) }
     }
 

@@ -1,6 +1,6 @@
 //! The standard callbacks: progress display, checkpoints, loss record.
 
-use super::{Callback, EpochReport, Learner, checkpoint};
+use super::{BatchReport, Callback, EpochReport, Learner, checkpoint};
 use crate::error::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -32,15 +32,16 @@ impl Callback for Progress {
         Ok(())
     }
 
-    fn after_batch(&mut self, l: &Learner, loss: f32) -> Result<()> {
-        self.images += l.config.batch_size;
+    fn after_batch(&mut self, l: &Learner, batch: &BatchReport) -> Result<()> {
+        self.images += batch.images;
+        let loss = batch.loss;
         if let (Some(bar), Some(t0)) = (&self.bar, self.started) {
             let rate = self.images as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("loss {loss:.4}  {rate:.0} img/s"));
             bar.inc(1);
             // no terminal: a plain line now and then instead of the bar
-            if bar.is_hidden() && self.epoch_lines && l.step % 100 == 0 {
-                eprintln!("step {}/{}: loss {loss:.4}, {rate:.0} img/s, lr {:.2e}", l.step, l.total_steps, l.lr);
+            if bar.is_hidden() && self.epoch_lines && batch.step.is_multiple_of(100) {
+                eprintln!("step {}/{}: loss {loss:.4}, {rate:.0} img/s, lr {:.2e}", batch.step, l.total_steps, batch.lr);
             }
         }
         Ok(())
@@ -96,8 +97,8 @@ pub struct Recorder {
 }
 
 impl Callback for Recorder {
-    fn after_batch(&mut self, _l: &Learner, loss: f32) -> Result<()> {
-        self.losses.push(loss);
+    fn after_batch(&mut self, _l: &Learner, batch: &BatchReport) -> Result<()> {
+        self.losses.push(batch.loss);
         Ok(())
     }
     fn after_epoch(&mut self, _l: &Learner, r: &EpochReport) -> Result<()> {

@@ -1,6 +1,11 @@
 //! The training loop, miniai's Learner in Rust: `fit` runs epochs of noisify →
 //! ε̂ = model(x_t, t) → MSE → backward → AdamW with one-cycle, and everything
 //! around it (progress, checkpoints, metrics, run tracking) is a [`Callback`].
+//!
+//! On a GPU the host queues work and the device runs it. Reading a step's
+//! loss waits for that step's forward pass, so the loop reads it only after
+//! the next step is queued ([`Learner::run_steps`]): the device always has a
+//! step to work on while the host logs and builds the next one.
 
 pub mod callbacks;
 pub mod checkpoint;
@@ -16,7 +21,7 @@ use crate::ops;
 use crate::ops::precision::Precision;
 use crate::optim::{AdamW, AdamWHyper, OneCycle};
 use crate::rng::PhiloxStream;
-use crate::tensor::Tensor;
+use crate::tensor::{HostValues, Tensor};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -127,12 +132,47 @@ pub struct EpochReport {
     pub seconds: f64,
 }
 
+/// A finished training step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchReport {
+    /// The step's number (1 is the first) and its epoch (1 is the first).
+    pub step: usize,
+    pub epoch: usize,
+    pub images: usize,
+    /// The learning rate it used.
+    pub lr: f64,
+    pub loss: f32,
+}
+
+/// A queued training step whose loss is still on its way from the device.
+pub struct QueuedStep {
+    report: BatchReport,
+    loss: HostValues,
+}
+
+impl QueuedStep {
+    /// Wait for the loss. A loss that is not finite is an error (the weights
+    /// are then spoilt; the last checkpoint is not).
+    pub fn finish(self) -> Result<BatchReport> {
+        let loss = self.loss.wait()?[0];
+        let r = self.report;
+        if !loss.is_finite() {
+            return Err(Error::Argument {
+                op: "train",
+                msg: format!("the loss is {loss} at step {} (epoch {}); stopping, the last checkpoint is kept", r.step, r.epoch),
+            });
+        }
+        Ok(BatchReport { loss, ..r })
+    }
+}
+
 /// Hooks around the loop. Each returns Ok to go on; an error stops the run.
+/// A batch is reported once its loss is known, while the next step runs.
 pub trait Callback {
     fn before_fit(&mut self, _l: &Learner) -> Result<()> {
         Ok(())
     }
-    fn after_batch(&mut self, _l: &Learner, _loss: f32) -> Result<()> {
+    fn after_batch(&mut self, _l: &Learner, _batch: &BatchReport) -> Result<()> {
         Ok(())
     }
     fn after_epoch(&mut self, _l: &Learner, _report: &EpochReport) -> Result<()> {
@@ -202,20 +242,15 @@ impl Learner {
         Ok((x_t, t, eps))
     }
 
-    /// One optimiser step on images `indices`; returns the loss.
-    pub fn train_step(&mut self, indices: &[usize]) -> Result<f32> {
+    /// Queue one optimiser step on images `indices` (on a GPU the host does
+    /// not wait for it); [`QueuedStep::finish`] reads its loss.
+    pub fn queue_step(&mut self, indices: &[usize]) -> Result<QueuedStep> {
         let _nvtx = crate::device::nvtx::range("train step");
         let _precision = crate::ops::precision::with_precision(self.config.precision);
         let (x_t, t, eps) = self.noisy_batch(&self.train_x, indices, TIMESTEP_STREAM + self.step as u64, NOISE_STREAM + self.step as u64)?;
         let pred = self.model.forward(&x_t, &t)?;
         let loss = ops::mse_loss(&pred, &eps)?;
-        let value = loss.item()?;
-        if !value.is_finite() {
-            return Err(Error::Argument {
-                op: "train",
-                msg: format!("the loss is {value} at step {} (epoch {}); stopping, the last checkpoint is kept", self.step + 1, self.epoch + 1),
-            });
-        }
+        let value = loss.to_host_async()?;
         let grads = crate::autograd::backward(&loss)?;
         self.lr = self.one_cycle.lr(self.step);
         self.opt.hyper.lr = self.lr as f32;
@@ -224,7 +259,34 @@ impl Learner {
         self.opt.step(&grads)?;
         drop(optimizer_range);
         self.step += 1;
-        Ok(value)
+        let report = BatchReport { step: self.step, epoch: self.epoch + 1, images: indices.len(), lr: self.lr, loss: f32::NAN };
+        Ok(QueuedStep { report, loss: value })
+    }
+
+    /// One optimiser step on images `indices`, waiting for its loss.
+    pub fn train_step(&mut self, indices: &[usize]) -> Result<f32> {
+        Ok(self.queue_step(indices)?.finish()?.loss)
+    }
+
+    /// One step per batch, in order, each queued before the previous step's
+    /// loss is read; `done` sees every finished step in order. The same
+    /// numbers as [`Learner::train_step`] one at a time.
+    pub fn run_steps<'a>(
+        &mut self,
+        batches: impl IntoIterator<Item = &'a [usize]>,
+        mut done: impl FnMut(&Learner, BatchReport) -> Result<()>,
+    ) -> Result<()> {
+        let mut queued: Option<QueuedStep> = None;
+        for indices in batches {
+            let next = self.queue_step(indices)?;
+            if let Some(previous) = queued.replace(next) {
+                done(self, previous.finish()?)?;
+            }
+        }
+        match queued {
+            Some(last) => done(self, last.finish()?),
+            None => Ok(()),
+        }
     }
 
     /// Mean MSE over the test split with fixed noise (comparable across epochs).
@@ -232,13 +294,17 @@ impl Learner {
         let _guard = crate::autograd::NoGradGuard::new();
         let _precision = crate::ops::precision::with_precision(self.config.precision);
         let n = self.test_x.dims()[0];
-        let (mut total, mut count) = (0f64, 0usize);
+        // every batch queued first, the losses read after (one wait on a GPU)
+        let mut losses = Vec::new();
         for (b, start) in (0..n).step_by(self.config.batch_size).enumerate() {
             let idx: Vec<usize> = (start..(start + self.config.batch_size).min(n)).collect();
             let (x_t, t, eps) = self.noisy_batch(&self.test_x, &idx, EVAL_TIMESTEP_STREAM + b as u64, EVAL_NOISE_STREAM + b as u64)?;
-            let loss = ops::mse_loss(&self.model.forward(&x_t, &t)?, &eps)?.item()?;
-            total += loss as f64 * idx.len() as f64;
-            count += idx.len();
+            losses.push((ops::mse_loss(&self.model.forward(&x_t, &t)?, &eps)?.to_host_async()?, idx.len()));
+        }
+        let (mut total, mut count) = (0f64, 0usize);
+        for (loss, images) in losses {
+            total += loss.wait()?[0] as f64 * images as f64;
+            count += images;
         }
         Ok((total / count.max(1) as f64) as f32)
     }
@@ -262,18 +328,13 @@ impl Learner {
             let started = Instant::now();
             let order = epoch_order(self.train.len(), self.config.seed, self.epoch as u64);
             let (mut loss_sum, mut batches, mut images) = (0f64, 0usize, 0usize);
-            for chunk in order.chunks(self.config.batch_size) {
-                if self.step >= self.total_steps {
-                    break;
-                }
-                let loss = self.train_step(chunk)?;
-                loss_sum += loss as f64;
+            let remaining = self.total_steps - self.step;
+            self.run_steps(order.chunks(self.config.batch_size).take(remaining), |l, batch| {
+                loss_sum += batch.loss as f64;
                 batches += 1;
-                images += chunk.len();
-                for cb in callbacks.iter_mut() {
-                    cb.after_batch(self, loss)?;
-                }
-            }
+                images += batch.images;
+                callbacks.iter_mut().try_for_each(|cb| cb.after_batch(l, &batch))
+            })?;
             let train_seconds = started.elapsed().as_secs_f64();
             self.epoch += 1;
             let report = EpochReport {
