@@ -3,7 +3,7 @@
 //! three random models, the time embedding, schedules, DDIM and DDPM updates,
 //! and a whole DDIM run.
 
-use minidiffusion::diffusion::sampler::{self, SamplerKind, SamplerOptions, Spacing, ddim_coefs, ddpm_coefs};
+use minidiffusion::diffusion::sampler::{self, DdpmVariance, SamplerKind, SamplerOptions, Spacing, ddim_coefs, ddpm_coefs};
 use minidiffusion::diffusion::{Schedule, ScheduleKind};
 use minidiffusion::io::{model_dir, npy};
 use minidiffusion::ops::diffusion::{StepCoefs, step};
@@ -135,9 +135,9 @@ fn ddim_steps_match_diffusers() {
 
 #[test]
 fn ddpm_update_matches_diffusers_over_1000_steps() {
-    // diffusers' DDPMScheduler adds σ² = (1−ᾱ_{t−1})/(1−ᾱ_t)·β_t noise ("fixed_small"); the lesson's
-    // DDPM uses σ² = β_t. The deterministic part is the same: check it, with the recorded noise
-    // times diffusers' σ taken out.
+    // diffusers' DDPMScheduler adds σ² = (1−ᾱ_{t−1})/(1−ᾱ_t)·β_t noise ("fixed_small", our
+    // DdpmVariance::Posterior); the lesson's DDPM uses σ² = β_t. The update with the
+    // recorded noise z in place of ours: x_{t−1} = deterministic + σ·z, for both σ.
     let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.01 }, 1000).unwrap();
     let dir = "sampling/ddpm_1000_synthetic";
     let (shape, eps) = load(&format!("{dir}/model_output.npy"));
@@ -148,13 +148,16 @@ fn ddpm_update_matches_diffusers_over_1000_steps() {
     let (_, mut x) = load(&format!("{dir}/x_T.npy"));
     for (k, &t) in ts.iter().enumerate() {
         let t = t as usize;
-        let coefs = ddpm_coefs(&s, t, None);
+        let coefs = ddpm_coefs(&s, t, None, DdpmVariance::Posterior);
+        let lesson = ddpm_coefs(&s, t, None, DdpmVariance::Beta);
+        assert_eq!(StepCoefs { sigma: 0.0, ..coefs }, StepCoefs { sigma: 0.0, ..lesson }, "only σ differs");
+        assert!(t == 0 || lesson.sigma == s.betas[t].sqrt() as f32);
         let deterministic = StepCoefs { sigma: 0.0, ..coefs };
         let xt = Tensor::from_vec(x.clone(), shape[1..].to_vec()).unwrap();
         let e = Tensor::from_vec(eps[k * per..(k + 1) * per].to_vec(), shape[1..].to_vec()).unwrap();
         let (next, _) = step(&xt, &e, deterministic, 0, 0, 0, false).unwrap();
-        let small_sigma = if t > 0 { ((1.0 - s.abar(t as i64 - 1)) / (1.0 - s.abar(t as i64)) * s.betas[t]).sqrt() as f32 } else { 0.0 };
-        let got: Vec<f32> = next.to_vec().iter().zip(&noise[k * per..(k + 1) * per]).map(|(v, z)| v + small_sigma * z).collect();
+        let z = &noise[k * per..(k + 1) * per];
+        let got: Vec<f32> = next.to_vec().iter().zip(z).map(|(v, z)| v + coefs.sigma * z).collect();
         assert_close(&format!("ddpm step {k} (t={t})"), &got, &prev[k * per..(k + 1) * per], 1e-5, 1e-4);
         x = prev[k * per..(k + 1) * per].to_vec();
     }
@@ -197,4 +200,82 @@ fn noisify_formula_matches_add_noise() {
     // diffusers forms √(1 − ᾱ_t) from an f32 ᾱ_t: at t = 0, 1 − 0.9999f32 keeps only
     // ~3 digits (relative 6e-4 in 1 − ᾱ), ours is f64: 5e-6 absolute covers it
     assert_close("add_noise", &got, &want, 5e-6, 1e-5);
+}
+
+/// `sample --model DIR` samples as DIR's scheduler_config.json says, as
+/// diffusers' `DDIMScheduler.from_pretrained(DIR)` does (here: trailing
+/// spacing, x̂0 clipped at 0.5); the flags override it.
+#[test]
+fn sample_follows_the_model_directorys_scheduler_config() {
+    let dir = std::env::temp_dir().join(format!("minidiffusion-golden-sched-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(golden("unet_a").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(golden("sampling/ddim_trailing_clip/scheduler_config.json"), dir.join("scheduler_config.json")).unwrap();
+    let sample = |extra: &[&str]| -> Vec<f32> {
+        let npy_out = dir.join("out.npy");
+        let mut args = vec!["sample", "--model", dir.to_str().unwrap(), "--steps", "10", "--device", "cpu"];
+        let (x_t, png) = (golden("sampling/x_T.npy"), dir.join("grid.png"));
+        args.extend(["--init-noise", x_t.to_str().unwrap(), "--npy", npy_out.to_str().unwrap(), "--out", png.to_str().unwrap()]);
+        args.extend(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_minidiffusion")).args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        npy::read(&npy_out).unwrap().1
+    };
+    let (_, want) = load("sampling/ddim_trailing_clip/final_sample.npy");
+    let err = scaled_error(&sample(&[]), &want);
+    assert!(err < 1e-4, "sampling with the directory's scheduler config differs from diffusers by {err} of the scale");
+    // flags win: leading spacing, no clipping is the ddim_eta0 run
+    let (shape, prev) = load("sampling/ddim_eta0/prev_sample.npy");
+    let per: usize = shape[1..].iter().product();
+    assert!(scaled_error(&prev[9 * per..], &want) > 0.05, "the two configurations must give different samples");
+    let err = scaled_error(&sample(&["--timestep-spacing", "leading", "--clip-x0", "none"]), &prev[9 * per..]);
+    assert!(err < 1e-4, "the flags did not override the scheduler config ({err})");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// DDPM's noise level follows the directory's scheduler config too: unet_b's
+/// DDPMScheduler says variance_type "fixed_small" (the posterior variance),
+/// so `--sampler ddpm` uses it unless `--ddpm-variance beta` asks for the
+/// lesson's σ² = β_t. A config with a variance_type we do not implement is
+/// one error line naming the file, exit 2.
+#[test]
+fn ddpm_noise_level_follows_the_scheduler_config() {
+    let model = golden("unet_b");
+    let dir = std::env::temp_dir().join(format!("minidiffusion-golden-ddpm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |model: &Path, extra: &[&str]| -> (i32, String, Vec<f32>) {
+        let (npy_out, png) = (dir.join("out.npy"), dir.join("grid.png"));
+        let _ = std::fs::remove_file(&npy_out);
+        let mut args = vec!["sample", "--model", model.to_str().unwrap(), "--sampler", "ddpm", "-n", "2", "--device", "cpu"];
+        args.extend(["--npy", npy_out.to_str().unwrap(), "--out", png.to_str().unwrap()]);
+        args.extend(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_minidiffusion")).args(&args).output().unwrap();
+        let values = if out.status.success() { npy::read(&npy_out).unwrap().1 } else { vec![] };
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned(), values)
+    };
+    let (code, stderr, default) = run(&model, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let (_, _, posterior) = run(&model, &["--ddpm-variance", "posterior"]);
+    let (_, _, beta) = run(&model, &["--ddpm-variance", "beta"]);
+    assert_eq!(default, posterior, "fixed_small is the posterior variance");
+    // (unet_b's random weights blow the samples up to ~800: compare elementwise)
+    let differing = beta.iter().zip(&posterior).filter(|(a, b)| (*a - *b).abs() > 1e-4).count();
+    assert!(differing * 10 > beta.len() * 9, "σ² = β_t must give other samples ({differing} of {} differ)", beta.len());
+
+    let (code, stderr, _) = run(&model, &["--ddpm-variance", "wide"]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+    assert!(stderr.contains("--ddpm-variance") && stderr.contains("'wide'"), "{stderr}");
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(model.join(f), dir.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(model.join("scheduler_config.json")).unwrap();
+    std::fs::write(dir.join("scheduler_config.json"), config.replace("\"fixed_small\"", "\"learned_range\"")).unwrap();
+    let (code, stderr, _) = run(&dir, &[]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+    assert!(stderr.contains("scheduler_config.json") && stderr.contains("variance_type learned_range"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,7 @@
 //! and draw the same Philox normals (within 2 ulp on a GPU, whose double
 //! log/sin/cos may differ in the last bit: tolerance 1e-6 relative).
 
-use minidiffusion::diffusion::sampler::{ddim_coefs, ddpm_coefs};
+use minidiffusion::diffusion::sampler::{DdpmVariance, ddim_coefs, ddpm_coefs};
 use minidiffusion::diffusion::Schedule;
 use minidiffusion::ops::diffusion::{DeviceStep, noisify, step};
 use minidiffusion::testing::{assert_close, parity_device, randn};
@@ -41,8 +41,8 @@ fn step_parity() {
     let (xt_c, xt_d) = pair(&[2, 3, 5, 3], 2);
     let (eps_c, eps_d) = pair(&[2, 3, 5, 3], 3);
     let cases = [
-        ("ddpm t=500", ddpm_coefs(&s, 500, None)),
-        ("ddpm t=0", ddpm_coefs(&s, 0, None)),
+        ("ddpm t=500", ddpm_coefs(&s, 500, None, DdpmVariance::Beta)),
+        ("ddpm t=0", ddpm_coefs(&s, 0, None, DdpmVariance::Beta)),
         ("ddim eta=0", ddim_coefs(s.abar(700), s.abar(600), 0.0, None)),
         ("ddim eta=1 clipped", ddim_coefs(s.abar(700), s.abar(600), 1.0, Some(1.0))),
     ];
@@ -58,7 +58,7 @@ fn step_parity() {
         }
     }
     // a noisy step really adds noise
-    let k = ddpm_coefs(&s, 500, None);
+    let k = ddpm_coefs(&s, 500, None, DdpmVariance::Beta);
     let (a, _) = step(&xt_c, &eps_c, k, 7, 3, 0, false).unwrap();
     let (b, _) = step(&xt_c, &eps_c, minidiffusion::ops::diffusion::StepCoefs { sigma: 0.0, ..k }, 7, 3, 0, false).unwrap();
     assert_ne!(a.to_vec(), b.to_vec());
@@ -74,8 +74,8 @@ fn device_step_in_place_parity() {
     let (eps_c, eps_d) = pair(&[2, 3, 5, 3], 5);
     let dev = DeviceStep::new(parity_device(), 2).unwrap();
     let cases = [
-        (500, ddpm_coefs(&s, 500, None), 0u64),
-        (0, ddpm_coefs(&s, 0, None), 5),
+        (500, ddpm_coefs(&s, 500, None, DdpmVariance::Beta), 0u64),
+        (0, ddpm_coefs(&s, 0, None, DdpmVariance::Beta), 5),
         (700, ddim_coefs(s.abar(700), s.abar(600), 1.0, Some(1.0)), 7),
     ];
     for (t, k, start) in cases {

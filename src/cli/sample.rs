@@ -4,7 +4,7 @@
 use super::resolve_device;
 use anyhow::bail;
 use clap::Args;
-use minidiffusion::diffusion::sampler::{self, SamplerKind, SamplerOptions, Spacing};
+use minidiffusion::diffusion::sampler::{self, DdpmVariance, SamplerKind, SamplerOptions, Spacing};
 use minidiffusion::diffusion::Schedule;
 use minidiffusion::io::model_dir::{self, SchedulerConfig};
 use minidiffusion::io::{npy, png};
@@ -27,12 +27,18 @@ pub struct SamplerArgs {
     /// DDIM η: 0 deterministic, 1 DDPM-like noise.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// Clip x̂0 to [−V, V] before each update, or none (the lesson's own DDIM).
-    #[arg(long, default_value = "none")]
-    pub clip_x0: String,
-    /// DDIM timestep spacing: leading (diffusers' default: 990, 980, …, 0), trailing or linspace.
-    #[arg(long, default_value = "leading")]
-    pub timestep_spacing: String,
+    /// Clip x̂0 to [−V, V] before each update, or none (the lesson's own DDIM). Default: as the
+    /// model's scheduler_config.json says (clip_sample, clip_sample_range); minidiffusion's own models do not clip.
+    #[arg(long)]
+    pub clip_x0: Option<String>,
+    /// DDIM timestep spacing: leading (990, 980, …, 0), trailing or linspace. Default: the model's
+    /// scheduler_config.json timestep_spacing (leading when it has none, as in diffusers).
+    #[arg(long)]
+    pub timestep_spacing: Option<String>,
+    /// DDPM's noise: beta (σ² = β_t, the lesson's) or posterior (σ² = (1−ᾱ_{t−1})/(1−ᾱ_t)·β_t, diffusers'
+    /// DDPMScheduler). Default: the model's scheduler_config.json variance_type (beta when it has none).
+    #[arg(long)]
+    pub ddpm_variance: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Products of the model calls: f32, or bf16 (operands rounded to bf16, f32 sums; bf16 tensor cores on CUDA).
@@ -49,15 +55,23 @@ impl SamplerArgs {
             "ddpm" => SamplerKind::Ddpm,
             "ddpm-skip" => SamplerKind::DdpmSkip,
             "ddpm-sample-at" => SamplerKind::DdpmSampleAt,
-            "ddim" => SamplerKind::Ddim { steps: self.steps, eta: self.eta, spacing: Spacing::parse(&self.timestep_spacing)? },
+            "ddim" => {
+                let spacing = match &self.timestep_spacing {
+                    Some(flag) => Spacing::parse(flag)?,
+                    None => Spacing::parse(&scheduler.timestep_spacing)
+                        .map_err(|_| anyhow::anyhow!("{}: timestep_spacing {} is not supported", model_dir::SCHEDULER, scheduler.timestep_spacing))?,
+                };
+                SamplerKind::Ddim { steps: self.steps, eta: self.eta, spacing }
+            }
             other => bail!("--sampler: '{other}' is not one of ddpm, ddpm-skip, ddpm-sample-at, ddim"),
         };
         if !(0.0..=10.0).contains(&self.eta) {
             bail!("--eta: {} is outside [0, 10]", self.eta);
         }
-        let clip_x0 = match self.clip_x0.as_str() {
-            "none" => None,
-            v => match v.parse::<f32>() {
+        let clip_x0 = match self.clip_x0.as_deref() {
+            None => scheduler.clip_x0(),
+            Some("none") => None,
+            Some(v) => match v.parse::<f32>() {
                 Ok(c) if c > 0.0 && c.is_finite() => Some(c),
                 _ => bail!("--clip-x0: '{v}' is neither none nor a positive number"),
             },
@@ -67,9 +81,14 @@ impl SamplerArgs {
             "off" => false,
             other => bail!("--cuda-graph: '{other}' is neither on nor off"),
         };
+        let ddpm_variance = match &self.ddpm_variance {
+            Some(flag) => DdpmVariance::parse(flag)?,
+            None => scheduler.ddpm_variance()?,
+        };
         Ok(SamplerOptions {
             kind,
             clip_x0,
+            ddpm_variance,
             set_alpha_to_one: scheduler.set_alpha_to_one,
             steps_offset: scheduler.steps_offset,
             seed: self.seed,

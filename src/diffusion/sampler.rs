@@ -50,12 +50,36 @@ pub enum SamplerKind {
     Ddim { steps: usize, eta: f64, spacing: Spacing },
 }
 
+/// DDPM's noise level σ_t² at step t.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DdpmVariance {
+    /// σ_t² = β_t: the lesson's DDPM (SPEC; diffusers' "fixed_large").
+    #[default]
+    Beta,
+    /// σ_t² = β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t)·β_t, the posterior variance: diffusers'
+    /// DDPMScheduler default ("fixed_small").
+    Posterior,
+}
+
+impl DdpmVariance {
+    /// `beta` or `posterior` (the --ddpm-variance values).
+    pub fn parse(text: &str) -> Result<DdpmVariance> {
+        match text {
+            "beta" => Ok(DdpmVariance::Beta),
+            "posterior" => Ok(DdpmVariance::Posterior),
+            _ => Err(Error::Argument { op: "--ddpm-variance", msg: format!("'{text}' is neither beta nor posterior") }),
+        }
+    }
+}
+
 /// Sampler settings beyond the kind.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerOptions {
     pub kind: SamplerKind,
     /// Clip x̂0 to [−v, v] before the update (diffusers clips at 1 by default; the lesson does not).
     pub clip_x0: Option<f32>,
+    /// The noise level of DDPM's (and skip-DDPM's) updates.
+    pub ddpm_variance: DdpmVariance,
     /// ᾱ used after the last DDIM step: 1 (set_alpha_to_one) or ᾱ_0.
     pub set_alpha_to_one: bool,
     /// Added to DDIM's leading timesteps (diffusers' steps_offset).
@@ -75,6 +99,7 @@ impl Default for SamplerOptions {
         SamplerOptions {
             kind: SamplerKind::Ddpm,
             clip_x0: None,
+            ddpm_variance: DdpmVariance::Beta,
             set_alpha_to_one: true,
             steps_offset: 0,
             seed: 0,
@@ -128,11 +153,17 @@ pub fn model_called_at(kind: SamplerKind, t: usize) -> bool {
 }
 
 /// The DDPM update at t (SPEC): x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t;
-/// x_{t−1} = x̂0·√ᾱ_{t−1}·β_t/(1−ᾱ_t) + x_t·√α_t·(1−ᾱ_{t−1})/(1−ᾱ_t) + σ_t·z, z = 0 at t = 0.
-pub fn ddpm_coefs(s: &Schedule, t: usize, clip: Option<f32>) -> StepCoefs {
+/// x_{t−1} = x̂0·√ᾱ_{t−1}·β_t/(1−ᾱ_t) + x_t·√α_t·(1−ᾱ_{t−1})/(1−ᾱ_t) + σ_t·z, z = 0 at t = 0,
+/// with σ_t² as `variance` says.
+pub fn ddpm_coefs(s: &Schedule, t: usize, clip: Option<f32>, variance: DdpmVariance) -> StepCoefs {
     let abar_t = s.abar(t as i64);
     let abar_prev = s.abar(t as i64 - 1);
     let beta = s.betas[t];
+    let sigma = match variance {
+        DdpmVariance::Beta => s.sigmas[t],
+        // diffusers clamps the variance at 1e-20 before the square root
+        DdpmVariance::Posterior => ((1.0 - abar_prev) / (1.0 - abar_t) * beta).max(1e-20).sqrt(),
+    };
     StepCoefs {
         eps_scale: (1.0 - abar_t).sqrt() as f32,
         inv_sqrt_abar: (1.0 / abar_t.sqrt()) as f32,
@@ -140,7 +171,7 @@ pub fn ddpm_coefs(s: &Schedule, t: usize, clip: Option<f32>) -> StepCoefs {
         c_x0: (abar_prev.sqrt() * beta / (1.0 - abar_t)) as f32,
         c_xt: (s.alphas[t].sqrt() * (1.0 - abar_prev) / (1.0 - abar_t)) as f32,
         c_eps: 0.0,
-        sigma: if t > 0 { s.sigmas[t] as f32 } else { 0.0 },
+        sigma: if t > 0 { sigma as f32 } else { 0.0 },
     }
 }
 
@@ -172,7 +203,7 @@ pub fn initial_noise(dims: [usize; 4], first: usize, seed: u64, device: Device) 
 pub fn plan(schedule: &Schedule, opts: &SamplerOptions) -> Result<Vec<(usize, StepCoefs)>> {
     Ok(match opts.kind {
         SamplerKind::Ddpm | SamplerKind::DdpmSkip | SamplerKind::DdpmSampleAt => {
-            (0..schedule.steps()).rev().map(|t| (t, ddpm_coefs(schedule, t, opts.clip_x0))).collect()
+            (0..schedule.steps()).rev().map(|t| (t, ddpm_coefs(schedule, t, opts.clip_x0, opts.ddpm_variance))).collect()
         }
         SamplerKind::Ddim { steps, eta, spacing } => {
             let ts = ddim_timesteps(schedule.steps(), steps, spacing, opts.steps_offset)?;

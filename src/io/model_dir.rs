@@ -6,6 +6,7 @@
 use super::safetensors::{self as st, StateDict};
 use super::write_atomic;
 use crate::device::Device;
+use crate::diffusion::sampler::DdpmVariance;
 use crate::diffusion::{Schedule, ScheduleKind};
 use crate::error::{Error, Result};
 use crate::nn::load_state;
@@ -73,6 +74,9 @@ pub struct SchedulerConfig {
     pub thresholding: bool,
     #[serde(default)]
     pub rescale_betas_zero_snr: bool,
+    /// DDPMScheduler's noise level ("fixed_small", "fixed_large"); DDIMScheduler configs have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variance_type: Option<String>,
 }
 
 impl SchedulerConfig {
@@ -94,6 +98,25 @@ impl SchedulerConfig {
         c
     }
 
+    /// The x̂₀ clipping diffusers' DDIM and DDPM schedulers apply with this config.
+    pub fn clip_x0(&self) -> Option<f32> {
+        self.clip_sample.then_some(self.clip_sample_range as f32)
+    }
+
+    /// The DDPM noise level this config asks for: diffusers' "fixed_small" (and
+    /// "fixed_small_log", the same σ) is the posterior variance, "fixed_large"
+    /// is β_t; without a variance_type, β_t (the lesson's DDPM).
+    pub fn ddpm_variance(&self) -> Result<DdpmVariance> {
+        match self.variance_type.as_deref() {
+            None | Some("fixed_large") => Ok(DdpmVariance::Beta),
+            Some("fixed_small" | "fixed_small_log") => Ok(DdpmVariance::Posterior),
+            Some(other) => Err(Error::Data {
+                path: SCHEDULER.into(),
+                msg: format!("variance_type {other} is not supported (fixed_small, fixed_small_log or fixed_large)"),
+            }),
+        }
+    }
+
     /// The schedule this config describes; unsupported values are refused by name.
     pub fn schedule(&self) -> Result<Schedule> {
         let refuse = |key: &str, value: &dyn std::fmt::Display| Error::Data {
@@ -108,6 +131,10 @@ impl SchedulerConfig {
         }
         if self.rescale_betas_zero_snr {
             return Err(refuse("rescale_betas_zero_snr", &true));
+        }
+        self.ddpm_variance()?;
+        if self.clip_sample && !(self.clip_sample_range > 0.0 && self.clip_sample_range.is_finite()) {
+            return Err(refuse("clip_sample_range", &self.clip_sample_range));
         }
         if !matches!(self.timestep_spacing.as_str(), "leading" | "trailing" | "linspace") {
             return Err(refuse("timestep_spacing", &self.timestep_spacing));

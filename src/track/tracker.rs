@@ -267,13 +267,9 @@ impl SampleGrid {
         self.last_step = Some(l.step);
         let opts = SamplerOptions {
             kind: SamplerKind::Ddim { steps: self.steps.clamp(1, l.schedule.steps()), eta: 0.0, spacing: Spacing::Leading },
-            clip_x0: None,
-            set_alpha_to_one: true,
-            steps_offset: 0,
             seed: GRID_SEED,
-            keep_x0_at: vec![],
             precision: l.config.precision,
-            cuda_graph: true,
+            ..Default::default()
         };
         let c = l.model.config.in_channels;
         let (h, w) = l.model.config.sample_hw().unwrap_or((32, 32));
