@@ -23,8 +23,8 @@ the layout and the diffusers behaviour a reimplementation must match.
         plus the time-embedding intermediates and (one case) per-module outputs
   schedules/         betas / alphas_cumprod for linear(1e-4,0.01),
         linear(1e-4,0.02), squaredcos_cap_v2 (float32 as diffusers, float64 numpy)
-  sampling/          DDIM eta=0 and eta=1 (10 steps), DDIM trailing + clip 0.5 from a saved
-                     scheduler_config.json, DDPM (10 steps) with unet_a,
+  sampling/          DDIM eta=0 and eta=1 (10 steps), DDIM from saved scheduler_config.json
+                     files (trailing + clip 0.5, v_prediction, sample), DDPM (10 steps) with unet_a,
         and a model-free 1000-step DDPM replay; every step's model output,
         variance noise, prev_sample and pred_original_sample are recorded
   noisify/           DDPMScheduler.add_noise (training forward process)
@@ -511,26 +511,33 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
             files=files, final_sample=files["prev_sample"] + "[-1]",
         )
 
-    # ---- DDIM as a scheduler_config.json asks: trailing spacing, clip_sample at 0.5 -----------
+    # ---- DDIM as a scheduler_config.json asks ---------------------------------------------
     # (sample --model must honour the model directory's scheduler config, as
-    # DDIMScheduler.from_pretrained does; the config is saved next to the result)
-    s = make_scheduler(kind, sched, timestep_spacing="trailing", clip_sample=True, clip_sample_range=0.5)
-    s.set_timesteps(n_steps)
-    x = xT.clone()
-    visited = []
-    for t in s.timesteps:
-        with torch.no_grad():
-            eps = model(x, torch.full((shape[0],), int(t), dtype=torch.int64)).sample
-        x = s.step(eps, int(t), x, eta=0.0).prev_sample
-        visited.append(int(t))
-    s.save_config(w.root / "sampling/ddim_trailing_clip")
-    w.other("sampling/ddim_trailing_clip/scheduler_config.json", "the DDIMScheduler config of this run")
-    index["sampling"]["ddim_trailing_clip"] = dict(
-        model=name, scheduler="DDIMScheduler", scheduler_config=sched_cfg(s), num_inference_steps=n_steps, eta=0.0,
-        timesteps=visited, x_T=xT_rel,
-        final_sample=w.npy("sampling/ddim_trailing_clip/final_sample.npy", x,
-                           "x_0 of DDIM eta 0 from x_T with this scheduler config (trailing, clip 0.5)"),
-    )
+    # DDIMScheduler.from_pretrained does; each config is saved next to its result):
+    # trailing spacing with x0 clipped at 0.5, and unet_a's output read as v or as x0
+    for key, over, desc in (
+        ("ddim_trailing_clip", dict(timestep_spacing="trailing", clip_sample=True, clip_sample_range=0.5),
+         "trailing, clip 0.5"),
+        ("ddim_v_prediction", dict(prediction_type="v_prediction"), "the model output read as v"),
+        ("ddim_sample_prediction", dict(prediction_type="sample"), "the model output read as x0"),
+    ):
+        s = make_scheduler(kind, sched, **over)
+        s.set_timesteps(n_steps)
+        x = xT.clone()
+        visited = []
+        for t in s.timesteps:
+            with torch.no_grad():
+                eps = model(x, torch.full((shape[0],), int(t), dtype=torch.int64)).sample
+            x = s.step(eps, int(t), x, eta=0.0).prev_sample
+            visited.append(int(t))
+        s.save_config(w.root / f"sampling/{key}")
+        w.other(f"sampling/{key}/scheduler_config.json", "the DDIMScheduler config of this run")
+        index["sampling"][key] = dict(
+            model=name, scheduler="DDIMScheduler", scheduler_config=sched_cfg(s), num_inference_steps=n_steps, eta=0.0,
+            timesteps=visited, x_T=xT_rel,
+            final_sample=w.npy(f"sampling/{key}/final_sample.npy", x,
+                               f"x_0 of DDIM eta 0 from x_T with this scheduler config ({desc})"),
+        )
 
     # ---- DDPM, 10 steps, with the model ---------------------------------------------------
     s = make_scheduler("DDPMScheduler", sched)

@@ -206,3 +206,34 @@ fn host_copies_fail_a_capture_and_the_device_stays_usable() {
     graph.launch().unwrap();
     assert_eq!(z.to_vec(), x.to_vec().iter().map(|v| v + 1.0).collect::<Vec<_>>());
 }
+
+/// A v- or x̂0-predicting model's ε̂ takes ᾱ_t as a launch argument, which a
+/// replayed graph would freeze at the captured step: those sample eagerly
+/// (no capture), with the same samples as on the CPU.
+#[test]
+fn v_and_sample_predictions_sample_eagerly() {
+    use minidiffusion::diffusion::sampler::Prediction;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let device = parity_device();
+    let b = backend(device);
+    let short = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.02 }, 60).unwrap();
+    let weight = randn(&[2, 2, 3, 3], 1);
+    let x_t = randn(&[3, 2, 5, 4], 2);
+    for prediction in [Prediction::V, Prediction::Sample] {
+        let opts = SamplerOptions { kind: SamplerKind::Ddim { steps: 6, eta: 0.0, spacing: Spacing::Leading }, prediction, ..Default::default() };
+        assert!(!sampler::uses_cuda_graph(device, &short, &opts).unwrap());
+        let run = |device: Device| {
+            let w = Tensor::from_vec_on(weight.clone(), [2, 2, 3, 3], device).unwrap();
+            let x = Tensor::from_vec_on(x_t.clone(), [3, 2, 5, 4], device).unwrap();
+            no_grad(|| sampler::sample(toy_model(&w), x, 0, &short, &opts)).unwrap().x0.to_vec()
+        };
+        let before = b.graph_stats();
+        let (on_device, on_cpu) = (run(device), run(Device::Cpu));
+        assert_eq!(b.graph_stats().captures, before.captures, "{prediction:?}: no capture");
+        minidiffusion::testing::assert_close(&format!("{prediction:?} samples"), &on_device, &on_cpu, 1e-5, 1e-4);
+        let eps_opts = SamplerOptions { prediction: Prediction::Epsilon, ..opts.clone() };
+        let w = Tensor::from_vec(weight.clone(), [2, 2, 3, 3]).unwrap();
+        let eps_run = no_grad(|| sampler::sample(toy_model(&w), Tensor::from_vec(x_t.clone(), [3, 2, 5, 4]).unwrap(), 0, &short, &eps_opts)).unwrap();
+        assert_ne!(eps_run.x0.to_vec(), on_cpu, "{prediction:?} reads the output differently from ε");
+    }
+}

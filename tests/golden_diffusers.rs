@@ -203,8 +203,9 @@ fn noisify_formula_matches_add_noise() {
 }
 
 /// `sample --model DIR` samples as DIR's scheduler_config.json says, as
-/// diffusers' `DDIMScheduler.from_pretrained(DIR)` does (here: trailing
-/// spacing, x̂0 clipped at 0.5); the flags override it.
+/// diffusers' `DDIMScheduler.from_pretrained(DIR)` does: trailing spacing
+/// with x̂0 clipped at 0.5; unet_a's output read as v; read as x̂0. The
+/// flags override the config.
 #[test]
 fn sample_follows_the_model_directorys_scheduler_config() {
     let dir = std::env::temp_dir().join(format!("minidiffusion-golden-sched-{}", std::process::id()));
@@ -213,7 +214,6 @@ fn sample_follows_the_model_directorys_scheduler_config() {
     for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
         std::fs::copy(golden("unet_a").join(f), dir.join(f)).unwrap();
     }
-    std::fs::copy(golden("sampling/ddim_trailing_clip/scheduler_config.json"), dir.join("scheduler_config.json")).unwrap();
     let sample = |extra: &[&str]| -> Vec<f32> {
         let npy_out = dir.join("out.npy");
         let mut args = vec!["sample", "--model", dir.to_str().unwrap(), "--steps", "10", "--device", "cpu"];
@@ -224,14 +224,20 @@ fn sample_follows_the_model_directorys_scheduler_config() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         npy::read(&npy_out).unwrap().1
     };
-    let (_, want) = load("sampling/ddim_trailing_clip/final_sample.npy");
-    let err = scaled_error(&sample(&[]), &want);
-    assert!(err < 1e-4, "sampling with the directory's scheduler config differs from diffusers by {err} of the scale");
-    // flags win: leading spacing, no clipping is the ddim_eta0 run
     let (shape, prev) = load("sampling/ddim_eta0/prev_sample.npy");
     let per: usize = shape[1..].iter().product();
-    assert!(scaled_error(&prev[9 * per..], &want) > 0.05, "the two configurations must give different samples");
-    let err = scaled_error(&sample(&["--timestep-spacing", "leading", "--clip-x0", "none"]), &prev[9 * per..]);
+    let epsilon_leading = &prev[9 * per..];
+    for case in ["ddim_trailing_clip", "ddim_v_prediction", "ddim_sample_prediction"] {
+        std::fs::copy(golden(&format!("sampling/{case}/scheduler_config.json")), dir.join("scheduler_config.json")).unwrap();
+        let (_, want) = load(&format!("sampling/{case}/final_sample.npy"));
+        assert!(scaled_error(epsilon_leading, &want) > 0.05, "{case}: must differ from the plain run to show anything");
+        let err = scaled_error(&sample(&[]), &want);
+        eprintln!("{case}: {err:.2e} of the scale from diffusers");
+        assert!(err < 1e-4, "{case}: sampling with the directory's scheduler config differs from diffusers by {err} of the scale");
+    }
+    // flags win: leading spacing and no clipping is the ddim_eta0 run
+    std::fs::copy(golden("sampling/ddim_trailing_clip/scheduler_config.json"), dir.join("scheduler_config.json")).unwrap();
+    let err = scaled_error(&sample(&["--timestep-spacing", "leading", "--clip-x0", "none"]), epsilon_leading);
     assert!(err < 1e-4, "the flags did not override the scheduler config ({err})");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -89,6 +89,7 @@ impl SamplerArgs {
             kind,
             clip_x0,
             ddpm_variance,
+            prediction: scheduler.prediction()?,
             set_alpha_to_one: scheduler.set_alpha_to_one,
             steps_offset: scheduler.steps_offset,
             seed: self.seed,

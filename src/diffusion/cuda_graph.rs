@@ -26,7 +26,9 @@ use std::sync::Arc;
 /// The device's backend when this run should use a graph.
 pub(super) fn worth_it(device: Device, opts: &SamplerOptions, plan: &[(usize, StepCoefs)]) -> Result<Option<Arc<CudaBackend>>> {
     let Device::Cuda(d) = device else { return Ok(None) };
-    if !opts.cuda_graph {
+    // the ε̂ of v- or x̂0-predicting models is formed with ᾱ_t as a launch
+    // argument, which a replayed graph would freeze: those sample eagerly
+    if !opts.cuda_graph || opts.prediction != super::sampler::Prediction::Epsilon {
         return Ok(None);
     }
     let backend = crate::device::cuda::backend(d)?;

@@ -72,6 +72,43 @@ impl DdpmVariance {
     }
 }
 
+/// What the model predicts (diffusers' `prediction_type`); the samplers
+/// turn it into ε̂ at each model call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prediction {
+    /// The noise ε ("epsilon"; the lesson's models).
+    #[default]
+    Epsilon,
+    /// v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 ("v_prediction").
+    V,
+    /// x_0 itself ("sample").
+    Sample,
+}
+
+impl Prediction {
+    /// diffusers' name: epsilon, v_prediction or sample.
+    pub fn parse(text: &str) -> Option<Prediction> {
+        match text {
+            "epsilon" => Some(Prediction::Epsilon),
+            "v_prediction" => Some(Prediction::V),
+            "sample" => Some(Prediction::Sample),
+            _ => None,
+        }
+    }
+
+    /// ε̂ from the model's output at x_t with ᾱ_t: for v, √ᾱ·v + √(1−ᾱ)·x_t;
+    /// for x̂_0, (x_t − √ᾱ·x̂_0)/√(1−ᾱ) (as diffusers' schedulers derive it).
+    pub fn epsilon(self, output: Tensor, x_t: &Tensor, abar: f64) -> Result<Tensor> {
+        use crate::ops::{add, mul_scalar};
+        let (a, b) = (abar.sqrt(), (1.0 - abar).sqrt());
+        match self {
+            Prediction::Epsilon => Ok(output),
+            Prediction::V => add(&mul_scalar(&output, a as f32)?, &mul_scalar(x_t, b as f32)?),
+            Prediction::Sample => add(&mul_scalar(x_t, (1.0 / b) as f32)?, &mul_scalar(&output, (-a / b) as f32)?),
+        }
+    }
+}
+
 /// Sampler settings beyond the kind.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerOptions {
@@ -80,6 +117,8 @@ pub struct SamplerOptions {
     pub clip_x0: Option<f32>,
     /// The noise level of DDPM's (and skip-DDPM's) updates.
     pub ddpm_variance: DdpmVariance,
+    /// What the model's output is.
+    pub prediction: Prediction,
     /// ᾱ used after the last DDIM step: 1 (set_alpha_to_one) or ᾱ_0.
     pub set_alpha_to_one: bool,
     /// Added to DDIM's leading timesteps (diffusers' steps_offset).
@@ -100,6 +139,7 @@ impl Default for SamplerOptions {
             kind: SamplerKind::Ddpm,
             clip_x0: None,
             ddpm_variance: DdpmVariance::Beta,
+            prediction: Prediction::Epsilon,
             set_alpha_to_one: true,
             steps_offset: 0,
             seed: 0,
@@ -255,7 +295,7 @@ pub fn sample(
     for (k, &(t, coefs)) in plan.iter().enumerate() {
         let _nvtx = crate::device::nvtx::range("sampler step");
         if calls_model(opts.kind, &plan, k) {
-            eps = Some(model(&x, &timesteps(t)?)?);
+            eps = Some(opts.prediction.epsilon(model(&x, &timesteps(t)?)?, &x, schedule.abar(t as i64))?);
             evals += 1;
         }
         let want_x0 = opts.keep_x0_at.contains(&k);

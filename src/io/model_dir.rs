@@ -6,7 +6,7 @@
 use super::safetensors::{self as st, StateDict};
 use super::write_atomic;
 use crate::device::Device;
-use crate::diffusion::sampler::DdpmVariance;
+use crate::diffusion::sampler::{DdpmVariance, Prediction};
 use crate::diffusion::{Schedule, ScheduleKind};
 use crate::error::{Error, Result};
 use crate::nn::load_state;
@@ -103,6 +103,14 @@ impl SchedulerConfig {
         self.clip_sample.then_some(self.clip_sample_range as f32)
     }
 
+    /// What the model predicts (epsilon, v_prediction or sample).
+    pub fn prediction(&self) -> Result<Prediction> {
+        Prediction::parse(&self.prediction_type).ok_or_else(|| Error::Data {
+            path: SCHEDULER.into(),
+            msg: format!("prediction_type {} is not supported (epsilon, v_prediction or sample)", self.prediction_type),
+        })
+    }
+
     /// The DDPM noise level this config asks for: diffusers' "fixed_small" (and
     /// "fixed_small_log", the same σ) is the posterior variance, "fixed_large"
     /// is β_t; without a variance_type, β_t (the lesson's DDPM).
@@ -123,9 +131,7 @@ impl SchedulerConfig {
             path: SCHEDULER.into(),
             msg: format!("{key} {value} is not supported"),
         };
-        if self.prediction_type != "epsilon" {
-            return Err(refuse("prediction_type", &self.prediction_type));
-        }
+        self.prediction()?;
         if self.thresholding {
             return Err(refuse("thresholding", &true));
         }
