@@ -18,7 +18,7 @@ describes every file with its shape and dtype; tests/golden/README.md explains
 the layout and the diffusers behaviour a reimplementation must match.
 
   <model>/config.json, diffusion_pytorch_model.safetensors, scheduler_config.json
-        three small random UNet2DModel directories (unet_a, unet_b, unet_c)
+        four small random UNet2DModel directories (unet_a, unet_b, unet_c, unet_d)
   <model>/forward/   x, t and eps = model(x, t).sample for several timestep cases,
         plus the time-embedding intermediates and (one case) per-module outputs
   schedules/         betas / alphas_cumprod for linear(1e-4,0.01),
@@ -151,6 +151,34 @@ MODELS = {
         scheduler=("DDIMScheduler", dict(beta_schedule="squaredcos_cap_v2", beta_start=1e-4, beta_end=0.02)),
         input_hw=(8, 8),
         extra_input_hw=(8, 12),
+    ),
+    # the less common switches: downsample_padding 0 (diffusers pads one zero row
+    # and column at the bottom right before the stride-2 conv), centred input,
+    # no mid-block attention, mid_block_scale_factor, 2 -> 2 channels, norm_eps 1e-6.
+    "unet_d": dict(
+        config=dict(
+            sample_size=16,
+            in_channels=2,
+            out_channels=2,
+            center_input_sample=True,
+            time_embedding_type="positional",
+            flip_sin_to_cos=False,
+            freq_shift=0,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+            mid_block_type="UNetMidBlock2D",
+            block_out_channels=(8, 12, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            attention_head_dim=None,
+            act_fn="silu",
+            add_attention=False,
+            downsample_padding=0,
+            mid_block_scale_factor=1.414,
+            norm_eps=1e-6,
+        ),
+        scheduler=("DDIMScheduler", dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
+        input_hw=(16, 16),
     ),
 }
 

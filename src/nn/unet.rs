@@ -523,7 +523,7 @@ impl UNet2DModel {
                 skips.push(h.clone());
             }
             if let Some(d) = &block.resampler {
-                h = d.forward(&h)?;
+                h = if c.downsample_padding == 0 { d.forward(&pad_bottom_right(&h)?)? } else { d.forward(&h)? };
                 skips.push(h.clone());
             }
         }
@@ -551,6 +551,14 @@ impl UNet2DModel {
         }
         self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)
     }
+}
+
+/// One zero column on the right and one zero row at the bottom: what diffusers'
+/// Downsample2D does before its stride-2 convolution when its padding is 0.
+fn pad_bottom_right(x: &Tensor) -> Result<Tensor> {
+    let &[n, c, h, w] = x.dims() else { unreachable!("the UNet's maps are NCHW") };
+    let x = ops::concat(&[x, &Tensor::zeros_on([n, c, h, 1], x.device())?], 3)?;
+    ops::concat(&[&x, &Tensor::zeros_on([n, c, 1, w + 1], x.device())?], 2)
 }
 
 impl Module for UNet2DModel {
