@@ -661,6 +661,21 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
         assert [int(v) for v in p.timesteps] == lists[str(n)]
     index["sampling"]["timesteps_leading_steps_offset_0"] = lists
 
+    # ---- DDIM timesteps for every spacing, odd T and n, steps_offset 0 and 1 -------------------
+    # (numpy's rounding is half to even: linspace(0, 999, 7) has 832.5 -> 832)
+    by_spacing = []
+    for spacing in ("leading", "trailing", "linspace"):
+        for t_train in (1000, 100, 37):
+            for n in (1, 3, 7, 10, 25, 33, 50):
+                for offset in (0, 1):
+                    if n > t_train:
+                        continue
+                    d = DDIMScheduler(num_train_timesteps=t_train, timestep_spacing=spacing, steps_offset=offset)
+                    d.set_timesteps(n)
+                    by_spacing.append(dict(spacing=spacing, num_train_timesteps=t_train, num_inference_steps=n,
+                                           steps_offset=offset, timesteps=[int(v) for v in d.timesteps]))
+    index["sampling"]["ddim_timesteps_by_spacing"] = by_spacing
+
 
 def check_ddpm(s: DDPMScheduler, rec: dict, x_start):
     """Re-derive each DDPM step (float64) from the formula with the recorded noise."""

@@ -285,3 +285,26 @@ fn ddpm_noise_level_follows_the_scheduler_config() {
     assert!(stderr.contains("scheduler_config.json") && stderr.contains("variance_type learned_range"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// DDIM's timesteps for each spacing, as diffusers' `set_timesteps` makes them
+/// (numpy arithmetic, rounding half to even), for T = 1000, 100 and 37, n from
+/// 1 to 50, steps_offset 0 and 1. Where diffusers lists a timestep ≥ T (leading
+/// with an offset at n = T) its `step` would fail indexing ᾱ: ours refuses it.
+#[test]
+fn ddim_timesteps_match_diffusers_for_every_spacing() {
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden("index.json")).unwrap()).unwrap();
+    let cases = index["sampling"]["ddim_timesteps_by_spacing"].as_array().unwrap();
+    assert!(cases.len() > 100, "{} cases", cases.len());
+    for c in cases {
+        let n = |k: &str| c[k].as_u64().unwrap() as usize;
+        let (t_train, steps, offset) = (n("num_train_timesteps"), n("num_inference_steps"), n("steps_offset"));
+        let spacing = Spacing::parse(c["spacing"].as_str().unwrap()).unwrap();
+        let want: Vec<usize> = c["timesteps"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let got = sampler::ddim_timesteps(t_train, steps, spacing, offset);
+        if want.iter().any(|&t| t >= t_train) {
+            assert!(got.is_err(), "{c}: {got:?}");
+        } else {
+            assert_eq!(got.unwrap(), want, "{c}");
+        }
+    }
+}

@@ -168,13 +168,17 @@ pub fn ddim_timesteps(train_steps: usize, steps: usize, spacing: Spacing, offset
             let ratio = train_steps / steps;
             (0..steps).rev().map(|i| i * ratio + offset).collect::<Vec<_>>()
         }
+        // numpy's arithmetic, and its rounding (half to even: 832.5 → 832)
         Spacing::Trailing => {
+            // np.round(np.arange(T, 0, -T/n)) − 1
             let ratio = train_steps as f64 / steps as f64;
-            (0..steps).map(|i| ((train_steps as f64 - i as f64 * ratio).round() as usize).saturating_sub(1)).collect()
+            (0..steps).map(|i| ((train_steps as f64 - i as f64 * ratio).round_ties_even() as usize).saturating_sub(1)).collect()
         }
         Spacing::Linspace => {
+            // np.linspace(0, T−1, n).round()[::-1]: i·step, the last exactly T−1
             let last = (train_steps - 1) as f64;
-            (0..steps).rev().map(|i| if steps == 1 { 0 } else { (last * i as f64 / (steps - 1) as f64).round() as usize }).collect()
+            let step = if steps > 1 { last / (steps - 1) as f64 } else { 0.0 };
+            (0..steps).rev().map(|i| if i + 1 == steps && steps > 1 { last as usize } else { (i as f64 * step).round_ties_even() as usize }).collect()
         }
     };
     if let Some(&bad) = t.iter().find(|&&x| x >= train_steps) {
