@@ -128,11 +128,12 @@ fn uploads_carry_the_values_at_the_call_while_the_stream_is_busy() {
     let busy = backend.alloc(n).unwrap();
     let keep_busy = || backend.launch("fill_f32", LaunchConfig::for_elems(n, 256), &[busy.arg(), Arg::F32(2.0), Arg::I32(n as i32)]).unwrap();
     // sizes: one value, a batch's worth, just under and just over the
-    // pinned limit (1 MiB: the larger copy is staged by the driver)
-    let lens = [1usize, 512, 3000, (1 << 18) - 1, (1 << 18) + 5];
+    // pinned limit (the larger copy is staged by the driver)
+    let limit = cuda::pinned::PINNED_MAX_BYTES / 4;
+    let lens = [1usize, 512, 3000, limit - 1, limit + 5];
     let mut host = Vec::new();
     let mut uploaded = Vec::new();
-    for k in 0..150 {
+    for k in 0..60 {
         let len = lens[k % lens.len()];
         host.clear();
         host.extend((0..len).map(|i| (k * 7 + i % 13) as f32));

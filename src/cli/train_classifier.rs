@@ -107,22 +107,32 @@ pub fn run(args: TrainClassifierArgs) -> anyhow::Result<()> {
     for epoch in 0..args.epochs {
         let order = epoch_order(train.len(), args.seed, epoch as u64);
         let (mut loss_sum, mut batches) = (0f64, 0usize);
+        // a step's loss is read once the next step is queued (the device keeps working)
+        let mut read_loss = |queued: Option<(minidiffusion::tensor::HostValues, usize)>| -> anyhow::Result<()> {
+            if let Some((loss, at)) = queued {
+                let value = loss.wait()?[0];
+                if !value.is_finite() {
+                    bail!("the loss is {value} at step {at}; stopping");
+                }
+                loss_sum += value as f64;
+                batches += 1;
+            }
+            Ok(())
+        };
+        let mut queued = None;
         for idx in order.chunks(args.batch_size) {
             let x = Tensor::from_vec(augmented(&train, idx, args.seed, step as u64), [idx.len(), 1, train.height, train.width])?.to_device(device)?;
             let labels: Vec<usize> = idx.iter().map(|&i| train.labels[i] as usize).collect();
             let loss = ops::cross_entropy(&model.forward(&x, true)?, &labels)?;
-            let value = loss.item()?;
-            if !value.is_finite() {
-                bail!("the loss is {value} at step {step}; stopping");
-            }
+            let value = loss.to_host_async()?;
             let grads = backward(&loss)?;
             opt.hyper.lr = sched.lr(step) as f32;
             opt.hyper.beta1 = sched.beta1(step) as f32;
             opt.step(&grads)?;
+            read_loss(queued.replace((value, step)))?;
             step += 1;
-            loss_sum += value as f64;
-            batches += 1;
         }
+        read_loss(queued)?;
         acc = accuracy(&model, &test, args.batch_size, device)?;
         println!(
             "epoch {}: train loss {:.4}, test accuracy {:.4} ({:.0}s)",

@@ -13,9 +13,10 @@ use crate::error::{Error, Result};
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream, result as cu};
 use std::sync::{Arc, Mutex};
 
-/// Copies up to this size go through a pinned block; larger ones (the
-/// dataset, the weights: once per run) are staged by the driver.
-pub const PINNED_MAX_BYTES: usize = 1 << 20;
+/// Copies up to this size go through a pinned block (a classifier batch,
+/// 1024 images of 28×28, is 3.2 MB); larger ones (the dataset, the weights:
+/// once per run) are staged by the driver.
+pub const PINNED_MAX_BYTES: usize = 16 << 20;
 
 /// At most this many blocks: past it a busy block is waited for and reused.
 const MAX_BLOCKS: usize = 64;
