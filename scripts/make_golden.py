@@ -412,6 +412,30 @@ def round_trip(w: Writer, models: dict[str, UNet2DModel]):
         print(f"round trip ok: {name}")
 
 
+def pipeline_golden(w: Writer, index: dict, models: dict[str, UNet2DModel]):
+    """unet_a saved the way diffusers users often have it: a DDIMPipeline
+    directory (model_index.json, unet/, scheduler/) with fp16 weights under the
+    "fp16" variant name; eps of those rounded weights, evaluated in float32."""
+    from diffusers import DDIMPipeline
+
+    name = "unet_a"
+    unet = UNet2DModel.from_pretrained(w.root / name).eval()
+    sched = DDIMScheduler.from_pretrained(w.root / name)
+    pipe = DDIMPipeline(unet=unet.to(torch.float16), scheduler=sched)
+    pipe.save_pretrained(w.root / "pipeline_a", variant="fp16")
+    for p in sorted((w.root / "pipeline_a").rglob("*")):
+        if p.is_file():
+            w.other(str(p.relative_to(w.root)), "DDIMPipeline.save_pretrained(variant='fp16') of unet_a in float16")
+    x = torch.from_numpy(np.load(w.root / name / "forward" / "x.npy"))
+    t = torch.from_numpy(np.load(w.root / name / "forward" / "t_mixed_1_999.npy"))
+    with torch.no_grad():
+        eps = unet.float()(x, t).sample
+    index["pipeline_a"] = dict(
+        source=name, variant="fp16", x=f"{name}/forward/x.npy", t=f"{name}/forward/t_mixed_1_999.npy",
+        eps=w.npy("pipeline_a_eps_mixed_1_999.npy", eps, "eps of the fp16-rounded unet_a weights, in float32"),
+    )
+
+
 # ---------------------------------------------------------------------------
 # 3: schedules
 # ---------------------------------------------------------------------------
@@ -752,6 +776,7 @@ def main():
     models = build_models(w, index)
     forward_goldens(w, index, models)
     round_trip(w, models)
+    pipeline_golden(w, index, models)
     schedule_goldens(w, index)
     sampling_goldens(w, index, models)
     noisify_goldens(w, index)

@@ -308,3 +308,22 @@ fn ddim_timesteps_match_diffusers_for_every_spacing() {
         }
     }
 }
+
+/// A diffusers pipeline directory (`DDIMPipeline.save_pretrained(dir,
+/// variant="fp16")`: model_index.json, unet/ with fp16 weights under the
+/// variant name, scheduler/) loads as a model directory: the UNet from unet/,
+/// the schedule from scheduler/.
+#[test]
+fn a_diffusers_pipeline_directory_with_fp16_variant_weights_loads() {
+    let (model, scheduler) = model_dir::load(&golden("pipeline_a"), Device::Cpu).unwrap();
+    let (_, plain) = model_dir::load(&golden("unet_a"), Device::Cpu).unwrap();
+    assert_eq!(scheduler, plain);
+    let x = tensor("unet_a/forward/x.npy");
+    let t = tensor("unet_a/forward/t_mixed_1_999.npy");
+    let (_, want) = load("pipeline_a_eps_mixed_1_999.npy");
+    let got = no_grad(|| model.forward(&x, &t)).unwrap();
+    assert_close("pipeline_a eps", &got.to_vec(), &want, 1e-5, 1e-4);
+    // the f32 weights give another ε̂: the fp16 file was read, not unet_a's
+    let (_, f32_eps) = load("unet_a/forward/eps_mixed_1_999.npy");
+    assert!(scaled_error(&want, &f32_eps) > 1e-5, "fp16 rounding must show");
+}

@@ -191,13 +191,20 @@ pub fn load(dir: &Path, device: Device) -> Result<(UNet2DModel, SchedulerConfig)
     if !dir.is_dir() {
         return Err(Error::Data { path: dir.display().to_string(), msg: "no such model directory".into() });
     }
+    // a diffusers pipeline directory (DDPMPipeline / DDIMPipeline.save_pretrained): unet/ and scheduler/
+    let (unet_dir, scheduler_dir) = if !dir.join(CONFIG).is_file() && dir.join("unet").join(CONFIG).is_file() {
+        (dir.join("unet"), dir.join("scheduler"))
+    } else {
+        (dir.to_path_buf(), dir.to_path_buf())
+    };
+    let dir = unet_dir.as_path();
     let config_path = dir.join(CONFIG);
     let config: UNet2DConfig = read_json(&config_path)?;
     config.validate().map_err(|e| match e {
         Error::Data { msg, .. } => Error::Data { path: config_path.display().to_string(), msg },
         other => other,
     })?;
-    let weights_path = dir.join(WEIGHTS);
+    let weights_path = weights_file(dir)?;
     if !weights_path.is_file() && dir.join("diffusion_pytorch_model.bin").is_file() {
         return Err(Error::Data {
             path: dir.join("diffusion_pytorch_model.bin").display().to_string(),
@@ -207,7 +214,7 @@ pub fn load(dir: &Path, device: Device) -> Result<(UNet2DModel, SchedulerConfig)
     let state = modernise_names(st::read(&weights_path)?);
     let model = UNet2DModel::new(config, 0, device)?;
     load_state(&model, &state, &weights_path.display().to_string())?;
-    let scheduler_path = dir.join(SCHEDULER);
+    let scheduler_path = scheduler_dir.join(SCHEDULER);
     let scheduler: SchedulerConfig = if scheduler_path.is_file() {
         read_json(&scheduler_path)?
     } else {
@@ -219,6 +226,29 @@ pub fn load(dir: &Path, device: Device) -> Result<(UNet2DModel, SchedulerConfig)
         other => other,
     })?;
     Ok((model, scheduler))
+}
+
+/// The weights in `dir`: `diffusion_pytorch_model.safetensors`, or else the
+/// one variant there (`diffusion_pytorch_model.fp16.safetensors`, as
+/// `save_pretrained(variant="fp16")` names it).
+fn weights_file(dir: &Path) -> Result<std::path::PathBuf> {
+    let plain = dir.join(WEIGHTS);
+    if plain.is_file() {
+        return Ok(plain);
+    }
+    let variants: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("diffusion_pytorch_model.") && n.ends_with(".safetensors")))
+        .collect();
+    match variants.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Ok(plain), // reading it reports it missing
+        many => Err(Error::Data {
+            path: dir.display().to_string(),
+            msg: format!("no {WEIGHTS} and {} variants of it; keep one", many.len()),
+        }),
+    }
 }
 
 /// Save a model directory (each file written atomically).
