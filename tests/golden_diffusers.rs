@@ -327,3 +327,61 @@ fn a_diffusers_pipeline_directory_with_fp16_variant_weights_loads() {
     let (_, f32_eps) = load("unet_a/forward/eps_mixed_1_999.npy");
     assert!(scaled_error(&want, &f32_eps) > 1e-5, "fp16 rounding must show");
 }
+
+/// One training step against PyTorch autograd on the diffusers UNet: the MSE
+/// loss, the gradient of every parameter (unet_a; unet_d with its bottom-right
+/// padding, centred input and scaled mid block), and for unet_d the weights
+/// after one AdamW step as torch.optim.AdamW takes it.
+#[test]
+fn a_training_step_matches_pytorch_autograd_and_adamw() {
+    use minidiffusion::io::safetensors as st;
+    use minidiffusion::nn::named_params;
+    use minidiffusion::optim::{AdamW, AdamWHyper};
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden("index.json")).unwrap()).unwrap();
+    for name in ["unet_a", "unet_d"] {
+        let case = &index["training_step"][name];
+        let (model, _) = model_dir::load(&golden(name), Device::Cpu).unwrap();
+        let x_t = tensor(&format!("training_step/{name}/x_t.npy"));
+        let eps = tensor(&format!("training_step/{name}/eps.npy"));
+        let t: Vec<f32> = case["t"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let t = Tensor::from_vec(t, [3]).unwrap();
+        let loss = ops::mse_loss(&model.forward(&x_t, &t).unwrap(), &eps).unwrap();
+        let want_loss = case["loss"].as_f64().unwrap() as f32;
+        assert_close(&format!("{name} loss"), &[loss.item().unwrap()], &[want_loss], 1e-6, 1e-5);
+        let grads = minidiffusion::backward(&loss).unwrap();
+        let want = st::read(&golden(&format!("training_step/{name}/grads.safetensors"))).unwrap();
+        let params = named_params(&model);
+        assert_eq!(params.len(), want.len(), "{name}: one gradient per parameter");
+        // the keys' bias has a zero gradient in exact arithmetic (softmax ignores a
+        // shift shared by all keys): both sides are rounding noise there, so each
+        // tensor's scale is at least 1e-3 of the model's largest gradient
+        let model_scale = want.values().flat_map(|(_, w)| w.iter()).fold(0f32, |m, v| m.max(v.abs()));
+        let mut worst = (0f32, String::new());
+        for (pname, p) in &params {
+            let (shape, w) = &want[pname];
+            let g = grads.get(p).unwrap_or_else(|| panic!("{name}: no gradient for {pname}")).to_vec();
+            assert_eq!(p.dims(), shape.as_slice(), "{pname}");
+            // f32 sums in another order: 1e-4 of the tensor's largest gradient
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3 * model_scale);
+            let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            assert!(err < 1e-4, "{name} {pname}: gradient {err:e} of its scale from PyTorch's");
+            if err > worst.0 {
+                worst = (err, pname.clone());
+            }
+        }
+        eprintln!("{name}: loss {want_loss}, worst gradient {:.2e} of its scale ({})", worst.0, worst.1);
+        if name != "unet_d" {
+            continue;
+        }
+        let hyper = AdamWHyper { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-5, weight_decay: 0.01 };
+        let mut opt = AdamW::new(params.iter().map(|(_, p)| p.clone()).collect(), hyper).unwrap();
+        opt.step(&grads).unwrap();
+        let after = st::read(&golden(&format!("training_step/{name}/weights_after_adamw.safetensors"))).unwrap();
+        for (pname, p) in named_params(&model) {
+            // the first step moves each weight by ~lr·sign(g): a gradient within rounding of 0 may flip it
+            let got = p.to_vec();
+            let flipped = got.iter().zip(&after[&pname].1).filter(|(a, b)| (*a - *b).abs() > 1e-6 + 1e-5 * b.abs()).count();
+            assert!(flipped * 1000 <= got.len().max(1000), "{name} {pname}: {flipped} of {} weights differ after AdamW", got.len());
+        }
+    }
+}
