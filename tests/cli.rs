@@ -94,3 +94,16 @@ fn cuda_graph_flag_is_on_or_off() {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(v["cuda_graph"], false, "{stdout}");
 }
+
+#[test]
+fn ddpm_with_steps_runs_that_many_model_calls() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/unet_a");
+    let out = std::env::temp_dir().join(format!("minidiffusion-cli-ddpm-{}.png", std::process::id()));
+    let (code, stdout, stderr) = run(&["sample", "--model", model, "--sampler", "ddpm", "--steps", "10", "-n", "2", "--device", "cpu", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("(10 per sample)"), "{stdout}");
+    let (code, _, stderr) = run(&["sample", "--model", model, "--sampler", "ddpm", "--steps", "1001", "--device", "cpu", "--out", out.to_str().unwrap()]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+    assert!(stderr.contains("--steps: 1001 must be between 1 and the 1000 training timesteps"), "{stderr}");
+    let _ = std::fs::remove_file(out);
+}

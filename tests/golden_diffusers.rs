@@ -385,3 +385,46 @@ fn a_training_step_matches_pytorch_autograd_and_adamw() {
         }
     }
 }
+
+/// diffusers' DDPMScheduler after `set_timesteps(10)` (unet_a, fixed_small):
+/// our strided DDPM visits the same timesteps, and each update, replayed from
+/// the recorded x_t, ε̂ and noise, gives its x̂0 and next sample.
+#[test]
+fn strided_ddpm_steps_match_diffusers() {
+    let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.01 }, 1000).unwrap();
+    let dir = "sampling/ddpm_10";
+    let (_, ts) = load(&format!("{dir}/timesteps.npy"));
+    let (shape, eps) = load(&format!("{dir}/model_output.npy"));
+    let (_, noise) = load(&format!("{dir}/variance_noise.npy"));
+    let (_, prev) = load(&format!("{dir}/prev_sample.npy"));
+    let (_, x0s) = load(&format!("{dir}/pred_original_sample.npy"));
+    let per = shape[1..].iter().product::<usize>();
+    let opts = SamplerOptions {
+        kind: SamplerKind::DdpmStrided { steps: 10, spacing: Spacing::Leading },
+        ddpm_variance: DdpmVariance::Posterior,
+        ..Default::default()
+    };
+    let plan = sampler::plan(&s, &opts).unwrap();
+    assert_eq!(plan.iter().map(|(t, _)| *t as f32).collect::<Vec<_>>(), ts);
+    let (_, mut x) = load("sampling/x_T.npy");
+    for (k, (t, coefs)) in plan.iter().enumerate() {
+        let deterministic = StepCoefs { sigma: 0.0, ..*coefs };
+        let xt = Tensor::from_vec(x.clone(), shape[1..].to_vec()).unwrap();
+        let e = Tensor::from_vec(eps[k * per..(k + 1) * per].to_vec(), shape[1..].to_vec()).unwrap();
+        let (next, x0) = step(&xt, &e, deterministic, 0, 0, 0, true).unwrap();
+        let z = &noise[k * per..(k + 1) * per];
+        let got: Vec<f32> = next.to_vec().iter().zip(z).map(|(v, z)| v + coefs.sigma * z).collect();
+        assert_close(&format!("ddpm_10 x0 step {k} (t={t})"), &x0.unwrap().to_vec(), &x0s[k * per..(k + 1) * per], 1e-5, 1e-4);
+        assert_close(&format!("ddpm_10 step {k} (t={t})"), &got, &prev[k * per..(k + 1) * per], 1e-5, 1e-4);
+        x = prev[k * per..(k + 1) * per].to_vec();
+    }
+    // every step of the strided plan at stride 1 is the plain DDPM update
+    let all = sampler::plan(&s, &SamplerOptions { kind: SamplerKind::DdpmStrided { steps: 1000, spacing: Spacing::Leading }, ..Default::default() }).unwrap();
+    let plain = sampler::plan(&s, &SamplerOptions { kind: SamplerKind::Ddpm, ..Default::default() }).unwrap();
+    for ((t, a), (t2, b)) in all.iter().zip(&plain) {
+        assert_eq!(t, t2);
+        for (u, v) in [(a.c_x0, b.c_x0), (a.c_xt, b.c_xt), (a.sigma, b.sigma), (a.eps_scale, b.eps_scale)] {
+            assert!((u - v).abs() <= 1e-6 * v.abs().max(1e-3), "t={t}: {u} vs {v}");
+        }
+    }
+}

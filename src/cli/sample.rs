@@ -21,9 +21,10 @@ pub struct SamplerArgs {
     /// ddpm (all steps), ddpm-skip (t%3==0 or t<50), ddpm-sample-at, or ddim.
     #[arg(long, default_value = "ddim")]
     pub sampler: String,
-    /// DDIM timesteps.
-    #[arg(long, default_value_t = 100)]
-    pub steps: usize,
+    /// DDIM timesteps (default 100). With ddpm: fewer than the training timesteps runs DDPM over
+    /// that many, as diffusers' DDPMScheduler.set_timesteps (default: every timestep).
+    #[arg(long)]
+    pub steps: Option<usize>,
     /// DDIM η: 0 deterministic, 1 DDPM-like noise.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
@@ -51,18 +52,21 @@ pub struct SamplerArgs {
 
 impl SamplerArgs {
     pub fn options(&self, scheduler: &SchedulerConfig) -> anyhow::Result<SamplerOptions> {
+        let spacing = || -> anyhow::Result<Spacing> {
+            Ok(match &self.timestep_spacing {
+                Some(flag) => Spacing::parse(flag)?,
+                None => Spacing::parse(&scheduler.timestep_spacing)
+                    .map_err(|_| anyhow::anyhow!("{}: timestep_spacing {} is not supported", model_dir::SCHEDULER, scheduler.timestep_spacing))?,
+            })
+        };
         let kind = match self.sampler.as_str() {
-            "ddpm" => SamplerKind::Ddpm,
+            "ddpm" => match self.steps {
+                Some(steps) if steps != scheduler.num_train_timesteps => SamplerKind::DdpmStrided { steps, spacing: spacing()? },
+                _ => SamplerKind::Ddpm,
+            },
             "ddpm-skip" => SamplerKind::DdpmSkip,
             "ddpm-sample-at" => SamplerKind::DdpmSampleAt,
-            "ddim" => {
-                let spacing = match &self.timestep_spacing {
-                    Some(flag) => Spacing::parse(flag)?,
-                    None => Spacing::parse(&scheduler.timestep_spacing)
-                        .map_err(|_| anyhow::anyhow!("{}: timestep_spacing {} is not supported", model_dir::SCHEDULER, scheduler.timestep_spacing))?,
-                };
-                SamplerKind::Ddim { steps: self.steps, eta: self.eta, spacing }
-            }
+            "ddim" => SamplerKind::Ddim { steps: self.steps.unwrap_or(100), eta: self.eta, spacing: spacing()? },
             other => bail!("--sampler: '{other}' is not one of ddpm, ddpm-skip, ddpm-sample-at, ddim"),
         };
         if !(0.0..=10.0).contains(&self.eta) {

@@ -48,6 +48,10 @@ pub enum SamplerKind {
     DdpmSampleAt,
     /// `steps` timesteps with stochasticity η.
     Ddim { steps: usize, eta: f64, spacing: Spacing },
+    /// DDPM over `steps` timesteps (spaced as DDIM's), each update from t to
+    /// the next timestep with β = 1 − ᾱ_t/ᾱ_prev: diffusers' DDPMScheduler
+    /// after `set_timesteps(steps)`.
+    DdpmStrided { steps: usize, spacing: Spacing },
 }
 
 /// DDPM's noise level σ_t² at step t.
@@ -200,11 +204,21 @@ pub fn model_called_at(kind: SamplerKind, t: usize) -> bool {
 /// x_{t−1} = x̂0·√ᾱ_{t−1}·β_t/(1−ᾱ_t) + x_t·√α_t·(1−ᾱ_{t−1})/(1−ᾱ_t) + σ_t·z, z = 0 at t = 0,
 /// with σ_t² as `variance` says.
 pub fn ddpm_coefs(s: &Schedule, t: usize, clip: Option<f32>, variance: DdpmVariance) -> StepCoefs {
-    let abar_t = s.abar(t as i64);
-    let abar_prev = s.abar(t as i64 - 1);
-    let beta = s.betas[t];
+    ddpm_update(s.abar(t as i64), s.abar(t as i64 - 1), s.betas[t], s.alphas[t], t > 0, clip, variance)
+}
+
+/// The DDPM update from t to an earlier `prev` (−1: the end, ᾱ = 1), as
+/// diffusers' DDPMScheduler takes it between its timesteps: the same update
+/// with α = ᾱ_t/ᾱ_prev and β = 1 − α.
+pub fn ddpm_strided_coefs(s: &Schedule, t: usize, prev: i64, clip: Option<f32>, variance: DdpmVariance) -> StepCoefs {
+    let (abar_t, abar_prev) = (s.abar(t as i64), if prev >= 0 { s.abar(prev) } else { 1.0 });
+    let alpha = abar_t / abar_prev;
+    ddpm_update(abar_t, abar_prev, 1.0 - alpha, alpha, t > 0, clip, variance)
+}
+
+fn ddpm_update(abar_t: f64, abar_prev: f64, beta: f64, alpha: f64, noise: bool, clip: Option<f32>, variance: DdpmVariance) -> StepCoefs {
     let sigma = match variance {
-        DdpmVariance::Beta => s.sigmas[t],
+        DdpmVariance::Beta => beta.sqrt(),
         // diffusers clamps the variance at 1e-20 before the square root
         DdpmVariance::Posterior => ((1.0 - abar_prev) / (1.0 - abar_t) * beta).max(1e-20).sqrt(),
     };
@@ -213,9 +227,9 @@ pub fn ddpm_coefs(s: &Schedule, t: usize, clip: Option<f32>, variance: DdpmVaria
         inv_sqrt_abar: (1.0 / abar_t.sqrt()) as f32,
         clip: clip.unwrap_or(0.0),
         c_x0: (abar_prev.sqrt() * beta / (1.0 - abar_t)) as f32,
-        c_xt: (s.alphas[t].sqrt() * (1.0 - abar_prev) / (1.0 - abar_t)) as f32,
+        c_xt: (alpha.sqrt() * (1.0 - abar_prev) / (1.0 - abar_t)) as f32,
         c_eps: 0.0,
-        sigma: if t > 0 { sigma as f32 } else { 0.0 },
+        sigma: if noise { sigma as f32 } else { 0.0 },
     }
 }
 
@@ -248,6 +262,11 @@ pub fn plan(schedule: &Schedule, opts: &SamplerOptions) -> Result<Vec<(usize, St
     Ok(match opts.kind {
         SamplerKind::Ddpm | SamplerKind::DdpmSkip | SamplerKind::DdpmSampleAt => {
             (0..schedule.steps()).rev().map(|t| (t, ddpm_coefs(schedule, t, opts.clip_x0, opts.ddpm_variance))).collect()
+        }
+        SamplerKind::DdpmStrided { steps, spacing } => {
+            let ts = ddim_timesteps(schedule.steps(), steps, spacing, opts.steps_offset)?;
+            let ratio = (schedule.steps() / steps) as i64;
+            ts.iter().map(|&t| (t, ddpm_strided_coefs(schedule, t, t as i64 - ratio, opts.clip_x0, opts.ddpm_variance))).collect()
         }
         SamplerKind::Ddim { steps, eta, spacing } => {
             let ts = ddim_timesteps(schedule.steps(), steps, spacing, opts.steps_offset)?;
