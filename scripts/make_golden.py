@@ -484,6 +484,11 @@ def schedules_f64(kind: str, b0: float, b1: float):
     elif kind == "squaredcos_cap_v2":
         f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
         betas = np.array([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=np.float64)
+    elif kind == "scaled_linear":
+        betas = np.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=np.float64) ** 2
+    elif kind == "sigmoid":
+        x = np.linspace(-6.0, 6.0, T, dtype=np.float64)
+        betas = 1.0 / (1.0 + np.exp(-x)) * (b1 - b0) + b0
     else:
         raise ValueError(kind)
     return betas, np.cumprod(1.0 - betas)
@@ -495,6 +500,8 @@ def schedule_goldens(w: Writer, index: dict):
         "linear_1e-4_0.01": ("linear", 1e-4, 0.01),
         "linear_1e-4_0.02": ("linear", 1e-4, 0.02),
         "squaredcos_cap_v2": ("squaredcos_cap_v2", 1e-4, 0.02),
+        "scaled_linear_8.5e-4_0.012": ("scaled_linear", 8.5e-4, 0.012),
+        "sigmoid_1e-4_0.02": ("sigmoid", 1e-4, 0.02),
     }.items():
         s = DDPMScheduler(num_train_timesteps=T, beta_schedule=kind, beta_start=b0, beta_end=b1)
         b64, a64 = schedules_f64(kind, b0, b1)

@@ -76,6 +76,8 @@ fn schedules_match_diffusers() {
         ("linear_1e-4_0.01", ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.01 }),
         ("linear_1e-4_0.02", ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.02 }),
         ("squaredcos_cap_v2", ScheduleKind::SquaredCosCapV2),
+        ("scaled_linear_8.5e-4_0.012", ScheduleKind::ScaledLinear { beta_min: 8.5e-4, beta_max: 0.012 }),
+        ("sigmoid_1e-4_0.02", ScheduleKind::Sigmoid { beta_min: 1e-4, beta_max: 0.02 }),
     ] {
         let s = Schedule::new(kind, 1000).unwrap();
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
@@ -95,6 +97,14 @@ fn scheduler_config_of_a_diffusers_model_gives_its_schedule() {
     assert_eq!(s.kind, ScheduleKind::SquaredCosCapV2);
     let (_, sched) = model_dir::load(&golden("unet_b"), Device::Cpu).unwrap();
     assert_eq!(sched.schedule().unwrap().kind, ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.02 });
+    // DDPMScheduler's "sigmoid"; written back as trained_betas (DDIMScheduler, which we write, has no sigmoid)
+    let sigmoid: model_dir::SchedulerConfig =
+        serde_json::from_str(r#"{"_class_name": "DDPMScheduler", "beta_schedule": "sigmoid", "beta_start": 0.0001, "beta_end": 0.02}"#).unwrap();
+    let s = sigmoid.schedule().unwrap();
+    assert_eq!(s.kind, ScheduleKind::Sigmoid { beta_min: 1e-4, beta_max: 0.02 });
+    let written = model_dir::SchedulerConfig::from_schedule(&s);
+    assert_eq!(written.trained_betas.as_deref(), Some(s.betas.as_slice()));
+    assert_eq!(written.schedule().unwrap().alphas_cumprod, s.alphas_cumprod);
 }
 
 /// Replays recorded DDIM steps: each step from the recorded x_t and ε̂, noise added from the recording.

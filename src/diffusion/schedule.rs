@@ -18,6 +18,8 @@ pub enum ScheduleKind {
     /// diffusers' "squaredcos_cap_v2" (Nichol & Dhariwal): ᾱ(s) = cos²((s+0.008)/1.008·π/2),
     /// β_t = min(1 − ᾱ((t+1)/T)/ᾱ(t/T), 0.999).
     SquaredCosCapV2,
+    /// diffusers' "sigmoid" (DDPMScheduler): β_t = σ(linspace(−6, 6, T))·(β_max − β_min) + β_min.
+    Sigmoid { beta_min: f64, beta_max: f64 },
     /// Betas given explicitly (diffusers' `trained_betas`).
     Explicit(Vec<f64>),
 }
@@ -53,14 +55,16 @@ impl Schedule {
             return arg("needs at least 1 step".into());
         }
         let betas = match &kind {
-            &ScheduleKind::Linear { beta_min, beta_max } | &ScheduleKind::ScaledLinear { beta_min, beta_max } => {
+            &ScheduleKind::Linear { beta_min, beta_max }
+            | &ScheduleKind::ScaledLinear { beta_min, beta_max }
+            | &ScheduleKind::Sigmoid { beta_min, beta_max } => {
                 if !(0.0..1.0).contains(&beta_min) || !(0.0..1.0).contains(&beta_max) || beta_min > beta_max {
                     return arg(format!("need 0 ≤ beta_min ≤ beta_max < 1, got {beta_min} and {beta_max}"));
                 }
-                if matches!(kind, ScheduleKind::Linear { .. }) {
-                    linspace(beta_min, beta_max, steps)
-                } else {
-                    linspace(beta_min.sqrt(), beta_max.sqrt(), steps).into_iter().map(|b| b * b).collect()
+                match kind {
+                    ScheduleKind::Linear { .. } => linspace(beta_min, beta_max, steps),
+                    ScheduleKind::ScaledLinear { .. } => linspace(beta_min.sqrt(), beta_max.sqrt(), steps).into_iter().map(|b| b * b).collect(),
+                    _ => linspace(-6.0, 6.0, steps).into_iter().map(|x| 1.0 / (1.0 + (-x).exp()) * (beta_max - beta_min) + beta_min).collect(),
                 }
             }
             ScheduleKind::Cosine => (0..steps)

@@ -93,7 +93,8 @@ impl SchedulerConfig {
                 (c.beta_start, c.beta_end, c.beta_schedule) = (*beta_min, *beta_max, "scaled_linear".into())
             }
             ScheduleKind::SquaredCosCapV2 => c.beta_schedule = "squaredcos_cap_v2".into(),
-            ScheduleKind::Cosine | ScheduleKind::Explicit(_) => c.trained_betas = Some(schedule.betas.clone()),
+            // (DDIMScheduler, the class we write, has no "sigmoid")
+            ScheduleKind::Sigmoid { .. } | ScheduleKind::Cosine | ScheduleKind::Explicit(_) => c.trained_betas = Some(schedule.betas.clone()),
         }
         c
     }
@@ -150,6 +151,7 @@ impl SchedulerConfig {
             (None, "linear") => ScheduleKind::Linear { beta_min: self.beta_start, beta_max: self.beta_end },
             (None, "scaled_linear") => ScheduleKind::ScaledLinear { beta_min: self.beta_start, beta_max: self.beta_end },
             (None, "squaredcos_cap_v2") => ScheduleKind::SquaredCosCapV2,
+            (None, "sigmoid") => ScheduleKind::Sigmoid { beta_min: self.beta_start, beta_max: self.beta_end },
             (None, other) => return Err(refuse("beta_schedule", &other)),
         };
         Schedule::new(kind, self.num_train_timesteps)
