@@ -107,70 +107,60 @@ fn scheduler_config_of_a_diffusers_model_gives_its_schedule() {
     assert_eq!(written.schedule().unwrap().alphas_cumprod, s.alphas_cumprod);
 }
 
-/// Replays recorded DDIM steps: each step from the recorded x_t and ε̂, noise added from the recording.
-fn replay_ddim(dir: &str, eta: f64) {
-    let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.01 }, 1000).unwrap();
-    let (_, ts) = load(&format!("sampling/{dir}/timesteps.npy"));
-    let (shape, eps) = load(&format!("sampling/{dir}/model_output.npy"));
-    let (_, noise) = load(&format!("sampling/{dir}/variance_noise.npy"));
-    let (_, prev) = load(&format!("sampling/{dir}/prev_sample.npy"));
-    let (_, x0s) = load(&format!("sampling/{dir}/pred_original_sample.npy"));
+/// Replays a diffusers run recorded in `dir` (starting from `x_T`): each update
+/// from the recorded x_t and ε̂, with `coefs[k]` and the recorded noise z in
+/// place of ours (x_next = deterministic part + σ·z), must give the recorded
+/// x̂0 and next sample. Returns the recorded timesteps.
+fn replay(dir: &str, x_t: &str, coefs: impl Fn(usize) -> StepCoefs) -> Vec<usize> {
+    let (_, ts) = load(&format!("{dir}/timesteps.npy"));
+    let (shape, eps) = load(&format!("{dir}/model_output.npy"));
+    let (_, noise) = load(&format!("{dir}/variance_noise.npy"));
+    let (_, prev) = load(&format!("{dir}/prev_sample.npy"));
+    let (_, x0s) = load(&format!("{dir}/pred_original_sample.npy"));
     let per = shape[1..].iter().product::<usize>();
-    let (_, mut x) = load("sampling/x_T.npy");
-    let expected_ts = sampler::ddim_timesteps(1000, 10, Spacing::Leading, 0).unwrap();
-    assert_eq!(ts.iter().map(|&t| t as usize).collect::<Vec<_>>(), expected_ts);
+    let ts: Vec<usize> = ts.iter().map(|&t| t as usize).collect();
+    let (_, mut x) = load(x_t);
     for (k, &t) in ts.iter().enumerate() {
-        let t = t as i64;
-        let abar_prev = if t - 100 >= 0 { s.abar(t - 100) } else { s.abar(0) }; // set_alpha_to_one = False
-        let coefs = ddim_coefs(s.abar(t), abar_prev, eta, None);
-        let deterministic = StepCoefs { sigma: 0.0, ..coefs };
+        let coefs = coefs(t);
+        let at = |v: &[f32]| v[k * per..(k + 1) * per].to_vec();
         let xt = Tensor::from_vec(x.clone(), shape[1..].to_vec()).unwrap();
-        let e = Tensor::from_vec(eps[k * per..(k + 1) * per].to_vec(), shape[1..].to_vec()).unwrap();
-        let (next, x0) = step(&xt, &e, deterministic, 0, 0, 0, true).unwrap();
-        let mut next = next.to_vec();
-        for (v, z) in next.iter_mut().zip(&noise[k * per..(k + 1) * per]) {
-            *v += coefs.sigma * z;
-        }
-        assert_close(&format!("{dir} x0 step {k}"), &x0.unwrap().to_vec(), &x0s[k * per..(k + 1) * per], 1e-5, 1e-4);
-        assert_close(&format!("{dir} prev step {k}"), &next, &prev[k * per..(k + 1) * per], 1e-5, 1e-4);
-        x = prev[k * per..(k + 1) * per].to_vec();
+        let e = Tensor::from_vec(at(&eps), shape[1..].to_vec()).unwrap();
+        let (next, x0) = step(&xt, &e, StepCoefs { sigma: 0.0, ..coefs }, 0, 0, 0, true).unwrap();
+        let next: Vec<f32> = next.to_vec().iter().zip(at(&noise)).map(|(v, z)| v + coefs.sigma * z).collect();
+        assert_close(&format!("{dir} x0 step {k} (t={t})"), &x0.unwrap().to_vec(), &at(&x0s), 1e-5, 1e-4);
+        assert_close(&format!("{dir} step {k} (t={t})"), &next, &at(&prev), 1e-5, 1e-4);
+        x = at(&prev);
     }
+    ts
 }
 
 #[test]
 fn ddim_steps_match_diffusers() {
-    replay_ddim("ddim_eta0", 0.0);
-    replay_ddim("ddim_eta1", 1.0);
+    let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.01 }, 1000).unwrap();
+    for (dir, eta) in [("sampling/ddim_eta0", 0.0), ("sampling/ddim_eta1", 1.0)] {
+        let coefs = |t: usize| {
+            let prev = t as i64 - 100;
+            let abar_prev = if prev >= 0 { s.abar(prev) } else { s.abar(0) }; // set_alpha_to_one = False
+            ddim_coefs(s.abar(t as i64), abar_prev, eta, None)
+        };
+        let ts = replay(dir, "sampling/x_T.npy", coefs);
+        assert_eq!(ts, sampler::ddim_timesteps(1000, 10, Spacing::Leading, 0).unwrap());
+    }
 }
 
 #[test]
 fn ddpm_update_matches_diffusers_over_1000_steps() {
     // diffusers' DDPMScheduler adds σ² = (1−ᾱ_{t−1})/(1−ᾱ_t)·β_t noise ("fixed_small", our
-    // DdpmVariance::Posterior); the lesson's DDPM uses σ² = β_t. The update with the
-    // recorded noise z in place of ours: x_{t−1} = deterministic + σ·z, for both σ.
+    // DdpmVariance::Posterior); the lesson's DDPM uses σ² = β_t, and only σ differs.
     let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.01 }, 1000).unwrap();
     let dir = "sampling/ddpm_1000_synthetic";
-    let (shape, eps) = load(&format!("{dir}/model_output.npy"));
-    let (_, noise) = load(&format!("{dir}/variance_noise.npy"));
-    let (_, prev) = load(&format!("{dir}/prev_sample.npy"));
-    let (_, ts) = load(&format!("{dir}/timesteps.npy"));
-    let per = shape[1..].iter().product::<usize>();
-    let (_, mut x) = load(&format!("{dir}/x_T.npy"));
-    for (k, &t) in ts.iter().enumerate() {
-        let t = t as usize;
-        let coefs = ddpm_coefs(&s, t, None, DdpmVariance::Posterior);
-        let lesson = ddpm_coefs(&s, t, None, DdpmVariance::Beta);
-        assert_eq!(StepCoefs { sigma: 0.0, ..coefs }, StepCoefs { sigma: 0.0, ..lesson }, "only σ differs");
+    let ts = replay(dir, &format!("{dir}/x_T.npy"), |t| {
+        let (posterior, lesson) = (ddpm_coefs(&s, t, None, DdpmVariance::Posterior), ddpm_coefs(&s, t, None, DdpmVariance::Beta));
+        assert_eq!(StepCoefs { sigma: 0.0, ..posterior }, StepCoefs { sigma: 0.0, ..lesson }, "only σ differs");
         assert!(t == 0 || lesson.sigma == s.betas[t].sqrt() as f32);
-        let deterministic = StepCoefs { sigma: 0.0, ..coefs };
-        let xt = Tensor::from_vec(x.clone(), shape[1..].to_vec()).unwrap();
-        let e = Tensor::from_vec(eps[k * per..(k + 1) * per].to_vec(), shape[1..].to_vec()).unwrap();
-        let (next, _) = step(&xt, &e, deterministic, 0, 0, 0, false).unwrap();
-        let z = &noise[k * per..(k + 1) * per];
-        let got: Vec<f32> = next.to_vec().iter().zip(z).map(|(v, z)| v + coefs.sigma * z).collect();
-        assert_close(&format!("ddpm step {k} (t={t})"), &got, &prev[k * per..(k + 1) * per], 1e-5, 1e-4);
-        x = prev[k * per..(k + 1) * per].to_vec();
-    }
+        posterior
+    });
+    assert_eq!(ts, (0..1000).rev().collect::<Vec<_>>());
 }
 
 #[test]
@@ -402,32 +392,15 @@ fn a_training_step_matches_pytorch_autograd_and_adamw() {
 #[test]
 fn strided_ddpm_steps_match_diffusers() {
     let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.01 }, 1000).unwrap();
-    let dir = "sampling/ddpm_10";
-    let (_, ts) = load(&format!("{dir}/timesteps.npy"));
-    let (shape, eps) = load(&format!("{dir}/model_output.npy"));
-    let (_, noise) = load(&format!("{dir}/variance_noise.npy"));
-    let (_, prev) = load(&format!("{dir}/prev_sample.npy"));
-    let (_, x0s) = load(&format!("{dir}/pred_original_sample.npy"));
-    let per = shape[1..].iter().product::<usize>();
     let opts = SamplerOptions {
         kind: SamplerKind::DdpmStrided { steps: 10, spacing: Spacing::Leading },
         ddpm_variance: DdpmVariance::Posterior,
         ..Default::default()
     };
     let plan = sampler::plan(&s, &opts).unwrap();
-    assert_eq!(plan.iter().map(|(t, _)| *t as f32).collect::<Vec<_>>(), ts);
-    let (_, mut x) = load("sampling/x_T.npy");
-    for (k, (t, coefs)) in plan.iter().enumerate() {
-        let deterministic = StepCoefs { sigma: 0.0, ..*coefs };
-        let xt = Tensor::from_vec(x.clone(), shape[1..].to_vec()).unwrap();
-        let e = Tensor::from_vec(eps[k * per..(k + 1) * per].to_vec(), shape[1..].to_vec()).unwrap();
-        let (next, x0) = step(&xt, &e, deterministic, 0, 0, 0, true).unwrap();
-        let z = &noise[k * per..(k + 1) * per];
-        let got: Vec<f32> = next.to_vec().iter().zip(z).map(|(v, z)| v + coefs.sigma * z).collect();
-        assert_close(&format!("ddpm_10 x0 step {k} (t={t})"), &x0.unwrap().to_vec(), &x0s[k * per..(k + 1) * per], 1e-5, 1e-4);
-        assert_close(&format!("ddpm_10 step {k} (t={t})"), &got, &prev[k * per..(k + 1) * per], 1e-5, 1e-4);
-        x = prev[k * per..(k + 1) * per].to_vec();
-    }
+    let coefs = |t: usize| plan.iter().find(|(u, _)| *u == t).expect("a planned timestep").1;
+    let ts = replay("sampling/ddpm_10", "sampling/x_T.npy", coefs);
+    assert_eq!(ts, plan.iter().map(|(t, _)| *t).collect::<Vec<_>>());
     // every step of the strided plan at stride 1 is the plain DDPM update
     let all = sampler::plan(&s, &SamplerOptions { kind: SamplerKind::DdpmStrided { steps: 1000, spacing: Spacing::Leading }, ..Default::default() }).unwrap();
     let plain = sampler::plan(&s, &SamplerOptions { kind: SamplerKind::Ddpm, ..Default::default() }).unwrap();
