@@ -169,6 +169,15 @@ fn bad_input_is_one_line_and_exit_2() {
     assert_eq!(code, 2);
     assert!(stderr.contains("/nonexistent.json: cannot read"), "{stderr}");
 
+    // dropout is not implemented in training: refused by name rather than ignored
+    let work = temp_dir("dropout");
+    let with_dropout = work.join("dropout.json");
+    let config = std::fs::read_to_string(micro_config(&work)).unwrap().replace("\"layers_per_block\"", "\"dropout\": 0.1, \"layers_per_block\"");
+    std::fs::write(&with_dropout, config).unwrap();
+    let (code, _, stderr) = run(&["train", "--config", with_dropout.to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+    assert!(stderr.contains("dropout.json: dropout 0.1 is not supported in training"), "{stderr}");
+
     let (code, _, stderr) = run(&["sample", "--model", "/tmp", "--sampler", "dpm", "--device", "cpu"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("config.json"), "{stderr}");
