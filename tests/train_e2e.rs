@@ -169,6 +169,10 @@ fn bad_input_is_one_line_and_exit_2() {
     assert_eq!(code, 2);
     assert!(stderr.contains("/nonexistent.json: cannot read"), "{stderr}");
 
+    let (code, _, stderr) = run(&["train", "--timesteps", "gaussian", "--device", "cpu", "--max-steps", "1"]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+    assert!(stderr.contains("--timesteps: 'gaussian' is neither uniform nor triangular"), "{stderr}");
+
     // dropout is not implemented in training: refused by name rather than ignored
     let work = temp_dir("dropout");
     let with_dropout = work.join("dropout.json");

@@ -43,6 +43,9 @@ pub struct TrainArgs {
     pub beta_min: f64,
     #[arg(long, default_value_t = 0.01)]
     pub beta_max: f64,
+    /// How each image's timestep is drawn: uniform (the lesson's DDPM) or triangular (20_DDIM's noisify, mode T/2).
+    #[arg(long, default_value = "uniform")]
+    pub timesteps: String,
     /// Data range: -0.5,0.5 (the lesson's finding), -1,1 or 0,1.
     #[arg(long, default_value = "-0.5,0.5")]
     pub input_range: String,
@@ -143,6 +146,7 @@ fn load_data(dataset: &str, args: &TrainArgs) -> anyhow::Result<(Dataset, Datase
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = resolve_device(&args.device)?;
     InputRange::parse(&args.input_range)?;
+    minidiffusion::train::TimestepDistribution::parse(&args.timesteps)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("model"));
     let resumed = if args.resume { Some(checkpoint::read_state(&out)?) } else { None };
     let dataset = resumed.as_ref().map_or(args.dataset.clone(), |s| s.train.dataset.clone());
@@ -185,9 +189,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             weight_decay: 0.01,
             adam_eps: 1e-5,
             eval_images: args.eval_images.or(eval_images),
+            timesteps: args.timesteps.clone(),
             precision: args.precision.unwrap_or_default(),
         };
         config.noise_schedule()?;
+        config.timestep_distribution()?;
         if config.epochs == 0 || config.batch_size == 0 || config.max_steps == Some(0) {
             bail!("--epochs, --batch-size and --max-steps must be at least 1");
         }

@@ -31,6 +31,53 @@ const NOISE_STREAM: u64 = 0x7200_0000_0000;
 const EVAL_TIMESTEP_STREAM: u64 = 0x7300_0000_0000;
 const EVAL_NOISE_STREAM: u64 = 0x7400_0000_0000;
 
+fn uniform() -> String {
+    "uniform".into()
+}
+
+/// How training draws timesteps (see [`TrainConfig::timesteps`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimestepDistribution {
+    Uniform,
+    Triangular,
+}
+
+impl TimestepDistribution {
+    /// "uniform" or "triangular".
+    pub fn parse(name: &str) -> Result<TimestepDistribution> {
+        match name {
+            "uniform" => Ok(TimestepDistribution::Uniform),
+            "triangular" => Ok(TimestepDistribution::Triangular),
+            other => Err(Error::Argument { op: "--timesteps", msg: format!("'{other}' is neither uniform nor triangular") }),
+        }
+    }
+
+    /// `count` timesteps below `steps` from Philox `stream` of `seed`.
+    pub fn draw(self, seed: u64, stream: u64, steps: usize, count: usize) -> Vec<u32> {
+        let philox = PhiloxStream::new(seed, stream);
+        match self {
+            TimestepDistribution::Uniform => {
+                let mut t = vec![0u32; count];
+                philox.fill_below(0, steps as u32, &mut t);
+                t
+            }
+            TimestepDistribution::Triangular => {
+                // numpy's triangular(0, 0.5, 1) by its inverse CDF: √(u/2) below
+                // u = 0.5, 1 − √((1−u)/2) above; then ⌊T·x⌋ as the lesson's long cast
+                let mut u = vec![0f32; count];
+                philox.fill_uniform(0, &mut u);
+                u.iter()
+                    .map(|&u| {
+                        let u = u as f64;
+                        let x = if u <= 0.5 { (u * 0.5).sqrt() } else { 1.0 - ((1.0 - u) * 0.5).sqrt() };
+                        ((x * steps as f64) as u32).min(steps as u32 - 1)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// Everything that defines a training run (saved with its checkpoints).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainConfig {
@@ -54,6 +101,11 @@ pub struct TrainConfig {
     /// Evaluate on the first this many test images (all when absent).
     #[serde(default)]
     pub eval_images: Option<usize>,
+    /// How training draws each image's timestep: "uniform" on 0..T (the
+    /// lesson's DDPM) or "triangular" (20_DDIM's noisify: ⌊T·x⌋ with x from
+    /// the triangular distribution on [0, 1] with mode 0.5: more middle steps).
+    #[serde(default = "uniform")]
+    pub timesteps: String,
     /// The compute precision of the model's products in training, evaluation
     /// and the grids drawn meanwhile (ops::precision); weights, optimizer
     /// state and gradients stay f32 (f32 master weights; bf16 needs no loss scaling).
@@ -83,6 +135,7 @@ impl TrainConfig {
             weight_decay: 0.01,
             adam_eps: 1e-5,
             eval_images: None,
+            timesteps: uniform(),
             precision: Precision::F32,
         }
     }
@@ -94,6 +147,10 @@ impl TrainConfig {
             other => return Err(Error::Argument { op: "--schedule", msg: format!("'{other}' is not one of linear, cosine") }),
         };
         Schedule::new(kind, self.train_timesteps)
+    }
+
+    pub fn timestep_distribution(&self) -> Result<TimestepDistribution> {
+        TimestepDistribution::parse(&self.timesteps)
     }
 
     pub fn range(&self) -> Result<InputRange> {
@@ -192,6 +249,7 @@ pub struct Learner {
     pub opt: AdamW,
     pub one_cycle: OneCycle,
     pub schedule: Schedule,
+    timestep_distribution: TimestepDistribution,
     pub train: Dataset,
     pub test: Dataset,
     pub device: Device,
@@ -219,17 +277,16 @@ impl Learner {
         let opt = AdamW::new(params(&model), hyper)?;
         let one_cycle = OneCycle::new(config.lr, total_steps);
         let schedule = config.noise_schedule()?;
+        let timestep_distribution = config.timestep_distribution()?;
         let range = config.range()?;
         let eval_n = config.eval_images.map_or(test.len(), |m| m.min(test.len()));
         let train_x = prepared(&train, train.len(), range, device)?;
         let test_x = prepared(&test, eval_n, range, device)?;
-        Ok(Learner { config, model, opt, one_cycle, schedule, train, test, device, step: 0, epoch: 0, steps_per_epoch, total_steps, lr: 0.0, train_x, test_x })
+        Ok(Learner { config, model, opt, one_cycle, schedule, timestep_distribution, train, test, device, step: 0, epoch: 0, steps_per_epoch, total_steps, lr: 0.0, train_x, test_x })
     }
 
     fn timesteps(&self, stream: u64, count: usize) -> Vec<u32> {
-        let mut t = vec![0u32; count];
-        PhiloxStream::new(self.config.seed, stream).fill_below(0, self.schedule.steps() as u32, &mut t);
-        t
+        self.timestep_distribution.draw(self.config.seed, stream, self.schedule.steps(), count)
     }
 
     /// The noisy batch and its target for rows `indices` of `images`: (x_t, t as f32 [B], ε).
@@ -354,5 +411,45 @@ impl Learner {
             cb.after_fit(self)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triangular_timesteps_follow_the_triangular_distribution() {
+        let (steps, n) = (1000usize, 200_000usize);
+        let t = TimestepDistribution::Triangular.draw(7, 3, steps, n);
+        assert!(t.iter().all(|&v| (v as usize) < steps));
+        // P(bin [a, b)) from the CDF F(x) = 2x² below 0.5, 1 − 2(1 − x)² above
+        let cdf = |x: f64| if x <= 0.5 { 2.0 * x * x } else { 1.0 - 2.0 * (1.0 - x) * (1.0 - x) };
+        let mut counts = [0usize; 10];
+        for &v in &t {
+            counts[v as usize / 100] += 1;
+        }
+        for (b, &c) in counts.iter().enumerate() {
+            let p = cdf((b + 1) as f64 / 10.0) - cdf(b as f64 / 10.0);
+            let (expected, sd) = (p * n as f64, (n as f64 * p * (1.0 - p)).sqrt());
+            assert!((c as f64 - expected).abs() < 5.0 * sd, "bin {b}: {c} vs {expected:.0} ± {sd:.0}");
+        }
+        let mean = t.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        assert!((mean - 499.5).abs() < 2.0, "mean {mean}");
+        // the middle is favoured: the two central bins hold 36 %, the two outer 4 %
+        assert!(counts[4] + counts[5] > 8 * (counts[0] + counts[9]));
+    }
+
+    #[test]
+    fn uniform_timesteps_are_philox_fill_below() {
+        let t = TimestepDistribution::Uniform.draw(7, 3, 1000, 4096);
+        let mut want = vec![0u32; 4096];
+        PhiloxStream::new(7, 3).fill_below(0, 1000, &mut want);
+        assert_eq!(t, want);
+        let counts = t.iter().fold([0usize; 10], |mut c, &v| {
+            c[v as usize / 100] += 1;
+            c
+        });
+        assert!(counts.iter().all(|&c| (300..520).contains(&c)), "{counts:?}");
     }
 }
