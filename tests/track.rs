@@ -525,3 +525,30 @@ fn serve_stops_after_max_seconds() {
         .unwrap();
     assert!(wait_with_timeout(&mut child, Duration::from_secs(30)).success());
 }
+
+/// Several processes (here threads, each with its own connection) creating
+/// the same new store at the same moment all get it: SQLite answers the
+/// switch to WAL with an immediate "locked" rather than a busy wait, and a
+/// deferred schema transaction fails its read-to-write upgrade at once; the
+/// store retries the first and takes the write lock up front for the second.
+#[test]
+fn a_new_store_opened_by_several_at_once_opens_for_all() {
+    let work = temp_dir("store-race");
+    for round in 0..40 {
+        let path = work.join(format!("r{round}")).join("runs.db");
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        Store::open(&path).map(|st| st.journal_mode().unwrap())
+                    })
+                })
+                .collect();
+            for o in opened {
+                assert_eq!(o.join().unwrap().unwrap_or_else(|e| panic!("round {round}: {e}")), "wal");
+            }
+        });
+    }
+}

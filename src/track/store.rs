@@ -221,7 +221,21 @@ impl Store {
 
     fn configure(conn: Connection, path: &Path) -> Result<Store> {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err(path))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(db_err(path))?;
+        // Switching a new store to WAL needs it alone for a moment, and SQLite
+        // answers "locked" at once, without the busy wait, when another process
+        // opens the store at the same time (two trainings starting): retry.
+        let started = std::time::Instant::now();
+        let mode: String = loop {
+            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+                Ok(mode) => break mode,
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => return Err(db_err(path)(e)),
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Data { path: path.display().to_string(), msg: format!("runs store: cannot use WAL mode (got {mode})") });
         }
@@ -238,9 +252,16 @@ impl Store {
             });
         }
         if version < SCHEMA_VERSION {
-            let tx = self.conn.unchecked_transaction().map_err(db_err(&self.path))?;
-            tx.execute_batch(SCHEMA).map_err(db_err(&self.path))?;
-            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(db_err(&self.path))?;
+            // IMMEDIATE takes the write lock up front, waiting on the busy timeout.
+            // A deferred transaction reads, then upgrades to write: when two new
+            // trainings open a fresh store at once, SQLite fails one of those
+            // upgrades at once ("database is locked") instead of waiting.
+            let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate).map_err(db_err(&self.path))?;
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err(&self.path))?;
+            if version < SCHEMA_VERSION {
+                tx.execute_batch(SCHEMA).map_err(db_err(&self.path))?;
+                tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(db_err(&self.path))?;
+            }
             tx.commit().map_err(db_err(&self.path))?;
         }
         Ok(())
