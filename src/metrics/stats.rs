@@ -127,10 +127,8 @@ impl FeatureStats {
             ("format".to_string(), "minidiffusion-fid-stats".to_string()),
         ]);
         let bytes = safetensors::serialize(views, Some(metadata)).map_err(bad)?;
-        std::fs::write(path, bytes).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })
+        // a temporary name, then renamed: a cache being rewritten is never half there
+        crate::io::write_atomic(path, &bytes)
     }
 
     /// Read what [`FeatureStats::save`] wrote.

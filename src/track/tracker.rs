@@ -198,7 +198,7 @@ impl Tracker {
         };
         let svg = super::report::line_chart("loss per batch", "step", &[series], true, 640, 360);
         let path = self.handle.dir.join("loss.svg");
-        if std::fs::create_dir_all(&self.handle.dir).is_ok() && std::fs::write(&path, svg).is_ok() {
+        if std::fs::create_dir_all(&self.handle.dir).is_ok() && crate::io::write_atomic(&path, svg.as_bytes()).is_ok() {
             let (step, epoch) = loss.last().map_or((0, 0), |r| (r.step as usize, r.epoch as usize));
             let _ = self.handle.artifact("plot", step, epoch, &path);
         }
