@@ -211,7 +211,7 @@ pub fn ddpm_coefs(s: &Schedule, t: usize, clip: Option<f32>, variance: DdpmVaria
 /// diffusers' DDPMScheduler takes it between its timesteps: the same update
 /// with α = ᾱ_t/ᾱ_prev and β = 1 − α.
 pub fn ddpm_strided_coefs(s: &Schedule, t: usize, prev: i64, clip: Option<f32>, variance: DdpmVariance) -> StepCoefs {
-    let (abar_t, abar_prev) = (s.abar(t as i64), if prev >= 0 { s.abar(prev) } else { 1.0 });
+    let (abar_t, abar_prev) = (s.abar(t as i64), s.abar(prev));
     let alpha = abar_t / abar_prev;
     ddpm_update(abar_t, abar_prev, 1.0 - alpha, alpha, t > 0, clip, variance)
 }
