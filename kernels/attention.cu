@@ -62,32 +62,73 @@ extern "C" __global__ void __launch_bounds__(256) softmax_rows_backward(float* d
 
 namespace attention {
 
-constexpr int MAX_HEAD = 32;        // D and Dv of the fused kernel, at most
-constexpr int KEY_CHUNK = 64;       // keys staged in shared memory at a time
-constexpr int QUERY_THREADS = 128;  // queries (threads) per block
+constexpr int KEY_CHUNK = 64;         // keys (or queries) staged in shared memory at a time
+constexpr int MAX_THREADS = 128;      // sequence positions (threads) per block, at most
 
-// Σ_c a[c]·staged[c][jj] over the first n of MAX_HEAD registers: a score
-// q·k_j against a staged chunk of keys (or of queries, values, dO).
-__device__ __forceinline__ float staged_dot(const float* a, const float* staged, int jj, int n) {
-    float s = 0.0f;
-#pragma unroll
-    for (int c = 0; c < MAX_HEAD; ++c)
-        if (c < n) s = fmaf(a[c], staged[c * KEY_CHUNK + jj], s);
-    return s;
-}
+// The fused kernels are compiled per head size H ∈ {8, 16, 32} (D, Dv ≤ H;
+// the UNet's heads have 8 features): every loop over a head's features is
+// unrolled H times with no predicate, and the features past D (or Dv) are 0
+// in registers and in shared memory, so they add nothing to a sum.
 
-// staged[c][jj] = mul·src[c·len + j0 + jj] for c < rows and the chunk's 64
-// positions jj (0 from n on): one chunk of a [rows, len] sequence matrix in
-// shared memory, loaded by all QUERY_THREADS threads (coalesced along jj).
-__device__ __forceinline__ void stage_chunk(float* staged, const float* src, int rows, int len, int j0, int n,
+// One chunk of a [rows, len] sequence matrix in shared memory, transposed to
+// staged[jj][c] = mul·src[c·len + j0 + jj] for the chunk's 64 positions jj
+// (0 past n) and c < H (0 from rows on): a position's H features are
+// contiguous, read as H/4 float4 broadcasts. Loaded by the whole block,
+// coalesced along jj.
+template <int H>
+__device__ __forceinline__ void stage_chunk(float4* staged4, const float* src, int rows, int len, int j0, int n,
                                             float mul = 1.0f) {
-    for (int t = threadIdx.x; t < rows * KEY_CHUNK; t += QUERY_THREADS) {
+    float* staged = reinterpret_cast<float*>(staged4);
+    for (int t = threadIdx.x; t < H * KEY_CHUNK; t += blockDim.x) {
         const int c = t / KEY_CHUNK, jj = t - c * KEY_CHUNK;
-        staged[t] = jj < n ? mul * src[(long long)c * len + j0 + jj] : 0.0f;
+        staged[jj * H + c] = (jj < n && c < rows) ? mul * src[(long long)c * len + j0 + jj] : 0.0f;
     }
 }
 
-}  // namespace attention
+// Σ_c a[c]·staged[jj][c]: a score q·k_j (or dO·v_j, …) against a staged position.
+template <int H>
+__device__ __forceinline__ float staged_dot(const float (&a)[H], const float4* staged4, int jj) {
+    float s = 0.0f;
+#pragma unroll
+    for (int c4 = 0; c4 < H / 4; ++c4) {
+        const float4 x = staged4[jj * (H / 4) + c4];
+        s = fmaf(a[4 * c4], x.x, s);
+        s = fmaf(a[4 * c4 + 1], x.y, s);
+        s = fmaf(a[4 * c4 + 2], x.z, s);
+        s = fmaf(a[4 * c4 + 3], x.w, s);
+    }
+    return s;
+}
+
+// acc[c] += w·staged[jj][c] for every c < H.
+template <int H>
+__device__ __forceinline__ void staged_axpy(float (&acc)[H], float w, const float4* staged4, int jj) {
+#pragma unroll
+    for (int c4 = 0; c4 < H / 4; ++c4) {
+        const float4 x = staged4[jj * (H / 4) + c4];
+        acc[4 * c4] = fmaf(w, x.x, acc[4 * c4]);
+        acc[4 * c4 + 1] = fmaf(w, x.y, acc[4 * c4 + 1]);
+        acc[4 * c4 + 2] = fmaf(w, x.z, acc[4 * c4 + 2]);
+        acc[4 * c4 + 3] = fmaf(w, x.w, acc[4 * c4 + 3]);
+    }
+}
+
+// reg[c] = mul·src[c·len + i] for c < rows, else 0 (one position's features).
+template <int H>
+__device__ __forceinline__ void load_column(float (&reg)[H], const float* src, int rows, int len, int i, bool live,
+                                            float mul = 1.0f) {
+#pragma unroll
+    for (int c = 0; c < H; ++c) reg[c] = (c < rows && live) ? mul * src[(long long)c * len + i] : 0.0f;
+}
+
+// The block's batch entry and first position: blocks run along x, ⌈len/threads⌉
+// per batch entry (x has room for 2³¹ − 1 blocks; y and z only for 65,535,
+// which batch × heads passes at 2,048 images).
+__device__ __forceinline__ void block_place(int len, long long& b, int& first) {
+    const int tiles = (len + (int)blockDim.x - 1) / (int)blockDim.x;
+    b = (long long)blockIdx.x / tiles;
+    first = (int)(blockIdx.x - b * tiles) * (int)blockDim.x;
+}
 
 // Inference attention in the Columns layout (the UNet's channels-first maps),
 // with no probability matrix: per batch entry b, Q [D, Lq], K [D, Lk],
@@ -95,176 +136,215 @@ __device__ __forceinline__ void stage_chunk(float* staged, const float* src, int
 //   O[c, i] = Σ_j e^(s_ij − m_i) V[c, j] / Σ_j e^(s_ij − m_i),  s_ij = scale·Σ_d Q[d,i] K[d,j]
 // One query per thread (coalesced reads of Q and writes of O along i). Keys
 // come in chunks of 64 staged in shared memory (every thread reads the same
-// entry: a broadcast); per chunk a thread first takes the chunk's score max,
-// rescales its running sum l and accumulator acc[c] once by e^(m_old − m_new)
-// (the online softmax), then adds the chunk's e^(s − m)·V. Scores are
-// computed twice per chunk (2·D FMAs per key) instead of stored.
+// entry: a broadcast). Each key is visited once (the online softmax): when
+// s_ij passes the running max m, the sum l and accumulator acc so far are
+// rescaled by e^(m − s_ij) and m = s_ij; then l += e^(s_ij − m) and
+// acc += e^(s_ij − m)·V[:, j]. (The max rises O(log Lk) times for keys in
+// random order, so the rescale branch is rare.)
 // With lse non-null (training) it also writes each query's log-sum-exp,
 // lse[b, i] = m + log l = log Σ_j e^(s_ij), from which backward recomputes P.
-// grid = (⌈Lq/128⌉, batch), block = 128; D, Dv ≤ 32.
-extern "C" __global__ void __launch_bounds__(128)
-    attention_columns_infer_f32(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk,
-                                int d, int dv, float scale) {
-    using namespace attention;
-    __shared__ float ks[MAX_HEAD * KEY_CHUNK];
-    __shared__ float vs[MAX_HEAD * KEY_CHUNK];
-    const long long b = blockIdx.y;
-    const int i = (int)blockIdx.x * QUERY_THREADS + (int)threadIdx.x;
-    const float* qb = q + b * d * lq;
+template <int H>
+__device__ void infer(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk, int d,
+                      int dv, float scale) {
+    __shared__ float4 ks[KEY_CHUNK * H / 4];
+    __shared__ float4 vs[KEY_CHUNK * H / 4];
+    long long b;
+    int first;
+    block_place(lq, b, first);
+    const int i = first + (int)threadIdx.x;
+    const bool live = i < lq;
+    float qr[H], acc[H];
+    load_column<H>(qr, q + b * d * lq, d, lq, i, live, scale);
+#pragma unroll
+    for (int c = 0; c < H; ++c) acc[c] = 0.0f;
+    float m = MD_NEG_INF, l = 0.0f;
     const float* kb = k + b * d * lk;
     const float* vb = v + b * dv * lk;
-
-    float qr[MAX_HEAD], acc[MAX_HEAD];
-#pragma unroll
-    for (int dd = 0; dd < MAX_HEAD; ++dd) {
-        qr[dd] = (dd < d && i < lq) ? scale * qb[(long long)dd * lq + i] : 0.0f;
-        acc[dd] = 0.0f;
-    }
-    float m = MD_NEG_INF, l = 0.0f;
     for (int j0 = 0; j0 < lk; j0 += KEY_CHUNK) {
         const int n = min(KEY_CHUNK, lk - j0);
         __syncthreads();  // the previous chunk is no longer read
-        stage_chunk(ks, kb, d, lk, j0, n);
-        stage_chunk(vs, vb, dv, lk, j0, n);
+        stage_chunk<H>(ks, kb, d, lk, j0, n);
+        stage_chunk<H>(vs, vb, dv, lk, j0, n);
         __syncthreads();
-        float chunk_max = MD_NEG_INF;
-        for (int jj = 0; jj < n; ++jj) chunk_max = fmaxf(chunk_max, staged_dot(qr, ks, jj, d));
-        const float m_new = fmaxf(m, chunk_max);
-        // e^(m − m_new) rescales what was summed so far (0 before the first
-        // chunk; 1 while every score is −∞, so nothing turns into NaN)
-        const float rescale = m_new == MD_NEG_INF ? 1.0f : expf(m - m_new);
-        l *= rescale;
-#pragma unroll
-        for (int c = 0; c < MAX_HEAD; ++c) acc[c] *= rescale;
         for (int jj = 0; jj < n; ++jj) {
-            const float e = m_new == MD_NEG_INF ? 0.0f : expf(staged_dot(qr, ks, jj, d) - m_new);
-            l += e;
+            const float s = staged_dot<H>(qr, ks, jj);
+            if (s > m) {
+                // e^(m − s) rescales what was summed so far (0 at the first key)
+                const float r = expf(m - s);
+                l *= r;
 #pragma unroll
-            for (int c = 0; c < MAX_HEAD; ++c)
-                if (c < dv) acc[c] = fmaf(e, vs[c * KEY_CHUNK + jj], acc[c]);
+                for (int c = 0; c < H; ++c) acc[c] *= r;
+                m = s;
+            }
+            // 0 while every score is −∞, so nothing turns into NaN
+            const float e = m == MD_NEG_INF ? 0.0f : expf(s - m);
+            l += e;
+            staged_axpy<H>(acc, e, vs, jj);
         }
-        m = m_new;
     }
-    if (i >= lq) return;
+    if (!live) return;
     if (lse != nullptr) lse[b * lq + i] = m + logf(l);
     float* ob = o + b * dv * lq;
     const float inv = 1.0f / l;
 #pragma unroll
-    for (int c = 0; c < MAX_HEAD; ++c)
+    for (int c = 0; c < H; ++c)
         if (c < dv) ob[(long long)c * lq + i] = acc[c] * inv;
 }
 
-// ---- Fused training backward (Columns layout, D, Dv ≤ 32), no P ----
+// ---- Fused training backward (Columns layout), no P ----
 //
-// From Q, K, V, dO and each query's log-sum-exp L_i (the forward's), with
+// From Q, K, V, O, dO and each query's log-sum-exp L_i (the forward's), with
 //   P_ij = e^(s_ij − L_i),  s_ij = scale·Σ_d Q[d,i] K[d,j],  dP_ij = Σ_c dO[c,i] V[c,j],
-//   δ_i = Σ_j P_ij dP_ij  (= Σ_c dO[c,i] O[c,i]),  dS_ij = scale·P_ij (dP_ij − δ_i):
+//   δ_i = Σ_j P_ij dP_ij = Σ_c dO[c,i] O[c,i],  dS_ij = scale·P_ij (dP_ij − δ_i):
 //   dQ[:, i] = Σ_j dS_ij K[:, j],  dK[:, j] = Σ_i dS_ij Q[:, i],  dV[:, j] = Σ_i P_ij dO[:, i]
 // in two kernels that recompute P_ij on the fly (flash attention's backward,
-// one sequence position per thread): by query (δ and dQ: two passes over the
-// keys, staged 64 at a time), then by key (dK and dV: one pass over the
-// queries, staged 64 at a time with their L and δ). Nothing of size Lq·Lk is
-// written: the GEMM path wrote P, dP and dS, each [batch, Lq, Lk].
-
+// one sequence position per thread): by query (δ from O and dO, then dQ in
+// one pass over the keys, staged 64 at a time), then by key (dK and dV: one
+// pass over the queries, staged 64 at a time with their L and δ). Nothing of
+// size Lq·Lk is written: the GEMM path writes P, dP and dS, each [batch, Lq, Lk].
 
 // δ [batch, Lq] and dQ [batch, D, Lq], one query per thread.
-// grid = (⌈Lq/128⌉, batch), block = 128.
-extern "C" __global__ void __launch_bounds__(128)
-    attention_columns_backward_query_f32(float* dq, float* delta, const float* q, const float* k, const float* v,
-                                         const float* d_o, const float* lse, int lq, int lk, int d, int dv, float scale) {
-    using namespace attention;
-    __shared__ float ks[MAX_HEAD * KEY_CHUNK];
-    __shared__ float vs[MAX_HEAD * KEY_CHUNK];
-    const long long b = blockIdx.y;
-    const int i = (int)blockIdx.x * QUERY_THREADS + (int)threadIdx.x;
+template <int H>
+__device__ void backward_query(float* dq, float* delta, const float* q, const float* k, const float* v, const float* o,
+                               const float* d_o, const float* lse, int lq, int lk, int d, int dv, float scale) {
+    __shared__ float4 ks[KEY_CHUNK * H / 4];
+    __shared__ float4 vs[KEY_CHUNK * H / 4];
+    long long b;
+    int first;
+    block_place(lq, b, first);
+    const int i = first + (int)threadIdx.x;
     const bool live = i < lq;
-    const float* kb = k + b * d * lk;
-    const float* vb = v + b * dv * lk;
-    float qr[MAX_HEAD], dor[MAX_HEAD], acc[MAX_HEAD];
+    float qr[H], dor[H], acc[H];
+    load_column<H>(qr, q + b * d * lq, d, lq, i, live, scale);
+    load_column<H>(dor, d_o + b * dv * lq, dv, lq, i, live);
+    // δ_i = Σ_c dO[c,i]·O[c,i] (acc holds O's column for the moment)
+    load_column<H>(acc, o + b * dv * lq, dv, lq, i, live);
+    float di = 0.0f;
 #pragma unroll
-    for (int c = 0; c < MAX_HEAD; ++c) {
-        qr[c] = (c < d && live) ? scale * q[(b * d + c) * lq + i] : 0.0f;
-        dor[c] = (c < dv && live) ? d_o[(b * dv + c) * lq + i] : 0.0f;
+    for (int c = 0; c < H; ++c) {
+        di = fmaf(dor[c], acc[c], di);
         acc[c] = 0.0f;
     }
     const float li = live ? lse[b * lq + i] : 0.0f;
-    float di = 0.0f;
-    // pass 0: δ_i = Σ_j P_ij dP_ij; pass 1: dQ_i += P_ij (dP_ij − δ_i) K_j
-    for (int pass = 0; pass < 2; ++pass) {
-        for (int j0 = 0; j0 < lk; j0 += KEY_CHUNK) {
-            const int n = min(KEY_CHUNK, lk - j0);
-            __syncthreads();  // the previous chunk is no longer read
-            stage_chunk(ks, kb, d, lk, j0, n);
-            stage_chunk(vs, vb, dv, lk, j0, n);
-            __syncthreads();
-            for (int jj = 0; jj < n; ++jj) {
-                const float p = expf(staged_dot(qr, ks, jj, d) - li);
-                const float dp = staged_dot(dor, vs, jj, dv);
-                if (pass == 0) {
-                    di = fmaf(p, dp, di);
-                } else {
-                    const float ds = p * (dp - di);
-#pragma unroll
-                    for (int c = 0; c < MAX_HEAD; ++c)
-                        if (c < d) acc[c] = fmaf(ds, ks[c * KEY_CHUNK + jj], acc[c]);
-                }
-            }
+    const float* kb = k + b * d * lk;
+    const float* vb = v + b * dv * lk;
+    for (int j0 = 0; j0 < lk; j0 += KEY_CHUNK) {
+        const int n = min(KEY_CHUNK, lk - j0);
+        __syncthreads();  // the previous chunk is no longer read
+        stage_chunk<H>(ks, kb, d, lk, j0, n);
+        stage_chunk<H>(vs, vb, dv, lk, j0, n);
+        __syncthreads();
+        for (int jj = 0; jj < n; ++jj) {
+            const float p = expf(staged_dot<H>(qr, ks, jj) - li);
+            const float dp = staged_dot<H>(dor, vs, jj);
+            staged_axpy<H>(acc, p * (dp - di), ks, jj);  // dQ_i += P_ij (dP_ij − δ_i) K_j
         }
     }
     if (!live) return;
     delta[b * lq + i] = di;
 #pragma unroll
-    for (int c = 0; c < MAX_HEAD; ++c)
+    for (int c = 0; c < H; ++c)
         if (c < d) dq[(b * d + c) * lq + i] = scale * acc[c];
 }
 
 // dK [batch, D, Lk] and dV [batch, Dv, Lk], one key per thread, from δ of
-// attention_columns_backward_query_f32. grid = (⌈Lk/128⌉, batch), block = 128.
-extern "C" __global__ void __launch_bounds__(128)
-    attention_columns_backward_key_f32(float* dk, float* dvv, const float* q, const float* k, const float* v,
-                                       const float* d_o, const float* lse, const float* delta, int lq, int lk, int d,
-                                       int dv, float scale) {
-    using namespace attention;
-    __shared__ float qs[MAX_HEAD * KEY_CHUNK];   // scale·Q of 64 queries
-    __shared__ float dos[MAX_HEAD * KEY_CHUNK];  // their dO
+// backward_query.
+template <int H>
+__device__ void backward_key(float* dk, float* dvv, const float* q, const float* k, const float* v, const float* d_o,
+                             const float* lse, const float* delta, int lq, int lk, int d, int dv, float scale) {
+    __shared__ float4 qs[KEY_CHUNK * H / 4];   // scale·Q of 64 queries
+    __shared__ float4 dos[KEY_CHUNK * H / 4];  // their dO
     __shared__ float ls[KEY_CHUNK], deltas[KEY_CHUNK];
-    const long long b = blockIdx.y;
-    const int j = (int)blockIdx.x * QUERY_THREADS + (int)threadIdx.x;
+    long long b;
+    int first;
+    block_place(lk, b, first);
+    const int j = first + (int)threadIdx.x;
     const bool live = j < lk;
+    float kr[H], vr[H], dk_acc[H], dv_acc[H];
+    load_column<H>(kr, k + b * d * lk, d, lk, j, live);
+    load_column<H>(vr, v + b * dv * lk, dv, lk, j, live);
+#pragma unroll
+    for (int c = 0; c < H; ++c) dk_acc[c] = dv_acc[c] = 0.0f;
     const float* qb = q + b * d * lq;
     const float* dob = d_o + b * dv * lq;
-    float kr[MAX_HEAD], vr[MAX_HEAD], dk_acc[MAX_HEAD], dv_acc[MAX_HEAD];
-#pragma unroll
-    for (int c = 0; c < MAX_HEAD; ++c) {
-        kr[c] = (c < d && live) ? k[(b * d + c) * lk + j] : 0.0f;
-        vr[c] = (c < dv && live) ? v[(b * dv + c) * lk + j] : 0.0f;
-        dk_acc[c] = dv_acc[c] = 0.0f;
-    }
     for (int i0 = 0; i0 < lq; i0 += KEY_CHUNK) {
         const int n = min(KEY_CHUNK, lq - i0);
         __syncthreads();  // the previous chunk is no longer read
-        stage_chunk(qs, qb, d, lq, i0, n, scale);
-        stage_chunk(dos, dob, dv, lq, i0, n);
-        for (int ii = threadIdx.x; ii < KEY_CHUNK; ii += QUERY_THREADS) {
+        stage_chunk<H>(qs, qb, d, lq, i0, n, scale);
+        stage_chunk<H>(dos, dob, dv, lq, i0, n);
+        for (int ii = threadIdx.x; ii < KEY_CHUNK; ii += blockDim.x) {
             ls[ii] = ii < n ? lse[b * lq + i0 + ii] : 0.0f;
             deltas[ii] = ii < n ? delta[b * lq + i0 + ii] : 0.0f;
         }
         __syncthreads();
         for (int ii = 0; ii < n; ++ii) {
-            const float p = expf(staged_dot(kr, qs, ii, d) - ls[ii]);  // s_ij: qs holds scale·Q
-            const float dp = staged_dot(vr, dos, ii, dv);
-            const float ds = p * (dp - deltas[ii]);
-#pragma unroll
-            for (int c = 0; c < MAX_HEAD; ++c) {
-                if (c < dv) dv_acc[c] = fmaf(p, dos[c * KEY_CHUNK + ii], dv_acc[c]);
-                if (c < d) dk_acc[c] = fmaf(ds, qs[c * KEY_CHUNK + ii], dk_acc[c]);
-            }
+            const float p = expf(staged_dot<H>(kr, qs, ii) - ls[ii]);  // s_ij: qs holds scale·Q
+            const float dp = staged_dot<H>(vr, dos, ii);
+            staged_axpy<H>(dv_acc, p, dos, ii);
+            staged_axpy<H>(dk_acc, p * (dp - deltas[ii]), qs, ii);
         }
     }
     if (!live) return;
 #pragma unroll
-    for (int c = 0; c < MAX_HEAD; ++c) {
+    for (int c = 0; c < H; ++c) {
         if (c < d) dk[(b * d + c) * lk + j] = dk_acc[c];  // qs held scale·Q: dK = scale·Σ_i P (dP − δ) Q
         if (c < dv) dvv[(b * dv + c) * lk + j] = dv_acc[c];
     }
+}
+
+}  // namespace attention
+
+// The fused kernels per head size H (D, Dv ≤ H). grid = (batch·⌈L/threads⌉),
+// block = threads ≤ 128 (a multiple of 32 covering L when L < 128), with L = Lq
+// for infer and backward_query, Lk for backward_key.
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_infer_h8(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk,
+                               int d, int dv, float scale) {
+    attention::infer<8>(o, lse, q, k, v, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_backward_query_h8(float* dq, float* delta, const float* q, const float* k, const float* v,
+                                        const float* o, const float* d_o, const float* lse, int lq, int lk, int d,
+                                        int dv, float scale) {
+    attention::backward_query<8>(dq, delta, q, k, v, o, d_o, lse, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_backward_key_h8(float* dk, float* dvv, const float* q, const float* k, const float* v,
+                                      const float* d_o, const float* lse, const float* delta, int lq, int lk, int d,
+                                      int dv, float scale) {
+    attention::backward_key<8>(dk, dvv, q, k, v, d_o, lse, delta, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_infer_h16(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk,
+                               int d, int dv, float scale) {
+    attention::infer<16>(o, lse, q, k, v, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_backward_query_h16(float* dq, float* delta, const float* q, const float* k, const float* v,
+                                        const float* o, const float* d_o, const float* lse, int lq, int lk, int d,
+                                        int dv, float scale) {
+    attention::backward_query<16>(dq, delta, q, k, v, o, d_o, lse, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_backward_key_h16(float* dk, float* dvv, const float* q, const float* k, const float* v,
+                                      const float* d_o, const float* lse, const float* delta, int lq, int lk, int d,
+                                      int dv, float scale) {
+    attention::backward_key<16>(dk, dvv, q, k, v, d_o, lse, delta, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_infer_h32(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk,
+                               int d, int dv, float scale) {
+    attention::infer<32>(o, lse, q, k, v, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_backward_query_h32(float* dq, float* delta, const float* q, const float* k, const float* v,
+                                        const float* o, const float* d_o, const float* lse, int lq, int lk, int d,
+                                        int dv, float scale) {
+    attention::backward_query<32>(dq, delta, q, k, v, o, d_o, lse, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_backward_key_h32(float* dk, float* dvv, const float* q, const float* k, const float* v,
+                                      const float* d_o, const float* lse, const float* delta, int lq, int lk, int d,
+                                      int dv, float scale) {
+    attention::backward_key<32>(dk, dvv, q, k, v, d_o, lse, delta, lq, lk, d, dv, scale);
 }

@@ -100,6 +100,7 @@ ours_bf16)
     step ours_sample_bf16 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: GroupNorm + SiLU outputs kept f32 instead of bf16 (same samples)
     MINIDIFFUSION_BF16_STORAGE=0 step ours_sample_bf16_f32_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     MINIDIFFUSION_BF16_STORAGE=0 step ours_train_bf16_f32_storage 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     ;;

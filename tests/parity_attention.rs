@@ -72,12 +72,17 @@ fn mse_loss_parity() {
 
 #[test]
 fn fused_inference_attention_parity() {
-    // no_grad in the Columns layout runs attention_columns_infer_f32 (no P):
+    // no_grad in the Columns layout runs attention_columns_infer_h* (no P):
     // Lq = 130 spans two 128-query blocks, Lk = 150 three 64-key chunks (the
     // last partial), D = 8 / Dv = 5 like the UNet's heads, then D = 20 and
     // Dv = 32 (the kernel's limit), then D = 40 > 32 (the GEMM path)
     use minidiffusion::{Tensor, no_grad, testing::assert_close, testing::parity_device};
-    for (i, &(b, h, d, lq, lk, dv)) in [(2, 3, 8, 130, 150, 5), (1, 2, 20, 17, 64, 32), (1, 1, 40, 9, 11, 3)].iter().enumerate() {
+    // (the h8, h32 and GEMM paths); D = 12 / Dv = 16 (h16) with Lq = 64 (one
+    // block of 64 threads) and Lq = 20 (one of 32); and 70,000 batch entries
+    // (more blocks than a grid's y or z can hold: at 2,048 images the seed
+    // UNet has 65,536)
+    let cases = [(2, 3, 8, 130, 150, 5), (1, 2, 20, 17, 64, 32), (1, 1, 40, 9, 11, 3), (2, 2, 12, 64, 33, 16), (1, 3, 16, 20, 7, 9), (1, 70_000, 1, 1, 2, 1)];
+    for (i, &(b, h, d, lq, lk, dv)) in cases.iter().enumerate() {
         let scale = 1.0 / (d as f32).sqrt();
         let shapes = [[b, h, d, lq], [b, h, d, lk], [b, h, dv, lk]];
         let values: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(j, s)| randn(s, 90 + 3 * i as u64 + j as u64)).collect();
@@ -93,9 +98,10 @@ fn fused_inference_attention_parity() {
 #[test]
 fn fused_training_attention_parity() {
     // with grad, the Columns layout at D, Dv ≤ 32 keeps only the rows'
-    // log-sum-exp (attention_columns_infer_f32 writes it) and backward
-    // recomputes P on the fly (attention_columns_backward_query_f32 for δ and
-    // dQ, attention_columns_backward_key_f32 for dK and dV): forward and all
+    // log-sum-exp (attention_columns_infer_h* writes it) and backward
+    // recomputes P on the fly (attention_columns_backward_query_h* for δ and
+    // dQ, attention_columns_backward_key_h* for dK and dV; the blocks are
+    // placed as the inference test's 70,000 entries check): forward and all
     // three gradients against the CPU twin. Lq = 130: two query blocks, three
     // staged query chunks; Lk = 70: two staged key chunks
     let scale = 1.0 / 8f32.sqrt();
@@ -110,6 +116,13 @@ fn fused_training_attention_parity() {
         "attention_columns_fused_training_wide",
         &[&[1, 2, 20, 70], &[1, 2, 20, 150], &[1, 2, 32, 150]],
         |x| ops::attention_columns(&x[0], &x[1], &x[2], 0.3),
+        ParityTol::REDUCTION,
+    );
+    // D = 12, Dv = 16 (h16), Lq = 64 and Lk = 20: blocks of 64 and 32 threads
+    parity_check(
+        "attention_columns_fused_training_h16",
+        &[&[2, 2, 12, 64], &[2, 2, 12, 20], &[2, 2, 16, 20]],
+        |x| ops::attention_columns(&x[0], &x[1], &x[2], 0.4),
         ParityTol::REDUCTION,
     );
     // D = 40 > 32: the GEMM path keeps P

@@ -55,14 +55,18 @@ fn golden_unets_on_the_device_match_diffusers() {
 }
 
 /// The golden UNets at the bf16 compute precision on the device against the
-/// CPU twin at bf16, and against diffusers' f32 ε̂ (the distance bf16 products
-/// give: 7.5e-3 of the scale for unet_c). Device and twin multiply the same
-/// bf16 values only while their inputs agree bit for bit: a conv summing in
-/// another order (the same-conv kernel goes chunk by chunk, tap by tap) moves
-/// a layer's output by ~1e-7, which can round a later operand to the other
-/// bf16 neighbour (2⁻⁸ apart); with 3–32 channels one such flip moves an
-/// output by ~1e-3 of the scale. Measured on the emulation: 7.3e-4 with the
-/// same-conv kernel, 1e-7 with the generic one (same order as the CPU).
+/// CPU twin at bf16, and against diffusers' f32 ε̂. bf16 products put both
+/// 2e-3 to 1e-2 of the scale from f32 (the twin's own distance is measured
+/// here and bounds the device's). Device and twin multiply the same bf16
+/// values only while their inputs agree bit for bit: a sum in another order
+/// moves a layer's output by ~1e-7, which can round a later operand to the
+/// other bf16 neighbour (2⁻⁸ apart), and such flips spread through the
+/// layers, most in small models: on the emulation (where only the same-conv
+/// kernel's order differs) unet_a ends 6.2e-3 from the twin, unet_b 2.6e-5,
+/// unet_c 7.3e-4, with the twin 8.2e-3, 6.8e-3 and 7.5e-3 from f32; an H100
+/// gave unet_a 6.3e-3 from the twin (run 4). So the bar is the twin's own
+/// distance from f32: the device is no further from it, or from the twin,
+/// than two independent bf16 roundings would be. A wrong kernel moves ε̂ by O(1).
 #[test]
 fn golden_unets_at_bf16_on_the_device_match_the_cpu_twin() {
     use minidiffusion::ops::{Precision, with_precision};
@@ -80,11 +84,11 @@ fn golden_unets_at_bf16_on_the_device_match_the_cpu_twin() {
         };
         let (got, twin) = (eps_on(device), eps_on(Device::Cpu));
         let (_, f32_want) = load(&format!("{name}/forward/eps_{case}.npy"));
-        let (vs_twin, vs_f32) = (scaled_error(&got, &twin), scaled_error(&got, &f32_want));
-        eprintln!("{name} {case} at bf16 on {device}: scaled error {vs_twin:.2e} vs the CPU at bf16, {vs_f32:.2e} vs diffusers f32");
-        assert!(vs_twin < 4e-3, "{name} {case}: bf16 on {device} is {vs_twin:e} from the CPU twin at bf16");
-        assert!(vs_f32 < 5e-2, "{name} {case}: bf16 on {device} is {vs_f32:e} from diffusers' f32 ε̂");
-        assert!(vs_twin < vs_f32 / 2.0, "{name} {case}: bf16 on {device} is not closer to the bf16 twin ({vs_twin:e}) than to f32 ({vs_f32:e})");
+        let (vs_twin, vs_f32, twin_vs_f32) = (scaled_error(&got, &twin), scaled_error(&got, &f32_want), scaled_error(&twin, &f32_want));
+        eprintln!("{name} {case} at bf16 on {device}: scaled error {vs_twin:.2e} vs the CPU at bf16, {vs_f32:.2e} vs diffusers f32 (the CPU at bf16: {twin_vs_f32:.2e})");
+        assert!(twin_vs_f32 < 2e-2, "{name} {case}: the CPU twin at bf16 is {twin_vs_f32:e} from diffusers' f32 ε̂");
+        assert!(vs_f32 < 2.0 * twin_vs_f32, "{name} {case}: bf16 on {device} is {vs_f32:e} from diffusers' f32 ε̂, the CPU twin {twin_vs_f32:e}");
+        assert!(vs_twin < 2.0 * twin_vs_f32, "{name} {case}: bf16 on {device} is {vs_twin:e} from the CPU twin at bf16, which is {twin_vs_f32:e} from f32");
     }
 }
 

@@ -37,6 +37,7 @@
 
 struct uint3 { unsigned int x, y, z; };
 struct alignas(16) uint4 { unsigned int x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };
 struct dim3 { unsigned int x, y, z; };
 
 namespace emu {

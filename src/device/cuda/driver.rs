@@ -1,7 +1,7 @@
 //! The few driver operations the CUDA backend needs, behind one trait with two
 //! implementations: a real GPU through cudarc, and the CPU emulation.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A kernel argument, passed by value as cuLaunchKernel expects.
 #[derive(Clone, Debug)]
@@ -44,16 +44,31 @@ pub struct LaunchConfig {
 impl LaunchConfig {
     /// One thread per element, `threads` per block.
     pub fn for_elems(n: usize, threads: u32) -> LaunchConfig {
-        let blocks = n.div_ceil(threads as usize).max(1) as u32;
+        let blocks = n.div_ceil(threads as usize).clamp(1, u32::MAX as usize) as u32;
         LaunchConfig { grid: [blocks, 1, 1], block: [threads, 1, 1] }
     }
     /// `blocks` blocks of `threads` threads.
     pub fn blocks(blocks: usize, threads: u32) -> LaunchConfig {
-        LaunchConfig { grid: [blocks.max(1) as u32, 1, 1], block: [threads, 1, 1] }
+        LaunchConfig { grid: [blocks.clamp(1, u32::MAX as usize) as u32, 1, 1], block: [threads, 1, 1] }
     }
     /// A 3-D grid of 1-D blocks.
     pub fn grid(grid: [usize; 3], threads: u32) -> LaunchConfig {
-        LaunchConfig { grid: grid.map(|g| g.max(1) as u32), block: [threads, 1, 1] }
+        LaunchConfig { grid: grid.map(|g| g.max(1).min(u32::MAX as usize) as u32), block: [threads, 1, 1] }
+    }
+    /// The device's limits (every CUDA GPU since compute capability 3.0):
+    /// grid x < 2³¹, y and z ≤ 65,535 blocks; at most 1,024 threads a block.
+    /// A launch past them fails on a GPU with a bare "invalid argument"; here
+    /// it fails on both drivers with the kernel and the grid named.
+    pub fn check(&self, kernel: &str) -> Result<()> {
+        let [x, y, z] = self.grid;
+        let threads: u64 = self.block.iter().map(|&b| b as u64).product();
+        if x == 0 || y == 0 || z == 0 || x > i32::MAX as u32 || y > 65_535 || z > 65_535 || threads == 0 || threads > 1024 {
+            return Err(Error::Cuda(format!(
+                "launching {kernel}: grid {:?} of {:?} threads is past the device's limits (x < 2^31, y, z <= 65535 blocks; 1024 threads)",
+                self.grid, self.block
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -104,4 +119,18 @@ pub trait Driver: Send + Sync {
     /// Stop recording: the graph, instantiated. Fails if the capture was
     /// invalidated or recorded nothing.
     fn end_capture(&self) -> Result<Box<dyn GraphExec>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LaunchConfig;
+
+    #[test]
+    fn launches_past_the_grid_limits_are_refused_with_the_kernel_named() {
+        assert!(LaunchConfig::grid([1 << 30, 65_535, 65_535], 1024).check("k").is_ok());
+        for bad in [LaunchConfig::grid([1, 65_536, 1], 128), LaunchConfig::grid([1, 1, 70_000], 32), LaunchConfig::blocks(1 << 31, 32), LaunchConfig::blocks(4, 1025)] {
+            let err = bad.check("attention_columns_infer_h8").unwrap_err().to_string();
+            assert!(err.contains("attention_columns_infer_h8") && err.contains("65535"), "{err}");
+        }
+    }
 }

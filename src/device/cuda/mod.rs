@@ -165,6 +165,7 @@ impl CudaBackend {
 
     /// Launch `kernel` on this device's stream.
     pub fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        cfg.check(kernel)?;
         self.driver().launch(kernel, cfg, args)
     }
 

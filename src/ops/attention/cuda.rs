@@ -46,15 +46,39 @@ pub fn forward(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, layou
     Ok((o, p))
 }
 
-/// Largest D and Dv of the fused inference kernel (attention::MAX_HEAD).
+/// Largest D and Dv of the fused kernels.
 const FUSED_MAX_HEAD: usize = 32;
-/// Queries (threads) per block of the fused kernel.
-const FUSED_THREADS: u32 = 128;
+/// Sequence positions (threads) per block of the fused kernels, at most.
+const FUSED_THREADS: usize = 128;
 
-/// True when the fused kernel runs this problem: Layout::Columns with
+/// True when the fused kernels run this problem: Layout::Columns with
 /// D, Dv ≤ 32 (the UNet's heads) and at least one key.
 pub fn fused(dims: Dims, layout: Layout) -> bool {
     layout == Layout::Columns && dims.d <= FUSED_MAX_HEAD && dims.dv <= FUSED_MAX_HEAD && dims.lk > 0
+}
+
+/// The fused kernels per head size: every per-feature loop is unrolled
+/// 8, 16 or 32 times, the smallest that holds D and Dv.
+const INFER: [&str; 3] = ["attention_columns_infer_h8", "attention_columns_infer_h16", "attention_columns_infer_h32"];
+const BACKWARD_QUERY: [&str; 3] =
+    ["attention_columns_backward_query_h8", "attention_columns_backward_query_h16", "attention_columns_backward_query_h32"];
+const BACKWARD_KEY: [&str; 3] =
+    ["attention_columns_backward_key_h8", "attention_columns_backward_key_h16", "attention_columns_backward_key_h32"];
+
+fn for_head(kernels: [&'static str; 3], dims: Dims) -> &'static str {
+    match dims.d.max(dims.dv) {
+        0..=8 => kernels[0],
+        9..=16 => kernels[1],
+        _ => kernels[2],
+    }
+}
+
+/// One thread per sequence position: `batch` entries of `len` positions, the
+/// blocks along x (y and z stop at 65,535 blocks; batch × heads passes that at
+/// 2,048 images), each block a multiple of 32 threads, at most 128.
+fn fused_launch(batch: usize, len: usize) -> LaunchConfig {
+    let threads = len.div_ceil(32).clamp(1, FUSED_THREADS / 32) * 32;
+    LaunchConfig::blocks(batch * len.div_ceil(threads), threads as u32)
 }
 
 /// O without keeping P (inference): the fused kernel where [`fused`], else
@@ -83,25 +107,25 @@ fn fused_forward(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, sca
         return Ok((o, lse));
     }
     let int = |n: usize| elems("attention", n).map(Arg::I32);
-    // every index the kernel forms is below the largest buffer's length
-    elems("attention", batch * d.max(dv) * lq.max(lk))?;
-    let cfg = LaunchConfig::grid([lq.div_ceil(FUSED_THREADS as usize), batch, 1], FUSED_THREADS);
+    // every index the kernel forms, and the block count, is below the largest buffer's length
+    elems("attention", batch * d.max(dv).max(1) * lq.max(lk))?;
     let lse_arg = lse.as_ref().map_or(Arg::Ptr(0), |l| l.arg());
     let args = [o.arg(), lse_arg, q.arg(), k.arg(), v.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
-    backend.launch("attention_columns_infer_f32", cfg, &args)?;
+    backend.launch(for_head(INFER, dims), fused_launch(batch, lq), &args)?;
     Ok((o, lse))
 }
 
-/// (dQ, dK, dV) from the saved log-sum-exp of [`forward_lse`] (requires
-/// [`fused`]) by the fused backward kernels: P is recomputed on the fly, one
-/// query per thread for δ and dQ, then one key per thread for dK and dV;
-/// nothing of size [batch, Lq, Lk] is written (the GEMM path [`backward`]
-/// writes P, dP and dS).
+/// (dQ, dK, dV) from the forward's output O and log-sum-exp of
+/// [`forward_lse`] (requires [`fused`]) by the fused backward kernels: P is
+/// recomputed on the fly, one query per thread for δ (from O and dO) and dQ,
+/// then one key per thread for dK and dV; nothing of size [batch, Lq, Lk] is
+/// written (the GEMM path [`backward`] writes P, dP and dS).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_lse(
     q: &CudaBuffer,
     k: &CudaBuffer,
     v: &CudaBuffer,
+    o: &CudaBuffer,
     lse: &CudaBuffer,
     d_o: &CudaBuffer,
     dims: Dims,
@@ -116,13 +140,11 @@ pub fn backward_lse(
     let (dq, dk, dvv) = (backend.alloc(batch * lq * d)?, backend.alloc(batch * lk * d)?, backend.alloc(batch * lk * dv)?);
     let delta = backend.alloc(batch * lq)?;
     let int = |n: usize| elems("attention", n).map(Arg::I32);
-    elems("attention", batch * d.max(dv) * lq.max(lk))?;
-    let cfg = LaunchConfig::grid([lq.div_ceil(FUSED_THREADS as usize), batch, 1], FUSED_THREADS);
-    let args = [dq.arg(), delta.arg(), q.arg(), k.arg(), v.arg(), d_o.arg(), lse.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
-    backend.launch("attention_columns_backward_query_f32", cfg, &args)?;
-    let cfg = LaunchConfig::grid([lk.div_ceil(FUSED_THREADS as usize), batch, 1], FUSED_THREADS);
+    elems("attention", batch * d.max(dv).max(1) * lq.max(lk))?;
+    let args = [dq.arg(), delta.arg(), q.arg(), k.arg(), v.arg(), o.arg(), d_o.arg(), lse.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
+    backend.launch(for_head(BACKWARD_QUERY, dims), fused_launch(batch, lq), &args)?;
     let args = [dk.arg(), dvv.arg(), q.arg(), k.arg(), v.arg(), d_o.arg(), lse.arg(), delta.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
-    backend.launch("attention_columns_backward_key_f32", cfg, &args)?;
+    backend.launch(for_head(BACKWARD_KEY, dims), fused_launch(batch, lk), &args)?;
     Ok((dq, dk, dvv))
 }
 

@@ -82,7 +82,7 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
             }
         }
     };
-    Ok(Tensor::from_op(storage, Shape::new(out_dims), |_| {
+    Ok(Tensor::from_op(storage, Shape::new(out_dims), |out| {
         let (q, k, v) = (q.clone(), k.clone(), v.clone());
         // what the forward saved, on its device
         let saved_shape = match (for_backward, saves_lse) {
@@ -113,7 +113,8 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
                     let name = "attention_backward";
                     let (q, k, v, saved, g) = (sq.cuda(name)?, sk.cuda(name)?, sv.cuda(name)?, sp.cuda(name)?, sg.cuda(name)?);
                     let (dq, dk, dv) = if saves_lse {
-                        cuda::backward_lse(q, k, v, saved, g, dims, scale)?
+                        let so = out.storage();
+                        cuda::backward_lse(q, k, v, so.cuda(name)?, saved, g, dims, scale)?
                     } else {
                         cuda::backward(q, k, v, saved, g, dims, layout, scale)?
                     };
