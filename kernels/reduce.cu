@@ -52,3 +52,32 @@ extern "C" __global__ void reduce_sum_finish(float* out, const double* part, int
         out[o] = (float)acc;
     }
 }
+
+// Sums of contiguous runs, for reductions whose last axes are summed (a
+// conv's bias and per-image bias gradients: [N, C, H·W] → [N, C] rows):
+//   out[row] = Σ_{l < len} in[row·len + l]
+// One warp per row, 8 rows per 256-thread block; each lane adds every 32nd
+// element (float4 loads when len % 4 == 0, so the warp reads 512 contiguous
+// bytes a step) in f64, then a warp sum. The generic reduce_sum gives each
+// output a whole block and an index division per term; this reads at memory
+// speed. grid = ⌈rows/8⌉, block = 256.
+extern "C" __global__ void __launch_bounds__(256) reduce_sum_rows(float* out, const float* in, int rows, int len) {
+    const int row = (int)blockIdx.x * 8 + (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    if (row >= rows) return;  // the whole warp leaves together
+    const float* r = in + (long long)row * len;
+    double acc = 0.0;
+    if (len % 4 == 0) {
+        const float4* r4 = reinterpret_cast<const float4*>(r);
+        for (int i = lane; i < len / 4; i += 32) {
+            const float4 v = r4[i];
+            acc += (double)v.x;
+            acc += (double)v.y;
+            acc += (double)v.z;
+            acc += (double)v.w;
+        }
+    } else {
+        for (int i = lane; i < len; i += 32) acc += (double)r[i];
+    }
+    acc = warp_sum_d(acc);
+    if (lane == 0) out[row] = (float)acc;
+}

@@ -106,7 +106,7 @@ fn profiling_counts_every_launch_by_kernel() {
     let _ = ops::sum_all(&y).unwrap();
     let rows = backend.stop_profiling().unwrap();
     let calls = |k: &str| rows.iter().find(|r| r.kernel == k).map_or(0, |r| r.calls);
-    assert_eq!((calls("binary_same"), calls("activation_forward"), calls("reduce_sum")), (1, 1, 1), "{rows:?}");
+    assert_eq!((calls("binary_same"), calls("activation_forward"), calls("reduce_sum_rows")), (1, 1, 1), "{rows:?}");
     assert!(rows.iter().all(|r| r.total_ms >= 0.0));
     let table = cuda::profile_table(&rows);
     assert!(table.contains("activation_forward") && table.contains('%'), "{table}");

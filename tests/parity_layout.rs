@@ -11,11 +11,19 @@ fn reduce_parity() {
     parity_check("sum_all_large", &[&[3, 1111]], |x| ops::sum_all(&x[0]), ParityTol::REDUCTION);
     parity_check("mean", &[&[6, 7, 3]], |x| ops::mean(&x[0], &[0, 2], false), ParityTol::REDUCTION);
     parity_check("sum_to_bias", &[&[5, 3, 4, 4]], |x| ops::sum_to(&x[0], &Shape::from([3, 1, 1])), ParityTol::REDUCTION);
-    // a conv bias gradient at scale: few sums of many terms, split into chunks
+    // few sums of long trailing runs (> 4096 terms, < 256 rows): the generic
+    // kernel, each sum split into chunks
     use minidiffusion::ops::reduce::cuda::sum_splits;
     assert_eq!(sum_splits(3, 9 * 4000), (8, 4500));
     assert_eq!(sum_splits(600, 1 << 20).0, 1);
-    parity_check("sum_to_bias_split", &[&[9, 3, 40, 100]], |x| ops::sum_to(&x[0], &Shape::from([3, 1, 1])), ParityTol::REDUCTION);
+    parity_check("sum_to_bias_split", &[&[9, 3, 50, 100]], |x| ops::sum_to(&x[0], &Shape::from([3, 1, 1])), ParityTol::REDUCTION);
+    // trailing runs summed a warp per row (reduce_sum_rows), then what is left:
+    // a conv bias gradient at 400 rows of 36 (float4 loads), the per-image
+    // bias gradient (rows only, 5-term runs: scalar loads, a partial block of
+    // 8 rows), and a whole-tensor sum of one 4,000-term run
+    parity_check("sum_to_bias_rows", &[&[25, 16, 6, 6]], |x| ops::sum_to(&x[0], &Shape::from([16, 1, 1])), ParityTol::REDUCTION);
+    parity_check("sum_rows_only", &[&[7, 43, 5]], |x| ops::sum(&x[0], &[2], false), ParityTol::REDUCTION);
+    parity_check("sum_all_one_run", &[&[4000]], |x| ops::sum_all(&x[0]), ParityTol::REDUCTION);
 }
 
 #[test]

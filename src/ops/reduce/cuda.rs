@@ -16,7 +16,37 @@ pub struct ReduceParams {
 }
 
 /// Sum `x` (shape `in_shape`) into `keep_shape` (same rank, dims equal or 1).
+/// When the last axes are summed, their contiguous runs are summed first
+/// (`reduce_sum_rows`, at memory speed) and what is left of the reduction
+/// runs on those row sums.
 pub fn sum_keepdim(x: &CudaBuffer, in_shape: &Shape, keep_shape: &Shape) -> Result<CudaBuffer> {
+    let (dims, keep) = (in_shape.dims(), keep_shape.dims());
+    // the trailing axes that are summed (or of size 1): one contiguous run each row
+    let mut tail = dims.len();
+    while tail > 0 && (keep[tail - 1] != dims[tail - 1] || dims[tail - 1] == 1) {
+        tail -= 1;
+    }
+    let run: usize = dims[tail..].iter().product();
+    let rows = if run == 0 { 0 } else { in_shape.numel() / run };
+    // a warp per row: worth it for many rows or short ones (few long sums
+    // keep the split path, which spreads each over many blocks)
+    if run >= 2 && rows > 0 && (rows >= ROWS_MIN || run <= ROWS_SHORT_RUN) {
+        let sums = x.backend().alloc(rows)?;
+        let cfg = LaunchConfig::blocks(rows.div_ceil(8), 256);
+        x.backend().launch("reduce_sum_rows", cfg, &[sums.arg(), x.arg(), Arg::I32(elems("sum", rows)?), Arg::I32(elems("sum", run)?)])?;
+        let (head, head_keep) = (Shape::new(dims[..tail].to_vec()), Shape::new(keep[..tail].to_vec()));
+        return if head == head_keep { Ok(sums) } else { sum_generic(&sums, &head, &head_keep) };
+    }
+    sum_generic(x, in_shape, keep_shape)
+}
+
+/// Rows (warps) from which `reduce_sum_rows` sums trailing runs of any length.
+const ROWS_MIN: usize = 256;
+/// Runs short enough for one warp, however few rows.
+const ROWS_SHORT_RUN: usize = 4096;
+
+/// [`sum_keepdim`] by the strided kernels: one block (or several, split) per output.
+fn sum_generic(x: &CudaBuffer, in_shape: &Shape, keep_shape: &Shape) -> Result<CudaBuffer> {
     let strides = in_shape.strides();
     let (mut kept_dims, mut kept_strides, mut red_dims, mut red_strides) = (vec![], vec![], vec![], vec![]);
     for d in 0..in_shape.rank() {
