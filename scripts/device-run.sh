@@ -9,6 +9,7 @@
 # recipe (a bundle made with DEVICE_TESTS=0 DEVICE_DATA=1) trains the seed
 # recipe on the full Fashion-MNIST at bf16 for as much of the budget as is
 # left, then scores it (eval: FID/KID of DDIM-100 and DDIM-25 at n = 2048);
+# kernels_b512 times the bf16 convolutions at batch 512 next to cuDNN;
 # graph is the CUDA graph A/B: DDIM-100 at batches 16, 256 and 2048 with one
 # captured step replayed (the default) and with every kernel launched.
 # Every step has its own timeout and the script stops starting steps once
@@ -95,14 +96,19 @@ kernels_bf16)
     MINIDIFFUSION_CONV=generic step bench_kernels_bf16_generic 60 "$md" bench kernels --device cuda --iters 20 --json --precision bf16 --only conv2d
     step torch_kernels_bf16 90 python3 "$here/bench_torch_kernels.py" --iters 20 --precision bf16
     ;;
+kernels_b512)
+    # the convolutions at the batch the seed recipe trains at (the stages above use 64)
+    step bench_kernels_bf16_b512 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
+    step torch_kernels_bf16_b512 90 python3 "$here/bench_torch_kernels.py" --iters 10 --precision bf16 --batch-size 512
+    ;;
 ours_bf16)
     step ours_sample_bf16_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile --precision bf16
     step ours_sample_bf16 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # A/B: GroupNorm + SiLU outputs kept f32 instead of bf16 (same samples)
-    MINIDIFFUSION_BF16_STORAGE=0 step ours_sample_bf16_f32_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # A/B: GroupNorm + SiLU outputs stored in bf16 instead of f32 (same samples)
+    MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
-    MINIDIFFUSION_BF16_STORAGE=0 step ours_train_bf16_f32_storage 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
+    MINIDIFFUSION_BF16_STORAGE=1 step ours_train_bf16_bf16_storage 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     ;;
 ours)
     step ours_sample_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile

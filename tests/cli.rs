@@ -38,6 +38,7 @@ fn bench_kernels_runs_on_cpu() {
     let (code, stdout, stderr) = run(&["bench", "kernels", "--device", "cpu", "--batch-size", "1", "--iters", "1", "--only", "add", "--json"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("\"kernel\":\"add\"") && stdout.contains("\"device\":\"cpu\""), "{stdout}");
+    assert!(stdout.contains("\"shape\":\"1x32x32x32\"") && stdout.contains("\"precision\":\"f32\""), "{stdout}");
     // at bf16 it also times the conv reading a bf16-stored input
     let args = ["bench", "kernels", "--device", "cpu", "--batch-size", "1", "--iters", "1", "--only", "xbf16", "--precision", "bf16", "--json"];
     let (code, stdout, stderr) = run(&args);

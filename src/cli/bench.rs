@@ -290,8 +290,8 @@ fn kernels(args: KernelArgs) -> anyhow::Result<()> {
             println!(
                 "{{\"kernel\":\"{}\",\"shape\":\"{}\",\"device\":\"{device}\",\"precision\":\"{}\",\"ms\":{:.4},\"gflops\":{:.2},\"gbps\":{:.2}}}",
                 case.name,
-                args.precision,
                 case.shape,
+                args.precision,
                 seconds * 1e3,
                 gflops,
                 gbps

@@ -1,8 +1,8 @@
 //! Storage casts between f32 and bf16 on the tensor's own device, as
 //! `Tensor.to(torch.bfloat16)`: f32 → bf16 rounds to nearest even (NaN stays
 //! NaN), bf16 → f32 is exact. Storage only — every op computes in f32; the
-//! bf16 compute path stores the activations only convolutions read in bf16
-//! (`ops::precision::conv_input_storage`).
+//! bf16 compute path can store the activations only convolutions read in
+//! bf16 (`ops::precision::conv_input_storage`).
 //! Differentiable as PyTorch's `.to(dtype)`: the gradient passes through
 //! unchanged (gradients stay f32).
 
