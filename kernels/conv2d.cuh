@@ -12,6 +12,19 @@ struct Shape {
     int oh, ow;  // output [N, OC, OH, OW]
 };
 
+// An optional transform of the input as a same conv stages it (the group
+// norm + SiLU before the UNet's convolutions, at inference, so the normalised
+// map is never written): inside the image, channel c of image n is read as
+//   u = (x − mean[n·C + c])·scale[n·C + c] + shift[n·C + c],  then silu(u) when silu,
+// exactly as kernels/groupnorm.cu writes its output; the zero padding stays 0.
+// mean == nullptr: x as it is.
+struct Prologue {
+    const float* mean;
+    const float* scale;
+    const float* shift;
+    int silu;
+};
+
 // Forward: y[img, oc, pix] = C[oc, (img,pix)] + b[oc] + sb[img, oc] + r[img, oc, pix]
 // (each term optional: the UNet's conv + bias + time embedding + residual in
 // one store); col = img·OC·P + pix.

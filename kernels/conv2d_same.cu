@@ -146,8 +146,9 @@ __device__ __forceinline__ void chunk_products(const uint4* As, const unsigned i
 // x is f32, or bf16 storage (TX = unsigned short: the bf16 path's GroupNorm
 // + SiLU output, staged as it is — the values the f32 input would round to).
 // Grid (⌈N·OH·OW/128⌉, ⌈OC/BM⌉), 256 threads.
-template <class Math, int BM, int KS, class TX = float>
-__device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s) {
+template <class Math, int BM, int KS, class TX = float, bool NORM = false>
+__device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
+                                        const conv::Prologue& pro = conv::Prologue{}) {
     constexpr int KK = KS * KS;
     constexpr int PER_WORD = Math::PER_WORD;        // channels per patch word
     constexpr int CHUNK = CHUNK_WORDS * PER_WORD;   // channels per chunk
@@ -212,6 +213,16 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
             float v[PER_WORD];
 #pragma unroll
             for (int e = 0; e < PER_WORD; ++e) v[e] = src[i] >= 0 && c + e < s.c ? load_f32(x, src[i] + (c0 + e) * HW) : 0.0f;
+            if (NORM && src[i] >= 0) {
+                // src = (img·C + word's first channel)·HW + pixel: nc of this word's channel c0 + e
+                const int nc0 = src[i] / HW + c0;
+#pragma unroll
+                for (int e = 0; e < PER_WORD; ++e) {
+                    if (c + e >= s.c) continue;
+                    const float u = (v[e] - pro.mean[nc0 + e]) * pro.scale[nc0 + e] + pro.shift[nc0 + e];
+                    v[e] = pro.silu ? u / (1.0f + expf(-u)) : u;
+                }
+            }
             p_regs[i] = word_bits(Math::pack(v));
         }
     };
@@ -525,6 +536,51 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_xbf16_m64_k3(float* y, const unsigned short* x, const uint4* wp, const float* bias,
                                     const float* sample_bias, const float* residual, conv::Shape s) {
     same::forward<mma::Bf16, 64, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+
+// The forward with the input's group norm (+ SiLU) applied as it is staged
+// (pro, conv::Prologue): the UNet's norm → conv at inference, with no
+// normalised map written. Separate kernels, so that the plain ones keep
+// their registers (the transform costs the bf16 3×3 kernel a spill).
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_gn_m32_k1(float* y, const float* x, const uint4* wp, const float* bias,
+                                  const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Tf32x3, 32, 1, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_gn_m32_k3(float* y, const float* x, const uint4* wp, const float* bias,
+                                  const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Tf32x3, 32, 3, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_gn_m64_k1(float* y, const float* x, const uint4* wp, const float* bias,
+                                  const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Tf32x3, 64, 1, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_gn_m64_k3(float* y, const float* x, const uint4* wp, const float* bias,
+                                  const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Tf32x3, 64, 3, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_gn_m32_k1(float* y, const float* x, const uint4* wp, const float* bias,
+                                  const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 32, 1, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_gn_m32_k3(float* y, const float* x, const uint4* wp, const float* bias,
+                                  const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 32, 3, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_gn_m64_k1(float* y, const float* x, const uint4* wp, const float* bias,
+                                  const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 64, 1, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_gn_m64_k3(float* y, const float* x, const uint4* wp, const float* bias,
+                                  const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 64, 3, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
 }
 
 // Partial weight gradients dw_part [splits, OC, C, K, K] of a same conv

@@ -27,6 +27,24 @@ __device__ __forceinline__ float grad_u(float dy, float xhat, float gamma, float
     return silu ? dy * silu_slope(xhat * gamma + beta) : dy;
 }
 
+// A group's statistics, by the whole block (every thread gets them):
+//   μ = Σx/M, σ² = Σ(x − μ)²/M in f64 (two passes), rounded to f32 as the CPU twin:
+//   mu = (float)μ, rs = (float)(1/√(σ² + eps)).
+__device__ __forceinline__ void stats(const float* __restrict__ xg, int m, float eps, double* scratch, float& mu,
+                                      float& rs) {
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < m; i += blockDim.x) acc += (double)xg[i];
+    const double mean_d = block_sum_d(acc, scratch) / (double)m;
+    acc = 0.0;
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+        const double dv = (double)xg[i] - mean_d;
+        acc += dv * dv;
+    }
+    const double var = block_sum_d(acc, scratch) / (double)m;
+    mu = (float)mean_d;
+    rs = (float)(1.0 / sqrt(var + (double)eps));
+}
+
 // Forward: one block per group (n, g), grid-stride over the N·G groups.
 //   pass 1: Σx                → μ           (f64 block sum)
 //   pass 2: Σ(x−μ)²           → σ², rstd    (f64 block sum, around the f64 μ)
@@ -46,21 +64,8 @@ __device__ __forceinline__ void forward(TY* __restrict__ y, float* __restrict__ 
         const float* xg = x + (long long)ng * m;
         TY* yg = y + (long long)ng * m;
 
-        // μ = Σx / M
-        double acc = 0.0;
-        for (int i = threadIdx.x; i < m; i += blockDim.x) acc += (double)xg[i];
-        const double mean_d = block_sum_d(acc, scratch) / (double)m;
-
-        // σ² = Σ(x − μ)² / M
-        acc = 0.0;
-        for (int i = threadIdx.x; i < m; i += blockDim.x) {
-            const double dv = (double)xg[i] - mean_d;
-            acc += dv * dv;
-        }
-        const double var = block_sum_d(acc, scratch) / (double)m;
-
-        const float mu = (float)mean_d;
-        const float rs = (float)(1.0 / sqrt(var + (double)eps));
+        float mu, rs;
+        stats(xg, m, eps, scratch, mu, rs);
         if (threadIdx.x == 0) {
             mean_out[ng] = mu;
             rstd_out[ng] = rs;
@@ -84,6 +89,33 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
                       const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                       int num_groups_total, int groups, int cg, int s, float eps, int silu) {
     groupnorm::forward(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+
+// The group norm as a per-(image, channel) affine for a convolution to apply
+// as it reads x (conv::Prologue), without writing the normalised map: per
+// group (n, g) the statistics as groupnorm_forward computes them, then for
+// each of its channels c (nc = n·C + c)
+//   mean[nc] = μ,  scale[nc] = rstd·γ_c,  shift[nc] = β_c,
+// so (x − mean)·scale + shift is the value groupnorm_forward writes, bit for bit.
+// One block per group, grid-stride; block = 256.
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_affine(float* __restrict__ mean_c, float* __restrict__ scale_c, float* __restrict__ shift_c,
+                     const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                     int num_groups_total, int groups, int cg, int s, float eps) {
+    __shared__ double scratch[32];
+    const int m = cg * s;
+    for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
+        const int g = ng % groups;
+        float mu, rs;
+        groupnorm::stats(x + (long long)ng * m, m, eps, scratch, mu, rs);
+        for (int i = threadIdx.x; i < cg; i += blockDim.x) {
+            const int ch = g * cg + i;
+            const long long nc = (long long)ng * cg + i;  // (n·G + g)·Cg + i = n·C + ch
+            mean_c[nc] = mu;
+            scale_c[nc] = rs * (gamma ? gamma[ch] : 1.0f);
+            shift_c[nc] = beta ? beta[ch] : 0.0f;
+        }
+    }
 }
 
 // The same with y stored as bf16 (the inference path at the bf16 compute

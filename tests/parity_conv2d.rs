@@ -200,3 +200,68 @@ fn conv2d_same_bf16_reads_bf16_storage() {
         assert_eq!(dw(&stored), dw(&widened), "case {k}: weight gradient");
     }
 }
+
+/// The UNet's group norm (+ SiLU) → same conv at inference: on CUDA the conv
+/// applies the norm as it stages its input (`groupnorm_affine`, then the
+/// `conv2d_same_*_gn_*` kernels), and equals the two ops on the same device
+/// bit for bit (the staged values are those groupnorm_forward writes), and
+/// the CPU twin's two ops within the conv's tolerance: both precisions, with
+/// and without SiLU, both kernel rows and K, chunks left partial (20
+/// channels), multi-image tiles (4×4), every epilogue term. With a gradient
+/// wanted it is the two ops, and the gradient reaches the norm's weight.
+#[test]
+fn conv2d_after_norm_applies_the_norm_in_the_conv() {
+    use minidiffusion::device::cuda;
+    use minidiffusion::ops::group_norm::{group_norm, group_norm_silu};
+    use minidiffusion::ops::{ConvAdd, NormFirst, Precision, conv2d_after_norm, conv2d_fused, with_precision};
+    use minidiffusion::testing::{assert_close, parity_device, randn};
+    use minidiffusion::{Device, Tensor, no_grad};
+    let device = parity_device();
+    let Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
+    let backend = cuda::backend(d).unwrap();
+    let cases: [(&[usize], usize, &[usize], usize); 4] = [
+        (&[2, 20, 16, 16], 4, &[40, 20, 3, 3], 1),
+        (&[3, 16, 4, 4], 8, &[8, 16, 3, 3], 1),
+        (&[3, 32, 8, 8], 8, &[70, 32, 1, 1], 0),
+        (&[1, 16, 32, 32], 4, &[32, 16, 3, 3], 1),
+    ];
+    for (k, &(xd, groups, wd, pad)) in cases.iter().enumerate() {
+        let (c, oc) = (xd[1], wd[0]);
+        let values: Vec<(Vec<f32>, Vec<usize>)> = [xd.to_vec(), vec![c], vec![c], wd.to_vec(), vec![oc], vec![xd[0], oc], vec![xd[0], oc, xd[2], xd[3]]]
+            .into_iter()
+            .enumerate()
+            .map(|(j, dims)| (randn(&dims, 60 + 10 * k as u64 + j as u64), dims))
+            .collect();
+        let on = |device: Device| -> Vec<Tensor> { values.iter().map(|(v, dims)| Tensor::from_vec_on(v.clone(), dims.clone(), device).unwrap()).collect() };
+        let p = Conv2dParams { stride: 1, padding: pad };
+        for precision in [Precision::F32, Precision::Bf16] {
+            // the attention block's norm has no SiLU (its 1×1 case here)
+            for silu in if k == 2 { vec![true, false] } else { vec![true] } {
+                let _p = with_precision(precision);
+                let what = format!("case {k} {xd:?} * {wd:?}, {precision}, silu {silu}");
+                let composed = |t: &[Tensor]| {
+                    let normed = if silu { group_norm_silu } else { group_norm }(&t[0], groups, Some(&t[1]), Some(&t[2]), 1e-5).unwrap();
+                    let add = ConvAdd { sample_bias: Some(&t[5]), residual: Some(&t[6]) };
+                    no_grad(|| conv2d_fused(&normed, &t[3], Some(&t[4]), add, p)).unwrap().to_vec()
+                };
+                let t = on(device);
+                backend.start_profiling();
+                let norm = NormFirst { groups, weight: Some(&t[1]), bias: Some(&t[2]), eps: 1e-5, silu };
+                let add = ConvAdd { sample_bias: Some(&t[5]), residual: Some(&t[6]) };
+                let fused = no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p)).unwrap().to_vec();
+                let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
+                assert!(kernels.iter().any(|k| k == "groupnorm_affine") && kernels.iter().any(|k| k.contains("_gn_m")), "{what}: {kernels:?}");
+                assert_eq!(fused, composed(&t), "{what}: the conv's norm against the two ops on {device}");
+                let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
+                assert_close(&what, &fused, &composed(&on(Device::Cpu)), tol.atol, tol.rtol);
+            }
+        }
+        // with a gradient wanted: the two ops, on the tape
+        let t = on(device);
+        let gamma = t[1].detach().requires_grad_();
+        let norm = NormFirst { groups, weight: Some(&gamma), bias: Some(&t[2]), eps: 1e-5, silu: true };
+        let y = conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), ConvAdd::default(), p).unwrap();
+        let grads = minidiffusion::backward(&minidiffusion::ops::sum_all(&y).unwrap()).unwrap();
+        assert!(grads.get(&gamma).is_some_and(|g| g.to_vec().iter().any(|v| *v != 0.0)), "case {k}: dγ");
+    }
+}

@@ -69,6 +69,14 @@ impl Conv2d {
         ops::conv2d_fused(x, &self.weight, self.bias.as_ref(), add, self.params)
     }
 
+    /// The convolution of `act(norm(x))` (act = SiLU when `silu`) plus `add`:
+    /// the UNet's norm → conv, which at inference on CUDA never writes the
+    /// normalised map (`ops::conv2d_after_norm`).
+    pub fn forward_after_norm(&self, x: &Tensor, norm: &GroupNorm, silu: bool, add: ops::ConvAdd) -> Result<Tensor> {
+        let first = ops::NormFirst { groups: norm.groups, weight: Some(&norm.weight), bias: Some(&norm.bias), eps: norm.eps, silu };
+        ops::conv2d_after_norm(x, first, &self.weight, self.bias.as_ref(), add, self.params)
+    }
+
     /// Set the weight to zero (the lesson's init of each resnet's conv2 and of conv_out).
     pub fn zero_weight(&self) -> Result<()> {
         self.weight.copy_from_slice(&vec![0.0; self.weight.numel()])
@@ -114,16 +122,15 @@ impl GroupNorm {
     }
 
     /// `forward` for an output only convolutions read (the attention block's
-    /// projections): at the bf16 precision stored in bf16
-    /// (`ops::precision::conv_input_storage`).
+    /// projections), stored as `ops::precision::conv_input_storage` says.
     pub fn forward_into_convs(&self, x: &Tensor) -> Result<Tensor> {
         let store = ops::precision::conv_input_storage();
         ops::group_norm::group_norm_stored(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps, store)
     }
 
     /// silu(group_norm(x)) in one fused op: the pair every resnet block and the
-    /// output head chain, always into a convolution — so at the bf16
-    /// precision it is stored in bf16 (`ops::precision::conv_input_storage`).
+    /// output head chain, always into a convolution — so it is stored as
+    /// `ops::precision::conv_input_storage` says.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         let store = ops::precision::conv_input_storage();
         ops::group_norm::group_norm_silu_stored(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps, store)

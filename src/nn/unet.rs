@@ -267,16 +267,18 @@ impl ResnetBlock {
 
     /// `temb_act` is SiLU(temb), shared by all blocks.
     /// The time embedding is added by conv1 and the skip by conv2 as they
-    /// store their outputs (`ops::conv2d_fused`), not as separate passes.
+    /// store their outputs (`ops::conv2d_fused`), not as separate passes; at
+    /// inference on CUDA each conv also applies the group norm + SiLU before
+    /// it as it reads its input (`ops::conv2d_after_norm`).
     fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
         let _nvtx = nvtx::range("ResnetBlock2D");
         let t = self.time_emb_proj.forward(temb_act)?;
-        let h = self.conv1.forward_add(&self.norm1.forward_silu(x)?, ConvAdd { sample_bias: Some(&t), residual: None })?;
+        let h = self.conv1.forward_after_norm(x, &self.norm1, true, ConvAdd { sample_bias: Some(&t), residual: None })?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        let out = self.conv2.forward_add(&self.norm2.forward_silu(&h)?, ConvAdd { sample_bias: None, residual: Some(&skip) })?;
+        let out = self.conv2.forward_after_norm(&h, &self.norm2, true, ConvAdd { sample_bias: None, residual: Some(&skip) })?;
         if self.output_scale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.output_scale) }
     }
 }
@@ -549,7 +551,7 @@ impl UNet2DModel {
                 h = u.forward(&ops::resample::upsample_nearest2x_stored(&h, ops::precision::conv_input_storage())?)?;
             }
         }
-        self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)
+        self.conv_out.forward_after_norm(&h, &self.conv_norm_out, true, ConvAdd::default())
     }
 }
 

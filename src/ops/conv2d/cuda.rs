@@ -189,6 +189,34 @@ const SAME_WEIGHT_GRAD_KERNELS: SameKernels = [
 /// The kernel of `names` for precision `prec`, an input stored as `x_dtype`,
 /// `bm` block rows and a K×K kernel (K 1 or 3). A bf16-stored input is read
 /// as it is only at the bf16 precision.
+/// The forward kernels that apply the input's group norm as they stage it, by
+/// [precision f32, bf16][block rows 32, 64][K 1, 3].
+const SAME_FORWARD_NORM_KERNELS: [[[&str; 2]; 2]; 2] = [
+    [["conv2d_same_f32_gn_m32_k1", "conv2d_same_f32_gn_m32_k3"], ["conv2d_same_f32_gn_m64_k1", "conv2d_same_f32_gn_m64_k3"]],
+    [["conv2d_same_bf16_gn_m32_k1", "conv2d_same_bf16_gn_m32_k3"], ["conv2d_same_bf16_gn_m64_k1", "conv2d_same_bf16_gn_m64_k3"]],
+];
+
+/// A group norm (+ SiLU) a same conv applies to its input as it stages it,
+/// per (image, channel) nc = n·C + c: u = (x − mean[nc])·scale[nc] + shift[nc],
+/// then silu(u) when `silu` (from `ops::group_norm::cuda::affine`).
+pub struct InputNorm<'a> {
+    pub mean: &'a CudaBuffer,
+    pub scale: &'a CudaBuffer,
+    pub shift: &'a CudaBuffer,
+    pub silu: bool,
+}
+
+/// Mirrors `conv::Prologue` in kernels/conv2d.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Prologue {
+    mean: u64,
+    scale: u64,
+    shift: u64,
+    silu: i32,
+    pad: i32,
+}
+
 fn same_kernel(names: &SameKernels, prec: Precision, x_dtype: DType, bm: usize, k: usize) -> Result<&'static str> {
     let variant = match (prec, x_dtype) {
         (Precision::F32, DType::F32) => 0,
@@ -237,7 +265,7 @@ fn same_weight_grad(
 /// A same conv (kernels/conv2d_same.cu) of `x` [N, s.c, s.h, s.w] into
 /// [N, s.oc, s.oh, s.ow] at precision `prec`: packs `weight` (transposed and
 /// flipped when `flip`, for an input gradient), then one launch.
-fn same_conv(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogue, s: &ConvShape, prec: Precision) -> Result<CudaBuffer> {
+fn same_conv(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogue, s: &ConvShape, prec: Precision, norm: Option<&InputNorm>) -> Result<CudaBuffer> {
     let backend = x.backend();
     let (m, cg, ks) = (s.oc as usize, s.c as usize, s.kh as usize);
     let per_word = if prec == Precision::Bf16 { 2 } else { 1 };
@@ -249,11 +277,25 @@ fn same_conv(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogue, s:
     backend.launch(pack, LaunchConfig::for_elems(packed_len, 256), &args)?;
     let out = backend.alloc(s.n as usize * m * (s.oh * s.ow) as usize)?;
     let bm = same_block_rows(m);
-    let kernel = same_kernel(&SAME_FORWARD_KERNELS, prec, x.dtype(), bm, ks)?;
     let pixels = s.n as usize * (s.oh * s.ow) as usize;
     let cfg = LaunchConfig::grid([pixels.div_ceil(SAME_TILE_PIXELS), m.div_ceil(bm), 1], GEMM_THREADS);
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
-    let args = [out.arg(), x.arg(), packed.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(s)];
+    let mut args = vec![out.arg(), x.arg(), packed.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(s)];
+    let kernel = match norm {
+        None => same_kernel(&SAME_FORWARD_KERNELS, prec, x.dtype(), bm, ks)?,
+        Some(n) => {
+            if x.dtype() != DType::F32 {
+                return Err(Error::DType { op: "conv2d (group norm applied by the conv)", dtype: x.dtype() });
+            }
+            let nc = s.n as usize * s.c as usize;
+            if [n.mean, n.scale, n.shift].iter().any(|b| b.len() != nc) {
+                return shape_err("conv2d", format!("the input's group norm needs {nc} values per statistic"));
+            }
+            let pro = Prologue { mean: n.mean.ptr(), scale: n.scale.ptr(), shift: n.shift.ptr(), silu: n.silu as i32, pad: 0 };
+            args.push(Arg::pod(&pro));
+            SAME_FORWARD_NORM_KERNELS[usize::from(prec == Precision::Bf16)][usize::from(bm != 32)][usize::from(ks != 1)]
+        }
+    };
     backend.launch(kernel, cfg, &args)?;
     Ok(out)
 }
@@ -268,7 +310,7 @@ pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom
     }
     let s = ConvShape::new(g)?;
     if same_conv_fits(g) {
-        return same_conv(x, weight, false, epi, &s, prec);
+        return same_conv(x, weight, false, epi, &s, prec, None);
     }
     if x.dtype() != DType::F32 {
         return Err(Error::DType { op: "conv2d (generic kernel)", dtype: x.dtype() });
@@ -279,6 +321,19 @@ pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom
     let args = [out.arg(), x.arg(), weight.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(&s)];
     backend.launch(kernels(prec).0, cfg, &args)?;
     Ok(out)
+}
+
+/// [`forward`] of a same conv (requires [`same_conv_takes`]) whose input is
+/// group-normalised (+ SiLU) by `norm` as it is read: the normalised map is
+/// never written. `x` is f32.
+pub fn forward_normed(x: &CudaBuffer, norm: &InputNorm, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
+    if g.n * g.oc * g.p() == 0 {
+        return x.backend().alloc(0);
+    }
+    if !same_conv_fits(g) {
+        return shape_err("conv2d", "a group norm applied by the conv needs a stride-1 1×1 or 3×3 same conv");
+    }
+    same_conv(x, weight, false, epi, &ConvShape::new(g)?, prec, Some(norm))
 }
 
 /// dX [N, C, H, W] from dY [N, OC, OH, OW] and the weight, at precision `prec`
@@ -292,7 +347,7 @@ pub fn backward_input(dy: &CudaBuffer, weight: &CudaBuffer, g: &ConvGeom, prec: 
     let s = ConvShape::new(g)?;
     let transposed = ConvGeom { c: g.oc, h: g.oh, w: g.ow, oc: g.c, oh: g.h, ow: g.w, ..*g };
     if same_conv_fits(g) && same_conv_fits(&transposed) {
-        return same_conv(dy, weight, true, &Epilogue::default(), &ConvShape::new(&transposed)?, prec);
+        return same_conv(dy, weight, true, &Epilogue::default(), &ConvShape::new(&transposed)?, prec, None);
     }
     let dx = backend.alloc(g.n * g.c * g.h * g.w)?;
     let cfg = gemm_grid(g.c, g.n * g.h * g.w, 1);

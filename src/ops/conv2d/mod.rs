@@ -96,6 +96,49 @@ pub struct ConvAdd<'a> {
 /// Gradients: d sample_bias[n, o] = Σ_pixels dy[n, o], d residual = dy.
 pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("conv2d_fused");
+    conv2d_with(x, None, weight, bias, add, p)
+}
+
+/// The group norm (+ SiLU) in front of [`conv2d_after_norm`]'s convolution,
+/// as `group_norm` / `group_norm_silu` take it.
+#[derive(Clone, Copy, Debug)]
+pub struct NormFirst<'a> {
+    pub groups: usize,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    pub eps: f32,
+    pub silu: bool,
+}
+
+/// conv2d_fused(act(group_norm(x)), weight, bias, add, p), act = SiLU when
+/// `norm.silu`: the UNet's norm → conv. On CUDA at inference (no gradient
+/// wanted) a stride-1 1×1 or 3×3 conv of an f32 input applies the norm as it
+/// stages x — one small launch computes each (image, channel)'s affine, and
+/// the normalised map is never written or read back (the same values, bit for
+/// bit, as the two ops). Otherwise the two ops, the normalised map stored as
+/// `precision::conv_input_storage` says.
+pub fn conv2d_after_norm(x: &Tensor, norm: NormFirst, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("conv2d_after_norm");
+    let inputs = [Some(x), Some(weight), bias, norm.weight, norm.bias, add.sample_bias, add.residual];
+    let grad_wanted = crate::autograd::is_grad_enabled() && inputs.iter().flatten().any(|t| t.requires_grad());
+    let fused = !grad_wanted
+        && matches!(x.device(), Device::Cuda(_))
+        && x.dtype() == DType::F32
+        && geometry(x, weight, bias, p).is_ok_and(|g| cuda::same_conv_takes(&g));
+    if fused {
+        let (mean, scale, shift) = crate::ops::group_norm::cuda_affine(x, norm.groups, norm.weight, norm.bias, norm.eps)?;
+        let input_norm = cuda::InputNorm { mean: &mean, scale: &scale, shift: &shift, silu: norm.silu };
+        return conv2d_with(x, Some(&input_norm), weight, bias, add, p);
+    }
+    use crate::ops::group_norm::{group_norm_silu_stored, group_norm_stored};
+    let store = precision::conv_input_storage();
+    let normed = if norm.silu { group_norm_silu_stored } else { group_norm_stored }(x, norm.groups, norm.weight, norm.bias, norm.eps, store)?;
+    conv2d_fused(&normed, weight, bias, add, p)
+}
+
+/// [`conv2d_fused`], with `input_norm` (CUDA, no gradient) applied to x as
+/// the conv reads it.
+fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
     const OP: &str = "conv2d";
     let mut all = vec![x, weight];
     all.extend(bias);
@@ -136,7 +179,10 @@ pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: Con
             let (sx, sw) = (x.storage(), weight.storage());
             let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
             let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
-            Storage::Cuda(cuda::forward(sx.cuda_any(OP)?, sw.cuda(OP)?, &epi, &g, prec)?)
+            Storage::Cuda(match input_norm {
+                None => cuda::forward(sx.cuda_any(OP)?, sw.cuda(OP)?, &epi, &g, prec)?,
+                Some(norm) => cuda::forward_normed(sx.cuda(OP)?, norm, sw.cuda(OP)?, &epi, &g, prec)?,
+            })
         }
     };
     let out_shape = Shape::new(vec![g.n, g.oc, g.oh, g.ow]);

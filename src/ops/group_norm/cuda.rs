@@ -65,6 +65,36 @@ pub fn forward(
     Ok((y, SavedStats { mean, rstd }))
 }
 
+/// The group norm of `x` as a per-(image, channel) affine, each [N·C]:
+/// (mean, scale, shift) with (x − mean)·scale + shift the normalised value,
+/// bit for bit as [`forward`] writes it (for a convolution that applies it as
+/// it reads x: `ops::conv2d::conv2d_after_norm`).
+pub fn affine(x: &CudaBuffer, d: GroupNormDims, weight: Option<&CudaBuffer>, bias: Option<&CudaBuffer>, eps: f32) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
+    let backend = x.backend();
+    let (groups_total, nc) = (d.n * d.groups, d.n * d.c);
+    if d.m() == 0 {
+        // no values: the statistics are 0 as in forward (nothing reads them)
+        return Ok((backend.zeros(nc)?, backend.zeros(nc)?, backend.zeros(nc)?));
+    }
+    let (mean, scale, shift) = (backend.alloc(nc)?, backend.alloc(nc)?, backend.alloc(nc)?);
+    elems(OP, x.len())?;
+    let args = [
+        mean.arg(),
+        scale.arg(),
+        shift.arg(),
+        x.arg(),
+        opt_arg(weight),
+        opt_arg(bias),
+        Arg::I32(elems(OP, groups_total)?),
+        Arg::I32(d.groups as i32),
+        Arg::I32(d.cg() as i32),
+        Arg::I32(d.s as i32),
+        Arg::F32(eps),
+    ];
+    backend.launch("groupnorm_affine", LaunchConfig::blocks(groups_total.min(MAX_BLOCKS), THREADS), &args)?;
+    Ok((mean, scale, shift))
+}
+
 /// Gradients (dx if `need_dx`, dγ, dβ) of group norm, or of the fused
 /// group norm + SiLU when `silu` (then `bias` enters through u = x̂·γ + β).
 #[allow(clippy::too_many_arguments)]

@@ -88,6 +88,28 @@ pub fn group_norm_silu_stored(
     norm("group_norm_silu", x, groups, weight, bias, eps, true, store)
 }
 
+/// The group norm of a CUDA tensor `x` as the per-(image, channel) affine a
+/// same convolution applies as it reads x (`ops::conv2d::conv2d_after_norm`):
+/// (mean, scale, shift), each [N·C], checked as [`group_norm`] checks.
+pub(crate) fn cuda_affine(
+    x: &Tensor,
+    groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+) -> Result<(crate::device::cuda::CudaBuffer, crate::device::cuda::CudaBuffer, crate::device::cuda::CudaBuffer)> {
+    const OP: &str = "group_norm";
+    let d = check(OP, x, groups, weight, bias, eps)?;
+    let mut all: Vec<&Tensor> = vec![x];
+    all.extend(weight);
+    all.extend(bias);
+    Tensor::common_device(OP, &all)?;
+    let (xs, ws, bs) = (x.storage(), weight.map(|w| w.storage()), bias.map(|b| b.storage()));
+    let w = ws.as_ref().map(|s| s.cuda(OP)).transpose()?;
+    let b = bs.as_ref().map(|s| s.cuda(OP)).transpose()?;
+    cuda::affine(xs.cuda(OP)?, d, w, b, eps)
+}
+
 /// The checked dimensions of a group norm of `x`.
 fn check(op: &'static str, x: &Tensor, groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<GroupNormDims> {
     if x.rank() < 2 {
