@@ -18,7 +18,7 @@ describes every file with its shape and dtype; tests/golden/README.md explains
 the layout and the diffusers behaviour a reimplementation must match.
 
   <model>/config.json, diffusion_pytorch_model.safetensors, scheduler_config.json
-        four small random UNet2DModel directories (unet_a, unet_b, unet_c, unet_d)
+        five small random UNet2DModel directories (unet_a … unet_e)
   <model>/forward/   x, t and eps = model(x, t).sample for several timestep cases,
         plus the time-embedding intermediates and (one case) per-module outputs
   schedules/         betas / alphas_cumprod for linear(1e-4,0.01),
@@ -179,6 +179,32 @@ MODELS = {
         ),
         scheduler=("DDIMScheduler", dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
         input_hw=(16, 16),
+    ),
+    # resnet_time_scale_shift "scale_shift": time_emb_proj gives 2·C values, the
+    # block computes norm2(h)·(1 + scale) + shift; the mid block's attention then
+    # has no group norm (attn_norm_num_groups unset), attention down and up.
+    "unet_e": dict(
+        config=dict(
+            sample_size=8,
+            in_channels=1,
+            out_channels=1,
+            center_input_sample=False,
+            time_embedding_type="positional",
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            down_block_types=("AttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "AttnUpBlock2D"),
+            mid_block_type="UNetMidBlock2D",
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=2,
+            attention_head_dim=4,
+            act_fn="silu",
+            add_attention=True,
+            resnet_time_scale_shift="scale_shift",
+        ),
+        scheduler=("DDIMScheduler", dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
+        input_hw=(8, 8),
     ),
 }
 

@@ -35,7 +35,8 @@ const CASES: [&str; 6] = ["t0", "t1", "t500", "t999", "mixed_1_999", "mixed_500_
 #[test]
 fn unet_forward_matches_diffusers() {
     // f32 throughout; sums in a different order: 1e-5 absolute + 1e-4 relative
-    for name in ["unet_a", "unet_b", "unet_c", "unet_d"] {
+    // unet_e: resnet_time_scale_shift "scale_shift", a mid attention without group norm
+    for name in ["unet_a", "unet_b", "unet_c", "unet_d", "unet_e"] {
         let (model, _) = model_dir::load(&golden(name), Device::Cpu).unwrap();
         let x = tensor(&format!("{name}/forward/x.npy"));
         for case in CASES {

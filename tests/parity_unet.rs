@@ -32,9 +32,14 @@ fn on_gpu(device: Device) -> bool {
 #[test]
 fn golden_unets_on_the_device_match_diffusers() {
     let device = parity_device();
-    let all: [(&str, &[&str]); 3] =
-        [("unet_a", &["t0", "mixed_1_999"]), ("unet_b", &["t500", "mixed_500_0"]), ("unet_c", &["t999", "mixed_1_999"])];
-    let models = if on_gpu(device) { &all[..] } else { &all[2..] };
+    // unet_e: resnet_time_scale_shift "scale_shift" (GPU only)
+    let all: [(&str, &[&str]); 4] = [
+        ("unet_a", &["t0", "mixed_1_999"]),
+        ("unet_b", &["t500", "mixed_500_0"]),
+        ("unet_e", &["t1", "mixed_1_999"]),
+        ("unet_c", &["t999", "mixed_1_999"]),
+    ];
+    let models = if on_gpu(device) { &all[..] } else { &all[3..] };
     for &(name, cases) in models {
         let cases = if on_gpu(device) { cases } else { &cases[1..] };
         let (model, _) = model_dir::load(&golden(name), device).unwrap();

@@ -175,8 +175,8 @@ impl UNet2DConfig {
         if self.upsample_type != "conv" {
             return Err(Self::refuse("upsample_type", &self.upsample_type, "only \"conv\""));
         }
-        if self.resnet_time_scale_shift != "default" {
-            return Err(Self::refuse("resnet_time_scale_shift", &self.resnet_time_scale_shift, "only \"default\""));
+        if !matches!(self.resnet_time_scale_shift.as_str(), "default" | "scale_shift") {
+            return Err(Self::refuse("resnet_time_scale_shift", &self.resnet_time_scale_shift, "only \"default\" or \"scale_shift\""));
         }
         if let Some(c) = &self.class_embed_type {
             return Err(Self::refuse("class_embed_type", c, "class conditioning is not implemented"));
@@ -242,6 +242,9 @@ impl UNet2DConfig {
 
 /// ResnetBlock2D: norm1 → SiLU → conv1 → + time_emb_proj(SiLU(temb)) → norm2 →
 /// SiLU → conv2, plus the input (through a 1×1 conv_shortcut when channels change).
+/// With `scale_shift` (diffusers' resnet_time_scale_shift "scale_shift")
+/// time_emb_proj gives 2·C values (scale, shift) and the middle is
+/// conv1 → norm2 → ·(1 + scale) + shift → SiLU → conv2.
 pub struct ResnetBlock {
     pub norm1: GroupNorm,
     pub conv1: Conv2d,
@@ -250,18 +253,21 @@ pub struct ResnetBlock {
     pub conv2: Conv2d,
     pub conv_shortcut: Option<Conv2d>,
     pub output_scale: f32,
+    pub scale_shift: bool,
 }
 
 impl ResnetBlock {
-    fn new(init: &mut Initializer, cin: usize, cout: usize, temb: usize, groups: usize, eps: f32, output_scale: f32, device: Device) -> Result<Self> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(init: &mut Initializer, cin: usize, cout: usize, temb: usize, groups: usize, eps: f32, output_scale: f32, scale_shift: bool, device: Device) -> Result<Self> {
         Ok(ResnetBlock {
             norm1: GroupNorm::new(groups, cin, eps, device)?,
             conv1: Conv2d::new(init, cin, cout, 3, 1, 1, device)?,
-            time_emb_proj: Linear::new(init, temb, cout, true, device)?,
+            time_emb_proj: Linear::new(init, temb, if scale_shift { 2 * cout } else { cout }, true, device)?,
             norm2: GroupNorm::new(groups, cout, eps, device)?,
             conv2: Conv2d::new(init, cout, cout, 3, 1, 1, device)?,
             conv_shortcut: if cin != cout { Some(Conv2d::new(init, cin, cout, 1, 1, 0, device)?) } else { None },
             output_scale,
+            scale_shift,
         })
     }
 
@@ -273,12 +279,22 @@ impl ResnetBlock {
     fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
         let _nvtx = nvtx::range("ResnetBlock2D");
         let t = self.time_emb_proj.forward(temb_act)?;
-        let h = self.conv1.forward_after_norm(x, &self.norm1, true, ConvAdd { sample_bias: Some(&t), residual: None })?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        let out = self.conv2.forward_after_norm(&h, &self.norm2, true, ConvAdd { sample_bias: None, residual: Some(&skip) })?;
+        let to_skip = ConvAdd { sample_bias: None, residual: Some(&skip) };
+        let out = if self.scale_shift {
+            let h = self.conv1.forward_after_norm(x, &self.norm1, true, ConvAdd::default())?;
+            let (n, c) = (t.dims()[0], t.dims()[1] / 2);
+            let scale = ops::reshape(&ops::add_scalar(&ops::narrow(&t, 1, 0, c)?, 1.0)?, [n, c, 1, 1])?;
+            let shift = ops::reshape(&ops::narrow(&t, 1, c, c)?, [n, c, 1, 1])?;
+            let u = ops::add(&ops::mul(&self.norm2.forward(&h)?, &scale)?, &shift)?;
+            self.conv2.forward_add(&ops::silu(&u)?, to_skip)?
+        } else {
+            let h = self.conv1.forward_after_norm(x, &self.norm1, true, ConvAdd { sample_bias: Some(&t), residual: None })?;
+            self.conv2.forward_after_norm(&h, &self.norm2, true, to_skip)?
+        };
         if self.output_scale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.output_scale) }
     }
 }
@@ -299,7 +315,9 @@ impl Module for ResnetBlock {
 /// diffusers' `Attention` as the UNet's blocks build it: group norm, q/k/v
 /// projections, multi-head attention over the H·W pixels, to_out, residual.
 pub struct AttentionBlock {
-    pub group_norm: GroupNorm,
+    /// None in a mid block with resnet_time_scale_shift "scale_shift" and no
+    /// attn_norm_num_groups (diffusers builds that Attention without one).
+    pub group_norm: Option<GroupNorm>,
     pub to_q: Linear,
     pub to_k: Linear,
     pub to_v: Linear,
@@ -309,12 +327,12 @@ pub struct AttentionBlock {
 }
 
 impl AttentionBlock {
-    fn new(init: &mut Initializer, channels: usize, head_dim: Option<usize>, groups: usize, eps: f32, rescale: f32, device: Device) -> Result<Self> {
+    fn new(init: &mut Initializer, channels: usize, head_dim: Option<usize>, groups: Option<usize>, eps: f32, rescale: f32, device: Device) -> Result<Self> {
         let head_dim = head_dim.unwrap_or(channels);
         let heads = channels / head_dim;
         let inner = heads * head_dim;
         Ok(AttentionBlock {
-            group_norm: GroupNorm::new(groups, channels, eps, device)?,
+            group_norm: groups.map(|g| GroupNorm::new(g, channels, eps, device)).transpose()?,
             to_q: Linear::new(init, channels, inner, true, device)?,
             to_k: Linear::new(init, channels, inner, true, device)?,
             to_v: Linear::new(init, channels, inner, true, device)?,
@@ -335,7 +353,10 @@ impl AttentionBlock {
         let (b, h, w) = (x.dims()[0], x.dims()[2], x.dims()[3]);
         let pixels = h * w;
         // read only by the three projections (1×1 convolutions)
-        let normed = self.group_norm.forward_into_convs(x)?;
+        let normed = match &self.group_norm {
+            Some(norm) => norm.forward_into_convs(x)?,
+            None => x.clone(),
+        };
         let inner = self.to_q.weight.dims()[0];
         let head_dim = inner / self.heads;
         // W·X + b for one of the block's linear layers: a 1×1 convolution
@@ -358,7 +379,9 @@ impl AttentionBlock {
 
 impl Module for AttentionBlock {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.group_norm.visit(&join(prefix, "group_norm"), f);
+        if let Some(norm) = &self.group_norm {
+            norm.visit(&join(prefix, "group_norm"), f);
+        }
         self.to_q.visit(&join(prefix, "to_q"), f);
         self.to_k.visit(&join(prefix, "to_k"), f);
         self.to_v.visit(&join(prefix, "to_v"), f);
@@ -427,6 +450,7 @@ impl UNet2DModel {
     fn build(config: UNet2DConfig, init: &mut Initializer, device: Device) -> Result<UNet2DModel> {
         let ch = &config.block_out_channels;
         let groups = config.groups()?;
+        let scale_shift = config.resnet_time_scale_shift == "scale_shift";
         let eps = config.norm_eps as f32;
         let c0 = ch[0];
         let temb = c0 * 4;
@@ -442,9 +466,9 @@ impl UNet2DModel {
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
             for j in 0..config.layers_per_block {
-                resnets.push(ResnetBlock::new(init, if j == 0 { in_c } else { out_c }, out_c, temb, groups, eps, 1.0, device)?);
+                resnets.push(ResnetBlock::new(init, if j == 0 { in_c } else { out_c }, out_c, temb, groups, eps, 1.0, scale_shift, device)?);
                 if kind == "AttnDownBlock2D" {
-                    attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, groups, eps, 1.0, device)?);
+                    attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, Some(groups), eps, 1.0, device)?);
                 }
             }
             let resampler = if i + 1 < n { Some(Conv2d::new(init, out_c, out_c, 3, 2, config.downsample_padding, device)?) } else { None };
@@ -455,14 +479,16 @@ impl UNet2DModel {
             None => None,
             Some(_) => {
                 let scale = config.mid_block_scale_factor as f32;
-                let attn_groups = config.attn_norm_num_groups.unwrap_or(groups);
+                // diffusers' UNetMidBlock2D: attn_groups defaults to the resnets'
+                // groups, or to none (no group norm) with "scale_shift"
+                let attn_groups = config.attn_norm_num_groups.or((!scale_shift).then_some(groups));
                 let mut attentions = Vec::new();
                 if config.add_attention {
                     attentions.push(AttentionBlock::new(init, last, config.attention_head_dim, attn_groups, eps, scale, device)?);
                 }
                 let resnets = vec![
-                    ResnetBlock::new(init, last, last, temb, groups, eps, scale, device)?,
-                    ResnetBlock::new(init, last, last, temb, groups, eps, scale, device)?,
+                    ResnetBlock::new(init, last, last, temb, groups, eps, scale, scale_shift, device)?,
+                    ResnetBlock::new(init, last, last, temb, groups, eps, scale, scale_shift, device)?,
                 ];
                 Some(Block { resnets, attentions, resampler: None })
             }
@@ -480,9 +506,9 @@ impl UNet2DModel {
             for j in 0..layers {
                 let skip_c = if j == layers - 1 { in_c } else { out_c };
                 let res_in = if j == 0 { prev_out } else { out_c };
-                resnets.push(ResnetBlock::new(init, res_in + skip_c, out_c, temb, groups, eps, 1.0, device)?);
+                resnets.push(ResnetBlock::new(init, res_in + skip_c, out_c, temb, groups, eps, 1.0, scale_shift, device)?);
                 if kind == "AttnUpBlock2D" {
-                    attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, groups, eps, 1.0, device)?);
+                    attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, Some(groups), eps, 1.0, device)?);
                 }
             }
             let resampler = if i + 1 < n { Some(Conv2d::new(init, out_c, out_c, 3, 1, 1, device)?) } else { None };
