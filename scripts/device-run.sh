@@ -135,8 +135,11 @@ torch|torch_eager)
     fi
     ;;
 recipe)
-    if [ -d "$bundle/data" ]; then
-        export MINIDIFFUSION_FASHION_MNIST="$bundle/data"
+    if [ -f "$bundle/data.tar.xz" ]; then
+        mkdir -p "$here/data"
+        tar -C "$here/data" -xJf "$bundle/data.tar.xz" 2> /dev/null \
+            || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$bundle/data.tar.xz" "$here/data"
+        export MINIDIFFUSION_FASHION_MNIST="$here/data"
         rest=$(left)
         step recipe_train $(( rest > 240 ? rest - 120 : 120 )) "$md" train --config seed --precision bf16 --device cuda --out "$here/seed" \
             --grid-steps 0 --runs-db "$here/runs.db" --json
