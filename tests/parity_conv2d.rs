@@ -207,13 +207,14 @@ fn conv2d_same_bf16_reads_bf16_storage() {
 /// bit for bit (the staged values are those groupnorm_forward writes), and
 /// the CPU twin's two ops within the conv's tolerance: both precisions, with
 /// and without SiLU, both kernel rows and K, chunks left partial (20
-/// channels), multi-image tiles (4×4), every epilogue term. With a gradient
-/// wanted it is the two ops, and the gradient reaches the norm's weight.
+/// channels), multi-image tiles (4×4), every epilogue term; and several convs
+/// of one map (`convs_after_norm`) as each alone. With a gradient wanted it
+/// is the two ops, and the gradient reaches the norm's weight.
 #[test]
 fn conv2d_after_norm_applies_the_norm_in_the_conv() {
     use minidiffusion::device::cuda;
     use minidiffusion::ops::group_norm::{group_norm, group_norm_silu};
-    use minidiffusion::ops::{ConvAdd, NormFirst, Precision, conv2d_after_norm, conv2d_fused, with_precision};
+    use minidiffusion::ops::{ConvAdd, ConvAfter, NormFirst, Precision, conv2d_after_norm, conv2d_fused, convs_after_norm, with_precision};
     use minidiffusion::testing::{assert_close, parity_device, randn};
     use minidiffusion::{Device, Tensor, no_grad};
     let device = parity_device();
@@ -254,6 +255,12 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
                 assert_eq!(fused, composed(&t), "{what}: the conv's norm against the two ops on {device}");
                 let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
                 assert_close(&what, &fused, &composed(&on(Device::Cpu)), tol.atol, tol.rtol);
+                // several convs of one normalised map (the attention block's q, k, v): the same per conv
+                let plain = ConvAfter { weight: &t[3], bias: None, add: ConvAdd::default(), params: p };
+                let both = no_grad(|| convs_after_norm(&t[0], norm, &[ConvAfter { weight: &t[3], bias: Some(&t[4]), add, params: p }, plain])).unwrap();
+                assert_eq!(both[0].to_vec(), fused, "{what}: first of two convs");
+                let alone = no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], None, ConvAdd::default(), p)).unwrap();
+                assert_eq!(both[1].to_vec(), alone.to_vec(), "{what}: second of two convs");
             }
         }
         // with a gradient wanted: the two ops, on the tape

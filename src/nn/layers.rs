@@ -120,21 +120,6 @@ impl GroupNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::group_norm(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps)
     }
-
-    /// `forward` for an output only convolutions read (the attention block's
-    /// projections), stored as `ops::precision::conv_input_storage` says.
-    pub fn forward_into_convs(&self, x: &Tensor) -> Result<Tensor> {
-        let store = ops::precision::conv_input_storage();
-        ops::group_norm::group_norm_stored(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps, store)
-    }
-
-    /// silu(group_norm(x)) in one fused op: the pair every resnet block and the
-    /// output head chain, always into a convolution — so it is stored as
-    /// `ops::precision::conv_input_storage` says.
-    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        let store = ops::precision::conv_input_storage();
-        ops::group_norm::group_norm_silu_stored(x, self.groups, Some(&self.weight), Some(&self.bias), self.eps, store)
-    }
 }
 
 impl Module for GroupNorm {

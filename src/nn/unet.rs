@@ -352,27 +352,30 @@ impl AttentionBlock {
         let _nvtx = nvtx::range("Attention");
         let (b, h, w) = (x.dims()[0], x.dims()[2], x.dims()[3]);
         let pixels = h * w;
-        // read only by the three projections (1×1 convolutions)
-        let normed = match &self.group_norm {
-            Some(norm) => norm.forward_into_convs(x)?,
-            None => x.clone(),
-        };
         let inner = self.to_q.weight.dims()[0];
         let head_dim = inner / self.heads;
-        // W·X + b for one of the block's linear layers: a 1×1 convolution
-        // with the [out, in] weight viewed as [out, in, 1, 1]
-        let project = |layer: &Linear, input: &Tensor, residual: Option<&Tensor>| -> Result<Tensor> {
-            let [out_c, in_c] = [layer.weight.dims()[0], layer.weight.dims()[1]];
-            let weight = ops::reshape(&layer.weight, [out_c, in_c, 1, 1])?;
-            ops::conv2d_fused(input, &weight, layer.bias.as_ref(), ConvAdd { sample_bias: None, residual }, Conv2dParams::default())
+        // each linear layer as a 1×1 convolution, its [out, in] weight viewed as [out, in, 1, 1]
+        let as_conv = |layer: &Linear| ops::reshape(&layer.weight, [layer.weight.dims()[0], layer.weight.dims()[1], 1, 1]);
+        let (wq, wk, wv, wo) = (as_conv(&self.to_q)?, as_conv(&self.to_k)?, as_conv(&self.to_v)?, as_conv(&self.to_out)?);
+        fn projection<'a>(weight: &'a Tensor, layer: &'a Linear) -> ops::ConvAfter<'a> {
+            ops::ConvAfter { weight, bias: layer.bias.as_ref(), add: ConvAdd::default(), params: Conv2dParams::default() }
+        }
+        let qkv = [projection(&wq, &self.to_q), projection(&wk, &self.to_k), projection(&wv, &self.to_v)];
+        // the group norm is read only by the three projections (at inference on
+        // CUDA they apply it as they read x: `ops::convs_after_norm`)
+        let projected = match &self.group_norm {
+            Some(norm) => {
+                let first = ops::NormFirst { groups: norm.groups, weight: Some(&norm.weight), bias: Some(&norm.bias), eps: norm.eps, silu: false };
+                ops::convs_after_norm(x, first, &qkv)?
+            }
+            None => qkv.iter().map(|c| ops::conv2d_fused(x, c.weight, c.bias, c.add, c.params)).collect::<Result<_>>()?,
         };
-        let heads = |t: Tensor| ops::reshape(&t, [b, self.heads, head_dim, pixels]);
-        let q = heads(project(&self.to_q, &normed, None)?)?;
-        let k = heads(project(&self.to_k, &normed, None)?)?;
-        let v = heads(project(&self.to_v, &normed, None)?)?;
+        let heads = |t: &Tensor| ops::reshape(t, [b, self.heads, head_dim, pixels]);
+        let (q, k, v) = (heads(&projected[0])?, heads(&projected[1])?, heads(&projected[2])?);
         let o = ops::attention_columns(&q, &k, &v, 1.0 / (head_dim as f32).sqrt())?;
         // to_out adds the residual x as it stores
-        let out = project(&self.to_out, &ops::reshape(&o, [b, inner, h, w])?, Some(x))?;
+        let to_out = ConvAdd { sample_bias: None, residual: Some(x) };
+        let out = ops::conv2d_fused(&ops::reshape(&o, [b, inner, h, w])?, &wo, self.to_out.bias.as_ref(), to_out, Conv2dParams::default())?;
         if self.rescale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.rescale) }
     }
 }

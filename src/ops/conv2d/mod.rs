@@ -118,22 +118,42 @@ pub struct NormFirst<'a> {
 /// bit, as the two ops). Otherwise the two ops, the normalised map stored as
 /// `precision::conv_input_storage` says.
 pub fn conv2d_after_norm(x: &Tensor, norm: NormFirst, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
+    let mut out = convs_after_norm(x, norm, &[ConvAfter { weight, bias, add, params: p }])?;
+    Ok(out.remove(0))
+}
+
+/// One of the convolutions [`convs_after_norm`] runs on the normalised map.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvAfter<'a> {
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub add: ConvAdd<'a>,
+    pub params: Conv2dParams,
+}
+
+/// [`conv2d_after_norm`] for several convolutions of the same normalised map
+/// (the attention block's q, k and v projections): the norm's statistics are
+/// computed once, and at inference on CUDA each conv applies them as it reads x.
+pub fn convs_after_norm(x: &Tensor, norm: NormFirst, convs: &[ConvAfter]) -> Result<Vec<Tensor>> {
     let _nvtx = crate::device::nvtx::range("conv2d_after_norm");
-    let inputs = [Some(x), Some(weight), bias, norm.weight, norm.bias, add.sample_bias, add.residual];
+    let mut inputs = vec![Some(x), norm.weight, norm.bias];
+    for c in convs {
+        inputs.extend([Some(c.weight), c.bias, c.add.sample_bias, c.add.residual]);
+    }
     let grad_wanted = crate::autograd::is_grad_enabled() && inputs.iter().flatten().any(|t| t.requires_grad());
     let fused = !grad_wanted
         && matches!(x.device(), Device::Cuda(_))
         && x.dtype() == DType::F32
-        && geometry(x, weight, bias, p).is_ok_and(|g| cuda::same_conv_takes(&g));
+        && convs.iter().all(|c| geometry(x, c.weight, c.bias, c.params).is_ok_and(|g| cuda::same_conv_takes(&g)));
     if fused {
         let (mean, scale, shift) = crate::ops::group_norm::cuda_affine(x, norm.groups, norm.weight, norm.bias, norm.eps)?;
         let input_norm = cuda::InputNorm { mean: &mean, scale: &scale, shift: &shift, silu: norm.silu };
-        return conv2d_with(x, Some(&input_norm), weight, bias, add, p);
+        return convs.iter().map(|c| conv2d_with(x, Some(&input_norm), c.weight, c.bias, c.add, c.params)).collect();
     }
     use crate::ops::group_norm::{group_norm_silu_stored, group_norm_stored};
     let store = precision::conv_input_storage();
     let normed = if norm.silu { group_norm_silu_stored } else { group_norm_stored }(x, norm.groups, norm.weight, norm.bias, norm.eps, store)?;
-    conv2d_fused(&normed, weight, bias, add, p)
+    convs.iter().map(|c| conv2d_fused(&normed, c.weight, c.bias, c.add, c.params)).collect()
 }
 
 /// [`conv2d_fused`], with `input_norm` (CUDA, no gradient) applied to x as
