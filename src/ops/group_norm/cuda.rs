@@ -45,24 +45,33 @@ pub fn forward(
         return Ok((y, SavedStats { mean: backend.zeros(groups_total)?, rstd: backend.zeros(groups_total)? }));
     }
     let (mean, rstd) = (backend.alloc(groups_total)?, backend.alloc(groups_total)?);
+    let mut args = vec![y.arg(), mean.arg(), rstd.arg()];
+    args.extend(per_group_args(x, d, weight, bias, eps)?);
+    args.push(Arg::I32(silu as i32));
+    let kernel = if store == DType::BF16 { "groupnorm_forward_bf16" } else { "groupnorm_forward" };
+    backend.launch(kernel, per_group_blocks(d), &args)?;
+    Ok((y, SavedStats { mean, rstd }))
+}
+
+/// The arguments the per-group forward kernels share after their outputs:
+/// x, γ, β, the group count N·G, G, C/G, S and eps.
+fn per_group_args(x: &CudaBuffer, d: GroupNormDims, weight: Option<&CudaBuffer>, bias: Option<&CudaBuffer>, eps: f32) -> Result<[Arg; 8]> {
     elems(OP, x.len())?;
-    let args = [
-        y.arg(),
-        mean.arg(),
-        rstd.arg(),
+    Ok([
         x.arg(),
         opt_arg(weight),
         opt_arg(bias),
-        Arg::I32(elems(OP, groups_total)?),
+        Arg::I32(elems(OP, d.n * d.groups)?),
         Arg::I32(d.groups as i32),
         Arg::I32(d.cg() as i32),
         Arg::I32(d.s as i32),
         Arg::F32(eps),
-        Arg::I32(silu as i32),
-    ];
-    let kernel = if store == DType::BF16 { "groupnorm_forward_bf16" } else { "groupnorm_forward" };
-    backend.launch(kernel, LaunchConfig::blocks(groups_total.min(MAX_BLOCKS), THREADS), &args)?;
-    Ok((y, SavedStats { mean, rstd }))
+    ])
+}
+
+/// One block per group (n, g), the kernels grid-striding past MAX_BLOCKS.
+fn per_group_blocks(d: GroupNormDims) -> LaunchConfig {
+    LaunchConfig::blocks((d.n * d.groups).min(MAX_BLOCKS), THREADS)
 }
 
 /// The group norm of `x` as a per-(image, channel) affine, each [N·C]:
@@ -71,27 +80,15 @@ pub fn forward(
 /// it reads x: `ops::conv2d::conv2d_after_norm`).
 pub fn affine(x: &CudaBuffer, d: GroupNormDims, weight: Option<&CudaBuffer>, bias: Option<&CudaBuffer>, eps: f32) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
     let backend = x.backend();
-    let (groups_total, nc) = (d.n * d.groups, d.n * d.c);
+    let nc = d.n * d.c;
     if d.m() == 0 {
         // no values: the statistics are 0 as in forward (nothing reads them)
         return Ok((backend.zeros(nc)?, backend.zeros(nc)?, backend.zeros(nc)?));
     }
     let (mean, scale, shift) = (backend.alloc(nc)?, backend.alloc(nc)?, backend.alloc(nc)?);
-    elems(OP, x.len())?;
-    let args = [
-        mean.arg(),
-        scale.arg(),
-        shift.arg(),
-        x.arg(),
-        opt_arg(weight),
-        opt_arg(bias),
-        Arg::I32(elems(OP, groups_total)?),
-        Arg::I32(d.groups as i32),
-        Arg::I32(d.cg() as i32),
-        Arg::I32(d.s as i32),
-        Arg::F32(eps),
-    ];
-    backend.launch("groupnorm_affine", LaunchConfig::blocks(groups_total.min(MAX_BLOCKS), THREADS), &args)?;
+    let mut args = vec![mean.arg(), scale.arg(), shift.arg()];
+    args.extend(per_group_args(x, d, weight, bias, eps)?);
+    backend.launch("groupnorm_affine", per_group_blocks(d), &args)?;
     Ok((mean, scale, shift))
 }
 
@@ -134,7 +131,7 @@ pub fn backward(
         Arg::I32(d.s as i32),
         Arg::I32(silu as i32),
     ];
-    backend.launch("groupnorm_backward", LaunchConfig::blocks(groups_total.min(MAX_BLOCKS), THREADS), &args)?;
+    backend.launch("groupnorm_backward", per_group_blocks(d), &args)?;
     let (dw, db) = (backend.alloc(d.c)?, backend.alloc(d.c)?);
     let args = [dw.arg(), db.arg(), partials.arg(), Arg::I32(d.n as i32), Arg::I32(d.c as i32)];
     backend.launch("groupnorm_backward_params", LaunchConfig::for_elems(d.c, THREADS), &args)?;
