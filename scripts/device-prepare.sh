@@ -5,9 +5,11 @@
 # into device-bundle/ (git-ignored), which is carried to the GPU machine.
 # Then, on the GPU machine:  bash device-bundle/device-run.sh "$OUT"
 #
-# DEVICE_TESTS=0 leaves the test binaries out and DEVICE_DATA=1 adds the
-# Fashion-MNIST files (27 MB as xz): the bundle for the `recipe` stage (the seed
-# recipe and its FID), which would not fit the carry limit with both.
+# DEVICE_TESTS=0 leaves the test binaries (and the diffusers wheels) out and
+# DEVICE_DATA=1 adds the Fashion-MNIST files (26 MB as xz): the bundle for the
+# `recipe` stage (the seed recipe and its FID). Tests, data and wheels together
+# pass the carry limit; DEVICE_DATA=1 DEVICE_WHEELS=0 (tests and data, no
+# PyTorch baseline) fits. The script prints what will travel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +20,10 @@ export MINIDIFFUSION_REQUIRE_NVCC=1
 # of kernels in each of the ~17 binaries)
 export MINIDIFFUSION_CUDA_ARCHS="${MINIDIFFUSION_CUDA_ARCHS:-90}"
 
-bundle=device-bundle
+# DEVICE_BUNDLE names another folder (device-bundle-*, git-ignored too), so
+# that two bundles can be made ahead and carried by two calls in a row
+bundle="${DEVICE_BUNDLE:-device-bundle}"
+case "$bundle" in device-bundle | device-bundle-*) ;; *) echo "DEVICE_BUNDLE must be device-bundle or device-bundle-NAME"; exit 2 ;; esac
 rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/tests"
 
@@ -56,8 +61,9 @@ cp scripts/device-run.sh "$bundle/"
 if [ ! -f .whl/diffusers-0.42.1-py3-none-any.whl ]; then
     python3 -m pip download -q --no-deps --only-binary=:all: -d .whl diffusers==0.42.1 importlib_metadata || echo "no diffusers wheel: the PyTorch baseline will be skipped"
 fi
-# (not in the recipe bundle: it runs no PyTorch, and the data takes the room)
-if [ "${DEVICE_TESTS:-1}" != 0 ] && ls .whl/*.whl > /dev/null 2>&1; then
+# (not in the recipe bundle: it runs no PyTorch, and the data takes the room;
+# DEVICE_WHEELS=0 leaves them out of a test bundle too)
+if [ "${DEVICE_WHEELS:-${DEVICE_TESTS:-1}}" != 0 ] && ls .whl/*.whl > /dev/null 2>&1; then
     mkdir -p "$bundle/wheels" && cp .whl/diffusers-*.whl .whl/importlib_metadata-*.whl "$bundle/wheels/"
 fi
 data=/usr/share/datasets/fashion-mnist
@@ -74,3 +80,11 @@ git rev-parse HEAD > "$bundle/COMMIT"
 git status --porcelain | grep -q . && echo "dirty" >> "$bundle/COMMIT" || true
 du -sh "$bundle"
 ls -la "$bundle"
+# what travels: the tree (tracked and untracked files git does not ignore) and the bundle
+tree_bytes=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 -r stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+bundle_bytes=$(du -sb "$bundle" | cut -f1)
+total=$((tree_bytes + bundle_bytes))
+echo "carried: tree $tree_bytes + bundle $bundle_bytes = $total bytes of 67108864 (64 MiB)"
+if [ "$total" -gt 67108864 ]; then
+    echo "WARNING: over the device tool's 64 MiB carry limit: leave out the wheels (DEVICE_WHEELS=0), the tests (DEVICE_TESTS=0) or the data"
+fi
