@@ -198,17 +198,25 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
     }
 }
 
-// Backward, step 2: the parameter gradients, one thread per channel c summing
-// the per-sample partials in order n = 0, 1, ... (as the CPU twin, so the
-// result is deterministic):  dβ_c = Σ_n A_nc,  dγ_c = Σ_n B_nc.
-extern "C" __global__ void groupnorm_backward_params(float* __restrict__ dgamma, float* __restrict__ dbeta,
-                                                     const double* __restrict__ partials, int n, int c) {
-    for (int ch = global_index(); ch < c; ch += grid_stride()) {
-        double a = 0.0, b = 0.0;
-        for (int k = 0; k < n; ++k) {
-            a += partials[2 * ((long long)k * c + ch)];
-            b += partials[2 * ((long long)k * c + ch) + 1];
-        }
+// Backward, step 2: the parameter gradients, one warp per channel c (8 per
+// 256-thread block): lane l sums the per-sample partials n = l, l + 32, … in
+// f64, then a warp sum (a fixed order: deterministic)
+//   dβ_c = Σ_n A_nc,  dγ_c = Σ_n B_nc.
+// (One thread per channel summed all N in order: at 32 channels and N = 512,
+// 32 busy threads for 58 µs.) grid = ⌈C/8⌉, block = 256.
+extern "C" __global__ void __launch_bounds__(256)
+    groupnorm_backward_params(float* __restrict__ dgamma, float* __restrict__ dbeta,
+                              const double* __restrict__ partials, int n, int c) {
+    const int ch = (int)blockIdx.x * 8 + (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    if (ch >= c) return;  // the whole warp leaves together
+    double a = 0.0, b = 0.0;
+    for (int k = lane; k < n; k += 32) {
+        a += partials[2 * ((long long)k * c + ch)];
+        b += partials[2 * ((long long)k * c + ch) + 1];
+    }
+    a = warp_sum_d(a);
+    b = warp_sum_d(b);
+    if (lane == 0) {
         dbeta[ch] = (float)a;
         dgamma[ch] = (float)b;
     }

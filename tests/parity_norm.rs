@@ -18,9 +18,12 @@ const TOL: ParityTol = ParityTol::REDUCTION;
 /// (x shape, group counts) covering groups 1, 2 and C, odd spatial sizes
 /// (5×7), rank 2 and rank 5, groups larger than the 256-thread block
 /// (1×4×9×11 with one group: 396 values) and more channels per group than
-/// warps per block (20 channels in one group: three rounds of 8 warps).
+/// warps per block (20 channels in one group: three rounds of 8 warps), and
+/// more samples than a warp's lanes for the parameter gradients (33 samples,
+/// 9 channels: a warp per channel, two blocks of 8).
 const GN_CASES: &[(&[usize], &[usize])] = &[
     (&[2, 6, 5, 7], &[1, 2, 6]),
+    (&[33, 9, 1], &[1]),
     (&[3, 4, 5], &[1, 2, 4]),
     (&[3, 6], &[1, 3]),
     (&[2, 3, 2, 3, 2], &[3]),

@@ -134,6 +134,6 @@ pub fn backward(
     backend.launch("groupnorm_backward", per_group_blocks(d), &args)?;
     let (dw, db) = (backend.alloc(d.c)?, backend.alloc(d.c)?);
     let args = [dw.arg(), db.arg(), partials.arg(), Arg::I32(d.n as i32), Arg::I32(d.c as i32)];
-    backend.launch("groupnorm_backward_params", LaunchConfig::for_elems(d.c, THREADS), &args)?;
+    backend.launch("groupnorm_backward_params", LaunchConfig::blocks(d.c.div_ceil(8), THREADS), &args)?;
     Ok((dx, dw, db))
 }
