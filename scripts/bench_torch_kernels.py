@@ -31,15 +31,18 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     cases = []
-    for ci, co, hw in [(32, 32, 32), (64, 64, 16), (128, 128, 8), (256, 256, 4)]:
+    # the seed UNet's 3x3 convs per level, and its attention blocks' 1x1 projections
+    convs = [(32, 32, 32, 3), (64, 64, 16, 3), (128, 128, 8, 3), (256, 256, 4, 3), (64, 64, 16, 1), (128, 128, 8, 1), (256, 256, 4, 1)]
+    for ci, co, hw, k in convs:
         x = torch.randn(b, ci, hw, hw, device=dev, dtype=prod, requires_grad=True)
-        w = (0.05 * torch.randn(co, ci, 3, 3, device=dev, dtype=prod)).requires_grad_()
+        w = (0.05 * torch.randn(co, ci, k, k, device=dev, dtype=prod)).requires_grad_()
         bias = torch.randn(co, device=dev, dtype=prod, requires_grad=True)
-        flops = 2.0 * b * co * hw * hw * ci * 9
+        flops = 2.0 * b * co * hw * hw * ci * k * k
         nbytes = 4.0 * (x.numel() + b * co * hw * hw + w.numel())
-        shape = f"{b}x{ci}x{hw}x{hw}->{co} k3"
-        cases.append(("conv2d_forward", shape, flops, nbytes, lambda x=x, w=w, bias=bias: F.conv2d(x, w, bias, padding=1)))
-        y = F.conv2d(x, w, bias, padding=1).sum()
+        shape = f"{b}x{ci}x{hw}x{hw}->{co} k{k}"
+        pad = k // 2
+        cases.append(("conv2d_forward", shape, flops, nbytes, lambda x=x, w=w, bias=bias, pad=pad: F.conv2d(x, w, bias, padding=pad)))
+        y = F.conv2d(x, w, bias, padding=pad).sum()
         cases.append(("conv2d_backward", shape, 2 * flops, 2 * nbytes,
                       lambda y=y, x=x, w=w, bias=bias: torch.autograd.grad(y, (x, w, bias), retain_graph=True)))
     m, k, n = b * 256, 64, 192

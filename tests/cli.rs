@@ -43,7 +43,7 @@ fn bench_kernels_runs_on_cpu() {
     let args = ["bench", "kernels", "--device", "cpu", "--batch-size", "1", "--iters", "1", "--only", "xbf16", "--precision", "bf16", "--json"];
     let (code, stdout, stderr) = run(&args);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(stdout.matches("\"kernel\":\"conv2d_forward_xbf16\"").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches("\"kernel\":\"conv2d_forward_xbf16\"").count(), 7, "{stdout}");
 }
 
 #[test]

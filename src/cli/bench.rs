@@ -137,13 +137,16 @@ fn randn(dims: &[usize], seed: u64, device: Device) -> Result<Tensor> {
 
 fn cases(b: usize, device: Device) -> Result<Vec<Case>> {
     let mut out = Vec::new();
-    for &(ci, co, hw) in &[(32, 32, 32), (64, 64, 16), (128, 128, 8), (256, 256, 4)] {
+    // the seed UNet's 3×3 convs per level, and the 1×1 convs of its attention
+    // blocks (q, k, v and out projections)
+    let convs = [(32, 32, 32, 3), (64, 64, 16, 3), (128, 128, 8, 3), (256, 256, 4, 3), (64, 64, 16, 1), (128, 128, 8, 1), (256, 256, 4, 1)];
+    for &(ci, co, hw, k) in &convs {
         let x = randn(&[b, ci, hw, hw], 1, device)?.detach().requires_grad_();
-        let w = ops::mul_scalar(&randn(&[co, ci, 3, 3], 2, device)?, 0.05)?.detach().requires_grad_();
+        let w = ops::mul_scalar(&randn(&[co, ci, k, k], 2, device)?, 0.05)?.detach().requires_grad_();
         let bias = randn(&[co], 3, device)?.detach().requires_grad_();
-        let p = Conv2dParams { stride: 1, padding: 1 };
-        let flops = 2.0 * (b * co * hw * hw * ci * 9) as f64;
-        let shape = format!("{b}x{ci}x{hw}x{hw}->{co} k3");
+        let p = Conv2dParams { stride: 1, padding: k / 2 };
+        let flops = 2.0 * (b * co * hw * hw * ci * k * k) as f64;
+        let shape = format!("{b}x{ci}x{hw}x{hw}->{co} k{k}");
         let bytes = 4.0 * (x.numel() + b * co * hw * hw + w.numel()) as f64;
         let (x2, w2, b2) = (x.clone(), w.clone(), bias.clone());
         out.push(Case {
