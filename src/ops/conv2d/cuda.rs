@@ -186,9 +186,6 @@ const SAME_WEIGHT_GRAD_KERNELS: SameKernels = [
     ],
 ];
 
-/// The kernel of `names` for precision `prec`, an input stored as `x_dtype`,
-/// `bm` block rows and a K×K kernel (K 1 or 3). A bf16-stored input is read
-/// as it is only at the bf16 precision.
 /// The forward kernels that apply the input's group norm as they stage it, by
 /// [precision f32, bf16][block rows 32, 64][K 1, 3].
 const SAME_FORWARD_NORM_KERNELS: [[[&str; 2]; 2]; 2] = [
@@ -217,6 +214,9 @@ struct Prologue {
     pad: i32,
 }
 
+/// The kernel of `names` for precision `prec`, an input stored as `x_dtype`,
+/// `bm` block rows and a K×K kernel (K 1 or 3). A bf16-stored input is read
+/// as it is only at the bf16 precision.
 fn same_kernel(names: &SameKernels, prec: Precision, x_dtype: DType, bm: usize, k: usize) -> Result<&'static str> {
     let variant = match (prec, x_dtype) {
         (Precision::F32, DType::F32) => 0,

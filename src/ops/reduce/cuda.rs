@@ -27,7 +27,7 @@ pub fn sum_keepdim(x: &CudaBuffer, in_shape: &Shape, keep_shape: &Shape) -> Resu
         tail -= 1;
     }
     let run: usize = dims[tail..].iter().product();
-    let rows = if run == 0 { 0 } else { in_shape.numel() / run };
+    let rows = in_shape.numel().checked_div(run).unwrap_or(0);
     // a warp per row: worth it for many rows or short ones (few long sums
     // keep the split path, which spreads each over many blocks)
     if run >= 2 && rows > 0 && (rows >= ROWS_MIN || run <= ROWS_SHORT_RUN) {
