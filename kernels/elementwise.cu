@@ -47,12 +47,16 @@ extern "C" __global__ void affine_f32(float* out, const float* x, float scale, f
 #define ACT_RELU 1
 #define ACT_LEAKY 2    // x > 0 ? x : leak·x
 #define ACT_GENERAL 3  // leaky − sub (miniai's GeneralRelu)
+#define ACT_MISH 4     // x·tanh(softplus(x))
+#define ACT_GELU 5     // x·Φ(x) = x·(1 + erf(x/√2))/2 (exact, not the tanh form)
 
 __device__ __forceinline__ float activation_value(int act, float x, float leak, float sub) {
     switch (act) {
         case ACT_SILU: return x / (1.0f + expf(-x));  // x·σ(x)
         case ACT_RELU: return fmaxf(x, 0.0f);
         case ACT_LEAKY: return x > 0.0f ? x : leak * x;
+        case ACT_MISH: return x * tanhf(log1pf(expf(x)));
+        case ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678f));
         default: return (x > 0.0f ? x : leak * x) - sub;
     }
 }
@@ -64,6 +68,13 @@ __device__ __forceinline__ float activation_slope(int act, float x, float leak) 
             return s * (1.0f + x * (1.0f - s));
         }
         case ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;
+        case ACT_MISH: {  // t + x·σ(x)·(1 − t²), t = tanh(softplus(x))
+            float t = tanhf(log1pf(expf(x)));
+            float s = 1.0f / (1.0f + expf(-x));
+            return t + x * s * (1.0f - t * t);
+        }
+        case ACT_GELU:  // Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π)
+            return 0.5f * (1.0f + erff(x * 0.70710678f)) + x * expf(-0.5f * x * x) * 0.39894228f;
         default: return x > 0.0f ? 1.0f : leak;
     }
 }

@@ -1,4 +1,4 @@
-//! SiLU, ReLU, leaky ReLU, GeneralRelu: values and gradient checks.
+//! SiLU, ReLU, leaky ReLU, GeneralRelu, Mish, GELU: values and gradient checks.
 
 use minidiffusion::testing::{GradTol, assert_close, grad_check_at, randn};
 use minidiffusion::{Shape, Tensor, ops};
@@ -44,4 +44,41 @@ fn leaky_relu_grad() {
 #[test]
 fn general_relu_grad() {
     grad_check_at("general_relu", vec![(away_from_zero(40, 4), Shape::from([4, 10]))], |x| ops::general_relu(&x[0], 0.1, 0.4), GradTol::default());
+}
+
+/// Mish and GELU against their f64 formulas (libm's f64 tanh/log1p/erf),
+/// including the tails where exp over- or underflows in f32.
+#[test]
+fn mish_and_gelu_values() {
+    let xs = [-100.0f32, -20.0, -3.0, -1.0, -0.25, 0.0, 0.5, 1.0, 2.5, 15.0, 100.0];
+    let mish: Vec<f32> = xs.iter().map(|&v| {
+        let v = v as f64;
+        (v * libm::tanh(libm::log1p(libm::exp(v)))) as f32
+    }).collect();
+    let gelu: Vec<f32> = xs.iter().map(|&v| {
+        let v = v as f64;
+        (0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))) as f32
+    }).collect();
+    assert_close("mish", &ops::mish(&t(&xs)).unwrap().to_vec(), &mish, 1e-6, 1e-6);
+    assert_close("gelu", &ops::gelu(&t(&xs)).unwrap().to_vec(), &gelu, 1e-6, 1e-6);
+    // the exact GELU, not the tanh approximation: gelu(1) = Φ(1) = 0.841344746
+    assert_close("gelu(1)", &ops::gelu(&t(&[1.0])).unwrap().to_vec(), &[0.841_344_75], 1e-7, 0.0);
+    for name in ["silu", "swish", "mish", "gelu", "relu"] {
+        assert!(ops::Activation::from_diffusers(name).is_some(), "{name}");
+    }
+    assert_eq!(ops::Activation::from_diffusers("tanh"), None);
+}
+
+#[test]
+fn mish_grad() {
+    let mut x = randn(&[3, 20], 5);
+    x.extend([-12.0, 9.0]);
+    grad_check_at("mish", vec![(x, Shape::from([62]))], |x| ops::mish(&x[0]), GradTol::default());
+}
+
+#[test]
+fn gelu_grad() {
+    let mut x = randn(&[3, 20], 6);
+    x.extend([-6.0, 5.0]);
+    grad_check_at("gelu", vec![(x, Shape::from([62]))], |x| ops::gelu(&x[0]), GradTol::default());
 }

@@ -40,6 +40,11 @@ fn activation_parity() {
     parity_check("relu", &[&[777]], |x| ops::relu(&x[0]), ParityTol::EXACTISH);
     parity_check("leaky_relu", &[&[777]], |x| ops::leaky_relu(&x[0], 0.1), ParityTol::EXACTISH);
     parity_check("general_relu", &[&[5, 155]], |x| ops::general_relu(&x[0], 0.1, 0.4), ParityTol::EXACTISH);
+    // tanhf/log1pf/erff of the GPU's libdevice vs the libm crate: a few ulp
+    // (spread to ±30 so the tails where expf over- or underflows are covered)
+    let wide = || vec![(randn(&[903], 8).iter().map(|v| 8.0 * v).collect(), Shape::from([3, 301]))];
+    parity_check_at("mish", wide(), |x| ops::mish(&x[0]), ParityTol::EXACTISH);
+    parity_check_at("gelu", wide(), |x| ops::gelu(&x[0]), ParityTol::EXACTISH);
 }
 
 #[test]

@@ -5,6 +5,9 @@ use crate::ops::PARALLEL_THRESHOLD;
 use crate::ops::fast_math::{self, map, map2};
 use rayon::prelude::*;
 
+/// 1/√(2π).
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
 impl Activation {
     /// f(x).
     #[inline(always)]
@@ -18,6 +21,10 @@ impl Activation {
             }
             // miniai's GeneralRelu: leaky_relu(x, leak) − sub
             Activation::GeneralRelu { leak, sub } => (if x > 0.0 { x } else { leak * x }) - sub,
+            // x·tanh(ln(1 + eˣ)), as PyTorch computes it
+            Activation::Mish => x * libm::tanhf(libm::log1pf(libm::expf(x))),
+            // x·Φ(x) = x·(1 + erf(x/√2))/2
+            Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
         }
     }
 
@@ -35,6 +42,16 @@ impl Activation {
             }
             Activation::LeakyRelu { slope } | Activation::GeneralRelu { leak: slope, .. } => {
                 if x > 0.0 { 1.0 } else { slope }
+            }
+            // with t = tanh(softplus(x)): t + x·σ(x)·(1 − t²)
+            Activation::Mish => {
+                let t = libm::tanhf(libm::log1pf(libm::expf(x)));
+                t + x * (1.0 / (1.0 + libm::expf(-x))) * (1.0 - t * t)
+            }
+            // Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π)
+            Activation::Gelu => {
+                let phi = libm::expf(-0.5 * x * x) * FRAC_1_SQRT_2PI;
+                0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)) + x * phi
             }
         }
     }

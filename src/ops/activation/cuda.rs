@@ -15,6 +15,8 @@ impl Activation {
             Activation::Relu => (1, 0.0, 0.0),
             Activation::LeakyRelu { slope } => (2, slope, 0.0),
             Activation::GeneralRelu { leak, sub } => (3, leak, sub),
+            Activation::Mish => (4, 0.0, 0.0),
+            Activation::Gelu => (5, 0.0, 0.0),
         }
     }
 }

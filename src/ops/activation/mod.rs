@@ -1,4 +1,5 @@
-//! SiLU, ReLU, leaky ReLU and miniai's GeneralRelu. Backward: dx = dy·f'(x).
+//! SiLU, ReLU, leaky ReLU, miniai's GeneralRelu, Mish and GELU (the
+//! activations diffusers' `act_fn` names). Backward: dx = dy·f'(x).
 
 pub mod cpu;
 pub mod cuda;
@@ -16,6 +17,23 @@ pub enum Activation {
     LeakyRelu { slope: f32 },
     /// leaky_relu(x, leak) − sub (the lesson's classifier uses leak 0.1, sub 0.4).
     GeneralRelu { leak: f32, sub: f32 },
+    /// x·tanh(softplus(x)) (PyTorch's nn.Mish).
+    Mish,
+    /// x·Φ(x), the exact (erf) GELU (PyTorch's nn.GELU()).
+    Gelu,
+}
+
+impl Activation {
+    /// diffusers' `act_fn` names (`get_activation`): swish and silu are SiLU.
+    pub fn from_diffusers(name: &str) -> Option<Activation> {
+        Some(match name {
+            "silu" | "swish" => Activation::Silu,
+            "mish" => Activation::Mish,
+            "gelu" => Activation::Gelu,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
 }
 
 /// y = f(x) elementwise.
@@ -57,4 +75,10 @@ pub fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
 }
 pub fn general_relu(x: &Tensor, leak: f32, sub: f32) -> Result<Tensor> {
     activation(x, Activation::GeneralRelu { leak, sub })
+}
+pub fn mish(x: &Tensor) -> Result<Tensor> {
+    activation(x, Activation::Mish)
+}
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    activation(x, Activation::Gelu)
 }
