@@ -6,6 +6,9 @@
 //   neg_log_period = f32(−ln(max_period)) computed on the host in f64
 //   arg = t · f_i;  slot i: sin(arg), slot half + i: cos(arg)   (swapped with flip)
 //   odd dim: the last column is 0.
+//
+// And diffusers' GaussianFourierProjection (log=True) for noise levels σ:
+//   p_j = ((ln σ · W_j) · 2) · π;  slot j: sin(p_j), slot D + j: cos(p_j)   (swapped with flip)
 #include "common.cuh"
 
 extern "C" __global__ void timestep_embedding_f32(float* out, const float* t, int rows, int dim, int half, int flip,
@@ -24,5 +27,20 @@ extern "C" __global__ void timestep_embedding_f32(float* out, const float* t, in
         // Without flip the first half is sin; with flip it is cos.
         const bool is_sin = first_half != (flip != 0);
         out[idx] = is_sin ? sinf(arg) : cosf(arg);
+    }
+}
+
+// out [N, 2D] from σ [N] and W [D]; one thread per output element.
+extern "C" __global__ void fourier_embedding_f32(float* out, const float* sigma, const float* w, int rows, int dim, int flip,
+                                                 float pi) {
+    const int n = rows * 2 * dim;
+    for (int idx = global_index(); idx < n; idx += grid_stride()) {
+        const int row = idx / (2 * dim), col = idx % (2 * dim);
+        const bool first_half = col < dim;
+        const int j = first_half ? col : col - dim;
+        // (the multiplies kept apart: no fused multiply-add, as on the CPU)
+        const float p = __fmul_rn(__fmul_rn(__fmul_rn(logf(sigma[row]), w[j]), 2.0f), pi);
+        const bool is_sin = first_half != (flip != 0);
+        out[idx] = is_sin ? sinf(p) : cosf(p);
     }
 }

@@ -70,3 +70,23 @@ fn lookup_cuda_equals_cpu() {
     assert_eq!(&out[..2], &[1.0, 1.0]);
     assert!(out[2..].iter().all(|v| v.is_nan()), "{out:?}");
 }
+
+/// The Gaussian Fourier features (kernels/embedding.cu) against the CPU twin:
+/// the same f32 order, so only logf/sinf/cosf ulps differ, which |p| ≤ ~300
+/// multiplies (same 2e-4 bar as above); exact on the emulation.
+#[test]
+fn fourier_cuda_equals_cpu() {
+    let device = parity_device();
+    let sigma = vec![0.002, 0.01, 0.3, 1.0, 2.5, 50.0, 348.0];
+    let w: Vec<f32> = minidiffusion::testing::randn(&[24], 9).iter().map(|v| 16.0 * v).collect();
+    for flip in [false, true] {
+        let cpu = ops::fourier_embedding(&Tensor::from_vec(sigma.clone(), [7]).unwrap(), &Tensor::from_vec(w.clone(), [24]).unwrap(), flip).unwrap();
+        let dev = ops::fourier_embedding(&Tensor::from_vec_on(sigma.clone(), [7], device).unwrap(), &Tensor::from_vec_on(w.clone(), [24], device).unwrap(), flip).unwrap();
+        assert_eq!(dev.device(), device);
+        let (d, c) = (dev.to_vec(), cpu.to_vec());
+        assert_close(&format!("fourier_embedding flip {flip} ({device} vs cpu)"), &d, &c, TOL.atol, TOL.rtol);
+        if matches!(device, Device::Cuda(cd) if cd.emulated) {
+            assert!(d.iter().zip(&c).all(|(a, b)| a.to_bits() == b.to_bits()), "fourier flip {flip}: the emulation must be exact");
+        }
+    }
+}

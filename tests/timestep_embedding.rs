@@ -41,3 +41,31 @@ fn bad_arguments() {
     assert!(ops::timestep_embedding(&Tensor::zeros([2, 1]), 8, true, 0.0, 10000.0).is_err());
     assert!(ops::timestep_embedding(&Tensor::zeros([2]), 1, true, 0.0, 10000.0).is_err());
 }
+
+/// diffusers' GaussianFourierProjection (log=True): [sin p, cos p] with
+/// p = ln(σ)·W·2π, against the f64 formula. |p| reaches ~200 here, so the f32
+/// rounding of p allows ~2e-5 of error in sin/cos.
+#[test]
+fn gaussian_fourier_features() {
+    let sigma = [0.01f32, 0.5, 1.0, 7.0, 80.0];
+    let w = [16.0f32, -3.5, 0.25, 9.0];
+    let s = Tensor::from_vec(sigma.to_vec(), [5]).unwrap();
+    let wt = Tensor::from_vec(w.to_vec(), [4]).unwrap();
+    for flip in [false, true] {
+        let e = ops::fourier_embedding(&s, &wt, flip).unwrap();
+        assert_eq!(e.dims(), &[5, 8]);
+        let want: Vec<f32> = sigma
+            .iter()
+            .flat_map(|&sg| {
+                let p: Vec<f64> = w.iter().map(|&wj| (sg as f64).ln() * wj as f64 * 2.0 * std::f64::consts::PI).collect();
+                let (sin, cos): (Vec<f32>, Vec<f32>) = p.iter().map(|v| (v.sin() as f32, v.cos() as f32)).unzip();
+                if flip { [cos, sin].concat() } else { [sin, cos].concat() }
+            })
+            .collect();
+        assert_close(&format!("fourier flip {flip}"), &e.to_vec(), &want, 1e-4, 0.0);
+    }
+    // σ = 1: ln σ = 0, so every sin is 0 and every cos 1
+    let one = ops::fourier_embedding(&Tensor::from_vec(vec![1.0], [1]).unwrap(), &wt, false).unwrap().to_vec();
+    assert_eq!(one, vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
+    assert!(ops::fourier_embedding(&s, &Tensor::zeros_on([2, 2], minidiffusion::Device::Cpu).unwrap(), false).is_err());
+}

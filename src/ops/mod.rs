@@ -38,7 +38,7 @@ pub use precision::{Precision, with_precision};
 pub use reduce::{broadcast_to, mean, mean_all, sum, sum_all, sum_to};
 pub use resample::{avg_pool2x2, upsample_nearest2x};
 pub use softmax::softmax;
-pub use timestep_embedding::timestep_embedding;
+pub use timestep_embedding::{fourier_embedding, timestep_embedding};
 
 /// Below this many elements, elementwise kernels run on one thread.
 pub(crate) const PARALLEL_THRESHOLD: usize = 1 << 15;

@@ -3,6 +3,11 @@
 //!
 //!   half = dim/2;  f_i = exp(−ln(max_period)·i / (half − freq_shift)),  i < half
 //!   emb = [sin(t·f), cos(t·f)]  (or [cos, sin] with flip_sin_to_cos); odd dim: one zero pad.
+//!
+//! And diffusers' `GaussianFourierProjection` (log=True), the "fourier" time
+//! embedding of score-SDE UNets whose timesteps are noise levels σ:
+//!
+//!   p_j = ln(σ)·W_j·2·π  (in that f32 order, π rounded to f32);  emb = [sin p, cos p] (or [cos, sin]).
 
 pub mod cuda;
 
@@ -31,6 +36,40 @@ pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, freq_sh
         )?),
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![t.numel(), dim])))
+}
+
+/// [N] noise levels σ (> 0) and the projection's [D] weights → [N, 2D]
+/// Gaussian Fourier features (no gradient: diffusers keeps W fixed).
+pub fn fourier_embedding(sigma: &Tensor, weight: &Tensor, flip_sin_to_cos: bool) -> Result<Tensor> {
+    const OP: &str = "fourier_embedding";
+    let _nvtx = crate::device::nvtx::range(OP);
+    if sigma.rank() != 1 || weight.rank() != 1 {
+        return shape_err(OP, format!("noise levels {} and weights {} must be 1-D", sigma.shape(), weight.shape()));
+    }
+    let dim = weight.numel();
+    let storage = match Tensor::common_device(OP, &[sigma, weight])? {
+        Device::Cpu => cpu_f32_storage(cpu_fourier(sigma.storage().cpu_f32(OP)?, weight.storage().cpu_f32(OP)?, flip_sin_to_cos)),
+        Device::Cuda(_) => Storage::Cuda(cuda::fourier_embedding(sigma.storage().cuda(OP)?, weight.storage().cuda(OP)?, flip_sin_to_cos)?),
+    };
+    Ok(Tensor::from_storage(storage, Shape::new(vec![sigma.numel(), 2 * dim])))
+}
+
+/// π as the f32 that PyTorch multiplies by.
+pub(crate) const PI_F32: f32 = std::f32::consts::PI;
+
+fn cpu_fourier(sigma: &[f32], weight: &[f32], flip: bool) -> Vec<f32> {
+    let dim = weight.len();
+    let mut out = vec![0.0; sigma.len() * 2 * dim];
+    for (row, &s) in out.chunks_mut(2 * dim).zip(sigma) {
+        let log_s = s.ln();
+        for (j, &w) in weight.iter().enumerate() {
+            let p = log_s * w * 2.0 * PI_F32;
+            let (sin_slot, cos_slot) = if flip { (dim + j, j) } else { (j, dim + j) };
+            row[sin_slot] = p.sin();
+            row[cos_slot] = p.cos();
+        }
+    }
+    out
 }
 
 /// `−ln(max_period)` computed in f64 and rounded to f32 (shared with the CUDA launch).
