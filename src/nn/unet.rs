@@ -1,15 +1,18 @@
 //! diffusers' `UNet2DModel`, layer for layer and name for name, so its
 //! `config.json` + `diffusion_pytorch_model.safetensors` load here and ours
-//! load there. Blocks: DownBlock2D, AttnDownBlock2D, UNetMidBlock2D,
-//! UpBlock2D, AttnUpBlock2D; ResnetBlock2D with the time embedding added
-//! after conv1; attention over the pixels of a feature map.
+//! load there. Blocks: DownBlock2D, AttnDownBlock2D, ResnetDownsampleBlock2D,
+//! UNetMidBlock2D, UpBlock2D, AttnUpBlock2D, ResnetUpsampleBlock2D;
+//! ResnetBlock2D with the time embedding added after conv1 (or as scale and
+//! shift after norm2), optionally resampling (the "resnet" down/upsamplers);
+//! attention over the pixels of a feature map; positional, Fourier or learned
+//! time embeddings; optional class conditioning.
 
 use super::init::Initializer;
-use super::layers::{Conv2d, GroupNorm, Linear};
+use super::layers::{Conv2d, GroupNorm, Linear, param};
 use super::{Module, join};
 use crate::device::{Device, nvtx};
 use crate::error::{Error, Result};
-use crate::ops::{self, Conv2dParams, ConvAdd};
+use crate::ops::{self, Activation, Conv2dParams, ConvAdd};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -76,6 +79,9 @@ pub struct UNet2DConfig {
     pub center_input_sample: bool,
     #[serde(default = "d_positional")]
     pub time_embedding_type: String,
+    /// The time embedding's width (default 4 × block_out_channels[0]).
+    #[serde(default)]
+    pub time_embedding_dim: Option<usize>,
     #[serde(default)]
     pub freq_shift: f64,
     #[serde(default = "d_true")]
@@ -163,26 +169,30 @@ impl UNet2DConfig {
     /// Refuse, by name, what this implementation does not do.
     pub fn validate(&self) -> Result<()> {
         let n = self.block_out_channels.len();
-        if self.time_embedding_type != "positional" {
-            return Err(Self::refuse("time_embedding_type", &self.time_embedding_type, "only \"positional\""));
+        match self.time_embedding_type.as_str() {
+            "positional" | "fourier" => {}
+            "learned" => {
+                if !matches!(self.num_train_timesteps, Some(t) if t > 0) {
+                    return Err(Self::refuse("time_embedding_type", "learned", "it needs num_train_timesteps, the embedding's row count"));
+                }
+            }
+            other => return Err(Self::refuse("time_embedding_type", other, "\"positional\", \"fourier\" or \"learned\"")),
         }
-        if !matches!(self.act_fn.as_str(), "silu" | "swish") {
-            return Err(Self::refuse("act_fn", &self.act_fn, "only \"silu\""));
+        if self.time_embedding_dim == Some(0) {
+            return Err(Self::refuse("time_embedding_dim", 0, "at least 1"));
         }
-        if self.downsample_type != "conv" {
-            return Err(Self::refuse("downsample_type", &self.downsample_type, "only \"conv\""));
+        self.activation()?;
+        if !matches!(self.downsample_type.as_str(), "conv" | "resnet") {
+            return Err(Self::refuse("downsample_type", &self.downsample_type, "\"conv\" or \"resnet\""));
         }
-        if self.upsample_type != "conv" {
-            return Err(Self::refuse("upsample_type", &self.upsample_type, "only \"conv\""));
+        if !matches!(self.upsample_type.as_str(), "conv" | "resnet") {
+            return Err(Self::refuse("upsample_type", &self.upsample_type, "\"conv\" or \"resnet\""));
         }
         if !matches!(self.resnet_time_scale_shift.as_str(), "default" | "scale_shift") {
             return Err(Self::refuse("resnet_time_scale_shift", &self.resnet_time_scale_shift, "only \"default\" or \"scale_shift\""));
         }
-        if let Some(c) = &self.class_embed_type {
-            return Err(Self::refuse("class_embed_type", c, "class conditioning is not implemented"));
-        }
-        if let Some(c) = self.num_class_embeds {
-            return Err(Self::refuse("num_class_embeds", c, "class conditioning is not implemented"));
+        if self.num_class_embeds == Some(0) && self.class_embed_type.is_none() {
+            return Err(Self::refuse("num_class_embeds", 0, "at least 1"));
         }
         if let Some(m) = &self.mid_block_type {
             if m != "UNetMidBlock2D" {
@@ -200,13 +210,13 @@ impl UNet2DConfig {
             });
         }
         for t in &self.down_block_types {
-            if !matches!(t.as_str(), "DownBlock2D" | "AttnDownBlock2D") {
-                return Err(Self::refuse("down_block_types entry", t, "DownBlock2D or AttnDownBlock2D"));
+            if !matches!(t.as_str(), "DownBlock2D" | "AttnDownBlock2D" | "ResnetDownsampleBlock2D") {
+                return Err(Self::refuse("down_block_types entry", t, "DownBlock2D, AttnDownBlock2D or ResnetDownsampleBlock2D"));
             }
         }
         for t in &self.up_block_types {
-            if !matches!(t.as_str(), "UpBlock2D" | "AttnUpBlock2D") {
-                return Err(Self::refuse("up_block_types entry", t, "UpBlock2D or AttnUpBlock2D"));
+            if !matches!(t.as_str(), "UpBlock2D" | "AttnUpBlock2D" | "ResnetUpsampleBlock2D") {
+                return Err(Self::refuse("up_block_types entry", t, "UpBlock2D, AttnUpBlock2D or ResnetUpsampleBlock2D"));
             }
         }
         let groups = self.groups()?;
@@ -226,6 +236,35 @@ impl UNet2DConfig {
         Ok(())
     }
 
+    /// The resnets' nonlinearity (`act_fn`).
+    pub fn activation(&self) -> Result<Activation> {
+        Activation::from_diffusers(&self.act_fn).ok_or_else(|| Self::refuse("act_fn", &self.act_fn, "silu, swish, mish, gelu or relu"))
+    }
+
+    /// The time embedding's width.
+    pub fn time_embed_dim(&self) -> usize {
+        self.time_embedding_dim.unwrap_or(4 * self.block_out_channels[0])
+    }
+
+    /// What the class labels are, as diffusers builds `class_embedding`:
+    /// a table when only num_class_embeds is set, the time embedding's MLP
+    /// with "timestep", the labels themselves with "identity"; any other
+    /// class_embed_type gives none (diffusers ignores it too).
+    pub fn class_conditioning(&self) -> Option<ClassConditioning> {
+        match (self.class_embed_type.as_deref(), self.num_class_embeds) {
+            (None, Some(n)) => Some(ClassConditioning::Table(n)),
+            (Some("timestep"), _) => Some(ClassConditioning::Timestep),
+            (Some("identity"), _) => Some(ClassConditioning::Identity),
+            _ => None,
+        }
+    }
+
+    /// Whether timesteps are noise levels σ (the "fourier" embedding of
+    /// score-SDE models, whose output diffusers divides by σ).
+    pub fn timesteps_are_noise_levels(&self) -> bool {
+        self.time_embedding_type == "fourier"
+    }
+
     fn groups(&self) -> Result<usize> {
         self.norm_num_groups.ok_or_else(|| Self::refuse("norm_num_groups", "null", "a group count is required"))
     }
@@ -240,11 +279,40 @@ impl UNet2DConfig {
     }
 }
 
-/// ResnetBlock2D: norm1 → SiLU → conv1 → + time_emb_proj(SiLU(temb)) → norm2 →
-/// SiLU → conv2, plus the input (through a 1×1 conv_shortcut when channels change).
+/// How a config's class labels reach the time embedding.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ClassConditioning {
+    /// nn.Embedding(n, time_embed_dim): labels are class indices 0…n−1.
+    Table(usize),
+    /// TimestepEmbedding(time_proj(labels)): labels go through the time projection.
+    Timestep,
+    /// The labels are [B, time_embed_dim] vectors, added as they are.
+    Identity,
+}
+
+/// The 2× resampling a ResnetBlock2D may do between its norm1 and conv1
+/// (diffusers' `up=True` / `down=True`): nearest-neighbour up, 2×2 average down.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Resample {
+    Up,
+    Down,
+}
+
+impl Resample {
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Resample::Up => ops::upsample_nearest2x(x),
+            Resample::Down => ops::avg_pool2x2(x),
+        }
+    }
+}
+
+/// ResnetBlock2D: norm1 → act → conv1 → + time_emb_proj(act(temb)) → norm2 →
+/// act → conv2, plus the input (through a 1×1 conv_shortcut when channels change).
 /// With `scale_shift` (diffusers' resnet_time_scale_shift "scale_shift")
 /// time_emb_proj gives 2·C values (scale, shift) and the middle is
-/// conv1 → norm2 → ·(1 + scale) + shift → SiLU → conv2.
+/// conv1 → norm2 → ·(1 + scale) + shift → act → conv2. With `resample`, both
+/// the input and act(norm1(x)) are resampled before conv1.
 pub struct ResnetBlock {
     pub norm1: GroupNorm,
     pub conv1: Conv2d,
@@ -254,11 +322,23 @@ pub struct ResnetBlock {
     pub conv_shortcut: Option<Conv2d>,
     pub output_scale: f32,
     pub scale_shift: bool,
+    pub act: Activation,
+    pub resample: Option<Resample>,
+}
+
+/// What every resnet of a model shares.
+#[derive(Clone, Copy)]
+struct ResnetKind {
+    temb: usize,
+    groups: usize,
+    eps: f32,
+    scale_shift: bool,
+    act: Activation,
 }
 
 impl ResnetBlock {
-    #[allow(clippy::too_many_arguments)]
-    fn new(init: &mut Initializer, cin: usize, cout: usize, temb: usize, groups: usize, eps: f32, output_scale: f32, scale_shift: bool, device: Device) -> Result<Self> {
+    fn new(init: &mut Initializer, cin: usize, cout: usize, kind: ResnetKind, output_scale: f32, resample: Option<Resample>, device: Device) -> Result<Self> {
+        let ResnetKind { temb, groups, eps, scale_shift, act } = kind;
         Ok(ResnetBlock {
             norm1: GroupNorm::new(groups, cin, eps, device)?,
             conv1: Conv2d::new(init, cin, cout, 3, 1, 1, device)?,
@@ -268,32 +348,49 @@ impl ResnetBlock {
             conv_shortcut: if cin != cout { Some(Conv2d::new(init, cin, cout, 1, 1, 0, device)?) } else { None },
             output_scale,
             scale_shift,
+            act,
+            resample,
         })
     }
 
-    /// `temb_act` is SiLU(temb), shared by all blocks.
+    /// conv(act(norm(x))) + add. With SiLU this is `Conv2d::forward_after_norm`,
+    /// which at inference on CUDA applies the norm and SiLU as the conv reads
+    /// its input (`ops::conv2d_after_norm`).
+    fn norm_act_conv(&self, conv: &Conv2d, x: &Tensor, norm: &GroupNorm, add: ConvAdd) -> Result<Tensor> {
+        if self.act == Activation::Silu {
+            conv.forward_after_norm(x, norm, true, add)
+        } else {
+            conv.forward_add(&ops::activation(&norm.forward(x)?, self.act)?, add)
+        }
+    }
+
+    /// `temb_act` is act(temb), shared by all blocks.
     /// The time embedding is added by conv1 and the skip by conv2 as they
-    /// store their outputs (`ops::conv2d_fused`), not as separate passes; at
-    /// inference on CUDA each conv also applies the group norm + SiLU before
-    /// it as it reads its input (`ops::conv2d_after_norm`).
+    /// store their outputs (`ops::conv2d_fused`), not as separate passes.
     fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
         let _nvtx = nvtx::range("ResnetBlock2D");
         let t = self.time_emb_proj.forward(temb_act)?;
+        let add_t = if self.scale_shift { ConvAdd::default() } else { ConvAdd { sample_bias: Some(&t), residual: None } };
+        let (x, h) = match self.resample {
+            None => (x.clone(), self.norm_act_conv(&self.conv1, x, &self.norm1, add_t)?),
+            Some(r) => {
+                let a = r.apply(&ops::activation(&self.norm1.forward(x)?, self.act)?)?;
+                (r.apply(x)?, self.conv1.forward_add(&a, add_t)?)
+            }
+        };
         let skip = match &self.conv_shortcut {
-            Some(c) => c.forward(x)?,
-            None => x.clone(),
+            Some(c) => c.forward(&x)?,
+            None => x,
         };
         let to_skip = ConvAdd { sample_bias: None, residual: Some(&skip) };
         let out = if self.scale_shift {
-            let h = self.conv1.forward_after_norm(x, &self.norm1, true, ConvAdd::default())?;
             let (n, c) = (t.dims()[0], t.dims()[1] / 2);
             let scale = ops::reshape(&ops::add_scalar(&ops::narrow(&t, 1, 0, c)?, 1.0)?, [n, c, 1, 1])?;
             let shift = ops::reshape(&ops::narrow(&t, 1, c, c)?, [n, c, 1, 1])?;
             let u = ops::add(&ops::mul(&self.norm2.forward(&h)?, &scale)?, &shift)?;
-            self.conv2.forward_add(&ops::silu(&u)?, to_skip)?
+            self.conv2.forward_add(&ops::activation(&u, self.act)?, to_skip)?
         } else {
-            let h = self.conv1.forward_after_norm(x, &self.norm1, true, ConvAdd { sample_bias: Some(&t), residual: None })?;
-            self.conv2.forward_after_norm(&h, &self.norm2, true, to_skip)?
+            self.norm_act_conv(&self.conv2, &h, &self.norm2, to_skip)?
         };
         if self.output_scale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.output_scale) }
     }
@@ -392,12 +489,20 @@ impl Module for AttentionBlock {
     }
 }
 
+/// A block's resampler: a conv (stride 2 down; nearest 2× then conv up), or
+/// a resampling ResnetBlock2D (downsample_type / upsample_type "resnet",
+/// ResnetDownsampleBlock2D, ResnetUpsampleBlock2D).
+pub enum Resampler {
+    Conv(Conv2d),
+    Resnet(ResnetBlock),
+}
+
 /// A down, mid or up block: resnets, each optionally followed by attention,
-/// then an optional resampler (stride-2 conv down, nearest 2× + conv up).
+/// then an optional resampler.
 pub struct Block {
     pub resnets: Vec<ResnetBlock>,
     pub attentions: Vec<AttentionBlock>,
-    pub resampler: Option<Conv2d>,
+    pub resampler: Option<Resampler>,
 }
 
 impl Block {
@@ -408,30 +513,74 @@ impl Block {
         for (i, a) in self.attentions.iter().enumerate() {
             a.visit(&join(prefix, &format!("attentions.{i}")), f);
         }
-        if let Some(c) = &self.resampler {
-            c.visit(&join(prefix, &format!("{resampler_name}.0.conv")), f);
+        match &self.resampler {
+            Some(Resampler::Conv(c)) => c.visit(&join(prefix, &format!("{resampler_name}.0.conv")), f),
+            Some(Resampler::Resnet(r)) => r.visit(&join(prefix, &format!("{resampler_name}.0")), f),
+            None => {}
         }
     }
+}
+
+/// The time projection before the time embedding's MLP (`time_proj`).
+pub enum TimeProjection {
+    /// Sinusoidal (diffusers' `Timesteps`).
+    Positional,
+    /// GaussianFourierProjection: fixed weights [C0], features [sin, cos] of ln σ·W·2π.
+    Fourier { weight: Tensor },
+    /// nn.Embedding(num_train_timesteps, C0).
+    Learned { table: Tensor },
+}
+
+/// diffusers' `TimestepEmbedding`: linear_2(SiLU(linear_1(·))).
+pub struct TimestepMlp {
+    pub linear_1: Linear,
+    pub linear_2: Linear,
+}
+
+impl TimestepMlp {
+    fn new(init: &mut Initializer, features_in: usize, width: usize, device: Device) -> Result<TimestepMlp> {
+        Ok(TimestepMlp { linear_1: Linear::new(init, features_in, width, true, device)?, linear_2: Linear::new(init, width, width, true, device)? })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.linear_2.forward(&ops::silu(&self.linear_1.forward(x)?)?)
+    }
+}
+
+impl Module for TimestepMlp {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        self.linear_1.visit(&join(prefix, "linear_1"), f);
+        self.linear_2.visit(&join(prefix, "linear_2"), f);
+    }
+}
+
+/// The class embedding added to the time embedding (`class_embedding`).
+pub enum ClassEmbedding {
+    Table(Tensor),
+    Timestep(TimestepMlp),
+    Identity,
 }
 
 /// The model.
 pub struct UNet2DModel {
     pub config: UNet2DConfig,
-    pub time_linear_1: Linear,
-    pub time_linear_2: Linear,
+    pub time_proj: TimeProjection,
+    pub time_embedding: TimestepMlp,
+    pub class_embedding: Option<ClassEmbedding>,
     pub conv_in: Conv2d,
     pub down_blocks: Vec<Block>,
     pub mid_block: Option<Block>,
     pub up_blocks: Vec<Block>,
     pub conv_norm_out: GroupNorm,
     pub conv_out: Conv2d,
+    pub act: Activation,
     pub device: Device,
 }
 
 impl UNet2DModel {
     /// A new model on `device`, initialised as the lesson does: PyTorch's
-    /// default init, then zero weights in each down/up resnet's conv2 and in
-    /// conv_out, and orthogonal downsampler convs.
+    /// default init, then zero weights in each down/up resnet's conv2 (the
+    /// resampling resnets' too) and in conv_out, and orthogonal downsampler convs.
     pub fn new(config: UNet2DConfig, seed: u64, device: Device) -> Result<UNet2DModel> {
         config.validate()?;
         let mut init = Initializer::new(seed);
@@ -440,9 +589,13 @@ impl UNet2DModel {
             for r in &block.resnets {
                 r.conv2.zero_weight()?;
             }
+            match &block.resampler {
+                Some(Resampler::Resnet(r)) => r.conv2.zero_weight()?,
+                Some(Resampler::Conv(_)) | None => {}
+            }
         }
         for block in &model.down_blocks {
-            if let Some(d) = &block.resampler {
+            if let Some(Resampler::Conv(d)) = &block.resampler {
                 d.orthogonal_weight(&mut init)?;
             }
         }
@@ -455,26 +608,55 @@ impl UNet2DModel {
         let groups = config.groups()?;
         let scale_shift = config.resnet_time_scale_shift == "scale_shift";
         let eps = config.norm_eps as f32;
+        let act = config.activation()?;
         let c0 = ch[0];
-        let temb = c0 * 4;
+        let temb = config.time_embed_dim();
+        let kind = ResnetKind { temb, groups, eps, scale_shift, act };
         let n = ch.len();
-        let time_linear_1 = Linear::new(init, c0, temb, true, device)?;
-        let time_linear_2 = Linear::new(init, temb, temb, true, device)?;
+        let (time_proj, proj_width) = match config.time_embedding_type.as_str() {
+            // diffusers: GaussianFourierProjection(embedding_size=C0, scale=16), weights ~ N(0, 16²), fixed
+            "fourier" => {
+                let w: Vec<f32> = init.normal(c0).into_iter().map(|v| 16.0 * v).collect();
+                (TimeProjection::Fourier { weight: Tensor::from_vec(w, [c0])?.to_device(device)? }, 2 * c0)
+            }
+            // nn.Embedding's init: N(0, 1)
+            "learned" => {
+                let rows = config.num_train_timesteps.unwrap_or(0);
+                (TimeProjection::Learned { table: param(init.normal(rows * c0), &[rows, c0], device)? }, c0)
+            }
+            _ => (TimeProjection::Positional, c0),
+        };
+        let time_embedding = TimestepMlp::new(init, proj_width, temb, device)?;
+        let class_embedding = match config.class_conditioning() {
+            None => None,
+            Some(ClassConditioning::Table(classes)) => Some(ClassEmbedding::Table(param(init.normal(classes * temb), &[classes, temb], device)?)),
+            Some(ClassConditioning::Timestep) => Some(ClassEmbedding::Timestep(TimestepMlp::new(init, proj_width, temb, device)?)),
+            Some(ClassConditioning::Identity) => Some(ClassEmbedding::Identity),
+        };
         let conv_in = Conv2d::new(init, config.in_channels, c0, 3, 1, 1, device)?;
         let mut down_blocks = Vec::new();
         let mut out_c = c0;
-        for (i, kind) in config.down_block_types.iter().enumerate() {
+        for (i, block_type) in config.down_block_types.iter().enumerate() {
             let in_c = out_c;
             out_c = ch[i];
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
             for j in 0..config.layers_per_block {
-                resnets.push(ResnetBlock::new(init, if j == 0 { in_c } else { out_c }, out_c, temb, groups, eps, 1.0, scale_shift, device)?);
-                if kind == "AttnDownBlock2D" {
+                resnets.push(ResnetBlock::new(init, if j == 0 { in_c } else { out_c }, out_c, kind, 1.0, None, device)?);
+                if block_type == "AttnDownBlock2D" {
                     attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, Some(groups), eps, 1.0, device)?);
                 }
             }
-            let resampler = if i + 1 < n { Some(Conv2d::new(init, out_c, out_c, 3, 2, config.downsample_padding, device)?) } else { None };
+            let resnet_resampler = match block_type.as_str() {
+                "ResnetDownsampleBlock2D" => true,
+                "AttnDownBlock2D" => config.downsample_type == "resnet",
+                _ => false,
+            };
+            let resampler = match (i + 1 < n, resnet_resampler) {
+                (false, _) => None,
+                (true, true) => Some(Resampler::Resnet(ResnetBlock::new(init, out_c, out_c, kind, 1.0, Some(Resample::Down), device)?)),
+                (true, false) => Some(Resampler::Conv(Conv2d::new(init, out_c, out_c, 3, 2, config.downsample_padding, device)?)),
+            };
             down_blocks.push(Block { resnets, attentions, resampler });
         }
         let last = ch[n - 1];
@@ -490,8 +672,8 @@ impl UNet2DModel {
                     attentions.push(AttentionBlock::new(init, last, config.attention_head_dim, attn_groups, eps, scale, device)?);
                 }
                 let resnets = vec![
-                    ResnetBlock::new(init, last, last, temb, groups, eps, scale, scale_shift, device)?,
-                    ResnetBlock::new(init, last, last, temb, groups, eps, scale, scale_shift, device)?,
+                    ResnetBlock::new(init, last, last, kind, scale, None, device)?,
+                    ResnetBlock::new(init, last, last, kind, scale, None, device)?,
                 ];
                 Some(Block { resnets, attentions, resampler: None })
             }
@@ -499,7 +681,7 @@ impl UNet2DModel {
         let reversed: Vec<usize> = ch.iter().rev().copied().collect();
         let mut up_blocks = Vec::new();
         let mut out_c = reversed[0];
-        for (i, kind) in config.up_block_types.iter().enumerate() {
+        for (i, block_type) in config.up_block_types.iter().enumerate() {
             let prev_out = out_c;
             out_c = reversed[i];
             let in_c = reversed[(i + 1).min(n - 1)];
@@ -509,21 +691,61 @@ impl UNet2DModel {
             for j in 0..layers {
                 let skip_c = if j == layers - 1 { in_c } else { out_c };
                 let res_in = if j == 0 { prev_out } else { out_c };
-                resnets.push(ResnetBlock::new(init, res_in + skip_c, out_c, temb, groups, eps, 1.0, scale_shift, device)?);
-                if kind == "AttnUpBlock2D" {
+                resnets.push(ResnetBlock::new(init, res_in + skip_c, out_c, kind, 1.0, None, device)?);
+                if block_type == "AttnUpBlock2D" {
                     attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, Some(groups), eps, 1.0, device)?);
                 }
             }
-            let resampler = if i + 1 < n { Some(Conv2d::new(init, out_c, out_c, 3, 1, 1, device)?) } else { None };
+            let resnet_resampler = match block_type.as_str() {
+                "ResnetUpsampleBlock2D" => true,
+                "AttnUpBlock2D" => config.upsample_type == "resnet",
+                _ => false,
+            };
+            let resampler = match (i + 1 < n, resnet_resampler) {
+                (false, _) => None,
+                (true, true) => Some(Resampler::Resnet(ResnetBlock::new(init, out_c, out_c, kind, 1.0, Some(Resample::Up), device)?)),
+                (true, false) => Some(Resampler::Conv(Conv2d::new(init, out_c, out_c, 3, 1, 1, device)?)),
+            };
             up_blocks.push(Block { resnets, attentions, resampler });
         }
         let conv_norm_out = GroupNorm::new(groups, c0, eps, device)?;
         let conv_out = Conv2d::new(init, c0, config.out_channels, 3, 1, 1, device)?;
-        Ok(UNet2DModel { config, time_linear_1, time_linear_2, conv_in, down_blocks, mid_block, up_blocks, conv_norm_out, conv_out, device })
+        Ok(UNet2DModel {
+            config,
+            time_proj,
+            time_embedding,
+            class_embedding,
+            conv_in,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out,
+            conv_out,
+            act,
+            device,
+        })
+    }
+
+    /// The time projection of timesteps (or of class labels, for "timestep" class embeddings).
+    fn project_time(&self, t: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        match &self.time_proj {
+            TimeProjection::Positional => ops::timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift as f32, 10000.0),
+            // (UNet2DModel builds its GaussianFourierProjection with flip_sin_to_cos False, whatever the config says)
+            TimeProjection::Fourier { weight } => ops::fourier_embedding(t, weight, false),
+            TimeProjection::Learned { table } => ops::embedding_lookup(table, t),
+        }
     }
 
     /// ε̂ = model(x_t, t): x [B, in, H, W] on the model's device, `t` [B] timesteps (as f32).
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.forward_with_labels(x, t, None)
+    }
+
+    /// `forward` with class labels: [B] class indices (or labels for a
+    /// "timestep" class embedding, as f32), or [B, time_embed_dim] vectors for
+    /// an "identity" one. A class-conditional model needs them, others refuse them.
+    pub fn forward_with_labels(&self, x: &Tensor, t: &Tensor, class_labels: Option<&Tensor>) -> Result<Tensor> {
         let _nvtx = nvtx::range("UNet2DModel");
         let c = &self.config;
         if x.rank() != 4 || x.dims()[1] != c.in_channels || t.dims() != [x.dims()[0]] {
@@ -538,9 +760,26 @@ impl UNet2DModel {
             return Err(Error::Shape { op: "unet", msg: format!("height and width of {} must be multiples of {factor}", x.shape()) });
         }
         let x = if c.center_input_sample { ops::affine(x, 2.0, -1.0)? } else { x.clone() };
-        let emb = ops::timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift as f32, 10000.0)?;
-        let emb = self.time_linear_2.forward(&ops::silu(&self.time_linear_1.forward(&emb)?)?)?;
-        let temb_act = ops::silu(&emb)?;
+        let mut emb = self.time_embedding.forward(&self.project_time(t)?)?;
+        match (&self.class_embedding, class_labels) {
+            (None, None) => {}
+            (None, Some(_)) => return Err(Error::Argument { op: "unet", msg: "class labels given to a model without class conditioning".into() }),
+            (Some(_), None) => return Err(Error::Argument { op: "unet", msg: "this model is class-conditional: class labels are needed".into() }),
+            (Some(kind), Some(labels)) => {
+                let b = x.dims()[0];
+                let want: &[usize] = if matches!(kind, ClassEmbedding::Identity) { &[b, emb.dims()[1]] } else { &[b] };
+                if labels.dims() != want {
+                    return Err(Error::Shape { op: "unet", msg: format!("class labels {} for a batch of {b}: expected {want:?}", labels.shape()) });
+                }
+                let class_emb = match kind {
+                    ClassEmbedding::Table(table) => ops::embedding_lookup(table, labels)?,
+                    ClassEmbedding::Timestep(mlp) => mlp.forward(&self.project_time(labels)?)?,
+                    ClassEmbedding::Identity => labels.clone(),
+                };
+                emb = ops::add(&emb, &class_emb)?;
+            }
+        }
+        let temb_act = ops::activation(&emb, self.act)?;
 
         let mut h = self.conv_in.forward(&x)?;
         let mut skips = vec![h.clone()];
@@ -553,8 +792,12 @@ impl UNet2DModel {
                 }
                 skips.push(h.clone());
             }
-            if let Some(d) = &block.resampler {
-                h = if c.downsample_padding == 0 { d.forward(&pad_bottom_right(&h)?)? } else { d.forward(&h)? };
+            if let Some(resampler) = &block.resampler {
+                h = match resampler {
+                    Resampler::Conv(d) if c.downsample_padding == 0 => d.forward(&pad_bottom_right(&h)?)?,
+                    Resampler::Conv(d) => d.forward(&h)?,
+                    Resampler::Resnet(r) => r.forward(&h, &temb_act)?,
+                };
                 skips.push(h.clone());
             }
         }
@@ -575,12 +818,22 @@ impl UNet2DModel {
                     h = a.forward(&h)?;
                 }
             }
-            if let Some(u) = &block.resampler {
+            h = match &block.resampler {
                 // read only by the upsampler conv: bf16 at the bf16 precision
-                h = u.forward(&ops::resample::upsample_nearest2x_stored(&h, ops::precision::conv_input_storage())?)?;
-            }
+                Some(Resampler::Conv(u)) => u.forward(&ops::resample::upsample_nearest2x_stored(&h, ops::precision::conv_input_storage())?)?,
+                Some(Resampler::Resnet(r)) => r.forward(&h, &temb_act)?,
+                None => h,
+            };
         }
-        self.conv_out.forward_after_norm(&h, &self.conv_norm_out, true, ConvAdd::default())
+        // (conv_act is always SiLU in UNet2DModel, whatever act_fn says)
+        let out = self.conv_out.forward_after_norm(&h, &self.conv_norm_out, true, ConvAdd::default())?;
+        if c.timesteps_are_noise_levels() {
+            // diffusers' score-SDE output: divided by σ
+            let n = t.numel();
+            ops::div(&out, &ops::reshape(t, [n, 1, 1, 1])?)
+        } else {
+            Ok(out)
+        }
     }
 }
 
@@ -594,8 +847,17 @@ fn pad_bottom_right(x: &Tensor) -> Result<Tensor> {
 
 impl Module for UNet2DModel {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.time_linear_1.visit(&join(prefix, "time_embedding.linear_1"), f);
-        self.time_linear_2.visit(&join(prefix, "time_embedding.linear_2"), f);
+        match &self.time_proj {
+            TimeProjection::Positional => {}
+            TimeProjection::Fourier { weight } => f(join(prefix, "time_proj.weight"), weight),
+            TimeProjection::Learned { table } => f(join(prefix, "time_proj.weight"), table),
+        }
+        self.time_embedding.visit(&join(prefix, "time_embedding"), f);
+        match &self.class_embedding {
+            Some(ClassEmbedding::Table(table)) => f(join(prefix, "class_embedding.weight"), table),
+            Some(ClassEmbedding::Timestep(mlp)) => mlp.visit(&join(prefix, "class_embedding"), f),
+            Some(ClassEmbedding::Identity) | None => {}
+        }
         self.conv_in.visit(&join(prefix, "conv_in"), f);
         for (i, b) in self.down_blocks.iter().enumerate() {
             b.visit(&join(prefix, &format!("down_blocks.{i}")), "downsamplers", f);
