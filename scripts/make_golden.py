@@ -18,8 +18,10 @@ describes every file with its shape and dtype; tests/golden/README.md explains
 the layout and the diffusers behaviour a reimplementation must match.
 
   <model>/config.json, diffusion_pytorch_model.safetensors, scheduler_config.json
-        five small random UNet2DModel directories (unet_a … unet_e)
-  <model>/forward/   x, t and eps = model(x, t).sample for several timestep cases,
+        eight small random UNet2DModel directories (unet_a … unet_h)
+  <model>/forward/   x, t and eps = model(x, t).sample for several timestep cases
+        (σ cases, float32, for the "fourier" unet_h; class_labels.npy where the
+        model is class-conditional),
         plus the time-embedding intermediates and (one case) per-module outputs
   schedules/         betas / alphas_cumprod for linear(1e-4,0.01),
         linear(1e-4,0.02), squaredcos_cap_v2 (float32 as diffusers, float64 numpy)
@@ -206,6 +208,86 @@ MODELS = {
         scheduler=("DDIMScheduler", dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
         input_hw=(8, 8),
     ),
+    # act_fn "mish", time_embedding_dim 24 (not 4·C0), class conditioning by a
+    # table (num_class_embeds 5), and resnet resamplers: AttnDownBlock2D with
+    # downsample_type "resnet" (2×2 average pool inside a ResnetBlock2D),
+    # AttnUpBlock2D with upsample_type "resnet" (nearest 2× inside one).
+    "unet_f": dict(
+        config=dict(
+            sample_size=16,
+            in_channels=1,
+            out_channels=1,
+            time_embedding_type="positional",
+            time_embedding_dim=24,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+            mid_block_type="UNetMidBlock2D",
+            block_out_channels=(8, 16, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            attention_head_dim=4,
+            act_fn="mish",
+            downsample_type="resnet",
+            upsample_type="resnet",
+            num_class_embeds=5,
+        ),
+        scheduler=("DDIMScheduler", dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
+        input_hw=(16, 16),
+        class_labels="table",
+    ),
+    # act_fn "gelu", a learned time embedding (nn.Embedding over 1000 steps),
+    # ResnetDownsampleBlock2D / ResnetUpsampleBlock2D, "scale_shift" (in the
+    # resampling resnets too), class_embed_type "timestep" (labels through
+    # the learned time_proj and their own TimestepEmbedding).
+    "unet_g": dict(
+        config=dict(
+            sample_size=8,
+            in_channels=2,
+            out_channels=1,
+            time_embedding_type="learned",
+            num_train_timesteps=1000,
+            down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+            mid_block_type="UNetMidBlock2D",
+            block_out_channels=(8, 16),
+            layers_per_block=2,
+            norm_num_groups=2,
+            attention_head_dim=8,
+            act_fn="gelu",
+            resnet_time_scale_shift="scale_shift",
+            class_embed_type="timestep",
+        ),
+        scheduler=("DDIMScheduler", dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
+        input_hw=(8, 8),
+        class_labels="timestep",
+    ),
+    # the score-SDE layout: a Gaussian Fourier time embedding of noise levels σ
+    # (the output divided by σ), act_fn "relu", class_embed_type "identity"
+    # ([B, time_embed_dim] vectors added to the time embedding), no mid block.
+    "unet_h": dict(
+        config=dict(
+            sample_size=8,
+            in_channels=1,
+            out_channels=1,
+            time_embedding_type="fourier",
+            flip_sin_to_cos=True,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            mid_block_type=None,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            attention_head_dim=4,
+            act_fn="relu",
+            class_embed_type="identity",
+        ),
+        scheduler=("DDIMScheduler", dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
+        input_hw=(8, 8),
+        class_labels="identity",
+        t_cases="sigma",
+    ),
 }
 
 SCHED_COMMON = dict(
@@ -226,6 +308,22 @@ T_CASES = {
     "mixed_500_0": [500, 0],
 }
 DEBUG_CASE = "mixed_1_999"
+
+# Noise levels σ for the "fourier" (score-SDE) model: name -> per-sample σ (batch 2).
+SIGMA_CASES = {
+    "s_small": [0.01, 0.01],
+    "s_one": [1.0, 1.0],
+    "s_mixed": [0.3, 50.0],
+}
+
+
+def class_labels_for(kind: str, temb: int, gen: torch.Generator):
+    """Batch-2 class labels: table indices, labels for the time projection, or identity vectors."""
+    if kind == "table":
+        return torch.tensor([3, 1], dtype=torch.int64)
+    if kind == "timestep":
+        return torch.tensor([7, 980], dtype=torch.int64)
+    return torch.randn((2, temb), generator=gen)
 
 
 # ---------------------------------------------------------------------------
@@ -348,7 +446,7 @@ def build_models(w: Writer, index: dict) -> dict[str, UNet2DModel]:
     return models
 
 
-def record_debug(model: UNet2DModel, x, t):
+def record_debug(model: UNet2DModel, x, t, labels=None):
     """Outputs of every top-level stage and every resnet / attention module."""
     out = {}
     hooks = []
@@ -372,7 +470,7 @@ def record_debug(model: UNet2DModel, x, t):
         if cls in ("ResnetBlock2D", "Attention", "Downsample2D", "Upsample2D"):
             hooks.append(m.register_forward_hook(hook(n)))
     with torch.no_grad():
-        model(x, t)
+        model(x, t, class_labels=labels)
     for h in hooks:
         h.remove()
     return out
@@ -388,22 +486,29 @@ def forward_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
             h, wd = spec["extra_input_hw"]
             inputs[f"x_{h}x{wd}"] = torch.randn((2, cin, h, wd), generator=gen)
         model64 = UNet2DModel.from_pretrained(w.root / name).double().eval()
+        labels = labels64 = None
+        if "class_labels" in spec:
+            temb_dim = spec["config"].get("time_embedding_dim") or 4 * spec["config"]["block_out_channels"][0]
+            labels = class_labels_for(spec["class_labels"], temb_dim, gen)
+            labels64 = labels.double() if labels.is_floating_point() else labels
+            w.npy(f"{name}/forward/class_labels.npy", labels, f"class_labels ({spec['class_labels']}) for every case")
+        sigma = spec.get("t_cases") == "sigma"
         for xname, x in inputs.items():
             xrel = w.npy(f"{name}/forward/{xname}.npy", x, f"{name} input sample (N,C,H,W)")
-            cases = T_CASES if xname == "x" else {"mixed_1_999": T_CASES["mixed_1_999"]}
+            cases = SIGMA_CASES if sigma else T_CASES if xname == "x" else {"mixed_1_999": T_CASES["mixed_1_999"]}
             for cname, tv in cases.items():
-                t = torch.tensor(tv, dtype=torch.int64)
+                t = torch.tensor(tv, dtype=torch.float32 if sigma else torch.int64)
                 tag = cname if xname == "x" else f"{cname}_{xname[2:]}"
                 with torch.no_grad():
-                    eps = model(x, t).sample
+                    eps = model(x, t, class_labels=labels).sample
                     tproj = model.time_proj(t)
                     temb = model.time_embedding(tproj)
-                    eps64 = model64(x.double(), t).sample
+                    eps64 = model64(x.double(), t.double() if sigma else t, class_labels=labels64).sample
                 err64 = float((eps.double() - eps64).abs().max())
-                trel = w.npy(f"{name}/forward/t_{tag}.npy", t, "per-sample timesteps (int64)")
+                trel = w.npy(f"{name}/forward/t_{tag}.npy", t, "per-sample noise levels (float32)" if sigma else "per-sample timesteps (int64)")
                 orel = w.npy(f"{name}/forward/eps_{tag}.npy", eps, f"model({xname}, t).sample")
                 prel = w.npy(f"{name}/forward/time_proj_{tag}.npy", tproj,
-                             "sinusoidal time_proj(t), (N, block_out_channels[0])")
+                             "time_proj(t): sinusoidal, learned or Fourier features")
                 erel = w.npy(f"{name}/forward/time_emb_{tag}.npy", temb,
                              "time_embedding(time_proj(t)) = linear_2(silu(linear_1(.))), (N, 4*C0)")
                 case = dict(
@@ -412,7 +517,7 @@ def forward_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
                     max_abs_diff_f32_vs_f64=err64, output_abs_max=float(eps.abs().max()),
                 )
                 if cname == DEBUG_CASE and xname == "x":
-                    dbg = record_debug(model, x, t)
+                    dbg = record_debug(model, x, t, labels)
                     dfiles = {}
                     for mod, arr in dbg.items():
                         dfiles[mod] = w.npy(f"{name}/forward/debug_{tag}/{mod}.npy", arr,
@@ -429,11 +534,13 @@ def round_trip(w: Writer, models: dict[str, UNet2DModel]):
         for k in sd0:
             assert torch.equal(sd0[k], sd1[k]), (name, k)
         x = torch.from_numpy(np.load(w.root / name / "forward" / "x.npy"))
-        for cname in T_CASES:
+        labels_path = w.root / name / "forward" / "class_labels.npy"
+        labels = torch.from_numpy(np.load(labels_path)) if labels_path.exists() else None
+        for cname in SIGMA_CASES if MODELS[name].get("t_cases") == "sigma" else T_CASES:
             t = torch.from_numpy(np.load(w.root / name / "forward" / f"t_{cname}.npy"))
             want = torch.from_numpy(np.load(w.root / name / "forward" / f"eps_{cname}.npy"))
             with torch.no_grad():
-                got = re(x, t).sample
+                got = re(x, t, class_labels=labels).sample
             assert torch.equal(got, want), (name, cname, float((got - want).abs().max()))
         print(f"round trip ok: {name}")
 

@@ -1,6 +1,6 @@
 //! Against diffusers: golden files made by scripts/make_golden.py (diffusers
 //! 0.42.1, torch 2.15.0, CPU, f32) under tests/golden/. UNet forward passes of
-//! three random models, the time embedding, schedules, DDIM and DDPM updates,
+//! eight random models, the time embedding, schedules, DDIM and DDPM updates,
 //! and a whole DDIM run.
 
 use minidiffusion::diffusion::sampler::{self, DdpmVariance, SamplerKind, SamplerOptions, Spacing, ddim_coefs, ddpm_coefs};
@@ -46,6 +46,44 @@ fn unet_forward_matches_diffusers() {
             assert_close(&format!("{name} eps {case}"), &got.to_vec(), &want, 1e-5, 1e-4);
         }
     }
+}
+
+/// The rarer UNet2DModel switches, each against diffusers' forward:
+/// unet_f: act_fn mish, time_embedding_dim 24, a class table, resnet down/upsamplers;
+/// unet_g: act_fn gelu, a learned time embedding, ResnetDownsample/UpsampleBlock2D,
+///   scale_shift, class_embed_type "timestep";
+/// unet_h: a Fourier embedding of noise levels σ (output divided by σ), relu,
+///   class_embed_type "identity", no mid block.
+#[test]
+fn unet_forward_with_the_rarer_switches_matches_diffusers() {
+    let sigma_cases = ["s_small", "s_one", "s_mixed"];
+    for (name, cases) in [("unet_f", &CASES[..]), ("unet_g", &CASES[..]), ("unet_h", &sigma_cases[..])] {
+        let (model, _) = model_dir::load(&golden(name), Device::Cpu).unwrap();
+        let x = tensor(&format!("{name}/forward/x.npy"));
+        let labels = tensor(&format!("{name}/forward/class_labels.npy"));
+        for case in cases {
+            let t = tensor(&format!("{name}/forward/t_{case}.npy"));
+            let (_, want) = load(&format!("{name}/forward/eps_{case}.npy"));
+            let got = no_grad(|| model.forward_with_labels(&x, &t, Some(&labels))).unwrap();
+            assert_close(&format!("{name} eps {case}"), &got.to_vec(), &want, 1e-5, 1e-4);
+            // the time projection alone (sinusoidal, learned or Fourier)
+            let (_, want_proj) = load(&format!("{name}/forward/time_proj_{case}.npy"));
+            let c = &model.config;
+            let proj = match name {
+                "unet_g" => ops::embedding_lookup(&minidiffusion::nn::named_params(&model).into_iter().find(|(n, _)| n == "time_proj.weight").unwrap().1, &t),
+                "unet_h" => ops::fourier_embedding(&t, &minidiffusion::nn::named_params(&model).into_iter().find(|(n, _)| n == "time_proj.weight").unwrap().1, false),
+                _ => ops::timestep_embedding(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift as f32, 10000.0),
+            };
+            assert_close(&format!("{name} time_proj {case}"), &proj.unwrap().to_vec(), &want_proj, 2e-5, 1e-5);
+        }
+        // class-conditional: labels are required
+        let t = tensor(&format!("{name}/forward/t_{}.npy", cases[0]));
+        assert!(model.forward(&x, &t).unwrap_err().to_string().contains("class labels are needed"), "{name}");
+    }
+    // and a model without class conditioning refuses labels
+    let (model, _) = model_dir::load(&golden("unet_a"), Device::Cpu).unwrap();
+    let (x, t) = (tensor("unet_a/forward/x.npy"), tensor("unet_a/forward/t_t1.npy"));
+    assert!(model.forward_with_labels(&x, &t, Some(&t)).is_err());
 }
 
 #[test]

@@ -32,24 +32,34 @@ fn on_gpu(device: Device) -> bool {
 #[test]
 fn golden_unets_on_the_device_match_diffusers() {
     let device = parity_device();
-    // unet_e: resnet_time_scale_shift "scale_shift" (GPU only)
-    let all: [(&str, &[&str]); 4] = [
+    // unet_e: resnet_time_scale_shift "scale_shift"; unet_f: mish, class table,
+    // resnet resamplers; unet_g: gelu, learned time embedding, "timestep" class
+    // embedding; unet_h: Fourier σ embedding, relu, "identity" labels (GPU only
+    // but unet_c and unet_h, one case each, on the emulation)
+    let all: [(&str, &[&str]); 7] = [
         ("unet_a", &["t0", "mixed_1_999"]),
         ("unet_b", &["t500", "mixed_500_0"]),
         ("unet_e", &["t1", "mixed_1_999"]),
+        ("unet_f", &["t999", "mixed_500_0"]),
+        ("unet_g", &["t0", "mixed_1_999"]),
         ("unet_c", &["t999", "mixed_1_999"]),
+        ("unet_h", &["s_one", "s_mixed"]),
     ];
-    let models = if on_gpu(device) { &all[..] } else { &all[3..] };
+    let models = if on_gpu(device) { &all[..] } else { &all[5..] };
     for &(name, cases) in models {
         let cases = if on_gpu(device) { cases } else { &cases[1..] };
         let (model, _) = model_dir::load(&golden(name), device).unwrap();
         let (xs, xv) = load(&format!("{name}/forward/x.npy"));
         let x = Tensor::from_vec_on(xv, xs, device).unwrap();
+        let labels = model.config.class_conditioning().map(|_| {
+            let (ls, lv) = load(&format!("{name}/forward/class_labels.npy"));
+            Tensor::from_vec_on(lv, ls, device).unwrap()
+        });
         for case in cases {
             let (ts, tv) = load(&format!("{name}/forward/t_{case}.npy"));
             let t = Tensor::from_vec_on(tv, ts, device).unwrap();
             let (_, want) = load(&format!("{name}/forward/eps_{case}.npy"));
-            let got = no_grad(|| model.forward(&x, &t)).unwrap();
+            let got = no_grad(|| model.forward_with_labels(&x, &t, labels.as_ref())).unwrap();
             assert_eq!(got.device(), device);
             let got = got.to_vec();
             eprintln!("{name} {case} on {device}: scaled error {:.2e}", scaled_error(&got, &want));
