@@ -553,7 +553,10 @@ def training_step_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]
     from safetensors.torch import save_file
 
     index["training_step"] = {}
-    for name in ("unet_a", "unet_d"):
+    # unet_f and unet_g: class labels (one repeated) through a table and through
+    # the learned time projection; mish/gelu and the resnet resamplers backward
+    train_labels = {"unet_f": [3, 1, 3], "unet_g": [7, 980, 7]}
+    for name in ("unet_a", "unet_d", "unet_f", "unet_g"):
         model = UNet2DModel.from_pretrained(w.root / name).train()
         spec = MODELS[name]
         c = spec["config"]
@@ -562,7 +565,8 @@ def training_step_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]
         eps = torch.randn(3, c["out_channels"], *spec["input_hw"], generator=g)
         t = torch.tensor([3, 480, 999], dtype=torch.int64)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-5, weight_decay=0.01)
-        loss = torch.nn.functional.mse_loss(model(x_t, t).sample, eps)
+        labels = torch.tensor(train_labels[name], dtype=torch.int64) if name in train_labels else None
+        loss = torch.nn.functional.mse_loss(model(x_t, t, class_labels=labels).sample, eps)
         loss.backward()
         grads = {k: p.grad.detach().clone().contiguous() for k, p in model.named_parameters()}
         opt.step()
@@ -575,10 +579,10 @@ def training_step_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]
             save_file(after, str(d / "weights_after_adamw.safetensors"))
             w.other(f"training_step/{name}/weights_after_adamw.safetensors", "every parameter after one AdamW step")
         index["training_step"][name] = dict(
-            model=name, loss=float(loss), t=t.tolist(),
+            model=name, loss=float(loss), t=t.tolist(), **({"class_labels": train_labels[name]} if name in train_labels else {}),
             x_t=w.npy(f"training_step/{name}/x_t.npy", x_t, "model input"),
             eps=w.npy(f"training_step/{name}/eps.npy", eps, "target"),
-            loss_fn="torch.nn.functional.mse_loss(model(x_t, t).sample, eps), mean",
+            loss_fn="torch.nn.functional.mse_loss(model(x_t, t, class_labels).sample, eps), mean",
             optimizer="torch.optim.AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-5, weight_decay=0.01), one step",
         )
 

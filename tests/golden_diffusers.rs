@@ -377,14 +377,20 @@ fn a_training_step_matches_pytorch_autograd_and_adamw() {
     use minidiffusion::nn::named_params;
     use minidiffusion::optim::{AdamW, AdamWHyper};
     let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden("index.json")).unwrap()).unwrap();
-    for name in ["unet_a", "unet_d"] {
+    // unet_f, unet_g: class labels (one repeated) through a table and through the
+    // learned time projection, mish/gelu and the resnet resamplers backward
+    for name in ["unet_a", "unet_d", "unet_f", "unet_g"] {
         let case = &index["training_step"][name];
         let (model, _) = model_dir::load(&golden(name), Device::Cpu).unwrap();
         let x_t = tensor(&format!("training_step/{name}/x_t.npy"));
         let eps = tensor(&format!("training_step/{name}/eps.npy"));
         let t: Vec<f32> = case["t"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let t = Tensor::from_vec(t, [3]).unwrap();
-        let loss = ops::mse_loss(&model.forward(&x_t, &t).unwrap(), &eps).unwrap();
+        let labels = case["class_labels"].as_array().map(|l| {
+            let l: Vec<f32> = l.iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            Tensor::from_vec(l, [3]).unwrap()
+        });
+        let loss = ops::mse_loss(&model.forward_with_labels(&x_t, &t, labels.as_ref()).unwrap(), &eps).unwrap();
         let want_loss = case["loss"].as_f64().unwrap() as f32;
         assert_close(&format!("{name} loss"), &[loss.item().unwrap()], &[want_loss], 1e-6, 1e-5);
         let grads = minidiffusion::backward(&loss).unwrap();
