@@ -108,3 +108,22 @@ fn ddpm_with_steps_runs_that_many_model_calls() {
     assert!(stderr.contains("--steps: 1001 must be between 1 and the 1000 training timesteps"), "{stderr}");
     let _ = std::fs::remove_file(out);
 }
+
+/// Class labels for a model without class conditioning, and a Fourier (σ)
+/// model the DDPM/DDIM samplers cannot drive: one line each, exit 2.
+#[test]
+fn sample_refuses_labels_it_cannot_use_and_fourier_models() {
+    let golden = |name: &str| format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::env::temp_dir().join(format!("minidiffusion-cli-labels-{}.png", std::process::id()));
+    let (code, _, stderr) =
+        run(&["sample", "--model", &golden("unet_a"), "-n", "1", "--steps", "2", "--device", "cpu", "--class-labels", "1", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--class-labels") && stderr.contains("not class-conditional"), "{stderr}");
+    let (code, _, stderr) = run(&["sample", "--model", &golden("unet_h"), "-n", "1", "--steps", "2", "--device", "cpu", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("time_embedding_type fourier") && stderr.lines().count() == 1, "{stderr}");
+    let (code, _, stderr) = run(&["sample", "--model", &golden("unet_g"), "-n", "1", "--steps", "2", "--device", "cpu", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("in_channels 2 and out_channels 1 differ"), "{stderr}");
+    assert!(!out.exists(), "nothing written on refusal");
+}

@@ -320,3 +320,70 @@ fn queued_steps_equal_steps_taken_one_at_a_time() {
         .unwrap_err();
     assert!(err.to_string().contains("stop") && seen == 2, "{err}");
 }
+
+/// A class-conditional UNet (num_class_embeds 10) trains on the data's labels
+/// and samples by label: labels change the samples, no labels means every
+/// class in turn, and labels the model cannot take are one line, exit 2.
+#[test]
+fn class_conditional_training_and_sampling() {
+    let data = small_dataset("classes", 64, 32);
+    let work = temp_dir("classes-out");
+    let write_config = |name: &str, extra: &str| {
+        let path = work.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"in_channels": 1, "out_channels": 1, "sample_size": 32, "block_out_channels": [8, 16],
+                "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+                "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8, {extra}}}"#
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let config = write_config("classes.json", r#""num_class_embeds": 10"#);
+    let out = work.join("model");
+    let train = |config: &Path| {
+        run(&[
+            "train", "--data", data.to_str().unwrap(), "--config", config.to_str().unwrap(), "--max-steps", "6", "--batch-size", "16",
+            "--lr", "3e-3", "--device", "cpu", "--out", out.to_str().unwrap(),
+        ])
+    };
+    let (code, _, stderr) = train(&config);
+    assert_eq!(code, 0, "{stderr}");
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["num_class_embeds"], 10);
+    let sample = |labels: Option<&str>, name: &str| {
+        let npy_path = work.join(name);
+        let mut args = vec![
+            "sample", "--model", out.to_str().unwrap(), "-n", "4", "--steps", "4", "--seed", "3", "--device", "cpu",
+            "--out", work.join("grid.png").to_str().unwrap().to_string().leak(), "--npy", npy_path.to_str().unwrap().to_string().leak(),
+        ];
+        if let Some(l) = labels {
+            args.extend(["--class-labels", l]);
+        }
+        let (code, _, stderr) = run(&args);
+        (code, stderr, if code == 0 { npy::read(&npy_path).unwrap().1 } else { vec![] })
+    };
+    let (code, stderr, two) = sample(Some("2"), "two.npy");
+    assert_eq!(code, 0, "{stderr}");
+    let (_, _, three) = sample(Some("3"), "three.npy");
+    assert_ne!(two, three, "the class label must change the samples");
+    // no labels: every class in turn, the same as 0,1,2,3
+    let (_, _, default) = sample(None, "default.npy");
+    let (_, _, explicit) = sample(Some("0,1,2,3"), "explicit.npy");
+    assert_eq!(default, explicit);
+    let (code, stderr, _) = sample(Some("10"), "bad.npy");
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--class-labels") && stderr.contains("label 10 is out of range for 10 classes"), "{stderr}");
+
+    // fewer table rows than the data has classes; a Fourier (σ) model
+    for (extra, want) in [
+        (r#""num_class_embeds": 5"#, "num_class_embeds 5 is fewer than the data's 10 classes"),
+        (r#""time_embedding_type": "fourier""#, "noise levels"),
+    ] {
+        let (code, _, stderr) = train(&write_config("bad.json", extra));
+        assert_eq!(code, 2, "{extra}: {stderr}");
+        assert!(stderr.contains(want) && stderr.lines().count() == 1, "{extra}: {stderr}");
+    }
+}

@@ -342,14 +342,14 @@ fn sample(args: SampleBenchArgs) -> anyhow::Result<()> {
         kind: minidiffusion::diffusion::SamplerKind::Ddim { steps: 1, eta: 0.0, spacing: Default::default() },
         ..opts.clone()
     };
-    super::sample::sample_all(&model, &schedule, &warm, args.batch_size.min(args.n), args.batch_size, None, device)?;
+    super::sample::sample_all(&model, &schedule, &warm, args.batch_size.min(args.n), args.batch_size, None, &[], device)?;
     let prof = profiler(device, args.profile)?;
     // a graph's kernels cannot be timed one by one: profiled runs launch each
     let graphed = minidiffusion::diffusion::sampler::uses_cuda_graph(device, &schedule, &opts)?;
     if args.profile && opts.cuda_graph && matches!(device, Device::Cuda(_)) {
         eprintln!("note: --profile times every kernel, so this run launches them one by one (no CUDA graph)");
     }
-    let (_, _, evals, seconds) = super::sample::sample_all(&model, &schedule, &opts, args.n, args.batch_size, None, device)?;
+    let (_, _, evals, seconds) = super::sample::sample_all(&model, &schedule, &opts, args.n, args.batch_size, None, &[], device)?;
     print_profile(prof)?;
     let steps = evals / args.n;
     let (sps, eps) = (args.n as f64 / seconds, evals as f64 / seconds);

@@ -202,6 +202,10 @@ pub struct EvalArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub json: bool,
+    /// Class labels for a class-conditional model, comma-separated, cycled over
+    /// the samples (default: every class in turn).
+    #[arg(long, value_delimiter = ',')]
+    pub class_labels: Vec<usize>,
     #[arg(long, default_value = "auto")]
     pub device: String,
 }
@@ -215,6 +219,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let device = resolve_device(&args.device)?;
     let (model, scheduler) = model_dir::load(&args.model, device)?;
     let schedule = scheduler.schedule()?;
+    super::sample::check_samplable(&model, &schedule, &args.model)?;
     let mut opts = args.sampler.options(&scheduler)?;
     let (classifier_model, dir) = classifier(args.classifier.as_deref(), device)?;
     if args.n < 2 || args.batch_size == 0 {
@@ -237,7 +242,8 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     for first in (0..args.n).step_by(args.batch_size) {
         let count = args.batch_size.min(args.n - first);
         let x_t = sampler::initial_noise([count, c, h, w], first, opts.seed, device)?;
-        let s = no_grad(|| sampler::sample(|x, t| model.forward(x, t), x_t, first, &schedule, &opts))?;
+        let labels = super::sample::batch_labels(&model, &args.class_labels, first, count)?;
+        let s = no_grad(|| sampler::sample(|x, t| model.forward_with_labels(x, t, labels.as_ref()), x_t, first, &schedule, &opts))?;
         evals += s.model_evals;
         samples.extend(s.x0.try_to_vec()?);
         for ((_, t_slot, acc), (_, t, x0)) in history.iter_mut().zip(&s.x0_history) {
@@ -304,7 +310,8 @@ pub fn epoch_scorer(n: usize, device: Device) -> anyhow::Result<impl FnMut(&mini
         };
         let (c, (h, w)) = (l.model.config.in_channels, l.model.config.sample_hw().unwrap_or((32, 32)));
         let x_t = sampler::initial_noise([n, c, h, w], 0, opts.seed, device)?;
-        let s = no_grad(|| sampler::sample(|x, t| l.model.forward(x, t), x_t, 0, &l.schedule, &opts))?;
+        let labels = l.model.class_labels_for(&[], 0, n)?;
+        let s = no_grad(|| sampler::sample(|x, t| l.model.forward_with_labels(x, t, labels.as_ref()), x_t, 0, &l.schedule, &opts))?;
         let mut images = s.x0.try_to_vec()?;
         let (lo, hi) = l.config.range()?.bounds();
         to_unit_range(&mut images, lo, hi);

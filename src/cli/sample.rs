@@ -125,8 +125,30 @@ pub struct SampleArgs {
     /// Also write the samples as float32 .npy (N×C×H×W) in the model's data range.
     #[arg(long)]
     pub npy: Option<PathBuf>,
+    /// Class labels for a class-conditional model, comma-separated, cycled over
+    /// the samples (default: every class in turn).
+    #[arg(long, value_delimiter = ',')]
+    pub class_labels: Vec<usize>,
     #[arg(long, default_value = "auto")]
     pub device: String,
+}
+
+/// Refuse a model the samplers cannot drive, naming its config file.
+pub fn check_samplable(model: &UNet2DModel, schedule: &Schedule, dir: &std::path::Path) -> anyhow::Result<()> {
+    let c = &model.config;
+    if c.in_channels != c.out_channels {
+        let path = dir.join(model_dir::CONFIG);
+        bail!("{}: in_channels {} and out_channels {} differ: the samplers need an output shaped like their input", path.display(), c.in_channels, c.out_channels);
+    }
+    model.check_integer_timesteps(schedule.steps()).map_err(|e| match e {
+        minidiffusion::Error::Data { msg, .. } => anyhow::anyhow!("{}: {msg}", dir.join(model_dir::CONFIG).display()),
+        other => other.into(),
+    })
+}
+
+/// The class labels of samples first… (see `UNet2DModel::class_labels_for`), errors naming the flag.
+pub fn batch_labels(model: &UNet2DModel, given: &[usize], first: usize, count: usize) -> anyhow::Result<Option<Tensor>> {
+    model.class_labels_for(given, first, count).map_err(|e| anyhow::anyhow!("--class-labels: {e}"))
 }
 
 /// The model's data range: from the training record when there is one, else diffusers' [−1, 1].
@@ -142,6 +164,7 @@ pub fn sample_all(
     n: usize,
     batch_size: usize,
     init: Option<&(Vec<usize>, Vec<f32>)>,
+    class_labels: &[usize],
     device: Device,
 ) -> anyhow::Result<(Vec<f32>, [usize; 4], usize, f64)> {
     let c = model.config.in_channels;
@@ -159,7 +182,8 @@ pub fn sample_all(
             Some((_, v)) => Tensor::from_vec_on(v[first * per..(first + count) * per].to_vec(), [count, c, h, w], device)?,
             None => sampler::initial_noise([count, c, h, w], first, opts.seed, device)?,
         };
-        let s = no_grad(|| sampler::sample(|x, t| model.forward(x, t), x_t, first, schedule, opts))?;
+        let labels = batch_labels(model, class_labels, first, count)?;
+        let s = no_grad(|| sampler::sample(|x, t| model.forward_with_labels(x, t, labels.as_ref()), x_t, first, schedule, opts))?;
         evals += s.model_evals * count;
         out.extend(s.x0.try_to_vec()?);
     }
@@ -170,6 +194,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let device = resolve_device(&args.device)?;
     let (model, scheduler) = model_dir::load(&args.model, device)?;
     let schedule = scheduler.schedule()?;
+    check_samplable(&model, &schedule, &args.model)?;
     let opts = args.sampler.options(&scheduler)?;
     let init = match &args.init_noise {
         Some(p) => {
@@ -185,7 +210,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if n == 0 || args.batch_size == 0 {
         bail!("-n and --batch-size must be at least 1");
     }
-    let (samples, dims, evals, seconds) = sample_all(&model, &schedule, &opts, n, args.batch_size, init.as_ref(), device)?;
+    let (samples, dims, evals, seconds) = sample_all(&model, &schedule, &opts, n, args.batch_size, init.as_ref(), &args.class_labels, device)?;
     let (lo, hi) = data_range(&args.model);
     let cols = (n as f64).sqrt().ceil() as usize;
     png::write_grid(&args.out, &samples, &dims, lo, hi, cols)?;

@@ -201,6 +201,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         (config, model)
     };
     check_shapes(&config, &train)?;
+    // (before the banner: a refusal is the one line printed)
+    minidiffusion::train::check_model_fits(&model, &config.noise_schedule()?, &train, &test).map_err(|e| match e {
+        Error::Data { path, msg } if path == "config.json" => Error::Data { path: config.preset.clone(), msg },
+        other => other,
+    })?;
     eprintln!(
         "training {} ({:.2}M parameters) on {} ({} train / {} test images from {}), batch {}, {} products, device {device}",
         config.preset,

@@ -726,6 +726,56 @@ impl UNet2DModel {
         })
     }
 
+    /// Refuse, by name, a model that integer timesteps 0…steps−1 cannot
+    /// drive (the DDPM/DDIM samplers' and the trainer's): a "fourier" model
+    /// takes noise levels σ, a "learned" one only as many steps as its table has rows.
+    pub fn check_integer_timesteps(&self, steps: usize) -> Result<()> {
+        let c = &self.config;
+        if c.timesteps_are_noise_levels() {
+            return Err(UNet2DConfig::refuse(
+                "time_embedding_type",
+                "fourier",
+                "a score-SDE model whose timesteps are noise levels σ; DDPM/DDIM sampling and training here give integer timesteps",
+            ));
+        }
+        if let TimeProjection::Learned { table } = &self.time_proj {
+            if table.dims()[0] < steps {
+                return Err(UNet2DConfig::refuse("num_train_timesteps", table.dims()[0], &format!("a learned time embedding with that many rows cannot embed {steps} timesteps")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The [count] class labels of samples first…first+count−1 on the model's
+    /// device: `given` cycled (sample i gets given[i % len]), or with none
+    /// given every class of a class table in turn. None for a model without
+    /// class conditioning (which refuses labels).
+    pub fn class_labels_for(&self, given: &[usize], first: usize, count: usize) -> Result<Option<Tensor>> {
+        let refuse = |msg: String| Err(Error::Argument { op: "class labels", msg });
+        let classes = match (&self.class_embedding, self.config.class_conditioning()) {
+            (None, _) if given.is_empty() => return Ok(None),
+            (None, _) => return refuse("the model is not class-conditional".into()),
+            (_, Some(ClassConditioning::Identity)) => {
+                return refuse("class_embed_type \"identity\" takes [N, time_embed_dim] vectors, not class numbers".into());
+            }
+            (_, Some(ClassConditioning::Table(n))) => n,
+            // labels through the time projection: as many as it embeds
+            _ => match &self.time_proj {
+                TimeProjection::Learned { table } => table.dims()[0],
+                _ => usize::MAX,
+            },
+        };
+        if given.is_empty() && classes == usize::MAX {
+            return refuse("class_embed_type \"timestep\" has no class count: give the labels".into());
+        }
+        if let Some(&bad) = given.iter().find(|&&l| l >= classes) {
+            return refuse(format!("label {bad} is out of range for {classes} classes"));
+        }
+        let label = |i: usize| if given.is_empty() { i % classes } else { given[i % given.len()] };
+        let values: Vec<f32> = (first..first + count).map(|i| label(i) as f32).collect();
+        Ok(Some(Tensor::from_vec_on(values, [count], self.device)?))
+    }
+
     /// The time projection of timesteps (or of class labels, for "timestep" class embeddings).
     fn project_time(&self, t: &Tensor) -> Result<Tensor> {
         let c = &self.config;

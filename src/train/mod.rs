@@ -16,7 +16,7 @@ use crate::device::Device;
 use crate::diffusion::{Schedule, ScheduleKind};
 use crate::error::{Error, Result};
 use crate::nn::params;
-use crate::nn::unet::{UNet2DConfig, UNet2DModel};
+use crate::nn::unet::{ClassConditioning, UNet2DConfig, UNet2DModel};
 use crate::ops;
 use crate::ops::precision::Precision;
 use crate::optim::{AdamW, AdamWHyper, OneCycle};
@@ -242,6 +242,21 @@ pub trait Callback {
     fn on_failure(&mut self, _l: &Learner, _err: &Error) {}
 }
 
+/// Refuse a model this trainer cannot drive: one whose time embedding cannot
+/// take the schedule's integer timesteps, or (class-conditional models are
+/// trained on the data's class labels) whose class embedding cannot take the labels.
+pub fn check_model_fits(model: &UNet2DModel, schedule: &Schedule, train: &Dataset, test: &Dataset) -> Result<()> {
+    model.check_integer_timesteps(schedule.steps())?;
+    let Some(kind) = model.config.class_conditioning() else { return Ok(()) };
+    let classes = train.labels.iter().chain(&test.labels).max().map_or(0, |&m| m as usize + 1);
+    let refuse = |msg: String| Err(Error::Data { path: "config.json".into(), msg });
+    match kind {
+        ClassConditioning::Identity => refuse("class_embed_type \"identity\" takes label vectors; training here gives class numbers".into()),
+        ClassConditioning::Table(n) if n < classes => refuse(format!("num_class_embeds {n} is fewer than the data's {classes} classes")),
+        _ => model.class_labels_for(&[classes.saturating_sub(1)], 0, 1).map(|_| ()),
+    }
+}
+
 /// The model, its optimiser and schedule, the data, and where the run is.
 pub struct Learner {
     pub config: TrainConfig,
@@ -277,6 +292,7 @@ impl Learner {
         let opt = AdamW::new(params(&model), hyper)?;
         let one_cycle = OneCycle::new(config.lr, total_steps);
         let schedule = config.noise_schedule()?;
+        check_model_fits(&model, &schedule, &train, &test)?;
         let timestep_distribution = config.timestep_distribution()?;
         let range = config.range()?;
         let eval_n = config.eval_images.map_or(test.len(), |m| m.min(test.len()));
@@ -287,6 +303,15 @@ impl Learner {
 
     fn timesteps(&self, stream: u64, count: usize) -> Vec<u32> {
         self.timestep_distribution.draw(self.config.seed, stream, self.schedule.steps(), count)
+    }
+
+    /// The class labels of rows `indices` of `data` when the model is class-conditional.
+    fn labels(&self, data: &Dataset, indices: &[usize]) -> Result<Option<Tensor>> {
+        if self.model.config.class_conditioning().is_none() {
+            return Ok(None);
+        }
+        let values: Vec<f32> = indices.iter().map(|&i| data.labels[i] as f32).collect();
+        Ok(Some(Tensor::from_vec_on(values, [indices.len()], self.device)?))
     }
 
     /// The noisy batch and its target for rows `indices` of `images`: (x_t, t as f32 [B], ε).
@@ -305,7 +330,8 @@ impl Learner {
         let _nvtx = crate::device::nvtx::range("train step");
         let _precision = crate::ops::precision::with_precision(self.config.precision);
         let (x_t, t, eps) = self.noisy_batch(&self.train_x, indices, TIMESTEP_STREAM + self.step as u64, NOISE_STREAM + self.step as u64)?;
-        let pred = self.model.forward(&x_t, &t)?;
+        let labels = self.labels(&self.train, indices)?;
+        let pred = self.model.forward_with_labels(&x_t, &t, labels.as_ref())?;
         let loss = ops::mse_loss(&pred, &eps)?;
         let value = loss.to_host_async()?;
         let grads = crate::autograd::backward(&loss)?;
@@ -356,7 +382,8 @@ impl Learner {
         for (b, start) in (0..n).step_by(self.config.batch_size).enumerate() {
             let idx: Vec<usize> = (start..(start + self.config.batch_size).min(n)).collect();
             let (x_t, t, eps) = self.noisy_batch(&self.test_x, &idx, EVAL_TIMESTEP_STREAM + b as u64, EVAL_NOISE_STREAM + b as u64)?;
-            losses.push((ops::mse_loss(&self.model.forward(&x_t, &t)?, &eps)?.to_host_async()?, idx.len()));
+            let labels = self.labels(&self.test, &idx)?;
+            losses.push((ops::mse_loss(&self.model.forward_with_labels(&x_t, &t, labels.as_ref())?, &eps)?.to_host_async()?, idx.len()));
         }
         let (mut total, mut count) = (0f64, 0usize);
         for (loss, images) in losses {
