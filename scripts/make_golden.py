@@ -754,6 +754,12 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
          "trailing, clip 0.5"),
         ("ddim_v_prediction", dict(prediction_type="v_prediction"), "the model output read as v"),
         ("ddim_sample_prediction", dict(prediction_type="sample"), "the model output read as x0"),
+        # zero terminal SNR (rescale_betas_zero_snr): ᾱ = 0 at t = 999, which trailing
+        # spacing visits first; x0 there is -v (or the output itself), not from eps
+        ("ddim_zero_snr_v", dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction"),
+         "zero terminal SNR, trailing, v"),
+        ("ddim_zero_snr_sample", dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="sample"),
+         "zero terminal SNR, trailing, x0"),
     ):
         s = make_scheduler(kind, sched, **over)
         s.set_timesteps(n_steps)
@@ -766,6 +772,9 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
             visited.append(int(t))
         s.save_config(w.root / f"sampling/{key}")
         w.other(f"sampling/{key}/scheduler_config.json", "the DDIMScheduler config of this run")
+        if over.get("rescale_betas_zero_snr"):
+            assert float(s.alphas_cumprod[-1]) == 0.0 and bool(torch.isfinite(x).all())
+            w.npy(f"sampling/{key}/alphas_cumprod.npy", s.alphas_cumprod, "alphas_cumprod after rescale_zero_terminal_snr (float32)")
         index["sampling"][key] = dict(
             model=name, scheduler="DDIMScheduler", scheduler_config=sched_cfg(s), num_inference_steps=n_steps, eta=0.0,
             timesteps=visited, x_T=xT_rel,

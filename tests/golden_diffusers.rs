@@ -266,7 +266,8 @@ fn sample_follows_the_model_directorys_scheduler_config() {
     let (shape, prev) = load("sampling/ddim_eta0/prev_sample.npy");
     let per: usize = shape[1..].iter().product();
     let epsilon_leading = &prev[9 * per..];
-    for case in ["ddim_trailing_clip", "ddim_v_prediction", "ddim_sample_prediction"] {
+    // ddim_zero_snr_*: rescale_betas_zero_snr, so ᾱ = 0 at t = 999 (trailing visits it first)
+    for case in ["ddim_trailing_clip", "ddim_v_prediction", "ddim_sample_prediction", "ddim_zero_snr_v", "ddim_zero_snr_sample"] {
         std::fs::copy(golden(&format!("sampling/{case}/scheduler_config.json")), dir.join("scheduler_config.json")).unwrap();
         let (_, want) = load(&format!("sampling/{case}/final_sample.npy"));
         assert!(scaled_error(epsilon_leading, &want) > 0.05, "{case}: must differ from the plain run to show anything");

@@ -113,6 +113,24 @@ impl Prediction {
     }
 }
 
+impl Prediction {
+    /// x̂0 at a timestep where ᾱ = 0 (a zero-terminal-SNR schedule's last),
+    /// where it cannot come from ε̂: −v for v, the output itself for x̂0; an
+    /// ε-prediction model gives no x̂0 there (diffusers' would divide by 0).
+    pub fn x0_at_zero_snr(self, output: Tensor, t: usize) -> Result<Tensor> {
+        match self {
+            Prediction::V => crate::ops::mul_scalar(&output, -1.0),
+            Prediction::Sample => Ok(output),
+            Prediction::Epsilon => Err(crate::error::Error::Argument {
+                op: "sampler",
+                msg: format!(
+                    "ᾱ is 0 at timestep {t} (zero terminal SNR): an ε-prediction model gives no x̂0 there; use a v_prediction model or timesteps that skip it (leading spacing)"
+                ),
+            }),
+        }
+    }
+}
+
 /// Sampler settings beyond the kind.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerOptions {
@@ -307,6 +325,12 @@ pub fn sample(
     let device = x_t.device();
     let start = (first * (x_t.numel() / batch.max(1))) as u64;
     let plan = plan(schedule, opts)?;
+    if opts.prediction == Prediction::Epsilon {
+        // (refused before any work, and before the CUDA graph path, which takes ε̂ models only)
+        if let Some(&(t, _)) = plan.iter().find(|(t, _)| schedule.abar(*t as i64) == 0.0) {
+            return Err(Prediction::Epsilon.x0_at_zero_snr(x_t, t).expect_err("ε has no x̂0 at ᾱ = 0"));
+        }
+    }
     if let Some(backend) = super::cuda_graph::worth_it(device, opts, &plan)? {
         return super::cuda_graph::sample(&backend, model, x_t, start, &plan, opts);
     }
@@ -317,12 +341,29 @@ pub fn sample(
     let mut eps: Option<Tensor> = None;
     for (k, &(t, coefs)) in plan.iter().enumerate() {
         let _nvtx = crate::device::nvtx::range("sampler step");
+        let want_x0 = opts.keep_x0_at.contains(&k);
+        let mut x0_direct = None;
         if calls_model(opts.kind, &plan, k) {
-            eps = Some(opts.prediction.epsilon(model(&x, &timesteps(t)?)?, &x, schedule.abar(t as i64))?);
+            let output = model(&x, &timesteps(t)?)?;
+            let abar = schedule.abar(t as i64);
+            if abar == 0.0 {
+                x0_direct = Some(opts.prediction.x0_at_zero_snr(output, t)?);
+                eps = Some(x.clone()); // ε̂ = x_t where ᾱ = 0 (kept for skip-DDPM's reuse)
+            } else {
+                eps = Some(opts.prediction.epsilon(output, &x, abar)?);
+            }
             evals += 1;
         }
-        let want_x0 = opts.keep_x0_at.contains(&k);
-        let (next, x0) = step(&x, eps.as_ref().expect("set at k = 0"), coefs, opts.seed, 1 + k as u64, start, want_x0)?;
+        let eps_now = eps.as_ref().expect("set at k = 0");
+        let (next, x0) = match &x0_direct {
+            // the fused step with x̂0 in x_t's place and x_t (= ε̂) in ε̂'s:
+            // x̂0 = X, x_prev = c_x0·x̂0 + (c_xt + c_eps)·x_t + σ·z
+            Some(x0) => {
+                let from_x0 = StepCoefs { eps_scale: 0.0, inv_sqrt_abar: 1.0, c_xt: 0.0, c_eps: coefs.c_xt + coefs.c_eps, ..coefs };
+                step(x0, eps_now, from_x0, opts.seed, 1 + k as u64, start, want_x0)?
+            }
+            None => step(&x, eps_now, coefs, opts.seed, 1 + k as u64, start, want_x0)?,
+        };
         if let Some(x0) = x0 {
             history.push((k, t, x0));
         }

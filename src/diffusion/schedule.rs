@@ -82,8 +82,13 @@ impl Schedule {
                 if b.len() != steps {
                     return arg(format!("{} trained betas for {steps} steps", b.len()));
                 }
-                if let Some(bad) = b.iter().find(|&&x| !(0.0..1.0).contains(&x)) {
+                // β = 1 (ᾱ = 0 from there on) only at the last step: a zero-terminal-SNR schedule
+                let (last, rest) = b.split_last().expect("steps ≥ 1");
+                if let Some(bad) = rest.iter().find(|&&x| !(0.0..1.0).contains(&x)) {
                     return arg(format!("beta {bad} is outside [0, 1)"));
+                }
+                if !(0.0..=1.0).contains(last) {
+                    return arg(format!("beta {last} is outside [0, 1] (the last may be 1)"));
                 }
                 b.clone()
             }
@@ -98,6 +103,21 @@ impl Schedule {
             .collect();
         let sigmas = betas.iter().map(|b| b.sqrt()).collect();
         Ok(Schedule { kind, betas, alphas, alphas_cumprod, sigmas })
+    }
+
+    /// This schedule rescaled to zero terminal SNR (Lin et al. 2023, diffusers'
+    /// `rescale_zero_terminal_snr`, here in f64): √ᾱ shifted so its last value
+    /// is 0 and scaled so its first is unchanged; the betas follow, β_{T−1} = 1.
+    /// Only a model that predicts v (or x̂0) can be sampled from ᾱ = 0.
+    pub fn zero_terminal_snr(&self) -> Result<Schedule> {
+        let sqrt_abar: Vec<f64> = self.alphas_cumprod.iter().map(|a| a.sqrt()).collect();
+        let (first, last) = (sqrt_abar[0], sqrt_abar[sqrt_abar.len() - 1]);
+        if first <= last {
+            return Err(Error::Argument { op: "schedule", msg: "zero terminal SNR needs ᾱ to fall over the schedule".into() });
+        }
+        let abar: Vec<f64> = sqrt_abar.iter().map(|s| ((s - last) * first / (first - last)).powi(2)).collect();
+        let betas = (0..abar.len()).map(|t| if t == 0 { 1.0 - abar[0] } else { 1.0 - abar[t] / abar[t - 1] }).collect();
+        Schedule::new(ScheduleKind::Explicit(betas), self.steps())
     }
 
     /// The lesson's default: linear from 1e-4 to 0.01 over 1000 steps.

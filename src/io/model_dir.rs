@@ -136,9 +136,6 @@ impl SchedulerConfig {
         if self.thresholding {
             return Err(refuse("thresholding", &true));
         }
-        if self.rescale_betas_zero_snr {
-            return Err(refuse("rescale_betas_zero_snr", &true));
-        }
         self.ddpm_variance()?;
         if self.clip_sample && !(self.clip_sample_range > 0.0 && self.clip_sample_range.is_finite()) {
             return Err(refuse("clip_sample_range", &self.clip_sample_range));
@@ -154,7 +151,8 @@ impl SchedulerConfig {
             (None, "sigmoid") => ScheduleKind::Sigmoid { beta_min: self.beta_start, beta_max: self.beta_end },
             (None, other) => return Err(refuse("beta_schedule", &other)),
         };
-        Schedule::new(kind, self.num_train_timesteps)
+        let schedule = Schedule::new(kind, self.num_train_timesteps)?;
+        if self.rescale_betas_zero_snr { schedule.zero_terminal_snr() } else { Ok(schedule) }
     }
 }
 
