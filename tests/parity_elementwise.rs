@@ -103,3 +103,10 @@ fn cast_parity() {
     let err = ops::add(&d16, &d16).unwrap_err().to_string();
     assert!(err.contains("BF16") || err.contains("bf16"), "{err}");
 }
+
+/// Dropout (kernels/dropout.cu) against the CPU twin: the same Philox
+/// uniforms, so the same mask, exactly; forward and backward.
+#[test]
+fn dropout_parity() {
+    parity_check("dropout", &[&[3, 1001]], |x| ops::dropout(&x[0], 0.3, 9, 4), ParityTol { atol: 0.0, rtol: 0.0 });
+}
