@@ -173,14 +173,14 @@ fn bad_input_is_one_line_and_exit_2() {
     assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
     assert!(stderr.contains("--timesteps: 'gaussian' is neither uniform nor triangular"), "{stderr}");
 
-    // dropout is not implemented in training: refused by name rather than ignored
+    // a dropout that is no probability
     let work = temp_dir("dropout");
     let with_dropout = work.join("dropout.json");
-    let config = std::fs::read_to_string(micro_config(&work)).unwrap().replace("\"layers_per_block\"", "\"dropout\": 0.1, \"layers_per_block\"");
+    let config = std::fs::read_to_string(micro_config(&work)).unwrap().replace("\"layers_per_block\"", "\"dropout\": 1.0, \"layers_per_block\"");
     std::fs::write(&with_dropout, config).unwrap();
     let (code, _, stderr) = run(&["train", "--config", with_dropout.to_str().unwrap(), "--device", "cpu"]);
     assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
-    assert!(stderr.contains("dropout.json: dropout 0.1 is not supported in training"), "{stderr}");
+    assert!(stderr.contains("dropout.json: dropout 1 is not supported (a probability in [0, 1))"), "{stderr}");
 
     let (code, _, stderr) = run(&["sample", "--model", "/tmp", "--sampler", "dpm", "--device", "cpu"]);
     assert_eq!(code, 2);
@@ -386,4 +386,27 @@ fn class_conditional_training_and_sampling() {
         assert_eq!(code, 2, "{extra}: {stderr}");
         assert!(stderr.contains(want) && stderr.lines().count() == 1, "{extra}: {stderr}");
     }
+}
+
+/// The config's dropout is applied in training (diffusers' ResnetBlock2D:
+/// after norm2's activation, before conv2): the losses differ from a run
+/// without it, and the masks come from the run's seed, so a rerun repeats them.
+#[test]
+fn dropout_in_training_is_applied_and_reproducible() {
+    let data = small_dataset("dropout-train", 64, 32);
+    let work = temp_dir("dropout-train-out");
+    let micro = std::fs::read_to_string(micro_config(&work)).unwrap();
+    let train = |p: f64, name: &str| {
+        let path = work.join(format!("{name}.json"));
+        std::fs::write(&path, micro.replace("\"layers_per_block\"", &format!("\"dropout\": {p}, \"layers_per_block\""))).unwrap();
+        let (code, stdout, stderr) = run(&[
+            "train", "--data", data.to_str().unwrap(), "--config", path.to_str().unwrap(), "--max-steps", "4", "--batch-size", "16",
+            "--lr", "3e-3", "--device", "cpu", "--out", work.join(name).to_str().unwrap(), "--json",
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        json_field(stdout.lines().last().unwrap(), "final_loss")
+    };
+    let (none, a, b) = (train(0.0, "p0"), train(0.3, "p3a"), train(0.3, "p3b"));
+    assert_eq!(a, b, "same seed, same masks");
+    assert_ne!(a, none, "dropout must change the training");
 }

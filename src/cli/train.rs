@@ -107,10 +107,6 @@ fn preset(name: &str) -> anyhow::Result<Preset> {
                 Error::Data { msg, .. } => Error::Data { path: file.into(), msg },
                 other => other,
             })?;
-            // (sampling a model with dropout is fine: diffusers' eval mode does not drop)
-            if config.dropout != 0.0 {
-                return Err(Error::Data { path: file.into(), msg: format!("dropout {} is not supported in training (only 0)", config.dropout) }.into());
-            }
             p(file, config, 25, 512, 1e-2, None)
         }
     })

@@ -178,6 +178,9 @@ impl UNet2DConfig {
             }
             other => return Err(Self::refuse("time_embedding_type", other, "\"positional\", \"fourier\" or \"learned\"")),
         }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Self::refuse("dropout", self.dropout, "a probability in [0, 1)"));
+        }
         if self.time_embedding_dim == Some(0) {
             return Err(Self::refuse("time_embedding_dim", 0, "at least 1"));
         }
@@ -279,6 +282,28 @@ impl UNet2DConfig {
     }
 }
 
+/// Dropout in training (diffusers' ResnetBlock2D drops after norm2's
+/// activation, before conv2): probability `p`, each resnet's mask from its own
+/// Philox stream (seed, offset + k) for the k-th resnet of the forward pass.
+pub struct DropoutStreams {
+    pub p: f32,
+    pub seed: u64,
+    pub offset: u64,
+    next: std::cell::Cell<u64>,
+}
+
+impl DropoutStreams {
+    pub fn new(p: f32, seed: u64, offset: u64) -> DropoutStreams {
+        DropoutStreams { p, seed, offset, next: std::cell::Cell::new(0) }
+    }
+
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let k = self.next.get();
+        self.next.set(k + 1);
+        ops::dropout(x, self.p, self.seed, self.offset + k)
+    }
+}
+
 /// How a config's class labels reach the time embedding.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ClassConditioning {
@@ -364,10 +389,11 @@ impl ResnetBlock {
         }
     }
 
-    /// `temb_act` is act(temb), shared by all blocks.
+    /// `temb_act` is act(temb), shared by all blocks; `dropout` (training
+    /// only) drops before conv2.
     /// The time embedding is added by conv1 and the skip by conv2 as they
     /// store their outputs (`ops::conv2d_fused`), not as separate passes.
-    fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, temb_act: &Tensor, dropout: Option<&DropoutStreams>) -> Result<Tensor> {
         let _nvtx = nvtx::range("ResnetBlock2D");
         let t = self.time_emb_proj.forward(temb_act)?;
         let add_t = if self.scale_shift { ConvAdd::default() } else { ConvAdd { sample_bias: Some(&t), residual: None } };
@@ -388,7 +414,10 @@ impl ResnetBlock {
             let scale = ops::reshape(&ops::add_scalar(&ops::narrow(&t, 1, 0, c)?, 1.0)?, [n, c, 1, 1])?;
             let shift = ops::reshape(&ops::narrow(&t, 1, c, c)?, [n, c, 1, 1])?;
             let u = ops::add(&ops::mul(&self.norm2.forward(&h)?, &scale)?, &shift)?;
-            self.conv2.forward_add(&ops::activation(&u, self.act)?, to_skip)?
+            let a = ops::activation(&u, self.act)?;
+            self.conv2.forward_add(&match dropout { Some(d) => d.apply(&a)?, None => a }, to_skip)?
+        } else if let Some(d) = dropout {
+            self.conv2.forward_add(&d.apply(&ops::activation(&self.norm2.forward(&h)?, self.act)?)?, to_skip)?
         } else {
             self.norm_act_conv(&self.conv2, &h, &self.norm2, to_skip)?
         };
@@ -796,6 +825,12 @@ impl UNet2DModel {
     /// "timestep" class embedding, as f32), or [B, time_embed_dim] vectors for
     /// an "identity" one. A class-conditional model needs them, others refuse them.
     pub fn forward_with_labels(&self, x: &Tensor, t: &Tensor, class_labels: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_train(x, t, class_labels, None)
+    }
+
+    /// `forward_with_labels` in training: with `dropout`, each resnet drops
+    /// before its conv2 (diffusers' train mode with the config's `dropout`).
+    pub fn forward_train(&self, x: &Tensor, t: &Tensor, class_labels: Option<&Tensor>, dropout: Option<&DropoutStreams>) -> Result<Tensor> {
         let _nvtx = nvtx::range("UNet2DModel");
         let c = &self.config;
         if x.rank() != 4 || x.dims()[1] != c.in_channels || t.dims() != [x.dims()[0]] {
@@ -836,7 +871,7 @@ impl UNet2DModel {
         for block in &self.down_blocks {
             let _nvtx = nvtx::range("down block");
             for (j, r) in block.resnets.iter().enumerate() {
-                h = r.forward(&h, &temb_act)?;
+                h = r.forward(&h, &temb_act, dropout)?;
                 if let Some(a) = block.attentions.get(j) {
                     h = a.forward(&h)?;
                 }
@@ -846,24 +881,24 @@ impl UNet2DModel {
                 h = match resampler {
                     Resampler::Conv(d) if c.downsample_padding == 0 => d.forward(&pad_bottom_right(&h)?)?,
                     Resampler::Conv(d) => d.forward(&h)?,
-                    Resampler::Resnet(r) => r.forward(&h, &temb_act)?,
+                    Resampler::Resnet(r) => r.forward(&h, &temb_act, dropout)?,
                 };
                 skips.push(h.clone());
             }
         }
         if let Some(mid) = &self.mid_block {
             let _nvtx = nvtx::range("mid block");
-            h = mid.resnets[0].forward(&h, &temb_act)?;
+            h = mid.resnets[0].forward(&h, &temb_act, dropout)?;
             if let Some(a) = mid.attentions.first() {
                 h = a.forward(&h)?;
             }
-            h = mid.resnets[1].forward(&h, &temb_act)?;
+            h = mid.resnets[1].forward(&h, &temb_act, dropout)?;
         }
         for block in &self.up_blocks {
             let _nvtx = nvtx::range("up block");
             for (j, r) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
-                h = r.forward(&ops::concat(&[&h, &skip], 1)?, &temb_act)?;
+                h = r.forward(&ops::concat(&[&h, &skip], 1)?, &temb_act, dropout)?;
                 if let Some(a) = block.attentions.get(j) {
                     h = a.forward(&h)?;
                 }
@@ -871,7 +906,7 @@ impl UNet2DModel {
             h = match &block.resampler {
                 // read only by the upsampler conv: bf16 at the bf16 precision
                 Some(Resampler::Conv(u)) => u.forward(&ops::resample::upsample_nearest2x_stored(&h, ops::precision::conv_input_storage())?)?,
-                Some(Resampler::Resnet(r)) => r.forward(&h, &temb_act)?,
+                Some(Resampler::Resnet(r)) => r.forward(&h, &temb_act, dropout)?,
                 None => h,
             };
         }

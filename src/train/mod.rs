@@ -16,7 +16,7 @@ use crate::device::Device;
 use crate::diffusion::{Schedule, ScheduleKind};
 use crate::error::{Error, Result};
 use crate::nn::params;
-use crate::nn::unet::{ClassConditioning, UNet2DConfig, UNet2DModel};
+use crate::nn::unet::{ClassConditioning, DropoutStreams, UNet2DConfig, UNet2DModel};
 use crate::ops;
 use crate::ops::precision::Precision;
 use crate::optim::{AdamW, AdamWHyper, OneCycle};
@@ -30,6 +30,8 @@ const TIMESTEP_STREAM: u64 = 0x7100_0000_0000;
 const NOISE_STREAM: u64 = 0x7200_0000_0000;
 const EVAL_TIMESTEP_STREAM: u64 = 0x7300_0000_0000;
 const EVAL_NOISE_STREAM: u64 = 0x7400_0000_0000;
+/// Step s's dropout masks: streams DROPOUT_STREAM + s·2¹⁶ + k, k-th resnet.
+const DROPOUT_STREAM: u64 = 0x7500_0000_0000_0000;
 
 fn uniform() -> String {
     "uniform".into()
@@ -331,7 +333,9 @@ impl Learner {
         let _precision = crate::ops::precision::with_precision(self.config.precision);
         let (x_t, t, eps) = self.noisy_batch(&self.train_x, indices, TIMESTEP_STREAM + self.step as u64, NOISE_STREAM + self.step as u64)?;
         let labels = self.labels(&self.train, indices)?;
-        let pred = self.model.forward_with_labels(&x_t, &t, labels.as_ref())?;
+        let p = self.model.config.dropout as f32;
+        let dropout = (p > 0.0).then(|| DropoutStreams::new(p, self.config.seed, DROPOUT_STREAM + ((self.step as u64) << 16)));
+        let pred = self.model.forward_train(&x_t, &t, labels.as_ref(), dropout.as_ref())?;
         let loss = ops::mse_loss(&pred, &eps)?;
         let value = loss.to_host_async()?;
         let grads = crate::autograd::backward(&loss)?;
