@@ -760,6 +760,9 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
          "zero terminal SNR, trailing, v"),
         ("ddim_zero_snr_sample", dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="sample"),
          "zero terminal SNR, trailing, x0"),
+        # dynamic thresholding (replaces clip_sample): s per sample from the 0.9 quantile of |x0|, in [1, 2]
+        ("ddim_threshold", dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0),
+         "dynamic thresholding, ratio 0.9, max 2"),
     ):
         s = make_scheduler(kind, sched, **over)
         s.set_timesteps(n_steps)
@@ -772,6 +775,12 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
             visited.append(int(t))
         s.save_config(w.root / f"sampling/{key}")
         w.other(f"sampling/{key}/scheduler_config.json", "the DDIMScheduler config of this run")
+        if over.get("thresholding"):
+            # _threshold_sample on its own: samples with |x0| quantiles below 1, between 1 and 2, above 2
+            g = torch.Generator().manual_seed(SEED + 8000)
+            raw = torch.randn((3, 2, 4, 5), generator=g) * torch.tensor([0.3, 1.5, 6.0]).reshape(3, 1, 1, 1)
+            w.npy(f"sampling/{key}/threshold_in.npy", raw, "x0 before DDIMScheduler._threshold_sample (this config)")
+            w.npy(f"sampling/{key}/threshold_out.npy", s._threshold_sample(raw.clone()), "after _threshold_sample")
         if over.get("rescale_betas_zero_snr"):
             assert float(s.alphas_cumprod[-1]) == 0.0 and bool(torch.isfinite(x).all())
             w.npy(f"sampling/{key}/alphas_cumprod.npy", s.alphas_cumprod, "alphas_cumprod after rescale_zero_terminal_snr (float32)")

@@ -267,7 +267,8 @@ fn sample_follows_the_model_directorys_scheduler_config() {
     let per: usize = shape[1..].iter().product();
     let epsilon_leading = &prev[9 * per..];
     // ddim_zero_snr_*: rescale_betas_zero_snr, so ᾱ = 0 at t = 999 (trailing visits it first)
-    for case in ["ddim_trailing_clip", "ddim_v_prediction", "ddim_sample_prediction", "ddim_zero_snr_v", "ddim_zero_snr_sample"] {
+    // ddim_threshold: dynamic thresholding (ratio 0.9, sample_max_value 2)
+    for case in ["ddim_trailing_clip", "ddim_v_prediction", "ddim_sample_prediction", "ddim_zero_snr_v", "ddim_zero_snr_sample", "ddim_threshold"] {
         std::fs::copy(golden(&format!("sampling/{case}/scheduler_config.json")), dir.join("scheduler_config.json")).unwrap();
         let (_, want) = load(&format!("sampling/{case}/final_sample.npy"));
         assert!(scaled_error(epsilon_leading, &want) > 0.05, "{case}: must differ from the plain run to show anything");
@@ -456,4 +457,20 @@ fn strided_ddpm_steps_match_diffusers() {
             assert!((u - v).abs() <= 1e-6 * v.abs().max(1e-3), "t={t}: {u} vs {v}");
         }
     }
+}
+
+/// diffusers' `_threshold_sample` on its own (ratio 0.9, sample_max_value 2):
+/// one sample whose |x̂0| quantile is below 1 (plain clip at 1), one between 1
+/// and 2 (scaled by its quantile), one above 2 (clamped at 2).
+#[test]
+fn dynamic_thresholding_matches_diffusers() {
+    use minidiffusion::diffusion::sampler::Thresholding;
+    let (shape, mut x) = load("sampling/ddim_threshold/threshold_in.npy");
+    let (_, want) = load("sampling/ddim_threshold/threshold_out.npy");
+    Thresholding { ratio: 0.9, max: 2.0 }.apply(&mut x, shape[0]);
+    assert_close("thresholded x0", &x, &want, 1e-6, 1e-6);
+    // the three regimes are all there
+    let per = x.len() / 3;
+    let peaks: Vec<f32> = want.chunks(per).map(|c| c.iter().fold(0f32, |m, v| m.max(v.abs()))).collect();
+    assert!(peaks[0] < 1.0 && (peaks[1] - 1.0).abs() < 1e-6 && (peaks[2] - 1.0).abs() < 1e-6, "{peaks:?}");
 }

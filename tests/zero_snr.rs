@@ -1,8 +1,9 @@
-//! Zero terminal SNR (diffusers' rescale_betas_zero_snr): the rescaled
-//! schedule against diffusers' (f32) alphas_cumprod, and the samplers at
-//! ᾱ = 0, where x̂0 comes straight from a v (or x̂0) model's output and an
-//! ε model is refused. The whole DDIM runs against diffusers are in
-//! golden_diffusers.rs (sample_follows_the_model_directorys_scheduler_config).
+//! x̂0 not from ε̂. Zero terminal SNR (diffusers' rescale_betas_zero_snr): the
+//! rescaled schedule against diffusers' (f32) alphas_cumprod, and the samplers
+//! at ᾱ = 0, where x̂0 comes straight from a v (or x̂0) model's output and an ε
+//! model is refused. Dynamic thresholding in DDPM's update. The whole DDIM
+//! runs against diffusers are in golden_diffusers.rs
+//! (sample_follows_the_model_directorys_scheduler_config).
 
 use minidiffusion::diffusion::sampler::{self, Prediction, SamplerKind, SamplerOptions, Spacing};
 use minidiffusion::diffusion::{Schedule, ScheduleKind};
@@ -73,4 +74,37 @@ fn an_epsilon_model_is_refused_where_abar_is_zero() {
     assert!(err.contains("ᾱ is 0 at timestep 999") && err.contains("v_prediction"), "{err}");
     // leading spacing starts at 900: ᾱ > 0 all the way
     assert!(run(Spacing::Leading).unwrap().x0.to_vec().iter().all(|v| v.is_finite()));
+}
+
+/// DDPM with dynamic thresholding (the update that needs x_t besides x̂0):
+/// a 2-step strided DDPM run against the update written out by hand, with the
+/// sampler's Philox noise drawn again.
+#[test]
+fn ddpm_with_thresholding_follows_the_update_by_hand() {
+    use minidiffusion::diffusion::sampler::{DdpmVariance, Thresholding, ddpm_strided_coefs};
+    use minidiffusion::rng::PhiloxStream;
+    let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.02 }, 1000).unwrap();
+    let dims = [2, 1, 4, 4];
+    let out = fixed_output(&dims);
+    let th = Thresholding { ratio: 0.8, max: 3.0 };
+    let opts = SamplerOptions {
+        kind: SamplerKind::DdpmStrided { steps: 2, spacing: Spacing::Trailing },
+        threshold: Some(th),
+        seed: 5,
+        ..Default::default()
+    };
+    let x_t = sampler::initial_noise(dims, 0, 5, minidiffusion::Device::Cpu).unwrap();
+    let mut x = x_t.to_vec();
+    let got = no_grad(|| sampler::sample(|_, _| Ok(out.clone()), x_t, 0, &s, &opts)).unwrap().x0.to_vec();
+    let o = out.to_vec();
+    for (k, (t, prev)) in [(999usize, 499i64), (499, -1)].into_iter().enumerate() {
+        let c = ddpm_strided_coefs(&s, t, prev, None, DdpmVariance::Beta);
+        assert!(c.sigma > 0.0 && (k == 1 || c.c_xt != 0.0), "the first update uses x_t besides x̂0");
+        let mut x0: Vec<f32> = x.iter().zip(&o).map(|(&x, &e)| (x - c.eps_scale * e) * c.inv_sqrt_abar).collect();
+        th.apply(&mut x0, 2);
+        let mut z = vec![0f32; x.len()];
+        PhiloxStream::new(5, 1 + k as u64).fill_normal(0, &mut z);
+        x = (0..x.len()).map(|i| c.c_x0 * x0[i] + c.c_xt * x[i] + c.sigma * z[i]).collect();
+    }
+    assert_close("thresholded DDPM", &got, &x, 1e-5, 1e-5);
 }

@@ -89,9 +89,12 @@ impl SamplerArgs {
             Some(flag) => DdpmVariance::parse(flag)?,
             None => scheduler.ddpm_variance()?,
         };
+        // an explicit --clip-x0 (none included) replaces the config's thresholding
+        let threshold = if self.clip_x0.is_some() { None } else { scheduler.thresholding() };
         Ok(SamplerOptions {
             kind,
             clip_x0,
+            threshold,
             ddpm_variance,
             prediction: scheduler.prediction()?,
             set_alpha_to_one: scheduler.set_alpha_to_one,

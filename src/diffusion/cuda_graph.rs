@@ -28,7 +28,8 @@ pub(super) fn worth_it(device: Device, opts: &SamplerOptions, plan: &[(usize, St
     let Device::Cuda(d) = device else { return Ok(None) };
     // the ε̂ of v- or x̂0-predicting models is formed with ᾱ_t as a launch
     // argument, which a replayed graph would freeze: those sample eagerly
-    if !opts.cuda_graph || opts.prediction != super::sampler::Prediction::Epsilon {
+    // (thresholding reads x̂0 back to the host every step)
+    if !opts.cuda_graph || opts.prediction != super::sampler::Prediction::Epsilon || opts.threshold.is_some() {
         return Ok(None);
     }
     let backend = crate::device::cuda::backend(d)?;

@@ -131,12 +131,66 @@ impl Prediction {
     }
 }
 
+/// diffusers' dynamic thresholding of x̂0 (`thresholding=True`): per sample,
+/// s = the `ratio` quantile of |x̂0| (linear interpolation, as torch.quantile),
+/// clamped to [1, max]; x̂0 ← clamp(x̂0, −s, s)/s. Computed on the host (one
+/// read of x̂0 per step).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Thresholding {
+    pub ratio: f32,
+    pub max: f32,
+}
+
+impl Thresholding {
+    /// Threshold each of the `batch` samples of `x0` (host values) in place.
+    pub fn apply(self, x0: &mut [f32], batch: usize) {
+        let per = x0.len() / batch.max(1);
+        if per == 0 {
+            return;
+        }
+        let mut sorted = vec![0f32; per];
+        for sample in x0.chunks_mut(per) {
+            for (a, v) in sorted.iter_mut().zip(sample.iter()) {
+                *a = v.abs();
+            }
+            sorted.sort_unstable_by(f32::total_cmp);
+            // torch.quantile: rank = q·(n − 1) in f32, lerp between its neighbours
+            let rank = self.ratio * (per - 1) as f32;
+            let (lo, frac) = (rank.floor() as usize, rank - rank.floor());
+            let (a, b) = (sorted[lo], sorted[(lo + 1).min(per - 1)]);
+            let q = if frac < 0.5 { a + frac * (b - a) } else { b - (b - a) * (1.0 - frac) };
+            // torch.clamp(s, min=1, max): the max wins when max < 1
+            let s = q.max(1.0).min(self.max);
+            for v in sample.iter_mut() {
+                *v = v.clamp(-s, s) / s;
+            }
+        }
+    }
+}
+
+/// The fused step for an x̂0 given directly (a ᾱ = 0 call, or thresholded):
+/// run with x̂0 in x_t's place (eps_scale 0, inv_sqrt_abar 1, so x̂0 = X) and
+/// in ε̂'s place whichever of ε̂ and x_t the update still needs — DDIM has
+/// c_xt = 0, DDPM c_eps = 0, and at ᾱ = 0 ε̂ is x_t — so that
+/// x_prev = c_x0·x̂0 + c_xt·x_t + c_eps·ε̂ + σ·z as before.
+fn step_from_x0<'a>(x: &'a Tensor, eps: &'a Tensor, eps_is_xt: bool, c: StepCoefs) -> (&'a Tensor, StepCoefs) {
+    let from_x0 = StepCoefs { eps_scale: 0.0, inv_sqrt_abar: 1.0, c_xt: 0.0, ..c };
+    if eps_is_xt || c.c_xt == 0.0 {
+        (eps, StepCoefs { c_eps: c.c_eps + c.c_xt, ..from_x0 })
+    } else {
+        assert_eq!(c.c_eps, 0.0, "a sampler update uses x_t or ε̂ besides x̂0, not both");
+        (x, StepCoefs { c_eps: c.c_xt, ..from_x0 })
+    }
+}
+
 /// Sampler settings beyond the kind.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerOptions {
     pub kind: SamplerKind,
     /// Clip x̂0 to [−v, v] before the update (diffusers clips at 1 by default; the lesson does not).
     pub clip_x0: Option<f32>,
+    /// Dynamic thresholding of x̂0 instead (when set, `clip_x0` is not used).
+    pub threshold: Option<Thresholding>,
     /// The noise level of DDPM's (and skip-DDPM's) updates.
     pub ddpm_variance: DdpmVariance,
     /// What the model's output is.
@@ -160,6 +214,7 @@ impl Default for SamplerOptions {
         SamplerOptions {
             kind: SamplerKind::Ddpm,
             clip_x0: None,
+            threshold: None,
             ddpm_variance: DdpmVariance::Beta,
             prediction: Prediction::Epsilon,
             set_alpha_to_one: true,
@@ -277,14 +332,16 @@ pub fn initial_noise(dims: [usize; 4], first: usize, seed: u64, device: Device) 
 
 /// Each update: (timestep, coefficients), in sampling order.
 pub fn plan(schedule: &Schedule, opts: &SamplerOptions) -> Result<Vec<(usize, StepCoefs)>> {
+    // thresholding takes the place of clipping
+    let clip = if opts.threshold.is_some() { None } else { opts.clip_x0 };
     Ok(match opts.kind {
         SamplerKind::Ddpm | SamplerKind::DdpmSkip | SamplerKind::DdpmSampleAt => {
-            (0..schedule.steps()).rev().map(|t| (t, ddpm_coefs(schedule, t, opts.clip_x0, opts.ddpm_variance))).collect()
+            (0..schedule.steps()).rev().map(|t| (t, ddpm_coefs(schedule, t, clip, opts.ddpm_variance))).collect()
         }
         SamplerKind::DdpmStrided { steps, spacing } => {
             let ts = ddim_timesteps(schedule.steps(), steps, spacing, opts.steps_offset)?;
             let ratio = (schedule.steps() / steps) as i64;
-            ts.iter().map(|&t| (t, ddpm_strided_coefs(schedule, t, t as i64 - ratio, opts.clip_x0, opts.ddpm_variance))).collect()
+            ts.iter().map(|&t| (t, ddpm_strided_coefs(schedule, t, t as i64 - ratio, clip, opts.ddpm_variance))).collect()
         }
         SamplerKind::Ddim { steps, eta, spacing } => {
             let ts = ddim_timesteps(schedule.steps(), steps, spacing, opts.steps_offset)?;
@@ -294,7 +351,7 @@ pub fn plan(schedule: &Schedule, opts: &SamplerOptions) -> Result<Vec<(usize, St
                 .map(|&t| {
                     let prev = t as i64 - ratio as i64;
                     let abar_prev = if prev >= 0 { schedule.abar(prev) } else { final_abar };
-                    (t, ddim_coefs(schedule.abar(t as i64), abar_prev, eta, opts.clip_x0))
+                    (t, ddim_coefs(schedule.abar(t as i64), abar_prev, eta, clip))
                 })
                 .collect()
         }
@@ -355,12 +412,21 @@ pub fn sample(
             evals += 1;
         }
         let eps_now = eps.as_ref().expect("set at k = 0");
+        // ε̂ is x_t itself at a ᾱ = 0 call
+        let eps_is_xt = x0_direct.is_some();
+        if let Some(th) = opts.threshold {
+            let x0 = match x0_direct.take() {
+                Some(x0) => x0,
+                None => crate::ops::mul_scalar(&crate::ops::sub(&x, &crate::ops::mul_scalar(eps_now, coefs.eps_scale)?)?, coefs.inv_sqrt_abar)?,
+            };
+            let mut values = x0.try_to_vec()?;
+            th.apply(&mut values, batch);
+            x0_direct = Some(Tensor::from_vec_on(values, x0.dims().to_vec(), device)?);
+        }
         let (next, x0) = match &x0_direct {
-            // the fused step with x̂0 in x_t's place and x_t (= ε̂) in ε̂'s:
-            // x̂0 = X, x_prev = c_x0·x̂0 + (c_xt + c_eps)·x_t + σ·z
             Some(x0) => {
-                let from_x0 = StepCoefs { eps_scale: 0.0, inv_sqrt_abar: 1.0, c_xt: 0.0, c_eps: coefs.c_xt + coefs.c_eps, ..coefs };
-                step(x0, eps_now, from_x0, opts.seed, 1 + k as u64, start, want_x0)?
+                let (e, from_x0) = step_from_x0(&x, eps_now, eps_is_xt, coefs);
+                step(x0, e, from_x0, opts.seed, 1 + k as u64, start, want_x0)?
             }
             None => step(&x, eps_now, coefs, opts.seed, 1 + k as u64, start, want_x0)?,
         };

@@ -6,7 +6,7 @@
 use super::safetensors::{self as st, StateDict};
 use super::write_atomic;
 use crate::device::Device;
-use crate::diffusion::sampler::{DdpmVariance, Prediction};
+use crate::diffusion::sampler::{DdpmVariance, Prediction, Thresholding};
 use crate::diffusion::{Schedule, ScheduleKind};
 use crate::error::{Error, Result};
 use crate::nn::load_state;
@@ -37,6 +37,9 @@ fn d_true() -> bool {
 }
 fn d_one() -> f64 {
     1.0
+}
+fn d_ratio() -> f64 {
+    0.995
 }
 fn d_leading() -> String {
     "leading".into()
@@ -70,8 +73,13 @@ pub struct SchedulerConfig {
     pub timestep_spacing: String,
     #[serde(default = "d_epsilon")]
     pub prediction_type: String,
+    /// Dynamic thresholding of x̂₀ (Imagen's; replaces clipping when on).
     #[serde(default)]
     pub thresholding: bool,
+    #[serde(default = "d_ratio")]
+    pub dynamic_thresholding_ratio: f64,
+    #[serde(default = "d_one")]
+    pub sample_max_value: f64,
     #[serde(default)]
     pub rescale_betas_zero_snr: bool,
     /// DDPMScheduler's noise level ("fixed_small", "fixed_large"); DDIMScheduler configs have none.
@@ -99,9 +107,15 @@ impl SchedulerConfig {
         c
     }
 
-    /// The x̂₀ clipping diffusers' DDIM and DDPM schedulers apply with this config.
+    /// The x̂₀ clipping diffusers' DDIM and DDPM schedulers apply with this
+    /// config (none when thresholding, which takes its place).
     pub fn clip_x0(&self) -> Option<f32> {
-        self.clip_sample.then_some(self.clip_sample_range as f32)
+        (self.clip_sample && !self.thresholding).then_some(self.clip_sample_range as f32)
+    }
+
+    /// The dynamic thresholding of x̂₀ this config asks for.
+    pub fn thresholding(&self) -> Option<Thresholding> {
+        self.thresholding.then_some(Thresholding { ratio: self.dynamic_thresholding_ratio as f32, max: self.sample_max_value as f32 })
     }
 
     /// What the model predicts (epsilon, v_prediction or sample).
@@ -133,8 +147,11 @@ impl SchedulerConfig {
             msg: format!("{key} {value} is not supported"),
         };
         self.prediction()?;
-        if self.thresholding {
-            return Err(refuse("thresholding", &true));
+        if self.thresholding && !(self.dynamic_thresholding_ratio > 0.0 && self.dynamic_thresholding_ratio <= 1.0) {
+            return Err(refuse("dynamic_thresholding_ratio", &self.dynamic_thresholding_ratio));
+        }
+        if self.thresholding && !(self.sample_max_value > 0.0 && self.sample_max_value.is_finite()) {
+            return Err(refuse("sample_max_value", &self.sample_max_value));
         }
         self.ddpm_variance()?;
         if self.clip_sample && !(self.clip_sample_range > 0.0 && self.clip_sample_range.is_finite()) {
