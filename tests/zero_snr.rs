@@ -76,35 +76,49 @@ fn an_epsilon_model_is_refused_where_abar_is_zero() {
     assert!(run(Spacing::Leading).unwrap().x0.to_vec().iter().all(|v| v.is_finite()));
 }
 
-/// DDPM with dynamic thresholding (the update that needs x_t besides x̂0):
-/// a 2-step strided DDPM run against the update written out by hand, with the
-/// sampler's Philox noise drawn again.
+/// DDPM with dynamic thresholding (the update that needs x_t besides x̂0), on
+/// a 2-step schedule, against the update written out by hand with the
+/// sampler's Philox noise drawn again. The model's ε̂ points at x̂0 targets
+/// whose |x̂0| quantiles lie in (1, max), so the threshold scales, not only
+/// clips; the second call's ε̂ is fixed, so the result depends on the first
+/// update's x_t term.
 #[test]
 fn ddpm_with_thresholding_follows_the_update_by_hand() {
-    use minidiffusion::diffusion::sampler::{DdpmVariance, Thresholding, ddpm_strided_coefs};
+    use minidiffusion::diffusion::sampler::{DdpmVariance, Thresholding, ddpm_coefs};
     use minidiffusion::rng::PhiloxStream;
-    let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.02 }, 1000).unwrap();
+    let s = Schedule::new(ScheduleKind::Linear { beta_min: 0.1, beta_max: 0.5 }, 2).unwrap();
     let dims = [2, 1, 4, 4];
-    let out = fixed_output(&dims);
     let th = Thresholding { ratio: 0.8, max: 3.0 };
-    let opts = SamplerOptions {
-        kind: SamplerKind::DdpmStrided { steps: 2, spacing: Spacing::Trailing },
-        threshold: Some(th),
-        seed: 5,
-        ..Default::default()
+    let (t1, t2): (Vec<f32>, Vec<f32>) = (randn(&dims, 6).iter().map(|v| 1.5 * v).collect(), randn(&dims, 7).iter().map(|v| 1.5 * v).collect());
+    // ε̂ at x and t pointing at x̂0 = target
+    let toward = |x: &[f32], t: usize, target: &[f32]| -> Vec<f32> {
+        let (a, b) = (s.abar(t as i64).sqrt() as f32, (1.0 - s.abar(t as i64)).sqrt() as f32);
+        x.iter().zip(target).map(|(&x, &x0)| (x - a * x0) / b).collect()
     };
-    let x_t = sampler::initial_noise(dims, 0, 5, minidiffusion::Device::Cpu).unwrap();
-    let mut x = x_t.to_vec();
-    let got = no_grad(|| sampler::sample(|_, _| Ok(out.clone()), x_t, 0, &s, &opts)).unwrap().x0.to_vec();
-    let o = out.to_vec();
-    for (k, (t, prev)) in [(999usize, 499i64), (499, -1)].into_iter().enumerate() {
-        let c = ddpm_strided_coefs(&s, t, prev, None, DdpmVariance::Beta);
-        assert!(c.sigma > 0.0 && (k == 1 || c.c_xt != 0.0), "the first update uses x_t besides x̂0");
-        let mut x0: Vec<f32> = x.iter().zip(&o).map(|(&x, &e)| (x - c.eps_scale * e) * c.inv_sqrt_abar).collect();
+    // the update by hand: x_prev = c_x0·thr(x̂0) + c_xt·x_t + σ·z
+    let update = |k: usize, t: usize, x: &[f32], eps: &[f32]| -> Vec<f32> {
+        let c = ddpm_coefs(&s, t, None, DdpmVariance::Beta);
+        let mut x0: Vec<f32> = x.iter().zip(eps).map(|(&x, &e)| (x - c.eps_scale * e) * c.inv_sqrt_abar).collect();
         th.apply(&mut x0, 2);
         let mut z = vec![0f32; x.len()];
-        PhiloxStream::new(5, 1 + k as u64).fill_normal(0, &mut z);
-        x = (0..x.len()).map(|i| c.c_x0 * x0[i] + c.c_xt * x[i] + c.sigma * z[i]).collect();
-    }
-    assert_close("thresholded DDPM", &got, &x, 1e-5, 1e-5);
+        if c.sigma > 0.0 {
+            PhiloxStream::new(5, 1 + k as u64).fill_normal(0, &mut z);
+        }
+        (0..x.len()).map(|i| c.c_x0 * x0[i] + c.c_xt * x[i] + c.sigma * z[i]).collect()
+    };
+    assert!(ddpm_coefs(&s, 1, None, DdpmVariance::Beta).c_xt > 0.1, "the first update uses x_t besides x̂0");
+    let x_t = sampler::initial_noise(dims, 0, 5, minidiffusion::Device::Cpu).unwrap();
+    let xt = x_t.to_vec();
+    let eps1 = toward(&xt, 1, &t1);
+    let x1 = update(0, 1, &xt, &eps1);
+    let eps2 = toward(&x1, 0, &t2);
+    let want = update(1, 0, &x1, &eps2);
+    let mut calls = 0;
+    let model = |_: &Tensor, _: &Tensor| {
+        calls += 1;
+        Tensor::from_vec(if calls == 1 { eps1.clone() } else { eps2.clone() }, dims.to_vec())
+    };
+    let opts = SamplerOptions { kind: SamplerKind::Ddpm, threshold: Some(th), seed: 5, ..Default::default() };
+    let got = no_grad(|| sampler::sample(model, x_t, 0, &s, &opts)).unwrap().x0.to_vec();
+    assert_close("thresholded DDPM", &got, &want, 1e-5, 1e-5);
 }
