@@ -351,6 +351,8 @@ fn class_conditional_training_and_sampling() {
     };
     let (code, _, stderr) = train(&config);
     assert_eq!(code, 0, "{stderr}");
+    // the epoch's sample grid is drawn by class too
+    assert!(!stderr.contains("warning"), "{stderr}");
     let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(saved["num_class_embeds"], 10);
     let sample = |labels: Option<&str>, name: &str| {

@@ -310,7 +310,7 @@ pub fn epoch_scorer(n: usize, device: Device) -> anyhow::Result<impl FnMut(&mini
         };
         let (c, (h, w)) = (l.model.config.in_channels, l.model.config.sample_hw().unwrap_or((32, 32)));
         let x_t = sampler::initial_noise([n, c, h, w], 0, opts.seed, device)?;
-        let labels = l.model.class_labels_for(&[], 0, n)?;
+        let labels = l.sample_labels(0, n)?;
         let s = no_grad(|| sampler::sample(|x, t| l.model.forward_with_labels(x, t, labels.as_ref()), x_t, 0, &l.schedule, &opts))?;
         let mut images = s.x0.try_to_vec()?;
         let (lo, hi) = l.config.range()?.bounds();

@@ -274,7 +274,8 @@ impl SampleGrid {
         let c = l.model.config.in_channels;
         let (h, w) = l.model.config.sample_hw().unwrap_or((32, 32));
         let x_t = sampler::initial_noise([self.n, c, h, w], 0, GRID_SEED, l.device)?;
-        let s = crate::no_grad(|| sampler::sample(|x, t| l.model.forward(x, t), x_t, 0, &l.schedule, &opts))?;
+        let labels = l.sample_labels(0, self.n)?;
+        let s = crate::no_grad(|| sampler::sample(|x, t| l.model.forward_with_labels(x, t, labels.as_ref()), x_t, 0, &l.schedule, &opts))?;
         let values = s.x0.try_to_vec()?;
         let (lo, hi) = l.config.range()?.bounds();
         let dir = self.handle.dir().join("samples");

@@ -316,6 +316,17 @@ impl Learner {
         Ok(Some(Tensor::from_vec_on(values, [indices.len()], self.device)?))
     }
 
+    /// Class labels for samples first…first+count−1 drawn during training
+    /// (sample grids, per-epoch FID): every class of the training data in
+    /// turn; None for a model without class conditioning.
+    pub fn sample_labels(&self, first: usize, count: usize) -> Result<Option<Tensor>> {
+        let classes: Vec<usize> = match self.model.config.class_conditioning() {
+            Some(_) => (0..self.train.labels.iter().max().map_or(0, |&m| m as usize + 1)).collect(),
+            None => vec![],
+        };
+        self.model.class_labels_for(&classes, first, count)
+    }
+
     /// The noisy batch and its target for rows `indices` of `images`: (x_t, t as f32 [B], ε).
     fn noisy_batch(&self, images: &Tensor, indices: &[usize], t_stream: u64, noise_stream: u64) -> Result<(Tensor, Tensor, Tensor)> {
         let x0 = ops::index_select(images, indices)?;
