@@ -526,6 +526,23 @@ pub enum Resampler {
     Resnet(ResnetBlock),
 }
 
+impl Resampler {
+    /// As diffusers builds a block's resampler: a resampling resnet in the
+    /// Resnet{Down,Up}sampleBlock2D and in Attn blocks whose downsample_type /
+    /// upsample_type is "resnet", else a conv (stride 2 down; 3×3 after the 2× upsample up).
+    fn new(init: &mut Initializer, config: &UNet2DConfig, block_type: &str, channels: usize, kind: ResnetKind, resample: Resample, device: Device) -> Result<Resampler> {
+        let (resnet_block, attn_block, attn_choice, (stride, padding)) = match resample {
+            Resample::Down => ("ResnetDownsampleBlock2D", "AttnDownBlock2D", &config.downsample_type, (2, config.downsample_padding)),
+            Resample::Up => ("ResnetUpsampleBlock2D", "AttnUpBlock2D", &config.upsample_type, (1, 1)),
+        };
+        Ok(if block_type == resnet_block || (block_type == attn_block && attn_choice == "resnet") {
+            Resampler::Resnet(ResnetBlock::new(init, channels, channels, kind, 1.0, Some(resample), device)?)
+        } else {
+            Resampler::Conv(Conv2d::new(init, channels, channels, 3, stride, padding, device)?)
+        })
+    }
+}
+
 /// A down, mid or up block: resnets, each optionally followed by attention,
 /// then an optional resampler.
 pub struct Block {
@@ -676,16 +693,7 @@ impl UNet2DModel {
                     attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, Some(groups), eps, 1.0, device)?);
                 }
             }
-            let resnet_resampler = match block_type.as_str() {
-                "ResnetDownsampleBlock2D" => true,
-                "AttnDownBlock2D" => config.downsample_type == "resnet",
-                _ => false,
-            };
-            let resampler = match (i + 1 < n, resnet_resampler) {
-                (false, _) => None,
-                (true, true) => Some(Resampler::Resnet(ResnetBlock::new(init, out_c, out_c, kind, 1.0, Some(Resample::Down), device)?)),
-                (true, false) => Some(Resampler::Conv(Conv2d::new(init, out_c, out_c, 3, 2, config.downsample_padding, device)?)),
-            };
+            let resampler = if i + 1 < n { Some(Resampler::new(init, &config, block_type, out_c, kind, Resample::Down, device)?) } else { None };
             down_blocks.push(Block { resnets, attentions, resampler });
         }
         let last = ch[n - 1];
@@ -725,16 +733,7 @@ impl UNet2DModel {
                     attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, Some(groups), eps, 1.0, device)?);
                 }
             }
-            let resnet_resampler = match block_type.as_str() {
-                "ResnetUpsampleBlock2D" => true,
-                "AttnUpBlock2D" => config.upsample_type == "resnet",
-                _ => false,
-            };
-            let resampler = match (i + 1 < n, resnet_resampler) {
-                (false, _) => None,
-                (true, true) => Some(Resampler::Resnet(ResnetBlock::new(init, out_c, out_c, kind, 1.0, Some(Resample::Up), device)?)),
-                (true, false) => Some(Resampler::Conv(Conv2d::new(init, out_c, out_c, 3, 1, 1, device)?)),
-            };
+            let resampler = if i + 1 < n { Some(Resampler::new(init, &config, block_type, out_c, kind, Resample::Up, device)?) } else { None };
             up_blocks.push(Block { resnets, attentions, resampler });
         }
         let conv_norm_out = GroupNorm::new(groups, c0, eps, device)?;
@@ -767,10 +766,10 @@ impl UNet2DModel {
                 "a score-SDE model whose timesteps are noise levels σ; DDPM/DDIM sampling and training here give integer timesteps",
             ));
         }
-        if let TimeProjection::Learned { table } = &self.time_proj {
-            if table.dims()[0] < steps {
-                return Err(UNet2DConfig::refuse("num_train_timesteps", table.dims()[0], &format!("a learned time embedding with that many rows cannot embed {steps} timesteps")));
-            }
+        if let TimeProjection::Learned { table } = &self.time_proj
+            && table.dims()[0] < steps
+        {
+            return Err(UNet2DConfig::refuse("num_train_timesteps", table.dims()[0], &format!("a learned time embedding with that many rows cannot embed {steps} timesteps")));
         }
         Ok(())
     }
