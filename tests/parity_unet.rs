@@ -180,3 +180,47 @@ fn bf16_training_steps_on_the_device_follow_the_cpu_twin() {
     eprintln!("bf16 eval loss cpu {ec:.7} {device} {ed:.7}");
     assert_close(&format!("bf16 eval loss after 4 steps on {device}"), &[ed], &[ec], 1e-5, 3e-3);
 }
+
+/// One training step's gradients on the device against PyTorch autograd
+/// (golden `training_step/`): unet_g — gelu, a learned time embedding, class
+/// labels through it and their own MLP (one label repeated), scale_shift,
+/// ResnetDownsample/UpsampleBlock2D — on the emulation too (an 8×8 model);
+/// unet_f — mish, a class table, resnet resamplers — on a GPU.
+#[test]
+fn golden_training_step_gradients_on_the_device_match_pytorch() {
+    use minidiffusion::io::safetensors as st;
+    use minidiffusion::nn::named_params;
+    let device = parity_device();
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden("index.json")).unwrap()).unwrap();
+    let names: &[&str] = if on_gpu(device) { &["unet_g", "unet_f"] } else { &["unet_g"] };
+    for &name in names {
+        let case = &index["training_step"][name];
+        let (model, _) = model_dir::load(&golden(name), device).unwrap();
+        let on = |rel: &str| {
+            let (s, v) = load(rel);
+            Tensor::from_vec_on(v, s, device).unwrap()
+        };
+        let values = |key: &str| -> Vec<f32> { case[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect() };
+        let (x_t, eps) = (on(&format!("training_step/{name}/x_t.npy")), on(&format!("training_step/{name}/eps.npy")));
+        let t = Tensor::from_vec_on(values("t"), [3], device).unwrap();
+        let labels = Tensor::from_vec_on(values("class_labels"), [3], device).unwrap();
+        let loss = minidiffusion::ops::mse_loss(&model.forward_with_labels(&x_t, &t, Some(&labels)).unwrap(), &eps).unwrap();
+        assert_close(&format!("{name} loss on {device}"), &[loss.item().unwrap()], &[case["loss"].as_f64().unwrap() as f32], 1e-6, 1e-5);
+        let grads = minidiffusion::backward(&loss).unwrap();
+        let want = st::read(&golden(&format!("training_step/{name}/grads.safetensors"))).unwrap();
+        let model_scale = want.values().flat_map(|(_, w)| w.iter()).fold(0f32, |m, v| m.max(v.abs()));
+        let mut worst = (0f32, String::new());
+        for (pname, p) in named_params(&model) {
+            let g = grads.get(&p).unwrap_or_else(|| panic!("{name}: no gradient for {pname} on {device}")).to_vec();
+            let w = &want[&pname].1;
+            // as the CPU's bar (golden_diffusers.rs): 1e-4 of the tensor's scale, at least 1e-3 of the model's
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3 * model_scale);
+            let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            assert!(err < 1e-4, "{name} {pname} on {device}: gradient {err:e} of its scale from PyTorch's");
+            if err > worst.0 {
+                worst = (err, pname);
+            }
+        }
+        eprintln!("{name} on {device}: worst gradient {:.2e} of its scale ({})", worst.0, worst.1);
+    }
+}
