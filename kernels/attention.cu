@@ -143,23 +143,30 @@ __device__ __forceinline__ void block_place(int len, long long& b, int& first) {
 // random order, so the rescale branch is rare.)
 // With lse non-null (training) it also writes each query's log-sum-exp,
 // lse[b, i] = m + log l = log Σ_j e^(s_ij), from which backward recomputes P.
+// Batch entry b is head b % heads of image b / heads; an image's Q, K, V
+// start q_image, k_image, v_image floats after the previous image's, and its
+// heads lie one after another (D·Lq, D·Lk, Dv·Lk apart). Separate tensors:
+// heads 1 and strides D·Lq, D·Lk, Dv·Lk; one packed [B, 3·heads·D, L] tensor
+// (the q, k, v projections as one conv): strides 3·heads·D·L, K and V from
+// heads·D·L and 2·heads·D·L on. O is always [batch, Dv, Lq].
 template <int H>
 __device__ void infer(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk, int d,
-                      int dv, float scale) {
+                      int dv, float scale, int heads, long long q_image, long long k_image, long long v_image) {
     __shared__ float4 ks[KEY_CHUNK * H / 4];
     __shared__ float4 vs[KEY_CHUNK * H / 4];
     long long b;
     int first;
     block_place(lq, b, first);
+    const long long image = b / heads, head = b - image * heads;
     const int i = first + (int)threadIdx.x;
     const bool live = i < lq;
     float qr[H], acc[H];
-    load_column<H>(qr, q + b * d * lq, d, lq, i, live, scale);
+    load_column<H>(qr, q + image * q_image + head * d * lq, d, lq, i, live, scale);
 #pragma unroll
     for (int c = 0; c < H; ++c) acc[c] = 0.0f;
     float m = MD_NEG_INF, l = 0.0f;
-    const float* kb = k + b * d * lk;
-    const float* vb = v + b * dv * lk;
+    const float* kb = k + image * k_image + head * d * lk;
+    const float* vb = v + image * v_image + head * dv * lk;
     for (int j0 = 0; j0 < lk; j0 += KEY_CHUNK) {
         const int n = min(KEY_CHUNK, lk - j0);
         __syncthreads();  // the previous chunk is no longer read
@@ -299,8 +306,9 @@ __device__ void backward_key(float* dk, float* dvv, const float* q, const float*
 // for infer and backward_query, Lk for backward_key.
 extern "C" __global__ void __launch_bounds__(128)
     attention_columns_infer_h8(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk,
-                               int d, int dv, float scale) {
-    attention::infer<8>(o, lse, q, k, v, lq, lk, d, dv, scale);
+                                int d, int dv, float scale, int heads, long long q_image, long long k_image,
+                                long long v_image) {
+    attention::infer<8>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
 }
 extern "C" __global__ void __launch_bounds__(128)
     attention_columns_backward_query_h8(float* dq, float* delta, const float* q, const float* k, const float* v,
@@ -316,8 +324,9 @@ extern "C" __global__ void __launch_bounds__(128)
 }
 extern "C" __global__ void __launch_bounds__(128)
     attention_columns_infer_h16(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk,
-                               int d, int dv, float scale) {
-    attention::infer<16>(o, lse, q, k, v, lq, lk, d, dv, scale);
+                                int d, int dv, float scale, int heads, long long q_image, long long k_image,
+                                long long v_image) {
+    attention::infer<16>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
 }
 extern "C" __global__ void __launch_bounds__(128)
     attention_columns_backward_query_h16(float* dq, float* delta, const float* q, const float* k, const float* v,
@@ -333,8 +342,9 @@ extern "C" __global__ void __launch_bounds__(128)
 }
 extern "C" __global__ void __launch_bounds__(128)
     attention_columns_infer_h32(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk,
-                               int d, int dv, float scale) {
-    attention::infer<32>(o, lse, q, k, v, lq, lk, d, dv, scale);
+                                int d, int dv, float scale, int heads, long long q_image, long long k_image,
+                                long long v_image) {
+    attention::infer<32>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
 }
 extern "C" __global__ void __launch_bounds__(128)
     attention_columns_backward_query_h32(float* dq, float* delta, const float* q, const float* k, const float* v,

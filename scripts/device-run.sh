@@ -105,6 +105,8 @@ ours_bf16)
     # (profiled at the goal's batch, 2048: the per-kernel shares there are what the goal needs)
     step ours_sample_bf16_profile 60 "$md" bench sample --config seed --steps 4 -n 2048 --batch-size 2048 --device cuda --profile --precision bf16
     step ours_sample_bf16 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # A/B: the attention blocks' q, k, v as one conv (same samples, bit for bit)
+    MINIDIFFUSION_QKV=packed step ours_sample_bf16_packed_qkv 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: GroupNorm + SiLU outputs stored in bf16 instead of f32 (same samples)
     MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16

@@ -95,6 +95,40 @@ fn fused_inference_attention_parity() {
     }
 }
 
+/// Attention over one packed [B, 3·heads·D, L] projection (the q, k, v convs
+/// as one): the fused kernel reads q, k and v where they lie. On the device
+/// it equals, bit for bit, the same kernel on the three parts copied out, and
+/// the CPU twin within the reduction tolerance; heads of 8 (h8), 12 (h16),
+/// 32 (h32), and 40 (past the fused kernel: the copy path).
+#[test]
+fn packed_inference_attention_parity() {
+    use minidiffusion::{Tensor, no_grad, testing::assert_close, testing::parity_device};
+    for (i, &(b, heads, d, len)) in [(2, 4, 8, 70), (3, 2, 12, 33), (1, 1, 32, 16), (2, 2, 40, 9)].iter().enumerate() {
+        let scale = 1.0 / (d as f32).sqrt();
+        let dims = [b, 3 * heads * d, len];
+        let values = randn(&dims, 300 + i as u64);
+        let run = |device, packed: bool| {
+            let qkv = Tensor::from_vec_on(values.clone(), dims, device).unwrap();
+            no_grad(|| {
+                if packed {
+                    ops::attention_columns_packed(&qkv, heads, scale)
+                } else {
+                    let part = |j: usize| ops::reshape(&ops::narrow(&qkv, 1, j * heads * d, heads * d)?, [b, heads, d, len]);
+                    ops::attention_columns(&part(0)?, &part(1)?, &part(2)?, scale)
+                }
+            })
+            .unwrap()
+        };
+        let device = parity_device();
+        let (packed, parts) = (run(device, true), run(device, false));
+        assert_eq!(packed.dims(), &[b, heads, d, len]);
+        let bits = |t: &Tensor| t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&packed), bits(&parts), "packed attention case {i}: the same kernel on the same values");
+        let cpu = run(minidiffusion::Device::Cpu, true).to_vec();
+        assert_close(&format!("packed attention case {i} ({device} vs cpu)"), &packed.to_vec(), &cpu, ParityTol::REDUCTION.atol, ParityTol::REDUCTION.rtol);
+    }
+}
+
 #[test]
 fn fused_training_attention_parity() {
     // with grad, the Columns layout at D, Dv ≤ 32 keeps only the rows'

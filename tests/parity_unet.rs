@@ -69,6 +69,38 @@ fn golden_unets_on_the_device_match_diffusers() {
     }
 }
 
+/// The attention blocks' q, k, v as one conv (`MINIDIFFUSION_QKV=packed`,
+/// inference on CUDA): the golden UNets' ε̂ bit for bit as with three convs
+/// (each output channel's sum is the same whichever conv computes it), at
+/// f32 and at bf16; on the emulation unet_c and unet_e (mid attention
+/// without group norm), on a GPU also unet_a and unet_f.
+#[test]
+fn packed_qkv_projection_gives_the_same_bits() {
+    use minidiffusion::nn::unet::with_packed_qkv;
+    let device = parity_device();
+    let names: &[&str] = if on_gpu(device) { &["unet_c", "unet_e", "unet_a", "unet_f"] } else { &["unet_c", "unet_e"] };
+    for &name in names {
+        let (model, _) = model_dir::load(&golden(name), device).unwrap();
+        let (xs, xv) = load(&format!("{name}/forward/x.npy"));
+        let x = Tensor::from_vec_on(xv, xs, device).unwrap();
+        let (ts, tv) = load(&format!("{name}/forward/t_mixed_1_999.npy"));
+        let t = Tensor::from_vec_on(tv, ts, device).unwrap();
+        let labels = model.config.class_conditioning().map(|_| {
+            let (ls, lv) = load(&format!("{name}/forward/class_labels.npy"));
+            Tensor::from_vec_on(lv, ls, device).unwrap()
+        });
+        for precision in [minidiffusion::ops::Precision::F32, minidiffusion::ops::Precision::Bf16] {
+            let run = |packed: bool| {
+                let _precision = minidiffusion::ops::with_precision(precision);
+                with_packed_qkv(packed, || no_grad(|| model.forward_with_labels(&x, &t, labels.as_ref()))).unwrap().to_vec()
+            };
+            let (packed, separate) = (run(true), run(false));
+            let differ = packed.iter().zip(&separate).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{name} at {precision:?} on {device}: {differ} values differ with the packed projection");
+        }
+    }
+}
+
 /// The golden UNets at the bf16 compute precision on the device against the
 /// CPU twin at bf16, and against diffusers' f32 ε̂. bf16 products put both
 /// 2e-3 to 1e-2 of the scale from f32 (the twin's own distance is measured

@@ -486,6 +486,11 @@ impl AttentionBlock {
         fn projection<'a>(weight: &'a Tensor, layer: &'a Linear) -> ops::ConvAfter<'a> {
             ops::ConvAfter { weight, bias: layer.bias.as_ref(), add: ConvAdd::default(), params: Conv2dParams::default() }
         }
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let grad_wanted = crate::autograd::is_grad_enabled() && [x, &wq, &wk, &wv].iter().any(|t| t.requires_grad());
+        if packed_qkv() && !grad_wanted && x.device().is_cuda() {
+            return self.forward_packed(x, [&wq, &wk, &wv], &wo, scale);
+        }
         let qkv = [projection(&wq, &self.to_q), projection(&wk, &self.to_k), projection(&wv, &self.to_v)];
         // the group norm is read only by the three projections (at inference on
         // CUDA they apply it as they read x: `ops::convs_after_norm`)
@@ -498,12 +503,59 @@ impl AttentionBlock {
         };
         let heads = |t: &Tensor| ops::reshape(t, [b, self.heads, head_dim, pixels]);
         let (q, k, v) = (heads(&projected[0])?, heads(&projected[1])?, heads(&projected[2])?);
-        let o = ops::attention_columns(&q, &k, &v, 1.0 / (head_dim as f32).sqrt())?;
-        // to_out adds the residual x as it stores
+        let o = ops::attention_columns(&q, &k, &v, scale)?;
+        self.output(x, &o, &wo)
+    }
+
+    /// to_out(o) + x (added as it stores), over the rescale factor.
+    fn output(&self, x: &Tensor, o: &Tensor, wo: &Tensor) -> Result<Tensor> {
+        let (b, h, w) = (x.dims()[0], x.dims()[2], x.dims()[3]);
         let to_out = ConvAdd { sample_bias: None, residual: Some(x) };
-        let out = ops::conv2d_fused(&ops::reshape(&o, [b, inner, h, w])?, &wo, self.to_out.bias.as_ref(), to_out, Conv2dParams::default())?;
+        let out = ops::conv2d_fused(&ops::reshape(o, [b, wo.dims()[1], h, w])?, wo, self.to_out.bias.as_ref(), to_out, Conv2dParams::default())?;
         if self.rescale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.rescale) }
     }
+
+    /// The inference path with the q, k and v projections as one conv of
+    /// their stacked weights (x read once; one launch) and the attention
+    /// reading q, k and v where that conv wrote them (`ops::attention_columns_packed`).
+    fn forward_packed(&self, x: &Tensor, [wq, wk, wv]: [&Tensor; 3], wo: &Tensor, scale: f32) -> Result<Tensor> {
+        let (b, h, w) = (x.dims()[0], x.dims()[2], x.dims()[3]);
+        let weight = ops::concat(&[wq, wk, wv], 0)?;
+        let bias = match (&self.to_q.bias, &self.to_k.bias, &self.to_v.bias) {
+            (Some(bq), Some(bk), Some(bv)) => Some(ops::concat(&[bq, bk, bv], 0)?),
+            _ => None,
+        };
+        let projection = ops::ConvAfter { weight: &weight, bias: bias.as_ref(), add: ConvAdd::default(), params: Conv2dParams::default() };
+        let qkv = match &self.group_norm {
+            Some(norm) => {
+                let first = ops::NormFirst { groups: norm.groups, weight: Some(&norm.weight), bias: Some(&norm.bias), eps: norm.eps, silu: false };
+                ops::convs_after_norm(x, first, std::slice::from_ref(&projection))?.remove(0)
+            }
+            None => ops::conv2d_fused(x, &weight, bias.as_ref(), ConvAdd::default(), Conv2dParams::default())?,
+        };
+        let o = ops::attention_columns_packed(&ops::reshape(&qkv, [b, weight.dims()[0], h * w])?, self.heads, scale)?;
+        self.output(x, &o, wo)
+    }
+}
+
+thread_local! {
+    static PACKED_QKV: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether the attention blocks compute q, k and v as one conv at inference
+/// on CUDA (`forward_packed`): `MINIDIFFUSION_QKV=packed`, or inside
+/// [`with_packed_qkv`]. Off by default until a GPU run measures it.
+pub fn packed_qkv() -> bool {
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    PACKED_QKV.with(std::cell::Cell::get).unwrap_or_else(|| *FROM_ENV.get_or_init(|| std::env::var("MINIDIFFUSION_QKV").is_ok_and(|v| v == "packed")))
+}
+
+/// `f` with the packed q, k, v projection on or off (this thread).
+pub fn with_packed_qkv<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let previous = PACKED_QKV.with(|p| p.replace(Some(on)));
+    let result = f();
+    PACKED_QKV.with(|p| p.set(previous));
+    result
 }
 
 impl Module for AttentionBlock {

@@ -87,18 +87,50 @@ pub fn forward_output(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims
     if !fused(dims, layout) {
         return Ok(forward(q, k, v, dims, layout, scale)?.0);
     }
-    fused_forward(q, k, v, dims, scale, false).map(|(o, _)| o)
+    fused_forward(q, k, v, dims, scale, false, None).map(|(o, _)| o)
+}
+
+/// Inference attention over one packed [images, 3·heads·D, L] buffer — each
+/// image's Q, then K, then V, as one conv of the three projections writes
+/// them — into O [images·heads, D, L] (requires [`fused`]).
+pub fn forward_output_packed(qkv: &CudaBuffer, images: usize, heads: usize, d: usize, len: usize, scale: f32) -> Result<CudaBuffer> {
+    let dims = Dims { batch: images * heads, lq: len, lk: len, d, dv: d };
+    let inner = heads * d * len;
+    elems("attention", qkv.len())?;
+    if qkv.len() != 3 * images * inner {
+        return Err(crate::error::Error::Cuda(format!("packed attention: {} values for {images} × 3 × {inner}", qkv.len())));
+    }
+    // K and V: the same buffer from the image's second and third thirds on
+    let at = |offset: usize| Arg::Ptr(qkv.ptr() + (offset * std::mem::size_of::<f32>()) as u64);
+    let strides = PackedStrides { heads, image: 3 * inner, k: at(inner), v: at(2 * inner) };
+    fused_forward(qkv, qkv, qkv, dims, scale, false, Some(strides)).map(|(o, _)| o)
+}
+
+/// Where the fused forward finds K and V in a packed buffer, and its image stride.
+struct PackedStrides {
+    heads: usize,
+    image: usize,
+    k: Arg,
+    v: Arg,
 }
 
 /// (O, L) by the fused kernel (requires [`fused`]): L [batch, Lq] the rows'
 /// log-sum-exp, from which [`backward_lse`] recomputes P; no [batch, Lq, Lk]
 /// P is written or kept.
 pub fn forward_lse(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32) -> Result<(CudaBuffer, CudaBuffer)> {
-    let (o, lse) = fused_forward(q, k, v, dims, scale, true)?;
+    let (o, lse) = fused_forward(q, k, v, dims, scale, true, None)?;
     Ok((o, lse.expect("asked for")))
 }
 
-fn fused_forward(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32, with_lse: bool) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
+fn fused_forward(
+    q: &CudaBuffer,
+    k: &CudaBuffer,
+    v: &CudaBuffer,
+    dims: Dims,
+    scale: f32,
+    with_lse: bool,
+    packed: Option<PackedStrides>,
+) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
     let Dims { batch, lq, lk, d, dv } = dims;
     let backend = q.backend();
     let o = backend.alloc(batch * lq * dv)?;
@@ -110,7 +142,28 @@ fn fused_forward(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, sca
     // every index the kernel forms, and the block count, is below the largest buffer's length
     elems("attention", batch * d.max(dv).max(1) * lq.max(lk))?;
     let lse_arg = lse.as_ref().map_or(Arg::Ptr(0), |l| l.arg());
-    let args = [o.arg(), lse_arg, q.arg(), k.arg(), v.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
+    // batch entry b = image·heads + head (see kernels/attention.cu's infer)
+    let (k_arg, v_arg, heads, [q_image, k_image, v_image]) = match packed {
+        Some(p) => (p.k, p.v, p.heads, [p.image; 3]),
+        None => (k.arg(), v.arg(), 1, [d * lq, d * lk, dv * lk]),
+    };
+    let stride = |n: usize| Arg::U64(n as u64);
+    let args = [
+        o.arg(),
+        lse_arg,
+        q.arg(),
+        k_arg,
+        v_arg,
+        int(lq)?,
+        int(lk)?,
+        int(d)?,
+        int(dv)?,
+        Arg::F32(scale),
+        int(heads)?,
+        stride(q_image),
+        stride(k_image),
+        stride(v_image),
+    ];
     backend.launch(for_head(INFER, dims), fused_launch(batch, lq), &args)?;
     Ok((o, lse))
 }

@@ -29,6 +29,30 @@ pub fn attention_columns(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Resu
     attention_in(q, k, v, scale, Layout::Columns)
 }
 
+/// Inference attention over a packed projection (no gradient): qkv
+/// [B, 3·heads·D, L] holds each image's q, k and v one after another along
+/// the channels, as one conv of the three projections' stacked weights
+/// writes them; o is [B, heads, D, L], as [`attention_columns`] of the three
+/// parts. On CUDA the fused kernel reads the parts where they lie (no copy).
+pub fn attention_columns_packed(qkv: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("attention_columns");
+    let &[b, c, len] = qkv.dims() else {
+        return shape_err("attention", format!("packed q, k, v must be [B, 3·heads·D, L], got {}", qkv.shape()));
+    };
+    if heads == 0 || c % (3 * heads) != 0 {
+        return shape_err("attention", format!("packed q, k, v {} do not split into 3 × {heads} heads", qkv.shape()));
+    }
+    let d = c / (3 * heads);
+    let wants_grad = crate::autograd::is_grad_enabled() && qkv.requires_grad();
+    let dims = cpu::Dims { batch: b * heads, lq: len, lk: len, d, dv: d };
+    if let (Device::Cuda(_), false, true) = (qkv.device(), wants_grad, cuda::fused(dims, Layout::Columns)) {
+        let o = cuda::forward_output_packed(qkv.storage().cuda("attention")?, b, heads, d, len, scale)?;
+        return Ok(Tensor::from_storage(Storage::Cuda(o), Shape::new(vec![b, heads, d, len])));
+    }
+    let part = |i: usize| crate::ops::reshape(&crate::ops::narrow(qkv, 1, i * heads * d, heads * d)?, [b, heads, d, len]);
+    attention_columns(&part(0)?, &part(1)?, &part(2)?, scale)
+}
+
 fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) -> Result<Tensor> {
     let device = Tensor::common_device("attention", &[q, k, v])?;
     let r = q.rank();
