@@ -412,3 +412,54 @@ fn dropout_in_training_is_applied_and_reproducible() {
     assert_eq!(a, b, "same seed, same masks");
     assert_ne!(a, none, "dropout must change the training");
 }
+
+/// v-prediction on a zero-terminal-SNR schedule: the target is
+/// √ᾱ·ε − √(1−ᾱ)·x₀; a run trains, its scheduler_config.json says
+/// v_prediction with ᾱ = 0 at the last step (β = 1), and it samples with DDPM
+/// (which visits ᾱ = 0) and trailing DDIM; the flags that cannot work are refused.
+#[test]
+fn v_prediction_on_a_zero_snr_schedule_trains_and_samples() {
+    use minidiffusion::diffusion::sampler::Prediction;
+    use minidiffusion::train::training_target;
+    // the target, against the formula on the host
+    let (x0v, epsv) = (minidiffusion::testing::randn(&[2, 1, 3, 3], 1), minidiffusion::testing::randn(&[2, 1, 3, 3], 2));
+    let abar = [0.3f64, 0.0];
+    let (x0, eps) = (minidiffusion::Tensor::from_vec(x0v.clone(), [2, 1, 3, 3]).unwrap(), minidiffusion::Tensor::from_vec(epsv.clone(), [2, 1, 3, 3]).unwrap());
+    let got = training_target(Prediction::V, &x0, eps.clone(), &abar).unwrap().to_vec();
+    let want: Vec<f32> = (0..18).map(|i| epsv[i] * (abar[i / 9].sqrt() as f32) - x0v[i] * ((1.0 - abar[i / 9]).sqrt() as f32)).collect();
+    assert_eq!(got, want);
+    assert_eq!(training_target(Prediction::Sample, &x0, eps.clone(), &abar).unwrap().to_vec(), x0v);
+    assert_eq!(training_target(Prediction::Epsilon, &x0, eps, &abar).unwrap().to_vec(), epsv);
+
+    let data = small_dataset("vpred", 64, 32);
+    let work = temp_dir("vpred-out");
+    let config = micro_config(&work);
+    let out = work.join("model");
+    let base = ["train", "--data", data.to_str().unwrap(), "--config", config.to_str().unwrap(), "--batch-size", "16", "--device", "cpu"];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend(["--out", out.to_str().unwrap()]);
+        a.extend(extra);
+        run(&a)
+    };
+    let (code, _, stderr) = with(&["--max-steps", "4", "--prediction", "v_prediction", "--zero-snr", "--grid-steps", "0"]);
+    assert_eq!(code, 0, "{stderr}");
+    let sched: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("scheduler_config.json")).unwrap()).unwrap();
+    assert_eq!(sched["prediction_type"], "v_prediction");
+    assert_eq!(sched["trained_betas"].as_array().unwrap().last().unwrap().as_f64(), Some(1.0));
+    for sampler in [&["--sampler", "ddpm"][..], &["--steps", "5", "--timestep-spacing", "trailing"][..]] {
+        let npy_path = work.join("s.npy");
+        let mut args = vec!["sample", "--model", out.to_str().unwrap(), "-n", "2", "--device", "cpu", "--npy", npy_path.to_str().unwrap()];
+        let png = work.join("s.png");
+        args.extend(["--out", png.to_str().unwrap()]);
+        args.extend(sampler);
+        let (code, _, stderr) = run(&args);
+        assert_eq!(code, 0, "{sampler:?}: {stderr}");
+        assert!(npy::read(&npy_path).unwrap().1.iter().all(|v| v.is_finite()), "{sampler:?}");
+    }
+    // resuming with another objective, and zero SNR for an ε model: one line, exit 2
+    let (code, _, stderr) = with(&["--max-steps", "6", "--resume", "--prediction", "epsilon"]);
+    assert!(code == 2 && stderr.contains("--prediction epsilon: the run in") && stderr.lines().count() == 1, "{stderr}");
+    let (code, _, stderr) = run(&[&base[..], &["--zero-snr", "--max-steps", "1"]].concat());
+    assert!(code == 2 && stderr.contains("--zero-snr: needs --prediction v_prediction or sample") && stderr.lines().count() == 1, "{stderr}");
+}

@@ -82,6 +82,13 @@ pub struct TrainArgs {
     /// f32 sums, f32 master weights and gradients; bf16 tensor cores on CUDA). Default f32; a resumed run keeps its own.
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// What the model learns to predict: epsilon (the lesson's, the default), v_prediction or sample (x₀),
+    /// as diffusers names it. A resumed run keeps its own.
+    #[arg(long)]
+    pub prediction: Option<String>,
+    /// Rescale the schedule to zero terminal SNR (diffusers' rescale_betas_zero_snr); needs v_prediction or sample.
+    #[arg(long)]
+    pub zero_snr: bool,
 }
 
 /// A preset's defaults.
@@ -155,6 +162,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         {
             bail!("--precision {p}: the run in {} was trained at {}; resume it without --precision", out.display(), state.train.precision);
         }
+        if let Some(p) = &args.prediction
+            && *p != state.train.prediction
+        {
+            bail!("--prediction {p}: the run in {} predicts {}; resume it without --prediction", out.display(), state.train.prediction);
+        }
+        if args.zero_snr && !state.train.zero_snr {
+            bail!("--zero-snr: the run in {} was trained without it; resume it without --zero-snr", out.display());
+        }
         eprintln!("resuming {} at step {}/{} (epoch {})", out.display(), state.step, state.total_steps, state.epoch);
         (state.train, model)
     } else {
@@ -187,7 +202,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             eval_images: args.eval_images.or(eval_images),
             timesteps: args.timesteps.clone(),
             precision: args.precision.unwrap_or_default(),
+            prediction: args.prediction.clone().unwrap_or_else(|| "epsilon".into()),
+            zero_snr: args.zero_snr,
         };
+        config.prediction()?;
         config.noise_schedule()?;
         config.timestep_distribution()?;
         if config.epochs == 0 || config.batch_size == 0 || config.max_steps == Some(0) {

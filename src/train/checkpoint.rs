@@ -37,7 +37,9 @@ pub fn save(l: &Learner, dir: &Path) -> Result<()> {
         tensors.push((format!("exp_avg_sq.{name}"), v.dims().to_vec(), v.try_to_vec()?));
     }
     write_atomic(&dir.join(OPTIMIZER), &st::serialize(&tensors)?)?;
-    model_dir::save(dir, &l.model, &SchedulerConfig::from_schedule(&l.schedule))?;
+    let mut scheduler = SchedulerConfig::from_schedule(&l.schedule);
+    scheduler.prediction_type = l.config.prediction.clone();
+    model_dir::save(dir, &l.model, &scheduler)?;
     let state = TrainState {
         train: l.config.clone(),
         step: l.step,

@@ -13,6 +13,7 @@ pub mod checkpoint;
 use crate::data::batches::{InputRange, epoch_order, images_f32};
 use crate::data::{Dataset, DatasetKind};
 use crate::device::Device;
+use crate::diffusion::sampler::Prediction;
 use crate::diffusion::{Schedule, ScheduleKind};
 use crate::error::{Error, Result};
 use crate::nn::params;
@@ -35,6 +36,9 @@ const DROPOUT_STREAM: u64 = 0x7500_0000_0000_0000;
 
 fn uniform() -> String {
     "uniform".into()
+}
+fn epsilon() -> String {
+    "epsilon".into()
 }
 
 /// How training draws timesteps (see [`TrainConfig::timesteps`]).
@@ -113,6 +117,15 @@ pub struct TrainConfig {
     /// state and gradients stay f32 (f32 master weights; bf16 needs no loss scaling).
     #[serde(default)]
     pub precision: Precision,
+    /// What the model learns to predict, as diffusers' `prediction_type`:
+    /// "epsilon" (the lesson's), "v_prediction" (v = √ᾱ·ε − √(1−ᾱ)·x₀) or
+    /// "sample" (x₀); written to the model's scheduler_config.json.
+    #[serde(default = "epsilon")]
+    pub prediction: String,
+    /// Train on the schedule rescaled to zero terminal SNR (diffusers'
+    /// rescale_betas_zero_snr: ᾱ = 0 at the last step); needs v or x₀ prediction.
+    #[serde(default)]
+    pub zero_snr: bool,
 }
 
 impl TrainConfig {
@@ -139,7 +152,19 @@ impl TrainConfig {
             eval_images: None,
             timesteps: uniform(),
             precision: Precision::F32,
+            prediction: epsilon(),
+            zero_snr: false,
         }
+    }
+
+    /// What the model predicts (`prediction`).
+    pub fn prediction(&self) -> Result<Prediction> {
+        let p = Prediction::parse(&self.prediction)
+            .ok_or_else(|| Error::Argument { op: "--prediction", msg: format!("'{}' is not one of epsilon, v_prediction, sample", self.prediction) })?;
+        if self.zero_snr && p == Prediction::Epsilon {
+            return Err(Error::Argument { op: "--zero-snr", msg: "needs --prediction v_prediction or sample (an ε model gives no x̂₀ where ᾱ = 0)".into() });
+        }
+        Ok(p)
     }
 
     pub fn noise_schedule(&self) -> Result<Schedule> {
@@ -148,7 +173,8 @@ impl TrainConfig {
             "cosine" => ScheduleKind::Cosine,
             other => return Err(Error::Argument { op: "--schedule", msg: format!("'{other}' is not one of linear, cosine") }),
         };
-        Schedule::new(kind, self.train_timesteps)
+        let schedule = Schedule::new(kind, self.train_timesteps)?;
+        if self.zero_snr { schedule.zero_terminal_snr() } else { Ok(schedule) }
     }
 
     pub fn timestep_distribution(&self) -> Result<TimestepDistribution> {
@@ -244,6 +270,21 @@ pub trait Callback {
     fn on_failure(&mut self, _l: &Learner, _err: &Error) {}
 }
 
+/// What a model predicting `prediction` is trained towards, for images x₀
+/// noised with ε at ᾱ per image: ε, v = √ᾱ·ε − √(1−ᾱ)·x₀, or x₀.
+pub fn training_target(prediction: Prediction, x0: &Tensor, eps: Tensor, abar: &[f64]) -> Result<Tensor> {
+    let per_image = |values: Vec<f32>| Tensor::from_vec_on(values, [abar.len(), 1, 1, 1], x0.device());
+    match prediction {
+        Prediction::Epsilon => Ok(eps),
+        Prediction::Sample => Ok(x0.clone()),
+        Prediction::V => {
+            let a = per_image(abar.iter().map(|v| v.sqrt() as f32).collect())?;
+            let b = per_image(abar.iter().map(|v| (1.0 - v).sqrt() as f32).collect())?;
+            ops::sub(&ops::mul(&eps, &a)?, &ops::mul(x0, &b)?)
+        }
+    }
+}
+
 /// Refuse a model this trainer cannot drive: one whose time embedding cannot
 /// take the schedule's integer timesteps, or (class-conditional models are
 /// trained on the data's class labels) whose class embedding cannot take the labels.
@@ -294,6 +335,7 @@ impl Learner {
         let opt = AdamW::new(params(&model), hyper)?;
         let one_cycle = OneCycle::new(config.lr, total_steps);
         let schedule = config.noise_schedule()?;
+        config.prediction()?;
         check_model_fits(&model, &schedule, &train, &test)?;
         let timestep_distribution = config.timestep_distribution()?;
         let range = config.range()?;
@@ -327,14 +369,15 @@ impl Learner {
         self.model.class_labels_for(&classes, first, count)
     }
 
-    /// The noisy batch and its target for rows `indices` of `images`: (x_t, t as f32 [B], ε).
+    /// The noisy batch and its target for rows `indices` of `images`:
+    /// (x_t, t as f32 [B], the target: ε, v or x₀ as `prediction` says).
     fn noisy_batch(&self, images: &Tensor, indices: &[usize], t_stream: u64, noise_stream: u64) -> Result<(Tensor, Tensor, Tensor)> {
         let x0 = ops::index_select(images, indices)?;
         let t = self.timesteps(t_stream, indices.len());
         let abar: Vec<f64> = t.iter().map(|&t| self.schedule.abar(t as i64)).collect();
         let (x_t, eps) = ops::diffusion::noisify(&x0, &abar, self.config.seed, noise_stream, 0)?;
         let t = Tensor::from_vec_on(t.iter().map(|&v| v as f32).collect(), [indices.len()], self.device)?;
-        Ok((x_t, t, eps))
+        Ok((x_t, t, training_target(self.config.prediction()?, &x0, eps, &abar)?))
     }
 
     /// Queue one optimiser step on images `indices` (on a GPU the host does
