@@ -100,34 +100,22 @@ impl Prediction {
         }
     }
 
-    /// ε̂ from the model's output at x_t with ᾱ_t: for v, √ᾱ·v + √(1−ᾱ)·x_t;
-    /// for x̂_0, (x_t − √ᾱ·x̂_0)/√(1−ᾱ) (as diffusers' schedulers derive it).
-    pub fn epsilon(self, output: Tensor, x_t: &Tensor, abar: f64) -> Result<Tensor> {
-        use crate::ops::{add, mul_scalar};
-        let (a, b) = (abar.sqrt(), (1.0 - abar).sqrt());
-        match self {
-            Prediction::Epsilon => Ok(output),
-            Prediction::V => add(&mul_scalar(&output, a as f32)?, &mul_scalar(x_t, b as f32)?),
-            Prediction::Sample => add(&mul_scalar(x_t, (1.0 / b) as f32)?, &mul_scalar(&output, (-a / b) as f32)?),
-        }
-    }
-}
-
-impl Prediction {
-    /// x̂0 at a timestep where ᾱ = 0 (a zero-terminal-SNR schedule's last),
-    /// where it cannot come from ε̂: −v for v, the output itself for x̂0; an
-    /// ε-prediction model gives no x̂0 there (diffusers' would divide by 0).
-    pub fn x0_at_zero_snr(self, output: Tensor, t: usize) -> Result<Tensor> {
-        match self {
-            Prediction::V => crate::ops::mul_scalar(&output, -1.0),
-            Prediction::Sample => Ok(output),
-            Prediction::Epsilon => Err(crate::error::Error::Argument {
-                op: "sampler",
-                msg: format!(
-                    "ᾱ is 0 at timestep {t} (zero terminal SNR): an ε-prediction model gives no x̂0 there; use a v_prediction model or timesteps that skip it (leading spacing)"
-                ),
-            }),
-        }
+    /// (x̂0, ε̂) straight from a v or x̂0 model's output at x_t with ᾱ_t, as
+    /// diffusers' schedulers form them: for v, x̂0 = √ᾱ·x_t − √(1−ᾱ)·v and
+    /// ε̂ = √ᾱ·v + √(1−ᾱ)·x_t; for x̂0, ε̂ = (x_t − √ᾱ·x̂0)/√(1−ᾱ). (Going
+    /// through ε̂ and back loses x̂0 to cancellation where ᾱ is small, and all
+    /// of it where ᾱ = 0.) None for an ε model: its x̂0 is the fused step's.
+    pub fn x0_and_epsilon(self, output: Tensor, x_t: &Tensor, abar: f64) -> Result<Option<(Tensor, Tensor)>> {
+        use crate::ops::{add, mul_scalar, sub};
+        let (a, b) = (abar.sqrt() as f32, (1.0 - abar).sqrt() as f32);
+        Ok(match self {
+            Prediction::Epsilon => None,
+            Prediction::V => Some((sub(&mul_scalar(x_t, a)?, &mul_scalar(&output, b)?)?, add(&mul_scalar(&output, a)?, &mul_scalar(x_t, b)?)?)),
+            Prediction::Sample => {
+                let eps = mul_scalar(&sub(x_t, &mul_scalar(&output, a)?)?, 1.0 / b)?;
+                Some((output, eps))
+            }
+        })
     }
 }
 
@@ -168,15 +156,15 @@ impl Thresholding {
     }
 }
 
-/// The fused step for an x̂0 given directly (a ᾱ = 0 call, or thresholded):
-/// run with x̂0 in x_t's place (eps_scale 0, inv_sqrt_abar 1, so x̂0 = X) and
-/// in ε̂'s place whichever of ε̂ and x_t the update still needs — DDIM has
-/// c_xt = 0, DDPM c_eps = 0, and at ᾱ = 0 ε̂ is x_t — so that
+/// The fused step for an x̂0 given directly (from a v or x̂0 model, or
+/// thresholded): run with x̂0 in x_t's place (eps_scale 0, inv_sqrt_abar 1,
+/// so x̂0 = X, clipped as asked) and in ε̂'s place whichever of ε̂ and x_t the
+/// update still needs — DDIM has c_xt = 0, DDPM c_eps = 0 — so that
 /// x_prev = c_x0·x̂0 + c_xt·x_t + c_eps·ε̂ + σ·z as before.
-fn step_from_x0<'a>(x: &'a Tensor, eps: &'a Tensor, eps_is_xt: bool, c: StepCoefs) -> (&'a Tensor, StepCoefs) {
+fn step_from_x0<'a>(x: &'a Tensor, eps: &'a Tensor, c: StepCoefs) -> (&'a Tensor, StepCoefs) {
     let from_x0 = StepCoefs { eps_scale: 0.0, inv_sqrt_abar: 1.0, c_xt: 0.0, ..c };
-    if eps_is_xt || c.c_xt == 0.0 {
-        (eps, StepCoefs { c_eps: c.c_eps + c.c_xt, ..from_x0 })
+    if c.c_xt == 0.0 {
+        (eps, from_x0)
     } else {
         assert_eq!(c.c_eps, 0.0, "a sampler update uses x_t or ε̂ besides x̂0, not both");
         (x, StepCoefs { c_eps: c.c_xt, ..from_x0 })
@@ -383,9 +371,15 @@ pub fn sample(
     let start = (first * (x_t.numel() / batch.max(1))) as u64;
     let plan = plan(schedule, opts)?;
     if opts.prediction == Prediction::Epsilon {
-        // (refused before any work, and before the CUDA graph path, which takes ε̂ models only)
-        if let Some(&(t, _)) = plan.iter().find(|(t, _)| schedule.abar(*t as i64) == 0.0) {
-            return Err(Prediction::Epsilon.x0_at_zero_snr(x_t, t).expect_err("ε has no x̂0 at ᾱ = 0"));
+        // x̂0 = (x_t − ε̂)/0 where ᾱ = 0: ±∞, which only clipping makes finite
+        // (diffusers' too); refused before any work and the CUDA graph path
+        if let Some(&(t, _)) = plan.iter().find(|(t, c)| schedule.abar(*t as i64) == 0.0 && (c.clip == 0.0 || opts.threshold.is_some())) {
+            return Err(crate::error::Error::Argument {
+                op: "sampler",
+                msg: format!(
+                    "ᾱ is 0 at timestep {t} (zero terminal SNR): an ε-prediction model gives no x̂0 there; use a v_prediction model, clipping, or timesteps that skip it (leading spacing)"
+                ),
+            });
         }
     }
     if let Some(backend) = super::cuda_graph::worth_it(device, opts, &plan)? {
@@ -402,18 +396,17 @@ pub fn sample(
         let mut x0_direct = None;
         if calls_model(opts.kind, &plan, k) {
             let output = model(&x, &timesteps(t)?)?;
-            let abar = schedule.abar(t as i64);
-            if abar == 0.0 {
-                x0_direct = Some(opts.prediction.x0_at_zero_snr(output, t)?);
-                eps = Some(x.clone()); // ε̂ = x_t where ᾱ = 0 (kept for skip-DDPM's reuse)
-            } else {
-                eps = Some(opts.prediction.epsilon(output, &x, abar)?);
-            }
+            // (ε̂ is kept for skip-DDPM's reuse at the steps without a model call)
+            eps = Some(match opts.prediction.x0_and_epsilon(output.clone(), &x, schedule.abar(t as i64))? {
+                Some((x0, e)) => {
+                    x0_direct = Some(x0);
+                    e
+                }
+                None => output,
+            });
             evals += 1;
         }
         let eps_now = eps.as_ref().expect("set at k = 0");
-        // ε̂ is x_t itself at a ᾱ = 0 call
-        let eps_is_xt = x0_direct.is_some();
         if let Some(th) = opts.threshold {
             let x0 = match x0_direct.take() {
                 Some(x0) => x0,
@@ -425,7 +418,7 @@ pub fn sample(
         }
         let (next, x0) = match &x0_direct {
             Some(x0) => {
-                let (e, from_x0) = step_from_x0(&x, eps_now, eps_is_xt, coefs);
+                let (e, from_x0) = step_from_x0(&x, eps_now, coefs);
                 step(x0, e, from_x0, opts.seed, 1 + k as u64, start, want_x0)?
             }
             None => step(&x, eps_now, coefs, opts.seed, 1 + k as u64, start, want_x0)?,
