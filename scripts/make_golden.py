@@ -760,6 +760,12 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
          "zero terminal SNR, trailing, v"),
         ("ddim_zero_snr_sample", dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="sample"),
          "zero terminal SNR, trailing, x0"),
+        # squaredcos_cap_v2 reaches tiny ᾱ at the last timesteps, which trailing spacing visits:
+        # x0 from v or x0 outputs must be formed directly, not through eps
+        ("ddim_cosine_v_trailing", dict(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", timestep_spacing="trailing"),
+         "squaredcos_cap_v2, trailing, v"),
+        ("ddim_cosine_sample_trailing", dict(beta_schedule="squaredcos_cap_v2", prediction_type="sample", timestep_spacing="trailing"),
+         "squaredcos_cap_v2, trailing, x0"),
         # dynamic thresholding (replaces clip_sample): s per sample from the 0.9 quantile of |x0|, in [1, 2]
         ("ddim_threshold", dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0),
          "dynamic thresholding, ratio 0.9, max 2"),

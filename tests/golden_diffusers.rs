@@ -267,8 +267,19 @@ fn sample_follows_the_model_directorys_scheduler_config() {
     let per: usize = shape[1..].iter().product();
     let epsilon_leading = &prev[9 * per..];
     // ddim_zero_snr_*: rescale_betas_zero_snr, so ᾱ = 0 at t = 999 (trailing visits it first)
-    // ddim_threshold: dynamic thresholding (ratio 0.9, sample_max_value 2)
-    for case in ["ddim_trailing_clip", "ddim_v_prediction", "ddim_sample_prediction", "ddim_zero_snr_v", "ddim_zero_snr_sample", "ddim_threshold"] {
+    // ddim_threshold: dynamic thresholding (ratio 0.9, sample_max_value 2);
+    // ddim_cosine_*: squaredcos_cap_v2 at trailing spacing, tiny ᾱ at the first step
+    let cases = [
+        "ddim_trailing_clip",
+        "ddim_v_prediction",
+        "ddim_sample_prediction",
+        "ddim_zero_snr_v",
+        "ddim_zero_snr_sample",
+        "ddim_threshold",
+        "ddim_cosine_v_trailing",
+        "ddim_cosine_sample_trailing",
+    ];
+    for case in cases {
         std::fs::copy(golden(&format!("sampling/{case}/scheduler_config.json")), dir.join("scheduler_config.json")).unwrap();
         let (_, want) = load(&format!("sampling/{case}/final_sample.npy"));
         assert!(scaled_error(epsilon_leading, &want) > 0.05, "{case}: must differ from the plain run to show anything");
