@@ -372,8 +372,9 @@ pub fn sample(
     let plan = plan(schedule, opts)?;
     if opts.prediction == Prediction::Epsilon {
         // x̂0 = (x_t − ε̂)/0 where ᾱ = 0: ±∞, which only clipping makes finite
-        // (diffusers' too); refused before any work and the CUDA graph path
-        if let Some(&(t, _)) = plan.iter().find(|(t, c)| schedule.abar(*t as i64) == 0.0 && (c.clip == 0.0 || opts.threshold.is_some())) {
+        // (diffusers' too; the plan has no clip under thresholding); refused
+        // before any work and the CUDA graph path
+        if let Some(&(t, _)) = plan.iter().find(|(t, c)| schedule.abar(*t as i64) == 0.0 && c.clip == 0.0) {
             return Err(crate::error::Error::Argument {
                 op: "sampler",
                 msg: format!(

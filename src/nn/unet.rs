@@ -832,15 +832,15 @@ impl UNet2DModel {
     /// class conditioning (which refuses labels).
     pub fn class_labels_for(&self, given: &[usize], first: usize, count: usize) -> Result<Option<Tensor>> {
         let refuse = |msg: String| Err(Error::Argument { op: "class labels", msg });
-        let classes = match (&self.class_embedding, self.config.class_conditioning()) {
-            (None, _) if given.is_empty() => return Ok(None),
-            (None, _) => return refuse("the model is not class-conditional".into()),
-            (_, Some(ClassConditioning::Identity)) => {
+        let classes = match &self.class_embedding {
+            None if given.is_empty() => return Ok(None),
+            None => return refuse("the model is not class-conditional".into()),
+            Some(ClassEmbedding::Identity) => {
                 return refuse("class_embed_type \"identity\" takes [N, time_embed_dim] vectors, not class numbers".into());
             }
-            (_, Some(ClassConditioning::Table(n))) => n,
+            Some(ClassEmbedding::Table(table)) => table.dims()[0],
             // labels through the time projection: as many as it embeds
-            _ => match &self.time_proj {
+            Some(ClassEmbedding::Timestep(_)) => match &self.time_proj {
                 TimeProjection::Learned { table } => table.dims()[0],
                 _ => usize::MAX,
             },

@@ -285,13 +285,18 @@ pub fn training_target(prediction: Prediction, x0: &Tensor, eps: Tensor, abar: &
     }
 }
 
+/// The data's class count: one more than the largest label of either split.
+fn class_count(train: &Dataset, test: &Dataset) -> usize {
+    train.labels.iter().chain(&test.labels).max().map_or(0, |&m| m as usize + 1)
+}
+
 /// Refuse a model this trainer cannot drive: one whose time embedding cannot
 /// take the schedule's integer timesteps, or (class-conditional models are
 /// trained on the data's class labels) whose class embedding cannot take the labels.
 pub fn check_model_fits(model: &UNet2DModel, schedule: &Schedule, train: &Dataset, test: &Dataset) -> Result<()> {
     model.check_integer_timesteps(schedule.steps())?;
     let Some(kind) = model.config.class_conditioning() else { return Ok(()) };
-    let classes = train.labels.iter().chain(&test.labels).max().map_or(0, |&m| m as usize + 1);
+    let classes = class_count(train, test);
     let refuse = |msg: String| Err(Error::Data { path: "config.json".into(), msg });
     match kind {
         ClassConditioning::Identity => refuse("class_embed_type \"identity\" takes label vectors; training here gives class numbers".into()),
@@ -363,7 +368,7 @@ impl Learner {
     /// turn; None for a model without class conditioning.
     pub fn sample_labels(&self, first: usize, count: usize) -> Result<Option<Tensor>> {
         let classes: Vec<usize> = match self.model.config.class_conditioning() {
-            Some(_) => (0..self.train.labels.iter().max().map_or(0, |&m| m as usize + 1)).collect(),
+            Some(_) => (0..class_count(&self.train, &self.test)).collect(),
             None => vec![],
         };
         self.model.class_labels_for(&classes, first, count)
