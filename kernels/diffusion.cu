@@ -17,6 +17,23 @@ struct StepCoefs {
     float sigma;
 };
 
+// A noise level per element from the model's variance output var (the DDPM
+// variance_type "learned" and "learned_range" of diffusers), in place of the
+// scalar sigma: σ_i = sigma·s_i with
+//   mode 0 (learned):       s_i = √var_i                 (var is the variance)
+//   mode 1 (learned_range): s_i = exp(a + b·var_i)       (var interpolates log β̃_t … log β_t:
+//                           ½·(frac·log β_t + (1−frac)·log β̃_t), frac = (var+1)/2, as a + b·var)
+// Mirrors ops::diffusion::LearnedSigma.
+struct LearnedSigma {
+    int mode;
+    float a;
+    float b;
+};
+
+__device__ __forceinline__ float learned_scale(const LearnedSigma& ls, float var) {
+    return ls.mode == 0 ? sqrtf(var) : expf(__fadd_rn(ls.a, __fmul_rn(ls.b, var)));
+}
+
 // x_t[i] = a[s]·x0[i] + b[s]·ε_i and eps[i] = ε_i, s = i / per_sample,
 // a = √ᾱ_t, b = √(1 − ᾱ_t) of sample s's timestep.
 extern "C" __global__ void diffusion_noisify(float* xt, float* eps, const float* x0, const float* a, const float* b,
@@ -42,9 +59,11 @@ extern "C" __global__ void diffusion_noisify(float* xt, float* eps, const float*
 //   x̂0 = clip((x_t − eps_scale·ε̂)·inv_sqrt_abar)
 //   x_prev = c_x0·x̂0 + c_xt·x_t + c_eps·ε̂ (+ sigma·z when sigma > 0)
 // x0_out may be null (x̂0 not wanted). prev may be xt (each element is read
-// before it is written, by the same thread).
+// before it is written, by the same thread). With var (not null) the noise
+// is sigma·s_i·z, s_i from var as `ls` says.
 __device__ void step_elements(float* prev, float* x0_out, const float* xt, const float* eps, const StepCoefs& c,
-                              unsigned long long seed, unsigned long long offset, unsigned long long start, int n) {
+                              unsigned long long seed, unsigned long long offset, unsigned long long start, int n,
+                              const float* var = nullptr, LearnedSigma ls = LearnedSigma{}) {
     const int first = (int)(start & 3);
     const int blocks = (first + n + 3) / 4;
     for (int k = global_index(); k < blocks; k += grid_stride()) {
@@ -57,7 +76,10 @@ __device__ void step_elements(float* prev, float* x0_out, const float* xt, const
             float x0 = __fmul_rn(__fsub_rn(xt[i], __fmul_rn(c.eps_scale, eps[i])), c.inv_sqrt_abar);
             if (c.clip > 0.0f) x0 = fminf(fmaxf(x0, -c.clip), c.clip);
             float v = __fadd_rn(__fadd_rn(__fmul_rn(c.c_x0, x0), __fmul_rn(c.c_xt, xt[i])), __fmul_rn(c.c_eps, eps[i]));
-            if (c.sigma > 0.0f) v = __fadd_rn(v, __fmul_rn(c.sigma, z.v[lane]));
+            if (c.sigma > 0.0f) {
+                const float sigma = var ? __fmul_rn(c.sigma, learned_scale(ls, var[i])) : c.sigma;
+                v = __fadd_rn(v, __fmul_rn(sigma, z.v[lane]));
+            }
             prev[i] = v;
             if (x0_out) x0_out[i] = x0;
         }
@@ -68,6 +90,15 @@ extern "C" __global__ void diffusion_step(float* prev, float* x0_out, const floa
                                           unsigned long long seed, unsigned long long offset, unsigned long long start,
                                           int n) {
     step_elements(prev, x0_out, xt, eps, c, seed, offset, start, n);
+}
+
+// diffusion_step with the noise level of each element from the model's
+// variance output var (same shape as x_t).
+extern "C" __global__ void diffusion_step_learned(float* prev, float* x0_out, const float* xt, const float* eps,
+                                                  const float* var, StepCoefs c, LearnedSigma ls,
+                                                  unsigned long long seed, unsigned long long offset,
+                                                  unsigned long long start, int n) {
+    step_elements(prev, x0_out, xt, eps, c, seed, offset, start, n, var, ls);
 }
 
 // A sampler step's values in device memory, so that a step captured once in

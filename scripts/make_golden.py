@@ -880,6 +880,55 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
         files=files, final_sample=files["prev_sample"] + "[-1]",
     )
 
+    # ---- DDPM with a learned variance (improved DDPM), model-free ------------------------
+    # The model's output has twice the sample's channels: eps, then the variance
+    # ("learned": the variance itself; "learned_range": v in [-1, 1] interpolating
+    # log beta_tilde_t .. log beta_t). step() splits it and draws the noise inside.
+    for key, vt, n, spacing in (("ddpm_learned_range_10", "learned_range", 10, "leading"),
+                                ("ddpm_learned_25_trailing", "learned", 25, "trailing")):
+        s = make_scheduler("DDPMScheduler", sched, variance_type=vt, timestep_spacing=spacing)
+        s.set_timesteps(n)
+        gsyn = torch.Generator().manual_seed(SEED + 8100)
+        shp = (2, 1, 4, 4)
+        x0_fixed = torch.rand(shp, generator=gsyn) - 0.5
+        x = torch.randn(shp, generator=gsyn)
+        x_start = x.clone()
+        gnoise = torch.Generator().manual_seed(SEED + 9100)
+        recorded.clear()
+        ddpm_module.randn_tensor = recording_randn
+        try:
+            rec = {k: [] for k in ("model_output", "variance_noise", "prev_sample", "pred_original_sample", "t")}
+            for t in s.timesteps:
+                ti = int(t)
+                a = s.alphas_cumprod[ti]
+                eps = (x - a.sqrt() * x0_fixed) / (1 - a).sqrt() + 0.3 * torch.randn(shp, generator=gsyn)
+                if vt == "learned_range":
+                    var = torch.rand(shp, generator=gsyn) * 2 - 1
+                else:
+                    var = (0.5 + torch.rand(shp, generator=gsyn)) * s.betas[ti]
+                out_in = torch.cat([eps, var], dim=1)
+                n_before = len(recorded)
+                out = s.step(out_in, ti, x, generator=gnoise)
+                z = recorded[-1] if len(recorded) > n_before else torch.zeros(shp)
+                assert (len(recorded) > n_before) == (ti > 0)
+                for k, v in (("model_output", out_in), ("variance_noise", z), ("prev_sample", out.prev_sample),
+                             ("pred_original_sample", out.pred_original_sample)):
+                    rec[k].append(v.clone())
+                rec["t"].append(ti)
+                x = out.prev_sample
+        finally:
+            ddpm_module.randn_tensor = orig
+        files = stack_and_save(f"sampling/{key}", rec, f"DDPM set_timesteps({n}), {spacing}, variance_type {vt}")
+        files["x_T"] = w.npy(f"sampling/{key}/x_T.npy", x_start, "initial sample (2,1,4,4)")
+        index["sampling"][key] = dict(
+            model=None, scheduler="DDPMScheduler", scheduler_config=sched_cfg(s),
+            num_inference_steps=n, timesteps=rec["t"],
+            note=("model-free: model_output (steps, N, 2C, H, W) is a synthetic eps (first C channels) and "
+                  "variance output (last C: " + ("v in [-1, 1)" if vt == "learned_range" else "the variance, (0.5..1.5)*beta_t")
+                  + "); variance_noise is the recorded z (zeros at t == 0)"),
+            files=files, final_sample=files["prev_sample"] + "[-1]",
+        )
+
     # ---- timestep lists for other step counts ---------------------------------------------
     lists = {}
     for n in (1, 3, 7, 10, 25, 50, 100, 200, 333, 1000):

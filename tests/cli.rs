@@ -124,6 +124,46 @@ fn sample_refuses_labels_it_cannot_use_and_fourier_models() {
     assert!(stderr.contains("time_embedding_type fourier") && stderr.lines().count() == 1, "{stderr}");
     let (code, _, stderr) = run(&["sample", "--model", &golden("unet_g"), "-n", "1", "--steps", "2", "--device", "cpu", "--out", out.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("in_channels 2 and out_channels 1 differ"), "{stderr}");
+    assert!(stderr.contains("out_channels 1 is neither in_channels 2 nor twice it"), "{stderr}");
     assert!(!out.exists(), "nothing written on refusal");
+}
+
+/// A model with twice its input's output channels (ε̂, then a variance:
+/// diffusers' learned variance) samples with DDPM's "learned_range" from its
+/// scheduler config and with DDIM (the ε̂ half); a learned variance for a
+/// model without that half, and "fixed_large_log" (NaN in diffusers), are
+/// refused in one line, exit 2.
+#[test]
+fn learned_variance_models_sample_and_what_cannot_is_refused() {
+    use minidiffusion::diffusion::Schedule;
+    use minidiffusion::io::{model_dir, npy};
+    use minidiffusion::nn::unet::{UNet2DConfig, UNet2DModel};
+    let tmp = std::env::temp_dir().join(format!("minidiffusion-cli-learned-{}", std::process::id()));
+    let model_path = tmp.join("model");
+    let config = UNet2DConfig { out_channels: 2, ..UNet2DConfig::tiny_preset() };
+    let model = UNet2DModel::new(config, 0, minidiffusion::Device::Cpu).unwrap();
+    let mut scheduler = model_dir::SchedulerConfig::from_schedule(&Schedule::lesson_default());
+    scheduler.variance_type = Some("learned_range".into());
+    model_dir::save(&model_path, &model, &scheduler).unwrap();
+    let (png, samples) = (tmp.join("s.png"), tmp.join("s.npy"));
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    for sampler in ["ddpm", "ddim"] {
+        let args = ["sample", "--model", &path(&model_path), "--sampler", sampler, "--steps", "5", "-n", "2", "--device", "cpu"];
+        let (code, _, stderr) = run(&[&args[..], &["--out", &path(&png), "--npy", &path(&samples)]].concat());
+        assert_eq!(code, 0, "{sampler}: {stderr}");
+        let (dims, values) = npy::read(&samples).unwrap();
+        assert_eq!(dims, vec![2, 1, 32, 32], "{sampler}");
+        assert!(values.iter().all(|v| v.is_finite()), "{sampler}");
+    }
+    let unet_a = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/unet_a");
+    let (code, _, stderr) =
+        run(&["sample", "--model", unet_a, "--sampler", "ddpm", "--ddpm-variance", "learned_range", "-n", "1", "--device", "cpu", "--out", &path(&png)]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+    assert!(stderr.contains("needs out_channels twice in_channels 1, not 1"), "{stderr}");
+    scheduler.variance_type = Some("fixed_large_log".into());
+    model_dir::save(&model_path, &model, &scheduler).unwrap();
+    let (code, _, stderr) = run(&["sample", "--model", &path(&model_path), "--sampler", "ddpm", "-n", "1", "--device", "cpu", "--out", &path(&png)]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+    assert!(stderr.contains("scheduler_config.json") && stderr.contains("variance_type fixed_large_log"), "{stderr}");
+    let _ = std::fs::remove_dir_all(tmp);
 }

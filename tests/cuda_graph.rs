@@ -237,3 +237,43 @@ fn v_and_sample_predictions_sample_eagerly() {
         assert_ne!(eps_run.x0.to_vec(), on_cpu, "{prediction:?} reads the output differently from ε");
     }
 }
+
+/// A model with a variance half (diffusers' learned variance): DDIM takes
+/// its ε̂ half in the graph too (the ε̂-only model's samples, bit for bit);
+/// DDPM with the learned variance reads the variance half each step, so it
+/// samples eagerly, and agrees with the CPU.
+#[test]
+fn a_variance_half_is_graphed_for_ddim_and_eager_for_a_learned_ddpm() {
+    use minidiffusion::diffusion::sampler::DdpmVariance;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let device = parity_device();
+    let weight = device_tensor(&[2, 2, 3, 3], 1, device);
+    let eps_model = toy_model(&weight);
+    // the variance half: tanh-like v in (−1, 1) from x
+    let with_half = |x: &Tensor, t: &Tensor| {
+        let v = ops::mul_scalar(&ops::silu(&ops::mul_scalar(x, 0.5)?)?, 0.4)?;
+        ops::concat(&[&eps_model(x, t)?, &v], 1)
+    };
+    let x_t = device_tensor(&[3, 2, 5, 4], 2, device);
+    let short = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.02 }, 60).unwrap();
+    let ddim = SamplerOptions { kind: SamplerKind::Ddim { steps: 6, eta: 1.0, spacing: Spacing::Leading }, seed: 2, ..Default::default() };
+    assert_graph_equals_eager(with_half, &x_t, 0, &short, &ddim, 5);
+    let plain = no_grad(|| sampler::sample(&eps_model, x_t.clone(), 0, &short, &ddim)).unwrap();
+    let halved = no_grad(|| sampler::sample(&with_half, x_t.clone(), 0, &short, &ddim)).unwrap();
+    assert_eq!(plain.x0.to_vec(), halved.x0.to_vec());
+
+    let b = backend(device);
+    let learned = SamplerOptions { kind: SamplerKind::Ddpm, ddpm_variance: DdpmVariance::LearnedRange, seed: 3, ..Default::default() };
+    assert!(!sampler::uses_cuda_graph(device, &short, &learned).unwrap());
+    let before = b.graph_stats();
+    let on_device = no_grad(|| sampler::sample(&with_half, x_t.clone(), 0, &short, &learned)).unwrap().x0.to_vec();
+    assert_eq!(b.graph_stats().captures, before.captures, "no capture");
+    let w = weight.to_device(Device::Cpu).unwrap();
+    let cpu_model = toy_model(&w);
+    let cpu_half = |x: &Tensor, t: &Tensor| {
+        let v = ops::mul_scalar(&ops::silu(&ops::mul_scalar(x, 0.5)?)?, 0.4)?;
+        ops::concat(&[&cpu_model(x, t)?, &v], 1)
+    };
+    let on_cpu = no_grad(|| sampler::sample(cpu_half, x_t.to_device(Device::Cpu).unwrap(), 0, &short, &learned)).unwrap().x0.to_vec();
+    minidiffusion::testing::assert_close("learned-variance DDPM samples", &on_device, &on_cpu, 1e-5, 1e-4);
+}

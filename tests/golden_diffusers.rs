@@ -444,6 +444,60 @@ fn a_training_step_matches_pytorch_autograd_and_adamw() {
     }
 }
 
+/// DDPMScheduler with a learned variance ("learned_range" over 10 leading
+/// steps, "learned" over 25 trailing), model-free: each update replayed from
+/// the recorded x_t, model output (ε̂, then the variance output) and noise —
+/// the mean by our step, the noise by the σ our sampler gives each element.
+#[test]
+fn learned_variance_ddpm_steps_match_diffusers() {
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden("index.json")).unwrap()).unwrap();
+    for (dir, want_variance, steps, spacing) in [
+        ("sampling/ddpm_learned_range_10", DdpmVariance::LearnedRange, 10, Spacing::Leading),
+        ("sampling/ddpm_learned_25_trailing", DdpmVariance::Learned, 25, Spacing::Trailing),
+    ] {
+        let key = dir.trim_start_matches("sampling/");
+        let config: model_dir::SchedulerConfig = serde_json::from_value(index["sampling"][key]["scheduler_config"].clone()).unwrap();
+        assert_eq!(config.ddpm_variance().unwrap(), want_variance, "{dir}: variance_type read from the config");
+        let s = config.schedule().unwrap();
+        let opts = SamplerOptions { kind: SamplerKind::DdpmStrided { steps, spacing }, ddpm_variance: want_variance, ..Default::default() };
+        let plan = sampler::plan(&s, &opts).unwrap();
+        let sigmas = sampler::learned_sigmas(&s, &opts, &plan);
+        let (_, ts) = load(&format!("{dir}/timesteps.npy"));
+        assert_eq!(ts.iter().map(|&t| t as usize).collect::<Vec<_>>(), plan.iter().map(|(t, _)| *t).collect::<Vec<_>>(), "{dir}");
+        let (out_shape, outputs) = load(&format!("{dir}/model_output.npy"));
+        let (x_shape, mut x) = load(&format!("{dir}/x_T.npy"));
+        let (_, noise) = load(&format!("{dir}/variance_noise.npy"));
+        let (_, prev) = load(&format!("{dir}/prev_sample.npy"));
+        let (_, x0s) = load(&format!("{dir}/pred_original_sample.npy"));
+        let (per, per_out) = (x.len(), out_shape[1..].iter().product::<usize>());
+        let mut noisy_steps = 0;
+        for (k, &(t, coefs)) in plan.iter().enumerate() {
+            let at = |v: &[f32], n: usize| v[k * n..(k + 1) * n].to_vec();
+            let xt = Tensor::from_vec(x.clone(), x_shape.clone()).unwrap();
+            let output = Tensor::from_vec(at(&outputs, per_out), out_shape[1..].to_vec()).unwrap();
+            let (eps, var) = sampler::split_output(output, &xt).unwrap();
+            let var = var.expect("twice the channels: a variance half").to_vec();
+            let (mean, x0) = step(&xt, &eps, StepCoefs { sigma: 0.0, ..coefs }, 0, 0, 0, true).unwrap();
+            let ls = sigmas[k].expect("a learned σ at every DDPM step");
+            let z = at(&noise, per);
+            let next: Vec<f32> = mean.to_vec().iter().enumerate().map(|(i, m)| m + coefs.sigma * ls.scale(var[i]) * z[i]).collect();
+            noisy_steps += usize::from(coefs.sigma > 0.0);
+            assert_eq!(coefs.sigma > 0.0, t > 0, "{dir}: noise exactly where t > 0");
+            // 1e-4 of each step's scale: at t = 0 the synthetic ε̂ is ~26 and diffusers'
+            // f32 ᾱ_0 makes its √(1−ᾱ_0) 8e-5 (relative) off the f64 value we use
+            let close = |what: &str, got: &[f32], want: &[f32]| {
+                let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                assert_close(&format!("{dir} {what} step {k} (t={t})"), got, want, 1e-4 * scale, 1e-4);
+            };
+            close("x0", &x0.unwrap().to_vec(), &at(&x0s, per));
+            close("x_prev", &next, &at(&prev, per));
+            x = at(&prev, per);
+        }
+        // trailing spacing ends at t = 39 > 0: noise on every step; leading ends at t = 0
+        assert_eq!(noisy_steps, if spacing == Spacing::Trailing { steps } else { steps - 1 }, "{dir}");
+    }
+}
+
 /// diffusers' DDPMScheduler after `set_timesteps(10)` (unet_a, fixed_small):
 /// our strided DDPM visits the same timesteps, and each update, replayed from
 /// the recorded x_t, ε̂ and noise, gives its x̂0 and next sample.

@@ -95,3 +95,43 @@ fn device_step_in_place_parity() {
     }
     assert!(DeviceStep::new(Device::Cpu, 2).is_err(), "a device step is CUDA's");
 }
+
+/// The step whose noise level comes per element from a learned variance
+/// output (DDPM's "learned" and "learned_range") against its CPU twin; the
+/// twin is the plain step's mean plus σ_i·z_i with z drawn on its own.
+#[test]
+fn learned_variance_step_parity() {
+    use minidiffusion::ops::diffusion::step_learned;
+    use minidiffusion::ops::random::randn_at;
+    let s = Schedule::lesson_default();
+    let dims = [2, 3, 5, 3];
+    let (xt_c, xt_d) = pair(&dims, 6);
+    let (eps_c, eps_d) = pair(&dims, 7);
+    let raw = randn(&dims, 8);
+    // learned_range's output is a v in [−1, 1]; learned's is a variance (> 0)
+    let outputs = [
+        (DdpmVariance::LearnedRange, raw.iter().map(|v| v.tanh()).collect::<Vec<f32>>()),
+        (DdpmVariance::Learned, raw.iter().map(|v| 1e-3 * (1.0 + v.abs())).collect()),
+    ];
+    for (variance, v) in outputs {
+        let var_c = Tensor::from_vec(v.clone(), dims).unwrap();
+        let var_d = var_c.to_device(parity_device()).unwrap();
+        for t in [500usize, 0] {
+            let k = ddpm_coefs(&s, t, None, variance);
+            let ls = variance.learned_sigma(s.abar(t as i64), s.abar(t as i64 - 1)).unwrap();
+            for start in [0u64, 5] {
+                let name = format!("{variance:?} t={t} start={start}");
+                let (p_c, x0_c) = step_learned(&xt_c, &eps_c, &var_c, ls, k, 7, 3, start, true).unwrap();
+                let (p_d, x0_d) = step_learned(&xt_d, &eps_d, &var_d, ls, k, 7, 3, start, true).unwrap();
+                // (a GPU's expf is within 2 ulp, not correctly rounded)
+                assert_close(&name, &p_d.to_vec(), &p_c.to_vec(), 1e-7, 1e-6);
+                assert_close(&name, &x0_d.unwrap().to_vec(), &x0_c.unwrap().to_vec(), 1e-7, 1e-6);
+                let (mean, _) = step(&xt_c, &eps_c, minidiffusion::ops::diffusion::StepCoefs { sigma: 0.0, ..k }, 7, 3, start, false).unwrap();
+                let z = randn_at(dims, 7, 3, start, Device::Cpu).unwrap().to_vec();
+                let want: Vec<f32> = mean.to_vec().iter().enumerate().map(|(i, m)| m + k.sigma * ls.scale(v[i]) * z[i]).collect();
+                assert_eq!(p_c.to_vec(), want, "{name}: mean + σ_i·z_i");
+                assert_eq!(t == 0, p_c.to_vec() == mean.to_vec(), "{name}: noise exactly where t > 0");
+            }
+        }
+    }
+}

@@ -219,8 +219,8 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let device = resolve_device(&args.device)?;
     let (model, scheduler) = model_dir::load(&args.model, device)?;
     let schedule = scheduler.schedule()?;
-    super::sample::check_samplable(&model, &schedule, &args.model)?;
     let mut opts = args.sampler.options(&scheduler)?;
+    super::sample::check_samplable(&model, &schedule, &opts, &args.model)?;
     let (classifier_model, dir) = classifier(args.classifier.as_deref(), device)?;
     if args.n < 2 || args.batch_size == 0 {
         bail!("-n must be at least 2 and --batch-size at least 1");

@@ -36,8 +36,9 @@ pub struct SamplerArgs {
     /// scheduler_config.json timestep_spacing (leading when it has none, as in diffusers).
     #[arg(long)]
     pub timestep_spacing: Option<String>,
-    /// DDPM's noise: beta (σ² = β_t, the lesson's) or posterior (σ² = (1−ᾱ_{t−1})/(1−ᾱ_t)·β_t, diffusers'
-    /// DDPMScheduler). Default: the model's scheduler_config.json variance_type (beta when it has none).
+    /// DDPM's noise: beta (σ² = β_t, the lesson's), posterior (σ² = (1−ᾱ_{t−1})/(1−ᾱ_t)·β_t, diffusers'
+    /// DDPMScheduler), or learned / learned_range (from the second half of the output channels of a model
+    /// with twice its input's). Default: the model's scheduler_config.json variance_type (beta when it has none).
     #[arg(long)]
     pub ddpm_variance: Option<String>,
     #[arg(long, default_value_t = 0)]
@@ -136,12 +137,27 @@ pub struct SampleArgs {
     pub device: String,
 }
 
-/// Refuse a model the samplers cannot drive, naming its config file.
-pub fn check_samplable(model: &UNet2DModel, schedule: &Schedule, dir: &std::path::Path) -> anyhow::Result<()> {
+/// Refuse a model the samplers cannot drive with `opts`, naming its config file.
+pub fn check_samplable(model: &UNet2DModel, schedule: &Schedule, opts: &SamplerOptions, dir: &std::path::Path) -> anyhow::Result<()> {
     let c = &model.config;
-    if c.in_channels != c.out_channels {
-        let path = dir.join(model_dir::CONFIG);
-        bail!("{}: in_channels {} and out_channels {} differ: the samplers need an output shaped like their input", path.display(), c.in_channels, c.out_channels);
+    let path = dir.join(model_dir::CONFIG);
+    // twice the channels: ε̂ (or v, x̂0) then a variance (diffusers' learned variance)
+    if c.out_channels != c.in_channels && c.out_channels != 2 * c.in_channels {
+        bail!(
+            "{}: out_channels {} is neither in_channels {} nor twice it: the samplers need an output shaped like their input (and a variance, for a learned one)",
+            path.display(),
+            c.out_channels,
+            c.in_channels
+        );
+    }
+    let learned = opts.ddpm_variance.is_learned() && !matches!(opts.kind, SamplerKind::Ddim { .. });
+    if learned && c.out_channels != 2 * c.in_channels {
+        bail!(
+            "{}: a learned DDPM variance (variance_type learned or learned_range) needs out_channels twice in_channels {}, not {} (use --ddpm-variance beta or posterior)",
+            path.display(),
+            c.in_channels,
+            c.out_channels
+        );
     }
     model.check_integer_timesteps(schedule.steps()).map_err(|e| match e {
         minidiffusion::Error::Data { msg, .. } => anyhow::anyhow!("{}: {msg}", dir.join(model_dir::CONFIG).display()),
@@ -198,8 +214,8 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let device = resolve_device(&args.device)?;
     let (model, scheduler) = model_dir::load(&args.model, device)?;
     let schedule = scheduler.schedule()?;
-    check_samplable(&model, &schedule, &args.model)?;
     let opts = args.sampler.options(&scheduler)?;
+    check_samplable(&model, &schedule, &opts, &args.model)?;
     let init = match &args.init_noise {
         Some(p) => {
             let (dims, v) = npy::read(p)?;

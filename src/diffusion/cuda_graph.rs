@@ -29,7 +29,9 @@ pub(super) fn worth_it(device: Device, opts: &SamplerOptions, plan: &[(usize, St
     // the ε̂ of v- or x̂0-predicting models is formed with ᾱ_t as a launch
     // argument, which a replayed graph would freeze: those sample eagerly
     // (thresholding reads x̂0 back to the host every step)
-    if !opts.cuda_graph || opts.prediction != super::sampler::Prediction::Epsilon || opts.threshold.is_some() {
+    // (a learned DDPM variance reads the model's second output half per step)
+    let learned = opts.ddpm_variance.is_learned() && !matches!(opts.kind, super::sampler::SamplerKind::Ddim { .. });
+    if !opts.cuda_graph || opts.prediction != super::sampler::Prediction::Epsilon || opts.threshold.is_some() || learned {
         return Ok(None);
     }
     let backend = crate::device::cuda::backend(d)?;
@@ -56,7 +58,8 @@ where
     let skips = (0..plan.len()).any(|k| !calls_model(opts.kind, plan, k));
     let kept_eps = if skips { Some(Tensor::zeros_on(x.dims(), x.device())?) } else { None };
     let model_step = |model: &mut M| -> Result<()> {
-        let eps = model(&x, step.timesteps())?;
+        // (a model with a variance half: DDIM takes its ε̂ half)
+        let (eps, _) = super::sampler::split_output(model(&x, step.timesteps())?, &x)?;
         step.apply(&x, &eps)?;
         if let Some(kept) = &kept_eps {
             kept.storage().cuda("sampler ε̂")?.copy_from(eps.storage().cuda("sampler ε̂")?)?;

@@ -11,7 +11,7 @@ use super::Schedule;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::precision::Precision;
-use crate::ops::diffusion::{StepCoefs, step};
+use crate::ops::diffusion::{LearnedSigma, StepCoefs, step, step_learned};
 use crate::tensor::Tensor;
 
 /// How DDIM picks its timesteps (diffusers' `timestep_spacing`).
@@ -63,15 +63,45 @@ pub enum DdpmVariance {
     /// σ_t² = β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t)·β_t, the posterior variance: diffusers'
     /// DDPMScheduler default ("fixed_small").
     Posterior,
+    /// σ_t² is the model's second half of output channels ("learned").
+    Learned,
+    /// log σ_t² = frac·log β_t + (1 − frac)·log β̃_t, frac = (v + 1)/2 with v the
+    /// model's second half of output channels ("learned_range", improved DDPM).
+    LearnedRange,
 }
 
 impl DdpmVariance {
-    /// `beta` or `posterior` (the --ddpm-variance values).
+    /// `beta`, `posterior`, `learned` or `learned_range` (the --ddpm-variance values).
     pub fn parse(text: &str) -> Result<DdpmVariance> {
         match text {
             "beta" => Ok(DdpmVariance::Beta),
             "posterior" => Ok(DdpmVariance::Posterior),
-            _ => Err(Error::Argument { op: "--ddpm-variance", msg: format!("'{text}' is neither beta nor posterior") }),
+            "learned" => Ok(DdpmVariance::Learned),
+            "learned_range" => Ok(DdpmVariance::LearnedRange),
+            _ => Err(Error::Argument { op: "--ddpm-variance", msg: format!("'{text}' is not beta, posterior, learned or learned_range") }),
+        }
+    }
+
+    /// Whether the noise level comes from the model's output.
+    pub fn is_learned(self) -> bool {
+        matches!(self, DdpmVariance::Learned | DdpmVariance::LearnedRange)
+    }
+
+    /// How the DDPM update from ᾱ_t to ᾱ_prev turns a learned variance output
+    /// into σ (None for the fixed variances): "learned" takes its square root;
+    /// "learned_range" with β = 1 − ᾱ_t/ᾱ_prev and β̃ = max((1−ᾱ_prev)/(1−ᾱ_t)·β, 1e-20)
+    /// as diffusers: σ = exp(½·(frac·ln β + (1−frac)·ln β̃)), frac = (v+1)/2,
+    /// i.e. exp(a + b·v) with b = ¼·(ln β − ln β̃), a = ½·ln β̃ + b.
+    pub fn learned_sigma(self, abar_t: f64, abar_prev: f64) -> Option<LearnedSigma> {
+        match self {
+            DdpmVariance::Beta | DdpmVariance::Posterior => None,
+            DdpmVariance::Learned => Some(LearnedSigma { mode: 0, a: 0.0, b: 0.0 }),
+            DdpmVariance::LearnedRange => {
+                let beta = 1.0 - abar_t / abar_prev;
+                let posterior = ((1.0 - abar_prev) / (1.0 - abar_t) * beta).max(1e-20);
+                let b = 0.25 * (beta.ln() - posterior.ln());
+                Some(LearnedSigma { mode: 1, a: (0.5 * posterior.ln() + b) as f32, b: b as f32 })
+            }
         }
     }
 }
@@ -282,6 +312,8 @@ fn ddpm_update(abar_t: f64, abar_prev: f64, beta: f64, alpha: f64, noise: bool, 
         DdpmVariance::Beta => beta.sqrt(),
         // diffusers clamps the variance at 1e-20 before the square root
         DdpmVariance::Posterior => ((1.0 - abar_prev) / (1.0 - abar_t) * beta).max(1e-20).sqrt(),
+        // per element: σ_i = 1·s_i from the model's variance output (`learned_sigma`)
+        DdpmVariance::Learned | DdpmVariance::LearnedRange => 1.0,
     };
     StepCoefs {
         eps_scale: (1.0 - abar_t).sqrt() as f32,
@@ -346,6 +378,30 @@ pub fn plan(schedule: &Schedule, opts: &SamplerOptions) -> Result<Vec<(usize, St
     })
 }
 
+/// The per-element noise level of each planned update from the model's
+/// variance output (None where the variance is fixed, and for DDIM, which
+/// takes none).
+pub fn learned_sigmas(schedule: &Schedule, opts: &SamplerOptions, plan: &[(usize, StepCoefs)]) -> Vec<Option<LearnedSigma>> {
+    let stride = match opts.kind {
+        SamplerKind::Ddpm | SamplerKind::DdpmSkip | SamplerKind::DdpmSampleAt => 1,
+        SamplerKind::DdpmStrided { steps, .. } => (schedule.steps() / steps) as i64,
+        SamplerKind::Ddim { .. } => return vec![None; plan.len()],
+    };
+    plan.iter().map(|&(t, _)| opts.ddpm_variance.learned_sigma(schedule.abar(t as i64), schedule.abar(t as i64 - stride))).collect()
+}
+
+/// (ε̂ or the model's prediction, its variance output): a model with twice
+/// x's channels (diffusers' learned variance) gives both halves; otherwise
+/// there is no variance output.
+pub fn split_output(output: Tensor, x: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    let (c, oc) = (x.dims().get(1).copied().unwrap_or(0), output.dims().get(1).copied().unwrap_or(0));
+    if oc == 2 * c && c > 0 && output.dims().len() == x.dims().len() {
+        Ok((crate::ops::narrow(&output, 1, 0, c)?, Some(crate::ops::narrow(&output, 1, c, c)?)))
+    } else {
+        Ok((output, None))
+    }
+}
+
 /// Whether update k of `plan` calls the model (the first always does).
 pub fn calls_model(kind: SamplerKind, plan: &[(usize, StepCoefs)], k: usize) -> bool {
     k == 0 || model_called_at(kind, plan[k].0)
@@ -387,16 +443,29 @@ pub fn sample(
         return super::cuda_graph::sample(&backend, model, x_t, start, &plan, opts);
     }
     let timesteps = |t: usize| Tensor::full_on(t as f32, [batch], device);
+    let sigmas = learned_sigmas(schedule, opts, &plan);
     let mut x = x_t;
     let mut evals = 0;
     let mut history = Vec::new();
     let mut eps: Option<Tensor> = None;
+    let mut variance: Option<Tensor> = None;
     for (k, &(t, coefs)) in plan.iter().enumerate() {
         let _nvtx = crate::device::nvtx::range("sampler step");
         let want_x0 = opts.keep_x0_at.contains(&k);
         let mut x0_direct = None;
         if calls_model(opts.kind, &plan, k) {
-            let output = model(&x, &timesteps(t)?)?;
+            let (output, var) = split_output(model(&x, &timesteps(t)?)?, &x)?;
+            if sigmas[k].is_some() && var.is_none() {
+                return Err(Error::Argument {
+                    op: "sampler",
+                    msg: format!(
+                        "a learned DDPM variance needs a model whose output has twice the sample's {} channels (ε̂ and the variance); this one has {}",
+                        x.dims()[1],
+                        output.dims()[1]
+                    ),
+                });
+            }
+            variance = var;
             // (ε̂ is kept for skip-DDPM's reuse at the steps without a model call)
             eps = Some(match opts.prediction.x0_and_epsilon(output.clone(), &x, schedule.abar(t as i64))? {
                 Some((x0, e)) => {
@@ -417,12 +486,16 @@ pub fn sample(
             th.apply(&mut values, batch);
             x0_direct = Some(Tensor::from_vec_on(values, x0.dims().to_vec(), device)?);
         }
+        let update = |x: &Tensor, e: &Tensor, c: StepCoefs| match (sigmas[k], &variance) {
+            (Some(ls), Some(var)) => step_learned(x, e, var, ls, c, opts.seed, 1 + k as u64, start, want_x0),
+            _ => step(x, e, c, opts.seed, 1 + k as u64, start, want_x0),
+        };
         let (next, x0) = match &x0_direct {
             Some(x0) => {
                 let (e, from_x0) = step_from_x0(&x, eps_now, coefs);
-                step(x0, e, from_x0, opts.seed, 1 + k as u64, start, want_x0)?
+                update(x0, e, from_x0)?
             }
-            None => step(&x, eps_now, coefs, opts.seed, 1 + k as u64, start, want_x0)?,
+            None => update(&x, eps_now, coefs)?,
         };
         if let Some(x0) = x0 {
             history.push((k, t, x0));
@@ -430,4 +503,87 @@ pub fn sample(
         x = next;
     }
     Ok(Samples { x0: x, model_evals: evals, x0_history: history })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{add_scalar, concat, mul_scalar};
+
+    /// A stand-in ε model: 0.3·x + t/1000.
+    fn eps_model(x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let t0 = t.to_vec()[0];
+        add_scalar(&mul_scalar(x, 0.3)?, t0 / 1000.0)
+    }
+
+    /// Largest difference over b's scale (at least 1).
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = b.to_vec().iter().fold(1f32, |m, v| m.max(v.abs()));
+        a.to_vec().iter().zip(b.to_vec()).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    /// "learned_range" interpolates log β̃_t (v = −1) … log β_t (v = +1): at
+    /// its ends the sampler gives the fixed variances' samples (up to exp/ln
+    /// rounding), in plain, strided and skip DDPM; "learned" given β̃_t itself
+    /// gives the posterior's (plain and strided).
+    #[test]
+    fn learned_variance_at_its_ends_samples_as_the_fixed_variances() {
+        let s = Schedule::lesson_default();
+        let x_t = Tensor::from_vec(crate::testing::randn(&[2, 1, 4, 4], 3), [2, 1, 4, 4]).unwrap();
+        let kinds = [SamplerKind::DdpmStrided { steps: 10, spacing: Spacing::Leading }, SamplerKind::DdpmSkip, SamplerKind::Ddpm];
+        for kind in kinds {
+            let run = |variance: DdpmVariance, var_of: &dyn Fn(&Tensor, &Tensor) -> Option<Tensor>| {
+                let opts = SamplerOptions { kind, ddpm_variance: variance, seed: 5, ..Default::default() };
+                let model = |x: &Tensor, t: &Tensor| {
+                    let eps = eps_model(x, t)?;
+                    match var_of(x, t) {
+                        Some(v) => concat(&[&eps, &v], 1),
+                        None => Ok(eps),
+                    }
+                };
+                sample(model, x_t.clone(), 0, &s, &opts).unwrap().x0
+            };
+            let ends = |v: f32| move |x: &Tensor, _: &Tensor| Some(Tensor::full(v, x.dims()));
+            let fixed = |x: &Tensor, _: &Tensor| -> Option<Tensor> { let _ = x; None };
+            let beta = run(DdpmVariance::Beta, &fixed);
+            let posterior = run(DdpmVariance::Posterior, &fixed);
+            assert!(max_diff(&beta, &posterior) > 1e-3, "{kind:?}: the two fixed variances differ");
+            let d_hi = max_diff(&run(DdpmVariance::LearnedRange, &ends(1.0)), &beta);
+            let d_lo = max_diff(&run(DdpmVariance::LearnedRange, &ends(-1.0)), &posterior);
+            // (σ through exp and ln: a few ulp per step, over up to 1000 steps)
+            assert!(d_hi < 1e-5 && d_lo < 1e-5, "{kind:?}: learned_range at +1 vs β {d_hi}, at −1 vs β̃ {d_lo}");
+            // "learned": the output is the variance; give the posterior's β̃ of the
+            // step (skip-DDPM reuses the last call's output, β̃ of an earlier t)
+            if kind == SamplerKind::DdpmSkip {
+                continue;
+            }
+            let stride = match kind {
+                SamplerKind::DdpmStrided { steps, .. } => (s.steps() / steps) as i64,
+                _ => 1,
+            };
+            let posterior_var = |x: &Tensor, t: &Tensor| {
+                let t = t.to_vec()[0] as i64;
+                let (at, ap) = (s.abar(t), s.abar(t - stride));
+                Some(Tensor::full(((1.0 - ap) / (1.0 - at) * (1.0 - at / ap)).max(1e-20) as f32, x.dims()))
+            };
+            let d = max_diff(&run(DdpmVariance::Learned, &posterior_var), &posterior);
+            assert!(d < 1e-5, "{kind:?}: learned given β̃ vs the posterior {d}");
+        }
+    }
+
+    /// DDIM takes the ε̂ half of a model with a variance half (bit for bit);
+    /// a learned DDPM variance without a variance half is refused by name.
+    #[test]
+    fn a_variance_half_is_split_off_and_required_where_learned() {
+        let s = Schedule::lesson_default();
+        let x_t = Tensor::from_vec(crate::testing::randn(&[2, 1, 4, 4], 4), [2, 1, 4, 4]).unwrap();
+        let ddim = SamplerOptions { kind: SamplerKind::Ddim { steps: 5, eta: 1.0, spacing: Spacing::Leading }, ..Default::default() };
+        let with_half = |x: &Tensor, t: &Tensor| concat(&[&eps_model(x, t)?, &mul_scalar(x, 7.0)?], 1);
+        let a = sample(eps_model, x_t.clone(), 0, &s, &ddim).unwrap().x0;
+        let b = sample(with_half, x_t.clone(), 0, &s, &ddim).unwrap().x0;
+        assert_eq!(a.to_vec(), b.to_vec());
+        let learned = SamplerOptions { kind: SamplerKind::Ddpm, ddpm_variance: DdpmVariance::LearnedRange, ..Default::default() };
+        let err = sample(eps_model, x_t, 0, &s, &learned).err().expect("refused").to_string();
+        assert!(err.contains("twice the sample's 1 channels"), "{err}");
+    }
 }

@@ -128,15 +128,18 @@ impl SchedulerConfig {
 
     /// The DDPM noise level this config asks for: diffusers' "fixed_small" (and
     /// "fixed_small_log", the same σ) is the posterior variance, "fixed_large"
-    /// is β_t; without a variance_type, β_t (the lesson's DDPM).
+    /// is β_t, "learned" and "learned_range" come from the model's second half
+    /// of output channels; without a variance_type, β_t (the lesson's DDPM).
     pub fn ddpm_variance(&self) -> Result<DdpmVariance> {
+        let refuse = |why: &str| Error::Data { path: SCHEDULER.into(), msg: format!("variance_type {} is not supported ({why})", self.variance_type.as_deref().unwrap_or("")) };
         match self.variance_type.as_deref() {
             None | Some("fixed_large") => Ok(DdpmVariance::Beta),
             Some("fixed_small" | "fixed_small_log") => Ok(DdpmVariance::Posterior),
-            Some(other) => Err(Error::Data {
-                path: SCHEDULER.into(),
-                msg: format!("variance_type {other} is not supported (fixed_small, fixed_small_log or fixed_large)"),
-            }),
+            Some("learned") => Ok(DdpmVariance::Learned),
+            Some("learned_range") => Ok(DdpmVariance::LearnedRange),
+            // DDPMScheduler.step takes the square root of log β_t < 0: NaN
+            Some("fixed_large_log") => Err(refuse("diffusers' DDPMScheduler samples NaN with it: σ = √(ln β_t)")),
+            Some(_) => Err(refuse("fixed_small, fixed_small_log, fixed_large, learned or learned_range")),
         }
     }
 

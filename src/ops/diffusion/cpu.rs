@@ -34,9 +34,39 @@ pub struct StepCoefs {
     pub sigma: f32,
 }
 
+/// A noise level per element from the model's variance output (DDPM's
+/// variance_type "learned" / "learned_range"), in place of the scalar σ:
+/// σ_i = sigma·s_i, s_i = √var_i (mode 0) or exp(a + b·var_i) (mode 1).
+/// Mirrors `LearnedSigma` in kernels/diffusion.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LearnedSigma {
+    pub mode: i32,
+    pub a: f32,
+    pub b: f32,
+}
+
+impl LearnedSigma {
+    /// s_i for a variance output value.
+    pub fn scale(&self, var: f32) -> f32 {
+        if self.mode == 0 { var.sqrt() } else { (self.a + self.b * var).exp() }
+    }
+}
+
 /// One sampler step (DDPM and DDIM are both this with different coefficients).
-/// Returns x_prev and, when asked, x̂0. z is drawn only when sigma > 0.
-pub fn step(xt: &[f32], eps: &[f32], k: StepCoefs, seed: u64, offset: u64, start: u64, want_x0: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+/// Returns x_prev and, when asked, x̂0. z is drawn only when sigma > 0; with
+/// `learned` the noise of element i is sigma·s_i·z_i.
+#[allow(clippy::too_many_arguments)]
+pub fn step(
+    xt: &[f32],
+    eps: &[f32],
+    k: StepCoefs,
+    learned: Option<(&[f32], LearnedSigma)>,
+    seed: u64,
+    offset: u64,
+    start: u64,
+    want_x0: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let mut z = vec![0.0; if k.sigma > 0.0 { xt.len() } else { 0 }];
     let stream = PhiloxStream::new(seed, offset);
     z.par_chunks_mut(CHUNK).enumerate().for_each(|(c, zc)| stream.fill_normal(start + (c * CHUNK) as u64, zc));
@@ -48,7 +78,8 @@ pub fn step(xt: &[f32], eps: &[f32], k: StepCoefs, seed: u64, offset: u64, start
         .map(|i| {
             let mut v = k.c_x0 * x0_of(i) + k.c_xt * xt[i] + k.c_eps * eps[i];
             if k.sigma > 0.0 {
-                v += k.sigma * z[i];
+                let sigma = learned.map_or(k.sigma, |(var, ls)| k.sigma * ls.scale(var[i]));
+                v += sigma * z[i];
             }
             v
         })

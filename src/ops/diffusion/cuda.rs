@@ -1,6 +1,6 @@
 //! CUDA launches of kernels/diffusion.cu.
 
-use super::{StepCoefs, StepParams};
+use super::{LearnedSigma, StepCoefs, StepParams};
 use crate::device::cuda::{Arg, CudaBackend, CudaBuffer, LaunchConfig};
 use crate::error::Result;
 use crate::ops::binary::cuda::elems;
@@ -35,15 +35,34 @@ pub fn noisify(x0: &CudaBuffer, a: &[f32], b: &[f32], per_sample: usize, seed: u
     Ok((xt, eps))
 }
 
-pub fn step(xt: &CudaBuffer, eps: &CudaBuffer, k: StepCoefs, seed: u64, offset: u64, start: u64, want_x0: bool) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
+#[allow(clippy::too_many_arguments)]
+pub fn step(
+    xt: &CudaBuffer,
+    eps: &CudaBuffer,
+    k: StepCoefs,
+    learned: Option<(&CudaBuffer, LearnedSigma)>,
+    seed: u64,
+    offset: u64,
+    start: u64,
+    want_x0: bool,
+) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
     let backend = xt.backend();
     let n = xt.len();
     let prev = backend.alloc(n)?;
     let x0 = if want_x0 { Some(backend.alloc(n)?) } else { None };
     if n > 0 {
         let x0_arg = x0.as_ref().map_or(Arg::Ptr(0), |b| b.arg());
-        let args = [prev.arg(), x0_arg, xt.arg(), eps.arg(), Arg::pod(&k), Arg::U64(seed), Arg::U64(offset), Arg::U64(start), Arg::I32(elems("step", n)?)];
-        backend.launch("diffusion_step", config(start, n), &args)?;
+        let tail = [Arg::U64(seed), Arg::U64(offset), Arg::U64(start), Arg::I32(elems("step", n)?)];
+        match learned {
+            None => {
+                let args = [prev.arg(), x0_arg, xt.arg(), eps.arg(), Arg::pod(&k)];
+                backend.launch("diffusion_step", config(start, n), &[&args[..], &tail].concat())?;
+            }
+            Some((var, ls)) => {
+                let args = [prev.arg(), x0_arg, xt.arg(), eps.arg(), var.arg(), Arg::pod(&k), Arg::pod(&ls)];
+                backend.launch("diffusion_step_learned", config(start, n), &[&args[..], &tail].concat())?;
+            }
+        }
     }
     Ok((prev, x0))
 }

@@ -9,7 +9,7 @@
 pub mod cpu;
 pub mod cuda;
 
-pub use cpu::StepCoefs;
+pub use cpu::{LearnedSigma, StepCoefs};
 
 use crate::device::Device;
 use crate::error::{Error, Result, shape_err};
@@ -42,20 +42,56 @@ pub fn noisify(x0: &Tensor, abar: &[f64], seed: u64, offset: u64, start: u64) ->
 /// One sampler update: (x_prev, x̂0 if `want_x0`).
 /// z element i is normal number `start + i` of the Philox stream (seed, offset).
 pub fn step(xt: &Tensor, eps: &Tensor, k: StepCoefs, seed: u64, offset: u64, start: u64, want_x0: bool) -> Result<(Tensor, Option<Tensor>)> {
+    step_with(xt, eps, k, None, seed, offset, start, want_x0)
+}
+
+/// [`step`] whose noise level is per element, from the model's variance
+/// output `var` (shape of x_t): σ_i = k.sigma·s_i with s_i as `ls` says
+/// (k.sigma is 1 where the step adds noise, 0 where it does not).
+#[allow(clippy::too_many_arguments)]
+pub fn step_learned(xt: &Tensor, eps: &Tensor, var: &Tensor, ls: LearnedSigma, k: StepCoefs, seed: u64, offset: u64, start: u64, want_x0: bool) -> Result<(Tensor, Option<Tensor>)> {
+    if var.shape() != xt.shape() {
+        return shape_err("sampler step", format!("x_t {} and the variance output {} differ", xt.shape(), var.shape()));
+    }
+    step_with(xt, eps, k, Some((var, ls)), seed, offset, start, want_x0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_with(
+    xt: &Tensor,
+    eps: &Tensor,
+    k: StepCoefs,
+    learned: Option<(&Tensor, LearnedSigma)>,
+    seed: u64,
+    offset: u64,
+    start: u64,
+    want_x0: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let _nvtx = crate::device::nvtx::range("diffusion_step");
     if xt.shape() != eps.shape() {
         return shape_err("sampler step", format!("x_t {} and ε̂ {} differ", xt.shape(), eps.shape()));
     }
-    let device = Tensor::common_device("sampler step", &[xt, eps])?;
+    let mut all = vec![xt, eps];
+    all.extend(learned.map(|(v, _)| v));
+    let device = Tensor::common_device("sampler step", &all)?;
+    let var_storage = learned.map(|(v, _)| v.storage());
     let (prev, x0) = match device {
         Device::Cpu => {
             let (sx, se) = (xt.storage(), eps.storage());
-            let (p, x0) = cpu::step(sx.cpu_f32("step")?, se.cpu_f32("step")?, k, seed, offset, start, want_x0);
+            let var = match (&var_storage, learned) {
+                (Some(s), Some((_, ls))) => Some((s.cpu_f32("step")?, ls)),
+                _ => None,
+            };
+            let (p, x0) = cpu::step(sx.cpu_f32("step")?, se.cpu_f32("step")?, k, var, seed, offset, start, want_x0);
             (cpu_f32_storage(p), x0.map(cpu_f32_storage))
         }
         Device::Cuda(_) => {
             let (sx, se) = (xt.storage(), eps.storage());
-            let (p, x0) = cuda::step(sx.cuda("step")?, se.cuda("step")?, k, seed, offset, start, want_x0)?;
+            let var = match (&var_storage, learned) {
+                (Some(s), Some((_, ls))) => Some((s.cuda("step")?, ls)),
+                _ => None,
+            };
+            let (p, x0) = cuda::step(sx.cuda("step")?, se.cuda("step")?, k, var, seed, offset, start, want_x0)?;
             (Storage::Cuda(p), x0.map(Storage::Cuda))
         }
     };
