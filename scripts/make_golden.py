@@ -880,12 +880,17 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
         files=files, final_sample=files["prev_sample"] + "[-1]",
     )
 
-    # ---- DDPM with a learned variance (improved DDPM), model-free ------------------------
-    # The model's output has twice the sample's channels: eps, then the variance
-    # ("learned": the variance itself; "learned_range": v in [-1, 1] interpolating
-    # log beta_tilde_t .. log beta_t). step() splits it and draws the noise inside.
+    # ---- DDPM with a learned variance (improved DDPM), and spacings, model-free ----------
+    # A learned variance: the model's output has twice the sample's channels: eps,
+    # then the variance ("learned": the variance itself; "learned_range": v in
+    # [-1, 1] interpolating log beta_tilde_t .. log beta_t). step() splits it and
+    # draws the noise inside. DDPMScheduler steps from each timestep to the next
+    # one it visits (previous_timestep), which is not t - T/n for linspace
+    # spacing nor for trailing spacing when n does not divide T.
     for key, vt, n, spacing in (("ddpm_learned_range_10", "learned_range", 10, "leading"),
-                                ("ddpm_learned_25_trailing", "learned", 25, "trailing")):
+                                ("ddpm_learned_25_trailing", "learned", 25, "trailing"),
+                                ("ddpm_linspace_7", "fixed_small", 7, "linspace"),
+                                ("ddpm_learned_range_trailing_7", "learned_range", 7, "trailing")):
         s = make_scheduler("DDPMScheduler", sched, variance_type=vt, timestep_spacing=spacing)
         s.set_timesteps(n)
         gsyn = torch.Generator().manual_seed(SEED + 8100)
@@ -903,10 +908,11 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
                 a = s.alphas_cumprod[ti]
                 eps = (x - a.sqrt() * x0_fixed) / (1 - a).sqrt() + 0.3 * torch.randn(shp, generator=gsyn)
                 if vt == "learned_range":
-                    var = torch.rand(shp, generator=gsyn) * 2 - 1
+                    out_in = torch.cat([eps, torch.rand(shp, generator=gsyn) * 2 - 1], dim=1)
+                elif vt == "learned":
+                    out_in = torch.cat([eps, (0.5 + torch.rand(shp, generator=gsyn)) * s.betas[ti]], dim=1)
                 else:
-                    var = (0.5 + torch.rand(shp, generator=gsyn)) * s.betas[ti]
-                out_in = torch.cat([eps, var], dim=1)
+                    out_in = eps
                 n_before = len(recorded)
                 out = s.step(out_in, ti, x, generator=gnoise)
                 z = recorded[-1] if len(recorded) > n_before else torch.zeros(shp)
@@ -923,9 +929,12 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
         index["sampling"][key] = dict(
             model=None, scheduler="DDPMScheduler", scheduler_config=sched_cfg(s),
             num_inference_steps=n, timesteps=rec["t"],
-            note=("model-free: model_output (steps, N, 2C, H, W) is a synthetic eps (first C channels) and "
-                  "variance output (last C: " + ("v in [-1, 1)" if vt == "learned_range" else "the variance, (0.5..1.5)*beta_t")
-                  + "); variance_noise is the recorded z (zeros at t == 0)"),
+            note=("model-free: model_output is a synthetic eps" + (
+                "" if vt.startswith("fixed") else
+                " (first C channels) and variance output (last C: "
+                + ("v in [-1, 1)" if vt == "learned_range" else "the variance, (0.5..1.5)*beta_t") + ")")
+                + "; variance_noise is the recorded z (zeros at t == 0); each step goes from a timestep to the "
+                "next one visited (-1 after the last)"),
             files=files, final_sample=files["prev_sample"] + "[-1]",
         )
 

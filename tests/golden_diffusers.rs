@@ -297,8 +297,9 @@ fn sample_follows_the_model_directorys_scheduler_config() {
 /// DDPM's noise level follows the directory's scheduler config too: unet_b's
 /// DDPMScheduler says variance_type "fixed_small" (the posterior variance),
 /// so `--sampler ddpm` uses it unless `--ddpm-variance beta` asks for the
-/// lesson's σ² = β_t. A config with a variance_type we do not implement is
-/// one error line naming the file, exit 2.
+/// lesson's σ² = β_t. A config with a variance_type we refuse
+/// (fixed_large_log), or a learned one for a model without a variance half,
+/// is one error line naming the file, exit 2.
 #[test]
 fn ddpm_noise_level_follows_the_scheduler_config() {
     let model = golden("unet_b");
@@ -331,10 +332,15 @@ fn ddpm_noise_level_follows_the_scheduler_config() {
         std::fs::copy(model.join(f), dir.join(f)).unwrap();
     }
     let config = std::fs::read_to_string(model.join("scheduler_config.json")).unwrap();
+    std::fs::write(dir.join("scheduler_config.json"), config.replace("\"fixed_small\"", "\"fixed_large_log\"")).unwrap();
+    let (code, stderr, _) = run(&dir, &[]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+    assert!(stderr.contains("scheduler_config.json") && stderr.contains("variance_type fixed_large_log"), "{stderr}");
+    // a learned variance needs a model with a variance half, which unet_b has not
     std::fs::write(dir.join("scheduler_config.json"), config.replace("\"fixed_small\"", "\"learned_range\"")).unwrap();
     let (code, stderr, _) = run(&dir, &[]);
     assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
-    assert!(stderr.contains("scheduler_config.json") && stderr.contains("variance_type learned_range"), "{stderr}");
+    assert!(stderr.contains("config.json") && stderr.contains("needs out_channels twice in_channels 3"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -445,15 +451,20 @@ fn a_training_step_matches_pytorch_autograd_and_adamw() {
 }
 
 /// DDPMScheduler with a learned variance ("learned_range" over 10 leading
-/// steps, "learned" over 25 trailing), model-free: each update replayed from
-/// the recorded x_t, model output (ε̂, then the variance output) and noise —
-/// the mean by our step, the noise by the σ our sampler gives each element.
+/// steps and 7 trailing, "learned" over 25 trailing) and with "fixed_small"
+/// over 7 linspace steps, model-free: each update replayed from the recorded
+/// x_t, model output (ε̂, then the variance output where it is learned) and
+/// noise — the mean by our step, the noise by the σ our sampler gives each
+/// element. At 7 linspace or trailing steps the timesteps are not T/n apart:
+/// each update goes to the next timestep visited, as DDPMScheduler's.
 #[test]
-fn learned_variance_ddpm_steps_match_diffusers() {
+fn strided_ddpm_with_learned_variances_and_uneven_spacings_matches_diffusers() {
     let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden("index.json")).unwrap()).unwrap();
     for (dir, want_variance, steps, spacing) in [
         ("sampling/ddpm_learned_range_10", DdpmVariance::LearnedRange, 10, Spacing::Leading),
         ("sampling/ddpm_learned_25_trailing", DdpmVariance::Learned, 25, Spacing::Trailing),
+        ("sampling/ddpm_learned_range_trailing_7", DdpmVariance::LearnedRange, 7, Spacing::Trailing),
+        ("sampling/ddpm_linspace_7", DdpmVariance::Posterior, 7, Spacing::Linspace),
     ] {
         let key = dir.trim_start_matches("sampling/");
         let config: model_dir::SchedulerConfig = serde_json::from_value(index["sampling"][key]["scheduler_config"].clone()).unwrap();
@@ -464,6 +475,10 @@ fn learned_variance_ddpm_steps_match_diffusers() {
         let sigmas = sampler::learned_sigmas(&s, &opts, &plan);
         let (_, ts) = load(&format!("{dir}/timesteps.npy"));
         assert_eq!(ts.iter().map(|&t| t as usize).collect::<Vec<_>>(), plan.iter().map(|(t, _)| *t).collect::<Vec<_>>(), "{dir}");
+        if steps == 7 {
+            let gaps: Vec<usize> = plan.windows(2).map(|w| w[0].0 - w[1].0).collect();
+            assert!(gaps.iter().any(|&g| g != 1000 / 7), "{dir}: uneven gaps {gaps:?}");
+        }
         let (out_shape, outputs) = load(&format!("{dir}/model_output.npy"));
         let (x_shape, mut x) = load(&format!("{dir}/x_T.npy"));
         let (_, noise) = load(&format!("{dir}/variance_noise.npy"));
@@ -476,11 +491,14 @@ fn learned_variance_ddpm_steps_match_diffusers() {
             let xt = Tensor::from_vec(x.clone(), x_shape.clone()).unwrap();
             let output = Tensor::from_vec(at(&outputs, per_out), out_shape[1..].to_vec()).unwrap();
             let (eps, var) = sampler::split_output(output, &xt).unwrap();
-            let var = var.expect("twice the channels: a variance half").to_vec();
+            assert_eq!(var.is_some(), want_variance.is_learned(), "{dir}: a variance half exactly where it is learned");
             let (mean, x0) = step(&xt, &eps, StepCoefs { sigma: 0.0, ..coefs }, 0, 0, 0, true).unwrap();
-            let ls = sigmas[k].expect("a learned σ at every DDPM step");
+            let sigma_of = |i: usize| match (sigmas[k], &var) {
+                (Some(ls), Some(v)) => coefs.sigma * ls.scale(v.to_vec()[i]),
+                _ => coefs.sigma,
+            };
             let z = at(&noise, per);
-            let next: Vec<f32> = mean.to_vec().iter().enumerate().map(|(i, m)| m + coefs.sigma * ls.scale(var[i]) * z[i]).collect();
+            let next: Vec<f32> = mean.to_vec().iter().enumerate().map(|(i, m)| m + sigma_of(i) * z[i]).collect();
             noisy_steps += usize::from(coefs.sigma > 0.0);
             assert_eq!(coefs.sigma > 0.0, t > 0, "{dir}: noise exactly where t > 0");
             // 1e-4 of each step's scale: at t = 0 the synthetic ε̂ is ~26 and diffusers'
@@ -493,7 +511,7 @@ fn learned_variance_ddpm_steps_match_diffusers() {
             close("x_prev", &next, &at(&prev, per));
             x = at(&prev, per);
         }
-        // trailing spacing ends at t = 39 > 0: noise on every step; leading ends at t = 0
+        // trailing spacing ends at a t > 0: noise on every step; leading and linspace end at t = 0
         assert_eq!(noisy_steps, if spacing == Spacing::Trailing { steps } else { steps - 1 }, "{dir}");
     }
 }

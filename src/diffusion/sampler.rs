@@ -298,9 +298,9 @@ pub fn ddpm_coefs(s: &Schedule, t: usize, clip: Option<f32>, variance: DdpmVaria
     ddpm_update(s.abar(t as i64), s.abar(t as i64 - 1), s.betas[t], s.alphas[t], t > 0, clip, variance)
 }
 
-/// The DDPM update from t to an earlier `prev` (−1: the end, ᾱ = 1), as
-/// diffusers' DDPMScheduler takes it between its timesteps: the same update
-/// with α = ᾱ_t/ᾱ_prev and β = 1 − α.
+/// The DDPM update from t to an earlier `prev` (−1: the end, ᾱ = 1; the
+/// next timestep visited, as diffusers' DDPMScheduler takes it between its
+/// timesteps): the same update with α = ᾱ_t/ᾱ_prev and β = 1 − α.
 pub fn ddpm_strided_coefs(s: &Schedule, t: usize, prev: i64, clip: Option<f32>, variance: DdpmVariance) -> StepCoefs {
     let (abar_t, abar_prev) = (s.abar(t as i64), s.abar(prev));
     let alpha = abar_t / abar_prev;
@@ -359,9 +359,12 @@ pub fn plan(schedule: &Schedule, opts: &SamplerOptions) -> Result<Vec<(usize, St
             (0..schedule.steps()).rev().map(|t| (t, ddpm_coefs(schedule, t, clip, opts.ddpm_variance))).collect()
         }
         SamplerKind::DdpmStrided { steps, spacing } => {
+            // DDPMScheduler's previous timestep is the next one it visits (−1
+            // after the last), not t − T/n as DDIM's: they differ for
+            // linspace spacing and for trailing where n does not divide T
             let ts = ddim_timesteps(schedule.steps(), steps, spacing, opts.steps_offset)?;
-            let ratio = (schedule.steps() / steps) as i64;
-            ts.iter().map(|&t| (t, ddpm_strided_coefs(schedule, t, t as i64 - ratio, clip, opts.ddpm_variance))).collect()
+            let prevs = next_timesteps(&ts);
+            ts.iter().zip(prevs).map(|(&t, prev)| (t, ddpm_strided_coefs(schedule, t, prev, clip, opts.ddpm_variance))).collect()
         }
         SamplerKind::Ddim { steps, eta, spacing } => {
             let ts = ddim_timesteps(schedule.steps(), steps, spacing, opts.steps_offset)?;
@@ -382,12 +385,17 @@ pub fn plan(schedule: &Schedule, opts: &SamplerOptions) -> Result<Vec<(usize, St
 /// variance output (None where the variance is fixed, and for DDIM, which
 /// takes none).
 pub fn learned_sigmas(schedule: &Schedule, opts: &SamplerOptions, plan: &[(usize, StepCoefs)]) -> Vec<Option<LearnedSigma>> {
-    let stride = match opts.kind {
-        SamplerKind::Ddpm | SamplerKind::DdpmSkip | SamplerKind::DdpmSampleAt => 1,
-        SamplerKind::DdpmStrided { steps, .. } => (schedule.steps() / steps) as i64,
-        SamplerKind::Ddim { .. } => return vec![None; plan.len()],
-    };
-    plan.iter().map(|&(t, _)| opts.ddpm_variance.learned_sigma(schedule.abar(t as i64), schedule.abar(t as i64 - stride))).collect()
+    if matches!(opts.kind, SamplerKind::Ddim { .. }) {
+        return vec![None; plan.len()];
+    }
+    // every DDPM kind updates from each planned timestep to the next
+    let ts: Vec<usize> = plan.iter().map(|(t, _)| *t).collect();
+    ts.iter().zip(next_timesteps(&ts)).map(|(&t, prev)| opts.ddpm_variance.learned_sigma(schedule.abar(t as i64), schedule.abar(prev))).collect()
+}
+
+/// Each timestep's successor in `ts` (descending), −1 after the last.
+fn next_timesteps(ts: &[usize]) -> Vec<i64> {
+    ts.iter().skip(1).map(|&t| t as i64).chain([-1]).collect()
 }
 
 /// (ε̂ or the model's prediction, its variance output): a model with twice
