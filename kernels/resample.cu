@@ -72,3 +72,92 @@ extern "C" __global__ void avg_pool2x2_backward_f32(float* dx, const float* dy, 
         dx[idx] = dy[(size_t)pl * oh * ow + i * ow + j] / (float)count;
     }
 }
+
+// ---- FIR 2× resampling (diffusers' upsample_2d / downsample_2d with the
+// default FIR kernel (1, 3, 3, 1), as the score-SDE Skip blocks use it) ----
+//
+// Per axis, taps a = 0..3 with k = (1, 3, 3, 1); the 2-D weight of taps (a, b)
+// is k_a·k_b/64 down and k_a·k_b/16 up (exact in f32):
+//   down: y[o] = Σ_a w_a·x[2o + a − 1]                 (zeros outside; L_out = (L − 2)/2 + 1)
+//   up:   y[o] = Σ_a w_a·x[(o + a − 2)/2], o + a even  (zeros outside; L_out = 2L)
+// (upfirdn2d with pad (1, 1) down, (2, 1) up.) The backward is the adjoint:
+// each input element gathers the outputs whose taps read it. The sums run
+// over a (rows) then b (columns), one fused multiply-add each, as the CPU
+// twin's (so the two agree bit for bit).
+namespace fir {
+
+// The input index output o reads with tap a along an axis of `len` inputs, or −1.
+__device__ __forceinline__ int source(int o, int a, int len, bool up) {
+    int i;
+    if (up) {
+        if ((o + a) & 1) return -1;
+        i = (o + a - 2) / 2;
+        if (o + a < 2) return -1;
+    } else {
+        i = 2 * o + a - 1;
+    }
+    return i >= 0 && i < len ? i : -1;
+}
+
+// The output index whose tap a reads input i (the adjoint of `source`), or −1.
+__device__ __forceinline__ int reader(int i, int a, int out_len, bool up) {
+    int o;
+    if (up) {
+        o = 2 * i + 2 - a;
+    } else {
+        if ((i + 1 - a) & 1) return -1;
+        o = (i + 1 - a) / 2;
+        if (i + 1 - a < 0) return -1;
+    }
+    return o >= 0 && o < out_len ? o : -1;
+}
+
+__device__ __forceinline__ float weight(int a, int b, bool up) {
+    const float k[4] = {1.0f, 3.0f, 3.0f, 1.0f};
+    return k[a] * k[b] * (up ? 1.0f / 16.0f : 1.0f / 64.0f);
+}
+
+}  // namespace fir
+
+// y [planes, OH, OW] from x [planes, H, W] (OH, OW as above).
+extern "C" __global__ void fir2x_f32(float* y, const float* x, int planes, int h, int w, int up) {
+    const int oh = up ? 2 * h : (h - 2) / 2 + 1, ow = up ? 2 * w : (w - 2) / 2 + 1;
+    const int n = planes * oh * ow;
+    for (int idx = global_index(); idx < n; idx += grid_stride()) {
+        const int pl = idx / (oh * ow), rem = idx - pl * oh * ow;
+        const int oy = rem / ow, ox = rem - oy * ow;
+        const float* plane = x + (size_t)pl * h * w;
+        float sum = 0.0f;
+        for (int a = 0; a < 4; ++a) {
+            const int iy = fir::source(oy, a, h, up);
+            if (iy < 0) continue;
+            for (int b = 0; b < 4; ++b) {
+                const int ix = fir::source(ox, b, w, up);
+                if (ix >= 0) sum = fmaf(fir::weight(a, b, up), plane[iy * w + ix], sum);
+            }
+        }
+        y[idx] = sum;
+    }
+}
+
+// dx [planes, H, W] from dy [planes, OH, OW]: dx[i, j] = Σ over the taps (a, b)
+// and outputs (o, p) that read (i, j) of w_ab·dy[o, p].
+extern "C" __global__ void fir2x_backward_f32(float* dx, const float* dy, int planes, int h, int w, int up) {
+    const int oh = up ? 2 * h : (h - 2) / 2 + 1, ow = up ? 2 * w : (w - 2) / 2 + 1;
+    const int n = planes * h * w;
+    for (int idx = global_index(); idx < n; idx += grid_stride()) {
+        const int pl = idx / (h * w), rem = idx - pl * h * w;
+        const int i = rem / w, j = rem - i * w;
+        const float* plane = dy + (size_t)pl * oh * ow;
+        float sum = 0.0f;
+        for (int a = 0; a < 4; ++a) {
+            const int o = fir::reader(i, a, oh, up);
+            if (o < 0) continue;
+            for (int b = 0; b < 4; ++b) {
+                const int p = fir::reader(j, b, ow, up);
+                if (p >= 0) sum = fmaf(fir::weight(a, b, up), plane[o * ow + p], sum);
+            }
+        }
+        dx[idx] = sum;
+    }
+}

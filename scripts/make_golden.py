@@ -18,7 +18,7 @@ describes every file with its shape and dtype; tests/golden/README.md explains
 the layout and the diffusers behaviour a reimplementation must match.
 
   <model>/config.json, diffusion_pytorch_model.safetensors, scheduler_config.json
-        eight small random UNet2DModel directories (unet_a … unet_h)
+        nine small random UNet2DModel directories (unet_a … unet_i)
   <model>/forward/   x, t and eps = model(x, t).sample for several timestep cases
         (σ cases, float32, for the "fourier" unet_h; class_labels.npy where the
         model is class-conditional),
@@ -288,6 +288,30 @@ MODELS = {
         class_labels="identity",
         t_cases="sigma",
     ),
+    # the score-SDE (NCSN++) block layout: Skip blocks with FIR-resampling
+    # resnet_down / resnet_up and the 3-channel image pyramid (skip_conv,
+    # skip_norm), AttnSkip blocks (32-group attention, outputs / sqrt 2; the
+    # up block's one attention after its resnets), norm_num_groups null
+    # (min(C/4, 32) groups in the mid block and conv_norm_out),
+    # mid_block_scale_factor sqrt 2; integer timesteps, so it samples and trains.
+    "unet_i": dict(
+        config=dict(
+            sample_size=16,
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("AttnSkipDownBlock2D", "SkipDownBlock2D"),
+            up_block_types=("SkipUpBlock2D", "AttnSkipUpBlock2D"),
+            block_out_channels=(32, 32),
+            layers_per_block=1,
+            time_embedding_dim=32,
+            norm_num_groups=None,
+            attention_head_dim=8,
+            mid_block_scale_factor=2 ** 0.5,
+        ),
+        scheduler=("DDPMScheduler", dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
+        input_hw=(16, 16),
+        debug=False,  # (no per-module dumps: 0.9 MB the device bundles cannot spare)
+    ),
 }
 
 SCHED_COMMON = dict(
@@ -516,7 +540,7 @@ def forward_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
                     x_shape=list(x.shape), output_shape=list(eps.shape),
                     max_abs_diff_f32_vs_f64=err64, output_abs_max=float(eps.abs().max()),
                 )
-                if cname == DEBUG_CASE and xname == "x":
+                if cname == DEBUG_CASE and xname == "x" and spec.get("debug", True):
                     dbg = record_debug(model, x, t, labels)
                     dfiles = {}
                     for mod, arr in dbg.items():
@@ -556,7 +580,7 @@ def training_step_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]
     # unet_f and unet_g: class labels (one repeated) through a table and through
     # the learned time projection; mish/gelu and the resnet resamplers backward
     train_labels = {"unet_f": [3, 1, 3], "unet_g": [7, 980, 7]}
-    for name in ("unet_a", "unet_d", "unet_f", "unet_g"):
+    for name in ("unet_a", "unet_d", "unet_f", "unet_g", "unet_i"):
         model = UNet2DModel.from_pretrained(w.root / name).train()
         spec = MODELS[name]
         c = spec["config"]

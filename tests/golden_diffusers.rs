@@ -35,8 +35,10 @@ const CASES: [&str; 6] = ["t0", "t1", "t500", "t999", "mixed_1_999", "mixed_500_
 #[test]
 fn unet_forward_matches_diffusers() {
     // f32 throughout; sums in a different order: 1e-5 absolute + 1e-4 relative
-    // unet_e: resnet_time_scale_shift "scale_shift", a mid attention without group norm
-    for name in ["unet_a", "unet_b", "unet_c", "unet_d", "unet_e"] {
+    // unet_e: resnet_time_scale_shift "scale_shift", a mid attention without group norm;
+    // unet_i: the score-SDE Skip blocks (FIR resampling resnets, the 3-channel
+    // image pyramid, 32-group attention ÷ √2), norm_num_groups null
+    for name in ["unet_a", "unet_b", "unet_c", "unet_d", "unet_e", "unet_i"] {
         let (model, _) = model_dir::load(&golden(name), Device::Cpu).unwrap();
         let x = tensor(&format!("{name}/forward/x.npy"));
         for case in CASES {
@@ -397,8 +399,9 @@ fn a_training_step_matches_pytorch_autograd_and_adamw() {
     use minidiffusion::optim::{AdamW, AdamWHyper};
     let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden("index.json")).unwrap()).unwrap();
     // unet_f, unet_g: class labels (one repeated) through a table and through the
-    // learned time projection, mish/gelu and the resnet resamplers backward
-    for name in ["unet_a", "unet_d", "unet_f", "unet_g"] {
+    // learned time projection, mish/gelu and the resnet resamplers backward;
+    // unet_i: the Skip blocks' FIR resampling and image pyramid backward
+    for name in ["unet_a", "unet_d", "unet_f", "unet_g", "unet_i"] {
         let case = &index["training_step"][name];
         let (model, _) = model_dir::load(&golden(name), Device::Cpu).unwrap();
         let x_t = tensor(&format!("training_step/{name}/x_t.npy"));

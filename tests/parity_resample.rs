@@ -7,7 +7,7 @@
 //! terms in the CPU twin's order and divide by the same count, so the results
 //! agree to the last bit; EXACTISH leaves a few ulp for a GPU's fma contraction.
 
-use minidiffusion::ops::{avg_pool2x2, upsample_nearest2x};
+use minidiffusion::ops::{avg_pool2x2, fir_downsample2x, fir_upsample2x, upsample_nearest2x};
 use minidiffusion::testing::{ParityTol, parity_check};
 
 const SHAPES: [[usize; 4]; 4] = [[2, 3, 5, 4], [1, 2, 3, 3], [3, 1, 1, 1], [1, 2, 7, 9]];
@@ -23,6 +23,19 @@ fn upsample_nearest2x_parity() {
 fn avg_pool2x2_parity() {
     for s in SHAPES {
         parity_check(&format!("avg_pool2x2 {s:?}"), &[&s], |x| avg_pool2x2(&x[0]), ParityTol::EXACTISH);
+    }
+}
+
+/// The FIR 2× resampling (diffusers' upsample_2d / downsample_2d, kernel
+/// (1, 3, 3, 1)) and its adjoint backward: one fused multiply-add per tap in
+/// the CPU twin's order, so exact; odd sizes and 2×2 down (the edges' taps).
+#[test]
+fn fir_resampling_parity() {
+    for s in [[2, 3, 6, 4], [1, 2, 5, 7], [3, 1, 2, 2], [1, 2, 1, 3]] {
+        parity_check(&format!("fir_upsample2x {s:?}"), &[&s], |x| fir_upsample2x(&x[0]), ParityTol::EXACTISH);
+        if s[2] >= 2 && s[3] >= 2 {
+            parity_check(&format!("fir_downsample2x {s:?}"), &[&s], |x| fir_downsample2x(&x[0]), ParityTol::EXACTISH);
+        }
     }
 }
 

@@ -34,9 +34,11 @@ fn golden_unets_on_the_device_match_diffusers() {
     let device = parity_device();
     // unet_e: resnet_time_scale_shift "scale_shift"; unet_f: mish, class table,
     // resnet resamplers; unet_g: gelu, learned time embedding, "timestep" class
-    // embedding; unet_h: Fourier σ embedding, relu, "identity" labels (GPU only
-    // but unet_c and unet_h, one case each, on the emulation)
-    let all: [(&str, &[&str]); 7] = [
+    // embedding; unet_h: Fourier σ embedding, relu, "identity" labels; unet_i:
+    // Skip blocks (FIR resampling, image pyramid) (GPU only but unet_c and
+    // unet_h, one case each, on the emulation)
+    let all: [(&str, &[&str]); 8] = [
+        ("unet_i", &["t500", "mixed_1_999"]),
         ("unet_a", &["t0", "mixed_1_999"]),
         ("unet_b", &["t500", "mixed_500_0"]),
         ("unet_e", &["t1", "mixed_1_999"]),
@@ -45,7 +47,7 @@ fn golden_unets_on_the_device_match_diffusers() {
         ("unet_c", &["t999", "mixed_1_999"]),
         ("unet_h", &["s_one", "s_mixed"]),
     ];
-    let models = if on_gpu(device) { &all[..] } else { &all[5..] };
+    let models = if on_gpu(device) { &all[..] } else { &all[6..] };
     for &(name, cases) in models {
         let cases = if on_gpu(device) { cases } else { &cases[1..] };
         let (model, _) = model_dir::load(&golden(name), device).unwrap();

@@ -131,6 +131,53 @@ fn avg_pool2x2_grad_check() {
 }
 
 #[test]
+fn fir_resampling_grad_check() {
+    use minidiffusion::ops::{fir_downsample2x, fir_upsample2x};
+    for shape in [&[2, 2, 5, 4][..], &[1, 3, 4, 6], &[1, 1, 2, 3]] {
+        grad_check("fir_downsample2x", &[shape], |t| fir_downsample2x(&t[0]), GradTol::default());
+        grad_check("fir_upsample2x", &[shape], |t| fir_upsample2x(&t[0]), GradTol::default());
+    }
+}
+
+/// The FIR kernel (1, 3, 3, 1) by hand: a constant image keeps its value
+/// inside and loses the taps that fall outside at the edges (7/8 per edge
+/// axis down, ¾ up); one pixel spreads as (¼, ¾, ¾, ¼)²; down's adjoint is up/4.
+#[test]
+fn fir_resampling_values() {
+    use minidiffusion::ops::{fir_downsample2x, fir_upsample2x};
+    let ones = Tensor::full(1.0, [1, 1, 6, 6]);
+    let down = fir_downsample2x(&ones).unwrap();
+    assert_eq!(down.dims(), &[1, 1, 3, 3]);
+    // rows 2o−1..2o+2: output 0 misses row −1 (weight 1/8), output 2 misses row 6 (1/8)
+    let edge = 7.0 / 8.0;
+    let want = [edge * edge, edge, edge * edge, edge, 1.0, edge, edge * edge, edge, edge * edge];
+    assert_eq!(down.to_vec(), want);
+    let up = fir_upsample2x(&Tensor::full(1.0, [1, 1, 3, 3])).unwrap();
+    assert_eq!(up.dims(), &[1, 1, 6, 6]);
+    // y[0] = ¼·x[−1] + ¾·x[0] = ¾ at the first row/column, y[5] = ¾·x[2] + ¼·x[3] = ¾ at the last
+    let row = [0.75, 1.0, 1.0, 1.0, 1.0, 0.75];
+    let want: Vec<f32> = (0..36).map(|i| row[i / 6] * row[i % 6]).collect();
+    assert_eq!(up.to_vec(), want);
+    // one input pixel spreads as the outer product of (¼, ¾, ¾, ¼)
+    let mut v = vec![0.0; 9];
+    v[4] = 1.0;
+    let up = fir_upsample2x(&Tensor::from_vec(v, [1, 1, 3, 3]).unwrap()).unwrap().to_vec();
+    let k = [0.25f32, 0.75, 0.75, 0.25];
+    for (i, &y) in up.iter().enumerate() {
+        let (r, c) = (i / 6, i % 6);
+        let w = |p: usize| if (1..5).contains(&p) { k[p - 1] } else { 0.0 };
+        assert_eq!(y, w(r) * w(c), "({r}, {c})");
+    }
+    // ⟨down(x), y⟩ = ⟨x, up(y)⟩/4 (the adjoint)
+    let x = Tensor::from_vec(minidiffusion::testing::randn(&[2, 1, 6, 8], 1), [2, 1, 6, 8]).unwrap();
+    let y = Tensor::from_vec(minidiffusion::testing::randn(&[2, 1, 3, 4], 2), [2, 1, 3, 4]).unwrap();
+    let dot = |a: &Tensor, b: &Tensor| a.to_vec().iter().zip(b.to_vec()).map(|(p, q)| (*p as f64) * q as f64).sum::<f64>();
+    let (lhs, rhs) = (dot(&fir_downsample2x(&x).unwrap(), &y), dot(&x, &fir_upsample2x(&y).unwrap()) / 4.0);
+    assert!((lhs - rhs).abs() < 1e-5 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+    assert!(fir_downsample2x(&Tensor::zeros([1, 1, 1, 4])).is_err(), "H < 2 is refused");
+}
+
+#[test]
 fn resample_rank_errors_return_err() {
     let bad = Tensor::zeros([2, 3, 4]);
     assert!(matches!(avg_pool2x2(&bad), Err(Error::Shape { op: "avg_pool2x2", .. })));

@@ -213,19 +213,40 @@ impl UNet2DConfig {
             });
         }
         for t in &self.down_block_types {
-            if !matches!(t.as_str(), "DownBlock2D" | "AttnDownBlock2D" | "ResnetDownsampleBlock2D") {
-                return Err(Self::refuse("down_block_types entry", t, "DownBlock2D, AttnDownBlock2D or ResnetDownsampleBlock2D"));
+            if !matches!(t.as_str(), "DownBlock2D" | "AttnDownBlock2D" | "ResnetDownsampleBlock2D" | "SkipDownBlock2D" | "AttnSkipDownBlock2D") {
+                return Err(Self::refuse(
+                    "down_block_types entry",
+                    t,
+                    "DownBlock2D, AttnDownBlock2D, ResnetDownsampleBlock2D, SkipDownBlock2D or AttnSkipDownBlock2D",
+                ));
             }
         }
         for t in &self.up_block_types {
-            if !matches!(t.as_str(), "UpBlock2D" | "AttnUpBlock2D" | "ResnetUpsampleBlock2D") {
-                return Err(Self::refuse("up_block_types entry", t, "UpBlock2D, AttnUpBlock2D or ResnetUpsampleBlock2D"));
+            if !matches!(t.as_str(), "UpBlock2D" | "AttnUpBlock2D" | "ResnetUpsampleBlock2D" | "SkipUpBlock2D" | "AttnSkipUpBlock2D") {
+                return Err(Self::refuse("up_block_types entry", t, "UpBlock2D, AttnUpBlock2D, ResnetUpsampleBlock2D, SkipUpBlock2D or AttnSkipUpBlock2D"));
             }
         }
-        let groups = self.groups()?;
+        // the Skip blocks' image pyramid: skip_conv reads and writes 3 channels
+        let resampling_skip = |types: &[String]| types[..n - 1].iter().any(|t| is_skip_block(t));
+        if resampling_skip(&self.down_block_types) && self.in_channels != 3 {
+            return Err(Self::refuse("in_channels", self.in_channels, "a SkipDownBlock2D's skip_conv reads the 3-channel input"));
+        }
+        if resampling_skip(&self.up_block_types) && self.out_channels != 3 {
+            return Err(Self::refuse("out_channels", self.out_channels, "a SkipUpBlock2D's skip_conv adds a 3-channel image to the output"));
+        }
+        for (i, t) in self.down_block_types.iter().chain(&self.up_block_types).enumerate() {
+            let c = self.block_out_channels[if i < n { i } else { 2 * n - 1 - i }];
+            if t.starts_with("AttnSkip") && c % 32 != 0 {
+                return Err(Self::refuse(t, c, "its attention normalises 32 groups: block_out_channels must be multiples of 32"));
+            }
+        }
+        // (None: the Skip blocks take min(C/4, 32) groups; the others need a count)
+        let plain = self.down_block_types.iter().chain(&self.up_block_types).any(|t| !is_skip_block(t));
+        let groups = if plain { Some(self.groups()?) } else { self.norm_num_groups };
         for &c in &self.block_out_channels {
-            if c == 0 || c % groups != 0 {
-                return Err(Self::refuse("norm_num_groups", groups, &format!("must divide every block_out_channels entry, {c} is not a multiple")));
+            let g = groups.unwrap_or_else(|| skip_groups(c));
+            if c == 0 || g == 0 || c % g != 0 {
+                return Err(Self::refuse("norm_num_groups", g, &format!("must divide every block_out_channels entry, {c} is not a multiple")));
             }
             if let Some(h) = self.attention_head_dim {
                 if h == 0 || c % h != 0 {
@@ -272,6 +293,13 @@ impl UNet2DConfig {
         self.norm_num_groups.ok_or_else(|| Self::refuse("norm_num_groups", "null", "a group count is required"))
     }
 
+    /// The groups of the norms outside the down and up blocks (mid block,
+    /// conv_norm_out) over `c` channels: norm_num_groups, or as diffusers
+    /// without one, min(C/4, 32).
+    fn groups_or_default(&self, c: usize) -> usize {
+        self.norm_num_groups.unwrap_or_else(|| skip_groups(c))
+    }
+
     /// The sample's height and width when the config says.
     pub fn sample_hw(&self) -> Option<(usize, usize)> {
         match &self.sample_size {
@@ -316,11 +344,14 @@ pub enum ClassConditioning {
 }
 
 /// The 2× resampling a ResnetBlock2D may do between its norm1 and conv1
-/// (diffusers' `up=True` / `down=True`): nearest-neighbour up, 2×2 average down.
+/// (diffusers' `up=True` / `down=True`): nearest-neighbour up, 2×2 average
+/// down, or (kernel="fir", the Skip blocks') the FIR kernel (1, 3, 3, 1).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Resample {
     Up,
     Down,
+    FirUp,
+    FirDown,
 }
 
 impl Resample {
@@ -328,8 +359,20 @@ impl Resample {
         match self {
             Resample::Up => ops::upsample_nearest2x(x),
             Resample::Down => ops::avg_pool2x2(x),
+            Resample::FirUp => ops::fir_upsample2x(x),
+            Resample::FirDown => ops::fir_downsample2x(x),
         }
     }
+}
+
+/// Whether diffusers builds this block type with the score-SDE image pyramid.
+fn is_skip_block(block_type: &str) -> bool {
+    block_type.contains("Skip")
+}
+
+/// The Skip blocks' group count over `c` channels: min(C/4, 32).
+fn skip_groups(c: usize) -> usize {
+    (c / 4).min(32)
 }
 
 /// ResnetBlock2D: norm1 → act → conv1 → + time_emb_proj(act(temb)) → norm2 →
@@ -363,14 +406,36 @@ struct ResnetKind {
 
 impl ResnetBlock {
     fn new(init: &mut Initializer, cin: usize, cout: usize, kind: ResnetKind, output_scale: f32, resample: Option<Resample>, device: Device) -> Result<Self> {
-        let ResnetKind { temb, groups, eps, scale_shift, act } = kind;
+        Self::with_groups(init, cin, cout, kind, (kind.groups, kind.groups), output_scale, resample, cin != cout, device)
+    }
+
+    /// A Skip block's resnet: norm1 and norm2 groups as given, output ÷ √2,
+    /// a 1×1 conv_shortcut when `shortcut` (diffusers' use_in_shortcut) or the channels change.
+    #[allow(clippy::too_many_arguments)]
+    fn skip(init: &mut Initializer, cin: usize, cout: usize, kind: ResnetKind, groups: (usize, usize), resample: Option<Resample>, shortcut: bool, device: Device) -> Result<Self> {
+        Self::with_groups(init, cin, cout, kind, groups, std::f32::consts::SQRT_2, resample, shortcut || cin != cout, device)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with_groups(
+        init: &mut Initializer,
+        cin: usize,
+        cout: usize,
+        kind: ResnetKind,
+        (groups_in, groups_out): (usize, usize),
+        output_scale: f32,
+        resample: Option<Resample>,
+        shortcut: bool,
+        device: Device,
+    ) -> Result<Self> {
+        let ResnetKind { temb, eps, scale_shift, act, .. } = kind;
         Ok(ResnetBlock {
-            norm1: GroupNorm::new(groups, cin, eps, device)?,
+            norm1: GroupNorm::new(groups_in, cin, eps, device)?,
             conv1: Conv2d::new(init, cin, cout, 3, 1, 1, device)?,
             time_emb_proj: Linear::new(init, temb, if scale_shift { 2 * cout } else { cout }, true, device)?,
-            norm2: GroupNorm::new(groups, cout, eps, device)?,
+            norm2: GroupNorm::new(groups_out, cout, eps, device)?,
             conv2: Conv2d::new(init, cout, cout, 3, 1, 1, device)?,
-            conv_shortcut: if cin != cout { Some(Conv2d::new(init, cin, cout, 1, 1, 0, device)?) } else { None },
+            conv_shortcut: if shortcut { Some(Conv2d::new(init, cin, cout, 1, 1, 0, device)?) } else { None },
             output_scale,
             scale_shift,
             act,
@@ -586,6 +651,7 @@ impl Resampler {
         let (resnet_block, attn_block, attn_choice, (stride, padding)) = match resample {
             Resample::Down => ("ResnetDownsampleBlock2D", "AttnDownBlock2D", &config.downsample_type, (2, config.downsample_padding)),
             Resample::Up => ("ResnetUpsampleBlock2D", "AttnUpBlock2D", &config.upsample_type, (1, 1)),
+            Resample::FirUp | Resample::FirDown => unreachable!("the Skip blocks build their FIR resnets themselves"),
         };
         Ok(if block_type == resnet_block || (block_type == attn_block && attn_choice == "resnet") {
             Resampler::Resnet(ResnetBlock::new(init, channels, channels, kind, 1.0, Some(resample), device)?)
@@ -595,12 +661,37 @@ impl Resampler {
     }
 }
 
-/// A down, mid or up block: resnets, each optionally followed by attention,
-/// then an optional resampler.
+/// A down, mid or up block: resnets, each optionally followed by attention
+/// (an AttnSkipUpBlock2D's one attention follows them all), then an optional
+/// resampler, or a Skip block's image pyramid.
 pub struct Block {
     pub resnets: Vec<ResnetBlock>,
     pub attentions: Vec<AttentionBlock>,
     pub resampler: Option<Resampler>,
+    pub skip: Option<Skip>,
+}
+
+/// The score-SDE image pyramid of diffusers' Skip blocks, beside h. A down
+/// block resamples h with its FIR resnet_down, FIR-downsamples the image
+/// (first the input) and adds skip_conv(image) (3 → C, 1×1) to h; an up block
+/// FIR-upsamples the image so far (none before the first), adds
+/// skip_conv(silu(skip_norm(h))) (C → 3, 3×3) to it, then resamples h with
+/// its FIR resnet_up. The last block of each side only passes the image on
+/// (the last up block upsamples it; the model adds it to its output).
+pub enum Skip {
+    Down(Option<SkipDown>),
+    Up(Option<SkipUp>),
+}
+
+pub struct SkipDown {
+    pub resnet_down: ResnetBlock,
+    pub skip_conv: Conv2d,
+}
+
+pub struct SkipUp {
+    pub resnet_up: ResnetBlock,
+    pub skip_norm: GroupNorm,
+    pub skip_conv: Conv2d,
 }
 
 impl Block {
@@ -615,6 +706,18 @@ impl Block {
             Some(Resampler::Conv(c)) => c.visit(&join(prefix, &format!("{resampler_name}.0.conv")), f),
             Some(Resampler::Resnet(r)) => r.visit(&join(prefix, &format!("{resampler_name}.0")), f),
             None => {}
+        }
+        match &self.skip {
+            Some(Skip::Down(Some(d))) => {
+                d.resnet_down.visit(&join(prefix, "resnet_down"), f);
+                d.skip_conv.visit(&join(prefix, "skip_conv"), f);
+            }
+            Some(Skip::Up(Some(u))) => {
+                u.resnet_up.visit(&join(prefix, "resnet_up"), f);
+                u.skip_conv.visit(&join(prefix, "skip_conv"), f);
+                u.skip_norm.visit(&join(prefix, "skip_norm"), f);
+            }
+            Some(Skip::Down(None) | Skip::Up(None)) | None => {}
         }
     }
 }
@@ -703,7 +806,8 @@ impl UNet2DModel {
 
     fn build(config: UNet2DConfig, init: &mut Initializer, device: Device) -> Result<UNet2DModel> {
         let ch = &config.block_out_channels;
-        let groups = config.groups()?;
+        // (validated: set wherever a block other than a Skip block needs it)
+        let groups = config.norm_num_groups.unwrap_or(0);
         let scale_shift = config.resnet_time_scale_shift == "scale_shift";
         let eps = config.norm_eps as f32;
         let act = config.activation()?;
@@ -739,6 +843,26 @@ impl UNet2DModel {
             out_c = ch[i];
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
+            if is_skip_block(block_type) {
+                for j in 0..config.layers_per_block {
+                    let cin = if j == 0 { in_c } else { out_c };
+                    resnets.push(ResnetBlock::skip(init, cin, out_c, kind, (skip_groups(cin), skip_groups(out_c)), None, false, device)?);
+                    if block_type == "AttnSkipDownBlock2D" {
+                        attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, Some(32), eps, std::f32::consts::SQRT_2, device)?);
+                    }
+                }
+                let skip = if i + 1 < n {
+                    let g = skip_groups(out_c);
+                    Some(SkipDown {
+                        resnet_down: ResnetBlock::skip(init, out_c, out_c, kind, (g, g), Some(Resample::FirDown), true, device)?,
+                        skip_conv: Conv2d::new(init, 3, out_c, 1, 1, 0, device)?,
+                    })
+                } else {
+                    None
+                };
+                down_blocks.push(Block { resnets, attentions, resampler: None, skip: Some(Skip::Down(skip)) });
+                continue;
+            }
             for j in 0..config.layers_per_block {
                 resnets.push(ResnetBlock::new(init, if j == 0 { in_c } else { out_c }, out_c, kind, 1.0, None, device)?);
                 if block_type == "AttnDownBlock2D" {
@@ -746,13 +870,15 @@ impl UNet2DModel {
                 }
             }
             let resampler = if i + 1 < n { Some(Resampler::new(init, &config, block_type, out_c, kind, Resample::Down, device)?) } else { None };
-            down_blocks.push(Block { resnets, attentions, resampler });
+            down_blocks.push(Block { resnets, attentions, resampler, skip: None });
         }
         let last = ch[n - 1];
         let mid_block = match &config.mid_block_type {
             None => None,
             Some(_) => {
                 let scale = config.mid_block_scale_factor as f32;
+                let groups = config.groups_or_default(last);
+                let kind = ResnetKind { groups, ..kind };
                 // diffusers' UNetMidBlock2D: attn_groups defaults to the resnets'
                 // groups, or to none (no group norm) with "scale_shift"
                 let attn_groups = config.attn_norm_num_groups.or((!scale_shift).then_some(groups));
@@ -764,7 +890,7 @@ impl UNet2DModel {
                     ResnetBlock::new(init, last, last, kind, scale, None, device)?,
                     ResnetBlock::new(init, last, last, kind, scale, None, device)?,
                 ];
-                Some(Block { resnets, attentions, resampler: None })
+                Some(Block { resnets, attentions, resampler: None, skip: None })
             }
         };
         let reversed: Vec<usize> = ch.iter().rev().copied().collect();
@@ -777,6 +903,31 @@ impl UNet2DModel {
             let layers = config.layers_per_block + 1;
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
+            if is_skip_block(block_type) {
+                let attn = block_type == "AttnSkipUpBlock2D";
+                for j in 0..layers {
+                    let skip_c = if j == layers - 1 { in_c } else { out_c };
+                    let res_in = if j == 0 { prev_out } else { out_c };
+                    // (diffusers' AttnSkipUpBlock2D takes min(res_in + skip_c // 4, 32): its precedence, kept)
+                    let groups_in = if attn { (res_in + skip_c / 4).min(32) } else { skip_groups(res_in + skip_c) };
+                    resnets.push(ResnetBlock::skip(init, res_in + skip_c, out_c, kind, (groups_in, skip_groups(out_c)), None, false, device)?);
+                }
+                if attn {
+                    attentions.push(AttentionBlock::new(init, out_c, config.attention_head_dim, Some(32), eps, std::f32::consts::SQRT_2, device)?);
+                }
+                let skip = if i + 1 < n {
+                    let g = skip_groups(out_c);
+                    Some(SkipUp {
+                        resnet_up: ResnetBlock::skip(init, out_c, out_c, kind, (g, g), Some(Resample::FirUp), true, device)?,
+                        skip_norm: GroupNorm::new(g, out_c, eps, device)?,
+                        skip_conv: Conv2d::new(init, out_c, 3, 3, 1, 1, device)?,
+                    })
+                } else {
+                    None
+                };
+                up_blocks.push(Block { resnets, attentions, resampler: None, skip: Some(Skip::Up(skip)) });
+                continue;
+            }
             for j in 0..layers {
                 let skip_c = if j == layers - 1 { in_c } else { out_c };
                 let res_in = if j == 0 { prev_out } else { out_c };
@@ -786,9 +937,9 @@ impl UNet2DModel {
                 }
             }
             let resampler = if i + 1 < n { Some(Resampler::new(init, &config, block_type, out_c, kind, Resample::Up, device)?) } else { None };
-            up_blocks.push(Block { resnets, attentions, resampler });
+            up_blocks.push(Block { resnets, attentions, resampler, skip: None });
         }
-        let conv_norm_out = GroupNorm::new(groups, c0, eps, device)?;
+        let conv_norm_out = GroupNorm::new(config.groups_or_default(c0), c0, eps, device)?;
         let conv_out = Conv2d::new(init, c0, config.out_channels, 3, 1, 1, device)?;
         Ok(UNet2DModel {
             config,
@@ -919,6 +1070,8 @@ impl UNet2DModel {
 
         let mut h = self.conv_in.forward(&x)?;
         let mut skips = vec![h.clone()];
+        // the Skip blocks' image pyramid: the input on the way down, built anew on the way up
+        let mut image = Some(x.clone());
         for block in &self.down_blocks {
             let _nvtx = nvtx::range("down block");
             for (j, r) in block.resnets.iter().enumerate() {
@@ -926,6 +1079,13 @@ impl UNet2DModel {
                 if let Some(a) = block.attentions.get(j) {
                     h = a.forward(&h)?;
                 }
+                skips.push(h.clone());
+            }
+            if let Some(Skip::Down(Some(d))) = &block.skip {
+                let down = d.resnet_down.forward(&h, &temb_act, dropout)?;
+                let img = ops::fir_downsample2x(image.as_ref().expect("the input until the up blocks"))?;
+                h = d.skip_conv.forward_add(&img, ConvAdd { sample_bias: None, residual: Some(&down) })?;
+                image = Some(img);
                 skips.push(h.clone());
             }
             if let Some(resampler) = &block.resampler {
@@ -945,13 +1105,26 @@ impl UNet2DModel {
             }
             h = mid.resnets[1].forward(&h, &temb_act, dropout)?;
         }
+        image = None;
         for block in &self.up_blocks {
             let _nvtx = nvtx::range("up block");
+            let skip_block = matches!(block.skip, Some(Skip::Up(_)));
             for (j, r) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
                 h = r.forward(&ops::concat(&[&h, &skip], 1)?, &temb_act, dropout)?;
-                if let Some(a) = block.attentions.get(j) {
+                if let Some(a) = block.attentions.get(j).filter(|_| !skip_block) {
                     h = a.forward(&h)?;
+                }
+            }
+            if let Some(Skip::Up(up)) = &block.skip {
+                if let Some(a) = block.attentions.first() {
+                    h = a.forward(&h)?;
+                }
+                image = image.map(|img| ops::fir_upsample2x(&img)).transpose()?;
+                if let Some(u) = up {
+                    // image + skip_conv(silu(skip_norm(h))), the sum by the conv as it stores
+                    image = Some(u.skip_conv.forward_after_norm(&h, &u.skip_norm, true, ConvAdd { sample_bias: None, residual: image.as_ref() })?);
+                    h = u.resnet_up.forward(&h, &temb_act, dropout)?;
                 }
             }
             h = match &block.resampler {
@@ -961,8 +1134,9 @@ impl UNet2DModel {
                 None => h,
             };
         }
-        // (conv_act is always SiLU in UNet2DModel, whatever act_fn says)
-        let out = self.conv_out.forward_after_norm(&h, &self.conv_norm_out, true, ConvAdd::default())?;
+        // (conv_act is always SiLU in UNet2DModel, whatever act_fn says; the
+        // Skip blocks' image is added to the output)
+        let out = self.conv_out.forward_after_norm(&h, &self.conv_norm_out, true, ConvAdd { sample_bias: None, residual: image.as_ref() })?;
         if c.timesteps_are_noise_levels() {
             // diffusers' score-SDE output: divided by σ
             let n = t.numel();
@@ -1006,5 +1180,33 @@ impl Module for UNet2DModel {
         }
         self.conv_norm_out.visit(&join(prefix, "conv_norm_out"), f);
         self.conv_out.visit(&join(prefix, "conv_out"), f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> UNet2DConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    /// What diffusers' Skip blocks need, refused by name before any weight is
+    /// read: 3 input channels for the down image pyramid, 3 output channels
+    /// for the up one, 32-group attention, and a group count for the other blocks.
+    #[test]
+    fn skip_block_configs_are_checked() {
+        let skip = r#""down_block_types": ["SkipDownBlock2D", "AttnSkipDownBlock2D"], "up_block_types": ["AttnSkipUpBlock2D", "SkipUpBlock2D"], "block_out_channels": [32, 64], "norm_num_groups": null"#;
+        assert!(config(&format!(r#"{{"in_channels": 3, "out_channels": 3, {skip}}}"#)).validate().is_ok());
+        let err = |json: String| config(&json).validate().unwrap_err().to_string();
+        assert!(err(format!(r#"{{"in_channels": 1, "out_channels": 3, {skip}}}"#)).contains("in_channels 1 is not supported (a SkipDownBlock2D's skip_conv reads the 3-channel input)"));
+        assert!(err(format!(r#"{{"in_channels": 3, "out_channels": 1, {skip}}}"#)).contains("out_channels 1 is not supported"));
+        let narrow = skip.replace("[32, 64]", "[64, 16]");
+        assert!(err(format!(r#"{{"in_channels": 3, "out_channels": 3, {narrow}}}"#)).contains("AttnSkipDownBlock2D 16 is not supported (its attention normalises 32 groups"));
+        let mixed = skip.replace("\"SkipUpBlock2D\"]", "\"UpBlock2D\"]");
+        assert!(err(format!(r#"{{"in_channels": 3, "out_channels": 3, {mixed}}}"#)).contains("norm_num_groups null is not supported"));
+        // the last block of each side resamples nothing: any channels there
+        let last_only = r#""down_block_types": ["DownBlock2D", "SkipDownBlock2D"], "up_block_types": ["UpBlock2D", "SkipUpBlock2D"], "block_out_channels": [8, 16], "norm_num_groups": 4"#;
+        assert!(config(&format!(r#"{{"in_channels": 1, "out_channels": 1, {last_only}}}"#)).validate().is_ok());
     }
 }

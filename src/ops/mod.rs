@@ -38,7 +38,7 @@ pub use loss::{cross_entropy, mse_loss};
 pub use matmul::{linear, matmul, matmul_t};
 pub use precision::{Precision, with_precision};
 pub use reduce::{broadcast_to, mean, mean_all, sum, sum_all, sum_to};
-pub use resample::{avg_pool2x2, upsample_nearest2x};
+pub use resample::{avg_pool2x2, fir_downsample2x, fir_upsample2x, upsample_nearest2x};
 pub use softmax::softmax;
 pub use timestep_embedding::{fourier_embedding, timestep_embedding};
 

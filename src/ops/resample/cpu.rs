@@ -98,3 +98,94 @@ pub fn avg_pool2x2_backward(dy: &[f32], planes: usize, h: usize, w: usize) -> Ve
     });
     dx
 }
+
+/// Output length of a FIR 2× resampling along an axis of `len` inputs:
+/// 2·len up, (len − 2)/2 + 1 down (len ≥ 2).
+pub fn fir2x_len(len: usize, up: bool) -> usize {
+    if up { 2 * len } else { (len - 2) / 2 + 1 }
+}
+
+/// The input index output `o` reads with tap `a` (kernels/resample.cu's
+/// `fir::source`): 2o + a − 1 down, (o + a − 2)/2 up when o + a is even.
+fn fir_source(o: usize, a: usize, len: usize, up: bool) -> Option<usize> {
+    let i = if up {
+        if (o + a) % 2 == 1 || o + a < 2 {
+            return None;
+        }
+        (o + a - 2) / 2
+    } else {
+        (2 * o + a).checked_sub(1)?
+    };
+    (i < len).then_some(i)
+}
+
+/// The output whose tap `a` reads input `i` (the adjoint of `fir_source`).
+fn fir_reader(i: usize, a: usize, out_len: usize, up: bool) -> Option<usize> {
+    let o = if up {
+        (2 * i + 2).checked_sub(a)?
+    } else {
+        let twice = (i + 1).checked_sub(a)?;
+        if twice % 2 == 1 {
+            return None;
+        }
+        twice / 2
+    };
+    (o < out_len).then_some(o)
+}
+
+/// The 2-D weight of taps (a, b): k_a·k_b/64 down, /16 up, k = (1, 3, 3, 1).
+fn fir_weight(a: usize, b: usize, up: bool) -> f32 {
+    const K: [f32; 4] = [1.0, 3.0, 3.0, 1.0];
+    K[a] * K[b] * if up { 1.0 / 16.0 } else { 1.0 / 64.0 }
+}
+
+/// diffusers' `upsample_2d` (`up`) or `downsample_2d` with the FIR kernel
+/// (1, 3, 3, 1) on [planes, H, W]: the sums over a (rows) then b (columns),
+/// one fused multiply-add each, as the CUDA kernel.
+pub fn fir2x(x: &[f32], planes: usize, h: usize, w: usize, up: bool) -> Vec<f32> {
+    let (oh, ow) = (fir2x_len(h, up), fir2x_len(w, up));
+    let mut y = vec![0.0; planes * oh * ow];
+    per_plane(&mut y, oh * ow, |pl, y| {
+        let x = &x[pl * h * w..(pl + 1) * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut sum = 0f32;
+                for a in 0..4 {
+                    let Some(iy) = fir_source(oy, a, h, up) else { continue };
+                    for b in 0..4 {
+                        if let Some(ix) = fir_source(ox, b, w, up) {
+                            sum = fir_weight(a, b, up).mul_add(x[iy * w + ix], sum);
+                        }
+                    }
+                }
+                y[oy * ow + ox] = sum;
+            }
+        }
+    });
+    y
+}
+
+/// dX [planes, H, W] of `fir2x` from dY: each input gathers w_ab·dY over the
+/// outputs whose taps (a, b) read it.
+pub fn fir2x_backward(dy: &[f32], planes: usize, h: usize, w: usize, up: bool) -> Vec<f32> {
+    let (oh, ow) = (fir2x_len(h, up), fir2x_len(w, up));
+    let mut dx = vec![0.0; planes * h * w];
+    per_plane(&mut dx, h * w, |pl, dx| {
+        let dy = &dy[pl * oh * ow..(pl + 1) * oh * ow];
+        for i in 0..h {
+            for j in 0..w {
+                let mut sum = 0f32;
+                for a in 0..4 {
+                    let Some(o) = fir_reader(i, a, oh, up) else { continue };
+                    for b in 0..4 {
+                        if let Some(p) = fir_reader(j, b, ow, up) {
+                            sum = fir_weight(a, b, up).mul_add(dy[o * ow + p], sum);
+                        }
+                    }
+                }
+                dx[i * w + j] = sum;
+            }
+        }
+    });
+    dx
+}

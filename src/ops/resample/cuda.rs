@@ -49,3 +49,20 @@ pub fn avg_pool2x2(x: &CudaBuffer, planes: usize, h: usize, w: usize) -> Result<
 pub fn avg_pool2x2_backward(dy: &CudaBuffer, planes: usize, h: usize, w: usize) -> Result<CudaBuffer> {
     launch("avg_pool2x2_backward_f32", "avg_pool2x2", dy, planes * h * w, planes, h, w)
 }
+
+/// FIR 2× resampling (`up`) or its backward (`backward`) on [planes, H, W]
+/// inputs of the forward: kernels `fir2x_f32` / `fir2x_backward_f32`.
+pub fn fir2x(input: &CudaBuffer, planes: usize, h: usize, w: usize, up: bool, backward: bool) -> Result<CudaBuffer> {
+    const OP: &str = "fir2x";
+    let (oh, ow) = (super::cpu::fir2x_len(h, up), super::cpu::fir2x_len(w, up));
+    let out_len = planes * if backward { h * w } else { oh * ow };
+    let out = input.backend().alloc(out_len)?;
+    if out_len == 0 {
+        return Ok(out);
+    }
+    elems(OP, input.len().max(out_len))?;
+    let kernel = if backward { "fir2x_backward_f32" } else { "fir2x_f32" };
+    let args = [out.arg(), input.arg(), Arg::I32(elems(OP, planes)?), Arg::I32(elems(OP, h)?), Arg::I32(elems(OP, w)?), Arg::I32(up as i32)];
+    input.backend().launch(kernel, LaunchConfig::for_elems(out_len, THREADS), &args)?;
+    Ok(out)
+}

@@ -5,6 +5,10 @@
 //!   avg_pool: y[i, j] = (1/|w_ij|) Σ_{(r,s) ∈ w_ij} x[r, s]    backward: dX[r, s] = g[r/2, s/2] / |w_{r/2, s/2}|
 //! where w_ij is the in-bounds part of rows 2i..2i+2, cols 2j..2j+2 (so an odd
 //! H or W gives edge windows of 2 and a corner window of 1 element).
+//! And diffusers' FIR 2× resampling with the kernel (1, 3, 3, 1) (the
+//! score-SDE Skip blocks'; per axis, zeros outside):
+//!   fir down: y[o] = Σ_a k_a/8·x[2o + a − 1]                 fir up: y[o] = Σ_a k_a/4·x[(o + a − 2)/2], o + a even
+//! each backward the adjoint (each input gathers the outputs that read it).
 
 pub mod cpu;
 pub mod cuda;
@@ -76,6 +80,42 @@ pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
             let storage = match g.device() {
                 Device::Cpu => cpu_f32_storage(cpu::avg_pool2x2_backward(g.storage().cpu_f32(OP)?, pl, h, w)),
                 Device::Cuda(_) => Storage::Cuda(cuda::avg_pool2x2_backward(g.storage().cuda(OP)?, pl, h, w)?),
+            };
+            Ok(vec![Some(Tensor::from_storage(storage, in_shape.clone()))])
+        })
+    }))
+}
+
+/// diffusers' `downsample_2d(x, kernel=(1, 3, 3, 1))`: [N, C, H, W] →
+/// [N, C, (H − 2)/2 + 1, (W − 2)/2 + 1] (H, W ≥ 2).
+pub fn fir_downsample2x(x: &Tensor) -> Result<Tensor> {
+    fir2x(x, false)
+}
+
+/// diffusers' `upsample_2d(x, kernel=(1, 3, 3, 1))`: [N, C, H, W] → [N, C, 2H, 2W].
+pub fn fir_upsample2x(x: &Tensor) -> Result<Tensor> {
+    fir2x(x, true)
+}
+
+fn fir2x(x: &Tensor, up: bool) -> Result<Tensor> {
+    let op: &'static str = if up { "fir_upsample2x" } else { "fir_downsample2x" };
+    let _nvtx = crate::device::nvtx::range(op);
+    let (pl, h, w) = planes(op, x)?;
+    if !up && (h < 2 || w < 2) {
+        return shape_err(op, format!("a FIR 2× downsampling needs H and W of at least 2, got {}", x.shape()));
+    }
+    let storage = match x.device() {
+        Device::Cpu => cpu_f32_storage(cpu::fir2x(x.storage().cpu_f32(op)?, pl, h, w, up)),
+        Device::Cuda(_) => Storage::Cuda(cuda::fir2x(x.storage().cuda(op)?, pl, h, w, up, false)?),
+    };
+    let d = x.dims();
+    let out_shape = Shape::new(vec![d[0], d[1], cpu::fir2x_len(h, up), cpu::fir2x_len(w, up)]);
+    Ok(Tensor::from_op(storage, out_shape, |_| {
+        let in_shape = x.shape().clone();
+        Node::new(op, vec![x.clone()], move |g| {
+            let storage = match g.device() {
+                Device::Cpu => cpu_f32_storage(cpu::fir2x_backward(g.storage().cpu_f32(op)?, pl, h, w, up)),
+                Device::Cuda(_) => Storage::Cuda(cuda::fir2x(g.storage().cuda(op)?, pl, h, w, up, true)?),
             };
             Ok(vec![Some(Tensor::from_storage(storage, in_shape.clone()))])
         })
