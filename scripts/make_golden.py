@@ -1033,6 +1033,75 @@ def noisify_goldens(w: Writer, index: dict):
     )
 
 
+def sde_ve_goldens(w: Writer, index: dict):
+    """ScoreSdeVeScheduler: the levels of N-step runs (timesteps, sigmas,
+    discrete_sigmas), and a model-free predictor-corrector run as
+    ScoreSdeVePipeline drives it, every corrector and predictor step recorded
+    with its synthetic score and the noise drawn inside (randn_tensor wrapped)."""
+    import diffusers.schedulers.scheduling_sde_ve as ve_module
+    from diffusers import ScoreSdeVeScheduler
+
+    index["sde_ve"] = {"levels": []}
+    for n, kw in ((1, {}), (2, {}), (7, {}), (1000, {}), (7, dict(sampling_eps=1e-3, sigma_min=0.005, sigma_max=90.0))):
+        s = ScoreSdeVeScheduler(**kw)
+        s.set_timesteps(n)
+        s.set_sigmas(n)
+        tag = f"n{n}" + ("_custom" if kw else "")
+        index["sde_ve"]["levels"].append(dict(
+            num_inference_steps=n, config=dict(s.config),
+            timesteps=w.npy(f"sde_ve/{tag}_timesteps.npy", s.timesteps, "set_timesteps(n): linspace(1, sampling_eps, n), float32"),
+            sigmas=w.npy(f"sde_ve/{tag}_sigmas.npy", s.sigmas, "sigma_min * (sigma_max / sigma_min) ** t, float32"),
+            discrete_sigmas=w.npy(f"sde_ve/{tag}_discrete_sigmas.npy", s.discrete_sigmas,
+                                  "exp(linspace(log sigma_min, log sigma_max, n)), float32"),
+        ))
+
+    # a 6-step run with 2 corrector steps each, model-free: score = -(x - 0.3) / sigma^2 + 0.1 * randn
+    s = ScoreSdeVeScheduler(sigma_max=50.0, snr=0.16, correct_steps=2)
+    n = 6
+    s.set_timesteps(n)
+    s.set_sigmas(n)
+    g = torch.Generator().manual_seed(SEED + 12000)
+    gnoise = torch.Generator().manual_seed(SEED + 12100)
+    shape = (2, 1, 4, 4)
+    x = torch.randn(shape, generator=g) * s.init_noise_sigma
+    x_start = x.clone()
+    recorded = []
+    orig = ve_module.randn_tensor
+
+    def recording_randn(*a, **k):
+        r = orig(*a, **k)
+        recorded.append(r.clone())
+        return r
+
+    rec = {k: [] for k in ("x_in", "score", "noise", "x_out", "mean")}
+    ve_module.randn_tensor = recording_randn
+    try:
+        for i, t in enumerate(s.timesteps):
+            sigma = s.sigmas[i]
+            for _ in range(s.config.correct_steps):
+                score = -(x - 0.3) / sigma ** 2 + 0.1 * torch.randn(shape, generator=g)
+                out = s.step_correct(score, x, generator=gnoise).prev_sample
+                for k, v in (("x_in", x), ("score", score), ("noise", recorded[-1]), ("x_out", out), ("mean", torch.full(shape, float("nan")))):
+                    rec[k].append(v.clone())
+                x = out
+            score = -(x - 0.3) / sigma ** 2 + 0.1 * torch.randn(shape, generator=g)
+            out = s.step_pred(score, t, x, generator=gnoise)
+            for k, v in (("x_in", x), ("score", score), ("noise", recorded[-1]), ("x_out", out.prev_sample), ("mean", out.prev_sample_mean)):
+                rec[k].append(v.clone())
+            x = out.prev_sample
+    finally:
+        ve_module.randn_tensor = orig
+    files = {k: w.npy(f"sde_ve/run/{k}.npy", torch.stack(v), f"(updates, N, C, H, W): {k} of each update, in order")
+             for k, v in rec.items()}
+    index["sde_ve"]["run"] = dict(
+        config=dict(s.config), num_inference_steps=n,
+        order="each step i: correct_steps corrector updates (step_correct), then one predictor update (step_pred); "
+              "mean is NaN for corrector updates",
+        x_T=w.npy("sde_ve/run/x_T.npy", x_start, "randn * init_noise_sigma"),
+        files=files,
+    )
+
+
 # ---------------------------------------------------------------------------
 
 def main():
@@ -1069,6 +1138,7 @@ def main():
     schedule_goldens(w, index)
     sampling_goldens(w, index, models)
     noisify_goldens(w, index)
+    sde_ve_goldens(w, index)
 
     index["files"] = w.files
     (root / "index.json").write_text(json.dumps(index, indent=1, sort_keys=False) + "\n")

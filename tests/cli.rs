@@ -167,3 +167,40 @@ fn learned_variance_models_sample_and_what_cannot_is_refused() {
     assert!(stderr.contains("scheduler_config.json") && stderr.contains("variance_type fixed_large_log"), "{stderr}");
     let _ = std::fs::remove_dir_all(tmp);
 }
+
+/// A score-SDE model (Fourier σ embedding) with a ScoreSdeVeScheduler config
+/// samples with the predictor–corrector by default, images in [0, 1]; DDIM is
+/// refused for it in one line, and sde-ve for a DDPM/DDIM model.
+#[test]
+fn score_sde_ve_models_sample_with_their_sampler() {
+    use minidiffusion::diffusion::Schedule;
+    use minidiffusion::io::{model_dir, npy};
+    use minidiffusion::nn::unet::{UNet2DConfig, UNet2DModel};
+    let tmp = std::env::temp_dir().join(format!("minidiffusion-cli-ve-{}", std::process::id()));
+    let model_path = tmp.join("model");
+    let config = UNet2DConfig { time_embedding_type: "fourier".into(), flip_sin_to_cos: true, ..UNet2DConfig::tiny_preset() };
+    let model = UNet2DModel::new(config, 0, minidiffusion::Device::Cpu).unwrap();
+    model_dir::save(&model_path, &model, &model_dir::SchedulerConfig::from_schedule(&Schedule::lesson_default())).unwrap();
+    let ve = r#"{"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 2000, "snr": 0.15, "sigma_min": 0.01, "sigma_max": 50.0, "sampling_eps": 1e-5, "correct_steps": 1}"#;
+    std::fs::write(model_path.join("scheduler_config.json"), ve).unwrap();
+    let (png, samples) = (tmp.join("s.png"), tmp.join("s.npy"));
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (code, stdout, stderr) = run(&["sample", "--model", &path(&model_path), "--steps", "4", "-n", "2", "--device", "cpu", "--out", &path(&png), "--npy", &path(&samples)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("(8 per sample)"), "4 steps × (1 corrector + 1 predictor) model calls: {stdout}");
+    let (dims, values) = npy::read(&samples).unwrap();
+    assert_eq!(dims, vec![2, 1, 32, 32]);
+    assert!(values.iter().all(|v| (0.0..=1.0).contains(v)), "the pipeline's images are clamped to [0, 1]");
+    let (code, _, stderr) = run(&["sample", "--model", &path(&model_path), "--sampler", "ddim", "-n", "1", "--device", "cpu", "--out", &path(&png)]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+    assert!(stderr.contains("--sampler ddim") && stderr.contains("ScoreSdeVeScheduler"), "{stderr}");
+    std::fs::write(model_path.join("scheduler_config.json"), ve.replace("50.0", "0.001")).unwrap();
+    let (code, _, stderr) = run(&["sample", "--model", &path(&model_path), "-n", "1", "--device", "cpu", "--out", &path(&png)]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+    assert!(stderr.contains("scheduler_config.json") && stderr.contains("sigma_max 0.001: must exceed sigma_min"), "{stderr}");
+    let unet_a = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/unet_a");
+    let (code, _, stderr) = run(&["sample", "--model", unet_a, "--sampler", "sde-ve", "-n", "1", "--device", "cpu", "--out", &path(&png)]);
+    assert_eq!((code, stderr.lines().count()), (2, 1), "{stderr}");
+    assert!(stderr.contains("not a ScoreSdeVeScheduler config"), "{stderr}");
+    let _ = std::fs::remove_dir_all(tmp);
+}

@@ -560,3 +560,48 @@ fn dynamic_thresholding_matches_diffusers() {
     let peaks: Vec<f32> = want.chunks(per).map(|c| c.iter().fold(0f32, |m, v| m.max(v.abs()))).collect();
     assert!(peaks[0] < 1.0 && (peaks[1] - 1.0).abs() < 1e-6 && (peaks[2] - 1.0).abs() < 1e-6, "{peaks:?}");
 }
+
+/// The score-SDE VE sampler against diffusers' ScoreSdeVeScheduler: the
+/// levels of N-step runs (t_i as torch's f32 linspace, σ_i, the discrete
+/// levels), and every corrector and predictor update of a model-free run
+/// replayed from its recorded input, score and noise.
+#[test]
+fn score_sde_ve_matches_diffusers() {
+    use minidiffusion::diffusion::sde_ve::{self, VeConfig, VePlan};
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden("index.json")).unwrap()).unwrap();
+    for case in index["sde_ve"]["levels"].as_array().unwrap() {
+        let config: VeConfig = serde_json::from_value(case["config"].clone()).unwrap();
+        let n = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let plan = VePlan::new(&config, n).unwrap();
+        let file = |key: &str| load(case[key].as_str().unwrap()).1;
+        assert_eq!(plan.timesteps, file("timesteps"), "n {n}: timesteps bit for bit");
+        assert_close(&format!("n {n} sigmas"), &plan.sigmas, &file("sigmas"), 0.0, 2e-6);
+        assert_close(&format!("n {n} discrete sigmas"), &plan.discrete_sigmas, &file("discrete_sigmas"), 0.0, 2e-6);
+    }
+    let run = &index["sde_ve"]["run"];
+    let config: VeConfig = serde_json::from_value(run["config"].clone()).unwrap();
+    let n = run["num_inference_steps"].as_u64().unwrap() as usize;
+    let plan = VePlan::new(&config, n).unwrap();
+    let file = |key: &str| load(run["files"][key].as_str().unwrap());
+    let (shape, x_in) = file("x_in");
+    let (score, noise, x_out, mean) = (file("score").1, file("noise").1, file("x_out").1, file("mean").1);
+    let per: usize = shape[1..].iter().product();
+    let at = |v: &[f32], k: usize| Tensor::from_vec(v[k * per..(k + 1) * per].to_vec(), shape[1..].to_vec()).unwrap();
+    let updates = shape[0];
+    assert_eq!(updates, n * (config.correct_steps + 1));
+    for k in 0..updates {
+        let (i, corrector) = (k / (config.correct_steps + 1), k % (config.correct_steps + 1) < config.correct_steps);
+        let (x, s, z) = (at(&x_in, k), at(&score, k), at(&noise, k));
+        let want = at(&x_out, k).to_vec();
+        // the updates' inputs reach ~50 (σ_max): 1e-5 of that scale
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        if corrector {
+            let got = sde_ve::correct(&x, &s, &z, config.snr).unwrap();
+            assert_close(&format!("corrector update {k} (step {i})"), &got.to_vec(), &want, 1e-5 * scale, 1e-5);
+        } else {
+            let (got, got_mean) = sde_ve::predict(&x, &s, &z, plan.predictor_g(i)).unwrap();
+            assert_close(&format!("predictor update {k} (step {i})"), &got.to_vec(), &want, 1e-5 * scale, 1e-5);
+            assert_close(&format!("predictor mean {k} (step {i})"), &got_mean.to_vec(), &at(&mean, k).to_vec(), 1e-5 * scale, 1e-5);
+        }
+    }
+}

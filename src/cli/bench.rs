@@ -357,7 +357,7 @@ fn sample(args: SampleBenchArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({"samples_per_s": sps, "model_evals_per_s": eps, "device": device.to_string(), "n": args.n,
-                "steps": steps, "batch_size": args.batch_size, "sampler": args.sampler.sampler, "model": label, "seconds": seconds,
+                "steps": steps, "batch_size": args.batch_size, "sampler": args.sampler.sampler.as_deref().unwrap_or("ddim"), "model": label, "seconds": seconds,
                 "precision": opts.precision, "cuda_graph": graphed})
         );
     } else {

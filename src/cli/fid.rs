@@ -226,14 +226,14 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         bail!("-n must be at least 2 and --batch-size at least 1");
     }
     warn_small(args.n, "the sample set");
-    let plan_len = match opts.kind {
-        sampler::SamplerKind::Ddim { steps, .. } => steps,
-        _ => schedule.steps(),
-    };
     if args.x0_curve {
+        if matches!(opts.kind, sampler::SamplerKind::SdeVe { .. }) {
+            bail!("--x0-curve: the score-SDE sampler forms no x̂0 per step");
+        }
+        let plan_len = sampler::plan(&schedule, &opts)?.len();
         opts.keep_x0_at = (0..plan_len).filter(|k| (k + 1) % args.x0_every.max(1) == 0 || k + 1 == plan_len).collect();
     }
-    let (lo, hi) = super::sample::data_range(&args.model);
+    let (lo, hi) = super::sample::data_range(&args.model, &opts);
     let (c, (h, w)) = (model.config.in_channels, model.config.sample_hw().unwrap_or((32, 32)));
     let started = Instant::now();
     let mut samples = Vec::with_capacity(args.n * c * h * w);
@@ -270,7 +270,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     if args.x0_curve {
         std::fs::create_dir_all(&args.out).ok();
-        let text = serde_json::to_string_pretty(&serde_json::json!({"n": args.n, "sampler": args.sampler.sampler, "curve": curve}))? + "\n";
+        let text = serde_json::to_string_pretty(&serde_json::json!({"n": args.n, "sampler": args.sampler.sampler_name(&scheduler), "curve": curve}))? + "\n";
         minidiffusion::io::write_atomic(&args.out.join("x0_curve.json"), text.as_bytes())?;
         let xs: Vec<f64> = curve.iter().map(|p| p["step"].as_f64().unwrap_or(0.0)).collect();
         let ys: Vec<f64> = curve.iter().map(|p| p["fid"].as_f64().unwrap_or(0.0)).collect();
@@ -278,7 +278,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let summary = serde_json::json!({
         "fid": fid, "kid": kid, "n": args.n, "floor_fid": floor_fid, "floor_kid": floor_kid,
-        "sampler": args.sampler.sampler, "model_evals_per_sample": evals / args.n.div_ceil(args.batch_size).max(1),
+        "sampler": args.sampler.sampler_name(&scheduler), "model_evals_per_sample": evals / args.n.div_ceil(args.batch_size).max(1),
         "sample_seconds": sample_seconds, "device": device.to_string(), "precision": opts.precision, "x0_curve": curve,
     });
     if args.json {
@@ -286,7 +286,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "{} samples ({}, {} products): FID {fid:.3}, KID {kid:.5}; real-data floor at the same n: FID {floor_fid:.3}, KID {floor_kid:.5}; sampling took {sample_seconds:.1}s",
-            args.n, args.sampler.sampler, opts.precision
+            args.n, args.sampler.sampler_name(&scheduler), opts.precision
         );
         for p in &curve {
             println!("  x̂0 after step {}: FID {:.3}", p["step"], p["fid"].as_f64().unwrap_or(f64::NAN));

@@ -18,11 +18,13 @@ use std::time::Instant;
 /// The sampler flags shared by sample, bench sample and eval.
 #[derive(Args, Debug, Clone)]
 pub struct SamplerArgs {
-    /// ddpm (all steps), ddpm-skip (t%3==0 or t<50), ddpm-sample-at, or ddim.
-    #[arg(long, default_value = "ddim")]
-    pub sampler: String,
+    /// ddpm (all steps), ddpm-skip (t%3==0 or t<50), ddpm-sample-at, ddim, or sde-ve (the score-SDE
+    /// predictor–corrector of a ScoreSdeVeScheduler model). Default: sde-ve for those, else ddim.
+    #[arg(long)]
+    pub sampler: Option<String>,
     /// DDIM timesteps (default 100). With ddpm: fewer than the training timesteps runs DDPM over
-    /// that many, as diffusers' DDPMScheduler.set_timesteps (default: every timestep).
+    /// that many, as diffusers' DDPMScheduler.set_timesteps (default: every timestep). With sde-ve:
+    /// noise levels (default: the config's num_train_timesteps, as ScoreSdeVePipeline).
     #[arg(long)]
     pub steps: Option<usize>,
     /// DDIM η: 0 deterministic, 1 DDPM-like noise.
@@ -52,6 +54,12 @@ pub struct SamplerArgs {
 }
 
 impl SamplerArgs {
+    /// The sampler asked for, or the model's default (sde-ve for a
+    /// ScoreSdeVeScheduler config, else ddim).
+    pub fn sampler_name(&self, scheduler: &SchedulerConfig) -> &str {
+        self.sampler.as_deref().unwrap_or(if scheduler.sde_ve.is_some() { "sde-ve" } else { "ddim" })
+    }
+
     pub fn options(&self, scheduler: &SchedulerConfig) -> anyhow::Result<SamplerOptions> {
         let spacing = || -> anyhow::Result<Spacing> {
             Ok(match &self.timestep_spacing {
@@ -60,7 +68,11 @@ impl SamplerArgs {
                     .map_err(|_| anyhow::anyhow!("{}: timestep_spacing {} is not supported", model_dir::SCHEDULER, scheduler.timestep_spacing))?,
             })
         };
-        let kind = match self.sampler.as_str() {
+        let name = self.sampler_name(scheduler);
+        if scheduler.sde_ve.is_some() && name != "sde-ve" {
+            bail!("--sampler {name}: {} is a ScoreSdeVeScheduler (a model of noise levels σ): sample it with --sampler sde-ve", model_dir::SCHEDULER);
+        }
+        let kind = match name {
             "ddpm" => match self.steps {
                 Some(steps) if steps != scheduler.num_train_timesteps => SamplerKind::DdpmStrided { steps, spacing: spacing()? },
                 _ => SamplerKind::Ddpm,
@@ -68,7 +80,11 @@ impl SamplerArgs {
             "ddpm-skip" => SamplerKind::DdpmSkip,
             "ddpm-sample-at" => SamplerKind::DdpmSampleAt,
             "ddim" => SamplerKind::Ddim { steps: self.steps.unwrap_or(100), eta: self.eta, spacing: spacing()? },
-            other => bail!("--sampler: '{other}' is not one of ddpm, ddpm-skip, ddpm-sample-at, ddim"),
+            "sde-ve" => match scheduler.sde_ve {
+                Some(config) => SamplerKind::SdeVe { steps: self.steps.unwrap_or(config.num_train_timesteps), config },
+                None => bail!("--sampler sde-ve: {} is not a ScoreSdeVeScheduler config", model_dir::SCHEDULER),
+            },
+            other => bail!("--sampler: '{other}' is not one of ddpm, ddpm-skip, ddpm-sample-at, ddim, sde-ve"),
         };
         if !(0.0..=10.0).contains(&self.eta) {
             bail!("--eta: {} is outside [0, 10]", self.eta);
@@ -159,6 +175,10 @@ pub fn check_samplable(model: &UNet2DModel, schedule: &Schedule, opts: &SamplerO
             c.out_channels
         );
     }
+    if matches!(opts.kind, SamplerKind::SdeVe { .. }) {
+        // (the score-SDE sampler gives the model noise levels σ)
+        return Ok(());
+    }
     model.check_integer_timesteps(schedule.steps()).map_err(|e| match e {
         minidiffusion::Error::Data { msg, .. } => anyhow::anyhow!("{}: {msg}", dir.join(model_dir::CONFIG).display()),
         other => other.into(),
@@ -170,8 +190,12 @@ pub fn batch_labels(model: &UNet2DModel, given: &[usize], first: usize, count: u
     model.class_labels_for(given, first, count).map_err(|e| anyhow::anyhow!("--class-labels: {e}"))
 }
 
-/// The model's data range: from the training record when there is one, else diffusers' [−1, 1].
-pub fn data_range(dir: &std::path::Path) -> (f32, f32) {
+/// The model's data range: from the training record when there is one, else
+/// diffusers' [−1, 1] ([0, 1] for the score-SDE sampler's images).
+pub fn data_range(dir: &std::path::Path, opts: &SamplerOptions) -> (f32, f32) {
+    if matches!(opts.kind, SamplerKind::SdeVe { .. }) {
+        return (0.0, 1.0);
+    }
     checkpoint::read_state(dir).ok().and_then(|s| s.train.range().ok()).map_or((-1.0, 1.0), |r| r.bounds())
 }
 
@@ -231,7 +255,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         bail!("-n and --batch-size must be at least 1");
     }
     let (samples, dims, evals, seconds) = sample_all(&model, &schedule, &opts, n, args.batch_size, init.as_ref(), &args.class_labels, device)?;
-    let (lo, hi) = data_range(&args.model);
+    let (lo, hi) = data_range(&args.model, &opts);
     let cols = (n as f64).sqrt().ceil() as usize;
     png::write_grid(&args.out, &samples, &dims, lo, hi, cols)?;
     if let Some(p) = &args.npy {

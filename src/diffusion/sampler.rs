@@ -52,6 +52,9 @@ pub enum SamplerKind {
     /// the next timestep with β = 1 − ᾱ_t/ᾱ_prev: diffusers' DDPMScheduler
     /// after `set_timesteps(steps)`.
     DdpmStrided { steps: usize, spacing: Spacing },
+    /// The score-SDE VE predictor–corrector over `steps` noise levels
+    /// (`super::sde_ve`; ScoreSdeVeScheduler): the model takes σ, not t.
+    SdeVe { steps: usize, config: super::sde_ve::VeConfig },
 }
 
 /// DDPM's noise level σ_t² at step t.
@@ -366,6 +369,9 @@ pub fn plan(schedule: &Schedule, opts: &SamplerOptions) -> Result<Vec<(usize, St
             let prevs = next_timesteps(&ts);
             ts.iter().zip(prevs).map(|(&t, prev)| (t, ddpm_strided_coefs(schedule, t, prev, clip, opts.ddpm_variance))).collect()
         }
+        SamplerKind::SdeVe { .. } => {
+            return Err(Error::Argument { op: "sampler", msg: "the score-SDE sampler steps through noise levels, not a DDPM/DDIM plan".into() });
+        }
         SamplerKind::Ddim { steps, eta, spacing } => {
             let ts = ddim_timesteps(schedule.steps(), steps, spacing, opts.steps_offset)?;
             let ratio = schedule.steps() / steps;
@@ -385,7 +391,7 @@ pub fn plan(schedule: &Schedule, opts: &SamplerOptions) -> Result<Vec<(usize, St
 /// variance output (None where the variance is fixed, and for DDIM, which
 /// takes none).
 pub fn learned_sigmas(schedule: &Schedule, opts: &SamplerOptions, plan: &[(usize, StepCoefs)]) -> Vec<Option<LearnedSigma>> {
-    if matches!(opts.kind, SamplerKind::Ddim { .. }) {
+    if matches!(opts.kind, SamplerKind::Ddim { .. } | SamplerKind::SdeVe { .. }) {
         return vec![None; plan.len()];
     }
     // every DDPM kind updates from each planned timestep to the next
@@ -417,6 +423,9 @@ pub fn calls_model(kind: SamplerKind, plan: &[(usize, StepCoefs)], k: usize) -> 
 
 /// Whether `sample` on `device` will replay its model steps from a CUDA graph.
 pub fn uses_cuda_graph(device: Device, schedule: &Schedule, opts: &SamplerOptions) -> Result<bool> {
+    if matches!(opts.kind, SamplerKind::SdeVe { .. }) {
+        return Ok(false);
+    }
     Ok(super::cuda_graph::worth_it(device, opts, &plan(schedule, opts)?)?.is_some())
 }
 
@@ -430,6 +439,9 @@ pub fn sample(
     opts: &SamplerOptions,
 ) -> Result<Samples> {
     let _precision = crate::ops::precision::with_precision(opts.precision);
+    if let SamplerKind::SdeVe { steps, config } = opts.kind {
+        return super::sde_ve::sample(model, x_t, first, &config, steps, opts.seed);
+    }
     let batch = x_t.dims()[0];
     let device = x_t.device();
     let start = (first * (x_t.numel() / batch.max(1))) as u64;

@@ -7,6 +7,7 @@ use super::safetensors::{self as st, StateDict};
 use super::write_atomic;
 use crate::device::Device;
 use crate::diffusion::sampler::{DdpmVariance, Prediction, Thresholding};
+use crate::diffusion::sde_ve::VeConfig;
 use crate::diffusion::{Schedule, ScheduleKind};
 use crate::error::{Error, Result};
 use crate::nn::load_state;
@@ -85,6 +86,10 @@ pub struct SchedulerConfig {
     /// DDPMScheduler's noise level ("fixed_small", "fixed_large"); DDIMScheduler configs have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variance_type: Option<String>,
+    /// A ScoreSdeVeScheduler config's keys (`_class_name` says so; read by
+    /// `load`): the score-SDE VE sampler's, none of the β keys above apply.
+    #[serde(skip)]
+    pub sde_ve: Option<VeConfig>,
 }
 
 impl SchedulerConfig {
@@ -235,16 +240,26 @@ pub fn load(dir: &Path, device: Device) -> Result<(UNet2DModel, SchedulerConfig)
     let model = UNet2DModel::new(config, 0, device)?;
     load_state(&model, &state, &weights_path.display().to_string())?;
     let scheduler_path = scheduler_dir.join(SCHEDULER);
-    let scheduler: SchedulerConfig = if scheduler_path.is_file() {
+    let mut scheduler: SchedulerConfig = if scheduler_path.is_file() {
         read_json(&scheduler_path)?
     } else {
         return Err(Error::Data { path: scheduler_path.display().to_string(), msg: "missing (the noise schedule comes from it)".into() });
     };
-    scheduler.schedule().map_err(|e| match e {
-        Error::Data { msg, .. } => Error::Data { path: scheduler_path.display().to_string(), msg },
-        Error::Argument { msg, .. } => Error::Data { path: scheduler_path.display().to_string(), msg },
+    let in_file = |e: Error| match e {
+        Error::Data { msg, .. } | Error::Argument { msg, .. } => Error::Data { path: scheduler_path.display().to_string(), msg },
         other => other,
-    })?;
+    };
+    #[derive(Deserialize)]
+    struct Class {
+        #[serde(rename = "_class_name")]
+        name: Option<String>,
+    }
+    if read_json::<Class>(&scheduler_path)?.name.as_deref() == Some("ScoreSdeVeScheduler") {
+        let ve: VeConfig = read_json(&scheduler_path)?;
+        ve.validate().map_err(in_file)?;
+        scheduler.sde_ve = Some(ve);
+    }
+    scheduler.schedule().map_err(in_file)?;
     Ok((model, scheduler))
 }
 

@@ -236,7 +236,7 @@ impl UNet2DConfig {
         }
         for (i, t) in self.down_block_types.iter().chain(&self.up_block_types).enumerate() {
             let c = self.block_out_channels[if i < n { i } else { 2 * n - 1 - i }];
-            if t.starts_with("AttnSkip") && c % 32 != 0 {
+            if t.starts_with("AttnSkip") && !c.is_multiple_of(32) {
                 return Err(Self::refuse(t, c, "its attention normalises 32 groups: block_out_channels must be multiples of 32"));
             }
         }
@@ -966,7 +966,7 @@ impl UNet2DModel {
             return Err(UNet2DConfig::refuse(
                 "time_embedding_type",
                 "fourier",
-                "a score-SDE model whose timesteps are noise levels σ; DDPM/DDIM sampling and training here give integer timesteps",
+                "a score-SDE model whose timesteps are noise levels σ; DDPM/DDIM sampling and training here give integer timesteps (a ScoreSdeVeScheduler config samples it with --sampler sde-ve)",
             ));
         }
         if let TimeProjection::Learned { table } = &self.time_proj
