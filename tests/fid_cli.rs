@@ -148,6 +148,15 @@ fn eval_reports_fid_kid_floor_and_the_x0_curve() {
     let curve = j["x0_curve"].as_array().unwrap();
     assert_eq!(curve.iter().map(|p| p["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 4, 6]);
     assert!(dir.join("curve/x0_curve.json").is_file() && dir.join("curve/x0_curve.png").is_file());
+    // strided DDPM: the curve follows its 6 updates (it was sized by the 1000 training timesteps)
+    let (code, stdout, stderr) = run(
+        &["eval", "--model", "model", "-n", "16", "--sampler", "ddpm", "--steps", "6", "--x0-curve", "--x0-every", "2", "--out", "curve_ddpm",
+          "--json", "--device", "cpu", "--classifier", c.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let curve = json(&stdout)["x0_curve"].as_array().unwrap().clone();
+    assert_eq!(curve.iter().map(|p| p["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 4, 6]);
 }
 
 #[test]
