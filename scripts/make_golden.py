@@ -832,26 +832,35 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
         recorded.append(r.clone())
         return r
 
-    ddpm_module.randn_tensor = recording_randn
-    try:
-        g = torch.Generator().manual_seed(SEED + 7000)
-        rec = {k: [] for k in ("model_output", "variance_noise", "prev_sample", "pred_original_sample", "t")}
-        x = xT.clone()
-        for t in s.timesteps:
-            ti = int(t)
-            with torch.no_grad():
-                eps = model(x, torch.full((shape[0],), ti, dtype=torch.int64)).sample
-            n_before = len(recorded)
-            out = s.step(eps, ti, x, generator=g)
-            z = recorded[-1] if len(recorded) > n_before else torch.zeros(shape)
-            assert (len(recorded) > n_before) == (ti > 0)
-            for k, v in (("model_output", eps), ("variance_noise", z), ("prev_sample", out.prev_sample),
-                         ("pred_original_sample", out.pred_original_sample)):
-                rec[k].append(v.clone())
-            rec["t"].append(ti)
-            x = out.prev_sample
-    finally:
-        ddpm_module.randn_tensor = orig
+    def recorded_ddpm_run(s, x, output, gnoise):
+        """s's steps from x, output(x, ti) the model output at each: every step's
+        output, noise (drawn inside step and recorded by wrapping randn_tensor;
+        zeros where none), result and x0."""
+        recorded.clear()
+        ddpm_module.randn_tensor = recording_randn
+        try:
+            rec = {k: [] for k in ("model_output", "variance_noise", "prev_sample", "pred_original_sample", "t")}
+            for t in s.timesteps:
+                ti = int(t)
+                out_in = output(x, ti)
+                n_before = len(recorded)
+                out = s.step(out_in, ti, x, generator=gnoise)
+                z = recorded[-1] if len(recorded) > n_before else torch.zeros(x.shape)
+                assert (len(recorded) > n_before) == (ti > 0)
+                for k, v in (("model_output", out_in), ("variance_noise", z), ("prev_sample", out.prev_sample),
+                             ("pred_original_sample", out.pred_original_sample)):
+                    rec[k].append(v.clone())
+                rec["t"].append(ti)
+                x = out.prev_sample
+        finally:
+            ddpm_module.randn_tensor = orig
+        return rec
+
+    def model_output(x, ti):
+        with torch.no_grad():
+            return model(x, torch.full((shape[0],), ti, dtype=torch.int64)).sample
+
+    rec = recorded_ddpm_run(s, xT.clone(), model_output, torch.Generator().manual_seed(SEED + 7000))
     check_ddpm(s, rec, xT)
     files = stack_and_save("sampling/ddpm_10", rec, "DDPM set_timesteps(10), leading")
     files["x_T"] = xT_rel
@@ -866,33 +875,24 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
         files=files, final_sample=files["prev_sample"] + "[-1]",
     )
 
+    def synthetic_ddpm_run(s, shp, seed, extra_output=None):
+        """A model-free run from a random start: the stand-in model's eps is the
+        true noise of a fixed x0 plus a perturbation (then, with
+        `extra_output(gen, ti)`, more channels concatenated)."""
+        gsyn = torch.Generator().manual_seed(seed)
+        x0_fixed = torch.rand(shp, generator=gsyn) - 0.5
+        x_start = torch.randn(shp, generator=gsyn)
+
+        def output(x, ti):
+            a = s.alphas_cumprod[ti]
+            eps = (x - a.sqrt() * x0_fixed) / (1 - a).sqrt() + 0.3 * torch.randn(shp, generator=gsyn)
+            return eps if extra_output is None else torch.cat([eps, extra_output(gsyn, ti)], dim=1)
+
+        return recorded_ddpm_run(s, x_start.clone(), output, torch.Generator().manual_seed(seed + 1000)), x_start
+
     # ---- DDPM, all 1000 steps, model-free (synthetic eps) --------------------------------
     s = make_scheduler("DDPMScheduler", sched)  # no set_timesteps: timesteps 999..0, prev_t = t-1
-    gsyn = torch.Generator().manual_seed(SEED + 8000)
-    shp = (1, 1, 4, 4)
-    x0_fixed = torch.rand(shp, generator=gsyn) - 0.5
-    x = torch.randn(shp, generator=gsyn)
-    x_start = x.clone()
-    gnoise = torch.Generator().manual_seed(SEED + 9000)
-    recorded.clear()
-    ddpm_module.randn_tensor = recording_randn
-    try:
-        rec = {k: [] for k in ("model_output", "variance_noise", "prev_sample", "pred_original_sample", "t")}
-        for t in s.timesteps:
-            ti = int(t)
-            a = s.alphas_cumprod[ti]
-            # a stand-in "model": the true noise for x0_fixed plus a perturbation
-            eps = (x - a.sqrt() * x0_fixed) / (1 - a).sqrt() + 0.3 * torch.randn(shp, generator=gsyn)
-            n_before = len(recorded)
-            out = s.step(eps, ti, x, generator=gnoise)
-            z = recorded[-1] if len(recorded) > n_before else torch.zeros(shp)
-            for k, v in (("model_output", eps), ("variance_noise", z), ("prev_sample", out.prev_sample),
-                         ("pred_original_sample", out.pred_original_sample)):
-                rec[k].append(v.clone())
-            rec["t"].append(ti)
-            x = out.prev_sample
-    finally:
-        ddpm_module.randn_tensor = orig
+    rec, x_start = synthetic_ddpm_run(s, (1, 1, 4, 4), SEED + 8000)
     check_ddpm(s, rec, x_start)
     files = stack_and_save("sampling/ddpm_1000_synthetic", rec, "999..0, no set_timesteps")
     files["x_T"] = w.npy("sampling/ddpm_1000_synthetic/x_T.npy", x_start, "initial sample (1,1,4,4)")
@@ -917,37 +917,12 @@ def sampling_goldens(w: Writer, index: dict, models: dict[str, UNet2DModel]):
                                 ("ddpm_learned_range_trailing_7", "learned_range", 7, "trailing")):
         s = make_scheduler("DDPMScheduler", sched, variance_type=vt, timestep_spacing=spacing)
         s.set_timesteps(n)
-        gsyn = torch.Generator().manual_seed(SEED + 8100)
         shp = (2, 1, 4, 4)
-        x0_fixed = torch.rand(shp, generator=gsyn) - 0.5
-        x = torch.randn(shp, generator=gsyn)
-        x_start = x.clone()
-        gnoise = torch.Generator().manual_seed(SEED + 9100)
-        recorded.clear()
-        ddpm_module.randn_tensor = recording_randn
-        try:
-            rec = {k: [] for k in ("model_output", "variance_noise", "prev_sample", "pred_original_sample", "t")}
-            for t in s.timesteps:
-                ti = int(t)
-                a = s.alphas_cumprod[ti]
-                eps = (x - a.sqrt() * x0_fixed) / (1 - a).sqrt() + 0.3 * torch.randn(shp, generator=gsyn)
-                if vt == "learned_range":
-                    out_in = torch.cat([eps, torch.rand(shp, generator=gsyn) * 2 - 1], dim=1)
-                elif vt == "learned":
-                    out_in = torch.cat([eps, (0.5 + torch.rand(shp, generator=gsyn)) * s.betas[ti]], dim=1)
-                else:
-                    out_in = eps
-                n_before = len(recorded)
-                out = s.step(out_in, ti, x, generator=gnoise)
-                z = recorded[-1] if len(recorded) > n_before else torch.zeros(shp)
-                assert (len(recorded) > n_before) == (ti > 0)
-                for k, v in (("model_output", out_in), ("variance_noise", z), ("prev_sample", out.prev_sample),
-                             ("pred_original_sample", out.pred_original_sample)):
-                    rec[k].append(v.clone())
-                rec["t"].append(ti)
-                x = out.prev_sample
-        finally:
-            ddpm_module.randn_tensor = orig
+        variance_half = {
+            "learned_range": lambda gen, ti: torch.rand(shp, generator=gen) * 2 - 1,
+            "learned": lambda gen, ti: (0.5 + torch.rand(shp, generator=gen)) * s.betas[ti],
+        }.get(vt)
+        rec, x_start = synthetic_ddpm_run(s, shp, SEED + 8100, variance_half)
         files = stack_and_save(f"sampling/{key}", rec, f"DDPM set_timesteps({n}), {spacing}, variance_type {vt}")
         files["x_T"] = w.npy(f"sampling/{key}/x_T.npy", x_start, "initial sample (2,1,4,4)")
         index["sampling"][key] = dict(
@@ -1033,6 +1008,12 @@ def noisify_goldens(w: Writer, index: dict):
     )
 
 
+def public_config(s) -> dict:
+    """A scheduler's config without diffusers' bookkeeping keys (`_use_default_values`
+    is a set: its order would change index.json from run to run)."""
+    return {k: v for k, v in dict(s.config).items() if not k.startswith("_")}
+
+
 def sde_ve_goldens(w: Writer, index: dict):
     """ScoreSdeVeScheduler: the levels of N-step runs (timesteps, sigmas,
     discrete_sigmas), and a model-free predictor-corrector run as
@@ -1048,7 +1029,7 @@ def sde_ve_goldens(w: Writer, index: dict):
         s.set_sigmas(n)
         tag = f"n{n}" + ("_custom" if kw else "")
         index["sde_ve"]["levels"].append(dict(
-            num_inference_steps=n, config=dict(s.config),
+            num_inference_steps=n, config=public_config(s),
             timesteps=w.npy(f"sde_ve/{tag}_timesteps.npy", s.timesteps, "set_timesteps(n): linspace(1, sampling_eps, n), float32"),
             sigmas=w.npy(f"sde_ve/{tag}_sigmas.npy", s.sigmas, "sigma_min * (sigma_max / sigma_min) ** t, float32"),
             discrete_sigmas=w.npy(f"sde_ve/{tag}_discrete_sigmas.npy", s.discrete_sigmas,
@@ -1094,7 +1075,7 @@ def sde_ve_goldens(w: Writer, index: dict):
     files = {k: w.npy(f"sde_ve/run/{k}.npy", torch.stack(v), f"(updates, N, C, H, W): {k} of each update, in order")
              for k, v in rec.items()}
     index["sde_ve"]["run"] = dict(
-        config=dict(s.config), num_inference_steps=n,
+        config=public_config(s), num_inference_steps=n,
         order="each step i: correct_steps corrector updates (step_correct), then one predictor update (step_pred); "
               "mean is NaN for corrector updates",
         x_T=w.npy("sde_ve/run/x_T.npy", x_start, "randn * init_noise_sigma"),

@@ -150,7 +150,7 @@ fn score_sde_ve_sampler_parity() {
     };
     let run = |device: Device| {
         let x = Tensor::from_vec(randn(&[2, 3, 5, 4], 9), [2, 3, 5, 4]).unwrap().to_device(device).unwrap();
-        sde_ve::sample_unclamped(score, x, 3, &config, 8, 11).unwrap()
+        sde_ve::sample(score, x, 3, &config, 8, 11).unwrap()
     };
     let (cpu, dev) = (run(Device::Cpu), run(parity_device()));
     assert_eq!((cpu.model_evals, dev.model_evals), (24, 24), "8 steps × (2 corrector + 1 predictor) calls");

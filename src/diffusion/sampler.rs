@@ -440,7 +440,7 @@ pub fn sample(
 ) -> Result<Samples> {
     let _precision = crate::ops::precision::with_precision(opts.precision);
     if let SamplerKind::SdeVe { steps, config } = opts.kind {
-        return super::sde_ve::sample(model, x_t, first, &config, steps, opts.seed);
+        return super::sde_ve::sample(model, x_t, first, &config, steps, opts.seed).and_then(super::sde_ve::to_images);
     }
     let batch = x_t.dims()[0];
     let device = x_t.device();

@@ -151,24 +151,8 @@ pub fn predict(x: &Tensor, score: &Tensor, z: &Tensor, g: f32) -> Result<(Tensor
 /// takes [B] noise levels. The k-th noise draw of the run (corrector and
 /// predictor draws in order) is Philox stream (seed, 1 + k) from the
 /// run's element `first·C·H·W`, as the DDPM/DDIM samplers draw theirs.
-/// The images, as the pipeline gives them: the last mean clamped to [0, 1].
+/// Returns the last predictor mean ([`to_images`] clamps it as the pipeline).
 pub fn sample(
-    model: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
-    x_unit: Tensor,
-    first: usize,
-    config: &VeConfig,
-    steps: usize,
-    seed: u64,
-) -> Result<Samples> {
-    let mut s = sample_unclamped(model, x_unit, first, config, steps, seed)?;
-    let device = s.x0.device();
-    let values: Vec<f32> = s.x0.try_to_vec()?.into_iter().map(|v| v.clamp(0.0, 1.0)).collect();
-    s.x0 = Tensor::from_vec_on(values, s.x0.dims().to_vec(), device)?;
-    Ok(s)
-}
-
-/// [`sample`] without the final clamp: the last predictor mean itself.
-pub fn sample_unclamped(
     mut model: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
     x_unit: Tensor,
     first: usize,
@@ -201,4 +185,12 @@ pub fn sample_unclamped(
         evals += 1;
     }
     Ok(Samples { x0: mean, model_evals: evals, x0_history: vec![] })
+}
+
+/// The pipeline's images from a run: the samples clamped to [0, 1].
+pub fn to_images(mut s: Samples) -> Result<Samples> {
+    let device = s.x0.device();
+    let values: Vec<f32> = s.x0.try_to_vec()?.into_iter().map(|v| v.clamp(0.0, 1.0)).collect();
+    s.x0 = Tensor::from_vec_on(values, s.x0.dims().to_vec(), device)?;
+    Ok(s)
 }
