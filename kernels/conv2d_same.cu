@@ -146,9 +146,22 @@ __device__ __forceinline__ void chunk_products(const uint4* As, const unsigned i
 // x is f32, or bf16 storage (TX = unsigned short: the bf16 path's GroupNorm
 // + SiLU output, staged as it is — the values the f32 input would round to).
 // Grid (⌈N·OH·OW/128⌉, ⌈OC/BM⌉), 256 threads.
-template <class Math, int BM, int KS, class TX = float, bool NORM = false>
+//
+// Staging the patch. Element by element (VEC false): thread word e = tid +
+// 256·i is word j = e / pixels of patch pixel e % pixels, one load per
+// channel. With float4s (VEC, the _v kernels: f32 input, W a multiple of 4,
+// x 16-byte aligned, as the host checks): the patch's zeros — the halo
+// columns, rows outside the image or past the batch — are the same for every
+// chunk and written once; item v = tid + 256·i is word j = v % 8 of patch row
+// pr, columns pad + 4g … pad + 4g + 3 (g = v / 8 % (W/4), pr = v / (8·W/4)),
+// one float4 per channel: a quarter of the load instructions, the same
+// values in the same places. W is a power of two here (OW divides 128, or
+// OH·OW does), so a 3×3 patch (R rows, R·(W + 2) ≤ PATCH_MAX) has at most
+// 8·R·W/4 ≤ 512 items, two per thread; a 1×1 patch at most 576, three.
+template <class Math, int BM, int KS, class TX = float, bool NORM = false, bool VEC = false>
 __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
                                         const conv::Prologue& pro = conv::Prologue{}) {
+    static_assert(!VEC || sizeof(TX) == sizeof(float), "float4 staging reads f32 input");
     constexpr int KK = KS * KS;
     constexpr int PER_WORD = Math::PER_WORD;        // channels per patch word
     constexpr int CHUNK = CHUNK_WORDS * PER_WORD;   // channels per chunk
@@ -156,7 +169,9 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     constexpr int WN = BN / WARPS_N, NI = WN / 8;
     constexpr int A_VECS = BM / 16 * KK * 32;                       // uint4 of A per chunk
     constexpr int A_LOADS = (A_VECS + THREADS - 1) / THREADS;
-    constexpr int P_LOADS = (PATCH_MAX * CHUNK_WORDS + THREADS - 1) / THREADS;  // patch words per thread, at most
+    // patch words (element by element) or 4-word items (float4s) per thread, at most
+    constexpr int P_LOADS = VEC ? (KS == 3 ? 2 : 3) : (PATCH_MAX * CHUNK_WORDS + THREADS - 1) / THREADS;
+    constexpr int P_WORDS = VEC ? 4 : 1;  // words per item
     __shared__ uint4 As[A_VECS];
     __shared__ unsigned int patch[PATCH_MAX * PATCH_STRIDE];
 
@@ -173,17 +188,33 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     // This thread's patch words: word e = tid + 256·i is word j = e / pixels of
     // patch pixel p = e % pixels. Its source offset (without the chunk's
     // channel) and its shared address are the same for every chunk.
+    // (float4s: src is the item's first pixel, dst its first word, the next
+    // three PATCH_STRIDE apart; items outside the image stay at the zeros)
     int src[P_LOADS], dst[P_LOADS];
 #pragma unroll
     for (int i = 0; i < P_LOADS; ++i) {
         const int e = tid + THREADS * i;
-        const int j = e / tile.pixels, p = e - j * tile.pixels;
-        const int seg = p / (tile.seg_rows * tile.pw), q = p - seg * tile.seg_rows * tile.pw;
-        const int pr = q / tile.pw, pc = q - pr * tile.pw;
-        const int img = img0 + seg, iy = oh0 - s.pad + pr, ix = pc - s.pad;
-        const bool inside = j < CHUNK_WORDS && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
-        src[i] = inside ? img * s.c * HW + PER_WORD * j * HW + iy * s.w + ix : -1;
-        dst[i] = j < CHUNK_WORDS ? p * PATCH_STRIDE + j : -1;  // j = dst % PATCH_STRIDE
+        if constexpr (VEC) {
+            const int groups = s.w / 4, rows = tile.pixels / tile.pw;
+            const int j = e % CHUNK_WORDS, g = e / CHUNK_WORDS % groups, pr = e / CHUNK_WORDS / groups;
+            const int seg = pr / tile.seg_rows, r = pr - seg * tile.seg_rows;
+            const int img = img0 + seg, iy = oh0 - s.pad + r;
+            const bool inside = pr < rows && img < s.n && iy >= 0 && iy < s.h;
+            src[i] = inside ? img * s.c * HW + PER_WORD * j * HW + iy * s.w + 4 * g : -1;
+            dst[i] = inside ? (pr * tile.pw + s.pad + 4 * g) * PATCH_STRIDE + j : -1;
+        } else {
+            const int j = e / tile.pixels, p = e - j * tile.pixels;
+            const int seg = p / (tile.seg_rows * tile.pw), q = p - seg * tile.seg_rows * tile.pw;
+            const int pr = q / tile.pw, pc = q - pr * tile.pw;
+            const int img = img0 + seg, iy = oh0 - s.pad + pr, ix = pc - s.pad;
+            const bool inside = j < CHUNK_WORDS && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
+            src[i] = inside ? img * s.c * HW + PER_WORD * j * HW + iy * s.w + ix : -1;
+            dst[i] = j < CHUNK_WORDS ? p * PATCH_STRIDE + j : -1;  // j = dst % PATCH_STRIDE
+        }
+    }
+    if constexpr (VEC) {
+        for (int i = tid; i < PATCH_MAX * PATCH_STRIDE; i += THREADS) patch[i] = 0u;
+        __syncthreads();  // before any chunk's words land
     }
     // The patch pixel of this lane's B columns for tap (0, 0).
     const int n_w = (warp / WARPS_M) * WN;
@@ -197,7 +228,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
 
     // chunk q's operands into registers: A straight from wp, the patch as words
     uint4 a_regs[A_LOADS];
-    unsigned int p_regs[P_LOADS];
+    unsigned int p_regs[P_LOADS][P_WORDS];
     const uint4 zero4 = {0u, 0u, 0u, 0u};
     auto fetch = [&](int q) {
         const uint4* a_src = wp + ((size_t)q * m_blocks + m0 / 16) * KK * 32;
@@ -207,23 +238,46 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
             a_regs[i] = v < A_VECS ? a_src[v] : zero4;
         }
         const int c0 = CHUNK * q;
+        // the group norm (+ SiLU) of channel c0 + e of a word whose src is at (img·C + its first channel)·HW + pixel
+        auto normed = [&](float (&v)[PER_WORD], int at, int c) {
+            const int nc0 = at / HW + c0;
 #pragma unroll
-        for (int i = 0; i < P_LOADS; ++i) {
-            const int c = c0 + PER_WORD * (dst[i] % PATCH_STRIDE);
-            float v[PER_WORD];
+            for (int e = 0; e < PER_WORD; ++e) {
+                if (c + e >= s.c) continue;
+                const float u = (v[e] - pro.mean[nc0 + e]) * pro.scale[nc0 + e] + pro.shift[nc0 + e];
+                v[e] = pro.silu ? u / (1.0f + expf(-u)) : u;
+            }
+        };
+        if constexpr (VEC) {
 #pragma unroll
-            for (int e = 0; e < PER_WORD; ++e) v[e] = src[i] >= 0 && c + e < s.c ? load_f32(x, src[i] + (c0 + e) * HW) : 0.0f;
-            if (NORM && src[i] >= 0) {
-                // src = (img·C + word's first channel)·HW + pixel: nc of this word's channel c0 + e
-                const int nc0 = src[i] / HW + c0;
+            for (int i = 0; i < P_LOADS; ++i) {
+                if (src[i] < 0) continue;
+                const int c = c0 + PER_WORD * (dst[i] % PATCH_STRIDE);
+                float4 v4[PER_WORD];
 #pragma unroll
                 for (int e = 0; e < PER_WORD; ++e) {
-                    if (c + e >= s.c) continue;
-                    const float u = (v[e] - pro.mean[nc0 + e]) * pro.scale[nc0 + e] + pro.shift[nc0 + e];
-                    v[e] = pro.silu ? u / (1.0f + expf(-u)) : u;
+                    v4[e] = float4{0.0f, 0.0f, 0.0f, 0.0f};
+                    if (c + e < s.c) v4[e] = *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(x) + src[i] + (c0 + e) * HW);
+                }
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    float v[PER_WORD];
+#pragma unroll
+                    for (int e = 0; e < PER_WORD; ++e) v[e] = k == 0 ? v4[e].x : k == 1 ? v4[e].y : k == 2 ? v4[e].z : v4[e].w;
+                    if (NORM) normed(v, src[i], c);
+                    p_regs[i][k] = word_bits(Math::pack(v));
                 }
             }
-            p_regs[i] = word_bits(Math::pack(v));
+        } else {
+#pragma unroll
+            for (int i = 0; i < P_LOADS; ++i) {
+                const int c = c0 + PER_WORD * (dst[i] % PATCH_STRIDE);
+                float v[PER_WORD];
+#pragma unroll
+                for (int e = 0; e < PER_WORD; ++e) v[e] = src[i] >= 0 && c + e < s.c ? load_f32(x, src[i] + (c0 + e) * HW) : 0.0f;
+                if (NORM && src[i] >= 0) normed(v, src[i], c);
+                p_regs[i][0] = word_bits(Math::pack(v));
+            }
         }
     };
     auto stage = [&]() {
@@ -232,7 +286,9 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
             if (tid + THREADS * i < A_VECS) As[tid + THREADS * i] = a_regs[i];
 #pragma unroll
         for (int i = 0; i < P_LOADS; ++i)
-            if (dst[i] >= 0) patch[dst[i]] = p_regs[i];
+            if (dst[i] >= 0)
+#pragma unroll
+                for (int k = 0; k < P_WORDS; ++k) patch[dst[i] + k * PATCH_STRIDE] = p_regs[i][k];
     };
 
     typename Step<Math>::Acc acc[2][NI];
@@ -581,6 +637,90 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_gn_m64_k3(float* y, const float* x, const uint4* wp, const float* bias,
                                   const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
     same::forward<mma::Bf16, 64, 3, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+
+// The forward kernels above that read f32 input, staging their patch with
+// float4s: the same values in the same places (see forward). The host takes
+// them for an f32 input with W a multiple of 4 at a 16-byte aligned address.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_m32_k1_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    same::forward<mma::Tf32x3, 32, 1, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_m32_k3_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    same::forward<mma::Tf32x3, 32, 3, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_m64_k1_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    same::forward<mma::Tf32x3, 64, 1, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_m64_k3_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    same::forward<mma::Tf32x3, 64, 3, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_m32_k1_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 1, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_m32_k3_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 3, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_m64_k1_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 64, 1, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_m64_k3_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 64, 3, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_gn_m32_k1_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Tf32x3, 32, 1, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_gn_m32_k3_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Tf32x3, 32, 3, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_gn_m64_k1_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Tf32x3, 64, 1, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_gn_m64_k3_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Tf32x3, 64, 3, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_gn_m32_k1_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 32, 1, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_gn_m32_k3_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 32, 3, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_gn_m64_k1_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 64, 1, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_gn_m64_k3_v(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 64, 3, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
 }
 
 // Partial weight gradients dw_part [splits, OC, C, K, K] of a same conv

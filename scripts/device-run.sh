@@ -99,6 +99,8 @@ kernels_bf16)
 kernels_b512)
     # the convolutions at the batch the seed recipe trains at (the stages above use 64)
     step bench_kernels_bf16_b512 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
+    # A/B: the same-conv forward staging its f32 input with float4s (same bits)
+    MINIDIFFUSION_CONV_STAGING=float4 step bench_kernels_bf16_b512_float4 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
     step torch_kernels_bf16_b512 90 python3 "$here/bench_torch_kernels.py" --iters 10 --precision bf16 --batch-size 512
     ;;
 ours_bf16)
@@ -107,11 +109,14 @@ ours_bf16)
     step ours_sample_bf16 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: the attention blocks' q, k, v as one conv (same samples, bit for bit)
     MINIDIFFUSION_QKV=packed step ours_sample_bf16_packed_qkv 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # A/B: the same-conv forward staging its f32 input with float4s (same samples, bit for bit)
+    MINIDIFFUSION_CONV_STAGING=float4 step ours_sample_bf16_float4_staging 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: GroupNorm + SiLU outputs stored in bf16 instead of f32 (same samples)
     MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     MINIDIFFUSION_BF16_STORAGE=1 step ours_train_bf16_bf16_storage 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
+    MINIDIFFUSION_CONV_STAGING=float4 step ours_train_bf16_float4_staging 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     ;;
 ours)
     step ours_sample_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile

@@ -17,6 +17,10 @@
 use minidiffusion::ops::{Conv2dParams, conv2d};
 use minidiffusion::testing::{ParityTol, parity_check};
 
+/// The tests that profile the device to see which kernels ran share its
+/// profiler: one at a time.
+static PROFILER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// One case: x [n, c, h, w], weight [oc, c, kh, kw], optional bias [oc].
 #[allow(clippy::too_many_arguments)]
 fn case(name: &str, x: [usize; 4], oc: usize, k: (usize, usize), stride: usize, padding: usize, bias: bool, tol: ParityTol) {
@@ -217,6 +221,7 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
     use minidiffusion::ops::{ConvAdd, ConvAfter, NormFirst, Precision, conv2d_after_norm, conv2d_fused, convs_after_norm, with_precision};
     use minidiffusion::testing::{assert_close, parity_device, randn};
     use minidiffusion::{Device, Tensor, no_grad};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
     let device = parity_device();
     let Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
     let backend = cuda::backend(d).unwrap();
@@ -270,5 +275,68 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
         let y = conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), ConvAdd::default(), p).unwrap();
         let grads = minidiffusion::backward(&minidiffusion::ops::sum_all(&y).unwrap()).unwrap();
         assert!(grads.get(&gamma).is_some_and(|g| g.to_vec().iter().any(|v| *v != 0.0)), "case {k}: dγ");
+    }
+}
+
+/// The same-conv forward staging its f32 input with float4s
+/// (`MINIDIFFUSION_CONV_STAGING=float4`, the `_v` kernels) gives the bits of
+/// the element-by-element staging: both precisions, both kernel rows, 1×1
+/// and 3×3, the group norm applied by the conv, partial channel chunks (5,
+/// 17, 20), multi-image tiles (4×4, 8×8), a batch ending mid-tile, rows of
+/// 32 (the seed UNet's), every epilogue term. A width that is not a multiple
+/// of 4 keeps the element-by-element kernel.
+#[test]
+fn float4_staging_gives_the_same_bits() {
+    use minidiffusion::device::cuda;
+    use minidiffusion::ops::conv2d::cuda::with_vec_staging;
+    use minidiffusion::ops::{ConvAdd, NormFirst, Precision, conv2d_after_norm, conv2d_fused, with_precision};
+    use minidiffusion::testing::{parity_device, randn};
+    use minidiffusion::{Device, Tensor, no_grad};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    let device = parity_device();
+    let Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
+    let backend = cuda::backend(d).unwrap();
+    let cases: [(&[usize], &[usize], usize); 7] = [
+        (&[2, 20, 16, 16], &[40, 20, 3, 3], 1),
+        (&[1, 16, 32, 32], &[32, 16, 3, 3], 1),
+        (&[3, 17, 4, 4], &[8, 17, 3, 3], 1),
+        (&[3, 33, 8, 8], &[70, 33, 1, 1], 0),
+        (&[2, 5, 8, 16], &[6, 5, 3, 3], 1),
+        (&[9, 8, 4, 4], &[72, 8, 3, 3], 1),
+        (&[2, 6, 6, 6], &[8, 6, 3, 3], 1),
+    ];
+    for (k, &(xd, wd, pad)) in cases.iter().enumerate() {
+        let (n, c, oc) = (xd[0], xd[1], wd[0]);
+        let dims = [xd.to_vec(), wd.to_vec(), vec![oc], vec![n, oc], vec![n, oc, xd[2], xd[3]], vec![c], vec![c]];
+        let t: Vec<Tensor> = dims.iter().enumerate().map(|(j, d)| Tensor::from_vec_on(randn(d, 300 + 10 * k as u64 + j as u64), d.clone(), device).unwrap()).collect();
+        let p = Conv2dParams { stride: 1, padding: pad };
+        let groups = if c % 4 == 0 { 4 } else { 1 };
+        for precision in [Precision::F32, Precision::Bf16] {
+            for normed in [false, true] {
+                let run = |vec: bool| {
+                    let _p = with_precision(precision);
+                    let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
+                    with_vec_staging(vec, || {
+                        backend.start_profiling();
+                        let y = no_grad(|| match normed {
+                            false => conv2d_fused(&t[0], &t[1], Some(&t[2]), add, p),
+                            true => {
+                                let norm = NormFirst { groups, weight: Some(&t[5]), bias: Some(&t[6]), eps: 1e-5, silu: true };
+                                conv2d_after_norm(&t[0], norm, &t[1], Some(&t[2]), add, p)
+                            }
+                        })
+                        .unwrap()
+                        .to_vec();
+                        let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
+                        (y, kernels.iter().any(|k| k.starts_with("conv2d_same_") && k.ends_with("_v")))
+                    })
+                };
+                let what = format!("case {k} {xd:?} * {wd:?}, {precision}, norm {normed}");
+                let ((plain, plain_v), (vec, vec_v)) = (run(false), run(true));
+                assert!(!plain_v, "{what}: element-by-element staging by default");
+                assert_eq!(vec_v, xd[3] % 4 == 0, "{what}: float4 staging exactly where W is a multiple of 4");
+                assert_eq!(vec, plain, "{what}: the same bits");
+            }
+        }
     }
 }

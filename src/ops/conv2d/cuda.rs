@@ -186,6 +186,49 @@ const SAME_WEIGHT_GRAD_KERNELS: SameKernels = [
     ],
 ];
 
+/// The forward kernels of an f32 input staging it with float4s (kernels/conv2d_same.cu),
+/// by [precision f32, bf16][block rows 32, 64][K 1, 3].
+const SAME_FORWARD_VEC_KERNELS: [[[&str; 2]; 2]; 2] = [
+    [["conv2d_same_f32_m32_k1_v", "conv2d_same_f32_m32_k3_v"], ["conv2d_same_f32_m64_k1_v", "conv2d_same_f32_m64_k3_v"]],
+    [["conv2d_same_bf16_m32_k1_v", "conv2d_same_bf16_m32_k3_v"], ["conv2d_same_bf16_m64_k1_v", "conv2d_same_bf16_m64_k3_v"]],
+];
+
+/// The same, applying the input's group norm as they stage it.
+const SAME_FORWARD_NORM_VEC_KERNELS: [[[&str; 2]; 2]; 2] = [
+    [["conv2d_same_f32_gn_m32_k1_v", "conv2d_same_f32_gn_m32_k3_v"], ["conv2d_same_f32_gn_m64_k1_v", "conv2d_same_f32_gn_m64_k3_v"]],
+    [["conv2d_same_bf16_gn_m32_k1_v", "conv2d_same_bf16_gn_m32_k3_v"], ["conv2d_same_bf16_gn_m64_k1_v", "conv2d_same_bf16_gn_m64_k3_v"]],
+];
+
+thread_local! {
+    static VEC_STAGING: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether same-conv forwards stage an f32 input with float4s
+/// (`MINIDIFFUSION_CONV_STAGING=float4`; off by default until a GPU run
+/// measures it, the element-by-element staging otherwise; the same results).
+pub fn vec_staging() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    VEC_STAGING.with(|v| v.get()).unwrap_or_else(|| *ENV.get_or_init(|| std::env::var("MINIDIFFUSION_CONV_STAGING").is_ok_and(|v| v == "float4")))
+}
+
+/// Run `f` with the float4 staging on or off on this thread (tests, A/B).
+pub fn with_vec_staging<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let before = VEC_STAGING.with(|v| v.replace(Some(on)));
+    let out = f();
+    VEC_STAGING.with(|v| v.set(before));
+    out
+}
+
+/// Whether a same conv of `x` can stage it with float4s: f32 storage, a
+/// 16-byte aligned buffer, W a multiple of 4, and a patch of at most the
+/// items its kernel holds (two per thread for 3×3, three for 1×1).
+fn vec_staging_fits(x: &CudaBuffer, s: &ConvShape) -> bool {
+    let g = ConvGeom { n: s.n as usize, c: s.c as usize, h: s.h as usize, w: s.w as usize, oc: s.oc as usize, kh: s.kh as usize, kw: s.kw as usize, stride: 1, pad: s.pad as usize, oh: s.oh as usize, ow: s.ow as usize };
+    let per_thread = if s.kh == 3 { 2 } else { 3 };
+    let fits = same_patch_pixels(&g).is_some_and(|px| SAME_CHUNK_WORDS * (px / (g.ow + 2 * g.pad)) * (g.w / 4) <= GEMM_THREADS as usize * per_thread);
+    vec_staging() && x.dtype() == DType::F32 && x.ptr() % 16 == 0 && g.w % 4 == 0 && fits
+}
+
 /// The forward kernels that apply the input's group norm as they stage it, by
 /// [precision f32, bf16][block rows 32, 64][K 1, 3].
 const SAME_FORWARD_NORM_KERNELS: [[[&str; 2]; 2]; 2] = [
@@ -281,7 +324,10 @@ fn same_conv(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogue, s:
     let cfg = LaunchConfig::grid([pixels.div_ceil(SAME_TILE_PIXELS), m.div_ceil(bm), 1], GEMM_THREADS);
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
     let mut args = vec![out.arg(), x.arg(), packed.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(s)];
+    let (p, b, k) = (usize::from(prec == Precision::Bf16), usize::from(bm != 32), usize::from(ks != 1));
+    let vec = vec_staging_fits(x, s);
     let kernel = match norm {
+        None if vec => SAME_FORWARD_VEC_KERNELS[p][b][k],
         None => same_kernel(&SAME_FORWARD_KERNELS, prec, x.dtype(), bm, ks)?,
         Some(n) => {
             if x.dtype() != DType::F32 {
@@ -293,7 +339,7 @@ fn same_conv(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogue, s:
             }
             let pro = Prologue { mean: n.mean.ptr(), scale: n.scale.ptr(), shift: n.shift.ptr(), silu: n.silu as i32, pad: 0 };
             args.push(Arg::pod(&pro));
-            SAME_FORWARD_NORM_KERNELS[usize::from(prec == Precision::Bf16)][usize::from(bm != 32)][usize::from(ks != 1)]
+            if vec { SAME_FORWARD_NORM_VEC_KERNELS[p][b][k] } else { SAME_FORWARD_NORM_KERNELS[p][b][k] }
         }
     };
     backend.launch(kernel, cfg, &args)?;
