@@ -226,7 +226,7 @@ fn vec_staging_fits(x: &CudaBuffer, s: &ConvShape) -> bool {
     let g = ConvGeom { n: s.n as usize, c: s.c as usize, h: s.h as usize, w: s.w as usize, oc: s.oc as usize, kh: s.kh as usize, kw: s.kw as usize, stride: 1, pad: s.pad as usize, oh: s.oh as usize, ow: s.ow as usize };
     let per_thread = if s.kh == 3 { 2 } else { 3 };
     let fits = same_patch_pixels(&g).is_some_and(|px| SAME_CHUNK_WORDS * (px / (g.ow + 2 * g.pad)) * (g.w / 4) <= GEMM_THREADS as usize * per_thread);
-    vec_staging() && x.dtype() == DType::F32 && x.ptr() % 16 == 0 && g.w % 4 == 0 && fits
+    vec_staging() && x.dtype() == DType::F32 && x.ptr().is_multiple_of(16) && g.w.is_multiple_of(4) && fits
 }
 
 /// The forward kernels that apply the input's group norm as they stage it, by
