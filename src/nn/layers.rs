@@ -108,7 +108,11 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
+    /// As torch.nn.GroupNorm, refusing a group count that does not divide the channels.
     pub fn new(groups: usize, channels: usize, eps: f32, device: Device) -> Result<GroupNorm> {
+        if groups == 0 || channels % groups != 0 {
+            return crate::error::shape_err("group_norm", format!("{channels} channels cannot be split into {groups} groups"));
+        }
         Ok(GroupNorm {
             weight: param(vec![1.0; channels], &[channels], device)?,
             bias: param(vec![0.0; channels], &[channels], device)?,

@@ -248,10 +248,15 @@ impl UNet2DConfig {
             if c == 0 || g == 0 || c % g != 0 {
                 return Err(Self::refuse("norm_num_groups", g, &format!("must divide every block_out_channels entry, {c} is not a multiple")));
             }
-            if let Some(h) = self.attention_head_dim {
-                if h == 0 || c % h != 0 {
-                    return Err(Self::refuse("attention_head_dim", h, &format!("must divide the channels, {c} is not a multiple")));
-                }
+        }
+        // diffusers' Attention takes ⌊C/h⌋ heads of h features (fewer than C in
+        // all when h does not divide C): at least one head wherever there is attention
+        if let Some(h) = self.attention_head_dim {
+            let levels = self.down_block_types.iter().chain(&self.up_block_types).enumerate();
+            let attending = levels.filter(|(_, t)| t.starts_with("Attn")).map(|(i, _)| self.block_out_channels[if i < n { i } else { 2 * n - 1 - i }]);
+            let mid = (self.mid_block_type.is_some() && self.add_attention).then(|| self.block_out_channels[n - 1]);
+            if let Some(c) = attending.chain(mid).find(|&c| h == 0 || h > c) {
+                return Err(Self::refuse("attention_head_dim", h, &format!("gives no attention head over {c} channels")));
             }
         }
         if self.layers_per_block == 0 {
@@ -1193,9 +1198,10 @@ mod tests {
 
     /// What diffusers' Skip blocks need, refused by name before any weight is
     /// read: 3 input channels for the down image pyramid, 3 output channels
-    /// for the up one, 32-group attention, and a group count for the other blocks.
+    /// for the up one, 32-group attention, and a group count for the other
+    /// blocks; group counts that divide their channels; attention heads.
     #[test]
-    fn skip_block_configs_are_checked() {
+    fn configs_are_checked_as_diffusers_builds_them() {
         let skip = r#""down_block_types": ["SkipDownBlock2D", "AttnSkipDownBlock2D"], "up_block_types": ["AttnSkipUpBlock2D", "SkipUpBlock2D"], "block_out_channels": [32, 64], "norm_num_groups": null"#;
         assert!(config(&format!(r#"{{"in_channels": 3, "out_channels": 3, {skip}}}"#)).validate().is_ok());
         let err = |json: String| config(&json).validate().unwrap_err().to_string();
@@ -1205,6 +1211,22 @@ mod tests {
         assert!(err(format!(r#"{{"in_channels": 3, "out_channels": 3, {narrow}}}"#)).contains("AttnSkipDownBlock2D 16 is not supported (its attention normalises 32 groups"));
         let mixed = skip.replace("\"SkipUpBlock2D\"]", "\"UpBlock2D\"]");
         assert!(err(format!(r#"{{"in_channels": 3, "out_channels": 3, {mixed}}}"#)).contains("norm_num_groups null is not supported"));
+        // a Skip up block's resnet over 40 + 100 concatenated channels takes min(140/4, 32) = 32 groups, which
+        // do not divide 140: refused when the model is built (diffusers' GroupNorm refuses it too)
+        let odd = r#""in_channels": 3, "out_channels": 3, "down_block_types": ["SkipDownBlock2D", "SkipDownBlock2D"], "up_block_types": ["SkipUpBlock2D", "SkipUpBlock2D"], "block_out_channels": [100, 40], "norm_num_groups": null, "attention_head_dim": null"#;
+        let err = UNet2DModel::new(config(&format!("{{{odd}}}")), 0, Device::Cpu).err().expect("refused").to_string();
+        assert!(err.contains("140 channels cannot be split into 32 groups"), "{err}");
+        // an attention head size that does not divide the channels: ⌊C/h⌋ heads, as diffusers (24/16: one head of
+        // 16); none at all is refused where there is attention, not where there is none
+        let attn = |c0: usize, h: usize, down0: &str| {
+            config(&format!(
+                r#"{{"down_block_types": ["{down0}", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "block_out_channels": [{c0}, 40], "norm_num_groups": 4, "attention_head_dim": {h}}}"#
+            ))
+            .validate()
+        };
+        assert!(attn(24, 16, "AttnDownBlock2D").is_ok());
+        assert!(attn(12, 16, "AttnDownBlock2D").unwrap_err().to_string().contains("attention_head_dim 16 is not supported (gives no attention head over 12 channels)"));
+        assert!(attn(12, 16, "DownBlock2D").is_ok());
         // the last block of each side resamples nothing: any channels there
         let last_only = r#""down_block_types": ["DownBlock2D", "SkipDownBlock2D"], "up_block_types": ["UpBlock2D", "SkipUpBlock2D"], "block_out_channels": [8, 16], "norm_num_groups": 4"#;
         assert!(config(&format!(r#"{{"in_channels": 1, "out_channels": 1, {last_only}}}"#)).validate().is_ok());
