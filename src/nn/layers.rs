@@ -110,7 +110,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// As torch.nn.GroupNorm, refusing a group count that does not divide the channels.
     pub fn new(groups: usize, channels: usize, eps: f32, device: Device) -> Result<GroupNorm> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return crate::error::shape_err("group_norm", format!("{channels} channels cannot be split into {groups} groups"));
         }
         Ok(GroupNorm {
