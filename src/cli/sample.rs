@@ -166,8 +166,7 @@ pub fn check_samplable(model: &UNet2DModel, schedule: &Schedule, opts: &SamplerO
             c.in_channels
         );
     }
-    let learned = opts.ddpm_variance.is_learned() && !matches!(opts.kind, SamplerKind::Ddim { .. });
-    if learned && c.out_channels != 2 * c.in_channels {
+    if opts.learns_variance() && c.out_channels != 2 * c.in_channels {
         bail!(
             "{}: a learned DDPM variance (variance_type learned or learned_range) needs out_channels twice in_channels {}, not {} (use --ddpm-variance beta or posterior)",
             path.display(),

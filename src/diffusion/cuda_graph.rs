@@ -30,8 +30,7 @@ pub(super) fn worth_it(device: Device, opts: &SamplerOptions, plan: &[(usize, St
     // argument, which a replayed graph would freeze: those sample eagerly
     // (thresholding reads x̂0 back to the host every step)
     // (a learned DDPM variance reads the model's second output half per step)
-    let learned = opts.ddpm_variance.is_learned() && !matches!(opts.kind, super::sampler::SamplerKind::Ddim { .. });
-    if !opts.cuda_graph || opts.prediction != super::sampler::Prediction::Epsilon || opts.threshold.is_some() || learned {
+    if !opts.cuda_graph || opts.prediction != super::sampler::Prediction::Epsilon || opts.threshold.is_some() || opts.learns_variance() {
         return Ok(None);
     }
     let backend = crate::device::cuda::backend(d)?;

@@ -230,6 +230,14 @@ pub struct SamplerOptions {
     pub cuda_graph: bool,
 }
 
+impl SamplerOptions {
+    /// Whether the updates take their noise level from the model's variance
+    /// half (a learned DDPM variance; DDIM and the score-SDE sampler take none).
+    pub fn learns_variance(&self) -> bool {
+        self.ddpm_variance.is_learned() && !matches!(self.kind, SamplerKind::Ddim { .. } | SamplerKind::SdeVe { .. })
+    }
+}
+
 impl Default for SamplerOptions {
     fn default() -> Self {
         SamplerOptions {
@@ -391,7 +399,7 @@ pub fn plan(schedule: &Schedule, opts: &SamplerOptions) -> Result<Vec<(usize, St
 /// variance output (None where the variance is fixed, and for DDIM, which
 /// takes none).
 pub fn learned_sigmas(schedule: &Schedule, opts: &SamplerOptions, plan: &[(usize, StepCoefs)]) -> Vec<Option<LearnedSigma>> {
-    if matches!(opts.kind, SamplerKind::Ddim { .. } | SamplerKind::SdeVe { .. }) {
+    if !opts.learns_variance() {
         return vec![None; plan.len()];
     }
     // every DDPM kind updates from each planned timestep to the next

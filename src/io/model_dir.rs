@@ -237,25 +237,25 @@ pub fn load(dir: &Path, device: Device) -> Result<(UNet2DModel, SchedulerConfig)
         });
     }
     let state = modernise_names(st::read(&weights_path)?);
-    let model = UNet2DModel::new(config, 0, device)?;
+    // (a block the config describes that cannot be built, e.g. groups that do not divide its channels)
+    let model = UNet2DModel::new(config, 0, device).map_err(|e| match e {
+        Error::Shape { msg, .. } => Error::Data { path: config_path.display().to_string(), msg },
+        other => other,
+    })?;
     load_state(&model, &state, &weights_path.display().to_string())?;
     let scheduler_path = scheduler_dir.join(SCHEDULER);
-    let mut scheduler: SchedulerConfig = if scheduler_path.is_file() {
-        read_json(&scheduler_path)?
-    } else {
+    if !scheduler_path.is_file() {
         return Err(Error::Data { path: scheduler_path.display().to_string(), msg: "missing (the noise schedule comes from it)".into() });
-    };
+    }
     let in_file = |e: Error| match e {
         Error::Data { msg, .. } | Error::Argument { msg, .. } => Error::Data { path: scheduler_path.display().to_string(), msg },
         other => other,
     };
-    #[derive(Deserialize)]
-    struct Class {
-        #[serde(rename = "_class_name")]
-        name: Option<String>,
-    }
-    if read_json::<Class>(&scheduler_path)?.name.as_deref() == Some("ScoreSdeVeScheduler") {
-        let ve: VeConfig = read_json(&scheduler_path)?;
+    let json: serde_json::Value = read_json(&scheduler_path)?;
+    let parse = |what| in_file(Error::Data { path: String::new(), msg: format!("invalid {what}") });
+    let mut scheduler: SchedulerConfig = serde_json::from_value(json.clone()).map_err(|e| parse(format!("scheduler config: {e}")))?;
+    if json.get("_class_name").and_then(|v| v.as_str()) == Some("ScoreSdeVeScheduler") {
+        let ve: VeConfig = serde_json::from_value(json).map_err(|e| parse(format!("ScoreSdeVeScheduler config: {e}")))?;
         ve.validate().map_err(in_file)?;
         scheduler.sde_ve = Some(ve);
     }
