@@ -11,7 +11,10 @@
 # left, then scores it (eval: FID/KID of DDIM-100 and DDIM-25 at n = 2048);
 # kernels_b512 times the bf16 convolutions at batch 512 next to cuDNN;
 # graph is the CUDA graph A/B: DDIM-100 at batches 16, 256 and 2048 with one
-# captured step replayed (the default) and with every kernel launched.
+# captured step replayed (the default) and with every kernel launched;
+# ncu profiles the bf16 same convs with Nsight Compute (throughputs,
+# occupancy, issue slots, warp stall reasons: ncu_summary.py's table in
+# summary.txt, the reports in logs/).
 # Every step has its own timeout and the script stops starting steps once
 # BUDGET_S (default 420) is near, so it always finishes and packs its logs:
 # OUTDIR gets summary.txt, results.jsonl and logs.tar.gz (the device tool
@@ -129,6 +132,29 @@ graph)
     for b in 16 256 2048; do
         step ours_sample_bf16_b${b}_graph 120 "$md" bench sample --config seed --steps 100 -n $b --batch-size $b --device cuda --json --precision bf16
         step ours_sample_bf16_b${b}_nograph 120 "$md" bench sample --config seed --steps 100 -n $b --batch-size $b --device cuda --json --precision bf16 --cuda-graph off
+    done
+    ;;
+ncu)
+    ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | tail -n 1)
+    if [ -z "$ncu_bin" ]; then say "ncu: SKIPPED (no ncu on this machine)"; continue; fi
+    # --clock-control none: the clocks as they are (METHOD.md); each launch once (--warmup 0 --iters 1)
+    prof=("$ncu_bin" --clock-control none --target-processes all -f --section SpeedOfLight --section Occupancy
+          --section LaunchStats --section SchedulerStats --section WarpStateStats --section ComputeWorkloadAnalysis
+          --section MemoryWorkloadAnalysis --section InstructionStats
+          --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum)
+    kb=("$md" bench kernels --device cuda --warmup 0 --iters 1 --precision bf16 --batch-size 512 --only conv2d)
+    # the same-conv forward, input and weight gradients at the recipe's batch, then the float4-staged forward
+    step ncu_conv_b512 150 "${prof[@]}" -k regex:conv2d_same_ -c 24 -o "$logs/ncu_conv_b512" "${kb[@]}"
+    MINIDIFFUSION_CONV_STAGING=float4 step ncu_conv_b512_float4 90 "${prof[@]}" -k 'regex:conv2d_same_.*_v$' -c 8 -o "$logs/ncu_conv_b512_float4" "${kb[@]}"
+    # one DDIM step of the seed UNet at the goal's batch (no graph: every kernel its own launch)
+    step ncu_sample_b2048 150 "${prof[@]}" -k 'regex:conv2d_same_|groupnorm|attention' -c 24 -o "$logs/ncu_sample_b2048" \
+        "$md" bench sample --config seed --steps 1 -n 2048 --batch-size 2048 --device cuda --precision bf16 --cuda-graph off
+    for r in ncu_conv_b512 ncu_conv_b512_float4 ncu_sample_b2048; do
+        [ -f "$logs/$r.ncu-rep" ] || continue
+        "$ncu_bin" --import "$logs/$r.ncu-rep" --page raw --csv > "$logs/$r.csv" 2> "$logs/$r.import.log" || { say "$r: import FAILED"; continue; }
+        say "--- $r (ncu) ---"
+        python3 "$here/ncu_summary.py" "$logs/$r.csv" | tee -a "$summary"
+        python3 "$here/ncu_summary.py" "$logs/$r.csv" --json --step "$r" >> "$results"
     done
     ;;
 torch|torch_eager)

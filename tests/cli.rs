@@ -35,7 +35,8 @@ fn device_cuda_without_gpu_is_one_line_and_exit_2() {
 
 #[test]
 fn bench_kernels_runs_on_cpu() {
-    let (code, stdout, stderr) = run(&["bench", "kernels", "--device", "cpu", "--batch-size", "1", "--iters", "1", "--only", "add", "--json"]);
+    // (--warmup 0: each launch once, as under ncu)
+    let (code, stdout, stderr) = run(&["bench", "kernels", "--device", "cpu", "--batch-size", "1", "--warmup", "0", "--iters", "1", "--only", "add", "--json"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("\"kernel\":\"add\"") && stdout.contains("\"device\":\"cpu\""), "{stdout}");
     assert!(stdout.contains("\"shape\":\"1x32x32x32\"") && stdout.contains("\"precision\":\"f32\""), "{stdout}");

@@ -99,9 +99,13 @@ pub struct KernelArgs {
     /// Batch size of the UNet-shaped inputs.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// Timed repetitions per case (after two warm-up runs).
+    /// Timed repetitions per case (after the warm-up runs).
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
+    /// Untimed runs per case before the timed ones (0 under a profiler that
+    /// should see each launch once).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
     /// Only cases whose name contains this text.
     #[arg(long)]
     pub only: Option<String>,
@@ -277,7 +281,7 @@ fn kernels(args: KernelArgs) -> anyhow::Result<()> {
         if args.only.as_ref().is_some_and(|f| !case.name.contains(f.as_str())) {
             continue;
         }
-        for _ in 0..2 {
+        for _ in 0..args.warmup {
             (case.work)()?;
         }
         synchronize(device)?;
