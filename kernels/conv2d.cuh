@@ -15,13 +15,11 @@ struct Shape {
 // An optional transform of the input as a same conv stages it (the group
 // norm + SiLU before the UNet's convolutions, at inference, so the normalised
 // map is never written): inside the image, channel c of image n is read as
-//   u = (x − mean[n·C + c])·scale[n·C + c] + shift[n·C + c],  then silu(u) when silu,
-// exactly as kernels/groupnorm.cu writes its output; the zero padding stays 0.
-// mean == nullptr: x as it is.
+//   u = (x − mean)·scale + shift,  (mean, scale, shift, 0) = affine[n·C + c],
+// then silu(u) when silu, exactly as kernels/groupnorm.cu writes its output;
+// the zero padding stays 0. One 16-byte load per channel and word.
 struct Prologue {
-    const float* mean;
-    const float* scale;
-    const float* shift;
+    const float4* affine;
     int silu;
 };
 
@@ -43,6 +41,14 @@ struct ForwardOut {
         const int at = col + oc * s.oh * s.ow;
         if (bias != nullptr) v += bias[oc];
         if (sample_bias != nullptr) v += sample_bias[col / (s.oc * s.oh * s.ow) * s.oc + oc];
+        if (residual != nullptr) v += residual[at];
+        y[at] = v;
+    }
+    // store() of pixel pix of image img (the same sums, no division)
+    __device__ void store_at(int img, int pix, int oc, float v) const {
+        const int at = (img * s.oc + oc) * (s.oh * s.ow) + pix;
+        if (bias != nullptr) v += bias[oc];
+        if (sample_bias != nullptr) v += sample_bias[img * s.oc + oc];
         if (residual != nullptr) v += residual[at];
         y[at] = v;
     }

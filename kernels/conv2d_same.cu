@@ -47,6 +47,10 @@ constexpr int CHUNK_WORDS = 8;       // words per patch pixel and chunk: 8 chann
 constexpr int PATCH_STRIDE = 12;     // words per patch pixel: 8 + 4 padding (conflict-free fragments)
 constexpr int PATCH_MAX = 288;       // patch pixels a block can stage (host checks the geometry): 4×4 maps need 288
 constexpr int M_ALIGN = 64;          // packed weight rows are padded to this
+// A staging slot's dst: its patch word (< PATCH_MAX·PATCH_STRIDE = 3456) in the
+// low DST_BITS, its segment (the image after the tile's first) above
+constexpr int DST_BITS = 12, DST_MASK = (1 << DST_BITS) - 1;
+static_assert(PATCH_MAX * PATCH_STRIDE <= DST_MASK + 1, "patch words fit DST_BITS");
 
 // Where a block's patch comes from: the geometry of the 128-pixel tile.
 struct Tile {
@@ -190,6 +194,15 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     // channel) and its shared address are the same for every chunk.
     // (float4s: src is the item's first pixel, dst its first word, the next
     // three PATCH_STRIDE apart; items outside the image stay at the zeros)
+    // Element by element, word e's position (j; seg, pr, pc) is the digits
+    // of e in the radices (patch pixels; seg_rows·pw; pw): word tid's digits,
+    // then + 256 per slot with carries (the divisions once, not per slot).
+    const int seg_size = tile.seg_rows * tile.pw, segments = tile.pixels / seg_size;
+    int wj = tid / tile.pixels, wp_ = tid - wj * tile.pixels;
+    int wseg = wp_ / seg_size, wpr = (wp_ - wseg * seg_size) / tile.pw, wpc = wp_ - wseg * seg_size - wpr * tile.pw;
+    const int step_j = THREADS / tile.pixels, step_p = THREADS - step_j * tile.pixels;
+    const int step_seg = step_p / seg_size, step_pr = (step_p - step_seg * seg_size) / tile.pw;
+    const int step_pc = step_p - step_seg * seg_size - step_pr * tile.pw;
     int src[P_LOADS], dst[P_LOADS];
 #pragma unroll
     for (int i = 0; i < P_LOADS; ++i) {
@@ -201,29 +214,53 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
             const int img = img0 + seg, iy = oh0 - s.pad + r;
             const bool inside = pr < rows && img < s.n && iy >= 0 && iy < s.h;
             src[i] = inside ? img * s.c * HW + PER_WORD * j * HW + iy * s.w + 4 * g : -1;
-            dst[i] = inside ? (pr * tile.pw + s.pad + 4 * g) * PATCH_STRIDE + j : -1;
+            dst[i] = inside ? ((pr * tile.pw + s.pad + 4 * g) * PATCH_STRIDE + j) | seg << DST_BITS : -1;
         } else {
-            const int j = e / tile.pixels, p = e - j * tile.pixels;
-            const int seg = p / (tile.seg_rows * tile.pw), q = p - seg * tile.seg_rows * tile.pw;
-            const int pr = q / tile.pw, pc = q - pr * tile.pw;
-            const int img = img0 + seg, iy = oh0 - s.pad + pr, ix = pc - s.pad;
-            const bool inside = j < CHUNK_WORDS && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
-            src[i] = inside ? img * s.c * HW + PER_WORD * j * HW + iy * s.w + ix : -1;
-            dst[i] = j < CHUNK_WORDS ? p * PATCH_STRIDE + j : -1;  // j = dst % PATCH_STRIDE
+            if (i > 0) {  // e = e − 256 + 256, digit by digit
+                wpc += step_pc;
+                int carry = wpc >= tile.pw;
+                wpc -= carry * tile.pw;
+                wpr += step_pr + carry;
+                carry = wpr >= tile.seg_rows;
+                wpr -= carry * tile.seg_rows;
+                wseg += step_seg + carry;
+                carry = wseg >= segments;
+                wseg -= carry * segments;
+                wj += step_j + carry;
+                wp_ = (wseg * tile.seg_rows + wpr) * tile.pw + wpc;
+            }
+            const int img = img0 + wseg, iy = oh0 - s.pad + wpr, ix = wpc - s.pad;
+            const bool inside = wj < CHUNK_WORDS && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
+            src[i] = inside ? img * s.c * HW + PER_WORD * wj * HW + iy * s.w + ix : -1;
+            dst[i] = wj < CHUNK_WORDS ? (wp_ * PATCH_STRIDE + wj) | wseg << DST_BITS : -1;
         }
     }
     if constexpr (VEC) {
         for (int i = tid; i < PATCH_MAX * PATCH_STRIDE; i += THREADS) patch[i] = 0u;
         __syncthreads();  // before any chunk's words land
     }
-    // The patch pixel of this lane's B columns for tap (0, 0).
+    // The patch pixel of this lane's B columns for tap (0, 0): output pixel
+    // n = n_w + 8ni + g as digits (segment, row, column), + 8 per ni with carries.
     const int n_w = (warp / WARPS_M) * WN;
     int pix0[NI];
+    {
+        const int n = n_w + g;
+        int nseg = n / tile.seg_pix, r = (n - nseg * tile.seg_pix) / s.ow, col = n - nseg * tile.seg_pix - r * s.ow;
+        const int nstep_seg = 8 / tile.seg_pix, step_r = (8 - nstep_seg * tile.seg_pix) / s.ow;
+        const int step_col = 8 - nstep_seg * tile.seg_pix - step_r * s.ow;
 #pragma unroll
-    for (int ni = 0; ni < NI; ++ni) {
-        const int n = n_w + 8 * ni + g;
-        const int seg = n / tile.seg_pix, r = (n - seg * tile.seg_pix) / s.ow, col = n % s.ow;
-        pix0[ni] = (seg * tile.seg_rows + r) * tile.pw + col;
+        for (int ni = 0; ni < NI; ++ni) {
+            if (ni > 0) {
+                col += step_col;
+                int carry = col >= s.ow;
+                col -= carry * s.ow;
+                r += step_r + carry;
+                carry = r >= tile.rows;
+                r -= carry * tile.rows;
+                nseg += nstep_seg + carry;
+            }
+            pix0[ni] = (nseg * tile.seg_rows + r) * tile.pw + col;
+        }
     }
 
     // chunk q's operands into registers: A straight from wp, the patch as words
@@ -238,13 +275,14 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
             a_regs[i] = v < A_VECS ? a_src[v] : zero4;
         }
         const int c0 = CHUNK * q;
-        // the group norm (+ SiLU) of channel c0 + e of a word whose src is at (img·C + its first channel)·HW + pixel
-        auto normed = [&](float (&v)[PER_WORD], int at, int c) {
-            const int nc0 = at / HW + c0;
+        // the group norm (+ SiLU) of channels c, c + 1, … of slot i's image img0 + segment
+        auto normed = [&](float (&v)[PER_WORD], int i, int c) {
+            const int nc0 = (img0 + (dst[i] >> DST_BITS)) * s.c + c;
 #pragma unroll
             for (int e = 0; e < PER_WORD; ++e) {
                 if (c + e >= s.c) continue;
-                const float u = (v[e] - pro.mean[nc0 + e]) * pro.scale[nc0 + e] + pro.shift[nc0 + e];
+                const float4 a = pro.affine[nc0 + e];  // (mean, scale, shift, 0)
+                const float u = (v[e] - a.x) * a.y + a.z;
                 v[e] = pro.silu ? u / (1.0f + expf(-u)) : u;
             }
         };
@@ -252,7 +290,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
 #pragma unroll
             for (int i = 0; i < P_LOADS; ++i) {
                 if (src[i] < 0) continue;
-                const int c = c0 + PER_WORD * (dst[i] % PATCH_STRIDE);
+                const int c = c0 + PER_WORD * ((dst[i] & DST_MASK) % PATCH_STRIDE);
                 float4 v4[PER_WORD];
 #pragma unroll
                 for (int e = 0; e < PER_WORD; ++e) {
@@ -264,18 +302,18 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
                     float v[PER_WORD];
 #pragma unroll
                     for (int e = 0; e < PER_WORD; ++e) v[e] = k == 0 ? v4[e].x : k == 1 ? v4[e].y : k == 2 ? v4[e].z : v4[e].w;
-                    if (NORM) normed(v, src[i], c);
+                    if (NORM) normed(v, i, c);
                     p_regs[i][k] = word_bits(Math::pack(v));
                 }
             }
         } else {
 #pragma unroll
             for (int i = 0; i < P_LOADS; ++i) {
-                const int c = c0 + PER_WORD * (dst[i] % PATCH_STRIDE);
+                const int c = c0 + PER_WORD * ((dst[i] & DST_MASK) % PATCH_STRIDE);
                 float v[PER_WORD];
 #pragma unroll
                 for (int e = 0; e < PER_WORD; ++e) v[e] = src[i] >= 0 && c + e < s.c ? load_f32(x, src[i] + (c0 + e) * HW) : 0.0f;
-                if (NORM && src[i] >= 0) normed(v, src[i], c);
+                if (NORM && src[i] >= 0) normed(v, i, c);
                 p_regs[i][0] = word_bits(Math::pack(v));
             }
         }
@@ -288,7 +326,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
         for (int i = 0; i < P_LOADS; ++i)
             if (dst[i] >= 0)
 #pragma unroll
-                for (int k = 0; k < P_WORDS; ++k) patch[dst[i] + k * PATCH_STRIDE] = p_regs[i][k];
+                for (int k = 0; k < P_WORDS; ++k) patch[(dst[i] & DST_MASK) + k * PATCH_STRIDE] = p_regs[i][k];
     };
 
     typename Step<Math>::Acc acc[2][NI];
@@ -309,19 +347,27 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     }
 
     // acc[mi][ni][r]: channel m0 + m_w + 16mi + g + 8(r/2), pixel n0 + n_w + 8ni + 2t + r%2
+    // (image and pixel of this lane's first column by one division, the others by carries)
     const int m_w = 32 * (warp % WARPS_M);
+    const int first_img = (n0 + n_w + 2 * t) / P, first_pix = n0 + n_w + 2 * t - first_img * P;
 #pragma unroll
     for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int n = n0 + n_w + 8 * ni + 2 * t + r % 2;
+        for (int half = 0; half < 2; ++half) {
+            const int n = n0 + n_w + 8 * ni + 2 * t + half;
             if (n >= total) continue;
-            const int col = out.col(n);
-#pragma unroll
-            for (int mi = 0; mi < 2; ++mi) {
-                const int m = m0 + m_w + 16 * mi + g + 8 * (r / 2);
-                if (m < s.oc) out.store(m, col, acc[mi][ni].get(r));
+            int img = first_img, pix = first_pix + 8 * ni + half;
+            while (pix >= P) {
+                pix -= P;
+                ++img;
             }
+#pragma unroll
+            for (int r = half; r < 4; r += 2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) {
+                    const int m = m0 + m_w + 16 * mi + g + 8 * (r / 2);
+                    if (m < s.oc) out.store_at(img, pix, m, acc[mi][ni].get(r));
+                }
         }
 }
 

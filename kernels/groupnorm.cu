@@ -95,13 +95,13 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
 // as it reads x (conv::Prologue), without writing the normalised map: per
 // group (n, g) the statistics as groupnorm_forward computes them, then for
 // each of its channels c (nc = n·C + c)
-//   mean[nc] = μ,  scale[nc] = rstd·γ_c,  shift[nc] = β_c,
-// so (x − mean)·scale + shift is the value groupnorm_forward writes, bit for bit.
+//   affine[nc] = (μ, rstd·γ_c, β_c, 0)  = (mean, scale, shift, 0),
+// so (x − mean)·scale + shift is the value groupnorm_forward writes, bit for
+// bit; one float4 per channel, so that the conv reads it in one load.
 // One block per group, grid-stride; block = 256.
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    groupnorm_affine(float* __restrict__ mean_c, float* __restrict__ scale_c, float* __restrict__ shift_c,
-                     const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
-                     int num_groups_total, int groups, int cg, int s, float eps) {
+    groupnorm_affine(float4* __restrict__ affine, const float* __restrict__ x, const float* __restrict__ gamma,
+                     const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps) {
     __shared__ double scratch[32];
     const int m = cg * s;
     for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
@@ -111,9 +111,7 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
         for (int i = threadIdx.x; i < cg; i += blockDim.x) {
             const int ch = g * cg + i;
             const long long nc = (long long)ng * cg + i;  // (n·G + g)·Cg + i = n·C + ch
-            mean_c[nc] = mu;
-            scale_c[nc] = rs * (gamma ? gamma[ch] : 1.0f);
-            shift_c[nc] = beta ? beta[ch] : 0.0f;
+            affine[nc] = float4{mu, rs * (gamma ? gamma[ch] : 1.0f), beta ? beta[ch] : 0.0f, 0.0f};
         }
     }
 }

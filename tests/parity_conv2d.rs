@@ -154,6 +154,12 @@ fn same_conv_parity(precision: minidiffusion::ops::Precision) {
     parity_check(&name("same_k3_8x16"), &[&[2, 5, 8, 16], &[6, 5, 3, 3]], |t| at(&|| conv2d(&t[0], &t[1], None, same3)), tol);
     parity_check(&name("same_k3_4x4_images"), &[&[3, 17, 4, 4], &[8, 17, 3, 3], &[8]], |t| at(&|| conv2d(&t[0], &t[1], Some(&t[2]), same3)), tol);
     parity_check(&name("same_k1_8x8_images"), &[&[3, 33, 8, 8], &[70, 33, 1, 1], &[70]], |t| at(&|| conv2d(&t[0], &t[1], Some(&t[2]), same1)), tol);
+    // 64-row blocks over images smaller than a warp's pixel strip (a lane's
+    // output pixels cross images), with every epilogue term; 2×2 maps: 32
+    // images a tile, 8 pixels span two of them
+    let fused = |t: &[minidiffusion::Tensor], p| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) }, p);
+    parity_check(&name("same_k3_4x4_images_m64_fused"), &[&[3, 17, 4, 4], &[72, 17, 3, 3], &[72], &[3, 72], &[3, 72, 4, 4]], |t| at(&|| fused(t, same3)), tol);
+    parity_check(&name("same_k1_2x2_images_fused"), &[&[37, 24, 2, 2], &[72, 24, 1, 1], &[72], &[37, 72], &[37, 72, 2, 2]], |t| at(&|| fused(t, same1)), tol);
 }
 
 #[test]

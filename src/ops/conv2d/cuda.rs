@@ -237,12 +237,11 @@ const SAME_FORWARD_NORM_KERNELS: [[[&str; 2]; 2]; 2] = [
 ];
 
 /// A group norm (+ SiLU) a same conv applies to its input as it stages it,
-/// per (image, channel) nc = n·C + c: u = (x − mean[nc])·scale[nc] + shift[nc],
-/// then silu(u) when `silu` (from `ops::group_norm::cuda::affine`).
+/// per (image, channel) nc = n·C + c: u = (x − mean)·scale + shift with
+/// (mean, scale, shift, 0) = affine[nc] ([N·C, 4], from
+/// `ops::group_norm::cuda::affine`), then silu(u) when `silu`.
 pub struct InputNorm<'a> {
-    pub mean: &'a CudaBuffer,
-    pub scale: &'a CudaBuffer,
-    pub shift: &'a CudaBuffer,
+    pub affine: &'a CudaBuffer,
     pub silu: bool,
 }
 
@@ -250,9 +249,7 @@ pub struct InputNorm<'a> {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Prologue {
-    mean: u64,
-    scale: u64,
-    shift: u64,
+    affine: u64,
     silu: i32,
     pad: i32,
 }
@@ -334,10 +331,10 @@ fn same_conv(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogue, s:
                 return Err(Error::DType { op: "conv2d (group norm applied by the conv)", dtype: x.dtype() });
             }
             let nc = s.n as usize * s.c as usize;
-            if [n.mean, n.scale, n.shift].iter().any(|b| b.len() != nc) {
-                return shape_err("conv2d", format!("the input's group norm needs {nc} values per statistic"));
+            if n.affine.len() != 4 * nc || n.affine.dtype() != DType::F32 || !n.affine.ptr().is_multiple_of(16) {
+                return shape_err("conv2d", format!("the input's group norm needs {nc} 16-byte aligned (mean, scale, shift, 0) f32 quadruples"));
             }
-            let pro = Prologue { mean: n.mean.ptr(), scale: n.scale.ptr(), shift: n.shift.ptr(), silu: n.silu as i32, pad: 0 };
+            let pro = Prologue { affine: n.affine.ptr(), silu: n.silu as i32, pad: 0 };
             args.push(Arg::pod(&pro));
             if vec { SAME_FORWARD_NORM_VEC_KERNELS[p][b][k] } else { SAME_FORWARD_NORM_KERNELS[p][b][k] }
         }

@@ -146,8 +146,8 @@ pub fn convs_after_norm(x: &Tensor, norm: NormFirst, convs: &[ConvAfter]) -> Res
         && x.dtype() == DType::F32
         && convs.iter().all(|c| geometry(x, c.weight, c.bias, c.params).is_ok_and(|g| cuda::same_conv_takes(&g)));
     if fused {
-        let (mean, scale, shift) = crate::ops::group_norm::cuda_affine(x, norm.groups, norm.weight, norm.bias, norm.eps)?;
-        let input_norm = cuda::InputNorm { mean: &mean, scale: &scale, shift: &shift, silu: norm.silu };
+        let affine = crate::ops::group_norm::cuda_affine(x, norm.groups, norm.weight, norm.bias, norm.eps)?;
+        let input_norm = cuda::InputNorm { affine: &affine, silu: norm.silu };
         return convs.iter().map(|c| conv2d_with(x, Some(&input_norm), c.weight, c.bias, c.add, c.params)).collect();
     }
     use crate::ops::group_norm::{group_norm_silu_stored, group_norm_stored};

@@ -74,22 +74,22 @@ fn per_group_blocks(d: GroupNormDims) -> LaunchConfig {
     LaunchConfig::blocks((d.n * d.groups).min(MAX_BLOCKS), THREADS)
 }
 
-/// The group norm of `x` as a per-(image, channel) affine, each [N·C]:
-/// (mean, scale, shift) with (x − mean)·scale + shift the normalised value,
+/// The group norm of `x` as a per-(image, channel) affine, [N·C, 4]:
+/// (mean, scale, shift, 0) with (x − mean)·scale + shift the normalised value,
 /// bit for bit as [`forward`] writes it (for a convolution that applies it as
-/// it reads x: `ops::conv2d::conv2d_after_norm`).
-pub fn affine(x: &CudaBuffer, d: GroupNormDims, weight: Option<&CudaBuffer>, bias: Option<&CudaBuffer>, eps: f32) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
+/// it reads x, one 16-byte load per channel: `ops::conv2d::conv2d_after_norm`).
+pub fn affine(x: &CudaBuffer, d: GroupNormDims, weight: Option<&CudaBuffer>, bias: Option<&CudaBuffer>, eps: f32) -> Result<CudaBuffer> {
     let backend = x.backend();
-    let nc = d.n * d.c;
+    let len = 4 * d.n * d.c;
     if d.m() == 0 {
         // no values: the statistics are 0 as in forward (nothing reads them)
-        return Ok((backend.zeros(nc)?, backend.zeros(nc)?, backend.zeros(nc)?));
+        return backend.zeros(len);
     }
-    let (mean, scale, shift) = (backend.alloc(nc)?, backend.alloc(nc)?, backend.alloc(nc)?);
-    let mut args = vec![mean.arg(), scale.arg(), shift.arg()];
+    let affine = backend.alloc(len)?;
+    let mut args = vec![affine.arg()];
     args.extend(per_group_args(x, d, weight, bias, eps)?);
     backend.launch("groupnorm_affine", per_group_blocks(d), &args)?;
-    Ok((mean, scale, shift))
+    Ok(affine)
 }
 
 /// Gradients (dx if `need_dx`, dγ, dβ) of group norm, or of the fused

@@ -90,14 +90,15 @@ pub fn group_norm_silu_stored(
 
 /// The group norm of a CUDA tensor `x` as the per-(image, channel) affine a
 /// same convolution applies as it reads x (`ops::conv2d::conv2d_after_norm`):
-/// (mean, scale, shift), each [N·C], checked as [`group_norm`] checks.
+/// (mean, scale, shift, 0) per (image, channel), [N·C, 4], checked as
+/// [`group_norm`] checks.
 pub(crate) fn cuda_affine(
     x: &Tensor,
     groups: usize,
     weight: Option<&Tensor>,
     bias: Option<&Tensor>,
     eps: f32,
-) -> Result<(crate::device::cuda::CudaBuffer, crate::device::cuda::CudaBuffer, crate::device::cuda::CudaBuffer)> {
+) -> Result<crate::device::cuda::CudaBuffer> {
     const OP: &str = "group_norm";
     let d = check(OP, x, groups, weight, bias, eps)?;
     let mut all: Vec<&Tensor> = vec![x];
