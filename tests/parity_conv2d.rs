@@ -223,6 +223,7 @@ fn conv2d_same_bf16_reads_bf16_storage() {
 #[test]
 fn conv2d_after_norm_applies_the_norm_in_the_conv() {
     use minidiffusion::device::cuda;
+    use minidiffusion::ops::conv2d::cuda as cuda_conv;
     use minidiffusion::ops::group_norm::{group_norm, group_norm_silu};
     use minidiffusion::ops::{ConvAdd, ConvAfter, NormFirst, Precision, conv2d_after_norm, conv2d_fused, convs_after_norm, with_precision};
     use minidiffusion::testing::{assert_close, parity_device, randn};
@@ -264,6 +265,12 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
                 let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
                 assert!(kernels.iter().any(|k| k == "groupnorm_affine") && kernels.iter().any(|k| k.contains("_gn_m")), "{what}: {kernels:?}");
                 assert_eq!(fused, composed(&t), "{what}: the conv's norm against the two ops on {device}");
+                // the A/B switch (MINIDIFFUSION_NORM_IN_CONV=off): the norm written out and read back, the same bits
+                backend.start_profiling();
+                let apart = cuda_conv::with_norm_in_conv(false, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p))).unwrap().to_vec();
+                let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
+                assert!(!kernels.iter().any(|k| k == "groupnorm_affine" || k.contains("_gn_m")), "{what}: {kernels:?}");
+                assert_eq!(apart, fused, "{what}: the norm written out");
                 let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
                 assert_close(&what, &fused, &composed(&on(Device::Cpu)), tol.atol, tol.rtol);
                 // several convs of one normalised map (the attention block's q, k, v): the same per conv

@@ -13,6 +13,9 @@ use crate::ops::binary::cuda::elems;
 use crate::ops::precision::Precision;
 use crate::ops::reduce::cuda::sum_keepdim;
 use crate::tensor::{DType, Shape};
+use std::cell::Cell;
+use std::sync::OnceLock;
+use std::thread::LocalKey;
 
 /// Output tile edge of the GEMM kernels (BM = BN in kernels/conv2d.cu).
 const TILE: usize = 64;
@@ -200,23 +203,50 @@ const SAME_FORWARD_NORM_VEC_KERNELS: [[[&str; 2]; 2]; 2] = [
 ];
 
 thread_local! {
-    static VEC_STAGING: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    static VEC_STAGING: Cell<Option<bool>> = const { Cell::new(None) };
+    static NORM_IN_CONV: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// A switch of the A/B runs: this thread's setting (tests) if any, else
+/// `read` of the environment, once per process.
+fn switch(local: &'static LocalKey<Cell<Option<bool>>>, env: &'static OnceLock<bool>, read: fn() -> bool) -> bool {
+    local.with(|v| v.get()).unwrap_or_else(|| *env.get_or_init(read))
+}
+
+/// Run `f` with `local` set to `on` on this thread.
+fn with_switch<R>(local: &'static LocalKey<Cell<Option<bool>>>, on: bool, f: impl FnOnce() -> R) -> R {
+    let before = local.with(|v| v.replace(Some(on)));
+    let out = f();
+    local.with(|v| v.set(before));
+    out
 }
 
 /// Whether same-conv forwards stage an f32 input with float4s
 /// (`MINIDIFFUSION_CONV_STAGING=float4`; off by default until a GPU run
 /// measures it, the element-by-element staging otherwise; the same results).
 pub fn vec_staging() -> bool {
-    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    VEC_STAGING.with(|v| v.get()).unwrap_or_else(|| *ENV.get_or_init(|| std::env::var("MINIDIFFUSION_CONV_STAGING").is_ok_and(|v| v == "float4")))
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&VEC_STAGING, &ENV, || std::env::var("MINIDIFFUSION_CONV_STAGING").is_ok_and(|v| v == "float4"))
 }
 
 /// Run `f` with the float4 staging on or off on this thread (tests, A/B).
 pub fn with_vec_staging<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    let before = VEC_STAGING.with(|v| v.replace(Some(on)));
-    let out = f();
-    VEC_STAGING.with(|v| v.set(before));
-    out
+    with_switch(&VEC_STAGING, on, f)
+}
+
+/// Whether an inference group norm (+ SiLU) before a same conv is applied
+/// by the conv as it stages its input (the default) rather than written out
+/// by the group norm and read back (`MINIDIFFUSION_NORM_IN_CONV=off`, the
+/// A/B of the GPU runs: the conv does more work a word, the map is not
+/// written; the same results, bit for bit).
+pub fn norm_in_conv() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&NORM_IN_CONV, &ENV, || std::env::var("MINIDIFFUSION_NORM_IN_CONV").map_or(true, |v| v != "off"))
+}
+
+/// Run `f` with the norm applied in the conv or not on this thread (tests, A/B).
+pub fn with_norm_in_conv<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_switch(&NORM_IN_CONV, on, f)
 }
 
 /// Whether a same conv of `x` can stage it with float4s: f32 storage, a

@@ -143,6 +143,7 @@ pub fn convs_after_norm(x: &Tensor, norm: NormFirst, convs: &[ConvAfter]) -> Res
     let grad_wanted = crate::autograd::is_grad_enabled() && inputs.iter().flatten().any(|t| t.requires_grad());
     let fused = !grad_wanted
         && matches!(x.device(), Device::Cuda(_))
+        && cuda::norm_in_conv()
         && x.dtype() == DType::F32
         && convs.iter().all(|c| geometry(x, c.weight, c.bias, c.params).is_ok_and(|g| cuda::same_conv_takes(&g)));
     if fused {
