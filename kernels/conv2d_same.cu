@@ -420,7 +420,9 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
     __shared__ int patch_src[PX_MAX];               // patch pixel → offset from (img0, oh0) (negative in the top
                                                     // halo), OUTSIDE past the left or right edge
     __shared__ int patch_row[PX_MAX];               // patch pixel → (segment, input row relative to oh0)
+    __shared__ int tile_src[PX_MAX + PER_WORD + 1]; // this tile's patch pixel → patch_src, OUTSIDE where it reads 0
     __shared__ int word_src[TILE_WORDS];            // tile word → dY offset of its first pixel from (img0, oh0)
+    __shared__ int word_seg[TILE_WORDS];            // tile word → its image after the tile's first
     __shared__ int word_patch[TILE_WORDS];          // tile word → its first pixel's patch pixel for tap (0, 0), / PER_WORD
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -444,6 +446,7 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
         const int n = PER_WORD * j, seg = n / tile.seg_pix, local = n - seg * tile.seg_pix;
         const int r = local / s.ow, col = local - r * s.ow;
         word_src[j] = seg * s.oc * P + local;
+        word_seg[j] = seg;
         word_patch[j] = ((seg * tile.seg_rows + r) * tile.pw + col) / PER_WORD;  // even at bf16: OW and col are
     }
 
@@ -463,20 +466,29 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
 
     for (int tl = tile_begin; tl < tile_end; ++tl) {
         const int n0 = tl * BN, img0 = n0 / P, oh0 = (n0 - img0 * P) / s.ow;
-        // the patch of channels c0.. (0 outside the image, past the batch or past C)
+        // which patch pixels this tile reads (inside the image and the batch), and from where
+        // (items read up to PER_WORD + 1 past the last pixel: zeros)
+        for (int i = tid; i < tile.pixels + PER_WORD + 1; i += THREADS) {
+            int src = OUTSIDE;
+            if (i < tile.pixels && patch_src[i] != OUTSIDE) {
+                const int seg = patch_row[i] >> 16, iy = oh0 - s.pad + (patch_row[i] & 0xffff);
+                if (img0 + seg < s.n && iy >= 0 && iy < s.h) src = patch_src[i];
+            }
+            tile_src[i] = src;
+        }
+        __syncthreads();
+        // the patch of channels c0.. (0 outside the image, past the batch or past C); item (c, q)
+        // as the digits of e = tid + 256·pass in the radix row_items, advanced with a carry
+        const TX* xt = x + ((long long)img0 * s.c + c0) * HW + oh0 * s.w;
         const int row_items = PER_WORD == 2 ? tile.pixels / 2 + 1 : tile.pixels;
-        for (int e = tid; e < CT * row_items; e += THREADS) {
-            const int c = e / row_items, q = e - c * row_items;
+        const int step_c = THREADS / row_items, step_q = THREADS - step_c * row_items;
+        for (int c = tid / row_items, q = tid - c * row_items; c < CT;) {
+            const bool chan = c0 + c < s.c;
             float v[PER_WORD + 1];
 #pragma unroll
             for (int k = 0; k <= PER_WORD; ++k) {
-                const int i = PER_WORD * q + k;
-                v[k] = 0.0f;
-                if (i < tile.pixels && c0 + c < s.c && patch_src[i] != OUTSIDE) {
-                    const int seg = patch_row[i] >> 16, iy = oh0 - s.pad + (patch_row[i] & 0xffff);
-                    if (img0 + seg < s.n && iy >= 0 && iy < s.h)
-                        v[k] = load_f32(x, (long long)img0 * s.c * HW + (long long)(c0 + c) * HW + oh0 * s.w + patch_src[i]);
-                }
+                const int src = tile_src[PER_WORD * q + k];
+                v[k] = chan && src != OUTSIDE ? load_f32(xt, c * HW + src) : 0.0f;
             }
 #pragma unroll
             for (int parity = 0; parity < PER_WORD; ++parity) {
@@ -485,17 +497,22 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
                 for (int k = 0; k < PER_WORD; ++k) w[k] = v[parity + k];
                 words[(parity * CT + c) * CS + q] = word_bits(Math::pack(w));
             }
+            q += step_q;
+            c += step_c;
+            if (q >= row_items) {
+                q -= row_items;
+                ++c;
+            }
         }
         for (int phase = 0; phase < TILE_WORDS / WG_PHASE; ++phase) {
             // dY words of this phase: a_tile[oc][j] = dY at word phase·64 + j (0 past the batch or OC)
             for (int e = tid; e < BM * WG_PHASE; e += THREADS) {
-                const int oc = e / WG_PHASE, j = e - oc * WG_PHASE, src = word_src[phase * WG_PHASE + j];
-                const int img = img0 + src / (s.oc * P);
+                const int oc = e / WG_PHASE, j = e - oc * WG_PHASE, w = phase * WG_PHASE + j;
                 float v[PER_WORD];
 #pragma unroll
                 for (int k = 0; k < PER_WORD; ++k) v[k] = 0.0f;
-                if (m0 + oc < s.oc && img < s.n) {
-                    const float* at = dy + (size_t)img0 * s.oc * P + oh0 * s.ow + src + (m0 + oc) * P;
+                if (m0 + oc < s.oc && img0 + word_seg[w] < s.n) {
+                    const float* at = dy + (size_t)img0 * s.oc * P + oh0 * s.ow + word_src[w] + (m0 + oc) * P;
 #pragma unroll
                     for (int k = 0; k < PER_WORD; ++k) v[k] = at[k];
                 }

@@ -132,7 +132,18 @@ __device__ __forceinline__ void warp_slice_3xtf32(const float (*As)[LD], const f
 
 // (bf16_bits, the rounding to bf16, is in common.cuh.)
 // One 32-bit register of two bf16: lo in bits 0..15, hi in bits 16..31.
-__device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+// On the GPU one cvt.rn.bf16x2.f32 (round to nearest, ties to even, as
+// bf16_bits; a NaN may keep another payload), where bf16_bits is ~8
+// instructions a value: the staging loops pack every operand word with it.
+__device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) {
+#if defined(MD_EMULATED)
+    return bf16_bits(lo) | (bf16_bits(hi) << 16);
+#else
+    unsigned int d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));  // hi to the upper half
+    return d;
+#endif
+}
 
 // d += A·B over one m16n8k16 tile of bf16 pairs (fragments as above).
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {

@@ -353,3 +353,34 @@ fn float4_staging_gives_the_same_bits() {
         }
     }
 }
+
+/// The bf16 staging rounds every input to nearest, ties to even, as the CPU's
+/// `round_bf16` (on a GPU one cvt.rn.bf16x2.f32 a word; the emulation does it
+/// bit by bit): a 1×1 conv with the identity weight returns the staged values.
+/// Ties both ways, one past and one short of a tie, subnormals, the largest
+/// finite values, signs.
+#[test]
+fn bf16_staging_rounds_to_nearest_even() {
+    use minidiffusion::ops::precision::round_bf16;
+    use minidiffusion::ops::{Precision, with_precision};
+    use minidiffusion::testing::{parity_device, randn};
+    use minidiffusion::{Tensor, no_grad};
+    let (c, hw) = (16, 64);
+    let special: Vec<f32> = [0x3f80_8000u32, 0x3f81_8000, 0x3f80_8001, 0x3f80_7fff, 0x0000_8000, 0x0001_8000, 0x0000_0001, 0x7f7f_0000, 0x7f7e_8000]
+        .into_iter()
+        .flat_map(|b| [f32::from_bits(b), -f32::from_bits(b)])
+        .collect();
+    let mut x = randn(&[c * hw], 77);
+    for (i, v) in special.iter().enumerate() {
+        x[i * 37 % (c * hw)] = *v;
+    }
+    let weight: Vec<f32> = (0..c * c).map(|i| if i / c == i % c { 1.0 } else { 0.0 }).collect();
+    let device = parity_device();
+    let xt = Tensor::from_vec_on(x.clone(), vec![1, c, 8, 8], device).unwrap();
+    let wt = Tensor::from_vec_on(weight, vec![c, c, 1, 1], device).unwrap();
+    let _p = with_precision(Precision::Bf16);
+    let y = no_grad(|| conv2d(&xt, &wt, None, Conv2dParams { stride: 1, padding: 0 })).unwrap().to_vec();
+    for (i, (&got, &v)) in y.iter().zip(&x).enumerate() {
+        assert_eq!(got, round_bf16(v), "element {i}: {v:e} ({:#010x}) staged as {got:e}", v.to_bits());
+    }
+}
