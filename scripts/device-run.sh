@@ -14,7 +14,7 @@
 # captured step replayed (the default) and with every kernel launched;
 # ncu profiles the bf16 same convs with Nsight Compute (throughputs,
 # occupancy, issue slots, warp stall reasons: ncu_summary.py's table in
-# summary.txt, the reports in logs/).
+# summary.txt, the raw metrics as CSV in logs/).
 # Every step has its own timeout and the script stops starting steps once
 # BUDGET_S (default 420) is near, so it always finishes and packs its logs:
 # OUTDIR gets summary.txt, results.jsonl and logs.tar.gz (the device tool
@@ -144,16 +144,18 @@ ncu)
           --section LaunchStats --section SchedulerStats --section WarpStateStats --section ComputeWorkloadAnalysis
           --section MemoryWorkloadAnalysis --section InstructionStats
           --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum)
+    # the reports stay here (they could pass the 16 MiB a returned file may have); their CSVs go to logs/
+    rep="$here/ncu" && mkdir -p "$rep"
     kb=("$md" bench kernels --device cuda --warmup 0 --iters 1 --precision bf16 --batch-size 512 --only conv2d)
     # the same-conv forward, input and weight gradients at the recipe's batch, then the float4-staged forward
-    step ncu_conv_b512 150 "${prof[@]}" -k regex:conv2d_same_ -c 24 -o "$logs/ncu_conv_b512" "${kb[@]}"
-    MINIDIFFUSION_CONV_STAGING=float4 step ncu_conv_b512_float4 90 "${prof[@]}" -k 'regex:conv2d_same_.*_v$' -c 8 -o "$logs/ncu_conv_b512_float4" "${kb[@]}"
+    step ncu_conv_b512 150 "${prof[@]}" -k regex:conv2d_same_ -c 24 -o "$rep/ncu_conv_b512" "${kb[@]}"
+    MINIDIFFUSION_CONV_STAGING=float4 step ncu_conv_b512_float4 90 "${prof[@]}" -k 'regex:conv2d_same_.*_v$' -c 8 -o "$rep/ncu_conv_b512_float4" "${kb[@]}"
     # one DDIM step of the seed UNet at the goal's batch (no graph: every kernel its own launch)
-    step ncu_sample_b2048 150 "${prof[@]}" -k 'regex:conv2d_same_|groupnorm|attention' -c 24 -o "$logs/ncu_sample_b2048" \
+    step ncu_sample_b2048 150 "${prof[@]}" -k 'regex:conv2d_same_|groupnorm|attention' -c 24 -o "$rep/ncu_sample_b2048" \
         "$md" bench sample --config seed --steps 1 -n 2048 --batch-size 2048 --device cuda --precision bf16 --cuda-graph off
     for r in ncu_conv_b512 ncu_conv_b512_float4 ncu_sample_b2048; do
-        [ -f "$logs/$r.ncu-rep" ] || continue
-        "$ncu_bin" --import "$logs/$r.ncu-rep" --page raw --csv > "$logs/$r.csv" 2> "$logs/$r.import.log" || { say "$r: import FAILED"; continue; }
+        [ -f "$rep/$r.ncu-rep" ] || continue
+        "$ncu_bin" --import "$rep/$r.ncu-rep" --page raw --csv > "$logs/$r.csv" 2> "$logs/$r.import.log" || { say "$r: import FAILED"; continue; }
         say "--- $r (ncu) ---"
         python3 "$here/ncu_summary.py" "$logs/$r.csv" | tee -a "$summary"
         python3 "$here/ncu_summary.py" "$logs/$r.csv" --json --step "$r" >> "$results"
