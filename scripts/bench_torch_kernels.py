@@ -42,6 +42,13 @@ def main():
         shape = f"{b}x{ci}x{hw}x{hw}->{co} k{k}"
         pad = k // 2
         cases.append(("conv2d_forward", shape, flops, nbytes, lambda x=x, w=w, bias=bias, pad=pad: F.conv2d(x, w, bias, padding=pad)))
+        if k == 3:
+            # a resnet's group norm -> SiLU -> conv at inference: the norm on the f32 stream (as autocast runs it)
+            xs = torch.randn(b, ci, hw, hw, device=dev)
+            gn_w, gn_b = torch.randn(ci, device=dev), torch.randn(ci, device=dev)
+            cases.append(("norm_silu_conv2d", shape, flops, nbytes,
+                          lambda xs=xs, gn_w=gn_w, gn_b=gn_b, w=w, bias=bias, pad=pad:
+                          F.conv2d(F.silu(F.group_norm(xs, 8, gn_w, gn_b, 1e-5)).to(prod), w, bias, padding=pad)))
         y = F.conv2d(x, w, bias, padding=pad).sum()
         cases.append(("conv2d_backward", shape, 2 * flops, 2 * nbytes,
                       lambda y=y, x=x, w=w, bias=bias: torch.autograd.grad(y, (x, w, bias), retain_graph=True)))
@@ -81,7 +88,7 @@ def main():
             sync()
         seconds = (time.perf_counter() - start) / args.iters
         print(json.dumps({"kernel": name, "shape": shape, "device": f"torch-{args.device}",
-                          "precision": args.precision if name in ("conv2d_forward", "conv2d_backward", "matmul") else "f32",
+                          "precision": args.precision if name in ("conv2d_forward", "conv2d_backward", "matmul", "norm_silu_conv2d") else "f32",
                           "ms": round(seconds * 1e3, 4), "gflops": round(flops / seconds / 1e9, 2),
                           "gbps": round(nbytes / seconds / 1e9, 2)}), flush=True)
 

@@ -104,6 +104,8 @@ kernels_b512)
     step bench_kernels_bf16_b512 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
     # A/B: the same-conv forward staging its f32 input with float4s (same bits)
     MINIDIFFUSION_CONV_STAGING=float4 step bench_kernels_bf16_b512_float4 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
+    # A/B: the resnet's norm -> SiLU -> conv with the norm written out (norm_silu_conv2d rows; same bits)
+    MINIDIFFUSION_NORM_IN_CONV=off step bench_kernels_bf16_b512_norm_apart 60 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only norm_silu
     step torch_kernels_bf16_b512 90 python3 "$here/bench_torch_kernels.py" --iters 10 --precision bf16 --batch-size 512
     ;;
 ours_bf16)

@@ -172,6 +172,21 @@ fn cases(b: usize, device: Device) -> Result<Vec<Case>> {
                 work: Box::new(move || no_grad(|| ops::conv2d(&xb, &w3, Some(&b3), p).map(drop))),
             });
         }
+        if k == 3 {
+            // a resnet's group norm → SiLU → conv at inference (on CUDA the conv applies the norm as it reads x)
+            let (x3, w3, b3) = (x.clone(), w.clone(), bias.clone());
+            let (gamma, beta) = (randn(&[ci], 9, device)?, randn(&[ci], 10, device)?);
+            out.push(Case {
+                name: "norm_silu_conv2d".into(),
+                shape: shape.clone(),
+                flops,
+                bytes,
+                work: Box::new(move || {
+                    let norm = ops::NormFirst { groups: 8, weight: Some(&gamma), bias: Some(&beta), eps: 1e-5, silu: true };
+                    no_grad(|| ops::conv2d_after_norm(&x3, norm, &w3, Some(&b3), ops::ConvAdd::default(), p).map(drop))
+                }),
+            });
+        }
         let loss = ops::sum_all(&ops::conv2d(&x, &w, Some(&bias), p)?)?;
         out.push(Case { name: "conv2d_backward".into(), shape, flops: 2.0 * flops, bytes: 2.0 * bytes, work: Box::new(move || backward(&loss).map(drop)) });
     }
