@@ -118,14 +118,19 @@ template <> struct Step<mma::Tf32x3> {
 };
 
 // acc[mi][ni] += the chunk's products, tap by tap. Warp tile: rows m_w..m_w+31,
-// pixels n_w..n_w+WN−1; pix0[ni] is the patch pixel of output pixel n_w + 8ni + g
-// (this lane's B column) for tap (0, 0).
+// pixels n_w..n_w+WN−1. The B fragments of n8 tiles 2np and 2np + 1 come in
+// one ldmatrix_x4 whose rows are their 8 + 8 pixels (row = the pixel's words
+// 0–3 or 4–7: b0 or b1): this lane gives the row of output pixel
+// n_w + 16np + 8(lane / 16) + lane % 8, whose patch pixel for tap (0, 0) is
+// pixq[np], at word 4·(lane / 8 % 2). (PATCH_STRIDE 12 puts a matrix's 8 rows
+// in distinct banks, 16-byte aligned.)
 template <class Math, int BM, int KS, int NI>
-__device__ __forceinline__ void chunk_products(const uint4* As, const unsigned int* patch, const int* pix0, int pw,
+__device__ __forceinline__ void chunk_products(const uint4* As, const unsigned int* patch, const int* pixq, int pw,
                                                typename Step<Math>::Acc (&acc)[2][NI]) {
     constexpr int KK = KS * KS;
+    static_assert(NI % 2 == 0, "n8 tiles in pairs");
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int t = lane % 4;
+    const int word = 4 * (lane / 8 % 2);
     const int mb0 = 2 * (warp % (BM / 32));  // this warp's first 16-row block
     // fully unrolled at bf16; at f32 (twice the accumulators) by rows of taps, to stay in registers
     constexpr int UNROLL = Math::PER_WORD == 2 ? KK : KS;
@@ -136,11 +141,14 @@ __device__ __forceinline__ void chunk_products(const uint4* As, const unsigned i
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi) a[mi] = Step<Math>::prep(As[((mb0 + mi) * KK + tap) * 32 + lane]);
 #pragma unroll
-        for (int ni = 0; ni < NI; ++ni) {
-            const unsigned int* px = patch + (pix0[ni] + shift) * PATCH_STRIDE;
-            const unsigned int b0 = px[t], b1 = px[t + 4];
+        for (int np = 0; np < NI / 2; ++np) {
+            unsigned int b[4];  // b0, b1 of tile 2np, then of 2np + 1
+            mma::ldmatrix_x4(b, patch + (pixq[np] + shift) * PATCH_STRIDE + word);
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi) Step<Math>::mma(acc[mi][ni], a[mi], b0, b1);
+            for (int mi = 0; mi < 2; ++mi) {
+                Step<Math>::mma(acc[mi][2 * np], a[mi], b[0], b[1]);
+                Step<Math>::mma(acc[mi][2 * np + 1], a[mi], b[2], b[3]);
+            }
         }
     }
 }
@@ -239,18 +247,19 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
         for (int i = tid; i < PATCH_MAX * PATCH_STRIDE; i += THREADS) patch[i] = 0u;
         __syncthreads();  // before any chunk's words land
     }
-    // The patch pixel of this lane's B columns for tap (0, 0): output pixel
-    // n = n_w + 8ni + g as digits (segment, row, column), + 8 per ni with carries.
+    // The patch pixel, for tap (0, 0), of the B row this lane gives each
+    // ldmatrix (chunk_products): output pixel n = n_w + 16np + 8(lane / 16) +
+    // lane % 8 as digits (segment, row, column), + 16 per np with carries.
     const int n_w = (warp / WARPS_M) * WN;
-    int pix0[NI];
+    int pixq[NI / 2];
     {
-        const int n = n_w + g;
+        const int n = n_w + 8 * (lane / 16) + lane % 8;
         int nseg = n / tile.seg_pix, r = (n - nseg * tile.seg_pix) / s.ow, col = n - nseg * tile.seg_pix - r * s.ow;
-        const int nstep_seg = 8 / tile.seg_pix, step_r = (8 - nstep_seg * tile.seg_pix) / s.ow;
-        const int step_col = 8 - nstep_seg * tile.seg_pix - step_r * s.ow;
+        const int nstep_seg = 16 / tile.seg_pix, step_r = (16 - nstep_seg * tile.seg_pix) / s.ow;
+        const int step_col = 16 - nstep_seg * tile.seg_pix - step_r * s.ow;
 #pragma unroll
-        for (int ni = 0; ni < NI; ++ni) {
-            if (ni > 0) {
+        for (int np = 0; np < NI / 2; ++np) {
+            if (np > 0) {
                 col += step_col;
                 int carry = col >= s.ow;
                 col -= carry * s.ow;
@@ -259,7 +268,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
                 r -= carry * tile.rows;
                 nseg += nstep_seg + carry;
             }
-            pix0[ni] = (nseg * tile.seg_rows + r) * tile.pw + col;
+            pixq[np] = (nseg * tile.seg_rows + r) * tile.pw + col;
         }
     }
 
@@ -342,7 +351,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
         stage();
         __syncthreads();
         if (q + 1 < chunks) fetch(q + 1);
-        chunk_products<Math, BM, KS, NI>(As, patch, pix0, tile.pw, acc);
+        chunk_products<Math, BM, KS, NI>(As, patch, pixq, tile.pw, acc);
         __syncthreads();  // the next chunk overwrites As and the patch
     }
 

@@ -145,6 +145,23 @@ __device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) {
 #endif
 }
 
+// Four 8×8 matrices of 16-bit pairs from shared memory, one 32-bit word of
+// each per lane: lane l gives the address of row l % 8 of matrix l / 8 (16
+// bytes, 16-byte aligned), and gets in r[m] word l % 4 of matrix m's row
+// l / 4 — with rows = the n of a B tile and words = its k pairs, B fragments
+// (b0, b1 of two n8 tiles) in one instruction where plain loads take four.
+__device__ __forceinline__ void ldmatrix_x4(unsigned int (&r)[4], const unsigned int* row) {
+#if defined(MD_EMULATED)
+    emu::ldmatrix_x4(r, row);
+#else
+    unsigned int at;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(at) : "l"(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(at));
+#endif
+}
+
 // d += A·B over one m16n8k16 tile of bf16 pairs (fragments as above).
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
 #if defined(MD_EMULATED)

@@ -13,8 +13,8 @@
 //
 // The subset this supports is the subset our kernels may use: no inline PTX,
 // no dynamic shared memory, full-warp shuffles. Tensor-core products go
-// through emu::mma_m16n8k8_3xtf32 and emu::mma_m16n8k16_bf16 (kernels/mma.cuh
-// picks them under MD_EMULATED).
+// through emu::mma_m16n8k8_3xtf32 and emu::mma_m16n8k16_bf16, fragment loads
+// through emu::ldmatrix_x4 (kernels/mma.cuh picks them under MD_EMULATED).
 #pragma once
 
 #define MD_EMULATED 1
@@ -59,6 +59,10 @@ void mma_m16n8k8_3xtf32(float (&big)[4], float (&small)[4], const unsigned int (
 // The warp's d += A·B on m16n8k16 bf16-pair fragments (layout in
 // kernels/mma.cuh), summed over k in f32 (bf16 products are exact in f32).
 void mma_m16n8k16_bf16(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]);
+// ldmatrix.sync.aligned.m8n8.x4.b16: lane l gives the address of row l % 8 of
+// matrix l / 8 (16 bytes); r[m] = 32-bit word l % 4 of matrix m's row l / 4.
+// Every lane of the warp must call it.
+void ldmatrix_x4(unsigned int (&r)[4], const void* row);
 
 template <typename T>
 inline T shfl(T v, int src_lane) {

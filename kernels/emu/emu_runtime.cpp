@@ -88,6 +88,24 @@ void mma_m16n8k8_3xtf32(float (&big)[4], float (&small)[4], const unsigned int (
     }
 }
 
+void ldmatrix_x4(unsigned int (&r)[4], const void* row) {
+    BlockState& blk = *current_block;
+    const int warp = linear_tid / 32, lane = linear_tid % 32;
+    const int threads = (int)blk.exchange.size();
+    // the alternating buffers of the mma calls (one barrier a call): each
+    // lane's row address in words 0 and 1 of its slot
+    uint32_t* buf = blk.fragments.data() + (size_t)(mma_calls++ % 2) * threads * 12;
+    const uint64_t mine = (uint64_t)(uintptr_t)row;
+    buf[(size_t)linear_tid * 12] = (uint32_t)mine;
+    buf[(size_t)linear_tid * 12 + 1] = (uint32_t)(mine >> 32);
+    blk.warp_barriers[warp]->arrive_and_wait();
+    for (int m = 0; m < 4; ++m) {
+        const uint32_t* w = buf + (size_t)(warp * 32 + 8 * m + lane / 4) * 12;
+        const uint64_t at = (uint64_t)w[0] | (uint64_t)w[1] << 32;
+        std::memcpy(&r[m], reinterpret_cast<const char*>(at) + 4 * (lane % 4), 4);
+    }
+}
+
 void mma_m16n8k16_bf16(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
     BlockState& blk = *current_block;
     const int warp = linear_tid / 32, lane = linear_tid % 32;
