@@ -199,12 +199,13 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
 
     // This thread's patch words: word e = tid + 256·i is word j = e / pixels of
     // patch pixel p = e % pixels. Its source offset (without the chunk's
-    // channel) and its shared address are the same for every chunk.
+    // channel) and its shared address are the same for every chunk; dst also
+    // holds the word's segment (DST_BITS up), the image the group norm needs.
     // (float4s: src is the item's first pixel, dst its first word, the next
     // three PATCH_STRIDE apart; items outside the image stay at the zeros)
-    // Element by element, word e's position (j; seg, pr, pc) is the digits
-    // of e in the radices (patch pixels; seg_rows·pw; pw): word tid's digits,
-    // then + 256 per slot with carries (the divisions once, not per slot).
+    // Element by element, e's digits (j; seg, pr, pc) in the radices (patch
+    // pixels; seg_rows·pw; pw) are worked out for e = tid and then stepped by
+    // 256 with carries: the divisions once, not per slot.
     const int seg_size = tile.seg_rows * tile.pw, segments = tile.pixels / seg_size;
     int wj = tid / tile.pixels, wp_ = tid - wj * tile.pixels;
     int wseg = wp_ / seg_size, wpr = (wp_ - wseg * seg_size) / tile.pw, wpc = wp_ - wseg * seg_size - wpr * tile.pw;
