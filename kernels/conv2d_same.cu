@@ -489,16 +489,18 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
         __syncthreads();
         // the patch of channels c0.. (0 outside the image, past the batch or past C); item (c, q)
         // as the digits of e = tid + 256·pass in the radix row_items, advanced with a carry
-        const TX* xt = x + ((long long)img0 * s.c + c0) * HW + oh0 * s.w;
+        // (int offsets, as the forward's: the host keeps x under 2³¹ elements)
+        const int x_tile = (img0 * s.c + c0) * HW + oh0 * s.w;
         const int row_items = PER_WORD == 2 ? tile.pixels / 2 + 1 : tile.pixels;
         const int step_c = THREADS / row_items, step_q = THREADS - step_c * row_items;
         for (int c = tid / row_items, q = tid - c * row_items; c < CT;) {
             const bool chan = c0 + c < s.c;
+            const int x_chan = chan ? x_tile + c * HW : 0;
             float v[PER_WORD + 1];
 #pragma unroll
             for (int k = 0; k <= PER_WORD; ++k) {
                 const int src = tile_src[PER_WORD * q + k];
-                v[k] = chan && src != OUTSIDE ? load_f32(xt, c * HW + src) : 0.0f;
+                v[k] = chan && src != OUTSIDE ? load_f32(x, x_chan + src) : 0.0f;
             }
 #pragma unroll
             for (int parity = 0; parity < PER_WORD; ++parity) {
@@ -522,7 +524,7 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
 #pragma unroll
                 for (int k = 0; k < PER_WORD; ++k) v[k] = 0.0f;
                 if (m0 + oc < s.oc && img0 + word_seg[w] < s.n) {
-                    const float* at = dy + (size_t)img0 * s.oc * P + oh0 * s.ow + word_src[w] + (m0 + oc) * P;
+                    const float* at = dy + (img0 * s.oc * P + oh0 * s.ow + word_src[w] + (m0 + oc) * P);
 #pragma unroll
                     for (int k = 0; k < PER_WORD; ++k) v[k] = at[k];
                 }
