@@ -47,10 +47,14 @@ constexpr int CHUNK_WORDS = 8;       // words per patch pixel and chunk: 8 chann
 constexpr int PATCH_STRIDE = 12;     // words per patch pixel: 8 + 4 padding (conflict-free fragments)
 constexpr int PATCH_MAX = 288;       // patch pixels a block can stage (host checks the geometry): 4×4 maps need 288
 constexpr int M_ALIGN = 64;          // packed weight rows are padded to this
-// A staging slot's dst: its patch word (< PATCH_MAX·PATCH_STRIDE = 3456) in the
-// low DST_BITS, its segment (the image after the tile's first) above
-constexpr int DST_BITS = 12, DST_MASK = (1 << DST_BITS) - 1;
+// A staging slot's dst: its patch word (< PATCH_MAX·PATCH_STRIDE = 3456) in
+// bits 0–11, its segment (the image after the tile's first, < 128) in 12–18,
+// its word j within the pixel (0–7: channels PER_WORD·j, …) in 19–21.
+constexpr int DST_BITS = 12, DST_MASK = (1 << DST_BITS) - 1, SEG_SHIFT = 12, J_SHIFT = 19;
 static_assert(PATCH_MAX * PATCH_STRIDE <= DST_MASK + 1, "patch words fit DST_BITS");
+__device__ __forceinline__ int slot_dst(int dst, int seg, int j) { return dst | seg << SEG_SHIFT | j << J_SHIFT; }
+__device__ __forceinline__ int slot_seg(int dst) { return dst >> SEG_SHIFT & 127; }
+__device__ __forceinline__ int slot_j(int dst) { return dst >> J_SHIFT & 7; }
 
 // Where a block's patch comes from: the geometry of the 128-pixel tile.
 struct Tile {
@@ -200,7 +204,8 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     // This thread's patch words: word e = tid + 256·i is word j = e / pixels of
     // patch pixel p = e % pixels. Its source offset (without the chunk's
     // channel) and its shared address are the same for every chunk; dst also
-    // holds the word's segment (DST_BITS up), the image the group norm needs.
+    // holds the word's segment and j (slot_dst), so the chunk loop needs no
+    // division for the word's channel or image.
     // (float4s: src is the item's first pixel, dst its first word, the next
     // three PATCH_STRIDE apart; items outside the image stay at the zeros)
     // Element by element, e's digits (j; seg, pr, pc) in the radices (patch
@@ -223,7 +228,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
             const int img = img0 + seg, iy = oh0 - s.pad + r;
             const bool inside = pr < rows && img < s.n && iy >= 0 && iy < s.h;
             src[i] = inside ? img * s.c * HW + PER_WORD * j * HW + iy * s.w + 4 * g : -1;
-            dst[i] = inside ? ((pr * tile.pw + s.pad + 4 * g) * PATCH_STRIDE + j) | seg << DST_BITS : -1;
+            dst[i] = inside ? slot_dst((pr * tile.pw + s.pad + 4 * g) * PATCH_STRIDE + j, seg, j) : -1;
         } else {
             if (i > 0) {  // e = e − 256 + 256, digit by digit
                 wpc += step_pc;
@@ -241,7 +246,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
             const int img = img0 + wseg, iy = oh0 - s.pad + wpr, ix = wpc - s.pad;
             const bool inside = wj < CHUNK_WORDS && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
             src[i] = inside ? img * s.c * HW + PER_WORD * wj * HW + iy * s.w + ix : -1;
-            dst[i] = wj < CHUNK_WORDS ? (wp_ * PATCH_STRIDE + wj) | wseg << DST_BITS : -1;
+            dst[i] = wj < CHUNK_WORDS ? slot_dst(wp_ * PATCH_STRIDE + wj, wseg, wj) : -1;
         }
     }
     if constexpr (VEC) {
@@ -287,7 +292,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
         const int c0 = CHUNK * q;
         // the group norm (+ SiLU) of channels c, c + 1, … of slot i's image img0 + segment
         auto normed = [&](float (&v)[PER_WORD], int i, int c) {
-            const int nc0 = (img0 + (dst[i] >> DST_BITS)) * s.c + c;
+            const int nc0 = (img0 + slot_seg(dst[i])) * s.c + c;
 #pragma unroll
             for (int e = 0; e < PER_WORD; ++e) {
                 if (c + e >= s.c) continue;
@@ -300,7 +305,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
 #pragma unroll
             for (int i = 0; i < P_LOADS; ++i) {
                 if (src[i] < 0) continue;
-                const int c = c0 + PER_WORD * ((dst[i] & DST_MASK) % PATCH_STRIDE);
+                const int c = c0 + PER_WORD * slot_j(dst[i]);
                 float4 v4[PER_WORD];
 #pragma unroll
                 for (int e = 0; e < PER_WORD; ++e) {
@@ -319,7 +324,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
         } else {
 #pragma unroll
             for (int i = 0; i < P_LOADS; ++i) {
-                const int c = c0 + PER_WORD * ((dst[i] & DST_MASK) % PATCH_STRIDE);
+                const int c = c0 + PER_WORD * slot_j(dst[i]);
                 float v[PER_WORD];
 #pragma unroll
                 for (int e = 0; e < PER_WORD; ++e) v[e] = src[i] >= 0 && c + e < s.c ? load_f32(x, src[i] + (c0 + e) * HW) : 0.0f;

@@ -232,9 +232,11 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
     let device = parity_device();
     let Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
     let backend = cuda::backend(d).unwrap();
-    let cases: [(&[usize], usize, &[usize], usize); 4] = [
+    let cases: [(&[usize], usize, &[usize], usize); 5] = [
         (&[2, 20, 16, 16], 4, &[40, 20, 3, 3], 1),
         (&[3, 16, 4, 4], 8, &[8, 16, 3, 3], 1),
+        // eight images a tile (segments past 4, each its own statistics)
+        (&[9, 24, 4, 4], 4, &[72, 24, 3, 3], 1),
         (&[3, 32, 8, 8], 8, &[70, 32, 1, 1], 0),
         (&[1, 16, 32, 32], 4, &[32, 16, 3, 3], 1),
     ];
@@ -249,7 +251,7 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
         let p = Conv2dParams { stride: 1, padding: pad };
         for precision in [Precision::F32, Precision::Bf16] {
             // the attention block's norm has no SiLU (its 1×1 case here)
-            for silu in if k == 2 { vec![true, false] } else { vec![true] } {
+            for silu in if k == 3 { vec![true, false] } else { vec![true] } {
                 let _p = with_precision(precision);
                 let what = format!("case {k} {xd:?} * {wd:?}, {precision}, silu {silu}");
                 let composed = |t: &[Tensor]| {
