@@ -149,8 +149,9 @@ ncu)
     # the reports stay here (they could pass the 16 MiB a returned file may have); their CSVs go to logs/
     rep="$here/ncu" && mkdir -p "$rep"
     kb=("$md" bench kernels --device cuda --warmup 0 --iters 1 --precision bf16 --batch-size 512 --only conv2d)
-    # the same-conv forward, input and weight gradients at the recipe's batch, then the float4-staged forward
-    step ncu_conv_b512 150 "${prof[@]}" -k regex:conv2d_same_ -c 24 -o "$rep/ncu_conv_b512" "${kb[@]}"
+    # the same-conv forward, input and weight gradients at the recipe's batch (~39 launches: the
+    # backward cases' forwards at setup, then per case), then the float4-staged forward
+    step ncu_conv_b512 150 "${prof[@]}" -k regex:conv2d_same_ -c 40 -o "$rep/ncu_conv_b512" "${kb[@]}"
     MINIDIFFUSION_CONV_STAGING=float4 step ncu_conv_b512_float4 90 "${prof[@]}" -k 'regex:conv2d_same_.*_v$' -c 8 -o "$rep/ncu_conv_b512_float4" "${kb[@]}"
     # one DDIM step of the seed UNet at the goal's batch (no graph: every kernel its own launch)
     step ncu_sample_b2048 150 "${prof[@]}" -k 'regex:conv2d_same_|groupnorm|attention' -c 24 -o "$rep/ncu_sample_b2048" \

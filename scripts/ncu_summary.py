@@ -32,7 +32,7 @@ FIELDS = [
     ("lsu_pct", ["sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active"]),
     ("regs", ["launch__registers_per_thread"]),
     ("smem_bytes", ["launch__shared_mem_per_block_static"]),
-    ("blocks_per_sm", ["launch__occupancy_limit_registers"]),
+    ("blocks_by_regs", ["launch__occupancy_limit_registers"]),
     ("smem_ld_conflicts", ["l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum"]),
     ("smem_st_conflicts", ["l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum"]),
 ]
