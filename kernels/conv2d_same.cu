@@ -56,6 +56,16 @@ __device__ __forceinline__ int slot_dst(int dst, int seg, int j) { return dst | 
 __device__ __forceinline__ int slot_seg(int dst) { return dst >> SEG_SHIFT & 127; }
 __device__ __forceinline__ int slot_j(int dst) { return dst >> J_SHIFT & 7; }
 
+// One digit of a mixed-radix sum (the staging positions are stepped this way
+// instead of divided out): digit += step + carry_in, kept below radix (step <
+// radix), and the carry out.
+__device__ __forceinline__ int add_digit(int& digit, int step, int carry_in, int radix) {
+    digit += step + carry_in;
+    const int carry = digit >= radix;
+    digit -= carry * radix;
+    return carry;
+}
+
 // Where a block's patch comes from: the geometry of the 128-pixel tile.
 struct Tile {
     int rows;     // S: output rows per segment
@@ -231,15 +241,9 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
             dst[i] = inside ? slot_dst((pr * tile.pw + s.pad + 4 * g) * PATCH_STRIDE + j, seg, j) : -1;
         } else {
             if (i > 0) {  // e = e − 256 + 256, digit by digit
-                wpc += step_pc;
-                int carry = wpc >= tile.pw;
-                wpc -= carry * tile.pw;
-                wpr += step_pr + carry;
-                carry = wpr >= tile.seg_rows;
-                wpr -= carry * tile.seg_rows;
-                wseg += step_seg + carry;
-                carry = wseg >= segments;
-                wseg -= carry * segments;
+                int carry = add_digit(wpc, step_pc, 0, tile.pw);
+                carry = add_digit(wpr, step_pr, carry, tile.seg_rows);
+                carry = add_digit(wseg, step_seg, carry, segments);
                 wj += step_j + carry;
                 wp_ = (wseg * tile.seg_rows + wpr) * tile.pw + wpc;
             }
@@ -266,12 +270,8 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
 #pragma unroll
         for (int np = 0; np < NI / 2; ++np) {
             if (np > 0) {
-                col += step_col;
-                int carry = col >= s.ow;
-                col -= carry * s.ow;
-                r += step_r + carry;
-                carry = r >= tile.rows;
-                r -= carry * tile.rows;
+                int carry = add_digit(col, step_col, 0, s.ow);
+                carry = add_digit(r, step_r, carry, tile.rows);
                 nseg += nstep_seg + carry;
             }
             pixq[np] = (nseg * tile.seg_rows + r) * tile.pw + col;
