@@ -44,7 +44,9 @@ struct ForwardOut {
         if (residual != nullptr) v += residual[at];
         y[at] = v;
     }
-    // store() of pixel pix of image img (the same sums, no division)
+    // store() of pixel pix of image img (the same sums, no division; the
+    // generic GEMM's epilogue keeps col/store, the interface it shares with
+    // the weight gradient's output)
     __device__ void store_at(int img, int pix, int oc, float v) const {
         const int at = (img * s.oc + oc) * (s.oh * s.ow) + pix;
         if (bias != nullptr) v += bias[oc];

@@ -118,7 +118,7 @@ ours_bf16)
     MINIDIFFUSION_CONV_STAGING=float4 step ours_sample_bf16_float4_staging 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: the group norm (+ SiLU) written out and read back instead of applied by the conv after it (same samples)
     MINIDIFFUSION_NORM_IN_CONV=off step ours_sample_bf16_norm_apart 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # A/B: GroupNorm + SiLU outputs stored in bf16 instead of f32 (same samples)
+    # A/B: GroupNorm + SiLU outputs written out (as above) and stored in bf16 instead of f32 (same samples)
     MINIDIFFUSION_NORM_IN_CONV=off MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
