@@ -277,3 +277,101 @@ fn a_variance_half_is_graphed_for_ddim_and_eager_for_a_learned_ddpm() {
     let on_cpu = no_grad(|| sampler::sample(cpu_half, x_t.to_device(Device::Cpu).unwrap(), 0, &short, &learned)).unwrap().x0.to_vec();
     minidiffusion::testing::assert_close("learned-variance DDPM samples", &on_device, &on_cpu, 1e-5, 1e-4);
 }
+
+/// Launches of the same-conv weight packs in `f` (profiled; no graph runs
+/// while profiling).
+fn packs_in(b: &CudaBackend, f: impl FnOnce()) -> usize {
+    b.start_profiling();
+    f();
+    let rows = b.stop_profiling().unwrap();
+    rows.iter().filter(|r| r.kernel.starts_with("conv2d_pack_same")).map(|r| r.calls).sum()
+}
+
+/// conv3x3(x, weight) on the device without a gradient.
+fn conv3(x: &Tensor, weight: &Tensor) -> Tensor {
+    no_grad(|| ops::conv2d(x, weight, None, Conv2dParams { stride: 1, padding: 1 })).unwrap()
+}
+
+/// A same conv's weights are packed once and kept with the weight: later
+/// forwards launch no pack and give the same bits; a write to the weight
+/// (a load, an optimiser step) or another precision packs again, and the
+/// result is that of a fresh tensor holding the new values.
+#[test]
+fn packed_conv_weights_are_kept_until_the_weight_is_written() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let device = parity_device();
+    let b = backend(device);
+    let weight = device_tensor(&[8, 8, 3, 3], 11, device);
+    let x = device_tensor(&[2, 8, 8, 8], 12, device); // a same conv: 8×8 maps tile 128 pixels
+    let mut first = None;
+    assert_eq!(packs_in(&b, || first = Some(conv3(&x, &weight))), 1);
+    let mut again = None;
+    assert_eq!(packs_in(&b, || again = Some(conv3(&x, &weight))), 0, "the packed weights are reused");
+    assert_eq!(again.unwrap().to_vec(), first.as_ref().unwrap().to_vec());
+    // a view of the weight shares its storage and its packed values
+    let view = ops::reshape(&weight, [8, 8, 3, 3]).unwrap();
+    assert_eq!(packs_in(&b, || drop(conv3(&x, &view))), 0);
+    // bf16 products: their own packing, kept too
+    let bf16 = |w: &Tensor| {
+        let _p = ops::with_precision(ops::Precision::Bf16);
+        conv3(&x, w)
+    };
+    assert_eq!(packs_in(&b, || drop(bf16(&weight))), 1);
+    assert_eq!(packs_in(&b, || drop(bf16(&weight))), 0);
+    // written in place: packed again, from the new values
+    let new_values = randn(&[8, 8, 3, 3], 13);
+    weight.copy_from_slice(&new_values).unwrap();
+    let mut after = None;
+    assert_eq!(packs_in(&b, || after = Some(conv3(&x, &weight))), 1);
+    let fresh = Tensor::from_vec_on(new_values, vec![8, 8, 3, 3], device).unwrap();
+    assert_eq!(after.unwrap().to_vec(), conv3(&x, &fresh).to_vec());
+    assert_ne!(conv3(&x, &fresh).to_vec(), first.unwrap().to_vec());
+    // an optimiser step writes the weight: the next forward sees the step
+    let w = device_tensor(&[8, 8, 3, 3], 14, device).requires_grad_();
+    drop(conv3(&x, &w));
+    let loss = ops::sum_all(&ops::conv2d(&x, &w, None, Conv2dParams { stride: 1, padding: 1 }).unwrap()).unwrap();
+    let grads = minidiffusion::backward(&loss).unwrap();
+    let mut opt = minidiffusion::optim::AdamW::new(vec![w.clone()], minidiffusion::optim::AdamW::lesson_defaults(0.1)).unwrap();
+    opt.step(&grads).unwrap();
+    let stepped = Tensor::from_vec_on(w.to_vec(), vec![8, 8, 3, 3], device).unwrap();
+    assert_eq!(conv3(&x, &w).to_vec(), conv3(&x, &stepped).to_vec());
+}
+
+/// A graph that reads a weight's packed values keeps them: written weights
+/// are packed anew into other blocks, and replays still compute with the
+/// values the graph was captured with. A capture that finds nothing packed
+/// packs into its own pool and caches nothing (eager work after it must
+/// not read a pack that only a replay would write).
+#[test]
+fn a_graph_keeps_the_packed_weights_it_reads() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let device = parity_device();
+    let b = backend(device);
+    let values = randn(&[8, 8, 3, 3], 21);
+    let weight = Tensor::from_vec_on(values.clone(), vec![8, 8, 3, 3], device).unwrap();
+    let x = device_tensor(&[2, 8, 8, 8], 22, device);
+    let want = conv3(&x, &weight).to_vec(); // packs and keeps
+    let pool = b.new_graph_pool();
+    let (graph, y) = b.capture(&pool, || Ok(conv3(&x, &weight))).unwrap();
+    // new values, twice: each packs into a block of the size of the first
+    // pack, which the graph must still hold
+    for seed in [23, 24] {
+        weight.copy_from_slice(&randn(&[8, 8, 3, 3], seed)).unwrap();
+        drop(conv3(&x, &weight));
+    }
+    graph.launch().unwrap();
+    assert_eq!(y.to_vec(), want, "the replay computes with the captured weights");
+    drop((graph, y, pool));
+
+    // nothing packed before the capture (new values: the blocks freed above
+    // hold packs of other values, which a wrongly cached pack would read)
+    let values = randn(&[8, 8, 3, 3], 25);
+    let twin = Tensor::from_vec_on(values.clone(), vec![8, 8, 3, 3], device).unwrap();
+    let want = conv3(&x, &twin).to_vec();
+    let fresh = Tensor::from_vec_on(values, vec![8, 8, 3, 3], device).unwrap();
+    let pool = b.new_graph_pool();
+    let (graph, y) = b.capture(&pool, || Ok(conv3(&x, &fresh))).unwrap();
+    assert_eq!(conv3(&x, &fresh).to_vec(), want, "eager work after the capture packs for itself");
+    graph.launch().unwrap();
+    assert_eq!(y.to_vec(), want);
+}

@@ -61,6 +61,7 @@ where
         let (eps, _) = super::sampler::split_output(model(&x, step.timesteps())?, &x)?;
         step.apply(&x, &eps)?;
         if let Some(kept) = &kept_eps {
+            kept.written_in_place();
             kept.storage().cuda("sampler ε̂")?.copy_from(eps.storage().cuda("sampler ε̂")?)?;
         }
         Ok(())

@@ -12,8 +12,9 @@ use crate::autograd::{self, Node};
 use crate::device::Device;
 use crate::error::{Error, Result, shape_err};
 use crate::rng::PhiloxStream;
+use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Element types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,9 +52,51 @@ pub struct Tensor(Arc<Inner>);
 struct Inner {
     id: TensorId,
     shape: Shape,
-    storage: Arc<RwLock<Storage>>,
+    storage: Arc<StorageCell>,
     requires_grad: bool,
     node: Option<Node>,
+}
+
+/// A tensor's values (shared by its views) and what is derived from them.
+struct StorageCell {
+    data: RwLock<Storage>,
+    /// Bumped by every write access ([`Tensor::storage_mut`]).
+    version: AtomicU64,
+    /// Values computed from `data` at a version ([`Tensor::derived`]).
+    derived: Mutex<Vec<Derived>>,
+}
+
+impl StorageCell {
+    fn new(storage: Storage) -> Arc<StorageCell> {
+        Arc::new(StorageCell { data: RwLock::new(storage), version: AtomicU64::new(0), derived: Mutex::default() })
+    }
+
+    fn derived(&self) -> std::sync::MutexGuard<'_, Vec<Derived>> {
+        self.derived.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The data is being written: what was derived from it is dropped (a
+    /// build still under way sees the new version and is not trusted).
+    /// Lock order: `data`, then `derived` (never the reverse), so a writer
+    /// holding `data` may take `derived`.
+    fn stale(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+        self.derived().clear();
+    }
+}
+
+/// What a derived value is: a name and the parameters it was made with
+/// (e.g. a convolution's packed weights: precision, orientation, shape).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DerivedKey {
+    pub what: &'static str,
+    pub params: [u64; 4],
+}
+
+struct Derived {
+    key: DerivedKey,
+    version: u64,
+    value: Arc<dyn Any + Send + Sync>,
 }
 
 impl Drop for Inner {
@@ -100,10 +143,10 @@ impl Tensor {
     /// A leaf tensor over existing storage (its length must match the shape).
     pub fn from_storage(storage: Storage, shape: Shape) -> Tensor {
         debug_assert_eq!(storage.len(), shape.numel());
-        Tensor::make(Arc::new(RwLock::new(storage)), shape, false, None)
+        Tensor::make(StorageCell::new(storage), shape, false, None)
     }
 
-    fn make(storage: Arc<RwLock<Storage>>, shape: Shape, requires_grad: bool, node: Option<Node>) -> Tensor {
+    fn make(storage: Arc<StorageCell>, shape: Shape, requires_grad: bool, node: Option<Node>) -> Tensor {
         Tensor(Arc::new(Inner { id: TensorId::next(), shape, storage, requires_grad, node }))
     }
 
@@ -112,7 +155,7 @@ impl Tensor {
     /// rules that reuse the output (capturing the output itself would be a cycle).
     /// The entry is kept only if some input requires grad.
     pub(crate) fn from_op(storage: Storage, shape: Shape, node: impl FnOnce(Tensor) -> Node) -> Tensor {
-        let storage = Arc::new(RwLock::new(storage));
+        let storage = StorageCell::new(storage);
         let node = if autograd::is_grad_enabled() {
             let saved_output = Tensor::make(storage.clone(), shape.clone(), false, None);
             Some(node(saved_output)).filter(|n| n.inputs.iter().any(|t| t.requires_grad()))
@@ -259,14 +302,56 @@ impl Tensor {
         Ok(Tensor::from_storage(storage, self.0.shape.clone()))
     }
 
-    /// Read access to the storage.
+    /// Read access to the storage. Whoever writes through it says so
+    /// ([`Tensor::written_in_place`]); other in-place writes take
+    /// [`Tensor::storage_mut`].
     pub fn storage(&self) -> RwLockReadGuard<'_, Storage> {
-        self.0.storage.read().unwrap_or_else(|e| e.into_inner())
+        self.0.storage.data.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Write access, for in-place updates outside the tape (optimisers, running statistics).
+    /// Write access, for in-place updates outside the tape (optimisers,
+    /// running statistics, a sampler's x): what was [`Tensor::derived`] from
+    /// the values before is stale from here on.
     pub fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
-        self.0.storage.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.0.storage.data.write().unwrap_or_else(|e| e.into_inner());
+        self.0.storage.stale();
+        guard
+    }
+
+    /// Say that device work queued through a read guard writes this tensor's
+    /// storage in place (where two write guards could deadlock: batch norm's
+    /// running statistics, a sampler's x): what was derived is stale.
+    pub(crate) fn written_in_place(&self) {
+        self.0.storage.stale();
+    }
+
+    /// A value computed by `build` from this tensor's storage, kept with the
+    /// storage under `key` and built again only after a write
+    /// ([`Tensor::storage_mut`]) or for another key: a convolution's weights
+    /// packed once for all the steps of a sampling run. At most one value a
+    /// key (a stale one is replaced); dropped with the storage.
+    pub(crate) fn derived<T: Any + Send + Sync>(&self, key: DerivedKey, build: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        let cell = &self.0.storage;
+        let lock = || cell.derived();
+        // the version before building: a write during or after the build
+        // leaves the value older than the storage, so it is built again
+        let version = cell.version.load(Ordering::Acquire);
+        let found = lock().iter().find(|d| d.key == key && d.version == version).map(|d| d.value.clone());
+        if let Some(value) = found.and_then(|v| v.downcast::<T>().ok()) {
+            return Ok(value);
+        }
+        let value = Arc::new(build()?);
+        let mut derived = lock();
+        derived.retain(|d| d.key != key);
+        derived.push(Derived { key, version, value: value.clone() });
+        Ok(value)
+    }
+
+    /// Whether [`Tensor::derived`] holds a value for `key` at the current version.
+    pub(crate) fn has_derived(&self, key: DerivedKey) -> bool {
+        let cell = &self.0.storage;
+        let version = cell.version.load(Ordering::Acquire);
+        cell.derived().iter().any(|d| d.key == key && d.version == version)
     }
 
     /// True when both handles share one buffer.
@@ -354,5 +439,63 @@ impl HostValues {
             HostValues::Ready(v) => Ok(v),
             HostValues::Pending(p) => p.wait(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: DerivedKey = DerivedKey { what: "test", params: [1, 2, 3, 4] };
+
+    /// Builds a sum of the values, counting the builds.
+    fn sum_of(t: &Tensor, key: DerivedKey, builds: &std::cell::Cell<u32>) -> f32 {
+        *t.derived(key, || {
+            builds.set(builds.get() + 1);
+            Ok(t.to_vec().iter().sum::<f32>())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn derived_values_are_kept_until_a_write() {
+        let t = Tensor::from_vec(vec![1.0, 2.0, 3.0], [3]).unwrap();
+        let builds = std::cell::Cell::new(0);
+        assert_eq!(sum_of(&t, KEY, &builds), 6.0);
+        assert_eq!(sum_of(&t, KEY, &builds), 6.0);
+        assert_eq!(builds.get(), 1, "kept");
+        assert!(t.has_derived(KEY));
+        // a view shares the storage and what is derived from it; its clones too
+        let view = crate::ops::reshape(&t, [1, 3]).unwrap();
+        assert_eq!(sum_of(&view, KEY, &builds), 6.0);
+        assert_eq!(sum_of(&t.clone(), KEY, &builds), 6.0);
+        assert_eq!(builds.get(), 1);
+        // another key is another value; both are kept
+        let other = DerivedKey { params: [1, 2, 3, 5], ..KEY };
+        assert_eq!(sum_of(&t, other, &builds), 6.0);
+        assert_eq!(sum_of(&t, KEY, &builds), 6.0);
+        assert_eq!(builds.get(), 2);
+        // every kind of write makes them stale
+        t.copy_from_slice(&[1.0, 1.0, 1.0]).unwrap();
+        assert!(!t.has_derived(KEY) && !t.has_derived(other));
+        assert_eq!(sum_of(&view, KEY, &builds), 3.0);
+        assert_eq!(builds.get(), 3);
+        t.storage_mut().cpu_f32_mut("test").unwrap()[0] = 5.0;
+        assert_eq!(sum_of(&t, KEY, &builds), 7.0);
+        t.written_in_place();
+        assert_eq!(sum_of(&t, KEY, &builds), 7.0);
+        assert_eq!(builds.get(), 5);
+        // a copy has its own storage: nothing derived
+        let copy = t.deep_clone().unwrap();
+        assert!(!copy.has_derived(KEY));
+    }
+
+    #[test]
+    fn a_failed_build_keeps_nothing() {
+        let t = Tensor::from_vec(vec![1.0], [1]).unwrap();
+        let err = t.derived::<f32>(KEY, || Err(Error::Data { path: "x".into(), msg: "no".into() }));
+        assert!(err.is_err());
+        assert!(!t.has_derived(KEY));
+        assert_eq!(*t.derived(KEY, || Ok(2.0f32)).unwrap(), 2.0);
     }
 }

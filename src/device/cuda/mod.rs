@@ -53,6 +53,9 @@ pub struct CudaBackend {
     profiling: AtomicBool,
     graph_captures: AtomicU64,
     graph_launches: AtomicU64,
+    /// While a graph is being captured: what it must keep alive (buffers made
+    /// outside its pool that its kernels read, see [`CudaBackend::keep_for_graph`]).
+    capture_keep: Mutex<Option<Vec<Arc<dyn std::any::Any + Send + Sync>>>>,
 }
 
 /// Counters of CUDA graph use on a device (see [`CudaBackend::graph_stats`]).
@@ -69,6 +72,7 @@ pub struct Graph {
     exec: Box<dyn GraphExec>,
     backend: Arc<CudaBackend>,
     _pool: Arc<GraphPool>,
+    _kept: Vec<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Graph {
@@ -116,6 +120,7 @@ pub fn backend(device: CudaDevice) -> Result<Arc<CudaBackend>> {
         profiling: AtomicBool::new(false),
         graph_captures: AtomicU64::new(0),
         graph_launches: AtomicU64::new(0),
+        capture_keep: Mutex::new(None),
     });
     map.insert(device, b.clone());
     Ok(b)
@@ -138,6 +143,14 @@ impl CudaBackend {
     /// An f32 buffer of `len` elements, contents undefined.
     pub fn alloc(self: &Arc<Self>, len: usize) -> Result<CudaBuffer> {
         self.alloc_as(len, DType::F32)
+    }
+
+    /// An f32 buffer from the general cache even while this thread draws on a
+    /// graph's pool: for values kept beyond one graph (a tensor's derived
+    /// values), which would otherwise hold the whole pool alive.
+    pub fn alloc_outside_pools(self: &Arc<Self>, len: usize) -> Result<CudaBuffer> {
+        let _general = ActivePool { allocator: &self.allocator, previous: Some(self.allocator.set_active_pool(None)) };
+        self.alloc(len)
     }
 
     /// A buffer of `len` elements of `dtype` (f32 or bf16), contents undefined.
@@ -240,13 +253,32 @@ impl CudaBackend {
         let _nvtx = crate::device::nvtx::range("graph capture");
         let active = self.activate(pool);
         self.driver().begin_capture()?;
+        *self.keep_list() = Some(Vec::new());
         let recorded = f();
+        let kept = self.keep_list().take().unwrap_or_default();
         let ended = self.driver().end_capture();
         drop(active);
         let value = recorded?;
         let exec = ended?;
         self.graph_captures.fetch_add(1, Ordering::Relaxed);
-        Ok((Graph { exec, backend: self.clone(), _pool: pool.clone() }, value))
+        Ok((Graph { exec, backend: self.clone(), _pool: pool.clone(), _kept: kept }, value))
+    }
+
+    fn keep_list(&self) -> std::sync::MutexGuard<'_, Option<Vec<Arc<dyn std::any::Any + Send + Sync>>>> {
+        self.capture_keep.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether work on this device is being recorded into a graph now.
+    pub fn is_capturing(&self) -> bool {
+        self.keep_list().is_some()
+    }
+
+    /// Keep `value` alive as long as the graph being captured (if one is):
+    /// its kernels read it at every replay.
+    pub fn keep_for_graph(&self, value: Arc<dyn std::any::Any + Send + Sync>) {
+        if let Some(list) = self.keep_list().as_mut() {
+            list.push(value);
+        }
     }
 
     /// How many graphs were captured and launched on this device.

@@ -146,6 +146,10 @@ pub fn batch_norm(
             // They are device memory behind a pointer: read guards suffice to
             // keep the buffers alive, and never deadlock should running_mean
             // and running_var be one tensor.
+            if train.is_some() {
+                running_mean.written_in_place();
+                running_var.written_in_place();
+            }
             let (xs, rm, rv) = (x.storage(), running_mean.storage(), running_var.storage());
             let ws = weight.map(|w| w.storage());
             let bs = bias.map(|b| b.storage());

@@ -332,19 +332,63 @@ fn same_weight_grad(
     Ok(dw)
 }
 
-/// A same conv (kernels/conv2d_same.cu) of `x` [N, s.c, s.h, s.w] into
-/// [N, s.oc, s.oh, s.ow] at precision `prec`: packs `weight` (transposed and
-/// flipped when `flip`, for an input gradient), then one launch.
-fn same_conv(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogue, s: &ConvShape, prec: Precision, norm: Option<&InputNorm>) -> Result<CudaBuffer> {
-    let backend = x.backend();
-    let (m, cg, ks) = (s.oc as usize, s.c as usize, s.kh as usize);
+/// A same conv's weights as its kernels read them (kernels/conv2d_same.cu's
+/// `conv2d_pack_same_*`): for one precision, orientation and shape.
+pub struct PackedWeights {
+    buf: CudaBuffer,
+    prec: Precision,
+    flip: bool,
+    /// (rows M, channels, K) of the packed matrix: the conv's (OC, C, K), or
+    /// (C, OC, K) flipped.
+    dims: (usize, usize, usize),
+}
+
+/// Where [`pack_same`] allocates: the thread's current source (a graph's
+/// pool while one is warmed up or captured), or the general cache for
+/// weights kept with their tensor across graphs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PackTarget {
+    Current,
+    OutsidePools,
+}
+
+/// Packs `weight` [OC, C, K, K] of a same conv `g` for its kernels at `prec`
+/// (transposed and flipped when `flip`, for an input gradient): one launch.
+pub fn pack_same(weight: &CudaBuffer, g: &ConvGeom, flip: bool, prec: Precision, target: PackTarget) -> Result<PackedWeights> {
+    let backend = weight.backend();
+    let (m, cg, ks) = if flip { (g.c, g.oc, g.kh) } else { (g.oc, g.c, g.kh) };
     let per_word = if prec == Precision::Bf16 { 2 } else { 1 };
     let chunks = cg.div_ceil(SAME_CHUNK_WORDS * per_word);
     let packed_len = chunks * m.div_ceil(SAME_M_ALIGN) * SAME_M_ALIGN * ks * ks * SAME_CHUNK_WORDS;
-    let packed = backend.alloc(packed_len)?;
+    let buf = match target {
+        PackTarget::Current => backend.alloc(packed_len)?,
+        PackTarget::OutsidePools => backend.alloc_outside_pools(packed_len)?,
+    };
     let pack = if prec == Precision::Bf16 { "conv2d_pack_same_bf16" } else { "conv2d_pack_same_f32" };
-    let args = [packed.arg(), weight.arg(), Arg::I32(s.oc), Arg::I32(s.c), Arg::I32(s.kh), Arg::I32(flip as i32)];
+    let i = |v: usize| elems("conv2d", v).map(Arg::I32);
+    let args = [buf.arg(), weight.arg(), i(m)?, i(cg)?, i(ks)?, Arg::I32(flip as i32)];
     backend.launch(pack, LaunchConfig::for_elems(packed_len, 256), &args)?;
+    Ok(PackedWeights { buf, prec, flip, dims: (m, cg, ks) })
+}
+
+/// The weights a forward of `g` takes: [`CudaBuffer`] as they are, or
+/// packed beforehand ([`pack_same`], same conv only).
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    Plain(&'a CudaBuffer),
+    Packed(&'a PackedWeights),
+}
+
+/// A same conv (kernels/conv2d_same.cu) of `x` [N, s.c, s.h, s.w] into
+/// [N, s.oc, s.oh, s.ow] at precision `prec` with `packed` weights (packed
+/// for this orientation, shape and precision): one launch.
+fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvShape, prec: Precision, norm: Option<&InputNorm>) -> Result<CudaBuffer> {
+    let backend = x.backend();
+    let (m, ks) = (s.oc as usize, s.kh as usize);
+    if packed.prec != prec || packed.dims != (m, s.c as usize, ks) {
+        return shape_err("conv2d", "packed weights of another precision or shape than the convolution's");
+    }
+    let packed = &packed.buf;
     let out = backend.alloc(s.n as usize * m * (s.oh * s.ow) as usize)?;
     let bm = same_block_rows(m);
     let pixels = s.n as usize * (s.oh * s.ow) as usize;
@@ -376,15 +420,22 @@ fn same_conv(x: &CudaBuffer, weight: &CudaBuffer, flip: bool, epi: &Epilogue, s:
 /// y [N, OC, OH, OW] = conv(x [N, C, H, W], weight [OC, C, KH, KW]) + the
 /// epilogue, the product at precision `prec` (stride-1 1×1 and 3×3 same
 /// convs take kernels/conv2d_same.cu).
-pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
+pub fn forward(x: &CudaBuffer, weight: Weights, epi: &Epilogue, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
     let backend = x.backend();
     if g.n * g.oc * g.p() == 0 {
         return backend.alloc(0);
     }
     let s = ConvShape::new(g)?;
     if same_conv_fits(g) {
-        return same_conv(x, weight, false, epi, &s, prec, None);
+        return match weight {
+            Weights::Packed(p) if !p.flip => same_conv(x, p, epi, &s, prec, None),
+            Weights::Packed(_) => shape_err("conv2d", "a forward needs weights packed unflipped"),
+            Weights::Plain(w) => same_conv(x, &pack_same(w, g, false, prec, PackTarget::Current)?, epi, &s, prec, None),
+        };
     }
+    let Weights::Plain(weight) = weight else {
+        return shape_err("conv2d", "packed weights are for same convs only");
+    };
     if x.dtype() != DType::F32 {
         return Err(Error::DType { op: "conv2d (generic kernel)", dtype: x.dtype() });
     }
@@ -399,14 +450,19 @@ pub fn forward(x: &CudaBuffer, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom
 /// [`forward`] of a same conv (requires [`same_conv_takes`]) whose input is
 /// group-normalised (+ SiLU) by `norm` as it is read: the normalised map is
 /// never written. `x` is f32.
-pub fn forward_normed(x: &CudaBuffer, norm: &InputNorm, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
+pub fn forward_normed(x: &CudaBuffer, norm: &InputNorm, weight: Weights, epi: &Epilogue, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
     if g.n * g.oc * g.p() == 0 {
         return x.backend().alloc(0);
     }
     if !same_conv_fits(g) {
         return shape_err("conv2d", "a group norm applied by the conv needs a stride-1 1×1 or 3×3 same conv");
     }
-    same_conv(x, weight, false, epi, &ConvShape::new(g)?, prec, Some(norm))
+    let s = ConvShape::new(g)?;
+    match weight {
+        Weights::Packed(p) if !p.flip => same_conv(x, p, epi, &s, prec, Some(norm)),
+        Weights::Packed(_) => shape_err("conv2d", "a forward needs weights packed unflipped"),
+        Weights::Plain(w) => same_conv(x, &pack_same(w, g, false, prec, PackTarget::Current)?, epi, &s, prec, Some(norm)),
+    }
 }
 
 /// dX [N, C, H, W] from dY [N, OC, OH, OW] and the weight, at precision `prec`
@@ -420,7 +476,8 @@ pub fn backward_input(dy: &CudaBuffer, weight: &CudaBuffer, g: &ConvGeom, prec: 
     let s = ConvShape::new(g)?;
     let transposed = ConvGeom { c: g.oc, h: g.oh, w: g.ow, oc: g.c, oh: g.h, ow: g.w, ..*g };
     if same_conv_fits(g) && same_conv_fits(&transposed) {
-        return same_conv(dy, weight, true, &Epilogue::default(), &ConvShape::new(&transposed)?, prec, None);
+        let packed = pack_same(weight, g, true, prec, PackTarget::Current)?;
+        return same_conv(dy, &packed, &Epilogue::default(), &ConvShape::new(&transposed)?, prec, None);
     }
     let dx = backend.alloc(g.n * g.c * g.h * g.w)?;
     let cfg = gemm_grid(g.c, g.n * g.h * g.w, 1);

@@ -3,7 +3,8 @@
 //!
 //! Per image (notation of `cpu.rs`: y_n [OC, P] = W [OC, K] · col_n [K, P]):
 //!
-//! - W is packed once per call into channel panels A_u [K][MR] (zeros past OC);
+//! - W is packed into channel panels A_u [K][MR] (zeros past OC), once per
+//!   call or kept with the weight ([`Panels`], `ops::conv2d`);
 //! - col_n, as pixel panels B_t [K][T] of T = 16·NV pixels, comes one of three
 //!   ways: stride 1 with output rows of whole 16-pixel vectors (16×16, 32×32
 //!   maps) reads a zero-padded copy of the image in place through per-tap
@@ -244,18 +245,45 @@ impl PaddedLayout {
 /// channels, would otherwise stream from L3 once per image). One image alone
 /// splits its channel tiles across the threads instead.
 pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
+    forward_packed(x, &Panels::new(weight, g), epi, g)
+}
+
+/// A weight packed into the channel panels A_u of [`forward_packed`] for a
+/// convolution's shape (their height MR depends on OC and the output pixels).
+pub struct Panels {
+    a: Vec<f32>,
+    mr: usize,
+    oc: usize,
+    k: usize,
+}
+
+impl Panels {
+    pub fn new(weight: &[f32], g: &ConvGeom) -> Panels {
+        let mr = Panels::rows(g);
+        Panels { a: pack_weights(weight, g.oc, g.k(), mr), mr, oc: g.oc, k: g.k() }
+    }
+
+    /// MR of the panels a convolution of shape `g` takes.
+    pub fn rows(g: &ConvGeom) -> usize {
+        tile_shape(g.oc, g.p()).0
+    }
+}
+
+/// [`forward`] with the weight packed beforehand (for this shape).
+pub fn forward_packed(x: &[f32], panels: &Panels, epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
     assert!(available(), "direct convolution needs AVX-512");
     let (k, p) = (g.k(), g.p());
+    let (mr, nv) = tile_shape(g.oc, p);
+    assert!((panels.mr, panels.oc, panels.k) == (mr, g.oc, k), "weight panels packed for another shape");
     let y_len = g.oc * p;
     let total = g.n * y_len;
     if total == 0 {
         return Vec::new();
     }
     let mut y: Vec<f32> = Vec::with_capacity(total);
-    let (mr, nv) = tile_shape(g.oc, p);
     let t_len = 16 * nv;
     let tiles = p.div_ceil(t_len);
-    let a = pack_weights(weight, g.oc, k, mr);
+    let a = &panels.a;
     let image_panels = tiles * k * t_len;
     let x_len = g.c * g.h * g.w;
     let shape = Tiling { k, p, mr, nv, tiles };

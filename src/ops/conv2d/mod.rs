@@ -11,6 +11,12 @@
 //! On CUDA (`cuda.rs`, kernels/conv2d.cu) the same three products run as
 //! implicit GEMMs that gather the im2col entries on the fly; dB uses the reduce kernel.
 //!
+//! A forward's weights in the layout its kernel reads (the CPU's direct
+//! kernel's channel panels, the CUDA same-conv kernels' mma fragments) are
+//! kept with the weight tensor ([`Tensor::derived`]) until it is written,
+//! unless it is being trained: a sampling run packs each weight once, not
+//! once per step.
+//!
 //! The three products run at this thread's compute precision when the forward
 //! runs ([`crate::ops::precision`]): at bf16 their operands (x, W, dY) are
 //! rounded to bf16; bias, the per-image bias, the residual and dB stay f32.
@@ -23,7 +29,7 @@ use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, arg_err, shape_err};
 use crate::ops::precision::{self, Precision, operand};
-use crate::tensor::{DType, Shape, Storage, Tensor, cpu_f32_storage};
+use crate::tensor::{DType, DerivedKey, Shape, Storage, Tensor, cpu_f32_storage};
 use cpu::ConvGeom;
 
 /// Stride and zero padding, the same for height and width.
@@ -193,16 +199,27 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
             let (sx, sw) = (x.storage(), weight.storage());
             let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
             let epi = cpu::Epilogue { bias: host(&sb)?, sample_bias: host(&ss)?, residual: host(&sr)? };
-            let (ox, ow) = (operand(sx.cpu_f32(OP)?, prec), operand(sw.cpu_f32(OP)?, prec));
-            cpu_f32_storage(cpu::conv2d_forward_fused(&ox, &ow, &epi, &g))
+            let ox = operand(sx.cpu_f32(OP)?, prec);
+            cpu_f32_storage(if direct::available() && keeps_packed(weight) {
+                let key = DerivedKey { what: "conv2d direct weight panels", params: [prec as u64, g.oc as u64, g.k() as u64, direct::Panels::rows(&g) as u64] };
+                let panels = weight.derived(key, || Ok(direct::Panels::new(&operand(sw.cpu_f32(OP)?, prec), &g)))?;
+                direct::forward_packed(&ox, &panels, &epi, &g)
+            } else {
+                cpu::conv2d_forward_fused(&ox, &operand(sw.cpu_f32(OP)?, prec), &epi, &g)
+            })
         }
         Device::Cuda(_) => {
             let (sx, sw) = (x.storage(), weight.storage());
             let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
             let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
+            let packed = if cuda::same_conv_takes(&g) && keeps_packed(weight) { Some(packed_weights(weight, &sw, &g, prec)?) } else { None };
+            let w = match &packed {
+                Some(p) => cuda::Weights::Packed(p),
+                None => cuda::Weights::Plain(sw.cuda(OP)?),
+            };
             Storage::Cuda(match input_norm {
-                None => cuda::forward(sx.cuda_any(OP)?, sw.cuda(OP)?, &epi, &g, prec)?,
-                Some(norm) => cuda::forward_normed(sx.cuda(OP)?, norm, sw.cuda(OP)?, &epi, &g, prec)?,
+                None => cuda::forward(sx.cuda_any(OP)?, w, &epi, &g, prec)?,
+                Some(norm) => cuda::forward_normed(sx.cuda(OP)?, norm, w, &epi, &g, prec)?,
             })
         }
     };
@@ -231,6 +248,33 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
             Ok(grads)
         })
     }))
+}
+
+/// Whether a forward keeps its packed weights with `weight`: not when it is
+/// trained (a gradient is recorded for it), as the optimiser is about to
+/// write it — those forwards pack per call, as the backward does.
+fn keeps_packed(weight: &Tensor) -> bool {
+    !(crate::autograd::is_grad_enabled() && weight.requires_grad())
+}
+
+/// `weight` (whose storage guard is `sw`) packed for a same-conv forward of
+/// `g` at `prec`, kept with the weight's storage until it is written (an
+/// optimiser step, a load): every step of a sampling run after the first
+/// reads the same packed buffer, with no pack launch. Allocated outside
+/// graph pools (it outlives any one graph), and held by the graph being
+/// captured, if any, that reads it. A capture that finds no packed weights
+/// packs them into its own pool, uncached: a value cached during a capture
+/// would be read by eager work before any replay had written it.
+fn packed_weights(weight: &Tensor, sw: &Storage, g: &ConvGeom, prec: Precision) -> Result<std::sync::Arc<cuda::PackedWeights>> {
+    let buf = sw.cuda("conv2d")?;
+    let key = DerivedKey { what: "conv2d same-conv forward weights", params: [prec as u64, g.oc as u64, g.c as u64, g.kh as u64] };
+    let backend = buf.backend();
+    if backend.is_capturing() && !weight.has_derived(key) {
+        return Ok(std::sync::Arc::new(cuda::pack_same(buf, g, false, prec, cuda::PackTarget::Current)?));
+    }
+    let packed = weight.derived(key, || cuda::pack_same(buf, g, false, prec, cuda::PackTarget::OutsidePools))?;
+    backend.keep_for_graph(packed.clone());
+    Ok(packed)
 }
 
 /// Whether the CUDA forward reads a bf16-stored input directly (a same conv at bf16).
@@ -298,4 +342,53 @@ fn bias_grad(dy: &Tensor, g: &ConvGeom) -> Result<Tensor> {
         Device::Cuda(_) => Storage::Cuda(cuda::bias_grad(dy.storage().cuda("conv2d backward")?, g)?),
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.oc])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::randn;
+
+    fn key(g: &ConvGeom, prec: Precision) -> DerivedKey {
+        DerivedKey { what: "conv2d direct weight panels", params: [prec as u64, g.oc as u64, g.k() as u64, direct::Panels::rows(g) as u64] }
+    }
+
+    /// On the CPU the direct kernel's weight panels are kept with the weight
+    /// (one key per precision and shape) and give the bits of packing per
+    /// call; a write packs again, from the new values.
+    #[test]
+    fn cpu_weight_panels_are_kept_until_the_weight_is_written() {
+        let x = Tensor::from_vec(randn(&[2, 8, 8, 8], 1), [2, 8, 8, 8]).unwrap();
+        let w = Tensor::from_vec(randn(&[16, 8, 3, 3], 2), [16, 8, 3, 3]).unwrap();
+        let p = Conv2dParams { stride: 1, padding: 1 };
+        let g = geometry(&x, &w, None, p).unwrap();
+        let per_call = |w: &Tensor, prec| {
+            let (sx, sw) = (x.storage(), w.storage());
+            let (ox, ow) = (operand(sx.cpu_f32("t").unwrap(), prec), operand(sw.cpu_f32("t").unwrap(), prec));
+            cpu::conv2d_forward_fused(&ox, &ow, &cpu::Epilogue::default(), &g)
+        };
+        let first = conv2d(&x, &w, None, p).unwrap().to_vec();
+        assert_eq!(first, per_call(&w, Precision::F32));
+        assert_eq!(w.has_derived(key(&g, Precision::F32)), direct::available());
+        assert_eq!(conv2d(&x, &w, None, p).unwrap().to_vec(), first);
+        let bf16 = {
+            let _p = precision::with_precision(Precision::Bf16);
+            conv2d(&x, &w, None, p).unwrap().to_vec()
+        };
+        assert_eq!(bf16, per_call(&w, Precision::Bf16));
+        assert_ne!(bf16, first);
+        assert_eq!(w.has_derived(key(&g, Precision::Bf16)), direct::available());
+        w.copy_from_slice(&randn(&[16, 8, 3, 3], 3)).unwrap();
+        assert!(!w.has_derived(key(&g, Precision::F32)));
+        let after = conv2d(&x, &w, None, p).unwrap().to_vec();
+        assert_eq!(after, per_call(&w, Precision::F32));
+        assert_ne!(after, first);
+        // a weight being trained packs per call: the optimiser writes it next
+        let trained = Tensor::from_vec(randn(&[16, 8, 3, 3], 4), [16, 8, 3, 3]).unwrap().requires_grad_();
+        let y = conv2d(&x, &trained, None, p).unwrap();
+        assert!(!trained.has_derived(key(&g, Precision::F32)));
+        assert_eq!(y.to_vec(), per_call(&trained, Precision::F32));
+        crate::no_grad(|| conv2d(&x, &trained, None, p)).unwrap();
+        assert_eq!(trained.has_derived(key(&g, Precision::F32)), direct::available(), "kept when no gradient is recorded");
+    }
 }

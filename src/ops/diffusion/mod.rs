@@ -142,6 +142,10 @@ impl DeviceStep {
     /// (seed, offset) from element `start`, and where x̂0 goes (a tensor the
     /// size of x on this device, or none).
     pub fn set(&self, t: usize, coefs: StepCoefs, seed: u64, offset: u64, start: u64, x0_out: Option<&Tensor>) -> Result<()> {
+        if let Some(x0) = x0_out {
+            x0.written_in_place();
+        }
+        self.timesteps.written_in_place();
         let x0_storage = x0_out.map(|x| x.storage());
         let x0_ptr = match &x0_storage {
             Some(s) => s.cuda("sampler step x̂0")?.ptr(),
@@ -157,6 +161,7 @@ impl DeviceStep {
         if x.shape() != eps.shape() {
             return shape_err("sampler step", format!("x_t {} and ε̂ {} differ", x.shape(), eps.shape()));
         }
+        x.written_in_place();
         let (sx, se) = (x.storage(), eps.storage());
         cuda::step_in_place(sx.cuda("sampler step")?, se.cuda("sampler step")?, &self.params)
     }
