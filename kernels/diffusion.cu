@@ -127,3 +127,67 @@ extern "C" __global__ void diffusion_step_in_place(float* x, const float* eps, c
     const StepParams q = *p;
     step_elements(x, q.x0_out, x, eps, q.c, q.seed, q.offset, q.start, n);
 }
+
+// ---- Dynamic thresholding of x̂0 (diffusers' _threshold_sample) ----
+//
+// Per sample of `per` elements (one block a sample):
+//   r = ratio·(per − 1) (rounded in f32), lo = ⌊r⌋, frac = r − lo
+//   a, b = the lo-th and (lo + 1)-th smallest |x| (b = a past the end)
+//   q = a + frac·(b − a) when frac < 0.5, else b − (b − a)·(1 − frac)   (torch.lerp)
+//   s = min(max(q, 1), max_value)     (torch.clamp(q, 1, max): the max wins when < 1)
+//   out = clamp(x, −s, s)/s           (NaN stays NaN)
+// a and b are found exactly by radix selection on the bits of |x|: for
+// non-negative floats (NaN included) the unsigned order of the bits is the
+// host's total order. Four passes of 8 bits, most significant first, each a
+// histogram of the elements whose bits match the prefix found so far.
+constexpr int THRESHOLD_THREADS = 256;
+
+// The bits of the k-th smallest |x[i]|, i < per (0 ≤ k < per). Every thread
+// of the block calls it; the same value comes back to each.
+__device__ unsigned int select_abs_bits(const float* x, int per, unsigned int k) {
+    __shared__ unsigned int hist[256];
+    __shared__ unsigned int found[2];  // prefix, k within it
+    unsigned int prefix = 0, mask = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < per; i += blockDim.x) {
+            const unsigned int key = __float_as_uint(x[i]) & 0x7fffffffu;
+            if ((key & mask) == prefix) atomicAdd(&hist[key >> shift & 255u], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            // the bin holding rank k among the matching elements (k < their count)
+            unsigned int bin = 0;
+            while (hist[bin] <= k) k -= hist[bin++];
+            found[0] = prefix | bin << shift;
+            found[1] = k;
+        }
+        __syncthreads();
+        prefix = found[0];
+        k = found[1];
+        mask |= 255u << shift;
+        __syncthreads();  // hist and found are rewritten next pass
+    }
+    return prefix;
+}
+
+// out[s·per + i] = thresholded x0[s·per + i] for sample s = blockIdx.x.
+// 0 ≤ ratio ≤ 1 (the host checks).
+extern "C" __global__ void __launch_bounds__(THRESHOLD_THREADS)
+diffusion_threshold(float* out, const float* x0, int per, float ratio, float max_value) {
+    const float* x = x0 + (size_t)blockIdx.x * per;
+    float* y = out + (size_t)blockIdx.x * per;
+    const float rank = __fmul_rn(ratio, (float)(per - 1));
+    const float lo = floorf(rank), frac = __fsub_rn(rank, lo);
+    const unsigned int k = (unsigned int)lo;
+    const float a = __uint_as_float(select_abs_bits(x, per, k));
+    const float b = __uint_as_float(select_abs_bits(x, per, min(k + 1, (unsigned int)per - 1)));
+    const float d = __fsub_rn(b, a);
+    const float q = frac < 0.5f ? __fadd_rn(a, __fmul_rn(frac, d)) : __fsub_rn(b, __fmul_rn(d, __fsub_rn(1.0f, frac)));
+    const float s = fminf(fmaxf(q, 1.0f), max_value);  // (fmaxf/fminf drop a NaN, as Rust's max/min)
+    for (int i = threadIdx.x; i < per; i += blockDim.x) {
+        const float v = x[i];
+        y[i] = v != v ? v : __fdiv_rn(fminf(fmaxf(v, -s), s), s);
+    }
+}

@@ -5,8 +5,8 @@
 //! log/sin/cos may differ in the last bit: tolerance 1e-6 relative).
 
 use minidiffusion::diffusion::sampler::{DdpmVariance, ddim_coefs, ddpm_coefs};
-use minidiffusion::diffusion::Schedule;
-use minidiffusion::ops::diffusion::{DeviceStep, noisify, step};
+use minidiffusion::diffusion::{Schedule, ScheduleKind};
+use minidiffusion::ops::diffusion::{DeviceStep, noisify, step, threshold};
 use minidiffusion::testing::{assert_close, parity_device, randn};
 use minidiffusion::{Device, Tensor};
 
@@ -160,4 +160,66 @@ fn score_sde_ve_sampler_parity() {
     // the toy score pulls every sample towards 0.3 from σ_max·z
     let spread = want.iter().fold(0f32, |m, v| m.max((v - 0.3).abs()));
     assert!(spread < 1.0, "samples near 0.3 (within {spread})");
+}
+
+/// Dynamic thresholding on the device against the CPU twin (a sort per
+/// sample), bit for bit: the radix selection finds the same two ranked
+/// values, and the lerp, clamp and division round alike. Samples of 1, 7,
+/// 1,024 and 12,288 values (3×64×64); ratios at both ends and between;
+/// thresholds below 1, between and above; ties, signed zeros, ±∞ and NaN.
+#[test]
+fn thresholding_parity() {
+    let special = [0.0f32, -0.0, 1.5, -1.5, 1.5, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 3.0, 1e-40, -7.25];
+    let cases: [(&[usize], f32); 6] = [(&[3, 1], 3.0), (&[4, 7], 1.0), (&[2, 1, 32, 32], 2.5), (&[2, 3, 64, 64], 4.0), (&[5, 2, 4, 4], 0.7), (&[2, 1, 8, 8], 1.3)];
+    for (i, &(dims, scale)) in cases.iter().enumerate() {
+        let mut values: Vec<f32> = randn(dims, 60 + i as u64).iter().map(|v| v * scale).collect();
+        // ties and specials in the last case but one; repeated values in the last
+        if i == 4 {
+            for (j, v) in values.iter_mut().enumerate().step_by(3) {
+                *v = special[j / 3 % special.len()];
+            }
+        }
+        if i == 5 {
+            for v in values.iter_mut() {
+                *v = (*v * 2.0).round() / 2.0;
+            }
+        }
+        let cpu = Tensor::from_vec(values, dims).unwrap();
+        let dev = cpu.to_device(parity_device()).unwrap();
+        for ratio in [0.0f32, 0.5, 0.9, 0.995, 1.0] {
+            for max in [0.5f32, 1.7, 100.0] {
+                let want = threshold(&cpu, ratio, max).unwrap().to_vec();
+                let got = threshold(&dev, ratio, max).unwrap().to_vec();
+                let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{dims:?} ratio {ratio} max {max}: device {:?}… vs CPU {:?}…", &got[..got.len().min(8)], &want[..want.len().min(8)]);
+            }
+        }
+    }
+    let x = Tensor::from_vec(vec![1.0; 4], [2, 2]).unwrap();
+    let err = threshold(&x, 1.5, 1.0).unwrap_err().to_string();
+    assert!(err.contains("ratio") && err.contains("1.5"), "{err}");
+}
+
+/// DDIM and DDPM runs with dynamic thresholding give the CPU's samples on
+/// the device, where x̂0 is now thresholded without a host copy.
+#[test]
+fn thresholded_sampling_parity() {
+    use minidiffusion::diffusion::sampler::{self, SamplerKind, SamplerOptions, Spacing, Thresholding};
+    use minidiffusion::ops;
+    // ε̂ = 0.3·x_t − 0.8·(t/1000): x̂0 grows past 1 as t falls, so the threshold scales
+    let model = |x: &Tensor, t: &Tensor| ops::add(&ops::mul_scalar(x, 0.3)?, &ops::reshape(&ops::mul_scalar(t, -0.0008)?, [x.dims()[0], 1, 1, 1])?);
+    let s = Schedule::new(ScheduleKind::Linear { beta_min: 1e-4, beta_max: 0.05 }, 40).unwrap();
+    let th = Some(Thresholding { ratio: 0.9, max: 1.5 });
+    let kinds = [SamplerKind::Ddim { steps: 6, eta: 0.5, spacing: Spacing::Trailing }, SamplerKind::Ddpm];
+    for kind in kinds {
+        let opts = SamplerOptions { kind, threshold: th, seed: 4, ..Default::default() };
+        let run = |device: Device, opts: &SamplerOptions| {
+            let x = Tensor::from_vec(randn(&[3, 2, 4, 4], 8), [3, 2, 4, 4]).unwrap().to_device(device).unwrap();
+            minidiffusion::no_grad(|| sampler::sample(model, x, 0, &s, opts)).unwrap().x0.to_vec()
+        };
+        let (want, got) = (run(Device::Cpu, &opts), run(parity_device(), &opts));
+        assert_close(&format!("{kind:?} thresholded samples"), &got, &want, 1e-6, 1e-6);
+        let plain = run(Device::Cpu, &SamplerOptions { threshold: None, ..opts.clone() });
+        assert!(plain.iter().zip(&want).any(|(a, b)| (a - b).abs() > 1e-3), "{kind:?}: the threshold changes the samples");
+    }
 }

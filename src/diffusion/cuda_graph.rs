@@ -28,7 +28,8 @@ pub(super) fn worth_it(device: Device, opts: &SamplerOptions, plan: &[(usize, St
     let Device::Cuda(d) = device else { return Ok(None) };
     // the ε̂ of v- or x̂0-predicting models is formed with ᾱ_t as a launch
     // argument, which a replayed graph would freeze: those sample eagerly
-    // (thresholding reads x̂0 back to the host every step)
+    // (thresholding forms x̂0 with the step's coefficients as launch
+    // arguments too, then thresholds it on the device)
     // (a learned DDPM variance reads the model's second output half per step)
     if !opts.cuda_graph || opts.prediction != super::sampler::Prediction::Epsilon || opts.threshold.is_some() || opts.learns_variance() {
         return Ok(None);

@@ -154,8 +154,8 @@ impl Prediction {
 
 /// diffusers' dynamic thresholding of x̂0 (`thresholding=True`): per sample,
 /// s = the `ratio` quantile of |x̂0| (linear interpolation, as torch.quantile),
-/// clamped to [1, max]; x̂0 ← clamp(x̂0, −s, s)/s. Computed on the host (one
-/// read of x̂0 per step).
+/// clamped to [1, max]; x̂0 ← clamp(x̂0, −s, s)/s. On x̂0's device
+/// (`ops::diffusion::threshold`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Thresholding {
     pub ratio: f32,
@@ -165,27 +165,7 @@ pub struct Thresholding {
 impl Thresholding {
     /// Threshold each of the `batch` samples of `x0` (host values) in place.
     pub fn apply(self, x0: &mut [f32], batch: usize) {
-        let per = x0.len() / batch.max(1);
-        if per == 0 {
-            return;
-        }
-        let mut sorted = vec![0f32; per];
-        for sample in x0.chunks_mut(per) {
-            for (a, v) in sorted.iter_mut().zip(sample.iter()) {
-                *a = v.abs();
-            }
-            sorted.sort_unstable_by(f32::total_cmp);
-            // torch.quantile: rank = q·(n − 1) in f32, lerp between its neighbours
-            let rank = self.ratio * (per - 1) as f32;
-            let (lo, frac) = (rank.floor() as usize, rank - rank.floor());
-            let (a, b) = (sorted[lo], sorted[(lo + 1).min(per - 1)]);
-            let q = if frac < 0.5 { a + frac * (b - a) } else { b - (b - a) * (1.0 - frac) };
-            // torch.clamp(s, min=1, max): the max wins when max < 1
-            let s = q.max(1.0).min(self.max);
-            for v in sample.iter_mut() {
-                *v = v.clamp(-s, s) / s;
-            }
-        }
+        crate::ops::diffusion::cpu::threshold(x0, x0.len() / batch.max(1), self.ratio, self.max);
     }
 }
 
@@ -510,9 +490,7 @@ pub fn sample(
                 Some(x0) => x0,
                 None => crate::ops::mul_scalar(&crate::ops::sub(&x, &crate::ops::mul_scalar(eps_now, coefs.eps_scale)?)?, coefs.inv_sqrt_abar)?,
             };
-            let mut values = x0.try_to_vec()?;
-            th.apply(&mut values, batch);
-            x0_direct = Some(Tensor::from_vec_on(values, x0.dims().to_vec(), device)?);
+            x0_direct = Some(crate::ops::diffusion::threshold(&x0, th.ratio, th.max)?);
         }
         let update = |x: &Tensor, e: &Tensor, c: StepCoefs| match (sigmas[k], &variance) {
             (Some(ls), Some(var)) => step_learned(x, e, var, ls, c, opts.seed, 1 + k as u64, start, want_x0),

@@ -86,3 +86,29 @@ pub fn step(
         .collect();
     (prev, want_x0.then(|| (0..xt.len()).map(x0_of).collect()))
 }
+
+/// Dynamic thresholding of x̂0 (diffusers' `_threshold_sample`), each sample of
+/// `per` values in place: s = the `ratio` quantile of |x̂0| (linear
+/// interpolation, as torch.quantile), clamped to [1, max]; x̂0 ← clamp(x̂0, −s, s)/s.
+pub fn threshold(x0: &mut [f32], per: usize, ratio: f32, max: f32) {
+    if per == 0 {
+        return;
+    }
+    let mut sorted = vec![0f32; per];
+    for sample in x0.chunks_mut(per) {
+        for (a, v) in sorted.iter_mut().zip(sample.iter()) {
+            *a = v.abs();
+        }
+        sorted.sort_unstable_by(f32::total_cmp);
+        // torch.quantile: rank = q·(n − 1) in f32, lerp between its neighbours
+        let rank = ratio * (per - 1) as f32;
+        let (lo, frac) = (rank.floor() as usize, rank - rank.floor());
+        let (a, b) = (sorted[lo], sorted[(lo + 1).min(per - 1)]);
+        let q = if frac < 0.5 { a + frac * (b - a) } else { b - (b - a) * (1.0 - frac) };
+        // torch.clamp(s, min=1, max): the max wins when max < 1
+        let s = q.max(1.0).min(max);
+        for v in sample.iter_mut() {
+            *v = v.clamp(-s, s) / s;
+        }
+    }
+}

@@ -89,3 +89,16 @@ pub fn step_in_place(x: &CudaBuffer, eps: &CudaBuffer, params: &CudaBuffer) -> R
 pub fn params_buffer(backend: &std::sync::Arc<CudaBackend>) -> Result<CudaBuffer> {
     backend.zeros(std::mem::size_of::<StepParams>() / 4)
 }
+
+/// Dynamic thresholding of x̂0, `per` values a sample (kernels/diffusion.cu:
+/// one block a sample); 0 ≤ ratio ≤ 1.
+pub fn threshold(x0: &CudaBuffer, per: usize, ratio: f32, max: f32) -> Result<CudaBuffer> {
+    let backend = x0.backend();
+    let out = backend.alloc(x0.len())?;
+    if per > 0 && x0.len() > 0 {
+        let samples = x0.len() / per;
+        let args = [out.arg(), x0.arg(), Arg::I32(elems("threshold", per)?), Arg::F32(ratio), Arg::F32(max)];
+        backend.launch("diffusion_threshold", LaunchConfig::grid([samples, 1, 1], THREADS), &args)?;
+    }
+    Ok(out)
+}

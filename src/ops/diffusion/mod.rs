@@ -5,6 +5,7 @@
 //!   noisify:  x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε,  ε ~ N(0, I), t per sample
 //!   step:     x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t  (optionally clipped)
 //!             x_prev = c_x0·x̂0 + c_xt·x_t + c_eps·ε̂ + σ·z
+//!   threshold: x̂0's dynamic thresholding, per sample
 
 pub mod cpu;
 pub mod cuda;
@@ -37,6 +38,28 @@ pub fn noisify(x0: &Tensor, abar: &[f64], seed: u64, offset: u64, start: u64) ->
         }
     };
     Ok((Tensor::from_storage(xt, x0.shape().clone()), Tensor::from_storage(eps, x0.shape().clone())))
+}
+
+/// Dynamic thresholding of x̂0 [B, ...] (diffusers' `thresholding=True`), per
+/// sample: s = the `ratio` quantile of |x̂0| (torch.quantile's linear
+/// interpolation), clamped to [1, max]; clamp(x̂0, −s, s)/s. On CUDA one block
+/// a sample finds the two ranked values by radix selection: no host copy.
+pub fn threshold(x0: &Tensor, ratio: f32, max: f32) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("diffusion_threshold");
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(Error::Argument { op: "thresholding", msg: format!("the quantile ratio must lie in [0, 1], got {ratio}") });
+    }
+    let batch = x0.dims().first().copied().unwrap_or(0);
+    let per = if batch == 0 { 0 } else { x0.numel() / batch };
+    let storage = match x0.device() {
+        Device::Cpu => {
+            let mut values = x0.storage().cpu_f32("thresholding")?.to_vec();
+            cpu::threshold(&mut values, per, ratio, max);
+            cpu_f32_storage(values)
+        }
+        Device::Cuda(_) => Storage::Cuda(cuda::threshold(x0.storage().cuda("thresholding")?, per, ratio, max)?),
+    };
+    Ok(Tensor::from_storage(storage, x0.shape().clone()))
 }
 
 /// One sampler update: (x_prev, x̂0 if `want_x0`).
