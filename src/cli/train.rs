@@ -152,6 +152,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     minidiffusion::train::TimestepDistribution::parse(&args.timesteps)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("model"));
     let resumed = if args.resume { Some(checkpoint::read_state(&out)?) } else { None };
+    // a new run's config is read and checked before any data is loaded (a
+    // bad config is then the only line printed)
+    let chosen = if resumed.is_some() {
+        None
+    } else {
+        let name = args.config.clone().unwrap_or_else(|| {
+            let pick = if device.is_cuda() { "seed" } else { "tiny" };
+            eprintln!("config: {pick} (the default on {}; --config to choose)", if device.is_cuda() { "a GPU" } else { "the CPU" });
+            pick.to_string()
+        });
+        Some(preset(&name)?)
+    };
     let dataset = resumed.as_ref().map_or(args.dataset.clone(), |s| s.train.dataset.clone());
     let (train, test) = load_data(&dataset, &args)?;
     let resuming = resumed.is_some();
@@ -173,12 +185,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eprintln!("resuming {} at step {}/{} (epoch {})", out.display(), state.step, state.total_steps, state.epoch);
         (state.train, model)
     } else {
-        let name = args.config.clone().unwrap_or_else(|| {
-            let pick = if device.is_cuda() { "seed" } else { "tiny" };
-            eprintln!("config: {pick} (the default on {}; --config to choose)", if device.is_cuda() { "a GPU" } else { "the CPU" });
-            pick.to_string()
-        });
-        let Preset { name: preset, mut unet, epochs, batch_size: batch, lr, eval_images } = preset(&name)?;
+        let Preset { name: preset, mut unet, epochs, batch_size: batch, lr, eval_images } = chosen.expect("a new run has its config");
         if matches!(preset.as_str(), "tiny" | "seed") {
             // the presets take the dataset's channels (1 for Fashion-MNIST, 3 for CIFAR-10)
             (unet.in_channels, unet.out_channels) = (train.channels, train.channels);
