@@ -719,6 +719,54 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     same::forward<mma::Bf16, 64, 3, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
 }
 
+// The bf16 forwards of at most 32 output channels (the UNet's first level,
+// its largest maps) compiled for three blocks an SM instead of two (at most
+// 80 registers a thread: 24 warps an SM instead of 16), the A/B of
+// MINIDIFFUSION_CONV_BLOCKS=3: with two channel chunks a tile at 32 channels,
+// each block waits for its first loads with little to overlap them but other
+// blocks. Same code, same results; ptxas spills 24 bytes in _k3, 52 in
+// gn_k3 and 32 in gn_k3_v at this bound, none in the others.
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_m32_k1_b3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                                 const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 1>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_m32_k3_b3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                                 const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_gn_m32_k1_b3(float* y, const float* x, const uint4* wp, const float* bias,
+                                    const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 32, 1, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_gn_m32_k3_b3(float* y, const float* x, const uint4* wp, const float* bias,
+                                    const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 32, 3, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_m32_k1_v_b3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 1, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_m32_k3_v_b3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 3, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_gn_m32_k1_v_b3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 32, 1, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_gn_m32_k3_v_b3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward<mma::Bf16, 32, 3, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+
 // The forward kernels above that read f32 input, staging their patch with
 // float4s: the same values in the same places (see forward). The host takes
 // them for an f32 input with W a multiple of 4 at a 16-byte aligned address.

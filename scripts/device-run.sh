@@ -104,6 +104,8 @@ kernels_b512)
     step bench_kernels_bf16_b512 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
     # A/B: the same-conv forward staging its f32 input with float4s (same bits)
     MINIDIFFUSION_CONV_STAGING=float4 step bench_kernels_bf16_b512_float4 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
+    # A/B: the bf16 forwards of <= 32 channels compiled for three blocks an SM (same bits)
+    MINIDIFFUSION_CONV_BLOCKS=3 step bench_kernels_bf16_b512_blocks3 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
     # A/B: the resnet's norm -> SiLU -> conv with the norm written out (norm_silu_conv2d rows; same bits)
     MINIDIFFUSION_NORM_IN_CONV=off step bench_kernels_bf16_b512_norm_apart 60 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only norm_silu
     step torch_kernels_bf16_b512 90 python3 "$here/bench_torch_kernels.py" --iters 10 --precision bf16 --batch-size 512
@@ -116,6 +118,8 @@ ours_bf16)
     MINIDIFFUSION_QKV=packed step ours_sample_bf16_packed_qkv 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: the same-conv forward staging its f32 input with float4s (same samples, bit for bit)
     MINIDIFFUSION_CONV_STAGING=float4 step ours_sample_bf16_float4_staging 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # A/B: the bf16 forwards of <= 32 channels compiled for three blocks an SM (same samples, bit for bit)
+    MINIDIFFUSION_CONV_BLOCKS=3 step ours_sample_bf16_blocks3 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: the group norm (+ SiLU) written out and read back instead of applied by the conv after it (same samples)
     MINIDIFFUSION_NORM_IN_CONV=off step ours_sample_bf16_norm_apart 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: GroupNorm + SiLU outputs written out (as above) and stored in bf16 instead of f32 (same samples)
@@ -123,6 +127,7 @@ ours_bf16)
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     MINIDIFFUSION_BF16_STORAGE=1 step ours_train_bf16_bf16_storage 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
+    MINIDIFFUSION_CONV_BLOCKS=3 step ours_train_bf16_blocks3 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     MINIDIFFUSION_CONV_STAGING=float4 step ours_train_bf16_float4_staging 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     ;;
 ours)
@@ -153,10 +158,12 @@ ncu)
     # backward cases' forwards at setup, then per case), then the float4-staged forward
     step ncu_conv_b512 150 "${prof[@]}" -k regex:conv2d_same_ -c 40 -o "$rep/ncu_conv_b512" "${kb[@]}"
     MINIDIFFUSION_CONV_STAGING=float4 step ncu_conv_b512_float4 90 "${prof[@]}" -k 'regex:conv2d_same_.*_v$' -c 8 -o "$rep/ncu_conv_b512_float4" "${kb[@]}"
+    # the 32-channel bf16 forwards at three blocks an SM (achieved occupancy and stalls against the above)
+    MINIDIFFUSION_CONV_BLOCKS=3 step ncu_conv_b512_blocks3 60 "${prof[@]}" -k 'regex:conv2d_same_.*_b3$' -c 6 -o "$rep/ncu_conv_b512_blocks3" "${kb[@]}"
     # one DDIM step of the seed UNet at the goal's batch (no graph: every kernel its own launch)
     step ncu_sample_b2048 150 "${prof[@]}" -k 'regex:conv2d_same_|groupnorm|attention' -c 24 -o "$rep/ncu_sample_b2048" \
         "$md" bench sample --config seed --steps 1 -n 2048 --batch-size 2048 --device cuda --precision bf16 --cuda-graph off
-    for r in ncu_conv_b512 ncu_conv_b512_float4 ncu_sample_b2048; do
+    for r in ncu_conv_b512 ncu_conv_b512_float4 ncu_conv_b512_blocks3 ncu_sample_b2048; do
         [ -f "$rep/$r.ncu-rep" ] || continue
         "$ncu_bin" --import "$rep/$r.ncu-rep" --page raw --csv > "$logs/$r.csv" 2> "$logs/$r.import.log" || { say "$r: import FAILED"; continue; }
         say "--- $r (ncu) ---"

@@ -386,3 +386,61 @@ fn bf16_staging_rounds_to_nearest_even() {
         assert_eq!(got, round_bf16(v), "element {i}: {v:e} ({:#010x}) staged as {got:e}", v.to_bits());
     }
 }
+
+/// The bf16 32-row forwards compiled for three blocks an SM
+/// (`MINIDIFFUSION_CONV_BLOCKS=3`) give the default kernels' bits, plain and
+/// with the group norm applied, element by element and float4-staged; 64-row
+/// and f32 forwards keep their kernels.
+#[test]
+fn three_blocks_per_sm_kernels_give_the_same_bits() {
+    use minidiffusion::device::cuda;
+    use minidiffusion::ops::conv2d::cuda::{with_three_blocks_per_sm, with_vec_staging};
+    use minidiffusion::ops::{ConvAdd, NormFirst, Precision, conv2d_after_norm, conv2d_fused, with_precision};
+    use minidiffusion::testing::{parity_device, randn};
+    use minidiffusion::{Device, Tensor, no_grad};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    let device = parity_device();
+    let Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
+    let backend = cuda::backend(d).unwrap();
+    let cases: [(&[usize], &[usize], usize); 4] = [
+        (&[2, 16, 16, 16], &[32, 16, 3, 3], 1),
+        (&[3, 20, 8, 8], &[24, 20, 1, 1], 0),
+        (&[2, 8, 32, 32], &[32, 8, 3, 3], 1),
+        (&[2, 16, 8, 8], &[40, 16, 3, 3], 1),
+    ];
+    for (k, &(xd, wd, pad)) in cases.iter().enumerate() {
+        let (n, c, oc) = (xd[0], xd[1], wd[0]);
+        let dims = [xd.to_vec(), wd.to_vec(), vec![oc], vec![n, oc], vec![n, oc, xd[2], xd[3]], vec![c], vec![c]];
+        let t: Vec<Tensor> = dims.iter().enumerate().map(|(j, d)| Tensor::from_vec_on(randn(d, 700 + 10 * k as u64 + j as u64), d.clone(), device).unwrap()).collect();
+        let p = Conv2dParams { stride: 1, padding: pad };
+        for precision in [Precision::F32, Precision::Bf16] {
+            for (normed, vec) in [(false, false), (true, false), (false, true), (true, true)] {
+                let run = |three: bool| {
+                    let _p = with_precision(precision);
+                    let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
+                    with_vec_staging(vec, || {
+                        with_three_blocks_per_sm(three, || {
+                            backend.start_profiling();
+                            let y = no_grad(|| match normed {
+                                false => conv2d_fused(&t[0], &t[1], Some(&t[2]), add, p),
+                                true => {
+                                    let norm = NormFirst { groups: 4, weight: Some(&t[5]), bias: Some(&t[6]), eps: 1e-5, silu: true };
+                                    conv2d_after_norm(&t[0], norm, &t[1], Some(&t[2]), add, p)
+                                }
+                            })
+                            .unwrap()
+                            .to_vec();
+                            let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
+                            (y, kernels.iter().any(|k| k.starts_with("conv2d_same_") && k.ends_with("_b3")))
+                        })
+                    })
+                };
+                let what = format!("case {k} {xd:?} * {wd:?}, {precision}, norm {normed}, float4 {vec}");
+                let ((two, two_b3), (three, three_b3)) = (run(false), run(true));
+                assert!(!two_b3, "{what}: two blocks an SM by default");
+                assert_eq!(three_b3, precision == Precision::Bf16 && oc <= 32, "{what}: the _b3 kernels exactly for bf16 with at most 32 rows");
+                assert_eq!(three, two, "{what}: the same bits");
+            }
+        }
+    }
+}

@@ -202,9 +202,32 @@ const SAME_FORWARD_NORM_VEC_KERNELS: [[[&str; 2]; 2]; 2] = [
     [["conv2d_same_bf16_gn_m32_k1_v", "conv2d_same_bf16_gn_m32_k3_v"], ["conv2d_same_bf16_gn_m64_k1_v", "conv2d_same_bf16_gn_m64_k3_v"]],
 ];
 
+/// The bf16 32-row forward kernels that read an f32 input, each with its
+/// twin compiled for three blocks an SM (`_b3`, the A/B of
+/// [`three_blocks_per_sm`]).
+const SAME_FORWARD_B3_KERNELS: [(&str, &str); 8] = [
+    ("conv2d_same_bf16_m32_k1", "conv2d_same_bf16_m32_k1_b3"),
+    ("conv2d_same_bf16_m32_k3", "conv2d_same_bf16_m32_k3_b3"),
+    ("conv2d_same_bf16_gn_m32_k1", "conv2d_same_bf16_gn_m32_k1_b3"),
+    ("conv2d_same_bf16_gn_m32_k3", "conv2d_same_bf16_gn_m32_k3_b3"),
+    ("conv2d_same_bf16_m32_k1_v", "conv2d_same_bf16_m32_k1_v_b3"),
+    ("conv2d_same_bf16_m32_k3_v", "conv2d_same_bf16_m32_k3_v_b3"),
+    ("conv2d_same_bf16_gn_m32_k1_v", "conv2d_same_bf16_gn_m32_k1_v_b3"),
+    ("conv2d_same_bf16_gn_m32_k3_v", "conv2d_same_bf16_gn_m32_k3_v_b3"),
+];
+
+/// `kernel`, or its three-blocks-an-SM twin when that A/B is on and it has one.
+fn with_occupancy(kernel: &'static str) -> &'static str {
+    if !three_blocks_per_sm() {
+        return kernel;
+    }
+    SAME_FORWARD_B3_KERNELS.iter().find(|(k, _)| *k == kernel).map_or(kernel, |&(_, b3)| b3)
+}
+
 thread_local! {
     static VEC_STAGING: Cell<Option<bool>> = const { Cell::new(None) };
     static NORM_IN_CONV: Cell<Option<bool>> = const { Cell::new(None) };
+    static BLOCKS3: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 /// A switch of the A/B runs: this thread's setting (tests) if any, else
@@ -232,6 +255,19 @@ pub fn vec_staging() -> bool {
 /// Run `f` with the float4 staging on or off on this thread (tests, A/B).
 pub fn with_vec_staging<R>(on: bool, f: impl FnOnce() -> R) -> R {
     with_switch(&VEC_STAGING, on, f)
+}
+
+/// Whether the bf16 forwards of at most 32 output channels run their twins
+/// compiled for three blocks an SM (`MINIDIFFUSION_CONV_BLOCKS=3`; two by
+/// default until a GPU run measures it; the same results).
+pub fn three_blocks_per_sm() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&BLOCKS3, &ENV, || std::env::var("MINIDIFFUSION_CONV_BLOCKS").is_ok_and(|v| v == "3"))
+}
+
+/// Run `f` with the three-blocks-an-SM kernels on or off on this thread (tests, A/B).
+pub fn with_three_blocks_per_sm<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_switch(&BLOCKS3, on, f)
 }
 
 /// Whether an inference group norm (+ SiLU) before a same conv is applied
@@ -413,7 +449,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
             if vec { SAME_FORWARD_NORM_VEC_KERNELS[p][b][k] } else { SAME_FORWARD_NORM_KERNELS[p][b][k] }
         }
     };
-    backend.launch(kernel, cfg, &args)?;
+    backend.launch(with_occupancy(kernel), cfg, &args)?;
     Ok(out)
 }
 
