@@ -408,6 +408,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
 constexpr int WG_PHASE = 64;             // dY words staged at a time
 constexpr int WG_A_LD = WG_PHASE + 4;    // words per dY row in shared (+4: conflict-free A fragments)
 constexpr int OUTSIDE = -2147483647 - 1;  // a patch column left or right of the image
+constexpr int WG_BATCH = 4;              // staging items whose loads a thread issues together
 
 // The staged patch's row (words per channel) for `pixels` patch pixels at
 // PER_WORD pixels a word: ≥ pixels/2 + 1 (pairs) or ≥ pixels, and ≡ 4 (mod 8)
@@ -495,45 +496,66 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
         // the patch of channels c0.. (0 outside the image, past the batch or past C); item (c, q)
         // as the digits of e = tid + 256·pass in the radix row_items, advanced with a carry
         // (int offsets, as the forward's: the host keeps x under 2³¹ elements)
+        // WG_BATCH items at a time: all their loads are issued before the
+        // first is used, so a thread has that many in flight, not one
         const int x_tile = (img0 * s.c + c0) * HW + oh0 * s.w;
         const int row_items = PER_WORD == 2 ? tile.pixels / 2 + 1 : tile.pixels;
         const int step_c = THREADS / row_items, step_q = THREADS - step_c * row_items;
         for (int c = tid / row_items, q = tid - c * row_items; c < CT;) {
-            const bool chan = c0 + c < s.c;
-            const int x_chan = chan ? x_tile + c * HW : 0;
-            float v[PER_WORD + 1];
+            int item_c[WG_BATCH], item_q[WG_BATCH];
+            float v[WG_BATCH][PER_WORD + 1];
 #pragma unroll
-            for (int k = 0; k <= PER_WORD; ++k) {
-                const int src = tile_src[PER_WORD * q + k];
-                v[k] = chan && src != OUTSIDE ? load_f32(x, x_chan + src) : 0.0f;
+            for (int b = 0; b < WG_BATCH; ++b) {
+                item_c[b] = c;
+                item_q[b] = q;
+                const bool chan = c < CT && c0 + c < s.c;
+                const int x_chan = chan ? x_tile + c * HW : 0;
+#pragma unroll
+                for (int k = 0; k <= PER_WORD; ++k) {
+                    const int src = tile_src[PER_WORD * q + k];
+                    v[b][k] = chan && src != OUTSIDE ? load_f32(x, x_chan + src) : 0.0f;
+                }
+                q += step_q;
+                c += step_c;
+                if (q >= row_items) {
+                    q -= row_items;
+                    ++c;
+                }
             }
 #pragma unroll
-            for (int parity = 0; parity < PER_WORD; ++parity) {
-                float w[PER_WORD];
+            for (int b = 0; b < WG_BATCH; ++b) {
+                if (item_c[b] >= CT) break;
 #pragma unroll
-                for (int k = 0; k < PER_WORD; ++k) w[k] = v[parity + k];
-                words[(parity * CT + c) * CS + q] = word_bits(Math::pack(w));
-            }
-            q += step_q;
-            c += step_c;
-            if (q >= row_items) {
-                q -= row_items;
-                ++c;
+                for (int parity = 0; parity < PER_WORD; ++parity) {
+                    float w[PER_WORD];
+#pragma unroll
+                    for (int k = 0; k < PER_WORD; ++k) w[k] = v[b][parity + k];
+                    words[(parity * CT + item_c[b]) * CS + item_q[b]] = word_bits(Math::pack(w));
+                }
             }
         }
         for (int phase = 0; phase < TILE_WORDS / WG_PHASE; ++phase) {
-            // dY words of this phase: a_tile[oc][j] = dY at word phase·64 + j (0 past the batch or OC)
-            for (int e = tid; e < BM * WG_PHASE; e += THREADS) {
-                const int oc = e / WG_PHASE, j = e - oc * WG_PHASE, w = phase * WG_PHASE + j;
-                float v[PER_WORD];
+            // dY words of this phase: a_tile[oc][j] = dY at word phase·64 + j (0 past the batch or OC),
+            // the loads of WG_BATCH words before their stores
+            static_assert(BM * WG_PHASE % (THREADS * WG_BATCH) == 0, "whole batches of dY words");
+            for (int e0 = tid; e0 < BM * WG_PHASE; e0 += THREADS * WG_BATCH) {
+                float v[WG_BATCH][PER_WORD];
 #pragma unroll
-                for (int k = 0; k < PER_WORD; ++k) v[k] = 0.0f;
-                if (m0 + oc < s.oc && img0 + word_seg[w] < s.n) {
-                    const float* at = dy + (img0 * s.oc * P + oh0 * s.ow + word_src[w] + (m0 + oc) * P);
+                for (int b = 0; b < WG_BATCH; ++b) {
+                    const int e = e0 + THREADS * b, oc = e / WG_PHASE, j = e - oc * WG_PHASE, w = phase * WG_PHASE + j;
 #pragma unroll
-                    for (int k = 0; k < PER_WORD; ++k) v[k] = at[k];
+                    for (int k = 0; k < PER_WORD; ++k) v[b][k] = 0.0f;
+                    if (m0 + oc < s.oc && img0 + word_seg[w] < s.n) {
+                        const float* at = dy + (img0 * s.oc * P + oh0 * s.ow + word_src[w] + (m0 + oc) * P);
+#pragma unroll
+                        for (int k = 0; k < PER_WORD; ++k) v[b][k] = at[k];
+                    }
                 }
-                a_tile[oc * WG_A_LD + j] = word_bits(Math::pack(v));
+#pragma unroll
+                for (int b = 0; b < WG_BATCH; ++b) {
+                    const int e = e0 + THREADS * b, oc = e / WG_PHASE, j = e - oc * WG_PHASE;
+                    a_tile[oc * WG_A_LD + j] = word_bits(Math::pack(v[b]));
+                }
             }
             __syncthreads();
 #pragma unroll 2
