@@ -44,15 +44,28 @@ struct ForwardOut {
         if (residual != nullptr) v += residual[at];
         y[at] = v;
     }
-    // store() of pixel pix of image img (the same sums, no division; the
-    // generic GEMM's epilogue keeps col/store, the interface it shares with
-    // the weight gradient's output)
-    __device__ void store_at(int img, int pix, int oc, float v) const {
-        const int at = (img * s.oc + oc) * (s.oh * s.ow) + pix;
-        if (bias != nullptr) v += bias[oc];
-        if (sample_bias != nullptr) v += sample_bias[img * s.oc + oc];
-        if (residual != nullptr) v += residual[at];
-        y[at] = v;
+    // store() of pixel pix of image img in two steps (the same sums, no
+    // division; the generic GEMM's epilogue keeps col/store, the interface it
+    // shares with the weight gradient's output): terms_at() loads the terms,
+    // store_terms() adds them and stores. y may alias residual, so a store
+    // keeps the loads after it from starting before it: a thread loads the
+    // terms of several outputs first, to have those loads in flight together.
+    struct Terms {
+        int at;
+        float b, sb, r;  // (those whose pointer is null are not read)
+    };
+    __device__ Terms terms_at(int img, int pix, int oc) const {
+        Terms t{(img * s.oc + oc) * (s.oh * s.ow) + pix, 0.0f, 0.0f, 0.0f};
+        if (bias != nullptr) t.b = bias[oc];
+        if (sample_bias != nullptr) t.sb = sample_bias[img * s.oc + oc];
+        if (residual != nullptr) t.r = residual[t.at];
+        return t;
+    }
+    __device__ void store_terms(const Terms& t, float v) const {
+        if (bias != nullptr) v += t.b;
+        if (sample_bias != nullptr) v += t.sb;
+        if (residual != nullptr) v += t.r;
+        y[t.at] = v;
     }
 };
 

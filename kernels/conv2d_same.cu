@@ -362,28 +362,39 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     }
 
     // acc[mi][ni][r]: channel m0 + m_w + 16mi + g + 8(r/2), pixel n0 + n_w + 8ni + 2t + r%2
-    // (image and pixel of this lane's first column by one division, the others by carries)
+    // (image and pixel of this lane's first column by one division, the others by carries).
+    // Per n8 tile the epilogue terms of its 8 outputs are loaded, then the 8 stored.
     const int m_w = 32 * (warp % WARPS_M);
     const int first_img = (n0 + n_w + 2 * t) / P, first_pix = n0 + n_w + 2 * t - first_img * P;
 #pragma unroll
-    for (int ni = 0; ni < NI; ++ni)
+    for (int ni = 0; ni < NI; ++ni) {
+        conv::ForwardOut::Terms terms[2][2][2];  // [half][r / 2][mi]
+        bool live[2][2][2];
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int n = n0 + n_w + 8 * ni + 2 * t + half;
-            if (n >= total) continue;
             int img = first_img, pix = first_pix + 8 * ni + half;
             while (pix >= P) {
                 pix -= P;
                 ++img;
             }
 #pragma unroll
-            for (int r = half; r < 4; r += 2)
+            for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi) {
-                    const int m = m0 + m_w + 16 * mi + g + 8 * (r / 2);
-                    if (m < s.oc) out.store_at(img, pix, m, acc[mi][ni].get(r));
+                    const int m = m0 + m_w + 16 * mi + g + 8 * r2;
+                    live[half][r2][mi] = n < total && m < s.oc;
+                    if (live[half][r2][mi]) terms[half][r2][mi] = out.terms_at(img, pix, m);
                 }
         }
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi)
+                    if (live[half][r2][mi]) out.store_terms(terms[half][r2][mi], acc[mi][ni].get(half + 2 * r2));
+    }
 }
 
 // ---- Weight gradient ----
