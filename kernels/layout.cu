@@ -10,14 +10,23 @@ extern "C" __global__ void strided_copy(float* out, const float* in, Strided1 p,
 
 // Tensors seen as [outer, axis, inner]: copies `len` entries of the axis,
 // in[(o·in_axis + in_start + j)·inner + k] → out[(o·out_axis + out_start + j)·inner + k].
-extern "C" __global__ void slab_copy(float* out, const float* in, int outer, int len, int inner, int in_axis, int in_start,
-                                     int out_axis, int out_start) {
-    const int n = outer * len * inner;
-    for (int i = global_index(); i < n; i += grid_stride()) {
-        const int k = i % inner;
-        const int j = (i / inner) % len;
-        const int o = i / (inner * len);
-        out[(o * out_axis + out_start + j) * inner + k] = in[(o * in_axis + in_start + j) * inner + k];
+// For each o the slab is one contiguous run of run = len·inner values on both
+// sides, from in_base + o·in_step to out_base + o·out_step, so no element
+// needs a division: x over the run, y over outer (grid-stride: the host
+// caps the grid's y). With `vec4` (the host checks run, bases, steps and
+// pointers are multiples of 4 floats) a thread copies a float4.
+extern "C" __global__ void slab_copy(float* __restrict__ out, const float* __restrict__ in, int outer, int run,
+                                     int in_base, int in_step, int out_base, int out_step, int vec4) {
+    for (int o = blockIdx.y; o < outer; o += gridDim.y) {
+        const float* src = in + in_base + (long long)o * in_step;
+        float* dst = out + out_base + (long long)o * out_step;
+        if (vec4) {
+            const float4* src4 = reinterpret_cast<const float4*>(src);
+            float4* dst4 = reinterpret_cast<float4*>(dst);
+            for (int i = global_index(); i < run / 4; i += grid_stride()) dst4[i] = src4[i];
+        } else {
+            for (int i = global_index(); i < run; i += grid_stride()) dst[i] = src[i];
+        }
     }
 }
 

@@ -42,6 +42,10 @@ fn concat_narrow_reshape_parity() {
     parity_check("concat_channels", &[&[2, 3, 5, 5], &[2, 7, 5, 5]], |x| ops::concat(&[&x[0], &x[1]], 1), ParityTol::EXACTISH);
     parity_check("concat_last", &[&[3, 2], &[3, 5], &[3, 1]], |x| ops::concat(&[&x[0], &x[1], &x[2]], 1), ParityTol::EXACTISH);
     parity_check("narrow", &[&[2, 9, 3]], |x| ops::narrow(&x[0], 1, 2, 5), ParityTol::EXACTISH);
+    // runs of whole float4s (the vectorised copy), and more outer slabs than the grid has rows (1,024)
+    parity_check("concat_float4", &[&[2, 4, 4, 4], &[2, 8, 4, 4]], |x| ops::concat(&[&x[0], &x[1]], 1), ParityTol::EXACTISH);
+    parity_check("narrow_float4", &[&[2, 12, 2, 2]], |x| ops::narrow(&x[0], 1, 4, 4), ParityTol::EXACTISH);
+    parity_check("concat_many_slabs", &[&[2_500, 1], &[2_500, 2]], |x| ops::concat(&[&x[0], &x[1]], 1), ParityTol::EXACTISH);
     parity_check("reshape", &[&[6, 10]], |x| ops::reshape(&x[0], [3, 20]), ParityTol::EXACTISH);
 }
 

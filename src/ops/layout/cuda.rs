@@ -6,6 +6,9 @@ use crate::ops::binary::cuda::{MAX_DIMS, elems};
 use crate::tensor::Shape;
 
 const THREADS: u32 = 256;
+/// Most outer slabs a `slab_copy` grid spans in y (each block row copies
+/// ⌈outer / SLAB_ROWS⌉ of them).
+const SLAB_ROWS: usize = 1024;
 
 /// Mirrors `Strided1` in kernels/common.cuh.
 #[repr(C)]
@@ -49,16 +52,26 @@ pub fn permute(x: &CudaBuffer, shape: &Shape, perm: &[usize]) -> Result<CudaBuff
 }
 
 /// Tensors as [outer, axis, inner]: copy `len` axis entries from `in_start` of
-/// `x` (axis length `in_axis`) to `out_start` of `out` (axis length `out_axis`).
+/// `x` (axis length `in_axis`) to `out_start` of `out` (axis length `out_axis`):
+/// per outer index one contiguous run of len·inner values (kernels/layout.cu).
 #[allow(clippy::too_many_arguments)]
 pub fn slab_copy(out: &CudaBuffer, x: &CudaBuffer, outer: usize, len: usize, inner: usize, in_axis: usize, in_start: usize, out_axis: usize, out_start: usize) -> Result<()> {
-    let n = outer * len * inner;
-    if n == 0 {
+    let run = len * inner;
+    if outer * run == 0 {
         return Ok(());
     }
+    elems("slab_copy", outer * in_axis * inner)?;
+    elems("slab_copy", outer * out_axis * inner)?;
+    let (in_base, in_step, out_base, out_step) = (in_start * inner, in_axis * inner, out_start * inner, out_axis * inner);
+    let vec4 = [run, in_base, in_step, out_base, out_step].iter().all(|v| v % 4 == 0) && x.ptr().is_multiple_of(16) && out.ptr().is_multiple_of(16);
+    let per_thread = if vec4 { 4 } else { 1 };
+    // a run's threads in x, the outer index in y (past SLAB_ROWS a block
+    // takes several, as the kernel's grid-stride loops do)
+    let blocks_x = run.div_ceil(per_thread * THREADS as usize).min(1 << 16);
+    let cfg = LaunchConfig::grid([blocks_x, outer.min(SLAB_ROWS), 1], THREADS);
     let i = |v: usize| Ok::<Arg, crate::Error>(Arg::I32(elems("slab_copy", v)?));
-    let args = [out.arg(), x.arg(), i(outer)?, i(len)?, i(inner)?, i(in_axis)?, i(in_start)?, i(out_axis)?, i(out_start)?];
-    x.backend().launch("slab_copy", LaunchConfig::for_elems(n, THREADS), &args)
+    let args = [out.arg(), x.arg(), i(outer)?, i(run)?, i(in_base)?, i(in_step)?, i(out_base)?, i(out_step)?, Arg::I32(vec4 as i32)];
+    x.backend().launch("slab_copy", cfg, &args)
 }
 
 pub fn concat(parts: &[&CudaBuffer], lens: &[usize], outer: usize, inner: usize) -> Result<CudaBuffer> {
