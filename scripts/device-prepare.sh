@@ -71,7 +71,12 @@ data=/usr/share/datasets/fashion-mnist
 # the full data only when asked: with the tree it would pass the carry limit.
 # The IDX files travel raw in one xz archive (26.6 MB where the four .gz are
 # 30.9 MB): the recipe bundle and the tree must fit 64 MiB together
-if [ "${DEVICE_DATA:-0}" = 1 ] && [ -d "$data" ]; then
+if [ "${DEVICE_DATA:-0}" = 1 ] && [ ! -d "$data" ]; then
+    # (the recipe would train on the embedded 5,000-image sample instead)
+    echo "error: DEVICE_DATA=1 needs $data (apt-get install dataset-fashion-mnist)" >&2
+    exit 2
+fi
+if [ "${DEVICE_DATA:-0}" = 1 ]; then
     raw="$(mktemp -d)"
     for f in "$data"/*.gz; do gzip -dc "$f" > "$raw/$(basename "$f" .gz)"; done
     XZ_OPT=-9e tar -C "$raw" -cJf "$bundle/data.tar.xz" .
