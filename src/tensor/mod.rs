@@ -332,18 +332,19 @@ impl Tensor {
     /// key (a stale one is replaced); dropped with the storage.
     pub(crate) fn derived<T: Any + Send + Sync>(&self, key: DerivedKey, build: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
         let cell = &self.0.storage;
-        let lock = || cell.derived();
-        // the version before building: a write during or after the build
-        // leaves the value older than the storage, so it is built again
+        // the version before building: a write during the build makes the
+        // value older than the storage, so it is returned but not kept
         let version = cell.version.load(Ordering::Acquire);
-        let found = lock().iter().find(|d| d.key == key && d.version == version).map(|d| d.value.clone());
+        let found = cell.derived().iter().find(|d| d.key == key && d.version == version).map(|d| d.value.clone());
         if let Some(value) = found.and_then(|v| v.downcast::<T>().ok()) {
             return Ok(value);
         }
         let value = Arc::new(build()?);
-        let mut derived = lock();
-        derived.retain(|d| d.key != key);
-        derived.push(Derived { key, version, value: value.clone() });
+        let mut derived = cell.derived();
+        if cell.version.load(Ordering::Acquire) == version {
+            derived.retain(|d| d.key != key);
+            derived.push(Derived { key, version, value: value.clone() });
+        }
         Ok(value)
     }
 

@@ -415,6 +415,16 @@ pub enum Weights<'a> {
     Packed(&'a PackedWeights),
 }
 
+/// `f` of the packed weights a same-conv forward of `g` reads: `weight`
+/// itself when packed (unflipped), else packed now for this call.
+fn with_forward_pack<R>(weight: Weights, g: &ConvGeom, prec: Precision, f: impl FnOnce(&PackedWeights) -> Result<R>) -> Result<R> {
+    match weight {
+        Weights::Packed(p) if !p.flip => f(p),
+        Weights::Packed(_) => shape_err("conv2d", "a forward needs weights packed unflipped"),
+        Weights::Plain(w) => f(&pack_same(w, g, false, prec, PackTarget::Current)?),
+    }
+}
+
 /// A same conv (kernels/conv2d_same.cu) of `x` [N, s.c, s.h, s.w] into
 /// [N, s.oc, s.oh, s.ow] at precision `prec` with `packed` weights (packed
 /// for this orientation, shape and precision): one launch.
@@ -463,11 +473,7 @@ pub fn forward(x: &CudaBuffer, weight: Weights, epi: &Epilogue, g: &ConvGeom, pr
     }
     let s = ConvShape::new(g)?;
     if same_conv_fits(g) {
-        return match weight {
-            Weights::Packed(p) if !p.flip => same_conv(x, p, epi, &s, prec, None),
-            Weights::Packed(_) => shape_err("conv2d", "a forward needs weights packed unflipped"),
-            Weights::Plain(w) => same_conv(x, &pack_same(w, g, false, prec, PackTarget::Current)?, epi, &s, prec, None),
-        };
+        return with_forward_pack(weight, g, prec, |p| same_conv(x, p, epi, &s, prec, None));
     }
     let Weights::Plain(weight) = weight else {
         return shape_err("conv2d", "packed weights are for same convs only");
@@ -494,11 +500,7 @@ pub fn forward_normed(x: &CudaBuffer, norm: &InputNorm, weight: Weights, epi: &E
         return shape_err("conv2d", "a group norm applied by the conv needs a stride-1 1×1 or 3×3 same conv");
     }
     let s = ConvShape::new(g)?;
-    match weight {
-        Weights::Packed(p) if !p.flip => same_conv(x, p, epi, &s, prec, Some(norm)),
-        Weights::Packed(_) => shape_err("conv2d", "a forward needs weights packed unflipped"),
-        Weights::Plain(w) => same_conv(x, &pack_same(w, g, false, prec, PackTarget::Current)?, epi, &s, prec, Some(norm)),
-    }
+    with_forward_pack(weight, g, prec, |p| same_conv(x, p, epi, &s, prec, Some(norm)))
 }
 
 /// dX [N, C, H, W] from dY [N, OC, OH, OW] and the weight, at precision `prec`

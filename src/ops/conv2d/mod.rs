@@ -201,8 +201,7 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
             let epi = cpu::Epilogue { bias: host(&sb)?, sample_bias: host(&ss)?, residual: host(&sr)? };
             let ox = operand(sx.cpu_f32(OP)?, prec);
             cpu_f32_storage(if direct::available() && keeps_packed(weight) {
-                let key = DerivedKey { what: "conv2d direct weight panels", params: [prec as u64, g.oc as u64, g.k() as u64, direct::Panels::rows(&g) as u64] };
-                let panels = weight.derived(key, || Ok(direct::Panels::new(&operand(sw.cpu_f32(OP)?, prec), &g)))?;
+                let panels = weight.derived(panels_key(&g, prec), || Ok(direct::Panels::new(&operand(sw.cpu_f32(OP)?, prec), &g)))?;
                 direct::forward_packed(&ox, &panels, &epi, &g)
             } else {
                 cpu::conv2d_forward_fused(&ox, &operand(sw.cpu_f32(OP)?, prec), &epi, &g)
@@ -255,6 +254,12 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
 /// write it — those forwards pack per call, as the backward does.
 fn keeps_packed(weight: &Tensor) -> bool {
     !(crate::autograd::is_grad_enabled() && weight.requires_grad())
+}
+
+/// What the CPU forward of `g` at `prec` keeps with its weight: the direct
+/// kernel's channel panels, MR rows high.
+fn panels_key(g: &ConvGeom, prec: Precision) -> DerivedKey {
+    DerivedKey { what: "conv2d direct weight panels", params: [prec as u64, g.oc as u64, g.k() as u64, direct::Panels::rows(g) as u64] }
 }
 
 /// `weight` (whose storage guard is `sw`) packed for a same-conv forward of
@@ -349,10 +354,6 @@ mod tests {
     use super::*;
     use crate::testing::randn;
 
-    fn key(g: &ConvGeom, prec: Precision) -> DerivedKey {
-        DerivedKey { what: "conv2d direct weight panels", params: [prec as u64, g.oc as u64, g.k() as u64, direct::Panels::rows(g) as u64] }
-    }
-
     /// On the CPU the direct kernel's weight panels are kept with the weight
     /// (one key per precision and shape) and give the bits of packing per
     /// call; a write packs again, from the new values.
@@ -369,7 +370,7 @@ mod tests {
         };
         let first = conv2d(&x, &w, None, p).unwrap().to_vec();
         assert_eq!(first, per_call(&w, Precision::F32));
-        assert_eq!(w.has_derived(key(&g, Precision::F32)), direct::available());
+        assert_eq!(w.has_derived(panels_key(&g, Precision::F32)), direct::available());
         assert_eq!(conv2d(&x, &w, None, p).unwrap().to_vec(), first);
         let bf16 = {
             let _p = precision::with_precision(Precision::Bf16);
@@ -377,18 +378,18 @@ mod tests {
         };
         assert_eq!(bf16, per_call(&w, Precision::Bf16));
         assert_ne!(bf16, first);
-        assert_eq!(w.has_derived(key(&g, Precision::Bf16)), direct::available());
+        assert_eq!(w.has_derived(panels_key(&g, Precision::Bf16)), direct::available());
         w.copy_from_slice(&randn(&[16, 8, 3, 3], 3)).unwrap();
-        assert!(!w.has_derived(key(&g, Precision::F32)));
+        assert!(!w.has_derived(panels_key(&g, Precision::F32)));
         let after = conv2d(&x, &w, None, p).unwrap().to_vec();
         assert_eq!(after, per_call(&w, Precision::F32));
         assert_ne!(after, first);
         // a weight being trained packs per call: the optimiser writes it next
         let trained = Tensor::from_vec(randn(&[16, 8, 3, 3], 4), [16, 8, 3, 3]).unwrap().requires_grad_();
         let y = conv2d(&x, &trained, None, p).unwrap();
-        assert!(!trained.has_derived(key(&g, Precision::F32)));
+        assert!(!trained.has_derived(panels_key(&g, Precision::F32)));
         assert_eq!(y.to_vec(), per_call(&trained, Precision::F32));
         crate::no_grad(|| conv2d(&x, &trained, None, p)).unwrap();
-        assert_eq!(trained.has_derived(key(&g, Precision::F32)), direct::available(), "kept when no gradient is recorded");
+        assert_eq!(trained.has_derived(panels_key(&g, Precision::F32)), direct::available(), "kept when no gradient is recorded");
     }
 }
