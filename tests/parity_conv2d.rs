@@ -293,6 +293,37 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
     }
 }
 
+/// A same conv's operands on the parity device, from input dims `xd` and
+/// weight dims `wd`: [x, W, b, per-image bias, residual, γ, β].
+fn switch_case(xd: &[usize], wd: &[usize], seed: u64) -> Vec<minidiffusion::Tensor> {
+    let (n, c, oc) = (xd[0], xd[1], wd[0]);
+    let dims = [xd.to_vec(), wd.to_vec(), vec![oc], vec![n, oc], vec![n, oc, xd[2], xd[3]], vec![c], vec![c]];
+    let device = minidiffusion::testing::parity_device();
+    dims.iter().enumerate().map(|(j, d)| minidiffusion::Tensor::from_vec_on(minidiffusion::testing::randn(d, seed + j as u64), d.clone(), device).unwrap()).collect()
+}
+
+/// The forward of `switch_case`'s operands t at `precision` with every
+/// epilogue term — after the group norm (`groups`, SiLU) when given — and
+/// the names of the kernels it launched.
+fn profiled_forward(t: &[minidiffusion::Tensor], p: Conv2dParams, precision: minidiffusion::ops::Precision, norm_groups: Option<usize>) -> (Vec<f32>, Vec<&'static str>) {
+    use minidiffusion::ops::{ConvAdd, NormFirst, conv2d_after_norm, conv2d_fused, with_precision};
+    let minidiffusion::Device::Cuda(d) = t[0].device() else { panic!("parity_device is CUDA") };
+    let backend = minidiffusion::device::cuda::backend(d).unwrap();
+    let _p = with_precision(precision);
+    let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
+    backend.start_profiling();
+    let y = minidiffusion::no_grad(|| match norm_groups {
+        None => conv2d_fused(&t[0], &t[1], Some(&t[2]), add, p),
+        Some(groups) => {
+            let norm = NormFirst { groups, weight: Some(&t[5]), bias: Some(&t[6]), eps: 1e-5, silu: true };
+            conv2d_after_norm(&t[0], norm, &t[1], Some(&t[2]), add, p)
+        }
+    })
+    .unwrap()
+    .to_vec();
+    (y, backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect())
+}
+
 /// The same-conv forward staging its f32 input with float4s
 /// (`MINIDIFFUSION_CONV_STAGING=float4`, the `_v` kernels) gives the bits of
 /// the element-by-element staging: both precisions, both kernel rows, 1×1
@@ -302,15 +333,9 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
 /// of 4 keeps the element-by-element kernel.
 #[test]
 fn float4_staging_gives_the_same_bits() {
-    use minidiffusion::device::cuda;
+    use minidiffusion::ops::Precision;
     use minidiffusion::ops::conv2d::cuda::with_vec_staging;
-    use minidiffusion::ops::{ConvAdd, NormFirst, Precision, conv2d_after_norm, conv2d_fused, with_precision};
-    use minidiffusion::testing::{parity_device, randn};
-    use minidiffusion::{Device, Tensor, no_grad};
     let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
-    let device = parity_device();
-    let Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
-    let backend = cuda::backend(d).unwrap();
     let cases: [(&[usize], &[usize], usize); 7] = [
         (&[2, 20, 16, 16], &[40, 20, 3, 3], 1),
         (&[1, 16, 32, 32], &[32, 16, 3, 3], 1),
@@ -321,30 +346,14 @@ fn float4_staging_gives_the_same_bits() {
         (&[2, 6, 6, 6], &[8, 6, 3, 3], 1),
     ];
     for (k, &(xd, wd, pad)) in cases.iter().enumerate() {
-        let (n, c, oc) = (xd[0], xd[1], wd[0]);
-        let dims = [xd.to_vec(), wd.to_vec(), vec![oc], vec![n, oc], vec![n, oc, xd[2], xd[3]], vec![c], vec![c]];
-        let t: Vec<Tensor> = dims.iter().enumerate().map(|(j, d)| Tensor::from_vec_on(randn(d, 300 + 10 * k as u64 + j as u64), d.clone(), device).unwrap()).collect();
+        let t = switch_case(xd, wd, 300 + 10 * k as u64);
         let p = Conv2dParams { stride: 1, padding: pad };
-        let groups = if c % 4 == 0 { 4 } else { 1 };
+        let groups = if xd[1] % 4 == 0 { 4 } else { 1 };
         for precision in [Precision::F32, Precision::Bf16] {
             for normed in [false, true] {
                 let run = |vec: bool| {
-                    let _p = with_precision(precision);
-                    let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
-                    with_vec_staging(vec, || {
-                        backend.start_profiling();
-                        let y = no_grad(|| match normed {
-                            false => conv2d_fused(&t[0], &t[1], Some(&t[2]), add, p),
-                            true => {
-                                let norm = NormFirst { groups, weight: Some(&t[5]), bias: Some(&t[6]), eps: 1e-5, silu: true };
-                                conv2d_after_norm(&t[0], norm, &t[1], Some(&t[2]), add, p)
-                            }
-                        })
-                        .unwrap()
-                        .to_vec();
-                        let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
-                        (y, kernels.iter().any(|k| k.starts_with("conv2d_same_") && k.ends_with("_v")))
-                    })
+                    let (y, kernels) = with_vec_staging(vec, || profiled_forward(&t, p, precision, normed.then_some(groups)));
+                    (y, kernels.iter().any(|k| k.starts_with("conv2d_same_") && k.ends_with("_v")))
                 };
                 let what = format!("case {k} {xd:?} * {wd:?}, {precision}, norm {normed}");
                 let ((plain, plain_v), (vec, vec_v)) = (run(false), run(true));
@@ -393,15 +402,9 @@ fn bf16_staging_rounds_to_nearest_even() {
 /// and f32 forwards keep their kernels.
 #[test]
 fn three_blocks_per_sm_kernels_give_the_same_bits() {
-    use minidiffusion::device::cuda;
+    use minidiffusion::ops::Precision;
     use minidiffusion::ops::conv2d::cuda::{with_three_blocks_per_sm, with_vec_staging};
-    use minidiffusion::ops::{ConvAdd, NormFirst, Precision, conv2d_after_norm, conv2d_fused, with_precision};
-    use minidiffusion::testing::{parity_device, randn};
-    use minidiffusion::{Device, Tensor, no_grad};
     let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
-    let device = parity_device();
-    let Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
-    let backend = cuda::backend(d).unwrap();
     let cases: [(&[usize], &[usize], usize); 4] = [
         (&[2, 16, 16, 16], &[32, 16, 3, 3], 1),
         (&[3, 20, 8, 8], &[24, 20, 1, 1], 0),
@@ -409,31 +412,14 @@ fn three_blocks_per_sm_kernels_give_the_same_bits() {
         (&[2, 16, 8, 8], &[40, 16, 3, 3], 1),
     ];
     for (k, &(xd, wd, pad)) in cases.iter().enumerate() {
-        let (n, c, oc) = (xd[0], xd[1], wd[0]);
-        let dims = [xd.to_vec(), wd.to_vec(), vec![oc], vec![n, oc], vec![n, oc, xd[2], xd[3]], vec![c], vec![c]];
-        let t: Vec<Tensor> = dims.iter().enumerate().map(|(j, d)| Tensor::from_vec_on(randn(d, 700 + 10 * k as u64 + j as u64), d.clone(), device).unwrap()).collect();
+        let t = switch_case(xd, wd, 700 + 10 * k as u64);
         let p = Conv2dParams { stride: 1, padding: pad };
+        let oc = wd[0];
         for precision in [Precision::F32, Precision::Bf16] {
             for (normed, vec) in [(false, false), (true, false), (false, true), (true, true)] {
                 let run = |three: bool| {
-                    let _p = with_precision(precision);
-                    let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
-                    with_vec_staging(vec, || {
-                        with_three_blocks_per_sm(three, || {
-                            backend.start_profiling();
-                            let y = no_grad(|| match normed {
-                                false => conv2d_fused(&t[0], &t[1], Some(&t[2]), add, p),
-                                true => {
-                                    let norm = NormFirst { groups: 4, weight: Some(&t[5]), bias: Some(&t[6]), eps: 1e-5, silu: true };
-                                    conv2d_after_norm(&t[0], norm, &t[1], Some(&t[2]), add, p)
-                                }
-                            })
-                            .unwrap()
-                            .to_vec();
-                            let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
-                            (y, kernels.iter().any(|k| k.starts_with("conv2d_same_") && k.ends_with("_b3")))
-                        })
-                    })
+                    let (y, kernels) = with_vec_staging(vec, || with_three_blocks_per_sm(three, || profiled_forward(&t, p, precision, normed.then_some(4))));
+                    (y, kernels.iter().any(|k| k.starts_with("conv2d_same_") && k.ends_with("_b3")))
                 };
                 let what = format!("case {k} {xd:?} * {wd:?}, {precision}, norm {normed}, float4 {vec}");
                 let ((two, two_b3), (three, three_b3)) = (run(false), run(true));
