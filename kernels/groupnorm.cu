@@ -27,6 +27,22 @@ __device__ __forceinline__ float grad_u(float dy, float xhat, float gamma, float
     return silu ? dy * silu_slope(xhat * gamma + beta) : dy;
 }
 
+// The channel c = i / S of a thread's element i = threadIdx.x + k·blockDim.x
+// within its group, stepped along k with a carry (no division an element).
+struct ChannelStep {
+    int c, si, step_c, step_s;
+    __device__ explicit ChannelStep(int s)
+        : c((int)threadIdx.x / s), si((int)threadIdx.x % s), step_c((int)blockDim.x / s), step_s((int)blockDim.x % s) {}
+    __device__ void next(int s) {
+        c += step_c;
+        si += step_s;
+        if (si >= s) {
+            si -= s;
+            ++c;
+        }
+    }
+};
+
 // A group's statistics, by the whole block (every thread gets them):
 //   μ = Σx/M, σ² = Σ(x − μ)²/M in f64 (two passes), rounded to f32 as the CPU twin:
 //   mu = (float)μ, rs = (float)(1/√(σ² + eps)).
@@ -72,8 +88,9 @@ __device__ __forceinline__ void forward(TY* __restrict__ y, float* __restrict__ 
         }
 
         // y = act((x − μ)·(rstd·γ_c) + β_c), c = g·Cg + i/S (rounded to bf16 when stored so)
-        for (int i = threadIdx.x; i < m; i += blockDim.x) {
-            const int ch = g * cg + i / s;
+        ChannelStep at(s);
+        for (int i = threadIdx.x; i < m; i += blockDim.x, at.next(s)) {
+            const int ch = g * cg + at.c;
             const float scale = rs * (gamma ? gamma[ch] : 1.0f);
             const float shift = beta ? beta[ch] : 0.0f;
             const float u = (xg[i] - mu) * scale + shift;
@@ -186,8 +203,9 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
 
         // dx = rstd·(dz·γ − mean(g) − x̂·mean(g·x̂))
         float* dxg = dx + (long long)ng * m;
-        for (int i = threadIdx.x; i < m; i += blockDim.x) {
-            const int ch = g * cg + i / s;
+        groupnorm::ChannelStep at(s);
+        for (int i = threadIdx.x; i < m; i += blockDim.x, at.next(s)) {
+            const int ch = g * cg + at.c;
             const float gm = gamma ? gamma[ch] : 1.0f, bt = beta ? beta[ch] : 0.0f;
             const float xhat = (xg[i] - mu) * rs;
             const float dz = groupnorm::grad_u(dyg[i], xhat, gm, bt, silu);

@@ -20,7 +20,9 @@ const TOL: ParityTol = ParityTol::REDUCTION;
 /// (1×4×9×11 with one group: 396 values) and more channels per group than
 /// warps per block (20 channels in one group: three rounds of 8 warps), and
 /// more samples than a warp's lanes for the parameter gradients (33 samples,
-/// 9 channels: a warp per channel, two blocks of 8).
+/// 9 channels: a warp per channel, two blocks of 8), and channels of more
+/// pixels than a block has threads (17×19 = 323: the threads' channel steps
+/// carry at uneven strides).
 const GN_CASES: &[(&[usize], &[usize])] = &[
     (&[2, 6, 5, 7], &[1, 2, 6]),
     (&[33, 9, 1], &[1]),
@@ -29,6 +31,7 @@ const GN_CASES: &[(&[usize], &[usize])] = &[
     (&[2, 3, 2, 3, 2], &[3]),
     (&[1, 4, 9, 11], &[1]),
     (&[2, 20, 3], &[1, 20]),
+    (&[2, 4, 17, 19], &[2]),
 ];
 
 /// The signature shared by group_norm and group_norm_silu.
