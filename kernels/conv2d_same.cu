@@ -664,7 +664,10 @@ extern "C" __global__ void __launch_bounds__(256)
                               const float* residual, conv::Shape s) {
     same::forward<mma::Tf32x3, 64, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
 }
-extern "C" __global__ void __launch_bounds__(256, 2)
+// (the 32-row 1×1 bf16 kernels are bound to three blocks an SM: they fit 80
+// registers without spills, and the epilogue's batched loads took them to 87,
+// two blocks, unbound)
+extern "C" __global__ void __launch_bounds__(256, 3)
     conv2d_same_bf16_m32_k1(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                               const float* residual, conv::Shape s) {
     same::forward<mma::Bf16, 32, 1>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
@@ -686,7 +689,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 }
 
 // The bf16 forward reading x from bf16 storage.
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(256, 3)
     conv2d_same_bf16_xbf16_m32_k1(float* y, const unsigned short* x, const uint4* wp, const float* bias,
                                     const float* sample_bias, const float* residual, conv::Shape s) {
     same::forward<mma::Bf16, 32, 1>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
@@ -757,8 +760,9 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 // 80 registers a thread: 24 warps an SM instead of 16), the A/B of
 // MINIDIFFUSION_CONV_BLOCKS=3: with two channel chunks a tile at 32 channels,
 // each block waits for its first loads with little to overlap them but other
-// blocks. Same code, same results; ptxas spills 24 bytes in _k3, 52 in
-// gn_k3 and 32 in gn_k3_v at this bound, none in the others.
+// blocks. Same code, same results; ptxas spills 24 bytes in _k3, 44 in
+// gn_k3, 32 in gn_k3_v and 52 in gn_k1_v at this bound, none in the others
+// (m32_k1 is the default kernel again: it runs at three blocks already).
 extern "C" __global__ void __launch_bounds__(256, 3)
     conv2d_same_bf16_m32_k1_b3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                                  const float* residual, conv::Shape s) {
