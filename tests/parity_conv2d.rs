@@ -263,11 +263,11 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
                 backend.start_profiling();
                 let norm = NormFirst { groups, weight: Some(&t[1]), bias: Some(&t[2]), eps: 1e-5, silu };
                 let add = ConvAdd { sample_bias: Some(&t[5]), residual: Some(&t[6]) };
-                let fused = no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p)).unwrap().to_vec();
+                let fused = cuda_conv::with_norm_in_conv(true, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p))).unwrap().to_vec();
                 let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
                 assert!(kernels.iter().any(|k| k == "groupnorm_affine") && kernels.iter().any(|k| k.contains("_gn_m")), "{what}: {kernels:?}");
                 assert_eq!(fused, composed(&t), "{what}: the conv's norm against the two ops on {device}");
-                // the A/B switch (MINIDIFFUSION_NORM_IN_CONV=off): the norm written out and read back, the same bits
+                // the default (MINIDIFFUSION_NORM_IN_CONV unset): the norm written out and read back, the same bits
                 backend.start_profiling();
                 let apart = cuda_conv::with_norm_in_conv(false, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p))).unwrap().to_vec();
                 let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
@@ -275,12 +275,17 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
                 assert_eq!(apart, fused, "{what}: the norm written out");
                 let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
                 assert_close(&what, &fused, &composed(&on(Device::Cpu)), tol.atol, tol.rtol);
-                // several convs of one normalised map (the attention block's q, k, v): the same per conv
+                // several convs of one normalised map (the attention block's q, k, v): the same per conv,
+                // the norm in the convs and apart
                 let plain = ConvAfter { weight: &t[3], bias: None, add: ConvAdd::default(), params: p };
-                let both = no_grad(|| convs_after_norm(&t[0], norm, &[ConvAfter { weight: &t[3], bias: Some(&t[4]), add, params: p }, plain])).unwrap();
-                assert_eq!(both[0].to_vec(), fused, "{what}: first of two convs");
-                let alone = no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], None, ConvAdd::default(), p)).unwrap();
-                assert_eq!(both[1].to_vec(), alone.to_vec(), "{what}: second of two convs");
+                for in_conv in [true, false] {
+                    cuda_conv::with_norm_in_conv(in_conv, || {
+                        let both = no_grad(|| convs_after_norm(&t[0], norm, &[ConvAfter { weight: &t[3], bias: Some(&t[4]), add, params: p }, plain])).unwrap();
+                        assert_eq!(both[0].to_vec(), fused, "{what}: first of two convs, in the conv {in_conv}");
+                        let alone = no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], None, ConvAdd::default(), p)).unwrap();
+                        assert_eq!(both[1].to_vec(), alone.to_vec(), "{what}: second of two convs, in the conv {in_conv}");
+                    });
+                }
             }
         }
         // with a gradient wanted: the two ops, on the tape
@@ -316,7 +321,8 @@ fn profiled_forward(t: &[minidiffusion::Tensor], p: Conv2dParams, precision: min
         None => conv2d_fused(&t[0], &t[1], Some(&t[2]), add, p),
         Some(groups) => {
             let norm = NormFirst { groups, weight: Some(&t[5]), bias: Some(&t[6]), eps: 1e-5, silu: true };
-            conv2d_after_norm(&t[0], norm, &t[1], Some(&t[2]), add, p)
+            // the norm applied by the conv (the `_gn_` kernels; written out by default)
+            minidiffusion::ops::conv2d::cuda::with_norm_in_conv(true, || conv2d_after_norm(&t[0], norm, &t[1], Some(&t[2]), add, p))
         }
     })
     .unwrap()
@@ -353,7 +359,7 @@ fn float4_staging_gives_the_same_bits() {
             for normed in [false, true] {
                 let run = |vec: bool| {
                     let (y, kernels) = with_vec_staging(vec, || profiled_forward(&t, p, precision, normed.then_some(groups)));
-                    (y, kernels.iter().any(|k| k.starts_with("conv2d_same_") && k.ends_with("_v")))
+                    (y, kernels.iter().any(|k| k.starts_with("conv2d_same_") && (k.ends_with("_v") || k.ends_with("_v_b3"))))
                 };
                 let what = format!("case {k} {xd:?} * {wd:?}, {precision}, norm {normed}");
                 let ((plain, plain_v), (vec, vec_v)) = (run(false), run(true));
@@ -396,8 +402,8 @@ fn bf16_staging_rounds_to_nearest_even() {
     }
 }
 
-/// The bf16 32-row forwards compiled for three blocks an SM
-/// (`MINIDIFFUSION_CONV_BLOCKS=3`) give the default kernels' bits, plain and
+/// The bf16 32-row forwards compiled for three blocks an SM (the default;
+/// `MINIDIFFUSION_CONV_BLOCKS=2` switches them off) give the two-block kernels' bits, plain and
 /// with the group norm applied, element by element and float4-staged; 64-row
 /// and f32 forwards keep their kernels.
 #[test]
@@ -423,7 +429,7 @@ fn three_blocks_per_sm_kernels_give_the_same_bits() {
                 };
                 let what = format!("case {k} {xd:?} * {wd:?}, {precision}, norm {normed}, float4 {vec}");
                 let ((two, two_b3), (three, three_b3)) = (run(false), run(true));
-                assert!(!two_b3, "{what}: two blocks an SM by default");
+                assert!(!two_b3, "{what}: two blocks an SM when switched off");
                 assert_eq!(three_b3, precision == Precision::Bf16 && oc <= 32, "{what}: the _b3 kernels exactly for bf16 with at most 32 rows");
                 assert_eq!(three, two, "{what}: the same bits");
             }

@@ -79,6 +79,23 @@ fn golden_unets_on_the_device_match_diffusers() {
 #[test]
 fn packed_qkv_projection_gives_the_same_bits() {
     use minidiffusion::nn::unet::with_packed_qkv;
+    switch_keeps_the_bits("the packed projection", |on, f| with_packed_qkv(on, f));
+}
+
+/// The group norm (+ SiLU) applied by the conv after it as it stages its
+/// input (`MINIDIFFUSION_NORM_IN_CONV=on`, the `_gn_` kernels) rather than
+/// written out and read back (the default): the golden UNets' ε̂ bit for bit,
+/// at f32 and at bf16.
+#[test]
+fn norm_in_conv_gives_the_same_bits() {
+    use minidiffusion::ops::conv2d::cuda::with_norm_in_conv;
+    switch_keeps_the_bits("the norm in the conv", |on, f| with_norm_in_conv(on, f));
+}
+
+/// The golden UNets' ε̂ with an A/B switch on and off, at f32 and at bf16,
+/// bit for bit: on the emulation unet_c and unet_e, on a GPU also unet_a and
+/// unet_f.
+fn switch_keeps_the_bits(what: &str, with: impl Fn(bool, &mut dyn FnMut() -> Vec<f32>) -> Vec<f32>) {
     let device = parity_device();
     let names: &[&str] = if on_gpu(device) { &["unet_c", "unet_e", "unet_a", "unet_f"] } else { &["unet_c", "unet_e"] };
     for &name in names {
@@ -92,13 +109,13 @@ fn packed_qkv_projection_gives_the_same_bits() {
             Tensor::from_vec_on(lv, ls, device).unwrap()
         });
         for precision in [minidiffusion::ops::Precision::F32, minidiffusion::ops::Precision::Bf16] {
-            let run = |packed: bool| {
+            let run = |on: bool| {
                 let _precision = minidiffusion::ops::with_precision(precision);
-                with_packed_qkv(packed, || no_grad(|| model.forward_with_labels(&x, &t, labels.as_ref()))).unwrap().to_vec()
+                with(on, &mut || no_grad(|| model.forward_with_labels(&x, &t, labels.as_ref())).unwrap().to_vec())
             };
-            let (packed, separate) = (run(true), run(false));
-            let differ = packed.iter().zip(&separate).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-            assert_eq!(differ, 0, "{name} at {precision:?} on {device}: {differ} values differ with the packed projection");
+            let (on, off) = (run(true), run(false));
+            let differ = on.iter().zip(&off).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{name} at {precision:?} on {device}: {differ} values differ with {what}");
         }
     }
 }
