@@ -104,10 +104,10 @@ kernels_b512)
     step bench_kernels_bf16_b512 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
     # A/B: the same-conv forward staging its f32 input with float4s (same bits)
     MINIDIFFUSION_CONV_STAGING=float4 step bench_kernels_bf16_b512_float4 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
-    # A/B: the bf16 forwards of <= 32 channels compiled for three blocks an SM (same bits)
-    MINIDIFFUSION_CONV_BLOCKS=3 step bench_kernels_bf16_b512_blocks3 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
-    # A/B: the resnet's norm -> SiLU -> conv with the norm written out (norm_silu_conv2d rows; same bits)
-    MINIDIFFUSION_NORM_IN_CONV=off step bench_kernels_bf16_b512_norm_apart 60 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only norm_silu
+    # A/B: the bf16 forwards of <= 32 channels at two blocks an SM instead of three (same bits)
+    MINIDIFFUSION_CONV_BLOCKS=2 step bench_kernels_bf16_b512_blocks2 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
+    # A/B: the resnet's norm -> SiLU -> conv with the norm applied by the conv (norm_silu_conv2d rows; same bits)
+    MINIDIFFUSION_NORM_IN_CONV=on step bench_kernels_bf16_b512_norm_in_conv 60 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only norm_silu
     step torch_kernels_bf16_b512 90 python3 "$here/bench_torch_kernels.py" --iters 10 --precision bf16 --batch-size 512
     ;;
 ours_bf16)
@@ -118,16 +118,16 @@ ours_bf16)
     MINIDIFFUSION_QKV=packed step ours_sample_bf16_packed_qkv 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: the same-conv forward staging its f32 input with float4s (same samples, bit for bit)
     MINIDIFFUSION_CONV_STAGING=float4 step ours_sample_bf16_float4_staging 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # A/B: the bf16 forwards of <= 32 channels compiled for three blocks an SM (same samples, bit for bit)
-    MINIDIFFUSION_CONV_BLOCKS=3 step ours_sample_bf16_blocks3 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # A/B: the group norm (+ SiLU) written out and read back instead of applied by the conv after it (same samples)
-    MINIDIFFUSION_NORM_IN_CONV=off step ours_sample_bf16_norm_apart 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # A/B: GroupNorm + SiLU outputs written out (as above) and stored in bf16 instead of f32 (same samples)
-    MINIDIFFUSION_NORM_IN_CONV=off MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # A/B: the bf16 forwards of <= 32 channels at two blocks an SM instead of three (same samples, bit for bit)
+    MINIDIFFUSION_CONV_BLOCKS=2 step ours_sample_bf16_blocks2 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # A/B: the group norm (+ SiLU) applied by the conv after it instead of written out and read back (same samples)
+    MINIDIFFUSION_NORM_IN_CONV=on step ours_sample_bf16_norm_in_conv 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # A/B: GroupNorm + SiLU outputs stored in bf16 instead of f32 (same samples)
+    MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     MINIDIFFUSION_BF16_STORAGE=1 step ours_train_bf16_bf16_storage 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
-    MINIDIFFUSION_CONV_BLOCKS=3 step ours_train_bf16_blocks3 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
+    MINIDIFFUSION_CONV_BLOCKS=2 step ours_train_bf16_blocks2 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     MINIDIFFUSION_CONV_STAGING=float4 step ours_train_bf16_float4_staging 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     ;;
 ours)
@@ -155,15 +155,14 @@ ncu)
     rep="$here/ncu" && mkdir -p "$rep"
     kb=("$md" bench kernels --device cuda --warmup 0 --iters 1 --precision bf16 --batch-size 512 --only conv2d)
     # the same-conv forward, input and weight gradients at the recipe's batch (~39 launches: the
-    # backward cases' forwards at setup, then per case), then the float4-staged forward
+    # backward cases' forwards at setup, then per case; run 6 profiled the float4-staged forwards: no faster)
     step ncu_conv_b512 150 "${prof[@]}" -k regex:conv2d_same_ -c 40 -o "$rep/ncu_conv_b512" "${kb[@]}"
-    MINIDIFFUSION_CONV_STAGING=float4 step ncu_conv_b512_float4 90 "${prof[@]}" -k 'regex:conv2d_same_.*_v$' -c 8 -o "$rep/ncu_conv_b512_float4" "${kb[@]}"
-    # the 32-channel bf16 forwards at three blocks an SM (achieved occupancy and stalls against the above)
-    MINIDIFFUSION_CONV_BLOCKS=3 step ncu_conv_b512_blocks3 60 "${prof[@]}" -k 'regex:conv2d_same_.*_b3$' -c 6 -o "$rep/ncu_conv_b512_blocks3" "${kb[@]}"
+    # the 32-channel bf16 forwards at two blocks an SM (achieved occupancy and stalls against the above's _b3)
+    MINIDIFFUSION_CONV_BLOCKS=2 step ncu_conv_b512_blocks2 60 "${prof[@]}" -k 'regex:conv2d_same_bf16_(gn_)?m32_k3$' -c 4 -o "$rep/ncu_conv_b512_blocks2" "${kb[@]}"
     # one DDIM step of the seed UNet at the goal's batch (no graph: every kernel its own launch)
     step ncu_sample_b2048 150 "${prof[@]}" -k 'regex:conv2d_same_|groupnorm|attention' -c 24 -o "$rep/ncu_sample_b2048" \
         "$md" bench sample --config seed --steps 1 -n 2048 --batch-size 2048 --device cuda --precision bf16 --cuda-graph off
-    for r in ncu_conv_b512 ncu_conv_b512_float4 ncu_conv_b512_blocks3 ncu_sample_b2048; do
+    for r in ncu_conv_b512 ncu_conv_b512_blocks2 ncu_sample_b2048; do
         [ -f "$rep/$r.ncu-rep" ] || continue
         "$ncu_bin" --import "$rep/$r.ncu-rep" --page raw --csv > "$logs/$r.csv" 2> "$logs/$r.import.log" || { say "$r: import FAILED"; continue; }
         say "--- $r (ncu) ---"
@@ -191,9 +190,22 @@ recipe)
         rest=$(left)
         step recipe_train $(( rest > 240 ? rest - 120 : 120 )) "$md" train --config seed --precision bf16 --device cuda --out "$here/seed" \
             --grid-steps 0 --runs-db "$here/runs.db" --json
-        step recipe_eval_ddim100 60 "$md" eval --model "$here/seed" -n 2048 --steps 100 --batch-size 2048 --precision bf16 --device cuda --json
-        step recipe_eval_ddim25 40 "$md" eval --model "$here/seed" -n 2048 --steps 25 --batch-size 2048 --precision bf16 --device cuda --json
+        ev=("$md" eval --model "$here/seed" --device cuda --json)
+        step recipe_eval_ddim100 60 "${ev[@]}" -n 2048 --steps 100 --batch-size 2048 --precision bf16
+        step recipe_eval_ddim25 40 "${ev[@]}" -n 2048 --steps 25 --batch-size 2048 --precision bf16
+        # the lesson's rows: DDIM eta 1 (its 8.44 at 100 steps), f32 products (what bf16 costs), DDPM-1000 at 512 (8.12)
+        step recipe_eval_ddim100_eta1 60 "${ev[@]}" -n 2048 --steps 100 --eta 1 --batch-size 2048 --precision bf16
+        step recipe_eval_ddim100_f32 60 "${ev[@]}" -n 2048 --steps 100 --batch-size 2048 --precision f32
+        step recipe_eval_ddpm1000_n512 90 "${ev[@]}" -n 512 --sampler ddpm --batch-size 512 --precision bf16
         cp "$here/seed/minidiffusion.json" "$out/recipe_state.json" 2>/dev/null || true
+        # the trained model back (weights rounded to bf16: 32 MB in parts under the 16 MiB a returned
+        # file may have): cat "$OUT"/seed_model.tar.part* | tar -x; minidiffusion reads bf16 as f32
+        if [ -f "$here/seed/diffusion_pytorch_model.safetensors" ]; then
+            mkdir -p "$here/seed_bf16" && cp "$here/seed"/*.json "$here/seed_bf16/"
+            python3 "$here/model_to_bf16.py" "$here/seed/diffusion_pytorch_model.safetensors" "$here/seed_bf16/diffusion_pytorch_model.safetensors" \
+                && tar -C "$here" -cf - seed_bf16 | split -b 15000000 - "$out/seed_model.tar.part" \
+                || say "recipe model: conversion FAILED"
+        fi
     else
         say "recipe: SKIPPED (no data: prepare with DEVICE_TESTS=0 DEVICE_DATA=1)"
     fi
