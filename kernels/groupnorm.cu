@@ -21,6 +21,22 @@ __device__ __forceinline__ float silu_slope(float u) {
     return s * (1.0f + u * (1.0f - s));
 }
 
+// y = act((x − μ)·(rstd·γ_c) + β_c) for one value, act = SiLU or the identity.
+__device__ __forceinline__ float normalise(float x, float mu, float scale, float shift, int silu) {
+    const float u = (x - mu) * scale + shift;
+    return silu ? u / (1.0f + expf(-u)) : u;
+}
+
+// Four consecutive values y[i..i+4] (i a multiple of 4, y 16-byte aligned):
+// one float4 store, or four bf16s (rounded to nearest even) in one 8-byte store.
+__device__ __forceinline__ void store4(float* y, long long i, float4 v) { *reinterpret_cast<float4*>(y + i) = v; }
+__device__ __forceinline__ void store4(unsigned short* y, long long i, float4 v) {
+    uint2 w;
+    w.x = bf16_bits(v.x) | (bf16_bits(v.y) << 16);
+    w.y = bf16_bits(v.z) | (bf16_bits(v.w) << 16);
+    *reinterpret_cast<uint2*>(y + i) = w;
+}
+
 // The gradient reaching u: dy itself, or dy·silu'(u) for the fused op, with
 // u = x̂·γ + β recomputed from x and the saved statistics.
 __device__ __forceinline__ float grad_u(float dy, float xhat, float gamma, float beta, int silu) {
@@ -93,8 +109,87 @@ __device__ __forceinline__ void forward(TY* __restrict__ y, float* __restrict__ 
             const int ch = g * cg + at.c;
             const float scale = rs * (gamma ? gamma[ch] : 1.0f);
             const float shift = beta ? beta[ch] : 0.0f;
-            const float u = (xg[i] - mu) * scale + shift;
-            store_as(yg, i, silu ? u / (1.0f + expf(-u)) : u);
+            store_as(yg, i, normalise(xg[i], mu, scale, shift, silu));
+        }
+    }
+}
+
+// The resident variant, for groups of m ≤ GN_RESIDENT·4·blockDim values with
+// m and S multiples of 4 and x 16-byte aligned: each thread loads its float4s
+// of the group once, all up front (GN_RESIDENT 16-byte loads in flight where
+// the loops above have one 4-byte load), and both statistics passes and the
+// normalisation read them from registers — one read of x instead of three.
+// Thread t holds the group's float4s t + k·blockDim (k < GN_RESIDENT), zeros
+// past m/4. The sums are the same f64 sums over other partial orders (the
+// CPU twin's tolerance); y is the same f32 formula, element by element.
+// 12 float4s cover the seed UNet's largest group (96 channels / 8 × 32×32).
+#define GN_RESIDENT 12
+
+struct Resident {
+    float4 v[GN_RESIDENT];
+    int m4;  // float4s in the group
+
+    __device__ Resident(const float* __restrict__ xg, int m) : m4(m / 4) {
+        const float4* p = reinterpret_cast<const float4*>(xg);
+#pragma unroll
+        for (int k = 0; k < GN_RESIDENT; ++k) {
+            const int i = (int)threadIdx.x + k * (int)blockDim.x;
+            v[k] = i < m4 ? p[i] : float4{0.0f, 0.0f, 0.0f, 0.0f};
+        }
+    }
+    __device__ bool holds(int k) const { return (int)threadIdx.x + k * (int)blockDim.x < m4; }
+
+    // μ = Σx/M, σ² = Σ(x − μ)²/M in f64, rounded as stats() rounds them.
+    __device__ void stats(float eps, double* scratch, float& mu, float& rs) const {
+        double acc = 0.0;
+#pragma unroll
+        for (int k = 0; k < GN_RESIDENT; ++k)
+            if (holds(k)) acc += (double)v[k].x + (double)v[k].y + (double)v[k].z + (double)v[k].w;
+        const double mean_d = block_sum_d(acc, scratch) / (double)(4 * m4);
+        acc = 0.0;
+#pragma unroll
+        for (int k = 0; k < GN_RESIDENT; ++k) {
+            if (!holds(k)) continue;
+            const double a = (double)v[k].x - mean_d, b = (double)v[k].y - mean_d;
+            const double c = (double)v[k].z - mean_d, d = (double)v[k].w - mean_d;
+            acc += a * a + b * b + c * c + d * d;
+        }
+        const double var = block_sum_d(acc, scratch) / (double)(4 * m4);
+        mu = (float)mean_d;
+        rs = (float)(1.0 / sqrt(var + (double)eps));
+    }
+};
+
+// The forward, resident: as forward(), the channel of float4 i being i/(S/4)
+// (a float4 never straddles channels when S is a multiple of 4).
+template <class TY>
+__device__ __forceinline__ void forward_resident(TY* __restrict__ y, float* __restrict__ mean_out,
+                                                 float* __restrict__ rstd_out, const float* __restrict__ x,
+                                                 const float* __restrict__ gamma, const float* __restrict__ beta,
+                                                 int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    __shared__ double scratch[32];
+    const int m = cg * s, s4 = s / 4;
+    for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
+        const int g = ng % groups;
+        const Resident r(x + (long long)ng * m, m);
+        float mu, rs;
+        r.stats(eps, scratch, mu, rs);
+        if (threadIdx.x == 0) {
+            mean_out[ng] = mu;
+            rstd_out[ng] = rs;
+        }
+        TY* yg = y + (long long)ng * m;
+        ChannelStep at(s4);
+#pragma unroll
+        for (int k = 0; k < GN_RESIDENT; ++k, at.next(s4)) {
+            if (!r.holds(k)) continue;
+            const int ch = g * cg + at.c;
+            const float scale = rs * (gamma ? gamma[ch] : 1.0f);
+            const float shift = beta ? beta[ch] : 0.0f;
+            const float4 xv = r.v[k];
+            store4(yg, 4LL * ((int)threadIdx.x + k * (int)blockDim.x),
+                   float4{normalise(xv.x, mu, scale, shift, silu), normalise(xv.y, mu, scale, shift, silu),
+                          normalise(xv.z, mu, scale, shift, silu), normalise(xv.w, mu, scale, shift, silu)});
         }
     }
 }
@@ -129,6 +224,44 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
             const int ch = g * cg + i;
             const long long nc = (long long)ng * cg + i;  // (n·G + g)·Cg + i = n·C + ch
             affine[nc] = float4{mu, rs * (gamma ? gamma[ch] : 1.0f), beta ? beta[ch] : 0.0f, 0.0f};
+        }
+    }
+}
+
+// groupnorm_forward with x resident in registers (groupnorm::Resident: m ≤
+// 12·4·256, m and S multiples of 4, x and y 16-byte aligned); the same grid.
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                               const float* __restrict__ x, const float* __restrict__ gamma,
+                               const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
+                               float eps, int silu) {
+    groupnorm::forward_resident(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+
+// groupnorm_forward_bf16 with x resident in registers (as above).
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_bf16(unsigned short* __restrict__ y, float* __restrict__ mean_out,
+                                    float* __restrict__ rstd_out, const float* __restrict__ x,
+                                    const float* __restrict__ gamma, const float* __restrict__ beta,
+                                    int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+
+// groupnorm_affine with the statistics from x resident in registers (when
+// groupnorm_forward_resident would run, so that both give the same bits).
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_affine_resident(float4* __restrict__ affine, const float* __restrict__ x,
+                              const float* __restrict__ gamma, const float* __restrict__ beta, int num_groups_total,
+                              int groups, int cg, int s, float eps) {
+    __shared__ double scratch[32];
+    const int m = cg * s;
+    for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
+        const int g = ng % groups;
+        float mu, rs;
+        groupnorm::Resident(x + (long long)ng * m, m).stats(eps, scratch, mu, rs);
+        for (int i = threadIdx.x; i < cg; i += blockDim.x) {
+            const int ch = g * cg + i;
+            affine[(long long)ng * cg + i] = float4{mu, rs * (gamma ? gamma[ch] : 1.0f), beta ? beta[ch] : 0.0f, 0.0f};
         }
     }
 }

@@ -105,7 +105,7 @@ fn profiling_counts_every_launch_by_kernel() {
     let y = ops::silu(&ops::add(&x, &x).unwrap()).unwrap();
     let _ = ops::sum_all(&y).unwrap();
     let rows = backend.stop_profiling().unwrap();
-    let calls = |k: &str| rows.iter().find(|r| r.kernel == k).map_or(0, |r| r.calls);
+    let calls = |k: &str| calls_in(&rows, k);
     assert_eq!((calls("binary_same"), calls("activation_forward"), calls("reduce_sum_rows")), (1, 1, 1), "{rows:?}");
     assert!(rows.iter().all(|r| r.total_ms >= 0.0));
     let table = cuda::profile_table(&rows);
@@ -113,6 +113,18 @@ fn profiling_counts_every_launch_by_kernel() {
     // off again: nothing more is recorded
     let _ = ops::silu(&x).unwrap();
     assert!(backend.stop_profiling().unwrap().is_empty());
+    // only the profiling thread's launches: another thread's (a parallel test's) are not timed
+    backend.start_profiling();
+    std::thread::scope(|s| {
+        s.spawn(|| ops::silu(&x).unwrap());
+    });
+    let _ = ops::add(&x, &x).unwrap();
+    let rows = backend.stop_profiling().unwrap();
+    assert_eq!((calls_in(&rows, "activation_forward"), calls_in(&rows, "binary_same")), (0, 1), "{rows:?}");
+}
+
+fn calls_in(rows: &[cuda::KernelTime], kernel: &str) -> usize {
+    rows.iter().find(|r| r.kernel == kernel).map_or(0, |r| r.calls)
 }
 
 /// Small uploads are staged in pinned blocks and queued without waiting for

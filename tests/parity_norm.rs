@@ -22,7 +22,11 @@ const TOL: ParityTol = ParityTol::REDUCTION;
 /// more samples than a warp's lanes for the parameter gradients (33 samples,
 /// 9 channels: a warp per channel, two blocks of 8), and channels of more
 /// pixels than a block has threads (17×19 = 323: the threads' channel steps
-/// carry at uneven strides).
+/// carry at uneven strides). The last five are the resident kernels' (S a
+/// multiple of 4, at most 12,288 values a group): one float4 a channel
+/// (S = 4), a partial first float4 round (m = 256) and a partial second
+/// (1,280), the largest group (the seed UNet's up block, 96 channels / 8 of
+/// 32×32), and one float4 more than that (12,292: the loop kernels).
 const GN_CASES: &[(&[usize], &[usize])] = &[
     (&[2, 6, 5, 7], &[1, 2, 6]),
     (&[33, 9, 1], &[1]),
@@ -32,7 +36,42 @@ const GN_CASES: &[(&[usize], &[usize])] = &[
     (&[1, 4, 9, 11], &[1]),
     (&[2, 20, 3], &[1, 20]),
     (&[2, 4, 17, 19], &[2]),
+    (&[3, 6, 2, 2], &[3, 1]),
+    (&[2, 32, 8, 8], &[8]),
+    (&[2, 40, 8, 8], &[2]),
+    (&[1, 96, 32, 32], &[8]),
+    (&[1, 3073, 2, 2], &[1]),
 ];
+
+/// The group norm forwards that keep a group in registers run exactly where
+/// it fits (checked by kernel name: a wrong predicate would leave the cases
+/// above on the loop kernels and test nothing new), plain and with SiLU,
+/// f32 and bf16 storage.
+#[test]
+fn resident_group_norm_runs_where_the_group_fits() {
+    use minidiffusion::ops::group_norm::group_norm_silu_stored;
+    use minidiffusion::tensor::DType;
+    let Device::Cuda(d) = parity_device() else { panic!("parity_device is CUDA") };
+    let backend = minidiffusion::device::cuda::backend(d).unwrap();
+    let cases: [(&[usize], usize, bool); 6] = [
+        (&[3, 6, 2, 2], 3, true),
+        (&[2, 32, 8, 8], 8, true),
+        (&[1, 96, 32, 32], 8, true),
+        (&[1, 3073, 2, 2], 1, false),
+        (&[2, 6, 5, 7], 2, false),
+        (&[2, 3, 2, 3, 2], 3, true),
+    ];
+    for (dims, groups, fits) in cases {
+        let x = Tensor::from_vec_on(randn(dims, 9), dims.to_vec(), parity_device()).unwrap();
+        for store in [DType::F32, DType::BF16] {
+            backend.start_profiling();
+            group_norm_silu_stored(&x, groups, None, None, 1e-5, store).unwrap();
+            let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
+            let resident = kernels.iter().any(|k| k.starts_with("groupnorm_forward_resident"));
+            assert_eq!(resident, fits, "{dims:?} g{groups} {store:?}: {kernels:?}");
+        }
+    }
+}
 
 /// The signature shared by group_norm and group_norm_silu.
 type GroupNormFn = fn(&Tensor, usize, Option<&Tensor>, Option<&Tensor>, f32) -> minidiffusion::Result<Tensor>;
@@ -56,14 +95,16 @@ fn group_norm_cases(name: &str, op: GroupNormFn) {
     let dims: &[usize] = &[2, 4, 5, 7];
     parity_check(&format!("{name} weight only"), &[dims, &[4]], |t| op(&t[0], 2, Some(&t[1]), None, 1e-5), TOL);
     parity_check(&format!("{name} bias only"), &[dims, &[4]], |t| op(&t[0], 2, None, Some(&t[1]), 1e-5), TOL);
-    // Mean far from 0 and variance far from 1: the two-pass statistics.
-    let x: Vec<f32> = randn(dims, 3).iter().map(|v| 40.0 + 0.05 * v).collect();
-    parity_check_at(
-        &format!("{name} offset input"),
-        vec![(x, Shape::from(dims)), (randn(&[4], 4), Shape::from([4])), (randn(&[4], 5), Shape::from([4]))],
-        |t| op(&t[0], 2, Some(&t[1]), Some(&t[2]), 1e-5),
-        TOL,
-    );
+    // Mean far from 0 and variance far from 1: the two-pass statistics (loop and resident kernels).
+    for dims in [dims, &[2, 4, 4, 8]] {
+        let x: Vec<f32> = randn(dims, 3).iter().map(|v| 40.0 + 0.05 * v).collect();
+        parity_check_at(
+            &format!("{name} offset input {dims:?}"),
+            vec![(x, Shape::from(dims)), (randn(&[4], 4), Shape::from([4])), (randn(&[4], 5), Shape::from([4]))],
+            |t| op(&t[0], 2, Some(&t[1]), Some(&t[2]), 1e-5),
+            TOL,
+        );
+    }
 }
 
 #[test]

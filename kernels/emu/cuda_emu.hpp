@@ -35,6 +35,7 @@
 #define __launch_bounds__(...)
 #define __constant__ static const
 
+struct alignas(8) uint2 { unsigned int x, y; };
 struct uint3 { unsigned int x, y, z; };
 struct alignas(16) uint4 { unsigned int x, y, z, w; };
 struct alignas(16) float4 { float x, y, z, w; };

@@ -107,7 +107,7 @@ pub trait Driver: Send + Sync {
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
     fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[Arg]) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
-    /// Start or stop timing every launch (CUDA events on a GPU).
+    /// Start or stop timing every launch of the calling thread (CUDA events on a GPU).
     fn set_profiling(&self, on: bool);
     /// The timings since the last call: (kernel, milliseconds) per launch.
     fn take_profile(&self) -> Result<Vec<(&'static str, f64)>>;
@@ -132,5 +132,28 @@ mod tests {
             let err = bad.check("attention_columns_infer_h8").unwrap_err().to_string();
             assert!(err.contains("attention_columns_infer_h8") && err.contains("65535"), "{err}");
         }
+    }
+}
+
+/// The thread whose launches a driver times: the one that started profiling
+/// (the other threads of a test run launch on the same device meanwhile, and
+/// a test that checks which kernels ran must not see theirs).
+#[derive(Default)]
+pub struct ProfiledThread {
+    on: std::sync::atomic::AtomicBool,
+    thread: std::sync::Mutex<Option<std::thread::ThreadId>>,
+}
+
+impl ProfiledThread {
+    /// Time the calling thread's launches from now on, or stop.
+    pub fn set(&self, on: bool) {
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = on.then(|| std::thread::current().id());
+        self.on.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a launch from the calling thread is timed.
+    pub fn is_current(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Relaxed)
+            && *self.thread.lock().unwrap_or_else(|e| e.into_inner()) == Some(std::thread::current().id())
     }
 }

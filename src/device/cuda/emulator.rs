@@ -30,7 +30,7 @@ unsafe extern "C" {
 
 #[derive(Default)]
 pub struct EmulatedDriver {
-    profiling: std::sync::atomic::AtomicBool,
+    profiling: super::driver::ProfiledThread,
     timings: Mutex<Vec<(&'static str, f64)>>,
     /// Open captures, one per capturing thread (each thread of a test run
     /// stands for its own stream, so parallel tests do not record each other).
@@ -208,7 +208,7 @@ impl Driver for EmulatedDriver {
         }
         let started = std::time::Instant::now();
         run_kernel(kernel, cfg, args)?;
-        if self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.profiling.is_current() {
             // launches are synchronous here: wall time is the kernel's time
             self.timings.lock().unwrap_or_else(|e| e.into_inner()).push((kernel, started.elapsed().as_secs_f64() * 1e3));
         }
@@ -220,7 +220,7 @@ impl Driver for EmulatedDriver {
     }
 
     fn set_profiling(&self, on: bool) {
-        self.profiling.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.profiling.set(on);
     }
 
     fn take_profile(&self) -> Result<Vec<(&'static str, f64)>> {

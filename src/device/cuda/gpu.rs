@@ -15,7 +15,7 @@ pub struct GpuDriver {
     module: Arc<CudaModule>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     name: String,
-    profiling: std::sync::atomic::AtomicBool,
+    profiling: super::driver::ProfiledThread,
     /// (kernel, start, end) events of timed launches, read by take_profile.
     timed: Mutex<Vec<(&'static str, CudaEvent, CudaEvent)>>,
     /// A graph capture is open on the stream (launches are not timed then).
@@ -201,7 +201,7 @@ impl Driver for GpuDriver {
         let mut params: Vec<*mut c_void> = storage.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
         let [gx, gy, gz] = cfg.grid;
         let [bx, by, bz] = cfg.block;
-        let timed = self.profiling.load(std::sync::atomic::Ordering::Relaxed) && !self.capturing.load(std::sync::atomic::Ordering::Relaxed);
+        let timed = self.profiling.is_current() && !self.capturing.load(std::sync::atomic::Ordering::Relaxed);
         let events = if timed {
             let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
             let start = self.ctx.new_event(timing).map_err(|e| cuda_err("creating an event", e))?;
@@ -228,7 +228,7 @@ impl Driver for GpuDriver {
     }
 
     fn set_profiling(&self, on: bool) {
-        self.profiling.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.profiling.set(on);
     }
 
     fn take_profile(&self) -> Result<Vec<(&'static str, f64)>> {

@@ -192,7 +192,7 @@ impl CudaBackend {
         self.allocator.stats()
     }
 
-    /// Time every kernel launch from now on (CUDA events on a GPU).
+    /// Time every kernel this thread launches from now on (CUDA events on a GPU).
     pub fn start_profiling(&self) {
         self.profiling.store(true, Ordering::Relaxed);
         self.driver().set_profiling(true);

@@ -48,9 +48,25 @@ pub fn forward(
     let mut args = vec![y.arg(), mean.arg(), rstd.arg()];
     args.extend(per_group_args(x, d, weight, bias, eps)?);
     args.push(Arg::I32(silu as i32));
-    let kernel = if store == DType::BF16 { "groupnorm_forward_bf16" } else { "groupnorm_forward" };
+    let kernel = match (resident(x, d) && y.ptr().is_multiple_of(16), store == DType::BF16) {
+        (true, false) => "groupnorm_forward_resident",
+        (true, true) => "groupnorm_forward_resident_bf16",
+        (false, false) => "groupnorm_forward",
+        (false, true) => "groupnorm_forward_bf16",
+    };
     backend.launch(kernel, per_group_blocks(d), &args)?;
     Ok((y, SavedStats { mean, rstd }))
+}
+
+/// float4s a thread of the resident kernels holds (GN_RESIDENT in kernels/groupnorm.cu).
+const RESIDENT_FLOAT4S: usize = 12;
+
+/// Whether a group of `x` fits the resident kernels, which read it once into
+/// registers as float4s (one read of x instead of three): at most
+/// 12·4·256 values, the group and each channel a whole number of float4s,
+/// x 16-byte aligned (and the forward's y).
+fn resident(x: &CudaBuffer, d: GroupNormDims) -> bool {
+    d.m() <= RESIDENT_FLOAT4S * 4 * THREADS as usize && d.s.is_multiple_of(4) && x.ptr().is_multiple_of(16)
 }
 
 /// The arguments the per-group forward kernels share after their outputs:
@@ -88,7 +104,8 @@ pub fn affine(x: &CudaBuffer, d: GroupNormDims, weight: Option<&CudaBuffer>, bia
     let affine = backend.alloc(len)?;
     let mut args = vec![affine.arg()];
     args.extend(per_group_args(x, d, weight, bias, eps)?);
-    backend.launch("groupnorm_affine", per_group_blocks(d), &args)?;
+    let kernel = if resident(x, d) { "groupnorm_affine_resident" } else { "groupnorm_affine" };
+    backend.launch(kernel, per_group_blocks(d), &args)?;
     Ok(affine)
 }
 
