@@ -81,9 +81,13 @@ fn fused_inference_attention_parity() {
     // block of 64 threads) and Lq = 20 (one of 32); and 70,000 batch entries
     // (more blocks than a grid's y or z can hold: at 2,048 images the seed
     // UNet has 65,536)
-    let cases = [(2, 3, 8, 130, 150, 5), (1, 2, 20, 17, 64, 32), (1, 1, 40, 9, 11, 3), (2, 2, 12, 64, 33, 16), (1, 3, 16, 20, 7, 9), (1, 70_000, 1, 1, 2, 1)];
+    // The last case is the first with sharp scores (scale 12: std ≈ 34, spans
+    // past 126·ln 2 between keys, so many weights are 2^x below 2^-126 or 0).
+    // (At scale 40 both this kernel and its expf predecessor leave REDUCTION's
+    // bar: f32 scores of ±300 hold ~2e-5 of rounding each.)
+    let cases = [(2, 3, 8, 130, 150, 5), (1, 2, 20, 17, 64, 32), (1, 1, 40, 9, 11, 3), (2, 2, 12, 64, 33, 16), (1, 3, 16, 20, 7, 9), (1, 70_000, 1, 1, 2, 1), (2, 3, 8, 130, 150, 5)];
     for (i, &(b, h, d, lq, lk, dv)) in cases.iter().enumerate() {
-        let scale = 1.0 / (d as f32).sqrt();
+        let scale = if i == cases.len() - 1 { 12.0 } else { 1.0 / (d as f32).sqrt() };
         let shapes = [[b, h, d, lq], [b, h, d, lk], [b, h, dv, lk]];
         let values: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(j, s)| randn(s, 90 + 3 * i as u64 + j as u64)).collect();
         let run = |device| {
