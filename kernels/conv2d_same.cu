@@ -422,10 +422,17 @@ constexpr int OUTSIDE = -2147483647 - 1;  // a patch column left or right of the
 constexpr int WG_BATCH = 4;              // staging items whose loads a thread issues together
 
 // The staged patch's row (words per channel) for `pixels` patch pixels at
-// PER_WORD pixels a word: ≥ pixels/2 + 1 (pairs) or ≥ pixels, and ≡ 4 (mod 8)
-// so that 8 channels' rows start in distinct banks.
+// PER_WORD pixels a word: ≥ pixels/2 + 1 (pairs) or ≥ pixels, and ≡ 12
+// (mod 16), with the bf16 odd-start plane WG_PLANE_PAD words further than
+// the even one's end. A warp's B fragments read 8 (channel, tap) columns × 4
+// pixel words; with rows ≡ 4 (mod 16) and the planes a multiple of 32 words
+// apart, the planes and the taps' rows fell on the same banks: 4 wavefronts a
+// load at 32×32 maps and 3.3 at 16×16 (scripts/wg_bank_conflicts.py, the seed
+// shapes; run 6's ncu: 5–15 M shared-load bank conflicts a launch), 2.0 and
+// 1.0 now (2.0 at 8×8 and 4×4 either way; f32: 3.3 / 2.2 → 2.4 / 1.4).
+constexpr int WG_PLANE_PAD = 28;
 __host__ __device__ constexpr int patch_row_words(int pixels, int per_word) {
-    return ((per_word == 2 ? pixels / 2 + 1 : pixels) + 3) / 8 * 8 + 4;
+    return ((per_word == 2 ? pixels / 2 + 1 : pixels) + 3) / 8 * 8 + 12;
 }
 // The largest patch (pixels) the weight gradient stages: BM 32 blocks stage
 // twice the channels, so they take smaller patches (48 KB of shared memory).
@@ -442,8 +449,9 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
     constexpr int NT = CT * KK / 8 / WARPS_N;       // n8 tiles per warp (= K²)
     constexpr int PX_MAX = wg_patch_max(BM);
     constexpr int CS = patch_row_words(PX_MAX, PER_WORD);
+    constexpr int PLANE = CT * CS + (PER_WORD == 2 ? WG_PLANE_PAD : 0);  // words from one parity's to the next
     __shared__ unsigned int a_tile[BM * WG_A_LD];   // dY words [oc][word] of one phase
-    __shared__ unsigned int words[PER_WORD * CT * CS];  // [parity][c][q]
+    __shared__ unsigned int words[PER_WORD * PLANE];  // [parity][c][q]
     __shared__ int patch_src[PX_MAX];               // patch pixel → offset from (img0, oh0) (negative in the top
                                                     // halo), OUTSIDE past the left or right edge
     __shared__ int patch_row[PX_MAX];               // patch pixel → (segment, input row relative to oh0)
@@ -484,7 +492,7 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
     for (int ni = 0; ni < NT; ++ni) {
         const int col = 8 * (warp_n * NT + ni) + g, c = col / KK, tap = col % KK;
         const int shift = (tap / KS) * tile.pw + tap % KS;
-        col_off[ni] = ((shift % PER_WORD) * CT + c) * CS + shift / PER_WORD;
+        col_off[ni] = (shift % PER_WORD) * PLANE + c * CS + shift / PER_WORD;
     }
     typename Step<Math>::Acc acc[NT];
 #pragma unroll
@@ -541,7 +549,7 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
                     float w[PER_WORD];
 #pragma unroll
                     for (int k = 0; k < PER_WORD; ++k) w[k] = v[b][parity + k];
-                    words[(parity * CT + item_c[b]) * CS + item_q[b]] = word_bits(Math::pack(w));
+                    words[parity * PLANE + item_c[b] * CS + item_q[b]] = word_bits(Math::pack(w));
                 }
             }
         }
