@@ -1,6 +1,7 @@
-//! AdamW on CUDA parameters (kernels/optim.cu) against the CPU AdamW
-//! (adamw_math.rs) over 3 steps, both lerp branches, with a parameter that gets
-//! no gradient. The kernel uses explicitly rounded f32 operations in the CPU
+//! AdamW on CUDA parameters (kernels/optim.cu, all of a step in one launch)
+//! against the CPU AdamW (adamw_math.rs) over 3 steps, both lerp branches,
+//! with a parameter that gets no gradient, one of several 2,048-element
+//! blocks, and one that joins at step 2 (its own step count in the launch). The kernel uses explicitly rounded f32 operations in the CPU
 //! order, so the results are the same bit for bit — exact on the CPU emulation
 //! of CUDA (asserted); on a GPU the assertion allows 1 ulp per value (parameters
 //! and both moments) and the largest distance seen is printed.
@@ -17,15 +18,16 @@ fn ulp_distance(a: f32, b: f32) -> u64 {
     (key(a) - key(b)).unsigned_abs()
 }
 
-/// Parameters [3, 37], [300] (past one 256-thread block) and [5] (never used:
-/// no gradient), their AdamW, and the per-step gradient constants.
+/// Parameters [3, 37], [300] (past one 256-thread block), [5] (never used:
+/// no gradient), [5000] (three blocks of the multi-tensor kernel, the last
+/// partial) and [7] (a gradient from step 2 on), their AdamW.
 struct Run {
     params: Vec<Tensor>,
     opt: AdamW,
 }
 
 fn init(device: Device, hyper: AdamWHyper) -> Run {
-    let shapes: [&[usize]; 3] = [&[3, 37], &[300], &[5]];
+    let shapes: [&[usize]; 5] = [&[3, 37], &[300], &[5], &[5000], &[7]];
     let params: Vec<Tensor> = shapes
         .iter()
         .enumerate()
@@ -35,25 +37,30 @@ fn init(device: Device, hyper: AdamWHyper) -> Run {
     Run { params, opt }
 }
 
-/// L = Σ p0·c0 + Σ p1·c1 with fresh constants each step: the gradients are the
-/// constants exactly, on every device. Larger values at step 2 exercise v.
+/// The parameters with a gradient at step `t`: p4 joins at step 2.
+fn used(t: u64) -> Vec<usize> {
+    if t >= 2 { vec![0, 1, 3, 4] } else { vec![0, 1, 3] }
+}
+
+/// L = Σ_i Σ p_i·c_i over the used parameters with fresh constants each step:
+/// the gradients are the constants exactly, on every device. Larger values
+/// at step 2 exercise v.
 fn step(run: &mut Run, t: u64, device: Device, beta1: f32) {
     let scale = if t == 2 { 50.0 } else { 1.0 };
-    let consts: Vec<Tensor> = (0..2)
-        .map(|i| {
+    let used = used(t);
+    let consts: Vec<Tensor> = used
+        .iter()
+        .map(|&i| {
             let v: Vec<f32> = randn(run.params[i].dims(), 500 + 10 * t + i as u64).iter().map(|x| x * scale).collect();
             Tensor::from_vec_on(v, run.params[i].shape().clone(), device).unwrap()
         })
         .collect();
-    let loss = ops::add(
-        &ops::sum_all(&ops::mul(&run.params[0], &consts[0]).unwrap()).unwrap(),
-        &ops::sum_all(&ops::mul(&run.params[1], &consts[1]).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let terms: Vec<Tensor> = used.iter().zip(&consts).map(|(&i, c)| ops::sum_all(&ops::mul(&run.params[i], c).unwrap()).unwrap()).collect();
+    let loss = terms[1..].iter().fold(terms[0].clone(), |acc, t| ops::add(&acc, t).unwrap());
     let grads = backward(&loss).unwrap();
     assert!(grads.get(&run.params[2]).is_none());
-    for (i, (p, c)) in run.params.iter().zip(&consts).enumerate() {
-        assert_eq!(grads.get(p).unwrap().to_vec(), c.to_vec(), "gradient {i} at step {t}");
+    for (&i, c) in used.iter().zip(&consts) {
+        assert_eq!(grads.get(&run.params[i]).unwrap().to_vec(), c.to_vec(), "gradient {i} at step {t}");
     }
     run.opt.hyper.beta1 = beta1;
     run.opt.step(&grads).unwrap();
@@ -73,8 +80,8 @@ fn adamw_three_steps_cuda_equals_cpu() {
         let (cm, cv, cs) = cpu.opt.state();
         let (dm, dv, ds) = dev.opt.state();
         assert_eq!(cs, ds);
-        assert_eq!(ds, &[t, t, 0]);
-        for i in 0..3 {
+        assert_eq!(ds, &[t, t, 0, t, t - 1]);
+        for i in 0..5 {
             assert_eq!(dev.params[i].device(), device);
             for (what, d, c) in [("param", &dev.params[i], &cpu.params[i]), ("exp_avg", &dm[i], &cm[i]), ("exp_avg_sq", &dv[i], &cv[i])] {
                 for (k, (&x, &y)) in d.to_vec().iter().zip(&c.to_vec()).enumerate() {

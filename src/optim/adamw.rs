@@ -40,8 +40,10 @@ impl AdamW {
         &self.params
     }
 
-    /// One update of every parameter that has a gradient in `grads`.
+    /// One update of every parameter that has a gradient in `grads` (on
+    /// CUDA all of a device's parameters in one launch).
     pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        let mut batches: Vec<(Device, super::cuda::AdamWBatch)> = Vec::new();
         for i in 0..self.params.len() {
             let param = &self.params[i];
             let Some(grad) = grads.get(param) else { continue };
@@ -68,22 +70,28 @@ impl AdamW {
                     if grad.device() != param.device() {
                         return Err(Error::DeviceMismatch { op: "adamw", a: param.device(), b: grad.device() });
                     }
+                    let device = param.device();
+                    let batch = match batches.iter().position(|(d, _)| *d == device) {
+                        Some(k) => &mut batches[k].1,
+                        None => {
+                            batches.push((device, Default::default()));
+                            &mut batches.last_mut().expect("just pushed").1
+                        }
+                    };
                     let g = grad.storage();
+                    // storage_mut marks the values written (what was derived from them is dropped)
                     let p = param.storage_mut();
                     let m = self.exp_avg[i].storage_mut();
                     let v = self.exp_avg_sq[i].storage_mut();
-                    // In place on the device buffers (kernels/optim.cu); the one
-                    // stream orders this launch after every queued use of them.
-                    super::cuda::adamw_step(
-                        p.cuda("adamw")?,
-                        g.cuda("adamw")?,
-                        m.cuda("adamw")?,
-                        v.cuda("adamw")?,
-                        self.steps[i],
-                        self.hyper,
-                    )?;
+                    batch.push(p.cuda("adamw")?, g.cuda("adamw")?, m.cuda("adamw")?, v.cuda("adamw")?, self.steps[i], self.hyper)?;
                 }
             }
+        }
+        // In place on the device buffers (kernels/optim.cu), which self.params,
+        // the moments and `grads` keep alive; the one stream orders the launch
+        // after every queued use of them.
+        for (_, batch) in batches {
+            batch.launch()?;
         }
         Ok(())
     }

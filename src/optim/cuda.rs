@@ -1,4 +1,4 @@
-//! CUDA launch of kernels/optim.cu: the AdamW step in place on device buffers.
+//! CUDA launch of kernels/optim.cu: the AdamW steps of many parameters in place on device buffers, one launch.
 
 use super::adamw_math::AdamWHyper;
 use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
@@ -46,17 +46,62 @@ impl AdamWScalars {
     }
 }
 
-/// One AdamW step (`t` 1-based) of `param` in place, with moments `exp_avg`,
-/// `exp_avg_sq` updated in place, all on one device.
-pub fn adamw_step(param: &CudaBuffer, grad: &CudaBuffer, exp_avg: &CudaBuffer, exp_avg_sq: &CudaBuffer, t: u64, h: AdamWHyper) -> Result<()> {
-    let n = param.len();
-    if grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n {
-        return shape_err("adamw", format!("buffers of {n}, {}, {}, {} elements", grad.len(), exp_avg.len(), exp_avg_sq.len()));
+/// Elements a block of `adamw_step_multi_f32` updates (ADAMW_CHUNK).
+const CHUNK: usize = 2048;
+
+/// Mirrors `AdamWSegment` in kernels/optim.cu: one parameter of a multi-tensor step.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct AdamWSegment {
+    param: u64,
+    grad: u64,
+    exp_avg: u64,
+    exp_avg_sq: u64,
+    s: AdamWScalars,
+    first_block: i32,
+    pad: i32,
+}
+
+/// The AdamW steps of many parameters on one device, gathered for one launch.
+#[derive(Default)]
+pub struct AdamWBatch {
+    segments: Vec<AdamWSegment>,
+    backend: Option<std::sync::Arc<crate::device::cuda::CudaBackend>>,
+    blocks: usize,
+}
+
+impl AdamWBatch {
+    /// Adds one parameter's step `t` (1-based); its buffers must stay alive
+    /// until [`AdamWBatch::launch`] has queued the kernel.
+    pub fn push(&mut self, param: &CudaBuffer, grad: &CudaBuffer, exp_avg: &CudaBuffer, exp_avg_sq: &CudaBuffer, t: u64, h: AdamWHyper) -> Result<()> {
+        let n = param.len();
+        if grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n {
+            return shape_err("adamw", format!("buffers of {n}, {}, {}, {} elements", grad.len(), exp_avg.len(), exp_avg_sq.len()));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let first_block = elems("adamw", self.blocks)?;
+        self.segments.push(AdamWSegment {
+            param: param.ptr(),
+            grad: grad.ptr(),
+            exp_avg: exp_avg.ptr(),
+            exp_avg_sq: exp_avg_sq.ptr(),
+            s: AdamWScalars::new(h, t, elems("adamw", n)?),
+            first_block,
+            pad: 0,
+        });
+        self.blocks += n.div_ceil(CHUNK);
+        self.backend.get_or_insert_with(|| param.backend().clone());
+        Ok(())
     }
-    if n == 0 {
-        return Ok(());
+
+    /// One launch of `adamw_step_multi_f32` for every parameter pushed (the
+    /// segment table uploaded first, in stream order).
+    pub fn launch(self) -> Result<()> {
+        let Some(backend) = self.backend else { return Ok(()) };
+        let table = backend.upload(bytemuck::cast_slice(&self.segments))?;
+        let args = [table.arg(), Arg::I32(elems("adamw", self.segments.len())?)];
+        backend.launch("adamw_step_multi_f32", LaunchConfig::blocks(elems("adamw", self.blocks)? as usize, THREADS), &args)
     }
-    let scalars = AdamWScalars::new(h, t, elems("adamw", n)?);
-    let args = [param.arg(), grad.arg(), exp_avg.arg(), exp_avg_sq.arg(), Arg::pod(&scalars)];
-    param.backend().launch("adamw_step_f32", LaunchConfig::for_elems(n, THREADS), &args)
 }
