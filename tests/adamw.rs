@@ -53,3 +53,11 @@ fn one_cycle_drives_a_quadratic_to_its_minimum() {
         assert!((got - want).abs() < 1e-2, "{got} vs {want}");
     }
 }
+
+#[test]
+fn a_parameter_listed_twice_is_refused() {
+    let w = Tensor::from_vec(vec![0.5, -1.0], [2]).unwrap().requires_grad_();
+    let b = Tensor::from_vec(vec![1.0], [1]).unwrap().requires_grad_();
+    let err = AdamW::new(vec![w.clone(), b, w], AdamW::lesson_defaults(1e-2)).err().expect("a duplicate parameter");
+    assert_eq!(err.to_string(), "adamw: a parameter appears more than once");
+}

@@ -19,8 +19,14 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Moments start at zero on each parameter's device.
+    /// Moments start at zero on each parameter's device. A parameter listed
+    /// twice is an error (its two updates would land in one launch).
     pub fn new(params: Vec<Tensor>, hyper: AdamWHyper) -> Result<Self> {
+        let mut ids: Vec<_> = params.iter().map(Tensor::id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::Argument { op: "adamw", msg: "a parameter appears more than once".into() });
+        }
         let zeros = |p: &Tensor| Tensor::zeros_on(p.shape().clone(), p.device());
         Ok(AdamW {
             exp_avg: params.iter().map(zeros).collect::<Result<_>>()?,
