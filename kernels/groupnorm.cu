@@ -194,6 +194,16 @@ __device__ __forceinline__ void forward_resident(TY* __restrict__ y, float* __re
     }
 }
 
+// Group ng's (mean, scale, shift, 0) of each of its channels c = g·Cg + i,
+// at nc = (n·G + g)·Cg + i = n·C + c (the block's threads over the channels).
+__device__ __forceinline__ void store_affine(float4* __restrict__ affine, int ng, int g, int cg, float mu, float rs,
+                                             const float* __restrict__ gamma, const float* __restrict__ beta) {
+    for (int i = threadIdx.x; i < cg; i += blockDim.x) {
+        const int ch = g * cg + i;
+        affine[(long long)ng * cg + i] = float4{mu, rs * (gamma ? gamma[ch] : 1.0f), beta ? beta[ch] : 0.0f, 0.0f};
+    }
+}
+
 }  // namespace groupnorm
 
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
@@ -220,11 +230,7 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
         const int g = ng % groups;
         float mu, rs;
         groupnorm::stats(x + (long long)ng * m, m, eps, scratch, mu, rs);
-        for (int i = threadIdx.x; i < cg; i += blockDim.x) {
-            const int ch = g * cg + i;
-            const long long nc = (long long)ng * cg + i;  // (n·G + g)·Cg + i = n·C + ch
-            affine[nc] = float4{mu, rs * (gamma ? gamma[ch] : 1.0f), beta ? beta[ch] : 0.0f, 0.0f};
-        }
+        groupnorm::store_affine(affine, ng, g, cg, mu, rs, gamma, beta);
     }
 }
 
@@ -259,10 +265,7 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
         const int g = ng % groups;
         float mu, rs;
         groupnorm::Resident(x + (long long)ng * m, m).stats(eps, scratch, mu, rs);
-        for (int i = threadIdx.x; i < cg; i += blockDim.x) {
-            const int ch = g * cg + i;
-            affine[(long long)ng * cg + i] = float4{mu, rs * (gamma ? gamma[ch] : 1.0f), beta ? beta[ch] : 0.0f, 0.0f};
-        }
+        groupnorm::store_affine(affine, ng, g, cg, mu, rs, gamma, beta);
     }
 }
 

@@ -45,5 +45,6 @@ def main(src: str, dst: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit(__doc__)
+        print("usage: python3 scripts/model_to_bf16.py IN.safetensors OUT.safetensors", file=sys.stderr)
+        sys.exit(2)
     main(sys.argv[1], sys.argv[2])
