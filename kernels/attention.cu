@@ -9,6 +9,7 @@
 // A row is re-read from global memory in each pass (it is small and stays in
 // cache); any row length works, odd ones included.
 #include "common.cuh"
+#include "mma.cuh"
 
 namespace attention {
 
@@ -307,6 +308,227 @@ __device__ void backward_key(float* dk, float* dvv, const float* q, const float*
 
 }  // namespace attention
 
+// ---- Inference attention with bf16 products on the tensor cores ----
+//
+// The products of [infer] at the bf16 compute precision (ops::precision): the
+// operands are rounded to bf16, the products are exact and summed in f32, as
+// one mma.m16n8k16 does. In base 2 (c = scale·log2 e, folded into Q):
+//   s_ij = Σ_d bf16(c·Q[d,i])·bf16(K[d,j]),   m_i = max_j s_ij,
+//   p_ij = 2^(s_ij − m_i),   l_i = Σ_j p_ij,
+//   O[:, i] = Σ_j bf16(p_ij)·bf16(V[:, j]) / l_i.
+// Two passes over the keys: the first finds m_i, the second forms p_ij
+// against the final max, so each p_ij is rounded once, as the CPU twin
+// (ops::attention::cpu::forward_output_bf16) rounds it — an online softmax
+// would round it against a running max and rescale, which no twin follows.
+// Recomputing S costs one more mma per 8 keys; the tensor cores are idle
+// otherwise (run 6: the f32 kernel at 91 % issue, tensor pipe 2.7 %).
+//
+// Warp w of a block owns queries i0 = 16·(tile) … +15 of one batch entry: the
+// rows of the m16 tiles. Per 16 keys kb…kb+15 (two n8 tiles):
+//   S (16 queries × 8 keys, per tile) = Q (16 × 16 features, A) · Kᵀ (B),
+//     ⌈H/16⌉ k-steps, features past D zero (H = 8: half of a k-step);
+//   P (16 queries × 16 keys, A) · V (16 keys × 8 values, B) into O's n8 tiles.
+// S's accumulator layout (c0, c1: row g, columns 2t, 2t+1; c2, c3: row g + 8)
+// is the A fragment layout of P (a0/a1: keys 2t.. of tile 0 at rows g / g + 8,
+// a2/a3: tile 1), so P goes from registers to the next mma (g = lane / 4,
+// t = lane % 4). A row's max and sum are over the 4 lanes of a quad.
+//
+// The block stages up to KT keys at a time as bf16 pairs: K key-major,
+// ks[key][w] = (K[2w, key], K[2w+1, key]) (K_LD words a key: a B fragment
+// reads word w of 8 keys, one bank each), V value-major, vs[c][w] =
+// (V[c, 2w], V[c, 2w+1]) (V_LD = KT/2 + 4 words a row: rows g = 0..7 of a
+// fragment 4 banks apart). With Lk ≤ KT (the UNet's: 256, 64, 16 keys) the
+// keys are staged once for both passes.
+namespace attention_bf16 {
+
+constexpr int KT = 256;            // keys staged at a time
+constexpr int V_LD = KT / 2 + 4;   // words per staged V row
+
+template <int H>
+struct Tiles {
+    static constexpr int K_STEPS = (H + 15) / 16;         // m16n8k16 steps over the features
+    static constexpr int K_WORDS = H / 2;                  // bf16 pairs of a key's features
+    static constexpr int K_LD = H == 8 ? 4 : H / 2 + 4;    // words per staged key (conflict-free B reads)
+    static constexpr int V_TILES = H / 8;                  // n8 tiles of O's values
+};
+
+// Stage keys j0 … j0 + n − 1 (zeros past n, past D or Dv); with_v false for
+// the first pass when the keys do not fit in one stage.
+template <int H>
+__device__ __forceinline__ void stage(unsigned int* ks, unsigned int* vs, const float* kb, const float* vb, int d, int dv,
+                                      int lk, int j0, int n, bool with_v) {
+    using T = Tiles<H>;
+    for (int e = threadIdx.x; e < KT * T::K_WORDS; e += blockDim.x) {
+        const int jj = e % KT, w = e / KT;  // consecutive threads: consecutive keys (coalesced reads of K's rows)
+        const bool key = jj < n;
+        const float lo = key && 2 * w < d ? kb[(long long)(2 * w) * lk + j0 + jj] : 0.0f;
+        const float hi = key && 2 * w + 1 < d ? kb[(long long)(2 * w + 1) * lk + j0 + jj] : 0.0f;
+        ks[jj * T::K_LD + w] = mma::bf16_pair(lo, hi);
+    }
+    if (!with_v) return;
+    for (int e = threadIdx.x; e < H * (KT / 2); e += blockDim.x) {
+        const int w = e % (KT / 2), c = e / (KT / 2);
+        const int j = 2 * w;
+        const float lo = c < dv && j < n ? vb[(long long)c * lk + j0 + j] : 0.0f;
+        const float hi = c < dv && j + 1 < n ? vb[(long long)c * lk + j0 + j + 1] : 0.0f;
+        vs[c * V_LD + w] = mma::bf16_pair(lo, hi);
+    }
+}
+
+// s[nt] = the scores of keys kb + 8·nt … (two n8 tiles) for this warp's 16
+// queries, −∞ for keys at or past n.
+template <int H>
+__device__ __forceinline__ void scores(float (&s)[2][4], const unsigned int (&qa)[Tiles<H>::K_STEPS][4],
+                                       const unsigned int* ks, int kb, int n) {
+    using T = Tiles<H>;
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        const unsigned int* key = ks + (kb + 8 * nt + g) * T::K_LD;
+#pragma unroll
+        for (int kstep = 0; kstep < T::K_STEPS; ++kstep) {
+            // b0: features 16·kstep + 2t, +1 of key g; b1: 8 features further (none past H)
+            const int w0 = 8 * kstep + t, w1 = w0 + 4;
+            const unsigned int b[2] = {key[w0], w1 < T::K_WORDS ? key[w1] : 0u};
+            mma::mma_bf16(s[nt], qa[kstep], b);
+        }
+    }
+    if (kb + 16 > n) {
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+                if (kb + 8 * nt + 2 * t + r % 2 >= n) s[nt][r] = MD_NEG_INF;
+    }
+}
+
+// 2^x by one ex2.approx.ftz (exp2f adds a test and two multiplies to keep
+// results below 2^-126 as subnormals; here they flush to 0: a weight that
+// small adds under 1e-38 of a value to the sum). The emulation keeps exp2f.
+__device__ __forceinline__ float exp2_ftz(float x) {
+#if defined(MD_EMULATED)
+    return exp2f(x);
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// The block: batch entry b, query tiles; see the section comment. Batch
+// entries and heads as in [attention::infer].
+template <int H>
+__device__ void infer(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d, int dv,
+                      float scale, int heads, long long q_image, long long k_image, long long v_image) {
+    using T = Tiles<H>;
+    __shared__ unsigned int ks[KT * T::K_LD];
+    __shared__ unsigned int vs[H * V_LD];
+    const int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int tiles = (lq + 16 * warps - 1) / (16 * warps);  // blocks per batch entry
+    const long long b = (long long)blockIdx.x / tiles;
+    const int i0 = (int)(blockIdx.x - b * tiles) * 16 * warps + 16 * warp;
+    const long long image = b / heads, head = b - image * heads;
+    const float* qb = q + image * q_image + head * d * lq;
+    const float* kb = k + image * k_image + head * d * lk;
+    const float* vb = v + image * v_image + head * dv * lk;
+
+    // Q's A fragments: a0 = (c·Q[16ks + 2t, i0 + g], c·Q[16ks + 2t + 1, i0 + g]),
+    // a1 the same at query i0 + g + 8, a2 / a3 at features 16ks + 8 + 2t, +1
+    const float c = scale * attention::LOG2_E;
+    auto qv = [&](int f, int i) { return f < d && i < lq ? c * qb[(long long)f * lq + i] : 0.0f; };
+    unsigned int qa[T::K_STEPS][4];
+#pragma unroll
+    for (int kstep = 0; kstep < T::K_STEPS; ++kstep) {
+        const int f = 16 * kstep + 2 * t;
+        qa[kstep][0] = mma::bf16_pair(qv(f, i0 + g), qv(f + 1, i0 + g));
+        qa[kstep][1] = mma::bf16_pair(qv(f, i0 + g + 8), qv(f + 1, i0 + g + 8));
+        qa[kstep][2] = mma::bf16_pair(qv(f + 8, i0 + g), qv(f + 9, i0 + g));
+        qa[kstep][3] = mma::bf16_pair(qv(f + 8, i0 + g + 8), qv(f + 9, i0 + g + 8));
+    }
+
+    const bool once = lk <= KT;  // every key staged once, for both passes
+    float s[2][4];
+    // pass 1: m for rows g (lo) and g + 8 (hi)
+    float m_lo = MD_NEG_INF, m_hi = MD_NEG_INF;
+    for (int j0 = 0; j0 < lk; j0 += KT) {
+        const int n = min(KT, lk - j0);
+        __syncthreads();  // the previous stage is no longer read
+        stage<H>(ks, vs, kb, vb, d, dv, lk, j0, n, once);
+        __syncthreads();
+        for (int kb16 = 0; kb16 < n; kb16 += 16) {
+            scores<H>(s, qa, ks, kb16, n);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                m_lo = fmaxf(m_lo, fmaxf(s[nt][0], s[nt][1]));
+                m_hi = fmaxf(m_hi, fmaxf(s[nt][2], s[nt][3]));
+            }
+        }
+    }
+    m_lo = quad_max(m_lo);
+    m_hi = quad_max(m_hi);
+
+    // pass 2: p = 2^(s − m), l = Σ p, O += bf16(P)·V
+    float l_lo = 0.0f, l_hi = 0.0f;
+    float acc[T::V_TILES][4];
+#pragma unroll
+    for (int vt = 0; vt < T::V_TILES; ++vt) acc[vt][0] = acc[vt][1] = acc[vt][2] = acc[vt][3] = 0.0f;
+    for (int j0 = 0; j0 < lk; j0 += KT) {
+        const int n = min(KT, lk - j0);
+        if (!once) {
+            __syncthreads();
+            stage<H>(ks, vs, kb, vb, d, dv, lk, j0, n, true);
+            __syncthreads();
+        }
+        for (int kb16 = 0; kb16 < n; kb16 += 16) {
+            scores<H>(s, qa, ks, kb16, n);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                s[nt][0] = exp2_ftz(s[nt][0] - m_lo);
+                s[nt][1] = exp2_ftz(s[nt][1] - m_lo);
+                s[nt][2] = exp2_ftz(s[nt][2] - m_hi);
+                s[nt][3] = exp2_ftz(s[nt][3] - m_hi);
+                l_lo += s[nt][0] + s[nt][1];
+                l_hi += s[nt][2] + s[nt][3];
+            }
+            const unsigned int pa[4] = {mma::bf16_pair(s[0][0], s[0][1]), mma::bf16_pair(s[0][2], s[0][3]),
+                                        mma::bf16_pair(s[1][0], s[1][1]), mma::bf16_pair(s[1][2], s[1][3])};
+#pragma unroll
+            for (int vt = 0; vt < T::V_TILES; ++vt) {
+                // b0: keys kb16 + 2t, +1 of value 8vt + g; b1: keys kb16 + 8 + 2t, +1
+                const unsigned int* row = vs + (8 * vt + g) * V_LD + kb16 / 2 + t;
+                const unsigned int bv[2] = {row[0], row[4]};
+                mma::mma_bf16(acc[vt], pa, bv);
+            }
+        }
+    }
+    l_lo = quad_sum(l_lo);
+    l_hi = quad_sum(l_hi);
+
+    // acc[vt]: O[8vt + 2t (+1), i0 + g] in r = 0 (1), at i0 + g + 8 in r = 2 (3)
+    float* ob = o + b * dv * lq;
+    const float inv[2] = {1.0f / l_lo, 1.0f / l_hi};
+#pragma unroll
+    for (int vt = 0; vt < T::V_TILES; ++vt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int cv = 8 * vt + 2 * t + r % 2, i = i0 + g + 8 * (r / 2);
+            if (cv < dv && i < lq) ob[(long long)cv * lq + i] = acc[vt][r] * inv[r / 2];
+        }
+}
+
+}  // namespace attention_bf16
+
 // The fused kernels per head size H (D, Dv ≤ H). grid = (batch·⌈L/threads⌉),
 // block = threads ≤ 128 (a multiple of 32 covering L when L < 128), with L = Lq
 // for infer and backward_query, Lk for backward_key.
@@ -363,4 +585,25 @@ extern "C" __global__ void __launch_bounds__(128)
                                       const float* d_o, const float* lse, const float* delta, int lq, int lk, int d,
                                       int dv, float scale) {
     attention::backward_key<32>(dk, dvv, q, k, v, d_o, lse, delta, lq, lk, d, dv, scale);
+}
+
+// The bf16-product inference kernels per head size (D, Dv ≤ H). grid =
+// batch·⌈Lq/(16·warps)⌉, block = 32·warps threads, warps = min(4, ⌈Lq/16⌉).
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_infer_bf16_h8(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d,
+                                     int dv, float scale, int heads, long long q_image, long long k_image,
+                                     long long v_image) {
+    attention_bf16::infer<8>(o, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_infer_bf16_h16(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d,
+                                     int dv, float scale, int heads, long long q_image, long long k_image,
+                                     long long v_image) {
+    attention_bf16::infer<16>(o, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attention_columns_infer_bf16_h32(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d,
+                                     int dv, float scale, int heads, long long q_image, long long k_image,
+                                     long long v_image) {
+    attention_bf16::infer<32>(o, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
 }

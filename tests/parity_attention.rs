@@ -171,3 +171,90 @@ fn fused_training_attention_parity() {
         ParityTol::REDUCTION,
     );
 }
+
+/// Inference attention at the bf16 precision: `attention_columns_infer_bf16_h*`
+/// (Q·Kᵀ and P·V as bf16 mma on the tensor cores, two passes over the keys)
+/// against its CPU twin `forward_output_bf16` (the same rounded operands and
+/// the same bf16 P). On the emulation the two differ only in the order of the
+/// f32 sums (BF16_TENSOR_CORE). On a GPU exp2f is ex2.approx (≤ 2 ulp), so a
+/// weight within 2 ulp of a bf16 tie may round the other way: one bf16 ulp
+/// (2^-8 relative) of that weight's term, at most 2^-8·Σ_j p_ij·|V[c, j]| / l_i
+/// for output (c, i) — the allowance added there.
+/// Cases: h8 with 130 queries (two 64-query blocks and a partial 16-query
+/// tile), 150 keys (a partial 16-key block), Dv 5; h32 (D 20: a second k-step
+/// half empty, Dv 32); h16; 300 keys (past one 256-key stage: the first pass
+/// stages K alone, the second both); 16 queries (one warp a block); the first
+/// case again with sharp scores (scale 12).
+#[test]
+fn bf16_inference_attention_parity() {
+    use minidiffusion::ops::precision::{Precision, round_bf16, with_precision};
+    use minidiffusion::{Device, Tensor, no_grad, testing::parity_device};
+    let cases = [(2, 3, 8, 130, 150, 5), (1, 2, 20, 17, 64, 32), (2, 2, 12, 64, 33, 16), (1, 2, 8, 40, 300, 8), (3, 1, 8, 16, 16, 8), (2, 3, 8, 130, 150, 5)];
+    let device = parity_device();
+    let on_gpu = matches!(device, Device::Cuda(c) if !c.emulated);
+    for (i, &(b, h, d, lq, lk, dv)) in cases.iter().enumerate() {
+        let scale = if i == cases.len() - 1 { 12.0 } else { 1.0 / (d as f32).sqrt() };
+        let shapes = [[b, h, d, lq], [b, h, d, lk], [b, h, dv, lk]];
+        let values: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(j, s)| randn(s, 500 + 3 * i as u64 + j as u64)).collect();
+        let run = |device| {
+            let t: Vec<Tensor> = values.iter().zip(&shapes).map(|(v, s)| Tensor::from_vec_on(v.clone(), *s, device).unwrap()).collect();
+            let _bf16 = with_precision(Precision::Bf16);
+            no_grad(|| ops::attention_columns(&t[0], &t[1], &t[2], scale)).unwrap().to_vec()
+        };
+        let (cpu, dev) = (run(Device::Cpu), run(device));
+        // the twin's weights again (f64 is plenty for a bound): Σ_j p_ij |V[c, j]| / l_i
+        let (qv, kv, vv) = (&values[0], &values[1], &values[2]);
+        let c = scale * std::f32::consts::LOG2_E;
+        for e in 0..b * h {
+            for qi in 0..lq {
+                let s: Vec<f64> = (0..lk)
+                    .map(|j| (0..d).map(|f| round_bf16(c * qv[(e * d + f) * lq + qi]) as f64 * round_bf16(kv[(e * d + f) * lk + j]) as f64).sum())
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = s.iter().map(|x| (x - m).exp2()).collect();
+                let l: f64 = p.iter().sum();
+                for ch in 0..dv {
+                    let at = (e * dv + ch) * lq + qi;
+                    let flips = if on_gpu { (0..lk).map(|j| p[j] * vv[(e * dv + ch) * lk + j].abs() as f64).sum::<f64>() / l / 256.0 } else { 0.0 };
+                    let tol = ParityTol::BF16_TENSOR_CORE.atol as f64 + ParityTol::BF16_TENSOR_CORE.rtol as f64 * (cpu[at] as f64).abs() + flips;
+                    assert!(
+                        ((dev[at] - cpu[at]) as f64).abs() <= tol,
+                        "bf16 attention case {i} ({device}): entry {at} (value {ch}, query {qi}): got {}, twin {} (tolerance {tol:e})",
+                        dev[at],
+                        cpu[at]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The packed q, k, v at bf16 run the same kernel on the same values as the
+/// three parts (bit for bit) and stay within the twin's tolerance.
+#[test]
+fn bf16_packed_inference_attention_matches_the_parts() {
+    use minidiffusion::ops::precision::{Precision, with_precision};
+    use minidiffusion::{Tensor, no_grad, testing::assert_close, testing::parity_device};
+    let (b, heads, d, len) = (2, 4, 8, 70);
+    let dims = [b, 3 * heads * d, len];
+    let values = randn(&dims, 640);
+    let run = |device, packed: bool| {
+        let qkv = Tensor::from_vec_on(values.clone(), dims, device).unwrap();
+        let _bf16 = with_precision(Precision::Bf16);
+        no_grad(|| {
+            if packed {
+                ops::attention_columns_packed(&qkv, heads, 1.0 / (d as f32).sqrt())
+            } else {
+                let part = |j: usize| ops::reshape(&ops::narrow(&qkv, 1, j * heads * d, heads * d)?, [b, heads, d, len]);
+                ops::attention_columns(&part(0)?, &part(1)?, &part(2)?, 1.0 / (d as f32).sqrt())
+            }
+        })
+        .unwrap()
+        .to_vec()
+    };
+    let device = parity_device();
+    let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(run(device, true)), bits(run(device, false)), "packed bf16 attention: the same kernel on the same values");
+    // a loose bar here (bf16_inference_attention_parity holds the tight one)
+    assert_close("packed bf16 attention vs the CPU twin", &run(device, true), &run(minidiffusion::Device::Cpu, true), 2e-3, 2e-3);
+}

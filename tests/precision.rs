@@ -233,3 +233,53 @@ fn cast_passes_the_gradient_through() {
     let g = grads.get(&x).expect("x has a gradient");
     assert_eq!((g.dtype(), g.to_vec()), (DType::F32, r.to_vec()));
 }
+
+/// Inference attention at bf16 (channels-first, heads ≤ 32 features: the
+/// UNet's) is the twin `forward_output_bf16`: its distance from f32 is
+/// bf16-sized (so a kernel that skipped the rounding fails its parity test),
+/// it equals the twin written out here in f64 from the rounded operands to
+/// within the f32 sums and one bf16 ulp of each weight; with a gradient, or
+/// with `with_attention_bf16(false)`, attention stays f32 bit for bit.
+#[test]
+fn inference_attention_at_bf16_rounds_its_products() {
+    use minidiffusion::no_grad;
+    use minidiffusion::ops::precision::with_attention_bf16;
+    let (b, h, d, lq, lk, dv) = (2, 2, 8, 20, 37, 8);
+    let shapes = [vec![b, h, d, lq], vec![b, h, d, lk], vec![b, h, dv, lk]];
+    let values: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(i, s)| randn(s, 70 + i as u64)).collect();
+    let scale = 1.0 / (d as f32).sqrt();
+    let attend = |p: Precision, grad: bool, bf16_attention: bool| -> Vec<f32> {
+        let t: Vec<Tensor> = values.iter().zip(&shapes).map(|(v, s)| Tensor::from_vec(v.clone(), s.clone()).unwrap()).collect();
+        let t: Vec<Tensor> = if grad { t.into_iter().map(|x| x.requires_grad_()).collect() } else { t };
+        let _p = with_precision(p);
+        with_attention_bf16(bf16_attention, || {
+            let f = || ops::attention_columns(&t[0], &t[1], &t[2], scale);
+            if grad { f() } else { no_grad(f) }.unwrap().to_vec()
+        })
+    };
+    let f32_out = attend(Precision::F32, false, true);
+    let bf16_out = attend(Precision::Bf16, false, true);
+    let rel = max_rel(&bf16_out, &f32_out);
+    assert!(rel > 1e-4 && rel < 3e-2, "bf16 attention vs f32: max relative error {rel}");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&attend(Precision::Bf16, false, false)), bits(&f32_out), "bf16 attention off: f32");
+    assert_eq!(bits(&attend(Precision::Bf16, true, true)), bits(&attend(Precision::F32, true, true)), "with a gradient: f32");
+    // the formula in f64 on the rounded operands (c = scale·log2 e folded into Q)
+    let c = scale * std::f32::consts::LOG2_E;
+    let (q, k, v) = (&values[0], &values[1], &values[2]);
+    for e in 0..b * h {
+        for i in 0..lq {
+            let s: Vec<f64> = (0..lk).map(|j| (0..d).map(|f| round_bf16(c * q[(e * d + f) * lq + i]) as f64 * round_bf16(k[(e * d + f) * lk + j]) as f64).sum()).collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let p: Vec<f64> = s.iter().map(|x| (x - m).exp2()).collect();
+            let l: f64 = p.iter().sum();
+            for ch in 0..dv {
+                let terms = (0..lk).map(|j| (round_bf16(p[j] as f32) as f64, round_bf16(v[(e * dv + ch) * lk + j]) as f64));
+                let want: f64 = terms.clone().map(|(pj, vj)| pj * vj).sum::<f64>() / l;
+                let ulp: f64 = terms.map(|(pj, vj)| (pj * vj).abs()).sum::<f64>() / l / 256.0;
+                let got = bf16_out[(e * dv + ch) * lq + i] as f64;
+                assert!((got - want).abs() <= 1e-5 + ulp, "entry ({e}, {ch}, {i}): twin {got}, formula {want}");
+            }
+        }
+    }
+}

@@ -100,6 +100,48 @@ pub fn forward_output(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layou
     o
 }
 
+/// Inference attention at the bf16 compute precision, Layout::Columns (the
+/// twin of kernels/attention.cu's `attention_columns_infer_bf16_h*`): in base
+/// 2, with c = scale·log2 e rounded into Q as the kernel folds it,
+///   s_ij = Σ_d bf16(c·Q[d,i])·bf16(K[d,j]),   m_i = max_j s_ij,
+///   p_ij = 2^(s_ij − m_i),   l_i = Σ_j p_ij,
+///   O[:, i] = Σ_j bf16(p_ij)·bf16(V[:, j]) · (1/l_i),
+/// the products exact and summed in f32 (the kernel's mma sums in another
+/// order). Lk ≥ 1.
+pub fn forward_output_bf16(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> Vec<f32> {
+    use crate::ops::precision::round_bf16;
+    let Dims { batch, lq, lk, d, dv } = dims;
+    assert!(lk > 0 && q.len() >= batch * d * lq && k.len() >= batch * d * lk && v.len() >= batch * dv * lk);
+    let c = scale * std::f32::consts::LOG2_E;
+    let mut o = vec![0.0; batch * lq * dv];
+    o.par_chunks_mut((lq * dv).max(1)).enumerate().for_each(|(b, o)| {
+        // this entry's K key-major and V value-major, rounded once
+        let (qb, kb, vb) = (&q[b * d * lq..][..d * lq], &k[b * d * lk..][..d * lk], &v[b * dv * lk..][..dv * lk]);
+        let kr: Vec<f32> = (0..lk * d).map(|e| round_bf16(kb[(e % d) * lk + e / d])).collect();
+        let vr: Vec<f32> = vb.iter().map(|&x| round_bf16(x)).collect();
+        let (mut qi, mut s) = (vec![0.0f32; d], vec![0.0f32; lk]);
+        for i in 0..lq {
+            qi.iter_mut().enumerate().for_each(|(f, x)| *x = round_bf16(c * qb[f * lq + i]));
+            for (j, sj) in s.iter_mut().enumerate() {
+                *sj = qi.iter().zip(&kr[j * d..][..d]).fold(0.0, |acc, (a, b)| acc + a * b);
+            }
+            let m = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut l = 0.0f32;
+            for sj in s.iter_mut() {
+                *sj = (*sj - m).exp2();
+                l += *sj;
+                *sj = round_bf16(*sj);
+            }
+            let inv = 1.0 / l;
+            for ch in 0..dv {
+                let dot = s.iter().zip(&vr[ch * lk..][..lk]).fold(0.0f32, |acc, (p, x)| acc + p * x);
+                o[ch * lq + i] = dot * inv;
+            }
+        }
+    });
+    o
+}
+
 /// Queries per block of [`columns_lanes`]: one 16-lane vector.
 const QUERIES: usize = 16;
 

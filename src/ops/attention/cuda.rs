@@ -81,11 +81,15 @@ fn fused_launch(batch: usize, len: usize) -> LaunchConfig {
     LaunchConfig::blocks(batch * len.div_ceil(threads), threads as u32)
 }
 
-/// O without keeping P (inference): the fused kernel where [`fused`], else
-/// [`forward`] with P dropped.
-pub fn forward_output(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, layout: Layout, scale: f32) -> Result<CudaBuffer> {
+/// O without keeping P (inference): the fused kernel where [`fused`] (with
+/// bf16 products on the tensor cores when `bf16`), else [`forward`] with P
+/// dropped (f32).
+pub fn forward_output(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, layout: Layout, scale: f32, bf16: bool) -> Result<CudaBuffer> {
     if !fused(dims, layout) {
         return Ok(forward(q, k, v, dims, layout, scale)?.0);
+    }
+    if bf16 {
+        return fused_forward_bf16(q, k, v, dims, scale, None);
     }
     fused_forward(q, k, v, dims, scale, false, None).map(|(o, _)| o)
 }
@@ -93,7 +97,7 @@ pub fn forward_output(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims
 /// Inference attention over one packed [images, 3·heads·D, L] buffer — each
 /// image's Q, then K, then V, as one conv of the three projections writes
 /// them — into O [images·heads, D, L] (requires [`fused`]).
-pub fn forward_output_packed(qkv: &CudaBuffer, images: usize, heads: usize, d: usize, len: usize, scale: f32) -> Result<CudaBuffer> {
+pub fn forward_output_packed(qkv: &CudaBuffer, images: usize, heads: usize, d: usize, len: usize, scale: f32, bf16: bool) -> Result<CudaBuffer> {
     let dims = Dims { batch: images * heads, lq: len, lk: len, d, dv: d };
     let inner = heads * d * len;
     elems("attention", qkv.len())?;
@@ -103,6 +107,9 @@ pub fn forward_output_packed(qkv: &CudaBuffer, images: usize, heads: usize, d: u
     // K and V: the same buffer from the image's second and third thirds on
     let at = |offset: usize| Arg::Ptr(qkv.ptr() + (offset * std::mem::size_of::<f32>()) as u64);
     let strides = PackedStrides { heads, image: 3 * inner, k: at(inner), v: at(2 * inner) };
+    if bf16 {
+        return fused_forward_bf16(qkv, qkv, qkv, dims, scale, Some(strides));
+    }
     fused_forward(qkv, qkv, qkv, dims, scale, false, Some(strides)).map(|(o, _)| o)
 }
 
@@ -166,6 +173,37 @@ fn fused_forward(
     ];
     backend.launch(for_head(INFER, dims), fused_launch(batch, lq), &args)?;
     Ok((o, lse))
+}
+
+/// The bf16-product inference kernels per head size (kernels/attention.cu's
+/// `attention_bf16`: Q·Kᵀ and P·V as m16n8k16 mma, 16 queries a warp).
+const INFER_BF16: [&str; 3] = ["attention_columns_infer_bf16_h8", "attention_columns_infer_bf16_h16", "attention_columns_infer_bf16_h32"];
+
+/// Query tiles of 16 a warp; warps a block: up to 4, fewer when Lq is short
+/// (the 4×4 maps' 16 queries: one warp).
+fn bf16_launch(batch: usize, lq: usize) -> LaunchConfig {
+    let warps = lq.div_ceil(16).clamp(1, 4);
+    LaunchConfig::blocks(batch * lq.div_ceil(16 * warps), 32 * warps as u32)
+}
+
+/// O by the bf16-product kernel (requires [`fused`]); Q, K, V where
+/// [`fused_forward`] finds them.
+fn fused_forward_bf16(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32, packed: Option<PackedStrides>) -> Result<CudaBuffer> {
+    let Dims { batch, lq, lk, d, dv } = dims;
+    let o = q.backend().alloc(batch * lq * dv)?;
+    if o.is_empty() {
+        return Ok(o);
+    }
+    let int = |n: usize| elems("attention", n).map(Arg::I32);
+    elems("attention", batch * d.max(dv).max(1) * lq.max(lk))?;
+    let (k_arg, v_arg, heads, [q_image, k_image, v_image]) = match packed {
+        Some(p) => (p.k, p.v, p.heads, [p.image; 3]),
+        None => (k.arg(), v.arg(), 1, [d * lq, d * lk, dv * lk]),
+    };
+    let stride = |n: usize| Arg::U64(n as u64);
+    let args = [o.arg(), q.arg(), k_arg, v_arg, int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale), int(heads)?, stride(q_image), stride(k_image), stride(v_image)];
+    q.backend().launch(for_head(INFER_BF16, dims), bf16_launch(batch, lq), &args)?;
+    Ok(o)
 }
 
 /// (dQ, dK, dV) from the forward's output O and log-sum-exp of

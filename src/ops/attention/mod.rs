@@ -46,11 +46,22 @@ pub fn attention_columns_packed(qkv: &Tensor, heads: usize, scale: f32) -> Resul
     let wants_grad = crate::autograd::is_grad_enabled() && qkv.requires_grad();
     let dims = cpu::Dims { batch: b * heads, lq: len, lk: len, d, dv: d };
     if let (Device::Cuda(_), false, true) = (qkv.device(), wants_grad, cuda::fused(dims, Layout::Columns)) {
-        let o = cuda::forward_output_packed(qkv.storage().cuda("attention")?, b, heads, d, len, scale)?;
+        let o = cuda::forward_output_packed(qkv.storage().cuda("attention")?, b, heads, d, len, scale, bf16_products(dims, Layout::Columns))?;
         return Ok(Tensor::from_storage(Storage::Cuda(o), Shape::new(vec![b, heads, d, len])));
     }
     let part = |i: usize| crate::ops::reshape(&crate::ops::narrow(qkv, 1, i * heads * d, heads * d)?, [b, heads, d, len]);
     attention_columns(&part(0)?, &part(1)?, &part(2)?, scale)
+}
+
+/// Whether inference attention of these dims multiplies bf16 operands: at
+/// the bf16 precision (`ops::precision`, unless [`precision::attention_bf16`]
+/// is off), for the fused problems — the Columns layout with heads of at most
+/// 32 features, the UNet's — on the CPU ([`cpu::forward_output_bf16`]) and
+/// on CUDA (its twin on the tensor cores) alike. With a gradient, or other
+/// shapes, attention runs at f32.
+fn bf16_products(dims: cpu::Dims, layout: Layout) -> bool {
+    use crate::ops::precision::{self, Precision};
+    precision::current() == Precision::Bf16 && precision::attention_bf16() && cuda::fused(dims, layout)
 }
 
 fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) -> Result<Tensor> {
@@ -87,6 +98,8 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
             if for_backward {
                 let (o, lse) = cpu::forward(q, k, v, dims, layout, scale);
                 (cpu_f32_storage(o), cpu_f32_storage(lse))
+            } else if bf16_products(dims, layout) {
+                (cpu_f32_storage(cpu::forward_output_bf16(q, k, v, dims, scale)), cpu_f32_storage(Vec::new()))
             } else {
                 (cpu_f32_storage(cpu::forward_output(q, k, v, dims, layout, scale)), cpu_f32_storage(Vec::new()))
             }
@@ -101,7 +114,7 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
                 let (o, p) = cuda::forward(q, k, v, dims, layout, scale)?;
                 (Storage::Cuda(o), Storage::Cuda(p))
             } else {
-                let o = cuda::forward_output(q, k, v, dims, layout, scale)?;
+                let o = cuda::forward_output(q, k, v, dims, layout, scale, bf16_products(dims, layout))?;
                 (Storage::Cuda(o), cpu_f32_storage(Vec::new()))
             }
         }
