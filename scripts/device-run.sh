@@ -102,6 +102,9 @@ kernels_bf16)
 kernels_b512)
     # the convolutions at the batch the seed recipe trains at (the stages above use 64)
     step bench_kernels_bf16_b512 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
+    # the attention row (16x16 maps, 8 heads of 8) with bf16 mma products, and the f32-product kernel (A/B)
+    step bench_kernels_bf16_b512_attention 40 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only attention
+    MINIDIFFUSION_ATTENTION=f32 step bench_kernels_bf16_b512_attention_f32 40 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only attention
     # A/B: the same-conv forward staging its f32 input with float4s (same bits)
     MINIDIFFUSION_CONV_STAGING=float4 step bench_kernels_bf16_b512_float4 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
     # A/B: the bf16 forwards of <= 32 channels at two blocks an SM instead of three (same bits)
@@ -114,16 +117,14 @@ ours_bf16)
     # (profiled at the goal's batch, 2048: the per-kernel shares there are what the goal needs)
     step ours_sample_bf16_profile 60 "$md" bench sample --config seed --steps 4 -n 2048 --batch-size 2048 --device cuda --profile --precision bf16
     step ours_sample_bf16 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # A/B: the attention blocks' q, k, v as one conv (same samples, bit for bit)
-    MINIDIFFUSION_QKV=packed step ours_sample_bf16_packed_qkv 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # A/B: inference attention with f32 products (the kernel before the bf16 mma one; samples differ by bf16 rounding)
+    MINIDIFFUSION_ATTENTION=f32 step ours_sample_bf16_attention_f32 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: the same-conv forward staging its f32 input with float4s (same samples, bit for bit)
     MINIDIFFUSION_CONV_STAGING=float4 step ours_sample_bf16_float4_staging 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: the bf16 forwards of <= 32 channels at two blocks an SM instead of three (same samples, bit for bit)
     MINIDIFFUSION_CONV_BLOCKS=2 step ours_sample_bf16_blocks2 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # A/B: the group norm (+ SiLU) applied by the conv after it instead of written out and read back (same samples)
     MINIDIFFUSION_NORM_IN_CONV=on step ours_sample_bf16_norm_in_conv 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # A/B: GroupNorm + SiLU outputs stored in bf16 instead of f32 (same samples)
-    MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     MINIDIFFUSION_BF16_STORAGE=1 step ours_train_bf16_bf16_storage 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16

@@ -5,6 +5,12 @@
 //! v [..., Dv, Lk] → o [..., Dv, Lq]: the UNet's attention block hands it its
 //! channels-first feature maps, [B, C, H, W] read as [B, heads, C/heads, H·W],
 //! so no permute copies are made.
+//!
+//! At the bf16 precision (`ops::precision`) inference attention of
+//! channels-first heads of at most 32 features multiplies bf16 operands —
+//! Q·Kᵀ from bf16 Q and K, P·V from bf16 P and V, the softmax in f32 — on the
+//! CPU ([`cpu::forward_output_bf16`]) and on CUDA's tensor cores alike; with a
+//! gradient, and for other shapes, attention runs at f32.
 
 pub mod cpu;
 pub mod cuda;
