@@ -321,6 +321,26 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
                     p_regs[i][k] = word_bits(Math::pack(v));
                 }
             }
+        } else if (c0 + CHUNK <= s.c) {
+            // A whole chunk (every conv of the UNet after conv_in): no test per
+            // channel, and a word's channels from one chunk base, HW apart
+            // (SASS: ~7 instructions a word instead of ~20, the staging being
+            // most of what these issue-bound kernels issue).
+            const int chunk_at = c0 * HW;  // (every index fits an int, as in the general path)
+#pragma unroll
+            for (int i = 0; i < P_LOADS; ++i) {
+                float v[PER_WORD];
+                if (src[i] >= 0) {
+                    const int at = src[i] + chunk_at;
+#pragma unroll
+                    for (int e = 0; e < PER_WORD; ++e) v[e] = load_f32(x, at + e * HW);
+                    if (NORM) normed(v, i, c0 + PER_WORD * slot_j(dst[i]));
+                } else {
+#pragma unroll
+                    for (int e = 0; e < PER_WORD; ++e) v[e] = 0.0f;
+                }
+                p_regs[i][0] = word_bits(Math::pack(v));
+            }
         } else {
 #pragma unroll
             for (int i = 0; i < P_LOADS; ++i) {
@@ -366,6 +386,50 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     // Per n8 tile the epilogue terms of its 8 outputs are loaded, then the 8 stored.
     const int m_w = 32 * (warp % WARPS_M);
     const int first_img = (n0 + n_w + 2 * t) / P, first_pix = n0 + n_w + 2 * t - first_img * P;
+    // With P even (every map of the UNet) this lane's two pixels of a tile,
+    // 2t and 2t + 1, lie side by side in one image and one row of y: one
+    // 8-byte load of the residual and one 8-byte store for both, and their
+    // bias and time-embedding terms loaded once (the same sums in the same
+    // order as out.store_terms, so the same bits).
+    const bool pairs = P % 2 == 0 && ((reinterpret_cast<unsigned long long>(out.y) |
+                                        reinterpret_cast<unsigned long long>(out.residual)) & 7) == 0;
+    if (pairs) {
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+            const int n = n0 + n_w + 8 * ni + 2 * t;  // even, and total is even: n + 1 < total with n
+            int img = first_img, pix = first_pix + 8 * ni;
+            while (pix >= P) {
+                pix -= P;
+                ++img;
+            }
+            int at[2][2];
+            float bias[2][2], sbias[2][2];
+            float2 res[2][2];
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) {
+                    const int m = m0 + m_w + 16 * mi + g + 8 * r2;
+                    at[r2][mi] = n < total && m < s.oc ? (img * s.oc + m) * P + pix : -1;
+                    if (at[r2][mi] < 0) continue;
+                    if (out.bias != nullptr) bias[r2][mi] = out.bias[m];
+                    if (out.sample_bias != nullptr) sbias[r2][mi] = out.sample_bias[img * s.oc + m];
+                    if (out.residual != nullptr) res[r2][mi] = *reinterpret_cast<const float2*>(out.residual + at[r2][mi]);
+                }
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) {
+                    if (at[r2][mi] < 0) continue;
+                    float2 v = make_float2(acc[mi][ni].get(2 * r2), acc[mi][ni].get(2 * r2 + 1));
+                    if (out.bias != nullptr) v = make_float2(v.x + bias[r2][mi], v.y + bias[r2][mi]);
+                    if (out.sample_bias != nullptr) v = make_float2(v.x + sbias[r2][mi], v.y + sbias[r2][mi]);
+                    if (out.residual != nullptr) v = make_float2(v.x + res[r2][mi].x, v.y + res[r2][mi].y);
+                    *reinterpret_cast<float2*>(out.y + at[r2][mi]) = v;
+                }
+        }
+        return;
+    }
 #pragma unroll
     for (int ni = 0; ni < NI; ++ni) {
         conv::ForwardOut::Terms terms[2][2][2];  // [half][r / 2][mi]

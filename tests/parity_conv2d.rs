@@ -160,6 +160,9 @@ fn same_conv_parity(precision: minidiffusion::ops::Precision) {
     let fused = |t: &[minidiffusion::Tensor], p| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) }, p);
     parity_check(&name("same_k3_4x4_images_m64_fused"), &[&[3, 17, 4, 4], &[72, 17, 3, 3], &[72], &[3, 72], &[3, 72, 4, 4]], |t| at(&|| fused(t, same3)), tol);
     parity_check(&name("same_k1_2x2_images_fused"), &[&[37, 24, 2, 2], &[72, 24, 1, 1], &[72], &[37, 72], &[37, 72, 2, 2]], |t| at(&|| fused(t, same1)), tol);
+    // 1×1 maps: P = 1 is odd, so a lane's two pixels are two images and the
+    // epilogue stores them one by one (every other map stores them as a pair)
+    parity_check(&name("same_k1_1x1_images_fused"), &[&[137, 20, 1, 1], &[40, 20, 1, 1], &[40], &[137, 40], &[137, 40, 1, 1]], |t| at(&|| fused(t, same1)), tol);
 }
 
 #[test]

@@ -39,6 +39,8 @@ struct alignas(8) uint2 { unsigned int x, y; };
 struct uint3 { unsigned int x, y, z; };
 struct alignas(16) uint4 { unsigned int x, y, z, w; };
 struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 struct dim3 { unsigned int x, y, z; };
 
 namespace emu {
