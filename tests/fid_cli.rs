@@ -80,7 +80,25 @@ fn real_images_score_near_the_floor_and_noise_scores_far() {
         run(&["fid", "fashion-mnist:train:200", "fashion-mnist:test", "--kid", "--json", "--device", "cpu", "--classifier", c.to_str().unwrap()], &dir);
     assert_eq!(code, 0, "{stderr}");
     let real = json(&stdout)["fid"].as_f64().unwrap();
-    assert!(c.join("cache/fashion-mnist-test.npy").is_file(), "the reference features are cached");
+    let cached = |c: &std::path::Path| -> usize {
+        std::fs::read_dir(c.join("cache")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("fashion-mnist-test-")).count()
+    };
+    assert_eq!(cached(&c), 1, "the reference features are cached");
+    // the same run again reads that cache; a classifier with other weights gets its own
+    let (code, stdout, _) = run(&["fid", "fashion-mnist:train:200", "fashion-mnist:test", "--json", "--device", "cpu", "--classifier", c.to_str().unwrap()], &dir);
+    assert_eq!((code, json(&stdout)["fid"].as_f64().unwrap()), (0, real), "from the cache: the same FID");
+    assert_eq!(cached(&c), 1);
+    let weights = c.join("classifier.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40; // the last weight's top byte: other weights
+    std::fs::write(&weights, &bytes).unwrap();
+    let (code, stdout, stderr) = run(&["fid", "fashion-mnist:train:200", "fashion-mnist:test", "--json", "--device", "cpu", "--classifier", c.to_str().unwrap()], &dir);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(cached(&c), 2, "a changed classifier does not read the other's cached features");
+    assert!(json(&stdout)["fid"].as_f64().unwrap().is_finite()); // (that byte is the head's, which features skip: same FID)
+    bytes[last] ^= 0x40;
+    std::fs::write(&weights, &bytes).unwrap();
     let noise: Vec<f32> = minidiffusion::testing::randn(&[200, 1, 32, 32], 9).iter().map(|v| v.clamp(-1.0, 1.0)).collect();
     npy::write(&dir.join("noise.npy"), &[200, 1, 32, 32], &noise).unwrap();
     let (code, stdout, stderr) = run(&["fid", "noise.npy", "fashion-mnist:test", "--json", "--device", "cpu", "--classifier", c.to_str().unwrap()], &dir);

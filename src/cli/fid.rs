@@ -100,6 +100,11 @@ fn png_folder(dir: &Path) -> anyhow::Result<(Vec<f32>, [usize; 4])> {
     Ok((values, [files.len(), 1, h as usize, w as usize]))
 }
 
+/// FNV-1a (64-bit) over the parts, one after another: a cache key, not a checksum against tampering.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    parts.iter().flat_map(|p| p.iter()).fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// The features of a set named on the command line (cached next to the classifier for Fashion-MNIST).
 pub fn features_of(spec: &str, model: &Classifier, classifier_dir: &Path) -> anyhow::Result<Features> {
     if let Some(rest) = spec.strip_prefix("fashion-mnist:") {
@@ -109,13 +114,19 @@ pub fn features_of(spec: &str, model: &Classifier, classifier_dir: &Path) -> any
             None if rest == "test" => (Split::Test, None),
             _ => bail!("'{spec}' is not fashion-mnist:test or fashion-mnist:train[:N]"),
         };
-        let cache = classifier_dir.join("cache").join(format!("{}.npy", spec.replace(':', "-")));
+        // the cache is keyed by the images and the classifier's weights, so a
+        // retrained classifier, another data folder or the embedded sample
+        // never reads another's features
+        let (images, dims) = fashion_images(split, limit)?;
+        let weights = std::fs::read(classifier_dir.join("classifier.safetensors")).unwrap_or_default();
+        let pixels: Vec<u8> = images.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let key = fnv1a(&[&weights, &pixels]);
+        let cache = classifier_dir.join("cache").join(format!("{}-{key:016x}.npy", spec.replace(':', "-")));
         if let Ok((dims, v)) = npy::read(&cache) {
             let features = Tensor::from_vec_on(v, dims, model.device)?;
             let stats = FeatureStats::from_features(&features)?;
             return Ok(Features { features, stats });
         }
-        let (images, dims) = fashion_images(split, limit)?;
         let features = model.features_batched(&images, dims, 500)?;
         std::fs::create_dir_all(cache.parent().expect("has a parent")).ok();
         let _ = npy::write(&cache, features.dims(), &features.try_to_vec()?); // a cache: best effort
