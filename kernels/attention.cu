@@ -588,20 +588,21 @@ extern "C" __global__ void __launch_bounds__(128)
 }
 
 // The bf16-product inference kernels per head size (D, Dv ≤ H). grid =
-// batch·⌈Lq/(16·warps)⌉, block = 32·warps threads, warps = min(4, ⌈Lq/16⌉).
-extern "C" __global__ void __launch_bounds__(128)
+// batch·⌈Lq/(16·warps)⌉, block = 32·warps threads, warps = min(8, ⌈Lq/16⌉)
+// (8 warps: a block's staged K and V serve 128 queries).
+extern "C" __global__ void __launch_bounds__(256)
     attention_columns_infer_bf16_h8(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d,
                                      int dv, float scale, int heads, long long q_image, long long k_image,
                                      long long v_image) {
     attention_bf16::infer<8>(o, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
 }
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(256)
     attention_columns_infer_bf16_h16(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d,
                                      int dv, float scale, int heads, long long q_image, long long k_image,
                                      long long v_image) {
     attention_bf16::infer<16>(o, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
 }
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(256)
     attention_columns_infer_bf16_h32(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d,
                                      int dv, float scale, int heads, long long q_image, long long k_image,
                                      long long v_image) {

@@ -180,7 +180,7 @@ fn fused_training_attention_parity() {
 /// weight within 2 ulp of a bf16 tie may round the other way: one bf16 ulp
 /// (2^-8 relative) of that weight's term, at most 2^-8·Σ_j p_ij·|V[c, j]| / l_i
 /// for output (c, i) — the allowance added there.
-/// Cases: h8 with 130 queries (two 64-query blocks and a partial 16-query
+/// Cases: h8 with 130 queries (a 128-query block of 8 warps and a partial
 /// tile), 150 keys (a partial 16-key block), Dv 5; h32 (D 20: a second k-step
 /// half empty, Dv 32); h16; 300 keys (past one 256-key stage: the first pass
 /// stages K alone, the second both); 16 queries (one warp a block); the first

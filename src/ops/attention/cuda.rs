@@ -179,10 +179,11 @@ fn fused_forward(
 /// `attention_bf16`: Q·Kᵀ and P·V as m16n8k16 mma, 16 queries a warp).
 const INFER_BF16: [&str; 3] = ["attention_columns_infer_bf16_h8", "attention_columns_infer_bf16_h16", "attention_columns_infer_bf16_h32"];
 
-/// Query tiles of 16 a warp; warps a block: up to 4, fewer when Lq is short
+/// Query tiles of 16 a warp; warps a block: up to 8 (the block's staged keys
+/// serve 128 queries: two blocks a head at 16×16), fewer when Lq is short
 /// (the 4×4 maps' 16 queries: one warp).
 fn bf16_launch(batch: usize, lq: usize) -> LaunchConfig {
-    let warps = lq.div_ceil(16).clamp(1, 4);
+    let warps = lq.div_ceil(16).clamp(1, 8);
     LaunchConfig::blocks(batch * lq.div_ceil(16 * warps), 32 * warps as u32)
 }
 
