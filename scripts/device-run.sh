@@ -201,7 +201,7 @@ recipe)
         cp "$here/seed/minidiffusion.json" "$out/recipe_state.json" 2>/dev/null || true
         # the FID classifier by SPEC's recipe (20 epochs, batch 1024, crop + flip; the shipped one had 5
         # epochs at batch 256 on a CPU, 92.6 %): is run 6's FID gap the classifier's? Same samples, both
-        step recipe_classifier20 150 "$md" train-classifier --device cuda --epochs 20 --out "$here/classifier20"
+        step recipe_classifier20 150 "$md" train-classifier --device cuda --epochs 20 --out "$here/classifier20" --json
         if [ -f "$here/classifier20/classifier.json" ]; then
             step recipe_eval_ddim100_classifier20 60 "${ev[@]}" -n 2048 --steps 100 --batch-size 2048 --precision bf16 --classifier "$here/classifier20"
             # back in parts under the 16 MiB a returned file may have: cat classifier20.tar.part* | tar -x

@@ -205,3 +205,29 @@ fn training_can_record_fid_and_kid_each_epoch() {
         assert!(points[0][1].as_f64().unwrap().is_finite());
     }
 }
+
+/// train-classifier end to end on the repository's sample data (a few steps):
+/// it saves a classifier that `fid` reads, reports its test accuracy as JSON,
+/// and refuses zero epochs with one line and exit code 2.
+#[test]
+fn train_classifier_saves_a_classifier_fid_can_use() {
+    let dir = temp_dir("train-classifier");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-sample");
+    let out = dir.join("cls");
+    let args = ["train-classifier", "--data", data.to_str().unwrap(), "--epochs", "1", "--batch-size", "64", "--limit", "128"];
+    let (code, stdout, stderr) = run(&[&args[..], &["--device", "cpu", "--out", out.to_str().unwrap(), "--json"]].concat(), &dir);
+    assert_eq!(code, 0, "{stderr}");
+    let j = json(&stdout);
+    let acc = j["test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{stdout}");
+    assert_eq!((j["epochs"].as_u64(), j["train_images"].as_u64()), (Some(1), Some(128)));
+    assert!(out.join("classifier.json").is_file() && out.join("classifier.safetensors").is_file());
+    let (code, stdout, stderr) = run(&["fid", "fashion-mnist:train:100", "fashion-mnist:train:100", "--json", "--device", "cpu", "--classifier", out.to_str().unwrap()], &dir);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(json(&stdout)["fid"].as_f64().unwrap().abs() < 1e-6, "a set against itself: {stdout}");
+    let zero = ["train-classifier", "--data", data.to_str().unwrap(), "--epochs", "0", "--device", "cpu", "--out", out.to_str().unwrap()];
+    let (code, _, stderr) = run(&zero, &dir);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("--epochs"), "{stderr}");
+}

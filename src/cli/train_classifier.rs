@@ -36,6 +36,9 @@ pub struct TrainClassifierArgs {
     /// Train on the first N training images only (quick runs).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// End with one JSON line: test accuracy, epochs, images, seconds, where it was saved.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Images `idx` in [−1, 1] at 28×28, each shifted by a random crop of the
@@ -154,6 +157,14 @@ pub fn run(args: TrainClassifierArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     model.save(&args.out, &info)?;
-    println!("saved {} (test accuracy {:.4})", args.out.display(), acc);
+    if args.json {
+        let summary = serde_json::json!({
+            "test_accuracy": acc, "epochs": args.epochs, "train_images": train.len(), "test_images": test.len(),
+            "seconds": info.seconds, "device": device.to_string(), "out": args.out.display().to_string(),
+        });
+        println!("{summary}");
+    } else {
+        println!("saved {} (test accuracy {:.4})", args.out.display(), acc);
+    }
     Ok(())
 }
