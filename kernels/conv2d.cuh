@@ -67,6 +67,27 @@ struct ForwardOut {
         if (residual != nullptr) v += t.r;
         y[t.at] = v;
     }
+    // The same for pixels pix and pix + 1 of one image (same channel, so one
+    // bias and time-embedding load; an 8-byte residual load and store): the
+    // caller checks P even and y, residual 8-byte aligned, pix even.
+    struct PairTerms {
+        int at;
+        float b, sb;
+        float2 r;
+    };
+    __device__ PairTerms pair_terms_at(int img, int pix, int oc) const {
+        PairTerms t{(img * s.oc + oc) * (s.oh * s.ow) + pix, 0.0f, 0.0f, make_float2(0.0f, 0.0f)};
+        if (bias != nullptr) t.b = bias[oc];
+        if (sample_bias != nullptr) t.sb = sample_bias[img * s.oc + oc];
+        if (residual != nullptr) t.r = *reinterpret_cast<const float2*>(residual + t.at);
+        return t;
+    }
+    __device__ void store_pair(const PairTerms& t, float v0, float v1) const {
+        if (bias != nullptr) v0 += t.b, v1 += t.b;
+        if (sample_bias != nullptr) v0 += t.sb, v1 += t.sb;
+        if (residual != nullptr) v0 += t.r.x, v1 += t.r.y;
+        *reinterpret_cast<float2*>(y + t.at) = make_float2(v0, v1);
+    }
 };
 
 }  // namespace conv

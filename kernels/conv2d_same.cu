@@ -387,10 +387,9 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     const int m_w = 32 * (warp % WARPS_M);
     const int first_img = (n0 + n_w + 2 * t) / P, first_pix = n0 + n_w + 2 * t - first_img * P;
     // With P even (every map of the UNet) this lane's two pixels of a tile,
-    // 2t and 2t + 1, lie side by side in one image and one row of y: one
-    // 8-byte load of the residual and one 8-byte store for both, and their
-    // bias and time-embedding terms loaded once (the same sums in the same
-    // order as out.store_terms, so the same bits).
+    // 2t and 2t + 1, lie side by side in one image and one row of y: stored
+    // as a pair (ForwardOut::store_pair: the sums of store_terms, so the same
+    // bits, with one load of each term).
     const bool pairs = P % 2 == 0 && ((reinterpret_cast<unsigned long long>(out.y) |
                                         reinterpret_cast<unsigned long long>(out.residual)) & 7) == 0;
     if (pairs) {
@@ -402,31 +401,21 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
                 pix -= P;
                 ++img;
             }
-            int at[2][2];
-            float bias[2][2], sbias[2][2];
-            float2 res[2][2];
+            conv::ForwardOut::PairTerms terms[2][2];  // [r / 2][mi]
+            bool live[2][2];
 #pragma unroll
             for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi) {
                     const int m = m0 + m_w + 16 * mi + g + 8 * r2;
-                    at[r2][mi] = n < total && m < s.oc ? (img * s.oc + m) * P + pix : -1;
-                    if (at[r2][mi] < 0) continue;
-                    if (out.bias != nullptr) bias[r2][mi] = out.bias[m];
-                    if (out.sample_bias != nullptr) sbias[r2][mi] = out.sample_bias[img * s.oc + m];
-                    if (out.residual != nullptr) res[r2][mi] = *reinterpret_cast<const float2*>(out.residual + at[r2][mi]);
+                    live[r2][mi] = n < total && m < s.oc;
+                    if (live[r2][mi]) terms[r2][mi] = out.pair_terms_at(img, pix, m);
                 }
 #pragma unroll
             for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
-                for (int mi = 0; mi < 2; ++mi) {
-                    if (at[r2][mi] < 0) continue;
-                    float2 v = make_float2(acc[mi][ni].get(2 * r2), acc[mi][ni].get(2 * r2 + 1));
-                    if (out.bias != nullptr) v = make_float2(v.x + bias[r2][mi], v.y + bias[r2][mi]);
-                    if (out.sample_bias != nullptr) v = make_float2(v.x + sbias[r2][mi], v.y + sbias[r2][mi]);
-                    if (out.residual != nullptr) v = make_float2(v.x + res[r2][mi].x, v.y + res[r2][mi].y);
-                    *reinterpret_cast<float2*>(out.y + at[r2][mi]) = v;
-                }
+                for (int mi = 0; mi < 2; ++mi)
+                    if (live[r2][mi]) out.store_pair(terms[r2][mi], acc[mi][ni].get(2 * r2), acc[mi][ni].get(2 * r2 + 1));
         }
         return;
     }
