@@ -616,16 +616,13 @@ thread_local! {
 /// on CUDA (`forward_packed`): `MINIDIFFUSION_QKV=packed`, or inside
 /// [`with_packed_qkv`]. Off by default: GPU run 6 sampled no faster with it.
 pub fn packed_qkv() -> bool {
-    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    PACKED_QKV.with(std::cell::Cell::get).unwrap_or_else(|| *FROM_ENV.get_or_init(|| std::env::var("MINIDIFFUSION_QKV").is_ok_and(|v| v == "packed")))
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    crate::ops::ab_switch::switch(&PACKED_QKV, &ENV, || std::env::var("MINIDIFFUSION_QKV").is_ok_and(|v| v == "packed"))
 }
 
 /// `f` with the packed q, k, v projection on or off (this thread).
 pub fn with_packed_qkv<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    let previous = PACKED_QKV.with(|p| p.replace(Some(on)));
-    let result = f();
-    PACKED_QKV.with(|p| p.set(previous));
-    result
+    crate::ops::ab_switch::with_switch(&PACKED_QKV, on, f)
 }
 
 impl Module for AttentionBlock {

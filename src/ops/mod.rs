@@ -3,6 +3,7 @@
 //! `<op>/cpu.rs` holds the plain-Rust kernels that are the reference for the
 //! CUDA twins.
 
+pub(crate) mod ab_switch;
 pub mod activation;
 pub mod attention;
 pub mod batch_norm;

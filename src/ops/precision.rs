@@ -177,16 +177,13 @@ thread_local! {
 /// `MINIDIFFUSION_ATTENTION=f32` keeps it at f32 (the A/B), as does a
 /// [`with_attention_bf16`] scope.
 pub fn attention_bf16() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    ATTENTION_BF16.with(Cell::get).unwrap_or_else(|| *ENABLED.get_or_init(|| std::env::var("MINIDIFFUSION_ATTENTION").map_or(true, |v| v != "f32")))
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    super::ab_switch::switch(&ATTENTION_BF16, &ENV, || std::env::var("MINIDIFFUSION_ATTENTION").map_or(true, |v| v != "f32"))
 }
 
 /// Run `f` with bf16 attention products on or off on this thread (tests, A/B).
 pub fn with_attention_bf16<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    let before = ATTENTION_BF16.with(|c| c.replace(Some(on)));
-    let out = f();
-    ATTENTION_BF16.with(|c| c.set(before));
-    out
+    super::ab_switch::with_switch(&ATTENTION_BF16, on, f)
 }
 
 #[cfg(test)]

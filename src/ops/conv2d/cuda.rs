@@ -9,13 +9,13 @@
 use super::cpu::ConvGeom;
 use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
 use crate::error::{Error, Result, shape_err};
+use crate::ops::ab_switch::{switch, with_switch};
 use crate::ops::binary::cuda::elems;
 use crate::ops::precision::Precision;
 use crate::ops::reduce::cuda::sum_keepdim;
 use crate::tensor::{DType, Shape};
 use std::cell::Cell;
 use std::sync::OnceLock;
-use std::thread::LocalKey;
 
 /// Output tile edge of the GEMM kernels (BM = BN in kernels/conv2d.cu).
 const TILE: usize = 64;
@@ -228,20 +228,6 @@ thread_local! {
     static VEC_STAGING: Cell<Option<bool>> = const { Cell::new(None) };
     static NORM_IN_CONV: Cell<Option<bool>> = const { Cell::new(None) };
     static BLOCKS3: Cell<Option<bool>> = const { Cell::new(None) };
-}
-
-/// A switch of the A/B runs: this thread's setting (tests) if any, else
-/// `read` of the environment, once per process.
-fn switch(local: &'static LocalKey<Cell<Option<bool>>>, env: &'static OnceLock<bool>, read: fn() -> bool) -> bool {
-    local.with(|v| v.get()).unwrap_or_else(|| *env.get_or_init(read))
-}
-
-/// Run `f` with `local` set to `on` on this thread.
-fn with_switch<R>(local: &'static LocalKey<Cell<Option<bool>>>, on: bool, f: impl FnOnce() -> R) -> R {
-    let before = local.with(|v| v.replace(Some(on)));
-    let out = f();
-    local.with(|v| v.set(before));
-    out
 }
 
 /// Whether same-conv forwards stage an f32 input with float4s
