@@ -100,9 +100,9 @@ fn png_folder(dir: &Path) -> anyhow::Result<(Vec<f32>, [usize; 4])> {
     Ok((values, [files.len(), 1, h as usize, w as usize]))
 }
 
-/// FNV-1a (64-bit) over the parts, one after another: a cache key, not a checksum against tampering.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    parts.iter().flat_map(|p| p.iter()).fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+/// FNV-1a (64-bit) over the bytes: a cache key, not a checksum against tampering.
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
+    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The features of a set named on the command line (cached next to the classifier for Fashion-MNIST).
@@ -119,8 +119,7 @@ pub fn features_of(spec: &str, model: &Classifier, classifier_dir: &Path) -> any
         // never reads another's features
         let (images, dims) = fashion_images(split, limit)?;
         let weights = std::fs::read(classifier_dir.join("classifier.safetensors")).unwrap_or_default();
-        let pixels: Vec<u8> = images.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let key = fnv1a(&[&weights, &pixels]);
+        let key = fnv1a(weights.iter().copied().chain(images.iter().flat_map(|v| v.to_le_bytes())));
         let cache = classifier_dir.join("cache").join(format!("{}-{key:016x}.npy", spec.replace(':', "-")));
         if let Ok((dims, v)) = npy::read(&cache) {
             let features = Tensor::from_vec_on(v, dims, model.device)?;
