@@ -352,26 +352,112 @@ struct Tiles {
     static constexpr int V_TILES = H / 8;                  // n8 tiles of O's values
 };
 
-// Stage keys j0 … j0 + n − 1 (zeros past n, past D or Dv); with_v false for
-// the first pass when the keys do not fit in one stage.
+// Positions p0 … p0 + n − 1 of a [rows, len] sequence matrix (features ×
+// positions, Columns layout) as bf16 pairs, zeros past n or rows, `count`
+// positions staged. Position-major, dst[pos·K_LD + w] = (mul·src[2w, pos],
+// mul·src[2w + 1, pos]): what a B fragment over features wants (products).
+// Consecutive threads take consecutive positions (coalesced rows of src).
+template <int H>
+__device__ __forceinline__ void stage_position_major(unsigned int* dst, const float* src, int rows, int len, int p0, int n,
+                                                     int count, float mul) {
+    using T = Tiles<H>;
+    for (int e = threadIdx.x; e < count * T::K_WORDS; e += blockDim.x) {
+        const int jj = e % count, w = e / count;
+        const bool live = jj < n;
+        const float lo = live && 2 * w < rows ? mul * src[(long long)(2 * w) * len + p0 + jj] : 0.0f;
+        const float hi = live && 2 * w + 1 < rows ? mul * src[(long long)(2 * w + 1) * len + p0 + jj] : 0.0f;
+        dst[jj * T::K_LD + w] = mma::bf16_pair(lo, hi);
+    }
+}
+
+// The same positions feature-major, dst[f·ld + w] = (src[f, 2w], src[f, 2w + 1])
+// (positions relative to p0) for f < H: what a B fragment over positions
+// wants (accumulate). ld = count/2 + 4 words: a fragment's rows g = 0..7 lie
+// 4 banks apart.
+template <int H>
+__device__ __forceinline__ void stage_feature_major(unsigned int* dst, int ld, const float* src, int rows, int len, int p0,
+                                                    int n, int count) {
+    for (int e = threadIdx.x; e < H * (count / 2); e += blockDim.x) {
+        const int w = e % (count / 2), f = e / (count / 2);
+        const int j = 2 * w;
+        const float lo = f < rows && j < n ? src[(long long)f * len + p0 + j] : 0.0f;
+        const float hi = f < rows && j + 1 < n ? src[(long long)f * len + p0 + j + 1] : 0.0f;
+        dst[f * ld + w] = mma::bf16_pair(lo, hi);
+    }
+}
+
+// Stage keys j0 … j0 + n − 1 for the forward (zeros past n, past D or Dv);
+// with_v false for the first pass when the keys do not fit in one stage.
 template <int H>
 __device__ __forceinline__ void stage(unsigned int* ks, unsigned int* vs, const float* kb, const float* vb, int d, int dv,
                                       int lk, int j0, int n, bool with_v) {
-    using T = Tiles<H>;
-    for (int e = threadIdx.x; e < KT * T::K_WORDS; e += blockDim.x) {
-        const int jj = e % KT, w = e / KT;  // consecutive threads: consecutive keys (coalesced reads of K's rows)
-        const bool key = jj < n;
-        const float lo = key && 2 * w < d ? kb[(long long)(2 * w) * lk + j0 + jj] : 0.0f;
-        const float hi = key && 2 * w + 1 < d ? kb[(long long)(2 * w + 1) * lk + j0 + jj] : 0.0f;
-        ks[jj * T::K_LD + w] = mma::bf16_pair(lo, hi);
+    stage_position_major<H>(ks, kb, d, lk, j0, n, KT, 1.0f);
+    if (with_v) stage_feature_major<H>(vs, V_LD, vb, dv, lk, j0, n, KT);
+}
+
+// A fragments of this warp's 16 rows, positions p0 … p0 + 15 of a [rows, len]
+// sequence matrix (mul folded, 0 past rows or len), k = the features:
+// a[ks] = {(x[16ks + 2t], x[16ks + 2t + 1]) at p0 + g, the same at p0 + g + 8,
+// then both 8 features further}.
+template <int H>
+__device__ __forceinline__ void load_rows(unsigned int (&a)[Tiles<H>::K_STEPS][4], const float* src, int rows, int len,
+                                          int p0, float mul) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    auto x = [&](int f, int i) { return f < rows && i < len ? mul * src[(long long)f * len + i] : 0.0f; };
+#pragma unroll
+    for (int kstep = 0; kstep < Tiles<H>::K_STEPS; ++kstep) {
+        const int f = 16 * kstep + 2 * t;
+        a[kstep][0] = mma::bf16_pair(x(f, p0 + g), x(f + 1, p0 + g));
+        a[kstep][1] = mma::bf16_pair(x(f, p0 + g + 8), x(f + 1, p0 + g + 8));
+        a[kstep][2] = mma::bf16_pair(x(f + 8, p0 + g), x(f + 9, p0 + g));
+        a[kstep][3] = mma::bf16_pair(x(f + 8, p0 + g + 8), x(f + 9, p0 + g + 8));
     }
-    if (!with_v) return;
-    for (int e = threadIdx.x; e < H * (KT / 2); e += blockDim.x) {
-        const int w = e % (KT / 2), c = e / (KT / 2);
-        const int j = 2 * w;
-        const float lo = c < dv && j < n ? vb[(long long)c * lk + j0 + j] : 0.0f;
-        const float hi = c < dv && j + 1 < n ? vb[(long long)c * lk + j0 + j + 1] : 0.0f;
-        vs[c * V_LD + w] = mma::bf16_pair(lo, hi);
+}
+
+// acc[nt] = A · B for the 16 staged positions kb … kb + 15 (two n8 tiles):
+// A this warp's rows (load_rows), B position-major (stage_position_major),
+// the sum over the features.
+template <int H>
+__device__ __forceinline__ void products(float (&acc)[2][4], const unsigned int (&a)[Tiles<H>::K_STEPS][4],
+                                         const unsigned int* staged, int kb) {
+    using T = Tiles<H>;
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+        acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+        const unsigned int* pos = staged + (kb + 8 * nt + g) * T::K_LD;
+#pragma unroll
+        for (int kstep = 0; kstep < T::K_STEPS; ++kstep) {
+            // b0: features 16·kstep + 2t, +1 of position g; b1: 8 features further (none past H)
+            const int w0 = 8 * kstep + t, w1 = w0 + 4;
+            const unsigned int b[2] = {pos[w0], w1 < T::K_WORDS ? pos[w1] : 0u};
+            mma::mma_bf16(acc[nt], a[kstep], b);
+        }
+    }
+}
+
+// x (two n8 tiles of accumulators, columns = 16 positions) as the A fragment
+// of those 16 positions: C's layout (c0, c1: row g, columns 2t, 2t + 1; c2, c3:
+// row g + 8) is A's (a0/a1: k 2t.. of tile 0 at rows g / g + 8, a2/a3: tile 1).
+__device__ __forceinline__ void as_a(unsigned int (&a)[4], const float (&x)[2][4]) {
+    a[0] = mma::bf16_pair(x[0][0], x[0][1]);
+    a[1] = mma::bf16_pair(x[0][2], x[0][3]);
+    a[2] = mma::bf16_pair(x[1][0], x[1][1]);
+    a[3] = mma::bf16_pair(x[1][2], x[1][3]);
+}
+
+// acc[ft] += A · B: A (16 rows × positions kb … kb + 15, as_a), B those
+// positions' features 8ft … 8ft + 7, feature-major (stage_feature_major).
+template <int H>
+__device__ __forceinline__ void accumulate(float (&acc)[H / 8][4], const unsigned int (&a)[4], const unsigned int* staged,
+                                           int ld, int kb) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int ft = 0; ft < H / 8; ++ft) {
+        // b0: positions kb + 2t, +1 of feature 8ft + g; b1: positions kb + 8 + 2t, +1
+        const unsigned int* row = staged + (8 * ft + g) * ld + kb / 2 + t;
+        const unsigned int b[2] = {row[0], row[4]};
+        mma::mma_bf16(acc[ft], a, b);
     }
 }
 
@@ -380,20 +466,8 @@ __device__ __forceinline__ void stage(unsigned int* ks, unsigned int* vs, const 
 template <int H>
 __device__ __forceinline__ void scores(float (&s)[2][4], const unsigned int (&qa)[Tiles<H>::K_STEPS][4],
                                        const unsigned int* ks, int kb, int n) {
-    using T = Tiles<H>;
-    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-        const unsigned int* key = ks + (kb + 8 * nt + g) * T::K_LD;
-#pragma unroll
-        for (int kstep = 0; kstep < T::K_STEPS; ++kstep) {
-            // b0: features 16·kstep + 2t, +1 of key g; b1: 8 features further (none past H)
-            const int w0 = 8 * kstep + t, w1 = w0 + 4;
-            const unsigned int b[2] = {key[w0], w1 < T::K_WORDS ? key[w1] : 0u};
-            mma::mma_bf16(s[nt], qa[kstep], b);
-        }
-    }
+    const int t = threadIdx.x % 4;
+    products<H>(s, qa, ks, kb);
     if (kb + 16 > n) {
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt)
@@ -426,10 +500,12 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 // The block: batch entry b, query tiles; see the section comment. Batch
-// entries and heads as in [attention::infer].
+// entries and heads as in [attention::infer]. With lse non-null (training)
+// it also writes each query's log-sum-exp in base 2, L_i = m_i + log2 l_i
+// (log2 Σ_j 2^(s_ij)), from which the backward recomputes p_ij = 2^(s_ij − L_i).
 template <int H>
-__device__ void infer(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d, int dv,
-                      float scale, int heads, long long q_image, long long k_image, long long v_image) {
+__device__ void infer(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk, int d,
+                      int dv, float scale, int heads, long long q_image, long long k_image, long long v_image) {
     using T = Tiles<H>;
     __shared__ unsigned int ks[KT * T::K_LD];
     __shared__ unsigned int vs[H * V_LD];
@@ -443,19 +519,9 @@ __device__ void infer(float* o, const float* q, const float* k, const float* v, 
     const float* kb = k + image * k_image + head * d * lk;
     const float* vb = v + image * v_image + head * dv * lk;
 
-    // Q's A fragments: a0 = (c·Q[16ks + 2t, i0 + g], c·Q[16ks + 2t + 1, i0 + g]),
-    // a1 the same at query i0 + g + 8, a2 / a3 at features 16ks + 8 + 2t, +1
-    const float c = scale * attention::LOG2_E;
-    auto qv = [&](int f, int i) { return f < d && i < lq ? c * qb[(long long)f * lq + i] : 0.0f; };
+    // Q's A fragments, c·Q
     unsigned int qa[T::K_STEPS][4];
-#pragma unroll
-    for (int kstep = 0; kstep < T::K_STEPS; ++kstep) {
-        const int f = 16 * kstep + 2 * t;
-        qa[kstep][0] = mma::bf16_pair(qv(f, i0 + g), qv(f + 1, i0 + g));
-        qa[kstep][1] = mma::bf16_pair(qv(f, i0 + g + 8), qv(f + 1, i0 + g + 8));
-        qa[kstep][2] = mma::bf16_pair(qv(f + 8, i0 + g), qv(f + 9, i0 + g));
-        qa[kstep][3] = mma::bf16_pair(qv(f + 8, i0 + g + 8), qv(f + 9, i0 + g + 8));
-    }
+    load_rows<H>(qa, qb, d, lq, i0, scale * attention::LOG2_E);
 
     const bool once = lk <= KT;  // every key staged once, for both passes
     float s[2][4];
@@ -501,15 +567,9 @@ __device__ void infer(float* o, const float* q, const float* k, const float* v, 
                 l_lo += s[nt][0] + s[nt][1];
                 l_hi += s[nt][2] + s[nt][3];
             }
-            const unsigned int pa[4] = {mma::bf16_pair(s[0][0], s[0][1]), mma::bf16_pair(s[0][2], s[0][3]),
-                                        mma::bf16_pair(s[1][0], s[1][1]), mma::bf16_pair(s[1][2], s[1][3])};
-#pragma unroll
-            for (int vt = 0; vt < T::V_TILES; ++vt) {
-                // b0: keys kb16 + 2t, +1 of value 8vt + g; b1: keys kb16 + 8 + 2t, +1
-                const unsigned int* row = vs + (8 * vt + g) * V_LD + kb16 / 2 + t;
-                const unsigned int bv[2] = {row[0], row[4]};
-                mma::mma_bf16(acc[vt], pa, bv);
-            }
+            unsigned int pa[4];
+            as_a(pa, s);
+            accumulate<H>(acc, pa, vs, V_LD, kb16);
         }
     }
     l_lo = quad_sum(l_lo);
@@ -524,6 +584,190 @@ __device__ void infer(float* o, const float* q, const float* k, const float* v, 
         for (int r = 0; r < 4; ++r) {
             const int cv = 8 * vt + 2 * t + r % 2, i = i0 + g + 8 * (r / 2);
             if (cv < dv && i < lq) ob[(long long)cv * lq + i] = acc[vt][r] * inv[r / 2];
+        }
+    if (lse != nullptr && t == 0) {
+        if (i0 + g < lq) lse[b * lq + i0 + g] = m_lo + log2f(l_lo);
+        if (i0 + g + 8 < lq) lse[b * lq + i0 + g + 8] = m_hi + log2f(l_hi);
+    }
+}
+
+// ---- Training backward with bf16 products on the tensor cores ----
+//
+// The gradients of the forward above (twin: ops::attention::cpu::backward_bf16),
+// in base 2 with c = scale·log2 e and L_i the forward's base-2 log-sum-exp:
+//   s_ij = Σ_d bf16(c·Q[d,i])·bf16(K[d,j])   (the forward's scores)
+//   p_ij = 2^(s_ij − L_i),   δ_i = Σ_c dO[c,i]·O[c,i]   (f32, fma in c order)
+//   dP_ij = Σ_c bf16(dO[c,i])·bf16(V[c,j]),   dS_ij = p_ij·(dP_ij − δ_i)
+//   dQ[:,i] = scale·Σ_j bf16(dS_ij)·bf16(K[:,j])
+//   dK[:,j] = scale·Σ_i bf16(dS_ij)·bf16(Q[:,i])
+//   dV[:,j] = Σ_i bf16(p_ij)·bf16(dO[:,i])
+// (autocast's numbers: bf16 operands, f32 sums; dS and P rounded once.)
+// Two kernels, as the f32 ones: by query (δ, dQ) and by key (dK, dV), each
+// recomputing S and P from L, 16 rows a warp; every product is an m16n8k16
+// mma whose A rows are the warp's positions, and the accumulators of S, dP
+// become the A fragments of dS and P for the next mma in registers (as_a).
+// Per 16 partner positions: S and dP (two n8 tiles each), then one mma per
+// 8 features for each gradient: ~10 mma and ~40 other instructions a warp
+// against ~2.3 instructions per score for the f32 kernels (one per thread).
+constexpr int BT = 128;           // partner positions (keys, or queries) staged at a time
+constexpr int BT_LD = BT / 2 + 4;  // words per feature-major row
+
+// δ [batch, Lq] and dQ [batch, D, Lq]: warp w owns queries i0 … i0 + 15 (the
+// rows of its tiles); the keys come BT at a time, K position-major (S) and
+// feature-major (dQ), V position-major (dP). Per 16 keys:
+//   S = c·Q · Kᵀ, dP = dO · Vᵀ   (A: Q, dO in registers; B: ks, vk)
+//   dS = p·(dP − δ)              (keys past Lk: p = 0, as S = −∞ there)
+//   dQ += bf16(dS) · K           (A: dS; B: kf)
+template <int H>
+__device__ void backward_query(float* dq, float* delta, const float* q, const float* k, const float* v, const float* o,
+                               const float* d_o, const float* lse, int lq, int lk, int d, int dv, float scale) {
+    using T = Tiles<H>;
+    __shared__ unsigned int ks[BT * T::K_LD];
+    __shared__ unsigned int vk[BT * T::K_LD];
+    __shared__ unsigned int kf[H * BT_LD];
+    const int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int tiles = (lq + 16 * warps - 1) / (16 * warps);
+    const long long b = (long long)blockIdx.x / tiles;
+    const int i0 = (int)(blockIdx.x - b * tiles) * 16 * warps + 16 * warp;
+    const float* qb = q + b * d * lq;
+    const float* kb = k + b * d * lk;
+    const float* vb = v + b * dv * lk;
+    const float* dob = d_o + b * dv * lq;
+    const float* ob = o + b * dv * lq;
+
+    unsigned int qa[T::K_STEPS][4], da[T::K_STEPS][4];
+    load_rows<H>(qa, qb, d, lq, i0, scale * attention::LOG2_E);
+    load_rows<H>(da, dob, dv, lq, i0, 1.0f);
+    // rows g (h = 0) and g + 8 (h = 1): L_i and δ_i (rows past Lq: 0, so dS = 0)
+    float row_l[2], row_delta[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int i = i0 + g + 8 * h;
+        float di = 0.0f;
+        if (i < lq)
+            for (int c = 0; c < dv; ++c) di = fmaf(dob[(long long)c * lq + i], ob[(long long)c * lq + i], di);
+        row_l[h] = i < lq ? lse[b * lq + i] : 0.0f;
+        row_delta[h] = di;
+    }
+    float acc[H / 8][4];
+#pragma unroll
+    for (int ft = 0; ft < H / 8; ++ft) acc[ft][0] = acc[ft][1] = acc[ft][2] = acc[ft][3] = 0.0f;
+
+    for (int j0 = 0; j0 < lk; j0 += BT) {
+        const int n = min(BT, lk - j0);
+        __syncthreads();  // the previous keys are no longer read
+        stage_position_major<H>(ks, kb, d, lk, j0, n, BT, 1.0f);
+        stage_position_major<H>(vk, vb, dv, lk, j0, n, BT, 1.0f);
+        stage_feature_major<H>(kf, BT_LD, kb, d, lk, j0, n, BT);
+        __syncthreads();
+        for (int kb16 = 0; kb16 < n; kb16 += 16) {
+            float s[2][4], dp[2][4];
+            scores<H>(s, qa, ks, kb16, n);
+            products<H>(dp, da, vk, kb16);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const float p = exp2_ftz(s[nt][r] - row_l[r / 2]);
+                    s[nt][r] = p * (dp[nt][r] - row_delta[r / 2]);  // dS
+                }
+            unsigned int dsa[4];
+            as_a(dsa, s);
+            accumulate<H>(acc, dsa, kf, BT_LD, kb16);
+        }
+    }
+    // acc[ft]: dQ[8ft + 2t (+1), i0 + g] in r = 0 (1), at i0 + g + 8 in r = 2 (3)
+#pragma unroll
+    for (int ft = 0; ft < H / 8; ++ft)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int f = 8 * ft + 2 * t + r % 2, i = i0 + g + 8 * (r / 2);
+            if (f < d && i < lq) dq[(b * d + f) * lq + i] = scale * acc[ft][r];
+        }
+    if (t == 0) {
+        if (i0 + g < lq) delta[b * lq + i0 + g] = row_delta[0];
+        if (i0 + g + 8 < lq) delta[b * lq + i0 + g + 8] = row_delta[1];
+    }
+}
+
+// dK [batch, D, Lk] and dV [batch, Dv, Lk], from δ of backward_query: warp w
+// owns keys j0 … j0 + 15; the queries come BT at a time with their L and δ,
+// c·Q and dO position-major (Sᵀ, dPᵀ), Q and dO feature-major (dK, dV). Per
+// 16 queries:
+//   Sᵀ = K · (c·Q)ᵀ, dPᵀ = V · dOᵀ   (A: K, V in registers; B: qs, dos)
+//   Pᵀ = 2^(Sᵀ − L), dSᵀ = Pᵀ·(dPᵀ − δ)   (queries past Lq: Q, dO, L and δ
+//                                         staged 0, so their terms are 0)
+//   dK += bf16(dSᵀ) · Q,  dV += bf16(Pᵀ) · dO   (B: qf, dof)
+template <int H>
+__device__ void backward_key(float* dk, float* dvv, const float* q, const float* k, const float* v, const float* d_o,
+                             const float* lse, const float* delta, int lq, int lk, int d, int dv, float scale) {
+    using T = Tiles<H>;
+    __shared__ unsigned int qs[BT * T::K_LD];
+    __shared__ unsigned int dos[BT * T::K_LD];
+    __shared__ unsigned int qf[H * BT_LD];
+    __shared__ unsigned int dof[H * BT_LD];
+    __shared__ float ls[BT], deltas[BT];
+    const int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int tiles = (lk + 16 * warps - 1) / (16 * warps);
+    const long long b = (long long)blockIdx.x / tiles;
+    const int j0 = (int)(blockIdx.x - b * tiles) * 16 * warps + 16 * warp;
+    const float* qb = q + b * d * lq;
+    const float* kb = k + b * d * lk;
+    const float* vb = v + b * dv * lk;
+    const float* dob = d_o + b * dv * lq;
+    const float c = scale * attention::LOG2_E;
+
+    unsigned int ka[T::K_STEPS][4], va[T::K_STEPS][4];
+    load_rows<H>(ka, kb, d, lk, j0, 1.0f);
+    load_rows<H>(va, vb, dv, lk, j0, 1.0f);
+    float acc_k[H / 8][4], acc_v[H / 8][4];
+#pragma unroll
+    for (int ft = 0; ft < H / 8; ++ft)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc_k[ft][r] = acc_v[ft][r] = 0.0f;
+
+    for (int i0 = 0; i0 < lq; i0 += BT) {
+        const int n = min(BT, lq - i0);
+        __syncthreads();  // the previous queries are no longer read
+        stage_position_major<H>(qs, qb, d, lq, i0, n, BT, c);
+        stage_position_major<H>(dos, dob, dv, lq, i0, n, BT, 1.0f);
+        stage_feature_major<H>(qf, BT_LD, qb, d, lq, i0, n, BT);
+        stage_feature_major<H>(dof, BT_LD, dob, dv, lq, i0, n, BT);
+        for (int ii = threadIdx.x; ii < BT; ii += blockDim.x) {
+            ls[ii] = ii < n ? lse[b * lq + i0 + ii] : 0.0f;
+            deltas[ii] = ii < n ? delta[b * lq + i0 + ii] : 0.0f;
+        }
+        __syncthreads();
+        for (int ib = 0; ib < n; ib += 16) {
+            float s[2][4], dp[2][4];
+            products<H>(s, ka, qs, ib);
+            products<H>(dp, va, dos, ib);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int col = ib + 8 * nt + 2 * t + r % 2;
+                    s[nt][r] = exp2_ftz(s[nt][r] - ls[col]);           // Pᵀ
+                    dp[nt][r] = s[nt][r] * (dp[nt][r] - deltas[col]);  // dSᵀ
+                }
+            unsigned int pa[4], dsa[4];
+            as_a(pa, s);
+            as_a(dsa, dp);
+            accumulate<H>(acc_k, dsa, qf, BT_LD, ib);
+            accumulate<H>(acc_v, pa, dof, BT_LD, ib);
+        }
+    }
+    // acc[ft]: feature 8ft + 2t (+1) of key j0 + g in r = 0 (1), of key j0 + g + 8 in r = 2 (3)
+#pragma unroll
+    for (int ft = 0; ft < H / 8; ++ft)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int f = 8 * ft + 2 * t + r % 2, j = j0 + g + 8 * (r / 2);
+            if (j >= lk) continue;
+            if (f < d) dk[(b * d + f) * lk + j] = scale * acc_k[ft][r];
+            if (f < dv) dvv[(b * dv + f) * lk + j] = acc_v[ft][r];
         }
 }
 
@@ -587,24 +831,62 @@ extern "C" __global__ void __launch_bounds__(128)
     attention::backward_key<32>(dk, dvv, q, k, v, d_o, lse, delta, lq, lk, d, dv, scale);
 }
 
-// The bf16-product inference kernels per head size (D, Dv ≤ H). grid =
-// batch·⌈Lq/(16·warps)⌉, block = 32·warps threads, warps = min(8, ⌈Lq/16⌉)
-// (8 warps: a block's staged K and V serve 128 queries).
+// The bf16-product kernels per head size (D, Dv ≤ H). grid =
+// batch·⌈L/(16·warps)⌉, block = 32·warps threads, warps = min(8, ⌈L/16⌉)
+// (8 warps: a block's staged keys serve 128 queries), with L = Lq for infer
+// and backward_query, Lk for backward_key. infer writes the base-2
+// log-sum-exp where lse is non-null (training).
 extern "C" __global__ void __launch_bounds__(256)
-    attention_columns_infer_bf16_h8(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d,
-                                     int dv, float scale, int heads, long long q_image, long long k_image,
-                                     long long v_image) {
-    attention_bf16::infer<8>(o, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
+    attention_columns_infer_bf16_h8(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk,
+                                   int d, int dv, float scale, int heads, long long q_image, long long k_image,
+                                   long long v_image) {
+    attention_bf16::infer<8>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
 }
 extern "C" __global__ void __launch_bounds__(256)
-    attention_columns_infer_bf16_h16(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d,
-                                     int dv, float scale, int heads, long long q_image, long long k_image,
-                                     long long v_image) {
-    attention_bf16::infer<16>(o, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
+    attention_columns_backward_query_bf16_h8(float* dq, float* delta, const float* q, const float* k, const float* v,
+                                             const float* o, const float* d_o, const float* lse, int lq, int lk,
+                                             int d, int dv, float scale) {
+    attention_bf16::backward_query<8>(dq, delta, q, k, v, o, d_o, lse, lq, lk, d, dv, scale);
 }
 extern "C" __global__ void __launch_bounds__(256)
-    attention_columns_infer_bf16_h32(float* o, const float* q, const float* k, const float* v, int lq, int lk, int d,
-                                     int dv, float scale, int heads, long long q_image, long long k_image,
-                                     long long v_image) {
-    attention_bf16::infer<32>(o, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
+    attention_columns_backward_key_bf16_h8(float* dk, float* dvv, const float* q, const float* k, const float* v,
+                                           const float* d_o, const float* lse, const float* delta, int lq, int lk,
+                                           int d, int dv, float scale) {
+    attention_bf16::backward_key<8>(dk, dvv, q, k, v, d_o, lse, delta, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    attention_columns_infer_bf16_h16(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk,
+                                    int d, int dv, float scale, int heads, long long q_image, long long k_image,
+                                    long long v_image) {
+    attention_bf16::infer<16>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    attention_columns_backward_query_bf16_h16(float* dq, float* delta, const float* q, const float* k, const float* v,
+                                             const float* o, const float* d_o, const float* lse, int lq, int lk,
+                                             int d, int dv, float scale) {
+    attention_bf16::backward_query<16>(dq, delta, q, k, v, o, d_o, lse, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    attention_columns_backward_key_bf16_h16(float* dk, float* dvv, const float* q, const float* k, const float* v,
+                                           const float* d_o, const float* lse, const float* delta, int lq, int lk,
+                                           int d, int dv, float scale) {
+    attention_bf16::backward_key<16>(dk, dvv, q, k, v, d_o, lse, delta, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    attention_columns_infer_bf16_h32(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk,
+                                    int d, int dv, float scale, int heads, long long q_image, long long k_image,
+                                    long long v_image) {
+    attention_bf16::infer<32>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    attention_columns_backward_query_bf16_h32(float* dq, float* delta, const float* q, const float* k, const float* v,
+                                             const float* o, const float* d_o, const float* lse, int lq, int lk,
+                                             int d, int dv, float scale) {
+    attention_bf16::backward_query<32>(dq, delta, q, k, v, o, d_o, lse, lq, lk, d, dv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    attention_columns_backward_key_bf16_h32(float* dk, float* dvv, const float* q, const float* k, const float* v,
+                                           const float* d_o, const float* lse, const float* delta, int lq, int lk,
+                                           int d, int dv, float scale) {
+    attention_bf16::backward_key<32>(dk, dvv, q, k, v, d_o, lse, delta, lq, lk, d, dv, scale);
 }

@@ -102,7 +102,7 @@ kernels_bf16)
 kernels_b512)
     # the convolutions at the batch the seed recipe trains at (the stages above use 64)
     step bench_kernels_bf16_b512 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
-    # the attention row (16x16 maps, 8 heads of 8) with bf16 mma products, and the f32-product kernel (A/B)
+    # the attention rows (16x16 maps, 8 heads of 8; inference and backward) with bf16 mma products, and the f32-product kernels (A/B)
     step bench_kernels_bf16_b512_attention 40 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only attention
     MINIDIFFUSION_ATTENTION=f32 step bench_kernels_bf16_b512_attention_f32 40 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only attention
     # A/B: the same-conv forward staging its f32 input with float4s (same bits)
@@ -127,7 +127,8 @@ ours_bf16)
     MINIDIFFUSION_NORM_IN_CONV=on step ours_sample_bf16_norm_in_conv 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
-    MINIDIFFUSION_BF16_STORAGE=1 step ours_train_bf16_bf16_storage 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
+    # A/B: training attention (forward with its log-sum-exp, both backward kernels) with f32 products
+    MINIDIFFUSION_ATTENTION=f32 step ours_train_bf16_attention_f32 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     MINIDIFFUSION_CONV_BLOCKS=2 step ours_train_bf16_blocks2 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     MINIDIFFUSION_CONV_STAGING=float4 step ours_train_bf16_float4_staging 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     ;;

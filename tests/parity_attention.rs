@@ -258,3 +258,89 @@ fn bf16_packed_inference_attention_matches_the_parts() {
     // a loose bar here (bf16_inference_attention_parity holds the tight one)
     assert_close("packed bf16 attention vs the CPU twin", &run(device, true), &run(minidiffusion::Device::Cpu, true), 2e-3, 2e-3);
 }
+
+/// Training attention at the bf16 precision: forward with its base-2
+/// log-sum-exp (`attention_columns_infer_bf16_h*`) and the two backward
+/// kernels (`attention_columns_backward_{query,key}_bf16_h*`: S, dP, dQ, dK,
+/// dV as bf16 mma) against the CPU twins `forward_bf16` / `backward_bf16`:
+/// O and the gradients of Σ O·R. The device and the twin multiply the same
+/// rounded operands; P and dS are rounded to bf16 from f32 values that differ
+/// in the last bits (the log-sum-exp's sum order on the emulation, ex2.approx
+/// on a GPU), so a term may take the other bf16 neighbour: the allowance is
+/// one bf16 ulp (2^-8 relative) of every term of the entry's sum, plus, for
+/// dQ and dK, δ's share of O's tolerance. A wrong index or a missing factor
+/// moves an entry by O(its terms).
+/// Cases: h8 with 130 queries and 150 keys (two query blocks and two staged
+/// chunks of 128 each way, partial tiles), Dv 5; h32 (D 20, Dv 32); h16; 300
+/// keys (three key stages); one warp a block (16 and 16).
+#[test]
+fn bf16_training_attention_parity() {
+    use minidiffusion::ops::precision::{Precision, round_bf16, with_precision};
+    use minidiffusion::{Device, Tensor, autograd::backward, testing::parity_device};
+    let cases = [(2, 3, 8, 130, 150, 5), (1, 2, 20, 17, 64, 32), (2, 2, 12, 64, 33, 16), (1, 2, 8, 40, 300, 8), (3, 1, 8, 16, 16, 8)];
+    let device = parity_device();
+    let tol = ParityTol::BF16_TENSOR_CORE;
+    for (i, &(b, h, d, lq, lk, dv)) in cases.iter().enumerate() {
+        let scale = 1.0 / (d as f32).sqrt();
+        let shapes = [[b, h, d, lq], [b, h, d, lk], [b, h, dv, lk]];
+        let values: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(j, s)| randn(s, 900 + 3 * i as u64 + j as u64)).collect();
+        let r = randn(&[b, h, dv, lq], 950 + i as u64);
+        // (O, dQ, dK, dV)
+        let run = |device| -> [Vec<f32>; 4] {
+            let t: Vec<Tensor> = values.iter().zip(&shapes).map(|(v, s)| Tensor::from_vec_on(v.clone(), *s, device).unwrap().requires_grad_()).collect();
+            let _bf16 = with_precision(Precision::Bf16);
+            let o = ops::attention_columns(&t[0], &t[1], &t[2], scale).unwrap();
+            let loss = ops::sum_all(&ops::mul(&o, &Tensor::from_vec_on(r.clone(), o.shape().clone(), device).unwrap()).unwrap()).unwrap();
+            let grads = backward(&loss).unwrap();
+            [o.to_vec(), grads.get(&t[0]).unwrap().to_vec(), grads.get(&t[1]).unwrap().to_vec(), grads.get(&t[2]).unwrap().to_vec()]
+        };
+        let (cpu, dev) = (run(Device::Cpu), run(device));
+        // the formula in f64 on the rounded operands, for the allowances
+        let (qv, kv, vv) = (&values[0], &values[1], &values[2]);
+        let c = scale * std::f32::consts::LOG2_E;
+        let mut allow: [Vec<f64>; 4] = [vec![0.0; b * h * dv * lq], vec![0.0; b * h * d * lq], vec![0.0; b * h * d * lk], vec![0.0; b * h * dv * lk]];
+        for e in 0..b * h {
+            let rb = |x: f32| round_bf16(x) as f64;
+            let s = |qi: usize, j: usize| (0..d).map(|f| rb(c * qv[(e * d + f) * lq + qi]) * rb(kv[(e * d + f) * lk + j])).sum::<f64>();
+            for qi in 0..lq {
+                let sc: Vec<f64> = (0..lk).map(|j| s(qi, j)).collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let l: f64 = sc.iter().map(|x| (x - m).exp2()).sum();
+                let p: Vec<f64> = sc.iter().map(|x| (x - m).exp2() / l).collect();
+                // O and its allowance; dO = R here (the loss is Σ O·R)
+                let d_o = |ch: usize| r[(e * dv + ch) * lq + qi] as f64;
+                let mut o_allow = vec![0.0; dv];
+                for (ch, oa) in o_allow.iter_mut().enumerate() {
+                    let at = (e * dv + ch) * lq + qi;
+                    *oa = (0..lk).map(|j| p[j] * (vv[(e * dv + ch) * lk + j] as f64).abs()).sum::<f64>() / 256.0;
+                    allow[0][at] = *oa;
+                }
+                let o: Vec<f64> = (0..dv).map(|ch| (0..lk).map(|j| p[j] * vv[(e * dv + ch) * lk + j] as f64).sum()).collect();
+                let delta: f64 = (0..dv).map(|ch| d_o(ch) * o[ch]).sum();
+                // δ's error from O's: Σ_c |dO|·(O's tolerance)
+                let delta_err: f64 = (0..dv).map(|ch| d_o(ch).abs() * (tol.atol as f64 + tol.rtol as f64 * o[ch].abs() + o_allow[ch])).sum();
+                for j in 0..lk {
+                    let dp: f64 = (0..dv).map(|ch| rb(r[(e * dv + ch) * lq + qi]) * rb(vv[(e * dv + ch) * lk + j])).sum();
+                    let ds = (p[j] * (dp - delta)).abs() / 256.0 + p[j] * delta_err;
+                    let sc = scale as f64;
+                    for f in 0..d {
+                        allow[1][(e * d + f) * lq + qi] += sc * ds * (kv[(e * d + f) * lk + j] as f64).abs();
+                        allow[2][(e * d + f) * lk + j] += sc * ds * (qv[(e * d + f) * lq + qi] as f64).abs();
+                    }
+                    for ch in 0..dv {
+                        allow[3][(e * dv + ch) * lk + j] += p[j] * d_o(ch).abs() / 256.0;
+                    }
+                }
+            }
+        }
+        for (n, name) in ["O", "dQ", "dK", "dV"].iter().enumerate() {
+            let mut worst = 0.0f64;
+            for (at, (&got, &want)) in dev[n].iter().zip(&cpu[n]).enumerate() {
+                let bar = tol.atol as f64 + tol.rtol as f64 * (want as f64).abs() + allow[n][at];
+                worst = worst.max(((got - want) as f64).abs() / bar);
+                assert!(((got - want) as f64).abs() <= bar, "bf16 training attention case {i} ({device}): {name} entry {at}: got {got}, twin {want} (tolerance {bar:e})");
+            }
+            eprintln!("case {i} {name}: worst error / tolerance {worst:.3}");
+        }
+    }
+}

@@ -238,8 +238,9 @@ fn cast_passes_the_gradient_through() {
 /// UNet's) is the twin `forward_output_bf16`: its distance from f32 is
 /// bf16-sized (so a kernel that skipped the rounding fails its parity test),
 /// it equals the twin written out here in f64 from the rounded operands to
-/// within the f32 sums and one bf16 ulp of each weight; with a gradient, or
-/// with `with_attention_bf16(false)`, attention stays f32 bit for bit.
+/// within the f32 sums and one bf16 ulp of each weight; with a gradient the
+/// forward is the same twin, bit for bit; with `with_attention_bf16(false)`
+/// attention stays f32 bit for bit.
 #[test]
 fn inference_attention_at_bf16_rounds_its_products() {
     use minidiffusion::no_grad;
@@ -263,7 +264,8 @@ fn inference_attention_at_bf16_rounds_its_products() {
     assert!(rel > 1e-4 && rel < 3e-2, "bf16 attention vs f32: max relative error {rel}");
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&attend(Precision::Bf16, false, false)), bits(&f32_out), "bf16 attention off: f32");
-    assert_eq!(bits(&attend(Precision::Bf16, true, true)), bits(&attend(Precision::F32, true, true)), "with a gradient: f32");
+    assert_eq!(bits(&attend(Precision::Bf16, true, true)), bits(&bf16_out), "with a gradient: the same bf16 forward");
+    assert_eq!(bits(&attend(Precision::Bf16, true, false)), bits(&attend(Precision::F32, true, true)), "with a gradient, bf16 attention off: f32");
     // the formula in f64 on the rounded operands (c = scale·log2 e folded into Q)
     let c = scale * std::f32::consts::LOG2_E;
     let (q, k, v) = (&values[0], &values[1], &values[2]);
@@ -280,6 +282,73 @@ fn inference_attention_at_bf16_rounds_its_products() {
                 let got = bf16_out[(e * dv + ch) * lq + i] as f64;
                 assert!((got - want).abs() <= 1e-5 + ulp, "entry ({e}, {ch}, {i}): twin {got}, formula {want}");
             }
+        }
+    }
+}
+
+/// Training attention at bf16 (`backward_bf16`, the twin of the tensor-core
+/// backward): every gradient equals the formula written out here in f64 —
+/// s = bf16(c·Q)·bf16(K), p = 2^(s − L), dP = bf16(dO)·bf16(V),
+/// dS = p·(dP − δ), dQ = scale·bf16(dS)·bf16(K), dK = scale·bf16(dS)ᵀ·bf16(Q),
+/// dV = bf16(p)ᵀ·bf16(dO) — to within the f32 sums and one bf16 ulp of each
+/// term; its distance from the f32 gradients is bf16-sized (the rounding is
+/// there, and nothing else moved); `with_attention_bf16(false)` gives the f32
+/// gradients bit for bit.
+#[test]
+fn training_attention_at_bf16_rounds_its_products() {
+    use minidiffusion::ops::precision::with_attention_bf16;
+    let (b, h, d, lq, lk, dv) = (2, 2, 8, 20, 37, 6);
+    let inputs: Vec<(Vec<f32>, Vec<usize>)> =
+        [vec![b, h, d, lq], vec![b, h, d, lk], vec![b, h, dv, lk]].into_iter().enumerate().map(|(i, s)| (randn(&s, 80 + i as u64), s)).collect();
+    let r = randn(&[b, h, dv, lq], 85);
+    let scale = 1.0 / (d as f32).sqrt();
+    let attend = |p: Precision, bf16_attention: bool| {
+        let _p = with_precision(p);
+        with_attention_bf16(bf16_attention, || run(&inputs, &r, &|t| ops::attention_columns(&t[0], &t[1], &t[2], scale)))
+    };
+    let (_, f32_grads) = attend(Precision::F32, true);
+    let (out, grads) = attend(Precision::Bf16, true);
+    for (name, (g, want)) in ["dQ", "dK", "dV"].iter().zip(grads.iter().zip(&f32_grads)) {
+        let rel = max_rel(g, want);
+        assert!(rel > 1e-4 && rel < 3e-2, "bf16 attention {name} vs f32: max relative error {rel}");
+    }
+    let bits = |v: &[Vec<f32>]| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&attend(Precision::Bf16, false).1), bits(&f32_grads), "bf16 attention off: f32 gradients");
+    // the formula in f64 on the rounded operands
+    let (q, k, v) = (&inputs[0].0, &inputs[1].0, &inputs[2].0);
+    let c = scale * std::f32::consts::LOG2_E;
+    let rb = |x: f32| round_bf16(x) as f64;
+    let (sc, mut want, mut ulp) = (scale as f64, [vec![0.0f64; b * h * d * lq], vec![0.0; b * h * d * lk], vec![0.0; b * h * dv * lk]], [vec![0.0f64; b * h * d * lq], vec![0.0; b * h * d * lk], vec![0.0; b * h * dv * lk]]);
+    for e in 0..b * h {
+        for i in 0..lq {
+            let s: Vec<f64> = (0..lk).map(|j| (0..d).map(|f| rb(c * q[(e * d + f) * lq + i]) * rb(k[(e * d + f) * lk + j])).sum()).collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let l: f64 = s.iter().map(|x| (x - m).exp2()).sum();
+            let p: Vec<f64> = s.iter().map(|x| (x - m).exp2() / l).collect();
+            let d_o = |ch: usize| r[(e * dv + ch) * lq + i];
+            let delta: f64 = (0..dv).map(|ch| d_o(ch) as f64 * out[(e * dv + ch) * lq + i] as f64).sum();
+            for j in 0..lk {
+                let dp: f64 = (0..dv).map(|ch| rb(d_o(ch)) * rb(v[(e * dv + ch) * lk + j])).sum();
+                let ds = p[j] * (dp - delta);
+                let (ds_r, p_r) = (rb(ds as f32), rb(p[j] as f32));
+                for f in 0..d {
+                    let (at_q, at_k) = ((e * d + f) * lq + i, (e * d + f) * lk + j);
+                    want[0][at_q] += sc * ds_r * rb(k[at_k]);
+                    ulp[0][at_q] += sc * (ds * rb(k[at_k])).abs() / 256.0;
+                    want[1][at_k] += sc * ds_r * rb(q[at_q]);
+                    ulp[1][at_k] += sc * (ds * rb(q[at_q])).abs() / 256.0;
+                }
+                for ch in 0..dv {
+                    let at = (e * dv + ch) * lk + j;
+                    want[2][at] += p_r * rb(d_o(ch));
+                    ulp[2][at] += (p[j] * d_o(ch) as f64).abs() / 256.0;
+                }
+            }
+        }
+    }
+    for (n, name) in ["dQ", "dK", "dV"].iter().enumerate() {
+        for (at, &got) in grads[n].iter().enumerate() {
+            assert!((got as f64 - want[n][at]).abs() <= 1e-5 + ulp[n][at], "{name} entry {at}: twin {got}, formula {}", want[n][at]);
         }
     }
 }

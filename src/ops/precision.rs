@@ -7,11 +7,11 @@
 //!   to nearest, ties to even) before it is multiplied; products are exact in
 //!   f32 (8 + 8 mantissa bits) and summed in f32. Storage stays f32: inputs,
 //!   outputs, weights (the f32 master copy the optimizer updates), gradients,
-//!   and every other op (norms, the loss, attention with a gradient) run as
-//!   at f32. Inference attention of channels-first heads of at most 32
-//!   features (the UNet's) rounds its operands too: Q·Kᵀ from bf16 Q and K,
-//!   P·V from bf16 P and V, the softmax in f32 (`ops::attention`;
-//!   [`attention_bf16`] turns it off). These are
+//!   and every other op (norms, the loss) run as at f32. Attention of
+//!   channels-first heads of at most 32 features (the UNet's) rounds its
+//!   operands too: Q·Kᵀ from bf16 Q and K, P·V from bf16 P and V, the
+//!   softmax in f32, and in training dP, dQ, dK, dV from bf16 dO, V, dS, K,
+//!   Q and P (`ops::attention`; [`attention_bf16`] turns it off). These are
 //!   the numbers of PyTorch's `torch.autocast(dtype=torch.bfloat16)` for the
 //!   products, with f32 outputs instead of bf16 ones. bf16 has f32's exponent
 //!   range, so training needs no loss scaling. On CUDA the products run one
@@ -171,9 +171,9 @@ thread_local! {
     static ATTENTION_BF16: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
-/// Whether inference attention multiplies bf16 operands at the bf16
-/// precision (`ops::attention`: its two products as autocast's attention
-/// does them, on CUDA on the tensor cores). On by default;
+/// Whether attention multiplies bf16 operands at the bf16 precision
+/// (`ops::attention`: its products, forward and backward, as autocast's
+/// attention does them, on CUDA on the tensor cores). On by default;
 /// `MINIDIFFUSION_ATTENTION=f32` keeps it at f32 (the A/B), as does a
 /// [`with_attention_bf16`] scope.
 pub fn attention_bf16() -> bool {

@@ -109,12 +109,20 @@ pub fn forward_output(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layou
 /// the products exact and summed in f32 (the kernel's mma sums in another
 /// order). Lk ≥ 1.
 pub fn forward_output_bf16(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> Vec<f32> {
+    forward_bf16(q, k, v, dims, scale).0
+}
+
+/// [`forward_output_bf16`] for training: (O, L) with L [batch, Lq] each
+/// query's log-sum-exp in base 2, L_i = m_i + log2 l_i, from which
+/// [`backward_bf16`] recomputes p_ij = 2^(s_ij − L_i).
+pub fn forward_bf16(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> (Vec<f32>, Vec<f32>) {
     use crate::ops::precision::round_bf16;
     let Dims { batch, lq, lk, d, dv } = dims;
     assert!(lk > 0 && q.len() >= batch * d * lq && k.len() >= batch * d * lk && v.len() >= batch * dv * lk);
     let c = scale * std::f32::consts::LOG2_E;
     let mut o = vec![0.0; batch * lq * dv];
-    o.par_chunks_mut((lq * dv).max(1)).enumerate().for_each(|(b, o)| {
+    let mut lse = vec![0.0; batch * lq];
+    o.par_chunks_mut((lq * dv).max(1)).zip(lse.par_chunks_mut(lq.max(1))).enumerate().for_each(|(b, (o, lse))| {
         // this entry's K key-major and V value-major, rounded once
         let (qb, kb, vb) = (&q[b * d * lq..][..d * lq], &k[b * d * lk..][..d * lk], &v[b * dv * lk..][..dv * lk]);
         let kr: Vec<f32> = (0..lk * d).map(|e| round_bf16(kb[(e % d) * lk + e / d])).collect();
@@ -123,7 +131,7 @@ pub fn forward_output_bf16(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f
         for i in 0..lq {
             qi.iter_mut().enumerate().for_each(|(f, x)| *x = round_bf16(c * qb[f * lq + i]));
             for (j, sj) in s.iter_mut().enumerate() {
-                *sj = qi.iter().zip(&kr[j * d..][..d]).fold(0.0, |acc, (a, b)| acc + a * b);
+                *sj = dot(&qi, &kr[j * d..][..d]);
             }
             let m = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             let mut l = 0.0f32;
@@ -132,14 +140,74 @@ pub fn forward_output_bf16(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f
                 l += *sj;
                 *sj = round_bf16(*sj);
             }
+            lse[i] = m + l.log2();
             let inv = 1.0 / l;
             for ch in 0..dv {
-                let dot = s.iter().zip(&vr[ch * lk..][..lk]).fold(0.0f32, |acc, (p, x)| acc + p * x);
-                o[ch * lq + i] = dot * inv;
+                o[ch * lq + i] = dot(&s, &vr[ch * lk..][..lk]) * inv;
             }
         }
     });
-    o
+    (o, lse)
+}
+
+/// Σ a_i·b_i in f32, in order (exact bf16 products: the kernels' mma terms).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0.0, |acc, (x, y)| acc + x * y)
+}
+
+/// The gradients of [`forward_bf16`] (the twin of kernels/attention.cu's
+/// `attention_columns_backward_{query,key}_bf16_h*`), from O and the base-2
+/// log-sum-exp L it returned; c = scale·log2 e:
+///   s_ij = Σ_d bf16(c·Q[d,i])·bf16(K[d,j]),   p_ij = 2^(s_ij − L_i),
+///   δ_i = Σ_c dO[c,i]·O[c,i]   (f32, fused multiply-adds in c order),
+///   dP_ij = Σ_c bf16(dO[c,i])·bf16(V[c,j]),   dS_ij = p_ij·(dP_ij − δ_i),
+///   dQ[:,i] = scale·Σ_j bf16(dS_ij)·bf16(K[:,j]),
+///   dK[:,j] = scale·Σ_i bf16(dS_ij)·bf16(Q[:,i]),
+///   dV[:,j] = Σ_i bf16(p_ij)·bf16(dO[:,i]),
+/// exact products summed in f32 (the kernels' mma sum in another order).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_bf16(q: &[f32], k: &[f32], v: &[f32], o: &[f32], lse: &[f32], d_o: &[f32], dims: Dims, scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    use crate::ops::precision::round_bf16;
+    let Dims { batch, lq, lk, d, dv } = dims;
+    let c = scale * std::f32::consts::LOG2_E;
+    let mut dq = vec![0.0; batch * lq * d];
+    let mut dk = vec![0.0; batch * lk * d];
+    let mut dvv = vec![0.0; batch * lk * dv];
+    // [positions, features] rows of a [features, len] entry, each value mapped
+    let rows = |x: &[f32], feats: usize, len: usize, f: &dyn Fn(f32) -> f32| -> Vec<f32> { (0..len * feats).map(|e| f(x[(e % feats) * len + e / feats])).collect() };
+    dq.par_chunks_mut((lq * d).max(1)).zip(dk.par_chunks_mut((lk * d).max(1))).zip(dvv.par_chunks_mut((lk * dv).max(1))).enumerate().for_each(
+        |(b, ((dq, dk), dvb))| {
+            let (qb, kb, vb) = (&q[b * d * lq..][..d * lq], &k[b * d * lk..][..d * lk], &v[b * dv * lk..][..dv * lk]);
+            let (ob, dob, lb) = (&o[b * dv * lq..][..dv * lq], &d_o[b * dv * lq..][..dv * lq], &lse[b * lq..][..lq]);
+            let (qc, qr) = (rows(qb, d, lq, &|x| round_bf16(c * x)), rows(qb, d, lq, &round_bf16));
+            let (kr, vr, dor) = (rows(kb, d, lk, &round_bf16), rows(vb, dv, lk, &round_bf16), rows(dob, dv, lq, &round_bf16));
+            // bf16(p_ij) and bf16(dS_ij), [Lq, Lk]
+            let (mut pr, mut dsr) = (vec![0.0f32; lq * lk], vec![0.0f32; lq * lk]);
+            for i in 0..lq {
+                let delta = (0..dv).fold(0.0f32, |acc, ch| dob[ch * lq + i].mul_add(ob[ch * lq + i], acc));
+                for j in 0..lk {
+                    let p = (dot(&qc[i * d..][..d], &kr[j * d..][..d]) - lb[i]).exp2();
+                    let dp = dot(&dor[i * dv..][..dv], &vr[j * dv..][..dv]);
+                    pr[i * lk + j] = round_bf16(p);
+                    dsr[i * lk + j] = round_bf16(p * (dp - delta));
+                }
+            }
+            for i in 0..lq {
+                for f in 0..d {
+                    dq[f * lq + i] = scale * (0..lk).fold(0.0f32, |acc, j| acc + dsr[i * lk + j] * kr[j * d + f]);
+                }
+            }
+            for j in 0..lk {
+                for f in 0..d {
+                    dk[f * lk + j] = scale * (0..lq).fold(0.0f32, |acc, i| acc + dsr[i * lk + j] * qr[i * d + f]);
+                }
+                for ch in 0..dv {
+                    dvb[ch * lk + j] = (0..lq).fold(0.0f32, |acc, i| acc + pr[i * lk + j] * dor[i * dv + ch]);
+                }
+            }
+        },
+    );
+    (dq, dk, dvv)
 }
 
 /// Queries per block of [`columns_lanes`]: one 16-lane vector.

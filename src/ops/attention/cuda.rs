@@ -190,10 +190,31 @@ fn bf16_launch(batch: usize, lq: usize) -> LaunchConfig {
 /// O by the bf16-product kernel (requires [`fused`]); Q, K, V where
 /// [`fused_forward`] finds them.
 fn fused_forward_bf16(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32, packed: Option<PackedStrides>) -> Result<CudaBuffer> {
+    Ok(fused_forward_bf16_lse(q, k, v, dims, scale, false, packed)?.0)
+}
+
+/// (O, L) at bf16 for training (requires [`fused`]): L [batch, Lq] each
+/// query's log-sum-exp in base 2 (the CPU twin's `forward_bf16`), from which
+/// [`backward_lse_bf16`] recomputes P.
+pub fn forward_lse_bf16(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32) -> Result<(CudaBuffer, CudaBuffer)> {
+    let (o, lse) = fused_forward_bf16_lse(q, k, v, dims, scale, true, None)?;
+    Ok((o, lse.expect("asked for")))
+}
+
+fn fused_forward_bf16_lse(
+    q: &CudaBuffer,
+    k: &CudaBuffer,
+    v: &CudaBuffer,
+    dims: Dims,
+    scale: f32,
+    with_lse: bool,
+    packed: Option<PackedStrides>,
+) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
     let Dims { batch, lq, lk, d, dv } = dims;
     let o = q.backend().alloc(batch * lq * dv)?;
-    if o.is_empty() {
-        return Ok(o);
+    let lse = if with_lse { Some(q.backend().alloc(batch * lq)?) } else { None };
+    if batch * lq == 0 {
+        return Ok((o, lse));
     }
     let int = |n: usize| elems("attention", n).map(Arg::I32);
     elems("attention", batch * d.max(dv).max(1) * lq.max(lk))?;
@@ -202,9 +223,34 @@ fn fused_forward_bf16(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims
         None => (k.arg(), v.arg(), 1, [d * lq, d * lk, dv * lk]),
     };
     let stride = |n: usize| Arg::U64(n as u64);
-    let args = [o.arg(), q.arg(), k_arg, v_arg, int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale), int(heads)?, stride(q_image), stride(k_image), stride(v_image)];
+    let lse_arg = lse.as_ref().map_or(Arg::Ptr(0), |l| l.arg());
+    let args =
+        [o.arg(), lse_arg, q.arg(), k_arg, v_arg, int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale), int(heads)?, stride(q_image), stride(k_image), stride(v_image)];
     q.backend().launch(for_head(INFER_BF16, dims), bf16_launch(batch, lq), &args)?;
-    Ok(o)
+    Ok((o, lse))
+}
+
+/// The bf16-product backward kernels per head size (16 queries, or keys, a warp).
+const BACKWARD_QUERY_BF16: [&str; 3] =
+    ["attention_columns_backward_query_bf16_h8", "attention_columns_backward_query_bf16_h16", "attention_columns_backward_query_bf16_h32"];
+const BACKWARD_KEY_BF16: [&str; 3] =
+    ["attention_columns_backward_key_bf16_h8", "attention_columns_backward_key_bf16_h16", "attention_columns_backward_key_bf16_h32"];
+
+/// (dQ, dK, dV) at bf16 from O and the base-2 L of [`forward_lse_bf16`]
+/// (requires [`fused`]): the tensor-core twins of [`backward_lse`]'s kernels
+/// (the CPU twin's `backward_bf16`).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_lse_bf16(
+    q: &CudaBuffer,
+    k: &CudaBuffer,
+    v: &CudaBuffer,
+    o: &CudaBuffer,
+    lse: &CudaBuffer,
+    d_o: &CudaBuffer,
+    dims: Dims,
+    scale: f32,
+) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
+    fused_backward(q, k, v, o, lse, d_o, dims, scale, [BACKWARD_QUERY_BF16, BACKWARD_KEY_BF16], bf16_launch)
 }
 
 /// (dQ, dK, dV) from the forward's output O and log-sum-exp of
@@ -223,6 +269,24 @@ pub fn backward_lse(
     dims: Dims,
     scale: f32,
 ) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
+    fused_backward(q, k, v, o, lse, d_o, dims, scale, [BACKWARD_QUERY, BACKWARD_KEY], fused_launch)
+}
+
+/// δ and dQ by the query kernel, then dK and dV by the key kernel; `launch`
+/// places `batch` entries of L positions (Lq, then Lk).
+#[allow(clippy::too_many_arguments)]
+fn fused_backward(
+    q: &CudaBuffer,
+    k: &CudaBuffer,
+    v: &CudaBuffer,
+    o: &CudaBuffer,
+    lse: &CudaBuffer,
+    d_o: &CudaBuffer,
+    dims: Dims,
+    scale: f32,
+    [by_query, by_key]: [[&'static str; 3]; 2],
+    launch: fn(usize, usize) -> LaunchConfig,
+) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
     let Dims { batch, lq, lk, d, dv } = dims;
     let backend = q.backend();
     if batch * lq == 0 {
@@ -234,9 +298,9 @@ pub fn backward_lse(
     let int = |n: usize| elems("attention", n).map(Arg::I32);
     elems("attention", batch * d.max(dv).max(1) * lq.max(lk))?;
     let args = [dq.arg(), delta.arg(), q.arg(), k.arg(), v.arg(), o.arg(), d_o.arg(), lse.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
-    backend.launch(for_head(BACKWARD_QUERY, dims), fused_launch(batch, lq), &args)?;
+    backend.launch(for_head(by_query, dims), launch(batch, lq), &args)?;
     let args = [dk.arg(), dvv.arg(), q.arg(), k.arg(), v.arg(), d_o.arg(), lse.arg(), delta.arg(), int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale)];
-    backend.launch(for_head(BACKWARD_KEY, dims), fused_launch(batch, lk), &args)?;
+    backend.launch(for_head(by_key, dims), launch(batch, lk), &args)?;
     Ok((dq, dk, dvv))
 }
 

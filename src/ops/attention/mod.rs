@@ -6,11 +6,12 @@
 //! channels-first feature maps, [B, C, H, W] read as [B, heads, C/heads, H·W],
 //! so no permute copies are made.
 //!
-//! At the bf16 precision (`ops::precision`) inference attention of
-//! channels-first heads of at most 32 features multiplies bf16 operands —
-//! Q·Kᵀ from bf16 Q and K, P·V from bf16 P and V, the softmax in f32 — on the
-//! CPU ([`cpu::forward_output_bf16`]) and on CUDA's tensor cores alike; with a
-//! gradient, and for other shapes, attention runs at f32.
+//! At the bf16 precision (`ops::precision`) attention of channels-first heads
+//! of at most 32 features multiplies bf16 operands — Q·Kᵀ from bf16 Q and K,
+//! P·V from bf16 P and V, the softmax in f32, and with a gradient dP, dQ, dK
+//! and dV from bf16 operands the same way — on the CPU
+//! ([`cpu::forward_bf16`], [`cpu::backward_bf16`]) and on CUDA's tensor cores
+//! alike; other shapes run at f32.
 
 pub mod cpu;
 pub mod cuda;
@@ -59,12 +60,12 @@ pub fn attention_columns_packed(qkv: &Tensor, heads: usize, scale: f32) -> Resul
     attention_columns(&part(0)?, &part(1)?, &part(2)?, scale)
 }
 
-/// Whether inference attention of these dims multiplies bf16 operands: at
-/// the bf16 precision (`ops::precision`, unless [`precision::attention_bf16`]
-/// is off), for the fused problems — the Columns layout with heads of at most
-/// 32 features, the UNet's — on the CPU ([`cpu::forward_output_bf16`]) and
-/// on CUDA (its twin on the tensor cores) alike. With a gradient, or other
-/// shapes, attention runs at f32.
+/// Whether attention of these dims multiplies bf16 operands (forward, and
+/// backward when there is one): at the bf16 precision (`ops::precision`,
+/// unless [`precision::attention_bf16`] is off), for the fused problems — the
+/// Columns layout with heads of at most 32 features, the UNet's — on the CPU
+/// ([`cpu::forward_bf16`], [`cpu::backward_bf16`]) and on CUDA (their twins
+/// on the tensor cores) alike. Other shapes run at f32.
 fn bf16_products(dims: cpu::Dims, layout: Layout) -> bool {
     use crate::ops::precision::{self, Precision};
     precision::current() == Precision::Bf16 && precision::attention_bf16() && cuda::fused(dims, layout)
@@ -92,6 +93,9 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
     // requires grad (from_op then drops the node)
     let for_backward = crate::autograd::is_grad_enabled() && [q, k, v].iter().any(|t| t.requires_grad());
     let saves_lse = device == Device::Cpu || cuda::fused(dims, layout);
+    // decided once: the backward multiplies as the forward did, and its saved
+    // L is in base 2 at bf16 (natural log at f32)
+    let bf16 = bf16_products(dims, layout);
     let mut out_dims = lead.to_vec();
     out_dims.extend(match layout {
         Layout::Rows => [lq, dv],
@@ -102,9 +106,9 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
             let (q, k, v) = (sq.cpu_f32("attention")?, sk.cpu_f32("attention")?, sv.cpu_f32("attention")?);
             if for_backward {
-                let (o, lse) = cpu::forward(q, k, v, dims, layout, scale);
+                let (o, lse) = if bf16 { cpu::forward_bf16(q, k, v, dims, scale) } else { cpu::forward(q, k, v, dims, layout, scale) };
                 (cpu_f32_storage(o), cpu_f32_storage(lse))
-            } else if bf16_products(dims, layout) {
+            } else if bf16 {
                 (cpu_f32_storage(cpu::forward_output_bf16(q, k, v, dims, scale)), cpu_f32_storage(Vec::new()))
             } else {
                 (cpu_f32_storage(cpu::forward_output(q, k, v, dims, layout, scale)), cpu_f32_storage(Vec::new()))
@@ -114,13 +118,13 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
             let (q, k, v) = (sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?);
             if for_backward && saves_lse {
-                let (o, lse) = cuda::forward_lse(q, k, v, dims, scale)?;
+                let (o, lse) = if bf16 { cuda::forward_lse_bf16(q, k, v, dims, scale)? } else { cuda::forward_lse(q, k, v, dims, scale)? };
                 (Storage::Cuda(o), Storage::Cuda(lse))
             } else if for_backward {
                 let (o, p) = cuda::forward(q, k, v, dims, layout, scale)?;
                 (Storage::Cuda(o), Storage::Cuda(p))
             } else {
-                let o = cuda::forward_output(q, k, v, dims, layout, scale, bf16_products(dims, layout))?;
+                let o = cuda::forward_output(q, k, v, dims, layout, scale, bf16)?;
                 (Storage::Cuda(o), cpu_f32_storage(Vec::new()))
             }
         }
@@ -139,23 +143,23 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
                 Device::Cpu => {
                     let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), saved.storage(), g.storage());
                     let name = "attention_backward";
-                    let (dq, dk, dv) = cpu::backward(
-                        sq.cpu_f32(name)?,
-                        sk.cpu_f32(name)?,
-                        sv.cpu_f32(name)?,
-                        sp.cpu_f32(name)?,
-                        sg.cpu_f32(name)?,
-                        dims,
-                        layout,
-                        scale,
-                    );
+                    let (q, k, v, lse, g) = (sq.cpu_f32(name)?, sk.cpu_f32(name)?, sv.cpu_f32(name)?, sp.cpu_f32(name)?, sg.cpu_f32(name)?);
+                    let (dq, dk, dv) = if bf16 {
+                        let so = out.storage();
+                        cpu::backward_bf16(q, k, v, so.cpu_f32(name)?, lse, g, dims, scale)
+                    } else {
+                        cpu::backward(q, k, v, lse, g, dims, layout, scale)
+                    };
                     (cpu_f32_storage(dq), cpu_f32_storage(dk), cpu_f32_storage(dv))
                 }
                 Device::Cuda(_) => {
                     let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), saved.storage(), g.storage());
                     let name = "attention_backward";
                     let (q, k, v, saved, g) = (sq.cuda(name)?, sk.cuda(name)?, sv.cuda(name)?, sp.cuda(name)?, sg.cuda(name)?);
-                    let (dq, dk, dv) = if saves_lse {
+                    let (dq, dk, dv) = if bf16 {
+                        let so = out.storage();
+                        cuda::backward_lse_bf16(q, k, v, so.cuda(name)?, saved, g, dims, scale)?
+                    } else if saves_lse {
                         let so = out.storage();
                         cuda::backward_lse(q, k, v, so.cuda(name)?, saved, g, dims, scale)?
                     } else {
