@@ -82,6 +82,13 @@ struct ForwardOut {
         if (residual != nullptr) t.r = *reinterpret_cast<const float2*>(residual + t.at);
         return t;
     }
+    // The terms of the pair `offset` pixels after t's in the same image and
+    // channel: the same bias and time-embedding terms, the residual loaded.
+    __device__ PairTerms pair_terms_after(PairTerms t, int offset) const {
+        t.at += offset;
+        if (residual != nullptr) t.r = *reinterpret_cast<const float2*>(residual + t.at);
+        return t;
+    }
     __device__ void store_pair(const PairTerms& t, float v0, float v1) const {
         if (bias != nullptr) v0 += t.b, v1 += t.b;
         if (sample_bias != nullptr) v0 += t.sb, v1 += t.sb;

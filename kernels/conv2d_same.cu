@@ -385,13 +385,38 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     // (image and pixel of this lane's first column by one division, the others by carries).
     // Per n8 tile the epilogue terms of its 8 outputs are loaded, then the 8 stored.
     const int m_w = 32 * (warp % WARPS_M);
-    const int first_img = (n0 + n_w + 2 * t) / P, first_pix = n0 + n_w + 2 * t - first_img * P;
     // With P even (every map of the UNet) this lane's two pixels of a tile,
     // 2t and 2t + 1, lie side by side in one image and one row of y: stored
     // as a pair (ForwardOut::store_pair: the sums of store_terms, so the same
     // bits, with one load of each term).
     const bool pairs = P % 2 == 0 && ((reinterpret_cast<unsigned long long>(out.y) |
                                         reinterpret_cast<unsigned long long>(out.residual)) & 7) == 0;
+    if (pairs && P >= BN && m0 + BM <= s.oc) {
+        // The tile inside one image (P a multiple of BN: the UNet's 32×32 and
+        // 16×16 maps) with every channel live: no test per output, and a
+        // channel's bias and time-embedding terms loaded once; a lane's pairs
+        // lie 8·ni pixels after its first (no division: the image is img0).
+        const int pix0 = n0 - img0 * P + n_w + 2 * t;
+        conv::ForwardOut::PairTerms first[2][2];  // [r / 2][mi]
+#pragma unroll
+        for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) first[r2][mi] = out.pair_terms_at(img0, pix0, m0 + m_w + 16 * mi + g + 8 * r2);
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+            conv::ForwardOut::PairTerms terms[2][2];
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) terms[r2][mi] = ni == 0 ? first[r2][mi] : out.pair_terms_after(first[r2][mi], 8 * ni);
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) out.store_pair(terms[r2][mi], acc[mi][ni].get(2 * r2), acc[mi][ni].get(2 * r2 + 1));
+        }
+        return;
+    }
+    const int first_img = (n0 + n_w + 2 * t) / P, first_pix = n0 + n_w + 2 * t - first_img * P;
     if (pairs) {
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {

@@ -132,7 +132,8 @@ fn conv2d_bf16_parity() {
 /// 32×32, 8×16) and of several whole images (4×4: 8 a tile; 8×8: 2 a tile)
 /// with the batch ending inside a tile; channel counts that leave the last
 /// chunk partial (5, 17, 20, 33) and output channels past one 64-row block
-/// (70) or under 32 (8); every epilogue term. The unit test
+/// (70) or under 32 (8); every epilogue term, on whole tiles (one image,
+/// every channel: the epilogue's unchecked path) and on partial ones. The unit test
 /// `same_conv_takes_the_unet_shapes` (ops/conv2d/cuda.rs) checks that these
 /// shapes take these kernels.
 fn same_conv_parity(precision: minidiffusion::ops::Precision) {
@@ -160,6 +161,18 @@ fn same_conv_parity(precision: minidiffusion::ops::Precision) {
     let fused = |t: &[minidiffusion::Tensor], p| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) }, p);
     parity_check(&name("same_k3_4x4_images_m64_fused"), &[&[3, 17, 4, 4], &[72, 17, 3, 3], &[72], &[3, 72], &[3, 72, 4, 4]], |t| at(&|| fused(t, same3)), tol);
     parity_check(&name("same_k1_2x2_images_fused"), &[&[37, 24, 2, 2], &[72, 24, 1, 1], &[72], &[37, 72], &[37, 72, 2, 2]], |t| at(&|| fused(t, same1)), tol);
+    // whole tiles inside one image with every channel live (P ≥ 128, OC a
+    // multiple of the block's rows: the UNet's 32×32 and 16×16 convs): the
+    // epilogue's unchecked path, with every term, with two 64-row blocks, at
+    // 1×1, and without the bias
+    parity_check(&name("same_k3_16x16_m64_whole_fused"), &[&[2, 16, 16, 16], &[128, 16, 3, 3], &[128], &[2, 128], &[2, 128, 16, 16]], |t| at(&|| fused(t, same3)), tol);
+    parity_check(&name("same_k1_32x32_whole_fused"), &[&[1, 24, 32, 32], &[32, 24, 1, 1], &[32], &[1, 32], &[1, 32, 32, 32]], |t| at(&|| fused(t, same1)), tol);
+    parity_check(
+        &name("same_k3_32x32_whole_no_bias"),
+        &[&[2, 8, 32, 32], &[32, 8, 3, 3], &[2, 32], &[2, 32, 32, 32]],
+        |t| at(&|| conv2d_fused(&t[0], &t[1], None, ConvAdd { sample_bias: Some(&t[2]), residual: Some(&t[3]) }, same3)),
+        tol,
+    );
     // 1×1 maps: P = 1 is odd, so a lane's two pixels are two images and the
     // epilogue stores them one by one (every other map stores them as a pair)
     parity_check(&name("same_k1_1x1_images_fused"), &[&[137, 20, 1, 1], &[40, 20, 1, 1], &[40], &[137, 40], &[137, 40, 1, 1]], |t| at(&|| fused(t, same1)), tol);

@@ -235,11 +235,18 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
                 x.requires_grad().then(|| conv2d_backward_input(dy, &weight, &g, prec)).transpose()?,
                 weight.requires_grad().then(|| conv2d_backward_weight(dy, &x, &g, prec)).transpose()?,
             ];
+            // the per-image sums, when wanted, also give dB (Σ over the images
+            // of [N, OC] instead of a second pass over dY: the UNet's conv1s)
+            let sb_grad = sample_bias.as_ref().filter(|t| t.requires_grad()).map(|_| sample_bias_grad(dy, &g)).transpose()?;
             if let Some(b) = &bias {
-                grads.push(b.requires_grad().then(|| bias_grad(dy, &g)).transpose()?);
+                let db = || match &sb_grad {
+                    Some(per_image) => crate::ops::reduce::sum(per_image, &[0], false),
+                    None => bias_grad(dy, &g),
+                };
+                grads.push(b.requires_grad().then(db).transpose()?);
             }
-            if let Some(sb) = &sample_bias {
-                grads.push(sb.requires_grad().then(|| sample_bias_grad(dy, &g)).transpose()?);
+            if sample_bias.is_some() {
+                grads.push(sb_grad);
             }
             if let Some(r) = &residual {
                 grads.push(r.requires_grad().then(|| dy.clone()));
