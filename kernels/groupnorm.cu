@@ -350,6 +350,133 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
     }
 }
 
+// groupnorm_backward with x and dy resident in registers (groups of m ≤
+// R·4·blockDim values, R = 4, 8 or 12, the fewest that hold the group; S a
+// multiple of 128; x, dy and dx 16-byte aligned): each thread loads its
+// float4s of x and dy once, up front, forms x̂ and dz there, and the dx pass
+// reads them from registers — one read of x and dy instead of two, one
+// silu' per value instead of two. Thread t holds the group's float4s
+// e = t + k·blockDim (k < R); with S a
+// multiple of 128 the 32 float4s a warp holds at one k lie in one channel,
+// so the per-channel sums are warp sums, kept per (k, warp) in shared memory
+// and added per channel in a fixed order (e = 32·w + 256·k rising):
+// deterministic, and the same f64 sums as groupnorm_backward's over another
+// partial order (the CPU twin's tolerance).
+namespace groupnorm {
+template <int R>
+__device__ __forceinline__ void backward_resident(float* __restrict__ dx, double* __restrict__ partials,
+                                                  const float* __restrict__ dy, const float* __restrict__ x,
+                                                  const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                  const float* __restrict__ gamma, const float* __restrict__ beta,
+                                                  int num_groups_total, int groups, int cg, int s, int silu) {
+    __shared__ double scratch[32];
+    __shared__ double warp_sums[R][GN_THREADS / 32][2];  // (Σ dz, Σ dz·x̂) of warp w's float4s at k
+    const int m = cg * s, m4 = m / 4, s4 = s / 4, c = groups * cg;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, threads = blockDim.x;
+    for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
+        const int n = ng / groups, g = ng % groups;
+        const float mu = mean[ng], rs = rstd[ng];
+        const float4* xg = reinterpret_cast<const float4*>(x + (long long)ng * m);
+        const float4* dyg = reinterpret_cast<const float4*>(dy + (long long)ng * m);
+        double* part = partials + 2 * ((long long)n * c + (long long)g * cg);
+
+        // x̂ and dz of this thread's float4s (every load issued before any is used)
+        float4 xhat[R], dz[R];
+#pragma unroll
+        for (int k = 0; k < R; ++k) {
+            const int e = (int)threadIdx.x + k * threads;
+            xhat[k] = e < m4 ? xg[e] : float4{0.0f, 0.0f, 0.0f, 0.0f};
+            dz[k] = e < m4 ? dyg[e] : float4{0.0f, 0.0f, 0.0f, 0.0f};
+        }
+        ChannelStep at(s4);
+#pragma unroll
+        for (int k = 0; k < R; ++k, at.next(s4)) {
+            // uniform over a warp: m4 = cg·s4 is a multiple of 32
+            if ((int)threadIdx.x - lane + k * threads >= m4) continue;
+            const int ch = g * cg + at.c;
+            const float gm = gamma ? gamma[ch] : 1.0f, bt = beta ? beta[ch] : 0.0f;
+            float* xv = &xhat[k].x;
+            float* dv = &dz[k].x;
+            double a = 0.0, b = 0.0;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                xv[j] = (xv[j] - mu) * rs;
+                dv[j] = grad_u(dv[j], xv[j], gm, bt, silu);
+                a += (double)dv[j];
+                b += (double)dv[j] * (double)xv[j];
+            }
+            a = warp_sum_d(a);
+            b = warp_sum_d(b);
+            if (lane == 0) {
+                warp_sums[k][warp][0] = a;
+                warp_sums[k][warp][1] = b;
+            }
+        }
+        __syncthreads();
+        // A_nc, B_nc: channel ci's float4s are [ci·S/4, (ci + 1)·S/4), 32 a (k, w) entry
+        double sa = 0.0, sb = 0.0;
+        for (int ci = threadIdx.x; ci < cg; ci += threads) {
+            double a = 0.0, b = 0.0;
+            for (int e0 = ci * s4; e0 < (ci + 1) * s4; e0 += 32) {
+                const int k = e0 / threads, w = (e0 - k * threads) / 32;
+                a += warp_sums[k][w][0];
+                b += warp_sums[k][w][1];
+            }
+            part[2 * ci] = a;
+            part[2 * ci + 1] = b;
+            const double gm = gamma ? (double)gamma[g * cg + ci] : 1.0;
+            sa += gm * a;
+            sb += gm * b;
+        }
+        if (dx == nullptr) {  // uniform over the block
+            __syncthreads();  // warp_sums is read above before the next group writes it
+            continue;
+        }
+        // mean(g) = Σ_c γ_c·A_nc / M,  mean(g·x̂) = Σ_c γ_c·B_nc / M (block_sum_d syncs: warp_sums is free after)
+        const float mean_g = (float)(block_sum_d(sa, scratch) / (double)m);
+        const float mean_gx = (float)(block_sum_d(sb, scratch) / (double)m);
+
+        // dx = rstd·(dz·γ − mean(g) − x̂·mean(g·x̂))
+        float4* dxg = reinterpret_cast<float4*>(dx + (long long)ng * m);
+        ChannelStep out(s4);
+#pragma unroll
+        for (int k = 0; k < R; ++k, out.next(s4)) {
+            const int e = (int)threadIdx.x + k * threads;
+            if (e >= m4) continue;
+            const float gm = gamma ? gamma[g * cg + out.c] : 1.0f;
+            const float4 xv = xhat[k], dv = dz[k];
+            dxg[e] = float4{rs * (dv.x * gm - mean_g - xv.x * mean_gx), rs * (dv.y * gm - mean_g - xv.y * mean_gx),
+                            rs * (dv.z * gm - mean_g - xv.z * mean_gx), rs * (dv.w * gm - mean_g - xv.w * mean_gx)};
+        }
+    }
+}
+}  // namespace groupnorm
+
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_backward_resident_r4(float* __restrict__ dx, double* __restrict__ partials, const float* __restrict__ dy,
+                                    const float* __restrict__ x, const float* __restrict__ mean,
+                                    const float* __restrict__ rstd, const float* __restrict__ gamma,
+                                    const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
+                                    int silu) {
+    groupnorm::backward_resident<4>(dx, partials, dy, x, mean, rstd, gamma, beta, num_groups_total, groups, cg, s, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_backward_resident_r8(float* __restrict__ dx, double* __restrict__ partials, const float* __restrict__ dy,
+                                    const float* __restrict__ x, const float* __restrict__ mean,
+                                    const float* __restrict__ rstd, const float* __restrict__ gamma,
+                                    const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
+                                    int silu) {
+    groupnorm::backward_resident<8>(dx, partials, dy, x, mean, rstd, gamma, beta, num_groups_total, groups, cg, s, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_backward_resident_r12(float* __restrict__ dx, double* __restrict__ partials, const float* __restrict__ dy,
+                                    const float* __restrict__ x, const float* __restrict__ mean,
+                                    const float* __restrict__ rstd, const float* __restrict__ gamma,
+                                    const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
+                                    int silu) {
+    groupnorm::backward_resident<12>(dx, partials, dy, x, mean, rstd, gamma, beta, num_groups_total, groups, cg, s, silu);
+}
+
 // Backward, step 2: the parameter gradients, one warp per channel c (8 per
 // 256-thread block): lane l sums the per-sample partials n = l, l + 32, … in
 // f64, then a warp sum (a fixed order: deterministic)

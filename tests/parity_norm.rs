@@ -26,8 +26,15 @@ const TOL: ParityTol = ParityTol::REDUCTION;
 /// multiple of 4, at most 12,288 values a group): one float4 a channel
 /// (S = 4), a partial first float4 round (m = 256) and a partial second
 /// (1,280), the largest group (the seed UNet's up block, 96 channels / 8 of
-/// 32×32), and one float4 more than that (12,292: the loop kernels).
+/// 32×32), and one float4 more than that (12,292: the loop kernels). The
+/// three before the last are the resident backward's (also S a multiple of
+/// 128): half a float4 round (m = 512, four warps idle), 128 pixels (a warp
+/// a channel), and eight rounds (8,192); the seed UNet's largest group takes
+/// its twelve-round kernel.
 const GN_CASES: &[(&[usize], &[usize])] = &[
+    (&[2, 8, 16, 16], &[4]),
+    (&[2, 6, 8, 16], &[3]),
+    (&[1, 64, 16, 16], &[2]),
     (&[2, 6, 5, 7], &[1, 2, 6]),
     (&[33, 9, 1], &[1]),
     (&[3, 4, 5], &[1, 2, 4]),
@@ -70,6 +77,33 @@ fn resident_group_norm_runs_where_the_group_fits() {
             let resident = kernels.iter().any(|k| k.starts_with("groupnorm_forward_resident"));
             assert_eq!(resident, fits, "{dims:?} g{groups} {store:?}: {kernels:?}");
         }
+    }
+}
+
+/// The group norm backwards that keep x and dy in registers run exactly
+/// where they fit, with the register rounds their group needs (by kernel
+/// name, as above).
+#[test]
+fn resident_group_norm_backward_runs_where_the_group_fits() {
+    let Device::Cuda(d) = parity_device() else { panic!("parity_device is CUDA") };
+    let backend = minidiffusion::device::cuda::backend(d).unwrap();
+    let cases: [(&[usize], usize, Option<&str>); 6] = [
+        (&[2, 8, 16, 16], 4, Some("groupnorm_backward_resident_r4")),
+        (&[2, 6, 8, 16], 3, Some("groupnorm_backward_resident_r4")),
+        (&[1, 64, 16, 16], 2, Some("groupnorm_backward_resident_r8")),
+        (&[1, 96, 32, 32], 8, Some("groupnorm_backward_resident_r12")),
+        (&[1, 104, 32, 32], 8, None),
+        (&[2, 32, 8, 8], 8, None),
+    ];
+    for (dims, groups, kernel) in cases {
+        let x = Tensor::from_vec_on(randn(dims, 9), dims.to_vec(), parity_device()).unwrap().requires_grad_();
+        let y = group_norm_silu(&x, groups, None, None, 1e-5).unwrap();
+        let loss = ops::sum_all(&y).unwrap();
+        backend.start_profiling();
+        backward(&loss).unwrap();
+        let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
+        let want = kernel.unwrap_or("groupnorm_backward");
+        assert!(kernels.contains(&want), "{dims:?} g{groups}: {want} not in {kernels:?}");
     }
 }
 
@@ -121,7 +155,13 @@ fn group_norm_silu_parity() {
 /// pointer) and still produce dγ, dβ.
 #[test]
 fn parameter_gradients_without_dx_parity() {
-    let dims = [2, 6, 5, 3];
+    // the loop kernels (5×3 maps) and the resident backward (16×8)
+    for dims in [[2, 6, 5, 3], [2, 6, 16, 8]] {
+        parameter_gradients_without_dx_case(dims);
+    }
+}
+
+fn parameter_gradients_without_dx_case(dims: [usize; 4]) {
     let run = |device: Device| -> Vec<Vec<f32>> {
         let x = Tensor::from_vec_on(randn(&dims, 1), dims.to_vec(), device).unwrap();
         let w = Tensor::from_vec_on(randn(&[6], 2), vec![6], device).unwrap().detach().requires_grad_();
@@ -145,7 +185,7 @@ fn parameter_gradients_without_dx_parity() {
     };
     let (cpu, dev) = (run(Device::Cpu), run(parity_device()));
     for (i, (d, c)) in dev.iter().zip(&cpu).enumerate() {
-        assert_close(&format!("parameter gradient {i}"), d, c, TOL.atol, TOL.rtol);
+        assert_close(&format!("{dims:?}: parameter gradient {i}"), d, c, TOL.atol, TOL.rtol);
     }
 }
 

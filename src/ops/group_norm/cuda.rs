@@ -1,6 +1,7 @@
 //! CUDA launches of kernels/groupnorm.cu: group norm (optionally fused with
 //! SiLU) forward, and its backward in two launches (per-group dx and per-(n, c)
-//! partial sums, then the per-channel parameter gradients).
+//! partial sums, then the per-channel parameter gradients). Where a group
+//! fits, forward and backward hold it in registers and read it once.
 
 use super::cpu::GroupNormDims;
 use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
@@ -148,9 +149,26 @@ pub fn backward(
         Arg::I32(d.s as i32),
         Arg::I32(silu as i32),
     ];
-    backend.launch("groupnorm_backward", per_group_blocks(d), &args)?;
+    let aligned = [Some(dy), Some(x), dx.as_ref()].into_iter().flatten().all(|b| b.ptr().is_multiple_of(16));
+    backend.launch(backward_kernel(d, aligned), per_group_blocks(d), &args)?;
     let (dw, db) = (backend.alloc(d.c)?, backend.alloc(d.c)?);
     let args = [dw.arg(), db.arg(), partials.arg(), Arg::I32(d.n as i32), Arg::I32(d.c as i32)];
     backend.launch("groupnorm_backward_params", LaunchConfig::blocks(d.c.div_ceil(8), THREADS), &args)?;
     Ok((dx, dw, db))
+}
+
+/// The backward kernel for `d`: one holding x and dy in registers (4, 8 or
+/// 12 float4s a thread, the fewest that hold a group) where the group fits,
+/// each channel is a whole number of warps' float4s (S a multiple of 128:
+/// the channel sums are warp sums) and the buffers are 16-byte aligned; else
+/// the loop kernel, which reads x and dy twice.
+fn backward_kernel(d: GroupNormDims, aligned: bool) -> &'static str {
+    let float4s = d.m().div_ceil(4 * THREADS as usize);
+    match float4s {
+        _ if !aligned || !d.s.is_multiple_of(128) => "groupnorm_backward",
+        0..=4 => "groupnorm_backward_resident_r4",
+        5..=8 => "groupnorm_backward_resident_r8",
+        9..=RESIDENT_FLOAT4S => "groupnorm_backward_resident_r12",
+        _ => "groupnorm_backward",
+    }
 }
