@@ -88,10 +88,7 @@ pub fn forward_output(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims
     if !fused(dims, layout) {
         return Ok(forward(q, k, v, dims, layout, scale)?.0);
     }
-    if bf16 {
-        return fused_forward_bf16(q, k, v, dims, scale, None);
-    }
-    fused_forward(q, k, v, dims, scale, false, None).map(|(o, _)| o)
+    fused_forward(q, k, v, dims, scale, false, None, bf16).map(|(o, _)| o)
 }
 
 /// Inference attention over one packed [images, 3·heads·D, L] buffer — each
@@ -107,10 +104,7 @@ pub fn forward_output_packed(qkv: &CudaBuffer, images: usize, heads: usize, d: u
     // K and V: the same buffer from the image's second and third thirds on
     let at = |offset: usize| Arg::Ptr(qkv.ptr() + (offset * std::mem::size_of::<f32>()) as u64);
     let strides = PackedStrides { heads, image: 3 * inner, k: at(inner), v: at(2 * inner) };
-    if bf16 {
-        return fused_forward_bf16(qkv, qkv, qkv, dims, scale, Some(strides));
-    }
-    fused_forward(qkv, qkv, qkv, dims, scale, false, Some(strides)).map(|(o, _)| o)
+    fused_forward(qkv, qkv, qkv, dims, scale, false, Some(strides), bf16).map(|(o, _)| o)
 }
 
 /// Where the fused forward finds K and V in a packed buffer, and its image stride.
@@ -122,13 +116,29 @@ struct PackedStrides {
 }
 
 /// (O, L) by the fused kernel (requires [`fused`]): L [batch, Lq] the rows'
-/// log-sum-exp, from which [`backward_lse`] recomputes P; no [batch, Lq, Lk]
-/// P is written or kept.
-pub fn forward_lse(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32) -> Result<(CudaBuffer, CudaBuffer)> {
-    let (o, lse) = fused_forward(q, k, v, dims, scale, true, None)?;
+/// log-sum-exp — in base 2 with `bf16` products (the CPU twin's
+/// `forward_bf16`) — from which [`backward_lse`] recomputes P; no
+/// [batch, Lq, Lk] P is written or kept.
+pub fn forward_lse(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32, bf16: bool) -> Result<(CudaBuffer, CudaBuffer)> {
+    let (o, lse) = fused_forward(q, k, v, dims, scale, true, None, bf16)?;
     Ok((o, lse.expect("asked for")))
 }
 
+/// The inference kernels per head size with bf16 products (kernels/attention.cu's
+/// `attention_bf16`: Q·Kᵀ and P·V as m16n8k16 mma, 16 queries a warp).
+const INFER_BF16: [&str; 3] = ["attention_columns_infer_bf16_h8", "attention_columns_infer_bf16_h16", "attention_columns_infer_bf16_h32"];
+
+/// Query tiles of 16 a warp; warps a block: up to 8 (the block's staged keys
+/// serve 128 queries: two blocks a head at 16×16), fewer when Lq is short
+/// (the 4×4 maps' 16 queries: one warp).
+fn bf16_launch(batch: usize, lq: usize) -> LaunchConfig {
+    let warps = lq.div_ceil(16).clamp(1, 8);
+    LaunchConfig::blocks(batch * lq.div_ceil(16 * warps), 32 * warps as u32)
+}
+
+/// O (and L when `with_lse`) by the f32 kernel (a query a thread) or, with
+/// `bf16`, the tensor-core one; the two take the same arguments.
+#[allow(clippy::too_many_arguments)]
 fn fused_forward(
     q: &CudaBuffer,
     k: &CudaBuffer,
@@ -137,12 +147,13 @@ fn fused_forward(
     scale: f32,
     with_lse: bool,
     packed: Option<PackedStrides>,
+    bf16: bool,
 ) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
     let Dims { batch, lq, lk, d, dv } = dims;
     let backend = q.backend();
     let o = backend.alloc(batch * lq * dv)?;
     let lse = if with_lse { Some(backend.alloc(batch * lq)?) } else { None };
-    if o.is_empty() {
+    if batch * lq == 0 {
         return Ok((o, lse));
     }
     let int = |n: usize| elems("attention", n).map(Arg::I32);
@@ -155,78 +166,10 @@ fn fused_forward(
         None => (k.arg(), v.arg(), 1, [d * lq, d * lk, dv * lk]),
     };
     let stride = |n: usize| Arg::U64(n as u64);
-    let args = [
-        o.arg(),
-        lse_arg,
-        q.arg(),
-        k_arg,
-        v_arg,
-        int(lq)?,
-        int(lk)?,
-        int(d)?,
-        int(dv)?,
-        Arg::F32(scale),
-        int(heads)?,
-        stride(q_image),
-        stride(k_image),
-        stride(v_image),
-    ];
-    backend.launch(for_head(INFER, dims), fused_launch(batch, lq), &args)?;
-    Ok((o, lse))
-}
-
-/// The bf16-product inference kernels per head size (kernels/attention.cu's
-/// `attention_bf16`: Q·Kᵀ and P·V as m16n8k16 mma, 16 queries a warp).
-const INFER_BF16: [&str; 3] = ["attention_columns_infer_bf16_h8", "attention_columns_infer_bf16_h16", "attention_columns_infer_bf16_h32"];
-
-/// Query tiles of 16 a warp; warps a block: up to 8 (the block's staged keys
-/// serve 128 queries: two blocks a head at 16×16), fewer when Lq is short
-/// (the 4×4 maps' 16 queries: one warp).
-fn bf16_launch(batch: usize, lq: usize) -> LaunchConfig {
-    let warps = lq.div_ceil(16).clamp(1, 8);
-    LaunchConfig::blocks(batch * lq.div_ceil(16 * warps), 32 * warps as u32)
-}
-
-/// O by the bf16-product kernel (requires [`fused`]); Q, K, V where
-/// [`fused_forward`] finds them.
-fn fused_forward_bf16(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32, packed: Option<PackedStrides>) -> Result<CudaBuffer> {
-    Ok(fused_forward_bf16_lse(q, k, v, dims, scale, false, packed)?.0)
-}
-
-/// (O, L) at bf16 for training (requires [`fused`]): L [batch, Lq] each
-/// query's log-sum-exp in base 2 (the CPU twin's `forward_bf16`), from which
-/// [`backward_lse_bf16`] recomputes P.
-pub fn forward_lse_bf16(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, scale: f32) -> Result<(CudaBuffer, CudaBuffer)> {
-    let (o, lse) = fused_forward_bf16_lse(q, k, v, dims, scale, true, None)?;
-    Ok((o, lse.expect("asked for")))
-}
-
-fn fused_forward_bf16_lse(
-    q: &CudaBuffer,
-    k: &CudaBuffer,
-    v: &CudaBuffer,
-    dims: Dims,
-    scale: f32,
-    with_lse: bool,
-    packed: Option<PackedStrides>,
-) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
-    let Dims { batch, lq, lk, d, dv } = dims;
-    let o = q.backend().alloc(batch * lq * dv)?;
-    let lse = if with_lse { Some(q.backend().alloc(batch * lq)?) } else { None };
-    if batch * lq == 0 {
-        return Ok((o, lse));
-    }
-    let int = |n: usize| elems("attention", n).map(Arg::I32);
-    elems("attention", batch * d.max(dv).max(1) * lq.max(lk))?;
-    let (k_arg, v_arg, heads, [q_image, k_image, v_image]) = match packed {
-        Some(p) => (p.k, p.v, p.heads, [p.image; 3]),
-        None => (k.arg(), v.arg(), 1, [d * lq, d * lk, dv * lk]),
-    };
-    let stride = |n: usize| Arg::U64(n as u64);
-    let lse_arg = lse.as_ref().map_or(Arg::Ptr(0), |l| l.arg());
     let args =
         [o.arg(), lse_arg, q.arg(), k_arg, v_arg, int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale), int(heads)?, stride(q_image), stride(k_image), stride(v_image)];
-    q.backend().launch(for_head(INFER_BF16, dims), bf16_launch(batch, lq), &args)?;
+    let (kernels, launch) = if bf16 { (INFER_BF16, bf16_launch(batch, lq)) } else { (INFER, fused_launch(batch, lq)) };
+    backend.launch(for_head(kernels, dims), launch, &args)?;
     Ok((o, lse))
 }
 
@@ -236,28 +179,12 @@ const BACKWARD_QUERY_BF16: [&str; 3] =
 const BACKWARD_KEY_BF16: [&str; 3] =
     ["attention_columns_backward_key_bf16_h8", "attention_columns_backward_key_bf16_h16", "attention_columns_backward_key_bf16_h32"];
 
-/// (dQ, dK, dV) at bf16 from O and the base-2 L of [`forward_lse_bf16`]
-/// (requires [`fused`]): the tensor-core twins of [`backward_lse`]'s kernels
-/// (the CPU twin's `backward_bf16`).
-#[allow(clippy::too_many_arguments)]
-pub fn backward_lse_bf16(
-    q: &CudaBuffer,
-    k: &CudaBuffer,
-    v: &CudaBuffer,
-    o: &CudaBuffer,
-    lse: &CudaBuffer,
-    d_o: &CudaBuffer,
-    dims: Dims,
-    scale: f32,
-) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
-    fused_backward(q, k, v, o, lse, d_o, dims, scale, [BACKWARD_QUERY_BF16, BACKWARD_KEY_BF16], bf16_launch)
-}
-
 /// (dQ, dK, dV) from the forward's output O and log-sum-exp of
 /// [`forward_lse`] (requires [`fused`]) by the fused backward kernels: P is
-/// recomputed on the fly, one query per thread for δ (from O and dO) and dQ,
-/// then one key per thread for dK and dV; nothing of size [batch, Lq, Lk] is
-/// written (the GEMM path [`backward`] writes P, dP and dS).
+/// recomputed on the fly, for δ (from O and dO) and dQ by query, then for dK
+/// and dV by key — a position a thread at f32, 16 a warp on the tensor cores
+/// with `bf16` (the CPU twin's `backward_bf16`, L in base 2); nothing of size
+/// [batch, Lq, Lk] is written (the GEMM path [`backward`] writes P, dP and dS).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_lse(
     q: &CudaBuffer,
@@ -268,25 +195,11 @@ pub fn backward_lse(
     d_o: &CudaBuffer,
     dims: Dims,
     scale: f32,
+    bf16: bool,
 ) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
-    fused_backward(q, k, v, o, lse, d_o, dims, scale, [BACKWARD_QUERY, BACKWARD_KEY], fused_launch)
-}
-
-/// δ and dQ by the query kernel, then dK and dV by the key kernel; `launch`
-/// places `batch` entries of L positions (Lq, then Lk).
-#[allow(clippy::too_many_arguments)]
-fn fused_backward(
-    q: &CudaBuffer,
-    k: &CudaBuffer,
-    v: &CudaBuffer,
-    o: &CudaBuffer,
-    lse: &CudaBuffer,
-    d_o: &CudaBuffer,
-    dims: Dims,
-    scale: f32,
-    [by_query, by_key]: [[&'static str; 3]; 2],
-    launch: fn(usize, usize) -> LaunchConfig,
-) -> Result<(CudaBuffer, CudaBuffer, CudaBuffer)> {
+    // `launch` places `batch` entries of L positions (Lq, then Lk)
+    let ([by_query, by_key], launch): ([[&'static str; 3]; 2], fn(usize, usize) -> LaunchConfig) =
+        if bf16 { ([BACKWARD_QUERY_BF16, BACKWARD_KEY_BF16], bf16_launch) } else { ([BACKWARD_QUERY, BACKWARD_KEY], fused_launch) };
     let Dims { batch, lq, lk, d, dv } = dims;
     let backend = q.backend();
     if batch * lq == 0 {

@@ -118,7 +118,7 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
             let (q, k, v) = (sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?);
             if for_backward && saves_lse {
-                let (o, lse) = if bf16 { cuda::forward_lse_bf16(q, k, v, dims, scale)? } else { cuda::forward_lse(q, k, v, dims, scale)? };
+                let (o, lse) = cuda::forward_lse(q, k, v, dims, scale, bf16)?;
                 (Storage::Cuda(o), Storage::Cuda(lse))
             } else if for_backward {
                 let (o, p) = cuda::forward(q, k, v, dims, layout, scale)?;
@@ -156,12 +156,9 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
                     let (sq, sk, sv, sp, sg) = (q.storage(), k.storage(), v.storage(), saved.storage(), g.storage());
                     let name = "attention_backward";
                     let (q, k, v, saved, g) = (sq.cuda(name)?, sk.cuda(name)?, sv.cuda(name)?, sp.cuda(name)?, sg.cuda(name)?);
-                    let (dq, dk, dv) = if bf16 {
+                    let (dq, dk, dv) = if saves_lse {
                         let so = out.storage();
-                        cuda::backward_lse_bf16(q, k, v, so.cuda(name)?, saved, g, dims, scale)?
-                    } else if saves_lse {
-                        let so = out.storage();
-                        cuda::backward_lse(q, k, v, so.cuda(name)?, saved, g, dims, scale)?
+                        cuda::backward_lse(q, k, v, so.cuda(name)?, saved, g, dims, scale, bf16)?
                     } else {
                         cuda::backward(q, k, v, saved, g, dims, layout, scale)?
                     };
