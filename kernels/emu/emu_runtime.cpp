@@ -56,6 +56,19 @@ uint64_t warp_exchange(uint64_t value, int src_lane) {
     return got;
 }
 
+// The tensor core's f32 accumulation as measured on NVIDIA GPUs (Fasi et al.,
+// 2021, "Numerical behavior of NVIDIA tensor cores"): the
+// products are exact, the sum (with the accumulator) is rounded toward zero,
+// once per instruction; modelled as the sum in double rounded toward zero.
+// A long sum of such steps drifts towards zero by up to an ulp a step (the
+// parity tolerances, src/testing.rs, are sized for that; an emulator rounding
+// to nearest would pass cases the GPU fails).
+static float round_toward_zero(double v) {
+    float f = (float)v;  // to nearest
+    if (std::fabs((double)f) > std::fabs(v)) f = std::nextafter(f, 0.0f);
+    return f;
+}
+
 void mma_m16n8k8_3xtf32(float (&big)[4], float (&small)[4], const unsigned int (&a_hi)[4], const unsigned int (&a_lo)[4],
                         const unsigned int (&b_hi)[2], const unsigned int (&b_lo)[2]) {
     BlockState& blk = *current_block;
@@ -76,15 +89,17 @@ void mma_m16n8k8_3xtf32(float (&big)[4], float (&small)[4], const unsigned int (
     // B[k][c] of the hi (8) or lo (10) part: lane c·4 + k % 4, register (k ≥ 4)
     auto B = [&](int part, int k, int c) { return as_f(w[(c * 4 + k % 4) * 12 + part + (k >= 4)]); };
     const int g = lane / 4, t = lane % 4;
-    auto dot = [&](int pa, int pb, int r, int c) {
-        float sum = 0.0f;  // tf32 products are exact in f32
-        for (int k = 0; k < 8; ++k) sum += A(pa, r, k) * B(pb, k, c);
-        return sum;
+    // one mma: c + Σ_k a_k·b_k with exact products, rounded once toward zero
+    auto mma = [&](float c_in, int pa, int pb, int r, int c) {
+        double sum = c_in;  // tf32 products are exact in double, and so is this sum of 8 (to a few bits)
+        for (int k = 0; k < 8; ++k) sum += (double)A(pa, r, k) * (double)B(pb, k, c);
+        return round_toward_zero(sum);
     };
     for (int q = 0; q < 4; ++q) {
         const int r = g + 8 * (q / 2), c = 2 * t + q % 2;
-        small[q] = (small[q] + dot(4, 8, r, c)) + dot(0, 10, r, c);
-        big[q] += dot(0, 8, r, c);
+        // in the order of kernels/mma.cuh's three instructions
+        small[q] = mma(mma(small[q], 4, 8, r, c), 0, 10, r, c);
+        big[q] = mma(big[q], 0, 8, r, c);
     }
 }
 
@@ -137,9 +152,9 @@ void mma_m16n8k16_bf16(float (&d)[4], const unsigned int (&a)[4], const unsigned
     const int g = lane / 4, t = lane % 4;
     for (int q = 0; q < 4; ++q) {
         const int r = g + 8 * (q / 2), c = 2 * t + q % 2;
-        float sum = 0.0f;
-        for (int k = 0; k < 16; ++k) sum += A(r, k) * B(k, c);
-        d[q] += sum;
+        double sum = d[q];  // bf16 products are exact; one rounding toward zero, as the tensor core's
+        for (int k = 0; k < 16; ++k) sum += (double)A(r, k) * (double)B(k, c);
+        d[q] = round_toward_zero(sum);
     }
 }
 
