@@ -628,11 +628,15 @@ mod tests {
             assert!(same_weight_grad_fits(&g, prec));
             let one = same_weight_grad(&dy, &x, &g, &s, 1, prec).unwrap().download().unwrap();
             let many = same_weight_grad(&dy, &x, &g, &s, SAME_WG_TARGET_BLOCKS, prec).unwrap().download().unwrap();
-            assert!(max_diff(&one, &many) < 1e-4, "{prec}: {}", max_diff(&one, &many));
-            // sums of 768 products, scale ~30: f32 to a few ulp, bf16 at its distance (not a wrong tap or tile)
+            // sums of 768 products, scale ~74, each mma's rounding toward zero
+            // drifting by up to an ulp of the sum (96 steps in one split; 2.2e-4
+            // on the emulator, which rounds so): f32 to that drift, bf16 at its
+            // distance (not a wrong tap or tile)
+            let drift = 2e-5 * scale;
+            assert!(max_diff(&one, &many) < drift, "{prec}: {} of scale {scale}", max_diff(&one, &many));
             let d = max_diff(&one, &cpu);
             match prec {
-                Precision::F32 => assert!(d < 1e-5 * scale, "f32 vs cpu weight gradient: {d} of scale {scale}"),
+                Precision::F32 => assert!(d < drift, "f32 vs cpu weight gradient: {d} of scale {scale}"),
                 Precision::Bf16 => assert!(d > 1e-4 * scale && d < 2e-2 * scale, "bf16 vs f32 weight gradient: {d} of scale {scale}"),
             }
         }
