@@ -114,25 +114,30 @@ __device__ __forceinline__ void forward(TY* __restrict__ y, float* __restrict__ 
     }
 }
 
-// The resident variant, for groups of m ≤ GN_RESIDENT·4·blockDim values with
-// m and S multiples of 4 and x 16-byte aligned: each thread loads its float4s
-// of the group once, all up front (GN_RESIDENT 16-byte loads in flight where
-// the loops above have one 4-byte load), and both statistics passes and the
-// normalisation read them from registers — one read of x instead of three.
-// Thread t holds the group's float4s t + k·blockDim (k < GN_RESIDENT), zeros
-// past m/4. The sums are the same f64 sums over other partial orders (the
-// CPU twin's tolerance); y is the same f32 formula, element by element.
-// 12 float4s cover the seed UNet's largest group (96 channels / 8 × 32×32).
+// The resident variant, for groups of m ≤ R·4·blockDim values with m and S
+// multiples of 4 and x 16-byte aligned: each thread loads its float4s of the
+// group once, all up front (R 16-byte loads in flight where the loops above
+// have one 4-byte load), and both statistics passes and the normalisation
+// read them from registers — one read of x instead of three. Thread t holds
+// the group's float4s t + k·blockDim (k < R), zeros past m/4. The sums are
+// the same f64 sums over other partial orders (the CPU twin's tolerance), the
+// same for every R that holds the group; y is the same f32 formula, element
+// by element. R is the fewest that hold the group (1, 2, 4, 8 or 12): the
+// float4s a thread keeps set its registers, and so the blocks an SM runs
+// (run 7, ncu: 12 float4s at 98 registers, two blocks an SM, 51 % of DRAM
+// bandwidth on a group of 4 float4s a thread). 12 float4s cover the seed
+// UNet's largest group (96 channels / 8 × 32×32).
 #define GN_RESIDENT 12
 
+template <int R>
 struct Resident {
-    float4 v[GN_RESIDENT];
+    float4 v[R];
     int m4;  // float4s in the group
 
     __device__ Resident(const float* __restrict__ xg, int m) : m4(m / 4) {
         const float4* p = reinterpret_cast<const float4*>(xg);
 #pragma unroll
-        for (int k = 0; k < GN_RESIDENT; ++k) {
+        for (int k = 0; k < R; ++k) {
             const int i = (int)threadIdx.x + k * (int)blockDim.x;
             v[k] = i < m4 ? p[i] : float4{0.0f, 0.0f, 0.0f, 0.0f};
         }
@@ -143,12 +148,12 @@ struct Resident {
     __device__ void stats(float eps, double* scratch, float& mu, float& rs) const {
         double acc = 0.0;
 #pragma unroll
-        for (int k = 0; k < GN_RESIDENT; ++k)
+        for (int k = 0; k < R; ++k)
             if (holds(k)) acc += (double)v[k].x + (double)v[k].y + (double)v[k].z + (double)v[k].w;
         const double mean_d = block_sum_d(acc, scratch) / (double)(4 * m4);
         acc = 0.0;
 #pragma unroll
-        for (int k = 0; k < GN_RESIDENT; ++k) {
+        for (int k = 0; k < R; ++k) {
             if (!holds(k)) continue;
             const double a = (double)v[k].x - mean_d, b = (double)v[k].y - mean_d;
             const double c = (double)v[k].z - mean_d, d = (double)v[k].w - mean_d;
@@ -162,7 +167,7 @@ struct Resident {
 
 // The forward, resident: as forward(), the channel of float4 i being i/(S/4)
 // (a float4 never straddles channels when S is a multiple of 4).
-template <class TY>
+template <class TY, int R>
 __device__ __forceinline__ void forward_resident(TY* __restrict__ y, float* __restrict__ mean_out,
                                                  float* __restrict__ rstd_out, const float* __restrict__ x,
                                                  const float* __restrict__ gamma, const float* __restrict__ beta,
@@ -171,7 +176,7 @@ __device__ __forceinline__ void forward_resident(TY* __restrict__ y, float* __re
     const int m = cg * s, s4 = s / 4;
     for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
         const int g = ng % groups;
-        const Resident r(x + (long long)ng * m, m);
+        const Resident<R> r(x + (long long)ng * m, m);
         float mu, rs;
         r.stats(eps, scratch, mu, rs);
         if (threadIdx.x == 0) {
@@ -181,7 +186,7 @@ __device__ __forceinline__ void forward_resident(TY* __restrict__ y, float* __re
         TY* yg = y + (long long)ng * m;
         ChannelStep at(s4);
 #pragma unroll
-        for (int k = 0; k < GN_RESIDENT; ++k, at.next(s4)) {
+        for (int k = 0; k < R; ++k, at.next(s4)) {
             if (!r.holds(k)) continue;
             const int ch = g * cg + at.c;
             const float scale = rs * (gamma ? gamma[ch] : 1.0f);
@@ -235,22 +240,58 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
 }
 
 // groupnorm_forward with x resident in registers (groupnorm::Resident: m ≤
-// 12·4·256, m and S multiples of 4, x and y 16-byte aligned); the same grid.
+// R·4·256 with R = 1, 2, 4, 8 or 12 float4s a thread, m and S multiples of
+// 4, x and y 16-byte aligned); the same grid.
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    groupnorm_forward_resident(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
-                               const float* __restrict__ x, const float* __restrict__ gamma,
-                               const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
-                               float eps, int silu) {
-    groupnorm::forward_resident(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+    groupnorm_forward_resident_r1(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                                  const float* __restrict__ x, const float* __restrict__ gamma,
+                                  const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
+                                  float eps, int silu) {
+    groupnorm::forward_resident<float, 1>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps,
+                                          silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_r2(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                                  const float* __restrict__ x, const float* __restrict__ gamma,
+                                  const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
+                                  float eps, int silu) {
+    groupnorm::forward_resident<float, 2>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps,
+                                          silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_r4(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                                  const float* __restrict__ x, const float* __restrict__ gamma,
+                                  const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
+                                  float eps, int silu) {
+    groupnorm::forward_resident<float, 4>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps,
+                                          silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_r8(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                                  const float* __restrict__ x, const float* __restrict__ gamma,
+                                  const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
+                                  float eps, int silu) {
+    groupnorm::forward_resident<float, 8>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps,
+                                          silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_r12(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                                  const float* __restrict__ x, const float* __restrict__ gamma,
+                                  const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
+                                  float eps, int silu) {
+    groupnorm::forward_resident<float, 12>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps,
+                                          silu);
 }
 
-// groupnorm_forward_bf16 with x resident in registers (as above).
+// groupnorm_forward_bf16 with x resident in registers (12 float4s a thread:
+// the bf16-storage A/B's kernel).
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_bf16(unsigned short* __restrict__ y, float* __restrict__ mean_out,
                                     float* __restrict__ rstd_out, const float* __restrict__ x,
                                     const float* __restrict__ gamma, const float* __restrict__ beta,
                                     int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+    groupnorm::forward_resident<unsigned short, GN_RESIDENT>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total,
+                                                            groups, cg, s, eps, silu);
 }
 
 // groupnorm_affine with the statistics from x resident in registers (when
@@ -264,7 +305,7 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
     for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
         const int g = ng % groups;
         float mu, rs;
-        groupnorm::Resident(x + (long long)ng * m, m).stats(eps, scratch, mu, rs);
+        groupnorm::Resident<GN_RESIDENT>(x + (long long)ng * m, m).stats(eps, scratch, mu, rs);
         groupnorm::store_affine(affine, ng, g, cg, mu, rs, gamma, beta);
     }
 }

@@ -22,15 +22,17 @@ const TOL: ParityTol = ParityTol::REDUCTION;
 /// more samples than a warp's lanes for the parameter gradients (33 samples,
 /// 9 channels: a warp per channel, two blocks of 8), and channels of more
 /// pixels than a block has threads (17×19 = 323: the threads' channel steps
-/// carry at uneven strides). The last five are the resident kernels' (S a
+/// carry at uneven strides). The last eight are the resident kernels' (S a
 /// multiple of 4, at most 12,288 values a group): one float4 a channel
 /// (S = 4), a partial first float4 round (m = 256) and a partial second
-/// (1,280), the largest group (the seed UNet's up block, 96 channels / 8 of
-/// 32×32), and one float4 more than that (12,292: the loop kernels). The
-/// three before the last are the resident backward's (also S a multiple of
-/// 128): half a float4 round (m = 512, four warps idle), 128 pixels (a warp
-/// a channel), and eight rounds (8,192); the seed UNet's largest group takes
-/// its twelve-round kernel.
+/// (1,280), the forward's two, three and four rounds (2,048; 3,072: a
+/// four-round kernel with its last round empty; the seed UNet's 32×32 groups,
+/// 4,096, and eight rounds at 4 groups), the largest group (the seed UNet's
+/// up block, 96 channels / 8 of 32×32), and one float4 more than that
+/// (12,292: the loop kernels). The three at the top are the resident
+/// backward's (also S a multiple of 128): half a float4 round (m = 512, four
+/// warps idle), 128 pixels (a warp a channel), and eight rounds (8,192); the
+/// seed UNet's largest group takes its twelve-round kernel.
 const GN_CASES: &[(&[usize], &[usize])] = &[
     (&[2, 8, 16, 16], &[4]),
     (&[2, 6, 8, 16], &[3]),
@@ -46,36 +48,49 @@ const GN_CASES: &[(&[usize], &[usize])] = &[
     (&[3, 6, 2, 2], &[3, 1]),
     (&[2, 32, 8, 8], &[8]),
     (&[2, 40, 8, 8], &[2]),
+    (&[2, 8, 32, 32], &[4]),
+    (&[1, 12, 16, 16], &[1]),
+    (&[2, 32, 32, 32], &[8, 4]),
     (&[1, 96, 32, 32], &[8]),
     (&[1, 3073, 2, 2], &[1]),
 ];
 
 /// The group norm forwards that keep a group in registers run exactly where
-/// it fits (checked by kernel name: a wrong predicate would leave the cases
-/// above on the loop kernels and test nothing new), plain and with SiLU,
-/// f32 and bf16 storage.
+/// it fits, with f32 storage the fewest float4s a thread that hold the group
+/// (checked by kernel name: a wrong predicate would leave the cases above on
+/// the loop kernels and test nothing new), plain and with SiLU, f32 and
+/// bf16 storage (one twelve-float4 kernel).
 #[test]
 fn resident_group_norm_runs_where_the_group_fits() {
     use minidiffusion::ops::group_norm::group_norm_silu_stored;
     use minidiffusion::tensor::DType;
     let Device::Cuda(d) = parity_device() else { panic!("parity_device is CUDA") };
     let backend = minidiffusion::device::cuda::backend(d).unwrap();
-    let cases: [(&[usize], usize, bool); 6] = [
-        (&[3, 6, 2, 2], 3, true),
-        (&[2, 32, 8, 8], 8, true),
-        (&[1, 96, 32, 32], 8, true),
-        (&[1, 3073, 2, 2], 1, false),
-        (&[2, 6, 5, 7], 2, false),
-        (&[2, 3, 2, 3, 2], 3, true),
+    let cases: [(&[usize], usize, Option<&str>); 10] = [
+        (&[3, 6, 2, 2], 3, Some("r1")),
+        (&[2, 32, 8, 8], 8, Some("r1")),
+        (&[2, 8, 32, 32], 4, Some("r2")),
+        (&[1, 12, 16, 16], 1, Some("r4")),
+        (&[2, 32, 32, 32], 8, Some("r4")),
+        (&[2, 32, 32, 32], 4, Some("r8")),
+        (&[1, 96, 32, 32], 8, Some("r12")),
+        (&[1, 3073, 2, 2], 1, None),
+        (&[2, 6, 5, 7], 2, None),
+        (&[2, 3, 2, 3, 2], 3, Some("r1")),
     ];
-    for (dims, groups, fits) in cases {
+    for (dims, groups, rounds) in cases {
         let x = Tensor::from_vec_on(randn(dims, 9), dims.to_vec(), parity_device()).unwrap();
         for store in [DType::F32, DType::BF16] {
             backend.start_profiling();
             group_norm_silu_stored(&x, groups, None, None, 1e-5, store).unwrap();
             let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
-            let resident = kernels.iter().any(|k| k.starts_with("groupnorm_forward_resident"));
-            assert_eq!(resident, fits, "{dims:?} g{groups} {store:?}: {kernels:?}");
+            let want = match (rounds, store) {
+                (None, DType::F32) => "groupnorm_forward".to_string(),
+                (None, _) => "groupnorm_forward_bf16".to_string(),
+                (Some(r), DType::F32) => format!("groupnorm_forward_resident_{r}"),
+                (Some(_), _) => "groupnorm_forward_resident_bf16".to_string(),
+            };
+            assert_eq!(kernels, [want.as_str()], "{dims:?} g{groups} {store:?}");
         }
     }
 }

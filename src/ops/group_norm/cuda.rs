@@ -49,14 +49,28 @@ pub fn forward(
     let mut args = vec![y.arg(), mean.arg(), rstd.arg()];
     args.extend(per_group_args(x, d, weight, bias, eps)?);
     args.push(Arg::I32(silu as i32));
-    let kernel = match (resident(x, d) && y.ptr().is_multiple_of(16), store == DType::BF16) {
-        (true, false) => "groupnorm_forward_resident",
-        (true, true) => "groupnorm_forward_resident_bf16",
-        (false, false) => "groupnorm_forward",
-        (false, true) => "groupnorm_forward_bf16",
-    };
+    let kernel = forward_kernel(d, resident(x, d) && y.ptr().is_multiple_of(16), store);
     backend.launch(kernel, per_group_blocks(d), &args)?;
     Ok((y, SavedStats { mean, rstd }))
+}
+
+/// The forward kernel for `d`: where the group fits (`resident`), one holding
+/// it in registers — for f32 y the fewest float4s a thread that hold it (1,
+/// 2, 4, 8 or 12: fewer registers, more blocks an SM), for bf16 y twelve —
+/// else the loop kernel, which reads x three times.
+fn forward_kernel(d: GroupNormDims, resident: bool, store: DType) -> &'static str {
+    match (resident, store == DType::BF16) {
+        (false, false) => "groupnorm_forward",
+        (false, true) => "groupnorm_forward_bf16",
+        (true, true) => "groupnorm_forward_resident_bf16",
+        (true, false) => match d.m().div_ceil(4 * THREADS as usize) {
+            0..=1 => "groupnorm_forward_resident_r1",
+            2 => "groupnorm_forward_resident_r2",
+            3..=4 => "groupnorm_forward_resident_r4",
+            5..=8 => "groupnorm_forward_resident_r8",
+            _ => "groupnorm_forward_resident_r12",
+        },
+    }
 }
 
 /// float4s a thread of the resident kernels holds (GN_RESIDENT in kernels/groupnorm.cu).
