@@ -127,7 +127,7 @@ fn resume_continues_to_the_same_result() {
     let test = minidiffusion::data::load_fashion_mnist(&data, Split::Test).unwrap();
     let model = UNet2DModel::new(state.train.unet.clone(), state.train.seed, Device::Cpu).unwrap();
     let mut learner = Learner::new(state.train.clone(), model, train, test, Device::Cpu).unwrap();
-    let (mut saver, mut stop) = (Checkpoint { dir: part.clone() }, StopAfter(1));
+    let (mut saver, mut stop) = (Checkpoint::new(part.clone()), StopAfter(1));
     assert!(learner.fit(&mut [&mut saver, &mut stop]).is_err());
     assert_eq!(checkpoint::read_state(&part).unwrap().step, 4);
     let mut b = args(&part);

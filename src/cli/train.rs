@@ -243,7 +243,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let state = checkpoint::read_state(&out)?;
         checkpoint::restore(&mut learner, &out, &state)?;
     }
-    let (mut progress, mut saver, mut recorder) = (Progress::new(true), Checkpoint { dir: out.clone() }, Recorder::default());
+    let (mut progress, mut saver, mut recorder) = (Progress::new(true), Checkpoint::new(out.clone()), Recorder::default());
     let runs_db = track::db_path(args.runs_db.as_deref());
     let mut tracking = TrainTracking::start(&runs_db, args.run_name.as_deref(), &learner, &out, args.grid_steps)
         .with_context(|| format!("cannot record the run in {} (--runs-db to choose another store)", runs_db.display()))?;

@@ -75,17 +75,64 @@ impl Callback for Progress {
     }
 }
 
-/// Saves the model directory and resume state at each epoch end and at the end.
+/// Saves the model directory and resume state at each epoch end and at the
+/// end (once, when the last epoch's save holds the last step). The weights
+/// are written before the callback returns (callbacks after it read them);
+/// the optimiser moments and state file, copied off the learner, are written
+/// by a thread while the next epoch trains, one write in flight: a failed
+/// write fails the next save or the end of the run, and a stopped run
+/// waits for it (GPU run 7: 26 saves were ~13 s of a 202 s recipe).
 pub struct Checkpoint {
     pub dir: PathBuf,
+    saved_step: Option<usize>,
+    pending: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Checkpoint {
+    pub fn new(dir: PathBuf) -> Checkpoint {
+        Checkpoint { dir, saved_step: None, pending: None }
+    }
+
+    /// Waits for the state write in flight, with its result.
+    fn finish_pending(&mut self) -> Result<()> {
+        match self.pending.take().map(|h| h.join()) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(crate::Error::Data { path: self.dir.display().to_string(), msg: "the checkpoint writer panicked".into() }),
+        }
+    }
+
+    fn save(&mut self, l: &Learner, in_background: bool) -> Result<()> {
+        self.finish_pending()?;
+        checkpoint::save_model(l, &self.dir)?;
+        let state = checkpoint::snapshot_state(l)?;
+        self.saved_step = Some(l.step);
+        if in_background {
+            let dir = self.dir.clone();
+            self.pending = Some(std::thread::spawn(move || state.write(&dir)));
+            Ok(())
+        } else {
+            state.write(&self.dir)
+        }
+    }
 }
 
 impl Callback for Checkpoint {
     fn after_epoch(&mut self, l: &Learner, _r: &EpochReport) -> Result<()> {
-        checkpoint::save(l, &self.dir)
+        self.save(l, true)
     }
     fn after_fit(&mut self, l: &Learner) -> Result<()> {
-        checkpoint::save(l, &self.dir)
+        if self.saved_step == Some(l.step) { self.finish_pending() } else { self.save(l, false) }
+    }
+    fn on_failure(&mut self, _l: &Learner, _err: &crate::Error) {
+        // the last epoch's checkpoint is the one a stopped run keeps
+        let _ = self.finish_pending();
+    }
+}
+
+impl Drop for Checkpoint {
+    fn drop(&mut self) {
+        let _ = self.finish_pending();
     }
 }
 

@@ -25,21 +25,38 @@ pub struct TrainState {
     pub minidiffusion_version: String,
 }
 
-/// Save the model directory and the resume state of `l` into `dir`.
+/// Save the model directory and the resume state of `l` into `dir`: the
+/// weights first, the optimiser moments next, the state file last (a resume
+/// never sees newer state than weights or moments).
 pub fn save(l: &Learner, dir: &Path) -> Result<()> {
-    // optimiser first, state file last: a resume never sees newer state than weights
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
-    let names: Vec<String> = named_params(&l.model).into_iter().map(|(n, _)| n).collect();
-    let (m, v, steps) = l.opt.state();
-    let mut tensors = Vec::with_capacity(2 * names.len());
-    for ((name, m), v) in names.iter().zip(m).zip(v) {
-        tensors.push((format!("exp_avg.{name}"), m.dims().to_vec(), m.try_to_vec()?));
-        tensors.push((format!("exp_avg_sq.{name}"), v.dims().to_vec(), v.try_to_vec()?));
-    }
-    write_atomic(&dir.join(OPTIMIZER), &st::serialize(&tensors)?)?;
+    save_model(l, dir)?;
+    snapshot_state(l)?.write(dir)
+}
+
+/// The model directory alone (weights, model and scheduler configs).
+pub fn save_model(l: &Learner, dir: &Path) -> Result<()> {
     let mut scheduler = SchedulerConfig::from_schedule(&l.schedule);
     scheduler.prediction_type = l.config.prediction.clone();
-    model_dir::save(dir, &l.model, &scheduler)?;
+    model_dir::save(dir, &l.model, &scheduler)
+}
+
+/// What --resume needs besides the weights, copied off `l` as it is now:
+/// written by [`StateSnapshot::write`] — on another thread if need be, as
+/// training goes on (the moments are two thirds of a checkpoint's bytes).
+pub struct StateSnapshot {
+    moments: Vec<(String, Vec<usize>, Vec<f32>)>,
+    state: TrainState,
+}
+
+/// `l`'s optimiser moments (by parameter name) and position.
+pub fn snapshot_state(l: &Learner) -> Result<StateSnapshot> {
+    let names: Vec<String> = named_params(&l.model).into_iter().map(|(n, _)| n).collect();
+    let (m, v, steps) = l.opt.state();
+    let mut moments = Vec::with_capacity(2 * names.len());
+    for ((name, m), v) in names.iter().zip(m).zip(v) {
+        moments.push((format!("exp_avg.{name}"), m.dims().to_vec(), m.try_to_vec()?));
+        moments.push((format!("exp_avg_sq.{name}"), v.dims().to_vec(), v.try_to_vec()?));
+    }
     let state = TrainState {
         train: l.config.clone(),
         step: l.step,
@@ -48,8 +65,17 @@ pub fn save(l: &Learner, dir: &Path) -> Result<()> {
         optimizer_steps: steps.to_vec(),
         minidiffusion_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let text = serde_json::to_string_pretty(&state).expect("serialisable") + "\n";
-    write_atomic(&dir.join(TRAIN_STATE), text.as_bytes())
+    Ok(StateSnapshot { moments, state })
+}
+
+impl StateSnapshot {
+    /// `optimizer.safetensors`, then `minidiffusion.json`, into `dir`.
+    pub fn write(self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
+        write_atomic(&dir.join(OPTIMIZER), &st::serialize(&self.moments)?)?;
+        let text = serde_json::to_string_pretty(&self.state).expect("serialisable") + "\n";
+        write_atomic(&dir.join(TRAIN_STATE), text.as_bytes())
+    }
 }
 
 /// The resume state in `dir`.
