@@ -393,6 +393,25 @@ extern "C" __global__ void __launch_bounds__(256)
     conv::backward_weight<mma::Bf16>(dw_part, dy, x, s, k_chunk);
 }
 
+// The input gradient of a stride-2, 3×3, pad-1 conv over an even H × W map
+// is a same conv (stride 1, pad 1, the weight flipped: conv2d_same.cu) of dY
+// with zeros between its pixels:
+//   dX[m] = Σ_k dY[(m + 1 − k)/2]·W[k] over the k with m + 1 − k even
+//         = Σ_k up[m + 1 − k]·W[k],  up[2i] = dY[i], up[odd] = 0,
+// at four times the products of the strided gather, on the same-conv kernels.
+// up [N·C, 2·OH, 2·OW] from dy [N·C, OH, OW]: thread i writes up's 2×2 block
+// (dY value, 0; 0, 0) of dy's pixel i (grid-stride).
+// (The host keeps up under 2³¹ elements; pairs are 8-byte aligned: 2·OW even.)
+extern "C" __global__ void conv2d_zero_upsample2x_f32(float* up, const float* dy, int planes, int oh, int ow) {
+    const int p = oh * ow, len = planes * p;
+    for (int i = global_index(); i < len; i += grid_stride()) {
+        const int plane = i / p, y = (i - plane * p) / ow, x = i - plane * p - y * ow;
+        float* at = up + 4 * plane * p + 2 * y * (2 * ow) + 2 * x;
+        *reinterpret_cast<float2*>(at) = make_float2(dy[i], 0.0f);
+        *reinterpret_cast<float2*>(at + 2 * ow) = make_float2(0.0f, 0.0f);
+    }
+}
+
 // out[i] = Σ_{z < splits} part[z·len + i], in split order (deterministic).
 extern "C" __global__ void conv2d_sum_splits_f32(float* out, const float* part, int splits, int len) {
     for (int i = global_index(); i < len; i += grid_stride()) {

@@ -469,3 +469,45 @@ fn three_blocks_per_sm_kernels_give_the_same_bits() {
         }
     }
 }
+
+/// The input gradient of a 3×3, stride-2, pad-1 conv over an even map (the
+/// UNet's downsamplers) runs as the same conv's over dY with zeros between
+/// its pixels (`conv2d_zero_upsample2x_f32`, then the same-conv kernels):
+/// parity of every gradient at f32 and bf16 — tiles of whole rows (16×16 and
+/// 32×32 maps), of several images (8×8), two 64-row blocks — and, by kernel
+/// name, that the path runs exactly where it applies (not at odd sizes, pad
+/// 0 or 1×1, which keep the generic gather).
+#[test]
+fn stride2_input_gradient_runs_as_a_same_conv() {
+    use minidiffusion::device::cuda;
+    use minidiffusion::ops::{Precision, with_precision};
+    use minidiffusion::testing::parity_device;
+    use minidiffusion::{Device, Tensor};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    let s2 = Conv2dParams { stride: 2, padding: 1 };
+    for precision in [Precision::F32, Precision::Bf16] {
+        let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
+        let at = |f: &dyn Fn() -> minidiffusion::Result<minidiffusion::Tensor>| {
+            let _p = with_precision(precision);
+            f()
+        };
+        for (k, (x, oc)) in [([2, 16, 16, 16], 16), ([1, 8, 32, 32], 12), ([3, 5, 8, 8], 70)].into_iter().enumerate() {
+            let w = [oc, x[1], 3, 3];
+            parity_check(&format!("{precision}_s2_same_dx_{k}"), &[&x, &w, &[oc]], |t| at(&|| conv2d(&t[0], &t[1], Some(&t[2]), s2)), tol);
+        }
+    }
+    let device = parity_device();
+    let Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
+    let backend = cuda::backend(d).unwrap();
+    for (x, k, p, zeros) in [([2, 16, 16, 16], 3, 1, true), ([2, 16, 15, 16], 3, 1, false), ([2, 16, 16, 16], 3, 0, false), ([2, 16, 16, 16], 1, 0, false)] {
+        let xt = Tensor::from_vec_on(randn(&x, 1), x.to_vec(), device).unwrap().requires_grad_();
+        let w = Tensor::from_vec_on(randn(&[8, 16, k, k], 2), vec![8, 16, k, k], device).unwrap();
+        let y = conv2d(&xt, &w, None, Conv2dParams { stride: 2, padding: p }).unwrap();
+        let loss = minidiffusion::ops::sum_all(&y).unwrap();
+        backend.start_profiling();
+        minidiffusion::backward(&loss).unwrap();
+        let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
+        assert_eq!(kernels.contains(&"conv2d_zero_upsample2x_f32"), zeros, "{x:?} k{k} p{p}: {kernels:?}");
+        assert_eq!(kernels.iter().any(|k| k.starts_with("conv2d_backward_input")), !zeros, "{x:?} k{k} p{p}: {kernels:?}");
+    }
+}
