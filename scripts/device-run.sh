@@ -102,35 +102,19 @@ kernels_bf16)
 kernels_b512)
     # the convolutions at the batch the seed recipe trains at (the stages above use 64)
     step bench_kernels_bf16_b512 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
-    # the attention rows (16x16 maps, 8 heads of 8; inference and backward) with bf16 mma products, and the f32-product kernels (A/B)
+    # the attention rows (16x16 maps, 8 heads of 8; inference and backward) with bf16 mma products
     step bench_kernels_bf16_b512_attention 40 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only attention
-    MINIDIFFUSION_ATTENTION=f32 step bench_kernels_bf16_b512_attention_f32 40 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only attention
-    # A/B: the same-conv forward staging its f32 input with float4s (same bits)
-    MINIDIFFUSION_CONV_STAGING=float4 step bench_kernels_bf16_b512_float4 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
-    # A/B: the bf16 forwards of <= 32 channels at two blocks an SM instead of three (same bits)
-    MINIDIFFUSION_CONV_BLOCKS=2 step bench_kernels_bf16_b512_blocks2 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
-    # A/B: the resnet's norm -> SiLU -> conv with the norm applied by the conv (norm_silu_conv2d rows; same bits)
-    MINIDIFFUSION_NORM_IN_CONV=on step bench_kernels_bf16_b512_norm_in_conv 60 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only norm_silu
+    # (run 7 settled the A/Bs this stage ran: f32-product attention, float4 staging, two blocks an SM, the norm in the conv)
     step torch_kernels_bf16_b512 90 python3 "$here/bench_torch_kernels.py" --iters 10 --precision bf16 --batch-size 512
     ;;
 ours_bf16)
     # (profiled at the goal's batch, 2048: the per-kernel shares there are what the goal needs)
     step ours_sample_bf16_profile 60 "$md" bench sample --config seed --steps 4 -n 2048 --batch-size 2048 --device cuda --profile --precision bf16
     step ours_sample_bf16 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # A/B: inference attention with f32 products (the kernel before the bf16 mma one; samples differ by bf16 rounding)
-    MINIDIFFUSION_ATTENTION=f32 step ours_sample_bf16_attention_f32 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # A/B: the same-conv forward staging its f32 input with float4s (same samples, bit for bit)
-    MINIDIFFUSION_CONV_STAGING=float4 step ours_sample_bf16_float4_staging 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # A/B: the bf16 forwards of <= 32 channels at two blocks an SM instead of three (same samples, bit for bit)
-    MINIDIFFUSION_CONV_BLOCKS=2 step ours_sample_bf16_blocks2 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # A/B: the group norm (+ SiLU) applied by the conv after it instead of written out and read back (same samples)
-    MINIDIFFUSION_NORM_IN_CONV=on step ours_sample_bf16_norm_in_conv 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # (run 7 settled the sampling A/Bs: bf16 attention +6.5 %, plain staging +5.3 %, three blocks an SM
+    # +1.7 %, the norm written out +27.7 %; their switches stay for a later A/B)
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
-    # A/B: training attention (forward with its log-sum-exp, both backward kernels) with f32 products
-    MINIDIFFUSION_ATTENTION=f32 step ours_train_bf16_attention_f32 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
-    MINIDIFFUSION_CONV_BLOCKS=2 step ours_train_bf16_blocks2 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
-    MINIDIFFUSION_CONV_STAGING=float4 step ours_train_bf16_float4_staging 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     ;;
 ours)
     step ours_sample_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile
@@ -159,12 +143,10 @@ ncu)
     # the same-conv forward, input and weight gradients at the recipe's batch (~39 launches: the
     # backward cases' forwards at setup, then per case; run 6 profiled the float4-staged forwards: no faster)
     step ncu_conv_b512 150 "${prof[@]}" -k regex:conv2d_same_ -c 40 -o "$rep/ncu_conv_b512" "${kb[@]}"
-    # the 32-channel bf16 forwards at two blocks an SM (achieved occupancy and stalls against the above's _b3)
-    MINIDIFFUSION_CONV_BLOCKS=2 step ncu_conv_b512_blocks2 60 "${prof[@]}" -k 'regex:conv2d_same_bf16_(gn_)?m32_k3$' -c 4 -o "$rep/ncu_conv_b512_blocks2" "${kb[@]}"
     # one DDIM step of the seed UNet at the goal's batch (no graph: every kernel its own launch)
     step ncu_sample_b2048 150 "${prof[@]}" -k 'regex:conv2d_same_|groupnorm|attention' -c 24 -o "$rep/ncu_sample_b2048" \
         "$md" bench sample --config seed --steps 1 -n 2048 --batch-size 2048 --device cuda --precision bf16 --cuda-graph off
-    for r in ncu_conv_b512 ncu_conv_b512_blocks2 ncu_sample_b2048; do
+    for r in ncu_conv_b512 ncu_sample_b2048; do
         [ -f "$rep/$r.ncu-rep" ] || continue
         "$ncu_bin" --import "$rep/$r.ncu-rep" --page raw --csv > "$logs/$r.csv" 2> "$logs/$r.import.log" || { say "$r: import FAILED"; continue; }
         say "--- $r (ncu) ---"
