@@ -392,17 +392,19 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
 }
 
 // groupnorm_backward with x and dy resident in registers (groups of m ≤
-// R·4·blockDim values, R = 4, 8 or 12, the fewest that hold the group; S a
-// multiple of 128; x, dy and dx 16-byte aligned): each thread loads its
-// float4s of x and dy once, up front, forms x̂ and dz there, and the dx pass
-// reads them from registers — one read of x and dy instead of two, one
-// silu' per value instead of two. Thread t holds the group's float4s
-// e = t + k·blockDim (k < R); with S a
-// multiple of 128 the 32 float4s a warp holds at one k lie in one channel,
-// so the per-channel sums are warp sums, kept per (k, warp) in shared memory
-// and added per channel in a fixed order (e = 32·w + 256·k rising):
-// deterministic, and the same f64 sums as groupnorm_backward's over another
-// partial order (the CPU twin's tolerance).
+// R·4·blockDim values, R = 4, 8 or 12, the fewest that hold the group; S/4
+// a multiple of 32, or 4, 8 or 16 with the group a whole number of warps'
+// float4s; x, dy and dx 16-byte aligned): each thread loads its float4s of
+// x and dy once, up front, forms x̂ and dz there, and the dx pass reads them
+// from registers — one read of x and dy instead of two, one silu' per value
+// instead of two. Thread t holds the group's float4s e = t + k·blockDim
+// (k < R). The 32 float4s a warp holds at one k lie in one channel (S/4 a
+// multiple of 32: the 32×32 and 16×16 maps) or in segments of L = S/4
+// lanes, one channel each (the 8×8 and 4×4 maps: 16 and 4 lanes), so the
+// per-channel sums are segment sums (xor shuffles below L), kept per (k,
+// warp, segment) in shared memory and added per channel in a fixed order
+// (e rising): deterministic, and the same f64 sums as groupnorm_backward's
+// over another partial order (the CPU twin's tolerance).
 namespace groupnorm {
 template <int R>
 __device__ __forceinline__ void backward_resident(float* __restrict__ dx, double* __restrict__ partials,
@@ -410,10 +412,12 @@ __device__ __forceinline__ void backward_resident(float* __restrict__ dx, double
                                                   const float* __restrict__ mean, const float* __restrict__ rstd,
                                                   const float* __restrict__ gamma, const float* __restrict__ beta,
                                                   int num_groups_total, int groups, int cg, int s, int silu) {
+    constexpr int SEGMENTS = 8;  // channels a warp's float4s at one k may span (S/4 ≥ 4)
     __shared__ double scratch[32];
-    __shared__ double warp_sums[R][GN_THREADS / 32][2];  // (Σ dz, Σ dz·x̂) of warp w's float4s at k
+    __shared__ double warp_sums[R][GN_THREADS / 32][SEGMENTS][2];  // (Σ dz, Σ dz·x̂) of a segment of warp w's float4s at k
     const int m = cg * s, m4 = m / 4, s4 = s / 4, c = groups * cg;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, threads = blockDim.x;
+    const int seg_lanes = min(32, s4);  // lanes whose float4s at one k are one channel's
     for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
         const int n = ng / groups, g = ng % groups;
         const float mu = mean[ng], rs = rstd[ng];
@@ -446,22 +450,25 @@ __device__ __forceinline__ void backward_resident(float* __restrict__ dx, double
                 a += (double)dv[j];
                 b += (double)dv[j] * (double)xv[j];
             }
-            a = warp_sum_d(a);
-            b = warp_sum_d(b);
-            if (lane == 0) {
-                warp_sums[k][warp][0] = a;
-                warp_sums[k][warp][1] = b;
+            // the sums over this lane's segment (the whole warp's at 32 lanes)
+            for (int offset = seg_lanes / 2; offset > 0; offset >>= 1) {
+                a += __shfl_xor_sync(0xffffffffu, a, offset);
+                b += __shfl_xor_sync(0xffffffffu, b, offset);
+            }
+            if (lane % seg_lanes == 0) {
+                warp_sums[k][warp][lane / seg_lanes][0] = a;
+                warp_sums[k][warp][lane / seg_lanes][1] = b;
             }
         }
         __syncthreads();
-        // A_nc, B_nc: channel ci's float4s are [ci·S/4, (ci + 1)·S/4), 32 a (k, w) entry
+        // A_nc, B_nc: channel ci's float4s are [ci·S/4, (ci + 1)·S/4), seg_lanes a (k, w, segment) entry
         double sa = 0.0, sb = 0.0;
         for (int ci = threadIdx.x; ci < cg; ci += threads) {
             double a = 0.0, b = 0.0;
-            for (int e0 = ci * s4; e0 < (ci + 1) * s4; e0 += 32) {
-                const int k = e0 / threads, w = (e0 - k * threads) / 32;
-                a += warp_sums[k][w][0];
-                b += warp_sums[k][w][1];
+            for (int e0 = ci * s4; e0 < (ci + 1) * s4; e0 += seg_lanes) {
+                const int k = e0 / threads, w = (e0 - k * threads) / 32, seg = e0 % 32 / seg_lanes;
+                a += warp_sums[k][w][seg][0];
+                b += warp_sums[k][w][seg][1];
             }
             part[2 * ci] = a;
             part[2 * ci + 1] = b;

@@ -22,7 +22,7 @@ const TOL: ParityTol = ParityTol::REDUCTION;
 /// more samples than a warp's lanes for the parameter gradients (33 samples,
 /// 9 channels: a warp per channel, two blocks of 8), and channels of more
 /// pixels than a block has threads (17×19 = 323: the threads' channel steps
-/// carry at uneven strides). The last eight are the resident kernels' (S a
+/// carry at uneven strides). The eight before the last three are the resident kernels' (S a
 /// multiple of 4, at most 12,288 values a group): one float4 a channel
 /// (S = 4), a partial first float4 round (m = 256) and a partial second
 /// (1,280), the forward's two, three and four rounds (2,048; 3,072: a
@@ -32,7 +32,10 @@ const TOL: ParityTol = ParityTol::REDUCTION;
 /// (12,292: the loop kernels). The three at the top are the resident
 /// backward's (also S a multiple of 128): half a float4 round (m = 512, four
 /// warps idle), 128 pixels (a warp a channel), and eight rounds (8,192); the
-/// seed UNet's largest group takes its twelve-round kernel.
+/// seed UNet's largest group takes its twelve-round kernel. After those, the
+/// resident backward with a channel in a segment of a warp: 4×8 maps (8
+/// lanes a channel) and 4×4 (4 lanes: one warp a group, and the seed UNet's
+/// 4×4 groups of 32 channels); `[2, 32, 8, 8]` above has 16.
 const GN_CASES: &[(&[usize], &[usize])] = &[
     (&[2, 8, 16, 16], &[4]),
     (&[2, 6, 8, 16], &[3]),
@@ -53,6 +56,9 @@ const GN_CASES: &[(&[usize], &[usize])] = &[
     (&[2, 32, 32, 32], &[8, 4]),
     (&[1, 96, 32, 32], &[8]),
     (&[1, 3073, 2, 2], &[1]),
+    (&[2, 16, 4, 8], &[2]),
+    (&[2, 32, 4, 4], &[4]),
+    (&[1, 256, 4, 4], &[8]),
 ];
 
 /// The group norm forwards that keep a group in registers run exactly where
@@ -102,13 +108,18 @@ fn resident_group_norm_runs_where_the_group_fits() {
 fn resident_group_norm_backward_runs_where_the_group_fits() {
     let Device::Cuda(d) = parity_device() else { panic!("parity_device is CUDA") };
     let backend = minidiffusion::device::cuda::backend(d).unwrap();
-    let cases: [(&[usize], usize, Option<&str>); 6] = [
+    let cases: [(&[usize], usize, Option<&str>); 10] = [
         (&[2, 8, 16, 16], 4, Some("groupnorm_backward_resident_r4")),
         (&[2, 6, 8, 16], 3, Some("groupnorm_backward_resident_r4")),
         (&[1, 64, 16, 16], 2, Some("groupnorm_backward_resident_r8")),
         (&[1, 96, 32, 32], 8, Some("groupnorm_backward_resident_r12")),
         (&[1, 104, 32, 32], 8, None),
-        (&[2, 32, 8, 8], 8, None),
+        // channels in segments of a warp: 8×8, 4×4; a group of half a warp's float4s, a 6×6 map
+        (&[2, 32, 8, 8], 8, Some("groupnorm_backward_resident_r4")),
+        (&[1, 256, 4, 4], 8, Some("groupnorm_backward_resident_r4")),
+        (&[2, 3, 8, 8], 3, None),
+        (&[2, 12, 4, 4], 3, None),
+        (&[2, 32, 6, 6], 8, None),
     ];
     for (dims, groups, kernel) in cases {
         let x = Tensor::from_vec_on(randn(dims, 9), dims.to_vec(), parity_device()).unwrap().requires_grad_();

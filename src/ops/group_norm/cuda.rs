@@ -173,13 +173,15 @@ pub fn backward(
 
 /// The backward kernel for `d`: one holding x and dy in registers (4, 8 or
 /// 12 float4s a thread, the fewest that hold a group) where the group fits,
-/// each channel is a whole number of warps' float4s (S a multiple of 128:
-/// the channel sums are warp sums) and the buffers are 16-byte aligned; else
-/// the loop kernel, which reads x and dy twice.
+/// each channel's float4s fill whole warps (S a multiple of 128: the
+/// channel sums are warp sums) or whole segments of one (S = 16, 32 or 64,
+/// the group whole warps: segment sums), and the buffers are 16-byte
+/// aligned; else the loop kernel, which reads x and dy twice.
 fn backward_kernel(d: GroupNormDims, aligned: bool) -> &'static str {
     let float4s = d.m().div_ceil(4 * THREADS as usize);
+    let segments = d.s.is_multiple_of(128) || (matches!(d.s, 16 | 32 | 64) && d.m().is_multiple_of(128));
     match float4s {
-        _ if !aligned || !d.s.is_multiple_of(128) => "groupnorm_backward",
+        _ if !aligned || !segments => "groupnorm_backward",
         0..=4 => "groupnorm_backward_resident_r4",
         5..=8 => "groupnorm_backward_resident_r8",
         9..=RESIDENT_FLOAT4S => "groupnorm_backward_resident_r12",
