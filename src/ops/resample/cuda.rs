@@ -29,10 +29,21 @@ fn launch_as(kernel: &'static str, op: &'static str, input: &CudaBuffer, out_len
     Ok(out)
 }
 
-/// y [planes, 2H, 2W]: y[2i + a, 2j + b] = x[i, j].
+/// y [planes, 2H, 2W]: y[2i + a, 2j + b] = x[i, j]. At f32 with W even
+/// (and x, y aligned) a thread writes the 2×4 block of a pair of x's values.
 pub fn upsample_nearest2x(x: &CudaBuffer, planes: usize, h: usize, w: usize, store: DType) -> Result<CudaBuffer> {
+    const OP: &str = "upsample_nearest2x";
+    if store == DType::F32 && w.is_multiple_of(2) && x.ptr().is_multiple_of(8) {
+        let y = x.backend().alloc(planes * 4 * h * w)?;
+        if y.ptr().is_multiple_of(16) && !y.is_empty() {
+            elems(OP, y.len())?;
+            let args = [y.arg(), x.arg(), Arg::I32(elems(OP, planes)?), Arg::I32(elems(OP, h)?), Arg::I32(elems(OP, w)?)];
+            x.backend().launch("upsample_nearest2x_pairs_f32", LaunchConfig::for_elems(planes * h * w / 2, THREADS), &args)?;
+            return Ok(y);
+        }
+    }
     let kernel = if store == DType::BF16 { "upsample_nearest2x_bf16" } else { "upsample_nearest2x_f32" };
-    launch_as(kernel, "upsample_nearest2x", x, planes * 4 * h * w, planes, h, w, store)
+    launch_as(kernel, OP, x, planes * 4 * h * w, planes, h, w, store)
 }
 
 /// dX [planes, H, W] = the sum of each 2×2 block of dY [planes, 2H, 2W].
