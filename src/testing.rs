@@ -131,6 +131,16 @@ pub fn parity_device() -> crate::Device {
     Device::Cuda(CudaDevice { ordinal: 0, emulated: true })
 }
 
+/// The kernels `f` launches on [`parity_device`], one name per kernel (its
+/// profile): for the tests that check which kernels a shape takes.
+pub fn kernels_launched(f: impl FnOnce()) -> Vec<&'static str> {
+    let crate::Device::Cuda(d) = parity_device() else { unreachable!("parity_device is CUDA") };
+    let backend = crate::device::cuda::backend(d).expect("the parity device");
+    backend.start_profiling();
+    f();
+    backend.stop_profiling().expect("a profile").into_iter().map(|r| r.kernel).collect()
+}
+
 /// Tolerance of a CUDA↔CPU comparison: |cuda − cpu| ≤ atol + rtol·|cpu|.
 #[derive(Clone, Copy, Debug)]
 pub struct ParityTol {

@@ -479,10 +479,9 @@ fn three_blocks_per_sm_kernels_give_the_same_bits() {
 /// 0 or 1×1, which keep the generic gather).
 #[test]
 fn stride2_input_gradient_runs_as_a_same_conv() {
-    use minidiffusion::device::cuda;
+    use minidiffusion::Tensor;
     use minidiffusion::ops::{Precision, with_precision};
-    use minidiffusion::testing::parity_device;
-    use minidiffusion::{Device, Tensor};
+    use minidiffusion::testing::{kernels_launched, parity_device};
     let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
     let s2 = Conv2dParams { stride: 2, padding: 1 };
     for precision in [Precision::F32, Precision::Bf16] {
@@ -497,16 +496,12 @@ fn stride2_input_gradient_runs_as_a_same_conv() {
         }
     }
     let device = parity_device();
-    let Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
-    let backend = cuda::backend(d).unwrap();
     for (x, k, p, zeros) in [([2, 16, 16, 16], 3, 1, true), ([2, 16, 15, 16], 3, 1, false), ([2, 16, 16, 16], 3, 0, false), ([2, 16, 16, 16], 1, 0, false)] {
         let xt = Tensor::from_vec_on(randn(&x, 1), x.to_vec(), device).unwrap().requires_grad_();
         let w = Tensor::from_vec_on(randn(&[8, 16, k, k], 2), vec![8, 16, k, k], device).unwrap();
         let y = conv2d(&xt, &w, None, Conv2dParams { stride: 2, padding: p }).unwrap();
         let loss = minidiffusion::ops::sum_all(&y).unwrap();
-        backend.start_profiling();
-        minidiffusion::backward(&loss).unwrap();
-        let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
+        let kernels = kernels_launched(|| drop(minidiffusion::backward(&loss).unwrap()));
         assert_eq!(kernels.contains(&"conv2d_zero_upsample2x_f32"), zeros, "{x:?} k{k} p{p}: {kernels:?}");
         assert_eq!(kernels.iter().any(|k| k.starts_with("conv2d_backward_input")), !zeros, "{x:?} k{k} p{p}: {kernels:?}");
     }

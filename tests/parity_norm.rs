@@ -10,7 +10,7 @@
 
 use minidiffusion::ops::batch_norm::{BatchNormMode, batch_norm};
 use minidiffusion::ops::group_norm::{group_norm, group_norm_silu};
-use minidiffusion::testing::{ParityTol, assert_close, parity_check, parity_check_at, parity_device, randn};
+use minidiffusion::testing::{ParityTol, assert_close, kernels_launched, parity_check, parity_check_at, parity_device, randn};
 use minidiffusion::{Device, Shape, Tensor, backward, ops};
 
 const TOL: ParityTol = ParityTol::REDUCTION;
@@ -70,8 +70,6 @@ const GN_CASES: &[(&[usize], &[usize])] = &[
 fn resident_group_norm_runs_where_the_group_fits() {
     use minidiffusion::ops::group_norm::group_norm_silu_stored;
     use minidiffusion::tensor::DType;
-    let Device::Cuda(d) = parity_device() else { panic!("parity_device is CUDA") };
-    let backend = minidiffusion::device::cuda::backend(d).unwrap();
     let cases: [(&[usize], usize, Option<&str>); 10] = [
         (&[3, 6, 2, 2], 3, Some("r1")),
         (&[2, 32, 8, 8], 8, Some("r1")),
@@ -87,9 +85,7 @@ fn resident_group_norm_runs_where_the_group_fits() {
     for (dims, groups, rounds) in cases {
         let x = Tensor::from_vec_on(randn(dims, 9), dims.to_vec(), parity_device()).unwrap();
         for store in [DType::F32, DType::BF16] {
-            backend.start_profiling();
-            group_norm_silu_stored(&x, groups, None, None, 1e-5, store).unwrap();
-            let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
+            let kernels = kernels_launched(|| drop(group_norm_silu_stored(&x, groups, None, None, 1e-5, store).unwrap()));
             let want = match (rounds, store) {
                 (None, DType::F32) => "groupnorm_forward".to_string(),
                 (None, _) => "groupnorm_forward_bf16".to_string(),
@@ -106,8 +102,6 @@ fn resident_group_norm_runs_where_the_group_fits() {
 /// name, as above).
 #[test]
 fn resident_group_norm_backward_runs_where_the_group_fits() {
-    let Device::Cuda(d) = parity_device() else { panic!("parity_device is CUDA") };
-    let backend = minidiffusion::device::cuda::backend(d).unwrap();
     let cases: [(&[usize], usize, Option<&str>); 10] = [
         (&[2, 8, 16, 16], 4, Some("groupnorm_backward_resident_r4")),
         (&[2, 6, 8, 16], 3, Some("groupnorm_backward_resident_r4")),
@@ -125,9 +119,7 @@ fn resident_group_norm_backward_runs_where_the_group_fits() {
         let x = Tensor::from_vec_on(randn(dims, 9), dims.to_vec(), parity_device()).unwrap().requires_grad_();
         let y = group_norm_silu(&x, groups, None, None, 1e-5).unwrap();
         let loss = ops::sum_all(&y).unwrap();
-        backend.start_profiling();
-        backward(&loss).unwrap();
-        let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
+        let kernels = kernels_launched(|| drop(backward(&loss).unwrap()));
         let want = kernel.unwrap_or("groupnorm_backward");
         assert!(kernels.contains(&want), "{dims:?} g{groups}: {want} not in {kernels:?}");
     }

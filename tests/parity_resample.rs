@@ -24,16 +24,11 @@ fn upsample_nearest2x_parity() {
 /// per-value one.
 #[test]
 fn upsample_of_even_rows_writes_blocks() {
-    use minidiffusion::device::cuda;
-    use minidiffusion::testing::{parity_device, randn};
-    use minidiffusion::{Device, Tensor};
-    let Device::Cuda(d) = parity_device() else { panic!("parity_device is CUDA") };
-    let backend = cuda::backend(d).unwrap();
+    use minidiffusion::Tensor;
+    use minidiffusion::testing::{kernels_launched, parity_device, randn};
     for (s, kernel) in [([2, 3, 5, 4], "upsample_nearest2x_pairs_f32"), ([1, 2, 7, 9], "upsample_nearest2x_f32")] {
         let x = Tensor::from_vec_on(randn(&s, 3), s.to_vec(), parity_device()).unwrap();
-        backend.start_profiling();
-        upsample_nearest2x(&x).unwrap();
-        let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect();
+        let kernels = kernels_launched(|| drop(upsample_nearest2x(&x).unwrap()));
         assert_eq!(kernels, [kernel], "{s:?}");
     }
 }

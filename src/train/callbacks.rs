@@ -104,16 +104,14 @@ impl Checkpoint {
 
     fn save(&mut self, l: &Learner, in_background: bool) -> Result<()> {
         self.finish_pending()?;
-        checkpoint::save_model(l, &self.dir)?;
-        let state = checkpoint::snapshot_state(l)?;
         self.saved_step = Some(l.step);
-        if in_background {
-            let dir = self.dir.clone();
-            self.pending = Some(std::thread::spawn(move || state.write(&dir)));
-            Ok(())
-        } else {
-            state.write(&self.dir)
+        if !in_background {
+            return checkpoint::save(l, &self.dir);
         }
+        checkpoint::save_model(l, &self.dir)?;
+        let (state, dir) = (checkpoint::snapshot_state(l)?, self.dir.clone());
+        self.pending = Some(std::thread::spawn(move || state.write(&dir)));
+        Ok(())
     }
 }
 

@@ -499,10 +499,9 @@ pub fn backward_input(dy: &CudaBuffer, weight: &CudaBuffer, g: &ConvGeom, prec: 
         return backend.alloc(0);
     }
     let s = ConvShape::new(g)?;
-    let transposed = ConvGeom { c: g.oc, h: g.oh, w: g.ow, oc: g.c, oh: g.h, ow: g.w, ..*g };
-    if same_conv_fits(g) && same_conv_fits(&transposed) {
+    if same_conv_fits(g) && same_conv_fits(&transposed(g)) {
         let packed = pack_same(weight, g, true, prec, PackTarget::Current)?;
-        return same_conv(dy, &packed, &Epilogue::default(), &ConvShape::new(&transposed)?, prec, None);
+        return same_conv(dy, &packed, &Epilogue::default(), &ConvShape::new(&transposed(g))?, prec, None);
     }
     if let Some(same) = stride2_as_same(g) {
         // dY with zeros between its pixels, through the same conv's input gradient
@@ -511,9 +510,8 @@ pub fn backward_input(dy: &CudaBuffer, weight: &CudaBuffer, g: &ConvGeom, prec: 
         let up = backend.alloc(planes * g.h * g.w)?;
         let args = [up.arg(), dy.arg(), Arg::I32(elems("conv2d", planes)?), Arg::I32(g.oh as i32), Arg::I32(g.ow as i32)];
         backend.launch("conv2d_zero_upsample2x_f32", LaunchConfig::for_elems(planes * g.oh * g.ow, 256), &args)?;
-        let transposed = ConvGeom { c: same.oc, h: same.oh, w: same.ow, oc: same.c, oh: same.h, ow: same.w, ..same };
         let packed = pack_same(weight, &same, true, prec, PackTarget::Current)?;
-        return same_conv(&up, &packed, &Epilogue::default(), &ConvShape::new(&transposed)?, prec, None);
+        return same_conv(&up, &packed, &Epilogue::default(), &ConvShape::new(&transposed(&same))?, prec, None);
     }
     let dx = backend.alloc(g.n * g.c * g.h * g.w)?;
     let cfg = gemm_grid(g.c, g.n * g.h * g.w, 1);
@@ -530,8 +528,13 @@ pub fn backward_input(dy: &CudaBuffer, weight: &CudaBuffer, g: &ConvGeom, prec: 
 fn stride2_as_same(g: &ConvGeom) -> Option<ConvGeom> {
     let fits = g.stride == 2 && g.kh == 3 && g.kw == 3 && g.pad == 1 && g.h == 2 * g.oh && g.w == 2 * g.ow;
     let same = ConvGeom { stride: 1, oh: g.h, ow: g.w, ..*g };
-    let transposed = ConvGeom { c: g.oc, oc: g.c, ..same };
-    (fits && same_conv_fits(&same) && same_conv_fits(&transposed)).then_some(same)
+    (fits && same_conv_fits(&same) && same_conv_fits(&transposed(&same))).then_some(same)
+}
+
+/// The conv from dY [N, OC, OH, OW] to dX [N, C, H, W] that a stride-1 same
+/// conv's input gradient is (the weight transposed and flipped).
+fn transposed(g: &ConvGeom) -> ConvGeom {
+    ConvGeom { c: g.oc, h: g.oh, w: g.ow, oc: g.c, oh: g.h, ow: g.w, ..*g }
 }
 
 /// (splits, K values per split) of the weight-gradient GEMM: enough splits to

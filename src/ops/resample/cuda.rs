@@ -19,31 +19,41 @@ fn launch(kernel: &'static str, op: &'static str, input: &CudaBuffer, out_len: u
 #[allow(clippy::too_many_arguments)]
 fn launch_as(kernel: &'static str, op: &'static str, input: &CudaBuffer, out_len: usize, planes: usize, h: usize, w: usize, store: DType) -> Result<CudaBuffer> {
     let out = input.backend().alloc_as(out_len, store)?;
-    if out_len == 0 {
+    launch_into(out, |_| (kernel, out_len), op, input, planes, h, w)
+}
+
+/// Launches into `out` the kernel `pick(&out)` names, with a thread for each
+/// of the work items it counts: `kernel(out, input, planes, h, w)`.
+fn launch_into(
+    out: CudaBuffer,
+    pick: impl FnOnce(&CudaBuffer) -> (&'static str, usize),
+    op: &'static str,
+    input: &CudaBuffer,
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> Result<CudaBuffer> {
+    if out.is_empty() {
         return Ok(out);
     }
     // the largest index a kernel forms is below max(input, output) length
-    elems(op, input.len().max(out_len))?;
+    elems(op, input.len().max(out.len()))?;
+    let (kernel, items) = pick(&out);
     let args = [out.arg(), input.arg(), Arg::I32(elems(op, planes)?), Arg::I32(elems(op, h)?), Arg::I32(elems(op, w)?)];
-    input.backend().launch(kernel, LaunchConfig::for_elems(out_len, THREADS), &args)?;
+    input.backend().launch(kernel, LaunchConfig::for_elems(items, THREADS), &args)?;
     Ok(out)
 }
 
 /// y [planes, 2H, 2W]: y[2i + a, 2j + b] = x[i, j]. At f32 with W even
 /// (and x, y aligned) a thread writes the 2×4 block of a pair of x's values.
 pub fn upsample_nearest2x(x: &CudaBuffer, planes: usize, h: usize, w: usize, store: DType) -> Result<CudaBuffer> {
-    const OP: &str = "upsample_nearest2x";
-    if store == DType::F32 && w.is_multiple_of(2) && x.ptr().is_multiple_of(8) {
-        let y = x.backend().alloc(planes * 4 * h * w)?;
-        if y.ptr().is_multiple_of(16) && !y.is_empty() {
-            elems(OP, y.len())?;
-            let args = [y.arg(), x.arg(), Arg::I32(elems(OP, planes)?), Arg::I32(elems(OP, h)?), Arg::I32(elems(OP, w)?)];
-            x.backend().launch("upsample_nearest2x_pairs_f32", LaunchConfig::for_elems(planes * h * w / 2, THREADS), &args)?;
-            return Ok(y);
-        }
-    }
-    let kernel = if store == DType::BF16 { "upsample_nearest2x_bf16" } else { "upsample_nearest2x_f32" };
-    launch_as(kernel, OP, x, planes * 4 * h * w, planes, h, w, store)
+    let len = planes * 4 * h * w;
+    let pick = |y: &CudaBuffer| match store {
+        DType::F32 if w.is_multiple_of(2) && x.ptr().is_multiple_of(8) && y.ptr().is_multiple_of(16) => ("upsample_nearest2x_pairs_f32", len / 8),
+        DType::F32 => ("upsample_nearest2x_f32", len),
+        _ => ("upsample_nearest2x_bf16", len),
+    };
+    launch_into(x.backend().alloc_as(len, store)?, pick, "upsample_nearest2x", x, planes, h, w)
 }
 
 /// dX [planes, H, W] = the sum of each 2×2 block of dY [planes, 2H, 2W].
