@@ -499,26 +499,28 @@ constexpr int WG_A_LD = WG_PHASE + 4;    // words per dY row in shared (+4: conf
 constexpr int OUTSIDE = -2147483647 - 1;  // a patch column left or right of the image
 constexpr int WG_BATCH = 4;              // staging items whose loads a thread issues together
 
-// The staged patch's row (words per channel) for `pixels` patch pixels at
-// PER_WORD pixels a word: ≥ pixels/2 + 1 (pairs) or ≥ pixels, and ≡ 12
-// (mod 16), with the bf16 odd-start plane WG_PLANE_PAD words further than
-// the even one's end. A warp's B fragments read 8 (channel, tap) columns × 4
-// pixel words; with rows ≡ 4 (mod 16) and the planes a multiple of 32 words
-// apart, the planes and the taps' rows fell on the same banks: 4 wavefronts a
-// load at 32×32 maps and 3.3 at 16×16 (scripts/wg_bank_conflicts.py, the seed
-// shapes; run 6's ncu: 5–15 M shared-load bank conflicts a launch), 2.0 and
-// 1.0 now (2.0 at 8×8 and 4×4 either way; f32: 3.3 / 2.2 → 2.4 / 1.4).
-constexpr int WG_PLANE_PAD = 28;
-__host__ __device__ constexpr int patch_row_words(int pixels, int per_word) {
-    return ((per_word == 2 ? pixels / 2 + 1 : pixels) + 3) / 8 * 8 + 12;
-}
+// Where the staged patch's words sit (src/ops/conv2d/wg_layout.rs): word
+// (parity, c, segment, row, col) at
+//   parity·plane + c·chan + segment·seg + row·row + col / PER_WORD.
+// A warp's B fragments read 8 (channel, tap) columns × 4 pixel words, each
+// column at its tap's shift; with rows back to back the taps' rows fell on
+// the same banks (2.0 wavefronts a load at 32×32, 8×8 and 4×4; run 7's ncu:
+// 5.5 M bank conflicts a launch). The host picks the strides per shape by
+// simulating the loads (one wavefront each at the seed UNet's shapes); the
+// padding between rows, segments and channels is never read.
+struct WgLayout {
+    int row, seg, chan, plane;  // words
+};
 // The largest patch (pixels) the weight gradient stages: BM 32 blocks stage
-// twice the channels, so they take smaller patches (48 KB of shared memory).
+// twice the channels, so they take smaller patches.
 __host__ __device__ constexpr int wg_patch_max(int bm) { return bm == 64 ? PATCH_MAX : 256; }
+// Shared words for the patch: what 48 KB of static shared memory leaves
+// beside the dY tile and the tables (wg_layout.rs's WORDS_M32 / _M64).
+__host__ __device__ constexpr int wg_words(int bm) { return bm == 64 ? 5664 : 8952; }
 
 template <class Math, int BM, int KS, class TX = float>
 __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, const TX* x, const conv::Shape& s,
-                                            int tiles_per_split) {
+                                            WgLayout L, int tiles_per_split) {
     constexpr int KK = KS * KS;
     constexpr int PER_WORD = Math::PER_WORD;        // pixels per word
     constexpr int TILE_WORDS = BN / PER_WORD;       // words of pixels per tile
@@ -526,17 +528,15 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
     constexpr int WARPS_M = BM / 16, WARPS_N = 8 / WARPS_M;
     constexpr int NT = CT * KK / 8 / WARPS_N;       // n8 tiles per warp (= K²)
     constexpr int PX_MAX = wg_patch_max(BM);
-    constexpr int CS = patch_row_words(PX_MAX, PER_WORD);
-    constexpr int PLANE = CT * CS + (PER_WORD == 2 ? WG_PLANE_PAD : 0);  // words from one parity's to the next
     __shared__ unsigned int a_tile[BM * WG_A_LD];   // dY words [oc][word] of one phase
-    __shared__ unsigned int words[PER_WORD * PLANE];  // [parity][c][q]
+    __shared__ unsigned int words[wg_words(BM)];    // the patch, laid out by L
     __shared__ int patch_src[PX_MAX];               // patch pixel → offset from (img0, oh0) (negative in the top
                                                     // halo), OUTSIDE past the left or right edge
     __shared__ int patch_row[PX_MAX];               // patch pixel → (segment, input row relative to oh0)
     __shared__ int tile_src[PX_MAX + PER_WORD + 1]; // this tile's patch pixel → patch_src, OUTSIDE where it reads 0
     __shared__ int word_src[TILE_WORDS];            // tile word → dY offset of its first pixel from (img0, oh0)
     __shared__ int word_seg[TILE_WORDS];            // tile word → its image after the tile's first
-    __shared__ int word_patch[TILE_WORDS];          // tile word → its first pixel's patch pixel for tap (0, 0), / PER_WORD
+    __shared__ int word_patch[TILE_WORDS];          // tile word → its first pixel's patch word for tap (0, 0)
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
@@ -560,17 +560,19 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
         const int r = local / s.ow, col = local - r * s.ow;
         word_src[j] = seg * s.oc * P + local;
         word_seg[j] = seg;
-        word_patch[j] = ((seg * tile.seg_rows + r) * tile.pw + col) / PER_WORD;  // even at bf16: OW and col are
+        word_patch[j] = seg * L.seg + r * L.row + col / PER_WORD;  // col even at bf16 (OW is)
     }
 
-    // This lane's B columns: n8 tile nt = warp_n·NT + ni, column 8·nt + g = (c, tap).
+    // This lane's B columns: n8 tile nt = warp_n·NT + ni, column 8·nt + g = (c, tap),
+    // tap = (dy, dx): dy rows down, dx pixels right (at bf16 the pair from an odd
+    // position is in the second plane)
     const int warp_n = warp / WARPS_M, m_w = 16 * (warp % WARPS_M);
     int col_off[NT];
 #pragma unroll
     for (int ni = 0; ni < NT; ++ni) {
         const int col = 8 * (warp_n * NT + ni) + g, c = col / KK, tap = col % KK;
-        const int shift = (tap / KS) * tile.pw + tap % KS;
-        col_off[ni] = (shift % PER_WORD) * PLANE + c * CS + shift / PER_WORD;
+        const int dy = tap / KS, dx = tap % KS;
+        col_off[ni] = (dx % PER_WORD) * L.plane + c * L.chan + dy * L.row + dx / PER_WORD;
     }
     typename Step<Math>::Acc acc[NT];
 #pragma unroll
@@ -590,21 +592,26 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
             tile_src[i] = src;
         }
         __syncthreads();
-        // the patch of channels c0.. (0 outside the image, past the batch or past C); item (c, q)
-        // as the digits of e = tid + 256·pass in the radix row_items, advanced with a carry
+        // the patch of channels c0.. (0 outside the image, past the batch or past C); item (c, q):
+        // channel c's word of patch pixels PER_WORD·q.. (at bf16 also the pair from PER_WORD·q + 1),
+        // (c, q) the digits of e = tid + 256·pass in the radix row_items, advanced with a carry
         // (int offsets, as the forward's: the host keeps x under 2³¹ elements)
         // WG_BATCH items at a time: all their loads are issued before the
         // first is used, so a thread has that many in flight, not one
         const int x_tile = (img0 * s.c + c0) * HW + oh0 * s.w;
-        const int row_items = PER_WORD == 2 ? tile.pixels / 2 + 1 : tile.pixels;
+        const int row_items = tile.pixels / PER_WORD;
         const int step_c = THREADS / row_items, step_q = THREADS - step_c * row_items;
         for (int c = tid / row_items, q = tid - c * row_items; c < CT;) {
-            int item_c[WG_BATCH], item_q[WG_BATCH];
+            int item_dst[WG_BATCH];  // the item's word in the patch (−1: past the block's channels)
             float v[WG_BATCH][PER_WORD + 1];
 #pragma unroll
             for (int b = 0; b < WG_BATCH; ++b) {
-                item_c[b] = c;
-                item_q[b] = q;
+                // where the word goes: pixel PER_WORD·q is (segment, row, col) of the patch
+                // (a pair never straddles a row: the patch rows are even at bf16; the odd
+                // pair from a row's last pixel is never read)
+                const int pix = PER_WORD * q, seg = patch_row[pix] >> 16, pr = patch_row[pix] & 0xffff;
+                item_dst[b] = c < CT ? c * L.chan + seg * L.seg + pr * L.row + (pix - (seg * tile.seg_rows + pr) * tile.pw) / PER_WORD
+                                     : -1;
                 const bool chan = c < CT && c0 + c < s.c;
                 const int x_chan = chan ? x_tile + c * HW : 0;
 #pragma unroll
@@ -621,13 +628,13 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
             }
 #pragma unroll
             for (int b = 0; b < WG_BATCH; ++b) {
-                if (item_c[b] >= CT) break;
+                if (item_dst[b] < 0) break;
 #pragma unroll
                 for (int parity = 0; parity < PER_WORD; ++parity) {
                     float w[PER_WORD];
 #pragma unroll
                     for (int k = 0; k < PER_WORD; ++k) w[k] = v[b][parity + k];
-                    words[parity * PLANE + item_c[b] * CS + item_q[b]] = word_bits(Math::pack(w));
+                    words[parity * L.plane + item_dst[b]] = word_bits(Math::pack(w));
                 }
             }
         }
@@ -976,67 +983,69 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 
 // Partial weight gradients dw_part [splits, OC, C, K, K] of a same conv
 // (OW even at bf16): split z = blockIdx.z sums 128-pixel tiles
-// [z·tiles_per_split, …). Grid (⌈C/CT⌉, ⌈OC/BM⌉, splits), 256 threads;
-// CT = 16 for BM 64, 32 for BM 32.
+// [z·tiles_per_split, …), the patch staged as `layout` says (its words within
+// wg_words(BM)). Grid (⌈C/CT⌉, ⌈OC/BM⌉, splits), 256 threads; CT = 16 for
+// BM 64, 32 for BM 32. (The bf16 1×1 kernels are bound to four blocks an
+// SM: the patch layout's strides took them from 63 to 69 registers, three.)
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_same_weight_grad_f32_m32_k1(float* dw_part, const float* dy, const float* x, conv::Shape s,
-                                          int tiles_per_split) {
-    same::weight_grad<mma::Tf32x3, 32, 1>(dw_part, dy, x, s, tiles_per_split);
+                                          same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Tf32x3, 32, 1>(dw_part, dy, x, s, layout, tiles_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_same_weight_grad_f32_m32_k3(float* dw_part, const float* dy, const float* x, conv::Shape s,
-                                          int tiles_per_split) {
-    same::weight_grad<mma::Tf32x3, 32, 3>(dw_part, dy, x, s, tiles_per_split);
+                                          same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Tf32x3, 32, 3>(dw_part, dy, x, s, layout, tiles_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_same_weight_grad_f32_m64_k1(float* dw_part, const float* dy, const float* x, conv::Shape s,
-                                          int tiles_per_split) {
-    same::weight_grad<mma::Tf32x3, 64, 1>(dw_part, dy, x, s, tiles_per_split);
+                                          same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Tf32x3, 64, 1>(dw_part, dy, x, s, layout, tiles_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_same_weight_grad_f32_m64_k3(float* dw_part, const float* dy, const float* x, conv::Shape s,
-                                          int tiles_per_split) {
-    same::weight_grad<mma::Tf32x3, 64, 3>(dw_part, dy, x, s, tiles_per_split);
+                                          same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Tf32x3, 64, 3>(dw_part, dy, x, s, layout, tiles_per_split);
 }
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(256, 4)
     conv2d_same_weight_grad_bf16_m32_k1(float* dw_part, const float* dy, const float* x, conv::Shape s,
-                                          int tiles_per_split) {
-    same::weight_grad<mma::Bf16, 32, 1>(dw_part, dy, x, s, tiles_per_split);
+                                          same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 32, 1>(dw_part, dy, x, s, layout, tiles_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_weight_grad_bf16_m32_k3(float* dw_part, const float* dy, const float* x, conv::Shape s,
-                                          int tiles_per_split) {
-    same::weight_grad<mma::Bf16, 32, 3>(dw_part, dy, x, s, tiles_per_split);
+                                          same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 32, 3>(dw_part, dy, x, s, layout, tiles_per_split);
 }
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(256, 4)
     conv2d_same_weight_grad_bf16_m64_k1(float* dw_part, const float* dy, const float* x, conv::Shape s,
-                                          int tiles_per_split) {
-    same::weight_grad<mma::Bf16, 64, 1>(dw_part, dy, x, s, tiles_per_split);
+                                          same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 64, 1>(dw_part, dy, x, s, layout, tiles_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_weight_grad_bf16_m64_k3(float* dw_part, const float* dy, const float* x, conv::Shape s,
-                                          int tiles_per_split) {
-    same::weight_grad<mma::Bf16, 64, 3>(dw_part, dy, x, s, tiles_per_split);
+                                          same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 64, 3>(dw_part, dy, x, s, layout, tiles_per_split);
 }
 
 // The bf16 weight gradient reading x from bf16 storage.
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(256, 4)
     conv2d_same_weight_grad_bf16_xbf16_m32_k1(float* dw_part, const float* dy, const unsigned short* x, conv::Shape s,
-                                                int tiles_per_split) {
-    same::weight_grad<mma::Bf16, 32, 1>(dw_part, dy, x, s, tiles_per_split);
+                                                same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 32, 1>(dw_part, dy, x, s, layout, tiles_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_weight_grad_bf16_xbf16_m32_k3(float* dw_part, const float* dy, const unsigned short* x, conv::Shape s,
-                                                int tiles_per_split) {
-    same::weight_grad<mma::Bf16, 32, 3>(dw_part, dy, x, s, tiles_per_split);
+                                                same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 32, 3>(dw_part, dy, x, s, layout, tiles_per_split);
 }
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(256, 4)
     conv2d_same_weight_grad_bf16_xbf16_m64_k1(float* dw_part, const float* dy, const unsigned short* x, conv::Shape s,
-                                                int tiles_per_split) {
-    same::weight_grad<mma::Bf16, 64, 1>(dw_part, dy, x, s, tiles_per_split);
+                                                same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 64, 1>(dw_part, dy, x, s, layout, tiles_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_weight_grad_bf16_xbf16_m64_k3(float* dw_part, const float* dy, const unsigned short* x, conv::Shape s,
-                                                int tiles_per_split) {
-    same::weight_grad<mma::Bf16, 64, 3>(dw_part, dy, x, s, tiles_per_split);
+                                                same::WgLayout layout, int tiles_per_split) {
+    same::weight_grad<mma::Bf16, 64, 3>(dw_part, dy, x, s, layout, tiles_per_split);
 }

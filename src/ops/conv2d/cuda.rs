@@ -7,6 +7,7 @@
 //! kernels/conv2d.cu.
 
 use super::cpu::ConvGeom;
+use super::wg_layout::{self, WgLayout};
 use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
 use crate::error::{Error, Result, shape_err};
 use crate::ops::ab_switch::{switch, with_switch};
@@ -157,8 +158,20 @@ fn same_block_rows(m: usize) -> usize {
 /// same conv with a patch its block fits and, at bf16, pixel pairs that never
 /// straddle a row (OW even).
 fn same_weight_grad_fits(g: &ConvGeom, prec: Precision) -> bool {
-    let max = if same_block_rows(g.oc) == 32 { SAME_WG_PATCH_MAX_M32 } else { SAME_PATCH_MAX };
-    (prec == Precision::F32 || g.ow % 2 == 0) && same_conv_fits(g) && same_patch_pixels(g).is_some_and(|px| px <= max)
+    let bm = same_block_rows(g.oc);
+    let max = if bm == 32 { SAME_WG_PATCH_MAX_M32 } else { SAME_PATCH_MAX };
+    (prec == Precision::F32 || g.ow % 2 == 0)
+        && same_conv_fits(g)
+        && same_patch_pixels(g).is_some_and(|px| px <= max)
+        && wg_layout::fits(g, bm, pixels_per_word(prec))
+}
+
+/// Pixels a weight-gradient word holds: one f32, or a bf16 pair.
+fn pixels_per_word(prec: Precision) -> usize {
+    match prec {
+        Precision::F32 => 1,
+        Precision::Bf16 => 2,
+    }
 }
 
 /// Same-conv kernel names by [variant][block rows 32, 64][K 1, 3]; variants:
@@ -331,6 +344,20 @@ fn same_weight_grad(
     target_blocks: usize,
     prec: Precision,
 ) -> Result<CudaBuffer> {
+    let layout = wg_layout::layout(g, same_block_rows(g.oc), pixels_per_word(prec));
+    same_weight_grad_in(dy, x, g, s, target_blocks, prec, layout)
+}
+
+/// [`same_weight_grad`] with the patch staged as `layout` says.
+fn same_weight_grad_in(
+    dy: &CudaBuffer,
+    x: &CudaBuffer,
+    g: &ConvGeom,
+    s: &ConvShape,
+    target_blocks: usize,
+    prec: Precision,
+    layout: WgLayout,
+) -> Result<CudaBuffer> {
     let backend = dy.backend();
     let bm = same_block_rows(g.oc);
     let ct = if bm == 64 { 16 } else { 32 };
@@ -345,7 +372,8 @@ fn same_weight_grad(
     let partials = backend.alloc(total)?;
     let kernel = same_kernel(&SAME_WEIGHT_GRAD_KERNELS, prec, x.dtype(), bm, g.kh)?;
     let cfg = LaunchConfig::grid([g.c.div_ceil(ct), g.oc.div_ceil(bm), splits], GEMM_THREADS);
-    backend.launch(kernel, cfg, &[partials.arg(), dy.arg(), x.arg(), Arg::pod(s), Arg::I32(elems("conv2d", per_split)?)])?;
+    let args = [partials.arg(), dy.arg(), x.arg(), Arg::pod(s), Arg::pod(&layout), Arg::I32(elems("conv2d", per_split)?)];
+    backend.launch(kernel, cfg, &args)?;
     if splits == 1 {
         return Ok(partials);
     }
@@ -665,6 +693,42 @@ mod tests {
             match prec {
                 Precision::F32 => assert!(d < drift, "f32 vs cpu weight gradient: {d} of scale {scale}"),
                 Precision::Bf16 => assert!(d > 1e-4 * scale && d < 2e-2 * scale, "bf16 vs f32 weight gradient: {d} of scale {scale}"),
+            }
+        }
+    }
+
+    /// The weight gradient with each patch stride padded (rows, segments,
+    /// channels, the odd-pair plane) agrees with the CPU's dW, as with the
+    /// searched layout: a stride the kernel ignored or misapplied would read
+    /// another pixel's word. Multi-image tiles (4×4, 4×8 maps) and one image's
+    /// rows (16×16), 3×3 and 1×1, both block heights (emulation of CUDA).
+    #[test]
+    fn weight_grad_honours_every_layout_stride() {
+        use crate::device::{CudaDevice, cuda::backend};
+        let b = backend(CudaDevice { ordinal: 0, emulated: true }).unwrap();
+        let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        for &(n, c, hw, oc, k) in &[(9, 5, (4, 4), 40, 3), (3, 19, (4, 8), 6, 3), (2, 7, (16, 16), 3, 1), (10, 3, (4, 4), 70, 1)] {
+            let g = geom(n, c, hw, oc, k, 1, (k - 1) / 2);
+            let s = ConvShape::new(&g).unwrap();
+            let (dy_host, x_host) = (crate::testing::randn(&[n, oc, hw.0, hw.1], 7), crate::testing::randn(&[n, c, hw.0, hw.1], 8));
+            let (dy, x) = (b.upload(&dy_host).unwrap(), b.upload(&x_host).unwrap());
+            let cpu = super::super::cpu::conv2d_backward_weight(&dy_host, &x_host, &g);
+            let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for prec in [Precision::F32, Precision::Bf16] {
+                assert!(same_weight_grad_fits(&g, prec), "{g:?}");
+                let per_word = pixels_per_word(prec);
+                let searched = wg_layout::layout(&g, same_block_rows(oc), per_word);
+                let bm = same_block_rows(oc);
+                // the largest of these pads that fits (4×4 maps at bf16 fit only a segment pad)
+                let odd = [[3, 5, 7, 3], [1, 1, 3, 3], [0, 1, 1, 3]].into_iter().find_map(|pads| wg_layout::padded(&g, bm, per_word, pads));
+                let odd = odd.unwrap_or_else(|| panic!("no padded layout fits {g:?} {prec}"));
+                for layout in [searched, odd] {
+                    let dw = same_weight_grad_in(&dy, &x, &g, &s, 4, prec, layout).unwrap().download().unwrap();
+                    let d = max_diff(&dw, &cpu);
+                    // f32: the tensor cores' rounding drift; bf16: its operands' rounding
+                    let bar = if prec == Precision::F32 { 2e-5 } else { 2e-2 } * scale;
+                    assert!(d < bar, "{g:?} {prec} {layout:?}: {d} of scale {scale}");
+                }
             }
         }
     }

@@ -24,6 +24,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod direct;
+mod wg_layout;
 
 use crate::autograd::Node;
 use crate::device::Device;
