@@ -324,11 +324,14 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
 //     per channel, lanes striding over S), stored in partials[2·(n·C + c) + {0,1}]
 //     for the parameter gradients (step 2);
 //   mean(g) = Σ_c γ_c·A_nc / M,  mean(g·x̂) = Σ_c γ_c·B_nc / M   (block sums);
-//   dx = rstd·(g − mean(g) − x̂·mean(g·x̂))                      (skipped if dx is null).
+//   dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) [+ dx_add]          (skipped if dx is null).
+// dx_add (may be null): a gradient of x from its other uses, summed here
+// instead of by a separate add (the residual beside a block's first norm).
 // Every warp runs the same number of channel iterations, so the shuffles always
 // see the whole warp.
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    groupnorm_backward(float* __restrict__ dx, double* __restrict__ partials, const float* __restrict__ dy,
+    groupnorm_backward(float* __restrict__ dx, const float* __restrict__ dx_add, double* __restrict__ partials,
+                       const float* __restrict__ dy,
                        const float* __restrict__ x, const float* __restrict__ mean, const float* __restrict__ rstd,
                        const float* __restrict__ gamma, const float* __restrict__ beta, int num_groups_total,
                        int groups, int cg, int s, int silu) {
@@ -386,7 +389,7 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
             const float gm = gamma ? gamma[ch] : 1.0f, bt = beta ? beta[ch] : 0.0f;
             const float xhat = (xg[i] - mu) * rs;
             const float dz = groupnorm::grad_u(dyg[i], xhat, gm, bt, silu);
-            dxg[i] = rs * (dz * gm - mean_g - xhat * mean_gx);
+            dxg[i] = rs * (dz * gm - mean_g - xhat * mean_gx) + (dx_add ? dx_add[(long long)ng * m + i] : 0.0f);
         }
     }
 }
@@ -394,7 +397,7 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
 // groupnorm_backward with x and dy resident in registers (groups of m ≤
 // R·4·blockDim values, R = 4, 8 or 12, the fewest that hold the group; S/4
 // a multiple of 32, or 4, 8 or 16 with the group a whole number of warps'
-// float4s; x, dy and dx 16-byte aligned): each thread loads its float4s of
+// float4s; x, dy, dx and dx_add 16-byte aligned): each thread loads its float4s of
 // x and dy once, up front, forms x̂ and dz there, and the dx pass reads them
 // from registers — one read of x and dy instead of two, one silu' per value
 // instead of two. Thread t holds the group's float4s e = t + k·blockDim
@@ -407,7 +410,8 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
 // over another partial order (the CPU twin's tolerance).
 namespace groupnorm {
 template <int R>
-__device__ __forceinline__ void backward_resident(float* __restrict__ dx, double* __restrict__ partials,
+__device__ __forceinline__ void backward_resident(float* __restrict__ dx, const float* __restrict__ dx_add,
+                                                  double* __restrict__ partials,
                                                   const float* __restrict__ dy, const float* __restrict__ x,
                                                   const float* __restrict__ mean, const float* __restrict__ rstd,
                                                   const float* __restrict__ gamma, const float* __restrict__ beta,
@@ -484,8 +488,9 @@ __device__ __forceinline__ void backward_resident(float* __restrict__ dx, double
         const float mean_g = (float)(block_sum_d(sa, scratch) / (double)m);
         const float mean_gx = (float)(block_sum_d(sb, scratch) / (double)m);
 
-        // dx = rstd·(dz·γ − mean(g) − x̂·mean(g·x̂))
+        // dx = rstd·(dz·γ − mean(g) − x̂·mean(g·x̂)) [+ dx_add]
         float4* dxg = reinterpret_cast<float4*>(dx + (long long)ng * m);
+        const float4* addg = dx_add ? reinterpret_cast<const float4*>(dx_add + (long long)ng * m) : nullptr;
         ChannelStep out(s4);
 #pragma unroll
         for (int k = 0; k < R; ++k, out.next(s4)) {
@@ -493,36 +498,40 @@ __device__ __forceinline__ void backward_resident(float* __restrict__ dx, double
             if (e >= m4) continue;
             const float gm = gamma ? gamma[g * cg + out.c] : 1.0f;
             const float4 xv = xhat[k], dv = dz[k];
-            dxg[e] = float4{rs * (dv.x * gm - mean_g - xv.x * mean_gx), rs * (dv.y * gm - mean_g - xv.y * mean_gx),
-                            rs * (dv.z * gm - mean_g - xv.z * mean_gx), rs * (dv.w * gm - mean_g - xv.w * mean_gx)};
+            const float4 add = addg ? addg[e] : float4{0.0f, 0.0f, 0.0f, 0.0f};
+            dxg[e] = float4{rs * (dv.x * gm - mean_g - xv.x * mean_gx) + add.x, rs * (dv.y * gm - mean_g - xv.y * mean_gx) + add.y,
+                            rs * (dv.z * gm - mean_g - xv.z * mean_gx) + add.z, rs * (dv.w * gm - mean_g - xv.w * mean_gx) + add.w};
         }
     }
 }
 }  // namespace groupnorm
 
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    groupnorm_backward_resident_r4(float* __restrict__ dx, double* __restrict__ partials, const float* __restrict__ dy,
+    groupnorm_backward_resident_r4(float* __restrict__ dx, const float* __restrict__ dx_add, double* __restrict__ partials,
+                                    const float* __restrict__ dy,
                                     const float* __restrict__ x, const float* __restrict__ mean,
                                     const float* __restrict__ rstd, const float* __restrict__ gamma,
                                     const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
                                     int silu) {
-    groupnorm::backward_resident<4>(dx, partials, dy, x, mean, rstd, gamma, beta, num_groups_total, groups, cg, s, silu);
+    groupnorm::backward_resident<4>(dx, dx_add, partials, dy, x, mean, rstd, gamma, beta, num_groups_total, groups, cg, s, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    groupnorm_backward_resident_r8(float* __restrict__ dx, double* __restrict__ partials, const float* __restrict__ dy,
+    groupnorm_backward_resident_r8(float* __restrict__ dx, const float* __restrict__ dx_add, double* __restrict__ partials,
+                                    const float* __restrict__ dy,
                                     const float* __restrict__ x, const float* __restrict__ mean,
                                     const float* __restrict__ rstd, const float* __restrict__ gamma,
                                     const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
                                     int silu) {
-    groupnorm::backward_resident<8>(dx, partials, dy, x, mean, rstd, gamma, beta, num_groups_total, groups, cg, s, silu);
+    groupnorm::backward_resident<8>(dx, dx_add, partials, dy, x, mean, rstd, gamma, beta, num_groups_total, groups, cg, s, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    groupnorm_backward_resident_r12(float* __restrict__ dx, double* __restrict__ partials, const float* __restrict__ dy,
+    groupnorm_backward_resident_r12(float* __restrict__ dx, const float* __restrict__ dx_add, double* __restrict__ partials,
+                                    const float* __restrict__ dy,
                                     const float* __restrict__ x, const float* __restrict__ mean,
                                     const float* __restrict__ rstd, const float* __restrict__ gamma,
                                     const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
                                     int silu) {
-    groupnorm::backward_resident<12>(dx, partials, dy, x, mean, rstd, gamma, beta, num_groups_total, groups, cg, s, silu);
+    groupnorm::backward_resident<12>(dx, dx_add, partials, dy, x, mean, rstd, gamma, beta, num_groups_total, groups, cg, s, silu);
 }
 
 // Backward, step 2: the parameter gradients, one warp per channel c (8 per

@@ -325,3 +325,15 @@ fn avx512_direct_kernel_matches_the_gemm_path_on_random_geometries() {
         checked += 1;
     }
 }
+
+/// x used twice (conv(x) + x, a shortcut's sum): the input gradient plus
+/// the other use's, by finite differences.
+#[test]
+fn conv2d_grad_check_x_with_another_use() {
+    grad_check(
+        "conv2d(x) + x",
+        &[&[2, 3, 5, 4], &[3, 3, 3, 3], &[3]],
+        |t| ops::add(&conv2d(&t[0], &t[1], Some(&t[2]), params(1, 1))?, &t[0]),
+        GradTol::default(),
+    );
+}

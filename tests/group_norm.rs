@@ -316,3 +316,23 @@ fn group_norm_silu_bad_inputs_are_errors() {
     assert!(matches!(group_norm_silu(&x, 2, Some(&Tensor::ones(vec![5])), None, 1e-5), Err(Error::Shape { .. })));
     assert_eq!(group_norm_silu(&Tensor::zeros(vec![0, 4, 3]), 2, None, None, 1e-5).unwrap().dims(), &[0, 4, 3]);
 }
+
+/// x used twice, its other gradient reaching the norm's backward first
+/// (norm(x) + x) or after it (norm(x) + x·x, the product's backward later or
+/// earlier by the tape's order): finite differences of the sum either way.
+#[test]
+fn grad_check_x_with_another_use() {
+    use minidiffusion::ops;
+    grad_check(
+        "group_norm(x) + x",
+        &[&[2, 6, 3, 3], &[6], &[6]],
+        |t| ops::add(&group_norm_silu(&t[0], 3, Some(&t[1]), Some(&t[2]), 1e-5)?, &t[0]),
+        GradTol::default(),
+    );
+    grad_check(
+        "x·x + group_norm(x)",
+        &[&[2, 4, 5]],
+        |t| ops::add(&ops::mul(&t[0], &t[0])?, &group_norm(&t[0], 2, None, None, 1e-5)?),
+        GradTol::default(),
+    );
+}

@@ -506,3 +506,36 @@ fn stride2_input_gradient_runs_as_a_same_conv() {
         assert_eq!(kernels.iter().any(|k| k.starts_with("conv2d_backward_input")), !zeros, "{x:?} k{k} p{p}: {kernels:?}");
     }
 }
+
+/// x's gradient from its other uses summed by the input-gradient kernel as
+/// it writes dX (y = conv(x) + x: the add's gradient reaches x first): the
+/// CPU twin's values, and no separate add where a same conv takes dX
+/// (3×3 and 1×1, and the stride-2 path as a same conv); the generic kernel
+/// (5×5) still adds after.
+#[test]
+fn input_gradient_sums_the_other_uses_gradient() {
+    use minidiffusion::Tensor;
+    use minidiffusion::ops::{Precision, add, sum_all, with_precision};
+    use minidiffusion::testing::{kernels_launched, parity_device};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    let same = |k| Conv2dParams { stride: 1, padding: (k - 1) / 2 };
+    for precision in [Precision::F32, Precision::Bf16] {
+        let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
+        for k in [3, 1, 5] {
+            let (x, w) = ([2, 8, 16, 16], [8, 8, k, k]);
+            parity_check(&format!("{precision}_k{k}_dx_plus_residual"), &[&x, &w], |t| {
+                let _p = with_precision(precision);
+                add(&conv2d(&t[0], &t[1], None, same(k))?, &t[0])
+            }, tol);
+            let device = parity_device();
+            let xt = Tensor::from_vec_on(randn(&x, 1), x.to_vec(), device).unwrap().requires_grad_();
+            let wt = Tensor::from_vec_on(randn(&w, 2), w.to_vec(), device).unwrap();
+            let loss = {
+                let _p = with_precision(precision);
+                sum_all(&add(&conv2d(&xt, &wt, None, same(k)).unwrap(), &xt).unwrap()).unwrap()
+            };
+            let kernels = kernels_launched(|| drop(minidiffusion::backward(&loss).unwrap()));
+            assert_eq!(kernels.contains(&"binary_same"), k == 5, "{precision} k{k}: {kernels:?}");
+        }
+    }
+}

@@ -352,3 +352,26 @@ fn group_norm_silu_bf16_storage_parity() {
         }
     }
 }
+
+/// x's gradient from its other use (the residual beside a block's first
+/// norm: y = norm(x) + x, whose add reaches x first) summed by the backward
+/// kernels as they write dx: the CPU twin's values and no separate add, in
+/// the resident kernels and the loop one.
+#[test]
+fn group_norm_backward_sums_the_residual_gradient() {
+    let cases: [(&[usize], usize, &str); 3] = [
+        (&[2, 8, 16, 16], 4, "groupnorm_backward_resident_r4"),
+        (&[1, 256, 4, 4], 8, "groupnorm_backward_resident_r4"),
+        (&[2, 6, 5, 7], 2, "groupnorm_backward"),
+    ];
+    for (dims, groups, kernel) in cases {
+        let c = dims[1];
+        parity_check(&format!("norm + x {dims:?}"), &[dims, &[c], &[c]], |t| {
+            ops::add(&group_norm_silu(&t[0], groups, Some(&t[1]), Some(&t[2]), 1e-5)?, &t[0])
+        }, TOL);
+        let x = Tensor::from_vec_on(randn(dims, 9), dims.to_vec(), parity_device()).unwrap().requires_grad_();
+        let loss = ops::sum_all(&ops::add(&group_norm_silu(&x, groups, None, None, 1e-5).unwrap(), &x).unwrap()).unwrap();
+        let kernels = kernels_launched(|| drop(backward(&loss).unwrap()));
+        assert!(kernels.contains(&kernel) && !kernels.contains(&"binary_same"), "{dims:?}: {kernels:?}");
+    }
+}

@@ -14,11 +14,22 @@ use std::collections::{HashMap, HashSet};
 /// (`None` for an input that needs none).
 pub(crate) type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
 
+/// The same, also given each input's gradient summed so far from its other
+/// uses (`None` where there is none yet), and returning the totals: an op
+/// whose kernel can add them as it writes saves the separate add (a read of
+/// both and a write of the sum).
+pub(crate) type AccumulatingFn = Box<dyn Fn(&Tensor, Vec<Option<Tensor>>) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+
+pub(crate) enum Backward {
+    Plain(BackwardFn),
+    Accumulating(AccumulatingFn),
+}
+
 /// One recorded op.
 pub(crate) struct Node {
     pub op: &'static str,
     pub inputs: Vec<Tensor>,
-    pub backward: BackwardFn,
+    pub backward: Backward,
 }
 
 impl Node {
@@ -27,8 +38,27 @@ impl Node {
         inputs: Vec<Tensor>,
         backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
     ) -> Node {
-        Node { op, inputs, backward: Box::new(backward) }
+        Node { op, inputs, backward: Backward::Plain(Box::new(backward)) }
     }
+
+    /// A node whose backward sums its inputs' gradients from other uses
+    /// itself ([`AccumulatingFn`]).
+    pub(crate) fn accumulating(
+        op: &'static str,
+        inputs: Vec<Tensor>,
+        backward: impl Fn(&Tensor, Vec<Option<Tensor>>) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+    ) -> Node {
+        Node { op, inputs, backward: Backward::Accumulating(Box::new(backward)) }
+    }
+}
+
+/// `own + earlier`: for an accumulating backward's gradients it did not sum
+/// in its kernel.
+pub(crate) fn plus(own: Option<Tensor>, earlier: Option<Tensor>) -> Result<Option<Tensor>> {
+    Ok(match (own, earlier) {
+        (Some(a), Some(b)) => Some(crate::ops::add(&b, &a)?),
+        (a, b) => a.or(b),
+    })
 }
 
 thread_local! {
@@ -110,7 +140,14 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
             continue;
         };
         let op_range = nvtx::enabled().then(|| nvtx::range(&format!("{} backward", node.op)));
-        let input_grads = (node.backward)(&grad)?;
+        let input_grads = match &node.backward {
+            Backward::Plain(backward) => backward(&grad)?,
+            Backward::Accumulating(backward) => {
+                // the gradients so far go to the op (an input listed twice gets its own once)
+                let earlier = node.inputs.iter().map(|i| i.requires_grad().then(|| pending.remove(&i.id())).flatten()).collect();
+                backward(&grad, earlier)?
+            }
+        };
         drop(op_range);
         debug_assert_eq!(input_grads.len(), node.inputs.len(), "{}: one gradient per input", node.op);
         for (input, g) in node.inputs.iter().zip(input_grads) {

@@ -160,7 +160,7 @@ fn same_block_rows(m: usize) -> usize {
 fn same_weight_grad_fits(g: &ConvGeom, prec: Precision) -> bool {
     let bm = same_block_rows(g.oc);
     let max = if bm == 32 { SAME_WG_PATCH_MAX_M32 } else { SAME_PATCH_MAX };
-    (prec == Precision::F32 || g.ow % 2 == 0)
+    (prec == Precision::F32 || g.ow.is_multiple_of(2))
         && same_conv_fits(g)
         && same_patch_pixels(g).is_some_and(|px| px <= max)
         && wg_layout::fits(g, bm, pixels_per_word(prec))
@@ -520,16 +520,26 @@ pub fn forward_normed(x: &CudaBuffer, norm: &InputNorm, weight: Weights, epi: &E
 
 /// dX [N, C, H, W] from dY [N, OC, OH, OW] and the weight, at precision `prec`
 /// (the input gradient of a stride-1 same conv is the same conv of dY with
-/// the weight transposed and flipped: kernels/conv2d_same.cu).
-pub fn backward_input(dy: &CudaBuffer, weight: &CudaBuffer, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
+/// the weight transposed and flipped: kernels/conv2d_same.cu), plus `add`
+/// (f32, dX's shape) where the kernel sums it as it writes: the bool says
+/// whether it did (the same convs do; the generic kernel does not).
+pub fn backward_input(
+    dy: &CudaBuffer,
+    weight: &CudaBuffer,
+    g: &ConvGeom,
+    prec: Precision,
+    add: Option<&CudaBuffer>,
+) -> Result<(CudaBuffer, bool)> {
     let backend = dy.backend();
     if g.n * g.c * g.h * g.w == 0 {
-        return backend.alloc(0);
+        return Ok((backend.alloc(0)?, true));
     }
     let s = ConvShape::new(g)?;
+    // `add` as the same conv's residual: dX + add as it is written
+    let epilogue = Epilogue { residual: add, ..Epilogue::default() };
     if same_conv_fits(g) && same_conv_fits(&transposed(g)) {
         let packed = pack_same(weight, g, true, prec, PackTarget::Current)?;
-        return same_conv(dy, &packed, &Epilogue::default(), &ConvShape::new(&transposed(g))?, prec, None);
+        return Ok((same_conv(dy, &packed, &epilogue, &ConvShape::new(&transposed(g))?, prec, None)?, true));
     }
     if let Some(same) = stride2_as_same(g) {
         // dY with zeros between its pixels, through the same conv's input gradient
@@ -539,12 +549,12 @@ pub fn backward_input(dy: &CudaBuffer, weight: &CudaBuffer, g: &ConvGeom, prec: 
         let args = [up.arg(), dy.arg(), Arg::I32(elems("conv2d", planes)?), Arg::I32(g.oh as i32), Arg::I32(g.ow as i32)];
         backend.launch("conv2d_zero_upsample2x_f32", LaunchConfig::for_elems(planes * g.oh * g.ow, 256), &args)?;
         let packed = pack_same(weight, &same, true, prec, PackTarget::Current)?;
-        return same_conv(&up, &packed, &Epilogue::default(), &ConvShape::new(&transposed(&same))?, prec, None);
+        return Ok((same_conv(&up, &packed, &epilogue, &ConvShape::new(&transposed(&same))?, prec, None)?, true));
     }
     let dx = backend.alloc(g.n * g.c * g.h * g.w)?;
     let cfg = gemm_grid(g.c, g.n * g.h * g.w, 1);
     backend.launch(kernels(prec).1, cfg, &[dx.arg(), dy.arg(), weight.arg(), Arg::pod(&s)])?;
-    Ok(dx)
+    Ok((dx, add.is_none()))
 }
 
 /// The same conv (stride 1) whose input gradient over dY with zeros between

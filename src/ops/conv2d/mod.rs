@@ -231,9 +231,14 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
         inputs.extend(bias.clone());
         inputs.extend(sample_bias.clone());
         inputs.extend(residual.clone());
-        Node::new(OP, inputs, move |dy| {
+        // x's gradient from its other uses (beside a shortcut conv, the block's
+        // first norm) is added by the input-gradient kernel where it can
+        Node::accumulating(OP, inputs, move |dy, earlier| {
+            let mut earlier = earlier.into_iter();
+            let mut dx_earlier = earlier.next().flatten();
+            let dx = x.requires_grad().then(|| conv2d_backward_input(dy, &weight, &g, prec, &mut dx_earlier)).transpose()?;
             let mut grads = vec![
-                x.requires_grad().then(|| conv2d_backward_input(dy, &weight, &g, prec)).transpose()?,
+                crate::autograd::plus(dx, dx_earlier)?,
                 weight.requires_grad().then(|| conv2d_backward_weight(dy, &x, &g, prec)).transpose()?,
             ];
             // the per-image sums, when wanted, also give dB (Σ over the images
@@ -252,7 +257,10 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
             if let Some(r) = &residual {
                 grads.push(r.requires_grad().then(|| dy.clone()));
             }
-            Ok(grads)
+            // the other inputs' earlier gradients (x's is in grads[0])
+            let firsts = grads.drain(..1).collect::<Vec<_>>();
+            let rest = grads.into_iter().zip(earlier).map(|(own, e)| crate::autograd::plus(own, e));
+            firsts.into_iter().map(Ok).chain(rest).collect()
         })
     }))
 }
@@ -296,7 +304,9 @@ fn cuda_reads_bf16(device: Device, g: &ConvGeom, prec: Precision) -> bool {
 }
 
 /// dX = col2im(Wᵀ · dY) per image, shaped like x.
-fn conv2d_backward_input(dy: &Tensor, weight: &Tensor, g: &ConvGeom, prec: Precision) -> Result<Tensor> {
+/// dX, plus `*add` where the kernel can add it as it writes (an f32
+/// gradient on the same device: then `*add` is taken).
+fn conv2d_backward_input(dy: &Tensor, weight: &Tensor, g: &ConvGeom, prec: Precision, add: &mut Option<Tensor>) -> Result<Tensor> {
     const OP: &str = "conv2d backward";
     let storage = match Tensor::common_device(OP, &[dy, weight])? {
         Device::Cpu => {
@@ -306,7 +316,14 @@ fn conv2d_backward_input(dy: &Tensor, weight: &Tensor, g: &ConvGeom, prec: Preci
         }
         Device::Cuda(_) => {
             let (sd, sw) = (dy.storage(), weight.storage());
-            Storage::Cuda(cuda::backward_input(sd.cuda(OP)?, sw.cuda(OP)?, g, prec)?)
+            let summable = add.as_ref().filter(|t| t.dtype() == DType::F32 && t.device() == dy.device());
+            let sa = summable.map(|t| t.storage());
+            let (dx, summed) = cuda::backward_input(sd.cuda(OP)?, sw.cuda(OP)?, g, prec, dev(&sa)?)?;
+            drop(sa);
+            if summed {
+                *add = None;
+            }
+            Storage::Cuda(dx)
         }
     };
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.n, g.c, g.h, g.w])))

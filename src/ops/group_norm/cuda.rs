@@ -136,9 +136,12 @@ pub fn backward(
     d: GroupNormDims,
     silu: bool,
     need_dx: bool,
+    dx_add: Option<&CudaBuffer>,
 ) -> Result<(Option<CudaBuffer>, CudaBuffer, CudaBuffer)> {
     let backend = x.backend();
+    debug_assert!(dx_add.is_none_or(|a| need_dx && a.len() == x.len() && a.dtype() == DType::F32));
     if d.m() == 0 || d.n == 0 {
+        // x is empty (no images or no values): so are dx and dx_add
         let dx = need_dx.then(|| backend.zeros(x.len())).transpose()?;
         return Ok((dx, backend.zeros(d.c)?, backend.zeros(d.c)?));
     }
@@ -150,6 +153,7 @@ pub fn backward(
     elems(OP, 2 * d.n * d.c)?;
     let args = [
         opt_arg(dx.as_ref()),
+        opt_arg(dx_add),
         partials.arg(),
         dy.arg(),
         x.arg(),
@@ -163,7 +167,7 @@ pub fn backward(
         Arg::I32(d.s as i32),
         Arg::I32(silu as i32),
     ];
-    let aligned = [Some(dy), Some(x), dx.as_ref()].into_iter().flatten().all(|b| b.ptr().is_multiple_of(16));
+    let aligned = [Some(dy), Some(x), dx.as_ref(), dx_add].into_iter().flatten().all(|b| b.ptr().is_multiple_of(16));
     backend.launch(backward_kernel(d, aligned), per_group_blocks(d), &args)?;
     let (dw, db) = (backend.alloc(d.c)?, backend.alloc(d.c)?);
     let args = [dw.arg(), db.arg(), partials.arg(), Arg::I32(d.n as i32), Arg::I32(d.c as i32)];
@@ -171,6 +175,8 @@ pub fn backward(
     Ok((dx, dw, db))
 }
 
+/// (`dx_add`, if given, is x's gradient from its other uses: dx includes it.)
+///
 /// The backward kernel for `d`: one holding x and dy in registers (4, 8 or
 /// 12 float4s a thread, the fewest that hold a group) where the group fits,
 /// each channel's float4s fill whole warps (S a multiple of 128: the

@@ -23,7 +23,7 @@
 pub mod cpu;
 pub mod cuda;
 
-use crate::autograd::Node;
+use crate::autograd::{self, Node};
 use crate::device::Device;
 use crate::error::{Result, arg_err, shape_err};
 use crate::tensor::{CpuStorage, DType, Storage, Tensor, cpu_f32_storage};
@@ -190,7 +190,11 @@ fn norm(
         let weight = weight.cloned();
         let bias = bias.cloned();
         let inputs: Vec<Tensor> = std::iter::once(x.clone()).chain(weight.clone()).chain(bias.clone()).collect();
-        Node::new(op, inputs, move |g| {
+        // x's gradient from its other uses (the residual beside a block's
+        // first norm) is summed as dx is written
+        Node::accumulating(op, inputs, move |g, earlier| {
+            let mut earlier = earlier.into_iter();
+            let mut dx_earlier = earlier.next().flatten();
             let (gs, xs) = (g.storage(), x.storage());
             let ws = weight.as_ref().map(|w| w.storage());
             let bs = bias.as_ref().map(|b| b.storage());
@@ -207,23 +211,29 @@ fn norm(
                         dy
                     };
                     let (dx, dw, db) = cpu::backward(dy, xv, mean, rstd, w, d, x.requires_grad());
-                    (dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?, Tensor::from_vec(dw, vec![c])?, Tensor::from_vec(db, vec![c])?)
+                    let dx = dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?;
+                    (autograd::plus(dx, dx_earlier.take())?, Tensor::from_vec(dw, vec![c])?, Tensor::from_vec(db, vec![c])?)
                 }
                 SavedStats::Cuda(stats) => {
                     let w = ws.as_ref().map(|s| s.cuda(op)).transpose()?;
                     let b = bs.as_ref().map(|s| s.cuda(op)).transpose()?;
+                    // the kernel adds an f32 gradient on x's device; anything else is added after
+                    let summed_in_kernel = dx_earlier.take_if(|t| t.dtype() == DType::F32 && t.device() == x.device());
+                    let es = summed_in_kernel.as_ref().map(|t| t.storage());
+                    let add = es.as_ref().map(|s| s.cuda(op)).transpose()?;
                     let (dx, dw, db) =
-                        cuda::backward(gs.cuda(op)?, xs.cuda(op)?, stats, w, b, d, silu, x.requires_grad())?;
+                        cuda::backward(gs.cuda(op)?, xs.cuda(op)?, stats, w, b, d, silu, x.requires_grad(), add)?;
                     let cuda = |buf, shape: Vec<usize>| Tensor::from_storage(Storage::Cuda(buf), shape.into());
-                    (dx.map(|v| cuda(v, x.dims().to_vec())), cuda(dw, vec![c]), cuda(db, vec![c]))
+                    let dx = dx.map(|v| cuda(v, x.dims().to_vec()));
+                    (autograd::plus(dx, dx_earlier.take())?, cuda(dw, vec![c]), cuda(db, vec![c]))
                 }
             };
             let mut grads = vec![dx];
             if let Some(w) = &weight {
-                grads.push(w.requires_grad().then_some(dw));
+                grads.push(autograd::plus(w.requires_grad().then_some(dw), earlier.next().flatten())?);
             }
             if bias.is_some() {
-                grads.push(Some(db));
+                grads.push(autograd::plus(Some(db), earlier.next().flatten())?);
             }
             Ok(grads)
         })
