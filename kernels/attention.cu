@@ -356,13 +356,18 @@ struct Tiles {
 // positions, Columns layout) as bf16 pairs, zeros past n or rows, `count`
 // positions staged. Position-major, dst[pos·K_LD + w] = (mul·src[2w, pos],
 // mul·src[2w + 1, pos]): what a B fragment over features wants (products).
-// Consecutive threads take consecutive positions (coalesced rows of src).
+// Consecutive threads take consecutive positions (coalesced rows of src),
+// except at H = 8: there a position's 4 words are consecutive threads', so a
+// warp stores 32 consecutive words (positions K_LD = 4 words apart took 8
+// banks: 4 wavefronts a store; run 7's ncu: 3.2 M shared-store bank
+// conflicts in the inference kernel) and still reads whole 32-byte sectors
+// (8 positions of 4 rows).
 template <int H>
 __device__ __forceinline__ void stage_position_major(unsigned int* dst, const float* src, int rows, int len, int p0, int n,
                                                      int count, float mul) {
     using T = Tiles<H>;
     for (int e = threadIdx.x; e < count * T::K_WORDS; e += blockDim.x) {
-        const int jj = e % count, w = e / count;
+        const int jj = H == 8 ? e / T::K_WORDS : e % count, w = H == 8 ? e % T::K_WORDS : e / count;
         const bool live = jj < n;
         const float lo = live && 2 * w < rows ? mul * src[(long long)(2 * w) * len + p0 + jj] : 0.0f;
         const float hi = live && 2 * w + 1 < rows ? mul * src[(long long)(2 * w + 1) * len + p0 + jj] : 0.0f;
