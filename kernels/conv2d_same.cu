@@ -211,20 +211,27 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     const int chunks = (s.c + CHUNK - 1) / CHUNK;
     const int m_blocks = (s.oc + M_ALIGN - 1) / M_ALIGN * (M_ALIGN / 16);  // 16-row blocks per chunk in wp
 
-    // This thread's patch words: word e = tid + 256·i is word j = e / pixels of
-    // patch pixel p = e % pixels. Its source offset (without the chunk's
-    // channel) and its shared address are the same for every chunk; dst also
-    // holds the word's segment and j (slot_dst), so the chunk loop needs no
-    // division for the word's channel or image.
+    // This thread's patch words. Element by element, a warp's 32 stores are
+    // words j0 … j0 + 3 of 8 consecutive pixels: 8 pixels PATCH_STRIDE = 12
+    // words apart start on 8 distinct multiples of 4 banks, so the 32 words
+    // take 32 banks (32 pixels' word j, the order before, took 8: four
+    // wavefronts a store; run 6's ncu: 2.4 M shared-store bank conflicts),
+    // and each of its 4 channels' loads is 8 consecutive pixels of a row.
+    // Thread tid takes word j = tid % 64 / 8 of pixels p = 8·(tid / 64) +
+    // tid % 8 + 32·i. Its source offset (without the chunk's channel) and its
+    // shared address are the same for every chunk; dst also holds the word's
+    // segment and j (slot_dst), so the chunk loop needs no division for the
+    // word's channel or image.
     // (float4s: src is the item's first pixel, dst its first word, the next
     // three PATCH_STRIDE apart; items outside the image stay at the zeros)
-    // Element by element, e's digits (j; seg, pr, pc) in the radices (patch
-    // pixels; seg_rows·pw; pw) are worked out for e = tid and then stepped by
-    // 256 with carries: the divisions once, not per slot.
+    // Element by element, p's digits (seg, pr, pc) in the radices (seg_rows·pw;
+    // pw) are worked out for i = 0 and then stepped by 32 with carries: the
+    // divisions once, not per slot.
     const int seg_size = tile.seg_rows * tile.pw, segments = tile.pixels / seg_size;
-    int wj = tid / tile.pixels, wp_ = tid - wj * tile.pixels;
+    const int wj = tid % 64 / 8;
+    int wp_ = 8 * (tid / 64) + tid % 8;
     int wseg = wp_ / seg_size, wpr = (wp_ - wseg * seg_size) / tile.pw, wpc = wp_ - wseg * seg_size - wpr * tile.pw;
-    const int step_j = THREADS / tile.pixels, step_p = THREADS - step_j * tile.pixels;
+    constexpr int step_p = 32;
     const int step_seg = step_p / seg_size, step_pr = (step_p - step_seg * seg_size) / tile.pw;
     const int step_pc = step_p - step_seg * seg_size - step_pr * tile.pw;
     int src[P_LOADS], dst[P_LOADS];
@@ -240,17 +247,17 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
             src[i] = inside ? img * s.c * HW + PER_WORD * j * HW + iy * s.w + 4 * g : -1;
             dst[i] = inside ? slot_dst((pr * tile.pw + s.pad + 4 * g) * PATCH_STRIDE + j, seg, j) : -1;
         } else {
-            if (i > 0) {  // e = e − 256 + 256, digit by digit
+            if (i > 0) {  // p = p − 32 + 32, digit by digit (past the last segment: past the patch)
                 int carry = add_digit(wpc, step_pc, 0, tile.pw);
                 carry = add_digit(wpr, step_pr, carry, tile.seg_rows);
-                carry = add_digit(wseg, step_seg, carry, segments);
-                wj += step_j + carry;
+                wseg += step_seg + carry;
                 wp_ = (wseg * tile.seg_rows + wpr) * tile.pw + wpc;
             }
             const int img = img0 + wseg, iy = oh0 - s.pad + wpr, ix = wpc - s.pad;
-            const bool inside = wj < CHUNK_WORDS && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
+            const bool in_patch = wseg < segments;
+            const bool inside = in_patch && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
             src[i] = inside ? img * s.c * HW + PER_WORD * wj * HW + iy * s.w + ix : -1;
-            dst[i] = wj < CHUNK_WORDS ? slot_dst(wp_ * PATCH_STRIDE + wj, wseg, wj) : -1;
+            dst[i] = in_patch ? slot_dst(wp_ * PATCH_STRIDE + wj, wseg, wj) : -1;
         }
     }
     if constexpr (VEC) {
