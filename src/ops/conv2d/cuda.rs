@@ -335,7 +335,8 @@ fn same_kernel(names: &SameKernels, prec: Precision, x_dtype: DType, bm: usize, 
 
 /// dW of a same conv (kernels/conv2d_same.cu) at `prec`: split over 128-pixel
 /// tiles into partial slabs, summed in split order. `target_blocks`: the
-/// blocks the split aims for ([`SAME_WG_TARGET_BLOCKS`]).
+/// blocks the split aims for ([`SAME_WG_TARGET_BLOCKS`]); `layout`: the
+/// staged patch's strides (None: [`wg_layout::layout`]'s for the shape).
 fn same_weight_grad(
     dy: &CudaBuffer,
     x: &CudaBuffer,
@@ -343,23 +344,11 @@ fn same_weight_grad(
     s: &ConvShape,
     target_blocks: usize,
     prec: Precision,
-) -> Result<CudaBuffer> {
-    let layout = wg_layout::layout(g, same_block_rows(g.oc), pixels_per_word(prec));
-    same_weight_grad_in(dy, x, g, s, target_blocks, prec, layout)
-}
-
-/// [`same_weight_grad`] with the patch staged as `layout` says.
-fn same_weight_grad_in(
-    dy: &CudaBuffer,
-    x: &CudaBuffer,
-    g: &ConvGeom,
-    s: &ConvShape,
-    target_blocks: usize,
-    prec: Precision,
-    layout: WgLayout,
+    layout: Option<WgLayout>,
 ) -> Result<CudaBuffer> {
     let backend = dy.backend();
     let bm = same_block_rows(g.oc);
+    let layout = layout.unwrap_or_else(|| wg_layout::layout(g, bm, pixels_per_word(prec)));
     let ct = if bm == 64 { 16 } else { 32 };
     let tiles = (g.n * g.p()).div_ceil(SAME_TILE_PIXELS);
     let blocks = g.c.div_ceil(ct) * g.oc.div_ceil(bm);
@@ -598,7 +587,7 @@ pub fn backward_weight(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Prec
     let s = ConvShape::new(g)?;
     let bf16_input = x.dtype() == DType::BF16;
     if same_weight_grad_fits(g, prec) && (!bf16_input || prec == Precision::Bf16) {
-        return same_weight_grad(dy, x, g, &s, SAME_WG_TARGET_BLOCKS, prec);
+        return same_weight_grad(dy, x, g, &s, SAME_WG_TARGET_BLOCKS, prec, None);
     }
     // the generic kernels read f32: widen a bf16-stored x (exact)
     let widened;
@@ -691,8 +680,8 @@ mod tests {
         let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         for prec in [Precision::F32, Precision::Bf16] {
             assert!(same_weight_grad_fits(&g, prec));
-            let one = same_weight_grad(&dy, &x, &g, &s, 1, prec).unwrap().download().unwrap();
-            let many = same_weight_grad(&dy, &x, &g, &s, SAME_WG_TARGET_BLOCKS, prec).unwrap().download().unwrap();
+            let one = same_weight_grad(&dy, &x, &g, &s, 1, prec, None).unwrap().download().unwrap();
+            let many = same_weight_grad(&dy, &x, &g, &s, SAME_WG_TARGET_BLOCKS, prec, None).unwrap().download().unwrap();
             // sums of 768 products, scale ~74, each mma's rounding toward zero
             // drifting by up to an ulp of the sum (96 steps in one split; 2.2e-4
             // on the emulator, which rounds so): f32 to that drift, bf16 at its
@@ -733,7 +722,7 @@ mod tests {
                 let odd = [[3, 5, 7, 3], [1, 1, 3, 3], [0, 1, 1, 3]].into_iter().find_map(|pads| wg_layout::padded(&g, bm, per_word, pads));
                 let odd = odd.unwrap_or_else(|| panic!("no padded layout fits {g:?} {prec}"));
                 for layout in [searched, odd] {
-                    let dw = same_weight_grad_in(&dy, &x, &g, &s, 4, prec, layout).unwrap().download().unwrap();
+                    let dw = same_weight_grad(&dy, &x, &g, &s, 4, prec, Some(layout)).unwrap().download().unwrap();
                     let d = max_diff(&dw, &cpu);
                     // f32: the tensor cores' rounding drift; bf16: its operands' rounding
                     let bar = if prec == Precision::F32 { 2e-5 } else { 2e-2 } * scale;
