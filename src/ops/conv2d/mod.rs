@@ -303,9 +303,9 @@ fn cuda_reads_bf16(device: Device, g: &ConvGeom, prec: Precision) -> bool {
     matches!(device, Device::Cuda(_)) && prec == Precision::Bf16 && cuda::same_conv_takes(g)
 }
 
-/// dX = col2im(Wᵀ · dY) per image, shaped like x.
-/// dX, plus `*add` where the kernel can add it as it writes (an f32
-/// gradient on the same device: then `*add` is taken).
+/// dX = col2im(Wᵀ · dY) per image, shaped like x, plus `*add` where the
+/// kernel can add it as it writes (an f32 gradient on the same device, a
+/// same conv's input gradient: then `*add` is taken).
 fn conv2d_backward_input(dy: &Tensor, weight: &Tensor, g: &ConvGeom, prec: Precision, add: &mut Option<Tensor>) -> Result<Tensor> {
     const OP: &str = "conv2d backward";
     let storage = match Tensor::common_device(OP, &[dy, weight])? {
