@@ -173,9 +173,9 @@ __device__ __forceinline__ void chunk_products(const uint4* As, const unsigned i
 // + SiLU output, staged as it is — the values the f32 input would round to).
 // Grid (⌈N·OH·OW/128⌉, ⌈OC/BM⌉), 256 threads.
 //
-// Staging the patch. Element by element (VEC false): thread word e = tid +
-// 256·i is word j = e / pixels of patch pixel e % pixels, one load per
-// channel. With float4s (VEC, the _v kernels: f32 input, W a multiple of 4,
+// Staging the patch. Element by element (VEC false): thread tid stages word
+// j = tid % 64 / 8 of patch pixels 8·(tid / 64) + tid % 8 + 32·i (a warp's
+// stores: 4 words of 8 pixels, 32 banks), one load per channel. With float4s (VEC, the _v kernels: f32 input, W a multiple of 4,
 // x 16-byte aligned, as the host checks): the patch's zeros — the halo
 // columns, rows outside the image or past the batch — are the same for every
 // chunk and written once; item v = tid + 256·i is word j = v % 8 of patch row
