@@ -237,10 +237,9 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
             let mut earlier = earlier.into_iter();
             let mut dx_earlier = earlier.next().flatten();
             let dx = x.requires_grad().then(|| conv2d_backward_input(dy, &weight, &g, prec, &mut dx_earlier)).transpose()?;
-            let mut grads = vec![
-                crate::autograd::plus(dx, dx_earlier)?,
-                weight.requires_grad().then(|| conv2d_backward_weight(dy, &x, &g, prec)).transpose()?,
-            ];
+            let dx = crate::autograd::plus(dx, dx_earlier)?;
+            // the other inputs' gradients, summed with their earlier ones below
+            let mut grads = vec![weight.requires_grad().then(|| conv2d_backward_weight(dy, &x, &g, prec)).transpose()?];
             // the per-image sums, when wanted, also give dB (Σ over the images
             // of [N, OC] instead of a second pass over dY: the UNet's conv1s)
             let sb_grad = sample_bias.as_ref().filter(|t| t.requires_grad()).map(|_| sample_bias_grad(dy, &g)).transpose()?;
@@ -257,10 +256,8 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
             if let Some(r) = &residual {
                 grads.push(r.requires_grad().then(|| dy.clone()));
             }
-            // the other inputs' earlier gradients (x's is in grads[0])
-            let firsts = grads.drain(..1).collect::<Vec<_>>();
             let rest = grads.into_iter().zip(earlier).map(|(own, e)| crate::autograd::plus(own, e));
-            firsts.into_iter().map(Ok).chain(rest).collect()
+            std::iter::once(Ok(dx)).chain(rest).collect()
         })
     }))
 }
