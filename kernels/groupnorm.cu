@@ -241,57 +241,77 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
 
 // groupnorm_forward with x resident in registers (groupnorm::Resident: m ≤
 // R·4·256 with R = 1, 2, 4, 8 or 12 float4s a thread, m and S multiples of
-// 4, x and y 16-byte aligned); the same grid.
+// 4, x and y 16-byte aligned); the same grid. _bf16_rR: y stored as bf16
+// (the bf16-storage A/B), in the same register rounds.
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_r1(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
-                                  const float* __restrict__ x, const float* __restrict__ gamma,
-                                  const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
-                                  float eps, int silu) {
-    groupnorm::forward_resident<float, 1>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps,
-                                          silu);
+        const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+        int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<float, 1>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
+                                          eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_r2(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
-                                  const float* __restrict__ x, const float* __restrict__ gamma,
-                                  const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
-                                  float eps, int silu) {
-    groupnorm::forward_resident<float, 2>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps,
-                                          silu);
+        const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+        int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<float, 2>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
+                                          eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_r4(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
-                                  const float* __restrict__ x, const float* __restrict__ gamma,
-                                  const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
-                                  float eps, int silu) {
-    groupnorm::forward_resident<float, 4>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps,
-                                          silu);
+        const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+        int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<float, 4>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
+                                          eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_r8(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
-                                  const float* __restrict__ x, const float* __restrict__ gamma,
-                                  const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
-                                  float eps, int silu) {
-    groupnorm::forward_resident<float, 8>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps,
-                                          silu);
+        const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+        int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<float, 8>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
+                                          eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_r12(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
-                                  const float* __restrict__ x, const float* __restrict__ gamma,
-                                  const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s,
-                                  float eps, int silu) {
-    groupnorm::forward_resident<float, 12>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s, eps,
-                                          silu);
+        const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+        int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<float, 12>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
+                                          eps, silu);
 }
-
-// groupnorm_forward_bf16 with x resident in registers (12 float4s a thread:
-// the bf16-storage A/B's kernel).
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    groupnorm_forward_resident_bf16(unsigned short* __restrict__ y, float* __restrict__ mean_out,
-                                    float* __restrict__ rstd_out, const float* __restrict__ x,
-                                    const float* __restrict__ gamma, const float* __restrict__ beta,
-                                    int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident<unsigned short, GN_RESIDENT>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total,
-                                                            groups, cg, s, eps, silu);
+    groupnorm_forward_resident_bf16_r1(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+        int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 1>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
+                                          eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_bf16_r2(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+        int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 2>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
+                                          eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_bf16_r4(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+        int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 4>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
+                                          eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_bf16_r8(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+        int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 8>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
+                                          eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_bf16_r12(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+        int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 12>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
+                                          eps, silu);
 }
 
 // groupnorm_affine with the statistics from x resident in registers (when

@@ -65,7 +65,7 @@ const GN_CASES: &[(&[usize], &[usize])] = &[
 /// it fits, with f32 storage the fewest float4s a thread that hold the group
 /// (checked by kernel name: a wrong predicate would leave the cases above on
 /// the loop kernels and test nothing new), plain and with SiLU, f32 and
-/// bf16 storage (one twelve-float4 kernel).
+/// bf16 storage (the same rounds).
 #[test]
 fn resident_group_norm_runs_where_the_group_fits() {
     use minidiffusion::ops::group_norm::group_norm_silu_stored;
@@ -90,7 +90,7 @@ fn resident_group_norm_runs_where_the_group_fits() {
                 (None, DType::F32) => "groupnorm_forward".to_string(),
                 (None, _) => "groupnorm_forward_bf16".to_string(),
                 (Some(r), DType::F32) => format!("groupnorm_forward_resident_{r}"),
-                (Some(_), _) => "groupnorm_forward_resident_bf16".to_string(),
+                (Some(r), _) => format!("groupnorm_forward_resident_bf16_{r}"),
             };
             assert_eq!(kernels, [want.as_str()], "{dims:?} g{groups} {store:?}");
         }

@@ -55,22 +55,36 @@ pub fn forward(
 }
 
 /// The forward kernel for `d`: where the group fits (`resident`), one holding
-/// it in registers — for f32 y the fewest float4s a thread that hold it (1,
-/// 2, 4, 8 or 12: fewer registers, more blocks an SM), for bf16 y twelve —
-/// else the loop kernel, which reads x three times.
+/// it in registers, the fewest float4s a thread that hold it (1, 2, 4, 8 or
+/// 12: fewer registers, more blocks an SM), else the loop kernel, which reads
+/// x three times; each storing y as f32 or bf16.
 fn forward_kernel(d: GroupNormDims, resident: bool, store: DType) -> &'static str {
-    match (resident, store == DType::BF16) {
-        (false, false) => "groupnorm_forward",
-        (false, true) => "groupnorm_forward_bf16",
-        (true, true) => "groupnorm_forward_resident_bf16",
-        (true, false) => match d.m().div_ceil(4 * THREADS as usize) {
-            0..=1 => "groupnorm_forward_resident_r1",
-            2 => "groupnorm_forward_resident_r2",
-            3..=4 => "groupnorm_forward_resident_r4",
-            5..=8 => "groupnorm_forward_resident_r8",
-            _ => "groupnorm_forward_resident_r12",
-        },
+    const F32: [&str; 5] = [
+        "groupnorm_forward_resident_r1",
+        "groupnorm_forward_resident_r2",
+        "groupnorm_forward_resident_r4",
+        "groupnorm_forward_resident_r8",
+        "groupnorm_forward_resident_r12",
+    ];
+    const BF16: [&str; 5] = [
+        "groupnorm_forward_resident_bf16_r1",
+        "groupnorm_forward_resident_bf16_r2",
+        "groupnorm_forward_resident_bf16_r4",
+        "groupnorm_forward_resident_bf16_r8",
+        "groupnorm_forward_resident_bf16_r12",
+    ];
+    let bf16 = store == DType::BF16;
+    if !resident {
+        return if bf16 { "groupnorm_forward_bf16" } else { "groupnorm_forward" };
     }
+    let round = match d.m().div_ceil(4 * THREADS as usize) {
+        0..=1 => 0,
+        2 => 1,
+        3..=4 => 2,
+        5..=8 => 3,
+        _ => 4,
+    };
+    if bf16 { BF16[round] } else { F32[round] }
 }
 
 /// float4s a thread of the resident kernels holds (GN_RESIDENT in kernels/groupnorm.cu).
