@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--noise-out", help="also write x_T as float32 .npy (for `minidiffusion sample --init-noise`)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -48,11 +49,12 @@ def main():
     sched.set_timesteps(args.steps)
     c, size = model.config.in_channels, model.config.sample_size
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    out = []
+    out, noise = [], []
     with torch.no_grad():
         for first in range(0, args.n, args.batch_size):
             count = min(args.batch_size, args.n - first)
             x = torch.randn(count, c, size, size, generator=gen).to(device)
+            noise.append(x.cpu().numpy())
             for t in sched.timesteps:
                 eps = model(x, t).sample
                 x = sched.step(eps, t, x, eta=args.eta, generator=gen if args.eta > 0 else None).prev_sample
@@ -60,6 +62,8 @@ def main():
     lo, hi = data_range(args.model)
     samples = 2.0 * (np.concatenate(out) - lo) / (hi - lo) - 1.0
     np.save(args.out, samples.astype(np.float32))
+    if args.noise_out:
+        np.save(args.noise_out, np.concatenate(noise).astype(np.float32))
     print(json.dumps({"n": args.n, "steps": args.steps, "eta": args.eta, "out": args.out,
                       "mean": float(samples.mean()), "std": float(samples.std())}))
 
