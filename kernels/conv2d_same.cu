@@ -705,8 +705,11 @@ namespace same {
 // and for the input gradient (flip = 1):
 //   A[m, c, tap] = W[c, m, K² − 1 − tap]        (M = C, CG = OC)
 // wp holds ⌈CG/chunk⌉ chunks × ⌈M/64⌉·4 row blocks × K² taps × 32 lanes × 4 words.
+// wc: input channels a row of W holds (C; more when w points at a window of
+// them, the first of a part of the input: a conv of one part of a
+// concatenation, ops::conv2d_concat).
 template <class Math>
-__device__ __forceinline__ void pack(unsigned int* wp, const float* w, int M, int CG, int ks, int flip) {
+__device__ __forceinline__ void pack(unsigned int* wp, const float* w, int M, int CG, int ks, int flip, int wc) {
     constexpr int PER_WORD = Math::PER_WORD;
     const int kk = ks * ks;
     const int m_blocks = (M + M_ALIGN - 1) / M_ALIGN * (M_ALIGN / 16);
@@ -723,7 +726,7 @@ __device__ __forceinline__ void pack(unsigned int* wp, const float* w, int M, in
         for (int e = 0; e < PER_WORD; ++e) {
             v[e] = 0.0f;
             if (m >= M || c + e >= CG) continue;
-            v[e] = flip ? w[((c + e) * M + m) * kk + (kk - 1 - tap)] : w[(m * CG + c + e) * kk + tap];
+            v[e] = flip ? w[((c + e) * wc + m) * kk + (kk - 1 - tap)] : w[(m * wc + c + e) * kk + tap];
         }
         wp[idx] = word_bits(Math::pack(v));
     }
@@ -731,11 +734,11 @@ __device__ __forceinline__ void pack(unsigned int* wp, const float* w, int M, in
 
 }  // namespace same
 
-extern "C" __global__ void conv2d_pack_same_f32(unsigned int* wp, const float* w, int M, int CG, int ks, int flip) {
-    same::pack<mma::Tf32x3>(wp, w, M, CG, ks, flip);
+extern "C" __global__ void conv2d_pack_same_f32(unsigned int* wp, const float* w, int M, int CG, int ks, int flip, int wc) {
+    same::pack<mma::Tf32x3>(wp, w, M, CG, ks, flip, wc);
 }
-extern "C" __global__ void conv2d_pack_same_bf16(unsigned int* wp, const float* w, int M, int CG, int ks, int flip) {
-    same::pack<mma::Bf16>(wp, w, M, CG, ks, flip);
+extern "C" __global__ void conv2d_pack_same_bf16(unsigned int* wp, const float* w, int M, int CG, int ks, int flip, int wc) {
+    same::pack<mma::Bf16>(wp, w, M, CG, ks, flip, wc);
 }
 
 // y [N, OC, OH, OW] = same-conv(x [N, C, H, W]) + bias + sample_bias + residual

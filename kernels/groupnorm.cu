@@ -129,17 +129,44 @@ __device__ __forceinline__ void forward(TY* __restrict__ y, float* __restrict__ 
 // UNet's largest group (96 channels / 8 × 32×32).
 #define GN_RESIDENT 12
 
+// Where a group's M values lie: the first ka at a, the rest at b. One
+// tensor: a = b = the group's first value, ka = M. Two (x, then x2, the
+// channels of a concatenation x ⧺ x2 that is never written: the UNet's up
+// path, where a skip joins the map), from x and x2 as of_concat finds them.
+struct Parts {
+    const float* a;
+    const float* b;
+    int ka;
+};
+
+// Group ng's parts in the concatenation along channels of x [N, Cx, S] and
+// x2 [N, C − Cx, S], split = Cx·S values an image of x (split = C·S and x2
+// unused for x alone). A group's values are the image's values g·M … g·M +
+// M − 1; those before split come from x, the rest from x2.
+__device__ __forceinline__ Parts of_concat(const float* x, const float* x2, int split, int ng, int groups, int m) {
+    const int n = ng / groups, first = (ng - n * groups) * m;  // the group's first value within its image
+    const long long rest = (long long)groups * m - split;      // values an image of x2
+    const int ka = min(max(split - first, 0), m);
+    const float* a = x + (long long)n * split + first;
+    const float* b = ka < m ? x2 + n * rest + max(first - split, 0) : a;
+    return Parts{a, b, ka};
+}
+
 template <int R>
 struct Resident {
     float4 v[R];
     int m4;  // float4s in the group
 
-    __device__ Resident(const float* __restrict__ xg, int m) : m4(m / 4) {
-        const float4* p = reinterpret_cast<const float4*>(xg);
+    __device__ Resident(const float* __restrict__ xg, int m) : Resident(Parts{xg, xg, m}, m) {}
+    __device__ Resident(const Parts& src, int m) : m4(m / 4) {
+        // float4 i at a[i] before ka, else at b[i − ka/4]: one base chosen, then i
+        const float4* a = reinterpret_cast<const float4*>(src.a);
+        const long long b_from_a = reinterpret_cast<const float4*>(src.b) - a - src.ka / 4;
+        const int ka4 = src.ka / 4;
 #pragma unroll
         for (int k = 0; k < R; ++k) {
             const int i = (int)threadIdx.x + k * (int)blockDim.x;
-            v[k] = i < m4 ? p[i] : float4{0.0f, 0.0f, 0.0f, 0.0f};
+            v[k] = i < m4 ? a[i + (i < ka4 ? 0LL : b_from_a)] : float4{0.0f, 0.0f, 0.0f, 0.0f};
         }
     }
     __device__ bool holds(int k) const { return (int)threadIdx.x + k * (int)blockDim.x < m4; }
@@ -167,16 +194,21 @@ struct Resident {
 
 // The forward, resident: as forward(), the channel of float4 i being i/(S/4)
 // (a float4 never straddles channels when S is a multiple of 4).
-template <class TY, int R>
+// CONCAT: the input is the concatenation x ⧺ x2 along channels, split
+// values an image of x (of_concat): the same values, so the same bits, as
+// the norm of the written concatenation. (Separate kernels: the two sources
+// cost the one-source kernels 4 registers, the 4-float4 one a block an SM.)
+template <class TY, int R, bool CONCAT = false>
 __device__ __forceinline__ void forward_resident(TY* __restrict__ y, float* __restrict__ mean_out,
                                                  float* __restrict__ rstd_out, const float* __restrict__ x,
+                                                 const float* __restrict__ x2, int split,
                                                  const float* __restrict__ gamma, const float* __restrict__ beta,
                                                  int num_groups_total, int groups, int cg, int s, float eps, int silu) {
     __shared__ double scratch[32];
     const int m = cg * s, s4 = s / 4;
     for (int ng = blockIdx.x; ng < num_groups_total; ng += gridDim.x) {
         const int g = ng % groups;
-        const Resident<R> r(x + (long long)ng * m, m);
+        const Resident<R> r(CONCAT ? of_concat(x, x2, split, ng, groups, m) : Parts{x + (long long)ng * m, x, m}, m);
         float mu, rs;
         r.stats(eps, scratch, mu, rs);
         if (threadIdx.x == 0) {
@@ -242,76 +274,148 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
 // groupnorm_forward with x resident in registers (groupnorm::Resident: m ≤
 // R·4·256 with R = 1, 2, 4, 8 or 12 float4s a thread, m and S multiples of
 // 4, x and y 16-byte aligned); the same grid. _bf16_rR: y stored as bf16
-// (the bf16-storage A/B), in the same register rounds.
+// (the bf16-storage A/B), in the same register rounds. _concat_: of x ⧺ x2
+// along channels, split values an image of x (a multiple of 4), x2 16-byte
+// aligned: the UNet's up path, where a skip joins the map unwritten.
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_r1(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
         const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
         int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident<float, 1>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
-                                          eps, silu);
+    groupnorm::forward_resident<float, 1>(y, mean_out, rstd_out, x, nullptr, 0, gamma, beta, num_groups_total, groups, cg,
+                                          s, eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_r2(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
         const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
         int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident<float, 2>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
-                                          eps, silu);
+    groupnorm::forward_resident<float, 2>(y, mean_out, rstd_out, x, nullptr, 0, gamma, beta, num_groups_total, groups, cg,
+                                          s, eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_r4(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
         const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
         int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident<float, 4>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
-                                          eps, silu);
+    groupnorm::forward_resident<float, 4>(y, mean_out, rstd_out, x, nullptr, 0, gamma, beta, num_groups_total, groups, cg,
+                                          s, eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_r8(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
         const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
         int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident<float, 8>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
-                                          eps, silu);
+    groupnorm::forward_resident<float, 8>(y, mean_out, rstd_out, x, nullptr, 0, gamma, beta, num_groups_total, groups, cg,
+                                          s, eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_r12(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
         const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
         int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident<float, 12>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
-                                          eps, silu);
+    groupnorm::forward_resident<float, 12>(y, mean_out, rstd_out, x, nullptr, 0, gamma, beta, num_groups_total, groups, cg,
+                                          s, eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_bf16_r1(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
         const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
         int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident<unsigned short, 1>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
-                                          eps, silu);
+    groupnorm::forward_resident<unsigned short, 1>(y, mean_out, rstd_out, x, nullptr, 0, gamma, beta, num_groups_total, groups, cg,
+                                          s, eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_bf16_r2(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
         const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
         int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident<unsigned short, 2>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
-                                          eps, silu);
+    groupnorm::forward_resident<unsigned short, 2>(y, mean_out, rstd_out, x, nullptr, 0, gamma, beta, num_groups_total, groups, cg,
+                                          s, eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_bf16_r4(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
         const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
         int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident<unsigned short, 4>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
-                                          eps, silu);
+    groupnorm::forward_resident<unsigned short, 4>(y, mean_out, rstd_out, x, nullptr, 0, gamma, beta, num_groups_total, groups, cg,
+                                          s, eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_bf16_r8(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
         const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
         int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident<unsigned short, 8>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
-                                          eps, silu);
+    groupnorm::forward_resident<unsigned short, 8>(y, mean_out, rstd_out, x, nullptr, 0, gamma, beta, num_groups_total, groups, cg,
+                                          s, eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_resident_bf16_r12(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
         const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
         int num_groups_total, int groups, int cg, int s, float eps, int silu) {
-    groupnorm::forward_resident<unsigned short, 12>(y, mean_out, rstd_out, x, gamma, beta, num_groups_total, groups, cg, s,
-                                          eps, silu);
+    groupnorm::forward_resident<unsigned short, 12>(y, mean_out, rstd_out, x, nullptr, 0, gamma, beta, num_groups_total, groups, cg,
+                                          s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_concat_r1(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ x2, int split, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<float, 1, true>(y, mean_out, rstd_out, x, x2, split, gamma, beta, num_groups_total, groups,
+                                                     cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_concat_r2(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ x2, int split, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<float, 2, true>(y, mean_out, rstd_out, x, x2, split, gamma, beta, num_groups_total, groups,
+                                                     cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_concat_r4(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ x2, int split, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<float, 4, true>(y, mean_out, rstd_out, x, x2, split, gamma, beta, num_groups_total, groups,
+                                                     cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_concat_r8(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ x2, int split, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<float, 8, true>(y, mean_out, rstd_out, x, x2, split, gamma, beta, num_groups_total, groups,
+                                                     cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_concat_r12(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ x2, int split, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<float, 12, true>(y, mean_out, rstd_out, x, x2, split, gamma, beta, num_groups_total, groups,
+                                                     cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_concat_bf16_r1(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ x2, int split, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 1, true>(y, mean_out, rstd_out, x, x2, split, gamma, beta, num_groups_total, groups,
+                                                     cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_concat_bf16_r2(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ x2, int split, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 2, true>(y, mean_out, rstd_out, x, x2, split, gamma, beta, num_groups_total, groups,
+                                                     cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_concat_bf16_r4(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ x2, int split, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 4, true>(y, mean_out, rstd_out, x, x2, split, gamma, beta, num_groups_total, groups,
+                                                     cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_concat_bf16_r8(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ x2, int split, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 8, true>(y, mean_out, rstd_out, x, x2, split, gamma, beta, num_groups_total, groups,
+                                                     cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_concat_bf16_r12(unsigned short* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+        const float* __restrict__ x, const float* __restrict__ x2, int split, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 12, true>(y, mean_out, rstd_out, x, x2, split, gamma, beta, num_groups_total, groups,
+                                                     cg, s, eps, silu);
 }
 
 // groupnorm_affine with the statistics from x resident in registers (when

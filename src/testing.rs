@@ -134,11 +134,19 @@ pub fn parity_device() -> crate::Device {
 /// The kernels `f` launches on [`parity_device`], one name per kernel (its
 /// profile): for the tests that check which kernels a shape takes.
 pub fn kernels_launched(f: impl FnOnce()) -> Vec<&'static str> {
+    kernel_calls(f).into_iter().map(|(kernel, _)| kernel).collect()
+}
+
+/// [`kernels_launched`] with each kernel's launch count. The device has one
+/// profiler: a test process's calls take turns.
+pub fn kernel_calls(f: impl FnOnce()) -> Vec<(&'static str, usize)> {
+    static PROFILER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
     let crate::Device::Cuda(d) = parity_device() else { unreachable!("parity_device is CUDA") };
     let backend = crate::device::cuda::backend(d).expect("the parity device");
     backend.start_profiling();
     f();
-    backend.stop_profiling().expect("a profile").into_iter().map(|r| r.kernel).collect()
+    backend.stop_profiling().expect("a profile").into_iter().map(|r| (r.kernel, r.calls)).collect()
 }
 
 /// Tolerance of a CUDA↔CPU comparison: |cuda − cpu| ≤ atol + rtol·|cpu|.

@@ -539,3 +539,69 @@ fn input_gradient_sums_the_other_uses_gradient() {
         }
     }
 }
+
+/// `conv2d_concat` at inference on CUDA: two same convs, one a part, the
+/// second adding the first's output as it stores, and no concatenation
+/// written (no `slab_copy`); against the CPU's conv of the concatenation
+/// within the conv's tolerance, both precisions, 1×1 and 3×3, both kernel
+/// rows, parts that end mid-chunk (5 + 17 channels), multi-image tiles (4×4,
+/// 8×8), every epilogue term. Where the parts are not same convs (stride 2),
+/// or a gradient is wanted, it is the concatenation and the conv, gradients
+/// and all.
+#[test]
+fn conv2d_concat_convolves_the_parts_without_the_concatenation() {
+    use minidiffusion::ops::{ConvAdd, Precision, concat, conv2d_concat, conv2d_fused, with_precision};
+    use minidiffusion::testing::{assert_close, kernel_calls, kernels_launched, parity_device};
+    use minidiffusion::{Device, Tensor, no_grad};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    // (x, x2's channels, output channels, K)
+    let cases: [([usize; 4], usize, usize, usize); 5] = [
+        ([2, 64, 16, 16], 32, 64, 1),
+        ([2, 32, 32, 32], 32, 32, 1),
+        ([3, 20, 4, 4], 12, 40, 3),
+        ([9, 5, 8, 8], 17, 70, 1),
+        ([2, 16, 8, 8], 16, 24, 3),
+    ];
+    for (k, &(xd, c2, oc, ks)) in cases.iter().enumerate() {
+        let [n, c1, h, w] = xd;
+        let dims = [vec![n, c1, h, w], vec![n, c2, h, w], vec![oc, c1 + c2, ks, ks], vec![oc], vec![n, oc], vec![n, oc, h, w]];
+        let values: Vec<Vec<f32>> = dims.iter().enumerate().map(|(j, d)| randn(d, 700 + 10 * k as u64 + j as u64)).collect();
+        let on = |device: Device| -> Vec<Tensor> { values.iter().zip(&dims).map(|(v, d)| Tensor::from_vec_on(v.clone(), d.clone(), device).unwrap()).collect() };
+        let p = Conv2dParams { stride: 1, padding: ks / 2 };
+        for precision in [Precision::F32, Precision::Bf16] {
+            let _p = with_precision(precision);
+            let what = format!("case {k}: {xd:?} ⧺ {c2} → {oc}, {ks}×{ks}, {precision}");
+            let t = on(parity_device());
+            let add = ConvAdd { sample_bias: Some(&t[4]), residual: Some(&t[5]) };
+            let mut parts = Vec::new();
+            let rows = kernel_calls(|| parts = no_grad(|| conv2d_concat(&t[0], &t[1], &t[2], Some(&t[3]), add, p)).unwrap().to_vec());
+            let calls = |f: &dyn Fn(&str) -> bool| rows.iter().filter(|r| f(r.0)).map(|r| r.1).sum::<usize>();
+            let forwards = calls(&|k| k.starts_with("conv2d_same_") && !k.starts_with("conv2d_same_weight"));
+            assert!(calls(&|k| k == "slab_copy") == 0 && forwards == 2, "{what}: {rows:?}");
+            let c = on(Device::Cpu);
+            let cadd = ConvAdd { sample_bias: Some(&c[4]), residual: Some(&c[5]) };
+            let want = no_grad(|| conv2d_fused(&concat(&[&c[0], &c[1]], 1)?, &c[2], Some(&c[3]), cadd, p)).unwrap().to_vec();
+            let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
+            assert_close(&what, &parts, &want, tol.atol, tol.rtol);
+        }
+    }
+    // stride 2: not a same conv, so the concatenation and the generic conv (the same bits as doing both by hand)
+    let t = on_device(&[[2, 8, 8, 8].to_vec(), vec![2, 4, 8, 8], vec![6, 12, 3, 3]], 780);
+    let p = Conv2dParams { stride: 2, padding: 1 };
+    let mut y = Vec::new();
+    let kernels = kernels_launched(|| y = no_grad(|| conv2d_concat(&t[0], &t[1], &t[2], None, ConvAdd::default(), p)).unwrap().to_vec());
+    assert!(kernels.contains(&"slab_copy"), "{kernels:?}");
+    let by_hand = no_grad(|| conv2d_fused(&concat(&[&t[0], &t[1]], 1)?, &t[2], None, ConvAdd::default(), p)).unwrap().to_vec();
+    assert_eq!(y, by_hand, "stride 2");
+    // a gradient wanted: the ops on the tape, against the CPU's
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    parity_check("conv2d_concat with gradients", &[&[2, 8, 8, 8], &[2, 8, 8, 8], &[16, 16, 3, 3], &[16]], |t| {
+        conv2d_concat(&t[0], &t[1], &t[2], Some(&t[3]), ConvAdd::default(), p)
+    }, ParityTol::TENSOR_CORE);
+}
+
+/// Random normal tensors of `dims` on the parity device.
+fn on_device(dims: &[Vec<usize>], seed: u64) -> Vec<minidiffusion::Tensor> {
+    let device = minidiffusion::testing::parity_device();
+    dims.iter().enumerate().map(|(j, d)| minidiffusion::Tensor::from_vec_on(randn(d, seed + j as u64), d.clone(), device).unwrap()).collect()
+}

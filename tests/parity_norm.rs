@@ -375,3 +375,66 @@ fn group_norm_backward_sums_the_residual_gradient() {
         assert!(kernels.contains(&kernel) && !kernels.contains(&"binary_same"), "{dims:?}: {kernels:?}");
     }
 }
+
+/// `group_norm_concat_stored` at inference on CUDA: the resident kernel reads
+/// x and x2 where they lie — no concatenation written — and gives the bits
+/// of the norm of the written concatenation on the device, and the CPU
+/// twin's values within TOL. Groups inside one part and groups straddling
+/// the split (64 + 32 channels in groups of 12: group 5 takes 4 channels of
+/// x and 8 of x2; 256 + 128 in groups of 48 at 4×4), each register round
+/// (1, 2, 4, 8, 12 float4s a thread), plain and SiLU, f32 and bf16 storage.
+/// S not a multiple of 4 (5×5), or a gradient wanted: the concatenation,
+/// then the norm (gradients to both parts).
+#[test]
+fn group_norm_concat_reads_the_parts() {
+    use minidiffusion::ops::group_norm::{group_norm_concat_stored, group_norm_silu_stored, group_norm_stored};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::no_grad;
+    // (x, x2's channels, groups, rounds)
+    let cases: [(&[usize], usize, usize, &str); 7] = [
+        (&[2, 64, 32, 32], 32, 8, "r12"),
+        (&[2, 32, 32, 32], 32, 8, "r8"),
+        (&[3, 256, 4, 4], 128, 8, "r1"),
+        (&[2, 10, 16, 16], 6, 4, "r1"),
+        (&[1, 36, 16, 16], 28, 8, "r2"),
+        (&[2, 20, 16, 16], 12, 2, "r4"),
+        (&[2, 3, 5, 5], 3, 3, ""),
+    ];
+    for (k, &(xd, c2, groups, rounds)) in cases.iter().enumerate() {
+        let mut x2d = xd.to_vec();
+        x2d[1] = c2;
+        let c = xd[1] + c2;
+        let host = |d: &[usize], seed| Tensor::from_vec(randn(d, seed), d.to_vec()).unwrap();
+        let (x, x2, w, b) = (host(xd, 40 + k as u64), host(&x2d, 50 + k as u64), host(&[c], 2), host(&[c], 3));
+        let dev = |t: &Tensor| t.to_device(parity_device()).unwrap();
+        let (xg, x2g, wg, bg) = (dev(&x), dev(&x2), dev(&w), dev(&b));
+        for silu in [false, true] {
+            for store in [DType::F32, DType::BF16] {
+                let what = format!("{xd:?} ⧺ {c2} g{groups}, silu {silu}, {store:?}");
+                let mut y = None;
+                let kernels = kernels_launched(|| {
+                    y = Some(no_grad(|| group_norm_concat_stored(&xg, &x2g, groups, Some(&wg), Some(&bg), 1e-5, silu, store)).unwrap())
+                });
+                let y = y.unwrap();
+                let resident = if store == DType::F32 { format!("groupnorm_forward_resident_concat_{rounds}") } else { format!("groupnorm_forward_resident_concat_bf16_{rounds}") };
+                if rounds.is_empty() {
+                    assert!(kernels.contains(&"slab_copy"), "{what}: {kernels:?}");
+                } else {
+                    assert_eq!(kernels, [resident.as_str()], "{what}");
+                }
+                assert_eq!((y.dims(), y.dtype()), (&[xd[0], c, xd[2], xd[3]][..], store), "{what}");
+                let joined = ops::concat(&[&xg, &x2g], 1).unwrap();
+                let norm = if silu { group_norm_silu_stored } else { group_norm_stored };
+                let written = norm(&joined, groups, Some(&wg), Some(&bg), 1e-5, store).unwrap();
+                assert_eq!(y.to_vec(), written.to_vec(), "{what}: against the norm of the written concatenation");
+                let twin = norm(&ops::concat(&[&x, &x2], 1).unwrap(), groups, Some(&w), Some(&b), 1e-5, store).unwrap().to_vec();
+                let (atol, rtol) = if store == DType::F32 { (TOL.atol, TOL.rtol) } else { (1e-6, 1.0 / 128.0) };
+                assert_close(&what, &y.to_vec(), &twin, atol, rtol);
+            }
+        }
+    }
+    // a gradient wanted: the concatenation and the norm on the tape
+    parity_check("group_norm_concat with gradients", &[&[2, 8, 8, 8], &[2, 4, 8, 8], &[12], &[12]], |t| {
+        group_norm_concat_stored(&t[0], &t[1], 3, Some(&t[2]), Some(&t[3]), 1e-5, true, DType::F32)
+    }, TOL);
+}

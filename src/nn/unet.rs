@@ -459,6 +459,31 @@ impl ResnetBlock {
         }
     }
 
+    /// forward(concat([x, x2], 1)): the up path's map and skip. At inference
+    /// on CUDA the block's group norm and 1×1 shortcut — all that read the
+    /// concatenation — read the two parts where they lie, and it is never
+    /// written (`ops::group_norm::group_norm_concat_stored`,
+    /// `ops::conv2d_concat`); otherwise the concatenation, then [`Self::forward`].
+    fn forward_concat(&self, x: &Tensor, x2: &Tensor, temb_act: &Tensor, dropout: Option<&DropoutStreams>) -> Result<Tensor> {
+        let training = crate::autograd::is_grad_enabled() && [x, x2, &self.conv1.weight].iter().any(|t| t.requires_grad());
+        let Some(shortcut) = &self.conv_shortcut else {
+            return self.forward(&ops::concat(&[x, x2], 1)?, temb_act, dropout);
+        };
+        if training || dropout.is_some() || !matches!(x.device(), Device::Cuda(_)) || self.resample.is_some() || self.act != Activation::Silu || self.scale_shift {
+            return self.forward(&ops::concat(&[x, x2], 1)?, temb_act, dropout);
+        }
+        let _nvtx = nvtx::range("ResnetBlock2D");
+        let t = self.time_emb_proj.forward(temb_act)?;
+        let n1 = &self.norm1;
+        let store = ops::precision::conv_input_storage();
+        let a = ops::group_norm::group_norm_concat_stored(x, x2, n1.groups, Some(&n1.weight), Some(&n1.bias), n1.eps, true, store)?;
+        let h = self.conv1.forward_add(&a, ConvAdd { sample_bias: Some(&t), residual: None })?;
+        drop(a);
+        let skip = ops::conv2d_concat(x, x2, &shortcut.weight, shortcut.bias.as_ref(), ConvAdd::default(), shortcut.params)?;
+        let out = self.norm_act_conv(&self.conv2, &h, &self.norm2, ConvAdd { sample_bias: None, residual: Some(&skip) })?;
+        if self.output_scale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.output_scale) }
+    }
+
     /// `temb_act` is act(temb), shared by all blocks; `dropout` (training
     /// only) drops before conv2.
     /// The time embedding is added by conv1 and the skip by conv2 as they
@@ -1113,7 +1138,7 @@ impl UNet2DModel {
             let skip_block = matches!(block.skip, Some(Skip::Up(_)));
             for (j, r) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
-                h = r.forward(&ops::concat(&[&h, &skip], 1)?, &temb_act, dropout)?;
+                h = r.forward_concat(&h, &skip, &temb_act, dropout)?;
                 if let Some(a) = block.attentions.get(j).filter(|_| !skip_block) {
                     h = a.forward(&h)?;
                 }

@@ -395,7 +395,25 @@ pub enum PackTarget {
 /// Packs `weight` [OC, C, K, K] of a same conv `g` for its kernels at `prec`
 /// (transposed and flipped when `flip`, for an input gradient): one launch.
 pub fn pack_same(weight: &CudaBuffer, g: &ConvGeom, flip: bool, prec: Precision, target: PackTarget) -> Result<PackedWeights> {
+    pack_same_part(weight, g, flip, prec, target, (0, g.c))
+}
+
+/// [`pack_same`] for a conv `g` of input channels `first .. first + g.c`
+/// of `weight` [OC, total, K, K], `(first, total)` = `part`: the conv of one
+/// part of a concatenated input (`ops::conv2d_concat`).
+pub fn pack_same_part(
+    weight: &CudaBuffer,
+    g: &ConvGeom,
+    flip: bool,
+    prec: Precision,
+    target: PackTarget,
+    (first, total): (usize, usize),
+) -> Result<PackedWeights> {
     let backend = weight.backend();
+    let taps = g.kh * g.kw;
+    if first + g.c > total || weight.len() != g.oc * total * taps {
+        return shape_err("conv2d", format!("input channels {first}..{} of a [{}, {total}, {}, {}] weight", first + g.c, g.oc, g.kh, g.kw));
+    }
     let (m, cg, ks) = if flip { (g.c, g.oc, g.kh) } else { (g.oc, g.c, g.kh) };
     let per_word = if prec == Precision::Bf16 { 2 } else { 1 };
     let chunks = cg.div_ceil(SAME_CHUNK_WORDS * per_word);
@@ -406,7 +424,8 @@ pub fn pack_same(weight: &CudaBuffer, g: &ConvGeom, flip: bool, prec: Precision,
     };
     let pack = if prec == Precision::Bf16 { "conv2d_pack_same_bf16" } else { "conv2d_pack_same_f32" };
     let i = |v: usize| elems("conv2d", v).map(Arg::I32);
-    let args = [buf.arg(), weight.arg(), i(m)?, i(cg)?, i(ks)?, Arg::I32(flip as i32)];
+    let w_at = Arg::Ptr(weight.ptr() + (first * taps * std::mem::size_of::<f32>()) as u64);
+    let args = [buf.arg(), w_at, i(m)?, i(cg)?, i(ks)?, Arg::I32(flip as i32), i(total)?];
     backend.launch(pack, LaunchConfig::for_elems(packed_len, 256), &args)?;
     Ok(PackedWeights { buf, prec, flip, dims: (m, cg, ks) })
 }

@@ -49,18 +49,23 @@ impl Default for Conv2dParams {
 
 /// Checks the shapes and returns the geometry of the convolution.
 fn geometry(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<ConvGeom> {
+    geometry_of(x.shape(), weight, bias, p)
+}
+
+/// [`geometry`] of an input of shape `x`.
+fn geometry_of(x: &Shape, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<ConvGeom> {
     const OP: &str = "conv2d";
     if p.stride == 0 {
         return arg_err(OP, "stride must be at least 1");
     }
     let &[n, c, h, w] = x.dims() else {
-        return shape_err(OP, format!("input must be [N, C, H, W], got {}", x.shape()));
+        return shape_err(OP, format!("input must be [N, C, H, W], got {x}"));
     };
     let &[oc, wc, kh, kw] = weight.dims() else {
         return shape_err(OP, format!("weight must be [OC, C, KH, KW], got {}", weight.shape()));
     };
     if wc != c {
-        return shape_err(OP, format!("weight {} expects {wc} input channels, input {} has {c}", weight.shape(), x.shape()));
+        return shape_err(OP, format!("weight {} expects {wc} input channels, input {x} has {c}", weight.shape()));
     }
     if kh == 0 || kw == 0 {
         return shape_err(OP, format!("weight {} has an empty kernel", weight.shape()));
@@ -74,7 +79,7 @@ fn geometry(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams)
     if kh > ph || kw > pw {
         return shape_err(
             OP,
-            format!("kernel {kh}×{kw} is larger than the padded input {ph}×{pw} (input {}, padding {})", x.shape(), p.padding),
+            format!("kernel {kh}×{kw} is larger than the padded input {ph}×{pw} (input {x}, padding {})", p.padding),
         );
     }
     let (oh, ow) = ((ph - kh) / p.stride + 1, (pw - kw) / p.stride + 1);
@@ -104,6 +109,73 @@ pub struct ConvAdd<'a> {
 pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("conv2d_fused");
     conv2d_with(x, None, weight, bias, add, p)
+}
+
+/// conv2d_fused(concat([x, x2], 1), weight, bias, add, p). At inference (no
+/// gradient wanted) on CUDA, where both parts are same convs the tensor
+/// cores take, two convolutions — x with the weight's first channels, x2
+/// with the rest, the second adding the first's output as it stores — and the
+/// concatenation is never written (the UNet's up path: a skip joining the
+/// map is read by the block's group norm, `group_norm_concat_stored`, and by
+/// this 1×1 shortcut). The products are the same; the sum is rounded to f32
+/// once more, between the parts. Otherwise the concatenation, then the conv.
+pub fn conv2d_concat(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
+    if let Some(y) = concat_in_two(x, x2, weight, bias, add, p)? {
+        return Ok(y);
+    }
+    conv2d_fused(&crate::ops::concat(&[x, x2], 1)?, weight, bias, add, p)
+}
+
+/// [`conv2d_concat`]'s two convolutions, where they run (else None).
+fn concat_in_two(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Option<Tensor>> {
+    const OP: &str = "conv2d";
+    let mut all = vec![x, x2, weight];
+    all.extend(bias);
+    all.extend(add.sample_bias);
+    all.extend(add.residual);
+    let grad_wanted = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
+    let joinable = x.rank() == 4 && x2.rank() == 4 && x.dims()[0] == x2.dims()[0] && x.dims()[2..] == x2.dims()[2..];
+    if grad_wanted || !joinable || !matches!(x.device(), Device::Cuda(_)) || all.iter().any(|t| t.dtype() != DType::F32) {
+        return Ok(None);
+    }
+    let device = Tensor::common_device(OP, &all)?;
+    let (c1, c2) = (x.dims()[1], x2.dims()[1]);
+    let mut dims = x.dims().to_vec();
+    dims[1] = c1 + c2;
+    let g = geometry_of(&Shape::new(dims), weight, bias, p)?;
+    let (g1, g2) = (ConvGeom { c: c1, ..g }, ConvGeom { c: c2, ..g });
+    if !(c1 > 0 && c2 > 0 && cuda::same_conv_takes(&g1) && cuda::same_conv_takes(&g2)) {
+        return Ok(None);
+    }
+    check_adds(&g, add)?;
+    let prec = precision::current();
+    let sw = weight.storage();
+    let (sx, sx2) = (x.storage(), x2.storage());
+    let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
+    let first_epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
+    let w1 = packed_weights_part(weight, &sw, &g1, prec, 0)?;
+    let first = cuda::forward(sx.cuda(OP)?, cuda::Weights::Packed(&w1), &first_epi, &g1, prec)?;
+    let w2 = packed_weights_part(weight, &sw, &g2, prec, c1)?;
+    let second_epi = cuda::Epilogue { bias: None, sample_bias: None, residual: Some(&first) };
+    let y = cuda::forward(sx2.cuda(OP)?, cuda::Weights::Packed(&w2), &second_epi, &g2, prec)?;
+    debug_assert!(matches!(device, Device::Cuda(_)));
+    Ok(Some(Tensor::from_storage(Storage::Cuda(y), Shape::new(vec![g.n, g.oc, g.oh, g.ow]))))
+}
+
+/// Checks `add`'s shapes against the convolution `g`.
+fn check_adds(g: &ConvGeom, add: ConvAdd) -> Result<()> {
+    const OP: &str = "conv2d";
+    if let Some(sb) = add.sample_bias
+        && sb.dims() != [g.n, g.oc]
+    {
+        return shape_err(OP, format!("per-image bias must be [{}, {}], got {}", g.n, g.oc, sb.shape()));
+    }
+    if let Some(r) = add.residual
+        && r.dims() != [g.n, g.oc, g.oh, g.ow]
+    {
+        return shape_err(OP, format!("residual must be [{}, {}, {}, {}], got {}", g.n, g.oc, g.oh, g.ow, r.shape()));
+    }
+    Ok(())
 }
 
 /// The group norm (+ SiLU) in front of [`conv2d_after_norm`]'s convolution,
@@ -174,16 +246,7 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
     all.extend(add.residual);
     let device = Tensor::common_device(OP, &all)?;
     let g = geometry(x, weight, bias, p)?;
-    if let Some(sb) = add.sample_bias
-        && sb.dims() != [g.n, g.oc]
-    {
-        return shape_err(OP, format!("per-image bias must be [{}, {}], got {}", g.n, g.oc, sb.shape()));
-    }
-    if let Some(r) = add.residual
-        && r.dims() != [g.n, g.oc, g.oh, g.ow]
-    {
-        return shape_err(OP, format!("residual must be [{}, {}, {}, {}], got {}", g.n, g.oc, g.oh, g.ow, r.shape()));
-    }
+    check_adds(&g, add)?;
     let prec = precision::current();
     // bf16 storage (the bf16 path's GroupNorm + SiLU output): the same-conv
     // bf16 kernels read it as it is (forward and weight gradient); every
@@ -284,13 +347,24 @@ fn panels_key(g: &ConvGeom, prec: Precision) -> DerivedKey {
 /// packs them into its own pool, uncached: a value cached during a capture
 /// would be read by eager work before any replay had written it.
 fn packed_weights(weight: &Tensor, sw: &Storage, g: &ConvGeom, prec: Precision) -> Result<std::sync::Arc<cuda::PackedWeights>> {
+    packed_weights_part(weight, sw, g, prec, 0)
+}
+
+/// [`packed_weights`] of input channels `first .. first + g.c` of `weight`
+/// (a conv of one part of a concatenated input, [`conv2d_concat`]).
+fn packed_weights_part(weight: &Tensor, sw: &Storage, g: &ConvGeom, prec: Precision, first: usize) -> Result<std::sync::Arc<cuda::PackedWeights>> {
     let buf = sw.cuda("conv2d")?;
-    let key = DerivedKey { what: "conv2d same-conv forward weights", params: [prec as u64, g.oc as u64, g.c as u64, g.kh as u64] };
+    let part = (first, weight.dims()[1]);
+    let key = DerivedKey {
+        what: "conv2d same-conv forward weights",
+        params: [prec as u64, g.oc as u64, g.c as u64 | (first as u64) << 32, g.kh as u64],
+    };
     let backend = buf.backend();
+    let pack = |target| cuda::pack_same_part(buf, g, false, prec, target, part);
     if backend.is_capturing() && !weight.has_derived(key) {
-        return Ok(std::sync::Arc::new(cuda::pack_same(buf, g, false, prec, cuda::PackTarget::Current)?));
+        return Ok(std::sync::Arc::new(pack(cuda::PackTarget::Current)?));
     }
-    let packed = weight.derived(key, || cuda::pack_same(buf, g, false, prec, cuda::PackTarget::OutsidePools))?;
+    let packed = weight.derived(key, || pack(cuda::PackTarget::OutsidePools))?;
     backend.keep_for_graph(packed.clone());
     Ok(packed)
 }

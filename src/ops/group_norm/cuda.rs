@@ -49,32 +49,91 @@ pub fn forward(
     let mut args = vec![y.arg(), mean.arg(), rstd.arg()];
     args.extend(per_group_args(x, d, weight, bias, eps)?);
     args.push(Arg::I32(silu as i32));
-    let kernel = forward_kernel(d, resident(x, d) && y.ptr().is_multiple_of(16), store);
+    let kernel = forward_kernel(d, resident(x, d) && y.ptr().is_multiple_of(16), store, false);
     backend.launch(kernel, per_group_blocks(d), &args)?;
     Ok((y, SavedStats { mean, rstd }))
+}
+
+/// [`forward`] of the concatenation x ⧺ x2 along channels (`d` its
+/// dimensions), reading the two as they lie — the concatenation is never
+/// written. The same bits as [`forward`] of the written concatenation. None
+/// where the resident kernels cannot take it (a group past 12 float4s a
+/// thread, S not a multiple of 4, misaligned buffers): concatenate then.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_concat(
+    x: &CudaBuffer,
+    x2: &CudaBuffer,
+    d: GroupNormDims,
+    weight: Option<&CudaBuffer>,
+    bias: Option<&CudaBuffer>,
+    eps: f32,
+    silu: bool,
+    store: DType,
+) -> Result<Option<(CudaBuffer, SavedStats)>> {
+    let total = x.len() + x2.len();
+    let split = if d.n == 0 { 0 } else { x.len() / d.n };
+    if d.m() == 0 || total != d.n * d.c * d.s || !resident(x, d) || !x2.ptr().is_multiple_of(16) || !split.is_multiple_of(4) {
+        return Ok(None);
+    }
+    let backend = x.backend();
+    let groups_total = d.n * d.groups;
+    let y = backend.alloc_as(total, store)?;
+    if !y.ptr().is_multiple_of(16) {
+        return Ok(None);
+    }
+    let (mean, rstd) = (backend.alloc(groups_total)?, backend.alloc(groups_total)?);
+    elems(OP, total)?;
+    let [xa, rest @ ..] = per_group_args(x, d, weight, bias, eps)?;
+    let mut args = vec![y.arg(), mean.arg(), rstd.arg(), xa, x2.arg(), Arg::I32(elems(OP, split)?)];
+    args.extend(rest);
+    args.push(Arg::I32(silu as i32));
+    backend.launch(forward_kernel(d, true, store, true), per_group_blocks(d), &args)?;
+    Ok(Some((y, SavedStats { mean, rstd })))
 }
 
 /// The forward kernel for `d`: where the group fits (`resident`), one holding
 /// it in registers, the fewest float4s a thread that hold it (1, 2, 4, 8 or
 /// 12: fewer registers, more blocks an SM), else the loop kernel, which reads
-/// x three times; each storing y as f32 or bf16.
-fn forward_kernel(d: GroupNormDims, resident: bool, store: DType) -> &'static str {
-    const F32: [&str; 5] = [
-        "groupnorm_forward_resident_r1",
-        "groupnorm_forward_resident_r2",
-        "groupnorm_forward_resident_r4",
-        "groupnorm_forward_resident_r8",
-        "groupnorm_forward_resident_r12",
-    ];
-    const BF16: [&str; 5] = [
-        "groupnorm_forward_resident_bf16_r1",
-        "groupnorm_forward_resident_bf16_r2",
-        "groupnorm_forward_resident_bf16_r4",
-        "groupnorm_forward_resident_bf16_r8",
-        "groupnorm_forward_resident_bf16_r12",
+/// x three times; storing y as f32 or bf16; of a concatenation (`concat`,
+/// resident only) or of x.
+fn forward_kernel(d: GroupNormDims, resident: bool, store: DType, concat: bool) -> &'static str {
+    const KERNELS: [[[&str; 5]; 2]; 2] = [
+        [
+            [
+                "groupnorm_forward_resident_r1",
+                "groupnorm_forward_resident_r2",
+                "groupnorm_forward_resident_r4",
+                "groupnorm_forward_resident_r8",
+                "groupnorm_forward_resident_r12",
+            ],
+            [
+                "groupnorm_forward_resident_bf16_r1",
+                "groupnorm_forward_resident_bf16_r2",
+                "groupnorm_forward_resident_bf16_r4",
+                "groupnorm_forward_resident_bf16_r8",
+                "groupnorm_forward_resident_bf16_r12",
+            ],
+        ],
+        [
+            [
+                "groupnorm_forward_resident_concat_r1",
+                "groupnorm_forward_resident_concat_r2",
+                "groupnorm_forward_resident_concat_r4",
+                "groupnorm_forward_resident_concat_r8",
+                "groupnorm_forward_resident_concat_r12",
+            ],
+            [
+                "groupnorm_forward_resident_concat_bf16_r1",
+                "groupnorm_forward_resident_concat_bf16_r2",
+                "groupnorm_forward_resident_concat_bf16_r4",
+                "groupnorm_forward_resident_concat_bf16_r8",
+                "groupnorm_forward_resident_concat_bf16_r12",
+            ],
+        ],
     ];
     let bf16 = store == DType::BF16;
     if !resident {
+        debug_assert!(!concat, "a concatenation is read by the resident kernels only");
         return if bf16 { "groupnorm_forward_bf16" } else { "groupnorm_forward" };
     }
     let round = match d.m().div_ceil(4 * THREADS as usize) {
@@ -84,7 +143,7 @@ fn forward_kernel(d: GroupNormDims, resident: bool, store: DType) -> &'static st
         5..=8 => 3,
         _ => 4,
     };
-    if bf16 { BF16[round] } else { F32[round] }
+    KERNELS[usize::from(concat)][usize::from(bf16)][round]
 }
 
 /// float4s a thread of the resident kernels holds (GN_RESIDENT in kernels/groupnorm.cu).

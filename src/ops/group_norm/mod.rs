@@ -88,6 +88,51 @@ pub fn group_norm_silu_stored(
     norm("group_norm_silu", x, groups, weight, bias, eps, true, store)
 }
 
+/// `group_norm(_silu)_stored` of `concat([x, x2], 1)`, SiLU after the norm
+/// when `silu`. At inference (no gradient wanted) on CUDA the kernel reads x
+/// and x2 where they lie and the concatenation is never written (the UNet's
+/// up path, where a skip joins the map: group norm and a 1×1 shortcut are
+/// all that read it, see `ops::conv2d_concat`); the same values, bit for bit.
+/// Otherwise the concatenation, then the norm (with its gradients).
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_concat_stored(
+    x: &Tensor,
+    x2: &Tensor,
+    groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+    silu: bool,
+    store: DType,
+) -> Result<Tensor> {
+    let op = if silu { "group_norm_silu" } else { "group_norm" };
+    let _nvtx = crate::device::nvtx::range(op);
+    let grad_wanted = autograd::is_grad_enabled() && [Some(x), Some(x2), weight, bias].into_iter().flatten().any(|t| t.requires_grad());
+    let joinable = x.rank() >= 2 && x2.rank() == x.rank() && x.dims()[0] == x2.dims()[0] && x.dims()[2..] == x2.dims()[2..];
+    if !grad_wanted
+        && joinable
+        && store != DType::F16
+        && matches!(x.device(), Device::Cuda(_))
+        && x2.device() == x.device()
+        && [x, x2].iter().all(|t| t.dtype() == DType::F32)
+    {
+        let mut dims = x.dims().to_vec();
+        dims[1] += x2.dims()[1];
+        let d = check_dims(op, &dims, groups, weight, bias, eps)?;
+        let mut all: Vec<&Tensor> = vec![x, x2];
+        all.extend(weight);
+        all.extend(bias);
+        Tensor::common_device(op, &all)?;
+        let (xs, x2s, ws, bs) = (x.storage(), x2.storage(), weight.map(|w| w.storage()), bias.map(|b| b.storage()));
+        let w = ws.as_ref().map(|s| s.cuda(op)).transpose()?;
+        let b = bs.as_ref().map(|s| s.cuda(op)).transpose()?;
+        if let Some((y, _)) = cuda::forward_concat(xs.cuda(op)?, x2s.cuda(op)?, d, w, b, eps, silu, store)? {
+            return Ok(Tensor::from_storage(Storage::Cuda(y), dims.into()));
+        }
+    }
+    norm(op, &crate::ops::concat(&[x, x2], 1)?, groups, weight, bias, eps, silu, store)
+}
+
 /// The group norm of a CUDA tensor `x` as the per-(image, channel) affine a
 /// same convolution applies as it reads x (`ops::conv2d::conv2d_after_norm`):
 /// (mean, scale, shift, 0) per (image, channel), [N·C, 4], checked as
@@ -113,11 +158,16 @@ pub(crate) fn cuda_affine(
 
 /// The checked dimensions of a group norm of `x`.
 fn check(op: &'static str, x: &Tensor, groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<GroupNormDims> {
-    if x.rank() < 2 {
-        return shape_err(op, format!("input must be [N, C, *], got shape {}", x.shape()));
+    check_dims(op, x.dims(), groups, weight, bias, eps)
+}
+
+/// The checked dimensions of a group norm of an input of `dims`.
+fn check_dims(op: &'static str, dims: &[usize], groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<GroupNormDims> {
+    if dims.len() < 2 {
+        return shape_err(op, format!("input must be [N, C, *], got shape {dims:?}"));
     }
-    let (n, c) = (x.dims()[0], x.dims()[1]);
-    let s: usize = x.dims()[2..].iter().product();
+    let (n, c) = (dims[0], dims[1]);
+    let s: usize = dims[2..].iter().product();
     if groups == 0 {
         return arg_err(op, "groups must be at least 1");
     }
