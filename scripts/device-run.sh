@@ -115,6 +115,10 @@ ours_bf16)
     # +1.7 %, the norm written out +27.7 %; their switches stay for a later A/B)
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
+    # the norm's output stored as bf16 (run 6: 230 vs 309 samples/s, 6,288 vs 6,697 images/s, when that
+    # norm ran 98-register kernels and the conv's element-wise staging stored with bank conflicts)
+    MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    MINIDIFFUSION_BF16_STORAGE=1 step ours_train_bf16_storage 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     ;;
 ours)
     step ours_sample_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile

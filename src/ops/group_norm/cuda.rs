@@ -71,7 +71,7 @@ pub fn forward_concat(
     store: DType,
 ) -> Result<Option<(CudaBuffer, SavedStats)>> {
     let total = x.len() + x2.len();
-    let split = if d.n == 0 { 0 } else { x.len() / d.n };
+    let split = x.len().checked_div(d.n).unwrap_or(0);
     if d.m() == 0 || total != d.n * d.c * d.s || !resident(x, d) || !x2.ptr().is_multiple_of(16) || !split.is_multiple_of(4) {
         return Ok(None);
     }
