@@ -184,10 +184,15 @@ __device__ __forceinline__ void chunk_products(const uint4* As, const unsigned i
 // values in the same places. W is a power of two here (OW divides 128, or
 // OH·OW does), so a 3×3 patch (R rows, R·(W + 2) ≤ PATCH_MAX) has at most
 // 8·R·W/4 ≤ 512 items, two per thread; a 1×1 patch at most 576, three.
-template <class Math, int BM, int KS, class TX = float, bool NORM = false, bool VEC = false>
+// UP: x is [N, C, H/2, W/2] and the conv's input (H × W, as s says) its
+// nearest 2× upsampling, read in place: input pixel (iy, ix) is x's
+// (iy/2, ix/2) — the upsampled map is never written (the UNet's upsamplers
+// at inference). Element-by-element staging only.
+template <class Math, int BM, int KS, class TX = float, bool NORM = false, bool VEC = false, bool UP = false>
 __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
                                         const conv::Prologue& pro = conv::Prologue{}) {
     static_assert(!VEC || sizeof(TX) == sizeof(float), "float4 staging reads f32 input");
+    static_assert(!(VEC && UP), "an upsampled input is staged element by element");
     constexpr int KK = KS * KS;
     constexpr int PER_WORD = Math::PER_WORD;        // channels per patch word
     constexpr int CHUNK = CHUNK_WORDS * PER_WORD;   // channels per chunk
@@ -203,7 +208,8 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
-    const int P = s.oh * s.ow, HW = s.h * s.w;
+    const int P = s.oh * s.ow;
+    const int XW = UP ? s.w / 2 : s.w, HW = UP ? (s.h / 2) * XW : s.h * s.w;  // x's row and channel strides
     const int total = s.n * P;
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
     const Tile tile = tile_of(s);
@@ -256,7 +262,8 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
             const int img = img0 + wseg, iy = oh0 - s.pad + wpr, ix = wpc - s.pad;
             const bool in_patch = wseg < segments;
             const bool inside = in_patch && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
-            src[i] = inside ? img * s.c * HW + PER_WORD * wj * HW + iy * s.w + ix : -1;
+            const int at = UP ? (iy >> 1) * XW + (ix >> 1) : iy * s.w + ix;
+            src[i] = inside ? img * s.c * HW + PER_WORD * wj * HW + at : -1;
             dst[i] = in_patch ? slot_dst(wp_ * PATCH_STRIDE + wj, wseg, wj) : -1;
         }
     }
@@ -905,6 +912,29 @@ extern "C" __global__ void __launch_bounds__(256, 3)
     conv2d_same_bf16_gn_m32_k3_v_b3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
         const float* residual, conv::Shape s, conv::Prologue pro) {
     same::forward<mma::Bf16, 32, 3, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+
+// The 3×3 forward of x's nearest 2× upsampling (x [N, C, H/2, W/2], s the
+// conv's shape at H × W), read in place: same::forward's UP.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_up_m32_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                                 const float* residual, conv::Shape s) {
+    same::forward<mma::Tf32x3, 32, 3, float, false, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_same_f32_up_m64_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                                 const float* residual, conv::Shape s) {
+    same::forward<mma::Tf32x3, 64, 3, float, false, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_up_m32_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                                  const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 3, float, false, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_up_m64_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                                  const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 64, 3, float, false, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
 }
 
 // The forward kernels above that read f32 input, staging their patch with

@@ -605,3 +605,53 @@ fn on_device(dims: &[Vec<usize>], seed: u64) -> Vec<minidiffusion::Tensor> {
     let device = minidiffusion::testing::parity_device();
     dims.iter().enumerate().map(|(j, d)| minidiffusion::Tensor::from_vec_on(randn(d, seed + j as u64), d.clone(), device).unwrap()).collect()
 }
+
+/// `conv2d_after_upsample` at inference on CUDA: one 3×3 same conv reading
+/// x's nearest 2× upsampling in place (the `_up_` kernels, no upsampling
+/// kernel), bit for bit the conv of the written upsampling on the device
+/// and within the conv's tolerance of the CPU's: both precisions, both
+/// kernel rows, a partial channel chunk (20), single- and multi-image tiles
+/// (32×32 and 16×16 outputs; 8×8 and 4×4), every epilogue term. A 1×1 conv,
+/// or a gradient wanted: the two ops, gradients and all.
+#[test]
+fn conv2d_after_upsample_reads_the_upsampling_in_place() {
+    use minidiffusion::ops::resample::upsample_nearest2x;
+    use minidiffusion::ops::{ConvAdd, Precision, conv2d_after_upsample, conv2d_fused, with_precision};
+    use minidiffusion::testing::{assert_close, kernels_launched};
+    use minidiffusion::{Device, Tensor, no_grad};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    // (x, output channels)
+    let cases: [([usize; 4], usize); 5] = [([1, 20, 16, 16], 32), ([2, 64, 8, 8], 64), ([3, 32, 4, 4], 70), ([2, 128, 2, 2], 128), ([2, 16, 8, 8], 24)];
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    for (k, &(xd, oc)) in cases.iter().enumerate() {
+        let [n, c, h, w] = xd;
+        let dims = [vec![n, c, h, w], vec![oc, c, 3, 3], vec![oc], vec![n, oc], vec![n, oc, 2 * h, 2 * w]];
+        let t = on_device(&dims, 800 + 10 * k as u64);
+        let host: Vec<Tensor> = t.iter().map(|v| v.to_device(Device::Cpu).unwrap()).collect();
+        for precision in [Precision::F32, Precision::Bf16] {
+            let _p = with_precision(precision);
+            let what = format!("case {k}: up({xd:?}) → {oc}, {precision}");
+            let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
+            let mut y = Vec::new();
+            let kernels = kernels_launched(|| y = no_grad(|| conv2d_after_upsample(&t[0], &t[1], Some(&t[2]), add, p)).unwrap().to_vec());
+            assert!(kernels.iter().any(|k| k.contains("_up_m")) && !kernels.iter().any(|k| k.starts_with("upsample")), "{what}: {kernels:?}");
+            let written = no_grad(|| conv2d_fused(&upsample_nearest2x(&t[0])?, &t[1], Some(&t[2]), add, p)).unwrap().to_vec();
+            assert_eq!(y, written, "{what}: against the conv of the written upsampling");
+            let hadd = ConvAdd { sample_bias: Some(&host[3]), residual: Some(&host[4]) };
+            let want = no_grad(|| conv2d_fused(&upsample_nearest2x(&host[0])?, &host[1], Some(&host[2]), hadd, p)).unwrap().to_vec();
+            let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
+            assert_close(&what, &y, &want, tol.atol, tol.rtol);
+        }
+    }
+    // a 1×1 conv: the two ops
+    let t = on_device(&[vec![2, 8, 4, 4], vec![6, 8, 1, 1]], 880);
+    let p1 = Conv2dParams { stride: 1, padding: 0 };
+    let mut y = Vec::new();
+    let kernels = kernels_launched(|| y = no_grad(|| conv2d_after_upsample(&t[0], &t[1], None, ConvAdd::default(), p1)).unwrap().to_vec());
+    assert!(kernels.iter().any(|k| k.starts_with("upsample")), "{kernels:?}");
+    assert_eq!(y, no_grad(|| conv2d_fused(&upsample_nearest2x(&t[0])?, &t[1], None, ConvAdd::default(), p1)).unwrap().to_vec());
+    // a gradient wanted: the two ops on the tape, against the CPU's
+    parity_check("conv2d_after_upsample with gradients", &[&[2, 8, 4, 4], &[12, 8, 3, 3], &[12]], |t| {
+        conv2d_after_upsample(&t[0], &t[1], Some(&t[2]), ConvAdd::default(), p)
+    }, ParityTol::TENSOR_CORE);
+}

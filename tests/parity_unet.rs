@@ -73,9 +73,12 @@ fn golden_unets_on_the_device_match_diffusers() {
 
 /// At inference the up path's skips join the map without a concatenation
 /// written: each up resnet's group norm and 1×1 shortcut read the two parts
-/// (`ResnetBlock2D::forward_concat`): unet_c's ε̂ (diffusers' within the f32
-/// bar above) launches no `slab_copy`, where the same forward with gradients
-/// wanted concatenates once per up resnet (a copy of each part).
+/// (`ResnetBlock2D::forward_concat`), and each upsampler's conv reads the
+/// upsampling in place (`ops::conv2d_after_upsample`): unet_c's ε̂
+/// (diffusers' within the f32 bar above) launches no `slab_copy` and no
+/// upsampling kernel, where the same forward with gradients wanted
+/// concatenates once per up resnet (a copy of each part) and upsamples once
+/// per upsampler.
 #[test]
 fn up_path_joins_skips_without_a_concatenation() {
     let device = parity_device();
@@ -83,18 +86,22 @@ fn up_path_joins_skips_without_a_concatenation() {
     let (xs, xv) = load("unet_c/forward/x.npy");
     let (ts, tv) = load("unet_c/forward/t_mixed_1_999.npy");
     let (x, t) = (Tensor::from_vec_on(xv, xs, device).unwrap(), Tensor::from_vec_on(tv, ts, device).unwrap());
+    // (slab_copy launches, upsampling launches)
     let copies = |f: &dyn Fn() -> Vec<f32>| {
         let mut eps = Vec::new();
         let rows = minidiffusion::testing::kernel_calls(|| eps = f());
-        (eps, rows.iter().filter(|r| r.0 == "slab_copy").map(|r| r.1).sum::<usize>())
+        let calls = |p: &dyn Fn(&str) -> bool| rows.iter().filter(|r| p(r.0)).map(|r| r.1).sum::<usize>();
+        (eps, (calls(&|k| k == "slab_copy"), calls(&|k| k.starts_with("upsample_nearest"))))
     };
     let (eps, at_inference) = copies(&|| no_grad(|| model.forward(&x, &t)).unwrap().to_vec());
     let (_, want) = load("unet_c/forward/eps_mixed_1_999.npy");
-    assert_close("unet_c eps, skips joined in the kernels", &eps, &want, 1e-5, 1e-4);
+    assert_close("unet_c eps, skips joined and maps upsampled in the kernels", &eps, &want, 1e-5, 1e-4);
     let up_resnets: usize = model.up_blocks.iter().map(|b| b.resnets.len()).sum();
+    let upsamplers = model.up_blocks.iter().filter(|b| b.resampler.is_some()).count();
     let xg = x.detach().requires_grad_();
     let (_, with_grad) = copies(&|| model.forward(&xg, &t).unwrap().to_vec());
-    assert_eq!((at_inference, with_grad), (0, 2 * up_resnets), "slab_copy launches at inference, with gradients");
+    assert!(upsamplers > 0);
+    assert_eq!((at_inference, with_grad), ((0, 0), (2 * up_resnets, upsamplers)), "(slab_copy, upsampling) launches at inference, with gradients");
 }
 
 /// The attention blocks' q, k, v as one conv (`MINIDIFFUSION_QKV=packed`,

@@ -1155,8 +1155,9 @@ impl UNet2DModel {
                 }
             }
             h = match &block.resampler {
-                // read only by the upsampler conv: bf16 at the bf16 precision
-                Some(Resampler::Conv(u)) => u.forward(&ops::resample::upsample_nearest2x_stored(&h, ops::precision::conv_input_storage())?)?,
+                // at inference on CUDA the conv reads the upsampling in place (else it is
+                // written, read only by the conv: bf16 at the bf16 precision when stored so)
+                Some(Resampler::Conv(u)) => ops::conv2d_after_upsample(&h, &u.weight, u.bias.as_ref(), ConvAdd::default(), u.params)?,
                 Some(Resampler::Resnet(r)) => r.forward(&h, &temb_act, dropout)?,
                 None => h,
             };

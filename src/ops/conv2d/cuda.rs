@@ -448,10 +448,26 @@ fn with_forward_pack<R>(weight: Weights, g: &ConvGeom, prec: Precision, f: impl 
     }
 }
 
+/// How a same conv's kernel reads its input.
+#[derive(Clone, Copy)]
+enum Read<'a> {
+    /// x as it is.
+    AsIs,
+    /// x group-normalised (+ SiLU) as it is staged.
+    Normed(&'a InputNorm<'a>),
+    /// x [N, C, H/2, W/2]'s nearest 2× upsampling, the conv's H × W input.
+    Upsampled,
+}
+
+/// The 3×3 forwards of an upsampled f32 input (`Read::Upsampled`), by
+/// [precision f32, bf16][block rows 32, 64].
+const SAME_FORWARD_UP_KERNELS: [[&str; 2]; 2] =
+    [["conv2d_same_f32_up_m32_k3", "conv2d_same_f32_up_m64_k3"], ["conv2d_same_bf16_up_m32_k3", "conv2d_same_bf16_up_m64_k3"]];
+
 /// A same conv (kernels/conv2d_same.cu) of `x` [N, s.c, s.h, s.w] into
 /// [N, s.oc, s.oh, s.ow] at precision `prec` with `packed` weights (packed
 /// for this orientation, shape and precision): one launch.
-fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvShape, prec: Precision, norm: Option<&InputNorm>) -> Result<CudaBuffer> {
+fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvShape, prec: Precision, read: Read) -> Result<CudaBuffer> {
     let backend = x.backend();
     let (m, ks) = (s.oc as usize, s.kh as usize);
     if packed.prec != prec || packed.dims != (m, s.c as usize, ks) {
@@ -466,10 +482,17 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let mut args = vec![out.arg(), x.arg(), packed.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(s)];
     let (p, b, k) = (usize::from(prec == Precision::Bf16), usize::from(bm != 32), usize::from(ks != 1));
     let vec = vec_staging_fits(x, s);
-    let kernel = match norm {
-        None if vec => SAME_FORWARD_VEC_KERNELS[p][b][k],
-        None => same_kernel(&SAME_FORWARD_KERNELS, prec, x.dtype(), bm, ks)?,
-        Some(n) => {
+    let kernel = match read {
+        Read::AsIs if vec => SAME_FORWARD_VEC_KERNELS[p][b][k],
+        Read::AsIs => same_kernel(&SAME_FORWARD_KERNELS, prec, x.dtype(), bm, ks)?,
+        Read::Upsampled => {
+            let source = s.n as usize * s.c as usize * (s.h as usize / 2) * (s.w as usize / 2);
+            if x.dtype() != DType::F32 || ks != 3 || s.h % 2 != 0 || s.w % 2 != 0 || x.len() != source {
+                return shape_err("conv2d", "an upsampled input is read in place by the 3×3 same convs, from f32 x [N, C, H/2, W/2]");
+            }
+            SAME_FORWARD_UP_KERNELS[p][b]
+        }
+        Read::Normed(n) => {
             if x.dtype() != DType::F32 {
                 return Err(Error::DType { op: "conv2d (group norm applied by the conv)", dtype: x.dtype() });
             }
@@ -496,7 +519,7 @@ pub fn forward(x: &CudaBuffer, weight: Weights, epi: &Epilogue, g: &ConvGeom, pr
     }
     let s = ConvShape::new(g)?;
     if same_conv_fits(g) {
-        return with_forward_pack(weight, g, prec, |p| same_conv(x, p, epi, &s, prec, None));
+        return with_forward_pack(weight, g, prec, |p| same_conv(x, p, epi, &s, prec, Read::AsIs));
     }
     let Weights::Plain(weight) = weight else {
         return shape_err("conv2d", "packed weights are for same convs only");
@@ -512,6 +535,18 @@ pub fn forward(x: &CudaBuffer, weight: Weights, epi: &Epilogue, g: &ConvGeom, pr
     Ok(out)
 }
 
+/// [`forward`] of `g`, a stride-1 3×3 same conv whose input is the nearest
+/// 2× upsampling of `x` [N, C, H/2, W/2] (f32), read in place: the upsampled
+/// map is never written. None where the kernels do not take `g`.
+pub fn forward_upsampled(x: &CudaBuffer, weight: Weights, epi: &Epilogue, g: &ConvGeom, prec: Precision) -> Result<Option<CudaBuffer>> {
+    let takes = same_conv_fits(g) && g.kh == 3 && g.kw == 3 && g.h.is_multiple_of(2) && g.w.is_multiple_of(2) && x.dtype() == DType::F32;
+    if !takes || g.n * g.oc * g.p() == 0 {
+        return Ok(None);
+    }
+    let s = ConvShape::new(g)?;
+    with_forward_pack(weight, g, prec, |p| same_conv(x, p, epi, &s, prec, Read::Upsampled)).map(Some)
+}
+
 /// [`forward`] of a same conv (requires [`same_conv_takes`]) whose input is
 /// group-normalised (+ SiLU) by `norm` as it is read: the normalised map is
 /// never written. `x` is f32.
@@ -523,7 +558,7 @@ pub fn forward_normed(x: &CudaBuffer, norm: &InputNorm, weight: Weights, epi: &E
         return shape_err("conv2d", "a group norm applied by the conv needs a stride-1 1×1 or 3×3 same conv");
     }
     let s = ConvShape::new(g)?;
-    with_forward_pack(weight, g, prec, |p| same_conv(x, p, epi, &s, prec, Some(norm)))
+    with_forward_pack(weight, g, prec, |p| same_conv(x, p, epi, &s, prec, Read::Normed(norm)))
 }
 
 /// dX [N, C, H, W] from dY [N, OC, OH, OW] and the weight, at precision `prec`
@@ -547,7 +582,7 @@ pub fn backward_input(
     let epilogue = Epilogue { residual: add, ..Epilogue::default() };
     if same_conv_fits(g) && same_conv_fits(&transposed(g)) {
         let packed = pack_same(weight, g, true, prec, PackTarget::Current)?;
-        return Ok((same_conv(dy, &packed, &epilogue, &ConvShape::new(&transposed(g))?, prec, None)?, true));
+        return Ok((same_conv(dy, &packed, &epilogue, &ConvShape::new(&transposed(g))?, prec, Read::AsIs)?, true));
     }
     if let Some(same) = stride2_as_same(g) {
         // dY with zeros between its pixels, through the same conv's input gradient
@@ -557,7 +592,7 @@ pub fn backward_input(
         let args = [up.arg(), dy.arg(), Arg::I32(elems("conv2d", planes)?), Arg::I32(g.oh as i32), Arg::I32(g.ow as i32)];
         backend.launch("conv2d_zero_upsample2x_f32", LaunchConfig::for_elems(planes * g.oh * g.ow, 256), &args)?;
         let packed = pack_same(weight, &same, true, prec, PackTarget::Current)?;
-        return Ok((same_conv(&up, &packed, &epilogue, &ConvShape::new(&transposed(&same))?, prec, None)?, true));
+        return Ok((same_conv(&up, &packed, &epilogue, &ConvShape::new(&transposed(&same))?, prec, Read::AsIs)?, true));
     }
     let dx = backend.alloc(g.n * g.c * g.h * g.w)?;
     let cfg = gemm_grid(g.c, g.n * g.h * g.w, 1);

@@ -126,6 +126,47 @@ pub fn conv2d_concat(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Ten
     conv2d_fused(&crate::ops::concat(&[x, x2], 1)?, weight, bias, add, p)
 }
 
+/// conv2d_fused(upsample_nearest2x(x), weight, bias, add, p): the UNet's
+/// upsampler. At inference (no gradient wanted) on CUDA a stride-1 3×3 same
+/// conv of an f32 x reads the upsampling in place — the upsampled map, four
+/// times x, is never written — with the same values, bit for bit.
+/// Otherwise the two ops, the upsampled map stored as
+/// `precision::conv_input_storage` says.
+pub fn conv2d_after_upsample(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
+    if let Some(y) = upsampled_in_place(x, weight, bias, add, p)? {
+        return Ok(y);
+    }
+    let up = crate::ops::resample::upsample_nearest2x_stored(x, precision::conv_input_storage())?;
+    conv2d_fused(&up, weight, bias, add, p)
+}
+
+/// [`conv2d_after_upsample`]'s one kernel, where it runs (else None).
+fn upsampled_in_place(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Option<Tensor>> {
+    const OP: &str = "conv2d";
+    let mut all = vec![x, weight];
+    all.extend(bias);
+    all.extend(add.sample_bias);
+    all.extend(add.residual);
+    let grad_wanted = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
+    if grad_wanted || x.rank() != 4 || !matches!(x.device(), Device::Cuda(_)) || all.iter().any(|t| t.dtype() != DType::F32) {
+        return Ok(None);
+    }
+    Tensor::common_device(OP, &all)?;
+    let &[n, c, h, w] = x.dims() else { unreachable!("rank 4") };
+    let g = geometry_of(&Shape::new(vec![n, c, 2 * h, 2 * w]), weight, bias, p)?;
+    check_adds(&g, add)?;
+    let prec = precision::current();
+    let (sx, sw) = (x.storage(), weight.storage());
+    let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
+    let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
+    if !cuda::same_conv_takes(&g) {
+        return Ok(None);
+    }
+    let packed = packed_weights(weight, &sw, &g, prec)?;
+    let y = cuda::forward_upsampled(sx.cuda(OP)?, cuda::Weights::Packed(&packed), &epi, &g, prec)?;
+    Ok(y.map(|y| Tensor::from_storage(Storage::Cuda(y), Shape::new(vec![g.n, g.oc, g.oh, g.ow]))))
+}
+
 /// [`conv2d_concat`]'s two convolutions, where they run (else None).
 fn concat_in_two(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Option<Tensor>> {
     const OP: &str = "conv2d";
