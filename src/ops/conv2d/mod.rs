@@ -143,25 +143,19 @@ pub fn conv2d_after_upsample(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>,
 /// [`conv2d_after_upsample`]'s one kernel, where it runs (else None).
 fn upsampled_in_place(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Option<Tensor>> {
     const OP: &str = "conv2d";
-    let mut all = vec![x, weight];
-    all.extend(bias);
-    all.extend(add.sample_bias);
-    all.extend(add.residual);
-    let grad_wanted = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
-    if grad_wanted || x.rank() != 4 || !matches!(x.device(), Device::Cuda(_)) || all.iter().any(|t| t.dtype() != DType::F32) {
+    let &[n, c, h, w] = x.dims() else { return Ok(None) };
+    if !f32_inference_on_cuda(OP, &[x], weight, bias, add)? {
         return Ok(None);
     }
-    Tensor::common_device(OP, &all)?;
-    let &[n, c, h, w] = x.dims() else { unreachable!("rank 4") };
     let g = geometry_of(&Shape::new(vec![n, c, 2 * h, 2 * w]), weight, bias, p)?;
     check_adds(&g, add)?;
+    if !cuda::same_conv_takes(&g) {
+        return Ok(None);
+    }
     let prec = precision::current();
     let (sx, sw) = (x.storage(), weight.storage());
     let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
     let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
-    if !cuda::same_conv_takes(&g) {
-        return Ok(None);
-    }
     let packed = packed_weights(weight, &sw, &g, prec)?;
     let y = cuda::forward_upsampled(sx.cuda(OP)?, cuda::Weights::Packed(&packed), &epi, &g, prec)?;
     Ok(y.map(|y| Tensor::from_storage(Storage::Cuda(y), Shape::new(vec![g.n, g.oc, g.oh, g.ow]))))
@@ -170,16 +164,10 @@ fn upsampled_in_place(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: C
 /// [`conv2d_concat`]'s two convolutions, where they run (else None).
 fn concat_in_two(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Option<Tensor>> {
     const OP: &str = "conv2d";
-    let mut all = vec![x, x2, weight];
-    all.extend(bias);
-    all.extend(add.sample_bias);
-    all.extend(add.residual);
-    let grad_wanted = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
     let joinable = x.rank() == 4 && x2.rank() == 4 && x.dims()[0] == x2.dims()[0] && x.dims()[2..] == x2.dims()[2..];
-    if grad_wanted || !joinable || !matches!(x.device(), Device::Cuda(_)) || all.iter().any(|t| t.dtype() != DType::F32) {
+    if !joinable || !f32_inference_on_cuda(OP, &[x, x2], weight, bias, add)? {
         return Ok(None);
     }
-    let device = Tensor::common_device(OP, &all)?;
     let (c1, c2) = (x.dims()[1], x2.dims()[1]);
     let mut dims = x.dims().to_vec();
     dims[1] = c1 + c2;
@@ -199,8 +187,24 @@ fn concat_in_two(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>
     let w2 = packed_weights_part(weight, &sw, &g2, prec, c1)?;
     let second_epi = cuda::Epilogue { bias: None, sample_bias: None, residual: Some(&first) };
     let y = cuda::forward(sx2.cuda(OP)?, cuda::Weights::Packed(&w2), &second_epi, &g2, prec)?;
-    debug_assert!(matches!(device, Device::Cuda(_)));
     Ok(Some(Tensor::from_storage(Storage::Cuda(y), Shape::new(vec![g.n, g.oc, g.oh, g.ow]))))
+}
+
+/// Whether a convolution of `inputs` runs off the tape on CUDA with every
+/// operand f32 (a gradient wanted, or any other device or dtype: false), its
+/// operands on one device.
+fn f32_inference_on_cuda(op: &'static str, inputs: &[&Tensor], weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd) -> Result<bool> {
+    let mut all = inputs.to_vec();
+    all.push(weight);
+    all.extend(bias);
+    all.extend(add.sample_bias);
+    all.extend(add.residual);
+    let grad_wanted = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
+    if grad_wanted || !matches!(inputs[0].device(), Device::Cuda(_)) || all.iter().any(|t| t.dtype() != DType::F32) {
+        return Ok(false);
+    }
+    Tensor::common_device(op, &all)?;
+    Ok(true)
 }
 
 /// Checks `add`'s shapes against the convolution `g`.
