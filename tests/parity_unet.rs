@@ -78,7 +78,9 @@ fn golden_unets_on_the_device_match_diffusers() {
 /// (diffusers' within the f32 bar above) launches no `slab_copy` and no
 /// upsampling kernel, where the same forward with gradients wanted
 /// concatenates once per up resnet (a copy of each part) and upsamples once
-/// per upsampler.
+/// per upsampler, as does the inference with the A/B switch
+/// (`MINIDIFFUSION_UP_PATH=written`), whose ε̂ differs by the shortcut's
+/// rounding only.
 #[test]
 fn up_path_joins_skips_without_a_concatenation() {
     let device = parity_device();
@@ -102,6 +104,10 @@ fn up_path_joins_skips_without_a_concatenation() {
     let (_, with_grad) = copies(&|| model.forward(&xg, &t).unwrap().to_vec());
     assert!(upsamplers > 0);
     assert_eq!((at_inference, with_grad), ((0, 0), (2 * up_resnets, upsamplers)), "(slab_copy, upsampling) launches at inference, with gradients");
+    use minidiffusion::ops::conv2d::cuda::with_up_path_in_place;
+    let (written_eps, written) = copies(&|| with_up_path_in_place(false, || no_grad(|| model.forward(&x, &t)).unwrap().to_vec()));
+    assert_eq!(written, with_grad, "(slab_copy, upsampling) launches at inference with the up path written");
+    assert_close("unet_c eps, up path written against in place", &written_eps, &eps, 1e-6, 1e-5);
 }
 
 /// The attention blocks' q, k, v as one conv (`MINIDIFFUSION_QKV=packed`,

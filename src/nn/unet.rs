@@ -469,7 +469,8 @@ impl ResnetBlock {
         let Some(shortcut) = &self.conv_shortcut else {
             return self.forward(&ops::concat(&[x, x2], 1)?, temb_act, dropout);
         };
-        if training || dropout.is_some() || !matches!(x.device(), Device::Cuda(_)) || self.resample.is_some() || self.act != Activation::Silu || self.scale_shift {
+        let in_place = matches!(x.device(), Device::Cuda(_)) && ops::conv2d::cuda::up_path_in_place();
+        if training || dropout.is_some() || !in_place || self.resample.is_some() || self.act != Activation::Silu || self.scale_shift {
             return self.forward(&ops::concat(&[x, x2], 1)?, temb_act, dropout);
         }
         let _nvtx = nvtx::range("ResnetBlock2D");
@@ -1157,7 +1158,10 @@ impl UNet2DModel {
             h = match &block.resampler {
                 // at inference on CUDA the conv reads the upsampling in place (else it is
                 // written, read only by the conv: bf16 at the bf16 precision when stored so)
-                Some(Resampler::Conv(u)) => ops::conv2d_after_upsample(&h, &u.weight, u.bias.as_ref(), ConvAdd::default(), u.params)?,
+                Some(Resampler::Conv(u)) if ops::conv2d::cuda::up_path_in_place() => {
+                    ops::conv2d_after_upsample(&h, &u.weight, u.bias.as_ref(), ConvAdd::default(), u.params)?
+                }
+                Some(Resampler::Conv(u)) => u.forward(&ops::resample::upsample_nearest2x_stored(&h, ops::precision::conv_input_storage())?)?,
                 Some(Resampler::Resnet(r)) => r.forward(&h, &temb_act, dropout)?,
                 None => h,
             };

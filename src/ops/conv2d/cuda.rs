@@ -240,6 +240,7 @@ fn with_occupancy(kernel: &'static str) -> &'static str {
 thread_local! {
     static VEC_STAGING: Cell<Option<bool>> = const { Cell::new(None) };
     static NORM_IN_CONV: Cell<Option<bool>> = const { Cell::new(None) };
+    static UP_PATH_IN_PLACE: Cell<Option<bool>> = const { Cell::new(None) };
     static BLOCKS3: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
@@ -283,6 +284,21 @@ pub fn norm_in_conv() -> bool {
 /// Run `f` with the norm applied in the conv or not on this thread (tests, A/B).
 pub fn with_norm_in_conv<R>(on: bool, f: impl FnOnce() -> R) -> R {
     with_switch(&NORM_IN_CONV, on, f)
+}
+
+/// Whether at inference the UNet's up path reads its skip concatenations
+/// and upsampled maps where they lie (the default: `ops::conv2d_concat`,
+/// `ops::group_norm::group_norm_concat_stored`, `ops::conv2d_after_upsample`)
+/// or writes them and reads them back (`MINIDIFFUSION_UP_PATH=written`, the
+/// A/B). ε̂ is the same but for the shortcut's one more f32 rounding.
+pub fn up_path_in_place() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&UP_PATH_IN_PLACE, &ENV, || std::env::var("MINIDIFFUSION_UP_PATH").map_or(true, |v| v != "written"))
+}
+
+/// Run `f` with the up path read in place or written on this thread (tests, A/B).
+pub fn with_up_path_in_place<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_switch(&UP_PATH_IN_PLACE, on, f)
 }
 
 /// Whether a same conv of `x` can stage it with float4s: f32 storage, a
