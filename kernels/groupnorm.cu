@@ -130,7 +130,7 @@ __device__ __forceinline__ void forward(TY* __restrict__ y, float* __restrict__ 
 #define GN_RESIDENT 12
 
 // Where a group's M values lie: the first ka at a, the rest at b. One
-// tensor: a = b = the group's first value, ka = M. Two (x, then x2, the
+// tensor: a the group's first value, ka = M (b unread). Two (x, then x2, the
 // channels of a concatenation x ⧺ x2 that is never written: the UNet's up
 // path, where a skip joins the map), from x and x2 as of_concat finds them.
 struct Parts {
