@@ -748,6 +748,20 @@ extern "C" __global__ void conv2d_pack_same_bf16(unsigned int* wp, const float* 
     same::pack<mma::Bf16>(wp, w, M, CG, ks, flip, wc);
 }
 
+// Both orientations of W [OC, C, K, K] in one launch (training: the
+// forward's pack in wp, the input gradient's, flipped, in wp_flip, for the
+// backward of the same step): grid y = 0 packs the first, y = 1 the second.
+extern "C" __global__ void conv2d_pack_same_pair_f32(unsigned int* wp, unsigned int* wp_flip, const float* w, int OC, int C,
+                                                     int ks) {
+    if (blockIdx.y == 0) same::pack<mma::Tf32x3>(wp, w, OC, C, ks, 0, C);
+    else same::pack<mma::Tf32x3>(wp_flip, w, C, OC, ks, 1, C);
+}
+extern "C" __global__ void conv2d_pack_same_pair_bf16(unsigned int* wp, unsigned int* wp_flip, const float* w, int OC, int C,
+                                                      int ks) {
+    if (blockIdx.y == 0) same::pack<mma::Bf16>(wp, w, OC, C, ks, 0, C);
+    else same::pack<mma::Bf16>(wp_flip, w, C, OC, ks, 1, C);
+}
+
 // y [N, OC, OH, OW] = same-conv(x [N, C, H, W]) + bias + sample_bias + residual
 // (each may be null) with the weights packed by conv2d_pack_same_<precision>
 // (flip 0): _f32 at f32 accuracy (3xTF32), _bf16 with bf16 operands. For the

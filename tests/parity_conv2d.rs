@@ -655,3 +655,40 @@ fn conv2d_after_upsample_reads_the_upsampling_in_place() {
         conv2d_after_upsample(&t[0], &t[1], Some(&t[2]), ConvAdd::default(), p)
     }, ParityTol::TENSOR_CORE);
 }
+
+/// A training step of a same conv packs its weights once for the forward and
+/// the input gradient (`conv2d_pack_same_pair_*`, both orientations in one
+/// launch; the backward reads the flipped half), at both precisions, 1×1 and
+/// 3×3, with the gradients the CPU twin gives (parity_check); without an
+/// input gradient wanted, the forward's pack alone; a stride-2 conv packs
+/// for its own input gradient as before.
+#[test]
+fn training_packs_both_orientations_in_one_launch() {
+    use minidiffusion::ops::{Precision, with_precision};
+    use minidiffusion::testing::kernel_calls;
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    for precision in [Precision::F32, Precision::Bf16] {
+        let _p = with_precision(precision);
+        for (k, pad, xd) in [(3usize, 1usize, [2usize, 20, 8, 8]), (1, 0, [2, 16, 16, 16])] {
+            let p = Conv2dParams { stride: 1, padding: pad };
+            let what = format!("{precision} {k}×{k} {xd:?}");
+            let wd = [24, xd[1], k, k];
+            let packs = |x_grad: bool| {
+                let t = on_device(&[xd.to_vec(), wd.to_vec(), vec![24]], 900);
+                let x = if x_grad { t[0].detach().requires_grad_() } else { t[0].clone() };
+                let (w, b) = (t[1].detach().requires_grad_(), t[2].detach().requires_grad_());
+                let rows = kernel_calls(|| {
+                    let y = conv2d(&x, &w, Some(&b), p).unwrap();
+                    drop(minidiffusion::backward(&minidiffusion::ops::sum_all(&y).unwrap()).unwrap());
+                });
+                rows.into_iter().filter(|r| r.0.starts_with("conv2d_pack_same")).collect::<Vec<_>>()
+            };
+            let pair = if precision == Precision::Bf16 { "conv2d_pack_same_pair_bf16" } else { "conv2d_pack_same_pair_f32" };
+            let single = if precision == Precision::Bf16 { "conv2d_pack_same_bf16" } else { "conv2d_pack_same_f32" };
+            assert_eq!(packs(true), [(pair, 1)], "{what}: x's gradient wanted");
+            assert_eq!(packs(false), [(single, 1)], "{what}: no input gradient");
+            let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
+            parity_check(&format!("{what}: gradients"), &[&xd, &wd, &[24]], |t| conv2d(&t[0], &t[1], Some(&t[2]), p), tol);
+        }
+    }
+}

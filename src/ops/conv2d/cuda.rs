@@ -414,6 +414,33 @@ pub fn pack_same(weight: &CudaBuffer, g: &ConvGeom, flip: bool, prec: Precision,
     pack_same_part(weight, g, flip, prec, target, (0, g.c))
 }
 
+/// Whether the input gradient of `g` runs as a same conv (stride 1, the
+/// transposed conv fits the kernels too): then it reads the flipped packing.
+pub fn input_gradient_is_same_conv(g: &ConvGeom) -> bool {
+    same_conv_fits(g) && same_conv_fits(&transposed(g))
+}
+
+/// Both orientations of `weight` for a same conv `g` at `prec` in one launch:
+/// the forward's packing and the input gradient's (flipped), as two
+/// [`pack_same`] calls make them (a training step's forward and backward).
+pub fn pack_same_pair(weight: &CudaBuffer, g: &ConvGeom, prec: Precision) -> Result<(PackedWeights, PackedWeights)> {
+    let backend = weight.backend();
+    let ks = g.kh;
+    let per_word = if prec == Precision::Bf16 { 2 } else { 1 };
+    let len = |m: usize, cg: usize| cg.div_ceil(SAME_CHUNK_WORDS * per_word) * m.div_ceil(SAME_M_ALIGN) * SAME_M_ALIGN * ks * ks * SAME_CHUNK_WORDS;
+    let (fwd_len, flip_len) = (len(g.oc, g.c), len(g.c, g.oc));
+    let (fwd, flip) = (backend.alloc(fwd_len)?, backend.alloc(flip_len)?);
+    let pack = if prec == Precision::Bf16 { "conv2d_pack_same_pair_bf16" } else { "conv2d_pack_same_pair_f32" };
+    let i = |v: usize| elems("conv2d", v).map(Arg::I32);
+    let args = [fwd.arg(), flip.arg(), weight.arg(), i(g.oc)?, i(g.c)?, i(ks)?];
+    let blocks = fwd_len.max(flip_len).div_ceil(256);
+    backend.launch(pack, LaunchConfig::grid([blocks, 2, 1], 256), &args)?;
+    Ok((
+        PackedWeights { buf: fwd, prec, flip: false, dims: (g.oc, g.c, ks) },
+        PackedWeights { buf: flip, prec, flip: true, dims: (g.c, g.oc, ks) },
+    ))
+}
+
 /// [`pack_same`] for a conv `g` of input channels `first .. first + g.c`
 /// of `weight` [OC, total, K, K], `(first, total)` = `part`: the conv of one
 /// part of a concatenated input (`ops::conv2d_concat`).
@@ -588,6 +615,7 @@ pub fn backward_input(
     g: &ConvGeom,
     prec: Precision,
     add: Option<&CudaBuffer>,
+    flipped: Option<&PackedWeights>,
 ) -> Result<(CudaBuffer, bool)> {
     let backend = dy.backend();
     if g.n * g.c * g.h * g.w == 0 {
@@ -596,9 +624,17 @@ pub fn backward_input(
     let s = ConvShape::new(g)?;
     // `add` as the same conv's residual: dX + add as it is written
     let epilogue = Epilogue { residual: add, ..Epilogue::default() };
-    if same_conv_fits(g) && same_conv_fits(&transposed(g)) {
-        let packed = pack_same(weight, g, true, prec, PackTarget::Current)?;
-        return Ok((same_conv(dy, &packed, &epilogue, &ConvShape::new(&transposed(g))?, prec, Read::AsIs)?, true));
+    if input_gradient_is_same_conv(g) {
+        // packed by the forward with its own (pack_same_pair), else now
+        let packed_now;
+        let packed = match flipped {
+            Some(p) if p.flip && p.prec == prec && p.dims == (g.c, g.oc, g.kh) => p,
+            _ => {
+                packed_now = pack_same(weight, g, true, prec, PackTarget::Current)?;
+                &packed_now
+            }
+        };
+        return Ok((same_conv(dy, packed, &epilogue, &ConvShape::new(&transposed(g))?, prec, Read::AsIs)?, true));
     }
     if let Some(same) = stride2_as_same(g) {
         // dY with zeros between its pixels, through the same conv's input gradient

@@ -303,6 +303,9 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
     } else {
         x
     };
+    // training on CUDA: the input gradient's flipped weights packed with the
+    // forward's, in one launch, kept for this step's backward
+    let mut flipped = None;
     let storage = match device {
         Device::Cpu => {
             let (sx, sw) = (x.storage(), weight.storage());
@@ -321,14 +324,19 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
             let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
             let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
             let packed = if cuda::same_conv_takes(&g) && keeps_packed(weight) { Some(packed_weights(weight, &sw, &g, prec)?) } else { None };
-            let w = match &packed {
-                Some(p) => cuda::Weights::Packed(p),
-                None => cuda::Weights::Plain(sw.cuda(OP)?),
+            let pair_wanted = packed.is_none() && input_norm.is_none() && crate::autograd::is_grad_enabled() && x.requires_grad();
+            let pair = if pair_wanted && cuda::input_gradient_is_same_conv(&g) { Some(cuda::pack_same_pair(sw.cuda(OP)?, &g, prec)?) } else { None };
+            let w = match (&packed, &pair) {
+                (Some(p), _) => cuda::Weights::Packed(p),
+                (None, Some((forward, _))) => cuda::Weights::Packed(forward),
+                (None, None) => cuda::Weights::Plain(sw.cuda(OP)?),
             };
-            Storage::Cuda(match input_norm {
+            let y = match input_norm {
                 None => cuda::forward(sx.cuda_any(OP)?, w, &epi, &g, prec)?,
                 Some(norm) => cuda::forward_normed(sx.cuda(OP)?, norm, w, &epi, &g, prec)?,
-            })
+            };
+            flipped = pair.map(|(_, flip)| flip);
+            Storage::Cuda(y)
         }
     };
     let out_shape = Shape::new(vec![g.n, g.oc, g.oh, g.ow]);
@@ -344,7 +352,7 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
         Node::accumulating(OP, inputs, move |dy, earlier| {
             let mut earlier = earlier.into_iter();
             let mut dx_earlier = earlier.next().flatten();
-            let dx = x.requires_grad().then(|| conv2d_backward_input(dy, &weight, &g, prec, &mut dx_earlier)).transpose()?;
+            let dx = x.requires_grad().then(|| conv2d_backward_input(dy, &weight, &g, prec, &mut dx_earlier, flipped.as_ref())).transpose()?;
             let dx = crate::autograd::plus(dx, dx_earlier)?;
             // the other inputs' gradients, summed with their earlier ones below
             let mut grads = vec![weight.requires_grad().then(|| conv2d_backward_weight(dy, &x, &g, prec)).transpose()?];
@@ -422,7 +430,14 @@ fn cuda_reads_bf16(device: Device, g: &ConvGeom, prec: Precision) -> bool {
 /// dX = col2im(Wᵀ · dY) per image, shaped like x, plus `*add` where the
 /// kernel can add it as it writes (an f32 gradient on the same device, a
 /// same conv's input gradient: then `*add` is taken).
-fn conv2d_backward_input(dy: &Tensor, weight: &Tensor, g: &ConvGeom, prec: Precision, add: &mut Option<Tensor>) -> Result<Tensor> {
+fn conv2d_backward_input(
+    dy: &Tensor,
+    weight: &Tensor,
+    g: &ConvGeom,
+    prec: Precision,
+    add: &mut Option<Tensor>,
+    flipped: Option<&cuda::PackedWeights>,
+) -> Result<Tensor> {
     const OP: &str = "conv2d backward";
     let storage = match Tensor::common_device(OP, &[dy, weight])? {
         Device::Cpu => {
@@ -434,7 +449,7 @@ fn conv2d_backward_input(dy: &Tensor, weight: &Tensor, g: &ConvGeom, prec: Preci
             let (sd, sw) = (dy.storage(), weight.storage());
             let summable = add.as_ref().filter(|t| t.dtype() == DType::F32 && t.device() == dy.device());
             let sa = summable.map(|t| t.storage());
-            let (dx, summed) = cuda::backward_input(sd.cuda(OP)?, sw.cuda(OP)?, g, prec, dev(&sa)?)?;
+            let (dx, summed) = cuda::backward_input(sd.cuda(OP)?, sw.cuda(OP)?, g, prec, dev(&sa)?, flipped)?;
             drop(sa);
             if summed {
                 *add = None;
