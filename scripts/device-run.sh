@@ -121,6 +121,9 @@ ours_bf16)
     MINIDIFFUSION_BF16_STORAGE=1 step ours_train_bf16_storage 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     # the up path's concatenations and upsampled maps written and read back (session 24 reads them in place)
     MINIDIFFUSION_UP_PATH=written step ours_sample_bf16_up_written 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # 1x1 weight gradients by the same-conv kernel with the bias reduced apart (session 25: one GEMM
+    # over pixels that sums the bias too; run 7 had them at 11.8 % of a step, the bias sums 5.2 %)
+    MINIDIFFUSION_WG_1X1=same step ours_train_bf16_wg1x1_same 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     ;;
 ours)
     step ours_sample_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile

@@ -692,3 +692,56 @@ fn training_packs_both_orientations_in_one_launch() {
         }
     }
 }
+
+/// A 1×1 conv's weight gradient is one GEMM over the pixels
+/// (`conv2d_weight_grad_1x1_*`, kernels/conv2d_1x1.cu) that also sums the
+/// bias gradient as it reads dY: no same-conv weight-gradient kernel and no
+/// reduction launch, the split partials added by one
+/// `conv2d_sum_splits_pair_f32` when there are several; gradients as the
+/// CPU twin's, at both precisions, on shapes with output and input channels
+/// past one 64-wide tile and partial (70, 33), 2×2 maps (16 images a bf16
+/// slice, the batch ending inside one), K under one slice (48 pixels), and
+/// K over several splits (2,048 pixels). `MINIDIFFUSION_WG_1X1=same` (the A/B)
+/// keeps the same-conv kernel and the bias reduction, with the same gradients
+/// to the tolerance.
+#[test]
+fn weight_gradient_1x1_is_a_gemm_over_pixels_with_the_bias() {
+    use minidiffusion::ops::conv2d::cuda::with_wg_1x1;
+    use minidiffusion::ops::{Precision, with_precision};
+    use minidiffusion::testing::kernel_calls;
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    let p = Conv2dParams { stride: 1, padding: 0 };
+    for precision in [Precision::F32, Precision::Bf16] {
+        let _p = with_precision(precision);
+        let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
+        let name = if precision == Precision::Bf16 { "conv2d_weight_grad_1x1_bf16" } else { "conv2d_weight_grad_1x1_f32" };
+        for (xd, oc, several_splits) in [([2usize, 33, 8, 8], 70usize, false), ([37, 24, 2, 2], 72, false), ([3, 16, 4, 4], 8, false), ([8, 20, 16, 16], 40, true)] {
+            let what = format!("{precision} {xd:?} → {oc}");
+            let wd = [oc, xd[1], 1, 1];
+            for fused in [true, false] {
+                let launched = with_wg_1x1(fused, || {
+                    let t = on_device(&[xd.to_vec(), wd.to_vec(), vec![oc]], 950);
+                    let (x, w, b) = (t[0].detach().requires_grad_(), t[1].detach().requires_grad_(), t[2].detach().requires_grad_());
+                    let y = conv2d(&x, &w, Some(&b), p).unwrap();
+                    let dy = minidiffusion::Tensor::from_vec_on(randn(y.dims(), 951), y.shape().clone(), y.device()).unwrap();
+                    let loss = minidiffusion::ops::sum_all(&minidiffusion::ops::mul(&y, &dy).unwrap()).unwrap();
+                    kernel_calls(|| drop(minidiffusion::backward(&loss).unwrap()))
+                });
+                let count = |prefix: &str| launched.iter().filter(|r| r.0.starts_with(prefix)).map(|r| r.1).sum::<usize>();
+                if fused {
+                    assert_eq!(count(name), 1, "{what}: {launched:?}");
+                    assert_eq!(count("conv2d_same_weight_grad") + count("reduce_sum"), 0, "{what}: {launched:?}");
+                    let sums = count("conv2d_sum_splits_pair_f32");
+                    assert!(sums <= 1 && (sums == 1 || !several_splits), "{what}: {launched:?}");
+                } else {
+                    assert_eq!(count("conv2d_weight_grad_1x1"), 0, "{what}: {launched:?}");
+                    assert_eq!(count("conv2d_same_weight_grad"), 1, "{what}: {launched:?}");
+                    assert!(count("reduce_sum") >= 1, "{what}: the bias by the reduction: {launched:?}");
+                }
+                with_wg_1x1(fused, || {
+                    parity_check(&format!("{what} fused {fused}"), &[&xd, &wd, &[oc]], |t| conv2d(&t[0], &t[1], Some(&t[2]), p), tol)
+                });
+            }
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! CUDA launches of kernels/conv2d.cu: implicit-GEMM convolution (forward,
-//! input gradient, weight gradient with split K); the bias gradient through
-//! the reduce kernel.
+//! input gradient, weight gradient with split K); the same convs of
+//! kernels/conv2d_same.cu; a 1×1 conv's weight gradient as one GEMM over the
+//! pixels that also sums its bias gradient (kernels/conv2d_1x1.cu); other
+//! bias gradients through the reduce kernel.
 //!
 //! Each GEMM kernel computes a 64×64 output tile per 256-thread block, so the
 //! grid is (⌈N/64⌉, ⌈M/64⌉, splits) for the GEMM sizes M, N, K of
@@ -388,6 +390,85 @@ fn same_weight_grad(
     Ok(dw)
 }
 
+/// Blocks the 1×1 weight gradient's split over pixels aims for (two waves of
+/// an H100's 132 SMs at two blocks an SM).
+const WG_1X1_TARGET_BLOCKS: usize = 528;
+/// Fewest 32-word slices a split of the 1×1 weight gradient sums: its
+/// [OC, C] partial is written and read back once per split.
+const WG_1X1_MIN_SLICES: usize = 4;
+/// Output and input channels of a 1×1 weight-gradient block (BM = BN).
+const WG_1X1_TILE: usize = 64;
+
+thread_local! {
+    static WG_1X1: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether 1×1 weight gradients run kernels/conv2d_1x1.cu's GEMM over pixels
+/// (default) or the same-conv kernel (`MINIDIFFUSION_WG_1X1=same`, the A/B).
+pub fn wg_1x1() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&WG_1X1, &ENV, || std::env::var("MINIDIFFUSION_WG_1X1").map_or(true, |v| v != "same"))
+}
+
+/// Run `f` with the 1×1 weight-gradient kernel on or off on this thread (tests, A/B).
+pub fn with_wg_1x1<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_switch(&WG_1X1, on, f)
+}
+
+/// Whether [`weight_grad_1x1`] takes this weight gradient: a 1×1, stride-1,
+/// unpadded conv of an f32 input (or a bf16-stored one at bf16), OH·OW a
+/// multiple of 4 (4 pixels loaded together never straddle two images) and
+/// both operands 16-byte aligned.
+fn weight_grad_1x1_fits(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Precision) -> bool {
+    let one = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
+    one && g.p().is_multiple_of(4)
+        && g.p() > 0
+        && (x.dtype() == DType::F32 || (x.dtype() == DType::BF16 && prec == Precision::Bf16))
+        && dy.ptr().is_multiple_of(16)
+        && x.ptr().is_multiple_of(16)
+        && same_kernels_enabled()
+        && wg_1x1()
+}
+
+/// dW [OC, C] (and with `bias`, dB [OC]) of a 1×1 conv: kernels/conv2d_1x1.cu,
+/// split over the pixels into [`WG_1X1_TARGET_BLOCKS`]-ish blocks, the
+/// partials added in split order (one launch for both gradients).
+fn weight_grad_1x1(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Precision, bias: bool) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
+    let backend = dy.backend();
+    let s = ConvShape::new(g)?;
+    let slice_pixels = 32 * pixels_per_word(prec);
+    let slices = (g.n * g.p()).div_ceil(slice_pixels);
+    let tiles = g.c.div_ceil(WG_1X1_TILE) * g.oc.div_ceil(WG_1X1_TILE);
+    let want = WG_1X1_TARGET_BLOCKS.div_ceil(tiles).clamp(1, slices.div_ceil(WG_1X1_MIN_SLICES).max(1));
+    let per_split = slices.div_ceil(want);
+    let splits = slices.div_ceil(per_split);
+    let (len_w, len_b) = (g.oc * g.c, g.oc);
+    elems("conv2d", splits * len_w)?;
+    let dw_part = backend.alloc(splits * len_w)?;
+    let db_part = if bias { Some(backend.alloc(splits * len_b)?) } else { None };
+    let kernel = match (prec, x.dtype()) {
+        (Precision::F32, _) => "conv2d_weight_grad_1x1_f32",
+        (Precision::Bf16, DType::BF16) => "conv2d_weight_grad_1x1_bf16_xbf16",
+        (Precision::Bf16, _) => "conv2d_weight_grad_1x1_bf16",
+    };
+    let cfg = LaunchConfig::grid([g.c.div_ceil(WG_1X1_TILE), g.oc.div_ceil(WG_1X1_TILE), splits], GEMM_THREADS);
+    let db_arg = db_part.as_ref().map_or(Arg::Ptr(0), |b| b.arg());
+    backend.launch(kernel, cfg, &[dw_part.arg(), db_arg, dy.arg(), x.arg(), Arg::pod(&s), Arg::I32(elems("conv2d", per_split)?)])?;
+    if splits == 1 {
+        return Ok((dw_part, db_part));
+    }
+    let dw = backend.alloc(len_w)?;
+    let db = if bias { Some(backend.alloc(len_b)?) } else { None };
+    let (db_out, db_in) = match (&db, &db_part) {
+        (Some(out), Some(part)) => (out.arg(), part.arg()),
+        _ => (Arg::Ptr(0), Arg::Ptr(0)),
+    };
+    let len = len_w + if bias { len_b } else { 0 };
+    let args = [dw.arg(), dw_part.arg(), Arg::I32(elems("conv2d", len_w)?), db_out, db_in, Arg::I32(len_b as i32), Arg::I32(splits as i32)];
+    backend.launch("conv2d_sum_splits_pair_f32", LaunchConfig::for_elems(len, 256), &args)?;
+    Ok((dw, db))
+}
+
 /// A same conv's weights as its kernels read them (kernels/conv2d_same.cu's
 /// `conv2d_pack_same_*`): for one precision, orientation and shape.
 pub struct PackedWeights {
@@ -684,6 +765,21 @@ fn weight_splits(m: usize, n: usize, k: usize) -> (usize, usize) {
 /// patches, as split-K partials summed in split order; the products at
 /// precision `prec` (same convs take kernels/conv2d_same.cu).
 pub fn backward_weight(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
+    Ok(backward_weight_and_bias(dy, x, g, prec, false)?.0)
+}
+
+/// [`backward_weight`], and with `bias` the bias gradient too where the
+/// weight gradient's kernel sums it as it reads dY (a 1×1 conv:
+/// [`weight_grad_1x1`]); None where the caller sums it ([`bias_grad`]).
+pub fn backward_weight_and_bias(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Precision, bias: bool) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
+    if weight_grad_1x1_fits(dy, x, g, prec) {
+        return weight_grad_1x1(dy, x, g, prec, bias);
+    }
+    Ok((backward_weight_gemm(dy, x, g, prec)?, None))
+}
+
+/// The weight gradient by the same-conv kernel or the generic implicit GEMM.
+fn backward_weight_gemm(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
     let backend = dy.backend();
     let (m, n, k) = (g.oc, g.k(), g.n * g.p());
     let len = m * n;

@@ -9,7 +9,9 @@
 //!   dX_n = col2im(Wᵀ · g_n)    dW = Σ_n g_n · col_nᵀ    dB[o] = Σ_{n, oy, ox} g[n, o, oy, ox]
 //!
 //! On CUDA (`cuda.rs`, kernels/conv2d.cu) the same three products run as
-//! implicit GEMMs that gather the im2col entries on the fly; dB uses the reduce kernel.
+//! implicit GEMMs that gather the im2col entries on the fly; a 1×1 conv's
+//! weight-gradient kernel also sums dB as it reads g (f32 sums of the f32
+//! g); other convs' dB use the reduce kernel.
 //!
 //! A forward's weights in the layout its kernel reads (the CPU's direct
 //! kernel's channel panels, the CUDA same-conv kernels' mma fragments) are
@@ -354,15 +356,23 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
             let mut dx_earlier = earlier.next().flatten();
             let dx = x.requires_grad().then(|| conv2d_backward_input(dy, &weight, &g, prec, &mut dx_earlier, flipped.as_ref())).transpose()?;
             let dx = crate::autograd::plus(dx, dx_earlier)?;
-            // the other inputs' gradients, summed with their earlier ones below
-            let mut grads = vec![weight.requires_grad().then(|| conv2d_backward_weight(dy, &x, &g, prec)).transpose()?];
+            // the other inputs' gradients, summed with their earlier ones below;
             // the per-image sums, when wanted, also give dB (Σ over the images
-            // of [N, OC] instead of a second pass over dY: the UNet's conv1s)
-            let sb_grad = sample_bias.as_ref().filter(|t| t.requires_grad()).map(|_| sample_bias_grad(dy, &g)).transpose()?;
+            // of [N, OC] instead of a second pass over dY: the UNet's conv1s),
+            // else the weight gradient's kernel may sum it as it reads dY
+            let sb_wanted = sample_bias.as_ref().is_some_and(|t| t.requires_grad());
+            let db_with_dw = bias.as_ref().is_some_and(|b| b.requires_grad()) && !sb_wanted;
+            let (dw, mut db_from_dw) = match weight.requires_grad() {
+                true => conv2d_backward_weight(dy, &x, &g, prec, db_with_dw).map(|(dw, db)| (Some(dw), db))?,
+                false => (None, None),
+            };
+            let mut grads = vec![dw];
+            let sb_grad = sb_wanted.then(|| sample_bias_grad(dy, &g)).transpose()?;
             if let Some(b) = &bias {
-                let db = || match &sb_grad {
-                    Some(per_image) => crate::ops::reduce::sum(per_image, &[0], false),
-                    None => bias_grad(dy, &g),
+                let db = || match (db_from_dw.take(), &sb_grad) {
+                    (Some(db), _) => Ok(db),
+                    (None, Some(per_image)) => crate::ops::reduce::sum(per_image, &[0], false),
+                    (None, None) => bias_grad(dy, &g),
                 };
                 grads.push(b.requires_grad().then(db).transpose()?);
             }
@@ -460,21 +470,24 @@ fn conv2d_backward_input(
     Ok(Tensor::from_storage(storage, Shape::new(vec![g.n, g.c, g.h, g.w])))
 }
 
-/// dW = Σ_n dY_n · col_nᵀ, shaped like the weight.
-fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom, prec: Precision) -> Result<Tensor> {
+/// dW = Σ_n dY_n · col_nᵀ, shaped like the weight; with `bias`, also dB
+/// where the weight gradient's kernel sums it as it reads dY (CUDA, 1×1
+/// convs), else None.
+fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom, prec: Precision, bias: bool) -> Result<(Tensor, Option<Tensor>)> {
     const OP: &str = "conv2d backward";
-    let storage = match Tensor::common_device(OP, &[dy, x])? {
+    let (storage, db) = match Tensor::common_device(OP, &[dy, x])? {
         Device::Cpu => {
             let (sd, sx) = (dy.storage(), x.storage());
             let (od, ox) = (operand(sd.cpu_f32(OP)?, prec), operand(sx.cpu_f32(OP)?, prec));
-            cpu_f32_storage(cpu::conv2d_backward_weight(&od, &ox, g))
+            (cpu_f32_storage(cpu::conv2d_backward_weight(&od, &ox, g)), None)
         }
         Device::Cuda(_) => {
             let (sd, sx) = (dy.storage(), x.storage());
-            Storage::Cuda(cuda::backward_weight(sd.cuda(OP)?, sx.cuda_any(OP)?, g, prec)?)
+            let (dw, db) = cuda::backward_weight_and_bias(sd.cuda(OP)?, sx.cuda_any(OP)?, g, prec, bias)?;
+            (Storage::Cuda(dw), db.map(|db| Tensor::from_storage(Storage::Cuda(db), Shape::new(vec![g.oc]))))
         }
     };
-    Ok(Tensor::from_storage(storage, Shape::new(vec![g.oc, g.c, g.kh, g.kw])))
+    Ok((Tensor::from_storage(storage, Shape::new(vec![g.oc, g.c, g.kh, g.kw])), db))
 }
 
 /// The host slice of an optional operand's storage.
