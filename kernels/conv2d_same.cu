@@ -167,6 +167,113 @@ __device__ __forceinline__ void chunk_products(const uint4* As, const unsigned i
     }
 }
 
+// Stores a block's tile of y = acc + the epilogue (conv::ForwardOut): block
+// rows m0 … m0 + BM − 1, pixels n0 … n0 + BN − 1, warps tiled BM/32 × 8/(BM/32)
+// over it (warp w: rows 32·(w % WARPS_M)…, pixels WN·(w / WARPS_M)…), acc[mi][ni]
+// as chunk_products leaves it. Shared by the same-conv forwards.
+// (g, t: the lane's mma group and thread; img0 = n0 / P; n_w: the warp's first
+// pixel in the tile — values its caller has at hand.)
+template <class Math, int BM, int NI>
+__device__ __forceinline__ void store_tile(const conv::ForwardOut& out, const conv::Shape& s,
+                                           const typename Step<Math>::Acc (&acc)[2][NI], int n0, int m0, int img0,
+                                           int n_w, int warp, int g, int t) {
+    constexpr int WARPS_M = BM / 32;
+    static_assert(BN / (8 / WARPS_M) == 8 * NI, "the warp tile's n8 tiles");
+    const int P = s.oh * s.ow, total = s.n * P;
+    // acc[mi][ni][r]: channel m0 + m_w + 16mi + g + 8(r/2), pixel n0 + n_w + 8ni + 2t + r%2
+    // (image and pixel of this lane's first column by one division, the others by carries).
+    // Per n8 tile the epilogue terms of its 8 outputs are loaded, then the 8 stored.
+    const int m_w = 32 * (warp % WARPS_M);
+    // With P even (every map of the UNet) this lane's two pixels of a tile,
+    // 2t and 2t + 1, lie side by side in one image and one row of y: stored
+    // as a pair (ForwardOut::store_pair: the sums of store_terms, so the same
+    // bits, with one load of each term).
+    const bool pairs = P % 2 == 0 && ((reinterpret_cast<unsigned long long>(out.y) |
+                                        reinterpret_cast<unsigned long long>(out.residual)) & 7) == 0;
+    if (pairs && P >= BN && m0 + BM <= s.oc) {
+        // The tile inside one image (P a multiple of BN: the UNet's 32×32 and
+        // 16×16 maps) with every channel live: no test per output, and a
+        // channel's bias and time-embedding terms loaded once; a lane's pairs
+        // lie 8·ni pixels after its first (no division: the image is img0).
+        const int pix0 = n0 - img0 * P + n_w + 2 * t;
+        conv::ForwardOut::PairTerms first[2][2];  // [r / 2][mi]
+#pragma unroll
+        for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) first[r2][mi] = out.pair_terms_at(img0, pix0, m0 + m_w + 16 * mi + g + 8 * r2);
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+            conv::ForwardOut::PairTerms terms[2][2];
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) terms[r2][mi] = ni == 0 ? first[r2][mi] : out.pair_terms_after(first[r2][mi], 8 * ni);
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) out.store_pair(terms[r2][mi], acc[mi][ni].get(2 * r2), acc[mi][ni].get(2 * r2 + 1));
+        }
+        return;
+    }
+    const int first_img = (n0 + n_w + 2 * t) / P, first_pix = n0 + n_w + 2 * t - first_img * P;
+    if (pairs) {
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+            const int n = n0 + n_w + 8 * ni + 2 * t;  // even, and total is even: n + 1 < total with n
+            int img = first_img, pix = first_pix + 8 * ni;
+            while (pix >= P) {
+                pix -= P;
+                ++img;
+            }
+            conv::ForwardOut::PairTerms terms[2][2];  // [r / 2][mi]
+            bool live[2][2];
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) {
+                    const int m = m0 + m_w + 16 * mi + g + 8 * r2;
+                    live[r2][mi] = n < total && m < s.oc;
+                    if (live[r2][mi]) terms[r2][mi] = out.pair_terms_at(img, pix, m);
+                }
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi)
+                    if (live[r2][mi]) out.store_pair(terms[r2][mi], acc[mi][ni].get(2 * r2), acc[mi][ni].get(2 * r2 + 1));
+        }
+        return;
+    }
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+        conv::ForwardOut::Terms terms[2][2][2];  // [half][r / 2][mi]
+        bool live[2][2][2];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int n = n0 + n_w + 8 * ni + 2 * t + half;
+            int img = first_img, pix = first_pix + 8 * ni + half;
+            while (pix >= P) {
+                pix -= P;
+                ++img;
+            }
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) {
+                    const int m = m0 + m_w + 16 * mi + g + 8 * r2;
+                    live[half][r2][mi] = n < total && m < s.oc;
+                    if (live[half][r2][mi]) terms[half][r2][mi] = out.terms_at(img, pix, m);
+                }
+        }
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi)
+                    if (live[half][r2][mi]) out.store_terms(terms[half][r2][mi], acc[mi][ni].get(half + 2 * r2));
+    }
+}
+
 // y = same-conv(x, A) + epilogue at the precision of Math, A packed by
 // conv2d_pack_same_<precision> for this shape (M = s.oc rows, s.c channels).
 // x is f32, or bf16 storage (TX = unsigned short: the bf16 path's GroupNorm
@@ -210,7 +317,6 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     const int g = lane / 4, t = lane % 4;
     const int P = s.oh * s.ow;
     const int XW = UP ? s.w / 2 : s.w, HW = UP ? (s.h / 2) * XW : s.h * s.w;  // x's row and channel strides
-    const int total = s.n * P;
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
     const Tile tile = tile_of(s);
     const int img0 = n0 / P, oh0 = (n0 - img0 * P) / s.ow;
@@ -395,98 +501,170 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
         __syncthreads();  // the next chunk overwrites As and the patch
     }
 
-    // acc[mi][ni][r]: channel m0 + m_w + 16mi + g + 8(r/2), pixel n0 + n_w + 8ni + 2t + r%2
-    // (image and pixel of this lane's first column by one division, the others by carries).
-    // Per n8 tile the epilogue terms of its 8 outputs are loaded, then the 8 stored.
-    const int m_w = 32 * (warp % WARPS_M);
-    // With P even (every map of the UNet) this lane's two pixels of a tile,
-    // 2t and 2t + 1, lie side by side in one image and one row of y: stored
-    // as a pair (ForwardOut::store_pair: the sums of store_terms, so the same
-    // bits, with one load of each term).
-    const bool pairs = P % 2 == 0 && ((reinterpret_cast<unsigned long long>(out.y) |
-                                        reinterpret_cast<unsigned long long>(out.residual)) & 7) == 0;
-    if (pairs && P >= BN && m0 + BM <= s.oc) {
-        // The tile inside one image (P a multiple of BN: the UNet's 32×32 and
-        // 16×16 maps) with every channel live: no test per output, and a
-        // channel's bias and time-embedding terms loaded once; a lane's pairs
-        // lie 8·ni pixels after its first (no division: the image is img0).
-        const int pix0 = n0 - img0 * P + n_w + 2 * t;
-        conv::ForwardOut::PairTerms first[2][2];  // [r / 2][mi]
+    store_tile<Math, BM, NI>(out, s, acc, n0, m0, img0, n_w, warp, g, t);
+}
+
+// ---- The 1×1 forward ----
+//
+// A stride-1 1×1 conv has no halo and no taps: per image it is the GEMM
+// y[img] [OC, P] = A [OC, C] · x[img] [C, P], so a block stages no patch,
+// only its 128 pixels × a slice of 32 channels (S1_CHUNKS chunks: two at
+// bf16, four at f32), pixel-major,
+//   bs[pixel·S1_LDB + word]   (word 8·cl + j: chunk cl's word j, as the patch holds it),
+// from float4 loads along the pixels of one channel (P % 4 == 0: four pixels
+// never straddle two images, the host checks): at bf16 a thread reads
+// channels 2j and 2j + 1 of 4 pixels and writes their 4 pair-words, at f32
+// one channel of 4 pixels. The forward's element-by-element staging made a
+// load a word for the same bytes (run 7: `_m64_k1` at 105 registers, 23 %
+// occupancy, long-scoreboard stalls, 42 % of DRAM bandwidth at 16×16×64).
+// The slice's packed A (conv2d_pack_same_*, the same-conv weights) is copied
+// beside it; the next slice's loads are in registers while this one's
+// products run. The warp tiling, the fragments (ldmatrix_x4 of 8 pixels' 4
+// words), the chunk order of the mma steps and the epilogue (store_tile) are
+// the same-conv forward's: the same sums in the same order, bit for bit.
+constexpr int S1_CHUNKS_BF16 = 2, S1_CHUNKS_F32 = 4;  // chunks a slice: 32 channels
+// words a staged pixel: the slice's 16 words and 4 of padding (a ldmatrix's
+// 8 pixels, 16-byte rows S1_LDB words apart, fall on 8 distinct bank quads)
+__host__ __device__ constexpr int s1_ldb(int chunks) { return chunks * CHUNK_WORDS + 4; }
+
+// 4 pixels of channels c and c + 1 (bf16 storage: their bf16 bits, 4 to a
+// uint2) as the pair-words a bf16 slice stages: word r = (c at pixel r, c + 1
+// at pixel r). From f32 the values are rounded (Math::pack); from bf16
+// storage they are the bits the f32 input would round to.
+__device__ __forceinline__ void quad_words(unsigned int (&w)[4], const float4 a, const float4 b) {
+    w[0] = mma::bf16_pair(a.x, b.x);
+    w[1] = mma::bf16_pair(a.y, b.y);
+    w[2] = mma::bf16_pair(a.z, b.z);
+    w[3] = mma::bf16_pair(a.w, b.w);
+}
+__device__ __forceinline__ void quad_words(unsigned int (&w)[4], const uint2 a, const uint2 b) {
+    w[0] = (a.x & 0xffffu) | (b.x << 16);
+    w[1] = (a.x >> 16) | (b.x & 0xffff0000u);
+    w[2] = (a.y & 0xffffu) | (b.y << 16);
+    w[3] = (a.y >> 16) | (b.y & 0xffff0000u);
+}
+template <class T> struct Quad4;
+template <> struct Quad4<float> {
+    using Reg = float4;
+    __device__ static Reg load(const float* p, int at) { return *reinterpret_cast<const float4*>(p + at); }
+    __device__ static Reg zero() { return float4{0.0f, 0.0f, 0.0f, 0.0f}; }
+};
+template <> struct Quad4<unsigned short> {
+    using Reg = uint2;
+    __device__ static Reg load(const unsigned short* p, int at) { return *reinterpret_cast<const uint2*>(p + at); }
+    __device__ static Reg zero() { return uint2{0u, 0u}; }
+};
+
+// y = conv1x1(x, A) + epilogue at the precision of Math, A packed by
+// conv2d_pack_same_<precision> for this shape (M = s.oc rows, s.c channels),
+// x f32 or bf16 storage (TX = unsigned short, bf16 only). Grid
+// (⌈N·P/128⌉, ⌈OC/BM⌉), 256 threads.
+template <class Math, int BM, class TX = float>
+__device__ __forceinline__ void forward_1x1(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s) {
+    constexpr int PER_WORD = Math::PER_WORD;
+    static_assert(PER_WORD == 2 || sizeof(TX) == sizeof(float), "f32 products read f32 input");
+    constexpr int CHUNKS = PER_WORD == 2 ? S1_CHUNKS_BF16 : S1_CHUNKS_F32;
+    constexpr int WORDS = CHUNKS * CHUNK_WORDS, LDB = s1_ldb(CHUNKS);
+    constexpr int SLICE_CH = WORDS * PER_WORD;                 // 32 channels
+    constexpr int QUADS = BN / 4;                              // 4-pixel groups of the tile
+    constexpr int B_LOADS = WORDS * QUADS / THREADS;           // (word, quad) items a thread stages
+    constexpr int MB = BM / 16;                                // 16-row blocks of the tile
+    constexpr int A_VECS = CHUNKS * MB * 32;                   // uint4 of A a slice
+    constexpr int A_LOADS = (A_VECS + THREADS - 1) / THREADS;  // … a thread stages, at most
+    constexpr int WARPS_M = BM / 32, WARPS_N = 8 / WARPS_M;
+    constexpr int WN = BN / WARPS_N, NI = WN / 8;
+    static_assert(WORDS * QUADS % THREADS == 0, "whole items a thread");
+    __shared__ uint4 as[A_VECS];
+    __shared__ unsigned int bs[BN * LDB];
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int P = s.oh * s.ow, HW = s.h * s.w, total = s.n * P;
+    const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+    const int img0 = n0 / P;
+    const int chunks = (s.c + CHUNK_WORDS * PER_WORD - 1) / (CHUNK_WORDS * PER_WORD);
+    const int slices = (s.c + SLICE_CH - 1) / SLICE_CH;
+    const int m_blocks = (s.oc + M_ALIGN - 1) / M_ALIGN * (M_ALIGN / 16);
+
+    // item i of this thread: word j = e % WORDS of quad q = e / WORDS (e = tid + 256·i);
+    // its pixels' offset in x (channel 0) or −1 past the batch
+    int j[B_LOADS], at[B_LOADS];
 #pragma unroll
-        for (int r2 = 0; r2 < 2; ++r2)
-#pragma unroll
-            for (int mi = 0; mi < 2; ++mi) first[r2][mi] = out.pair_terms_at(img0, pix0, m0 + m_w + 16 * mi + g + 8 * r2);
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni) {
-            conv::ForwardOut::PairTerms terms[2][2];
-#pragma unroll
-            for (int r2 = 0; r2 < 2; ++r2)
-#pragma unroll
-                for (int mi = 0; mi < 2; ++mi) terms[r2][mi] = ni == 0 ? first[r2][mi] : out.pair_terms_after(first[r2][mi], 8 * ni);
-#pragma unroll
-            for (int r2 = 0; r2 < 2; ++r2)
-#pragma unroll
-                for (int mi = 0; mi < 2; ++mi) out.store_pair(terms[r2][mi], acc[mi][ni].get(2 * r2), acc[mi][ni].get(2 * r2 + 1));
-        }
-        return;
+    for (int i = 0; i < B_LOADS; ++i) {
+        const int e = tid + THREADS * i, q = e / WORDS, n = n0 + 4 * q;
+        j[i] = e % WORDS;
+        const int img = n / P;
+        at[i] = n < total ? img * s.c * HW + (n - img * P) : -1;
     }
-    const int first_img = (n0 + n_w + 2 * t) / P, first_pix = n0 + n_w + 2 * t - first_img * P;
-    if (pairs) {
+
+    uint4 a_regs[A_LOADS];
+    typename Quad4<TX>::Reg b_regs[B_LOADS][PER_WORD];
+    auto fetch = [&](int slice) {
 #pragma unroll
-        for (int ni = 0; ni < NI; ++ni) {
-            const int n = n0 + n_w + 8 * ni + 2 * t;  // even, and total is even: n + 1 < total with n
-            int img = first_img, pix = first_pix + 8 * ni;
-            while (pix >= P) {
-                pix -= P;
-                ++img;
+        for (int i = 0; i < A_LOADS; ++i) {
+            const int v = tid + THREADS * i, l = v % 32, mbl = v / 32 % MB, cl = v / 32 / MB, q = CHUNKS * slice + cl;
+            a_regs[i] = v < A_VECS && q < chunks ? wp[((size_t)q * m_blocks + m0 / 16 + mbl) * 32 + l] : uint4{0u, 0u, 0u, 0u};
+        }
+#pragma unroll
+        for (int i = 0; i < B_LOADS; ++i)
+#pragma unroll
+            for (int e = 0; e < PER_WORD; ++e) {
+                const int c = SLICE_CH * slice + PER_WORD * j[i] + e;
+                b_regs[i][e] = at[i] >= 0 && c < s.c ? Quad4<TX>::load(x, at[i] + c * HW) : Quad4<TX>::zero();
             }
-            conv::ForwardOut::PairTerms terms[2][2];  // [r / 2][mi]
-            bool live[2][2];
+    };
+    auto stage = [&]() {
 #pragma unroll
-            for (int r2 = 0; r2 < 2; ++r2)
+        for (int i = 0; i < A_LOADS; ++i)
+            if (tid + THREADS * i < A_VECS) as[tid + THREADS * i] = a_regs[i];
+#pragma unroll
+        for (int i = 0; i < B_LOADS; ++i) {
+            const int q = (tid + THREADS * i) / WORDS;
+            unsigned int w[4];
+            if constexpr (PER_WORD == 2) {
+                quad_words(w, b_regs[i][0], b_regs[i][1]);
+            } else {
+                const float4 v = b_regs[i][0];
+                w[0] = __float_as_uint(v.x), w[1] = __float_as_uint(v.y), w[2] = __float_as_uint(v.z), w[3] = __float_as_uint(v.w);
+            }
+#pragma unroll
+            for (int r = 0; r < 4; ++r) bs[(4 * q + r) * LDB + j[i]] = w[r];
+        }
+    };
+
+    typename Step<Math>::Acc acc[2][NI];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) acc[mi][ni].zero();
+    const int n_w = (warp / WARPS_M) * WN, mb0 = 2 * (warp % WARPS_M);
+    const int word = 4 * (lane / 8 % 2);  // this lane's ldmatrix row: words 0–3 (b0) or 4–7 (b1)
+
+    fetch(0);
+    for (int sl = 0; sl < slices; ++sl) {
+        stage();
+        __syncthreads();
+        if (sl + 1 < slices) fetch(sl + 1);
+#pragma unroll
+        for (int cl = 0; cl < CHUNKS; ++cl) {
+            typename Step<Math>::A a[2];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) a[mi] = Step<Math>::prep(as[(cl * MB + mb0 + mi) * 32 + lane]);
+#pragma unroll
+            for (int np = 0; np < NI / 2; ++np) {
+                unsigned int b[4];  // b0, b1 of tile 2np, then of 2np + 1
+                const int pixel = n_w + 16 * np + 8 * (lane / 16) + lane % 8;
+                mma::ldmatrix_x4(b, bs + pixel * LDB + CHUNK_WORDS * cl + word);
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi) {
-                    const int m = m0 + m_w + 16 * mi + g + 8 * r2;
-                    live[r2][mi] = n < total && m < s.oc;
-                    if (live[r2][mi]) terms[r2][mi] = out.pair_terms_at(img, pix, m);
+                    Step<Math>::mma(acc[mi][2 * np], a[mi], b[0], b[1]);
+                    Step<Math>::mma(acc[mi][2 * np + 1], a[mi], b[2], b[3]);
                 }
-#pragma unroll
-            for (int r2 = 0; r2 < 2; ++r2)
-#pragma unroll
-                for (int mi = 0; mi < 2; ++mi)
-                    if (live[r2][mi]) out.store_pair(terms[r2][mi], acc[mi][ni].get(2 * r2), acc[mi][ni].get(2 * r2 + 1));
-        }
-        return;
-    }
-#pragma unroll
-    for (int ni = 0; ni < NI; ++ni) {
-        conv::ForwardOut::Terms terms[2][2][2];  // [half][r / 2][mi]
-        bool live[2][2][2];
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int n = n0 + n_w + 8 * ni + 2 * t + half;
-            int img = first_img, pix = first_pix + 8 * ni + half;
-            while (pix >= P) {
-                pix -= P;
-                ++img;
             }
-#pragma unroll
-            for (int r2 = 0; r2 < 2; ++r2)
-#pragma unroll
-                for (int mi = 0; mi < 2; ++mi) {
-                    const int m = m0 + m_w + 16 * mi + g + 8 * r2;
-                    live[half][r2][mi] = n < total && m < s.oc;
-                    if (live[half][r2][mi]) terms[half][r2][mi] = out.terms_at(img, pix, m);
-                }
         }
-#pragma unroll
-        for (int half = 0; half < 2; ++half)
-#pragma unroll
-            for (int r2 = 0; r2 < 2; ++r2)
-#pragma unroll
-                for (int mi = 0; mi < 2; ++mi)
-                    if (live[half][r2][mi]) out.store_terms(terms[half][r2][mi], acc[mi][ni].get(half + 2 * r2));
+        __syncthreads();  // the next slice overwrites as and bs
     }
+    store_tile<Math, BM, NI>(out, s, acc, n0, m0, img0, n_w, warp, g, t);
 }
 
 // ---- Weight gradient ----
@@ -1102,4 +1280,39 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_weight_grad_bf16_xbf16_m64_k3(float* dw_part, const float* dy, const unsigned short* x, conv::Shape s,
                                                 same::WgLayout layout, int tiles_per_split) {
     same::weight_grad<mma::Bf16, 64, 3>(dw_part, dy, x, s, layout, tiles_per_split);
+}
+
+// The 1×1 forward (same::forward_1x1): y [N, OC, OH, OW] = conv1x1(x) +
+// bias + sample_bias + residual with the same-conv packed weights, the same
+// bits as conv2d_same_<precision>_m<BM>_k1; P a multiple of 4, x 16-byte
+// aligned (the host checks). Grid (⌈N·P/128⌉, ⌈OC/BM⌉), 256 threads.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_f32_m32(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                       const float* residual, conv::Shape s) {
+    same::forward_1x1<mma::Tf32x3, 32>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_f32_m64(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                       const float* residual, conv::Shape s) {
+    same::forward_1x1<mma::Tf32x3, 64>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_m32(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                        const float* residual, conv::Shape s) {
+    same::forward_1x1<mma::Bf16, 32>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_m64(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                        const float* residual, conv::Shape s) {
+    same::forward_1x1<mma::Bf16, 64>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_xbf16_m32(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                              const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward_1x1<mma::Bf16, 32, unsigned short>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_xbf16_m64(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                              const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward_1x1<mma::Bf16, 64, unsigned short>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
 }

@@ -124,6 +124,9 @@ ours_bf16)
     # 1x1 weight gradients by the same-conv kernel with the bias reduced apart (session 25: one GEMM
     # over pixels that sums the bias too; run 7 had them at 11.8 % of a step, the bias sums 5.2 %)
     MINIDIFFUSION_WG_1X1=same step ours_train_bf16_wg1x1_same 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
+    # 1x1 forwards (and 1x1 input gradients) by the same-conv kernel's patch staging (session 25: float4s
+    # of pixels, no patch; the same bits; run 7 had _m64_k1 at 18.6 % of sampling, 42 % of DRAM bandwidth)
+    MINIDIFFUSION_CONV_1X1=same step ours_sample_bf16_conv1x1_same 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     ;;
 ours)
     step ours_sample_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile

@@ -438,11 +438,12 @@ fn bf16_staging_rounds_to_nearest_even() {
 /// The bf16 32-row forwards compiled for three blocks an SM (the default;
 /// `MINIDIFFUSION_CONV_BLOCKS=2` switches them off) give the two-block kernels' bits, plain and
 /// with the group norm applied, element by element and float4-staged; 64-row
-/// and f32 forwards keep their kernels.
+/// and f32 forwards keep their kernels. (The 1×1 case runs the same-conv
+/// kernels: plain 1×1 forwards take `conv2d_1x1_*` by default.)
 #[test]
 fn three_blocks_per_sm_kernels_give_the_same_bits() {
     use minidiffusion::ops::Precision;
-    use minidiffusion::ops::conv2d::cuda::{with_three_blocks_per_sm, with_vec_staging};
+    use minidiffusion::ops::conv2d::cuda::{with_conv_1x1, with_three_blocks_per_sm, with_vec_staging};
     let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
     let cases: [(&[usize], &[usize], usize); 4] = [
         (&[2, 16, 16, 16], &[32, 16, 3, 3], 1),
@@ -457,7 +458,8 @@ fn three_blocks_per_sm_kernels_give_the_same_bits() {
         for precision in [Precision::F32, Precision::Bf16] {
             for (normed, vec) in [(false, false), (true, false), (false, true), (true, true)] {
                 let run = |three: bool| {
-                    let (y, kernels) = with_vec_staging(vec, || with_three_blocks_per_sm(three, || profiled_forward(&t, p, precision, normed.then_some(4))));
+                    let forward = || with_three_blocks_per_sm(three, || profiled_forward(&t, p, precision, normed.then_some(4)));
+                    let (y, kernels) = with_conv_1x1(false, || with_vec_staging(vec, forward));
                     (y, kernels.iter().any(|k| k.starts_with("conv2d_same_") && k.ends_with("_b3")))
                 };
                 let what = format!("case {k} {xd:?} * {wd:?}, {precision}, norm {normed}, float4 {vec}");
@@ -576,7 +578,7 @@ fn conv2d_concat_convolves_the_parts_without_the_concatenation() {
             let mut parts = Vec::new();
             let rows = kernel_calls(|| parts = no_grad(|| conv2d_concat(&t[0], &t[1], &t[2], Some(&t[3]), add, p)).unwrap().to_vec());
             let calls = |f: &dyn Fn(&str) -> bool| rows.iter().filter(|r| f(r.0)).map(|r| r.1).sum::<usize>();
-            let forwards = calls(&|k| k.starts_with("conv2d_same_") && !k.starts_with("conv2d_same_weight"));
+            let forwards = calls(&|k| (k.starts_with("conv2d_same_") && !k.starts_with("conv2d_same_weight")) || k.starts_with("conv2d_1x1_"));
             assert!(calls(&|k| k == "slab_copy") == 0 && forwards == 2, "{what}: {rows:?}");
             let c = on(Device::Cpu);
             let cadd = ConvAdd { sample_bias: Some(&c[4]), residual: Some(&c[5]) };
@@ -741,6 +743,60 @@ fn weight_gradient_1x1_is_a_gemm_over_pixels_with_the_bias() {
                 with_wg_1x1(fused, || {
                     parity_check(&format!("{what} fused {fused}"), &[&xd, &wd, &[oc]], |t| conv2d(&t[0], &t[1], Some(&t[2]), p), tol)
                 });
+            }
+        }
+    }
+}
+
+/// Stride-1 1×1 convs run `forward_1x1` (`conv2d_1x1_*`: no patch, the
+/// pixels loaded as float4s) — forwards and the input gradients that are
+/// 1×1 convs — with the same bits as the same-conv kernel
+/// (`MINIDIFFUSION_CONV_1X1=same`), which itself is parity-checked against
+/// the CPU twin: f32, bf16 and bf16 storage; 32- and 64-row blocks; a
+/// partial chunk and slice (33, 40 channels), output rows past one block
+/// (70, 72); 2×2 maps (32 images a tile, the batch ending inside it), 8×8
+/// and 32×32; every epilogue term. 1×1 maps (P = 1, odd) keep the same-conv kernel.
+#[test]
+fn one_by_one_forward_gives_the_same_bits() {
+    use minidiffusion::ops::conv2d::cuda::with_conv_1x1;
+    use minidiffusion::ops::{ConvAdd, Precision, cast, conv2d_fused, with_precision};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::testing::kernel_calls;
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    let p = Conv2dParams { stride: 1, padding: 0 };
+    let cases: [([usize; 4], usize); 5] = [([2, 33, 8, 8], 70), ([37, 24, 2, 2], 72), ([1, 24, 32, 32], 32), ([3, 40, 4, 4], 8), ([5, 20, 1, 1], 40)];
+    for (precision, storage) in [(Precision::F32, DType::F32), (Precision::Bf16, DType::F32), (Precision::Bf16, DType::BF16)] {
+        let _p = with_precision(precision);
+        for (xd, oc) in cases {
+            let what = format!("{precision} x {storage:?} {xd:?} → {oc}");
+            let t = on_device(&[xd.to_vec(), vec![oc, xd[1], 1, 1], vec![oc], vec![xd[0], oc], vec![xd[0], oc, xd[2], xd[3]]], 970);
+            let x = if storage == DType::BF16 { cast(&t[0], DType::BF16).unwrap() } else { t[0].clone() };
+            let x = x.detach().requires_grad_();
+            let run = |on: bool| {
+                with_conv_1x1(on, || {
+                    let w = t[1].detach().requires_grad_();
+                    let mut y = None;
+                    let calls = kernel_calls(|| {
+                        let out = conv2d_fused(&x, &w, Some(&t[2]), ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) }, p).unwrap();
+                        let loss = minidiffusion::ops::sum_all(&minidiffusion::ops::mul(&out, &t[4]).unwrap()).unwrap();
+                        let grads = minidiffusion::backward(&loss).unwrap();
+                        y = Some((out.to_vec(), grads.get(&x).map(|g| g.to_vec())));
+                    });
+                    (y.unwrap(), calls)
+                })
+            };
+            let ((y_new, dx_new), calls_new) = run(true);
+            let ((y_old, dx_old), calls_old) = run(false);
+            assert_eq!(y_new, y_old, "{what}: forward");
+            let count = |calls: &[(&str, usize)], prefix: &str| calls.iter().filter(|r| r.0.starts_with(prefix)).map(|r| r.1).sum::<usize>();
+            let ones = count(&calls_new, "conv2d_1x1_");
+            let same_k1 = calls_old.iter().filter(|r| r.0.starts_with("conv2d_same_") && !r.0.contains("weight_grad") && r.0.contains("_k1")).map(|r| r.1).sum::<usize>();
+            if xd[2] * xd[3] % 4 == 0 {
+                // the forward, and the input gradient where x's is the same conv of dY (f32 dY)
+                assert!(ones >= 1 && ones == same_k1, "{what}: {calls_new:?} / {calls_old:?}");
+                assert_eq!(dx_new, dx_old, "{what}: input gradient");
+            } else {
+                assert_eq!(ones, 0, "{what}: {calls_new:?}");
             }
         }
     }

@@ -342,13 +342,17 @@ struct Prologue {
 /// `bm` block rows and a K×K kernel (K 1 or 3). A bf16-stored input is read
 /// as it is only at the bf16 precision.
 fn same_kernel(names: &SameKernels, prec: Precision, x_dtype: DType, bm: usize, k: usize) -> Result<&'static str> {
-    let variant = match (prec, x_dtype) {
-        (Precision::F32, DType::F32) => 0,
-        (Precision::Bf16, DType::F32) => 1,
-        (Precision::Bf16, DType::BF16) => 2,
-        (_, dtype) => return Err(Error::DType { op: "conv2d (same-conv kernel)", dtype }),
-    };
-    Ok(names[variant][usize::from(bm != 32)][usize::from(k != 1)])
+    Ok(names[same_variant(prec, x_dtype)?][usize::from(bm != 32)][usize::from(k != 1)])
+}
+
+/// The kernel variant of a same conv: 0 f32, 1 bf16, 2 bf16 reading bf16 storage.
+fn same_variant(prec: Precision, x_dtype: DType) -> Result<usize> {
+    match (prec, x_dtype) {
+        (Precision::F32, DType::F32) => Ok(0),
+        (Precision::Bf16, DType::F32) => Ok(1),
+        (Precision::Bf16, DType::BF16) => Ok(2),
+        (_, dtype) => Err(Error::DType { op: "conv2d (same-conv kernel)", dtype }),
+    }
 }
 
 /// dW of a same conv (kernels/conv2d_same.cu) at `prec`: split over 128-pixel
@@ -572,6 +576,38 @@ fn with_forward_pack<R>(weight: Weights, g: &ConvGeom, prec: Precision, f: impl 
     }
 }
 
+/// The 1×1 forwards (kernels/conv2d_same.cu's `forward_1x1`: no patch, the
+/// pixels loaded as float4s), by [variant f32, bf16, bf16 reading bf16
+/// storage][block rows 32, 64]: the same bits as the `_k1` same convs.
+const ONE_BY_ONE_KERNELS: [[&str; 2]; 3] = [
+    ["conv2d_1x1_f32_m32", "conv2d_1x1_f32_m64"],
+    ["conv2d_1x1_bf16_m32", "conv2d_1x1_bf16_m64"],
+    ["conv2d_1x1_bf16_xbf16_m32", "conv2d_1x1_bf16_xbf16_m64"],
+];
+
+thread_local! {
+    static CONV_1X1: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether stride-1 1×1 forwards (and the input gradients that are 1×1
+/// convs) run `forward_1x1` (default) or the same-conv kernel
+/// (`MINIDIFFUSION_CONV_1X1=same`, the A/B; the same bits).
+pub fn conv_1x1() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&CONV_1X1, &ENV, || std::env::var("MINIDIFFUSION_CONV_1X1").map_or(true, |v| v != "same"))
+}
+
+/// Run `f` with the 1×1 forward kernel on or off on this thread (tests, A/B).
+pub fn with_conv_1x1<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_switch(&CONV_1X1, on, f)
+}
+
+/// Whether `forward_1x1` takes a 1×1 same conv of `x`: OH·OW a multiple
+/// of 4 (4 pixels loaded together lie in one image) and x 16-byte aligned.
+fn one_by_one_fits(x: &CudaBuffer, s: &ConvShape) -> bool {
+    conv_1x1() && s.kh == 1 && s.kw == 1 && (s.oh * s.ow) % 4 == 0 && x.ptr().is_multiple_of(16)
+}
+
 /// How a same conv's kernel reads its input.
 #[derive(Clone, Copy)]
 enum Read<'a> {
@@ -608,6 +644,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let vec = vec_staging_fits(x, s);
     let kernel = match read {
         Read::AsIs if vec => SAME_FORWARD_VEC_KERNELS[p][b][k],
+        Read::AsIs if one_by_one_fits(x, s) => ONE_BY_ONE_KERNELS[same_variant(prec, x.dtype())?][b],
         Read::AsIs => same_kernel(&SAME_FORWARD_KERNELS, prec, x.dtype(), bm, ks)?,
         Read::Upsampled => {
             let source = s.n as usize * s.c as usize * (s.h as usize / 2) * (s.w as usize / 2);
