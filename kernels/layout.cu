@@ -38,3 +38,15 @@ extern "C" __global__ void gather_rows(float* out, const float* in, const int* r
         out[i] = in[rows[r] * row_len + (i - r * row_len)];
     }
 }
+
+// out[i] = in[0] for i < n: one value repeated (the gradient of a sum or a
+// mean over its input's shape) without strided_copy's per-element index
+// math; with vec4 (out 16-byte aligned, as the host checks) float4 stores and
+// the tail one by one. grid-stride.
+extern "C" __global__ void broadcast_value_f32(float* out, const float* in, int n, int vec4) {
+    const float v = in[0];
+    const int n4 = vec4 ? n / 4 : 0;
+    float4* out4 = reinterpret_cast<float4*>(out);
+    for (int i = global_index(); i < n4; i += grid_stride()) out4[i] = make_float4(v, v, v, v);
+    for (int i = 4 * n4 + global_index(); i < n; i += grid_stride()) out[i] = v;
+}

@@ -29,6 +29,12 @@ fn reduce_parity() {
 #[test]
 fn broadcast_parity() {
     parity_check("broadcast_to", &[&[3, 1]], |x| ops::broadcast_to(&x[0], &Shape::from([2, 3, 5])), ParityTol::REDUCTION);
+    // one value (a sum's gradient): broadcast_value_f32, float4 stores and a tail of 3
+    parity_check("broadcast_to one value", &[&[1]], |x| ops::broadcast_to(&x[0], &Shape::from([3, 5, 7])), ParityTol::REDUCTION);
+    parity_check("sum_all's gradient", &[&[2, 3, 4, 5]], |x| ops::sum_all(&x[0]), ParityTol::REDUCTION);
+    let t = minidiffusion::Tensor::from_vec_on(vec![2.5], [1], minidiffusion::testing::parity_device()).unwrap();
+    let launched = minidiffusion::testing::kernels_launched(|| drop(ops::broadcast_to(&t, &Shape::from([4, 9, 11])).unwrap()));
+    assert_eq!(launched, ["broadcast_value_f32"]);
 }
 
 #[test]

@@ -4,7 +4,7 @@ use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
 use crate::error::Result;
 use crate::ops::binary::cuda::elems;
 use crate::ops::layout::cuda::{Strided1, strided_copy};
-use crate::tensor::Shape;
+use crate::tensor::{DType, Shape};
 
 /// Mirrors `ReduceParams` in kernels/reduce.cu.
 #[repr(C)]
@@ -102,5 +102,15 @@ pub fn sum_splits(out_count: usize, reduce_count: usize) -> (usize, usize) {
 
 /// Repeat `x` (shape `from`, same rank as `to`, dims equal or 1) to `to`.
 pub fn broadcast(x: &CudaBuffer, from: &Shape, to: &Shape) -> Result<CudaBuffer> {
+    let n = to.numel();
+    if x.len() == 1 && x.dtype() == DType::F32 && n > 0 {
+        // one value (a sum's or a mean's gradient): a fill from the device value
+        let out = x.backend().alloc(n)?;
+        let vec4 = out.ptr().is_multiple_of(16);
+        let cfg = LaunchConfig::for_elems(if vec4 { n.div_ceil(4) } else { n }, 256);
+        let args = [out.arg(), x.arg(), Arg::I32(elems("broadcast_to", n)?), Arg::I32(i32::from(vec4))];
+        x.backend().launch("broadcast_value_f32", cfg, &args)?;
+        return Ok(out);
+    }
     strided_copy("broadcast_to", x, to.dims(), &from.broadcast_strides(to))
 }
