@@ -186,15 +186,10 @@ __device__ __forceinline__ void weight_grad(float* dw_part, float* db_part, cons
     }
 
     float* slab = dw_part + (size_t)blockIdx.z * s.oc * s.c;
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 2; ++ni)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const int m = m0 + mma::acc_row(mi, q), c = c0 + mma::acc_col(ni, q);
-                if (m < s.oc && c < s.c) slab[(size_t)m * s.c + c] = acc.get(mi, ni, q);
-            }
+    mma::for_each_acc(acc, [&](int row, int col, float v) {
+        const int m = m0 + row, c = c0 + col;
+        if (m < s.oc && c < s.c) slab[(size_t)m * s.c + c] = v;
+    });
     if (bias) {
         // the QUADS threads of a row are consecutive lanes of one warp
 #pragma unroll
@@ -230,19 +225,35 @@ extern "C" __global__ void __launch_bounds__(256)
     wg1x1::weight_grad<mma::Bf16, unsigned short>(dw_part, db_part, dy, x, s, per_split);
 }
 
-// The split sums of both gradients in one launch, in split order (deterministic):
+// The split sums of both gradients in one launch, in a fixed order (deterministic):
 //   out_a[i] = Σ_{z < splits} part_a[z·len_a + i]   (i < len_a)
 //   out_b[i] = Σ_{z < splits} part_b[z·len_b + i]   (i < len_b; out_b may be null, len_b then unused)
-// Grid-stride over len_a (+ len_b) elements.
-extern "C" __global__ void conv2d_sum_splits_pair_f32(float* out_a, const float* part_a, int len_a, float* out_b,
-                                                      const float* part_b, int len_b, int splits) {
+// The 1×1 weight gradient splits into hundreds of partials (few outputs, a
+// long K), too many for one thread an output to sum in sequence: a block
+// takes 32 outputs (consecutive, coalesced) × 8 groups of splits, thread
+// (o, zg) sums splits zg, zg + 8, …, and the 8 group sums of each output are
+// added in group order. Grid ⌈(len_a (+ len_b))/32⌉, 256 threads.
+constexpr int SUM_GROUPS = 8;
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_sum_splits_pair_f32(float* out_a, const float* part_a, int len_a, float* out_b, const float* part_b, int len_b,
+                               int splits) {
+    __shared__ float group_sum[SUM_GROUPS][33];
     const int len = len_a + (out_b != nullptr ? len_b : 0);
-    for (int e = global_index(); e < len; e += grid_stride()) {
-        const bool first = e < len_a;
+    const int lane = threadIdx.x % 32, zg = threadIdx.x / 32;
+    const int e = blockIdx.x * 32 + lane;
+    const bool first = e < len_a;
+    float acc = 0.0f;
+    if (e < len) {
         const float* part = first ? part_a + e : part_b + (e - len_a);
         const size_t stride = first ? (size_t)len_a : (size_t)len_b;
-        float acc = 0.0f;
-        for (int z = 0; z < splits; ++z) acc += part[z * stride];
-        (first ? out_a + e : out_b + (e - len_a))[0] = acc;
+        for (int z = zg; z < splits; z += SUM_GROUPS) acc += part[z * stride];
+    }
+    group_sum[zg][lane] = acc;
+    __syncthreads();
+    if (zg == 0 && e < len) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int k = 0; k < SUM_GROUPS; ++k) sum += group_sum[k][lane];
+        (first ? out_a + e : out_b + (e - len_a))[0] = sum;
     }
 }

@@ -167,18 +167,13 @@ __device__ __forceinline__ void tiled(float* c, const float* a, const float* b, 
         }
 
         // C(i, j) = alpha·acc (+ C(i, j)), only inside M×N
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < 2; ++ni)
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    const int i = i0 + mma::acc_row(mi, q), j = j0 + mma::acc_col(ni, q);
-                    if (i >= p.m || j >= p.n) continue;
-                    float* out = cz + i * p.c_row + j * p.c_col;
-                    const float v = p.alpha * acc.get(mi, ni, q);
-                    *out = p.accumulate ? *out + v : v;
-                }
+        mma::for_each_acc(acc, [&](int row, int col, float a) {
+            const int i = i0 + row, j = j0 + col;
+            if (i >= p.m || j >= p.n) return;
+            float* out = cz + i * p.c_row + j * p.c_col;
+            const float v = p.alpha * a;
+            *out = p.accumulate ? *out + v : v;
+        });
     }
 }
 

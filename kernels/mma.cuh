@@ -232,4 +232,16 @@ __device__ __forceinline__ int acc_col(int ni, int q) {
     return 16 * ((threadIdx.x / 32) / 2) + 8 * ni + 2 * (threadIdx.x % 4) + (q % 2);
 }
 
+// f(row, column, value) for each of this thread's accumulators of the block's
+// 64×64 tile (row and column within the tile, as acc_row / acc_col give them).
+template <class F>
+__device__ __forceinline__ void for_each_acc(const Acc& acc, F f) {
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) f(acc_row(mi, q), acc_col(ni, q), acc.get(mi, ni, q));
+}
+
 }  // namespace mma

@@ -469,7 +469,7 @@ fn weight_grad_1x1(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Precisio
     };
     let len = len_w + if bias { len_b } else { 0 };
     let args = [dw.arg(), dw_part.arg(), Arg::I32(elems("conv2d", len_w)?), db_out, db_in, Arg::I32(len_b as i32), Arg::I32(splits as i32)];
-    backend.launch("conv2d_sum_splits_pair_f32", LaunchConfig::for_elems(len, 256), &args)?;
+    backend.launch("conv2d_sum_splits_pair_f32", LaunchConfig::blocks(len.div_ceil(32), 256), &args)?;
     Ok((dw, db))
 }
 
