@@ -24,8 +24,8 @@
 // 8 (f32: 4) float4s a thread are in flight while the tensor cores work.
 //
 // Split K: split z = blockIdx.z sums slices [z·per_split, (z + 1)·per_split)
-// into its slab dw_part + z·M·N; conv2d_sum_splits_f32 adds the slabs in
-// order (deterministic). With db_part non-null the blocks of the first
+// into its slab dw_part + z·M·N; conv2d_sum_splits_pair_f32 adds the slabs
+// of both gradients in a fixed order (deterministic). With db_part non-null the blocks of the first
 // column tile (blockIdx.x = 0, which load every dY row of their split) also
 // sum the f32 dY values they load, before any rounding: db_part[z·M + oc],
 // the bias gradient's partial, in a fixed order (thread, then a tree over the
