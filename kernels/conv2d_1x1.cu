@@ -75,23 +75,6 @@ template <> struct Policy<mma::Bf16> {
     }
 };
 
-// 4 pixels of an operand as loaded: f32 (float4), or from bf16 storage
-// (uint2: x as the bf16 path's group norm stored it, already the two pairs
-// a bf16 slice stages — the values the f32 input would round to).
-template <class T> struct Quad;
-template <> struct Quad<float> {
-    using Reg = float4;
-    __device__ static Reg load(const float* p, long long at) { return *reinterpret_cast<const float4*>(p + at); }
-    __device__ static Reg zero() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
-    __device__ static uint2 bf16_words(Reg v) { return make_uint2(mma::bf16_pair(v.x, v.y), mma::bf16_pair(v.z, v.w)); }
-};
-template <> struct Quad<unsigned short> {
-    using Reg = uint2;
-    __device__ static Reg load(const unsigned short* p, long long at) { return *reinterpret_cast<const uint2*>(p + at); }
-    __device__ static Reg zero() { return make_uint2(0u, 0u); }
-    __device__ static uint2 bf16_words(Reg v) { return v; }
-};
-
 template <> struct Policy<mma::Tf32x3> {
     static constexpr int PER_WORD = 1;
     __device__ static void step(const unsigned int (*As)[LDW], const unsigned int (*Bs)[LDW], int w0, mma::Acc& acc) {
@@ -144,7 +127,7 @@ __device__ __forceinline__ void weight_grad(float* dw_part, float* db_part, cons
 
     // the float4s of slice sl: rows row0 + ROW_STEP·i of dY (a) and x (b), 0 past K, OC or C
     float4 a[LOADS];
-    typename Quad<TX>::Reg b[LOADS];
+    typename mma::Quad<TX>::Reg b[LOADS];
     auto fetch = [&](int sl) {
         const int k = sl * SLICE_PIX + 4 * quad;
         const bool live = k < K;
@@ -154,7 +137,7 @@ __device__ __forceinline__ void weight_grad(float* dw_part, float* db_part, cons
             const int m = m0 + row0 + ROW_STEP * i, c = c0 + row0 + ROW_STEP * i;
             a[i] = live && m < s.oc ? *reinterpret_cast<const float4*>(dy + ((long long)img * s.oc + m) * P + p)
                                     : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            b[i] = live && c < s.c ? Quad<TX>::load(x, ((long long)img * s.c + c) * P + p) : Quad<TX>::zero();
+            b[i] = live && c < s.c ? mma::Quad<TX>::load(x, ((long long)img * s.c + c) * P + p) : mma::Quad<TX>::zero();
         }
     };
     float row_sum[LOADS];
@@ -170,8 +153,8 @@ __device__ __forceinline__ void weight_grad(float* dw_part, float* db_part, cons
             const int r = row0 + ROW_STEP * i;
             if (bias) row_sum[i] += (a[i].x + a[i].y) + (a[i].z + a[i].w);
             if constexpr (PER_WORD == 2) {
-                *reinterpret_cast<uint2*>(&As[r][2 * quad]) = Quad<float>::bf16_words(a[i]);
-                *reinterpret_cast<uint2*>(&Bs[r][2 * quad]) = Quad<TX>::bf16_words(b[i]);
+                *reinterpret_cast<uint2*>(&As[r][2 * quad]) = mma::Quad<float>::bf16_words(a[i]);
+                *reinterpret_cast<uint2*>(&Bs[r][2 * quad]) = mma::Quad<TX>::bf16_words(b[i]);
             } else {
                 *reinterpret_cast<float4*>(&As[r][4 * quad]) = a[i];
                 static_assert(sizeof(b[i]) == sizeof(float4), "f32 products read f32 input");

@@ -543,18 +543,6 @@ __device__ __forceinline__ void quad_words(unsigned int (&w)[4], const uint2 a, 
     w[2] = (a.y & 0xffffu) | (b.y << 16);
     w[3] = (a.y >> 16) | (b.y & 0xffff0000u);
 }
-template <class T> struct Quad4;
-template <> struct Quad4<float> {
-    using Reg = float4;
-    __device__ static Reg load(const float* p, int at) { return *reinterpret_cast<const float4*>(p + at); }
-    __device__ static Reg zero() { return float4{0.0f, 0.0f, 0.0f, 0.0f}; }
-};
-template <> struct Quad4<unsigned short> {
-    using Reg = uint2;
-    __device__ static Reg load(const unsigned short* p, int at) { return *reinterpret_cast<const uint2*>(p + at); }
-    __device__ static Reg zero() { return uint2{0u, 0u}; }
-};
-
 // y = conv1x1(x, A) + epilogue at the precision of Math, A packed by
 // conv2d_pack_same_<precision> for this shape (M = s.oc rows, s.c channels),
 // x f32 or bf16 storage (TX = unsigned short, bf16 only). Grid
@@ -598,7 +586,7 @@ __device__ __forceinline__ void forward_1x1(const conv::ForwardOut& out, const T
     }
 
     uint4 a_regs[A_LOADS];
-    typename Quad4<TX>::Reg b_regs[B_LOADS][PER_WORD];
+    typename mma::Quad<TX>::Reg b_regs[B_LOADS][PER_WORD];
     auto fetch = [&](int slice) {
 #pragma unroll
         for (int i = 0; i < A_LOADS; ++i) {
@@ -610,7 +598,7 @@ __device__ __forceinline__ void forward_1x1(const conv::ForwardOut& out, const T
 #pragma unroll
             for (int e = 0; e < PER_WORD; ++e) {
                 const int c = SLICE_CH * slice + PER_WORD * j[i] + e;
-                b_regs[i][e] = at[i] >= 0 && c < s.c ? Quad4<TX>::load(x, at[i] + c * HW) : Quad4<TX>::zero();
+                b_regs[i][e] = at[i] >= 0 && c < s.c ? mma::Quad<TX>::load(x, at[i] + c * HW) : mma::Quad<TX>::zero();
             }
     };
     auto stage = [&]() {

@@ -145,6 +145,24 @@ __device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) {
 #endif
 }
 
+// 4 consecutive values of an operand as one vector load: f32 (float4), or
+// bf16 storage (uint2: the bf16 bits of those 4 values, in order — what the
+// f32 values would round to). bf16_words gives them as two bf16 pairs
+// (values 0,1 and 2,3); `at` is an element offset (int or 64-bit).
+template <class T> struct Quad;
+template <> struct Quad<float> {
+    using Reg = float4;
+    template <class I> __device__ static Reg load(const float* p, I at) { return *reinterpret_cast<const float4*>(p + at); }
+    __device__ static Reg zero() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+    __device__ static uint2 bf16_words(Reg v) { return make_uint2(bf16_pair(v.x, v.y), bf16_pair(v.z, v.w)); }
+};
+template <> struct Quad<unsigned short> {
+    using Reg = uint2;
+    template <class I> __device__ static Reg load(const unsigned short* p, I at) { return *reinterpret_cast<const uint2*>(p + at); }
+    __device__ static Reg zero() { return make_uint2(0u, 0u); }
+    __device__ static uint2 bf16_words(Reg v) { return v; }
+};
+
 // Four 8×8 matrices of 16-bit pairs from shared memory, one 32-bit word of
 // each per lane: lane l gives the address of row l % 8 of matrix l / 8 (16
 // bytes, 16-byte aligned), and gets in r[m] word l % 4 of matrix m's row
