@@ -482,18 +482,7 @@ __device__ __forceinline__ void scores(float (&s)[2][4], const unsigned int (&qa
     }
 }
 
-// 2^x by one ex2.approx.ftz (exp2f adds a test and two multiplies to keep
-// results below 2^-126 as subnormals; here they flush to 0: a weight that
-// small adds under 1e-38 of a value to the sum). The emulation keeps exp2f.
-__device__ __forceinline__ float exp2_ftz(float x) {
-#if defined(MD_EMULATED)
-    return exp2f(x);
-#else
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#endif
-}
+// (exp2_ftz, 2^x by one ex2.approx.ftz, is in common.cuh.)
 
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));

@@ -418,7 +418,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
                 if (c + e >= s.c) continue;
                 const float4 a = pro.affine[nc0 + e];  // (mean, scale, shift, 0)
                 const float u = (v[e] - a.x) * a.y + a.z;
-                v[e] = pro.silu ? u / (1.0f + expf(-u)) : u;
+                v[e] = pro.silu ? silu_fast(u) : u;
             }
         };
         if constexpr (VEC) {

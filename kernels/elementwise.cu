@@ -52,7 +52,7 @@ extern "C" __global__ void affine_f32(float* out, const float* x, float scale, f
 
 __device__ __forceinline__ float activation_value(int act, float x, float leak, float sub) {
     switch (act) {
-        case ACT_SILU: return x / (1.0f + expf(-x));  // x·σ(x)
+        case ACT_SILU: return silu_fast(x);  // x·σ(x)
         case ACT_RELU: return fmaxf(x, 0.0f);
         case ACT_LEAKY: return x > 0.0f ? x : leak * x;
         case ACT_MISH: return x * tanhf(log1pf(expf(x)));
@@ -64,7 +64,7 @@ __device__ __forceinline__ float activation_value(int act, float x, float leak, 
 __device__ __forceinline__ float activation_slope(int act, float x, float leak) {
     switch (act) {
         case ACT_SILU: {  // σ(x)·(1 + x·(1 − σ(x)))
-            float s = 1.0f / (1.0f + expf(-x));
+            float s = sigmoid_fast(x);
             return s * (1.0f + x * (1.0f - s));
         }
         case ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;

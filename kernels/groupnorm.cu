@@ -15,26 +15,22 @@
 namespace groupnorm {
 
 // σ(u) and silu'(u) = σ(u)·(1 + u·(1 − σ(u))), as ops::activation::cpu.
-__device__ __forceinline__ float sigmoid(float u) { return 1.0f / (1.0f + expf(-u)); }
 __device__ __forceinline__ float silu_slope(float u) {
-    const float s = sigmoid(u);
+    const float s = sigmoid_fast(u);
     return s * (1.0f + u * (1.0f - s));
 }
 
 // y = act((x − μ)·(rstd·γ_c) + β_c) for one value, act = SiLU or the identity.
 __device__ __forceinline__ float normalise(float x, float mu, float scale, float shift, int silu) {
     const float u = (x - mu) * scale + shift;
-    return silu ? u / (1.0f + expf(-u)) : u;
+    return silu ? silu_fast(u) : u;
 }
 
 // Four consecutive values y[i..i+4] (i a multiple of 4, y 16-byte aligned):
 // one float4 store, or four bf16s (rounded to nearest even) in one 8-byte store.
 __device__ __forceinline__ void store4(float* y, long long i, float4 v) { *reinterpret_cast<float4*>(y + i) = v; }
 __device__ __forceinline__ void store4(unsigned short* y, long long i, float4 v) {
-    uint2 w;
-    w.x = bf16_bits(v.x) | (bf16_bits(v.y) << 16);
-    w.y = bf16_bits(v.z) | (bf16_bits(v.w) << 16);
-    *reinterpret_cast<uint2*>(y + i) = w;
+    *reinterpret_cast<uint2*>(y + i) = make_uint2(bf16_pair(v.x, v.y), bf16_pair(v.z, v.w));
 }
 
 // The gradient reaching u: dy itself, or dy·silu'(u) for the fused op, with
@@ -171,24 +167,30 @@ struct Resident {
     }
     __device__ bool holds(int k) const { return (int)threadIdx.x + k * (int)blockDim.x < m4; }
 
-    // μ = Σx/M, σ² = Σ(x − μ)²/M in f64, rounded as stats() rounds them.
+    // μ = Σx/M in f64, σ² = Σ(x − μ)²/M, rounded to f32 as stats() rounds
+    // them. The squared deviations from the f32 μ (the one the output
+    // subtracts) of each float4 are added in f32 and only those partials in
+    // f64: one conversion a float4 where one a value cost the kernel's
+    // conversion and FP64 pipes (16 conversions a clock an SM) as much as the
+    // rest of its work. A deviation is exact or one rounding, its square and
+    // the partial three more: within the CPU twin's tolerance, also for a mean
+    // far from 0 (the sum itself stays in f64: an f32 partial of values near
+    // 40 moves μ by an ulp, 7.6e-5 of the output at σ = 0.05).
     __device__ void stats(float eps, double* scratch, float& mu, float& rs) const {
         double acc = 0.0;
 #pragma unroll
         for (int k = 0; k < R; ++k)
             if (holds(k)) acc += (double)v[k].x + (double)v[k].y + (double)v[k].z + (double)v[k].w;
-        const double mean_d = block_sum_d(acc, scratch) / (double)(4 * m4);
+        mu = (float)(block_sum_d(acc, scratch) / (double)(4 * m4));
         acc = 0.0;
 #pragma unroll
         for (int k = 0; k < R; ++k) {
             if (!holds(k)) continue;
-            const double a = (double)v[k].x - mean_d, b = (double)v[k].y - mean_d;
-            const double c = (double)v[k].z - mean_d, d = (double)v[k].w - mean_d;
-            acc += a * a + b * b + c * c + d * d;
+            const float a = v[k].x - mu, b = v[k].y - mu, c = v[k].z - mu, d = v[k].w - mu;
+            acc += (double)((a * a + b * b) + (c * c + d * d));
         }
         const double var = block_sum_d(acc, scratch) / (double)(4 * m4);
-        mu = (float)mean_d;
-        rs = (float)(1.0 / sqrt(var + (double)eps));
+        rs = (float)rsqrt(var + (double)eps);
     }
 };
 
@@ -224,9 +226,10 @@ __device__ __forceinline__ void forward_resident(TY* __restrict__ y, float* __re
             const float scale = rs * (gamma ? gamma[ch] : 1.0f);
             const float shift = beta ? beta[ch] : 0.0f;
             const float4 xv = r.v[k];
-            store4(yg, 4LL * ((int)threadIdx.x + k * (int)blockDim.x),
-                   float4{normalise(xv.x, mu, scale, shift, silu), normalise(xv.y, mu, scale, shift, silu),
-                          normalise(xv.z, mu, scale, shift, silu), normalise(xv.w, mu, scale, shift, silu)});
+            float4 u{(xv.x - mu) * scale + shift, (xv.y - mu) * scale + shift, (xv.z - mu) * scale + shift,
+                     (xv.w - mu) * scale + shift};  // normalise(), the SiLU tested once for the four
+            if (silu) u = float4{silu_fast(u.x), silu_fast(u.y), silu_fast(u.z), silu_fast(u.w)};
+            store4(yg, 4LL * ((int)threadIdx.x + k * (int)blockDim.x), u);
         }
     }
 }
@@ -530,8 +533,9 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
 // lanes, one channel each (the 8×8 and 4×4 maps: 16 and 4 lanes), so the
 // per-channel sums are segment sums (xor shuffles below L), kept per (k,
 // warp, segment) in shared memory and added per channel in a fixed order
-// (e rising): deterministic, and the same f64 sums as groupnorm_backward's
-// over another partial order (the CPU twin's tolerance).
+// (e rising): deterministic, and groupnorm_backward's f64 sums over another
+// partial order, each float4's four terms added in f32 first (the CPU twin's
+// tolerance).
 namespace groupnorm {
 template <int R>
 __device__ __forceinline__ void backward_resident(float* __restrict__ dx, const float* __restrict__ dx_add,
@@ -570,14 +574,15 @@ __device__ __forceinline__ void backward_resident(float* __restrict__ dx, const 
             const float gm = gamma ? gamma[ch] : 1.0f, bt = beta ? beta[ch] : 0.0f;
             float* xv = &xhat[k].x;
             float* dv = &dz[k].x;
-            double a = 0.0, b = 0.0;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 xv[j] = (xv[j] - mu) * rs;
                 dv[j] = grad_u(dv[j], xv[j], gm, bt, silu);
-                a += (double)dv[j];
-                b += (double)dv[j] * (double)xv[j];
             }
+            // the float4's Σ dz and Σ dz·x̂ in f32, then f64 (one conversion a
+            // float4 and sum, where one a value cost as much as the rest)
+            double a = (double)((dv[0] + dv[1]) + (dv[2] + dv[3]));
+            double b = (double)((dv[0] * xv[0] + dv[1] * xv[1]) + (dv[2] * xv[2] + dv[3] * xv[3]));
             // the sums over this lane's segment (the whole warp's at 32 lanes)
             for (int offset = seg_lanes / 2; offset > 0; offset >>= 1) {
                 a += __shfl_xor_sync(0xffffffffu, a, offset);

@@ -130,20 +130,8 @@ __device__ __forceinline__ void warp_slice_3xtf32(const float (*As)[LD], const f
 // So the tiles are staged as pairs, As[kp][m] and Bs[kp][n], and the fragment
 // reads are those of the TF32 path with k replaced by kp.
 
-// (bf16_bits, the rounding to bf16, is in common.cuh.)
-// One 32-bit register of two bf16: lo in bits 0..15, hi in bits 16..31.
-// On the GPU one cvt.rn.bf16x2.f32 (round to nearest, ties to even, as
-// bf16_bits; a NaN may keep another payload), where bf16_bits is ~8
-// instructions a value: the staging loops pack every operand word with it.
-__device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) {
-#if defined(MD_EMULATED)
-    return bf16_bits(lo) | (bf16_bits(hi) << 16);
-#else
-    unsigned int d;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));  // hi to the upper half
-    return d;
-#endif
-}
+// (bf16_bits and bf16_pair, the rounding to bf16, are in common.cuh.)
+using ::bf16_pair;
 
 // 4 consecutive values of an operand as one vector load: f32 (float4), or
 // bf16 storage (uint2: the bf16 bits of those 4 values, in order — what the
