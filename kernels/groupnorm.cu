@@ -186,8 +186,10 @@ struct Resident {
 #pragma unroll
         for (int k = 0; k < R; ++k) {
             if (!holds(k)) continue;
+            // fused and rounded explicitly: every kernel holding the group
+            // (forward, concat, affine; any R) gets the same bits
             const float a = v[k].x - mu, b = v[k].y - mu, c = v[k].z - mu, d = v[k].w - mu;
-            acc += (double)((a * a + b * b) + (c * c + d * d));
+            acc += (double)(__fmaf_rn(a, a, __fmul_rn(b, b)) + __fmaf_rn(c, c, __fmul_rn(d, d)));
         }
         const double var = block_sum_d(acc, scratch) / (double)(4 * m4);
         rs = (float)rsqrt(var + (double)eps);
@@ -582,7 +584,7 @@ __device__ __forceinline__ void backward_resident(float* __restrict__ dx, const 
             // the float4's Σ dz and Σ dz·x̂ in f32, then f64 (one conversion a
             // float4 and sum, where one a value cost as much as the rest)
             double a = (double)((dv[0] + dv[1]) + (dv[2] + dv[3]));
-            double b = (double)((dv[0] * xv[0] + dv[1] * xv[1]) + (dv[2] * xv[2] + dv[3] * xv[3]));
+            double b = (double)(__fmaf_rn(dv[0], xv[0], __fmul_rn(dv[1], xv[1])) + __fmaf_rn(dv[2], xv[2], __fmul_rn(dv[3], xv[3])));
             // the sums over this lane's segment (the whole warp's at 32 lanes)
             for (int offset = seg_lanes / 2; offset > 0; offset >>= 1) {
                 a += __shfl_xor_sync(0xffffffffu, a, offset);
