@@ -831,8 +831,15 @@ __device__ __forceinline__ void weight_grad(float* dw_part, const float* dy, con
                     for (int k = 0; k < PER_WORD; ++k) v[b][k] = 0.0f;
                     if (m0 + oc < s.oc && img0 + word_seg[w] < s.n) {
                         const float* at = dy + (img0 * s.oc * P + oh0 * s.ow + word_src[w] + (m0 + oc) * P);
-#pragma unroll
-                        for (int k = 0; k < PER_WORD; ++k) v[b][k] = at[k];
+                        if constexpr (PER_WORD == 2) {
+                            // one 8-byte load: a pair starts at an even offset (OW, so P, even;
+                            // the host checks dY's alignment)
+                            const float2 pair = *reinterpret_cast<const float2*>(at);
+                            v[b][0] = pair.x;
+                            v[b][1] = pair.y;
+                        } else {
+                            v[b][0] = at[0];
+                        }
                     }
                 }
 #pragma unroll

@@ -369,6 +369,7 @@ fn same_weight_grad(
     layout: Option<WgLayout>,
 ) -> Result<CudaBuffer> {
     let backend = dy.backend();
+    debug_assert!(prec == Precision::F32 || dy.ptr().is_multiple_of(8), "bf16 pairs of dY are 8-byte loads");
     let bm = same_block_rows(g.oc);
     let layout = layout.unwrap_or_else(|| wg_layout::layout(g, bm, pixels_per_word(prec)));
     let ct = if bm == 64 { 16 } else { 32 };
@@ -825,7 +826,9 @@ fn backward_weight_gemm(dy: &CudaBuffer, x: &CudaBuffer, g: &ConvGeom, prec: Pre
     }
     let s = ConvShape::new(g)?;
     let bf16_input = x.dtype() == DType::BF16;
-    if same_weight_grad_fits(g, prec) && (!bf16_input || prec == Precision::Bf16) {
+    // (at bf16 the kernel loads dY's pixel pairs 8 bytes at a time)
+    let dy_aligned = prec == Precision::F32 || dy.ptr().is_multiple_of(8);
+    if same_weight_grad_fits(g, prec) && (!bf16_input || prec == Precision::Bf16) && dy_aligned {
         return same_weight_grad(dy, x, g, &s, SAME_WG_TARGET_BLOCKS, prec, None);
     }
     // the generic kernels read f32: widen a bf16-stored x (exact)
