@@ -129,8 +129,7 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
-// the device's: a·rcp(b), and 0 for 2¹²⁶ < |b| (the rcp.approx underflows)
-inline float __fdividef(float a, float b) { return std::fabs(b) > 0x1p126f ? a * std::copysign(0.0f, b) : a / b; }
+inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return std::min(std::max(x, 0.0f), 1.0f); }
 inline unsigned int __umulhi(unsigned int a, unsigned int b) {
     return (unsigned int)(((uint64_t)a * (uint64_t)b) >> 32);
