@@ -35,7 +35,7 @@ fn fill_parity() {
 
 #[test]
 fn activation_parity() {
-    // expf on the GPU vs libm on the CPU: a few ulp
+    // ex2.approx and rcp.approx on the GPU vs the CPU's exp: ~1e-6 at these |x|
     parity_check("silu", &[&[2, 3, 17, 13]], |x| ops::silu(&x[0]), ParityTol::EXACTISH);
     parity_check("relu", &[&[777]], |x| ops::relu(&x[0]), ParityTol::EXACTISH);
     parity_check("leaky_relu", &[&[777]], |x| ops::leaky_relu(&x[0], 0.1), ParityTol::EXACTISH);
@@ -45,6 +45,31 @@ fn activation_parity() {
     let wide = || vec![(randn(&[903], 8).iter().map(|v| 8.0 * v).collect(), Shape::from([3, 301]))];
     parity_check_at("mish", wide(), |x| ops::mish(&x[0]), ParityTol::EXACTISH);
     parity_check_at("gelu", wide(), |x| ops::gelu(&x[0]), ParityTol::EXACTISH);
+}
+
+/// SiLU and its slope on the device across the f32 range against f64: the
+/// kernels take e^−u by ex2.approx of −u·log₂e and σ by rcp.approx
+/// (kernels/common.cuh), whose error grows with |u| (the rounding of
+/// u·log₂e): within 2⁻²⁰ + |u|·2⁻²³ of the value (the bound of common.cuh
+/// doubled); 0 where σ < 2⁻¹²⁶ (flushed: |silu| < 88·2⁻¹²⁶ ≈ 1.03e-36
+/// there); ∞ and NaN kept.
+#[test]
+fn silu_holds_its_accuracy_across_the_range() {
+    let u: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.05).collect(); // −100 … 100
+    let x = Tensor::from_vec(u.clone(), [u.len()]).unwrap().to_device(parity_device()).unwrap().requires_grad_();
+    let y = ops::silu(&x).unwrap();
+    let slope = minidiffusion::backward(&ops::sum_all(&y).unwrap()).unwrap().get(&x).unwrap().to_vec();
+    for ((&v, &got), &got_slope) in u.iter().zip(&y.to_vec()).zip(&slope) {
+        let ud = v as f64;
+        let s = 1.0 / (1.0 + (-ud).exp());
+        let (silu, silu_slope) = (ud * s, s * (1.0 + ud * (1.0 - s)));
+        let rel = 2f64.powi(-20) + ud.abs() * 2f64.powi(-23);
+        assert!((got as f64 - silu).abs() <= rel * silu.abs() + 1.1e-36, "silu({v}) = {got}, f64 {silu}");
+        assert!((got_slope as f64 - silu_slope).abs() <= rel * silu_slope.abs() + 1e-6, "silu'({v}) = {got_slope}, f64 {silu_slope}");
+    }
+    let special = Tensor::from_vec(vec![f32::INFINITY, f32::NAN, 0.0, -0.0], [4]).unwrap().to_device(parity_device()).unwrap();
+    let got = ops::silu(&special).unwrap().to_vec();
+    assert!(got[0] == f32::INFINITY && got[1].is_nan() && got[2] == 0.0 && got[3] == 0.0, "{got:?}");
 }
 
 #[test]
