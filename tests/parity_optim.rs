@@ -45,7 +45,7 @@ fn used(t: u64) -> Vec<usize> {
 /// L = Σ_i Σ p_i·c_i over the used parameters with fresh constants each step:
 /// the gradients are the constants exactly, on every device. Larger values
 /// at step 2 exercise v.
-fn step(run: &mut Run, t: u64, device: Device, beta1: f32) {
+fn step(run: &mut Run, t: u64, device: Device, beta1: f32) -> (f32, f32) {
     let scale = if t == 2 { 50.0 } else { 1.0 };
     let used = used(t);
     let consts: Vec<Tensor> = used
@@ -63,7 +63,7 @@ fn step(run: &mut Run, t: u64, device: Device, beta1: f32) {
         assert_eq!(grads.get(&run.params[i]).unwrap().to_vec(), c.to_vec(), "gradient {i} at step {t}");
     }
     run.opt.hyper.beta1 = beta1;
-    run.opt.step(&grads).unwrap();
+    run.opt.step(&grads).unwrap().wait().unwrap()
 }
 
 #[test]
@@ -114,4 +114,39 @@ fn adamw_one_optimizer_over_cuda_and_cpu_parameters() {
     opt.step(&grads).unwrap();
     assert!(p.to_vec().iter().zip([1.0, 2.0]).all(|(a, b)| *a < b));
     assert_eq!(p.to_vec(), q.to_vec());
+}
+
+/// Clipping to a global norm (PyTorch's clip_grad_norm_, kernels/optim.cu's
+/// grad_sumsq_multi_f32 and grad_clip_factor) on the device against the CPU:
+/// the same norm and factor (f64 sums in another order, so to 1 ulp of the
+/// f32 norm), and the clipped steps to 2 ulp. The bar, 100, clips step 2
+/// (its gradients ×50: ‖g‖ ≈ 3,700) and not steps 1 and 3 (≈ 74).
+#[test]
+fn adamw_clipped_steps_cuda_equal_cpu() {
+    let device = parity_device();
+    let hyper = AdamWHyper { lr: 3e-2, beta1: 0.9, beta2: 0.999, eps: 1e-5, weight_decay: 0.01 };
+    let mut cpu = init(Device::Cpu, hyper);
+    let mut dev = init(device, hyper);
+    cpu.opt.max_grad_norm = Some(100.0);
+    dev.opt.max_grad_norm = Some(100.0);
+    let mut max_ulp = 0u64;
+    for t in 1..=3u64 {
+        let (cn, cf) = step(&mut cpu, t, Device::Cpu, 0.9);
+        let (dn, df) = step(&mut dev, t, device, 0.9);
+        eprintln!("step {t}: norm cpu {cn} {device} {dn}, factor cpu {cf} {device} {df}");
+        assert!(ulp_distance(cn, dn) <= 1 && ulp_distance(cf, df) <= 1, "step {t}: norm {dn} / factor {df} on {device}, cpu {cn} / {cf}");
+        assert_eq!(cf < 1.0, t == 2, "step {t}: factor {cf} at norm {cn}");
+        let (cm, cv, _) = cpu.opt.state();
+        let (dm, dv, _) = dev.opt.state();
+        for i in 0..5 {
+            for (what, d, c) in [("param", &dev.params[i], &cpu.params[i]), ("exp_avg", &dm[i], &cm[i]), ("exp_avg_sq", &dv[i], &cv[i])] {
+                for (k, (&x, &y)) in d.to_vec().iter().zip(&c.to_vec()).enumerate() {
+                    let u = ulp_distance(x, y);
+                    assert!(u <= 2, "step {t} {what} {i} entry {k}: {device} {x} vs cpu {y} ({u} ulp)");
+                    max_ulp = max_ulp.max(u);
+                }
+            }
+        }
+    }
+    eprintln!("parity_optim: clipped AdamW 3 steps on {device} vs cpu, max distance {max_ulp} ulp");
 }

@@ -240,6 +240,36 @@ fn cifar10_trains_with_three_channels() {
     assert!(stderr.contains("--dataset cifar10 needs --data DIR"), "{stderr}");
 }
 
+/// `--clip-grad-norm`: a bad value is one line naming the flag; a run saves
+/// it with its state and says so; a resumed run takes a new one.
+#[test]
+fn gradient_clipping_is_checked_recorded_and_resumable() {
+    let data = small_dataset("clip", 32, 16);
+    let work = temp_dir("clip-out");
+    let config = micro_config(&work);
+    let out = work.join("model");
+    let base = ["train", "--data", data.to_str().unwrap(), "--config", config.to_str().unwrap(), "--batch-size", "16", "--device", "cpu"];
+    let with = |extra: &[&str]| -> Vec<String> { base.iter().chain(extra).map(|s| s.to_string()).collect() };
+    for bad in ["0", "-1", "nan"] {
+        let flag = format!("--clip-grad-norm={bad}");
+        let args = with(&[&flag, "--out", out.to_str().unwrap()]);
+        let (code, _, stderr) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(code, 2, "{bad}: {stderr}");
+        assert_eq!(stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "{stderr}");
+        assert!(stderr.contains("--clip-grad-norm") && stderr.contains("positive"), "{stderr}");
+    }
+    assert!(!out.exists(), "a refused run writes nothing");
+    let args = with(&["--epochs", "1", "--clip-grad-norm", "0.5", "--out", out.to_str().unwrap(), "--grid-steps", "0"]);
+    let (code, _, stderr) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("gradients clipped to norm 0.5"), "{stderr}");
+    assert_eq!(checkpoint::read_state(&out).unwrap().train.clip_grad_norm, Some(0.5));
+    let args = with(&["--epochs", "2", "--clip-grad-norm", "2", "--out", out.to_str().unwrap(), "--resume", "--grid-steps", "0"]);
+    let (code, _, stderr) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(checkpoint::read_state(&out).unwrap().train.clip_grad_norm, Some(2.0));
+}
+
 #[test]
 fn bf16_training_is_recorded_and_resume_keeps_it() {
     let data = small_dataset("bf16", 32, 16);
@@ -291,8 +321,10 @@ fn queued_steps_equal_steps_taken_one_at_a_time() {
     let mut one_by_one = learner();
     let mut expected = Vec::new();
     for b in &batches {
-        let loss = one_by_one.train_step(b).unwrap();
-        expected.push(BatchReport { step: one_by_one.step, epoch: 1, images: batch, lr: one_by_one.lr, loss });
+        let report = one_by_one.queue_step(b).unwrap().finish().unwrap();
+        let BatchReport { loss, grad_norm, grad_scale, .. } = report;
+        assert!(grad_norm > 0.0 && grad_scale == 1.0, "{report:?}");
+        expected.push(BatchReport { step: one_by_one.step, epoch: 1, images: batch, lr: one_by_one.lr, loss, grad_norm, grad_scale });
     }
     let mut queued = learner();
     let mut reports = Vec::new();

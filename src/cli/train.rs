@@ -89,6 +89,11 @@ pub struct TrainArgs {
     /// Rescale the schedule to zero terminal SNR (diffusers' rescale_betas_zero_snr); needs v_prediction or sample.
     #[arg(long)]
     pub zero_snr: bool,
+    /// Scale each step's gradients down to this global L2 norm when theirs is larger (PyTorch's
+    /// clip_grad_norm_; diffusers' train_unconditional uses 1.0). Default: none, as the lesson.
+    /// A resumed run takes it when given.
+    #[arg(long)]
+    pub clip_grad_norm: Option<f32>,
 }
 
 /// A preset's defaults.
@@ -148,6 +153,11 @@ fn load_data(dataset: &str, args: &TrainArgs) -> anyhow::Result<(Dataset, Datase
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = resolve_device(&args.device)?;
+    if let Some(c) = args.clip_grad_norm
+        && !(c.is_finite() && c > 0.0)
+    {
+        bail!("--clip-grad-norm {c}: expected a positive norm");
+    }
     InputRange::parse(&args.input_range)?;
     minidiffusion::train::TimestepDistribution::parse(&args.timesteps)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("model"));
@@ -183,7 +193,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             bail!("--zero-snr: the run in {} was trained without it; resume it without --zero-snr", out.display());
         }
         eprintln!("resuming {} at step {}/{} (epoch {})", out.display(), state.step, state.total_steps, state.epoch);
-        (state.train, model)
+        let mut train = state.train;
+        train.clip_grad_norm = args.clip_grad_norm.or(train.clip_grad_norm);
+        (train, model)
     } else {
         let Preset { name: preset, mut unet, epochs, batch_size: batch, lr, eval_images } = chosen.expect("a new run has its config");
         if matches!(preset.as_str(), "tiny" | "seed") {
@@ -211,6 +223,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             precision: args.precision.unwrap_or_default(),
             prediction: args.prediction.clone().unwrap_or_else(|| "epsilon".into()),
             zero_snr: args.zero_snr,
+            clip_grad_norm: args.clip_grad_norm,
         };
         config.prediction()?;
         config.noise_schedule()?;
@@ -228,7 +241,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         other => other,
     })?;
     eprintln!(
-        "training {} ({:.2}M parameters) on {} ({} train / {} test images from {}), batch {}, {} products, device {device}",
+        "training {} ({:.2}M parameters) on {} ({} train / {} test images from {}), batch {}, {} products{}, device {device}",
         config.preset,
         param_count(&model) as f64 / 1e6,
         config.dataset,
@@ -236,7 +249,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         test.len(),
         train.source,
         config.batch_size,
-        config.precision
+        config.precision,
+        config.clip_grad_norm.map_or(String::new(), |c| format!(", gradients clipped to norm {c}"))
     );
     let mut learner = Learner::new(config, model, train, test, device)?;
     if resuming {

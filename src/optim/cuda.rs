@@ -1,4 +1,6 @@
-//! CUDA launch of kernels/optim.cu: the AdamW steps of many parameters in place on device buffers, one launch.
+//! CUDA launch of kernels/optim.cu: the AdamW steps of many parameters in place
+//! on device buffers, one launch, after the gradients' global norm and
+//! clipping factor (two small launches).
 
 use super::adamw_math::AdamWHyper;
 use crate::device::cuda::{Arg, CudaBuffer, LaunchConfig};
@@ -96,12 +98,20 @@ impl AdamWBatch {
         Ok(())
     }
 
-    /// One launch of `adamw_step_multi_f32` for every parameter pushed (the
-    /// segment table uploaded first, in stream order).
-    pub fn launch(self) -> Result<()> {
-        let Some(backend) = self.backend else { return Ok(()) };
+    /// The gradients' global L2 norm and clipping factor (`max_norm` ≤ 0: no
+    /// clipping), then one launch of `adamw_step_multi_f32` for every
+    /// parameter pushed (the segment table uploaded first, in stream order).
+    /// Returns the device's [clip factor, ‖g‖], or None when nothing was pushed.
+    pub fn launch(self, max_norm: f32) -> Result<Option<CudaBuffer>> {
+        let Some(backend) = self.backend else { return Ok(None) };
         let table = backend.upload(bytemuck::cast_slice(&self.segments))?;
-        let args = [table.arg(), Arg::I32(elems("adamw", self.segments.len())?)];
-        backend.launch("adamw_step_multi_f32", LaunchConfig::blocks(elems("adamw", self.blocks)? as usize, THREADS), &args)
+        let (blocks, count) = (elems("adamw", self.blocks)?, Arg::I32(elems("adamw", self.segments.len())?));
+        let grid = LaunchConfig::blocks(blocks as usize, THREADS);
+        let partials = crate::metrics::cuda::alloc_f64(&backend, self.blocks)?;
+        backend.launch("grad_sumsq_multi_f32", grid, &[table.arg(), count.clone(), partials.arg()])?;
+        let clip = backend.alloc(2)?;
+        backend.launch("grad_clip_factor", LaunchConfig::blocks(1, THREADS), &[partials.arg(), Arg::I32(blocks), Arg::F32(max_norm), clip.arg()])?;
+        backend.launch("adamw_step_multi_f32", grid, &[table.arg(), count, clip.arg()])?;
+        Ok(Some(clip))
     }
 }

@@ -219,6 +219,7 @@ impl Callback for Tracker {
     fn after_batch(&mut self, _l: &Learner, batch: &BatchReport) -> Result<()> {
         self.handle.metric(batch.step, batch.epoch, "loss", batch.loss as f64);
         self.handle.metric(batch.step, batch.epoch, "lr", batch.lr);
+        self.handle.metric(batch.step, batch.epoch, "grad_norm", batch.grad_norm as f64);
         if interrupt::requested() { Err(interrupt::error()) } else { Ok(()) }
     }
 

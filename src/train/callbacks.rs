@@ -11,13 +11,16 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     started: Option<Instant>,
     images: usize,
+    /// The largest gradient norm and the clipped steps since the last step line.
+    max_grad_norm: f32,
+    clipped: usize,
     /// Print epoch lines (false for --json runs that want a quiet stderr).
     pub epoch_lines: bool,
 }
 
 impl Progress {
     pub fn new(epoch_lines: bool) -> Self {
-        Progress { bar: None, started: None, images: 0, epoch_lines }
+        Progress { bar: None, started: None, images: 0, max_grad_norm: 0.0, clipped: 0, epoch_lines }
     }
 }
 
@@ -34,6 +37,8 @@ impl Callback for Progress {
 
     fn after_batch(&mut self, l: &Learner, batch: &BatchReport) -> Result<()> {
         self.images += batch.images;
+        self.max_grad_norm = self.max_grad_norm.max(batch.grad_norm);
+        self.clipped += usize::from(batch.grad_scale < 1.0);
         let loss = batch.loss;
         if let (Some(bar), Some(t0)) = (&self.bar, self.started) {
             let rate = self.images as f64 / t0.elapsed().as_secs_f64().max(1e-9);
@@ -41,7 +46,12 @@ impl Callback for Progress {
             bar.inc(1);
             // no terminal: a plain line now and then instead of the bar
             if bar.is_hidden() && self.epoch_lines && batch.step.is_multiple_of(100) {
-                eprintln!("step {}/{}: loss {loss:.4}, {rate:.0} img/s, lr {:.2e}", batch.step, l.total_steps, batch.lr);
+                let clipped = if l.config.clip_grad_norm.is_some() { format!(", {} clipped", self.clipped) } else { String::new() };
+                eprintln!(
+                    "step {}/{}: loss {loss:.4}, {rate:.0} img/s, lr {:.2e}, grad norm {:.3} (largest since the last line {:.3}{clipped})",
+                    batch.step, l.total_steps, batch.lr, batch.grad_norm, self.max_grad_norm
+                );
+                (self.max_grad_norm, self.clipped) = (0.0, 0);
             }
         }
         Ok(())

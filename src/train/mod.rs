@@ -20,7 +20,7 @@ use crate::nn::params;
 use crate::nn::unet::{ClassConditioning, DropoutStreams, UNet2DConfig, UNet2DModel};
 use crate::ops;
 use crate::ops::precision::Precision;
-use crate::optim::{AdamW, AdamWHyper, OneCycle};
+use crate::optim::{AdamW, AdamWHyper, GradNorm, OneCycle};
 use crate::rng::PhiloxStream;
 use crate::tensor::{HostValues, Tensor};
 use serde::{Deserialize, Serialize};
@@ -126,6 +126,11 @@ pub struct TrainConfig {
     /// rescale_betas_zero_snr: ᾱ = 0 at the last step); needs v or x₀ prediction.
     #[serde(default)]
     pub zero_snr: bool,
+    /// Scale each step's gradients down to this global L2 norm when theirs is
+    /// larger (PyTorch's `clip_grad_norm_`; diffusers' train_unconditional
+    /// uses 1.0). None, the lesson's recipe: no clipping.
+    #[serde(default)]
+    pub clip_grad_norm: Option<f32>,
 }
 
 impl TrainConfig {
@@ -154,6 +159,7 @@ impl TrainConfig {
             precision: Precision::F32,
             prediction: epsilon(),
             zero_snr: false,
+            clip_grad_norm: None,
         }
     }
 
@@ -227,12 +233,17 @@ pub struct BatchReport {
     /// The learning rate it used.
     pub lr: f64,
     pub loss: f32,
+    /// The gradients' global L2 norm, and the factor they were scaled by
+    /// (below 1 when clipped to `clip_grad_norm`).
+    pub grad_norm: f32,
+    pub grad_scale: f32,
 }
 
 /// A queued training step whose loss is still on its way from the device.
 pub struct QueuedStep {
     report: BatchReport,
     loss: HostValues,
+    grad_norm: GradNorm,
 }
 
 impl QueuedStep {
@@ -240,6 +251,7 @@ impl QueuedStep {
     /// are then spoilt; the last checkpoint is not).
     pub fn finish(self) -> Result<BatchReport> {
         let loss = self.loss.wait()?[0];
+        let (grad_norm, grad_scale) = self.grad_norm.wait()?;
         let r = self.report;
         if !loss.is_finite() {
             return Err(Error::Argument {
@@ -247,7 +259,7 @@ impl QueuedStep {
                 msg: format!("the loss is {loss} at step {} (epoch {}); stopping, the last checkpoint is kept", r.step, r.epoch),
             });
         }
-        Ok(BatchReport { loss, ..r })
+        Ok(BatchReport { loss, grad_norm, grad_scale, ..r })
     }
 }
 
@@ -402,11 +414,12 @@ impl Learner {
         self.opt.hyper.lr = self.lr as f32;
         self.opt.hyper.beta1 = self.one_cycle.beta1(self.step) as f32;
         let optimizer_range = crate::device::nvtx::range("optimizer step");
-        self.opt.step(&grads)?;
+        self.opt.max_grad_norm = self.config.clip_grad_norm;
+        let grad_norm = self.opt.step(&grads)?;
         drop(optimizer_range);
         self.step += 1;
-        let report = BatchReport { step: self.step, epoch: self.epoch + 1, images: indices.len(), lr: self.lr, loss: f32::NAN };
-        Ok(QueuedStep { report, loss: value })
+        let report = BatchReport { step: self.step, epoch: self.epoch + 1, images: indices.len(), lr: self.lr, loss: f32::NAN, grad_norm: f32::NAN, grad_scale: f32::NAN };
+        Ok(QueuedStep { report, loss: value, grad_norm })
     }
 
     /// One optimiser step on images `indices`, waiting for its loss.
