@@ -9,6 +9,8 @@
 # recipe (a bundle made with DEVICE_TESTS=0 DEVICE_DATA=1) trains the seed
 # recipe on the full Fashion-MNIST at bf16 for as much of the budget as is
 # left, then scores it (eval: FID/KID of DDIM-100 and DDIM-25 at n = 2048);
+# recipe_stability (the same bundle) trains four seed runs side by side past
+# the one-cycle's peak: seeds 42 and 1, without and with --clip-grad-norm 1;
 # kernels_b512 times the bf16 convolutions at batch 512 next to cuDNN;
 # graph is the CUDA graph A/B: DDIM-100 at batches 16, 256 and 2048 with one
 # captured step replayed (the default) and with every kernel launched;
@@ -68,6 +70,17 @@ for line in sys.stdin:
     d["step"] = sys.argv[1]
     print(json.dumps(d))' "$name" >> "$results"
     if [ $rc -ne 0 ]; then grep -A1 -E 'panicked|^error' "$logs/$name.log" | grep -v '^--' | head -n 6 | tee -a "$summary"; fi
+}
+
+# the Fashion-MNIST files of a DEVICE_DATA=1 bundle, unpacked once; false without them
+unpack_data() {
+    [ -f "$bundle/data.tar.xz" ] || return 1
+    if [ ! -d "$here/data" ]; then
+        mkdir -p "$here/data"
+        tar -C "$here/data" -xJf "$bundle/data.tar.xz" 2> /dev/null \
+            || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$bundle/data.tar.xz" "$here/data"
+    fi
+    export MINIDIFFUSION_FASHION_MNIST="$here/data"
 }
 
 say "commit: $(tr '\n' ' ' < "$here/COMMIT")"
@@ -177,12 +190,30 @@ torch|torch_eager)
         step torch_train_bf16_compile 150 python3 "$bp" train --dtype bf16 --compile
     fi
     ;;
+recipe_stability)
+    # run 8's recipe diverged at step ~650 (lr 8e-3 of 1e-2) and reran step for step: four
+    # runs side by side to past the one-cycle's peak (step 737) — run 8's seed (42, the default)
+    # and seed 1, each as the lesson (no clipping) and with --clip-grad-norm 1 (diffusers'
+    # train_unconditional). Each step line has the gradient norm and the largest since the last
+    # line; ~3,000 images/s each, so ~1,200 steps in 210 s
+    if unpack_data; then
+        limit=$(( $(left) - 20 )); [ "$limit" -gt 210 ] && limit=210
+        for v in s42 s42_clip1 s1 s1_clip1; do
+            seed=${v%%_*}; seed=${seed#s}; extra=(); [ "${v#*_}" = clip1 ] && extra=(--clip-grad-norm 1)
+            timeout "$limit" "$md" train --config seed --precision bf16 --device cuda --out "$here/stab_$v" --seed "$seed" \
+                "${extra[@]}" --grid-steps 0 --runs-db "$here/stab_$v.db" > "$logs/recipe_stability_$v.log" 2>&1 &
+        done
+        wait
+        for v in s42 s42_clip1 s1 s1_clip1; do
+            say "recipe_stability_$v: $(grep -E '^epoch' "$logs/recipe_stability_$v.log" | tail -n 1)"
+            grep -E '^(step|epoch)' "$logs/recipe_stability_$v.log" | tail -n 30 >> "$summary"
+        done
+    else
+        say "recipe_stability: SKIPPED (no data: prepare with DEVICE_TESTS=0 DEVICE_DATA=1)"
+    fi
+    ;;
 recipe)
-    if [ -f "$bundle/data.tar.xz" ]; then
-        mkdir -p "$here/data"
-        tar -C "$here/data" -xJf "$bundle/data.tar.xz" 2> /dev/null \
-            || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$bundle/data.tar.xz" "$here/data"
-        export MINIDIFFUSION_FASHION_MNIST="$here/data"
+    if unpack_data; then
         rest=$(left)
         # (the evals after it take ~80 s and the model ~10 s: run 7's, with DDPM-1000 at 2048 for 512)
         step recipe_train $(( rest > 210 ? rest - 95 : 120 )) "$md" train --config seed --precision bf16 --device cuda --out "$here/seed" \
