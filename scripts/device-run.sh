@@ -216,8 +216,10 @@ recipe)
     if unpack_data; then
         rest=$(left)
         # (the evals after it take ~80 s and the model ~10 s: run 7's, with DDPM-1000 at 2048 for 512)
+        # RECIPE_TRAIN_FLAGS: more train flags (e.g. "--clip-grad-norm 1", as recipe_stability decides)
+        read -r -a recipe_flags <<< "${RECIPE_TRAIN_FLAGS:-}"
         step recipe_train $(( rest > 210 ? rest - 95 : 120 )) "$md" train --config seed --precision bf16 --device cuda --out "$here/seed" \
-            --grid-steps 0 --runs-db "$here/runs.db" --json
+            --grid-steps 0 --runs-db "$here/runs.db" --json "${recipe_flags[@]}"
         ev=("$md" eval --model "$here/seed" --device cuda --json)
         step recipe_eval_ddim100 60 "${ev[@]}" -n 2048 --steps 100 --batch-size 2048 --precision bf16
         step recipe_eval_ddim25 40 "${ev[@]}" -n 2048 --steps 25 --batch-size 2048 --precision bf16
