@@ -192,7 +192,7 @@ torch|torch_eager)
     ;;
 recipe_stability)
     # run 8's recipe diverged at step ~650 (lr 8e-3 of 1e-2) and reran step for step: four
-    # runs side by side to past the one-cycle's peak (step 737) — run 8's seed (42, the default)
+    # runs side by side to past the one-cycle's peak (step 884: pct_start 0.3 of 2,950) — run 8's seed (42, the default)
     # and seed 1, each as the lesson (no clipping) and with --clip-grad-norm 1 (diffusers'
     # train_unconditional). Each step line has the gradient norm and the largest since the last
     # line; ~3,000 images/s each, so ~1,200 steps in 210 s
