@@ -14,13 +14,16 @@ pub struct Progress {
     /// The largest gradient norm and the clipped steps since the last step line.
     max_grad_norm: f32,
     clipped: usize,
+    /// The lowest eval loss so far, and whether a divergence was reported.
+    best_eval: f32,
+    warned: bool,
     /// Print epoch lines (false for --json runs that want a quiet stderr).
     pub epoch_lines: bool,
 }
 
 impl Progress {
     pub fn new(epoch_lines: bool) -> Self {
-        Progress { bar: None, started: None, images: 0, max_grad_norm: 0.0, clipped: 0, epoch_lines }
+        Progress { bar: None, started: None, images: 0, max_grad_norm: 0.0, clipped: 0, best_eval: f32::INFINITY, warned: false, epoch_lines }
     }
 }
 
@@ -68,6 +71,19 @@ impl Callback for Progress {
                 _ => eprintln!("{line}"),
             }
         }
+        if !self.warned && diverged(self.best_eval, r.eval_loss) {
+            self.warned = true;
+            let hint = if l.config.clip_grad_norm.is_none() { "--clip-grad-norm 1 or a lower --lr" } else { "a lower --lr" };
+            let line = format!(
+                "warning: the eval loss went from {:.4} to {:.4} at epoch {}: training diverged (the step lines and the runs store have each step's gradient norm; {hint} may keep it)",
+                self.best_eval, r.eval_loss, r.epoch
+            );
+            match &self.bar {
+                Some(bar) if !bar.is_hidden() => bar.println(line),
+                _ => eprintln!("{line}"),
+            }
+        }
+        self.best_eval = self.best_eval.min(r.eval_loss);
         Ok(())
     }
 
@@ -83,6 +99,13 @@ impl Callback for Progress {
             bar.abandon();
         }
     }
+}
+
+/// Whether an eval loss of `now` after a best of `best` is a divergence: five
+/// times the best and above 0.5 (an ε-predicting model that predicts 0 has a
+/// loss of 1; GPU run 8's went 0.0275 → 1.0163), or not finite.
+pub fn diverged(best: f32, now: f32) -> bool {
+    !now.is_finite() || (best.is_finite() && now > 5.0 * best && now > 0.5)
 }
 
 /// Saves the model directory and resume state at each epoch end and at the
@@ -159,5 +182,20 @@ impl Callback for Recorder {
     fn after_epoch(&mut self, _l: &Learner, r: &EpochReport) -> Result<()> {
         self.epochs.push(r.clone());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diverged;
+
+    #[test]
+    fn a_jump_to_a_dead_model_is_a_divergence_and_slow_progress_is_not() {
+        assert!(diverged(0.0275, 1.0163));
+        assert!(diverged(0.03, f32::NAN));
+        assert!(!diverged(f32::INFINITY, 1.2), "the first epoch has nothing to compare with");
+        assert!(!diverged(0.0389, 0.0320));
+        assert!(!diverged(0.0275, 0.0400), "a worse epoch is not a divergence");
+        assert!(!diverged(0.2, 0.9), "a model still far from trained: under five times its best");
     }
 }
