@@ -38,7 +38,7 @@ impl GradNorm {
 
 /// PyTorch's clip_grad_norm_ factor for a global norm `norm`, in f32 as there
 /// and as kernels/optim.cu's `grad_clip_factor` (1 without clipping).
-pub fn clip_factor(norm: f32, max_norm: Option<f32>) -> f32 {
+fn clip_factor(norm: f32, max_norm: Option<f32>) -> f32 {
     match max_norm {
         Some(max) if max > 0.0 => {
             let coef = max / (norm + 1e-6);

@@ -5,6 +5,6 @@ pub mod adamw_math;
 pub mod cuda;
 pub mod one_cycle;
 
-pub use adamw::{AdamW, GradNorm, clip_factor};
+pub use adamw::{AdamW, GradNorm};
 pub use adamw_math::AdamWHyper;
 pub use one_cycle::OneCycle;
