@@ -22,6 +22,14 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// A line above the bar when it shows, else on stderr.
+    fn say(&self, line: String) {
+        match &self.bar {
+            Some(bar) if !bar.is_hidden() => bar.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+
     pub fn new(epoch_lines: bool) -> Self {
         Progress { bar: None, started: None, images: 0, max_grad_norm: 0.0, clipped: 0, best_eval: f32::INFINITY, warned: false, epoch_lines }
     }
@@ -66,10 +74,7 @@ impl Callback for Progress {
                 "epoch {}: train loss {:.4}, eval loss {:.4}, {:.0} img/s, {:.1}s (step {}/{})",
                 r.epoch, r.train_loss, r.eval_loss, r.images_per_s, r.seconds, l.step, l.total_steps
             );
-            match &self.bar {
-                Some(bar) if !bar.is_hidden() => bar.println(line),
-                _ => eprintln!("{line}"),
-            }
+            self.say(line);
         }
         if !self.warned && diverged(self.best_eval, r.eval_loss) {
             self.warned = true;
@@ -78,10 +83,7 @@ impl Callback for Progress {
                 "warning: the eval loss went from {:.4} to {:.4} at epoch {}: training diverged (the step lines and the runs store have each step's gradient norm; {hint} may keep it)",
                 self.best_eval, r.eval_loss, r.epoch
             );
-            match &self.bar {
-                Some(bar) if !bar.is_hidden() => bar.println(line),
-                _ => eprintln!("{line}"),
-            }
+            self.say(line);
         }
         self.best_eval = self.best_eval.min(r.eval_loss);
         Ok(())
