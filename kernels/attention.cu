@@ -313,15 +313,23 @@ __device__ void backward_key(float* dk, float* dvv, const float* q, const float*
 // The products of [infer] at the bf16 compute precision (ops::precision): the
 // operands are rounded to bf16, the products are exact and summed in f32, as
 // one mma.m16n8k16 does. In base 2 (c = scale·log2 e, folded into Q):
-//   s_ij = Σ_d bf16(c·Q[d,i])·bf16(K[d,j]),   m_i = max_j s_ij,
-//   p_ij = 2^(s_ij − m_i),   l_i = Σ_j p_ij,
+//   s_ij = Σ_d bf16(c·Q[d,i])·bf16(K[d,j]),   M_i = ⌈max_j s_ij⌉,
+//   p_ij = 2^(s_ij − M_i),   l_i = Σ_j p_ij,
 //   O[:, i] = Σ_j bf16(p_ij)·bf16(V[:, j]) / l_i.
-// Two passes over the keys: the first finds m_i, the second forms p_ij
-// against the final max, so each p_ij is rounded once, as the CPU twin
-// (ops::attention::cpu::forward_output_bf16) rounds it — an online softmax
-// would round it against a running max and rescale, which no twin follows.
-// Recomputing S costs one more mma per 8 keys; the tensor cores are idle
-// otherwise (run 6: the f32 kernel at 91 % issue, tensor pipe 2.7 %).
+// One pass over the keys with a running maximum that is a whole number: when
+// a tile of keys raises a row's maximum from m to m + d, the sums so far are
+// scaled by 2^−d, exactly, and rounding to bf16 commutes with a power of two,
+// so each bf16(p_ij) is what it would be against the final M_i (as the CPU
+// twin, ops::attention::cpu::forward_bf16, forms it), but for the rounding
+// of s − m. An exact running
+// maximum would scale by 2^(m − m'), rounding every p again; the two passes
+// this kernel had before (the first for m, recomputing S) cost ~30 of its
+// ~90 instructions a 16 × 16 tile (GPU run 8: issue-bound, 73 % issue, the
+// ex2 pipe at 39 %). Per tile now: the scores' mma starts its sums at −m
+// (no subtraction; at H = 8 one m16n8k8 step, no zero half), a sign test of
+// the 8 scores a lane and one vote (the maximum rarely grows after the first
+// tiles), 8 ex2 and the adds of l — ~40 instructions where the 8 ex2 alone
+// take ~64 cycles of the SM quarter's 4-lane ex2 pipe: that pipe now bounds it.
 //
 // Warp w of a block owns queries i0 = 16·(tile) … +15 of one batch entry: the
 // rows of the m16 tiles. Per 16 keys kb…kb+15 (two n8 tiles):
@@ -331,14 +339,14 @@ __device__ void backward_key(float* dk, float* dvv, const float* q, const float*
 // S's accumulator layout (c0, c1: row g, columns 2t, 2t+1; c2, c3: row g + 8)
 // is the A fragment layout of P (a0/a1: keys 2t.. of tile 0 at rows g / g + 8,
 // a2/a3: tile 1), so P goes from registers to the next mma (g = lane / 4,
-// t = lane % 4). A row's max and sum are over the 4 lanes of a quad.
+// t = lane % 4). A row's max is over the 4 lanes of a quad.
 //
 // The block stages up to KT keys at a time as bf16 pairs: K key-major,
 // ks[key][w] = (K[2w, key], K[2w+1, key]) (K_LD words a key: a B fragment
 // reads word w of 8 keys, one bank each), V value-major, vs[c][w] =
 // (V[c, 2w], V[c, 2w+1]) (V_LD = KT/2 + 4 words a row: rows g = 0..7 of a
-// fragment 4 banks apart). With Lk ≤ KT (the UNet's: 256, 64, 16 keys) the
-// keys are staged once for both passes.
+// fragment 4 banks apart). With Lk ≤ KT (the UNet's: 256, 64, 16 keys) one
+// stage holds them all.
 namespace attention_bf16 {
 
 constexpr int KT = 256;            // keys staged at a time
@@ -391,13 +399,12 @@ __device__ __forceinline__ void stage_feature_major(unsigned int* dst, int ld, c
     }
 }
 
-// Stage keys j0 … j0 + n − 1 for the forward (zeros past n, past D or Dv);
-// with_v false for the first pass when the keys do not fit in one stage.
+// Stage keys j0 … j0 + n − 1 for the forward (zeros past n, past D or Dv).
 template <int H>
 __device__ __forceinline__ void stage(unsigned int* ks, unsigned int* vs, const float* kb, const float* vb, int d, int dv,
-                                      int lk, int j0, int n, bool with_v) {
+                                      int lk, int j0, int n) {
     stage_position_major<H>(ks, kb, d, lk, j0, n, KT, 1.0f);
-    if (with_v) stage_feature_major<H>(vs, V_LD, vb, dv, lk, j0, n, KT);
+    stage_feature_major<H>(vs, V_LD, vb, dv, lk, j0, n, KT);
 }
 
 // A fragments of this warp's 16 rows, positions p0 … p0 + 15 of a [rows, len]
@@ -422,23 +429,38 @@ __device__ __forceinline__ void load_rows(unsigned int (&a)[Tiles<H>::K_STEPS][4
 // acc[nt] = A · B for the 16 staged positions kb … kb + 15 (two n8 tiles):
 // A this warp's rows (load_rows), B position-major (stage_position_major),
 // the sum over the features.
+// `from`: where the sums start (the mma's C operand, in C's layout); at
+// H = 8 one m16n8k8 step (no zero half).
 template <int H>
 __device__ __forceinline__ void products(float (&acc)[2][4], const unsigned int (&a)[Tiles<H>::K_STEPS][4],
-                                         const unsigned int* staged, int kb) {
+                                         const unsigned int* staged, int kb, const float (&from)[4]) {
     using T = Tiles<H>;
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
-        acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
         const unsigned int* pos = staged + (kb + 8 * nt + g) * T::K_LD;
+        if constexpr (H == 8) {
+            mma::mma_bf16_k8_from(acc[nt], a[0][0], a[0][1], pos[t], from);
+        } else {
 #pragma unroll
-        for (int kstep = 0; kstep < T::K_STEPS; ++kstep) {
-            // b0: features 16·kstep + 2t, +1 of position g; b1: 8 features further (none past H)
-            const int w0 = 8 * kstep + t, w1 = w0 + 4;
-            const unsigned int b[2] = {pos[w0], w1 < T::K_WORDS ? pos[w1] : 0u};
-            mma::mma_bf16(acc[nt], a[kstep], b);
+            for (int kstep = 0; kstep < T::K_STEPS; ++kstep) {
+                // b0: features 16·kstep + 2t, +1 of position g; b1: 8 features further (none past H)
+                const int w0 = 8 * kstep + t, w1 = w0 + 4;
+                const unsigned int b[2] = {pos[w0], w1 < T::K_WORDS ? pos[w1] : 0u};
+                if (kstep == 0) {
+                    mma::mma_bf16_from(acc[nt], a[kstep], b, from);
+                } else {
+                    mma::mma_bf16(acc[nt], a[kstep], b);
+                }
+            }
         }
     }
+}
+template <int H>
+__device__ __forceinline__ void products(float (&acc)[2][4], const unsigned int (&a)[Tiles<H>::K_STEPS][4],
+                                         const unsigned int* staged, int kb) {
+    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    products<H>(acc, a, staged, kb, zero);
 }
 
 // x (two n8 tiles of accumulators, columns = 16 positions) as the A fragment
@@ -466,20 +488,23 @@ __device__ __forceinline__ void accumulate(float (&acc)[H / 8][4], const unsigne
     }
 }
 
+// −∞ for the scores s[nt] (keys kb + 8·nt …) of keys at or past n.
+__device__ __forceinline__ void mask_past(float (&s)[2][4], int kb, int n) {
+    const int t = threadIdx.x % 4;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+            if (kb + 8 * nt + 2 * t + r % 2 >= n) s[nt][r] = MD_NEG_INF;
+}
+
 // s[nt] = the scores of keys kb + 8·nt … (two n8 tiles) for this warp's 16
 // queries, −∞ for keys at or past n.
 template <int H>
 __device__ __forceinline__ void scores(float (&s)[2][4], const unsigned int (&qa)[Tiles<H>::K_STEPS][4],
                                        const unsigned int* ks, int kb, int n) {
-    const int t = threadIdx.x % 4;
     products<H>(s, qa, ks, kb);
-    if (kb + 16 > n) {
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int r = 0; r < 4; ++r)
-                if (kb + 8 * nt + 2 * t + r % 2 >= n) s[nt][r] = MD_NEG_INF;
-    }
+    if (kb + 16 > n) mask_past(s, kb, n);
 }
 
 // (exp2_ftz, 2^x by one ex2.approx.ftz, is in common.cuh.)
@@ -491,6 +516,73 @@ __device__ __forceinline__ float quad_max(float v) {
 __device__ __forceinline__ float quad_sum(float v) {
     v += __shfl_xor_sync(0xffffffffu, v, 1);
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// 2^−d for a whole d ≥ 0, built from its exponent bits (exact; 0 past f32's
+// normal range, where the scaled sums would flush anyway).
+__device__ __forceinline__ float pow2_neg(float d) {
+    return d > 126.0f ? 0.0f : __int_as_float((127 - (int)d) << 23);
+}
+
+// A tile's scores x against the running maxima m (held as the mma's start,
+// neg_m = {−m, −m, −m', −m'} for rows g and g + 8) where some score of the
+// warp's rows reached its row's maximum, or the first tile: a row's maximum
+// becomes m + d, d = ⌈the tile's largest x⌉ (at least 0 after the first
+// tile), its sums so far (O's, and this lane's part of l) are scaled by 2^−d
+// and its x shifted by −d.
+template <int V_TILES>
+__device__ __forceinline__ void raise_max(float (&x)[2][4], float (&neg_m)[4], float (&acc)[V_TILES][4],
+                                          float (&l)[2], bool first) {
+    float d[2];  // rows g, g + 8: C's registers 0, 1 and 2, 3
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        d[h] = ceilf(quad_max(fmaxf(fmaxf(x[0][2 * h], x[0][2 * h + 1]), fmaxf(x[1][2 * h], x[1][2 * h + 1]))));
+        if (!first) d[h] = fmaxf(d[h], 0.0f);
+    }
+    if (!first) {
+        const float f[2] = {pow2_neg(d[0]), pow2_neg(d[1])};
+        l[0] *= f[0];
+        l[1] *= f[1];
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+            for (int vt = 0; vt < V_TILES; ++vt) acc[vt][r] *= f[r / 2];
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const float dr = d[r / 2];
+        neg_m[r] -= dr;
+        x[0][r] -= dr;
+        x[1][r] -= dr;
+    }
+}
+
+// One tile of 16 keys kb … kb + 15 of the forward's pass (see infer):
+// FIRST for the first tile of a row, PARTIAL where keys at or past n are masked.
+template <int H, bool FIRST, bool PARTIAL>
+__device__ __forceinline__ void infer_tile(float (&acc)[Tiles<H>::V_TILES][4], float (&l)[2], float (&neg_m)[4],
+                                           const unsigned int (&qa)[Tiles<H>::K_STEPS][4], const unsigned int* ks,
+                                           const unsigned int* vs, int kb, int n) {
+    float x[2][4];
+    products<H>(x, qa, ks + kb * Tiles<H>::K_LD, 0, neg_m);  // x = s − m (the tile's keys from 0)
+    if (PARTIAL) mask_past(x, kb, n);
+    // x ≥ +0 somewhere (a sign bit clear): a row's maximum grows
+    const unsigned int signs = __float_as_uint(x[0][0]) & __float_as_uint(x[0][1]) & __float_as_uint(x[0][2]) &
+                               __float_as_uint(x[0][3]) & __float_as_uint(x[1][0]) & __float_as_uint(x[1][1]) &
+                               __float_as_uint(x[1][2]) & __float_as_uint(x[1][3]);
+    if (FIRST || __any_sync(0xffffffffu, (int)signs >= 0)) raise_max(x, neg_m, acc, l, FIRST);
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+        x[nt][0] = exp2_ftz(x[nt][0]);
+        x[nt][1] = exp2_ftz(x[nt][1]);
+        x[nt][2] = exp2_ftz(x[nt][2]);
+        x[nt][3] = exp2_ftz(x[nt][3]);
+        l[0] += x[nt][0] + x[nt][1];
+        l[1] += x[nt][2] + x[nt][3];
+    }
+    unsigned int pa[4];
+    as_a(pa, x);
+    accumulate<H>(acc, pa, vs, V_LD, kb);
 }
 
 // The block: batch entry b, query tiles; see the section comment. Batch
@@ -517,57 +609,32 @@ __device__ void infer(float* o, float* lse, const float* q, const float* k, cons
     unsigned int qa[T::K_STEPS][4];
     load_rows<H>(qa, qb, d, lq, i0, scale * attention::LOG2_E);
 
-    const bool once = lk <= KT;  // every key staged once, for both passes
-    float s[2][4];
-    // pass 1: m for rows g (lo) and g + 8 (hi)
-    float m_lo = MD_NEG_INF, m_hi = MD_NEG_INF;
-    for (int j0 = 0; j0 < lk; j0 += KT) {
-        const int n = min(KT, lk - j0);
-        __syncthreads();  // the previous stage is no longer read
-        stage<H>(ks, vs, kb, vb, d, dv, lk, j0, n, once);
-        __syncthreads();
-        for (int kb16 = 0; kb16 < n; kb16 += 16) {
-            scores<H>(s, qa, ks, kb16, n);
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
-                m_lo = fmaxf(m_lo, fmaxf(s[nt][0], s[nt][1]));
-                m_hi = fmaxf(m_hi, fmaxf(s[nt][2], s[nt][3]));
-            }
-        }
-    }
-    m_lo = quad_max(m_lo);
-    m_hi = quad_max(m_hi);
-
-    // pass 2: p = 2^(s − m), l = Σ p, O += bf16(P)·V
-    float l_lo = 0.0f, l_hi = 0.0f;
-    float acc[T::V_TILES][4];
+    // One pass over the keys, 16 at a time (infer_tile): x = s − m against
+    // running whole maxima m, the scores' mma starting its sums at −m; p =
+    // 2^x; O's sums and this lane's part of l (rows g, g + 8) as they go.
+    float neg_m[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[T::V_TILES][4], l[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int vt = 0; vt < T::V_TILES; ++vt) acc[vt][0] = acc[vt][1] = acc[vt][2] = acc[vt][3] = 0.0f;
     for (int j0 = 0; j0 < lk; j0 += KT) {
-        const int n = min(KT, lk - j0);
-        if (!once) {
-            __syncthreads();
-            stage<H>(ks, vs, kb, vb, d, dv, lk, j0, n, true);
-            __syncthreads();
-        }
-        for (int kb16 = 0; kb16 < n; kb16 += 16) {
-            scores<H>(s, qa, ks, kb16, n);
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
-                s[nt][0] = exp2_ftz(s[nt][0] - m_lo);
-                s[nt][1] = exp2_ftz(s[nt][1] - m_lo);
-                s[nt][2] = exp2_ftz(s[nt][2] - m_hi);
-                s[nt][3] = exp2_ftz(s[nt][3] - m_hi);
-                l_lo += s[nt][0] + s[nt][1];
-                l_hi += s[nt][2] + s[nt][3];
+        const int n = min(KT, lk - j0), whole = n & ~15;  // keys staged, keys in whole tiles
+        __syncthreads();  // the previous stage is no longer read
+        stage<H>(ks, vs, kb, vb, d, dv, lk, j0, n);
+        __syncthreads();
+        int kb16 = 0;
+        if (j0 == 0) {
+            if (whole > 0) {
+                infer_tile<H, true, false>(acc, l, neg_m, qa, ks, vs, 0, n);
+            } else {
+                infer_tile<H, true, true>(acc, l, neg_m, qa, ks, vs, 0, n);
             }
-            unsigned int pa[4];
-            as_a(pa, s);
-            accumulate<H>(acc, pa, vs, V_LD, kb16);
+            kb16 = 16;
         }
+        for (; kb16 < whole; kb16 += 16) infer_tile<H, false, false>(acc, l, neg_m, qa, ks, vs, kb16, n);
+        if (kb16 < n) infer_tile<H, false, true>(acc, l, neg_m, qa, ks, vs, kb16, n);
     }
-    l_lo = quad_sum(l_lo);
-    l_hi = quad_sum(l_hi);
+    const float m_lo = -neg_m[0], m_hi = -neg_m[2];
+    const float l_lo = quad_sum(l[0]), l_hi = quad_sum(l[1]);
 
     // acc[vt]: O[8vt + 2t (+1), i0 + g] in r = 0 (1), at i0 + g + 8 in r = 2 (3)
     float* ob = o + b * dv * lq;

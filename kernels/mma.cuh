@@ -180,6 +180,37 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned int (&a)[
 #endif
 }
 
+// d = c + A·B over one m16n8k16 tile (c read, not written: a C operand that
+// stays in its registers across calls).
+__device__ __forceinline__ void mma_bf16_from(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2],
+                                              const float (&c)[4]) {
+#if defined(MD_EMULATED)
+    for (int i = 0; i < 4; ++i) d[i] = c[i];
+    emu::mma_m16n8k16_bf16(d, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%10,%11,%12,%13};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+                   "f"(c[3]));
+#endif
+}
+
+// d = c + A·B over one m16n8k8 tile of bf16 pairs: k = 8, A's a0, a1 and B's
+// b0 of the m16n8k16 layout (the half of a k16 step whose other half is zero).
+__device__ __forceinline__ void mma_bf16_k8_from(float (&d)[4], unsigned int a0, unsigned int a1, unsigned int b0,
+                                                 const float (&c)[4]) {
+#if defined(MD_EMULATED)
+    const unsigned int a[4] = {a0, a1, 0u, 0u}, b[2] = {b0, 0u};
+    for (int i = 0; i < 4; ++i) d[i] = c[i];
+    emu::mma_m16n8k16_bf16(d, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%8,%9,%10};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b0), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#endif
+}
+
 // acc.big += As[kp0..kp0+16][rows of this warp]ᵀ · Bs[..][columns of this warp]
 // for 16 k pairs (k = 32) of bf16 tiles, with the warp tiling of
 // warp_slice_3xtf32 (acc.small is not touched, so Acc::get stays exact).

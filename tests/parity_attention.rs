@@ -173,23 +173,24 @@ fn fused_training_attention_parity() {
 }
 
 /// Inference attention at the bf16 precision: `attention_columns_infer_bf16_h*`
-/// (Q·Kᵀ and P·V as bf16 mma on the tensor cores, two passes over the keys)
-/// against its CPU twin `forward_output_bf16` (the same rounded operands and
-/// the same bf16 P). On the emulation the two differ only in the order of the
-/// f32 sums (BF16_TENSOR_CORE). On a GPU exp2f is ex2.approx (≤ 2 ulp), so a
+/// (Q·Kᵀ and P·V as bf16 mma on the tensor cores, one pass over the keys
+/// with a running whole maximum) against its CPU twin `forward_output_bf16`
+/// (the same rounded operands and the same bf16 P). On the emulation the two
+/// differ only in the order of the f32 sums and in the rounding of s − m
+/// (BF16_TENSOR_CORE). On a GPU exp2f is ex2.approx (≤ 2 ulp), so a
 /// weight within 2 ulp of a bf16 tie may round the other way: one bf16 ulp
 /// (2^-8 relative) of that weight's term, at most 2^-8·Σ_j p_ij·|V[c, j]| / l_i
 /// for output (c, i) — the allowance added there.
 /// Cases: h8 with 130 queries (a 128-query block of 8 warps and a partial
 /// tile), 150 keys (a partial 16-key block), Dv 5; h32 (D 20: a second k-step
-/// half empty, Dv 32); h16; 300 keys (past one 256-key stage: the first pass
-/// stages K alone, the second both); 16 queries (one warp a block); the first
-/// case again with sharp scores (scale 12).
+/// half empty, Dv 32); h16; 300 keys (past one 256-key stage); 16 queries
+/// (one warp a block); 7 keys (the first tile partial); the first case again
+/// with sharp scores (scale 12).
 #[test]
 fn bf16_inference_attention_parity() {
     use minidiffusion::ops::precision::{Precision, round_bf16, with_precision};
     use minidiffusion::{Device, Tensor, no_grad, testing::parity_device};
-    let cases = [(2, 3, 8, 130, 150, 5), (1, 2, 20, 17, 64, 32), (2, 2, 12, 64, 33, 16), (1, 2, 8, 40, 300, 8), (3, 1, 8, 16, 16, 8), (2, 3, 8, 130, 150, 5)];
+    let cases = [(2, 3, 8, 130, 150, 5), (1, 2, 20, 17, 64, 32), (2, 2, 12, 64, 33, 16), (1, 2, 8, 40, 300, 8), (3, 1, 8, 16, 16, 8), (2, 2, 8, 20, 7, 8), (2, 3, 8, 130, 150, 5)];
     let device = parity_device();
     let on_gpu = matches!(device, Device::Cuda(c) if !c.emulated);
     for (i, &(b, h, d, lq, lk, dv)) in cases.iter().enumerate() {
@@ -223,6 +224,51 @@ fn bf16_inference_attention_parity() {
                         dev[at],
                         cpu[at]
                     );
+                }
+            }
+        }
+    }
+}
+
+/// The bf16 inference kernel's running maximum where scores keep rising:
+/// s_j = c·Σ_f Q[f]·K[f, j] grows with the key j (K[f, j] = j·step), so every
+/// 16-key tile raises each row's maximum, by ~d = 16·8·step·c a tile. With
+/// step 1/64 the sums are rescaled by 2^−d every tile; with step 1 d passes
+/// 126 and the earlier sums scale to 0 (they are below 2^−126 of the rest);
+/// a kernel that kept the first tile's maximum would overflow 2^x to ∞. The
+/// device against the twin, and both against the exact softmax in f64 (the
+/// operands are exact in bf16: Q = 1, K a multiple of the step).
+#[test]
+fn bf16_inference_attention_follows_rising_maxima() {
+    use minidiffusion::ops::precision::{Precision, with_precision};
+    use minidiffusion::{Device, Tensor, no_grad, testing::assert_close, testing::parity_device};
+    let (heads, d, lq, lk, dv) = (2, 8, 20, 200, 8);
+    let scale = 1.0 / (d as f32).sqrt();
+    let c = scale as f64 * std::f64::consts::LOG2_E;
+    for step in [1.0f32 / 64.0, 1.0] {
+        let q = vec![1.0f32; heads * d * lq];
+        let k: Vec<f32> = (0..heads * d * lk).map(|e| (e % lk) as f32 * step).collect();
+        let v = randn(&[heads * dv * lk], 91);
+        let run = |device| {
+            let t = |x: &Vec<f32>, rows, len| Tensor::from_vec_on(x.clone(), [1, heads, rows, len], device).unwrap();
+            let _bf16 = with_precision(Precision::Bf16);
+            no_grad(|| ops::attention_columns(&t(&q, d, lq), &t(&k, d, lk), &t(&v, dv, lk), scale)).unwrap().to_vec()
+        };
+        let (cpu, dev) = (run(Device::Cpu), run(parity_device()));
+        assert!(dev.iter().all(|x| x.is_finite()), "step {step}: the device's output is not finite");
+        assert_close(&format!("rising scores, step {step} (device vs twin)"), &dev, &cpu, 2e-3, 2e-3);
+        // the exact softmax: the scores, with Q·K rounded to bf16 (c·1 rounds, K is exact)
+        let cq = minidiffusion::ops::precision::round_bf16(c as f32) as f64;
+        for h in 0..heads {
+            let s: Vec<f64> = (0..lk).map(|j| cq * d as f64 * (j as f32 * step) as f64).collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let p: Vec<f64> = s.iter().map(|x| (x - m).exp2()).collect();
+            let l: f64 = p.iter().sum();
+            for ch in 0..dv {
+                let want: f64 = (0..lk).map(|j| p[j] * minidiffusion::ops::precision::round_bf16(v[(h * dv + ch) * lk + j]) as f64).sum::<f64>() / l;
+                for i in 0..lq {
+                    let at = (h * dv + ch) * lq + i;
+                    assert!((cpu[at] as f64 - want).abs() <= 1e-2 * (1.0 + want.abs()), "step {step}: twin {} against the exact {want}", cpu[at]);
                 }
             }
         }

@@ -113,6 +113,13 @@ template <typename T> inline T __shfl_up_sync(unsigned, T v, unsigned delta, int
     return emu::shfl(v, src);
 }
 
+// vote.any: nonzero when pred is nonzero on any lane (every lane must call it).
+inline int __any_sync(unsigned, int pred) {
+    int any = pred != 0;
+    for (int mask = 1; mask < 32; mask <<= 1) any |= __shfl_xor_sync(0xffffffffu, any, mask);
+    return any;
+}
+
 template <typename T> inline T atomicAdd(T* address, T value) {
     return std::atomic_ref<T>(*address).fetch_add(value);
 }

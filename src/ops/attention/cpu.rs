@@ -103,17 +103,20 @@ pub fn forward_output(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layou
 /// Inference attention at the bf16 compute precision, Layout::Columns (the
 /// twin of kernels/attention.cu's `attention_columns_infer_bf16_h*`): in base
 /// 2, with c = scale·log2 e rounded into Q as the kernel folds it,
-///   s_ij = Σ_d bf16(c·Q[d,i])·bf16(K[d,j]),   m_i = max_j s_ij,
-///   p_ij = 2^(s_ij − m_i),   l_i = Σ_j p_ij,
+///   s_ij = Σ_d bf16(c·Q[d,i])·bf16(K[d,j]),   M_i = ⌈max_j s_ij⌉,
+///   p_ij = 2^(s_ij − M_i),   l_i = Σ_j p_ij,
 ///   O[:, i] = Σ_j bf16(p_ij)·bf16(V[:, j]) · (1/l_i),
 /// the products exact and summed in f32 (the kernel's mma sums in another
-/// order). Lk ≥ 1.
+/// order). As the kernel, one pass over the keys 16 at a time with a running
+/// maximum that is a whole number ([`OnlineRow`]): the sums are scaled by
+/// 2^−d when it grows by d, which leaves each bf16(p_ij) as against the final
+/// M_i. Lk ≥ 1.
 pub fn forward_output_bf16(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> Vec<f32> {
     forward_bf16(q, k, v, dims, scale).0
 }
 
 /// [`forward_output_bf16`] for training: (O, L) with L [batch, Lq] each
-/// query's log-sum-exp in base 2, L_i = m_i + log2 l_i, from which
+/// query's log-sum-exp in base 2, L_i = M_i + log2 l_i, from which
 /// [`backward_bf16`] recomputes p_ij = 2^(s_ij − L_i).
 pub fn forward_bf16(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> (Vec<f32>, Vec<f32>) {
     use crate::ops::precision::round_bf16;
@@ -128,26 +131,79 @@ pub fn forward_bf16(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> 
         let kr: Vec<f32> = (0..lk * d).map(|e| round_bf16(kb[(e % d) * lk + e / d])).collect();
         let vr: Vec<f32> = vb.iter().map(|&x| round_bf16(x)).collect();
         let (mut qi, mut s) = (vec![0.0f32; d], vec![0.0f32; lk]);
+        let mut row = OnlineRow::new(dv);
         for i in 0..lq {
             qi.iter_mut().enumerate().for_each(|(f, x)| *x = round_bf16(c * qb[f * lq + i]));
             for (j, sj) in s.iter_mut().enumerate() {
                 *sj = dot(&qi, &kr[j * d..][..d]);
             }
-            let m = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut l = 0.0f32;
-            for sj in s.iter_mut() {
-                *sj = (*sj - m).exp2();
-                l += *sj;
-                *sj = round_bf16(*sj);
+            row.reset();
+            for (t, tile) in s.chunks_mut(ONLINE_TILE).enumerate() {
+                row.add_tile(tile, t * ONLINE_TILE, &vr, lk);
             }
-            lse[i] = m + l.log2();
-            let inv = 1.0 / l;
+            lse[i] = row.m + row.l.log2();
+            let inv = 1.0 / row.l;
             for ch in 0..dv {
-                o[ch * lq + i] = dot(&s, &vr[ch * lk..][..lk]) * inv;
+                o[ch * lq + i] = row.acc[ch] * inv;
             }
         }
     });
     (o, lse)
+}
+
+/// Keys a step of the bf16 forward's pass (the kernel's mma tiles).
+const ONLINE_TILE: usize = 16;
+
+/// One query's sums in the bf16 forward's single pass: the running maximum
+/// m (a whole number), l = Σ p and acc[ch] = Σ bf16(p)·bf16(V[ch, j]), all
+/// against m.
+struct OnlineRow {
+    m: f32,
+    l: f32,
+    acc: Vec<f32>,
+    first: bool,
+}
+
+impl OnlineRow {
+    fn new(dv: usize) -> OnlineRow {
+        OnlineRow { m: 0.0, l: 0.0, acc: vec![0.0; dv], first: true }
+    }
+
+    fn reset(&mut self) {
+        self.m = 0.0;
+        self.l = 0.0;
+        self.acc.iter_mut().for_each(|a| *a = 0.0);
+        self.first = true;
+    }
+
+    /// Adds keys j0 … j0 + s.len() − 1 with scores s (overwritten): x = s − m;
+    /// the maximum grows by d = ⌈max x⌉ (≥ 0 after the first tile; the first
+    /// tile sets it), the sums so far scaled by 2^−d; then p = 2^(x − d).
+    fn add_tile(&mut self, s: &mut [f32], j0: usize, vr: &[f32], lk: usize) {
+        use crate::ops::precision::round_bf16;
+        let top = s.iter().fold(f32::NEG_INFINITY, |t, &x| t.max(x - self.m)).ceil();
+        let d = if self.first { top } else { top.max(0.0) };
+        if !self.first {
+            let f = pow2_neg(d);
+            self.l *= f;
+            self.acc.iter_mut().for_each(|a| *a *= f);
+        }
+        self.first = false;
+        for x in s.iter_mut() {
+            let p = (*x - self.m - d).exp2();
+            self.l += p;
+            *x = round_bf16(p);
+        }
+        self.m += d;
+        for (ch, a) in self.acc.iter_mut().enumerate() {
+            *a += dot(s, &vr[ch * lk + j0..][..s.len()]);
+        }
+    }
+}
+
+/// 2^−d for a whole d ≥ 0 (0 past f32's normal range), as the kernel builds it.
+fn pow2_neg(d: f32) -> f32 {
+    if d > 126.0 { 0.0 } else { f32::from_bits(((127 - d as i32) << 23) as u32) }
 }
 
 /// Σ a_i·b_i in f32, in order (exact bf16 products: the kernels' mma terms).
