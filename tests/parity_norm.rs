@@ -65,34 +65,68 @@ const GN_CASES: &[(&[usize], &[usize])] = &[
 /// it fits, with f32 storage the fewest float4s a thread that hold the group
 /// (checked by kernel name: a wrong predicate would leave the cases above on
 /// the loop kernels and test nothing new), plain and with SiLU, f32 and
-/// bf16 storage (the same rounds).
+/// bf16 storage (the same rounds): groups of at most 1,024 values by a warp
+/// (rounds of 32 lanes), larger ones by the block (rounds of 256 threads),
+/// and every resident group by the block with the warps off (the A/B).
 #[test]
 fn resident_group_norm_runs_where_the_group_fits() {
-    use minidiffusion::ops::group_norm::group_norm_silu_stored;
+    use minidiffusion::ops::group_norm::{cuda::with_warp_groups, group_norm_silu_stored};
     use minidiffusion::tensor::DType;
-    let cases: [(&[usize], usize, Option<&str>); 10] = [
-        (&[3, 6, 2, 2], 3, Some("r1")),
-        (&[2, 32, 8, 8], 8, Some("r1")),
-        (&[2, 8, 32, 32], 4, Some("r2")),
-        (&[1, 12, 16, 16], 1, Some("r4")),
-        (&[2, 32, 32, 32], 8, Some("r4")),
-        (&[2, 32, 32, 32], 4, Some("r8")),
-        (&[1, 96, 32, 32], 8, Some("r12")),
+    // (dims, groups, kernel with warps, kernel without: "warp_r1" / "resident_r1" …, or the loop kernel)
+    let cases: [(&[usize], usize, Option<(&str, &str)>); 13] = [
+        (&[3, 6, 2, 2], 3, Some(("warp_r1", "resident_r1"))),
+        (&[2, 32, 8, 8], 8, Some(("warp_r2", "resident_r1"))),
+        (&[2, 64, 8, 8], 8, Some(("warp_r4", "resident_r1"))),
+        (&[1, 256, 4, 4], 8, Some(("warp_r4", "resident_r1"))),
+        (&[2, 128, 8, 8], 8, Some(("warp_r8", "resident_r1"))),
+        (&[2, 8, 32, 32], 4, Some(("resident_r2", "resident_r2"))),
+        (&[1, 12, 16, 16], 1, Some(("resident_r4", "resident_r4"))),
+        (&[2, 32, 32, 32], 8, Some(("resident_r4", "resident_r4"))),
+        (&[2, 32, 32, 32], 4, Some(("resident_r8", "resident_r8"))),
+        (&[1, 96, 32, 32], 8, Some(("resident_r12", "resident_r12"))),
         (&[1, 3073, 2, 2], 1, None),
         (&[2, 6, 5, 7], 2, None),
-        (&[2, 3, 2, 3, 2], 3, Some("r1")),
+        (&[2, 3, 2, 3, 2], 3, Some(("warp_r1", "resident_r1"))),
     ];
     for (dims, groups, rounds) in cases {
         let x = Tensor::from_vec_on(randn(dims, 9), dims.to_vec(), parity_device()).unwrap();
-        for store in [DType::F32, DType::BF16] {
-            let kernels = kernels_launched(|| drop(group_norm_silu_stored(&x, groups, None, None, 1e-5, store).unwrap()));
-            let want = match (rounds, store) {
-                (None, DType::F32) => "groupnorm_forward".to_string(),
-                (None, _) => "groupnorm_forward_bf16".to_string(),
-                (Some(r), DType::F32) => format!("groupnorm_forward_resident_{r}"),
-                (Some(r), _) => format!("groupnorm_forward_resident_bf16_{r}"),
-            };
-            assert_eq!(kernels, [want.as_str()], "{dims:?} g{groups} {store:?}");
+        for warps in [true, false] {
+            for store in [DType::F32, DType::BF16] {
+                let kernels = with_warp_groups(warps, || kernels_launched(|| drop(group_norm_silu_stored(&x, groups, None, None, 1e-5, store).unwrap())));
+                let kernel = rounds.map(|(with, without)| if warps { with } else { without });
+                let want = match (kernel, store) {
+                    (None, DType::F32) => "groupnorm_forward".to_string(),
+                    (None, _) => "groupnorm_forward_bf16".to_string(),
+                    (Some(k), DType::F32) => format!("groupnorm_forward_{k}"),
+                    (Some(k), _) => format!("groupnorm_forward_{}", k.replacen('_', "_bf16_", 1)),
+                };
+                assert_eq!(kernels, [want.as_str()], "{dims:?} g{groups} {store:?} warps {warps}");
+            }
+        }
+    }
+}
+
+/// A group held by a warp gives the bits of the same group held by the
+/// block (the statistics are f64 sums of the same float4 partials), for
+/// each of the warp's rounds, plain and SiLU, f32 and bf16 storage. (The
+/// warp's affine, which a convolution applies, gives the warp forward's bits:
+/// parity_conv2d's conv2d_after_norm_applies_the_norm_in_the_conv.)
+#[test]
+fn warp_group_norm_gives_the_block_bits() {
+    use minidiffusion::ops::group_norm::{cuda::with_warp_groups, group_norm_silu_stored, group_norm_stored};
+    use minidiffusion::tensor::DType;
+    for (k, (dims, groups)) in [(&[3usize, 6, 2, 2][..], 3), (&[2, 32, 8, 8], 8), (&[3, 256, 4, 4], 8), (&[2, 128, 8, 8], 8), (&[2, 40, 4, 4], 4)].into_iter().enumerate() {
+        let c = dims[1];
+        let dev = |d: &[usize], seed| Tensor::from_vec_on(randn(d, seed), d.to_vec(), parity_device()).unwrap();
+        // a mean far from 0 too (image 0 shifted): the f32 partials then carry the rounding
+        let x = ops::add_scalar(&dev(dims, 60 + k as u64), 3.0).unwrap();
+        let (w, b) = (dev(&[c], 2), dev(&[c], 3));
+        for silu in [false, true] {
+            for store in [DType::F32, DType::BF16] {
+                let norm = if silu { group_norm_silu_stored } else { group_norm_stored };
+                let run = |warps| with_warp_groups(warps, || norm(&x, groups, Some(&w), Some(&b), 1e-5, store).unwrap().to_vec());
+                assert_eq!(run(true).iter().map(|v| v.to_bits()).collect::<Vec<_>>(), run(false).iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{dims:?} g{groups} silu {silu} {store:?}");
+            }
         }
     }
 }
@@ -381,8 +415,9 @@ fn group_norm_backward_sums_the_residual_gradient() {
 /// of the norm of the written concatenation on the device, and the CPU
 /// twin's values within TOL. Groups inside one part and groups straddling
 /// the split (64 + 32 channels in groups of 12: group 5 takes 4 channels of
-/// x and 8 of x2; 256 + 128 in groups of 48 at 4×4), each register round
-/// (1, 2, 4, 8, 12 float4s a thread), plain and SiLU, f32 and bf16 storage.
+/// x and 8 of x2; 256 + 128 in groups of 48 at 4×4), groups held by a warp
+/// (1 and 8 float4s a lane) and by the block (2, 4, 8, 12 float4s a thread),
+/// plain and SiLU, f32 and bf16 storage.
 /// S not a multiple of 4 (5×5), or a gradient wanted: the concatenation,
 /// then the norm (gradients to both parts).
 #[test]
@@ -391,13 +426,14 @@ fn group_norm_concat_reads_the_parts() {
     use minidiffusion::tensor::DType;
     use minidiffusion::no_grad;
     // (x, x2's channels, groups, rounds)
-    let cases: [(&[usize], usize, usize, &str); 7] = [
-        (&[2, 64, 32, 32], 32, 8, "r12"),
-        (&[2, 32, 32, 32], 32, 8, "r8"),
-        (&[3, 256, 4, 4], 128, 8, "r1"),
-        (&[2, 10, 16, 16], 6, 4, "r1"),
-        (&[1, 36, 16, 16], 28, 8, "r2"),
-        (&[2, 20, 16, 16], 12, 2, "r4"),
+    let cases: [(&[usize], usize, usize, &str); 8] = [
+        (&[2, 64, 32, 32], 32, 8, "resident_concat_r12"),
+        (&[2, 32, 32, 32], 32, 8, "resident_concat_r8"),
+        (&[3, 256, 4, 4], 128, 8, "warp_concat_r8"),
+        (&[2, 10, 16, 16], 6, 4, "warp_concat_r8"),
+        (&[2, 6, 8, 8], 2, 4, "warp_concat_r1"),
+        (&[1, 36, 16, 16], 28, 8, "resident_concat_r2"),
+        (&[2, 20, 16, 16], 12, 2, "resident_concat_r4"),
         (&[2, 3, 5, 5], 3, 3, ""),
     ];
     for (k, &(xd, c2, groups, rounds)) in cases.iter().enumerate() {
@@ -416,7 +452,7 @@ fn group_norm_concat_reads_the_parts() {
                     y = Some(no_grad(|| group_norm_concat_stored(&xg, &x2g, groups, Some(&wg), Some(&bg), 1e-5, silu, store)).unwrap())
                 });
                 let y = y.unwrap();
-                let resident = if store == DType::F32 { format!("groupnorm_forward_resident_concat_{rounds}") } else { format!("groupnorm_forward_resident_concat_bf16_{rounds}") };
+                let resident = if store == DType::F32 { format!("groupnorm_forward_{rounds}") } else { format!("groupnorm_forward_{}", rounds.replacen("concat_", "concat_bf16_", 1)) };
                 if rounds.is_empty() {
                     assert!(kernels.contains(&"slab_copy"), "{what}: {kernels:?}");
                 } else {

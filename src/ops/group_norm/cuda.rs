@@ -49,8 +49,8 @@ pub fn forward(
     let mut args = vec![y.arg(), mean.arg(), rstd.arg()];
     args.extend(per_group_args(x, d, weight, bias, eps)?);
     args.push(Arg::I32(silu as i32));
-    let kernel = forward_kernel(d, resident(x, d) && y.ptr().is_multiple_of(16), store, false);
-    backend.launch(kernel, per_group_blocks(d), &args)?;
+    let (kernel, grid) = forward_kernel(d, resident(x, d) && y.ptr().is_multiple_of(16), store, false);
+    backend.launch(kernel, grid, &args)?;
     Ok((y, SavedStats { mean, rstd }))
 }
 
@@ -87,17 +87,20 @@ pub fn forward_concat(
     let mut args = vec![y.arg(), mean.arg(), rstd.arg(), xa, x2.arg(), Arg::I32(elems(OP, split)?)];
     args.extend(rest);
     args.push(Arg::I32(silu as i32));
-    backend.launch(forward_kernel(d, true, store, true), per_group_blocks(d), &args)?;
+    let (kernel, grid) = forward_kernel(d, true, store, true);
+    backend.launch(kernel, grid, &args)?;
     Ok(Some((y, SavedStats { mean, rstd })))
 }
 
-/// The forward kernel for `d`: where the group fits (`resident`), one holding
-/// it in registers, the fewest float4s a thread that hold it (1, 2, 4, 8 or
-/// 12: fewer registers, more blocks an SM), else the loop kernel, which reads
-/// x three times; storing y as f32 or bf16; of a concatenation (`concat`,
+/// The forward kernel for `d` and its grid: where the group fits
+/// (`resident`), one holding it in registers — a warp a group where the
+/// group has at most 1,024 values ([`warp_groups`]), else the block — with
+/// the fewest float4s a thread that hold it (1, 2, 4, 8 or, by a block, 12:
+/// fewer registers, more blocks an SM), else the loop kernel, which reads x
+/// three times; storing y as f32 or bf16; of a concatenation (`concat`,
 /// resident only) or of x.
-fn forward_kernel(d: GroupNormDims, resident: bool, store: DType, concat: bool) -> &'static str {
-    const KERNELS: [[[&str; 5]; 2]; 2] = [
+fn forward_kernel(d: GroupNormDims, resident: bool, store: DType, concat: bool) -> (&'static str, LaunchConfig) {
+    const BLOCK: [[[&str; 5]; 2]; 2] = [
         [
             [
                 "groupnorm_forward_resident_r1",
@@ -131,19 +134,62 @@ fn forward_kernel(d: GroupNormDims, resident: bool, store: DType, concat: bool) 
             ],
         ],
     ];
+    const WARP: [[[&str; 4]; 2]; 2] = [
+        [
+            ["groupnorm_forward_warp_r1", "groupnorm_forward_warp_r2", "groupnorm_forward_warp_r4", "groupnorm_forward_warp_r8"],
+            ["groupnorm_forward_warp_bf16_r1", "groupnorm_forward_warp_bf16_r2", "groupnorm_forward_warp_bf16_r4", "groupnorm_forward_warp_bf16_r8"],
+        ],
+        [
+            ["groupnorm_forward_warp_concat_r1", "groupnorm_forward_warp_concat_r2", "groupnorm_forward_warp_concat_r4", "groupnorm_forward_warp_concat_r8"],
+            [
+                "groupnorm_forward_warp_concat_bf16_r1",
+                "groupnorm_forward_warp_concat_bf16_r2",
+                "groupnorm_forward_warp_concat_bf16_r4",
+                "groupnorm_forward_warp_concat_bf16_r8",
+            ],
+        ],
+    ];
     let bf16 = store == DType::BF16;
     if !resident {
         debug_assert!(!concat, "a concatenation is read by the resident kernels only");
-        return if bf16 { "groupnorm_forward_bf16" } else { "groupnorm_forward" };
+        return (if bf16 { "groupnorm_forward_bf16" } else { "groupnorm_forward" }, per_group_blocks(d));
     }
-    let round = match d.m().div_ceil(4 * THREADS as usize) {
+    let round = |holders: usize| match d.m().div_ceil(4 * holders) {
         0..=1 => 0,
         2 => 1,
         3..=4 => 2,
         5..=8 => 3,
         _ => 4,
     };
-    KERNELS[usize::from(concat)][usize::from(bf16)][round]
+    let (concat, bf16) = (usize::from(concat), usize::from(bf16));
+    if by_warps(d) { (WARP[concat][bf16][round(32)], per_warp_blocks(d)) } else { (BLOCK[concat][bf16][round(THREADS as usize)], per_group_blocks(d)) }
+}
+
+/// Values a group may have for a warp to hold it (32 lanes × 8 float4s).
+const WARP_GROUP_MAX: usize = 32 * 8 * 4;
+
+/// Whether a resident group of `d` is held by a warp: at most
+/// [`WARP_GROUP_MAX`] values, unless [`warp_groups`] is off.
+fn by_warps(d: GroupNormDims) -> bool {
+    d.m() <= WARP_GROUP_MAX && warp_groups()
+}
+
+thread_local! {
+    static WARP_GROUPS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether the forward (and its affine) hold groups of at most 1,024 values
+/// by a warp, 8 groups a block (the default), or by a block each
+/// (`MINIDIFFUSION_GN_WARP=off`, the A/B; the same statistics, f64 sums of
+/// the same float4 partials in another order).
+pub fn warp_groups() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    crate::ops::ab_switch::switch(&WARP_GROUPS, &ENV, || std::env::var("MINIDIFFUSION_GN_WARP").map_or(true, |v| v != "off"))
+}
+
+/// Run `f` with groups held by warps or not on this thread (tests, A/B).
+pub fn with_warp_groups<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    crate::ops::ab_switch::with_switch(&WARP_GROUPS, on, f)
 }
 
 /// float4s a thread of the resident kernels holds (GN_RESIDENT in kernels/groupnorm.cu).
@@ -178,6 +224,11 @@ fn per_group_blocks(d: GroupNormDims) -> LaunchConfig {
     LaunchConfig::blocks((d.n * d.groups).min(MAX_BLOCKS), THREADS)
 }
 
+/// One warp per group, 8 a block (the warp kernels), grid-striding past MAX_BLOCKS.
+fn per_warp_blocks(d: GroupNormDims) -> LaunchConfig {
+    LaunchConfig::blocks((d.n * d.groups).div_ceil(THREADS as usize / 32).min(MAX_BLOCKS), THREADS)
+}
+
 /// The group norm of `x` as a per-(image, channel) affine, [N·C, 4]:
 /// (mean, scale, shift, 0) with (x − mean)·scale + shift the normalised value,
 /// bit for bit as [`forward`] writes it (for a convolution that applies it as
@@ -192,8 +243,12 @@ pub fn affine(x: &CudaBuffer, d: GroupNormDims, weight: Option<&CudaBuffer>, bia
     let affine = backend.alloc(len)?;
     let mut args = vec![affine.arg()];
     args.extend(per_group_args(x, d, weight, bias, eps)?);
-    let kernel = if resident(x, d) { "groupnorm_affine_resident" } else { "groupnorm_affine" };
-    backend.launch(kernel, per_group_blocks(d), &args)?;
+    let (kernel, grid) = match resident(x, d) {
+        true if by_warps(d) => ("groupnorm_affine_warp", per_warp_blocks(d)),
+        true => ("groupnorm_affine_resident", per_group_blocks(d)),
+        false => ("groupnorm_affine", per_group_blocks(d)),
+    };
+    backend.launch(kernel, grid, &args)?;
     Ok(affine)
 }
 
