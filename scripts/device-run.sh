@@ -128,18 +128,13 @@ ours_bf16)
     # +1.7 %, the norm written out +27.7 %; their switches stay for a later A/B)
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
-    # the norm's output stored as bf16 (run 6: 230 vs 309 samples/s, 6,288 vs 6,697 images/s, when that
-    # norm ran 98-register kernels and the conv's element-wise staging stored with bank conflicts)
-    MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    MINIDIFFUSION_BF16_STORAGE=1 step ours_train_bf16_storage 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
-    # the up path's concatenations and upsampled maps written and read back (session 24 reads them in place)
-    MINIDIFFUSION_UP_PATH=written step ours_sample_bf16_up_written 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # 1x1 weight gradients by the same-conv kernel with the bias reduced apart (session 25: one GEMM
-    # over pixels that sums the bias too; run 7 had them at 11.8 % of a step, the bias sums 5.2 %)
-    MINIDIFFUSION_WG_1X1=same step ours_train_bf16_wg1x1_same 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
-    # 1x1 forwards (and 1x1 input gradients) by the same-conv kernel's patch staging (session 25: float4s
-    # of pixels, no patch; the same bits; run 7 had _m64_k1 at 18.6 % of sampling, 42 % of DRAM bandwidth)
-    MINIDIFFUSION_CONV_1X1=same step ours_sample_bf16_conv1x1_same 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # (run 8 settled the A/Bs of sessions 24-25: bf16 storage -3.0 %, the up path in place +2.6 %, the 1x1
+    # weight-gradient GEMM +16.5 % training, the 1x1 forward without the patch +5.8 %; their switches stay)
+    # small groups' norm by a block each (session 28 holds groups of <= 1,024 values by a warp; run 8 had
+    # the block kernel _r1 at 4.0 % of sampling, 1-2 TB/s)
+    MINIDIFFUSION_GN_WARP=off step ours_sample_bf16_gn_block 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # q, k, v as one 1x1 conv of the stacked weights (run 6: no faster; the 1x1 kernel is new since run 7)
+    MINIDIFFUSION_QKV=packed step ours_sample_bf16_qkv_packed 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     ;;
 ours)
     step ours_sample_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile
