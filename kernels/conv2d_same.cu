@@ -46,12 +46,13 @@ constexpr int THREADS = 256;         // 8 warps
 constexpr int CHUNK_WORDS = 8;       // words per patch pixel and chunk: 8 channels (f32) or 8 pairs (bf16)
 constexpr int PATCH_STRIDE = 12;     // words per patch pixel: 8 + 4 padding (conflict-free fragments)
 constexpr int PATCH_MAX = 288;       // patch pixels a block can stage (host checks the geometry): 4×4 maps need 288
+constexpr int DOWN_PATCH_MAX = 648;  // … for a stride-2 conv (DOWN): 8 images' 9 × 9 input pixels for 4×4 outputs
 constexpr int M_ALIGN = 64;          // packed weight rows are padded to this
-// A staging slot's dst: its patch word (< PATCH_MAX·PATCH_STRIDE = 3456) in
-// bits 0–11, its segment (the image after the tile's first, < 128) in 12–18,
-// its word j within the pixel (0–7: channels PER_WORD·j, …) in 19–21.
-constexpr int DST_BITS = 12, DST_MASK = (1 << DST_BITS) - 1, SEG_SHIFT = 12, J_SHIFT = 19;
-static_assert(PATCH_MAX * PATCH_STRIDE <= DST_MASK + 1, "patch words fit DST_BITS");
+// A staging slot's dst: its patch word (< DOWN_PATCH_MAX·PATCH_STRIDE = 7776)
+// in bits 0–12, its segment (the image after the tile's first, < 128) in
+// 13–19, its word j within the pixel (0–7: channels PER_WORD·j, …) in 20–22.
+constexpr int DST_BITS = 13, DST_MASK = (1 << DST_BITS) - 1, SEG_SHIFT = 13, J_SHIFT = 20;
+static_assert(PATCH_MAX <= DOWN_PATCH_MAX && DOWN_PATCH_MAX * PATCH_STRIDE <= DST_MASK + 1, "patch words fit DST_BITS");
 __device__ __forceinline__ int slot_dst(int dst, int seg, int j) { return dst | seg << SEG_SHIFT | j << J_SHIFT; }
 __device__ __forceinline__ int slot_seg(int dst) { return dst >> SEG_SHIFT & 127; }
 __device__ __forceinline__ int slot_j(int dst) { return dst >> J_SHIFT & 7; }
@@ -75,13 +76,17 @@ struct Tile {
     int pixels;   // patch pixels in all: segments · seg_rows · pw
 };
 
+// DOWN: a stride-2 3×3 conv with padding 1 (OH = H/2, OW = W/2): its S
+// output rows read input rows 2·oh0 − 1 … 2·(oh0 + S − 1) + 1 and columns
+// −1 … 2·OW − 1, so 2S + 1 patch rows of 2·OW + 1 pixels a segment.
+template <bool DOWN = false>
 __device__ __forceinline__ Tile tile_of(const conv::Shape& s) {
     const int P = s.oh * s.ow;
     Tile t;
     t.rows = P >= BN ? BN / s.ow : s.oh;
     t.seg_pix = t.rows * s.ow;
-    t.pw = s.ow + 2 * s.pad;
-    t.seg_rows = t.rows + 2 * s.pad;
+    t.pw = DOWN ? 2 * s.ow + 1 : s.ow + 2 * s.pad;
+    t.seg_rows = DOWN ? 2 * t.rows + 1 : t.rows + 2 * s.pad;
     t.pixels = (BN / t.seg_pix) * t.seg_rows * t.pw;
     return t;
 }
@@ -295,11 +300,19 @@ __device__ __forceinline__ void store_tile(const conv::ForwardOut& out, const co
 // nearest 2× upsampling, read in place: input pixel (iy, ix) is x's
 // (iy/2, ix/2) — the upsampled map is never written (the UNet's upsamplers
 // at inference). Element-by-element staging only.
-template <class Math, int BM, int KS, class TX = float, bool NORM = false, bool VEC = false, bool UP = false>
+// DOWN: a stride-2 3×3 conv with padding 1 (the UNet's downsamplers; s
+// says so: OH = H/2, OW = W/2): output pixel (r, c) of a segment reads patch
+// pixels from (2r, 2c) (tile_of<true>), element-by-element staging, up to
+// DOWN_PATCH_MAX patch pixels (BM = 32 blocks: the larger patch and the A
+// chunk stay within 48 KB of shared memory).
+template <class Math, int BM, int KS, class TX = float, bool NORM = false, bool VEC = false, bool UP = false,
+          bool DOWN = false>
 __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
                                         const conv::Prologue& pro = conv::Prologue{}) {
     static_assert(!VEC || sizeof(TX) == sizeof(float), "float4 staging reads f32 input");
     static_assert(!(VEC && UP), "an upsampled input is staged element by element");
+    static_assert(!DOWN || (KS == 3 && !VEC && !UP && !NORM && BM == 32), "a stride-2 3x3 forward, staged element by element");
+    constexpr int PMAX = DOWN ? DOWN_PATCH_MAX : PATCH_MAX;  // patch pixels
     constexpr int KK = KS * KS;
     constexpr int PER_WORD = Math::PER_WORD;        // channels per patch word
     constexpr int CHUNK = CHUNK_WORDS * PER_WORD;   // channels per chunk
@@ -308,17 +321,17 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     constexpr int A_VECS = BM / 16 * KK * 32;                       // uint4 of A per chunk
     constexpr int A_LOADS = (A_VECS + THREADS - 1) / THREADS;
     // patch words (element by element) or 4-word items (float4s) per thread, at most
-    constexpr int P_LOADS = VEC ? (KS == 3 ? 2 : 3) : (PATCH_MAX * CHUNK_WORDS + THREADS - 1) / THREADS;
+    constexpr int P_LOADS = VEC ? (KS == 3 ? 2 : 3) : (PMAX * CHUNK_WORDS + THREADS - 1) / THREADS;
     constexpr int P_WORDS = VEC ? 4 : 1;  // words per item
     __shared__ uint4 As[A_VECS];
-    __shared__ unsigned int patch[PATCH_MAX * PATCH_STRIDE];
+    __shared__ unsigned int patch[PMAX * PATCH_STRIDE];
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
     const int P = s.oh * s.ow;
     const int XW = UP ? s.w / 2 : s.w, HW = UP ? (s.h / 2) * XW : s.h * s.w;  // x's row and channel strides
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
-    const Tile tile = tile_of(s);
+    const Tile tile = tile_of<DOWN>(s);
     const int img0 = n0 / P, oh0 = (n0 - img0 * P) / s.ow;
     const int chunks = (s.c + CHUNK - 1) / CHUNK;
     const int m_blocks = (s.oc + M_ALIGN - 1) / M_ALIGN * (M_ALIGN / 16);  // 16-row blocks per chunk in wp
@@ -365,7 +378,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
                 wseg += step_seg + carry;
                 wp_ = (wseg * tile.seg_rows + wpr) * tile.pw + wpc;
             }
-            const int img = img0 + wseg, iy = oh0 - s.pad + wpr, ix = wpc - s.pad;
+            const int img = img0 + wseg, iy = (DOWN ? 2 * oh0 : oh0) - s.pad + wpr, ix = wpc - s.pad;
             const bool in_patch = wseg < segments;
             const bool inside = in_patch && img < s.n && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
             const int at = UP ? (iy >> 1) * XW + (ix >> 1) : iy * s.w + ix;
@@ -374,7 +387,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
         }
     }
     if constexpr (VEC) {
-        for (int i = tid; i < PATCH_MAX * PATCH_STRIDE; i += THREADS) patch[i] = 0u;
+        for (int i = tid; i < PMAX * PATCH_STRIDE; i += THREADS) patch[i] = 0u;
         __syncthreads();  // before any chunk's words land
     }
     // The patch pixel, for tap (0, 0), of the B row this lane gives each
@@ -394,7 +407,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
                 carry = add_digit(r, step_r, carry, tile.rows);
                 nseg += nstep_seg + carry;
             }
-            pixq[np] = (nseg * tile.seg_rows + r) * tile.pw + col;
+            pixq[np] = DOWN ? (nseg * tile.seg_rows + 2 * r) * tile.pw + 2 * col : (nseg * tile.seg_rows + r) * tile.pw + col;
         }
     }
 
@@ -1122,6 +1135,23 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_up_m64_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                                   const float* residual, conv::Shape s) {
     same::forward<mma::Bf16, 64, 3, float, false, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+
+// The stride-2 3×3 forward with padding 1 (s: OH = H/2, OW = W/2, H and W
+// even): same::forward's DOWN, 32-row blocks. The UNet's downsamplers,
+// which the generic implicit GEMM ran at ~27 TFLOP/s (GPU run 8: 360 µs a
+// call at n 2048, 2.7 % of sampling).
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_f32_down_m32_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                                const float* residual, conv::Shape s) {
+    same::forward<mma::Tf32x3, 32, 3, float, false, false, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s},
+                                                                        x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_down_m32_k3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                                 const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 3, float, false, false, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s},
+                                                                      x, wp, s);
 }
 
 // The forward kernels above that read f32 input, staging their patch with

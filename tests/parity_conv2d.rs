@@ -482,6 +482,53 @@ fn three_blocks_per_sm_kernels_give_the_same_bits() {
     }
 }
 
+/// The forward of a 3×3, stride-2, pad-1 conv over an even map (the UNet's
+/// downsamplers) runs the stride-2 same-conv kernel (`conv2d_same_*_down_m32_k3`)
+/// within the conv's tolerance of the CPU twin, at f32 and bf16, with every
+/// epilogue term: tiles of whole output rows (32×32 → 16×16), of two images
+/// (16×16 → 8×8, a partial last tile), of eight (8×8 → 4×4, a partial
+/// channel chunk, two 32-row blocks and a partial one), a 4×4 → 2×2 map at
+/// one image a segment; where the patch would not fit (2×2 outputs, 32
+/// images a tile), at odd sizes or pad 0, the generic kernel — checked by
+/// kernel name.
+#[test]
+fn stride2_forward_runs_as_a_same_conv() {
+    use minidiffusion::ops::{ConvAdd, Precision, conv2d_fused, with_precision};
+    use minidiffusion::testing::{assert_close, kernels_launched};
+    use minidiffusion::{Device, Tensor, no_grad};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    // (x, output channels, padding, whether the stride-2 kernel takes it)
+    let cases: [([usize; 4], usize, usize, bool); 7] = [
+        ([2, 32, 32, 32], 32, 1, true),
+        ([3, 16, 16, 16], 24, 1, true),
+        ([9, 20, 8, 8], 70, 1, true),
+        ([33, 8, 4, 4], 8, 1, false),
+        ([1, 8, 64, 64], 8, 1, true),
+        ([2, 5, 9, 9], 6, 1, false),
+        ([2, 8, 16, 16], 8, 0, false),
+    ];
+    for (k, &(xd, oc, pad, takes)) in cases.iter().enumerate() {
+        let [n, c, h, w] = xd;
+        let (oh, ow) = ((h + 2 * pad - 3) / 2 + 1, (w + 2 * pad - 3) / 2 + 1);
+        let dims = [vec![n, c, h, w], vec![oc, c, 3, 3], vec![oc], vec![n, oc], vec![n, oc, oh, ow]];
+        let t = on_device(&dims, 900 + 10 * k as u64);
+        let host: Vec<Tensor> = t.iter().map(|v| v.to_device(Device::Cpu).unwrap()).collect();
+        let p = Conv2dParams { stride: 2, padding: pad };
+        for precision in [Precision::F32, Precision::Bf16] {
+            let _p = with_precision(precision);
+            let what = format!("case {k}: {xd:?} → {oc} stride 2 pad {pad}, {precision}");
+            let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
+            let mut y = Vec::new();
+            let kernels = kernels_launched(|| y = no_grad(|| conv2d_fused(&t[0], &t[1], Some(&t[2]), add, p)).unwrap().to_vec());
+            assert_eq!(kernels.iter().any(|k| k.contains("_down_m32_k3")), takes, "{what}: {kernels:?}");
+            let hadd = ConvAdd { sample_bias: Some(&host[3]), residual: Some(&host[4]) };
+            let want = no_grad(|| conv2d_fused(&host[0], &host[1], Some(&host[2]), hadd, p)).unwrap().to_vec();
+            let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
+            assert_close(&what, &y, &want, tol.atol, tol.rtol);
+        }
+    }
+}
+
 /// The input gradient of a 3×3, stride-2, pad-1 conv over an even map (the
 /// UNet's downsamplers) runs as the same conv's over dY with zeros between
 /// its pixels (`conv2d_zero_upsample2x_f32`, then the same-conv kernels):

@@ -137,6 +137,39 @@ fn same_conv_fits(g: &ConvGeom) -> bool {
     same_kernels_enabled() && same_patch_pixels(g).is_some()
 }
 
+/// Patch pixels a stride-2 same-conv block can stage (DOWN_PATCH_MAX).
+const SAME_DOWN_PATCH_MAX: usize = 648;
+
+/// The patch pixels of a 128-pixel tile of the stride-2 forward
+/// (kernels/conv2d_same.cu's DOWN), when it takes `g`: a 3×3 kernel, stride
+/// 2, padding 1, H and W even (OH = H/2, OW = W/2), tiles of whole output
+/// rows or images, S output rows reading 2S + 1 input rows of 2·OW + 1.
+fn down_patch_pixels(g: &ConvGeom) -> Option<usize> {
+    let p = g.p();
+    let shape = g.kh == 3 && g.kw == 3 && g.stride == 2 && g.pad == 1 && g.h.is_multiple_of(2) && g.w.is_multiple_of(2);
+    if !shape || p == 0 || g.oh * 2 != g.h || g.ow * 2 != g.w {
+        return None;
+    }
+    let rows = if p >= SAME_TILE_PIXELS {
+        (p % SAME_TILE_PIXELS == 0 && SAME_TILE_PIXELS % g.ow == 0).then_some(SAME_TILE_PIXELS / g.ow)?
+    } else {
+        (SAME_TILE_PIXELS % p == 0).then_some(g.oh)?
+    };
+    let segments = SAME_TILE_PIXELS / (rows * g.ow);
+    Some(segments * (2 * rows + 1) * (2 * g.ow + 1)).filter(|&px| px <= SAME_DOWN_PATCH_MAX)
+}
+
+/// Whether the forward of `g` runs the stride-2 same-conv kernel (the UNet's
+/// downsamplers), from an f32 input.
+fn down_conv_fits(g: &ConvGeom) -> bool {
+    same_kernels_enabled() && down_patch_pixels(g).is_some()
+}
+
+/// Whether the forward of `g` reads packed weights (a same conv, stride 1 or 2).
+pub fn forward_reads_packed(g: &ConvGeom) -> bool {
+    same_conv_fits(g) || down_conv_fits(g)
+}
+
 /// Whether the forward of `g` runs the same-conv kernels (which also read
 /// bf16-stored inputs at the bf16 precision).
 pub fn same_conv_takes(g: &ConvGeom) -> bool {
@@ -618,7 +651,12 @@ enum Read<'a> {
     Normed(&'a InputNorm<'a>),
     /// x [N, C, H/2, W/2]'s nearest 2× upsampling, the conv's H × W input.
     Upsampled,
+    /// x at stride 2 (a 3×3 conv with padding 1 to H/2 × W/2), f32.
+    Strided,
 }
+
+/// The stride-2 3×3 forwards (`Read::Strided`, 32-row blocks), by precision f32, bf16.
+const SAME_FORWARD_DOWN_KERNELS: [&str; 2] = ["conv2d_same_f32_down_m32_k3", "conv2d_same_bf16_down_m32_k3"];
 
 /// The 3×3 forwards of an upsampled f32 input (`Read::Upsampled`), by
 /// [precision f32, bf16][block rows 32, 64].
@@ -636,7 +674,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     }
     let packed = &packed.buf;
     let out = backend.alloc(s.n as usize * m * (s.oh * s.ow) as usize)?;
-    let bm = same_block_rows(m);
+    let bm = if matches!(read, Read::Strided) { 32 } else { same_block_rows(m) };
     let pixels = s.n as usize * (s.oh * s.ow) as usize;
     let cfg = LaunchConfig::grid([pixels.div_ceil(SAME_TILE_PIXELS), m.div_ceil(bm), 1], GEMM_THREADS);
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
@@ -653,6 +691,12 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
                 return shape_err("conv2d", "an upsampled input is read in place by the 3×3 same convs, from f32 x [N, C, H/2, W/2]");
             }
             SAME_FORWARD_UP_KERNELS[p][b]
+        }
+        Read::Strided => {
+            if x.dtype() != DType::F32 || ks != 3 || s.stride != 2 || s.h != 2 * s.oh || s.w != 2 * s.ow {
+                return shape_err("conv2d", "the stride-2 same convs read an f32 x [N, C, 2·OH, 2·OW] with a 3×3 kernel");
+            }
+            SAME_FORWARD_DOWN_KERNELS[p]
         }
         Read::Normed(n) => {
             if x.dtype() != DType::F32 {
@@ -682,6 +726,9 @@ pub fn forward(x: &CudaBuffer, weight: Weights, epi: &Epilogue, g: &ConvGeom, pr
     let s = ConvShape::new(g)?;
     if same_conv_fits(g) {
         return with_forward_pack(weight, g, prec, |p| same_conv(x, p, epi, &s, prec, Read::AsIs));
+    }
+    if down_conv_fits(g) && x.dtype() == DType::F32 {
+        return with_forward_pack(weight, g, prec, |p| same_conv(x, p, epi, &s, prec, Read::Strided));
     }
     let Weights::Plain(weight) = weight else {
         return shape_err("conv2d", "packed weights are for same convs only");
@@ -902,6 +949,19 @@ mod tests {
             geom(2, 8, (1, 256), 8, 3, 1, 1),
         ] {
             assert!(!same_conv_fits(&g), "{g:?}");
+        }
+    }
+
+    #[test]
+    fn the_stride2_kernel_takes_the_unet_downsamplers() {
+        // the seed UNet's three downsamplers (32×32 → 16×16 at 32 channels, then 64 and 128), at any batch
+        for (n, c, hw) in [(512, 32, (32, 32)), (2048, 64, (16, 16)), (1, 128, (8, 8)), (3, 32, (64, 64))] {
+            let g = geom(n, c, hw, c, 3, 2, 1);
+            assert!(down_conv_fits(&g) && !same_conv_fits(&g) && forward_reads_packed(&g), "{g:?}");
+        }
+        // odd maps, no padding, 1×1, stride 1, 2×2 outputs (32 images a tile: 800 patch pixels)
+        for g in [geom(2, 8, (7, 9), 8, 3, 2, 1), geom(2, 8, (8, 8), 8, 3, 2, 0), geom(2, 8, (8, 8), 8, 1, 2, 0), geom(2, 8, (8, 8), 8, 3, 1, 1), geom(64, 8, (4, 4), 8, 3, 2, 1)] {
+            assert!(!down_conv_fits(&g), "{g:?}");
         }
     }
 

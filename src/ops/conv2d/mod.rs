@@ -325,7 +325,7 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
             let (sx, sw) = (x.storage(), weight.storage());
             let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
             let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
-            let packed = if cuda::same_conv_takes(&g) && keeps_packed(weight) { Some(packed_weights(weight, &sw, &g, prec)?) } else { None };
+            let packed = if cuda::forward_reads_packed(&g) && keeps_packed(weight) { Some(packed_weights(weight, &sw, &g, prec)?) } else { None };
             let pair_wanted = packed.is_none() && input_norm.is_none() && crate::autograd::is_grad_enabled() && x.requires_grad();
             let pair = if pair_wanted && cuda::input_gradient_is_same_conv(&g) { Some(cuda::pack_same_pair(sw.cuda(OP)?, &g, prec)?) } else { None };
             let w = match (&packed, &pair) {
