@@ -124,13 +124,21 @@ fn same_patch_pixels(g: &ConvGeom) -> Option<usize> {
     if g.stride != 1 || !square || p == 0 {
         return None;
     }
+    let (rows, segments) = tile_rows(g)?;
+    Some(segments * (rows + 2 * g.pad) * (g.ow + 2 * g.pad)).filter(|&px| px <= SAME_PATCH_MAX)
+}
+
+/// A 128-pixel tile's output rows a segment and its segments: whole rows of
+/// one image (OH·OW a multiple of 128, OW dividing 128) or whole images
+/// (OH·OW dividing 128).
+fn tile_rows(g: &ConvGeom) -> Option<(usize, usize)> {
+    let p = g.p();
     let rows = if p >= SAME_TILE_PIXELS {
         (p % SAME_TILE_PIXELS == 0 && SAME_TILE_PIXELS % g.ow == 0).then_some(SAME_TILE_PIXELS / g.ow)?
     } else {
         (SAME_TILE_PIXELS % p == 0).then_some(g.oh)?
     };
-    let segments = SAME_TILE_PIXELS / (rows * g.ow);
-    Some(segments * (rows + 2 * g.pad) * (g.ow + 2 * g.pad)).filter(|&px| px <= SAME_PATCH_MAX)
+    Some((rows, SAME_TILE_PIXELS / (rows * g.ow)))
 }
 
 fn same_conv_fits(g: &ConvGeom) -> bool {
@@ -150,12 +158,7 @@ fn down_patch_pixels(g: &ConvGeom) -> Option<usize> {
     if !shape || p == 0 || g.oh * 2 != g.h || g.ow * 2 != g.w {
         return None;
     }
-    let rows = if p >= SAME_TILE_PIXELS {
-        (p % SAME_TILE_PIXELS == 0 && SAME_TILE_PIXELS % g.ow == 0).then_some(SAME_TILE_PIXELS / g.ow)?
-    } else {
-        (SAME_TILE_PIXELS % p == 0).then_some(g.oh)?
-    };
-    let segments = SAME_TILE_PIXELS / (rows * g.ow);
+    let (rows, segments) = tile_rows(g)?;
     Some(segments * (2 * rows + 1) * (2 * g.ow + 1)).filter(|&px| px <= SAME_DOWN_PATCH_MAX)
 }
 
