@@ -133,6 +133,9 @@ ours_bf16)
     # small groups' norm by a block each (session 28 holds groups of <= 1,024 values by a warp; run 8 had
     # the block kernel _r1 at 4.0 % of sampling, 1-2 TB/s)
     MINIDIFFUSION_GN_WARP=off step ours_sample_bf16_gn_block 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # the downsamplers' forwards by the generic implicit GEMM (session 28 runs them in the same-conv
+    # kernel, staging every other pixel's window; run 8: the generic one at 360 us a call, 2.7 %)
+    MINIDIFFUSION_CONV_DOWN=generic step ours_sample_bf16_down_generic 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # q, k, v as one 1x1 conv of the stacked weights (run 6: no faster; the 1x1 kernel is new since run 7)
     MINIDIFFUSION_QKV=packed step ours_sample_bf16_qkv_packed 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     ;;

@@ -489,8 +489,8 @@ fn three_blocks_per_sm_kernels_give_the_same_bits() {
 /// (16×16 → 8×8, a partial last tile), of eight (8×8 → 4×4, a partial
 /// channel chunk, two 32-row blocks and a partial one), a 4×4 → 2×2 map at
 /// one image a segment; where the patch would not fit (2×2 outputs, 32
-/// images a tile), at odd sizes or pad 0, the generic kernel — checked by
-/// kernel name.
+/// images a tile), at odd sizes or pad 0, and with `MINIDIFFUSION_CONV_DOWN=generic`
+/// (the A/B), the generic kernel — checked by kernel name.
 #[test]
 fn stride2_forward_runs_as_a_same_conv() {
     use minidiffusion::ops::{ConvAdd, Precision, conv2d_fused, with_precision};
@@ -525,6 +525,15 @@ fn stride2_forward_runs_as_a_same_conv() {
             let want = no_grad(|| conv2d_fused(&host[0], &host[1], Some(&host[2]), hadd, p)).unwrap().to_vec();
             let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
             assert_close(&what, &y, &want, tol.atol, tol.rtol);
+            // the A/B (MINIDIFFUSION_CONV_DOWN=generic): the generic kernel, within the same tolerance
+            if takes {
+                let mut y = Vec::new();
+                let kernels = minidiffusion::ops::conv2d::cuda::with_strided_same_conv(false, || {
+                    kernels_launched(|| y = no_grad(|| conv2d_fused(&t[0], &t[1], Some(&t[2]), add, p)).unwrap().to_vec())
+                });
+                assert!(!kernels.iter().any(|k| k.contains("_down_m32_k3")), "{what}, the A/B: {kernels:?}");
+                assert_close(&format!("{what}, the A/B"), &y, &want, tol.atol, tol.rtol);
+            }
         }
     }
 }

@@ -165,7 +165,23 @@ fn down_patch_pixels(g: &ConvGeom) -> Option<usize> {
 /// Whether the forward of `g` runs the stride-2 same-conv kernel (the UNet's
 /// downsamplers), from an f32 input.
 fn down_conv_fits(g: &ConvGeom) -> bool {
-    same_kernels_enabled() && down_patch_pixels(g).is_some()
+    same_kernels_enabled() && strided_same_conv() && down_patch_pixels(g).is_some()
+}
+
+thread_local! {
+    static STRIDED_SAME: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether 3×3 stride-2 forwards run the same-conv kernel (the default) or
+/// the generic implicit GEMM (`MINIDIFFUSION_CONV_DOWN=generic`, the A/B).
+pub fn strided_same_conv() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&STRIDED_SAME, &ENV, || std::env::var("MINIDIFFUSION_CONV_DOWN").map_or(true, |v| v != "generic"))
+}
+
+/// Run `f` with the stride-2 same-conv kernel on or off on this thread (tests, A/B).
+pub fn with_strided_same_conv<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_switch(&STRIDED_SAME, on, f)
 }
 
 /// Whether the forward of `g` reads packed weights (a same conv, stride 1 or 2).
