@@ -151,7 +151,7 @@ __device__ __forceinline__ Parts of_concat(const float* x, const float* x2, int 
 }
 
 // Who holds a group: the block (Holders::block(): thread t the float4s t +
-// k·blockDim), or one warp (Holders::warp(): lane l the float4s l + 32k), the
+// k·blockDim), or one warp (Holders::warp_of_group(): lane l the float4s l + 32k), the
 // statistics summed over the block or the warp.
 struct Holders {
     int first, stride;
