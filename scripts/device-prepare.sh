@@ -50,7 +50,7 @@ for line in sys.stdin:
 strip "$bundle"/bin/* "$bundle"/tests/* 2>/dev/null || true
 [ -f scripts/bench_torch_kernels.py ] && cp scripts/bench_torch_kernels.py "$bundle/"
 cp scripts/ncu_summary.py scripts/model_to_bf16.py "$bundle/"
-[ -f scripts/bench_pytorch.py ] && cp scripts/bench_pytorch.py "$bundle/"
+[ -f scripts/bench_pytorch.py ] && cp scripts/bench_pytorch.py scripts/train_pytorch.py "$bundle/"
 # the carry limit is 64 MiB: binaries travel in xz with a 64 MB dictionary,
 # which finds what the ~17 binaries share (the kernels, the library): 12 MB
 # where gzip made 34 (device-run.sh unpacks it with tar -J or Python's lzma)
