@@ -67,6 +67,14 @@ __device__ __forceinline__ int add_digit(int& digit, int step, int carry_in, int
     return carry;
 }
 
+// The input's group norm (+ SiLU) of one value as a conv stages it:
+// u = (v − mean)·scale + shift from a = (mean, scale, shift, 0) of its
+// (image, channel) (conv::Prologue), the group norm kernel's own sums.
+__device__ __forceinline__ float normed_value(float v, const float4 a, int silu) {
+    const float u = (v - a.x) * a.y + a.z;
+    return silu ? silu_fast(u) : u;
+}
+
 // Where a block's patch comes from: the geometry of the 128-pixel tile.
 struct Tile {
     int rows;     // S: output rows per segment
@@ -429,9 +437,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
 #pragma unroll
             for (int e = 0; e < PER_WORD; ++e) {
                 if (c + e >= s.c) continue;
-                const float4 a = pro.affine[nc0 + e];  // (mean, scale, shift, 0)
-                const float u = (v[e] - a.x) * a.y + a.z;
-                v[e] = pro.silu ? silu_fast(u) : u;
+                v[e] = normed_value(v[e], pro.affine[nc0 + e], pro.silu);
             }
         };
         if constexpr (VEC) {
@@ -560,10 +566,18 @@ __device__ __forceinline__ void quad_words(unsigned int (&w)[4], const uint2 a, 
 // conv2d_pack_same_<precision> for this shape (M = s.oc rows, s.c channels),
 // x f32 or bf16 storage (TX = unsigned short, bf16 only). Grid
 // (⌈N·P/128⌉, ⌈OC/BM⌉), 256 threads.
-template <class Math, int BM, class TX = float>
-__device__ __forceinline__ void forward_1x1(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s) {
+// NORM: x (f32) group-normalised (+ SiLU) by pro as it is staged — the
+// attention block's norm → q, k, v at inference, with no normalised map
+// written. A 1×1 conv stages each input value once, so each is normalised
+// once (a 3×3 patch's halo is staged by two blocks). Each item's affine
+// quadruples are loaded with its values and applied when it is staged;
+// items outside the batch or past C get zeros, which stay 0 (silu(0) = 0).
+template <class Math, int BM, class TX = float, bool NORM = false>
+__device__ __forceinline__ void forward_1x1(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
+                                            const conv::Prologue& pro = conv::Prologue{}) {
     constexpr int PER_WORD = Math::PER_WORD;
     static_assert(PER_WORD == 2 || sizeof(TX) == sizeof(float), "f32 products read f32 input");
+    static_assert(!NORM || sizeof(TX) == sizeof(float), "the norm is applied to f32 input");
     constexpr int CHUNKS = PER_WORD == 2 ? S1_CHUNKS_BF16 : S1_CHUNKS_F32;
     constexpr int WORDS = CHUNKS * CHUNK_WORDS, LDB = s1_ldb(CHUNKS);
     constexpr int SLICE_CH = WORDS * PER_WORD;                 // 32 channels
@@ -590,16 +604,19 @@ __device__ __forceinline__ void forward_1x1(const conv::ForwardOut& out, const T
     // item i of this thread: word j = e % WORDS of quad q = e / WORDS (e = tid + 256·i);
     // its pixels' offset in x (channel 0) or −1 past the batch
     int j[B_LOADS], at[B_LOADS];
+    [[maybe_unused]] int nc[B_LOADS];  // the item's image · C (NORM)
 #pragma unroll
     for (int i = 0; i < B_LOADS; ++i) {
         const int e = tid + THREADS * i, q = e / WORDS, n = n0 + 4 * q;
         j[i] = e % WORDS;
         const int img = n / P;
         at[i] = n < total ? img * s.c * HW + (n - img * P) : -1;
+        nc[i] = img * s.c;
     }
 
     uint4 a_regs[A_LOADS];
     typename mma::Quad<TX>::Reg b_regs[B_LOADS][PER_WORD];
+    [[maybe_unused]] float4 affine[NORM ? B_LOADS : 1][PER_WORD];  // (mean, scale, shift, 0) of each item's channels
     auto fetch = [&](int slice) {
 #pragma unroll
         for (int i = 0; i < A_LOADS; ++i) {
@@ -611,7 +628,9 @@ __device__ __forceinline__ void forward_1x1(const conv::ForwardOut& out, const T
 #pragma unroll
             for (int e = 0; e < PER_WORD; ++e) {
                 const int c = SLICE_CH * slice + PER_WORD * j[i] + e;
-                b_regs[i][e] = at[i] >= 0 && c < s.c ? mma::Quad<TX>::load(x, at[i] + c * HW) : mma::Quad<TX>::zero();
+                const bool live = at[i] >= 0 && c < s.c;
+                b_regs[i][e] = live ? mma::Quad<TX>::load(x, at[i] + c * HW) : mma::Quad<TX>::zero();
+                if constexpr (NORM) affine[i][e] = live ? pro.affine[nc[i] + c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
     };
     auto stage = [&]() {
@@ -621,6 +640,15 @@ __device__ __forceinline__ void forward_1x1(const conv::ForwardOut& out, const T
 #pragma unroll
         for (int i = 0; i < B_LOADS; ++i) {
             const int q = (tid + THREADS * i) / WORDS;
+            if constexpr (NORM) {
+#pragma unroll
+                for (int e = 0; e < PER_WORD; ++e) {
+                    float4& v = b_regs[i][e];
+                    const float4 a = affine[i][e];
+                    v = make_float4(normed_value(v.x, a, pro.silu), normed_value(v.y, a, pro.silu), normed_value(v.z, a, pro.silu),
+                                    normed_value(v.w, a, pro.silu));
+                }
+            }
             unsigned int w[4];
             if constexpr (PER_WORD == 2) {
                 quad_words(w, b_regs[i][0], b_regs[i][1]);
@@ -1330,6 +1358,29 @@ extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_m64(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                         const float* residual, conv::Shape s) {
     same::forward_1x1<mma::Bf16, 64>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+// The 1×1 forward with the input's group norm (+ SiLU) applied as it is
+// staged (NORM; pro as the same convs' _gn_ kernels take it): the bits of
+// the norm written out and conv2d_1x1_<precision>_m<BM> after it.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_f32_gn_m32(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                          const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward_1x1<mma::Tf32x3, 32, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_f32_gn_m64(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                          const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward_1x1<mma::Tf32x3, 64, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_gn_m32(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                           const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward_1x1<mma::Bf16, 32, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_gn_m64(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                           const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward_1x1<mma::Bf16, 64, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_xbf16_m32(float* y, const unsigned short* x, const uint4* wp, const float* bias,

@@ -139,6 +139,10 @@ ours_bf16)
     MINIDIFFUSION_CONV_DOWN=generic step ours_sample_bf16_down_generic 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # q, k, v as one 1x1 conv of the stacked weights (run 6: no faster; the 1x1 kernel is new since run 7)
     MINIDIFFUSION_QKV=packed step ours_sample_bf16_qkv_packed 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # the attention blocks' group norm written out and read back by q, k, v (session 29 applies it in
+    # the 1x1 projections as they stage x, conv2d_1x1_bf16_gn_*), apart and packed
+    MINIDIFFUSION_NORM_IN_1X1=off step ours_sample_bf16_norm_1x1_off 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    MINIDIFFUSION_NORM_IN_1X1=off MINIDIFFUSION_QKV=packed step ours_sample_bf16_norm_1x1_off_qkv_packed 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     ;;
 ours)
     step ours_sample_profile 60 "$md" bench sample --config seed --steps 10 -n 256 --batch-size 256 --device cuda --profile

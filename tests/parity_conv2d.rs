@@ -246,7 +246,8 @@ fn conv2d_same_bf16_reads_bf16_storage() {
 
 /// The UNet's group norm (+ SiLU) → same conv at inference: on CUDA the conv
 /// applies the norm as it stages its input (`groupnorm_affine`, then the
-/// `conv2d_same_*_gn_*` kernels), and equals the two ops on the same device
+/// `conv2d_same_*_gn_*` kernels, or at 1×1 `conv2d_1x1_*_gn_*`, there the
+/// default), and equals the two ops on the same device
 /// bit for bit (the staged values are those groupnorm_forward writes), and
 /// the CPU twin's conv of that normalised map within the conv's tolerance
 /// (the map itself within the norm's of the CPU twin's: an ulp between the
@@ -301,13 +302,38 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
                 let fused = cuda_conv::with_norm_in_conv(true, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p))).unwrap().to_vec();
                 let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
                 assert!(kernels.iter().any(|k| k.starts_with("groupnorm_affine")) && kernels.iter().any(|k| k.contains("_gn_m")), "{what}: {kernels:?}");
+                // (the 1×1 case by the 1×1 forward's NORM, `conv2d_1x1_*_gn_*`)
+                assert_eq!(kernels.iter().any(|k| k.starts_with("conv2d_1x1_")), wd[2] == 1, "{what}: {kernels:?}");
                 assert_eq!(fused, composed(&t), "{what}: the conv's norm against the two ops on {device}");
-                // the default (MINIDIFFUSION_NORM_IN_CONV unset): the norm written out and read back, the same bits
+                // the norm written out and read back (for 3×3 the default, MINIDIFFUSION_NORM_IN_CONV
+                // unset; for 1×1 MINIDIFFUSION_NORM_IN_1X1=off): the same bits
                 backend.start_profiling();
-                let apart = cuda_conv::with_norm_in_conv(false, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p))).unwrap().to_vec();
+                let apart = cuda_conv::with_norm_in_1x1(false, || {
+                    cuda_conv::with_norm_in_conv(false, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p)))
+                })
+                .unwrap()
+                .to_vec();
                 let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
                 assert!(!kernels.iter().any(|k| k.starts_with("groupnorm_affine") || k.contains("_gn_m")), "{what}: {kernels:?}");
                 assert_eq!(apart, fused, "{what}: the norm written out");
+                if wd[2] == 1 {
+                    // the default for 1×1: the norm in the 1×1 forward
+                    backend.start_profiling();
+                    let default = cuda_conv::with_norm_in_conv(false, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p))).unwrap().to_vec();
+                    let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
+                    assert!(kernels.iter().any(|k| k.starts_with("conv2d_1x1_") && k.contains("_gn_m")), "{what}, default: {kernels:?}");
+                    assert_eq!(default, fused, "{what}: the norm in the 1×1 forward by default");
+                    // and the same-conv kernel's NORM at 1×1 (MINIDIFFUSION_CONV_1X1=same, NORM_IN_CONV=on)
+                    backend.start_profiling();
+                    let same = cuda_conv::with_conv_1x1(false, || {
+                        cuda_conv::with_norm_in_conv(true, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p)))
+                    })
+                    .unwrap()
+                    .to_vec();
+                    let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
+                    assert!(kernels.iter().any(|k| k.starts_with("conv2d_same_") && k.contains("_gn_m")), "{what}, same conv: {kernels:?}");
+                    assert_eq!(same, fused, "{what}: the same conv's norm at 1×1");
+                }
                 let tol = if precision == Precision::Bf16 { ParityTol::BF16_TENSOR_CORE } else { ParityTol::TENSOR_CORE };
                 let normed = if silu { group_norm_silu } else { group_norm };
                 let normed_here = normed(&t[0], groups, Some(&t[1]), Some(&t[2]), 1e-5).unwrap().to_device(Device::Cpu).unwrap();

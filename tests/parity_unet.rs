@@ -131,6 +131,26 @@ fn norm_in_conv_gives_the_same_bits() {
     switch_keeps_the_bits("the norm in the conv", |on, f| with_norm_in_conv(on, f));
 }
 
+/// The attention blocks' group norm applied by their 1×1 projections as
+/// they stage x (the default, `conv2d_1x1_*_gn_*`) rather than written out
+/// and read back (`MINIDIFFUSION_NORM_IN_1X1=off`): the golden UNets' ε̂ bit
+/// for bit, at f32 and at bf16, with the q, k, v convs apart and packed.
+#[test]
+fn norm_in_1x1_gives_the_same_bits() {
+    use minidiffusion::nn::unet::with_packed_qkv;
+    use minidiffusion::ops::conv2d::cuda::with_norm_in_1x1;
+    // (and the switch does send the projections to the 1×1 kernel's NORM)
+    let counted = |on: bool, f: &mut dyn FnMut() -> Vec<f32>| {
+        let mut eps = Vec::new();
+        let rows = minidiffusion::testing::kernel_calls(|| eps = with_norm_in_1x1(on, &mut *f));
+        let fused = rows.iter().filter(|r| r.0.starts_with("conv2d_1x1_") && r.0.contains("_gn_m")).map(|r| r.1).sum::<usize>();
+        assert_eq!(fused > 0, on, "conv2d_1x1_*_gn_* launches with the norm in the 1×1 {on}: {rows:?}");
+        eps
+    };
+    switch_keeps_the_bits("the norm in the 1×1 projections", counted);
+    switch_keeps_the_bits("the norm in the packed 1×1 projection", |on, f| with_packed_qkv(true, || counted(on, f)));
+}
+
 /// The golden UNets' ε̂ with an A/B switch on and off, at f32 and at bf16,
 /// bit for bit: on the emulation unet_c and unet_e, on a GPU also unet_a and
 /// unet_f.

@@ -638,8 +638,35 @@ const ONE_BY_ONE_KERNELS: [[&str; 2]; 3] = [
     ["conv2d_1x1_bf16_xbf16_m32", "conv2d_1x1_bf16_xbf16_m64"],
 ];
 
+/// The 1×1 forwards applying the input's group norm as they stage it
+/// (`Read::Normed` where `forward_1x1` takes the conv), by [precision f32,
+/// bf16][block rows 32, 64]: the bits of the norm written out and the 1×1 after it.
+const ONE_BY_ONE_NORM_KERNELS: [[&str; 2]; 2] = [["conv2d_1x1_f32_gn_m32", "conv2d_1x1_f32_gn_m64"], ["conv2d_1x1_bf16_gn_m32", "conv2d_1x1_bf16_gn_m64"]];
+
 thread_local! {
     static CONV_1X1: Cell<Option<bool>> = const { Cell::new(None) };
+    static NORM_IN_1X1: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether an inference group norm before 1×1 convs only (the attention
+/// block's q, k, v) is applied by the 1×1 forward as it stages its input
+/// (the default: each value is staged once, so normalised once; the map is
+/// neither written nor read back) or written out first
+/// (`MINIDIFFUSION_NORM_IN_1X1=off`, the A/B). The same bits.
+pub fn norm_in_1x1() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&NORM_IN_1X1, &ENV, || std::env::var("MINIDIFFUSION_NORM_IN_1X1").map_or(true, |v| v != "off"))
+}
+
+/// Run `f` with the norm applied by the 1×1 forward or not on this thread (tests, A/B).
+pub fn with_norm_in_1x1<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_switch(&NORM_IN_1X1, on, f)
+}
+
+/// Whether `forward_1x1` takes the conv `g` (its input 16-byte aligned,
+/// which the launch checks again): a stride-1 unpadded 1×1 with OH·OW a multiple of 4.
+pub fn one_by_one_takes(g: &ConvGeom) -> bool {
+    conv_1x1() && g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0 && (g.oh * g.ow).is_multiple_of(4) && same_conv_fits(g)
 }
 
 /// Whether stride-1 1×1 forwards (and the input gradients that are 1×1
@@ -727,7 +754,13 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
             }
             let pro = Prologue { affine: n.affine.ptr(), silu: n.silu as i32, pad: 0 };
             args.push(Arg::pod(&pro));
-            if vec { SAME_FORWARD_NORM_VEC_KERNELS[p][b][k] } else { SAME_FORWARD_NORM_KERNELS[p][b][k] }
+            if vec {
+                SAME_FORWARD_NORM_VEC_KERNELS[p][b][k]
+            } else if one_by_one_fits(x, s) {
+                ONE_BY_ONE_NORM_KERNELS[p][b]
+            } else {
+                SAME_FORWARD_NORM_KERNELS[p][b][k]
+            }
         }
     };
     backend.launch(with_occupancy(kernel), cfg, &args)?;

@@ -267,11 +267,13 @@ pub fn convs_after_norm(x: &Tensor, norm: NormFirst, convs: &[ConvAfter]) -> Res
         inputs.extend([Some(c.weight), c.bias, c.add.sample_bias, c.add.residual]);
     }
     let grad_wanted = crate::autograd::is_grad_enabled() && inputs.iter().flatten().any(|t| t.requires_grad());
+    // the norm applied by the convs: every same conv with MINIDIFFUSION_NORM_IN_CONV=on,
+    // by default where they are all 1×1 (`cuda::norm_in_1x1`)
+    let takes = |pick: fn(&ConvGeom) -> bool| convs.iter().all(|c| geometry(x, c.weight, c.bias, c.params).is_ok_and(|g| pick(&g)));
     let fused = !grad_wanted
         && matches!(x.device(), Device::Cuda(_))
-        && cuda::norm_in_conv()
         && x.dtype() == DType::F32
-        && convs.iter().all(|c| geometry(x, c.weight, c.bias, c.params).is_ok_and(|g| cuda::same_conv_takes(&g)));
+        && ((cuda::norm_in_conv() && takes(cuda::same_conv_takes)) || (cuda::norm_in_1x1() && takes(cuda::one_by_one_takes)));
     if fused {
         let affine = crate::ops::group_norm::cuda_affine(x, norm.groups, norm.weight, norm.bias, norm.eps)?;
         let input_norm = cuda::InputNorm { affine: &affine, silu: norm.silu };
