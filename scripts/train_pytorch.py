@@ -83,6 +83,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--clip", type=float)
+    ap.add_argument("--beta2", type=float, default=0.999, help="AdamW's β2 (the recipe's: PyTorch's default)")
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--eval-images", type=int, default=1000)
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -118,7 +119,7 @@ def main():
             pred = model(xt, t).sample
         return F.mse_loss(pred.float(), eps)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, eps=1e-5, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, a.beta2), eps=1e-5, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=max(a.steps, 1))
     # fp16: the lesson's MixedPrecision callback (GradScaler: a step whose
     # scaled gradients overflow is skipped and the scale halved)

@@ -296,41 +296,32 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
                     no_grad(|| conv2d_fused(&normed, &t[3], Some(&t[4]), add, p)).unwrap().to_vec()
                 };
                 let t = on(device);
-                backend.start_profiling();
                 let norm = NormFirst { groups, weight: Some(&t[1]), bias: Some(&t[2]), eps: 1e-5, silu };
                 let add = ConvAdd { sample_bias: Some(&t[5]), residual: Some(&t[6]) };
-                let fused = cuda_conv::with_norm_in_conv(true, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p))).unwrap().to_vec();
-                let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
+                // the conv after the norm with the switches `set` and the kernels it launched
+                let profiled = |set: &dyn Fn(&mut dyn FnMut() -> Vec<f32>) -> Vec<f32>| {
+                    backend.start_profiling();
+                    let y = set(&mut || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p)).unwrap().to_vec());
+                    let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
+                    (y, kernels)
+                };
+                let (fused, kernels) = profiled(&|f| cuda_conv::with_norm_in_conv(true, f));
                 assert!(kernels.iter().any(|k| k.starts_with("groupnorm_affine")) && kernels.iter().any(|k| k.contains("_gn_m")), "{what}: {kernels:?}");
                 // (the 1×1 case by the 1×1 forward's NORM, `conv2d_1x1_*_gn_*`)
                 assert_eq!(kernels.iter().any(|k| k.starts_with("conv2d_1x1_")), wd[2] == 1, "{what}: {kernels:?}");
                 assert_eq!(fused, composed(&t), "{what}: the conv's norm against the two ops on {device}");
                 // the norm written out and read back (for 3×3 the default, MINIDIFFUSION_NORM_IN_CONV
                 // unset; for 1×1 MINIDIFFUSION_NORM_IN_1X1=off): the same bits
-                backend.start_profiling();
-                let apart = cuda_conv::with_norm_in_1x1(false, || {
-                    cuda_conv::with_norm_in_conv(false, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p)))
-                })
-                .unwrap()
-                .to_vec();
-                let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
+                let (apart, kernels) = profiled(&|f| cuda_conv::with_norm_in_1x1(false, || cuda_conv::with_norm_in_conv(false, f)));
                 assert!(!kernels.iter().any(|k| k.starts_with("groupnorm_affine") || k.contains("_gn_m")), "{what}: {kernels:?}");
                 assert_eq!(apart, fused, "{what}: the norm written out");
                 if wd[2] == 1 {
                     // the default for 1×1: the norm in the 1×1 forward
-                    backend.start_profiling();
-                    let default = cuda_conv::with_norm_in_conv(false, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p))).unwrap().to_vec();
-                    let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
+                    let (default, kernels) = profiled(&|f| cuda_conv::with_norm_in_conv(false, f));
                     assert!(kernels.iter().any(|k| k.starts_with("conv2d_1x1_") && k.contains("_gn_m")), "{what}, default: {kernels:?}");
                     assert_eq!(default, fused, "{what}: the norm in the 1×1 forward by default");
                     // and the same-conv kernel's NORM at 1×1 (MINIDIFFUSION_CONV_1X1=same, NORM_IN_CONV=on)
-                    backend.start_profiling();
-                    let same = cuda_conv::with_conv_1x1(false, || {
-                        cuda_conv::with_norm_in_conv(true, || no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), add, p)))
-                    })
-                    .unwrap()
-                    .to_vec();
-                    let kernels: Vec<String> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel.to_string()).collect();
+                    let (same, kernels) = profiled(&|f| cuda_conv::with_conv_1x1(false, || cuda_conv::with_norm_in_conv(true, f)));
                     assert!(kernels.iter().any(|k| k.starts_with("conv2d_same_") && k.contains("_gn_m")), "{what}, same conv: {kernels:?}");
                     assert_eq!(same, fused, "{what}: the same conv's norm at 1×1");
                 }
