@@ -137,7 +137,8 @@ ours_bf16)
     # the downsamplers' forwards by the generic implicit GEMM (session 28 runs them in the same-conv
     # kernel, staging every other pixel's window; run 8: the generic one at 360 us a call, 2.7 %)
     MINIDIFFUSION_CONV_DOWN=generic step ours_sample_bf16_down_generic 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # q, k, v as one 1x1 conv of the stacked weights (run 6: no faster; the 1x1 kernel is new since run 7)
+    # q, k, v as one 1x1 conv of the stacked weights (run 6: no faster, when the weights were stacked and
+    # packed again every call; session 29 makes them once, and with the norm in the 1x1 x is read once)
     MINIDIFFUSION_QKV=packed step ours_sample_bf16_qkv_packed 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # the attention blocks' group norm written out and read back by q, k, v (session 29 applies it in
     # the 1x1 projections as they stage x, conv2d_1x1_bf16_gn_*), apart and packed

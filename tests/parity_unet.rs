@@ -121,6 +121,36 @@ fn packed_qkv_projection_gives_the_same_bits() {
     switch_keeps_the_bits("the packed projection", |on, f| with_packed_qkv(on, f));
 }
 
+/// The packed projection stacks q, k, v's weights and biases once: a second
+/// forward launches no concatenation and no weight packing, and after one of
+/// the six tensors is written the next forward stacks them again (ε̂ as the
+/// three convs give with the new weight, bit for bit).
+#[test]
+fn packed_qkv_stacks_the_weights_once() {
+    use minidiffusion::nn::unet::with_packed_qkv;
+    use minidiffusion::testing::kernel_calls;
+    let device = parity_device();
+    let (model, _) = model_dir::load(&golden("unet_c"), device).unwrap();
+    let (xs, xv) = load("unet_c/forward/x.npy");
+    let (ts, tv) = load("unet_c/forward/t_mixed_1_999.npy");
+    let (x, t) = (Tensor::from_vec_on(xv, xs, device).unwrap(), Tensor::from_vec_on(tv, ts, device).unwrap());
+    let forward = |packed: bool| with_packed_qkv(packed, || no_grad(|| model.forward(&x, &t)).unwrap().to_vec());
+    // (concatenations: slab_copy launches, weight packs) of one packed forward
+    let launches = || {
+        let rows = kernel_calls(|| drop(forward(true)));
+        let calls = |p: &dyn Fn(&str) -> bool| rows.iter().filter(|r| p(r.0)).map(|r| r.1).sum::<usize>();
+        (calls(&|k| k == "slab_copy"), calls(&|k| k.starts_with("conv2d_pack")))
+    };
+    let first = launches();
+    assert!(first.0 > 0 && first.1 > 0, "the first packed forward stacks and packs: {first:?}");
+    assert_eq!(launches(), (0, 0), "a second packed forward reuses the stacked weights and their packing");
+    let attention = model.down_blocks.iter().chain(&model.mid_block).chain(&model.up_blocks).flat_map(|b| &b.attentions).next().unwrap();
+    let wk = attention.to_k.weight.to_vec();
+    attention.to_k.weight.copy_from_slice(&wk.iter().map(|v| 0.5 * v).collect::<Vec<_>>()).unwrap();
+    assert!(launches().0 > 0, "to_k written: stacked again");
+    assert_eq!(forward(true), forward(false), "the packed projection after the write, against three convs");
+}
+
 /// The group norm (+ SiLU) applied by the conv after it as it stages its
 /// input (`MINIDIFFUSION_NORM_IN_CONV=on`, the `_gn_` kernels) rather than
 /// written out and read back (the default): the golden UNets' ε̂ bit for bit,

@@ -616,22 +616,55 @@ impl AttentionBlock {
     /// reading q, k and v where that conv wrote them (`ops::attention_columns_packed`).
     fn forward_packed(&self, x: &Tensor, [wq, wk, wv]: [&Tensor; 3], wo: &Tensor, scale: f32) -> Result<Tensor> {
         let (b, h, w) = (x.dims()[0], x.dims()[2], x.dims()[3]);
-        let weight = ops::concat(&[wq, wk, wv], 0)?;
-        let bias = match (&self.to_q.bias, &self.to_k.bias, &self.to_v.bias) {
-            (Some(bq), Some(bk), Some(bv)) => Some(ops::concat(&[bq, bk, bv], 0)?),
-            _ => None,
-        };
-        let projection = ops::ConvAfter { weight: &weight, bias: bias.as_ref(), add: ConvAdd::default(), params: Conv2dParams::default() };
+        let stacked = self.stacked_qkv([wq, wk, wv])?;
+        let (weight, bias) = (&stacked.weight, stacked.bias.as_ref());
+        let projection = ops::ConvAfter { weight, bias, add: ConvAdd::default(), params: Conv2dParams::default() };
         let qkv = match &self.group_norm {
             Some(norm) => {
                 let first = ops::NormFirst { groups: norm.groups, weight: Some(&norm.weight), bias: Some(&norm.bias), eps: norm.eps, silu: false };
                 ops::convs_after_norm(x, first, std::slice::from_ref(&projection))?.remove(0)
             }
-            None => ops::conv2d_fused(x, &weight, bias.as_ref(), ConvAdd::default(), Conv2dParams::default())?,
+            None => ops::conv2d_fused(x, weight, bias, ConvAdd::default(), Conv2dParams::default())?,
         };
         let o = ops::attention_columns_packed(&ops::reshape(&qkv, [b, weight.dims()[0], h * w])?, self.heads, scale)?;
         self.output(x, &o, wo)
     }
+
+    /// The q, k, v projections' weights (as 1×1 convs) and biases stacked,
+    /// made once and kept with to_q's weight for as long as none of the six
+    /// tensors is written (so the conv's packed weights are kept too): a
+    /// sampling run stacks them at its first step, not at every step. Not
+    /// kept when first made inside a CUDA graph capture.
+    fn stacked_qkv(&self, [wq, wk, wv]: [&Tensor; 3]) -> Result<std::sync::Arc<StackedQkv>> {
+        let parts: Vec<&Tensor> = [&self.to_q, &self.to_k, &self.to_v].iter().flat_map(|l| std::iter::once(&l.weight).chain(l.bias.as_ref())).collect();
+        let stamps: Vec<(usize, u64)> = parts.iter().map(|t| t.storage_stamp()).collect();
+        let build = || -> Result<StackedQkv> {
+            let bias = match (&self.to_q.bias, &self.to_k.bias, &self.to_v.bias) {
+                (Some(bq), Some(bk), Some(bv)) => Some(ops::concat(&[bq, bk, bv], 0)?),
+                _ => None,
+            };
+            Ok(StackedQkv { stamps: stamps.clone(), weight: ops::concat(&[wq, wk, wv], 0)?, bias })
+        };
+        let key = crate::tensor::DerivedKey { what: "attention q, k, v stacked", params: [0; 4] };
+        let capturing = match &*self.to_q.weight.storage() {
+            crate::tensor::Storage::Cuda(buf) => buf.backend().is_capturing(),
+            _ => false,
+        };
+        if capturing && !self.to_q.weight.has_derived(key) {
+            return Ok(std::sync::Arc::new(build()?));
+        }
+        let kept = self.to_q.weight.derived(key, build)?;
+        // (kept while to_q's weight is unwritten: the other five are checked here)
+        if kept.stamps == stamps { Ok(kept) } else { Ok(std::sync::Arc::new(build()?)) }
+    }
+}
+
+/// [`AttentionBlock::stacked_qkv`]: the stacked weight [3·inner, C, 1, 1]
+/// and bias, and the stamps of the tensors they were made from.
+struct StackedQkv {
+    stamps: Vec<(usize, u64)>,
+    weight: Tensor,
+    bias: Option<Tensor>,
 }
 
 thread_local! {
@@ -640,7 +673,10 @@ thread_local! {
 
 /// Whether the attention blocks compute q, k and v as one conv at inference
 /// on CUDA (`forward_packed`): `MINIDIFFUSION_QKV=packed`, or inside
-/// [`with_packed_qkv`]. Off by default: GPU run 6 sampled no faster with it.
+/// [`with_packed_qkv`]. Off by default: GPU run 6 sampled no faster with it
+/// (when it stacked and packed the weights again at every call; they are
+/// now made once, `stacked_qkv`, and the group norm is applied as the 1×1
+/// conv reads x, so x is read once instead of three times: run 9's A/B).
 pub fn packed_qkv() -> bool {
     static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     crate::ops::ab_switch::switch(&PACKED_QKV, &ENV, || std::env::var("MINIDIFFUSION_QKV").is_ok_and(|v| v == "packed"))

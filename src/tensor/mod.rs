@@ -348,6 +348,13 @@ impl Tensor {
         Ok(value)
     }
 
+    /// Its storage's identity and write count: the same while neither the
+    /// buffer nor its values change (a value derived from several tensors
+    /// checks the others' stamps, [`Tensor::derived`] watching only its own).
+    pub(crate) fn storage_stamp(&self) -> (usize, u64) {
+        (Arc::as_ptr(&self.0.storage) as usize, self.0.storage.version.load(Ordering::Acquire))
+    }
+
     /// Whether [`Tensor::derived`] holds a value for `key` at the current version.
     pub(crate) fn has_derived(&self, key: DerivedKey) -> bool {
         let cell = &self.0.storage;
