@@ -110,7 +110,8 @@ fn preset(name: &str) -> anyhow::Result<Preset> {
     let p = |name: &str, unet, epochs, batch_size, lr, eval_images| Preset { name: name.into(), unet, epochs, batch_size, lr, eval_images };
     Ok(match name {
         "seed" => p("seed", UNet2DConfig::seed_preset(), 25, 512, 1e-2, None),
-        // at batch 64, 1e-2 diverges after the warm-up (loss back to ≈1 by step 60); 3e-3 does not
+        // at batch 64, 1e-2 diverges after the warm-up (loss back to ≈1 by step 60), as PyTorch's
+        // recipe does on this config (BENCHMARKS, "The recipe's stability"); 3e-3 does not
         "tiny" => p("tiny", UNet2DConfig::tiny_preset(), 1, 64, 3e-3, Some(1000)),
         file => {
             let text = std::fs::read_to_string(file).map_err(|e| Error::Data { path: file.into(), msg: format!("cannot read: {e}") })?;
