@@ -322,8 +322,8 @@ __device__ void backward_key(float* dk, float* dvv, const float* q, const float*
 // so each bf16(p_ij) is what it would be against the final M_i (as the CPU
 // twin, ops::attention::cpu::forward_bf16, forms it), but for the rounding
 // of s − m. An exact running maximum would scale by 2^(m − m'), rounding
-// every p again; the two passes this kernel had before (the first for m, recomputing S) cost ~30 of its
-// ~90 instructions a 16 × 16 tile (GPU run 8: issue-bound, 73 % issue, the
+// every p again; the two passes this kernel had before (the first for m,
+// recomputing S) cost ~30 of its ~90 instructions a 16 × 16 tile (GPU run 8: issue-bound, 73 % issue, the
 // ex2 pipe at 39 %). Per tile now: the scores' mma starts its sums at −m
 // (no subtraction; at H = 8 one m16n8k8 step, no zero half), a sign test of
 // the 8 scores a lane and one vote (the maximum rarely grows after the first

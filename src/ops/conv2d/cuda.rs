@@ -52,6 +52,12 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    /// The geometry it was made from.
+    fn geom(&self) -> ConvGeom {
+        let u = |v: i32| v as usize;
+        ConvGeom { n: u(self.n), c: u(self.c), h: u(self.h), w: u(self.w), oc: u(self.oc), kh: u(self.kh), kw: u(self.kw), stride: u(self.stride), pad: u(self.pad), oh: u(self.oh), ow: u(self.ow) }
+    }
+
     /// The kernels' int geometry, refusing tensors whose element counts (the
     /// largest index the kernels form) exceed 2^31 − 1.
     pub fn new(g: &ConvGeom) -> Result<ConvShape> {
@@ -359,7 +365,7 @@ pub fn with_up_path_in_place<R>(on: bool, f: impl FnOnce() -> R) -> R {
 /// 16-byte aligned buffer, W a multiple of 4, and a patch of at most the
 /// items its kernel holds (two per thread for 3×3, three for 1×1).
 fn vec_staging_fits(x: &CudaBuffer, s: &ConvShape) -> bool {
-    let g = ConvGeom { n: s.n as usize, c: s.c as usize, h: s.h as usize, w: s.w as usize, oc: s.oc as usize, kh: s.kh as usize, kw: s.kw as usize, stride: 1, pad: s.pad as usize, oh: s.oh as usize, ow: s.ow as usize };
+    let g = s.geom();
     let per_thread = if s.kh == 3 { 2 } else { 3 };
     let fits = same_patch_pixels(&g).is_some_and(|px| SAME_CHUNK_WORDS * (px / (g.ow + 2 * g.pad)) * (g.w / 4) <= GEMM_THREADS as usize * per_thread);
     vec_staging() && x.dtype() == DType::F32 && x.ptr().is_multiple_of(16) && g.w.is_multiple_of(4) && fits
@@ -685,7 +691,7 @@ pub fn with_conv_1x1<R>(on: bool, f: impl FnOnce() -> R) -> R {
 /// Whether `forward_1x1` takes a 1×1 same conv of `x`: OH·OW a multiple
 /// of 4 (4 pixels loaded together lie in one image) and x 16-byte aligned.
 fn one_by_one_fits(x: &CudaBuffer, s: &ConvShape) -> bool {
-    conv_1x1() && s.kh == 1 && s.kw == 1 && (s.oh * s.ow) % 4 == 0 && x.ptr().is_multiple_of(16)
+    one_by_one_takes(&s.geom()) && x.ptr().is_multiple_of(16)
 }
 
 /// How a same conv's kernel reads its input.
