@@ -7,7 +7,8 @@ prints with one row per metric): where its time goes.
 
 Columns are found by name, so a metric this ncu version does not have is
 left out rather than an error. Printed per launch: duration, SM and memory
-throughput (% of peak), DRAM throughput, achieved occupancy, issue slots busy,
+throughput (% of peak), DRAM throughput, the L1 data pipe's wavefronts and
+bank reads and the L2's throughput, achieved occupancy, issue slots busy,
 tensor pipe busy, shared-memory bank conflicts, and the four largest warp
 stall reasons (warps stalled per issued instruction: the cycles an average
 instruction waits for that reason).
@@ -23,6 +24,11 @@ FIELDS = [
     ("sm_pct", ["sm__throughput.avg.pct_of_peak_sustained_elapsed"]),
     ("mem_pct", ["gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed"]),
     ("dram_pct", ["gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed", "dram__throughput.avg.pct_of_peak_sustained_elapsed"]),
+    # the L1's load/store data pipe: one wavefront per shared or global access
+    # pass, however few bytes it carries (run 8's same convs: 73–79 %, their limit)
+    ("l1_wavefront_pct", ["l1tex__data_pipe_lsu_wavefronts.avg.pct_of_peak_sustained_elapsed"]),
+    ("l1_bank_read_pct", ["l1tex__data_bank_reads.avg.pct_of_peak_sustained_elapsed"]),
+    ("l2_pct", ["lts__throughput.avg.pct_of_peak_sustained_elapsed"]),
     ("occupancy_pct", ["sm__warps_active.avg.pct_of_peak_sustained_active"]),
     ("issue_pct", ["smsp__issue_active.avg.pct_of_peak_sustained_active", "sm__inst_issued.avg.pct_of_peak_sustained_active"]),
     ("ipc", ["sm__inst_executed.avg.per_cycle_active"]),
