@@ -47,12 +47,15 @@ constexpr int CHUNK_WORDS = 8;       // words per patch pixel and chunk: 8 chann
 constexpr int PATCH_STRIDE = 12;     // words per patch pixel: 8 + 4 padding (conflict-free fragments)
 constexpr int PATCH_MAX = 288;       // patch pixels a block can stage (host checks the geometry): 4×4 maps need 288
 constexpr int DOWN_PATCH_MAX = 648;  // … for a stride-2 conv (DOWN): 8 images' 9 × 9 input pixels for 4×4 outputs
+constexpr int WIDE_BN = 256;         // pixels per block tile of the wide forwards (forward's TN)
+constexpr int WIDE_PATCH_MAX = 352;  // … and their patch pixels: 10 rows of 34 at 32×32, 18 of 18 at 16×16
 constexpr int M_ALIGN = 64;          // packed weight rows are padded to this
 // A staging slot's dst: its patch word (< DOWN_PATCH_MAX·PATCH_STRIDE = 7776)
 // in bits 0–12, its segment (the image after the tile's first, < 128) in
 // 13–19, its word j within the pixel (0–7: channels PER_WORD·j, …) in 20–22.
 constexpr int DST_BITS = 13, DST_MASK = (1 << DST_BITS) - 1, SEG_SHIFT = 13, J_SHIFT = 20;
-static_assert(PATCH_MAX <= DOWN_PATCH_MAX && DOWN_PATCH_MAX * PATCH_STRIDE <= DST_MASK + 1, "patch words fit DST_BITS");
+static_assert(PATCH_MAX <= DOWN_PATCH_MAX && WIDE_PATCH_MAX <= DOWN_PATCH_MAX && DOWN_PATCH_MAX * PATCH_STRIDE <= DST_MASK + 1,
+              "patch words fit DST_BITS");
 __device__ __forceinline__ int slot_dst(int dst, int seg, int j) { return dst | seg << SEG_SHIFT | j << J_SHIFT; }
 __device__ __forceinline__ int slot_seg(int dst) { return dst >> SEG_SHIFT & 127; }
 __device__ __forceinline__ int slot_j(int dst) { return dst >> J_SHIFT & 7; }
@@ -87,15 +90,16 @@ struct Tile {
 // DOWN: a stride-2 3×3 conv with padding 1 (OH = H/2, OW = W/2): its S
 // output rows read input rows 2·oh0 − 1 … 2·(oh0 + S − 1) + 1 and columns
 // −1 … 2·OW − 1, so 2S + 1 patch rows of 2·OW + 1 pixels a segment.
-template <bool DOWN = false>
+// TN: the tile's pixels (BN, or WIDE_BN for the wide forwards).
+template <bool DOWN = false, int TN = BN>
 __device__ __forceinline__ Tile tile_of(const conv::Shape& s) {
     const int P = s.oh * s.ow;
     Tile t;
-    t.rows = P >= BN ? BN / s.ow : s.oh;
+    t.rows = P >= TN ? TN / s.ow : s.oh;
     t.seg_pix = t.rows * s.ow;
     t.pw = DOWN ? 2 * s.ow + 1 : s.ow + 2 * s.pad;
     t.seg_rows = DOWN ? 2 * t.rows + 1 : t.rows + 2 * s.pad;
-    t.pixels = (BN / t.seg_pix) * t.seg_rows * t.pw;
+    t.pixels = (TN / t.seg_pix) * t.seg_rows * t.pw;
     return t;
 }
 
@@ -181,17 +185,17 @@ __device__ __forceinline__ void chunk_products(const uint4* As, const unsigned i
 }
 
 // Stores a block's tile of y = acc + the epilogue (conv::ForwardOut): block
-// rows m0 … m0 + BM − 1, pixels n0 … n0 + BN − 1, warps tiled BM/32 × 8/(BM/32)
+// rows m0 … m0 + BM − 1, pixels n0 … n0 + TN − 1, warps tiled BM/32 × 8/(BM/32)
 // over it (warp w: rows 32·(w % WARPS_M)…, pixels WN·(w / WARPS_M)…), acc[mi][ni]
 // as chunk_products leaves it. Shared by the same-conv forwards.
 // (g, t: the lane's mma group and thread; img0 = n0 / P; n_w: the warp's first
 // pixel in the tile — values its caller has at hand.)
-template <class Math, int BM, int NI>
+template <class Math, int BM, int NI, int TN = BN>
 __device__ __forceinline__ void store_tile(const conv::ForwardOut& out, const conv::Shape& s,
                                            const typename Step<Math>::Acc (&acc)[2][NI], int n0, int m0, int img0,
                                            int n_w, int warp, int g, int t) {
     constexpr int WARPS_M = BM / 32;
-    static_assert(BN / (8 / WARPS_M) == 8 * NI, "the warp tile's n8 tiles");
+    static_assert(TN / (8 / WARPS_M) == 8 * NI, "the warp tile's n8 tiles");
     const int P = s.oh * s.ow, total = s.n * P;
     // acc[mi][ni][r]: channel m0 + m_w + 16mi + g + 8(r/2), pixel n0 + n_w + 8ni + 2t + r%2
     // (image and pixel of this lane's first column by one division, the others by carries).
@@ -203,8 +207,8 @@ __device__ __forceinline__ void store_tile(const conv::ForwardOut& out, const co
     // bits, with one load of each term).
     const bool pairs = P % 2 == 0 && ((reinterpret_cast<unsigned long long>(out.y) |
                                         reinterpret_cast<unsigned long long>(out.residual)) & 7) == 0;
-    if (pairs && P >= BN && m0 + BM <= s.oc) {
-        // The tile inside one image (P a multiple of BN: the UNet's 32×32 and
+    if (pairs && P >= TN && m0 + BM <= s.oc) {
+        // The tile inside one image (P a multiple of TN: the UNet's 32×32 and
         // 16×16 maps) with every channel live: no test per output, and a
         // channel's bias and time-embedding terms loaded once; a lane's pairs
         // lie 8·ni pixels after its first (no division: the image is img0).
@@ -313,19 +317,27 @@ __device__ __forceinline__ void store_tile(const conv::ForwardOut& out, const co
 // pixels from (2r, 2c) (tile_of<true>), element-by-element staging, up to
 // DOWN_PATCH_MAX patch pixels (BM = 32 blocks: the larger patch and the A
 // chunk stay within 48 KB of shared memory).
+// TN: pixels a block tile, BN or WIDE_BN (the wide kernels: 32-row blocks
+// whose warps hold 32 rows × 32 pixels instead of 32 × 16, so that each A
+// fragment read from shared memory feeds 4 mma instead of 2, and the A
+// chunk and the patch's halo rows are staged for twice the pixels. GPU run
+// 8's ncu: the 3×3 forwards wait on the L1's load/store pipe — 78 % of its
+// wavefronts at 32×32 — and per mma the 32 × 16 warp tile takes ~3 of
+// them in fragments where 32 × 32 takes ~2.) Element-by-element staging.
 template <class Math, int BM, int KS, class TX = float, bool NORM = false, bool VEC = false, bool UP = false,
-          bool DOWN = false>
+          bool DOWN = false, int TN = BN>
 __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
                                         const conv::Prologue& pro = conv::Prologue{}) {
     static_assert(!VEC || sizeof(TX) == sizeof(float), "float4 staging reads f32 input");
     static_assert(!(VEC && UP), "an upsampled input is staged element by element");
     static_assert(!DOWN || (KS == 3 && !VEC && !UP && !NORM && BM == 32), "a stride-2 3x3 forward, staged element by element");
-    constexpr int PMAX = DOWN ? DOWN_PATCH_MAX : PATCH_MAX;  // patch pixels
+    static_assert(TN == BN || (TN == WIDE_BN && !VEC && !DOWN), "wide tiles are staged element by element");
+    constexpr int PMAX = DOWN ? DOWN_PATCH_MAX : TN == WIDE_BN ? WIDE_PATCH_MAX : PATCH_MAX;  // patch pixels
     constexpr int KK = KS * KS;
     constexpr int PER_WORD = Math::PER_WORD;        // channels per patch word
     constexpr int CHUNK = CHUNK_WORDS * PER_WORD;   // channels per chunk
     constexpr int WARPS_M = BM / 32, WARPS_N = 8 / WARPS_M;
-    constexpr int WN = BN / WARPS_N, NI = WN / 8;
+    constexpr int WN = TN / WARPS_N, NI = WN / 8;
     constexpr int A_VECS = BM / 16 * KK * 32;                       // uint4 of A per chunk
     constexpr int A_LOADS = (A_VECS + THREADS - 1) / THREADS;
     // patch words (element by element) or 4-word items (float4s) per thread, at most
@@ -338,8 +350,8 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     const int g = lane / 4, t = lane % 4;
     const int P = s.oh * s.ow;
     const int XW = UP ? s.w / 2 : s.w, HW = UP ? (s.h / 2) * XW : s.h * s.w;  // x's row and channel strides
-    const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
-    const Tile tile = tile_of<DOWN>(s);
+    const int n0 = blockIdx.x * TN, m0 = blockIdx.y * BM;
+    const Tile tile = tile_of<DOWN, TN>(s);
     const int img0 = n0 / P, oh0 = (n0 - img0 * P) / s.ow;
     const int chunks = (s.c + CHUNK - 1) / CHUNK;
     const int m_blocks = (s.oc + M_ALIGN - 1) / M_ALIGN * (M_ALIGN / 16);  // 16-row blocks per chunk in wp
@@ -520,7 +532,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
         __syncthreads();  // the next chunk overwrites As and the patch
     }
 
-    store_tile<Math, BM, NI>(out, s, acc, n0, m0, img0, n_w, warp, g, t);
+    store_tile<Math, BM, NI, TN>(out, s, acc, n0, m0, img0, n_w, warp, g, t);
 }
 
 // ---- The 1×1 forward ----
@@ -1140,6 +1152,19 @@ extern "C" __global__ void __launch_bounds__(256, 3)
     conv2d_same_bf16_gn_m32_k3_v_b3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
         const float* residual, conv::Shape s, conv::Prologue pro) {
     same::forward<mma::Bf16, 32, 3, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+
+// The bf16 3×3 forward of at most 32 output channels over 256-pixel tiles
+// (same::forward's TN = WIDE_BN: 32 × 32 warp tiles), the A/B of
+// MINIDIFFUSION_CONV_WIDE=on. The host takes it where a 256-pixel tile is
+// whole rows of one image or whole images with a patch of at most
+// WIDE_PATCH_MAX pixels (the UNet's 32×32 and 16×16 maps). The same sums in
+// the same order as the 128-pixel kernels, bit for bit.
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_m32_k3_wide(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                                 const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 3, float, false, false, false, false, same::WIDE_BN>(
+        conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
 }
 
 // The 3×3 forward of x's nearest 2× upsampling (x [N, C, H/2, W/2], s the

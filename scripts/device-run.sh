@@ -131,6 +131,11 @@ ours_bf16)
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     # (run 8 settled the A/Bs of sessions 24-25: bf16 storage -3.0 %, the up path in place +2.6 %, the 1x1
     # weight-gradient GEMM +16.5 % training, the 1x1 forward without the patch +5.8 %; their switches stay)
+    # the 32-channel 3x3 forwards over 256-pixel tiles (session 30, conv2d_same_bf16_m32_k3_wide: warps of
+    # 32 x 32 outputs, ~2 L1 wavefronts an mma in fragments where m32_k3_b3 takes ~3; run 8's ncu had the
+    # L1 data pipe at 78 %); its profile beside the default's (m32_k3_b3: 20.6 ms over 4 calls in run 8)
+    MINIDIFFUSION_CONV_WIDE=on step ours_sample_bf16_wide 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    MINIDIFFUSION_CONV_WIDE=on step ours_sample_bf16_wide_profile 60 "$md" bench sample --config seed --steps 4 -n 2048 --batch-size 2048 --device cuda --profile --precision bf16
     # small groups' norm by a block each (session 28 holds groups of <= 1,024 values by a warp; run 8 had
     # the block kernel _r1 at 4.0 % of sampling, 1-2 TB/s)
     MINIDIFFUSION_GN_WARP=off step ours_sample_bf16_gn_block 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16

@@ -499,6 +499,46 @@ fn three_blocks_per_sm_kernels_give_the_same_bits() {
     }
 }
 
+/// The wide forward (`MINIDIFFUSION_CONV_WIDE=on`: 256-pixel tiles, 32 × 32
+/// warp tiles) gives the bits of the 128-pixel kernels, both the three- and
+/// the two-blocks-an-SM ones, with every epilogue term: the seed UNet's
+/// 32×32 × 32 → 32 (four tiles an image), a 16×16 map (one image a tile)
+/// with 24 output rows (a partial block), a 16×32 map with 20 input
+/// channels (a partial chunk). It runs exactly for bf16 3×3 convs of at
+/// most 32 rows whose 256-pixel patch fits: not at f32, not for 40 rows,
+/// not for a 1×1, not where a tile would be 4 images of 8×8 (a 400-pixel
+/// patch) — checked by kernel name.
+#[test]
+fn wide_forward_gives_the_same_bits() {
+    use minidiffusion::ops::Precision;
+    use minidiffusion::ops::conv2d::cuda::{with_conv_1x1, with_three_blocks_per_sm, with_wide_forward};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    // (x, weight, padding, whether the wide kernel takes it at bf16)
+    let cases: [(&[usize], &[usize], usize, bool); 6] = [
+        (&[2, 32, 32, 32], &[32, 32, 3, 3], 1, true),
+        (&[3, 16, 16, 16], &[24, 16, 3, 3], 1, true),
+        (&[2, 20, 16, 32], &[32, 20, 3, 3], 1, true),
+        (&[2, 16, 16, 16], &[40, 16, 3, 3], 1, false),
+        (&[2, 16, 16, 16], &[32, 16, 1, 1], 0, false),
+        (&[5, 8, 8, 8], &[32, 8, 3, 3], 1, false),
+    ];
+    for (k, &(xd, wd, pad, takes)) in cases.iter().enumerate() {
+        let t = switch_case(xd, wd, 900 + 10 * k as u64);
+        let p = Conv2dParams { stride: 1, padding: pad };
+        for precision in [Precision::F32, Precision::Bf16] {
+            let what = format!("case {k} {xd:?} * {wd:?}, {precision}");
+            let (wide, kernels) = with_conv_1x1(false, || with_wide_forward(true, || profiled_forward(&t, p, precision, None)));
+            let ran = kernels.contains(&"conv2d_same_bf16_m32_k3_wide");
+            assert_eq!(ran, takes && precision == Precision::Bf16, "{what}: the wide kernel ran ({kernels:?})");
+            for three in [true, false] {
+                let (narrow, kernels) = with_conv_1x1(false, || with_wide_forward(false, || with_three_blocks_per_sm(three, || profiled_forward(&t, p, precision, None))));
+                assert!(!kernels.iter().any(|k| k.ends_with("_wide")), "{what}: no wide kernel when switched off");
+                assert_eq!(wide, narrow, "{what}, three blocks an SM {three}: the same bits");
+            }
+        }
+    }
+}
+
 /// The forward of a 3×3, stride-2, pad-1 conv over an even map (the UNet's
 /// downsamplers) runs the stride-2 same-conv kernel (`conv2d_same_*_down_m32_k3`)
 /// within the conv's tolerance of the CPU twin, at f32 and bf16, with every

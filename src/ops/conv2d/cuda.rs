@@ -114,6 +114,11 @@ const SAME_M_ALIGN: usize = 64;
 /// Words per patch pixel and chunk (CHUNK_WORDS): 8 channels at f32, 16 at bf16.
 const SAME_CHUNK_WORDS: usize = 8;
 
+/// Pixels per block of the wide forward (WIDE_BN) and the patch pixels it
+/// can stage (WIDE_PATCH_MAX).
+const WIDE_TILE_PIXELS: usize = 256;
+const WIDE_PATCH_MAX: usize = 352;
+
 /// The weight gradient's BM 32 blocks stage twice the channels: smaller
 /// patches (wg_patch_max).
 const SAME_WG_PATCH_MAX_M32: usize = 256;
@@ -125,26 +130,33 @@ const SAME_WG_TARGET_BLOCKS: usize = 264;
 /// 3×3 kernel with "same" padding, tiles that are whole output rows of one
 /// image or whole images, and a patch that fits.
 fn same_patch_pixels(g: &ConvGeom) -> Option<usize> {
+    patch_pixels(g, SAME_TILE_PIXELS, SAME_PATCH_MAX)
+}
+
+/// The patch pixels of a `tile`-pixel tile of a stride-1 same conv, when the
+/// tiles are whole output rows or images and the patch has at most `max`.
+fn patch_pixels(g: &ConvGeom, tile: usize, max: usize) -> Option<usize> {
     let p = g.p();
     let square = g.kh == g.kw && (g.kh == 1 || g.kh == 3) && g.pad == (g.kh - 1) / 2;
     if g.stride != 1 || !square || p == 0 {
         return None;
     }
-    let (rows, segments) = tile_rows(g)?;
-    Some(segments * (rows + 2 * g.pad) * (g.ow + 2 * g.pad)).filter(|&px| px <= SAME_PATCH_MAX)
+    let (rows, segments) = tile_rows_of(g, tile)?;
+    Some(segments * (rows + 2 * g.pad) * (g.ow + 2 * g.pad)).filter(|&px| px <= max)
 }
 
-/// A 128-pixel tile's output rows a segment and its segments: whole rows of
-/// one image (OH·OW a multiple of 128, OW dividing 128) or whole images
-/// (OH·OW dividing 128).
+/// A 128-pixel tile's output rows a segment and its segments.
 fn tile_rows(g: &ConvGeom) -> Option<(usize, usize)> {
+    tile_rows_of(g, SAME_TILE_PIXELS)
+}
+
+/// A `tile`-pixel tile's output rows a segment and its segments: whole rows
+/// of one image (OH·OW a multiple of the tile, OW dividing it) or whole
+/// images (OH·OW dividing the tile).
+fn tile_rows_of(g: &ConvGeom, tile: usize) -> Option<(usize, usize)> {
     let p = g.p();
-    let rows = if p >= SAME_TILE_PIXELS {
-        (p % SAME_TILE_PIXELS == 0 && SAME_TILE_PIXELS % g.ow == 0).then_some(SAME_TILE_PIXELS / g.ow)?
-    } else {
-        (SAME_TILE_PIXELS % p == 0).then_some(g.oh)?
-    };
-    Some((rows, SAME_TILE_PIXELS / (rows * g.ow)))
+    let rows = if p >= tile { (p.is_multiple_of(tile) && tile.is_multiple_of(g.ow)).then_some(tile / g.ow)? } else { tile.is_multiple_of(p).then_some(g.oh)? };
+    Some((rows, tile / (rows * g.ow)))
 }
 
 fn same_conv_fits(g: &ConvGeom) -> bool {
@@ -302,6 +314,7 @@ thread_local! {
     static NORM_IN_CONV: Cell<Option<bool>> = const { Cell::new(None) };
     static UP_PATH_IN_PLACE: Cell<Option<bool>> = const { Cell::new(None) };
     static BLOCKS3: Cell<Option<bool>> = const { Cell::new(None) };
+    static WIDE: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 /// Whether same-conv forwards stage an f32 input with float4s
@@ -329,6 +342,37 @@ pub fn three_blocks_per_sm() -> bool {
 /// Run `f` with the three-blocks-an-SM kernels on or off on this thread (tests, A/B).
 pub fn with_three_blocks_per_sm<R>(on: bool, f: impl FnOnce() -> R) -> R {
     with_switch(&BLOCKS3, on, f)
+}
+
+/// Whether the bf16 3×3 forwards of at most 32 output channels from an f32
+/// input run over 256-pixel tiles (`conv2d_same_bf16_m32_k3_wide`: each
+/// warp 32 rows × 32 pixels, so a fragment read from shared memory feeds
+/// twice the mma; `MINIDIFFUSION_CONV_WIDE=on`, the A/B, off until a GPU
+/// has timed it) where those tiles fit ([`wide_forward_fits`]). The same bits.
+pub fn wide_forward() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&WIDE, &ENV, || std::env::var("MINIDIFFUSION_CONV_WIDE").is_ok_and(|v| v == "on"))
+}
+
+/// Run `f` with the wide forward on or off on this thread (tests, A/B).
+pub fn with_wide_forward<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_switch(&WIDE, on, f)
+}
+
+/// The kernel of the wide forward (kernels/conv2d_same.cu's WIDE_BN tiles).
+const WIDE_FORWARD_KERNEL: &str = "conv2d_same_bf16_m32_k3_wide";
+
+/// Whether the wide forward takes a same conv of `x` at `prec`: the A/B on,
+/// bf16 products of an f32 input, a 3×3 kernel, at most 32 output channels,
+/// and 256-pixel tiles of whole rows or images with a patch that fits.
+fn wide_forward_fits(x: &CudaBuffer, s: &ConvShape, prec: Precision) -> bool {
+    let g = s.geom();
+    wide_forward()
+        && prec == Precision::Bf16
+        && x.dtype() == DType::F32
+        && g.kh == 3
+        && g.oc <= 32
+        && patch_pixels(&g, WIDE_TILE_PIXELS, WIDE_PATCH_MAX).is_some()
 }
 
 /// Whether an inference group norm (+ SiLU) before a same conv is applied
@@ -728,13 +772,16 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let out = backend.alloc(s.n as usize * m * (s.oh * s.ow) as usize)?;
     let bm = if matches!(read, Read::Strided) { 32 } else { same_block_rows(m) };
     let pixels = s.n as usize * (s.oh * s.ow) as usize;
-    let cfg = LaunchConfig::grid([pixels.div_ceil(SAME_TILE_PIXELS), m.div_ceil(bm), 1], GEMM_THREADS);
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
     let mut args = vec![out.arg(), x.arg(), packed.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(s)];
     let (p, b, k) = (usize::from(prec == Precision::Bf16), usize::from(bm != 32), usize::from(ks != 1));
     let vec = vec_staging_fits(x, s);
+    let wide = matches!(read, Read::AsIs) && !vec && wide_forward_fits(x, s, prec);
+    let tile = if wide { WIDE_TILE_PIXELS } else { SAME_TILE_PIXELS };
+    let cfg = LaunchConfig::grid([pixels.div_ceil(tile), m.div_ceil(bm), 1], GEMM_THREADS);
     let kernel = match read {
         Read::AsIs if vec => SAME_FORWARD_VEC_KERNELS[p][b][k],
+        Read::AsIs if wide => WIDE_FORWARD_KERNEL,
         Read::AsIs if one_by_one_fits(x, s) => ONE_BY_ONE_KERNELS[same_variant(prec, x.dtype())?][b],
         Read::AsIs => same_kernel(&SAME_FORWARD_KERNELS, prec, x.dtype(), bm, ks)?,
         Read::Upsampled => {
