@@ -181,6 +181,40 @@ fn norm_in_1x1_gives_the_same_bits() {
     switch_keeps_the_bits("the norm in the packed 1×1 projection", |on, f| with_packed_qkv(true, || counted(on, f)));
 }
 
+/// The wide 32-channel 3×3 forward (`MINIDIFFUSION_CONV_WIDE=on`) in a
+/// whole UNet: the tiny preset (16 channels at 32×32, where the golden
+/// UNets' 8×8 maps never take it), weights perturbed off the lesson's
+/// zeros, two images at bf16 — ε̂ bit for bit as with the 128-pixel
+/// kernels, and the wide kernel does run.
+#[test]
+fn wide_forward_keeps_the_unets_bits() {
+    use minidiffusion::nn::unet::{UNet2DConfig, UNet2DModel};
+    use minidiffusion::nn::{load_state, named_params};
+    use minidiffusion::ops::conv2d::cuda::with_wide_forward;
+    use minidiffusion::ops::{Precision, with_precision};
+    use std::collections::HashMap;
+    let device = parity_device();
+    let model = UNet2DModel::new(UNet2DConfig::tiny_preset(), 3, device).unwrap();
+    let mut state = HashMap::new();
+    for (i, (name, p)) in named_params(&model).into_iter().enumerate() {
+        let noise = Tensor::randn([p.numel()], 300 + i as u64, 0).to_vec();
+        state.insert(name, (p.dims().to_vec(), p.to_vec().iter().zip(noise).map(|(v, n)| v + 0.05 * n).collect::<Vec<f32>>()));
+    }
+    load_state(&model, &state, "perturbed").unwrap();
+    let x = Tensor::randn([2, 1, 32, 32], 31, 0).to_device(device).unwrap();
+    let t = Tensor::from_vec(vec![17.0, 640.0], [2]).unwrap().to_device(device).unwrap();
+    let _p = with_precision(Precision::Bf16);
+    let forward = |wide: bool| {
+        let mut eps = Vec::new();
+        let rows = minidiffusion::testing::kernel_calls(|| eps = with_wide_forward(wide, || no_grad(|| model.forward(&x, &t)).unwrap().to_vec()));
+        (eps, rows.iter().filter(|r| r.0 == "conv2d_same_bf16_m32_k3_wide").map(|r| r.1).sum::<usize>())
+    };
+    let ((wide, launches), (narrow, none)) = (forward(true), forward(false));
+    assert!(launches > 0 && none == 0, "wide kernel launches: {launches} on, {none} off");
+    assert!(wide.iter().all(|v| v.is_finite()) && wide.iter().any(|&v| v != 0.0), "ε̂ is finite and not all zeros");
+    assert_eq!(wide, narrow, "ε̂ with the wide forward against the 128-pixel kernels");
+}
+
 /// The golden UNets' ε̂ with an A/B switch on and off, at f32 and at bf16,
 /// bit for bit: on the emulation unet_c and unet_e, on a GPU also unet_a and
 /// unet_f.
