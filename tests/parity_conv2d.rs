@@ -507,7 +507,8 @@ fn three_blocks_per_sm_kernels_give_the_same_bits() {
 /// channels (a partial chunk). It runs exactly for bf16 3×3 convs of at
 /// most 32 rows whose 256-pixel patch fits: not at f32, not for 40 rows,
 /// not for a 1×1, not where a tile would be 4 images of 8×8 (a 400-pixel
-/// patch) — checked by kernel name.
+/// patch) — checked by kernel name. An input gradient at 32×32 (a 3×3 same
+/// conv of dY) runs it too, with the same bits.
 #[test]
 fn wide_forward_gives_the_same_bits() {
     use minidiffusion::ops::Precision;
@@ -537,6 +538,22 @@ fn wide_forward_gives_the_same_bits() {
             }
         }
     }
+    // the input gradient of a 3×3 same conv is such a conv of dY (32 → 32
+    // channels at 32×32 here): the wide kernel takes it too, the same bits
+    use minidiffusion::ops::{with_precision, ConvAdd, conv2d_fused};
+    let t = switch_case(&[2, 32, 32, 32], &[32, 32, 3, 3], 990);
+    let _p = with_precision(Precision::Bf16);
+    let dx = |wide: bool| {
+        let x = t[0].detach().requires_grad_();
+        let y = conv2d_fused(&x, &t[1], Some(&t[2]), ConvAdd::default(), Conv2dParams { stride: 1, padding: 1 }).unwrap();
+        let loss = minidiffusion::ops::sum_all(&minidiffusion::ops::mul(&y, &t[4]).unwrap()).unwrap();
+        let mut grad = Vec::new();
+        let kernels = minidiffusion::testing::kernels_launched(|| grad = with_wide_forward(wide, || minidiffusion::backward(&loss).unwrap()).get(&x).unwrap().to_vec());
+        (grad, kernels.contains(&"conv2d_same_bf16_m32_k3_wide"))
+    };
+    let ((wide, ran), (narrow, _)) = (dx(true), dx(false));
+    assert!(ran, "the input gradient ran the wide kernel");
+    assert_eq!(wide, narrow, "dX with the wide kernel against the 128-pixel kernels");
 }
 
 /// The forward of a 3×3, stride-2, pad-1 conv over an even map (the UNet's

@@ -344,8 +344,8 @@ pub fn with_three_blocks_per_sm<R>(on: bool, f: impl FnOnce() -> R) -> R {
     with_switch(&BLOCKS3, on, f)
 }
 
-/// Whether the bf16 3×3 forwards of at most 32 output channels from an f32
-/// input run over 256-pixel tiles (`conv2d_same_bf16_m32_k3_wide`: each
+/// Whether the bf16 3×3 same convs of at most 32 output channels from an
+/// f32 input (forwards, and input gradients as convs of dY) run over 256-pixel tiles (`conv2d_same_bf16_m32_k3_wide`: each
 /// warp 32 rows × 32 pixels, so a fragment read from shared memory feeds
 /// twice the mma; `MINIDIFFUSION_CONV_WIDE=on`, the A/B, off until a GPU
 /// has timed it) where those tiles fit ([`wide_forward_fits`]). The same bits.
