@@ -114,9 +114,9 @@ const SAME_M_ALIGN: usize = 64;
 /// Words per patch pixel and chunk (CHUNK_WORDS): 8 channels at f32, 16 at bf16.
 const SAME_CHUNK_WORDS: usize = 8;
 
-/// Pixels per block of the wide forward (WIDE_BN) and the patch pixels it
-/// can stage (WIDE_PATCH_MAX).
+/// Pixels per block of the wide forward (WIDE_BN).
 const WIDE_TILE_PIXELS: usize = 256;
+/// Patch pixels a wide-forward block can stage (WIDE_PATCH_MAX).
 const WIDE_PATCH_MAX: usize = 352;
 
 /// The weight gradient's BM 32 blocks stage twice the channels: smaller
@@ -141,21 +141,20 @@ fn patch_pixels(g: &ConvGeom, tile: usize, max: usize) -> Option<usize> {
     if g.stride != 1 || !square || p == 0 {
         return None;
     }
-    let (rows, segments) = tile_rows_of(g, tile)?;
+    let (rows, segments) = tile_rows(g, tile)?;
     Some(segments * (rows + 2 * g.pad) * (g.ow + 2 * g.pad)).filter(|&px| px <= max)
-}
-
-/// A 128-pixel tile's output rows a segment and its segments.
-fn tile_rows(g: &ConvGeom) -> Option<(usize, usize)> {
-    tile_rows_of(g, SAME_TILE_PIXELS)
 }
 
 /// A `tile`-pixel tile's output rows a segment and its segments: whole rows
 /// of one image (OH·OW a multiple of the tile, OW dividing it) or whole
 /// images (OH·OW dividing the tile).
-fn tile_rows_of(g: &ConvGeom, tile: usize) -> Option<(usize, usize)> {
+fn tile_rows(g: &ConvGeom, tile: usize) -> Option<(usize, usize)> {
     let p = g.p();
-    let rows = if p >= tile { (p.is_multiple_of(tile) && tile.is_multiple_of(g.ow)).then_some(tile / g.ow)? } else { tile.is_multiple_of(p).then_some(g.oh)? };
+    let rows = if p >= tile {
+        (p.is_multiple_of(tile) && tile.is_multiple_of(g.ow)).then_some(tile / g.ow)?
+    } else {
+        tile.is_multiple_of(p).then_some(g.oh)?
+    };
     Some((rows, tile / (rows * g.ow)))
 }
 
@@ -176,7 +175,7 @@ fn down_patch_pixels(g: &ConvGeom) -> Option<usize> {
     if !shape || p == 0 || g.oh * 2 != g.h || g.ow * 2 != g.w {
         return None;
     }
-    let (rows, segments) = tile_rows(g)?;
+    let (rows, segments) = tile_rows(g, SAME_TILE_PIXELS)?;
     Some(segments * (2 * rows + 1) * (2 * g.ow + 1)).filter(|&px| px <= SAME_DOWN_PATCH_MAX)
 }
 
