@@ -508,7 +508,9 @@ fn three_blocks_per_sm_kernels_give_the_same_bits() {
 /// most 32 rows whose 256-pixel patch fits: not at f32, not for 40 rows,
 /// not for a 1×1, not where a tile would be 4 images of 8×8 (a 400-pixel
 /// patch) — checked by kernel name. An input gradient at 32×32 (a 3×3 same
-/// conv of dY) runs it too, with the same bits.
+/// conv of dY) runs it too, with the same bits. And the seed UNet's 32×32
+/// case, fused, against the CPU twin (forward and gradients, bf16
+/// tensor-core tolerance).
 #[test]
 fn wide_forward_gives_the_same_bits() {
     use minidiffusion::ops::Precision;
@@ -554,6 +556,12 @@ fn wide_forward_gives_the_same_bits() {
     let ((wide, ran), (narrow, _)) = (dx(true), dx(false));
     assert!(ran, "the input gradient ran the wide kernel");
     assert_eq!(wide, narrow, "dX with the wide kernel against the 128-pixel kernels");
+    // and against the CPU twin, forward and gradients, at the bf16 tensor-core tolerance
+    let fused = |t: &[minidiffusion::Tensor]| {
+        let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
+        with_wide_forward(true, || conv2d_fused(&t[0], &t[1], Some(&t[2]), add, Conv2dParams { stride: 1, padding: 1 }))
+    };
+    parity_check("bf16_wide_32x32_fused", &[&[2, 32, 32, 32], &[32, 32, 3, 3], &[32], &[2, 32], &[2, 32, 32, 32]], fused, ParityTol::BF16_TENSOR_CORE);
 }
 
 /// The forward of a 3×3, stride-2, pad-1 conv over an even map (the UNet's
