@@ -406,6 +406,29 @@ __device__ __forceinline__ void stage(unsigned int* ks, unsigned int* vs, const 
     stage_feature_major<H>(vs, V_LD, vb, dv, lk, j0, n, KT);
 }
 
+// The same from K and V stored in bf16 (the projections' bf16 output at
+// inference): their bits are what bf16_pair makes of the f32 values above
+// (K's multiplier is 1), so the staged words are the same; loaded as they
+// are, two bytes a value. Same element order as the f32 staging.
+template <int H>
+__device__ __forceinline__ void stage(unsigned int* ks, unsigned int* vs, const unsigned short* kb,
+                                      const unsigned short* vb, int d, int dv, int lk, int j0, int n) {
+    using T = Tiles<H>;
+    for (int e = threadIdx.x; e < KT * T::K_WORDS; e += blockDim.x) {
+        const int jj = H == 8 ? e / T::K_WORDS : e % KT, w = H == 8 ? e % T::K_WORDS : e / KT;
+        const bool live = jj < n;
+        const unsigned int lo = live && 2 * w < d ? kb[(long long)(2 * w) * lk + j0 + jj] : 0u;
+        const unsigned int hi = live && 2 * w + 1 < d ? kb[(long long)(2 * w + 1) * lk + j0 + jj] : 0u;
+        ks[jj * T::K_LD + w] = lo | hi << 16;
+    }
+    for (int e = threadIdx.x; e < H * (KT / 2); e += blockDim.x) {
+        const int w = e % (KT / 2), f = e / (KT / 2), j = 2 * w;
+        const unsigned int lo = f < dv && j < n ? vb[(long long)f * lk + j0 + j] : 0u;
+        const unsigned int hi = f < dv && j + 1 < n ? vb[(long long)f * lk + j0 + j + 1] : 0u;
+        vs[f * V_LD + w] = lo | hi << 16;
+    }
+}
+
 // A fragments of this warp's 16 rows, positions p0 … p0 + 15 of a [rows, len]
 // sequence matrix (mul folded, 0 past rows or len), k = the features:
 // a[ks] = {(x[16ks + 2t], x[16ks + 2t + 1]) at p0 + g, the same at p0 + g + 8,
@@ -588,8 +611,10 @@ __device__ __forceinline__ void infer_tile(float (&acc)[Tiles<H>::V_TILES][4], f
 // entries and heads as in [attention::infer]. With lse non-null (training)
 // it also writes each query's log-sum-exp in base 2, L_i = m_i + log2 l_i
 // (log2 Σ_j 2^(s_ij)), from which the backward recomputes p_ij = 2^(s_ij − L_i).
-template <int H>
-__device__ void infer(float* o, float* lse, const float* q, const float* k, const float* v, int lq, int lk, int d,
+// TKV, TO: K and V read from, O stored to, f32 or bf16 (unsigned short; O
+// rounded to nearest even).
+template <int H, class TKV = float, class TO = float>
+__device__ void infer(TO* o, float* lse, const float* q, const TKV* k, const TKV* v, int lq, int lk, int d,
                       int dv, float scale, int heads, long long q_image, long long k_image, long long v_image) {
     using T = Tiles<H>;
     __shared__ unsigned int ks[KT * T::K_LD];
@@ -601,8 +626,8 @@ __device__ void infer(float* o, float* lse, const float* q, const float* k, cons
     const int i0 = (int)(blockIdx.x - b * tiles) * 16 * warps + 16 * warp;
     const long long image = b / heads, head = b - image * heads;
     const float* qb = q + image * q_image + head * d * lq;
-    const float* kb = k + image * k_image + head * d * lk;
-    const float* vb = v + image * v_image + head * dv * lk;
+    const TKV* kb = k + image * k_image + head * d * lk;
+    const TKV* vb = v + image * v_image + head * dv * lk;
 
     // Q's A fragments, c·Q
     unsigned int qa[T::K_STEPS][4];
@@ -636,14 +661,14 @@ __device__ void infer(float* o, float* lse, const float* q, const float* k, cons
     const float l_lo = quad_sum(l[0]), l_hi = quad_sum(l[1]);
 
     // acc[vt]: O[8vt + 2t (+1), i0 + g] in r = 0 (1), at i0 + g + 8 in r = 2 (3)
-    float* ob = o + b * dv * lq;
+    TO* ob = o + b * dv * lq;
     const float inv[2] = {1.0f / l_lo, 1.0f / l_hi};
 #pragma unroll
     for (int vt = 0; vt < T::V_TILES; ++vt)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
             const int cv = 8 * vt + 2 * t + r % 2, i = i0 + g + 8 * (r / 2);
-            if (cv < dv && i < lq) ob[(long long)cv * lq + i] = acc[vt][r] * inv[r / 2];
+            if (cv < dv && i < lq) store_as(ob, (long long)cv * lq + i, acc[vt][r] * inv[r / 2]);
         }
     if (lse != nullptr && t == 0) {
         if (i0 + g < lq) lse[b * lq + i0 + g] = m_lo + log2f(l_lo);
@@ -902,6 +927,27 @@ extern "C" __global__ void __launch_bounds__(256)
                                    int d, int dv, float scale, int heads, long long q_image, long long k_image,
                                    long long v_image) {
     attention_bf16::infer<8>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
+}
+// Inference from K and V stored in bf16, O stored in bf16 (the UNet's
+// attention block at inference: its k and v projections write bf16, its
+// to_out reads bf16 — both round them to bf16 anyway); lse unused (null).
+extern "C" __global__ void __launch_bounds__(256)
+    attention_columns_infer_bf16_io_h8(unsigned short* o, float* lse, const float* q, const unsigned short* k,
+                                       const unsigned short* v, int lq, int lk, int d, int dv, float scale, int heads,
+                                       long long q_image, long long k_image, long long v_image) {
+    attention_bf16::infer<8>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    attention_columns_infer_bf16_io_h16(unsigned short* o, float* lse, const float* q, const unsigned short* k,
+                                        const unsigned short* v, int lq, int lk, int d, int dv, float scale, int heads,
+                                        long long q_image, long long k_image, long long v_image) {
+    attention_bf16::infer<16>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    attention_columns_infer_bf16_io_h32(unsigned short* o, float* lse, const float* q, const unsigned short* k,
+                                        const unsigned short* v, int lq, int lk, int d, int dv, float scale, int heads,
+                                        long long q_image, long long k_image, long long v_image) {
+    attention_bf16::infer<32>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
 }
 extern "C" __global__ void __launch_bounds__(256)
     attention_columns_backward_query_bf16_h8(float* dq, float* delta, const float* q, const float* k, const float* v,

@@ -61,12 +61,13 @@ struct ForwardOut {
         if (residual != nullptr) t.r = residual[t.at];
         return t;
     }
-    __device__ void store_terms(const Terms& t, float v) const {
+    __device__ float sum(const Terms& t, float v) const {
         if (bias != nullptr) v += t.b;
         if (sample_bias != nullptr) v += t.sb;
         if (residual != nullptr) v += t.r;
-        y[t.at] = v;
+        return v;
     }
+    __device__ void store_terms(const Terms& t, float v) const { y[t.at] = sum(t, v); }
     // The same for pixels pix and pix + 1 of one image (same channel, so one
     // bias and time-embedding load; an 8-byte residual load and store): the
     // caller checks P even and y, residual 8-byte aligned, pix even.
@@ -89,11 +90,28 @@ struct ForwardOut {
         if (residual != nullptr) t.r = *reinterpret_cast<const float2*>(residual + t.at);
         return t;
     }
-    __device__ void store_pair(const PairTerms& t, float v0, float v1) const {
+    __device__ float2 pair_sum(const PairTerms& t, float v0, float v1) const {
         if (bias != nullptr) v0 += t.b, v1 += t.b;
         if (sample_bias != nullptr) v0 += t.sb, v1 += t.sb;
         if (residual != nullptr) v0 += t.r.x, v1 += t.r.y;
-        *reinterpret_cast<float2*>(y + t.at) = make_float2(v0, v1);
+        return make_float2(v0, v1);
+    }
+    __device__ void store_pair(const PairTerms& t, float v0, float v1) const {
+        *reinterpret_cast<float2*>(y + t.at) = pair_sum(t, v0, v1);
+    }
+};
+
+// ForwardOut whose y is stored in bf16 (y16, rounded to nearest even as the
+// bf16 products round an f32 operand: a reader multiplying bf16 operands
+// sees the bits it would have made from the f32 y). y itself is unused (null).
+// For store_tile's pair and element paths only (a bf16 pair is 4 bytes: y16
+// 4-byte aligned).
+struct ForwardOutBf16 : ForwardOut {
+    unsigned short* y16;
+    __device__ void store_terms(const Terms& t, float v) const { y16[t.at] = (unsigned short)bf16_bits(sum(t, v)); }
+    __device__ void store_pair(const PairTerms& t, float v0, float v1) const {
+        const float2 v = pair_sum(t, v0, v1);
+        *reinterpret_cast<unsigned int*>(y16 + t.at) = bf16_pair(v.x, v.y);
     }
 };
 

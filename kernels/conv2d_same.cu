@@ -190,8 +190,8 @@ __device__ __forceinline__ void chunk_products(const uint4* As, const unsigned i
 // as chunk_products leaves it. Shared by the same-conv forwards.
 // (g, t: the lane's mma group and thread; img0 = n0 / P; n_w: the warp's first
 // pixel in the tile — values its caller has at hand.)
-template <class Math, int BM, int NI, int TN = BN>
-__device__ __forceinline__ void store_tile(const conv::ForwardOut& out, const conv::Shape& s,
+template <class Math, int BM, int NI, int TN = BN, class Out = conv::ForwardOut>
+__device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
                                            const typename Step<Math>::Acc (&acc)[2][NI], int n0, int m0, int img0,
                                            int n_w, int warp, int g, int t) {
     constexpr int WARPS_M = BM / 32;
@@ -584,8 +584,8 @@ __device__ __forceinline__ void quad_words(unsigned int (&w)[4], const uint2 a, 
 // once (a 3×3 patch's halo is staged by two blocks). Each item's affine
 // quadruples are loaded with its values and applied when it is staged;
 // items outside the batch or past C get zeros, which stay 0 (silu(0) = 0).
-template <class Math, int BM, class TX = float, bool NORM = false>
-__device__ __forceinline__ void forward_1x1(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
+template <class Math, int BM, class TX = float, bool NORM = false, class Out = conv::ForwardOut>
+__device__ __forceinline__ void forward_1x1(const Out& out, const TX* x, const uint4* wp, const conv::Shape& s,
                                             const conv::Prologue& pro = conv::Prologue{}) {
     constexpr int PER_WORD = Math::PER_WORD;
     static_assert(PER_WORD == 2 || sizeof(TX) == sizeof(float), "f32 products read f32 input");
@@ -705,7 +705,7 @@ __device__ __forceinline__ void forward_1x1(const conv::ForwardOut& out, const T
         }
         __syncthreads();  // the next slice overwrites as and bs
     }
-    store_tile<Math, BM, NI>(out, s, acc, n0, m0, img0, n_w, warp, g, t);
+    store_tile<Math, BM, NI, BN, Out>(out, s, acc, n0, m0, img0, n_w, warp, g, t);
 }
 
 // ---- Weight gradient ----
@@ -1406,6 +1406,34 @@ extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_gn_m64(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                            const float* residual, conv::Shape s, conv::Prologue pro) {
     same::forward_1x1<mma::Bf16, 64, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+// The bf16 1×1 forwards storing y in bf16 (conv::ForwardOutBf16), plain and
+// with the input's norm: the attention block's k and v projections at
+// inference, whose one reader (the attention's bf16 products) rounds them to
+// bf16 as it stages them — the same bits, half the bytes written and read.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_ybf16_m32(unsigned short* y, const float* x, const uint4* wp, const float* bias,
+                              const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward_1x1<mma::Bf16, 32, float, false, conv::ForwardOutBf16>(
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_ybf16_m64(unsigned short* y, const float* x, const uint4* wp, const float* bias,
+                              const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward_1x1<mma::Bf16, 64, float, false, conv::ForwardOutBf16>(
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_gn_ybf16_m32(unsigned short* y, const float* x, const uint4* wp, const float* bias,
+                                 const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward_1x1<mma::Bf16, 32, float, true, conv::ForwardOutBf16>(
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_gn_ybf16_m64(unsigned short* y, const float* x, const uint4* wp, const float* bias,
+                                 const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+    same::forward_1x1<mma::Bf16, 64, float, true, conv::ForwardOutBf16>(
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y}, x, wp, s, pro);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_xbf16_m32(float* y, const unsigned short* x, const uint4* wp, const float* bias,

@@ -275,6 +275,65 @@ fn bf16_inference_attention_follows_rising_maxima() {
     }
 }
 
+/// K and V stored in bf16 (the UNet's k and v projections at inference on
+/// CUDA) are read as they are by `attention_columns_infer_bf16_io_h*`,
+/// which stores O in bf16: O's bits are those of the f32-storage kernel's
+/// output rounded to bf16 (the staged words are the same, so the sums are).
+/// Cases: h8 over two key stages (300 keys) with odd D, Dv and partial
+/// tiles; h16 with 7 keys; h32 (D 20, Dv 32). Elsewhere — the CPU, a
+/// gradient wanted, k bf16 beside an f32 v, f32 products — the operands are
+/// widened (exactly) and O is f32, the f32 storage's result for those values.
+#[test]
+fn bf16_kv_storage_gives_the_rounded_bits() {
+    use minidiffusion::ops::precision::{Precision, round_bf16, with_precision};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::{Device, Tensor, no_grad, testing::kernel_calls, testing::parity_device};
+    let device = parity_device();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (i, &(b, h, d, lq, lk, dv)) in [(2, 2, 7, 40, 300, 5), (1, 3, 16, 20, 7, 12), (2, 1, 20, 64, 64, 32)].iter().enumerate() {
+        let shapes = [[b, h, d, lq], [b, h, d, lk], [b, h, dv, lk]];
+        // k and v as bf16 values (what the projections round to), so both storages hold the same numbers
+        let values: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(j, s)| randn(s, 700 + 3 * i as u64 + j as u64)).collect();
+        let values: Vec<Vec<f32>> = values.into_iter().enumerate().map(|(j, v)| if j == 0 { v } else { v.into_iter().map(round_bf16).collect() }).collect();
+        let scale = 1.0 / (d as f32).sqrt();
+        let run = |device, stored: [DType; 3], products: Precision| {
+            let t: Vec<Tensor> = values
+                .iter()
+                .zip(&shapes)
+                .zip(stored)
+                .map(|((v, s), dtype)| ops::cast(&Tensor::from_vec_on(v.clone(), *s, device).unwrap(), dtype).unwrap())
+                .collect();
+            let _p = with_precision(products);
+            let o = no_grad(|| ops::attention_columns(&t[0], &t[1], &t[2], scale)).unwrap();
+            (o.dtype(), o.to_vec())
+        };
+        const F: DType = DType::F32;
+        const B: DType = DType::BF16;
+        let (plain_dtype, plain) = run(device, [F, F, F], Precision::Bf16);
+        assert_eq!(plain_dtype, F);
+        let mut stored = (F, Vec::new());
+        let rows = kernel_calls(|| stored = run(device, [F, B, B], Precision::Bf16));
+        let launched = rows.iter().filter(|r| r.0.starts_with("attention_columns_infer_bf16_io_h")).map(|r| r.1).sum::<usize>();
+        assert_eq!((stored.0, launched), (B, 1), "case {i}: O's dtype and the bf16-storage kernel's launches: {rows:?}");
+        let rounded: Vec<f32> = plain.iter().map(|&x| round_bf16(x)).collect();
+        let (got, want) = (bits(&stored.1), bits(&rounded));
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "case {i}: O from bf16 k, v against the f32 kernel's O rounded: {differ} of {} differ", want.len());
+        // widened where the bf16 kernel does not run: the f32 storage's numbers, in f32
+        assert_eq!(run(Device::Cpu, [F, B, B], Precision::Bf16), (F, run(Device::Cpu, [F, F, F], Precision::Bf16).1), "case {i}: CPU");
+        assert_eq!(run(device, [F, B, F], Precision::Bf16), (F, plain.clone()), "case {i}: k bf16, v f32");
+        assert_eq!(run(device, [F, B, B], Precision::F32), run(device, [F, F, F], Precision::F32), "case {i}: f32 products");
+        let with_grad = |stored: [DType; 3]| {
+            let t: Vec<Tensor> = values.iter().zip(&shapes).map(|(v, s)| Tensor::from_vec_on(v.clone(), *s, device).unwrap().requires_grad_()).collect();
+            let t: Vec<Tensor> = t.iter().zip(stored).map(|(x, dtype)| ops::cast(x, dtype).unwrap()).collect();
+            let _p = with_precision(Precision::Bf16);
+            let o = ops::attention_columns(&t[0], &t[1], &t[2], scale).unwrap();
+            (o.dtype(), o.to_vec())
+        };
+        assert_eq!(with_grad([F, B, B]), (F, plain.clone()), "case {i}: a gradient wanted");
+    }
+}
+
 /// The packed q, k, v at bf16 run the same kernel on the same values as the
 /// three parts (bit for bit) and stay within the twin's tolerance.
 #[test]

@@ -337,10 +337,10 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
                 assert_close(&what, &fused, &conv_cpu, tol.atol, tol.rtol);
                 // several convs of one normalised map (the attention block's q, k, v): the same per conv,
                 // the norm in the convs and apart
-                let plain = ConvAfter { weight: &t[3], bias: None, add: ConvAdd::default(), params: p };
+                let plain = ConvAfter { weight: &t[3], bias: None, add: ConvAdd::default(), params: p, store_bf16: false };
                 for in_conv in [true, false] {
                     cuda_conv::with_norm_in_conv(in_conv, || {
-                        let both = no_grad(|| convs_after_norm(&t[0], norm, &[ConvAfter { weight: &t[3], bias: Some(&t[4]), add, params: p }, plain])).unwrap();
+                        let both = no_grad(|| convs_after_norm(&t[0], norm, &[ConvAfter { weight: &t[3], bias: Some(&t[4]), add, params: p, store_bf16: false }, plain])).unwrap();
                         assert_eq!(both[0].to_vec(), fused, "{what}: first of two convs, in the conv {in_conv}");
                         let alone = no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], None, ConvAdd::default(), p)).unwrap();
                         assert_eq!(both[1].to_vec(), alone.to_vec(), "{what}: second of two convs, in the conv {in_conv}");
@@ -355,6 +355,55 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
         let y = conv2d_after_norm(&t[0], norm, &t[3], Some(&t[4]), ConvAdd::default(), p).unwrap();
         let grads = minidiffusion::backward(&minidiffusion::ops::sum_all(&y).unwrap()).unwrap();
         assert!(grads.get(&gamma).is_some_and(|g| g.to_vec().iter().any(|v| *v != 0.0)), "case {k}: dγ");
+    }
+}
+
+/// 1×1 convs asked to store their output in bf16 (`ConvAfter::store_bf16`,
+/// the attention block's k and v at inference): `conv2d_1x1_bf16_*ybf16_*`
+/// stores the f32-output kernel's values rounded to bf16, bit for bit, every
+/// epilogue term included, x as it is and group-normalised as staged; 32-
+/// and 64-row blocks, 16×16 and 8×8 maps (tiles within an image and across
+/// images), 48 channels (a partial block). Where it cannot — a 3×3 conv, f32
+/// products, a gradient wanted — the output is f32 and the same as unasked.
+#[test]
+fn bf16_output_1x1_stores_the_rounded_bits() {
+    use minidiffusion::ops::precision::round_bf16;
+    use minidiffusion::ops::{ConvAdd, ConvAfter, NormFirst, Precision, convs_after_norm, with_precision};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::{no_grad, testing::kernel_calls};
+    for (k, (xd, wd)) in [([2, 64, 16, 16], [64, 64, 1, 1]), ([3, 32, 8, 8], [32, 32, 1, 1]), ([2, 32, 8, 8], [48, 32, 1, 1]), ([2, 32, 8, 8], [32, 32, 3, 3])].iter().enumerate() {
+        let t = switch_case(xd, wd, 900 + 10 * k as u64);
+        let p = Conv2dParams { stride: 1, padding: wd[2] / 2 };
+        let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
+        let one_by_one = wd[2] == 1;
+        for normed in [false, true] {
+            let norm = NormFirst { groups: 8, weight: Some(&t[5]), bias: Some(&t[6]), eps: 1e-5, silu: false };
+            let conv = |store_bf16: bool, precision: Precision, grad: bool| {
+                let _p = with_precision(precision);
+                let weight = if grad { t[1].detach().requires_grad_() } else { t[1].clone() };
+                let c = ConvAfter { weight: &weight, bias: Some(&t[2]), add, params: p, store_bf16 };
+                let run = || if normed { convs_after_norm(&t[0], norm, &[c]) } else { c.forward(&t[0]).map(|y| vec![y]) };
+                let y = if grad { run() } else { no_grad(run) }.unwrap().remove(0);
+                (y.dtype(), y.to_vec())
+            };
+            let what = format!("x {xd:?}, weight {wd:?}, normed {normed}");
+            let (dtype, plain) = conv(false, Precision::Bf16, false);
+            assert_eq!(dtype, DType::F32, "{what}");
+            let mut stored = (dtype, Vec::new());
+            let rows = kernel_calls(|| stored = conv(true, Precision::Bf16, false));
+            let launched = rows.iter().filter(|r| r.0.starts_with("conv2d_1x1_bf16_") && r.0.contains("ybf16")).map(|r| r.1).sum::<usize>();
+            assert_eq!(launched, usize::from(one_by_one), "{what}: {rows:?}");
+            if one_by_one {
+                let rounded: Vec<u32> = plain.iter().map(|&x| round_bf16(x).to_bits()).collect();
+                assert_eq!(stored.0, DType::BF16, "{what}");
+                let differ: Vec<usize> = (0..rounded.len()).filter(|&i| stored.1[i].to_bits() != rounded[i]).collect();
+                assert!(differ.is_empty(), "{what}: {} of {} bf16 outputs differ from the f32 output rounded (first at {:?})", differ.len(), rounded.len(), differ.first());
+            } else {
+                assert_eq!(stored, (DType::F32, plain.clone()), "{what}: a 3×3 conv stores f32");
+            }
+            assert_eq!(conv(true, Precision::F32, false), conv(false, Precision::F32, false), "{what}: f32 products store f32");
+            assert_eq!(conv(true, Precision::Bf16, true), (DType::F32, plain.clone()), "{what}: a gradient wanted stores f32");
+        }
     }
 }
 

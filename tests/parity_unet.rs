@@ -215,6 +215,27 @@ fn wide_forward_keeps_the_unets_bits() {
     assert_eq!(wide, narrow, "ε̂ with the wide forward against the 128-pixel kernels");
 }
 
+/// The attention blocks' k, v and o stored in bf16 at inference (the
+/// default; `MINIDIFFUSION_ATTENTION_IO=f32` the A/B): the golden UNets' ε̂
+/// bit for bit, at f32 and at bf16, and at bf16 the bf16-storage kernels do
+/// run (the k and v projections', the attention's), at f32 they do not.
+#[test]
+fn attention_io_in_bf16_gives_the_same_bits() {
+    use minidiffusion::nn::unet::with_attention_io_bf16;
+    use minidiffusion::ops::precision::{Precision, current};
+    let counted = |on: bool, f: &mut dyn FnMut() -> Vec<f32>| {
+        let mut eps = Vec::new();
+        let rows = minidiffusion::testing::kernel_calls(|| eps = with_attention_io_bf16(on, &mut *f));
+        let count = |what: &str| rows.iter().filter(|r| r.0.contains(what)).map(|r| r.1).sum::<usize>();
+        let (projections, attention) = (count("ybf16"), count("attention_columns_infer_bf16_io"));
+        let wanted = on && current() == Precision::Bf16;
+        assert!(attention > 0 && projections == 2 * attention || !wanted, "bf16 storage on: {attention} attention, {projections} projection launches: {rows:?}");
+        assert!(wanted || attention + projections == 0, "bf16 storage off or f32: {attention} attention, {projections} projection launches");
+        eps
+    };
+    switch_keeps_the_bits("k, v and o stored in bf16", counted);
+}
+
 /// The golden UNets' ε̂ with an A/B switch on and off, at f32 and at bf16,
 /// bit for bit: on the emulation unet_c and unet_e, on a GPU also unet_a and
 /// unet_f.

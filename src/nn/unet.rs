@@ -579,15 +579,18 @@ impl AttentionBlock {
         // each linear layer as a 1×1 convolution, its [out, in] weight viewed as [out, in, 1, 1]
         let as_conv = |layer: &Linear| ops::reshape(&layer.weight, [layer.weight.dims()[0], layer.weight.dims()[1], 1, 1]);
         let (wq, wk, wv, wo) = (as_conv(&self.to_q)?, as_conv(&self.to_k)?, as_conv(&self.to_v)?, as_conv(&self.to_out)?);
-        fn projection<'a>(weight: &'a Tensor, layer: &'a Linear) -> ops::ConvAfter<'a> {
-            ops::ConvAfter { weight, bias: layer.bias.as_ref(), add: ConvAdd::default(), params: Conv2dParams::default() }
+        fn projection<'a>(weight: &'a Tensor, layer: &'a Linear, store_bf16: bool) -> ops::ConvAfter<'a> {
+            ops::ConvAfter { weight, bias: layer.bias.as_ref(), add: ConvAdd::default(), params: Conv2dParams::default(), store_bf16 }
         }
         let scale = 1.0 / (head_dim as f32).sqrt();
         let grad_wanted = crate::autograd::is_grad_enabled() && [x, &wq, &wk, &wv].iter().any(|t| t.requires_grad());
         if packed_qkv() && !grad_wanted && x.device().is_cuda() {
             return self.forward_packed(x, [&wq, &wk, &wv], &wo, scale);
         }
-        let qkv = [projection(&wq, &self.to_q), projection(&wk, &self.to_k), projection(&wv, &self.to_v)];
+        // k and v stored in bf16 where the attention multiplies bf16 operands
+        // (see attention_io_bf16); the attention then stores o in bf16 too
+        let kv_bf16 = attention_io_bf16() && !grad_wanted && x.device().is_cuda() && ops::attention::columns_multiply_bf16(head_dim, pixels);
+        let qkv = [projection(&wq, &self.to_q, false), projection(&wk, &self.to_k, kv_bf16), projection(&wv, &self.to_v, kv_bf16)];
         // the group norm is read only by the three projections (at inference on
         // CUDA they apply it as they read x: `ops::convs_after_norm`)
         let projected = match &self.group_norm {
@@ -595,7 +598,7 @@ impl AttentionBlock {
                 let first = ops::NormFirst { groups: norm.groups, weight: Some(&norm.weight), bias: Some(&norm.bias), eps: norm.eps, silu: false };
                 ops::convs_after_norm(x, first, &qkv)?
             }
-            None => qkv.iter().map(|c| ops::conv2d_fused(x, c.weight, c.bias, c.add, c.params)).collect::<Result<_>>()?,
+            None => qkv.iter().map(|c| c.forward(x)).collect::<Result<_>>()?,
         };
         let heads = |t: &Tensor| ops::reshape(t, [b, self.heads, head_dim, pixels]);
         let (q, k, v) = (heads(&projected[0])?, heads(&projected[1])?, heads(&projected[2])?);
@@ -618,7 +621,7 @@ impl AttentionBlock {
         let (b, h, w) = (x.dims()[0], x.dims()[2], x.dims()[3]);
         let stacked = self.stacked_qkv([wq, wk, wv])?;
         let (weight, bias) = (&stacked.weight, stacked.bias.as_ref());
-        let projection = ops::ConvAfter { weight, bias, add: ConvAdd::default(), params: Conv2dParams::default() };
+        let projection = ops::ConvAfter { weight, bias, add: ConvAdd::default(), params: Conv2dParams::default(), store_bf16: false };
         let qkv = match &self.group_norm {
             Some(norm) => {
                 let first = ops::NormFirst { groups: norm.groups, weight: Some(&norm.weight), bias: Some(&norm.bias), eps: norm.eps, silu: false };
@@ -669,6 +672,26 @@ struct StackedQkv {
 
 thread_local! {
     static PACKED_QKV: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    static ATTENTION_IO_BF16: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether the attention blocks at inference on CUDA, where the attention
+/// multiplies bf16 operands, store k and v in bf16 (their 1×1 projections
+/// round as they store; the attention reads them as they are) and o in bf16
+/// (the attention rounds as it stores; to_out reads it as it is): each is
+/// read only by products that round it to bf16 anyway, so ε̂ is the same, bit
+/// for bit, with half the bytes written and read for those three maps. On
+/// by default; `MINIDIFFUSION_ATTENTION_IO=f32` (the A/B) keeps them f32, as
+/// does [`with_attention_io_bf16`]. (Not q: the attention scales it before
+/// rounding.)
+pub fn attention_io_bf16() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    crate::ops::ab_switch::switch(&ATTENTION_IO_BF16, &ENV, || std::env::var("MINIDIFFUSION_ATTENTION_IO").map_or(true, |v| v != "f32"))
+}
+
+/// `f` with k, v and o stored in bf16 or not (this thread).
+pub fn with_attention_io_bf16<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    crate::ops::ab_switch::with_switch(&ATTENTION_IO_BF16, on, f)
 }
 
 /// Whether the attention blocks compute q, k and v as one conv at inference

@@ -13,6 +13,7 @@ use crate::ops::binary::cuda::elems;
 use crate::error::Result;
 use crate::ops::matmul::cuda::{MatView, gemm};
 use crate::ops::softmax::cuda as softmax;
+use crate::tensor::DType;
 
 /// The batch of [l, d] sequence matrices in `buf`, as [l, d] views.
 fn view(layout: Layout, buf: &CudaBuffer, l: usize, d: usize) -> MatView<'_> {
@@ -128,6 +129,9 @@ pub fn forward_lse(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, s
 /// `attention_bf16`: Q·Kᵀ and P·V as m16n8k16 mma, 16 queries a warp).
 const INFER_BF16: [&str; 3] = ["attention_columns_infer_bf16_h8", "attention_columns_infer_bf16_h16", "attention_columns_infer_bf16_h32"];
 
+/// The same from K and V stored in bf16, storing O in bf16 (inference).
+const INFER_BF16_IO: [&str; 3] = ["attention_columns_infer_bf16_io_h8", "attention_columns_infer_bf16_io_h16", "attention_columns_infer_bf16_io_h32"];
+
 /// Query tiles of 16 a warp; warps a block: up to 8 (the block's staged keys
 /// serve 128 queries: two blocks a head at 16×16), fewer when Lq is short
 /// (the 4×4 maps' 16 queries: one warp).
@@ -137,7 +141,9 @@ fn bf16_launch(batch: usize, lq: usize) -> LaunchConfig {
 }
 
 /// O (and L when `with_lse`) by the f32 kernel (a query a thread) or, with
-/// `bf16`, the tensor-core one; the two take the same arguments.
+/// `bf16`, the tensor-core one; the two take the same arguments. K and V
+/// stored in bf16 (both, with `bf16`, no L, not packed) give O stored in
+/// bf16: the staged words and the sums are the same (kernels/attention.cu).
 #[allow(clippy::too_many_arguments)]
 fn fused_forward(
     q: &CudaBuffer,
@@ -151,7 +157,12 @@ fn fused_forward(
 ) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
     let Dims { batch, lq, lk, d, dv } = dims;
     let backend = q.backend();
-    let o = backend.alloc(batch * lq * dv)?;
+    let io_bf16 = k.dtype() == DType::BF16;
+    if q.dtype() != DType::F32 || v.dtype() != k.dtype() || (io_bf16 && (!bf16 || with_lse || packed.is_some())) {
+        let what = format!("q {:?}, k {:?}, v {:?}", q.dtype(), k.dtype(), v.dtype());
+        return Err(crate::error::Error::Cuda(format!("fused attention: {what}: bf16 k and v are read at inference with bf16 products only")));
+    }
+    let o = backend.alloc_as(batch * lq * dv, if io_bf16 { DType::BF16 } else { DType::F32 })?;
     let lse = if with_lse { Some(backend.alloc(batch * lq)?) } else { None };
     if batch * lq == 0 {
         return Ok((o, lse));
@@ -168,7 +179,11 @@ fn fused_forward(
     let stride = |n: usize| Arg::U64(n as u64);
     let args =
         [o.arg(), lse_arg, q.arg(), k_arg, v_arg, int(lq)?, int(lk)?, int(d)?, int(dv)?, Arg::F32(scale), int(heads)?, stride(q_image), stride(k_image), stride(v_image)];
-    let (kernels, launch) = if bf16 { (INFER_BF16, bf16_launch(batch, lq)) } else { (INFER, fused_launch(batch, lq)) };
+    let (kernels, launch) = match (bf16, io_bf16) {
+        (true, true) => (INFER_BF16_IO, bf16_launch(batch, lq)),
+        (true, false) => (INFER_BF16, bf16_launch(batch, lq)),
+        (false, _) => (INFER, fused_launch(batch, lq)),
+    };
     backend.launch(for_head(kernels, dims), launch, &args)?;
     Ok((o, lse))
 }

@@ -21,7 +21,7 @@ pub use cpu::Layout;
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::error::{Result, shape_err};
-use crate::tensor::{Shape, Storage, Tensor, cpu_f32_storage};
+use crate::tensor::{DType, Shape, Storage, Tensor, cpu_f32_storage};
 
 /// Attention with an explicit `scale` (use 1/√D for the standard form).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
@@ -71,6 +71,14 @@ fn bf16_products(dims: cpu::Dims, layout: Layout) -> bool {
     precision::current() == Precision::Bf16 && precision::attention_bf16() && cuda::fused(dims, layout)
 }
 
+/// Whether [`attention_columns`] of heads of `d` features over `len`
+/// positions multiplies bf16 operands on this thread now — so that K and V
+/// it reads from bf16 storage give the same bits as from f32 (on CUDA at
+/// inference it reads them as they are, and stores O in bf16).
+pub fn columns_multiply_bf16(d: usize, len: usize) -> bool {
+    bf16_products(cpu::Dims { batch: 1, lq: len, lk: len, d, dv: d }, Layout::Columns)
+}
+
 fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) -> Result<Tensor> {
     let device = Tensor::common_device("attention", &[q, k, v])?;
     let r = q.rank();
@@ -96,6 +104,16 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
     // decided once: the backward multiplies as the forward did, and its saved
     // L is in base 2 at bf16 (natural log at f32)
     let bf16 = bf16_products(dims, layout);
+    // K and V stored in bf16 (the UNet's k and v projections at inference)
+    // are read as they are by CUDA's bf16 inference kernel, which then stores
+    // O in bf16 too (the same staged words, the same sums); anywhere else
+    // every operand is widened to f32 (exact) first
+    let kv_bf16 = [k, v].iter().all(|t| t.dtype() == DType::BF16) && q.dtype() == DType::F32;
+    let reads_bf16 = kv_bf16 && device.is_cuda() && !for_backward && bf16;
+    if !reads_bf16 && [q, k, v].iter().any(|t| t.dtype() != DType::F32) {
+        let wide = |t: &Tensor| crate::ops::cast(t, DType::F32);
+        return attention_in(&wide(q)?, &wide(k)?, &wide(v)?, scale, layout);
+    }
     let mut out_dims = lead.to_vec();
     out_dims.extend(match layout {
         Layout::Rows => [lq, dv],
@@ -116,14 +134,17 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
         }
         Device::Cuda(_) => {
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
-            let (q, k, v) = (sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?);
+            let q = sq.cuda("attention")?;
             if for_backward && saves_lse {
+                let (k, v) = (sk.cuda("attention")?, sv.cuda("attention")?);
                 let (o, lse) = cuda::forward_lse(q, k, v, dims, scale, bf16)?;
                 (Storage::Cuda(o), Storage::Cuda(lse))
             } else if for_backward {
+                let (k, v) = (sk.cuda("attention")?, sv.cuda("attention")?);
                 let (o, p) = cuda::forward(q, k, v, dims, layout, scale)?;
                 (Storage::Cuda(o), Storage::Cuda(p))
             } else {
+                let (k, v) = (sk.cuda_any("attention")?, sv.cuda_any("attention")?);
                 let o = cuda::forward_output(q, k, v, dims, layout, scale, bf16)?;
                 (Storage::Cuda(o), cpu_f32_storage(Vec::new()))
             }

@@ -94,6 +94,9 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a CudaBuffer>,
     pub sample_bias: Option<&'a CudaBuffer>,
     pub residual: Option<&'a CudaBuffer>,
+    /// y stored in bf16 where the kernel can ([`bf16_output_fits`]), else in
+    /// f32: the output buffer's dtype says which.
+    pub bf16_out: bool,
 }
 
 /// The three GEMM kernels at compute precision `prec`: (forward, input
@@ -737,6 +740,20 @@ fn one_by_one_fits(x: &CudaBuffer, s: &ConvShape) -> bool {
     one_by_one_takes(&s.geom()) && x.ptr().is_multiple_of(16)
 }
 
+/// The bf16 1×1 forwards storing y in bf16, by [x as it is, normalised as
+/// staged][block rows 32, 64]: the bits of the f32-output kernels, rounded
+/// to bf16 as a bf16 product rounds its operand.
+const ONE_BY_ONE_BF16_OUT_KERNELS: [[&str; 2]; 2] =
+    [["conv2d_1x1_bf16_ybf16_m32", "conv2d_1x1_bf16_ybf16_m64"], ["conv2d_1x1_bf16_gn_ybf16_m32", "conv2d_1x1_bf16_gn_ybf16_m64"]];
+
+/// Whether a forward of `x` can store its output in bf16 when its epilogue
+/// asks (`Epilogue::bf16_out`): a stride-1 1×1 conv `forward_1x1` takes
+/// with bf16 products of an f32 input (as it is or group-normalised as it is
+/// staged) — the attention block's k and v projections.
+pub fn bf16_output_fits(x: &CudaBuffer, g: &ConvGeom, prec: Precision) -> bool {
+    prec == Precision::Bf16 && x.dtype() == DType::F32 && ConvShape::new(g).is_ok_and(|s| one_by_one_fits(x, &s))
+}
+
 /// How a same conv's kernel reads its input.
 #[derive(Clone, Copy)]
 enum Read<'a> {
@@ -768,7 +785,8 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
         return shape_err("conv2d", "packed weights of another precision or shape than the convolution's");
     }
     let packed = &packed.buf;
-    let out = backend.alloc(s.n as usize * m * (s.oh * s.ow) as usize)?;
+    let bf16_out = epi.bf16_out && matches!(read, Read::AsIs | Read::Normed(_)) && bf16_output_fits(x, &s.geom(), prec);
+    let out = backend.alloc_as(s.n as usize * m * (s.oh * s.ow) as usize, if bf16_out { DType::BF16 } else { DType::F32 })?;
     let bm = if matches!(read, Read::Strided) { 32 } else { same_block_rows(m) };
     let pixels = s.n as usize * (s.oh * s.ow) as usize;
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
@@ -779,6 +797,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let tile = if wide { WIDE_TILE_PIXELS } else { SAME_TILE_PIXELS };
     let cfg = LaunchConfig::grid([pixels.div_ceil(tile), m.div_ceil(bm), 1], GEMM_THREADS);
     let kernel = match read {
+        Read::AsIs if bf16_out => ONE_BY_ONE_BF16_OUT_KERNELS[0][b],
         Read::AsIs if vec => SAME_FORWARD_VEC_KERNELS[p][b][k],
         Read::AsIs if wide => WIDE_FORWARD_KERNEL,
         Read::AsIs if one_by_one_fits(x, s) => ONE_BY_ONE_KERNELS[same_variant(prec, x.dtype())?][b],
@@ -806,7 +825,9 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
             }
             let pro = Prologue { affine: n.affine.ptr(), silu: n.silu as i32, pad: 0 };
             args.push(Arg::pod(&pro));
-            if vec {
+            if bf16_out {
+                ONE_BY_ONE_BF16_OUT_KERNELS[1][b]
+            } else if vec {
                 SAME_FORWARD_NORM_VEC_KERNELS[p][b][k]
             } else if one_by_one_fits(x, s) {
                 ONE_BY_ONE_NORM_KERNELS[p][b]

@@ -110,7 +110,7 @@ pub struct ConvAdd<'a> {
 /// Gradients: d sample_bias[n, o] = Σ_pixels dy[n, o], d residual = dy.
 pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("conv2d_fused");
-    conv2d_with(x, None, weight, bias, add, p)
+    conv2d_with(x, None, weight, bias, add, p, false)
 }
 
 /// conv2d_fused(concat([x, x2], 1), weight, bias, add, p). At inference (no
@@ -157,7 +157,7 @@ fn upsampled_in_place(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: C
     let prec = precision::current();
     let (sx, sw) = (x.storage(), weight.storage());
     let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
-    let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
+    let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)?, bf16_out: false };
     let packed = packed_weights(weight, &sw, &g, prec)?;
     let y = cuda::forward_upsampled(sx.cuda(OP)?, cuda::Weights::Packed(&packed), &epi, &g, prec)?;
     Ok(y.map(|y| Tensor::from_storage(Storage::Cuda(y), Shape::new(vec![g.n, g.oc, g.oh, g.ow]))))
@@ -183,11 +183,11 @@ fn concat_in_two(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>
     let sw = weight.storage();
     let (sx, sx2) = (x.storage(), x2.storage());
     let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
-    let first_epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
+    let first_epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)?, bf16_out: false };
     let w1 = packed_weights_part(weight, &sw, &g1, prec, 0)?;
     let first = cuda::forward(sx.cuda(OP)?, cuda::Weights::Packed(&w1), &first_epi, &g1, prec)?;
     let w2 = packed_weights_part(weight, &sw, &g2, prec, c1)?;
-    let second_epi = cuda::Epilogue { bias: None, sample_bias: None, residual: Some(&first) };
+    let second_epi = cuda::Epilogue { residual: Some(&first), ..Default::default() };
     let y = cuda::forward(sx2.cuda(OP)?, cuda::Weights::Packed(&w2), &second_epi, &g2, prec)?;
     Ok(Some(Tensor::from_storage(Storage::Cuda(y), Shape::new(vec![g.n, g.oc, g.oh, g.ow]))))
 }
@@ -244,7 +244,7 @@ pub struct NormFirst<'a> {
 /// bit, as the two ops). Otherwise the two ops, the normalised map stored as
 /// `precision::conv_input_storage` says.
 pub fn conv2d_after_norm(x: &Tensor, norm: NormFirst, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
-    let mut out = convs_after_norm(x, norm, &[ConvAfter { weight, bias, add, params: p }])?;
+    let mut out = convs_after_norm(x, norm, &[ConvAfter { weight, bias, add, params: p, store_bf16: false }])?;
     Ok(out.remove(0))
 }
 
@@ -255,6 +255,21 @@ pub struct ConvAfter<'a> {
     pub bias: Option<&'a Tensor>,
     pub add: ConvAdd<'a>,
     pub params: Conv2dParams,
+    /// Store the output in bf16 where that gives the bits a bf16 product
+    /// reads anyway: at inference on CUDA at the bf16 precision, where
+    /// `cuda::bf16_output_fits` (a 1×1 conv of an f32 input); else f32 — the
+    /// output's dtype says which. For outputs read only by bf16 products
+    /// (the attention's k and v).
+    pub store_bf16: bool,
+}
+
+impl ConvAfter<'_> {
+    /// This convolution of `x` itself (no norm first): [`conv2d_fused`],
+    /// stored in bf16 where `store_bf16` asks and the forward can.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _nvtx = crate::device::nvtx::range("conv2d_fused");
+        conv2d_with(x, None, self.weight, self.bias, self.add, self.params, self.store_bf16)
+    }
 }
 
 /// [`conv2d_after_norm`] for several convolutions of the same normalised map
@@ -277,17 +292,26 @@ pub fn convs_after_norm(x: &Tensor, norm: NormFirst, convs: &[ConvAfter]) -> Res
     if fused {
         let affine = crate::ops::group_norm::cuda_affine(x, norm.groups, norm.weight, norm.bias, norm.eps)?;
         let input_norm = cuda::InputNorm { affine: &affine, silu: norm.silu };
-        return convs.iter().map(|c| conv2d_with(x, Some(&input_norm), c.weight, c.bias, c.add, c.params)).collect();
+        return convs.iter().map(|c| conv2d_with(x, Some(&input_norm), c.weight, c.bias, c.add, c.params, c.store_bf16)).collect();
     }
     use crate::ops::group_norm::{group_norm_silu_stored, group_norm_stored};
     let store = precision::conv_input_storage();
     let normed = if norm.silu { group_norm_silu_stored } else { group_norm_stored }(x, norm.groups, norm.weight, norm.bias, norm.eps, store)?;
-    convs.iter().map(|c| conv2d_fused(&normed, c.weight, c.bias, c.add, c.params)).collect()
+    convs.iter().map(|c| c.forward(&normed)).collect()
 }
 
 /// [`conv2d_fused`], with `input_norm` (CUDA, no gradient) applied to x as
-/// the conv reads it.
-fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
+/// the conv reads it, and the output stored in bf16 where `store_bf16` asks
+/// and the forward can (see [`ConvAfter::store_bf16`]).
+fn conv2d_with(
+    x: &Tensor,
+    input_norm: Option<&cuda::InputNorm>,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    add: ConvAdd,
+    p: Conv2dParams,
+    store_bf16: bool,
+) -> Result<Tensor> {
     const OP: &str = "conv2d";
     let mut all = vec![x, weight];
     all.extend(bias);
@@ -326,7 +350,9 @@ fn conv2d_with(x: &Tensor, input_norm: Option<&cuda::InputNorm>, weight: &Tensor
         Device::Cuda(_) => {
             let (sx, sw) = (x.storage(), weight.storage());
             let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
-            let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)? };
+            let grad_wanted = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
+            let bf16_out = store_bf16 && !grad_wanted;
+            let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)?, bf16_out };
             let packed = if cuda::forward_reads_packed(&g) && keeps_packed(weight) { Some(packed_weights(weight, &sw, &g, prec)?) } else { None };
             let pair_wanted = packed.is_none() && input_norm.is_none() && crate::autograd::is_grad_enabled() && x.requires_grad();
             let pair = if pair_wanted && cuda::input_gradient_is_same_conv(&g) { Some(cuda::pack_same_pair(sw.cuda(OP)?, &g, prec)?) } else { None };
