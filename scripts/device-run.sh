@@ -149,6 +149,9 @@ ours_bf16)
     # the 1x1 projections as they stage x, conv2d_1x1_bf16_gn_*), apart and packed
     MINIDIFFUSION_NORM_IN_1X1=off step ours_sample_bf16_norm_1x1_off 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     MINIDIFFUSION_NORM_IN_1X1=off MINIDIFFUSION_QKV=packed step ours_sample_bf16_norm_1x1_off_qkv_packed 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # the attention blocks' k, v and o in f32 (session 31 stores them in bf16 at inference: the k and v
+    # projections' conv2d_1x1_bf16_gn_ybf16_*, attention_columns_infer_bf16_io_*; the same bits)
+    MINIDIFFUSION_ATTENTION_IO=f32 step ours_sample_bf16_attention_io_f32 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # the wide 32-channel forward in training too (its forwards and input gradients at 32x32), last: if time is left
     MINIDIFFUSION_CONV_WIDE=on step ours_train_bf16_wide 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     ;;
