@@ -584,12 +584,19 @@ __device__ __forceinline__ void quad_words(unsigned int (&w)[4], const uint2 a, 
 // once (a 3×3 patch's halo is staged by two blocks). Each item's affine
 // quadruples are loaded with its values and applied when it is staged;
 // items outside the batch or past C get zeros, which stay 0 (silu(0) = 0).
-template <class Math, int BM, class TX = float, bool NORM = false, class Out = conv::ForwardOut>
+// CAT: x is the concatenation x ⧺ x2 along the channels (the UNet's up-path
+// shortcut over a skip joined to the map), never written: channels below c1
+// from x [N, c1, H, W], the rest from x2 [N, C − c1, H, W], c1 a multiple of
+// the 32-channel slice (so a slice lies in one part); the same staged words,
+// so the same bits, as from the written concatenation.
+template <class Math, int BM, class TX = float, bool NORM = false, class Out = conv::ForwardOut, bool CAT = false>
 __device__ __forceinline__ void forward_1x1(const Out& out, const TX* x, const uint4* wp, const conv::Shape& s,
-                                            const conv::Prologue& pro = conv::Prologue{}) {
+                                            const conv::Prologue& pro = conv::Prologue{}, const TX* x2 = nullptr,
+                                            int c1 = 0) {
     constexpr int PER_WORD = Math::PER_WORD;
     static_assert(PER_WORD == 2 || sizeof(TX) == sizeof(float), "f32 products read f32 input");
     static_assert(!NORM || sizeof(TX) == sizeof(float), "the norm is applied to f32 input");
+    static_assert(!(CAT && NORM), "a concatenation is read as it is");
     constexpr int CHUNKS = PER_WORD == 2 ? S1_CHUNKS_BF16 : S1_CHUNKS_F32;
     constexpr int WORDS = CHUNKS * CHUNK_WORDS, LDB = s1_ldb(CHUNKS);
     constexpr int SLICE_CH = WORDS * PER_WORD;                 // 32 channels
@@ -615,15 +622,18 @@ __device__ __forceinline__ void forward_1x1(const Out& out, const TX* x, const u
 
     // item i of this thread: word j = e % WORDS of quad q = e / WORDS (e = tid + 256·i);
     // its pixels' offset in x (channel 0) or −1 past the batch
+    // (CAT: at in x [N, c1, …], at2 in x2 [N, C − c1, …])
     int j[B_LOADS], at[B_LOADS];
-    [[maybe_unused]] int nc[B_LOADS];  // the item's image · C (NORM)
+    [[maybe_unused]] int nc[B_LOADS];   // the item's image · C (NORM)
+    [[maybe_unused]] int at2[B_LOADS];  // (CAT)
 #pragma unroll
     for (int i = 0; i < B_LOADS; ++i) {
         const int e = tid + THREADS * i, q = e / WORDS, n = n0 + 4 * q;
         j[i] = e % WORDS;
         const int img = n / P;
-        at[i] = n < total ? img * s.c * HW + (n - img * P) : -1;
+        at[i] = n < total ? img * (CAT ? c1 : s.c) * HW + (n - img * P) : -1;
         nc[i] = img * s.c;
+        if constexpr (CAT) at2[i] = n < total ? img * (s.c - c1) * HW + (n - img * P) : -1;
     }
 
     uint4 a_regs[A_LOADS];
@@ -641,7 +651,12 @@ __device__ __forceinline__ void forward_1x1(const Out& out, const TX* x, const u
             for (int e = 0; e < PER_WORD; ++e) {
                 const int c = SLICE_CH * slice + PER_WORD * j[i] + e;
                 const bool live = at[i] >= 0 && c < s.c;
-                b_regs[i][e] = live ? mma::Quad<TX>::load(x, at[i] + c * HW) : mma::Quad<TX>::zero();
+                const TX* src = x;
+                int off = at[i] + c * HW;
+                if constexpr (CAT) {
+                    if (SLICE_CH * slice >= c1) src = x2, off = at2[i] + (c - c1) * HW;
+                }
+                b_regs[i][e] = live ? mma::Quad<TX>::load(src, off) : mma::Quad<TX>::zero();
                 if constexpr (NORM) affine[i][e] = live ? pro.affine[nc[i] + c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
     };
@@ -1406,6 +1421,33 @@ extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_gn_m64(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                            const float* residual, conv::Shape s, conv::Prologue pro) {
     same::forward_1x1<mma::Bf16, 64, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+// The 1×1 forward of a concatenation x ⧺ x2 along the channels, read
+// where its parts lie (forward_1x1's CAT; x [N, c1, H, W], x2 [N, C − c1, H,
+// W], c1 a multiple of 32): the bits of the 1×1 over the written concatenation.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_f32_cat_m32(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                           const float* residual, conv::Shape s, const float* x2, int c1) {
+    same::forward_1x1<mma::Tf32x3, 32, float, false, conv::ForwardOut, true>(
+        conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{}, x2, c1);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_f32_cat_m64(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                           const float* residual, conv::Shape s, const float* x2, int c1) {
+    same::forward_1x1<mma::Tf32x3, 64, float, false, conv::ForwardOut, true>(
+        conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{}, x2, c1);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_cat_m32(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                            const float* residual, conv::Shape s, const float* x2, int c1) {
+    same::forward_1x1<mma::Bf16, 32, float, false, conv::ForwardOut, true>(
+        conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{}, x2, c1);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_cat_m64(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+                            const float* residual, conv::Shape s, const float* x2, int c1) {
+    same::forward_1x1<mma::Bf16, 64, float, false, conv::ForwardOut, true>(
+        conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{}, x2, c1);
 }
 // The bf16 1×1 forwards storing y in bf16 (conv::ForwardOutBf16), plain and
 // with the input's norm: the attention block's k and v projections at

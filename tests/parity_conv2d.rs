@@ -739,14 +739,16 @@ fn input_gradient_sums_the_other_uses_gradient() {
     }
 }
 
-/// `conv2d_concat` at inference on CUDA: two same convs, one a part, the
-/// second adding the first's output as it stores, and no concatenation
-/// written (no `slab_copy`); against the CPU's conv of the concatenation
-/// within the conv's tolerance, both precisions, 1×1 and 3×3, both kernel
-/// rows, parts that end mid-chunk (5 + 17 channels), multi-image tiles (4×4,
-/// 8×8), every epilogue term. Where the parts are not same convs (stride 2),
-/// or a gradient is wanted, it is the concatenation and the conv, gradients
-/// and all.
+/// `conv2d_concat` at inference on CUDA, no concatenation written (no
+/// `slab_copy`): a 1×1 whose first part has a multiple of 32 channels is one
+/// launch (`conv2d_1x1_*_cat_*`), bit for bit the conv over the written
+/// concatenation; other same convs two, one a part, the second adding the
+/// first's output as it stores; both against the CPU's conv of the
+/// concatenation within the conv's tolerance, both precisions, 1×1 and 3×3,
+/// both kernel rows, parts that end mid-chunk (5 + 17 channels, 32 + 17),
+/// multi-image tiles (4×4, 8×8), every epilogue term. Where the parts are not
+/// same convs (stride 2), or a gradient is wanted, it is the concatenation
+/// and the conv, gradients and all.
 #[test]
 fn conv2d_concat_convolves_the_parts_without_the_concatenation() {
     use minidiffusion::ops::{ConvAdd, Precision, concat, conv2d_concat, conv2d_fused, with_precision};
@@ -754,12 +756,14 @@ fn conv2d_concat_convolves_the_parts_without_the_concatenation() {
     use minidiffusion::{Device, Tensor, no_grad};
     let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
     // (x, x2's channels, output channels, K)
-    let cases: [([usize; 4], usize, usize, usize); 5] = [
+    let cases: [([usize; 4], usize, usize, usize); 7] = [
         ([2, 64, 16, 16], 32, 64, 1),
         ([2, 32, 32, 32], 32, 32, 1),
         ([3, 20, 4, 4], 12, 40, 3),
         ([9, 5, 8, 8], 17, 70, 1),
         ([2, 16, 8, 8], 16, 24, 3),
+        ([3, 32, 8, 8], 17, 40, 1),
+        ([2, 64, 4, 4], 64, 24, 1),
     ];
     for (k, &(xd, c2, oc, ks)) in cases.iter().enumerate() {
         let [n, c1, h, w] = xd;
@@ -776,7 +780,14 @@ fn conv2d_concat_convolves_the_parts_without_the_concatenation() {
             let rows = kernel_calls(|| parts = no_grad(|| conv2d_concat(&t[0], &t[1], &t[2], Some(&t[3]), add, p)).unwrap().to_vec());
             let calls = |f: &dyn Fn(&str) -> bool| rows.iter().filter(|r| f(r.0)).map(|r| r.1).sum::<usize>();
             let forwards = calls(&|k| (k.starts_with("conv2d_same_") && !k.starts_with("conv2d_same_weight")) || k.starts_with("conv2d_1x1_"));
-            assert!(calls(&|k| k == "slab_copy") == 0 && forwards == 2, "{what}: {rows:?}");
+            let one_launch = ks == 1 && c1 % 32 == 0;
+            assert!(calls(&|k| k == "slab_copy") == 0 && forwards == if one_launch { 1 } else { 2 }, "{what}: {rows:?}");
+            assert_eq!(calls(&|k| k.contains("_cat_")), usize::from(one_launch), "{what}: {rows:?}");
+            if one_launch {
+                let written = no_grad(|| conv2d_fused(&concat(&[&t[0], &t[1]], 1)?, &t[2], Some(&t[3]), add, p)).unwrap().to_vec();
+                let differ = parts.iter().zip(&written).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(differ, 0, "{what}: {differ} values differ from the conv over the written concatenation");
+            }
             let c = on(Device::Cpu);
             let cadd = ConvAdd { sample_bias: Some(&c[4]), residual: Some(&c[5]) };
             let want = no_grad(|| conv2d_fused(&concat(&[&c[0], &c[1]], 1)?, &c[2], Some(&c[3]), cadd, p)).unwrap().to_vec();

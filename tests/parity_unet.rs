@@ -79,8 +79,9 @@ fn golden_unets_on_the_device_match_diffusers() {
 /// upsampling kernel, where the same forward with gradients wanted
 /// concatenates once per up resnet (a copy of each part) and upsamples once
 /// per upsampler, as does the inference with the A/B switch
-/// (`MINIDIFFUSION_UP_PATH=written`), whose ε̂ differs by the shortcut's
-/// rounding only.
+/// (`MINIDIFFUSION_UP_PATH=written`), whose ε̂ differs by the two-launch
+/// shortcuts' rounding only (those whose first part is not a multiple of 32
+/// channels).
 #[test]
 fn up_path_joins_skips_without_a_concatenation() {
     let device = parity_device();

@@ -396,7 +396,8 @@ pub fn with_norm_in_conv<R>(on: bool, f: impl FnOnce() -> R) -> R {
 /// and upsampled maps where they lie (the default: `ops::conv2d_concat`,
 /// `ops::group_norm::group_norm_concat_stored`, `ops::conv2d_after_upsample`)
 /// or writes them and reads them back (`MINIDIFFUSION_UP_PATH=written`, the
-/// A/B). ε̂ is the same but for the shortcut's one more f32 rounding.
+/// A/B). ε̂ is the same but for one more f32 rounding in a shortcut whose
+/// first part is not a multiple of 32 channels (`ops::conv2d_concat`).
 pub fn up_path_in_place() -> bool {
     static ENV: OnceLock<bool> = OnceLock::new();
     switch(&UP_PATH_IN_PLACE, &ENV, || std::env::var("MINIDIFFUSION_UP_PATH").map_or(true, |v| v != "written"))
@@ -752,6 +753,44 @@ const ONE_BY_ONE_BF16_OUT_KERNELS: [[&str; 2]; 2] =
 /// staged) — the attention block's k and v projections.
 pub fn bf16_output_fits(x: &CudaBuffer, g: &ConvGeom, prec: Precision) -> bool {
     prec == Precision::Bf16 && x.dtype() == DType::F32 && ConvShape::new(g).is_ok_and(|s| one_by_one_fits(x, &s))
+}
+
+/// The 1×1 forwards of a concatenation read where its parts lie
+/// (`forward_1x1`'s CAT), by [precision f32, bf16][block rows 32, 64].
+const ONE_BY_ONE_CAT_KERNELS: [[&str; 2]; 2] =
+    [["conv2d_1x1_f32_cat_m32", "conv2d_1x1_f32_cat_m64"], ["conv2d_1x1_bf16_cat_m32", "conv2d_1x1_bf16_cat_m64"]];
+
+/// y = conv1x1(x ⧺ x2) + the epilogue for the 1×1 conv `g` over the
+/// concatenation along the channels of f32 x [N, c1, H, W] and x2 [N, C − c1,
+/// H, W], which is never written: one launch reading each part where it
+/// lies, the bits of the conv over the written concatenation. `packed` is
+/// the whole weight packed for `g`. None where the kernel does not take it
+/// (`forward_1x1` not taking `g`, c1 not a multiple of its 32-channel
+/// slices, a part not f32 or not 16-byte aligned).
+pub fn forward_1x1_concat(x: &CudaBuffer, x2: &CudaBuffer, c1: usize, packed: &PackedWeights, epi: &Epilogue, g: &ConvGeom, prec: Precision) -> Result<Option<CudaBuffer>> {
+    let takes = one_by_one_takes(g)
+        && c1 > 0
+        && c1 < g.c
+        && c1.is_multiple_of(32)
+        && [x, x2].iter().all(|b| b.dtype() == DType::F32 && b.ptr().is_multiple_of(16))
+        && x.len() == g.n * c1 * g.h * g.w
+        && x2.len() == g.n * (g.c - c1) * g.h * g.w;
+    if !takes || g.n * g.oc * g.p() == 0 {
+        return Ok(None);
+    }
+    let s = ConvShape::new(g)?;
+    let m = g.oc;
+    if packed.prec != prec || packed.flip || packed.dims != (m, g.c, 1) {
+        return shape_err("conv2d", "packed weights of another precision or shape than the convolution's");
+    }
+    let backend = x.backend();
+    let out = backend.alloc(g.n * m * g.p())?;
+    let bm = same_block_rows(m);
+    let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
+    let args = [out.arg(), x.arg(), packed.buf.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(&s), x2.arg(), Arg::I32(c1 as i32)];
+    let cfg = LaunchConfig::grid([(g.n * g.p()).div_ceil(SAME_TILE_PIXELS), m.div_ceil(bm), 1], GEMM_THREADS);
+    backend.launch(ONE_BY_ONE_CAT_KERNELS[usize::from(prec == Precision::Bf16)][usize::from(bm != 32)], cfg, &args)?;
+    Ok(Some(out))
 }
 
 /// How a same conv's kernel reads its input.

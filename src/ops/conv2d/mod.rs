@@ -114,13 +114,16 @@ pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: Con
 }
 
 /// conv2d_fused(concat([x, x2], 1), weight, bias, add, p). At inference (no
-/// gradient wanted) on CUDA, where both parts are same convs the tensor
-/// cores take, two convolutions — x with the weight's first channels, x2
-/// with the rest, the second adding the first's output as it stores — and the
-/// concatenation is never written (the UNet's up path: a skip joining the
-/// map is read by the block's group norm, `group_norm_concat_stored`, and by
-/// this 1×1 shortcut). The products are the same; the sum is rounded to f32
-/// once more, between the parts. Otherwise the concatenation, then the conv.
+/// gradient wanted) on CUDA the concatenation is never written (the UNet's
+/// up path: a skip joining the map is read by the block's group norm,
+/// `group_norm_concat_stored`, and by this 1×1 shortcut): a 1×1 conv whose
+/// first part has a multiple of 32 channels (the UNet's) is one launch
+/// reading both parts where they lie (`cuda::forward_1x1_concat`, the same
+/// bits as over the written concatenation); other same convs the tensor
+/// cores take are two — x with the weight's first channels, x2 with the
+/// rest, the second adding the first's output as it stores (the products
+/// are the same; the sum is rounded to f32 once more, between the parts).
+/// Otherwise the concatenation, then the conv.
 pub fn conv2d_concat(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
     if let Some(y) = concat_in_two(x, x2, weight, bias, add, p)? {
         return Ok(y);
@@ -184,12 +187,20 @@ fn concat_in_two(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>
     let (sx, sx2) = (x.storage(), x2.storage());
     let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
     let first_epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)?, bf16_out: false };
+    let joined = |y: crate::device::cuda::CudaBuffer| Some(Tensor::from_storage(Storage::Cuda(y), Shape::new(vec![g.n, g.oc, g.oh, g.ow])));
+    // a 1×1 whose parts split at a 32-channel slice: one launch over both parts
+    if cuda::one_by_one_takes(&g) && c1.is_multiple_of(32) {
+        let whole = packed_weights(weight, &sw, &g, prec)?;
+        if let Some(y) = cuda::forward_1x1_concat(sx.cuda(OP)?, sx2.cuda(OP)?, c1, &whole, &first_epi, &g, prec)? {
+            return Ok(joined(y));
+        }
+    }
     let w1 = packed_weights_part(weight, &sw, &g1, prec, 0)?;
     let first = cuda::forward(sx.cuda(OP)?, cuda::Weights::Packed(&w1), &first_epi, &g1, prec)?;
     let w2 = packed_weights_part(weight, &sw, &g2, prec, c1)?;
     let second_epi = cuda::Epilogue { residual: Some(&first), ..Default::default() };
     let y = cuda::forward(sx2.cuda(OP)?, cuda::Weights::Packed(&w2), &second_epi, &g2, prec)?;
-    Ok(Some(Tensor::from_storage(Storage::Cuda(y), Shape::new(vec![g.n, g.oc, g.oh, g.ow]))))
+    Ok(joined(y))
 }
 
 /// Whether a convolution of `inputs` runs off the tape on CUDA with every
