@@ -683,7 +683,8 @@ thread_local! {
 /// for bit, with half the bytes written and read for those three maps. On
 /// by default; `MINIDIFFUSION_ATTENTION_IO=f32` (the A/B) keeps them f32, as
 /// does [`with_attention_io_bf16`]. (Not q: the attention scales it before
-/// rounding.)
+/// rounding; nor the packed projection of `MINIDIFFUSION_QKV=packed`, whose
+/// one output holds q too.)
 pub fn attention_io_bf16() -> bool {
     static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     crate::ops::ab_switch::switch(&ATTENTION_IO_BF16, &ENV, || std::env::var("MINIDIFFUSION_ATTENTION_IO").map_or(true, |v| v != "f32"))

@@ -166,7 +166,8 @@ fn upsampled_in_place(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: C
     Ok(y.map(|y| Tensor::from_storage(Storage::Cuda(y), Shape::new(vec![g.n, g.oc, g.oh, g.ow]))))
 }
 
-/// [`conv2d_concat`]'s two convolutions, where they run (else None).
+/// [`conv2d_concat`] without the concatenation — one 1×1 launch over both
+/// parts, or two same convs — where they run (else None).
 fn concat_in_two(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Option<Tensor>> {
     const OP: &str = "conv2d";
     let joinable = x.rank() == 4 && x2.rank() == 4 && x.dims()[0] == x2.dims()[0] && x.dims()[2..] == x2.dims()[2..];
