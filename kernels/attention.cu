@@ -359,26 +359,39 @@ struct Tiles {
     static constexpr int V_TILES = H / 8;                  // n8 tiles of O's values
 };
 
+// A staged value and a pair of them as one bf16 word (lo in the low half):
+// from f32, mul·value rounded (mma::bf16_pair); from bf16 storage (the
+// projections' output at inference) the bits as they are — what bf16_pair
+// makes of the f32 values they were rounded from, so the staged words are
+// the same (mul must then be 1: K and V, never c·Q).
+__device__ __forceinline__ float scaled(float v, float mul) { return mul * v; }
+__device__ __forceinline__ unsigned short scaled(unsigned short v, float) { return v; }
+__device__ __forceinline__ unsigned int pair_word(float lo, float hi) { return mma::bf16_pair(lo, hi); }
+__device__ __forceinline__ unsigned int pair_word(unsigned short lo, unsigned short hi) {
+    return (unsigned int)lo | (unsigned int)hi << 16;
+}
+
 // Positions p0 … p0 + n − 1 of a [rows, len] sequence matrix (features ×
 // positions, Columns layout) as bf16 pairs, zeros past n or rows, `count`
-// positions staged. Position-major, dst[pos·K_LD + w] = (mul·src[2w, pos],
-// mul·src[2w + 1, pos]): what a B fragment over features wants (products).
+// positions staged (from f32 or bf16 storage: pair_word). Position-major,
+// dst[pos·K_LD + w] = (mul·src[2w, pos], mul·src[2w + 1, pos]): what a B
+// fragment over features wants (products).
 // Consecutive threads take consecutive positions (coalesced rows of src),
 // except at H = 8: there a position's 4 words are consecutive threads', so a
 // warp stores 32 consecutive words (positions K_LD = 4 words apart took 8
 // banks: 4 wavefronts a store; run 7's ncu: 3.2 M shared-store bank
 // conflicts in the inference kernel) and still reads whole 32-byte sectors
 // (8 positions of 4 rows).
-template <int H>
-__device__ __forceinline__ void stage_position_major(unsigned int* dst, const float* src, int rows, int len, int p0, int n,
+template <int H, class TS>
+__device__ __forceinline__ void stage_position_major(unsigned int* dst, const TS* src, int rows, int len, int p0, int n,
                                                      int count, float mul) {
     using T = Tiles<H>;
     for (int e = threadIdx.x; e < count * T::K_WORDS; e += blockDim.x) {
         const int jj = H == 8 ? e / T::K_WORDS : e % count, w = H == 8 ? e % T::K_WORDS : e / count;
         const bool live = jj < n;
-        const float lo = live && 2 * w < rows ? mul * src[(long long)(2 * w) * len + p0 + jj] : 0.0f;
-        const float hi = live && 2 * w + 1 < rows ? mul * src[(long long)(2 * w + 1) * len + p0 + jj] : 0.0f;
-        dst[jj * T::K_LD + w] = mma::bf16_pair(lo, hi);
+        const TS lo = live && 2 * w < rows ? scaled(src[(long long)(2 * w) * len + p0 + jj], mul) : TS(0);
+        const TS hi = live && 2 * w + 1 < rows ? scaled(src[(long long)(2 * w + 1) * len + p0 + jj], mul) : TS(0);
+        dst[jj * T::K_LD + w] = pair_word(lo, hi);
     }
 }
 
@@ -386,47 +399,25 @@ __device__ __forceinline__ void stage_position_major(unsigned int* dst, const fl
 // (positions relative to p0) for f < H: what a B fragment over positions
 // wants (accumulate). ld = count/2 + 4 words: a fragment's rows g = 0..7 lie
 // 4 banks apart.
-template <int H>
-__device__ __forceinline__ void stage_feature_major(unsigned int* dst, int ld, const float* src, int rows, int len, int p0,
+template <int H, class TS>
+__device__ __forceinline__ void stage_feature_major(unsigned int* dst, int ld, const TS* src, int rows, int len, int p0,
                                                     int n, int count) {
     for (int e = threadIdx.x; e < H * (count / 2); e += blockDim.x) {
         const int w = e % (count / 2), f = e / (count / 2);
         const int j = 2 * w;
-        const float lo = f < rows && j < n ? src[(long long)f * len + p0 + j] : 0.0f;
-        const float hi = f < rows && j + 1 < n ? src[(long long)f * len + p0 + j + 1] : 0.0f;
-        dst[f * ld + w] = mma::bf16_pair(lo, hi);
+        const TS lo = f < rows && j < n ? src[(long long)f * len + p0 + j] : TS(0);
+        const TS hi = f < rows && j + 1 < n ? src[(long long)f * len + p0 + j + 1] : TS(0);
+        dst[f * ld + w] = pair_word(lo, hi);
     }
 }
 
-// Stage keys j0 … j0 + n − 1 for the forward (zeros past n, past D or Dv).
-template <int H>
-__device__ __forceinline__ void stage(unsigned int* ks, unsigned int* vs, const float* kb, const float* vb, int d, int dv,
+// Stage keys j0 … j0 + n − 1 for the forward (zeros past n, past D or Dv),
+// from f32 or bf16 storage (TKV).
+template <int H, class TKV>
+__device__ __forceinline__ void stage(unsigned int* ks, unsigned int* vs, const TKV* kb, const TKV* vb, int d, int dv,
                                       int lk, int j0, int n) {
     stage_position_major<H>(ks, kb, d, lk, j0, n, KT, 1.0f);
     stage_feature_major<H>(vs, V_LD, vb, dv, lk, j0, n, KT);
-}
-
-// The same from K and V stored in bf16 (the projections' bf16 output at
-// inference): their bits are what bf16_pair makes of the f32 values above
-// (K's multiplier is 1), so the staged words are the same; loaded as they
-// are, two bytes a value. Same element order as the f32 staging.
-template <int H>
-__device__ __forceinline__ void stage(unsigned int* ks, unsigned int* vs, const unsigned short* kb,
-                                      const unsigned short* vb, int d, int dv, int lk, int j0, int n) {
-    using T = Tiles<H>;
-    for (int e = threadIdx.x; e < KT * T::K_WORDS; e += blockDim.x) {
-        const int jj = H == 8 ? e / T::K_WORDS : e % KT, w = H == 8 ? e % T::K_WORDS : e / KT;
-        const bool live = jj < n;
-        const unsigned int lo = live && 2 * w < d ? kb[(long long)(2 * w) * lk + j0 + jj] : 0u;
-        const unsigned int hi = live && 2 * w + 1 < d ? kb[(long long)(2 * w + 1) * lk + j0 + jj] : 0u;
-        ks[jj * T::K_LD + w] = lo | hi << 16;
-    }
-    for (int e = threadIdx.x; e < H * (KT / 2); e += blockDim.x) {
-        const int w = e % (KT / 2), f = e / (KT / 2), j = 2 * w;
-        const unsigned int lo = f < dv && j < n ? vb[(long long)f * lk + j0 + j] : 0u;
-        const unsigned int hi = f < dv && j + 1 < n ? vb[(long long)f * lk + j0 + j + 1] : 0u;
-        vs[f * V_LD + w] = lo | hi << 16;
-    }
 }
 
 // A fragments of this warp's 16 rows, positions p0 … p0 + 15 of a [rows, len]

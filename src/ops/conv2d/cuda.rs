@@ -94,7 +94,7 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a CudaBuffer>,
     pub sample_bias: Option<&'a CudaBuffer>,
     pub residual: Option<&'a CudaBuffer>,
-    /// y stored in bf16 where the kernel can ([`bf16_output_fits`]), else in
+    /// y stored in bf16 where the kernel can (`bf16_output_fits`), else in
     /// f32: the output buffer's dtype says which.
     pub bf16_out: bool,
 }
@@ -751,8 +751,8 @@ const ONE_BY_ONE_BF16_OUT_KERNELS: [[&str; 2]; 2] =
 /// asks (`Epilogue::bf16_out`): a stride-1 1×1 conv `forward_1x1` takes
 /// with bf16 products of an f32 input (as it is or group-normalised as it is
 /// staged) — the attention block's k and v projections.
-pub fn bf16_output_fits(x: &CudaBuffer, g: &ConvGeom, prec: Precision) -> bool {
-    prec == Precision::Bf16 && x.dtype() == DType::F32 && ConvShape::new(g).is_ok_and(|s| one_by_one_fits(x, &s))
+fn bf16_output_fits(x: &CudaBuffer, s: &ConvShape, prec: Precision) -> bool {
+    prec == Precision::Bf16 && x.dtype() == DType::F32 && one_by_one_fits(x, s)
 }
 
 /// The 1×1 forwards of a concatenation read where its parts lie
@@ -824,7 +824,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
         return shape_err("conv2d", "packed weights of another precision or shape than the convolution's");
     }
     let packed = &packed.buf;
-    let bf16_out = epi.bf16_out && matches!(read, Read::AsIs | Read::Normed(_)) && bf16_output_fits(x, &s.geom(), prec);
+    let bf16_out = epi.bf16_out && matches!(read, Read::AsIs | Read::Normed(_)) && bf16_output_fits(x, s, prec);
     let out = backend.alloc_as(s.n as usize * m * (s.oh * s.ow) as usize, if bf16_out { DType::BF16 } else { DType::F32 })?;
     let bm = if matches!(read, Read::Strided) { 32 } else { same_block_rows(m) };
     let pixels = s.n as usize * (s.oh * s.ow) as usize;

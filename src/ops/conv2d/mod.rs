@@ -269,7 +269,7 @@ pub struct ConvAfter<'a> {
     pub params: Conv2dParams,
     /// Store the output in bf16 where that gives the bits a bf16 product
     /// reads anyway: at inference on CUDA at the bf16 precision, where
-    /// `cuda::bf16_output_fits` (a 1×1 conv of an f32 input); else f32 — the
+    /// a bf16 1×1 forward of an f32 input takes the conv; else f32 — the
     /// output's dtype says which. For outputs read only by bf16 products
     /// (the attention's k and v).
     pub store_bf16: bool,
