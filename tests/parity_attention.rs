@@ -278,7 +278,8 @@ fn bf16_inference_attention_follows_rising_maxima() {
 /// K and V stored in bf16 (the UNet's k and v projections at inference on
 /// CUDA) are read as they are by `attention_columns_infer_bf16_io_h*`,
 /// which stores O in bf16: O's bits are those of the f32-storage kernel's
-/// output rounded to bf16 (the staged words are the same, so the sums are).
+/// output rounded to bf16 (the staged words are the same, so the sums are),
+/// and O is the CPU twin's within its bar and the rounding.
 /// Cases: h8 over two key stages (300 keys) with odd D, Dv and partial
 /// tiles; h16 with 7 keys; h32 (D 20, Dv 32). Elsewhere — the CPU, a
 /// gradient wanted, k bf16 beside an f32 v, f32 products — the operands are
@@ -319,6 +320,9 @@ fn bf16_kv_storage_gives_the_rounded_bits() {
         let (got, want) = (bits(&stored.1), bits(&rounded));
         let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
         assert_eq!(differ, 0, "case {i}: O from bf16 k, v against the f32 kernel's O rounded: {differ} of {} differ", want.len());
+        // and against the CPU twin (bf16 products, f32 O): its loose bar plus O's rounding to bf16 (2⁻⁹ relative)
+        let twin = run(Device::Cpu, [F, F, F], Precision::Bf16).1;
+        minidiffusion::testing::assert_close(&format!("case {i}: bf16 O against the CPU twin"), &stored.1, &twin, 2e-3, 2e-3 + 4e-3);
         // widened where the bf16 kernel does not run: the f32 storage's numbers, in f32
         assert_eq!(run(Device::Cpu, [F, B, B], Precision::Bf16), (F, run(Device::Cpu, [F, F, F], Precision::Bf16).1), "case {i}: CPU");
         assert_eq!(run(device, [F, B, F], Precision::Bf16), (F, plain.clone()), "case {i}: k bf16, v f32");

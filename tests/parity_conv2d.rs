@@ -360,8 +360,9 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
 
 /// 1×1 convs asked to store their output in bf16 (`ConvAfter::store_bf16`,
 /// the attention block's k and v at inference): `conv2d_1x1_bf16_*ybf16_*`
-/// stores the f32-output kernel's values rounded to bf16, bit for bit, every
-/// epilogue term included, x as it is and group-normalised as staged; 32-
+/// stores the f32-output kernel's values rounded to bf16, bit for bit (and
+/// the CPU twin's within its tolerance and the rounding), every epilogue
+/// term included, x as it is and group-normalised as staged; 32-
 /// and 64-row blocks, 16×16 and 8×8 maps (tiles within an image and across
 /// images), 48 channels (a partial block). Where it cannot — a 3×3 conv, f32
 /// products, a gradient wanted — the output is f32 and the same as unasked.
@@ -394,6 +395,18 @@ fn bf16_output_1x1_stores_the_rounded_bits() {
             let launched = rows.iter().filter(|r| r.0.starts_with("conv2d_1x1_bf16_") && r.0.contains("ybf16")).map(|r| r.1).sum::<usize>();
             assert_eq!(launched, usize::from(one_by_one), "{what}: {rows:?}");
             if one_by_one {
+                // against the CPU twin at bf16: its tolerance plus the output's rounding to bf16 (2⁻⁹ relative)
+                let cpu: Vec<minidiffusion::Tensor> = t.iter().map(|x| x.to_device(minidiffusion::Device::Cpu).unwrap()).collect();
+                let twin = {
+                    let _p = with_precision(Precision::Bf16);
+                    let cadd = ConvAdd { sample_bias: Some(&cpu[3]), residual: Some(&cpu[4]) };
+                    let c = ConvAfter { weight: &cpu[1], bias: Some(&cpu[2]), add: cadd, params: p, store_bf16: true };
+                    let cnorm = NormFirst { weight: Some(&cpu[5]), bias: Some(&cpu[6]), ..norm };
+                    no_grad(|| if normed { convs_after_norm(&cpu[0], cnorm, &[c]) } else { c.forward(&cpu[0]).map(|y| vec![y]) }).unwrap().remove(0)
+                };
+                assert_eq!(twin.dtype(), DType::F32, "{what}: the CPU stores f32");
+                let tol = ParityTol::BF16_TENSOR_CORE;
+                minidiffusion::testing::assert_close(&format!("{what}: bf16 output against the CPU twin"), &stored.1, &twin.to_vec(), tol.atol, tol.rtol + 4e-3);
                 let rounded: Vec<u32> = plain.iter().map(|&x| round_bf16(x).to_bits()).collect();
                 assert_eq!(stored.0, DType::BF16, "{what}");
                 let differ: Vec<usize> = (0..rounded.len()).filter(|&i| stored.1[i].to_bits() != rounded[i]).collect();
