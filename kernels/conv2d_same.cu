@@ -103,6 +103,23 @@ __device__ __forceinline__ Tile tile_of(const conv::Shape& s) {
     return t;
 }
 
+// 4 pixels of channels c and c + 1 (bf16 storage: their bf16 bits, 4 to a
+// uint2) as the pair-words a bf16 1×1 slice or a vector-staged patch holds:
+// word r = (c at pixel r, c + 1 at pixel r). From f32 the values are rounded
+// (Math::pack); from bf16 storage they are the bits the f32 input would
+// round to.
+__device__ __forceinline__ void quad_words(unsigned int (&w)[4], const float4 a, const float4 b) {
+    w[0] = mma::bf16_pair(a.x, b.x);
+    w[1] = mma::bf16_pair(a.y, b.y);
+    w[2] = mma::bf16_pair(a.z, b.z);
+    w[3] = mma::bf16_pair(a.w, b.w);
+}
+__device__ __forceinline__ void quad_words(unsigned int (&w)[4], const uint2 a, const uint2 b) {
+    w[0] = (a.x & 0xffffu) | (b.x << 16);
+    w[1] = (a.x >> 16) | (b.x & 0xffff0000u);
+    w[2] = (a.y & 0xffffu) | (b.y << 16);
+    w[3] = (a.y >> 16) | (b.y & 0xffff0000u);
+}
 // A staged word as its bits (f32 words stay f32 bits).
 __device__ __forceinline__ unsigned int word_bits(unsigned int w) { return w; }
 __device__ __forceinline__ unsigned int word_bits(float w) { return __float_as_uint(w); }
@@ -300,7 +317,8 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
 // Staging the patch. Element by element (VEC false): thread tid stages word
 // j = tid % 64 / 8 of patch pixels 8·(tid / 64) + tid % 8 + 32·i (a warp's
 // stores: 4 words of 8 pixels, 32 banks), one load per channel. With float4s (VEC, the _v kernels: f32 input, W a multiple of 4,
-// x 16-byte aligned, as the host checks): the patch's zeros — the halo
+// x 16-byte aligned, as the host checks; or bf16 storage, 8-byte aligned,
+// 4 pixels of a channel an 8-byte load): the patch's zeros — the halo
 // columns, rows outside the image or past the batch — are the same for every
 // chunk and written once; item v = tid + 256·i is word j = v % 8 of patch row
 // pr, columns pad + 4g … pad + 4g + 3 (g = v / 8 % (W/4), pr = v / (8·W/4)),
@@ -328,7 +346,8 @@ template <class Math, int BM, int KS, class TX = float, bool NORM = false, bool 
           bool DOWN = false, int TN = BN>
 __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
                                         const conv::Prologue& pro = conv::Prologue{}) {
-    static_assert(!VEC || sizeof(TX) == sizeof(float), "float4 staging reads f32 input");
+    static_assert(!VEC || sizeof(TX) == sizeof(float) || (Math::PER_WORD == 2 && !NORM),
+                  "vector staging reads f32, or bf16 storage at bf16 without the norm");
     static_assert(!(VEC && UP), "an upsampled input is staged element by element");
     static_assert(!DOWN || (KS == 3 && !VEC && !UP && !NORM && BM == 32), "a stride-2 3x3 forward, staged element by element");
     static_assert(TN == BN || (TN == WIDE_BN && !VEC && !DOWN), "wide tiles are staged element by element");
@@ -457,19 +476,28 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
             for (int i = 0; i < P_LOADS; ++i) {
                 if (src[i] < 0) continue;
                 const int c = c0 + PER_WORD * slot_j(dst[i]);
-                float4 v4[PER_WORD];
+                if constexpr (sizeof(TX) != sizeof(float)) {
+                    // bf16 storage: the 4 pixels of channels c and c + 1 as two 8-byte loads, their
+                    // 4 pair-words by selecting halves (quad_words) — the f32 path's words, bit for bit
+                    const uint2 zero2 = {0u, 0u};
+                    const uint2 lo = c < s.c ? *reinterpret_cast<const uint2*>(x + src[i] + c0 * HW) : zero2;
+                    const uint2 hi = c + 1 < s.c ? *reinterpret_cast<const uint2*>(x + src[i] + (c0 + 1) * HW) : zero2;
+                    quad_words(p_regs[i], lo, hi);
+                } else {
+                    float4 v4[PER_WORD];
 #pragma unroll
-                for (int e = 0; e < PER_WORD; ++e) {
-                    v4[e] = float4{0.0f, 0.0f, 0.0f, 0.0f};
-                    if (c + e < s.c) v4[e] = *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(x) + src[i] + (c0 + e) * HW);
-                }
+                    for (int e = 0; e < PER_WORD; ++e) {
+                        v4[e] = float4{0.0f, 0.0f, 0.0f, 0.0f};
+                        if (c + e < s.c) v4[e] = *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(x) + src[i] + (c0 + e) * HW);
+                    }
 #pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    float v[PER_WORD];
+                    for (int k = 0; k < 4; ++k) {
+                        float v[PER_WORD];
 #pragma unroll
-                    for (int e = 0; e < PER_WORD; ++e) v[e] = k == 0 ? v4[e].x : k == 1 ? v4[e].y : k == 2 ? v4[e].z : v4[e].w;
-                    if (NORM) normed(v, i, c);
-                    p_regs[i][k] = word_bits(Math::pack(v));
+                        for (int e = 0; e < PER_WORD; ++e) v[e] = k == 0 ? v4[e].x : k == 1 ? v4[e].y : k == 2 ? v4[e].z : v4[e].w;
+                        if (NORM) normed(v, i, c);
+                        p_regs[i][k] = word_bits(Math::pack(v));
+                    }
                 }
             }
         } else if (c0 + CHUNK <= s.c) {
@@ -558,22 +586,6 @@ constexpr int S1_CHUNKS_BF16 = 2, S1_CHUNKS_F32 = 4;  // chunks a slice: 32 chan
 // 8 pixels, 16-byte rows S1_LDB words apart, fall on 8 distinct bank quads)
 __host__ __device__ constexpr int s1_ldb(int chunks) { return chunks * CHUNK_WORDS + 4; }
 
-// 4 pixels of channels c and c + 1 (bf16 storage: their bf16 bits, 4 to a
-// uint2) as the pair-words a bf16 slice stages: word r = (c at pixel r, c + 1
-// at pixel r). From f32 the values are rounded (Math::pack); from bf16
-// storage they are the bits the f32 input would round to.
-__device__ __forceinline__ void quad_words(unsigned int (&w)[4], const float4 a, const float4 b) {
-    w[0] = mma::bf16_pair(a.x, b.x);
-    w[1] = mma::bf16_pair(a.y, b.y);
-    w[2] = mma::bf16_pair(a.z, b.z);
-    w[3] = mma::bf16_pair(a.w, b.w);
-}
-__device__ __forceinline__ void quad_words(unsigned int (&w)[4], const uint2 a, const uint2 b) {
-    w[0] = (a.x & 0xffffu) | (b.x << 16);
-    w[1] = (a.x >> 16) | (b.x & 0xffff0000u);
-    w[2] = (a.y & 0xffffu) | (b.y << 16);
-    w[3] = (a.y >> 16) | (b.y & 0xffff0000u);
-}
 // y = conv1x1(x, A) + epilogue at the precision of Math, A packed by
 // conv2d_pack_same_<precision> for this shape (M = s.oc rows, s.c channels),
 // x f32 or bf16 storage (TX = unsigned short, bf16 only). Grid
@@ -1075,6 +1087,31 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     same::forward<mma::Bf16, 64, 3>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
 }
 
+// … staging it 4 pixels a load (VEC: W a multiple of 4, x 8-byte aligned, as
+// the host checks): two 8-byte loads for 4 pair-words where the element
+// staging makes 8 two-byte loads, and half the bytes of the f32 float4s.
+// (The _b3 twins below: three blocks an SM.)
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_xbf16_m32_k1_v(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                    const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 1, unsigned short, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_m32_k3_v(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                    const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 3, unsigned short, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_m64_k1_v(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                    const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 64, 1, unsigned short, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_m64_k3_v(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                    const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 64, 3, unsigned short, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+
 // The forward with the input's group norm (+ SiLU) applied as it is staged
 // (pro, conv::Prologue): the UNet's norm → conv at inference, with no
 // normalised map written. Separate kernels, so that the plain ones keep
@@ -1167,6 +1204,17 @@ extern "C" __global__ void __launch_bounds__(256, 3)
     conv2d_same_bf16_gn_m32_k3_v_b3(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
         const float* residual, conv::Shape s, conv::Prologue pro) {
     same::forward<mma::Bf16, 32, 3, float, true, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_xbf16_m32_k3_b3(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                     const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 3, unsigned short>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_xbf16_m32_k3_v_b3(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                       const float* sample_bias, const float* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 3, unsigned short, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
 }
 
 // The bf16 3×3 forward of at most 32 output channels over 256-pixel tiles

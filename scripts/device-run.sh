@@ -131,6 +131,11 @@ ours_bf16)
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
     # (run 8 settled the A/Bs of sessions 24-25: bf16 storage -3.0 %, the up path in place +2.6 %, the 1x1
     # weight-gradient GEMM +16.5 % training, the 1x1 forward without the patch +5.8 %; their switches stay)
+    # the resnets' norm + SiLU stored in bf16 for the 3x3 convs (run 8: -3.0 %, when the convs staged it two
+    # bytes a load; session 32 stages it 4 pixels a load, conv2d_same_bf16_xbf16_*_v, the 32-channel ones at
+    # three blocks an SM); its profile beside the default's (the group norm's bf16 writes, the convs' reads)
+    MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_storage_profile 60 "$md" bench sample --config seed --steps 4 -n 2048 --batch-size 2048 --device cuda --profile --precision bf16
     # the 32-channel 3x3 forwards over 256-pixel tiles (session 30, conv2d_same_bf16_m32_k3_wide: warps of
     # 32 x 32 outputs, ~2 L1 wavefronts an mma in fragments where m32_k3_b3 takes ~3; run 8's ncu had the
     # L1 data pipe at 78 %); its profile beside the default's (m32_k3_b3: 20.6 ms over 4 calls in run 8)

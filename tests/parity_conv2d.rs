@@ -208,30 +208,67 @@ fn conv2d_same_bf16_parity() {
 /// The bf16 same conv reading its input from bf16 storage (the bf16 path's
 /// GroupNorm + SiLU output) equals the same kernels reading the f32
 /// widening of those values, bit for bit — forward and weight gradient — on
-/// the same geometries (both kernel rows, both K, partial chunks,
-/// multi-image tiles, epilogue).
+/// the same geometries (both kernel rows, both K, partial chunks — odd
+/// channel counts too —, multi-image tiles, epilogue). The forward stages
+/// the storage 4 pixels a load (the `xbf16_*_v` kernels) exactly where W is a
+/// multiple of 4 and the 1×1 forward does not take the conv, element by
+/// element otherwise; 32-row 3×3 blocks at three an SM (`_b3`) unless
+/// switched off, with the same bits.
 #[test]
 fn conv2d_same_bf16_reads_bf16_storage() {
+    use minidiffusion::ops::conv2d::cuda::{with_conv_1x1, with_three_blocks_per_sm};
     use minidiffusion::ops::{ConvAdd, Precision, cast, conv2d_fused, with_precision};
     use minidiffusion::tensor::DType;
     use minidiffusion::testing::parity_device;
     use minidiffusion::{Tensor, no_grad};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
     let device = parity_device();
+    let minidiffusion::Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
+    let backend = minidiffusion::device::cuda::backend(d).unwrap();
     let t = |dims: &[usize], seed: u64| Tensor::from_vec_on(randn(dims, seed), dims.to_vec(), device).unwrap();
     let _p = with_precision(Precision::Bf16);
-    let cases: [(&[usize], &[usize], usize); 4] =
-        [(&[2, 20, 16, 16], &[40, 20, 3, 3], 1), (&[3, 17, 4, 4], &[8, 17, 3, 3], 1), (&[3, 33, 8, 8], &[70, 33, 1, 1], 0), (&[1, 16, 32, 32], &[32, 16, 3, 3], 1)];
-    for (k, (xd, wd, pad)) in cases.into_iter().enumerate() {
+    // (x, weight, padding, the 1×1 forward on)
+    let cases: [(&[usize], &[usize], usize, bool); 9] = [
+        (&[2, 20, 16, 16], &[40, 20, 3, 3], 1, true),
+        (&[3, 17, 4, 4], &[8, 17, 3, 3], 1, true),
+        (&[3, 33, 8, 8], &[70, 33, 1, 1], 0, true),
+        (&[1, 16, 32, 32], &[32, 16, 3, 3], 1, true),
+        (&[2, 5, 8, 16], &[6, 5, 3, 3], 1, true),
+        (&[9, 8, 4, 4], &[72, 8, 3, 3], 1, true),
+        (&[2, 8, 16, 2], &[8, 8, 3, 3], 1, true),
+        (&[3, 33, 8, 8], &[24, 33, 1, 1], 0, false),
+        (&[2, 24, 8, 8], &[40, 24, 1, 1], 0, false),
+    ];
+    for (k, (xd, wd, pad, one_by_one)) in cases.into_iter().enumerate() {
+        let what = format!("case {k}: {xd:?} * {wd:?}");
         let stored = cast(&t(xd, 10 + k as u64), DType::BF16).unwrap();
         assert_eq!(stored.dtype(), DType::BF16);
         let widened = cast(&stored, DType::F32).unwrap();
         let (w, oc) = (t(wd, 20 + k as u64), wd[0]);
         let (sb, res) = (t(&[xd[0], oc], 30 + k as u64), t(&[xd[0], oc, xd[2], xd[3]], 40 + k as u64));
-        let conv = |x: &Tensor| {
+        let conv = |x: &Tensor, three: bool| {
             let add = ConvAdd { sample_bias: Some(&sb), residual: Some(&res) };
-            no_grad(|| conv2d_fused(x, &w, None, add, Conv2dParams { stride: 1, padding: pad })).unwrap().to_vec()
+            backend.start_profiling();
+            let forward = || no_grad(|| conv2d_fused(x, &w, None, add, Conv2dParams { stride: 1, padding: pad }));
+            let y = with_conv_1x1(one_by_one, || with_three_blocks_per_sm(three, forward)).unwrap().to_vec();
+            let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).filter(|k| k.starts_with("conv2d_same_") || k.starts_with("conv2d_1x1_")).collect();
+            (y, kernels)
         };
-        assert_eq!(conv(&stored), conv(&widened), "case {k}: {xd:?} * {wd:?}");
+        let (from_f32, _) = conv(&widened, true);
+        let (y, kernels) = conv(&stored, true);
+        assert_eq!(y, from_f32, "{what}: the same bits");
+        let vec = xd[3] % 4 == 0 && !(one_by_one && wd[2] == 1);
+        let same_conv = !(one_by_one && wd[2] == 1);
+        let b3 = oc <= 32 && wd[2] == 3;
+        let name = format!("conv2d_same_bf16_xbf16_m{}_k{}{}{}", if oc <= 32 { 32 } else { 64 }, wd[2], if vec { "_v" } else { "" }, if b3 { "_b3" } else { "" });
+        if same_conv {
+            assert_eq!(kernels, [name.as_str()], "{what}");
+        } else {
+            assert_eq!(kernels, [if oc <= 32 { "conv2d_1x1_bf16_xbf16_m32" } else { "conv2d_1x1_bf16_xbf16_m64" }], "{what}");
+        }
+        let (two, kernels) = conv(&stored, false);
+        assert_eq!(two, from_f32, "{what}: two blocks an SM, the same bits");
+        assert!(!kernels.iter().any(|k| k.ends_with("_b3")), "{what}: {kernels:?}");
         // training: the weight gradient reads the stored x as it is, too
         let wg = w.detach().requires_grad_();
         let r = t(&[xd[0], oc, xd[2], xd[3]], 50 + k as u64);
@@ -240,7 +277,7 @@ fn conv2d_same_bf16_reads_bf16_storage() {
             let loss = minidiffusion::ops::sum_all(&minidiffusion::ops::mul(&y, &r).unwrap()).unwrap();
             minidiffusion::backward(&loss).unwrap().get(&wg).unwrap().to_vec()
         };
-        assert_eq!(dw(&stored), dw(&widened), "case {k}: weight gradient");
+        assert_eq!(dw(&stored), dw(&widened), "{what}: weight gradient");
     }
 }
 

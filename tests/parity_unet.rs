@@ -237,6 +237,27 @@ fn attention_io_in_bf16_gives_the_same_bits() {
     switch_keeps_the_bits("k, v and o stored in bf16", counted);
 }
 
+/// The resnets' group norm + SiLU stored in bf16 for the 3×3 convs after it
+/// (`MINIDIFFUSION_BF16_STORAGE=1` at bf16): the golden UNets' ε̂ bit for
+/// bit, and the convs read the storage 4 pixels a load (`xbf16_*_v`).
+#[test]
+fn bf16_conv_input_storage_gives_the_same_bits() {
+    use minidiffusion::ops::precision::{Precision, current, with_conv_input_storage};
+    use minidiffusion::tensor::DType;
+    let counted = |on: bool, f: &mut dyn FnMut() -> Vec<f32>| {
+        let bf16 = on && current() == Precision::Bf16;
+        let mut eps = Vec::new();
+        let rows = minidiffusion::testing::kernel_calls(|| {
+            let _store = with_conv_input_storage(if bf16 { DType::BF16 } else { DType::F32 });
+            eps = f();
+        });
+        let vec = rows.iter().filter(|r| r.0.starts_with("conv2d_same_bf16_xbf16_") && r.0.contains("_v")).map(|r| r.1).sum::<usize>();
+        assert_eq!(vec > 0, bf16, "conv2d_same_bf16_xbf16_*_v launches with bf16 storage {bf16}: {rows:?}");
+        eps
+    };
+    switch_keeps_the_bits("the norm's output stored in bf16", counted);
+}
+
 /// The golden UNets' ε̂ with an A/B switch on and off, at f32 and at bf16,
 /// bit for bit: on the emulation unet_c and unet_e, on a GPU also unet_a and
 /// unet_f.

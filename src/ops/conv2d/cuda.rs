@@ -276,11 +276,15 @@ const SAME_WEIGHT_GRAD_KERNELS: SameKernels = [
     ],
 ];
 
-/// The forward kernels of an f32 input staging it with float4s (kernels/conv2d_same.cu),
-/// by [precision f32, bf16][block rows 32, 64][K 1, 3].
-const SAME_FORWARD_VEC_KERNELS: [[[&str; 2]; 2]; 2] = [
+/// The forward kernels staging their input 4 pixels a load (kernels/conv2d_same.cu:
+/// float4s of f32, 8-byte loads of bf16 storage), by the variants of [`SameKernels`].
+const SAME_FORWARD_VEC_KERNELS: SameKernels = [
     [["conv2d_same_f32_m32_k1_v", "conv2d_same_f32_m32_k3_v"], ["conv2d_same_f32_m64_k1_v", "conv2d_same_f32_m64_k3_v"]],
     [["conv2d_same_bf16_m32_k1_v", "conv2d_same_bf16_m32_k3_v"], ["conv2d_same_bf16_m64_k1_v", "conv2d_same_bf16_m64_k3_v"]],
+    [
+        ["conv2d_same_bf16_xbf16_m32_k1_v", "conv2d_same_bf16_xbf16_m32_k3_v"],
+        ["conv2d_same_bf16_xbf16_m64_k1_v", "conv2d_same_bf16_xbf16_m64_k3_v"],
+    ],
 ];
 
 /// The same, applying the input's group norm as they stage it.
@@ -289,10 +293,10 @@ const SAME_FORWARD_NORM_VEC_KERNELS: [[[&str; 2]; 2]; 2] = [
     [["conv2d_same_bf16_gn_m32_k1_v", "conv2d_same_bf16_gn_m32_k3_v"], ["conv2d_same_bf16_gn_m64_k1_v", "conv2d_same_bf16_gn_m64_k3_v"]],
 ];
 
-/// The bf16 32-row forward kernels that read an f32 input, each with its
-/// twin compiled for three blocks an SM (`_b3`, the A/B of
-/// [`three_blocks_per_sm`]).
-const SAME_FORWARD_B3_KERNELS: [(&str, &str); 8] = [
+/// The bf16 32-row forward kernels, each with its twin compiled for three
+/// blocks an SM (`_b3`, the A/B of [`three_blocks_per_sm`]); the 1×1 ones
+/// reading bf16 storage run at three already.
+const SAME_FORWARD_B3_KERNELS: [(&str, &str); 10] = [
     ("conv2d_same_bf16_m32_k1", "conv2d_same_bf16_m32_k1_b3"),
     ("conv2d_same_bf16_m32_k3", "conv2d_same_bf16_m32_k3_b3"),
     ("conv2d_same_bf16_gn_m32_k1", "conv2d_same_bf16_gn_m32_k1_b3"),
@@ -301,6 +305,8 @@ const SAME_FORWARD_B3_KERNELS: [(&str, &str); 8] = [
     ("conv2d_same_bf16_m32_k3_v", "conv2d_same_bf16_m32_k3_v_b3"),
     ("conv2d_same_bf16_gn_m32_k1_v", "conv2d_same_bf16_gn_m32_k1_v_b3"),
     ("conv2d_same_bf16_gn_m32_k3_v", "conv2d_same_bf16_gn_m32_k3_v_b3"),
+    ("conv2d_same_bf16_xbf16_m32_k3", "conv2d_same_bf16_xbf16_m32_k3_b3"),
+    ("conv2d_same_bf16_xbf16_m32_k3_v", "conv2d_same_bf16_xbf16_m32_k3_v_b3"),
 ];
 
 /// `kernel`, or its three-blocks-an-SM twin when that A/B is on and it has one.
@@ -408,14 +414,22 @@ pub fn with_up_path_in_place<R>(on: bool, f: impl FnOnce() -> R) -> R {
     with_switch(&UP_PATH_IN_PLACE, on, f)
 }
 
-/// Whether a same conv of `x` can stage it with float4s: f32 storage, a
-/// 16-byte aligned buffer, W a multiple of 4, and a patch of at most the
-/// items its kernel holds (two per thread for 3×3, three for 1×1).
+/// Whether a same conv of `x` stages it 4 pixels a load: W a multiple of 4,
+/// a patch of at most the items its kernel holds (two per thread for 3×3,
+/// three for 1×1), and either f32 storage, 16-byte aligned, with
+/// [`vec_staging`] on, or bf16 storage, 8-byte aligned (always: its element
+/// staging loads 2 bytes at a time, GPU run 8 timed it −3 % against f32) —
+/// except a 1×1 of bf16 storage that the 1×1 forward takes.
 fn vec_staging_fits(x: &CudaBuffer, s: &ConvShape) -> bool {
     let g = s.geom();
     let per_thread = if s.kh == 3 { 2 } else { 3 };
     let fits = same_patch_pixels(&g).is_some_and(|px| SAME_CHUNK_WORDS * (px / (g.ow + 2 * g.pad)) * (g.w / 4) <= GEMM_THREADS as usize * per_thread);
-    vec_staging() && x.dtype() == DType::F32 && x.ptr().is_multiple_of(16) && g.w.is_multiple_of(4) && fits
+    let storage = match x.dtype() {
+        DType::F32 => vec_staging() && x.ptr().is_multiple_of(16),
+        DType::BF16 => x.ptr().is_multiple_of(8) && !one_by_one_fits(x, s),
+        _ => false,
+    };
+    storage && g.w.is_multiple_of(4) && fits
 }
 
 /// The forward kernels that apply the input's group norm as they stage it, by
@@ -837,7 +851,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let cfg = LaunchConfig::grid([pixels.div_ceil(tile), m.div_ceil(bm), 1], GEMM_THREADS);
     let kernel = match read {
         Read::AsIs if bf16_out => ONE_BY_ONE_BF16_OUT_KERNELS[0][b],
-        Read::AsIs if vec => SAME_FORWARD_VEC_KERNELS[p][b][k],
+        Read::AsIs if vec => same_kernel(&SAME_FORWARD_VEC_KERNELS, prec, x.dtype(), bm, ks)?,
         Read::AsIs if wide => WIDE_FORWARD_KERNEL,
         Read::AsIs if one_by_one_fits(x, s) => ONE_BY_ONE_KERNELS[same_variant(prec, x.dtype())?][b],
         Read::AsIs => same_kernel(&SAME_FORWARD_KERNELS, prec, x.dtype(), bm, ks)?,
