@@ -23,6 +23,14 @@ struct Prologue {
     int silu;
 };
 
+// The input's group norm (+ SiLU) of one value as a conv stages it:
+// u = (v − mean)·scale + shift from a = (mean, scale, shift, 0) of its
+// (image, channel) (Prologue), the group norm kernel's own sums.
+__device__ __forceinline__ float normed_value(float v, const float4 a, int silu) {
+    const float u = (v - a.x) * a.y + a.z;
+    return silu ? silu_fast(u) : u;
+}
+
 // Forward: y[img, oc, pix] = C[oc, (img,pix)] + b[oc] + sb[img, oc] + r[img, oc, pix]
 // (each term optional: the UNet's conv + bias + time embedding + residual in
 // one store); col = img·OC·P + pix.

@@ -70,13 +70,7 @@ __device__ __forceinline__ int add_digit(int& digit, int step, int carry_in, int
     return carry;
 }
 
-// The input's group norm (+ SiLU) of one value as a conv stages it:
-// u = (v − mean)·scale + shift from a = (mean, scale, shift, 0) of its
-// (image, channel) (conv::Prologue), the group norm kernel's own sums.
-__device__ __forceinline__ float normed_value(float v, const float4 a, int silu) {
-    const float u = (v - a.x) * a.y + a.z;
-    return silu ? silu_fast(u) : u;
-}
+using conv::normed_value;
 
 // Where a block's patch comes from: the geometry of the 128-pixel tile.
 struct Tile {

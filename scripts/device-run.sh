@@ -136,6 +136,9 @@ ours_bf16)
     # three blocks an SM); its profile beside the default's (the group norm's bf16 writes, the convs' reads)
     MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_storage_profile 60 "$md" bench sample --config seed --steps 4 -n 2048 --batch-size 2048 --device cuda --profile --precision bf16
+    # conv_in and conv_out by the tensor-core same conv (session 32 runs them direct, conv2d_direct_*: 1/16
+    # and 1/32 of that conv's tiles were live; run 8's ncu had conv_in at 212 us)
+    MINIDIFFUSION_CONV_DIRECT=off step ours_sample_bf16_direct_off 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # the 32-channel 3x3 forwards over 256-pixel tiles (session 30, conv2d_same_bf16_m32_k3_wide: warps of
     # 32 x 32 outputs, ~2 L1 wavefronts an mma in fragments where m32_k3_b3 takes ~3; run 8's ncu had the
     # L1 data pipe at 78 %); its profile beside the default's (m32_k3_b3: 20.6 ms over 4 calls in run 8)

@@ -1059,3 +1059,86 @@ fn one_by_one_forward_gives_the_same_bits() {
         }
     }
 }
+
+/// Stride-1 3×3 same convs with at most 4 output or 4 input channels (the
+/// UNet's conv_out and conv_in) run the direct forward (`conv2d_direct_*`,
+/// `MINIDIFFUSION_CONV_DIRECT=off` the A/B), against the CPU twin with every
+/// epilogue term at both precisions (f32: f32 FMAs in another order; bf16:
+/// the rounded operands' exact products in f32) and within the same
+/// tolerance of the tensor-core same conv it replaces: 1 → 32 and 32 → 1 at
+/// 32×32, 40 outputs (two blocks of 32), 3 outputs of 20 channels (a
+/// partial chunk), maps that leave tiles partial (5×7, 40×20), a batch of
+/// three. The group norm (+ SiLU) applied as it stages x gives the bits of
+/// the norm written out and convolved (`conv2d_direct_*_gn_*`), and bf16
+/// storage the bits of its f32 widening (`conv2d_direct_bf16_xbf16_*` on
+/// the maps the same convs take, where bf16 storage is read as it is).
+#[test]
+fn direct_forward_takes_convs_with_few_channels() {
+    use minidiffusion::ops::conv2d::cuda::with_direct_conv;
+    use minidiffusion::ops::group_norm::group_norm_silu;
+    use minidiffusion::ops::{ConvAdd, NormFirst, Precision, cast, conv2d_after_norm, conv2d_fused, with_precision};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::testing::assert_close;
+    use minidiffusion::{Device, Tensor, no_grad};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    // (x, weight, output channels a block, whether the map is one the same-conv kernels take:
+    // bf16 storage is read as it is there, else widened)
+    let cases: [(&[usize], &[usize], &str, bool); 6] = [
+        (&[2, 1, 32, 32], &[32, 1, 3, 3], "o32", true),
+        (&[2, 32, 32, 32], &[1, 32, 3, 3], "o4", true),
+        (&[3, 3, 16, 16], &[40, 3, 3, 3], "o32", true),
+        (&[2, 20, 8, 8], &[3, 20, 3, 3], "o4", true),
+        (&[3, 2, 5, 7], &[4, 2, 3, 3], "o4", false),
+        (&[1, 4, 40, 20], &[8, 4, 3, 3], "o32", false),
+    ];
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    for (k, &(xd, wd, block, same_map)) in cases.iter().enumerate() {
+        let t = switch_case(xd, wd, 1100 + 10 * k as u64);
+        let Device::Cuda(d) = t[0].device() else { panic!("parity_device is CUDA") };
+        let backend = minidiffusion::device::cuda::backend(d).unwrap();
+        let cpu: Vec<Tensor> = t.iter().map(|x| x.to_device(Device::Cpu).unwrap()).collect();
+        let groups = if xd[1] % 2 == 0 { 2 } else { 1 };
+        for precision in [Precision::F32, Precision::Bf16] {
+            let _p = with_precision(precision);
+            let what = format!("case {k} {xd:?} * {wd:?}, {precision}");
+            let prec = if precision == Precision::F32 { "f32" } else { "bf16" };
+            let run = |t: &[Tensor], x: &Tensor, direct: bool, norm: bool| {
+                backend.start_profiling();
+                let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
+                let nf = NormFirst { groups, weight: Some(&t[5]), bias: Some(&t[6]), eps: 1e-5, silu: true };
+                let y = with_direct_conv(direct, || {
+                    no_grad(|| if norm { conv2d_after_norm(x, nf, &t[1], Some(&t[2]), add, p) } else { conv2d_fused(x, &t[1], Some(&t[2]), add, p) })
+                })
+                .unwrap()
+                .to_vec();
+                let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).filter(|k| k.starts_with("conv2d_") && !k.starts_with("conv2d_pack")).collect();
+                (y, kernels)
+            };
+            let (direct, kernels) = run(&t, &t[0], true, false);
+            assert_eq!(kernels, [format!("conv2d_direct_{prec}_{block}").as_str()], "{what}");
+            let twin = {
+                let add = ConvAdd { sample_bias: Some(&cpu[3]), residual: Some(&cpu[4]) };
+                no_grad(|| conv2d_fused(&cpu[0], &cpu[1], Some(&cpu[2]), add, p)).unwrap().to_vec()
+            };
+            let tol = if precision == Precision::F32 { ParityTol::REDUCTION } else { ParityTol::BF16_TENSOR_CORE };
+            assert_close(&format!("{what}: direct against the CPU twin"), &direct, &twin, tol.atol, tol.rtol);
+            let (same, kernels) = run(&t, &t[0], false, false);
+            assert!(kernels.iter().all(|k| !k.starts_with("conv2d_direct")), "{what}: switched off: {kernels:?}");
+            let tol = if precision == Precision::F32 { ParityTol::TENSOR_CORE } else { ParityTol::BF16_TENSOR_CORE };
+            assert_close(&format!("{what}: direct against the same conv"), &direct, &same, tol.atol, tol.rtol);
+            // the norm applied as x is staged: the bits of the norm written out, then convolved
+            let (normed, kernels) = run(&t, &t[0], true, true);
+            assert_eq!(kernels, [format!("conv2d_direct_{prec}_gn_{block}").as_str()], "{what}: norm");
+            let written = no_grad(|| group_norm_silu(&t[0], groups, Some(&t[5]), Some(&t[6]), 1e-5)).unwrap();
+            assert_eq!(normed, run(&t, &written, true, false).0, "{what}: the norm applied as staged");
+            // bf16 storage: the bits of its f32 widening
+            if precision == Precision::Bf16 {
+                let stored = cast(&t[0], DType::BF16).unwrap();
+                let (y16, kernels) = run(&t, &stored, true, false);
+                let variant = if same_map { "bf16_xbf16" } else { "bf16" };
+                assert_eq!(kernels, [format!("conv2d_direct_{variant}_{block}").as_str()], "{what}: bf16 storage");
+                assert_eq!(y16, run(&t, &cast(&stored, DType::F32).unwrap(), true, false).0, "{what}: bf16 storage");
+            }
+        }
+    }
+}

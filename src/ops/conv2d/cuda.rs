@@ -323,6 +323,7 @@ thread_local! {
     static UP_PATH_IN_PLACE: Cell<Option<bool>> = const { Cell::new(None) };
     static BLOCKS3: Cell<Option<bool>> = const { Cell::new(None) };
     static WIDE: Cell<Option<bool>> = const { Cell::new(None) };
+    static DIRECT: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 /// Whether same-conv forwards stage an f32 input with float4s
@@ -946,6 +947,79 @@ pub fn forward_normed(x: &CudaBuffer, norm: &InputNorm, weight: Weights, epi: &E
     }
     let s = ConvShape::new(g)?;
     with_forward_pack(weight, g, prec, |p| same_conv(x, p, epi, &s, prec, Read::Normed(norm)))
+}
+
+/// The direct 3×3 forwards (kernels/conv2d_direct.cu), by [variant f32,
+/// bf16, bf16 reading bf16 storage][output channels a block 4, 32].
+const DIRECT_KERNELS: [[&str; 2]; 3] = [
+    ["conv2d_direct_f32_o4", "conv2d_direct_f32_o32"],
+    ["conv2d_direct_bf16_o4", "conv2d_direct_bf16_o32"],
+    ["conv2d_direct_bf16_xbf16_o4", "conv2d_direct_bf16_xbf16_o32"],
+];
+
+/// The same, applying the input's group norm as they stage it, by [precision f32, bf16][4, 32].
+const DIRECT_NORM_KERNELS: [[&str; 2]; 2] = [["conv2d_direct_f32_gn_o4", "conv2d_direct_f32_gn_o32"], ["conv2d_direct_bf16_gn_o4", "conv2d_direct_bf16_gn_o32"]];
+
+/// Channels on the few side of a direct conv: its output channels a block (the `_o4` kernels).
+const DIRECT_FEW: usize = 4;
+
+/// Whether stride-1 3×3 same convs with at most [`DIRECT_FEW`] output or
+/// input channels (the UNet's conv_out and conv_in) run the direct forward
+/// (`MINIDIFFUSION_CONV_DIRECT=off` sends them to the tensor-core same conv,
+/// whose 32-row and 16-channel tiles they fill 1/32 and 1/16 of).
+pub fn direct_conv() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&DIRECT, &ENV, || std::env::var("MINIDIFFUSION_CONV_DIRECT").map_or(true, |v| v != "off"))
+}
+
+/// Run `f` with the direct forward on or off on this thread (tests, A/B).
+pub fn with_direct_conv<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_switch(&DIRECT, on, f)
+}
+
+/// Whether the direct forward takes a conv of `g` (see [`direct_conv`]).
+pub fn direct_takes(g: &ConvGeom) -> bool {
+    let same = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.oh == g.h && g.ow == g.w;
+    direct_conv() && same && (g.oc <= DIRECT_FEW || g.c <= DIRECT_FEW)
+}
+
+/// y = conv3x3(x, weight) + the epilogue by the direct forward (a conv
+/// [`direct_takes`]): `weight` [OC, C, 3, 3] as it is, x f32 or (at bf16)
+/// bf16 storage, the input's group norm applied as x is staged when `norm`
+/// is given (f32 x). y in f32 (`epi.bf16_out` is not taken).
+pub fn forward_direct(x: &CudaBuffer, norm: Option<&InputNorm>, weight: &CudaBuffer, epi: &Epilogue, g: &ConvGeom, prec: Precision) -> Result<CudaBuffer> {
+    let backend = x.backend();
+    if !direct_takes(g) {
+        return shape_err("conv2d", "the direct forward takes stride-1 3×3 same convs with at most 4 output or input channels");
+    }
+    let s = ConvShape::new(g)?;
+    let out = backend.alloc(g.n * g.oc * g.p())?;
+    if g.n * g.oc * g.p() == 0 {
+        return Ok(out);
+    }
+    let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
+    let mut args = vec![out.arg(), x.arg(), weight.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(&s)];
+    let wide = usize::from(g.oc > DIRECT_FEW);
+    let kernel = match norm {
+        None => DIRECT_KERNELS[same_variant(prec, x.dtype())?][wide],
+        Some(n) => {
+            if x.dtype() != DType::F32 {
+                return Err(Error::DType { op: "conv2d (group norm applied by the conv)", dtype: x.dtype() });
+            }
+            let nc = g.n * g.c;
+            if n.affine.len() != 4 * nc || n.affine.dtype() != DType::F32 || !n.affine.ptr().is_multiple_of(16) {
+                return shape_err("conv2d", format!("the input's group norm needs {nc} 16-byte aligned (mean, scale, shift, 0) f32 quadruples"));
+            }
+            args.push(Arg::pod(&Prologue { affine: n.affine.ptr(), silu: n.silu as i32, pad: 0 }));
+            DIRECT_NORM_KERNELS[usize::from(prec == Precision::Bf16)][wide]
+        }
+    };
+    const TILE: usize = 16;
+    let blocks = g.n * g.h.div_ceil(TILE) * g.w.div_ceil(TILE);
+    let per_block = if wide == 1 { 32 } else { DIRECT_FEW };
+    elems("conv2d", blocks)?;
+    backend.launch(kernel, LaunchConfig::grid([blocks, g.oc.div_ceil(per_block), 1], (TILE * TILE) as u32), &args)?;
+    Ok(out)
 }
 
 /// dX [N, C, H, W] from dY [N, OC, OH, OW] and the weight, at precision `prec`

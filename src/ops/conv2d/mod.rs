@@ -295,12 +295,15 @@ pub fn convs_after_norm(x: &Tensor, norm: NormFirst, convs: &[ConvAfter]) -> Res
     }
     let grad_wanted = crate::autograd::is_grad_enabled() && inputs.iter().flatten().any(|t| t.requires_grad());
     // the norm applied by the convs: every same conv with MINIDIFFUSION_NORM_IN_CONV=on,
-    // by default where they are all 1×1 (`cuda::norm_in_1x1`)
+    // by default where they are all 1×1 (`cuda::norm_in_1x1`) or all direct
+    // (conv_out: each value staged about once)
     let takes = |pick: fn(&ConvGeom) -> bool| convs.iter().all(|c| geometry(x, c.weight, c.bias, c.params).is_ok_and(|g| pick(&g)));
     let fused = !grad_wanted
         && matches!(x.device(), Device::Cuda(_))
         && x.dtype() == DType::F32
-        && ((cuda::norm_in_conv() && takes(cuda::same_conv_takes)) || (cuda::norm_in_1x1() && takes(cuda::one_by_one_takes)));
+        && ((cuda::norm_in_conv() && takes(cuda::same_conv_takes))
+            || (cuda::norm_in_1x1() && takes(cuda::one_by_one_takes))
+            || takes(cuda::direct_takes));
     if fused {
         let affine = crate::ops::group_norm::cuda_affine(x, norm.groups, norm.weight, norm.bias, norm.eps)?;
         let input_norm = cuda::InputNorm { affine: &affine, silu: norm.silu };
@@ -365,7 +368,9 @@ fn conv2d_with(
             let grad_wanted = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
             let bf16_out = store_bf16 && !grad_wanted;
             let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)?, bf16_out };
-            let packed = if cuda::forward_reads_packed(&g) && keeps_packed(weight) { Some(packed_weights(weight, &sw, &g, prec)?) } else { None };
+            // few channels on one side (conv_in, conv_out): the direct forward, from the weights as they are
+            let direct = cuda::direct_takes(&g);
+            let packed = if !direct && cuda::forward_reads_packed(&g) && keeps_packed(weight) { Some(packed_weights(weight, &sw, &g, prec)?) } else { None };
             let pair_wanted = packed.is_none() && input_norm.is_none() && crate::autograd::is_grad_enabled() && x.requires_grad();
             let pair = if pair_wanted && cuda::input_gradient_is_same_conv(&g) { Some(cuda::pack_same_pair(sw.cuda(OP)?, &g, prec)?) } else { None };
             let w = match (&packed, &pair) {
@@ -374,6 +379,7 @@ fn conv2d_with(
                 (None, None) => cuda::Weights::Plain(sw.cuda(OP)?),
             };
             let y = match input_norm {
+                _ if direct => cuda::forward_direct(sx.cuda_any(OP)?, input_norm, sw.cuda(OP)?, &epi, &g, prec)?,
                 None => cuda::forward(sx.cuda_any(OP)?, w, &epi, &g, prec)?,
                 Some(norm) => cuda::forward_normed(sx.cuda(OP)?, norm, w, &epi, &g, prec)?,
             };
