@@ -449,6 +449,21 @@ pub struct InputNorm<'a> {
     pub silu: bool,
 }
 
+impl InputNorm<'_> {
+    /// The kernels' `conv::Prologue` argument for x of `nc` images × channels,
+    /// refusing an x that is not f32 or an affine that is not nc aligned quadruples.
+    fn prologue(&self, x: &CudaBuffer, nc: usize) -> Result<Arg> {
+        if x.dtype() != DType::F32 {
+            return Err(Error::DType { op: "conv2d (group norm applied by the conv)", dtype: x.dtype() });
+        }
+        let a = self.affine;
+        if a.len() != 4 * nc || a.dtype() != DType::F32 || !a.ptr().is_multiple_of(16) {
+            return shape_err("conv2d", format!("the input's group norm needs {nc} 16-byte aligned (mean, scale, shift, 0) f32 quadruples"));
+        }
+        Ok(Arg::pod(&Prologue { affine: a.ptr(), silu: self.silu as i32, pad: 0 }))
+    }
+}
+
 /// Mirrors `conv::Prologue` in kernels/conv2d.cuh.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -870,15 +885,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
             SAME_FORWARD_DOWN_KERNELS[p]
         }
         Read::Normed(n) => {
-            if x.dtype() != DType::F32 {
-                return Err(Error::DType { op: "conv2d (group norm applied by the conv)", dtype: x.dtype() });
-            }
-            let nc = s.n as usize * s.c as usize;
-            if n.affine.len() != 4 * nc || n.affine.dtype() != DType::F32 || !n.affine.ptr().is_multiple_of(16) {
-                return shape_err("conv2d", format!("the input's group norm needs {nc} 16-byte aligned (mean, scale, shift, 0) f32 quadruples"));
-            }
-            let pro = Prologue { affine: n.affine.ptr(), silu: n.silu as i32, pad: 0 };
-            args.push(Arg::pod(&pro));
+            args.push(n.prologue(x, s.n as usize * s.c as usize)?);
             if bf16_out {
                 ONE_BY_ONE_BF16_OUT_KERNELS[1][b]
             } else if vec {
@@ -1003,14 +1010,7 @@ pub fn forward_direct(x: &CudaBuffer, norm: Option<&InputNorm>, weight: &CudaBuf
     let kernel = match norm {
         None => DIRECT_KERNELS[same_variant(prec, x.dtype())?][wide],
         Some(n) => {
-            if x.dtype() != DType::F32 {
-                return Err(Error::DType { op: "conv2d (group norm applied by the conv)", dtype: x.dtype() });
-            }
-            let nc = g.n * g.c;
-            if n.affine.len() != 4 * nc || n.affine.dtype() != DType::F32 || !n.affine.ptr().is_multiple_of(16) {
-                return shape_err("conv2d", format!("the input's group norm needs {nc} 16-byte aligned (mean, scale, shift, 0) f32 quadruples"));
-            }
-            args.push(Arg::pod(&Prologue { affine: n.affine.ptr(), silu: n.silu as i32, pad: 0 }));
+            args.push(n.prologue(x, g.n * g.c)?);
             DIRECT_NORM_KERNELS[usize::from(prec == Precision::Bf16)][wide]
         }
     };
