@@ -163,6 +163,7 @@ void mma_m16n8k16_bf16(float (&d)[4], const unsigned int (&a)[4], const unsigned
 struct KernelEntry {
     Trampoline call;
     std::vector<size_t> arg_sizes;
+    unsigned max_threads;  // __launch_bounds__'s first argument, or 1024
 };
 
 static std::map<std::string, KernelEntry>& registry() {
@@ -170,8 +171,8 @@ static std::map<std::string, KernelEntry>& registry() {
     return r;
 }
 
-void emu_register(const char* name, Trampoline call, std::vector<size_t> arg_sizes) {
-    registry()[name] = KernelEntry{std::move(call), std::move(arg_sizes)};
+void emu_register(const char* name, Trampoline call, std::vector<size_t> arg_sizes, unsigned max_threads) {
+    registry()[name] = KernelEntry{std::move(call), std::move(arg_sizes), max_threads};
 }
 
 static std::mutex launch_mutex;
@@ -238,6 +239,11 @@ int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned
     const unsigned threads = bx * by * bz;
     if (threads == 0 || threads > 1024 || gx == 0 || gy == 0 || gz == 0) {
         last_error = std::string(name) + ": invalid launch configuration";
+        return 4;
+    }
+    if (threads > k.max_threads) {
+        last_error = std::string(name) + ": " + std::to_string(threads) + " threads a block, its __launch_bounds__ allow " +
+                     std::to_string(k.max_threads) + " (a GPU refuses the launch)";
         return 4;
     }
     // one launch at a time: function-local statics are the shared memory

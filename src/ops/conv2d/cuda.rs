@@ -1014,11 +1014,13 @@ pub fn forward_direct(x: &CudaBuffer, norm: Option<&InputNorm>, weight: &CudaBuf
             DIRECT_NORM_KERNELS[usize::from(prec == Precision::Bf16)][wide]
         }
     };
+    // a block: a 16 × 16 tile of one image, a thread two of its pixels (kernels/conv2d_direct.cu's TILE, THREADS)
     const TILE: usize = 16;
+    const THREADS: u32 = 128;
     let blocks = g.n * g.h.div_ceil(TILE) * g.w.div_ceil(TILE);
     let per_block = if wide == 1 { 32 } else { DIRECT_FEW };
     elems("conv2d", blocks)?;
-    backend.launch(kernel, LaunchConfig::grid([blocks, g.oc.div_ceil(per_block), 1], (TILE * TILE) as u32), &args)?;
+    backend.launch(kernel, LaunchConfig::grid([blocks, g.oc.div_ceil(per_block), 1], THREADS), &args)?;
     Ok(out)
 }
 
