@@ -13,14 +13,14 @@
 //
 // Block: a TILE × TILE tile of one image's output pixels (a thread two,
 // one above the other; blockIdx.x: image, then tile) and OCB output
-// channels (blockIdx.y). Per
-// chunk of CH input channels the block stages the (TILE + 2)² input window
-// of each channel (zeros outside the image), group-normalised (+ SiLU) as
-// it is staged when the conv applies the input's norm (conv::Prologue:
-// the value groupnorm_forward writes, bit for bit), rounded as the
-// precision wants, and the chunk's weights of its OCB channels; each thread
-// then sums its pixels' 9 taps × CH channels into OCB accumulators each,
-// the weights read by every thread at once (shared-memory broadcasts).
+// channels (blockIdx.y). Per chunk of CH input channels the block stages
+// the (TILE + 2)² input window of each channel (zeros outside the image),
+// group-normalised (+ SiLU) as it is staged when the conv applies the
+// input's norm (conv::Prologue: the value groupnorm_forward writes, bit for
+// bit), rounded as the precision wants, and the chunk's weights of its OCB
+// channels; each thread then sums its pixels' 9 taps × CH channels into OCB
+// accumulators each, the weights read by every thread at once
+// (shared-memory broadcasts).
 #include "common.cuh"
 #include "conv2d.cuh"
 
