@@ -36,6 +36,8 @@ fn cuda_without_a_gpu_is_a_clear_error_and_auto_falls_back() {
     assert_eq!(DeviceRequest::Auto.resolve().unwrap(), Device::Cpu);
 }
 
+/// Launches check the kernel's name, its arguments' count and sizes, and
+/// (in the emulation, as on a GPU) the block against its `__launch_bounds__`.
 #[test]
 fn launches_check_arguments_and_names() {
     let backend = cuda::backend(emulated()).unwrap();
@@ -47,6 +49,11 @@ fn launches_check_arguments_and_names() {
     assert!(err.contains("argument 1 has 8 bytes"), "{err}");
     let err = backend.launch("no_such_kernel", cfg, &[]).unwrap_err().to_string();
     assert!(err.contains("no kernel named no_such_kernel"), "{err}");
+    // a block larger than the kernel's __launch_bounds__ (256 here), refused as a GPU refuses it
+    let mut gn_args = vec![Arg::Ptr(0); 6];
+    gn_args.extend([Arg::I32(1), Arg::I32(1), Arg::I32(1), Arg::I32(4), Arg::F32(1e-5), Arg::I32(0)]);
+    let err = backend.launch("groupnorm_forward", LaunchConfig::blocks(1, 512), &gn_args).unwrap_err().to_string();
+    assert!(err.contains("groupnorm_forward") && err.contains("512 threads") && err.contains("__launch_bounds__ allow 256"), "{err}");
     backend.launch("fill_f32", cfg, &[out.arg(), Arg::F32(1.5), Arg::I32(10)]).unwrap();
     assert_eq!(out.download().unwrap(), vec![1.5; 10]);
 }
