@@ -257,6 +257,15 @@ fn conv2d_same_bf16_reads_bf16_storage() {
         let (from_f32, _) = conv(&widened, true);
         let (y, kernels) = conv(&stored, true);
         assert_eq!(y, from_f32, "{what}: the same bits");
+        // and the CPU twin of the widened input at bf16, within its tolerance
+        let on_cpu = |t: &Tensor| t.to_device(minidiffusion::Device::Cpu).unwrap();
+        let twin = {
+            let (sb, res) = (on_cpu(&sb), on_cpu(&res));
+            let add = ConvAdd { sample_bias: Some(&sb), residual: Some(&res) };
+            no_grad(|| conv2d_fused(&on_cpu(&widened), &on_cpu(&w), None, add, Conv2dParams { stride: 1, padding: pad })).unwrap().to_vec()
+        };
+        let tol = ParityTol::BF16_TENSOR_CORE;
+        minidiffusion::testing::assert_close(&format!("{what}: against the CPU twin"), &y, &twin, tol.atol, tol.rtol);
         let vec = xd[3] % 4 == 0 && !(one_by_one && wd[2] == 1);
         let same_conv = !(one_by_one && wd[2] == 1);
         let b3 = oc <= 32 && wd[2] == 3;
