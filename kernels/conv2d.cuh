@@ -31,6 +31,23 @@ __device__ __forceinline__ float normed_value(float v, const float4 a, int silu)
     return silu ? silu_fast(u) : u;
 }
 
+// 4 pixels of channels c and c + 1 (bf16 storage: their bf16 bits, 4 to a
+// uint2) as the pair-words a bf16 1×1 slice or a vector-staged patch holds:
+// word r = (c at pixel r, c + 1 at pixel r). From f32 the values are rounded
+// (bf16_pair, as Math::pack); from bf16 storage they are the bits the f32 input would
+// round to.
+__device__ __forceinline__ void quad_words(unsigned int (&w)[4], const float4 a, const float4 b) {
+    w[0] = bf16_pair(a.x, b.x);
+    w[1] = bf16_pair(a.y, b.y);
+    w[2] = bf16_pair(a.z, b.z);
+    w[3] = bf16_pair(a.w, b.w);
+}
+__device__ __forceinline__ void quad_words(unsigned int (&w)[4], const uint2 a, const uint2 b) {
+    w[0] = (a.x & 0xffffu) | (b.x << 16);
+    w[1] = (a.x >> 16) | (b.x & 0xffff0000u);
+    w[2] = (a.y & 0xffffu) | (b.y << 16);
+    w[3] = (a.y >> 16) | (b.y & 0xffff0000u);
+}
 // Forward: y[img, oc, pix] = C[oc, (img,pix)] + b[oc] + sb[img, oc] + r[img, oc, pix]
 // (each term optional: the UNet's conv + bias + time embedding + residual in
 // one store); col = img·OC·P + pix.

@@ -97,23 +97,8 @@ __device__ __forceinline__ Tile tile_of(const conv::Shape& s) {
     return t;
 }
 
-// 4 pixels of channels c and c + 1 (bf16 storage: their bf16 bits, 4 to a
-// uint2) as the pair-words a bf16 1×1 slice or a vector-staged patch holds:
-// word r = (c at pixel r, c + 1 at pixel r). From f32 the values are rounded
-// (Math::pack); from bf16 storage they are the bits the f32 input would
-// round to.
-__device__ __forceinline__ void quad_words(unsigned int (&w)[4], const float4 a, const float4 b) {
-    w[0] = mma::bf16_pair(a.x, b.x);
-    w[1] = mma::bf16_pair(a.y, b.y);
-    w[2] = mma::bf16_pair(a.z, b.z);
-    w[3] = mma::bf16_pair(a.w, b.w);
-}
-__device__ __forceinline__ void quad_words(unsigned int (&w)[4], const uint2 a, const uint2 b) {
-    w[0] = (a.x & 0xffffu) | (b.x << 16);
-    w[1] = (a.x >> 16) | (b.x & 0xffff0000u);
-    w[2] = (a.y & 0xffffu) | (b.y << 16);
-    w[3] = (a.y >> 16) | (b.y & 0xffff0000u);
-}
+using conv::quad_words;
+
 // A staged word as its bits (f32 words stay f32 bits).
 __device__ __forceinline__ unsigned int word_bits(unsigned int w) { return w; }
 __device__ __forceinline__ unsigned int word_bits(float w) { return __float_as_uint(w); }

@@ -281,4 +281,123 @@ __device__ __forceinline__ void for_each_acc(const Acc& acc, F f) {
             for (int q = 0; q < 4; ++q) f(acc_row(mi, q), acc_col(ni, q), acc.get(mi, ni, q));
 }
 
+
+// ---- Hopper's warpgroup MMA (wgmma), bf16 operands in shared memory ----
+//
+// wgmma.mma_async.m64nNk16.f32.bf16.bf16: the 4 warps of a warpgroup (128
+// threads, warps 4w … 4w + 3 of the block) compute D[64×N] += A[64×16]·B[16×N]
+// together, both operands read by the tensor cores from shared memory —
+// no fragment loads through the load/store pipe. Each operand is given by a
+// 64-bit descriptor; here no swizzle, "K-major": 8 × 16-byte core matrices
+// (8 rows, 8 consecutive k each), the two k halves LBO bytes apart, 8-row
+// groups SBO bytes apart (PTX ISA, "Shared Memory Matrix Layout"). Thread
+// 32w' + 4g + t (w' its warp in the warpgroup) holds, for n8 block i,
+//   d[4i + q] = D[16w' + g + 8(q / 2)][8i + 2t + q % 2]   (as mma.sync's D).
+// The instruction is asynchronous: issue (wgmma_fence first, after the
+// registers it reads were written), wgmma_commit, then wgmma_wait<0> before
+// the accumulators are read or the operands' shared memory is overwritten;
+// shared memory written by plain stores is made visible to it by
+// fence_proxy_async before the barrier that precedes it. Needs sm_90a
+// (MD_WGMMA: compiled for it, or emulated); elsewhere a kernel using it traps.
+#if defined(MD_EMULATED) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MD_WGMMA 1
+#endif
+
+// p's address in the shared window (cvta.to.shared).
+__device__ __forceinline__ unsigned int shared_address(const void* p) {
+#if defined(MD_EMULATED)
+    return emu::shared_address(p);
+#else
+    unsigned int at;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(at) : "l"(p));
+    return at;
+#endif
+}
+
+// The descriptor of an unswizzled K-major operand starting at p (16-byte
+// aligned): bits 0–13 the address, 16–29 LBO, 32–45 SBO, each in 16-byte
+// units (byte values & 0x3FFFF, >> 4); base offset and swizzle mode 0.
+__device__ __forceinline__ unsigned long long smem_desc(const void* p, unsigned int lbo, unsigned int sbo) {
+    const auto field = [](unsigned int bytes) { return (unsigned long long)((bytes & 0x3ffffu) >> 4); };
+    return field(shared_address(p)) | field(lbo) << 16 | field(sbo) << 32;
+}
+
+// Orders this thread's earlier register writes (accumulators, operands)
+// before the wgmma that follow.
+__device__ __forceinline__ void wgmma_fence() {
+#if !defined(MD_EMULATED) && defined(MD_WGMMA)
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#endif
+}
+// Closes a group of the wgmma issued since the last commit.
+__device__ __forceinline__ void wgmma_commit() {
+#if defined(MD_EMULATED)
+    emu::wgmma_commit();
+#elif defined(MD_WGMMA)
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#endif
+}
+// Waits until at most PENDING committed groups are in flight.
+template <int PENDING>
+__device__ __forceinline__ void wgmma_wait() {
+#if defined(MD_EMULATED)
+    emu::wgmma_wait(PENDING);
+#elif defined(MD_WGMMA)
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(PENDING) : "memory");
+#endif
+}
+// Plain (generic-proxy) shared-memory writes of this thread made visible to
+// the async proxy the tensor cores read through.
+__device__ __forceinline__ void fence_proxy_async() {
+#if !defined(MD_EMULATED) && defined(MD_WGMMA)
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+// Keeps the compiler from moving reads of r across a wgmma_wait (the
+// instruction writes the accumulators behind its back).
+__device__ __forceinline__ void fence_operand(float& r) {
+#if !defined(MD_EMULATED)
+    asm volatile("" : "+f"(r)::"memory");
+#endif
+}
+
+// d += A·B, the m64nNk16 bf16 instruction for the N a kernel uses.
+template <int N> struct Wgmma;
+#if defined(MD_EMULATED)
+template <int N> struct Wgmma {
+    __device__ static void ss(float (&d)[N / 2], unsigned long long desc_a, const void* a, unsigned long long desc_b, const void* b) {
+        emu::wgmma_bf16_ss(d, N, desc_a, a, desc_b, b);
+    }
+};
+#elif defined(MD_WGMMA)
+template <> struct Wgmma<72> {
+    __device__ static void ss(float (&d)[36], unsigned long long desc_a, const void*, unsigned long long desc_b, const void*) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}, "
+            "%36, %37, p, 1, 1, 0, 0;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35])
+            : "l"(desc_a), "l"(desc_b), "r"(1)
+            : "memory");
+    }
+};
+template <> struct Wgmma<128> {
+    __device__ static void ss(float (&d)[64], unsigned long long desc_a, const void*, unsigned long long desc_b, const void*) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+            "%64, %65, p, 1, 1, 0, 0;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+            : "l"(desc_a), "l"(desc_b), "r"(1)
+            : "memory");
+    }
+};
+#else
+template <int N> struct Wgmma {
+    __device__ static void ss(float (&)[N / 2], unsigned long long, const void*, unsigned long long, const void*) { __trap(); }
+};
+#endif
+
 }  // namespace mma

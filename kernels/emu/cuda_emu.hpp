@@ -14,7 +14,8 @@
 // The subset this supports is the subset our kernels may use: no inline PTX,
 // no dynamic shared memory, full-warp shuffles. Tensor-core products go
 // through emu::mma_m16n8k8_3xtf32 and emu::mma_m16n8k16_bf16, fragment loads
-// through emu::ldmatrix_x4 (kernels/mma.cuh picks them under MD_EMULATED).
+// through emu::ldmatrix_x4, warpgroup MMAs through emu::wgmma_bf16_ss (kernels/mma.cuh
+// picks them under MD_EMULATED).
 #pragma once
 
 #define MD_EMULATED 1
@@ -68,6 +69,23 @@ void mma_m16n8k16_bf16(float (&d)[4], const unsigned int (&a)[4], const unsigned
 // matrix l / 8 (16 bytes); r[m] = 32-bit word l % 4 of matrix m's row l / 4.
 // Every lane of the warp must call it.
 void ldmatrix_x4(unsigned int (&r)[4], const void* row);
+// Hopper's warpgroup MMA (kernels/mma.cuh's wgmma_*): D[64×N] += A[64×16]·B[16×N]
+// with bf16 A and B in shared memory, each given by its 64-bit matrix
+// descriptor (no swizzle, K-major: 8 × 16-byte core matrices; LBO the byte
+// offset between the two k halves, SBO between 8-row groups) and by the
+// pointer the descriptor's address bits must be those of. Thread 32w' + 4g + t
+// of a warpgroup (w' its warp there) holds, for each n8 block i,
+//   d[4i + q] = D[16w' + g + 8(q / 2)][8i + 2t + q % 2].
+// Asynchronous as on the GPU: an operation is recorded when issued and
+// computed when wgmma_wait retires its group, reading the operands and the
+// accumulators then — so a kernel that overwrites an operand or reads d
+// before waiting gets wrong numbers here too. Every thread of the warpgroup
+// calls these.
+void wgmma_bf16_ss(float* d, int n, uint64_t desc_a, const void* a, uint64_t desc_b, const void* b);
+void wgmma_commit();
+void wgmma_wait(int pending);
+// The emulation's shared-window address of p (cvta.to.shared): its low 32 bits.
+unsigned int shared_address(const void* p);
 
 template <typename T>
 inline T shfl(T v, int src_lane) {

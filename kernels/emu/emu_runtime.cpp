@@ -158,6 +158,97 @@ void mma_m16n8k16_bf16(float (&d)[4], const unsigned int (&a)[4], const unsigned
     }
 }
 
+// ---- wgmma: operations recorded per thread, computed when retired ----
+
+namespace {
+
+struct WgmmaOp {
+    float* d;
+    int n;
+    uint64_t desc_a, desc_b;
+    const unsigned char *a, *b;
+};
+thread_local std::vector<WgmmaOp> wgmma_ops;     // issued, not yet retired (oldest first)
+thread_local std::vector<size_t> wgmma_groups;   // wgmma_ops' size at each commit (oldest first)
+thread_local std::string wgmma_error;            // the first misuse seen, reported by the launch
+
+void wgmma_fail(const std::string& what) {
+    if (wgmma_error.empty()) wgmma_error = what;
+}
+
+// A bf16 operand's element (row, k) of a K-major, unswizzled layout from its
+// descriptor: core matrices of 8 rows × 16 bytes, k halves LBO apart, 8-row
+// groups SBO apart.
+float wgmma_element(const unsigned char* base, uint64_t desc, int row, int k) {
+    const uint64_t lbo = (desc >> 16 & 0x3fff) << 4, sbo = (desc >> 32 & 0x3fff) << 4;
+    const unsigned char* p = base + (row / 8) * sbo + (row % 8) * 16 + (k / 8) * lbo + (k % 8) * 2;
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+void wgmma_check_desc(uint64_t desc, const void* p, const char* which) {
+    const uint64_t start = desc & 0x3fff;
+    if (start != (((uintptr_t)p & 0x3ffff) >> 4) || (uintptr_t)p % 16 != 0)
+        wgmma_fail(std::string("wgmma: the ") + which + " descriptor's address is not its operand's (16-byte aligned)");
+    if (desc >> 62 != 0) wgmma_fail(std::string("wgmma: the ") + which + " descriptor asks for a swizzle (emulated: none)");
+    if ((desc >> 49 & 7) != 0) wgmma_fail(std::string("wgmma: the ") + which + " descriptor has a base offset");
+}
+
+// d += A·B for this thread's accumulators, each n8 block's k16 sum rounded
+// once toward zero (as mma_m16n8k16_bf16: the tensor core's accumulation).
+void wgmma_run(const WgmmaOp& op) {
+    const int w = linear_tid / 32 % 4, lane = linear_tid % 32, g = lane / 4, t = lane % 4;
+    for (int i = 0; i < op.n / 8; ++i)
+        for (int q = 0; q < 4; ++q) {
+            const int row = 16 * w + g + 8 * (q / 2), col = 8 * i + 2 * t + q % 2;
+            double sum = op.d[4 * i + q];
+            for (int k = 0; k < 16; ++k)
+                sum += (double)wgmma_element(op.a, op.desc_a, row, k) * (double)wgmma_element(op.b, op.desc_b, col, k);
+            op.d[4 * i + q] = round_toward_zero(sum);
+        }
+}
+
+}  // namespace
+
+unsigned int shared_address(const void* p) { return (unsigned int)(uintptr_t)p; }
+
+void wgmma_bf16_ss(float* d, int n, uint64_t desc_a, const void* a, uint64_t desc_b, const void* b) {
+    if (current_block->exchange.size() % 128 != 0) wgmma_fail("wgmma: the block is not whole warpgroups of 128 threads");
+    if (n < 8 || n > 256 || n % 8 != 0) wgmma_fail("wgmma: N is not a multiple of 8 in 8…256");
+    wgmma_check_desc(desc_a, a, "A");
+    wgmma_check_desc(desc_b, b, "B");
+    wgmma_ops.push_back(WgmmaOp{d, n, desc_a, desc_b, (const unsigned char*)a, (const unsigned char*)b});
+}
+
+void wgmma_commit() { wgmma_groups.push_back(wgmma_ops.size()); }
+
+void wgmma_wait(int pending) {
+    if (!wgmma_groups.empty() && wgmma_groups.back() != wgmma_ops.size())
+        wgmma_fail("wgmma: a wait with operations issued after the last commit");
+    const int groups = (int)wgmma_groups.size();
+    if (groups <= pending) return;
+    const size_t done = wgmma_groups[groups - pending - 1];
+    for (size_t i = 0; i < done; ++i) wgmma_run(wgmma_ops[i]);
+    wgmma_ops.erase(wgmma_ops.begin(), wgmma_ops.begin() + (long)done);
+    wgmma_groups.erase(wgmma_groups.begin(), wgmma_groups.begin() + (groups - pending));
+    for (auto& end : wgmma_groups) end -= done;
+}
+
+// After a thread's kernel returns: its misuse of wgmma, if any ("" if none),
+// with operations left unretired counted as one. Resets the thread's state.
+std::string wgmma_finish() {
+    if (!wgmma_ops.empty()) wgmma_fail("wgmma: the kernel returned with operations not waited for");
+    std::string e;
+    std::swap(e, wgmma_error);
+    wgmma_ops.clear();
+    wgmma_groups.clear();
+    return e;
+}
+
 }  // namespace emu
 
 struct KernelEntry {
@@ -256,6 +347,8 @@ int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned
     // bracket each block, the coordinator resets the block's barriers between
     std::barrier<> start(threads + 1);
     std::barrier<> finish(threads + 1);
+    std::mutex wgmma_error_mutex;
+    std::string wgmma_error;  // the first thread's misuse of wgmma
     auto reset = [&]() {
         block.block_barrier.emplace(threads);
         block.warp_barriers.clear();
@@ -277,6 +370,10 @@ int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned
                 start.arrive_and_wait();
                 emu::block_idx = uint3{b % gx, (b / gx) % gy, b / (gx * gy)};
                 k.call(args);
+                if (std::string e = emu::wgmma_finish(); !e.empty()) {
+                    std::lock_guard<std::mutex> g(wgmma_error_mutex);
+                    if (wgmma_error.empty()) wgmma_error = e;
+                }
                 block.block_barrier->arrive_and_drop();
                 block.warp_barriers[t / 32]->arrive_and_drop();
                 finish.arrive_and_wait();
@@ -289,6 +386,10 @@ int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned
         finish.arrive_and_wait();
     }
     for (auto& w : workers) w.join();
+    if (!wgmma_error.empty()) {
+        last_error = std::string(name) + ": " + wgmma_error;
+        return 5;
+    }
     return 0;
 }
 
