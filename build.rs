@@ -1,8 +1,9 @@
 //! Builds the CUDA kernels in `kernels/` two ways:
 //!
 //! 1. For GPUs: with `nvcc` (found through `NVCC`, `CUDA_HOME`/`CUDA_PATH`, or
-//!    `PATH`) into one fatbin — SASS for sm_80, sm_86, sm_89, sm_90 and PTX for
-//!    compute_80 — embedded in the binary. Without nvcc the kernel sources are
+//!    `PATH`) into one fatbin — SASS for sm_80, sm_86, sm_89, sm_90a (Hopper
+//!    with its arch-specific wgmma, kernels/mma.cuh) and PTX for compute_80 —
+//!    embedded in the binary. Without nvcc the kernel sources are
 //!    embedded instead and compiled at run time by NVRTC (a `cargo:warning`
 //!    says so). `MINIDIFFUSION_REQUIRE_NVCC=1` turns a missing nvcc or any
 //!    kernel diagnostic (warnings included) into a build failure: CI sets it.
@@ -17,10 +18,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// SASS targets by default; `MINIDIFFUSION_CUDA_ARCHS=90` (a comma list)
+/// SASS targets by default; `MINIDIFFUSION_CUDA_ARCHS=90a` (a comma list)
 /// builds only those, with PTX of the first (scripts/device-prepare.sh: the
-/// H100/H200 bundle must fit the device tool's carry limit).
-const ARCHS: [&str; 4] = ["80", "86", "89", "90"];
+/// H100/H200 bundle must fit the device tool's carry limit). A CC 9.0 GPU
+/// runs the sm_90a SASS (the only SASS of its major version here).
+const ARCHS: [&str; 4] = ["80", "86", "89", "90a"];
 
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -157,8 +159,12 @@ fn compile_fatbin(nvcc: &Path, unit: &Path, include: &Path, fatbin: &Path) -> Re
         Ok(list) if !list.trim().is_empty() => list.split(',').map(|a| a.trim().to_string()).collect(),
         _ => ARCHS.iter().map(|a| a.to_string()).collect(),
     };
-    if let Some(bad) = archs.iter().find(|a| a.is_empty() || !a.chars().all(|c| c.is_ascii_digit())) {
-        return Err(format!("MINIDIFFUSION_CUDA_ARCHS: '{bad}' is not a compute capability like 90"));
+    let arch_like = |a: &str| {
+        let digits = a.strip_suffix('a').unwrap_or(a);
+        !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+    };
+    if let Some(bad) = archs.iter().find(|a| !arch_like(a)) {
+        return Err(format!("MINIDIFFUSION_CUDA_ARCHS: '{bad}' is not a compute capability like 90 or 90a"));
     }
     for arch in &archs {
         cmd.arg(format!("-gencode=arch=compute_{arch},code=sm_{arch}"));

@@ -15,10 +15,11 @@ cd "$(dirname "$0")/.."
 
 source scripts/install-nvcc.sh
 export MINIDIFFUSION_REQUIRE_NVCC=1
-# H100 and H200 are sm_90: SASS (and PTX) for it alone keeps the bundle and
-# the tree under the device tool's 64 MiB carry limit (all four targets: 7 MB
-# of kernels in each of the ~17 binaries)
-export MINIDIFFUSION_CUDA_ARCHS="${MINIDIFFUSION_CUDA_ARCHS:-90}"
+# H100 and H200 are compute capability 9.0: sm_90a SASS (and PTX) alone
+# keeps the bundle and the tree under the device tool's 64 MiB carry limit
+# (all four targets: 7 MB of kernels in each of the ~17 binaries); the "a"
+# (arch-specific) target is what the wgmma kernels need
+export MINIDIFFUSION_CUDA_ARCHS="${MINIDIFFUSION_CUDA_ARCHS:-90a}"
 
 # DEVICE_BUNDLE names another folder (device-bundle-*, git-ignored too), so
 # that two bundles can be made ahead and carried by two calls in a row

@@ -97,6 +97,12 @@ pub trait Driver: Send + Sync {
     fn exact_blocks(&self) -> bool {
         false
     }
+    /// Whether the kernels' warpgroup MMA (wgmma, sm_90a: kernels/mma.cuh)
+    /// runs here: a compute-capability 9.0 GPU with sm_90a code loaded, or
+    /// the emulation. Elsewhere the kernels using it trap.
+    fn wgmma(&self) -> bool {
+        false
+    }
     fn free(&self, ptr: u64);
     fn htod(&self, dst: u64, src: &[u8]) -> Result<()>;
     fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()>;

@@ -151,6 +151,10 @@ impl Driver for EmulatedDriver {
         true
     }
 
+    fn wgmma(&self) -> bool {
+        true
+    }
+
     fn malloc(&self, bytes: usize) -> Result<u64> {
         // SAFETY: zeroed pages with the block's end at a guard page; a null result is reported.
         let p = unsafe { emu_malloc(bytes) };

@@ -22,6 +22,8 @@ pub struct GpuDriver {
     capturing: std::sync::atomic::AtomicBool,
     /// Staging for small copies, so that they do not synchronise the stream.
     pinned: Arc<PinnedPool>,
+    /// The module has sm_90a code for this (compute capability 9.0) GPU.
+    wgmma: bool,
 }
 
 /// An instantiated CUDA graph (cudarc's, which destroys it when dropped).
@@ -47,12 +49,16 @@ impl GpuDriver {
         // A stream of our own: the legacy default stream cannot be captured into a graph.
         let stream = ctx.new_stream().map_err(|e| cuda_err("creating a stream", e))?;
         let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
+        let (major, minor) = ctx.compute_capability().map_err(|e| cuda_err("compute capability", e))?;
+        // Hopper (9.0) gets its arch-specific target: the fatbin's sm_90a SASS, or NVRTC's compute_90a
+        let hopper = (major, minor) == (9, 0);
+        let wgmma = hopper && (!super::kernels::compiled_ahead() || super::kernels::targets().contains("sm_90a"));
         let ptx = match super::kernels::KERNEL_IMAGE {
             KernelImage::Fatbin(bytes) => cudarc::nvrtc::Ptx::from_binary(bytes.to_vec()),
             KernelImage::Source(src) => {
-                let (major, minor) = ctx.compute_capability().map_err(|e| cuda_err("compute capability", e))?;
+                let arch = if hopper { "90a".to_string() } else { format!("{major}{minor}") };
                 let opts = cudarc::nvrtc::CompileOptions {
-                    options: vec![format!("--gpu-architecture=compute_{major}{minor}"), "-std=c++17".into()],
+                    options: vec![format!("--gpu-architecture=compute_{arch}"), "-std=c++17".into()],
                     ..Default::default()
                 };
                 cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| cuda_err("compiling the kernels with NVRTC", e))?
@@ -68,6 +74,7 @@ impl GpuDriver {
             timed: Mutex::new(Vec::new()),
             capturing: Default::default(),
             pinned: Arc::new(PinnedPool::new(ctx.clone())),
+            wgmma,
             ctx,
         })
     }
@@ -124,6 +131,10 @@ impl Drop for GpuPendingRead {
 impl Driver for GpuDriver {
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn wgmma(&self) -> bool {
+        self.wgmma
     }
 
     fn malloc(&self, bytes: usize) -> Result<u64> {

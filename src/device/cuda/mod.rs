@@ -136,6 +136,11 @@ impl CudaBackend {
         self.allocator.driver().name()
     }
 
+    /// Whether kernels using Hopper's warpgroup MMA run here (see `Driver::wgmma`).
+    pub fn wgmma(&self) -> bool {
+        self.allocator.driver().wgmma()
+    }
+
     fn driver(&self) -> &Arc<dyn Driver> {
         self.allocator.driver()
     }
