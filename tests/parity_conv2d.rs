@@ -1151,3 +1151,84 @@ fn direct_forward_takes_convs_with_few_channels() {
         }
     }
 }
+
+/// The bf16 3×3 forward on Hopper's warpgroup MMA (kernels/conv2d_wgmma.cu,
+/// `MINIDIFFUSION_CONV_WGMMA=on`): the maps of the seed UNet (32×32 and
+/// 16×16 at 72 virtual pixels a warpgroup, 8×8 and 4×4 at 128), a 64×64 map
+/// (two rows a tile), partial channel chunks (17, 40), output channels
+/// short of or past a 64-row block (24, 72), batches ending mid-tile; each
+/// against the CPU twin and against the mma.sync kernels at bf16's
+/// tolerance, with the kernel's name. The norm applied as x is staged gives
+/// the bits of the norm written out; bf16 storage the bits of its f32
+/// widening. A map it does not take (OW not a multiple of 4) goes to the
+/// mma.sync kernels.
+#[test]
+fn wgmma_forward_takes_the_3x3_convs() {
+    use minidiffusion::ops::conv2d::cuda::{wgmma_width, with_wgmma_forward};
+    use minidiffusion::ops::group_norm::group_norm_silu;
+    use minidiffusion::ops::{ConvAdd, Precision, cast, conv2d_fused, with_precision};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::testing::assert_close;
+    use minidiffusion::{Device, Tensor, no_grad};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    let cases: [(&[usize], &[usize], Option<usize>); 7] = [
+        (&[2, 32, 32, 32], &[32, 32, 3, 3], Some(72)),
+        (&[2, 64, 16, 16], &[64, 64, 3, 3], Some(72)),
+        (&[3, 48, 8, 8], &[72, 48, 3, 3], Some(128)),
+        (&[9, 40, 4, 4], &[40, 40, 3, 3], Some(128)),
+        (&[2, 17, 16, 16], &[24, 17, 3, 3], Some(72)),
+        (&[1, 8, 64, 64], &[16, 8, 3, 3], Some(72)),
+        (&[2, 8, 6, 6], &[8, 8, 3, 3], None),
+    ];
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    let _bf16 = with_precision(Precision::Bf16);
+    for (k, &(xd, wd, width)) in cases.iter().enumerate() {
+        let what = format!("case {k} {xd:?} * {wd:?}");
+        let (n_, c, h, w, oc) = (xd[0], xd[1], xd[2], xd[3], wd[0]);
+        let geom = minidiffusion::ops::conv2d::cpu::ConvGeom { n: n_, c, h, w, oc, kh: 3, kw: 3, stride: 1, pad: 1, oh: h, ow: w };
+        assert_eq!(wgmma_width(&geom), width, "{what}: virtual pixels a warpgroup");
+        let t = switch_case(xd, wd, 1300 + 10 * k as u64);
+        let Device::Cuda(d) = t[0].device() else { panic!("parity_device is CUDA") };
+        let backend = minidiffusion::device::cuda::backend(d).unwrap();
+        let cpu: Vec<Tensor> = t.iter().map(|x| x.to_device(Device::Cpu).unwrap()).collect();
+        let run = |x: &Tensor, wgmma: bool| {
+            backend.start_profiling();
+            let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
+            let y = with_wgmma_forward(wgmma, || no_grad(|| conv2d_fused(x, &t[1], Some(&t[2]), add, p))).unwrap().to_vec();
+            let kernels: Vec<&str> = backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).filter(|k| k.starts_with("conv2d_same")).collect();
+            (y, kernels)
+        };
+        let (wg, kernels) = run(&t[0], true);
+        if !backend.wgmma() {
+            assert!(kernels.iter().all(|k| !k.contains("_wg_")), "{what}: taken on {} without wgmma: {kernels:?}", backend.name());
+            println!("wgmma_forward_takes_the_3x3_convs: skipped on {} (no sm_90a wgmma there)", backend.name());
+            return;
+        }
+        let Some(n) = width else {
+            assert!(kernels.iter().all(|k| !k.contains("_wg_")), "{what}: not taken: {kernels:?}");
+            continue;
+        };
+        assert_eq!(kernels, [format!("conv2d_same_bf16_wg_n{n}").as_str()], "{what}");
+        let twin = {
+            let add = ConvAdd { sample_bias: Some(&cpu[3]), residual: Some(&cpu[4]) };
+            no_grad(|| conv2d_fused(&cpu[0], &cpu[1], Some(&cpu[2]), add, p)).unwrap().to_vec()
+        };
+        let tol = ParityTol::BF16_TENSOR_CORE;
+        assert_close(&format!("{what}: wgmma against the CPU twin"), &wg, &twin, tol.atol, tol.rtol);
+        let (mma, kernels) = run(&t[0], false);
+        assert!(kernels.iter().all(|k| !k.contains("_wg_")), "{what}: switched off: {kernels:?}");
+        assert_close(&format!("{what}: wgmma against the mma.sync kernels"), &wg, &mma, tol.atol, tol.rtol);
+        // the norm applied as x is staged: the bits of the norm written out, then convolved
+        let groups = if xd[1] % 2 == 0 { 2 } else { 1 };
+        let (normed, kernels) = with_wgmma_forward(true, || profiled_forward(&t, p, Precision::Bf16, Some(groups)));
+        let convs: Vec<&str> = kernels.into_iter().filter(|k| k.starts_with("conv2d_same")).collect();
+        assert_eq!(convs, [format!("conv2d_same_bf16_gn_wg_n{n}").as_str()], "{what}: norm");
+        let written = no_grad(|| group_norm_silu(&t[0], groups, Some(&t[5]), Some(&t[6]), 1e-5)).unwrap();
+        assert_eq!(normed, run(&written, true).0, "{what}: the norm applied as staged");
+        // bf16 storage: the bits of its f32 widening
+        let stored = cast(&t[0], DType::BF16).unwrap();
+        let (y16, kernels) = run(&stored, true);
+        assert_eq!(kernels, [format!("conv2d_same_bf16_xbf16_wg_n{n}").as_str()], "{what}: bf16 storage");
+        assert_eq!(y16, run(&cast(&stored, DType::F32).unwrap(), true).0, "{what}: bf16 storage");
+    }
+}

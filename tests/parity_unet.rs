@@ -258,6 +258,54 @@ fn bf16_conv_input_storage_gives_the_same_bits() {
     switch_keeps_the_bits("the norm's output stored in bf16", counted);
 }
 
+/// The bf16 3×3 forwards on Hopper's warpgroup MMA
+/// (`MINIDIFFUSION_CONV_WGMMA=on`) run the golden UNets' resnet convs: ε̂ bit
+/// for bit on the emulation (whose wgmma sums as its mma.sync does: the same
+/// order, one rounding toward zero per k16 step); on a GPU, whose two
+/// instructions need not accumulate alike, within what one bf16 rounding flip
+/// spreading through the layers moves it (1e-2 of ε̂'s scale; a wrong
+/// kernel moves it by O(1)).
+#[test]
+fn wgmma_forward_runs_the_unets_convs() {
+    use minidiffusion::ops::conv2d::cuda::with_wgmma_forward;
+    use minidiffusion::ops::{Precision, with_precision};
+    let device = parity_device();
+    let minidiffusion::Device::Cuda(d) = device else { panic!("parity_device is CUDA") };
+    if !minidiffusion::device::cuda::backend(d).unwrap().wgmma() {
+        println!("wgmma_forward_runs_the_unets_convs: skipped on {device} (no sm_90a wgmma there)");
+        return;
+    }
+    for name in ["unet_c", "unet_e"] {
+        let (model, _) = model_dir::load(&golden(name), device).unwrap();
+        let (xs, xv) = load(&format!("{name}/forward/x.npy"));
+        let x = Tensor::from_vec_on(xv, xs, device).unwrap();
+        let (ts, tv) = load(&format!("{name}/forward/t_mixed_1_999.npy"));
+        let t = Tensor::from_vec_on(tv, ts, device).unwrap();
+        let labels = model.config.class_conditioning().map(|_| {
+            let (ls, lv) = load(&format!("{name}/forward/class_labels.npy"));
+            Tensor::from_vec_on(lv, ls, device).unwrap()
+        });
+        let _bf16 = with_precision(Precision::Bf16);
+        let run = |on: bool| {
+            let mut eps = Vec::new();
+            let rows = minidiffusion::testing::kernel_calls(|| {
+                eps = with_wgmma_forward(on, || no_grad(|| model.forward_with_labels(&x, &t, labels.as_ref()))).unwrap().to_vec();
+            });
+            let wg = rows.iter().filter(|r| r.0.contains("_wg_n")).map(|r| r.1).sum::<usize>();
+            assert_eq!(wg > 0, on, "{name}: wgmma launches with the switch {on}: {rows:?}");
+            eps
+        };
+        let (on, off) = (run(true), run(false));
+        if on_gpu(device) {
+            let scale = off.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            minidiffusion::testing::assert_close(&format!("{name}: wgmma on against off"), &on, &off, 1e-2 * scale, 0.0);
+        } else {
+            let differ = on.iter().zip(&off).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{name} on {device}: {differ} values differ with the wgmma forward");
+        }
+    }
+}
+
 /// The golden UNets' ε̂ with an A/B switch on and off, at f32 and at bf16,
 /// bit for bit: on the emulation unet_c and unet_e, on a GPU also unet_a and
 /// unet_f.

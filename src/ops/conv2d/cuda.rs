@@ -324,6 +324,7 @@ thread_local! {
     static BLOCKS3: Cell<Option<bool>> = const { Cell::new(None) };
     static WIDE: Cell<Option<bool>> = const { Cell::new(None) };
     static DIRECT: Cell<Option<bool>> = const { Cell::new(None) };
+    static WGMMA: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 /// Whether same-conv forwards stage an f32 input with float4s
@@ -382,6 +383,78 @@ fn wide_forward_fits(x: &CudaBuffer, s: &ConvShape, prec: Precision) -> bool {
         && g.kh == 3
         && g.oc <= 32
         && patch_pixels(&g, WIDE_TILE_PIXELS, WIDE_PATCH_MAX).is_some()
+}
+
+/// Whether the bf16 3×3 same-conv forwards run on Hopper's warpgroup MMA
+/// (kernels/conv2d_wgmma.cu: both operands read by the tensor cores from
+/// shared memory, where the mma.sync kernels load every fragment through the
+/// load/store pipe GPU run 8 found them waiting on) where it runs
+/// ([`CudaBackend::wgmma`](crate::device::cuda::CudaBackend::wgmma)) and the
+/// tile fits ([`wgmma_width`]): `MINIDIFFUSION_CONV_WGMMA=on`, the A/B, off
+/// until a GPU has timed it. Sums in the same order; not promised bit-equal
+/// to the mma.sync kernels on a GPU (another instruction's accumulation).
+pub fn wgmma_forward() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&WGMMA, &ENV, || std::env::var("MINIDIFFUSION_CONV_WGMMA").is_ok_and(|v| v == "on"))
+}
+
+/// Run `f` with the wgmma forward on or off on this thread (tests, A/B).
+pub fn with_wgmma_forward<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_switch(&WGMMA, on, f)
+}
+
+/// Output channels a block of the wgmma forward (wgmma's M).
+const WGMMA_BLOCK_ROWS: usize = 64;
+
+/// The wgmma forwards, by [x f32, bf16 storage, f32 group-normalised as
+/// staged][virtual pixels a warpgroup 72, 128].
+const WGMMA_KERNELS: [[&str; 2]; 3] = [
+    ["conv2d_same_bf16_wg_n72", "conv2d_same_bf16_wg_n128"],
+    ["conv2d_same_bf16_xbf16_wg_n72", "conv2d_same_bf16_xbf16_wg_n128"],
+    ["conv2d_same_bf16_gn_wg_n72", "conv2d_same_bf16_gn_wg_n128"],
+];
+/// Patch pixels a plane of the wgmma forward holds (its PLANE), and the
+/// staging items its 256 threads take (ITEMS each).
+const WGMMA_PLANE: usize = 320;
+const WGMMA_ITEMS: usize = 512;
+
+/// The virtual pixels a warpgroup of the wgmma forward computes for a conv of
+/// `g` (72 or 128; kernels/conv2d_wgmma.cu's geometry), when it takes `g`: a
+/// stride-1 3×3 same conv over the same conv's 128-pixel tiles, OW a
+/// multiple of 4 (4-pixel staging), and every staged pixel and every read
+/// of a tap's B inside the patch's plane.
+pub fn wgmma_width(g: &ConvGeom) -> Option<usize> {
+    let same3 = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.oh == g.h && g.ow == g.w;
+    if !same3 || !g.ow.is_multiple_of(4) || g.p() == 0 {
+        return None;
+    }
+    let (rows, segs) = tile_rows(g, SAME_TILE_PIXELS)?;
+    let pw = g.ow + 1;
+    let virtual_pixels = ((segs - 1) * (rows + 1) + rows - 1) * pw + g.ow;
+    let n = match virtual_pixels {
+        0..=144 => 72,
+        145..=256 => 128,
+        _ => return None,
+    };
+    let patch_rows = segs * (rows + 1) + 1;
+    let read_end = 2 * n + 2 * pw + 2;
+    let staged_end = (patch_rows - 1) * pw + g.ow + 1;
+    let items = patch_rows * (g.ow / 4) * 8;
+    (read_end <= WGMMA_PLANE && staged_end <= WGMMA_PLANE && items <= WGMMA_ITEMS).then_some(n)
+}
+
+/// The wgmma forward's kernel for a same conv of `x` at `prec` (see
+/// [`wgmma_forward`]), normalising x as it stages it when `normed`: bf16
+/// products, x f32 (16-byte aligned) or bf16 storage (8-byte aligned).
+fn wgmma_kernel(x: &CudaBuffer, s: &ConvShape, prec: Precision, normed: bool) -> Option<&'static str> {
+    let variant = match x.dtype() {
+        DType::F32 if x.ptr().is_multiple_of(16) => usize::from(normed) * 2,
+        DType::BF16 if x.ptr().is_multiple_of(8) && !normed => 1,
+        _ => return None,
+    };
+    let takes = wgmma_forward() && prec == Precision::Bf16 && x.backend().wgmma();
+    let n = wgmma_width(&s.geom()).filter(|_| takes)?;
+    Some(WGMMA_KERNELS[variant][usize::from(n == 128)])
 }
 
 /// Whether an inference group norm (+ SiLU) before a same conv is applied
@@ -861,16 +934,31 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
     let mut args = vec![out.arg(), x.arg(), packed.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(s)];
     let (p, b, k) = (usize::from(prec == Precision::Bf16), usize::from(bm != 32), usize::from(ks != 1));
+    let wgmma = match read {
+        Read::AsIs | Read::Normed(_) if !bf16_out && ks == 3 => wgmma_kernel(x, s, prec, matches!(read, Read::Normed(_))),
+        _ => None,
+    };
     let vec = vec_staging_fits(x, s);
     let wide = matches!(read, Read::AsIs) && !vec && wide_forward_fits(x, s, prec);
     let tile = if wide { WIDE_TILE_PIXELS } else { SAME_TILE_PIXELS };
+    let bm = if wgmma.is_some() { WGMMA_BLOCK_ROWS } else { bm };
     let cfg = LaunchConfig::grid([pixels.div_ceil(tile), m.div_ceil(bm), 1], GEMM_THREADS);
     let kernel = match read {
-        Read::AsIs if bf16_out => ONE_BY_ONE_BF16_OUT_KERNELS[0][b],
-        Read::AsIs if vec => same_kernel(&SAME_FORWARD_VEC_KERNELS, prec, x.dtype(), bm, ks)?,
-        Read::AsIs if wide => WIDE_FORWARD_KERNEL,
-        Read::AsIs if one_by_one_fits(x, s) => ONE_BY_ONE_KERNELS[same_variant(prec, x.dtype())?][b],
-        Read::AsIs => same_kernel(&SAME_FORWARD_KERNELS, prec, x.dtype(), bm, ks)?,
+        Read::AsIs => {
+            if let Some(kernel) = wgmma {
+                kernel
+            } else if bf16_out {
+                ONE_BY_ONE_BF16_OUT_KERNELS[0][b]
+            } else if vec {
+                same_kernel(&SAME_FORWARD_VEC_KERNELS, prec, x.dtype(), bm, ks)?
+            } else if wide {
+                WIDE_FORWARD_KERNEL
+            } else if one_by_one_fits(x, s) {
+                ONE_BY_ONE_KERNELS[same_variant(prec, x.dtype())?][b]
+            } else {
+                same_kernel(&SAME_FORWARD_KERNELS, prec, x.dtype(), bm, ks)?
+            }
+        }
         Read::Upsampled => {
             let source = s.n as usize * s.c as usize * (s.h as usize / 2) * (s.w as usize / 2);
             if x.dtype() != DType::F32 || ks != 3 || s.h % 2 != 0 || s.w % 2 != 0 || x.len() != source {
@@ -886,7 +974,9 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
         }
         Read::Normed(n) => {
             args.push(n.prologue(x, s.n as usize * s.c as usize)?);
-            if bf16_out {
+            if let Some(kernel) = wgmma {
+                kernel
+            } else if bf16_out {
                 ONE_BY_ONE_BF16_OUT_KERNELS[1][b]
             } else if vec {
                 SAME_FORWARD_NORM_VEC_KERNELS[p][b][k]
