@@ -116,6 +116,8 @@ kernels_bf16)
 kernels_b512)
     # the convolutions at the batch the seed recipe trains at (the stages above use 64)
     step bench_kernels_bf16_b512 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
+    # the same convolutions with the 3x3 forwards on wgmma (session 33; the backward rows are unchanged)
+    MINIDIFFUSION_CONV_WGMMA=on step bench_kernels_bf16_b512_wgmma 90 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only conv2d
     # the attention rows (16x16 maps, 8 heads of 8; inference and backward) with bf16 mma products
     step bench_kernels_bf16_b512_attention 40 "$md" bench kernels --device cuda --iters 10 --json --precision bf16 --batch-size 512 --only attention
     # (run 7 settled the A/Bs this stage ran: f32-product attention, float4 staging, two blocks an SM, the norm in the conv)
@@ -129,6 +131,12 @@ ours_bf16)
     # +1.7 %, the norm written out +27.7 %; their switches stay for a later A/B)
     step ours_train_bf16_profile 60 "$md" bench train --config seed --batch-size 512 --steps 3 --device cuda --profile --precision bf16
     step ours_train_bf16 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16
+    # the bf16 3x3 forwards on Hopper's warpgroup MMA (session 33, conv2d_same_bf16_*wg_n72/_n128: both
+    # operands read by the tensor cores from shared memory, where run 8's ncu had the mma.sync kernels
+    # waiting on the L1's load/store pipe); its profile, and with the norm's output stored in bf16 (_xbf16_wg_)
+    MINIDIFFUSION_CONV_WGMMA=on step ours_sample_bf16_wgmma 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    MINIDIFFUSION_CONV_WGMMA=on step ours_sample_bf16_wgmma_profile 60 "$md" bench sample --config seed --steps 4 -n 2048 --batch-size 2048 --device cuda --profile --precision bf16
+    MINIDIFFUSION_CONV_WGMMA=on MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_wgmma_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # (run 8 settled the A/Bs of sessions 24-25: bf16 storage -3.0 %, the up path in place +2.6 %, the 1x1
     # weight-gradient GEMM +16.5 % training, the 1x1 forward without the patch +5.8 %; their switches stay)
     # the resnets' norm + SiLU stored in bf16 for the 3x3 convs (run 8: -3.0 %, when the convs staged it two
@@ -193,7 +201,10 @@ ncu)
     # one DDIM step of the seed UNet at the goal's batch (no graph: every kernel its own launch)
     step ncu_sample_b2048 150 "${prof[@]}" -k 'regex:conv2d_same_|groupnorm|attention' -c 24 -o "$rep/ncu_sample_b2048" \
         "$md" bench sample --config seed --steps 1 -n 2048 --batch-size 2048 --device cuda --precision bf16 --cuda-graph off
-    for r in ncu_conv_b512 ncu_sample_b2048; do
+    # the wgmma 3x3 forwards in one DDIM step (session 33)
+    MINIDIFFUSION_CONV_WGMMA=on step ncu_sample_b2048_wgmma 150 "${prof[@]}" -k 'regex:conv2d_same_' -c 16 -o "$rep/ncu_sample_b2048_wgmma" \
+        "$md" bench sample --config seed --steps 1 -n 2048 --batch-size 2048 --device cuda --precision bf16 --cuda-graph off
+    for r in ncu_conv_b512 ncu_sample_b2048 ncu_sample_b2048_wgmma; do
         [ -f "$rep/$r.ncu-rep" ] || continue
         "$ncu_bin" --import "$rep/$r.ncu-rep" --page raw --csv > "$logs/$r.csv" 2> "$logs/$r.import.log" || { say "$r: import FAILED"; continue; }
         say "--- $r (ncu) ---"
