@@ -74,19 +74,24 @@ constexpr int M_ALIGN = 64;                   // the packing's row padding (conv
 // y = conv3x3(x, A) + epilogue at bf16 (products of bf16 operands summed in
 // f32), A packed by conv2d_pack_same_bf16 for this shape; x f32 or bf16
 // storage (TX = unsigned short); NORM: x's group norm (+ SiLU) applied as it
-// is staged (pro, as conv2d_same.cu's _gn kernels). Grid (⌈N·P/128⌉,
-// ⌈OC/64⌉), 256 threads; N: the virtual pixels a warpgroup (72 or 128).
-template <int N, class TX, bool NORM>
+// is staged (pro, as conv2d_same.cu's _gn kernels); UP: x is [N, C, H/2,
+// W/2] (f32) and the conv's input (H × W, as s says) its nearest 2×
+// upsampling, read in place (the UNet's upsamplers: an item's 4 pixels are
+// 2 of x's, one 8-byte load a channel). Grid (⌈N·P/128⌉, ⌈OC/64⌉), 256
+// threads; N: the virtual pixels a warpgroup (72 or 128).
+template <int N, class TX, bool NORM, bool UP = false>
 __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
                                         const conv::Prologue& pro) {
     static_assert(!NORM || sizeof(TX) == sizeof(float), "the norm is applied to f32 input");
+    static_assert(!UP || (sizeof(TX) == sizeof(float) && !NORM), "an upsampled input is f32, read as it is");
     using Reg = typename mma::Quad<TX>::Reg;
     alignas(16) __shared__ unsigned int As[KK * A_TAP_WORDS];
     alignas(16) __shared__ unsigned int patch[2 * PLANE * 4];
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4, h = warp / 4;
-    const int P = s.oh * s.ow, HW = s.h * s.w;
+    const int P = s.oh * s.ow;
+    const int XW = UP ? s.w / 2 : s.w, HW = UP ? (s.h / 2) * XW : s.h * s.w;  // x's row and channel strides
     const int n0 = blockIdx.x * TILE, m0 = blockIdx.y * BM;
     const int img0 = n0 / P, oh0 = (n0 - img0 * P) / s.ow;
     const int S = P >= TILE ? TILE / s.ow : s.oh, segs = P >= TILE ? 1 : TILE / P;
@@ -105,7 +110,8 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
         const int seg = R < 0 ? 0 : R / (S + 1), r = R < 0 ? -1 : R - seg * (S + 1);
         const int img = img0 + seg, iy = oh0 + r;
         const bool inside = R < segs * (S + 1) && img < s.n && iy >= 0 && iy < s.h;
-        src[i] = inside ? img * s.c * HW + iy * s.w + 4 * grp + 2 * j * HW : -1;
+        const int at = UP ? (iy / 2) * XW + 2 * grp : iy * XW + 4 * grp;
+        src[i] = inside ? img * s.c * HW + at + 2 * j * HW : -1;
         dst[i] = (j / 4) * PLANE * 4 + ((R + 1) * pw + 4 * grp + 1) * 4 + j % 4;
         nc[i] = img * s.c + 2 * j;
         pair[i] = 2 * j;
@@ -128,8 +134,18 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
         for (int i = 0; i < ITEMS; ++i) {
             if (src[i] < 0) continue;
             const int c = c0 + pair[i];  // the item's channels c, c + 1 (zeros past C)
-            lo[i] = c < s.c ? mma::Quad<TX>::load(x, src[i] + c0 * HW) : mma::Quad<TX>::zero();
-            hi[i] = c + 1 < s.c ? mma::Quad<TX>::load(x, src[i] + (c0 + 1) * HW) : mma::Quad<TX>::zero();
+            if constexpr (UP) {
+                // pixels 2g', 2g' + 1 of x's row, each twice
+                const float2 zero2 = make_float2(0.0f, 0.0f);
+                const float* xf = reinterpret_cast<const float*>(x);
+                const float2 a = c < s.c ? *reinterpret_cast<const float2*>(xf + src[i] + c0 * HW) : zero2;
+                const float2 b = c + 1 < s.c ? *reinterpret_cast<const float2*>(xf + src[i] + (c0 + 1) * HW) : zero2;
+                lo[i] = make_float4(a.x, a.x, a.y, a.y);
+                hi[i] = make_float4(b.x, b.x, b.y, b.y);
+            } else {
+                lo[i] = c < s.c ? mma::Quad<TX>::load(x, src[i] + c0 * HW) : mma::Quad<TX>::zero();
+                hi[i] = c + 1 < s.c ? mma::Quad<TX>::load(x, src[i] + (c0 + 1) * HW) : mma::Quad<TX>::zero();
+            }
             if constexpr (NORM) {
                 aff_lo[i] = c < s.c ? pro.affine[nc[i] + c0] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 aff_hi[i] = c + 1 < s.c ? pro.affine[nc[i] + c0 + 1] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -258,7 +274,8 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
 // y [N, OC, OH, OW] = conv3x3(x [N, C, H, W]) + bias + sample_bias + residual
 // (each may be null) at bf16 with wgmma, the weights packed by
 // conv2d_pack_same_bf16: x f32 (16-byte aligned), bf16 storage (_xbf16,
-// 8-byte aligned), or f32 group-normalised (+ SiLU) as it is staged (_gn);
+// 8-byte aligned), f32 group-normalised (+ SiLU) as it is staged (_gn), or
+// f32 [N, C, H/2, W/2] upsampled 2× as it is staged (_up);
 // _n72 / _n128 the virtual pixels a warpgroup. Grid (⌈N·OH·OW/128⌉,
 // ⌈OC/64⌉), 256 threads, two blocks an SM (28 KB of shared memory each; at
 // that bound ptxas spills 12 bytes in _wg_n128 and 48 in _gn_wg_n128, none
@@ -292,4 +309,14 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_gn_wg_n128(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
         const float* residual, conv::Shape s, conv::Prologue pro) {
     wg::forward<128, float, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, pro);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_up_wg_n72(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    wg::forward<72, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{});
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_up_wg_n128(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
+        const float* residual, conv::Shape s) {
+    wg::forward<128, float, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{});
 }

@@ -407,11 +407,12 @@ pub fn with_wgmma_forward<R>(on: bool, f: impl FnOnce() -> R) -> R {
 const WGMMA_BLOCK_ROWS: usize = 64;
 
 /// The wgmma forwards, by [x f32, bf16 storage, f32 group-normalised as
-/// staged][virtual pixels a warpgroup 72, 128].
-const WGMMA_KERNELS: [[&str; 2]; 3] = [
+/// staged, f32 upsampled as staged][virtual pixels a warpgroup 72, 128].
+const WGMMA_KERNELS: [[&str; 2]; 4] = [
     ["conv2d_same_bf16_wg_n72", "conv2d_same_bf16_wg_n128"],
     ["conv2d_same_bf16_xbf16_wg_n72", "conv2d_same_bf16_xbf16_wg_n128"],
     ["conv2d_same_bf16_gn_wg_n72", "conv2d_same_bf16_gn_wg_n128"],
+    ["conv2d_same_bf16_up_wg_n72", "conv2d_same_bf16_up_wg_n128"],
 ];
 /// Patch pixels a plane of the wgmma forward holds (its PLANE), and the
 /// staging items its 256 threads take (ITEMS each).
@@ -443,13 +444,16 @@ pub fn wgmma_width(g: &ConvGeom) -> Option<usize> {
     (read_end <= WGMMA_PLANE && staged_end <= WGMMA_PLANE && items <= WGMMA_ITEMS).then_some(n)
 }
 
-/// The wgmma forward's kernel for a same conv of `x` at `prec` (see
-/// [`wgmma_forward`]), normalising x as it stages it when `normed`: bf16
-/// products, x f32 (16-byte aligned) or bf16 storage (8-byte aligned).
-fn wgmma_kernel(x: &CudaBuffer, s: &ConvShape, prec: Precision, normed: bool) -> Option<&'static str> {
-    let variant = match x.dtype() {
-        DType::F32 if x.ptr().is_multiple_of(16) => usize::from(normed) * 2,
-        DType::BF16 if x.ptr().is_multiple_of(8) && !normed => 1,
+/// The wgmma forward's kernel for a same conv of `x` at `prec` read as
+/// `read` says (as it is, normalised or upsampled as staged; see
+/// [`wgmma_forward`]): bf16 products, x f32 (16-byte aligned) or, read as it
+/// is, bf16 storage (8-byte aligned).
+fn wgmma_kernel(x: &CudaBuffer, s: &ConvShape, prec: Precision, read: &Read) -> Option<&'static str> {
+    let variant = match (x.dtype(), read) {
+        (DType::F32, Read::AsIs) if x.ptr().is_multiple_of(16) => 0,
+        (DType::BF16, Read::AsIs) if x.ptr().is_multiple_of(8) => 1,
+        (DType::F32, Read::Normed(_)) if x.ptr().is_multiple_of(16) => 2,
+        (DType::F32, Read::Upsampled) if x.ptr().is_multiple_of(16) => 3,
         _ => return None,
     };
     let takes = wgmma_forward() && prec == Precision::Bf16 && x.backend().wgmma();
@@ -934,10 +938,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
     let mut args = vec![out.arg(), x.arg(), packed.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(s)];
     let (p, b, k) = (usize::from(prec == Precision::Bf16), usize::from(bm != 32), usize::from(ks != 1));
-    let wgmma = match read {
-        Read::AsIs | Read::Normed(_) if !bf16_out && ks == 3 => wgmma_kernel(x, s, prec, matches!(read, Read::Normed(_))),
-        _ => None,
-    };
+    let wgmma = if bf16_out || ks != 3 { None } else { wgmma_kernel(x, s, prec, &read) };
     let vec = vec_staging_fits(x, s);
     let wide = matches!(read, Read::AsIs) && !vec && wide_forward_fits(x, s, prec);
     let tile = if wide { WIDE_TILE_PIXELS } else { SAME_TILE_PIXELS };
@@ -964,7 +965,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
             if x.dtype() != DType::F32 || ks != 3 || s.h % 2 != 0 || s.w % 2 != 0 || x.len() != source {
                 return shape_err("conv2d", "an upsampled input is read in place by the 3×3 same convs, from f32 x [N, C, H/2, W/2]");
             }
-            SAME_FORWARD_UP_KERNELS[p][b]
+            wgmma.unwrap_or(SAME_FORWARD_UP_KERNELS[p][b])
         }
         Read::Strided => {
             if x.dtype() != DType::F32 || ks != 3 || s.stride != 2 || s.h != 2 * s.oh || s.w != 2 * s.ow {
