@@ -17,6 +17,21 @@ fn load(rel: &str) -> (Vec<usize>, Vec<f32>) {
     npy::read(&golden(rel)).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Golden UNet `name` on `device` with its forward inputs: x, the mixed
+/// timesteps (t_mixed_1_999) and its class labels when it has them.
+fn golden_mixed_case(name: &str, device: Device) -> (minidiffusion::nn::unet::UNet2DModel, Tensor, Tensor, Option<Tensor>) {
+    let (model, _) = model_dir::load(&golden(name), device).unwrap();
+    let (xs, xv) = load(&format!("{name}/forward/x.npy"));
+    let x = Tensor::from_vec_on(xv, xs, device).unwrap();
+    let (ts, tv) = load(&format!("{name}/forward/t_mixed_1_999.npy"));
+    let t = Tensor::from_vec_on(tv, ts, device).unwrap();
+    let labels = model.config.class_conditioning().map(|_| {
+        let (ls, lv) = load(&format!("{name}/forward/class_labels.npy"));
+        Tensor::from_vec_on(lv, ls, device).unwrap()
+    });
+    (model, x, t, labels)
+}
+
 /// Largest |a − b| / (1e-5 + max |b|).
 fn scaled_error(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) + 1e-5;
@@ -276,15 +291,7 @@ fn wgmma_forward_runs_the_unets_convs() {
         return;
     }
     for name in ["unet_c", "unet_e"] {
-        let (model, _) = model_dir::load(&golden(name), device).unwrap();
-        let (xs, xv) = load(&format!("{name}/forward/x.npy"));
-        let x = Tensor::from_vec_on(xv, xs, device).unwrap();
-        let (ts, tv) = load(&format!("{name}/forward/t_mixed_1_999.npy"));
-        let t = Tensor::from_vec_on(tv, ts, device).unwrap();
-        let labels = model.config.class_conditioning().map(|_| {
-            let (ls, lv) = load(&format!("{name}/forward/class_labels.npy"));
-            Tensor::from_vec_on(lv, ls, device).unwrap()
-        });
+        let (model, x, t, labels) = golden_mixed_case(name, device);
         let _bf16 = with_precision(Precision::Bf16);
         let run = |on: bool| {
             let mut eps = Vec::new();
@@ -313,15 +320,7 @@ fn switch_keeps_the_bits(what: &str, with: impl Fn(bool, &mut dyn FnMut() -> Vec
     let device = parity_device();
     let names: &[&str] = if on_gpu(device) { &["unet_c", "unet_e", "unet_a", "unet_f"] } else { &["unet_c", "unet_e"] };
     for &name in names {
-        let (model, _) = model_dir::load(&golden(name), device).unwrap();
-        let (xs, xv) = load(&format!("{name}/forward/x.npy"));
-        let x = Tensor::from_vec_on(xv, xs, device).unwrap();
-        let (ts, tv) = load(&format!("{name}/forward/t_mixed_1_999.npy"));
-        let t = Tensor::from_vec_on(tv, ts, device).unwrap();
-        let labels = model.config.class_conditioning().map(|_| {
-            let (ls, lv) = load(&format!("{name}/forward/class_labels.npy"));
-            Tensor::from_vec_on(lv, ls, device).unwrap()
-        });
+        let (model, x, t, labels) = golden_mixed_case(name, device);
         for precision in [minidiffusion::ops::Precision::F32, minidiffusion::ops::Precision::Bf16] {
             let run = |on: bool| {
                 let _precision = minidiffusion::ops::with_precision(precision);
