@@ -1166,7 +1166,7 @@ fn direct_forward_takes_convs_with_few_channels() {
 /// against the mma.sync kernels, and forward and gradients against the twin.
 #[test]
 fn wgmma_forward_takes_the_3x3_convs() {
-    use minidiffusion::ops::conv2d::cuda::{wgmma_width, with_wgmma_forward};
+    use minidiffusion::ops::conv2d::cuda::{wgmma_width, with_vec_staging, with_wgmma_forward, with_wide_forward};
     use minidiffusion::ops::group_norm::group_norm_silu;
     use minidiffusion::ops::resample::upsample_nearest2x;
     use minidiffusion::ops::{ConvAdd, Precision, cast, conv2d_after_upsample, conv2d_fused, with_precision};
@@ -1213,6 +1213,15 @@ fn wgmma_forward_takes_the_3x3_convs() {
             continue;
         };
         assert_eq!(kernels, [format!("conv2d_same_bf16_wg_n{n}").as_str()], "{what}");
+        if k == 0 {
+            // with the wide A/B on as well (element staging, 32 channels): wgmma takes it, on its own
+            // grid (the output's block is handed NaNs first: the allocator gives it back, and a tile
+            // not computed shows)
+            drop(Tensor::from_vec_on(vec![f32::NAN; wg.len()], vec![wg.len()], t[0].device()).unwrap());
+            let (both, kernels) = with_vec_staging(false, || with_wide_forward(true, || run(&t[0], true)));
+            assert_eq!(kernels, ["conv2d_same_bf16_wg_n72"], "{what}: with the wide A/B on");
+            assert_eq!(differing(&both, &wg), 0, "{what}: with the wide A/B on");
+        }
         let twin = {
             let add = ConvAdd { sample_bias: Some(&cpu[3]), residual: Some(&cpu[4]) };
             no_grad(|| conv2d_fused(&cpu[0], &cpu[1], Some(&cpu[2]), add, p)).unwrap().to_vec()

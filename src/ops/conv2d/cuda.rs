@@ -940,7 +940,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let (p, b, k) = (usize::from(prec == Precision::Bf16), usize::from(bm != 32), usize::from(ks != 1));
     let wgmma = if bf16_out || ks != 3 { None } else { wgmma_kernel(x, s, prec, &read) };
     let vec = vec_staging_fits(x, s);
-    let wide = matches!(read, Read::AsIs) && !vec && wide_forward_fits(x, s, prec);
+    let wide = matches!(read, Read::AsIs) && !vec && wgmma.is_none() && wide_forward_fits(x, s, prec);
     let tile = if wide { WIDE_TILE_PIXELS } else { SAME_TILE_PIXELS };
     let bm = if wgmma.is_some() { WGMMA_BLOCK_ROWS } else { bm };
     let cfg = LaunchConfig::grid([pixels.div_ceil(tile), m.div_ceil(bm), 1], GEMM_THREADS);
