@@ -118,6 +118,15 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     }
 
     for (int i = tid; i < 2 * PLANE * 4; i += THREADS) patch[i] = 0u;
+    // A's 16-row blocks past OC are zeros in the packing: zeroed here once and
+    // never staged (a 32-channel conv loads half the A of a 64-row block)
+    for (int i = tid; i < KK * A_TAP_WORDS; i += THREADS) As[i] = 0u;
+    bool a_live[A_LOADS];
+#pragma unroll
+    for (int i = 0; i < A_LOADS; ++i) {
+        const int v = tid + THREADS * i;
+        a_live[i] = v < A_VECS && m0 + 16 * (v / 32 / KK) < s.oc;
+    }
 
     uint4 a_regs[A_LOADS];
     Reg lo[ITEMS], hi[ITEMS];
@@ -125,10 +134,8 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     auto fetch = [&](int q) {
         const uint4* a_src = wp + ((size_t)q * m_blocks + m0 / 16) * KK * 32;
 #pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) {
-            const int v = tid + THREADS * i;
-            if (v < A_VECS) a_regs[i] = a_src[v];
-        }
+        for (int i = 0; i < A_LOADS; ++i)
+            if (a_live[i]) a_regs[i] = a_src[tid + THREADS * i];
         const int c0 = CHUNK * q;
 #pragma unroll
         for (int i = 0; i < ITEMS; ++i) {
@@ -155,8 +162,8 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     auto stage = [&](int q) {
 #pragma unroll
         for (int i = 0; i < A_LOADS; ++i) {
+            if (!a_live[i]) continue;
             const int v = tid + THREADS * i;
-            if (v >= A_VECS) continue;
             // v = (16-row block mb, tap, lane 4g' + t'): rows 16mb + g', + 8 at pairs t', t' + 4
             const int l = v % 32, tap = v / 32 % KK, mb = v / 32 / KK;
             unsigned int* a = As + tap * A_TAP_WORDS + 2 * mb * 64 + l;  // (m/8)·64 + (m%8)·4 + kp%4, m % 8 = l / 4
@@ -278,7 +285,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
 // f32 [N, C, H/2, W/2] upsampled 2× as it is staged (_up);
 // _n72 / _n128 the virtual pixels a warpgroup. Grid (⌈N·OH·OW/128⌉,
 // ⌈OC/64⌉), 256 threads, two blocks an SM (28 KB of shared memory each; at
-// that bound ptxas spills 12 bytes in _wg_n128 and 48 in _gn_wg_n128, none
+// that bound ptxas spills 8 bytes in _wg_n128 and 56 in _gn_wg_n128, none
 // in the others). sm_90a only (elsewhere they trap).
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_wg_n72(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
