@@ -449,6 +449,9 @@ pub fn wgmma_width(g: &ConvGeom) -> Option<usize> {
 /// [`wgmma_forward`]): bf16 products, x f32 (16-byte aligned) or, read as it
 /// is, bf16 storage (8-byte aligned).
 fn wgmma_kernel(x: &CudaBuffer, s: &ConvShape, prec: Precision, read: &Read) -> Option<&'static str> {
+    if !(wgmma_forward() && prec == Precision::Bf16 && x.backend().wgmma()) {
+        return None;
+    }
     let variant = match (x.dtype(), read) {
         (DType::F32, Read::AsIs) if x.ptr().is_multiple_of(16) => 0,
         (DType::BF16, Read::AsIs) if x.ptr().is_multiple_of(8) => 1,
@@ -456,8 +459,7 @@ fn wgmma_kernel(x: &CudaBuffer, s: &ConvShape, prec: Precision, read: &Read) -> 
         (DType::F32, Read::Upsampled) if x.ptr().is_multiple_of(16) => 3,
         _ => return None,
     };
-    let takes = wgmma_forward() && prec == Precision::Bf16 && x.backend().wgmma();
-    let n = wgmma_width(&s.geom()).filter(|_| takes)?;
+    let n = wgmma_width(&s.geom())?;
     Some(WGMMA_KERNELS[variant][usize::from(n == 128)])
 }
 
