@@ -421,21 +421,22 @@ __device__ __forceinline__ void stage(unsigned int* ks, unsigned int* vs, const 
 }
 
 // A fragments of this warp's 16 rows, positions p0 … p0 + 15 of a [rows, len]
-// sequence matrix (mul folded, 0 past rows or len), k = the features:
+// sequence matrix (mul folded, 0 past rows or len; from f32 or bf16 storage:
+// pair_word), k = the features:
 // a[ks] = {(x[16ks + 2t], x[16ks + 2t + 1]) at p0 + g, the same at p0 + g + 8,
 // then both 8 features further}.
-template <int H>
-__device__ __forceinline__ void load_rows(unsigned int (&a)[Tiles<H>::K_STEPS][4], const float* src, int rows, int len,
+template <int H, class TS>
+__device__ __forceinline__ void load_rows(unsigned int (&a)[Tiles<H>::K_STEPS][4], const TS* src, int rows, int len,
                                           int p0, float mul) {
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    auto x = [&](int f, int i) { return f < rows && i < len ? mul * src[(long long)f * len + i] : 0.0f; };
+    auto x = [&](int f, int i) { return f < rows && i < len ? scaled(src[(long long)f * len + i], mul) : TS(0); };
 #pragma unroll
     for (int kstep = 0; kstep < Tiles<H>::K_STEPS; ++kstep) {
         const int f = 16 * kstep + 2 * t;
-        a[kstep][0] = mma::bf16_pair(x(f, p0 + g), x(f + 1, p0 + g));
-        a[kstep][1] = mma::bf16_pair(x(f, p0 + g + 8), x(f + 1, p0 + g + 8));
-        a[kstep][2] = mma::bf16_pair(x(f + 8, p0 + g), x(f + 9, p0 + g));
-        a[kstep][3] = mma::bf16_pair(x(f + 8, p0 + g + 8), x(f + 9, p0 + g + 8));
+        a[kstep][0] = pair_word(x(f, p0 + g), x(f + 1, p0 + g));
+        a[kstep][1] = pair_word(x(f, p0 + g + 8), x(f + 1, p0 + g + 8));
+        a[kstep][2] = pair_word(x(f + 8, p0 + g), x(f + 9, p0 + g));
+        a[kstep][3] = pair_word(x(f + 8, p0 + g + 8), x(f + 9, p0 + g + 8));
     }
 }
 
@@ -603,9 +604,11 @@ __device__ __forceinline__ void infer_tile(float (&acc)[Tiles<H>::V_TILES][4], f
 // it also writes each query's log-sum-exp in base 2, L_i = m_i + log2 l_i
 // (log2 Σ_j 2^(s_ij)), from which the backward recomputes p_ij = 2^(s_ij − L_i).
 // TKV, TO: K and V read from, O stored to, f32 or bf16 (unsigned short; O
-// rounded to nearest even).
-template <int H, class TKV = float, class TO = float>
-__device__ void infer(TO* o, float* lse, const float* q, const TKV* k, const TKV* v, int lq, int lk, int d,
+// rounded to nearest even). TQ: Q read from f32 and multiplied by c = scale·
+// log2 e here, or from bf16 storage already multiplied and rounded by its
+// projection (the same words; `scale` then unused).
+template <int H, class TQ = float, class TKV = float, class TO = float>
+__device__ void infer(TO* o, float* lse, const TQ* q, const TKV* k, const TKV* v, int lq, int lk, int d,
                       int dv, float scale, int heads, long long q_image, long long k_image, long long v_image) {
     using T = Tiles<H>;
     __shared__ unsigned int ks[KT * T::K_LD];
@@ -616,7 +619,7 @@ __device__ void infer(TO* o, float* lse, const float* q, const TKV* k, const TKV
     const long long b = (long long)blockIdx.x / tiles;
     const int i0 = (int)(blockIdx.x - b * tiles) * 16 * warps + 16 * warp;
     const long long image = b / heads, head = b - image * heads;
-    const float* qb = q + image * q_image + head * d * lq;
+    const TQ* qb = q + image * q_image + head * d * lq;
     const TKV* kb = k + image * k_image + head * d * lk;
     const TKV* vb = v + image * v_image + head * dv * lk;
 
@@ -919,23 +922,25 @@ extern "C" __global__ void __launch_bounds__(256)
                                    long long v_image) {
     attention_bf16::infer<8>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
 }
-// Inference from K and V stored in bf16, O stored in bf16 (the UNet's
-// attention block at inference: its k and v projections write bf16, its
-// to_out reads bf16 — both round them to bf16 anyway); lse unused (null).
+// Inference from Q, K and V stored in bf16, O stored in bf16 (the UNet's
+// attention block at inference: its q, k and v projections write bf16 — q
+// multiplied by c = scale·log2 e first — and its to_out reads bf16; each
+// rounds them to bf16 anyway, so the words staged are those made from f32);
+// lse unused (null), scale unused (in q).
 extern "C" __global__ void __launch_bounds__(256)
-    attention_columns_infer_bf16_io_h8(unsigned short* o, float* lse, const float* q, const unsigned short* k,
+    attention_columns_infer_bf16_io_h8(unsigned short* o, float* lse, const unsigned short* q, const unsigned short* k,
                                        const unsigned short* v, int lq, int lk, int d, int dv, float scale, int heads,
                                        long long q_image, long long k_image, long long v_image) {
     attention_bf16::infer<8>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
 }
 extern "C" __global__ void __launch_bounds__(256)
-    attention_columns_infer_bf16_io_h16(unsigned short* o, float* lse, const float* q, const unsigned short* k,
+    attention_columns_infer_bf16_io_h16(unsigned short* o, float* lse, const unsigned short* q, const unsigned short* k,
                                         const unsigned short* v, int lq, int lk, int d, int dv, float scale, int heads,
                                         long long q_image, long long k_image, long long v_image) {
     attention_bf16::infer<16>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);
 }
 extern "C" __global__ void __launch_bounds__(256)
-    attention_columns_infer_bf16_io_h32(unsigned short* o, float* lse, const float* q, const unsigned short* k,
+    attention_columns_infer_bf16_io_h32(unsigned short* o, float* lse, const unsigned short* q, const unsigned short* k,
                                         const unsigned short* v, int lq, int lk, int d, int dv, float scale, int heads,
                                         long long q_image, long long k_image, long long v_image) {
     attention_bf16::infer<32>(o, lse, q, k, v, lq, lk, d, dv, scale, heads, q_image, k_image, v_image);

@@ -131,12 +131,18 @@ struct ForwardOut {
 // sees the bits it would have made from the f32 y). y itself is unused (null).
 // For store_tile's pair and element paths only (a bf16 pair is 4 bytes: y16
 // 4-byte aligned).
+// `times` multiplies y before the rounding: 1 (exact) but for the attention's
+// q, stored as c·q, the operand its bf16 products stage (c = scale·log2 e;
+// the same f32 product the attention would form from an f32 q).
 struct ForwardOutBf16 : ForwardOut {
     unsigned short* y16;
-    __device__ void store_terms(const Terms& t, float v) const { y16[t.at] = (unsigned short)bf16_bits(sum(t, v)); }
+    float times;
+    __device__ void store_terms(const Terms& t, float v) const {
+        y16[t.at] = (unsigned short)bf16_bits(times * sum(t, v));
+    }
     __device__ void store_pair(const PairTerms& t, float v0, float v1) const {
         const float2 v = pair_sum(t, v0, v1);
-        *reinterpret_cast<unsigned int*>(y16 + t.at) = bf16_pair(v.x, v.y);
+        *reinterpret_cast<unsigned int*>(y16 + t.at) = bf16_pair(times * v.x, times * v.y);
     }
 };
 

@@ -1476,33 +1476,36 @@ extern "C" __global__ void __launch_bounds__(256)
     same::forward_1x1<mma::Bf16, 64, float, false, conv::ForwardOut, true>(
         conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{}, x2, c1);
 }
-// The bf16 1×1 forwards storing y in bf16 (conv::ForwardOutBf16), plain and
-// with the input's norm: the attention block's k and v projections at
+// The bf16 1×1 forwards storing times·y in bf16 (conv::ForwardOutBf16), plain
+// and with the input's norm: the attention block's q, k and v projections at
 // inference, whose one reader (the attention's bf16 products) rounds them to
-// bf16 as it stages them — the same bits, half the bytes written and read.
+// bf16 as it stages them (q times c) — the same bits, half the bytes written
+// and read.
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_ybf16_m32(unsigned short* y, const float* x, const uint4* wp, const float* bias,
-                              const float* sample_bias, const float* residual, conv::Shape s) {
+                              const float* sample_bias, const float* residual, conv::Shape s, float times) {
     same::forward_1x1<mma::Bf16, 32, float, false, conv::ForwardOutBf16>(
-        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y}, x, wp, s);
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times}, x, wp, s);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_ybf16_m64(unsigned short* y, const float* x, const uint4* wp, const float* bias,
-                              const float* sample_bias, const float* residual, conv::Shape s) {
+                              const float* sample_bias, const float* residual, conv::Shape s, float times) {
     same::forward_1x1<mma::Bf16, 64, float, false, conv::ForwardOutBf16>(
-        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y}, x, wp, s);
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times}, x, wp, s);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_gn_ybf16_m32(unsigned short* y, const float* x, const uint4* wp, const float* bias,
-                                 const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+                                 const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro,
+                                 float times) {
     same::forward_1x1<mma::Bf16, 32, float, true, conv::ForwardOutBf16>(
-        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y}, x, wp, s, pro);
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times}, x, wp, s, pro);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_gn_ybf16_m64(unsigned short* y, const float* x, const uint4* wp, const float* bias,
-                                 const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro) {
+                                 const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro,
+                                 float times) {
     same::forward_1x1<mma::Bf16, 64, float, true, conv::ForwardOutBf16>(
-        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y}, x, wp, s, pro);
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times}, x, wp, s, pro);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_xbf16_m32(float* y, const unsigned short* x, const uint4* wp, const float* bias,

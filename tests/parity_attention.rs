@@ -275,17 +275,20 @@ fn bf16_inference_attention_follows_rising_maxima() {
     }
 }
 
-/// K and V stored in bf16 (the UNet's k and v projections at inference on
-/// CUDA) are read as they are by `attention_columns_infer_bf16_io_h*`,
+/// Q stored as bf16(c·Q) (c = `query_factor`), K and V in bf16 — the
+/// UNet's q, k and v projections at inference on CUDA — are read as they
+/// are by `attention_columns_infer_bf16_io_h*` (`attention_columns_scaled_query`),
 /// which stores O in bf16: O's bits are those of the f32-storage kernel's
 /// output rounded to bf16 (the staged words are the same, so the sums are),
 /// and O is the CPU twin's within its bar and the rounding.
 /// Cases: h8 over two key stages (300 keys) with odd D, Dv and partial
 /// tiles; h16 with 7 keys; h32 (D 20, Dv 32). Elsewhere — the CPU, a
-/// gradient wanted, k bf16 beside an f32 v, f32 products — the operands are
-/// widened (exactly) and O is f32, the f32 storage's result for those values.
+/// gradient wanted, f32 products, an f32 operand — the scaled query is
+/// refused with an error; `attention_columns` of bf16 operands widens them
+/// (exactly) and gives f32 O, the f32 storage's result for those values.
 #[test]
-fn bf16_kv_storage_gives_the_rounded_bits() {
+fn bf16_qkv_storage_gives_the_rounded_bits() {
+    use minidiffusion::ops::attention::query_factor;
     use minidiffusion::ops::precision::{Precision, round_bf16, with_precision};
     use minidiffusion::tensor::DType;
     use minidiffusion::{Device, Tensor, no_grad, testing::kernel_calls, testing::parity_device};
@@ -297,44 +300,53 @@ fn bf16_kv_storage_gives_the_rounded_bits() {
         let values: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(j, s)| randn(s, 700 + 3 * i as u64 + j as u64)).collect();
         let values: Vec<Vec<f32>> = values.into_iter().enumerate().map(|(j, v)| if j == 0 { v } else { v.into_iter().map(round_bf16).collect() }).collect();
         let scale = 1.0 / (d as f32).sqrt();
-        let run = |device, stored: [DType; 3], products: Precision| {
-            let t: Vec<Tensor> = values
+        // q as its projection stores it: c·q rounded
+        let scaled_q: Vec<f32> = values[0].iter().map(|&x| round_bf16(query_factor(scale) * x)).collect();
+        let tensors = |device, stored: [DType; 3], q: &[f32]| -> Vec<Tensor> {
+            [q, &values[1], &values[2]]
                 .iter()
                 .zip(&shapes)
                 .zip(stored)
-                .map(|((v, s), dtype)| ops::cast(&Tensor::from_vec_on(v.clone(), *s, device).unwrap(), dtype).unwrap())
-                .collect();
+                .map(|((v, s), dtype)| ops::cast(&Tensor::from_vec_on(v.to_vec(), *s, device).unwrap(), dtype).unwrap())
+                .collect()
+        };
+        let run = |device, stored: [DType; 3], products: Precision| {
+            let t = tensors(device, stored, &values[0]);
             let _p = with_precision(products);
             let o = no_grad(|| ops::attention_columns(&t[0], &t[1], &t[2], scale)).unwrap();
             (o.dtype(), o.to_vec())
+        };
+        let scaled = |device, stored: [DType; 3], products: Precision, grad: bool| {
+            let t: Vec<Tensor> = tensors(device, stored, &scaled_q).into_iter().map(|t| if grad { t.requires_grad_() } else { t }).collect();
+            let _p = with_precision(products);
+            let run = || ops::attention_columns_scaled_query(&t[0], &t[1], &t[2]);
+            if grad { run() } else { no_grad(run) }.map(|o| (o.dtype(), o.to_vec()))
         };
         const F: DType = DType::F32;
         const B: DType = DType::BF16;
         let (plain_dtype, plain) = run(device, [F, F, F], Precision::Bf16);
         assert_eq!(plain_dtype, F);
-        let mut stored = (F, Vec::new());
-        let rows = kernel_calls(|| stored = run(device, [F, B, B], Precision::Bf16));
+        let mut stored = Err(minidiffusion::Error::Cuda(String::new()));
+        let rows = kernel_calls(|| stored = scaled(device, [B, B, B], Precision::Bf16, false));
+        let stored = stored.unwrap();
         let launched = rows.iter().filter(|r| r.0.starts_with("attention_columns_infer_bf16_io_h")).map(|r| r.1).sum::<usize>();
         assert_eq!((stored.0, launched), (B, 1), "case {i}: O's dtype and the bf16-storage kernel's launches: {rows:?}");
         let rounded: Vec<f32> = plain.iter().map(|&x| round_bf16(x)).collect();
         let (got, want) = (bits(&stored.1), bits(&rounded));
         let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
-        assert_eq!(differ, 0, "case {i}: O from bf16 k, v against the f32 kernel's O rounded: {differ} of {} differ", want.len());
+        assert_eq!(differ, 0, "case {i}: O from bf16 c·q, k, v against the f32 kernel's O rounded: {differ} of {} differ", want.len());
         // and against the CPU twin (bf16 products, f32 O): its loose bar plus O's rounding to bf16 (2⁻⁹ relative)
         let twin = run(Device::Cpu, [F, F, F], Precision::Bf16).1;
         minidiffusion::testing::assert_close(&format!("case {i}: bf16 O against the CPU twin"), &stored.1, &twin, 2e-3, 2e-3 + 4e-3);
-        // widened where the bf16 kernel does not run: the f32 storage's numbers, in f32
-        assert_eq!(run(Device::Cpu, [F, B, B], Precision::Bf16), (F, run(Device::Cpu, [F, F, F], Precision::Bf16).1), "case {i}: CPU");
-        assert_eq!(run(device, [F, B, F], Precision::Bf16), (F, plain.clone()), "case {i}: k bf16, v f32");
+        // the scaled query where the kernel does not run: an error, not numbers
+        assert!(scaled(Device::Cpu, [B, B, B], Precision::Bf16, false).is_err(), "case {i}: CPU");
+        assert!(scaled(device, [B, B, B], Precision::F32, false).is_err(), "case {i}: f32 products");
+        assert!(scaled(device, [B, B, F], Precision::Bf16, false).is_err(), "case {i}: v f32");
+        assert!(scaled(device, [B, B, B], Precision::Bf16, true).is_err(), "case {i}: a gradient wanted");
+        // bf16 operands of attention_columns are widened: the f32 storage's numbers, in f32
+        assert_eq!(run(device, [F, B, B], Precision::Bf16), (F, plain.clone()), "case {i}: k, v bf16");
+        assert_eq!(run(Device::Cpu, [F, B, B], Precision::Bf16), (F, twin.clone()), "case {i}: CPU");
         assert_eq!(run(device, [F, B, B], Precision::F32), run(device, [F, F, F], Precision::F32), "case {i}: f32 products");
-        let with_grad = |stored: [DType; 3]| {
-            let t: Vec<Tensor> = values.iter().zip(&shapes).map(|(v, s)| Tensor::from_vec_on(v.clone(), *s, device).unwrap().requires_grad_()).collect();
-            let t: Vec<Tensor> = t.iter().zip(stored).map(|(x, dtype)| ops::cast(x, dtype).unwrap()).collect();
-            let _p = with_precision(Precision::Bf16);
-            let o = ops::attention_columns(&t[0], &t[1], &t[2], scale).unwrap();
-            (o.dtype(), o.to_vec())
-        };
-        assert_eq!(with_grad([F, B, B]), (F, plain.clone()), "case {i}: a gradient wanted");
     }
 }
 

@@ -383,10 +383,10 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
                 assert_close(&what, &fused, &conv_cpu, tol.atol, tol.rtol);
                 // several convs of one normalised map (the attention block's q, k, v): the same per conv,
                 // the norm in the convs and apart
-                let plain = ConvAfter { weight: &t[3], bias: None, add: ConvAdd::default(), params: p, store_bf16: false };
+                let plain = ConvAfter { weight: &t[3], bias: None, add: ConvAdd::default(), params: p, store_bf16: None };
                 for in_conv in [true, false] {
                     cuda_conv::with_norm_in_conv(in_conv, || {
-                        let both = no_grad(|| convs_after_norm(&t[0], norm, &[ConvAfter { weight: &t[3], bias: Some(&t[4]), add, params: p, store_bf16: false }, plain])).unwrap();
+                        let both = no_grad(|| convs_after_norm(&t[0], norm, &[ConvAfter { weight: &t[3], bias: Some(&t[4]), add, params: p, store_bf16: None }, plain])).unwrap();
                         assert_eq!(both[0].to_vec(), fused, "{what}: first of two convs, in the conv {in_conv}");
                         let alone = no_grad(|| conv2d_after_norm(&t[0], norm, &t[3], None, ConvAdd::default(), p)).unwrap();
                         assert_eq!(both[1].to_vec(), alone.to_vec(), "{what}: second of two convs, in the conv {in_conv}");
@@ -405,9 +405,10 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
 }
 
 /// 1×1 convs asked to store their output in bf16 (`ConvAfter::store_bf16`,
-/// the attention block's k and v at inference): `conv2d_1x1_bf16_*ybf16_*`
-/// stores the f32-output kernel's values rounded to bf16, bit for bit (and
-/// the CPU twin's within its tolerance and the rounding), every epilogue
+/// the attention block's q, k and v at inference): `conv2d_1x1_bf16_*ybf16_*`
+/// stores the f32-output kernel's values times the factor asked (1, and the
+/// attention's query factor) rounded to bf16, bit for bit (and the CPU
+/// twin's within its tolerance and the rounding), every epilogue
 /// term included, x as it is and group-normalised as staged; 32-
 /// and 64-row blocks, 16×16 and 8×8 maps (tiles within an image and across
 /// images), 48 channels (a partial block). Where it cannot — a 3×3 conv, f32
@@ -425,7 +426,7 @@ fn bf16_output_1x1_stores_the_rounded_bits() {
         let one_by_one = wd[2] == 1;
         for normed in [false, true] {
             let norm = NormFirst { groups: 8, weight: Some(&t[5]), bias: Some(&t[6]), eps: 1e-5, silu: false };
-            let conv = |store_bf16: bool, precision: Precision, grad: bool| {
+            let conv = |store_bf16: Option<f32>, precision: Precision, grad: bool| {
                 let _p = with_precision(precision);
                 let weight = if grad { t[1].detach().requires_grad_() } else { t[1].clone() };
                 let c = ConvAfter { weight: &weight, bias: Some(&t[2]), add, params: p, store_bf16 };
@@ -434,34 +435,38 @@ fn bf16_output_1x1_stores_the_rounded_bits() {
                 (y.dtype(), y.to_vec())
             };
             let what = format!("x {xd:?}, weight {wd:?}, normed {normed}");
-            let (dtype, plain) = conv(false, Precision::Bf16, false);
+            let (dtype, plain) = conv(None, Precision::Bf16, false);
             assert_eq!(dtype, DType::F32, "{what}");
-            let mut stored = (dtype, Vec::new());
-            let rows = kernel_calls(|| stored = conv(true, Precision::Bf16, false));
-            let launched = rows.iter().filter(|r| r.0.starts_with("conv2d_1x1_bf16_") && r.0.contains("ybf16")).map(|r| r.1).sum::<usize>();
-            assert_eq!(launched, usize::from(one_by_one), "{what}: {rows:?}");
-            if one_by_one {
-                // against the CPU twin at bf16: its tolerance plus the output's rounding to bf16 (2⁻⁹ relative)
-                let cpu: Vec<minidiffusion::Tensor> = t.iter().map(|x| x.to_device(minidiffusion::Device::Cpu).unwrap()).collect();
-                let twin = {
-                    let _p = with_precision(Precision::Bf16);
-                    let cadd = ConvAdd { sample_bias: Some(&cpu[3]), residual: Some(&cpu[4]) };
-                    let c = ConvAfter { weight: &cpu[1], bias: Some(&cpu[2]), add: cadd, params: p, store_bf16: true };
-                    let cnorm = NormFirst { weight: Some(&cpu[5]), bias: Some(&cpu[6]), ..norm };
-                    no_grad(|| if normed { convs_after_norm(&cpu[0], cnorm, &[c]) } else { c.forward(&cpu[0]).map(|y| vec![y]) }).unwrap().remove(0)
-                };
-                assert_eq!(twin.dtype(), DType::F32, "{what}: the CPU stores f32");
-                let tol = ParityTol::BF16_TENSOR_CORE;
-                minidiffusion::testing::assert_close(&format!("{what}: bf16 output against the CPU twin"), &stored.1, &twin.to_vec(), tol.atol, tol.rtol + 4e-3);
-                let rounded: Vec<u32> = plain.iter().map(|&x| round_bf16(x).to_bits()).collect();
-                assert_eq!(stored.0, DType::BF16, "{what}");
-                let differ: Vec<usize> = (0..rounded.len()).filter(|&i| stored.1[i].to_bits() != rounded[i]).collect();
-                assert!(differ.is_empty(), "{what}: {} of {} bf16 outputs differ from the f32 output rounded (first at {:?})", differ.len(), rounded.len(), differ.first());
-            } else {
-                assert_eq!(stored, (DType::F32, plain.clone()), "{what}: a 3×3 conv stores f32");
+            for times in [1.0, minidiffusion::ops::attention::query_factor(1.0 / 8f32.sqrt())] {
+                let what = format!("{what}, times {times}");
+                let mut stored = (dtype, Vec::new());
+                let rows = kernel_calls(|| stored = conv(Some(times), Precision::Bf16, false));
+                let launched = rows.iter().filter(|r| r.0.starts_with("conv2d_1x1_bf16_") && r.0.contains("ybf16")).map(|r| r.1).sum::<usize>();
+                assert_eq!(launched, usize::from(one_by_one), "{what}: {rows:?}");
+                if one_by_one {
+                    // against the CPU twin at bf16 (times its f32 output): its tolerance plus the rounding to bf16 (2⁻⁹ relative)
+                    let cpu: Vec<minidiffusion::Tensor> = t.iter().map(|x| x.to_device(minidiffusion::Device::Cpu).unwrap()).collect();
+                    let twin = {
+                        let _p = with_precision(Precision::Bf16);
+                        let cadd = ConvAdd { sample_bias: Some(&cpu[3]), residual: Some(&cpu[4]) };
+                        let c = ConvAfter { weight: &cpu[1], bias: Some(&cpu[2]), add: cadd, params: p, store_bf16: Some(times) };
+                        let cnorm = NormFirst { weight: Some(&cpu[5]), bias: Some(&cpu[6]), ..norm };
+                        no_grad(|| if normed { convs_after_norm(&cpu[0], cnorm, &[c]) } else { c.forward(&cpu[0]).map(|y| vec![y]) }).unwrap().remove(0)
+                    };
+                    assert_eq!(twin.dtype(), DType::F32, "{what}: the CPU stores f32");
+                    let twin: Vec<f32> = twin.to_vec().iter().map(|&x| times * x).collect();
+                    let tol = ParityTol::BF16_TENSOR_CORE;
+                    minidiffusion::testing::assert_close(&format!("{what}: bf16 output against the CPU twin"), &stored.1, &twin, tol.atol, tol.rtol + 4e-3);
+                    let rounded: Vec<u32> = plain.iter().map(|&x| round_bf16(times * x).to_bits()).collect();
+                    assert_eq!(stored.0, DType::BF16, "{what}");
+                    let differ: Vec<usize> = (0..rounded.len()).filter(|&i| stored.1[i].to_bits() != rounded[i]).collect();
+                    assert!(differ.is_empty(), "{what}: {} of {} bf16 outputs differ from the f32 output times {times} rounded (first at {:?})", differ.len(), rounded.len(), differ.first());
+                } else {
+                    assert_eq!(stored, (DType::F32, plain.clone()), "{what}: a 3×3 conv stores f32, not multiplied");
+                }
+                assert_eq!(conv(Some(times), Precision::F32, false), conv(None, Precision::F32, false), "{what}: f32 products store f32, not multiplied");
+                assert_eq!(conv(Some(times), Precision::Bf16, true), (DType::F32, plain.clone()), "{what}: a gradient wanted stores f32, not multiplied");
             }
-            assert_eq!(conv(true, Precision::F32, false), conv(false, Precision::F32, false), "{what}: f32 products store f32");
-            assert_eq!(conv(true, Precision::Bf16, true), (DType::F32, plain.clone()), "{what}: a gradient wanted stores f32");
         }
     }
 }

@@ -13,7 +13,7 @@ use super::{Module, join};
 use crate::device::{Device, nvtx};
 use crate::error::{Error, Result};
 use crate::ops::{self, Activation, Conv2dParams, ConvAdd};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -579,7 +579,7 @@ impl AttentionBlock {
         // each linear layer as a 1×1 convolution, its [out, in] weight viewed as [out, in, 1, 1]
         let as_conv = |layer: &Linear| ops::reshape(&layer.weight, [layer.weight.dims()[0], layer.weight.dims()[1], 1, 1]);
         let (wq, wk, wv, wo) = (as_conv(&self.to_q)?, as_conv(&self.to_k)?, as_conv(&self.to_v)?, as_conv(&self.to_out)?);
-        fn projection<'a>(weight: &'a Tensor, layer: &'a Linear, store_bf16: bool) -> ops::ConvAfter<'a> {
+        fn projection<'a>(weight: &'a Tensor, layer: &'a Linear, store_bf16: Option<f32>) -> ops::ConvAfter<'a> {
             ops::ConvAfter { weight, bias: layer.bias.as_ref(), add: ConvAdd::default(), params: Conv2dParams::default(), store_bf16 }
         }
         let scale = 1.0 / (head_dim as f32).sqrt();
@@ -587,10 +587,12 @@ impl AttentionBlock {
         if packed_qkv() && !grad_wanted && x.device().is_cuda() {
             return self.forward_packed(x, [&wq, &wk, &wv], &wo, scale);
         }
-        // k and v stored in bf16 where the attention multiplies bf16 operands
-        // (see attention_io_bf16); the attention then stores o in bf16 too
-        let kv_bf16 = attention_io_bf16() && !grad_wanted && x.device().is_cuda() && ops::attention::columns_multiply_bf16(head_dim, pixels);
-        let qkv = [projection(&wq, &self.to_q, false), projection(&wk, &self.to_k, kv_bf16), projection(&wv, &self.to_v, kv_bf16)];
+        // q, k and v stored in bf16 where the attention multiplies bf16
+        // operands (see attention_io_bf16), q times the factor the attention
+        // multiplies it by; the attention then stores o in bf16 too
+        let io_bf16 = attention_io_bf16() && !grad_wanted && x.device().is_cuda() && ops::attention::columns_multiply_bf16(head_dim, pixels);
+        let (q_times, kv_times) = if io_bf16 { (Some(ops::attention::query_factor(scale)), Some(1.0)) } else { (None, None) };
+        let qkv = [projection(&wq, &self.to_q, q_times), projection(&wk, &self.to_k, kv_times), projection(&wv, &self.to_v, kv_times)];
         // the group norm is read only by the three projections (at inference on
         // CUDA they apply it as they read x: `ops::convs_after_norm`)
         let projected = match &self.group_norm {
@@ -602,7 +604,8 @@ impl AttentionBlock {
         };
         let heads = |t: &Tensor| ops::reshape(t, [b, self.heads, head_dim, pixels]);
         let (q, k, v) = (heads(&projected[0])?, heads(&projected[1])?, heads(&projected[2])?);
-        let o = ops::attention_columns(&q, &k, &v, scale)?;
+        // (the projections store bf16 where a bf16 1×1 forward takes them: all three or none)
+        let o = if q.dtype() == DType::BF16 { ops::attention_columns_scaled_query(&q, &k, &v)? } else { ops::attention_columns(&q, &k, &v, scale)? };
         self.output(x, &o, &wo)
     }
 
@@ -621,7 +624,7 @@ impl AttentionBlock {
         let (b, h, w) = (x.dims()[0], x.dims()[2], x.dims()[3]);
         let stacked = self.stacked_qkv([wq, wk, wv])?;
         let (weight, bias) = (&stacked.weight, stacked.bias.as_ref());
-        let projection = ops::ConvAfter { weight, bias, add: ConvAdd::default(), params: Conv2dParams::default(), store_bf16: false };
+        let projection = ops::ConvAfter { weight, bias, add: ConvAdd::default(), params: Conv2dParams::default(), store_bf16: None };
         let qkv = match &self.group_norm {
             Some(norm) => {
                 let first = ops::NormFirst { groups: norm.groups, weight: Some(&norm.weight), bias: Some(&norm.bias), eps: norm.eps, silu: false };
@@ -676,15 +679,16 @@ thread_local! {
 }
 
 /// Whether the attention blocks at inference on CUDA, where the attention
-/// multiplies bf16 operands, store k and v in bf16 (their 1×1 projections
-/// round as they store; the attention reads them as they are) and o in bf16
-/// (the attention rounds as it stores; to_out reads it as it is): each is
-/// read only by products that round it to bf16 anyway, so ε̂ is the same, bit
-/// for bit, with half the bytes written and read for those three maps. On
-/// by default; `MINIDIFFUSION_ATTENTION_IO=f32` (the A/B) keeps them f32, as
-/// does [`with_attention_io_bf16`]. (Not q: the attention scales it before
-/// rounding; nor the packed projection of `MINIDIFFUSION_QKV=packed`, whose
-/// one output holds q too.)
+/// multiplies bf16 operands, store q, k and v in bf16 (their 1×1
+/// projections round as they store, q multiplied first by the factor the
+/// attention multiplies it by, `ops::attention::query_factor`; the attention
+/// reads them as they are) and o in bf16 (the attention rounds as it
+/// stores; to_out reads it as it is): each is read only by products that
+/// round it to bf16 anyway, so ε̂ is the same, bit for bit, with half the
+/// bytes written and read for those four maps. On by default;
+/// `MINIDIFFUSION_ATTENTION_IO=f32` (the A/B) keeps them f32, as does
+/// [`with_attention_io_bf16`]. (Not the packed projection of
+/// `MINIDIFFUSION_QKV=packed`.)
 pub fn attention_io_bf16() -> bool {
     static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     crate::ops::ab_switch::switch(&ATTENTION_IO_BF16, &ENV, || std::env::var("MINIDIFFUSION_ATTENTION_IO").map_or(true, |v| v != "f32"))

@@ -26,7 +26,7 @@ pub mod softmax;
 pub mod timestep_embedding;
 
 pub use activation::{Activation, activation, gelu, general_relu, leaky_relu, mish, relu, silu};
-pub use attention::{attention, attention_columns, attention_columns_packed};
+pub use attention::{attention, attention_columns, attention_columns_packed, attention_columns_scaled_query};
 pub use batch_norm::{BatchNormMode, batch_norm};
 pub use binary::{add, add_scalar, affine, div, mul, mul_scalar, sub};
 pub use cast::cast;

@@ -129,7 +129,7 @@ pub fn forward_lse(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims, s
 /// `attention_bf16`: Q·Kᵀ and P·V as m16n8k16 mma, 16 queries a warp).
 const INFER_BF16: [&str; 3] = ["attention_columns_infer_bf16_h8", "attention_columns_infer_bf16_h16", "attention_columns_infer_bf16_h32"];
 
-/// The same from K and V stored in bf16, storing O in bf16 (inference).
+/// The same from bf16(c·Q), K and V stored in bf16, storing O in bf16 (inference).
 const INFER_BF16_IO: [&str; 3] = ["attention_columns_infer_bf16_io_h8", "attention_columns_infer_bf16_io_h16", "attention_columns_infer_bf16_io_h32"];
 
 /// Query tiles of 16 a warp; warps a block: up to 8 (the block's staged keys
@@ -141,9 +141,10 @@ fn bf16_launch(batch: usize, lq: usize) -> LaunchConfig {
 }
 
 /// O (and L when `with_lse`) by the f32 kernel (a query a thread) or, with
-/// `bf16`, the tensor-core one; the two take the same arguments. K and V
-/// stored in bf16 (both, with `bf16`, no L, not packed) give O stored in
-/// bf16: the staged words and the sums are the same (kernels/attention.cu).
+/// `bf16`, the tensor-core one; the two take the same arguments. Q, K and V
+/// stored in bf16 (all three, Q as bf16(c·Q); with `bf16`, no L, not
+/// packed) give O stored in bf16: the staged words and the sums are the
+/// same (kernels/attention.cu).
 #[allow(clippy::too_many_arguments)]
 fn fused_forward(
     q: &CudaBuffer,
@@ -157,10 +158,10 @@ fn fused_forward(
 ) -> Result<(CudaBuffer, Option<CudaBuffer>)> {
     let Dims { batch, lq, lk, d, dv } = dims;
     let backend = q.backend();
-    let io_bf16 = k.dtype() == DType::BF16;
-    if q.dtype() != DType::F32 || v.dtype() != k.dtype() || (io_bf16 && (!bf16 || with_lse || packed.is_some())) {
+    let io_bf16 = q.dtype() == DType::BF16;
+    if [k, v].iter().any(|t| t.dtype() != q.dtype()) || (io_bf16 && (!bf16 || with_lse || packed.is_some())) {
         let what = format!("q {:?}, k {:?}, v {:?}", q.dtype(), k.dtype(), v.dtype());
-        return Err(crate::error::Error::Cuda(format!("fused attention: {what}: bf16 k and v are read at inference with bf16 products only")));
+        return Err(crate::error::Error::Cuda(format!("fused attention: {what}: bf16 q, k and v are read at inference with bf16 products only")));
     }
     let o = backend.alloc_as(batch * lq * dv, if io_bf16 { DType::BF16 } else { DType::F32 })?;
     let lse = if with_lse { Some(backend.alloc(batch * lq)?) } else { None };

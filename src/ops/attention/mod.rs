@@ -73,13 +73,40 @@ fn bf16_products(dims: cpu::Dims, layout: Layout) -> bool {
 
 /// Whether [`attention_columns`] of heads of `d` features over `len`
 /// positions multiplies bf16 operands on this thread now — so that K and V
-/// it reads from bf16 storage give the same bits as from f32 (on CUDA at
-/// inference it reads them as they are, and stores O in bf16).
+/// stored in bf16, and Q stored as bf16(c·Q) (c = [`query_factor`]), give
+/// the same bits as from f32 ([`attention_columns_scaled_query`]).
 pub fn columns_multiply_bf16(d: usize, len: usize) -> bool {
     bf16_products(cpu::Dims { batch: 1, lq: len, lk: len, d, dv: d }, Layout::Columns)
 }
 
+/// c = scale·log2 e: attention with bf16 products keeps its scores in base 2
+/// and multiplies Q by c before rounding it to bf16 (the same f32 product on
+/// the CPU and on CUDA).
+pub fn query_factor(scale: f32) -> f32 {
+    scale * std::f32::consts::LOG2_E
+}
+
+/// Inference attention (no gradient) on CUDA with bf16 products, Columns
+/// layout, from `qc` = bf16(c·Q) (c = [`query_factor`]`(scale)`: Q already
+/// multiplied and rounded as the attention would stage it) and K, V in
+/// bf16; O in bf16. When qc is that, the bits of
+/// [`attention_columns`]`(q, k, v, scale)` rounded to bf16: the kernel stages
+/// the same words (the UNet's q, k and v projections store these at
+/// inference, half the bytes of f32). An error anywhere else: the CPU, a
+/// gradient wanted, other dtypes, heads the bf16 kernels do not take — the
+/// caller asks [`columns_multiply_bf16`] first.
+pub fn attention_columns_scaled_query(qc: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("attention_columns");
+    attention_with(qc, k, v, 1.0, Layout::Columns, true)
+}
+
 fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) -> Result<Tensor> {
+    attention_with(q, k, v, scale, layout, false)
+}
+
+/// `scaled_query`: q is bf16(c·Q) and every operand bf16 (see
+/// [`attention_columns_scaled_query`]), for the CUDA bf16 inference kernel only.
+fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout, scaled_query: bool) -> Result<Tensor> {
     let device = Tensor::common_device("attention", &[q, k, v])?;
     let r = q.rank();
     if r < 2 || k.rank() != r || v.rank() != r {
@@ -104,13 +131,17 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
     // decided once: the backward multiplies as the forward did, and its saved
     // L is in base 2 at bf16 (natural log at f32)
     let bf16 = bf16_products(dims, layout);
-    // K and V stored in bf16 (the UNet's k and v projections at inference)
-    // are read as they are by CUDA's bf16 inference kernel, which then stores
-    // O in bf16 too (the same staged words, the same sums); anywhere else
-    // every operand is widened to f32 (exact) first
-    let kv_bf16 = [k, v].iter().all(|t| t.dtype() == DType::BF16) && q.dtype() == DType::F32;
-    let reads_bf16 = kv_bf16 && device.is_cuda() && !for_backward && bf16;
-    if !reads_bf16 && [q, k, v].iter().any(|t| t.dtype() != DType::F32) {
+    // bf16(c·Q), K and V (the UNet's projections at inference) are read as
+    // they are by CUDA's bf16 inference kernel, which then stores O in bf16
+    // too (the same staged words, the same sums); other bf16 operands are
+    // widened to f32 (exact) first
+    if scaled_query {
+        let all_bf16 = [q, k, v].iter().all(|t| t.dtype() == DType::BF16);
+        if !(all_bf16 && device.is_cuda() && !for_backward && bf16 && layout == Layout::Columns) {
+            let what = format!("q {:?}, k {:?}, v {:?} on {device:?}", q.dtype(), k.dtype(), v.dtype());
+            return crate::error::arg_err("attention", format!("a scaled bf16 query is read by CUDA's bf16 inference kernel only ({what})"));
+        }
+    } else if [q, k, v].iter().any(|t| t.dtype() != DType::F32) {
         let wide = |t: &Tensor| crate::ops::cast(t, DType::F32);
         return attention_in(&wide(q)?, &wide(k)?, &wide(v)?, scale, layout);
     }
@@ -134,17 +165,16 @@ fn attention_in(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout) 
         }
         Device::Cuda(_) => {
             let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
-            let q = sq.cuda("attention")?;
             if for_backward && saves_lse {
-                let (k, v) = (sk.cuda("attention")?, sv.cuda("attention")?);
+                let (q, k, v) = (sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?);
                 let (o, lse) = cuda::forward_lse(q, k, v, dims, scale, bf16)?;
                 (Storage::Cuda(o), Storage::Cuda(lse))
             } else if for_backward {
-                let (k, v) = (sk.cuda("attention")?, sv.cuda("attention")?);
+                let (q, k, v) = (sq.cuda("attention")?, sk.cuda("attention")?, sv.cuda("attention")?);
                 let (o, p) = cuda::forward(q, k, v, dims, layout, scale)?;
                 (Storage::Cuda(o), Storage::Cuda(p))
             } else {
-                let (k, v) = (sk.cuda_any("attention")?, sv.cuda_any("attention")?);
+                let (q, k, v) = (sq.cuda_any("attention")?, sk.cuda_any("attention")?, sv.cuda_any("attention")?);
                 let o = cuda::forward_output(q, k, v, dims, layout, scale, bf16)?;
                 (Storage::Cuda(o), cpu_f32_storage(Vec::new()))
             }

@@ -94,9 +94,10 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a CudaBuffer>,
     pub sample_bias: Option<&'a CudaBuffer>,
     pub residual: Option<&'a CudaBuffer>,
-    /// y stored in bf16 where the kernel can (`bf16_output_fits`), else in
-    /// f32: the output buffer's dtype says which.
-    pub bf16_out: bool,
+    /// Some(times): times·y stored in bf16 where the kernel can
+    /// (`bf16_output_fits`), else y in f32 (not multiplied): the output
+    /// buffer's dtype says which. None: y in f32.
+    pub bf16_out: Option<f32>,
 }
 
 /// The three GEMM kernels at compute precision `prec`: (forward, input
@@ -933,7 +934,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
         return shape_err("conv2d", "packed weights of another precision or shape than the convolution's");
     }
     let packed = &packed.buf;
-    let bf16_out = epi.bf16_out && matches!(read, Read::AsIs | Read::Normed(_)) && bf16_output_fits(x, s, prec);
+    let bf16_out = epi.bf16_out.is_some() && matches!(read, Read::AsIs | Read::Normed(_)) && bf16_output_fits(x, s, prec);
     let out = backend.alloc_as(s.n as usize * m * (s.oh * s.ow) as usize, if bf16_out { DType::BF16 } else { DType::F32 })?;
     let bm = if matches!(read, Read::Strided) { 32 } else { same_block_rows(m) };
     let pixels = s.n as usize * (s.oh * s.ow) as usize;
@@ -990,6 +991,9 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
             }
         }
     };
+    if let (true, Some(times)) = (bf16_out, epi.bf16_out) {
+        args.push(Arg::F32(times));
+    }
     backend.launch(with_occupancy(kernel), cfg, &args)?;
     Ok(out)
 }

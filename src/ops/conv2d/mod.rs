@@ -110,7 +110,7 @@ pub struct ConvAdd<'a> {
 /// Gradients: d sample_bias[n, o] = Σ_pixels dy[n, o], d residual = dy.
 pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("conv2d_fused");
-    conv2d_with(x, None, weight, bias, add, p, false)
+    conv2d_with(x, None, weight, bias, add, p, None)
 }
 
 /// conv2d_fused(concat([x, x2], 1), weight, bias, add, p). At inference (no
@@ -160,7 +160,7 @@ fn upsampled_in_place(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: C
     let prec = precision::current();
     let (sx, sw) = (x.storage(), weight.storage());
     let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
-    let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)?, bf16_out: false };
+    let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)?, bf16_out: None };
     let packed = packed_weights(weight, &sw, &g, prec)?;
     let y = cuda::forward_upsampled(sx.cuda(OP)?, cuda::Weights::Packed(&packed), &epi, &g, prec)?;
     Ok(y.map(|y| Tensor::from_storage(Storage::Cuda(y), Shape::new(vec![g.n, g.oc, g.oh, g.ow]))))
@@ -187,7 +187,7 @@ fn concat_in_two(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>
     let sw = weight.storage();
     let (sx, sx2) = (x.storage(), x2.storage());
     let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
-    let first_epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)?, bf16_out: false };
+    let first_epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)?, bf16_out: None };
     let joined = |y: crate::device::cuda::CudaBuffer| Some(Tensor::from_storage(Storage::Cuda(y), Shape::new(vec![g.n, g.oc, g.oh, g.ow])));
     // a 1×1 whose parts split at a 32-channel slice: one launch over both parts
     if cuda::one_by_one_takes(&g) && c1.is_multiple_of(32) {
@@ -256,7 +256,7 @@ pub struct NormFirst<'a> {
 /// bit, as the two ops). Otherwise the two ops, the normalised map stored as
 /// `precision::conv_input_storage` says.
 pub fn conv2d_after_norm(x: &Tensor, norm: NormFirst, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
-    let mut out = convs_after_norm(x, norm, &[ConvAfter { weight, bias, add, params: p, store_bf16: false }])?;
+    let mut out = convs_after_norm(x, norm, &[ConvAfter { weight, bias, add, params: p, store_bf16: None }])?;
     Ok(out.remove(0))
 }
 
@@ -267,12 +267,14 @@ pub struct ConvAfter<'a> {
     pub bias: Option<&'a Tensor>,
     pub add: ConvAdd<'a>,
     pub params: Conv2dParams,
-    /// Store the output in bf16 where that gives the bits a bf16 product
-    /// reads anyway: at inference on CUDA at the bf16 precision, where
-    /// a bf16 1×1 forward of an f32 input takes the conv; else f32 — the
-    /// output's dtype says which. For outputs read only by bf16 products
-    /// (the attention's k and v).
-    pub store_bf16: bool,
+    /// Some(times): store times·output in bf16 where that gives the bits a
+    /// bf16 product reads anyway: at inference on CUDA at the bf16
+    /// precision, where a bf16 1×1 forward of an f32 input takes the conv;
+    /// else the output in f32, not multiplied — the output's dtype says
+    /// which. For outputs read only by bf16 products (the attention's k and
+    /// v, times 1, and q, times the factor it multiplies q by:
+    /// `ops::attention::query_factor`).
+    pub store_bf16: Option<f32>,
 }
 
 impl ConvAfter<'_> {
@@ -325,7 +327,7 @@ fn conv2d_with(
     bias: Option<&Tensor>,
     add: ConvAdd,
     p: Conv2dParams,
-    store_bf16: bool,
+    store_bf16: Option<f32>,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d";
     let mut all = vec![x, weight];
@@ -366,7 +368,7 @@ fn conv2d_with(
             let (sx, sw) = (x.storage(), weight.storage());
             let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
             let grad_wanted = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
-            let bf16_out = store_bf16 && !grad_wanted;
+            let bf16_out = store_bf16.filter(|_| !grad_wanted);
             let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)?, bf16_out };
             // few channels on one side (conv_in, conv_out): the direct forward, from the weights as they are
             let direct = cuda::direct_takes(&g);
