@@ -92,7 +92,7 @@ struct ForwardOut {
         if (residual != nullptr) v += t.r;
         return v;
     }
-    __device__ void store_terms(const Terms& t, float v) const { y[t.at] = sum(t, v); }
+    __device__ void store_terms(const Terms& t, int /*oc*/, float v) const { y[t.at] = sum(t, v); }
     // The same for pixels pix and pix + 1 of one image (same channel, so one
     // bias and time-embedding load; an 8-byte residual load and store): the
     // caller checks P even and y, residual 8-byte aligned, pix even.
@@ -121,7 +121,7 @@ struct ForwardOut {
         if (residual != nullptr) v0 += t.r.x, v1 += t.r.y;
         return make_float2(v0, v1);
     }
-    __device__ void store_pair(const PairTerms& t, float v0, float v1) const {
+    __device__ void store_pair(const PairTerms& t, int /*oc*/, float v0, float v1) const {
         *reinterpret_cast<float2*>(y + t.at) = pair_sum(t, v0, v1);
     }
 };
@@ -131,18 +131,24 @@ struct ForwardOut {
 // sees the bits it would have made from the f32 y). y itself is unused (null).
 // For store_tile's pair and element paths only (a bf16 pair is 4 bytes: y16
 // 4-byte aligned).
-// `times` multiplies y before the rounding: 1 (exact) but for the attention's
-// q, stored as c·q, the operand its bf16 products stage (c = scale·log2 e;
-// the same f32 product the attention would form from an f32 q).
+// `times` multiplies the output channels below `times_rows` before the
+// rounding (the others by 1, exact): the attention's q, stored as c·q, the
+// operand its bf16 products stage (c = scale·log2 e; the same f32 product
+// the attention would form from an f32 q) — all of a q projection's
+// channels, the first third of a packed q, k, v projection's. (The store
+// functions of both take the output channel oc; ForwardOut ignores it.)
 struct ForwardOutBf16 : ForwardOut {
     unsigned short* y16;
     float times;
-    __device__ void store_terms(const Terms& t, float v) const {
-        y16[t.at] = (unsigned short)bf16_bits(times * sum(t, v));
+    int times_rows;
+    __device__ float factor(int oc) const { return oc < times_rows ? times : 1.0f; }
+    __device__ void store_terms(const Terms& t, int oc, float v) const {
+        y16[t.at] = (unsigned short)bf16_bits(factor(oc) * sum(t, v));
     }
-    __device__ void store_pair(const PairTerms& t, float v0, float v1) const {
+    __device__ void store_pair(const PairTerms& t, int oc, float v0, float v1) const {
         const float2 v = pair_sum(t, v0, v1);
-        *reinterpret_cast<unsigned int*>(y16 + t.at) = bf16_pair(times * v.x, times * v.y);
+        const float f = factor(oc);
+        *reinterpret_cast<unsigned int*>(y16 + t.at) = bf16_pair(f * v.x, f * v.y);
     }
 };
 

@@ -111,7 +111,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* _
         const int pix = (i + h) * s.w + j;
 #pragma unroll
         for (int o = 0; o < OCB; ++o)
-            if (o < ocs) out.store_terms(out.terms_at(n, pix, oc0 + o), acc[h][o]);
+            if (o < ocs) out.store_terms(out.terms_at(n, pix, oc0 + o), oc0 + o, acc[h][o]);
     }
 }
 

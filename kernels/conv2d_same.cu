@@ -224,7 +224,9 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
 #pragma unroll
             for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
-                for (int mi = 0; mi < 2; ++mi) out.store_pair(terms[r2][mi], acc[mi][ni].get(2 * r2), acc[mi][ni].get(2 * r2 + 1));
+                for (int mi = 0; mi < 2; ++mi)
+                    out.store_pair(terms[r2][mi], m0 + m_w + 16 * mi + g + 8 * r2, acc[mi][ni].get(2 * r2),
+                                   acc[mi][ni].get(2 * r2 + 1));
         }
         return;
     }
@@ -252,7 +254,9 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
             for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi)
-                    if (live[r2][mi]) out.store_pair(terms[r2][mi], acc[mi][ni].get(2 * r2), acc[mi][ni].get(2 * r2 + 1));
+                    if (live[r2][mi])
+                        out.store_pair(terms[r2][mi], m0 + m_w + 16 * mi + g + 8 * r2, acc[mi][ni].get(2 * r2),
+                                       acc[mi][ni].get(2 * r2 + 1));
         }
         return;
     }
@@ -283,7 +287,8 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
             for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi)
-                    if (live[half][r2][mi]) out.store_terms(terms[half][r2][mi], acc[mi][ni].get(half + 2 * r2));
+                    if (live[half][r2][mi])
+                        out.store_terms(terms[half][r2][mi], m0 + m_w + 16 * mi + g + 8 * r2, acc[mi][ni].get(half + 2 * r2));
     }
 }
 
@@ -1476,36 +1481,38 @@ extern "C" __global__ void __launch_bounds__(256)
     same::forward_1x1<mma::Bf16, 64, float, false, conv::ForwardOut, true>(
         conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{}, x2, c1);
 }
-// The bf16 1×1 forwards storing times·y in bf16 (conv::ForwardOutBf16), plain
-// and with the input's norm: the attention block's q, k and v projections at
-// inference, whose one reader (the attention's bf16 products) rounds them to
-// bf16 as it stages them (q times c) — the same bits, half the bytes written
-// and read.
+// The bf16 1×1 forwards storing y in bf16, its channels below times_rows
+// times `times` (conv::ForwardOutBf16), plain and with the input's norm: the
+// attention block's q, k and v projections at inference, apart or packed,
+// whose one reader (the attention's bf16 products) rounds them to bf16 as it
+// stages them (q times c) — the same bits, half the bytes written and read.
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_ybf16_m32(unsigned short* y, const float* x, const uint4* wp, const float* bias,
-                              const float* sample_bias, const float* residual, conv::Shape s, float times) {
+                              const float* sample_bias, const float* residual, conv::Shape s, float times,
+                              int times_rows) {
     same::forward_1x1<mma::Bf16, 32, float, false, conv::ForwardOutBf16>(
-        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times}, x, wp, s);
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_ybf16_m64(unsigned short* y, const float* x, const uint4* wp, const float* bias,
-                              const float* sample_bias, const float* residual, conv::Shape s, float times) {
+                              const float* sample_bias, const float* residual, conv::Shape s, float times,
+                              int times_rows) {
     same::forward_1x1<mma::Bf16, 64, float, false, conv::ForwardOutBf16>(
-        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times}, x, wp, s);
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_gn_ybf16_m32(unsigned short* y, const float* x, const uint4* wp, const float* bias,
                                  const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro,
-                                 float times) {
+                                 float times, int times_rows) {
     same::forward_1x1<mma::Bf16, 32, float, true, conv::ForwardOutBf16>(
-        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times}, x, wp, s, pro);
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s, pro);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_gn_ybf16_m64(unsigned short* y, const float* x, const uint4* wp, const float* bias,
                                  const float* sample_bias, const float* residual, conv::Shape s, conv::Prologue pro,
-                                 float times) {
+                                 float times, int times_rows) {
     same::forward_1x1<mma::Bf16, 64, float, true, conv::ForwardOutBf16>(
-        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times}, x, wp, s, pro);
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s, pro);
 }
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bf16_xbf16_m32(float* y, const unsigned short* x, const uint4* wp, const float* bias,

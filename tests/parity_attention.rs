@@ -133,6 +133,41 @@ fn packed_inference_attention_parity() {
     }
 }
 
+/// The packed projection stored in bf16 (`MINIDIFFUSION_QKV=packed` at
+/// inference on CUDA): its q third bf16(c·q), k and v as they are, read
+/// where they lie by `attention_columns_infer_bf16_io_h*`: O is the f32
+/// packed attention's O rounded to bf16, bit for bit; heads of 8, 12 and 32.
+/// On the CPU the scaled query is refused.
+#[test]
+fn packed_bf16_attention_gives_the_rounded_bits() {
+    use minidiffusion::ops::attention::query_factor;
+    use minidiffusion::ops::precision::{Precision, round_bf16, with_precision};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::{Tensor, no_grad, testing::kernel_calls, testing::parity_device};
+    let device = parity_device();
+    for (i, &(b, heads, d, len)) in [(2, 4, 8, 70), (3, 2, 12, 33), (1, 1, 32, 16)].iter().enumerate() {
+        let scale = 1.0 / (d as f32).sqrt();
+        let dims = [b, 3 * heads * d, len];
+        let inner = heads * d * len;
+        // k and v bf16 values; q's third as its projection stores it, c·q rounded
+        let values: Vec<f32> = randn(&dims, 330 + i as u64).into_iter().map(round_bf16).collect();
+        let scaled: Vec<f32> = values.iter().enumerate().map(|(j, &x)| if j % (3 * inner) < inner { round_bf16(query_factor(scale) * x) } else { x }).collect();
+        let _p = with_precision(Precision::Bf16);
+        let plain = no_grad(|| ops::attention_columns_packed(&Tensor::from_vec_on(values.clone(), dims, device)?, heads, scale)).unwrap();
+        let stored = |device| ops::cast(&Tensor::from_vec_on(scaled.clone(), dims, device).unwrap(), DType::BF16).unwrap();
+        let mut o = None;
+        let rows = kernel_calls(|| o = Some(no_grad(|| ops::attention_columns_packed_scaled_query(&stored(device), heads)).unwrap()));
+        let o = o.unwrap();
+        let launched = rows.iter().filter(|r| r.0.starts_with("attention_columns_infer_bf16_io_h")).map(|r| r.1).sum::<usize>();
+        assert_eq!((o.dtype(), launched), (DType::BF16, 1), "case {i}: {rows:?}");
+        let want: Vec<u32> = plain.to_vec().iter().map(|&x| round_bf16(x).to_bits()).collect();
+        let got: Vec<u32> = o.to_vec().iter().map(|x| x.to_bits()).collect();
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "case {i}: {differ} of {} values differ from the f32 packed attention's O rounded", want.len());
+        assert!(no_grad(|| ops::attention_columns_packed_scaled_query(&stored(minidiffusion::Device::Cpu), heads)).is_err(), "case {i}: CPU");
+    }
+}
+
 #[test]
 fn fused_training_attention_parity() {
     // with grad, the Columns layout at D, Dv ≤ 32 keeps only the rows'

@@ -406,8 +406,9 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
 
 /// 1×1 convs asked to store their output in bf16 (`ConvAfter::store_bf16`,
 /// the attention block's q, k and v at inference): `conv2d_1x1_bf16_*ybf16_*`
-/// stores the f32-output kernel's values times the factor asked (1, and the
-/// attention's query factor) rounded to bf16, bit for bit (and the CPU
+/// stores the f32-output kernel's values scaled as asked (as they are; all
+/// channels times the attention's query factor; the first 40 % of them,
+/// as a packed q, k, v's q third) rounded to bf16, bit for bit (and the CPU
 /// twin's within its tolerance and the rounding), every epilogue
 /// term included, x as it is and group-normalised as staged; 32-
 /// and 64-row blocks, 16×16 and 8×8 maps (tiles within an image and across
@@ -416,7 +417,7 @@ fn conv2d_after_norm_applies_the_norm_in_the_conv() {
 #[test]
 fn bf16_output_1x1_stores_the_rounded_bits() {
     use minidiffusion::ops::precision::round_bf16;
-    use minidiffusion::ops::{ConvAdd, ConvAfter, NormFirst, Precision, convs_after_norm, with_precision};
+    use minidiffusion::ops::{Bf16Store, ConvAdd, ConvAfter, NormFirst, Precision, convs_after_norm, with_precision};
     use minidiffusion::tensor::DType;
     use minidiffusion::{no_grad, testing::kernel_calls};
     for (k, (xd, wd)) in [([2, 64, 16, 16], [64, 64, 1, 1]), ([3, 32, 8, 8], [32, 32, 1, 1]), ([2, 32, 8, 8], [48, 32, 1, 1]), ([2, 32, 8, 8], [32, 32, 3, 3])].iter().enumerate() {
@@ -426,7 +427,7 @@ fn bf16_output_1x1_stores_the_rounded_bits() {
         let one_by_one = wd[2] == 1;
         for normed in [false, true] {
             let norm = NormFirst { groups: 8, weight: Some(&t[5]), bias: Some(&t[6]), eps: 1e-5, silu: false };
-            let conv = |store_bf16: Option<f32>, precision: Precision, grad: bool| {
+            let conv = |store_bf16: Option<Bf16Store>, precision: Precision, grad: bool| {
                 let _p = with_precision(precision);
                 let weight = if grad { t[1].detach().requires_grad_() } else { t[1].clone() };
                 let c = ConvAfter { weight: &weight, bias: Some(&t[2]), add, params: p, store_bf16 };
@@ -437,10 +438,13 @@ fn bf16_output_1x1_stores_the_rounded_bits() {
             let what = format!("x {xd:?}, weight {wd:?}, normed {normed}");
             let (dtype, plain) = conv(None, Precision::Bf16, false);
             assert_eq!(dtype, DType::F32, "{what}");
-            for times in [1.0, minidiffusion::ops::attention::query_factor(1.0 / 8f32.sqrt())] {
-                let what = format!("{what}, times {times}");
+            let c = minidiffusion::ops::attention::query_factor(1.0 / 8f32.sqrt());
+            for store in [Bf16Store::AS_IS, Bf16Store::times(c), Bf16Store { times: c, scaled_channels: wd[0] * 2 / 5 }] {
+                let what = format!("{what}, {store:?}");
+                // output channel of each value ([N, OC, H, W]) and its factor
+                let factor = |i: usize| if i / (xd[2] * xd[3]) % wd[0] < store.scaled_channels { store.times } else { 1.0 };
                 let mut stored = (dtype, Vec::new());
-                let rows = kernel_calls(|| stored = conv(Some(times), Precision::Bf16, false));
+                let rows = kernel_calls(|| stored = conv(Some(store), Precision::Bf16, false));
                 let launched = rows.iter().filter(|r| r.0.starts_with("conv2d_1x1_bf16_") && r.0.contains("ybf16")).map(|r| r.1).sum::<usize>();
                 assert_eq!(launched, usize::from(one_by_one), "{what}: {rows:?}");
                 if one_by_one {
@@ -449,23 +453,23 @@ fn bf16_output_1x1_stores_the_rounded_bits() {
                     let twin = {
                         let _p = with_precision(Precision::Bf16);
                         let cadd = ConvAdd { sample_bias: Some(&cpu[3]), residual: Some(&cpu[4]) };
-                        let c = ConvAfter { weight: &cpu[1], bias: Some(&cpu[2]), add: cadd, params: p, store_bf16: Some(times) };
+                        let c = ConvAfter { weight: &cpu[1], bias: Some(&cpu[2]), add: cadd, params: p, store_bf16: Some(store) };
                         let cnorm = NormFirst { weight: Some(&cpu[5]), bias: Some(&cpu[6]), ..norm };
                         no_grad(|| if normed { convs_after_norm(&cpu[0], cnorm, &[c]) } else { c.forward(&cpu[0]).map(|y| vec![y]) }).unwrap().remove(0)
                     };
                     assert_eq!(twin.dtype(), DType::F32, "{what}: the CPU stores f32");
-                    let twin: Vec<f32> = twin.to_vec().iter().map(|&x| times * x).collect();
+                    let twin: Vec<f32> = twin.to_vec().iter().enumerate().map(|(i, &x)| factor(i) * x).collect();
                     let tol = ParityTol::BF16_TENSOR_CORE;
                     minidiffusion::testing::assert_close(&format!("{what}: bf16 output against the CPU twin"), &stored.1, &twin, tol.atol, tol.rtol + 4e-3);
-                    let rounded: Vec<u32> = plain.iter().map(|&x| round_bf16(times * x).to_bits()).collect();
+                    let rounded: Vec<u32> = plain.iter().enumerate().map(|(i, &x)| round_bf16(factor(i) * x).to_bits()).collect();
                     assert_eq!(stored.0, DType::BF16, "{what}");
                     let differ: Vec<usize> = (0..rounded.len()).filter(|&i| stored.1[i].to_bits() != rounded[i]).collect();
-                    assert!(differ.is_empty(), "{what}: {} of {} bf16 outputs differ from the f32 output times {times} rounded (first at {:?})", differ.len(), rounded.len(), differ.first());
+                    assert!(differ.is_empty(), "{what}: {} of {} bf16 outputs differ from the f32 output scaled and rounded (first at {:?})", differ.len(), rounded.len(), differ.first());
                 } else {
-                    assert_eq!(stored, (DType::F32, plain.clone()), "{what}: a 3×3 conv stores f32, not multiplied");
+                    assert_eq!(stored, (DType::F32, plain.clone()), "{what}: a 3×3 conv stores f32, not scaled");
                 }
-                assert_eq!(conv(Some(times), Precision::F32, false), conv(None, Precision::F32, false), "{what}: f32 products store f32, not multiplied");
-                assert_eq!(conv(Some(times), Precision::Bf16, true), (DType::F32, plain.clone()), "{what}: a gradient wanted stores f32, not multiplied");
+                assert_eq!(conv(Some(store), Precision::F32, false), conv(None, Precision::F32, false), "{what}: f32 products store f32, not scaled");
+                assert_eq!(conv(Some(store), Precision::Bf16, true), (DType::F32, plain.clone()), "{what}: a gradient wanted stores f32, not scaled");
             }
         }
     }

@@ -189,7 +189,7 @@ fn norm_in_1x1_gives_the_same_bits() {
     let counted = |on: bool, f: &mut dyn FnMut() -> Vec<f32>| {
         let mut eps = Vec::new();
         let rows = minidiffusion::testing::kernel_calls(|| eps = with_norm_in_1x1(on, &mut *f));
-        let fused = rows.iter().filter(|r| r.0.starts_with("conv2d_1x1_") && r.0.contains("_gn_m")).map(|r| r.1).sum::<usize>();
+        let fused = rows.iter().filter(|r| r.0.starts_with("conv2d_1x1_") && r.0.contains("_gn_")).map(|r| r.1).sum::<usize>();
         assert_eq!(fused > 0, on, "conv2d_1x1_*_gn_* launches with the norm in the 1×1 {on}: {rows:?}");
         eps
     };
@@ -233,24 +233,28 @@ fn wide_forward_keeps_the_unets_bits() {
 
 /// The attention blocks' q (times the attention's query factor), k, v and o
 /// stored in bf16 at inference (the default; `MINIDIFFUSION_ATTENTION_IO=f32`
-/// the A/B): the golden UNets' ε̂ bit for bit, at f32 and at bf16, and at
-/// bf16 the bf16-storage kernels do run (the q, k and v projections', the
-/// attention's), at f32 they do not.
+/// the A/B), with q, k and v apart and packed (`MINIDIFFUSION_QKV=packed`):
+/// the golden UNets' ε̂ bit for bit, at f32 and at bf16, and at bf16 the
+/// bf16-storage kernels do run (the projections', the attention's), at f32
+/// they do not.
 #[test]
 fn attention_io_in_bf16_gives_the_same_bits() {
-    use minidiffusion::nn::unet::with_attention_io_bf16;
+    use minidiffusion::nn::unet::{with_attention_io_bf16, with_packed_qkv};
     use minidiffusion::ops::precision::{Precision, current};
-    let counted = |on: bool, f: &mut dyn FnMut() -> Vec<f32>| {
-        let mut eps = Vec::new();
-        let rows = minidiffusion::testing::kernel_calls(|| eps = with_attention_io_bf16(on, &mut *f));
-        let count = |what: &str| rows.iter().filter(|r| r.0.contains(what)).map(|r| r.1).sum::<usize>();
-        let (projections, attention) = (count("ybf16"), count("attention_columns_infer_bf16_io"));
-        let wanted = on && current() == Precision::Bf16;
-        assert!(attention > 0 && projections == 3 * attention || !wanted, "bf16 storage on: {attention} attention, {projections} projection launches: {rows:?}");
-        assert!(wanted || attention + projections == 0, "bf16 storage off or f32: {attention} attention, {projections} projection launches");
-        eps
-    };
-    switch_keeps_the_bits("k, v and o stored in bf16", counted);
+    for (packed, per_attention) in [(false, 3), (true, 1)] {
+        let counted = |on: bool, f: &mut dyn FnMut() -> Vec<f32>| {
+            let mut eps = Vec::new();
+            let rows = minidiffusion::testing::kernel_calls(|| eps = with_packed_qkv(packed, || with_attention_io_bf16(on, &mut *f)));
+            let count = |what: &str| rows.iter().filter(|r| r.0.contains(what)).map(|r| r.1).sum::<usize>();
+            let (projections, attention) = (count("ybf16"), count("attention_columns_infer_bf16_io"));
+            let wanted = on && current() == Precision::Bf16;
+            let what = format!("packed {packed}: {attention} attention, {projections} projection launches");
+            assert!(attention > 0 && projections == per_attention * attention || !wanted, "bf16 storage on, {what}: {rows:?}");
+            assert!(wanted || attention + projections == 0, "bf16 storage off or f32, {what}");
+            eps
+        };
+        switch_keeps_the_bits(if packed { "packed q, k, v and o stored in bf16" } else { "q, k, v and o stored in bf16" }, counted);
+    }
 }
 
 /// The resnets' group norm + SiLU stored in bf16 for the 3×3 convs after it

@@ -579,20 +579,22 @@ impl AttentionBlock {
         // each linear layer as a 1×1 convolution, its [out, in] weight viewed as [out, in, 1, 1]
         let as_conv = |layer: &Linear| ops::reshape(&layer.weight, [layer.weight.dims()[0], layer.weight.dims()[1], 1, 1]);
         let (wq, wk, wv, wo) = (as_conv(&self.to_q)?, as_conv(&self.to_k)?, as_conv(&self.to_v)?, as_conv(&self.to_out)?);
-        fn projection<'a>(weight: &'a Tensor, layer: &'a Linear, store_bf16: Option<f32>) -> ops::ConvAfter<'a> {
+        fn projection<'a>(weight: &'a Tensor, layer: &'a Linear, store_bf16: Option<ops::Bf16Store>) -> ops::ConvAfter<'a> {
             ops::ConvAfter { weight, bias: layer.bias.as_ref(), add: ConvAdd::default(), params: Conv2dParams::default(), store_bf16 }
         }
         let scale = 1.0 / (head_dim as f32).sqrt();
         let grad_wanted = crate::autograd::is_grad_enabled() && [x, &wq, &wk, &wv].iter().any(|t| t.requires_grad());
-        if packed_qkv() && !grad_wanted && x.device().is_cuda() {
-            return self.forward_packed(x, [&wq, &wk, &wv], &wo, scale);
-        }
         // q, k and v stored in bf16 where the attention multiplies bf16
         // operands (see attention_io_bf16), q times the factor the attention
         // multiplies it by; the attention then stores o in bf16 too
         let io_bf16 = attention_io_bf16() && !grad_wanted && x.device().is_cuda() && ops::attention::columns_multiply_bf16(head_dim, pixels);
-        let (q_times, kv_times) = if io_bf16 { (Some(ops::attention::query_factor(scale)), Some(1.0)) } else { (None, None) };
-        let qkv = [projection(&wq, &self.to_q, q_times), projection(&wk, &self.to_k, kv_times), projection(&wv, &self.to_v, kv_times)];
+        let q_factor = ops::attention::query_factor(scale);
+        if packed_qkv() && !grad_wanted && x.device().is_cuda() {
+            let store = io_bf16.then_some(ops::Bf16Store { times: q_factor, scaled_channels: inner });
+            return self.forward_packed(x, [&wq, &wk, &wv], &wo, scale, store);
+        }
+        let (q_store, kv_store) = if io_bf16 { (Some(ops::Bf16Store::times(q_factor)), Some(ops::Bf16Store::AS_IS)) } else { (None, None) };
+        let qkv = [projection(&wq, &self.to_q, q_store), projection(&wk, &self.to_k, kv_store), projection(&wv, &self.to_v, kv_store)];
         // the group norm is read only by the three projections (at inference on
         // CUDA they apply it as they read x: `ops::convs_after_norm`)
         let projected = match &self.group_norm {
@@ -619,20 +621,26 @@ impl AttentionBlock {
 
     /// The inference path with the q, k and v projections as one conv of
     /// their stacked weights (x read once; one launch) and the attention
-    /// reading q, k and v where that conv wrote them (`ops::attention_columns_packed`).
-    fn forward_packed(&self, x: &Tensor, [wq, wk, wv]: [&Tensor; 3], wo: &Tensor, scale: f32) -> Result<Tensor> {
+    /// reading q, k and v where that conv wrote them (`ops::attention_columns_packed`);
+    /// stored in bf16 as `store` asks (q's third scaled), as [`Self::forward`] stores them apart.
+    fn forward_packed(&self, x: &Tensor, [wq, wk, wv]: [&Tensor; 3], wo: &Tensor, scale: f32, store: Option<ops::Bf16Store>) -> Result<Tensor> {
         let (b, h, w) = (x.dims()[0], x.dims()[2], x.dims()[3]);
         let stacked = self.stacked_qkv([wq, wk, wv])?;
         let (weight, bias) = (&stacked.weight, stacked.bias.as_ref());
-        let projection = ops::ConvAfter { weight, bias, add: ConvAdd::default(), params: Conv2dParams::default(), store_bf16: None };
+        let projection = ops::ConvAfter { weight, bias, add: ConvAdd::default(), params: Conv2dParams::default(), store_bf16: store };
         let qkv = match &self.group_norm {
             Some(norm) => {
                 let first = ops::NormFirst { groups: norm.groups, weight: Some(&norm.weight), bias: Some(&norm.bias), eps: norm.eps, silu: false };
                 ops::convs_after_norm(x, first, std::slice::from_ref(&projection))?.remove(0)
             }
-            None => ops::conv2d_fused(x, weight, bias, ConvAdd::default(), Conv2dParams::default())?,
+            None => projection.forward(x)?,
         };
-        let o = ops::attention_columns_packed(&ops::reshape(&qkv, [b, weight.dims()[0], h * w])?, self.heads, scale)?;
+        let qkv = ops::reshape(&qkv, [b, weight.dims()[0], h * w])?;
+        let o = if qkv.dtype() == DType::BF16 {
+            ops::attention_columns_packed_scaled_query(&qkv, self.heads)?
+        } else {
+            ops::attention_columns_packed(&qkv, self.heads, scale)?
+        };
         self.output(x, &o, wo)
     }
 
@@ -687,8 +695,8 @@ thread_local! {
 /// round it to bf16 anyway, so ε̂ is the same, bit for bit, with half the
 /// bytes written and read for those four maps. On by default;
 /// `MINIDIFFUSION_ATTENTION_IO=f32` (the A/B) keeps them f32, as does
-/// [`with_attention_io_bf16`]. (Not the packed projection of
-/// `MINIDIFFUSION_QKV=packed`.)
+/// [`with_attention_io_bf16`]. The same with q, k and v as one packed
+/// projection (`MINIDIFFUSION_QKV=packed`): its q third scaled.
 pub fn attention_io_bf16() -> bool {
     static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     crate::ops::ab_switch::switch(&ATTENTION_IO_BF16, &ENV, || std::env::var("MINIDIFFUSION_ATTENTION_IO").map_or(true, |v| v != "f32"))

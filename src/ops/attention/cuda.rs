@@ -94,7 +94,8 @@ pub fn forward_output(q: &CudaBuffer, k: &CudaBuffer, v: &CudaBuffer, dims: Dims
 
 /// Inference attention over one packed [images, 3·heads·D, L] buffer — each
 /// image's Q, then K, then V, as one conv of the three projections writes
-/// them — into O [images·heads, D, L] (requires [`fused`]).
+/// them — into O [images·heads, D, L] (requires [`fused`]). A bf16 buffer
+/// holds bf16(c·Q) (see [`fused_forward`]) and gives O in bf16.
 pub fn forward_output_packed(qkv: &CudaBuffer, images: usize, heads: usize, d: usize, len: usize, scale: f32, bf16: bool) -> Result<CudaBuffer> {
     let dims = Dims { batch: images * heads, lq: len, lk: len, d, dv: d };
     let inner = heads * d * len;
@@ -103,7 +104,7 @@ pub fn forward_output_packed(qkv: &CudaBuffer, images: usize, heads: usize, d: u
         return Err(crate::error::Error::Cuda(format!("packed attention: {} values for {images} × 3 × {inner}", qkv.len())));
     }
     // K and V: the same buffer from the image's second and third thirds on
-    let at = |offset: usize| Arg::Ptr(qkv.ptr() + (offset * std::mem::size_of::<f32>()) as u64);
+    let at = |offset: usize| Arg::Ptr(qkv.ptr() + (offset * qkv.dtype().size_of()) as u64);
     let strides = PackedStrides { heads, image: 3 * inner, k: at(inner), v: at(2 * inner) };
     fused_forward(qkv, qkv, qkv, dims, scale, false, Some(strides), bf16).map(|(o, _)| o)
 }
@@ -142,9 +143,9 @@ fn bf16_launch(batch: usize, lq: usize) -> LaunchConfig {
 
 /// O (and L when `with_lse`) by the f32 kernel (a query a thread) or, with
 /// `bf16`, the tensor-core one; the two take the same arguments. Q, K and V
-/// stored in bf16 (all three, Q as bf16(c·Q); with `bf16`, no L, not
-/// packed) give O stored in bf16: the staged words and the sums are the
-/// same (kernels/attention.cu).
+/// stored in bf16 (all three, Q as bf16(c·Q); with `bf16`, no L) give O
+/// stored in bf16: the staged words and the sums are the same
+/// (kernels/attention.cu).
 #[allow(clippy::too_many_arguments)]
 fn fused_forward(
     q: &CudaBuffer,
@@ -159,7 +160,7 @@ fn fused_forward(
     let Dims { batch, lq, lk, d, dv } = dims;
     let backend = q.backend();
     let io_bf16 = q.dtype() == DType::BF16;
-    if [k, v].iter().any(|t| t.dtype() != q.dtype()) || (io_bf16 && (!bf16 || with_lse || packed.is_some())) {
+    if [k, v].iter().any(|t| t.dtype() != q.dtype()) || (io_bf16 && (!bf16 || with_lse)) {
         let what = format!("q {:?}, k {:?}, v {:?}", q.dtype(), k.dtype(), v.dtype());
         return Err(crate::error::Error::Cuda(format!("fused attention: {what}: bf16 q, k and v are read at inference with bf16 products only")));
     }

@@ -43,6 +43,19 @@ pub fn attention_columns(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Resu
 /// parts. On CUDA the fused kernel reads the parts where they lie (no copy).
 pub fn attention_columns_packed(qkv: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
     let _nvtx = crate::device::nvtx::range("attention_columns");
+    packed_with(qkv, heads, scale, false)
+}
+
+/// [`attention_columns_packed`] of a bf16 projection whose q part is
+/// bf16(c·q) (c = [`query_factor`]), as [`attention_columns_scaled_query`]
+/// of its three parts: CUDA's bf16 inference kernel reads them where they
+/// lie and stores O in bf16; an error anywhere else.
+pub fn attention_columns_packed_scaled_query(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let _nvtx = crate::device::nvtx::range("attention_columns");
+    packed_with(qkv, heads, 1.0, true)
+}
+
+fn packed_with(qkv: &Tensor, heads: usize, scale: f32, scaled_query: bool) -> Result<Tensor> {
     let &[b, c, len] = qkv.dims() else {
         return shape_err("attention", format!("packed q, k, v must be [B, 3·heads·D, L], got {}", qkv.shape()));
     };
@@ -52,12 +65,15 @@ pub fn attention_columns_packed(qkv: &Tensor, heads: usize, scale: f32) -> Resul
     let d = c / (3 * heads);
     let wants_grad = crate::autograd::is_grad_enabled() && qkv.requires_grad();
     let dims = cpu::Dims { batch: b * heads, lq: len, lk: len, d, dv: d };
-    if let (Device::Cuda(_), false, true) = (qkv.device(), wants_grad, cuda::fused(dims, Layout::Columns)) {
-        let o = cuda::forward_output_packed(qkv.storage().cuda("attention")?, b, heads, d, len, scale, bf16_products(dims, Layout::Columns))?;
+    let bf16 = bf16_products(dims, Layout::Columns);
+    let reads_as_stored = qkv.dtype() == DType::F32 || (scaled_query && bf16 && qkv.dtype() == DType::BF16);
+    if let (Device::Cuda(_), false, true, true) = (qkv.device(), wants_grad, cuda::fused(dims, Layout::Columns), reads_as_stored) {
+        let o = cuda::forward_output_packed(qkv.storage().cuda_any("attention")?, b, heads, d, len, scale, bf16)?;
         return Ok(Tensor::from_storage(Storage::Cuda(o), Shape::new(vec![b, heads, d, len])));
     }
     let part = |i: usize| crate::ops::reshape(&crate::ops::narrow(qkv, 1, i * heads * d, heads * d)?, [b, heads, d, len]);
-    attention_columns(&part(0)?, &part(1)?, &part(2)?, scale)
+    let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+    if scaled_query { attention_columns_scaled_query(&q, &k, &v) } else { attention_columns(&q, &k, &v, scale) }
 }
 
 /// Whether attention of these dims multiplies bf16 operands (forward, and

@@ -94,10 +94,10 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a CudaBuffer>,
     pub sample_bias: Option<&'a CudaBuffer>,
     pub residual: Option<&'a CudaBuffer>,
-    /// Some(times): times·y stored in bf16 where the kernel can
-    /// (`bf16_output_fits`), else y in f32 (not multiplied): the output
-    /// buffer's dtype says which. None: y in f32.
-    pub bf16_out: Option<f32>,
+    /// Some: y stored in bf16, scaled as it says, where the kernel can
+    /// (`bf16_output_fits`), else in f32 (not scaled): the output buffer's
+    /// dtype says which. None: y in f32.
+    pub bf16_out: Option<super::Bf16Store>,
 }
 
 /// The three GEMM kernels at compute precision `prec`: (forward, input
@@ -991,8 +991,8 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
             }
         }
     };
-    if let (true, Some(times)) = (bf16_out, epi.bf16_out) {
-        args.push(Arg::F32(times));
+    if let (true, Some(store)) = (bf16_out, epi.bf16_out) {
+        args.extend([Arg::F32(store.times), Arg::I32(store.scaled_channels.min(m) as i32)]);
     }
     backend.launch(with_occupancy(kernel), cfg, &args)?;
     Ok(out)

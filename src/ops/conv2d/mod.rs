@@ -260,6 +260,27 @@ pub fn conv2d_after_norm(x: &Tensor, norm: NormFirst, weight: &Tensor, bias: Opt
     Ok(out.remove(0))
 }
 
+/// How a conv asked to store its output in bf16 ([`ConvAfter::store_bf16`])
+/// scales it before the rounding: the channels below `scaled_channels` times
+/// `times` — the attention's q by its query factor
+/// (`ops::attention::query_factor`): every channel of a q projection, the
+/// first third of a packed q, k, v projection — the others as they are.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bf16Store {
+    pub times: f32,
+    pub scaled_channels: usize,
+}
+
+impl Bf16Store {
+    /// Every channel as it is.
+    pub const AS_IS: Bf16Store = Bf16Store { times: 1.0, scaled_channels: 0 };
+
+    /// Every channel times `times`.
+    pub fn times(times: f32) -> Bf16Store {
+        Bf16Store { times, scaled_channels: usize::MAX }
+    }
+}
+
 /// One of the convolutions [`convs_after_norm`] runs on the normalised map.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvAfter<'a> {
@@ -267,14 +288,13 @@ pub struct ConvAfter<'a> {
     pub bias: Option<&'a Tensor>,
     pub add: ConvAdd<'a>,
     pub params: Conv2dParams,
-    /// Some(times): store times·output in bf16 where that gives the bits a
-    /// bf16 product reads anyway: at inference on CUDA at the bf16
+    /// Store the output in bf16, scaled as asked, where that gives the bits
+    /// a bf16 product reads anyway: at inference on CUDA at the bf16
     /// precision, where a bf16 1×1 forward of an f32 input takes the conv;
-    /// else the output in f32, not multiplied — the output's dtype says
-    /// which. For outputs read only by bf16 products (the attention's k and
-    /// v, times 1, and q, times the factor it multiplies q by:
-    /// `ops::attention::query_factor`).
-    pub store_bf16: Option<f32>,
+    /// else the output in f32, not scaled — the output's dtype says which.
+    /// For outputs read only by bf16 products (the attention's k and v as
+    /// they are, q times the factor it multiplies q by).
+    pub store_bf16: Option<Bf16Store>,
 }
 
 impl ConvAfter<'_> {
@@ -327,7 +347,7 @@ fn conv2d_with(
     bias: Option<&Tensor>,
     add: ConvAdd,
     p: Conv2dParams,
-    store_bf16: Option<f32>,
+    store_bf16: Option<Bf16Store>,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d";
     let mut all = vec![x, weight];
