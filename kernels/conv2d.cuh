@@ -126,6 +126,24 @@ struct ForwardOut {
     }
 };
 
+// A same-conv forward block's pixel tile and block of output rows. Launched
+// as a 1-D grid of tiles × row blocks (the host's default), the row blocks of
+// one pixel tile are consecutive blocks, so they run side by side and the
+// tile's input, which each of them stages, comes from DRAM once and from the
+// L2 after. As a 2-D grid (x the tile, y the row block: the A/B) all the
+// map's tiles run between two row blocks of one tile, and a map larger than
+// the L2 (8×8×128 at n 2048: 67 MB in f32) is read from DRAM once a row block.
+struct BlockTile {
+    int n_tile, m_block;
+};
+__device__ __forceinline__ BlockTile block_tile(int m_blocks) {
+    // row blocks along x: all of them (1-D grid) or one (2-D grid: y the row block)
+    const int along_x = m_blocks / (int)gridDim.y;
+    if (along_x == 1) return BlockTile{(int)blockIdx.x, (int)blockIdx.y};
+    const int n_tile = (int)blockIdx.x / along_x;
+    return BlockTile{n_tile, (int)blockIdx.x - n_tile * along_x};
+}
+
 // ForwardOut whose y is stored in bf16 (y16, rounded to nearest even as the
 // bf16 products round an f32 operand: a reader multiplying bf16 operands
 // sees the bits it would have made from the f32 y). y itself is unused (null).

@@ -296,7 +296,7 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
 // conv2d_pack_same_<precision> for this shape (M = s.oc rows, s.c channels).
 // x is f32, or bf16 storage (TX = unsigned short: the bf16 path's GroupNorm
 // + SiLU output, staged as it is — the values the f32 input would round to).
-// Grid (⌈N·OH·OW/128⌉, ⌈OC/BM⌉), 256 threads.
+// Grid ⌈N·OH·OW/128⌉ · ⌈OC/BM⌉ (conv::block_tile), 256 threads.
 //
 // Staging the patch. Element by element (VEC false): thread tid stages word
 // j = tid % 64 / 8 of patch pixels 8·(tid / 64) + tid % 8 + 32·i (a warp's
@@ -353,7 +353,8 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     const int g = lane / 4, t = lane % 4;
     const int P = s.oh * s.ow;
     const int XW = UP ? s.w / 2 : s.w, HW = UP ? (s.h / 2) * XW : s.h * s.w;  // x's row and channel strides
-    const int n0 = blockIdx.x * TN, m0 = blockIdx.y * BM;
+    const conv::BlockTile bt = conv::block_tile((s.oc + BM - 1) / BM);
+    const int n0 = bt.n_tile * TN, m0 = bt.m_block * BM;
     const Tile tile = tile_of<DOWN, TN>(s);
     const int img0 = n0 / P, oh0 = (n0 - img0 * P) / s.ow;
     const int chunks = (s.c + CHUNK - 1) / CHUNK;
@@ -610,7 +611,8 @@ __device__ __forceinline__ void forward_1x1(const Out& out, const TX* x, const u
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
     const int P = s.oh * s.ow, HW = s.h * s.w, total = s.n * P;
-    const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+    const conv::BlockTile bt = conv::block_tile((s.oc + BM - 1) / BM);
+    const int n0 = bt.n_tile * BN, m0 = bt.m_block * BM;
     const int img0 = n0 / P;
     const int chunks = (s.c + CHUNK_WORDS * PER_WORD - 1) / (CHUNK_WORDS * PER_WORD);
     const int slices = (s.c + SLICE_CH - 1) / SLICE_CH;
@@ -1004,7 +1006,7 @@ extern "C" __global__ void conv2d_pack_same_pair_bf16(unsigned int* wp, unsigned
 // (flip 0): _f32 at f32 accuracy (3xTF32), _bf16 with bf16 operands. For the
 // input gradient: y = dX, x = dY, the shape with C ↔ OC, H ↔ OH, W ↔ OW
 // swapped, weights packed with flip 1, no epilogue.
-// Grid (⌈N·OH·OW/128⌉, ⌈OC/BM⌉), 256 threads.
+// Grid ⌈N·OH·OW/128⌉ · ⌈OC/BM⌉ (conv::block_tile), 256 threads.
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_same_f32_m32_k1(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                               const float* residual, conv::Shape s) {
@@ -1410,7 +1412,8 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 // The 1×1 forward (same::forward_1x1): y [N, OC, OH, OW] = conv1x1(x) +
 // bias + sample_bias + residual with the same-conv packed weights, the same
 // bits as conv2d_same_<precision>_m<BM>_k1; P a multiple of 4, x 16-byte
-// aligned (the host checks). Grid (⌈N·P/128⌉, ⌈OC/BM⌉), 256 threads.
+// aligned (the host checks). Grid ⌈N·P/128⌉ · ⌈OC/BM⌉ (conv::block_tile), 256
+// threads.
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_f32_m32(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
                        const float* residual, conv::Shape s) {

@@ -77,8 +77,8 @@ constexpr int M_ALIGN = 64;                   // the packing's row padding (conv
 // is staged (pro, as conv2d_same.cu's _gn kernels); UP: x is [N, C, H/2,
 // W/2] (f32) and the conv's input (H × W, as s says) its nearest 2×
 // upsampling, read in place (the UNet's upsamplers: an item's 4 pixels are
-// 2 of x's, one 8-byte load a channel). Grid (⌈N·P/128⌉, ⌈OC/64⌉), 256
-// threads; N: the virtual pixels a warpgroup (72 or 128).
+// 2 of x's, one 8-byte load a channel). Grid ⌈N·P/128⌉ · ⌈OC/64⌉
+// (conv::block_tile), 256 threads; N: the virtual pixels a warpgroup (72 or 128).
 template <int N, class TX, bool NORM, bool UP = false>
 __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
                                         const conv::Prologue& pro) {
@@ -92,7 +92,8 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
     const int g = lane / 4, t = lane % 4, h = warp / 4;
     const int P = s.oh * s.ow;
     const int XW = UP ? s.w / 2 : s.w, HW = UP ? (s.h / 2) * XW : s.h * s.w;  // x's row and channel strides
-    const int n0 = blockIdx.x * TILE, m0 = blockIdx.y * BM;
+    const conv::BlockTile bt = conv::block_tile((s.oc + BM - 1) / BM);
+    const int n0 = bt.n_tile * TILE, m0 = bt.m_block * BM;
     const int img0 = n0 / P, oh0 = (n0 - img0 * P) / s.ow;
     const int S = P >= TILE ? TILE / s.ow : s.oh, segs = P >= TILE ? 1 : TILE / P;
     const int pw = s.ow + 1, groups = s.ow / 4;
@@ -283,10 +284,10 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
 // conv2d_pack_same_bf16: x f32 (16-byte aligned), bf16 storage (_xbf16,
 // 8-byte aligned), f32 group-normalised (+ SiLU) as it is staged (_gn), or
 // f32 [N, C, H/2, W/2] upsampled 2× as it is staged (_up);
-// _n72 / _n128 the virtual pixels a warpgroup. Grid (⌈N·OH·OW/128⌉,
-// ⌈OC/64⌉), 256 threads, two blocks an SM (28 KB of shared memory each; at
-// that bound ptxas spills 8 bytes in _wg_n128 and 56 in _gn_wg_n128, none
-// in the others). sm_90a only (elsewhere they trap).
+// _n72 / _n128 the virtual pixels a warpgroup. Grid ⌈N·OH·OW/128⌉ ·
+// ⌈OC/64⌉ (conv::block_tile), 256 threads, two blocks an SM (28 KB of
+// shared memory each; at that bound ptxas spills 8 bytes in _wg_n128 and 56
+// in _gn_wg_n128, none in the others). sm_90a only (elsewhere they trap).
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_wg_n72(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,
         const float* residual, conv::Shape s) {

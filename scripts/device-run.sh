@@ -137,6 +137,9 @@ ours_bf16)
     MINIDIFFUSION_CONV_WGMMA=on step ours_sample_bf16_wgmma 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     MINIDIFFUSION_CONV_WGMMA=on step ours_sample_bf16_wgmma_profile 60 "$md" bench sample --config seed --steps 4 -n 2048 --batch-size 2048 --device cuda --profile --precision bf16
     MINIDIFFUSION_CONV_WGMMA=on MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_wgmma_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
+    # the forwards' 2-D grid, tiles along x (session 34 runs a pixel tile's row blocks as consecutive blocks,
+    # so a map larger than the L2 is read from DRAM once, not once a row block: the 8x8 maps, 67 MB at 2048)
+    MINIDIFFUSION_CONV_GRID=2d step ours_sample_bf16_grid_2d 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # (run 8 settled the A/Bs of sessions 24-25: bf16 storage -3.0 %, the up path in place +2.6 %, the 1x1
     # weight-gradient GEMM +16.5 % training, the 1x1 forward without the patch +5.8 %; their switches stay)
     # the resnets' norm + SiLU stored in bf16 for the 3x3 convs (run 8: -3.0 %, when the convs staged it two
@@ -159,14 +162,15 @@ ours_bf16)
     # kernel, staging every other pixel's window; run 8: the generic one at 360 us a call, 2.7 %)
     MINIDIFFUSION_CONV_DOWN=generic step ours_sample_bf16_down_generic 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # q, k, v as one 1x1 conv of the stacked weights (run 6: no faster, when the weights were stacked and
-    # packed again every call; session 29 makes them once, and with the norm in the 1x1 x is read once)
+    # packed again every call; session 29 makes them once, and with the norm in the 1x1 x is read once;
+    # session 34 stores them in bf16 as the three convs do, and reads x once with the rows-first grid)
     MINIDIFFUSION_QKV=packed step ours_sample_bf16_qkv_packed 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # the attention blocks' group norm written out and read back by q, k, v (session 29 applies it in
     # the 1x1 projections as they stage x, conv2d_1x1_bf16_gn_*), apart and packed
     MINIDIFFUSION_NORM_IN_1X1=off step ours_sample_bf16_norm_1x1_off 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     MINIDIFFUSION_NORM_IN_1X1=off MINIDIFFUSION_QKV=packed step ours_sample_bf16_norm_1x1_off_qkv_packed 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
-    # the attention blocks' k, v and o in f32 (session 31 stores them in bf16 at inference: the k and v
-    # projections' conv2d_1x1_bf16_gn_ybf16_*, attention_columns_infer_bf16_io_*; the same bits)
+    # the attention blocks' q, k, v and o in f32 (sessions 31 and 34 store them in bf16 at inference, q as
+    # bf16(c·q): the projections' conv2d_1x1_bf16_gn_ybf16_*, attention_columns_infer_bf16_io_*; the same bits)
     MINIDIFFUSION_ATTENTION_IO=f32 step ours_sample_bf16_attention_io_f32 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     # the wide 32-channel forward in training too (its forwards and input gradients at 32x32), last: if time is left
     MINIDIFFUSION_CONV_WIDE=on step ours_train_bf16_wide 90 "$md" bench train --config seed --batch-size 512 --steps 10 --device cuda --json --precision bf16

@@ -420,6 +420,7 @@ fn bf16_output_1x1_stores_the_rounded_bits() {
     use minidiffusion::ops::{Bf16Store, ConvAdd, ConvAfter, NormFirst, Precision, convs_after_norm, with_precision};
     use minidiffusion::tensor::DType;
     use minidiffusion::{no_grad, testing::kernel_calls};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
     for (k, (xd, wd)) in [([2, 64, 16, 16], [64, 64, 1, 1]), ([3, 32, 8, 8], [32, 32, 1, 1]), ([2, 32, 8, 8], [48, 32, 1, 1]), ([2, 32, 8, 8], [32, 32, 3, 3])].iter().enumerate() {
         let t = switch_case(xd, wd, 900 + 10 * k as u64);
         let p = Conv2dParams { stride: 1, padding: wd[2] / 2 };
@@ -485,25 +486,29 @@ fn switch_case(xd: &[usize], wd: &[usize], seed: u64) -> Vec<minidiffusion::Tens
 }
 
 /// The forward of `switch_case`'s operands t at `precision` with every
-/// epilogue term — after the group norm (`groups`, SiLU) when given — and
-/// the names of the kernels it launched.
-fn profiled_forward(t: &[minidiffusion::Tensor], p: Conv2dParams, precision: minidiffusion::ops::Precision, norm_groups: Option<usize>) -> (Vec<f32>, Vec<&'static str>) {
+/// epilogue term — after the group norm (`groups`, SiLU) when given, applied
+/// by the conv (the `_gn_` kernels; written out by default).
+fn with_every_term(t: &[minidiffusion::Tensor], p: Conv2dParams, precision: minidiffusion::ops::Precision, norm_groups: Option<usize>) -> Vec<f32> {
     use minidiffusion::ops::{ConvAdd, NormFirst, conv2d_after_norm, conv2d_fused, with_precision};
-    let minidiffusion::Device::Cuda(d) = t[0].device() else { panic!("parity_device is CUDA") };
-    let backend = minidiffusion::device::cuda::backend(d).unwrap();
     let _p = with_precision(precision);
     let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
-    backend.start_profiling();
-    let y = minidiffusion::no_grad(|| match norm_groups {
+    minidiffusion::no_grad(|| match norm_groups {
         None => conv2d_fused(&t[0], &t[1], Some(&t[2]), add, p),
         Some(groups) => {
             let norm = NormFirst { groups, weight: Some(&t[5]), bias: Some(&t[6]), eps: 1e-5, silu: true };
-            // the norm applied by the conv (the `_gn_` kernels; written out by default)
             minidiffusion::ops::conv2d::cuda::with_norm_in_conv(true, || conv2d_after_norm(&t[0], norm, &t[1], Some(&t[2]), add, p))
         }
     })
     .unwrap()
-    .to_vec();
+    .to_vec()
+}
+
+/// [`with_every_term`] and the names of the kernels it launched.
+fn profiled_forward(t: &[minidiffusion::Tensor], p: Conv2dParams, precision: minidiffusion::ops::Precision, norm_groups: Option<usize>) -> (Vec<f32>, Vec<&'static str>) {
+    let minidiffusion::Device::Cuda(d) = t[0].device() else { panic!("parity_device is CUDA") };
+    let backend = minidiffusion::device::cuda::backend(d).unwrap();
+    backend.start_profiling();
+    let y = with_every_term(t, p, precision, norm_groups);
     (y, backend.stop_profiling().unwrap().into_iter().map(|r| r.kernel).collect())
 }
 
@@ -1287,4 +1292,84 @@ fn wgmma_forward_takes_the_3x3_convs() {
         with_wgmma_forward(true, || fused_conv(&t[0], &t[1], Some(&t[2]), add, p))
     };
     parity_check("bf16_wgmma_16x16_fused", &[&[2, 64, 16, 16], &[48, 64, 3, 3], &[48], &[2, 48], &[2, 48, 16, 16]], fused, tol);
+}
+
+/// The forwards' rows-first grid (the default: a pixel tile's row blocks as
+/// consecutive blocks of a 1-D grid, kernels/conv2d.cuh's `block_tile`)
+/// gives the bits of the 2-D grid (`MINIDIFFUSION_CONV_GRID=2d`), for convs
+/// of several row blocks, partial last ones included: the 3×3 and 1×1
+/// forwards at both precisions (every epilogue term, the norm applied as
+/// staged), the upsampled and stride-2 reads, a 1×1 over a concatenation,
+/// the wgmma forward, and an input gradient (a same conv of dY) — each
+/// kernel family checked by name.
+#[test]
+fn rows_first_grid_gives_the_same_bits() {
+    use minidiffusion::ops::conv2d::cuda::{with_rows_first_grid, with_wgmma_forward};
+    use minidiffusion::ops::{ConvAdd, Precision, conv2d_after_upsample, conv2d_concat, conv2d_fused, with_precision};
+    use minidiffusion::no_grad;
+    use minidiffusion::testing::kernels_launched;
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    // (what, the kernel family it must launch, the op's outputs)
+    let ops: Vec<(&str, &str, Box<dyn Fn() -> Vec<Vec<f32>>>)> = vec![
+        ("3×3, 3 row blocks", "conv2d_same_bf16_m64_k3", {
+            let t = switch_case(&[2, 16, 8, 8], &[160, 16, 3, 3], 1300);
+            Box::new(move || [Precision::Bf16, Precision::F32].map(|prec| with_every_term(&t, Conv2dParams { stride: 1, padding: 1 }, prec, None)).to_vec())
+        }),
+        ("3×3 with the norm, 2 row blocks", "conv2d_same_bf16_gn_m64_k3", {
+            let t = switch_case(&[2, 16, 8, 8], &[96, 16, 3, 3], 1310);
+            Box::new(move || vec![with_every_term(&t, Conv2dParams { stride: 1, padding: 1 }, Precision::Bf16, Some(4))])
+        }),
+        ("1×1, 2 row blocks", "conv2d_1x1_bf16_m64", {
+            let t = switch_case(&[2, 32, 8, 8], &[96, 32, 1, 1], 1320);
+            Box::new(move || vec![with_every_term(&t, Conv2dParams::default(), Precision::Bf16, None)])
+        }),
+        ("upsampled 3×3, 2 row blocks", "conv2d_same_bf16_up_m64_k3", {
+            let t = on_device(&[vec![2, 16, 4, 4], vec![80, 16, 3, 3], vec![80]], 1330);
+            Box::new(move || {
+                let _p = with_precision(Precision::Bf16);
+                vec![no_grad(|| conv2d_after_upsample(&t[0], &t[1], Some(&t[2]), ConvAdd::default(), Conv2dParams { stride: 1, padding: 1 })).unwrap().to_vec()]
+            })
+        }),
+        ("stride-2 3×3, 3 row blocks", "conv2d_same_bf16_down_m32_k3", {
+            let t = on_device(&[vec![2, 16, 16, 16], vec![80, 16, 3, 3], vec![80]], 1340);
+            Box::new(move || {
+                let _p = with_precision(Precision::Bf16);
+                vec![no_grad(|| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd::default(), Conv2dParams { stride: 2, padding: 1 })).unwrap().to_vec()]
+            })
+        }),
+        ("1×1 over a concatenation, 2 row blocks", "conv2d_1x1_bf16_cat_m64", {
+            let t = on_device(&[vec![2, 32, 8, 8], vec![2, 32, 8, 8], vec![96, 64, 1, 1], vec![96]], 1350);
+            Box::new(move || {
+                let _p = with_precision(Precision::Bf16);
+                vec![no_grad(|| conv2d_concat(&t[0], &t[1], &t[2], Some(&t[3]), ConvAdd::default(), Conv2dParams::default())).unwrap().to_vec()]
+            })
+        }),
+        ("wgmma 3×3, 2 row blocks", "conv2d_same_bf16_wg_n72", {
+            let t = on_device(&[vec![2, 16, 16, 16], vec![128, 16, 3, 3], vec![128]], 1360);
+            Box::new(move || {
+                let _p = with_precision(Precision::Bf16);
+                vec![with_wgmma_forward(true, || no_grad(|| conv2d_fused(&t[0], &t[1], Some(&t[2]), ConvAdd::default(), Conv2dParams { stride: 1, padding: 1 }))).unwrap().to_vec()]
+            })
+        }),
+        ("input gradient, 2 row blocks", "conv2d_same_bf16_m64_k3", {
+            let t = on_device(&[vec![2, 96, 8, 8], vec![16, 96, 3, 3]], 1370);
+            Box::new(move || {
+                let _p = with_precision(Precision::Bf16);
+                let x = t[0].detach().requires_grad_();
+                let y = conv2d_fused(&x, &t[1], None, ConvAdd::default(), Conv2dParams { stride: 1, padding: 1 }).unwrap();
+                // dY = 2y, not a constant
+                let grads = minidiffusion::backward(&minidiffusion::ops::sum_all(&minidiffusion::ops::mul(&y, &y).unwrap()).unwrap()).unwrap();
+                vec![y.to_vec(), grads.get(&x).unwrap().to_vec()]
+            })
+        }),
+    ];
+    let bits = |v: &[Vec<f32>]| v.iter().map(|o| o.iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+    for (what, family, op) in &ops {
+        let mut on = Vec::new();
+        let launched = kernels_launched(|| on = with_rows_first_grid(true, op));
+        assert!(launched.contains(family), "{what}: {family} not launched: {launched:?}");
+        let off = with_rows_first_grid(false, op);
+        assert!(on.iter().all(|o| o.iter().any(|&x| x != 0.0)), "{what}: outputs computed");
+        assert_eq!(bits(&on), bits(&off), "{what}: the rows-first grid against the 2-D grid");
+    }
 }

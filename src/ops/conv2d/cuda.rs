@@ -326,6 +326,34 @@ thread_local! {
     static WIDE: Cell<Option<bool>> = const { Cell::new(None) };
     static DIRECT: Cell<Option<bool>> = const { Cell::new(None) };
     static WGMMA: Cell<Option<bool>> = const { Cell::new(None) };
+    static ROWS_FIRST: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether a same-conv forward's grid runs the row blocks of one pixel tile
+/// as consecutive blocks (the default, a 1-D grid; kernels/conv2d.cuh's
+/// `block_tile`): side by side, so the tile's input comes from DRAM once and
+/// from the L2 for the others, where a 2-D grid with the tiles along x
+/// (`MINIDIFFUSION_CONV_GRID=2d`, the A/B) runs every tile of the map
+/// between two row blocks of one tile and reads a map larger than the L2
+/// once a row block (the seed UNet at n 2048: its 8×8 maps, 67 MB in f32,
+/// two to six times a conv). The same results.
+pub fn rows_first_grid() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    switch(&ROWS_FIRST, &ENV, || std::env::var("MINIDIFFUSION_CONV_GRID").map_or(true, |v| v != "2d"))
+}
+
+/// Run `f` with the rows-first grid on or off on this thread (tests, A/B).
+pub fn with_rows_first_grid<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_switch(&ROWS_FIRST, on, f)
+}
+
+/// The grid of a same-conv forward of `tiles` pixel tiles and `row_blocks`
+/// blocks of output rows ([`rows_first_grid`]).
+fn forward_grid(tiles: usize, row_blocks: usize) -> LaunchConfig {
+    match rows_first_grid() {
+        true => LaunchConfig::grid([tiles * row_blocks, 1, 1], GEMM_THREADS),
+        false => LaunchConfig::grid([tiles, row_blocks, 1], GEMM_THREADS),
+    }
 }
 
 /// Whether same-conv forwards stage an f32 input with float4s
@@ -898,7 +926,7 @@ pub fn forward_1x1_concat(x: &CudaBuffer, x2: &CudaBuffer, c1: usize, packed: &P
     let bm = same_block_rows(m);
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
     let args = [out.arg(), x.arg(), packed.buf.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(&s), x2.arg(), Arg::I32(c1 as i32)];
-    let cfg = LaunchConfig::grid([(g.n * g.p()).div_ceil(SAME_TILE_PIXELS), m.div_ceil(bm), 1], GEMM_THREADS);
+    let cfg = forward_grid((g.n * g.p()).div_ceil(SAME_TILE_PIXELS), m.div_ceil(bm));
     backend.launch(ONE_BY_ONE_CAT_KERNELS[usize::from(prec == Precision::Bf16)][usize::from(bm != 32)], cfg, &args)?;
     Ok(Some(out))
 }
@@ -946,7 +974,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let wide = matches!(read, Read::AsIs) && !vec && wgmma.is_none() && wide_forward_fits(x, s, prec);
     let tile = if wide { WIDE_TILE_PIXELS } else { SAME_TILE_PIXELS };
     let bm = if wgmma.is_some() { WGMMA_BLOCK_ROWS } else { bm };
-    let cfg = LaunchConfig::grid([pixels.div_ceil(tile), m.div_ceil(bm), 1], GEMM_THREADS);
+    let cfg = forward_grid(pixels.div_ceil(tile), m.div_ceil(bm));
     let kernel = match read {
         Read::AsIs => {
             if let Some(kernel) = wgmma {
