@@ -363,7 +363,8 @@ struct Tiles {
 // from f32, mul·value rounded (mma::bf16_pair); from bf16 storage (the
 // projections' output at inference) the bits as they are — what bf16_pair
 // makes of the f32 values they were rounded from, so the staged words are
-// the same (mul must then be 1: K and V, never c·Q).
+// the same (mul unused: K and V take 1, and Q's c was applied by its
+// projection before it rounded).
 __device__ __forceinline__ float scaled(float v, float mul) { return mul * v; }
 __device__ __forceinline__ unsigned short scaled(unsigned short v, float) { return v; }
 __device__ __forceinline__ unsigned int pair_word(float lo, float hi) { return mma::bf16_pair(lo, hi); }
