@@ -93,6 +93,8 @@ struct ForwardOut {
         return v;
     }
     __device__ void store_terms(const Terms& t, int /*oc*/, float v) const { y[t.at] = sum(t, v); }
+    // Store v, its terms already added, at index `at` of channel oc.
+    __device__ void put(int at, int /*oc*/, float v) const { y[at] = v; }
     // The same for pixels pix and pix + 1 of one image (same channel, so one
     // bias and time-embedding load; an 8-byte residual load and store): the
     // caller checks P even and y, residual 8-byte aligned, pix even.
@@ -163,6 +165,7 @@ struct ForwardOutBf16 : ForwardOut {
     __device__ void store_terms(const Terms& t, int oc, float v) const {
         y16[t.at] = (unsigned short)bf16_bits(factor(oc) * sum(t, v));
     }
+    __device__ void put(int at, int oc, float v) const { y16[at] = (unsigned short)bf16_bits(factor(oc) * v); }
     __device__ void store_pair(const PairTerms& t, int oc, float v0, float v1) const {
         const float2 v = pair_sum(t, v0, v1);
         const float f = factor(oc);

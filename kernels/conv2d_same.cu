@@ -326,9 +326,10 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
 // 8's ncu: the 3×3 forwards wait on the L1's load/store pipe — 78 % of its
 // wavefronts at 32×32 — and per mma the 32 × 16 warp tile takes ~3 of
 // them in fragments where 32 × 32 takes ~2.) Element-by-element staging.
+// Out: how y is stored (conv::ForwardOut f32, conv::ForwardOutBf16 rounded).
 template <class Math, int BM, int KS, class TX = float, bool NORM = false, bool VEC = false, bool UP = false,
-          bool DOWN = false, int TN = BN>
-__device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
+          bool DOWN = false, int TN = BN, class Out = conv::ForwardOut>
+__device__ __forceinline__ void forward(const Out& out, const TX* x, const uint4* wp, const conv::Shape& s,
                                         const conv::Prologue& pro = conv::Prologue{}) {
     static_assert(!VEC || sizeof(TX) == sizeof(float) || (Math::PER_WORD == 2 && !NORM),
                   "vector staging reads f32, or bf16 storage at bf16 without the norm");
@@ -545,7 +546,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
         __syncthreads();  // the next chunk overwrites As and the patch
     }
 
-    store_tile<Math, BM, NI, TN>(out, s, acc, n0, m0, img0, n_w, warp, g, t);
+    store_tile<Math, BM, NI, TN, Out>(out, s, acc, n0, m0, img0, n_w, warp, g, t);
 }
 
 // ---- The 1×1 forward ----
@@ -1201,6 +1202,26 @@ extern "C" __global__ void __launch_bounds__(256, 3)
     conv2d_same_bf16_xbf16_m32_k3_v_b3(float* y, const unsigned short* x, const uint4* wp, const float* bias,
                                        const float* sample_bias, const float* residual, conv::Shape s) {
     same::forward<mma::Bf16, 32, 3, unsigned short, false, true>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s);
+}
+
+// The bf16 3×3 forwards of bf16 storage storing y in bf16 too
+// (conv::ForwardOutBf16, times 1 where the host asks no factor): the
+// resnets' conv1 at inference with MINIDIFFUSION_BF16_ACTIVATIONS=on, whose
+// one reader, norm2, widens it — autocast's bf16 conv output. The sums of
+// the f32-output _v kernels, rounded as they are stored.
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_xbf16_ybf16_m32_k3_v_b3(unsigned short* y, const unsigned short* x, const uint4* wp,
+                                             const float* bias, const float* sample_bias, const float* residual,
+                                             conv::Shape s, float times, int times_rows) {
+    same::forward<mma::Bf16, 32, 3, unsigned short, false, true, false, false, same::BN, conv::ForwardOutBf16>(
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_ybf16_m64_k3_v(unsigned short* y, const unsigned short* x, const uint4* wp,
+                                          const float* bias, const float* sample_bias, const float* residual,
+                                          conv::Shape s, float times, int times_rows) {
+    same::forward<mma::Bf16, 64, 3, unsigned short, false, true, false, false, same::BN, conv::ForwardOutBf16>(
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s);
 }
 
 // The bf16 3×3 forward of at most 32 output channels over 256-pixel tiles

@@ -79,8 +79,9 @@ constexpr int M_ALIGN = 64;                   // the packing's row padding (conv
 // upsampling, read in place (the UNet's upsamplers: an item's 4 pixels are
 // 2 of x's, one 8-byte load a channel). Grid ⌈N·P/128⌉ · ⌈OC/64⌉
 // (conv::block_tile), 256 threads; N: the virtual pixels a warpgroup (72 or 128).
-template <int N, class TX, bool NORM, bool UP = false>
-__device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x, const uint4* wp, const conv::Shape& s,
+// Out: how y is stored (conv::ForwardOut f32, conv::ForwardOutBf16 rounded).
+template <int N, class TX, bool NORM, bool UP = false, class Out = conv::ForwardOut>
+__device__ __forceinline__ void forward(const Out& out, const TX* x, const uint4* wp, const conv::Shape& s,
                                         const conv::Prologue& pro) {
     static_assert(!NORM || sizeof(TX) == sizeof(float), "the norm is applied to f32 input");
     static_assert(!UP || (sizeof(TX) == sizeof(float) && !NORM), "an upsampled input is f32, read as it is");
@@ -271,7 +272,7 @@ __device__ __forceinline__ void forward(const conv::ForwardOut& out, const TX* x
                     if (out.bias != nullptr) v += bias[rr];
                     if (out.sample_bias != nullptr) v += out.sample_bias[sb_at[b][half][rr]];
                     if (out.residual != nullptr) v += r_[b][half][rr];
-                    out.y[at[b][half][rr]] = v;
+                    out.put(at[b][half][rr], m[rr], v);
                 }
         }
     }
@@ -307,6 +308,21 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_xbf16_wg_n128(float* y, const unsigned short* x, const uint4* wp, const float* bias, const float* sample_bias,
         const float* residual, conv::Shape s) {
     wg::forward<128, unsigned short, false>(conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{});
+}
+// … of bf16 storage storing y in bf16 too (conv::ForwardOutBf16): the
+// resnets' conv1 with MINIDIFFUSION_BF16_ACTIVATIONS=on, as conv2d_same.cu's
+// conv2d_same_bf16_xbf16_ybf16_* (the sums of the f32-output kernels, rounded).
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_ybf16_wg_n72(unsigned short* y, const unsigned short* x, const uint4* wp, const float* bias,
+        const float* sample_bias, const float* residual, conv::Shape s, float times, int times_rows) {
+    wg::forward<72, unsigned short, false, false, conv::ForwardOutBf16>(
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s, conv::Prologue{});
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_ybf16_wg_n128(unsigned short* y, const unsigned short* x, const uint4* wp, const float* bias,
+        const float* sample_bias, const float* residual, conv::Shape s, float times, int times_rows) {
+    wg::forward<128, unsigned short, false, false, conv::ForwardOutBf16>(
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s, conv::Prologue{});
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_gn_wg_n72(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,

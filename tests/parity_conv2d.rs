@@ -476,6 +476,73 @@ fn bf16_output_1x1_stores_the_rounded_bits() {
     }
 }
 
+/// A bf16 3×3 same conv of bf16 storage asked to store its output in bf16
+/// (`ConvAfter::store_bf16`: the resnets' conv1 with bf16 activations) stores
+/// the bits of its f32 output scaled and rounded, by
+/// `conv2d_same_bf16_xbf16_ybf16_*`: at 32 output channels (the 3-blocks
+/// kernel), 64, and 48 (a partial 64-row block); close to the CPU twin. With
+/// the wgmma forward on (where the backend has it) by its `_wg_n*` twins.
+/// Where neither takes x (W not a multiple of 4) the output is f32 and the
+/// same as unasked.
+#[test]
+fn bf16_output_3x3_of_bf16_storage_stores_the_rounded_bits() {
+    use minidiffusion::ops::conv2d::cuda::{wgmma_width, with_wgmma_forward};
+    use minidiffusion::ops::precision::round_bf16;
+    use minidiffusion::ops::{Bf16Store, ConvAdd, ConvAfter, Precision, cast, with_precision};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::{no_grad, testing::kernel_calls};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    for (k, (xd, wd)) in [([2, 32, 16, 16], [32, 32, 3, 3]), ([2, 64, 8, 8], [64, 64, 3, 3]), ([3, 32, 8, 8], [48, 32, 3, 3]), ([2, 32, 6, 6], [32, 32, 3, 3])].iter().enumerate() {
+        let t = switch_case(xd, wd, 960 + 10 * k as u64);
+        let minidiffusion::Device::Cuda(d) = t[0].device() else { panic!("parity_device is CUDA") };
+        let has_wgmma = minidiffusion::device::cuda::backend(d).unwrap().wgmma();
+        let x = no_grad(|| cast(&t[0], DType::BF16)).unwrap();
+        let p = Conv2dParams { stride: 1, padding: 1 };
+        let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(&t[4]) };
+        let geom = minidiffusion::ops::conv2d::cpu::ConvGeom { n: xd[0], c: xd[1], h: xd[2], w: xd[3], oc: wd[0], kh: 3, kw: 3, stride: 1, pad: 1, oh: xd[2], ow: xd[3] };
+        for wgmma in [false, true] {
+            let by_wgmma = wgmma && has_wgmma && wgmma_width(&geom).is_some();
+            let takes = by_wgmma || xd[3] % 4 == 0;
+            let conv = |store_bf16: Option<Bf16Store>| {
+                let _p = with_precision(Precision::Bf16);
+                let y = with_wgmma_forward(wgmma, || no_grad(|| ConvAfter { weight: &t[1], bias: Some(&t[2]), add, params: p, store_bf16 }.forward(&x))).unwrap();
+                (y.dtype(), y.to_vec())
+            };
+            let what = format!("x {xd:?} in bf16, weight {wd:?}, wgmma {wgmma}");
+            let plain = conv(None);
+            assert_eq!(plain.0, DType::F32, "{what}");
+            let c = minidiffusion::ops::attention::query_factor(1.0 / 8f32.sqrt());
+            for store in [Bf16Store::AS_IS, Bf16Store { times: c, scaled_channels: wd[0] / 3 }] {
+                let what = format!("{what}, {store:?}");
+                let factor = |i: usize| if i / (xd[2] * xd[3]) % wd[0] < store.scaled_channels { store.times } else { 1.0 };
+                let mut stored = plain.clone();
+                let rows = kernel_calls(|| stored = conv(Some(store)));
+                let launched = |wg: bool| rows.iter().filter(|r| r.0.starts_with("conv2d_same_bf16_xbf16_ybf16_") && r.0.contains("_wg_") == wg).map(|r| r.1).sum::<usize>();
+                assert_eq!((launched(false), launched(true)), (usize::from(takes && !by_wgmma), usize::from(by_wgmma)), "{what}: {rows:?}");
+                if !takes {
+                    assert_eq!(stored, plain, "{what}: not taken, f32 and not scaled");
+                    continue;
+                }
+                assert_eq!(stored.0, DType::BF16, "{what}");
+                let rounded: Vec<u32> = plain.1.iter().enumerate().map(|(i, &v)| round_bf16(factor(i) * v).to_bits()).collect();
+                let differ: Vec<usize> = (0..rounded.len()).filter(|&i| stored.1[i].to_bits() != rounded[i]).collect();
+                assert!(differ.is_empty(), "{what}: {} of {} bf16 outputs differ from the f32 output scaled and rounded (first at {:?})", differ.len(), rounded.len(), differ.first());
+                // against the CPU twin from the same bf16 values: its tolerance plus the rounding (2⁻⁹ relative)
+                let cpu: Vec<minidiffusion::Tensor> = t.iter().map(|v| v.to_device(minidiffusion::Device::Cpu).unwrap()).collect();
+                let twin = {
+                    let _p = with_precision(Precision::Bf16);
+                    let cadd = ConvAdd { sample_bias: Some(&cpu[3]), residual: Some(&cpu[4]) };
+                    let cx = x.to_device(minidiffusion::Device::Cpu).unwrap();
+                    no_grad(|| ConvAfter { weight: &cpu[1], bias: Some(&cpu[2]), add: cadd, params: p, store_bf16: Some(store) }.forward(&cx)).unwrap()
+                };
+                let twin: Vec<f32> = twin.to_vec().iter().enumerate().map(|(i, &v)| factor(i) * v).collect();
+                let tol = ParityTol::BF16_TENSOR_CORE;
+                minidiffusion::testing::assert_close(&format!("{what}: bf16 output against the CPU twin"), &stored.1, &twin, tol.atol, tol.rtol + 4e-3);
+            }
+        }
+    }
+}
+
 /// A same conv's operands on the parity device, from input dims `xd` and
 /// weight dims `wd`: [x, W, b, per-image bias, residual, γ, β].
 fn switch_case(xd: &[usize], wd: &[usize], seed: u64) -> Vec<minidiffusion::Tensor> {

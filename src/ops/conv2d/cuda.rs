@@ -95,7 +95,7 @@ pub struct Epilogue<'a> {
     pub sample_bias: Option<&'a CudaBuffer>,
     pub residual: Option<&'a CudaBuffer>,
     /// Some: y stored in bf16, scaled as it says, where the kernel can
-    /// (`bf16_output_fits`), else in f32 (not scaled): the output buffer's
+    /// (`bf16_output_kernel`), else in f32 (not scaled): the output buffer's
     /// dtype says which. None: y in f32.
     pub bf16_out: Option<super::Bf16Store>,
 }
@@ -436,13 +436,17 @@ pub fn with_wgmma_forward<R>(on: bool, f: impl FnOnce() -> R) -> R {
 const WGMMA_BLOCK_ROWS: usize = 64;
 
 /// The wgmma forwards, by [x f32, bf16 storage, f32 group-normalised as
-/// staged, f32 upsampled as staged][virtual pixels a warpgroup 72, 128].
-const WGMMA_KERNELS: [[&str; 2]; 4] = [
+/// staged, f32 upsampled as staged, bf16 storage storing y in bf16][virtual
+/// pixels a warpgroup 72, 128].
+const WGMMA_KERNELS: [[&str; 2]; 5] = [
     ["conv2d_same_bf16_wg_n72", "conv2d_same_bf16_wg_n128"],
     ["conv2d_same_bf16_xbf16_wg_n72", "conv2d_same_bf16_xbf16_wg_n128"],
     ["conv2d_same_bf16_gn_wg_n72", "conv2d_same_bf16_gn_wg_n128"],
     ["conv2d_same_bf16_up_wg_n72", "conv2d_same_bf16_up_wg_n128"],
+    ["conv2d_same_bf16_xbf16_ybf16_wg_n72", "conv2d_same_bf16_xbf16_ybf16_wg_n128"],
 ];
+/// The row of [`WGMMA_KERNELS`] whose kernels store y in bf16.
+const WGMMA_BF16_OUT: usize = 4;
 /// Patch pixels a plane of the wgmma forward holds (its PLANE), and the
 /// staging items its 256 threads take (ITEMS each).
 const WGMMA_PLANE: usize = 320;
@@ -477,13 +481,13 @@ pub fn wgmma_width(g: &ConvGeom) -> Option<usize> {
 /// `read` says (as it is, normalised or upsampled as staged; see
 /// [`wgmma_forward`]): bf16 products, x f32 (16-byte aligned) or, read as it
 /// is, bf16 storage (8-byte aligned).
-fn wgmma_kernel(x: &CudaBuffer, s: &ConvShape, prec: Precision, read: &Read) -> Option<&'static str> {
+fn wgmma_kernel(x: &CudaBuffer, s: &ConvShape, prec: Precision, read: &Read, bf16_out: bool) -> Option<&'static str> {
     if !(wgmma_forward() && prec == Precision::Bf16 && x.backend().wgmma()) {
         return None;
     }
     let variant = match (x.dtype(), read) {
         (DType::F32, Read::AsIs) if x.ptr().is_multiple_of(16) => 0,
-        (DType::BF16, Read::AsIs) if x.ptr().is_multiple_of(8) => 1,
+        (DType::BF16, Read::AsIs) if x.ptr().is_multiple_of(8) => if bf16_out { WGMMA_BF16_OUT } else { 1 },
         (DType::F32, Read::Normed(_)) if x.ptr().is_multiple_of(16) => 2,
         (DType::F32, Read::Upsampled) if x.ptr().is_multiple_of(16) => 3,
         _ => return None,
@@ -885,12 +889,26 @@ fn one_by_one_fits(x: &CudaBuffer, s: &ConvShape) -> bool {
 const ONE_BY_ONE_BF16_OUT_KERNELS: [[&str; 2]; 2] =
     [["conv2d_1x1_bf16_ybf16_m32", "conv2d_1x1_bf16_ybf16_m64"], ["conv2d_1x1_bf16_gn_ybf16_m32", "conv2d_1x1_bf16_gn_ybf16_m64"]];
 
-/// Whether a forward of `x` can store its output in bf16 when its epilogue
-/// asks (`Epilogue::bf16_out`): a stride-1 1×1 conv `forward_1x1` takes
-/// with bf16 products of an f32 input (as it is or group-normalised as it is
-/// staged) — the attention block's k and v projections.
-fn bf16_output_fits(x: &CudaBuffer, s: &ConvShape, prec: Precision) -> bool {
-    prec == Precision::Bf16 && x.dtype() == DType::F32 && one_by_one_fits(x, s)
+/// The bf16 3×3 forwards of bf16 storage storing y in bf16 (4-pixel
+/// staging), by block rows 32, 64: the resnets' conv1 with bf16 activations.
+const SAME_BF16_IO_KERNELS: [&str; 2] = ["conv2d_same_bf16_xbf16_ybf16_m32_k3_v_b3", "conv2d_same_bf16_xbf16_ybf16_m64_k3_v"];
+
+/// The kernel that stores the output of a forward of `x` in bf16 when its
+/// epilogue asks (`Epilogue::bf16_out`), if one takes it: with bf16
+/// products, a stride-1 1×1 conv `forward_1x1` takes of an f32 input (as it
+/// is or group-normalised as it is staged: the attention block's
+/// projections), or a 3×3 same conv of bf16 storage staged 4 pixels a load
+/// (the resnets' conv1 with bf16 activations). `b`: 64-row blocks.
+fn bf16_output_kernel(x: &CudaBuffer, s: &ConvShape, prec: Precision, read: &Read, b: usize) -> Option<&'static str> {
+    if prec != Precision::Bf16 {
+        return None;
+    }
+    match (x.dtype(), read) {
+        (DType::F32, Read::AsIs) if one_by_one_fits(x, s) => Some(ONE_BY_ONE_BF16_OUT_KERNELS[0][b]),
+        (DType::F32, Read::Normed(_)) if one_by_one_fits(x, s) => Some(ONE_BY_ONE_BF16_OUT_KERNELS[1][b]),
+        (DType::BF16, Read::AsIs) if s.kh == 3 && vec_staging_fits(x, s) => Some(SAME_BF16_IO_KERNELS[b]),
+        _ => None,
+    }
 }
 
 /// The 1×1 forwards of a concatenation read where its parts lie
@@ -962,14 +980,20 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
         return shape_err("conv2d", "packed weights of another precision or shape than the convolution's");
     }
     let packed = &packed.buf;
-    let bf16_out = epi.bf16_out.is_some() && matches!(read, Read::AsIs | Read::Normed(_)) && bf16_output_fits(x, s, prec);
-    let out = backend.alloc_as(s.n as usize * m * (s.oh * s.ow) as usize, if bf16_out { DType::BF16 } else { DType::F32 })?;
     let bm = if matches!(read, Read::Strided) { 32 } else { same_block_rows(m) };
+    let (p, b, k) = (usize::from(prec == Precision::Bf16), usize::from(bm != 32), usize::from(ks != 1));
+    let bf16_asked = epi.bf16_out.is_some();
+    let wgmma = if ks == 3 { wgmma_kernel(x, s, prec, &read, bf16_asked) } else { None };
+    // the kernel storing y in bf16 where one takes the conv (the output's dtype says)
+    let bf16_out = match wgmma {
+        Some(kernel) => WGMMA_KERNELS[WGMMA_BF16_OUT].contains(&kernel).then_some(kernel),
+        None if bf16_asked => bf16_output_kernel(x, s, prec, &read, b),
+        None => None,
+    };
+    let out = backend.alloc_as(s.n as usize * m * (s.oh * s.ow) as usize, if bf16_out.is_some() { DType::BF16 } else { DType::F32 })?;
     let pixels = s.n as usize * (s.oh * s.ow) as usize;
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
     let mut args = vec![out.arg(), x.arg(), packed.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(s)];
-    let (p, b, k) = (usize::from(prec == Precision::Bf16), usize::from(bm != 32), usize::from(ks != 1));
-    let wgmma = if bf16_out || ks != 3 { None } else { wgmma_kernel(x, s, prec, &read) };
     let vec = vec_staging_fits(x, s);
     let wide = matches!(read, Read::AsIs) && !vec && wgmma.is_none() && wide_forward_fits(x, s, prec);
     let tile = if wide { WIDE_TILE_PIXELS } else { SAME_TILE_PIXELS };
@@ -977,10 +1001,8 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let cfg = forward_grid(pixels.div_ceil(tile), m.div_ceil(bm));
     let kernel = match read {
         Read::AsIs => {
-            if let Some(kernel) = wgmma {
+            if let Some(kernel) = wgmma.or(bf16_out) {
                 kernel
-            } else if bf16_out {
-                ONE_BY_ONE_BF16_OUT_KERNELS[0][b]
             } else if vec {
                 same_kernel(&SAME_FORWARD_VEC_KERNELS, prec, x.dtype(), bm, ks)?
             } else if wide {
@@ -1006,10 +1028,8 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
         }
         Read::Normed(n) => {
             args.push(n.prologue(x, s.n as usize * s.c as usize)?);
-            if let Some(kernel) = wgmma {
+            if let Some(kernel) = wgmma.or(bf16_out) {
                 kernel
-            } else if bf16_out {
-                ONE_BY_ONE_BF16_OUT_KERNELS[1][b]
             } else if vec {
                 SAME_FORWARD_NORM_VEC_KERNELS[p][b][k]
             } else if one_by_one_fits(x, s) {
@@ -1019,7 +1039,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
             }
         }
     };
-    if let (true, Some(store)) = (bf16_out, epi.bf16_out) {
+    if let (Some(_), Some(store)) = (bf16_out, epi.bf16_out) {
         args.extend([Arg::F32(store.times), Arg::I32(store.scaled_channels.min(m) as i32)]);
     }
     backend.launch(with_occupancy(kernel), cfg, &args)?;

@@ -288,12 +288,14 @@ pub struct ConvAfter<'a> {
     pub bias: Option<&'a Tensor>,
     pub add: ConvAdd<'a>,
     pub params: Conv2dParams,
-    /// Store the output in bf16, scaled as asked, where that gives the bits
-    /// a bf16 product reads anyway: at inference on CUDA at the bf16
-    /// precision, where a bf16 1×1 forward of an f32 input takes the conv;
-    /// else the output in f32, not scaled — the output's dtype says which.
-    /// For outputs read only by bf16 products (the attention's k and v as
-    /// they are, q times the factor it multiplies q by).
+    /// Store the output in bf16, scaled as asked: at inference on CUDA at
+    /// the bf16 precision, where a kernel that stores bf16 takes the conv (a
+    /// 1×1 of an f32 input, a 3×3 of bf16 storage); else the output in f32,
+    /// not scaled — the output's dtype says which. For outputs read only by
+    /// bf16 products (the attention's k and v as they are, q times the
+    /// factor it multiplies q by: the bits they read anyway), or stored in
+    /// bf16 in any case (the resnets' conv1 with
+    /// `precision::bf16_activations`, cast where the kernel stored f32).
     pub store_bf16: Option<Bf16Store>,
 }
 
