@@ -179,6 +179,19 @@ struct Resident {
             v[k] = i < m4 ? a[i + (i < ka4 ? 0LL : b_from_a)] : float4{0.0f, 0.0f, 0.0f, 0.0f};
         }
     }
+    // From bf16 storage (the resnets' conv1 output with bf16 activations):
+    // 4 values an 8-byte load, widened exactly — the values, so the bits
+    // after, of the f32 constructor on the widened map.
+    __device__ Resident(const unsigned short* __restrict__ xg, int m, Holders h) : m4(m / 4), h(h) {
+        const uint2* a = reinterpret_cast<const uint2*>(xg);
+#pragma unroll
+        for (int k = 0; k < R; ++k) {
+            const int i = index(k);
+            const uint2 w = i < m4 ? a[i] : make_uint2(0u, 0u);
+            v[k] = float4{__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u), __uint_as_float(w.y << 16),
+                          __uint_as_float(w.y & 0xffff0000u)};
+        }
+    }
     __device__ int index(int k) const { return h.first + k * h.stride; }  // of float4 k in the group
     __device__ bool holds(int k) const { return index(k) < m4; }
     __device__ double sum(double part, double* scratch) const { return h.warp ? warp_sum_d(part) : block_sum_d(part, scratch); }
@@ -212,6 +225,19 @@ struct Resident {
     }
 };
 
+// Group ng of x (or of x ⧺ x2, CONCAT), held by `holders`.
+template <int R, bool CONCAT>
+__device__ __forceinline__ Resident<R> group_of(const float* x, const float* x2, int split, int ng, int groups, int m,
+                                                Holders holders) {
+    return Resident<R>(CONCAT ? of_concat(x, x2, split, ng, groups, m) : Parts{x + (long long)ng * m, x, m}, m, holders);
+}
+template <int R, bool CONCAT>
+__device__ __forceinline__ Resident<R> group_of(const unsigned short* x, const float*, int, int ng, int, int m,
+                                                Holders holders) {
+    static_assert(!CONCAT, "a concatenation is read from f32");
+    return Resident<R>(x + (long long)ng * m, m, holders);
+}
+
 // The forward, resident: as forward(), the channel of float4 i being i/(S/4)
 // (a float4 never straddles channels when S is a multiple of 4).
 // CONCAT: the input is the concatenation x ⧺ x2 along channels, split
@@ -224,9 +250,10 @@ struct Resident {
 // 4×4) and waited on two block-wide reductions (GPU run 8: the r1 kernel at
 // 1–2 TB/s, 4.0 % of a sampling step). The sums are over the same float4
 // partials in f64, in another tree (f64 sums of f32 values: exact in practice).
-template <class TY, int R, bool CONCAT = false, bool WARP = false>
+// TX: x in f32, or bf16 storage (unsigned short; not CONCAT).
+template <class TY, int R, bool CONCAT = false, bool WARP = false, class TX = float>
 __device__ __forceinline__ void forward_resident(TY* __restrict__ y, float* __restrict__ mean_out,
-                                                 float* __restrict__ rstd_out, const float* __restrict__ x,
+                                                 float* __restrict__ rstd_out, const TX* __restrict__ x,
                                                  const float* __restrict__ x2, int split,
                                                  const float* __restrict__ gamma, const float* __restrict__ beta,
                                                  int num_groups_total, int groups, int cg, int s, float eps, int silu) {
@@ -236,8 +263,7 @@ __device__ __forceinline__ void forward_resident(TY* __restrict__ y, float* __re
     const int per_block = WARP ? (int)blockDim.x / 32 : 1, slot = WARP ? (int)threadIdx.x / 32 : 0;
     for (int ng = blockIdx.x * per_block + slot; ng < num_groups_total; ng += gridDim.x * per_block) {
         const int g = ng % groups;
-        const Resident<R> r(CONCAT ? of_concat(x, x2, split, ng, groups, m) : Parts{x + (long long)ng * m, x, m}, m,
-                            holders);
+        const Resident<R> r = group_of<R, CONCAT>(x, x2, split, ng, groups, m, holders);
         float mu, rs;
         r.stats(eps, scratch, mu, rs);
         if (holders.first == 0) {
@@ -507,6 +533,74 @@ extern "C" __global__ void __launch_bounds__(GN_THREADS)
         int num_groups_total, int groups, int cg, int s, float eps, int silu) {
     groupnorm::forward_resident<unsigned short, 8, false, true>(y, mean_out, rstd_out, x, nullptr, 0, gamma, beta,
                                                           num_groups_total, groups, cg, s, eps, silu);
+}
+// The forward of bf16 storage into bf16 (TX = TY = unsigned short), by a
+// block (_resident_xbf16_bf16_rR, R = 1, 2, 4, 8, 12) or a warp a group
+// (_warp_xbf16_bf16_rR, R ≤ 8): the resnets' norm2 at inference with
+// MINIDIFFUSION_BF16_ACTIVATIONS=on, reading conv1's bf16 output (x 8-byte
+// aligned). The bits of the f32-input kernels on the widened map.
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_xbf16_bf16_r1(unsigned short* __restrict__ y, float* __restrict__ mean_out,
+        float* __restrict__ rstd_out, const unsigned short* __restrict__ x, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 1, false, false, unsigned short>(y, mean_out, rstd_out, x, nullptr, 0,
+        gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_xbf16_bf16_r2(unsigned short* __restrict__ y, float* __restrict__ mean_out,
+        float* __restrict__ rstd_out, const unsigned short* __restrict__ x, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 2, false, false, unsigned short>(y, mean_out, rstd_out, x, nullptr, 0,
+        gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_xbf16_bf16_r4(unsigned short* __restrict__ y, float* __restrict__ mean_out,
+        float* __restrict__ rstd_out, const unsigned short* __restrict__ x, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 4, false, false, unsigned short>(y, mean_out, rstd_out, x, nullptr, 0,
+        gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_xbf16_bf16_r8(unsigned short* __restrict__ y, float* __restrict__ mean_out,
+        float* __restrict__ rstd_out, const unsigned short* __restrict__ x, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 8, false, false, unsigned short>(y, mean_out, rstd_out, x, nullptr, 0,
+        gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_resident_xbf16_bf16_r12(unsigned short* __restrict__ y, float* __restrict__ mean_out,
+        float* __restrict__ rstd_out, const unsigned short* __restrict__ x, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 12, false, false, unsigned short>(y, mean_out, rstd_out, x, nullptr, 0,
+        gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_warp_xbf16_bf16_r1(unsigned short* __restrict__ y, float* __restrict__ mean_out,
+        float* __restrict__ rstd_out, const unsigned short* __restrict__ x, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 1, false, true, unsigned short>(y, mean_out, rstd_out, x, nullptr, 0,
+        gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_warp_xbf16_bf16_r2(unsigned short* __restrict__ y, float* __restrict__ mean_out,
+        float* __restrict__ rstd_out, const unsigned short* __restrict__ x, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 2, false, true, unsigned short>(y, mean_out, rstd_out, x, nullptr, 0,
+        gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_warp_xbf16_bf16_r4(unsigned short* __restrict__ y, float* __restrict__ mean_out,
+        float* __restrict__ rstd_out, const unsigned short* __restrict__ x, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 4, false, true, unsigned short>(y, mean_out, rstd_out, x, nullptr, 0,
+        gamma, beta, num_groups_total, groups, cg, s, eps, silu);
+}
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+    groupnorm_forward_warp_xbf16_bf16_r8(unsigned short* __restrict__ y, float* __restrict__ mean_out,
+        float* __restrict__ rstd_out, const unsigned short* __restrict__ x, const float* __restrict__ gamma,
+        const float* __restrict__ beta, int num_groups_total, int groups, int cg, int s, float eps, int silu) {
+    groupnorm::forward_resident<unsigned short, 8, false, true, unsigned short>(y, mean_out, rstd_out, x, nullptr, 0,
+        gamma, beta, num_groups_total, groups, cg, s, eps, silu);
 }
 extern "C" __global__ void __launch_bounds__(GN_THREADS)
     groupnorm_forward_warp_concat_r1(float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,

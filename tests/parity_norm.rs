@@ -387,6 +387,59 @@ fn group_norm_silu_bf16_storage_parity() {
     }
 }
 
+/// Group norm (+ SiLU) of bf16 storage (the resnets' conv1 output with bf16
+/// activations): into bf16 at inference, read as it is by the resident
+/// kernels (`groupnorm_forward_{warp,resident}_xbf16_bf16_r*`) exactly where
+/// a group fits them, with the bits of the norm of the widened map; otherwise
+/// (the loop kernel's groups, f32 output, a gradient wanted) widened first,
+/// with the same values; near the CPU twin's, which widens too.
+#[test]
+fn group_norm_of_bf16_storage_reads_it_as_it_is() {
+    use minidiffusion::ops::group_norm::{group_norm_silu_stored, group_norm_stored};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::no_grad;
+    let bits = |t: &Tensor| t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for &(dims, groups_list) in GN_CASES {
+        let c = dims[1];
+        for &groups in groups_list {
+            let host = |d: &[usize], seed| Tensor::from_vec(randn(d, seed), d.to_vec()).unwrap();
+            let (x, w, b) = (host(dims, 11), host(&[c], 12), host(&[c], 13));
+            let dev = |t: &Tensor| t.to_device(parity_device()).unwrap();
+            let (wd, bd) = (dev(&w), dev(&b));
+            let x16 = no_grad(|| ops::cast(&dev(&x), DType::BF16)).unwrap();
+            let widened = ops::cast(&x16, DType::F32).unwrap();
+            let m: usize = dims[1..].iter().product::<usize>() / groups;
+            let s: usize = dims[2..].iter().product();
+            let fits = m <= 12 * 4 * 256 && s % 4 == 0;
+            for silu in [false, true] {
+                let norm = if silu { group_norm_silu_stored } else { group_norm_stored };
+                let what = format!("{dims:?} g{groups} silu {silu}");
+                for store in [DType::BF16, DType::F32] {
+                    let mut y = None;
+                    let kernels = kernels_launched(|| y = Some(no_grad(|| norm(&x16, groups, Some(&wd), Some(&bd), 1e-5, store)).unwrap()));
+                    let y = y.unwrap();
+                    let as_is = kernels.iter().any(|k| k.contains("_xbf16_bf16_r"));
+                    assert_eq!(as_is, fits && store == DType::BF16, "{what} {store:?}: {kernels:?}");
+                    let want = no_grad(|| norm(&widened, groups, Some(&wd), Some(&bd), 1e-5, store)).unwrap();
+                    assert_eq!((y.dtype(), bits(&y)), (store, bits(&want)), "{what} {store:?}: not the norm of the widened map");
+                }
+                // the CPU twin, from the same bf16 values
+                let twin = norm(&x16.to_device(Device::Cpu).unwrap(), groups, Some(&w), Some(&b), 1e-5, DType::BF16).unwrap();
+                let y = no_grad(|| norm(&x16, groups, Some(&wd), Some(&bd), 1e-5, DType::BF16)).unwrap();
+                assert_close(&format!("{what}: bf16 storage in and out"), &y.to_vec(), &twin.to_vec(), 1e-6, 1.0 / 128.0);
+            }
+        }
+    }
+    // a gradient wanted: widened, and the gradient reaches x through the cast
+    let x = Tensor::from_vec_on(randn(&[2, 32, 8, 8], 14), vec![2, 32, 8, 8], parity_device()).unwrap().requires_grad_();
+    let x16 = ops::cast(&x, DType::BF16).unwrap();
+    let mut y = None;
+    let kernels = kernels_launched(|| y = Some(group_norm_silu_stored(&x16, 8, None, None, 1e-5, DType::BF16).unwrap()));
+    assert!(!kernels.iter().any(|k| k.contains("xbf16")), "a gradient wanted reads widened x: {kernels:?}");
+    let g = backward(&ops::sum_all(&ops::cast(&y.unwrap(), DType::F32).unwrap()).unwrap()).unwrap();
+    assert_eq!(g.get(&x).unwrap().dims(), x.dims());
+}
+
 /// x's gradient from its other use (the residual beside a block's first
 /// norm: y = norm(x) + x, whose add reaches x first) summed by the backward
 /// kernels as they write dx: the CPU twin's values and no separate add, in

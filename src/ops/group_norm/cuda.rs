@@ -49,9 +49,41 @@ pub fn forward(
     let mut args = vec![y.arg(), mean.arg(), rstd.arg()];
     args.extend(per_group_args(x, d, weight, bias, eps)?);
     args.push(Arg::I32(silu as i32));
-    let (kernel, grid) = forward_kernel(d, resident(x, d) && y.ptr().is_multiple_of(16), store, false);
+    let (kernel, grid) = if x.dtype() == DType::F32 {
+        forward_kernel(d, resident(x, d) && y.ptr().is_multiple_of(16), store, false)
+    } else if reads_bf16(x, d, store) {
+        bf16_forward_kernel(d)
+    } else {
+        return Err(crate::error::Error::DType { op: OP, dtype: x.dtype() });
+    };
     backend.launch(kernel, grid, &args)?;
     Ok((y, SavedStats { mean, rstd }))
+}
+
+/// Whether [`forward`] reads `x` from bf16 storage as it is: into bf16
+/// (`store`), where a group fits the resident kernels (x 8-byte aligned).
+/// Anything else is widened to f32 first (exact, so the same values).
+pub fn reads_bf16(x: &CudaBuffer, d: GroupNormDims, store: DType) -> bool {
+    x.dtype() == DType::BF16 && store == DType::BF16 && fits_resident(d) && x.ptr().is_multiple_of(8)
+}
+
+/// The forward of bf16 storage into bf16 and its grid: by warps or blocks
+/// as [`forward_kernel`] picks them, with the fewest float4s a thread.
+fn bf16_forward_kernel(d: GroupNormDims) -> (&'static str, LaunchConfig) {
+    const BLOCK: [&str; 5] = [
+        "groupnorm_forward_resident_xbf16_bf16_r1",
+        "groupnorm_forward_resident_xbf16_bf16_r2",
+        "groupnorm_forward_resident_xbf16_bf16_r4",
+        "groupnorm_forward_resident_xbf16_bf16_r8",
+        "groupnorm_forward_resident_xbf16_bf16_r12",
+    ];
+    const WARP: [&str; 4] = [
+        "groupnorm_forward_warp_xbf16_bf16_r1",
+        "groupnorm_forward_warp_xbf16_bf16_r2",
+        "groupnorm_forward_warp_xbf16_bf16_r4",
+        "groupnorm_forward_warp_xbf16_bf16_r8",
+    ];
+    if by_warps(d) { (WARP[resident_round(d, 32)], per_warp_blocks(d)) } else { (BLOCK[resident_round(d, THREADS as usize)], per_group_blocks(d)) }
 }
 
 /// [`forward`] of the concatenation x ⧺ x2 along channels (`d` its
@@ -154,15 +186,24 @@ fn forward_kernel(d: GroupNormDims, resident: bool, store: DType, concat: bool) 
         debug_assert!(!concat, "a concatenation is read by the resident kernels only");
         return (if bf16 { "groupnorm_forward_bf16" } else { "groupnorm_forward" }, per_group_blocks(d));
     }
-    let round = |holders: usize| match d.m().div_ceil(4 * holders) {
+    let (concat, bf16) = (usize::from(concat), usize::from(bf16));
+    if by_warps(d) {
+        (WARP[concat][bf16][resident_round(d, 32)], per_warp_blocks(d))
+    } else {
+        (BLOCK[concat][bf16][resident_round(d, THREADS as usize)], per_group_blocks(d))
+    }
+}
+
+/// Which of the resident kernels (R = 1, 2, 4, 8, 12 float4s a thread)
+/// holds a group of `d` over `holders` threads: the fewest that do.
+fn resident_round(d: GroupNormDims, holders: usize) -> usize {
+    match d.m().div_ceil(4 * holders) {
         0..=1 => 0,
         2 => 1,
         3..=4 => 2,
         5..=8 => 3,
         _ => 4,
-    };
-    let (concat, bf16) = (usize::from(concat), usize::from(bf16));
-    if by_warps(d) { (WARP[concat][bf16][round(32)], per_warp_blocks(d)) } else { (BLOCK[concat][bf16][round(THREADS as usize)], per_group_blocks(d)) }
+    }
 }
 
 /// Values a group may have for a warp to hold it (32 lanes × 8 float4s).
@@ -200,7 +241,12 @@ const RESIDENT_FLOAT4S: usize = 12;
 /// 12·4·256 values, the group and each channel a whole number of float4s,
 /// x 16-byte aligned (and the forward's y).
 fn resident(x: &CudaBuffer, d: GroupNormDims) -> bool {
-    d.m() <= RESIDENT_FLOAT4S * 4 * THREADS as usize && d.s.is_multiple_of(4) && x.ptr().is_multiple_of(16)
+    fits_resident(d) && x.ptr().is_multiple_of(16)
+}
+
+/// Whether a group of `d` fits the resident kernels, alignment aside.
+fn fits_resident(d: GroupNormDims) -> bool {
+    d.m() <= RESIDENT_FLOAT4S * 4 * THREADS as usize && d.s.is_multiple_of(4)
 }
 
 /// The arguments the per-group forward kernels share after their outputs:

@@ -210,6 +210,16 @@ fn norm(
     all.extend(weight);
     all.extend(bias);
     let device = Tensor::common_device(op, &all)?;
+    // x in bf16 storage (the resnets' conv1 output with bf16 activations):
+    // read as it is by the CUDA kernel at inference into bf16, else widened
+    // to f32 first (exact: the same values)
+    if x.dtype() != DType::F32 {
+        let grad_wanted = autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
+        let read_as_is = !grad_wanted && matches!(&*x.storage(), Storage::Cuda(b) if cuda::reads_bf16(b, d, store));
+        if !read_as_is {
+            return norm(op, &crate::ops::cast(x, DType::F32)?, groups, weight, bias, eps, silu, store);
+        }
+    }
 
     let xs = x.storage();
     let ws = weight.map(|w| w.storage());
@@ -229,7 +239,7 @@ fn norm(
         Device::Cuda(_) => {
             let w = ws.as_ref().map(|s| s.cuda(op)).transpose()?;
             let b = bs.as_ref().map(|s| s.cuda(op)).transpose()?;
-            let (y, stats) = cuda::forward(xs.cuda(op)?, d, w, b, eps, silu, store)?;
+            let (y, stats) = cuda::forward(xs.cuda_any(op)?, d, w, b, eps, silu, store)?;
             (Storage::Cuda(y), SavedStats::Cuda(stats))
         }
     };
