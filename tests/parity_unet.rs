@@ -278,6 +278,45 @@ fn bf16_conv_input_storage_gives_the_same_bits() {
     switch_keeps_the_bits("the norm's output stored in bf16", counted);
 }
 
+/// bf16 activations (`MINIDIFFUSION_BF16_ACTIVATIONS=on`, inference at
+/// bf16): each resnet's conv1 stores h in bf16 (`conv2d_same_bf16_xbf16_ybf16_*`
+/// where its 4-pixel staging takes the conv, else a cast) and norm2 reads
+/// it as it is (`groupnorm_forward_*_xbf16_bf16_*`). This rounds h where
+/// nothing rounded it before, so ε̂ moves (on the CPU twin, which rounds h
+/// the same way: by less than bf16 products move it from f32), and the
+/// device follows the twin with the rounding as it does without: no further
+/// from it than the twin's ε̂ is from f32 (the bar of
+/// golden_unets_at_bf16_on_the_device_match_the_cpu_twin). A wrong kernel
+/// moves ε̂ by O(1).
+#[test]
+fn bf16_activations_round_the_resnets_hidden_maps() {
+    use minidiffusion::ops::precision::with_bf16_activations;
+    use minidiffusion::ops::{Precision, with_precision};
+    let device = parity_device();
+    let names: &[&str] = if on_gpu(device) { &["unet_c", "unet_e", "unet_a"] } else { &["unet_c"] };
+    for &name in names {
+        let run = |device: Device, precision: Precision, on: bool| {
+            let (model, x, t, labels) = golden_mixed_case(name, device);
+            let _p = with_precision(precision);
+            with_bf16_activations(on, || no_grad(|| model.forward_with_labels(&x, &t, labels.as_ref()))).unwrap().to_vec()
+        };
+        let mut on = Vec::new();
+        let rows = minidiffusion::testing::kernel_calls(|| on = run(device, Precision::Bf16, true));
+        let launched = |prefix: &str| rows.iter().filter(|r| r.0.starts_with(prefix)).map(|r| r.1).sum::<usize>();
+        assert!(launched("conv2d_same_bf16_xbf16_ybf16_") > 0, "{name}: conv1 stores h in bf16: {rows:?}");
+        assert!(launched("groupnorm_forward_") > 0 && rows.iter().any(|r| r.0.contains("_xbf16_bf16_")), "{name}: norm2 reads h as it is: {rows:?}");
+        let off = run(device, Precision::Bf16, false);
+        let (twin_on, twin_off, twin_f32) = (run(Device::Cpu, Precision::Bf16, true), run(Device::Cpu, Precision::Bf16, false), run(Device::Cpu, Precision::F32, false));
+        let moved = scaled_error(&twin_on, &twin_off);
+        let bf16_from_f32 = scaled_error(&twin_off, &twin_f32);
+        println!("{name}: the twin's ε̂ moved {moved:.2e} by rounding h (bf16 products: {bf16_from_f32:.2e} from f32); device from twin {:.2e} with, {:.2e} without", scaled_error(&on, &twin_on), scaled_error(&off, &twin_off));
+        assert!(moved > 0.0 && moved < 2.0 * bf16_from_f32, "{name}: rounding h moved the twin's ε̂ by {moved:.2e} (bf16 products: {bf16_from_f32:.2e})");
+        let bar = scaled_error(&twin_on, &twin_f32);
+        assert!(scaled_error(&on, &twin_on) <= bar, "{name}: the device is {:.2e} from the twin with bf16 activations, the twin {bar:.2e} from f32", scaled_error(&on, &twin_on));
+        assert!(on.iter().zip(&off).any(|(a, b)| a.to_bits() != b.to_bits()), "{name}: h rounded on the device too");
+    }
+}
+
 /// The bf16 3×3 forwards on Hopper's warpgroup MMA
 /// (`MINIDIFFUSION_CONV_WGMMA=on`) run the golden UNets' resnet convs: ε̂ bit
 /// for bit on the emulation (whose wgmma sums as its mma.sync does: the same

@@ -77,6 +77,12 @@ impl Conv2d {
         ops::conv2d_after_norm(x, first, &self.weight, self.bias.as_ref(), add, self.params)
     }
 
+    /// This convolution plus `add`, its output stored in bf16 where
+    /// `store_bf16` asks (`ops::ConvAfter`).
+    pub fn after<'a>(&'a self, add: ops::ConvAdd<'a>, store_bf16: Option<ops::Bf16Store>) -> ops::ConvAfter<'a> {
+        ops::ConvAfter { weight: &self.weight, bias: self.bias.as_ref(), add, params: self.params, store_bf16 }
+    }
+
     /// Set the weight to zero (the lesson's init of each resnet's conv2 and of conv_out).
     pub fn zero_weight(&self) -> Result<()> {
         self.weight.copy_from_slice(&vec![0.0; self.weight.numel()])

@@ -448,15 +448,27 @@ impl ResnetBlock {
         })
     }
 
-    /// conv(act(norm(x))) + add. With SiLU this is `Conv2d::forward_after_norm`,
-    /// which at inference on CUDA applies the norm and SiLU as the conv reads
-    /// its input (`ops::conv2d_after_norm`).
-    fn norm_act_conv(&self, conv: &Conv2d, x: &Tensor, norm: &GroupNorm, add: ConvAdd) -> Result<Tensor> {
-        if self.act == Activation::Silu {
-            conv.forward_after_norm(x, norm, true, add)
+    /// conv(act(norm(x))) + add, stored in bf16 when `bf16` (see
+    /// [`Self::conv1_bf16`]). With SiLU the norm and conv are
+    /// `ops::convs_after_norm`, which at inference on CUDA may apply the norm
+    /// and SiLU as the conv reads its input.
+    fn norm_act_conv(&self, conv: &Conv2d, x: &Tensor, norm: &GroupNorm, add: ConvAdd, bf16: bool) -> Result<Tensor> {
+        let after = conv.after(add, bf16.then_some(ops::Bf16Store::AS_IS));
+        let y = if self.act == Activation::Silu {
+            let first = ops::NormFirst { groups: norm.groups, weight: Some(&norm.weight), bias: Some(&norm.bias), eps: norm.eps, silu: true };
+            ops::convs_after_norm(x, first, std::slice::from_ref(&after))?.remove(0)
         } else {
-            conv.forward_add(&ops::activation(&norm.forward(x)?, self.act)?, add)
-        }
+            after.forward(&ops::activation(&norm.forward(x)?, self.act)?)?
+        };
+        stored_bf16(y, bf16)
+    }
+
+    /// Whether conv1's output h is stored in bf16
+    /// (`ops::precision::bf16_activations`: inference only, where norm2 is
+    /// its one reader): the conv stores it so where its kernel can, else it
+    /// is cast — the same bits either way.
+    fn conv1_bf16(&self) -> bool {
+        ops::precision::bf16_activations()
     }
 
     /// forward(concat([x, x2], 1)): the up path's map and skip. At inference
@@ -478,10 +490,11 @@ impl ResnetBlock {
         let n1 = &self.norm1;
         let store = ops::precision::conv_input_storage();
         let a = ops::group_norm::group_norm_concat_stored(x, x2, n1.groups, Some(&n1.weight), Some(&n1.bias), n1.eps, true, store)?;
-        let h = self.conv1.forward_add(&a, ConvAdd { sample_bias: Some(&t), residual: None })?;
+        let bf16_h = self.conv1_bf16();
+        let h = stored_bf16(self.conv1.after(ConvAdd { sample_bias: Some(&t), residual: None }, bf16_h.then_some(ops::Bf16Store::AS_IS)).forward(&a)?, bf16_h)?;
         drop(a);
         let skip = ops::conv2d_concat(x, x2, &shortcut.weight, shortcut.bias.as_ref(), ConvAdd::default(), shortcut.params)?;
-        let out = self.norm_act_conv(&self.conv2, &h, &self.norm2, ConvAdd { sample_bias: None, residual: Some(&skip) })?;
+        let out = self.norm_act_conv(&self.conv2, &h, &self.norm2, ConvAdd { sample_bias: None, residual: Some(&skip) }, false)?;
         if self.output_scale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.output_scale) }
     }
 
@@ -493,11 +506,12 @@ impl ResnetBlock {
         let _nvtx = nvtx::range("ResnetBlock2D");
         let t = self.time_emb_proj.forward(temb_act)?;
         let add_t = if self.scale_shift { ConvAdd::default() } else { ConvAdd { sample_bias: Some(&t), residual: None } };
+        let bf16_h = self.conv1_bf16() && dropout.is_none();
         let (x, h) = match self.resample {
-            None => (x.clone(), self.norm_act_conv(&self.conv1, x, &self.norm1, add_t)?),
+            None => (x.clone(), self.norm_act_conv(&self.conv1, x, &self.norm1, add_t, bf16_h)?),
             Some(r) => {
                 let a = r.apply(&ops::activation(&self.norm1.forward(x)?, self.act)?)?;
-                (r.apply(x)?, self.conv1.forward_add(&a, add_t)?)
+                (r.apply(x)?, stored_bf16(self.conv1.after(add_t, bf16_h.then_some(ops::Bf16Store::AS_IS)).forward(&a)?, bf16_h)?)
             }
         };
         let skip = match &self.conv_shortcut {
@@ -515,10 +529,16 @@ impl ResnetBlock {
         } else if let Some(d) = dropout {
             self.conv2.forward_add(&d.apply(&ops::activation(&self.norm2.forward(&h)?, self.act)?)?, to_skip)?
         } else {
-            self.norm_act_conv(&self.conv2, &h, &self.norm2, to_skip)?
+            self.norm_act_conv(&self.conv2, &h, &self.norm2, to_skip, false)?
         };
         if self.output_scale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.output_scale) }
     }
+}
+
+/// `y` in bf16 when `bf16` (cast where its conv stored f32: the same bits
+/// as a conv that rounds as it stores), else as it is.
+fn stored_bf16(y: Tensor, bf16: bool) -> Result<Tensor> {
+    if bf16 && y.dtype() != DType::BF16 { ops::cast(&y, DType::BF16) } else { Ok(y) }
 }
 
 impl Module for ResnetBlock {

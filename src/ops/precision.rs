@@ -149,7 +149,31 @@ pub fn conv_input_storage() -> crate::tensor::DType {
         return forced;
     }
     let enabled = *ENABLED.get_or_init(|| std::env::var("MINIDIFFUSION_BF16_STORAGE").is_ok_and(|v| v == "1"));
-    if enabled && current() == Precision::Bf16 { DType::BF16 } else { DType::F32 }
+    if (enabled || bf16_activations()) && current() == Precision::Bf16 { DType::BF16 } else { DType::F32 }
+}
+
+thread_local! {
+    static BF16_ACTIVATIONS: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether activations that are not convolution inputs are stored in bf16
+/// too, as autocast stores a bf16 convolution's output: so far the resnets'
+/// conv1 output h, whose one reader, norm2, widens it to f32 (its kernel
+/// reads the bf16 words; the conv stores them). Unlike the conv-input
+/// storage this rounds values nothing else rounds, so ε̂ moves by bf16's
+/// relative 2⁻⁹ in h. At the bf16 precision at inference (no gradient
+/// recorded, `autograd::no_grad`) with `MINIDIFFUSION_BF16_ACTIVATIONS=on`
+/// (off until a GPU times it) or inside [`with_bf16_activations`]; it
+/// implies the conv-input storage ([`conv_input_storage`] bf16).
+pub fn bf16_activations() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = super::ab_switch::switch(&BF16_ACTIVATIONS, &ENV, || std::env::var("MINIDIFFUSION_BF16_ACTIVATIONS").is_ok_and(|v| v == "on"));
+    on && current() == Precision::Bf16 && !crate::autograd::is_grad_enabled()
+}
+
+/// Run `f` with bf16 activations on or off on this thread (tests, A/B).
+pub fn with_bf16_activations<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    super::ab_switch::with_switch(&BF16_ACTIVATIONS, on, f)
 }
 
 /// Restores the previous conv-input storage when dropped.
