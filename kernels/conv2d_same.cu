@@ -197,6 +197,7 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
     // (image and pixel of this lane's first column by one division, the others by carries).
     // Per n8 tile the epilogue terms of its 8 outputs are loaded, then the 8 stored.
     const int m_w = 32 * (warp % WARPS_M);
+    const auto channel = [&](int mi, int r2) { return m0 + m_w + 16 * mi + g + 8 * r2; };  // of acc[mi][·][2·r2 + ·]
     // With P even (every map of the UNet) this lane's two pixels of a tile,
     // 2t and 2t + 1, lie side by side in one image and one row of y: stored
     // as a pair (ForwardOut::store_pair: the sums of store_terms, so the same
@@ -213,7 +214,7 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
 #pragma unroll
         for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi) first[r2][mi] = out.pair_terms_at(img0, pix0, m0 + m_w + 16 * mi + g + 8 * r2);
+            for (int mi = 0; mi < 2; ++mi) first[r2][mi] = out.pair_terms_at(img0, pix0, channel(mi, r2));
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {
             conv::ForwardOut::PairTerms terms[2][2];
@@ -225,7 +226,7 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
             for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi)
-                    out.store_pair(terms[r2][mi], m0 + m_w + 16 * mi + g + 8 * r2, acc[mi][ni].get(2 * r2),
+                    out.store_pair(terms[r2][mi], channel(mi, r2), acc[mi][ni].get(2 * r2),
                                    acc[mi][ni].get(2 * r2 + 1));
         }
         return;
@@ -246,7 +247,7 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
             for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi) {
-                    const int m = m0 + m_w + 16 * mi + g + 8 * r2;
+                    const int m = channel(mi, r2);
                     live[r2][mi] = n < total && m < s.oc;
                     if (live[r2][mi]) terms[r2][mi] = out.pair_terms_at(img, pix, m);
                 }
@@ -255,7 +256,7 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi)
                     if (live[r2][mi])
-                        out.store_pair(terms[r2][mi], m0 + m_w + 16 * mi + g + 8 * r2, acc[mi][ni].get(2 * r2),
+                        out.store_pair(terms[r2][mi], channel(mi, r2), acc[mi][ni].get(2 * r2),
                                        acc[mi][ni].get(2 * r2 + 1));
         }
         return;
@@ -276,7 +277,7 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
             for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi) {
-                    const int m = m0 + m_w + 16 * mi + g + 8 * r2;
+                    const int m = channel(mi, r2);
                     live[half][r2][mi] = n < total && m < s.oc;
                     if (live[half][r2][mi]) terms[half][r2][mi] = out.terms_at(img, pix, m);
                 }
@@ -288,7 +289,7 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi)
                     if (live[half][r2][mi])
-                        out.store_terms(terms[half][r2][mi], m0 + m_w + 16 * mi + g + 8 * r2, acc[mi][ni].get(half + 2 * r2));
+                        out.store_terms(terms[half][r2][mi], channel(mi, r2), acc[mi][ni].get(half + 2 * r2));
     }
 }
 
