@@ -448,8 +448,10 @@ impl ResnetBlock {
         })
     }
 
-    /// conv(act(norm(x))) + add, stored in bf16 when `bf16` (see
-    /// [`Self::conv1_bf16`]). With SiLU the norm and conv are
+    /// conv(act(norm(x))) + add, stored in bf16 when `bf16` (conv1's h with
+    /// `ops::precision::bf16_activations`: inference only, where norm2 is its
+    /// one reader; the conv stores it so where its kernel can, else it is
+    /// cast — the same bits either way). With SiLU the norm and conv are
     /// `ops::convs_after_norm`, which at inference on CUDA may apply the norm
     /// and SiLU as the conv reads its input.
     fn norm_act_conv(&self, conv: &Conv2d, x: &Tensor, norm: &GroupNorm, add: ConvAdd, bf16: bool) -> Result<Tensor> {
@@ -461,14 +463,6 @@ impl ResnetBlock {
             after.forward(&ops::activation(&norm.forward(x)?, self.act)?)?
         };
         stored_bf16(y, bf16)
-    }
-
-    /// Whether conv1's output h is stored in bf16
-    /// (`ops::precision::bf16_activations`: inference only, where norm2 is
-    /// its one reader): the conv stores it so where its kernel can, else it
-    /// is cast — the same bits either way.
-    fn conv1_bf16(&self) -> bool {
-        ops::precision::bf16_activations()
     }
 
     /// forward(concat([x, x2], 1)): the up path's map and skip. At inference
@@ -490,7 +484,7 @@ impl ResnetBlock {
         let n1 = &self.norm1;
         let store = ops::precision::conv_input_storage();
         let a = ops::group_norm::group_norm_concat_stored(x, x2, n1.groups, Some(&n1.weight), Some(&n1.bias), n1.eps, true, store)?;
-        let bf16_h = self.conv1_bf16();
+        let bf16_h = ops::precision::bf16_activations();
         let h = stored_bf16(self.conv1.after(ConvAdd { sample_bias: Some(&t), residual: None }, bf16_h.then_some(ops::Bf16Store::AS_IS)).forward(&a)?, bf16_h)?;
         drop(a);
         let skip = ops::conv2d_concat(x, x2, &shortcut.weight, shortcut.bias.as_ref(), ConvAdd::default(), shortcut.params)?;
@@ -506,7 +500,7 @@ impl ResnetBlock {
         let _nvtx = nvtx::range("ResnetBlock2D");
         let t = self.time_emb_proj.forward(temb_act)?;
         let add_t = if self.scale_shift { ConvAdd::default() } else { ConvAdd { sample_bias: Some(&t), residual: None } };
-        let bf16_h = self.conv1_bf16() && dropout.is_none();
+        let bf16_h = ops::precision::bf16_activations() && dropout.is_none();
         let (x, h) = match self.resample {
             None => (x.clone(), self.norm_act_conv(&self.conv1, x, &self.norm1, add_t, bf16_h)?),
             Some(r) => {
