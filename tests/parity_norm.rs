@@ -410,7 +410,7 @@ fn group_norm_of_bf16_storage_reads_it_as_it_is() {
             let widened = ops::cast(&x16, DType::F32).unwrap();
             let m: usize = dims[1..].iter().product::<usize>() / groups;
             let s: usize = dims[2..].iter().product();
-            let fits = m <= 12 * 4 * 256 && s % 4 == 0;
+            let fits = m <= 12 * 4 * 256 && s.is_multiple_of(4);
             for silu in [false, true] {
                 let norm = if silu { group_norm_silu_stored } else { group_norm_stored };
                 let what = format!("{dims:?} g{groups} silu {silu}");
