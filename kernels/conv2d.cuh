@@ -48,14 +48,23 @@ __device__ __forceinline__ void quad_words(unsigned int (&w)[4], const uint2 a, 
     w[2] = (a.y & 0xffffu) | (b.y << 16);
     w[3] = (a.y >> 16) | (b.y & 0xffff0000u);
 }
+// Two consecutive values of f32 or bf16 storage (p 8- or 4-byte aligned), as f32.
+__device__ __forceinline__ float2 load_pair(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 load_pair(const unsigned short* p) {
+    const unsigned int w = *reinterpret_cast<const unsigned int*>(p);
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+}
+
 // Forward: y[img, oc, pix] = C[oc, (img,pix)] + b[oc] + sb[img, oc] + r[img, oc, pix]
 // (each term optional: the UNet's conv + bias + time embedding + residual in
-// one store); col = img·OC·P + pix.
-struct ForwardOut {
+// one store); col = img·OC·P + pix. The residual in f32 (ForwardOut) or bf16
+// storage (ForwardOutT<unsigned short>: widened as loaded, exactly).
+template <class TR>
+struct ForwardOutT {
     float* y;
     const float* bias;         // [OC] or null
     const float* sample_bias;  // [N, OC] or null
-    const float* residual;     // [N, OC, OH, OW] or null
+    const TR* residual;        // [N, OC, OH, OW] or null
     Shape s;
     __device__ int col(int n) const {
         const int P = s.oh * s.ow;
@@ -66,7 +75,7 @@ struct ForwardOut {
         const int at = col + oc * s.oh * s.ow;
         if (bias != nullptr) v += bias[oc];
         if (sample_bias != nullptr) v += sample_bias[col / (s.oc * s.oh * s.ow) * s.oc + oc];
-        if (residual != nullptr) v += residual[at];
+        if (residual != nullptr) v += load_f32(residual, at);
         y[at] = v;
     }
     // store() of pixel pix of image img in two steps (the same sums, no
@@ -83,7 +92,7 @@ struct ForwardOut {
         Terms t{(img * s.oc + oc) * (s.oh * s.ow) + pix, 0.0f, 0.0f, 0.0f};
         if (bias != nullptr) t.b = bias[oc];
         if (sample_bias != nullptr) t.sb = sample_bias[img * s.oc + oc];
-        if (residual != nullptr) t.r = residual[t.at];
+        if (residual != nullptr) t.r = load_f32(residual, t.at);
         return t;
     }
     __device__ float sum(const Terms& t, float v) const {
@@ -107,14 +116,14 @@ struct ForwardOut {
         PairTerms t{(img * s.oc + oc) * (s.oh * s.ow) + pix, 0.0f, 0.0f, make_float2(0.0f, 0.0f)};
         if (bias != nullptr) t.b = bias[oc];
         if (sample_bias != nullptr) t.sb = sample_bias[img * s.oc + oc];
-        if (residual != nullptr) t.r = *reinterpret_cast<const float2*>(residual + t.at);
+        if (residual != nullptr) t.r = load_pair(residual + t.at);
         return t;
     }
     // The terms of the pair `offset` pixels after t's in the same image and
     // channel: the same bias and time-embedding terms, the residual loaded.
     __device__ PairTerms pair_terms_after(PairTerms t, int offset) const {
         t.at += offset;
-        if (residual != nullptr) t.r = *reinterpret_cast<const float2*>(residual + t.at);
+        if (residual != nullptr) t.r = load_pair(residual + t.at);
         return t;
     }
     __device__ float2 pair_sum(const PairTerms& t, float v0, float v1) const {
@@ -127,6 +136,7 @@ struct ForwardOut {
         *reinterpret_cast<float2*>(y + t.at) = pair_sum(t, v0, v1);
     }
 };
+using ForwardOut = ForwardOutT<float>;
 
 // A same-conv forward block's pixel tile and block of output rows. Launched
 // as a 1-D grid of tiles × row blocks (the host's default), the row blocks of

@@ -210,14 +210,14 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
         // channel's bias and time-embedding terms loaded once; a lane's pairs
         // lie 8·ni pixels after its first (no division: the image is img0).
         const int pix0 = n0 - img0 * P + n_w + 2 * t;
-        conv::ForwardOut::PairTerms first[2][2];  // [r / 2][mi]
+        typename Out::PairTerms first[2][2];  // [r / 2][mi]
 #pragma unroll
         for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi) first[r2][mi] = out.pair_terms_at(img0, pix0, channel(mi, r2));
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {
-            conv::ForwardOut::PairTerms terms[2][2];
+            typename Out::PairTerms terms[2][2];
 #pragma unroll
             for (int r2 = 0; r2 < 2; ++r2)
 #pragma unroll
@@ -241,7 +241,7 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
                 pix -= P;
                 ++img;
             }
-            conv::ForwardOut::PairTerms terms[2][2];  // [r / 2][mi]
+            typename Out::PairTerms terms[2][2];  // [r / 2][mi]
             bool live[2][2];
 #pragma unroll
             for (int r2 = 0; r2 < 2; ++r2)
@@ -263,7 +263,7 @@ __device__ __forceinline__ void store_tile(const Out& out, const conv::Shape& s,
     }
 #pragma unroll
     for (int ni = 0; ni < NI; ++ni) {
-        conv::ForwardOut::Terms terms[2][2][2];  // [half][r / 2][mi]
+        typename Out::Terms terms[2][2][2];  // [half][r / 2][mi]
         bool live[2][2][2];
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
@@ -1225,6 +1225,25 @@ extern "C" __global__ void __launch_bounds__(256, 2)
         conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s);
 }
 
+// … reading a bf16 residual (conv::ForwardOutT<unsigned short>, widened as
+// loaded) into f32 y: the up resnets' conv2 with bf16 activations, whose
+// skip (the 1×1 shortcut over x ⧺ skip) is stored in bf16. The sums of the
+// f32-residual kernels on the widened residual, bit for bit.
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_same_bf16_xbf16_rbf16_m32_k3_v_b3(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                             const float* sample_bias, const unsigned short* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 32, 3, unsigned short, false, true, false, false, same::BN,
+                  conv::ForwardOutT<unsigned short>>(conv::ForwardOutT<unsigned short>{y, bias, sample_bias, residual, s},
+                                                     x, wp, s);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_rbf16_m64_k3_v(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+                                          const float* sample_bias, const unsigned short* residual, conv::Shape s) {
+    same::forward<mma::Bf16, 64, 3, unsigned short, false, true, false, false, same::BN,
+                  conv::ForwardOutT<unsigned short>>(conv::ForwardOutT<unsigned short>{y, bias, sample_bias, residual, s},
+                                                     x, wp, s);
+}
+
 // The bf16 3×3 forward of at most 32 output channels over 256-pixel tiles
 // (same::forward's TN = WIDE_BN: 32 × 32 warp tiles), the A/B of
 // MINIDIFFUSION_CONV_WIDE=on. The host takes it where a 256-pixel tile is
@@ -1505,6 +1524,25 @@ extern "C" __global__ void __launch_bounds__(256)
                             const float* residual, conv::Shape s, const float* x2, int c1) {
     same::forward_1x1<mma::Bf16, 64, float, false, conv::ForwardOut, true>(
         conv::ForwardOut{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{}, x2, c1);
+}
+// The bf16 1×1 forward of a concatenation storing y in bf16 (times 1 where
+// the host asks no factor): the up resnets' shortcut with bf16 activations,
+// read only by conv2's epilogue (conv2d_same_bf16_xbf16_rbf16_*).
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_cat_ybf16_m32(unsigned short* y, const float* x, const uint4* wp, const float* bias,
+                                  const float* sample_bias, const float* residual, conv::Shape s, const float* x2, int c1,
+                                  float times, int times_rows) {
+    same::forward_1x1<mma::Bf16, 32, float, false, conv::ForwardOutBf16, true>(
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s,
+        conv::Prologue{}, x2, c1);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bf16_cat_ybf16_m64(unsigned short* y, const float* x, const uint4* wp, const float* bias,
+                                  const float* sample_bias, const float* residual, conv::Shape s, const float* x2, int c1,
+                                  float times, int times_rows) {
+    same::forward_1x1<mma::Bf16, 64, float, false, conv::ForwardOutBf16, true>(
+        conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s,
+        conv::Prologue{}, x2, c1);
 }
 // The bf16 1×1 forwards storing y in bf16, its channels below times_rows
 // times `times` (conv::ForwardOutBf16), plain and with the input's norm: the

@@ -256,7 +256,7 @@ __device__ __forceinline__ void forward(const Out& out, const TX* x, const uint4
                     const bool live = pixel && m[rr] < s.oc;
                     at[b][half][rr] = live ? (img * s.oc + m[rr]) * P + (oh0 + r) * s.ow + c : -1;
                     sb_at[b][half][rr] = img * s.oc + m[rr];
-                    r_[b][half][rr] = live && out.residual != nullptr ? out.residual[at[b][half][rr]] : 0.0f;
+                    r_[b][half][rr] = live && out.residual != nullptr ? load_f32(out.residual, at[b][half][rr]) : 0.0f;
                 }
             }
         }
@@ -323,6 +323,20 @@ extern "C" __global__ void __launch_bounds__(256, 2)
         const float* sample_bias, const float* residual, conv::Shape s, float times, int times_rows) {
     wg::forward<128, unsigned short, false, false, conv::ForwardOutBf16>(
         conv::ForwardOutBf16{{nullptr, bias, sample_bias, residual, s}, y, times, times_rows}, x, wp, s, conv::Prologue{});
+}
+// … of bf16 storage reading a bf16 residual into f32 y: the up resnets'
+// conv2 with bf16 activations, as conv2d_same.cu's _rbf16_ kernels.
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_rbf16_wg_n72(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+        const float* sample_bias, const unsigned short* residual, conv::Shape s) {
+    wg::forward<72, unsigned short, false, false, conv::ForwardOutT<unsigned short>>(
+        conv::ForwardOutT<unsigned short>{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{});
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_same_bf16_xbf16_rbf16_wg_n128(float* y, const unsigned short* x, const uint4* wp, const float* bias,
+        const float* sample_bias, const unsigned short* residual, conv::Shape s) {
+    wg::forward<128, unsigned short, false, false, conv::ForwardOutT<unsigned short>>(
+        conv::ForwardOutT<unsigned short>{y, bias, sample_bias, residual, s}, x, wp, s, conv::Prologue{});
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_same_bf16_gn_wg_n72(float* y, const float* x, const uint4* wp, const float* bias, const float* sample_bias,

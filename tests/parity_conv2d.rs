@@ -543,6 +543,86 @@ fn bf16_output_3x3_of_bf16_storage_stores_the_rounded_bits() {
     }
 }
 
+/// The up resnets' skip with bf16 activations: the 1×1 shortcut over a
+/// concatenation stores it in bf16 (`conv2d_1x1_bf16_cat_ybf16_*`: the f32
+/// output's bits rounded; at f32 products f32, unchanged), and a bf16 3×3 of
+/// bf16 storage reads a bf16 residual as it is (`*_xbf16_rbf16_*`, mma.sync
+/// and wgmma): the bits of the conv with that residual widened, which is
+/// what every other conv does with it (W not a multiple of 4 here); close
+/// to the CPU twin, which widens it.
+#[test]
+fn bf16_skip_is_stored_and_read_as_bf16() {
+    use minidiffusion::ops::conv2d::cuda::{wgmma_width, with_wgmma_forward};
+    use minidiffusion::ops::precision::round_bf16;
+    use minidiffusion::ops::{Bf16Store, ConvAdd, ConvAfter, Precision, cast, conv2d_concat_stored, with_precision};
+    use minidiffusion::tensor::DType;
+    use minidiffusion::{Device, Tensor, no_grad, testing::kernel_calls};
+    let _one = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let dev = |d: &[usize], seed| Tensor::from_vec_on(minidiffusion::testing::randn(d, seed), d.to_vec(), minidiffusion::testing::parity_device()).unwrap();
+    // the shortcut over x ⧺ skip
+    for (k, (xd, c2, oc)) in [([2usize, 32, 8, 8], 32usize, 32usize), ([2, 64, 16, 16], 32, 64)].into_iter().enumerate() {
+        let (x, x2) = (dev(&xd, 1500 + k as u64), dev(&[xd[0], c2, xd[2], xd[3]], 1510 + k as u64));
+        let (w, b) = (dev(&[oc, xd[1] + c2, 1, 1], 1520 + k as u64), dev(&[oc], 1530 + k as u64));
+        let p = Conv2dParams { stride: 1, padding: 0 };
+        let run = |precision, store| {
+            let _p = with_precision(precision);
+            let mut y = None;
+            let rows = kernel_calls(|| y = Some(no_grad(|| conv2d_concat_stored(&x, &x2, &w, Some(&b), ConvAdd::default(), p, store)).unwrap()));
+            let y = y.unwrap();
+            (y.dtype(), y.to_vec(), rows.iter().any(|r| r.0.starts_with("conv2d_1x1_bf16_cat_ybf16_")))
+        };
+        let what = format!("shortcut over {xd:?} and {c2} channels");
+        let plain = run(Precision::Bf16, None);
+        assert_eq!((plain.0, plain.2), (DType::F32, false), "{what}");
+        let stored = run(Precision::Bf16, Some(Bf16Store::AS_IS));
+        assert!(stored.2 && stored.0 == DType::BF16, "{what}: stored by the bf16-output concat kernel");
+        let rounded: Vec<f32> = plain.1.iter().map(|&v| round_bf16(v)).collect();
+        assert_eq!(bits(&stored.1), bits(&rounded), "{what}: the f32 output rounded");
+        let f32_products = run(Precision::F32, Some(Bf16Store::AS_IS));
+        assert_eq!((f32_products.0, f32_products.2), (DType::F32, false), "{what}: f32 products store f32");
+        assert_eq!(bits(&f32_products.1), bits(&run(Precision::F32, None).1), "{what}: f32 products, unchanged");
+    }
+    // conv2 reading the skip in bf16
+    for (k, (xd, wd)) in [([2usize, 32, 16, 16], [32usize, 32, 3, 3]), ([2, 64, 8, 8], [64, 64, 3, 3]), ([2, 32, 6, 6], [32, 32, 3, 3])].into_iter().enumerate() {
+        let t = switch_case(&xd, &wd, 1540 + 10 * k as u64);
+        let minidiffusion::Device::Cuda(d) = t[0].device() else { panic!("parity_device is CUDA") };
+        let has_wgmma = minidiffusion::device::cuda::backend(d).unwrap().wgmma();
+        let (x, r16) = no_grad(|| (cast(&t[0], DType::BF16).unwrap(), cast(&t[4], DType::BF16).unwrap()));
+        let widened = cast(&r16, DType::F32).unwrap();
+        let p = Conv2dParams { stride: 1, padding: 1 };
+        let geom = minidiffusion::ops::conv2d::cpu::ConvGeom { n: xd[0], c: xd[1], h: xd[2], w: xd[3], oc: wd[0], kh: 3, kw: 3, stride: 1, pad: 1, oh: xd[2], ow: xd[3] };
+        for wgmma in [false, true] {
+            let by_wgmma = wgmma && has_wgmma && wgmma_width(&geom).is_some();
+            let takes = by_wgmma || xd[3] % 4 == 0;
+            let what = format!("x {xd:?} in bf16, weight {wd:?}, bf16 residual, wgmma {wgmma}");
+            let run = |residual: &Tensor| {
+                let _p = with_precision(Precision::Bf16);
+                let add = ConvAdd { sample_bias: Some(&t[3]), residual: Some(residual) };
+                let mut y = None;
+                let rows = kernel_calls(|| y = Some(with_wgmma_forward(wgmma, || no_grad(|| ConvAfter { weight: &t[1], bias: Some(&t[2]), add, params: p, store_bf16: None }.forward(&x))).unwrap()));
+                let y = y.unwrap();
+                let launched = |wg: bool| rows.iter().filter(|r| r.0.contains("_xbf16_rbf16_") && r.0.contains("_wg_") == wg).map(|r| r.1).sum::<usize>();
+                (y.dtype(), y.to_vec(), (launched(false), launched(true)))
+            };
+            let read = run(&r16);
+            assert_eq!(read.2, (usize::from(takes && !by_wgmma), usize::from(by_wgmma)), "{what}");
+            let want = run(&widened);
+            assert_eq!(want.2, (0, 0), "{what}: an f32 residual");
+            assert_eq!((read.0, bits(&read.1)), (DType::F32, bits(&want.1)), "{what}: not the conv with the residual widened");
+            let cpu: Vec<Tensor> = t.iter().map(|v| v.to_device(Device::Cpu).unwrap()).collect();
+            let twin = {
+                let _p = with_precision(Precision::Bf16);
+                let (cx, cr) = (x.to_device(Device::Cpu).unwrap(), r16.to_device(Device::Cpu).unwrap());
+                let add = ConvAdd { sample_bias: Some(&cpu[3]), residual: Some(&cr) };
+                no_grad(|| ConvAfter { weight: &cpu[1], bias: Some(&cpu[2]), add, params: p, store_bf16: None }.forward(&cx)).unwrap()
+            };
+            let tol = ParityTol::BF16_TENSOR_CORE;
+            minidiffusion::testing::assert_close(&format!("{what}: against the CPU twin"), &read.1, &twin.to_vec(), tol.atol, tol.rtol);
+        }
+    }
+}
+
 /// A same conv's operands on the parity device, from input dims `xd` and
 /// weight dims `wd`: [x, W, b, per-image bias, residual, γ, β].
 fn switch_case(xd: &[usize], wd: &[usize], seed: u64) -> Vec<minidiffusion::Tensor> {

@@ -31,7 +31,7 @@ pub use batch_norm::{BatchNormMode, batch_norm};
 pub use binary::{add, add_scalar, affine, div, mul, mul_scalar, sub};
 pub use cast::cast;
 pub use dropout::dropout;
-pub use conv2d::{Bf16Store, ConvAfter, Conv2dParams, ConvAdd, NormFirst, conv2d, conv2d_after_norm, conv2d_after_upsample, conv2d_concat, conv2d_fused, convs_after_norm};
+pub use conv2d::{Bf16Store, ConvAfter, Conv2dParams, ConvAdd, NormFirst, conv2d, conv2d_after_norm, conv2d_after_upsample, conv2d_concat, conv2d_concat_stored, conv2d_fused, convs_after_norm};
 pub use group_norm::{group_norm, group_norm_silu};
 pub use layout::{concat, index_select, narrow, permute, reshape, transpose};
 pub use lookup::embedding_lookup;

@@ -159,9 +159,10 @@ thread_local! {
 /// Whether activations that are not convolution inputs are stored in bf16
 /// too, as autocast stores a bf16 convolution's output: so far the resnets'
 /// conv1 output h, whose one reader, norm2, widens it to f32 (its kernel
-/// reads the bf16 words; the conv stores them). Unlike the conv-input
-/// storage this rounds values nothing else rounds, so ε̂ moves by bf16's
-/// relative 2⁻⁹ in h. At the bf16 precision at inference (no gradient
+/// reads the bf16 words; the conv stores them), and their shortcut convs'
+/// output, whose one reader, conv2's epilogue, widens it as it adds it.
+/// Unlike the conv-input storage this rounds values nothing else rounds, so
+/// ε̂ moves by bf16's relative 2⁻⁹ in those maps. At the bf16 precision at inference (no gradient
 /// recorded, `autograd::no_grad`) with `MINIDIFFUSION_BF16_ACTIVATIONS=on`
 /// (off until a GPU times it) or inside [`with_bf16_activations`]; it
 /// implies the conv-input storage ([`conv_input_storage`] bf16).

@@ -436,17 +436,20 @@ pub fn with_wgmma_forward<R>(on: bool, f: impl FnOnce() -> R) -> R {
 const WGMMA_BLOCK_ROWS: usize = 64;
 
 /// The wgmma forwards, by [x f32, bf16 storage, f32 group-normalised as
-/// staged, f32 upsampled as staged, bf16 storage storing y in bf16][virtual
-/// pixels a warpgroup 72, 128].
-const WGMMA_KERNELS: [[&str; 2]; 5] = [
+/// staged, f32 upsampled as staged, bf16 storage storing y in bf16, bf16
+/// storage reading a bf16 residual][virtual pixels a warpgroup 72, 128].
+const WGMMA_KERNELS: [[&str; 2]; 6] = [
     ["conv2d_same_bf16_wg_n72", "conv2d_same_bf16_wg_n128"],
     ["conv2d_same_bf16_xbf16_wg_n72", "conv2d_same_bf16_xbf16_wg_n128"],
     ["conv2d_same_bf16_gn_wg_n72", "conv2d_same_bf16_gn_wg_n128"],
     ["conv2d_same_bf16_up_wg_n72", "conv2d_same_bf16_up_wg_n128"],
     ["conv2d_same_bf16_xbf16_ybf16_wg_n72", "conv2d_same_bf16_xbf16_ybf16_wg_n128"],
+    ["conv2d_same_bf16_xbf16_rbf16_wg_n72", "conv2d_same_bf16_xbf16_rbf16_wg_n128"],
 ];
 /// The row of [`WGMMA_KERNELS`] whose kernels store y in bf16.
 const WGMMA_BF16_OUT: usize = 4;
+/// The row of [`WGMMA_KERNELS`] whose kernels read a bf16 residual.
+const WGMMA_BF16_RESIDUAL: usize = 5;
 /// Patch pixels a plane of the wgmma forward holds (its PLANE), and the
 /// staging items its 256 threads take (ITEMS each).
 const WGMMA_PLANE: usize = 320;
@@ -481,15 +484,17 @@ pub fn wgmma_width(g: &ConvGeom) -> Option<usize> {
 /// `read` says (as it is, normalised or upsampled as staged; see
 /// [`wgmma_forward`]): bf16 products, x f32 (16-byte aligned) or, read as it
 /// is, bf16 storage (8-byte aligned).
-fn wgmma_kernel(x: &CudaBuffer, s: &ConvShape, prec: Precision, read: &Read, bf16_out: bool) -> Option<&'static str> {
+fn wgmma_kernel(x: &CudaBuffer, s: &ConvShape, prec: Precision, read: &Read, bf16_out: bool, residual_bf16: bool) -> Option<&'static str> {
     if !(wgmma_forward() && prec == Precision::Bf16 && x.backend().wgmma()) {
         return None;
     }
-    let variant = match (x.dtype(), read) {
-        (DType::F32, Read::AsIs) if x.ptr().is_multiple_of(16) => 0,
-        (DType::BF16, Read::AsIs) if x.ptr().is_multiple_of(8) => if bf16_out { WGMMA_BF16_OUT } else { 1 },
-        (DType::F32, Read::Normed(_)) if x.ptr().is_multiple_of(16) => 2,
-        (DType::F32, Read::Upsampled) if x.ptr().is_multiple_of(16) => 3,
+    let variant = match (x.dtype(), read, bf16_out, residual_bf16) {
+        (DType::F32, Read::AsIs, _, false) if x.ptr().is_multiple_of(16) => 0,
+        (DType::BF16, Read::AsIs, false, false) if x.ptr().is_multiple_of(8) => 1,
+        (DType::BF16, Read::AsIs, true, false) if x.ptr().is_multiple_of(8) => WGMMA_BF16_OUT,
+        (DType::BF16, Read::AsIs, false, true) if x.ptr().is_multiple_of(8) => WGMMA_BF16_RESIDUAL,
+        (DType::F32, Read::Normed(_), _, false) if x.ptr().is_multiple_of(16) => 2,
+        (DType::F32, Read::Upsampled, _, false) if x.ptr().is_multiple_of(16) => 3,
         _ => return None,
     };
     let n = wgmma_width(&s.geom())?;
@@ -889,6 +894,33 @@ fn one_by_one_fits(x: &CudaBuffer, s: &ConvShape) -> bool {
 const ONE_BY_ONE_BF16_OUT_KERNELS: [[&str; 2]; 2] =
     [["conv2d_1x1_bf16_ybf16_m32", "conv2d_1x1_bf16_ybf16_m64"], ["conv2d_1x1_bf16_gn_ybf16_m32", "conv2d_1x1_bf16_gn_ybf16_m64"]];
 
+/// The bf16 3×3 forwards of bf16 storage reading a bf16 residual (4-pixel
+/// staging), by block rows 32, 64: the up resnets' conv2 with bf16
+/// activations, whose skip is stored in bf16.
+const SAME_RBF16_KERNELS: [&str; 2] = ["conv2d_same_bf16_xbf16_rbf16_m32_k3_v_b3", "conv2d_same_bf16_xbf16_rbf16_m64_k3_v"];
+
+/// Whether the epilogue's residual is bf16 storage.
+fn residual_is_bf16(epi: &Epilogue) -> bool {
+    epi.residual.is_some_and(|r| r.dtype() == DType::BF16)
+}
+
+/// Whether a mma.sync forward reads a bf16 residual as it is: a bf16 3×3
+/// of bf16 storage staged 4 pixels a load, storing f32.
+fn reads_bf16_residual_as_is(x: &CudaBuffer, s: &ConvShape, prec: Precision, read: &Read, bf16_out: bool) -> bool {
+    prec == Precision::Bf16 && x.dtype() == DType::BF16 && s.kh == 3 && matches!(read, Read::AsIs) && !bf16_out && vec_staging_fits(x, s)
+}
+
+/// Whether [`forward`] of bf16 storage `x` reads a bf16 residual as it is
+/// (else the caller widens it): a stride-1 3×3 same conv at bf16, storing
+/// f32, that a wgmma forward or the 4-pixel staging takes.
+pub fn reads_bf16_residual(x: &CudaBuffer, g: &ConvGeom, prec: Precision) -> bool {
+    if !(same_conv_fits(g) && !direct_takes(g) && g.kh == 3 && g.stride == 1) {
+        return false;
+    }
+    let Ok(s) = ConvShape::new(g) else { return false };
+    wgmma_kernel(x, &s, prec, &Read::AsIs, false, true).is_some() || reads_bf16_residual_as_is(x, &s, prec, &Read::AsIs, false)
+}
+
 /// The bf16 3×3 forwards of bf16 storage storing y in bf16 (4-pixel
 /// staging), by block rows 32, 64: the resnets' conv1 with bf16 activations.
 const SAME_BF16_IO_KERNELS: [&str; 2] = ["conv2d_same_bf16_xbf16_ybf16_m32_k3_v_b3", "conv2d_same_bf16_xbf16_ybf16_m64_k3_v"];
@@ -916,6 +948,10 @@ fn bf16_output_kernel(x: &CudaBuffer, s: &ConvShape, prec: Precision, read: &Rea
 const ONE_BY_ONE_CAT_KERNELS: [[&str; 2]; 2] =
     [["conv2d_1x1_f32_cat_m32", "conv2d_1x1_f32_cat_m64"], ["conv2d_1x1_bf16_cat_m32", "conv2d_1x1_bf16_cat_m64"]];
 
+/// The bf16 1×1 forwards of a concatenation storing y in bf16, by block
+/// rows 32, 64: the up resnets' shortcut with bf16 activations.
+const ONE_BY_ONE_CAT_BF16_OUT_KERNELS: [&str; 2] = ["conv2d_1x1_bf16_cat_ybf16_m32", "conv2d_1x1_bf16_cat_ybf16_m64"];
+
 /// y = conv1x1(x ⧺ x2) + the epilogue for the 1×1 conv `g` over the
 /// concatenation along the channels of f32 x [N, c1, H, W] and x2 [N, C − c1,
 /// H, W], which is never written: one launch reading each part where it
@@ -940,12 +976,22 @@ pub fn forward_1x1_concat(x: &CudaBuffer, x2: &CudaBuffer, c1: usize, packed: &P
         return shape_err("conv2d", "packed weights of another precision or shape than the convolution's");
     }
     let backend = x.backend();
-    let out = backend.alloc(g.n * m * g.p())?;
+    // y in bf16 where the epilogue asks, at bf16 (the output's dtype says)
+    let bf16_out = epi.bf16_out.filter(|_| prec == Precision::Bf16);
+    let out = backend.alloc_as(g.n * m * g.p(), if bf16_out.is_some() { DType::BF16 } else { DType::F32 })?;
     let bm = same_block_rows(m);
     let ptr = |b: Option<&CudaBuffer>| b.map_or(Arg::Ptr(0), |b| b.arg());
-    let args = [out.arg(), x.arg(), packed.buf.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(&s), x2.arg(), Arg::I32(c1 as i32)];
+    let mut args = vec![out.arg(), x.arg(), packed.buf.arg(), ptr(epi.bias), ptr(epi.sample_bias), ptr(epi.residual), Arg::pod(&s), x2.arg(), Arg::I32(c1 as i32)];
     let cfg = forward_grid((g.n * g.p()).div_ceil(SAME_TILE_PIXELS), m.div_ceil(bm));
-    backend.launch(ONE_BY_ONE_CAT_KERNELS[usize::from(prec == Precision::Bf16)][usize::from(bm != 32)], cfg, &args)?;
+    let b = usize::from(bm != 32);
+    let kernel = match bf16_out {
+        Some(store) => {
+            args.extend([Arg::F32(store.times), Arg::I32(store.scaled_channels.min(m) as i32)]);
+            ONE_BY_ONE_CAT_BF16_OUT_KERNELS[b]
+        }
+        None => ONE_BY_ONE_CAT_KERNELS[usize::from(prec == Precision::Bf16)][b],
+    };
+    backend.launch(kernel, cfg, &args)?;
     Ok(Some(out))
 }
 
@@ -983,12 +1029,19 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let bm = if matches!(read, Read::Strided) { 32 } else { same_block_rows(m) };
     let (p, b, k) = (usize::from(prec == Precision::Bf16), usize::from(bm != 32), usize::from(ks != 1));
     let bf16_asked = epi.bf16_out.is_some();
-    let wgmma = if ks == 3 { wgmma_kernel(x, s, prec, &read, bf16_asked) } else { None };
+    let wgmma = if ks == 3 { wgmma_kernel(x, s, prec, &read, bf16_asked, residual_is_bf16(epi)) } else { None };
     // the kernel storing y in bf16 where one takes the conv (the output's dtype says)
     let bf16_out = match wgmma {
         Some(kernel) => WGMMA_KERNELS[WGMMA_BF16_OUT].contains(&kernel).then_some(kernel),
-        None if bf16_asked => bf16_output_kernel(x, s, prec, &read, b),
+        None if bf16_asked && !residual_is_bf16(epi) => bf16_output_kernel(x, s, prec, &read, b),
         None => None,
+    };
+    // a bf16 residual: the kernels that read one, where the caller has checked one takes the conv
+    let bf16_residual = match wgmma {
+        _ if !residual_is_bf16(epi) => None,
+        Some(kernel) if WGMMA_KERNELS[WGMMA_BF16_RESIDUAL].contains(&kernel) => Some(kernel),
+        None if reads_bf16_residual_as_is(x, s, prec, &read, bf16_asked) => Some(SAME_RBF16_KERNELS[b]),
+        _ => return shape_err("conv2d", "a bf16 residual is read by the bf16 3×3 forwards of bf16 storage only (reads_bf16_residual)"),
     };
     let out = backend.alloc_as(s.n as usize * m * (s.oh * s.ow) as usize, if bf16_out.is_some() { DType::BF16 } else { DType::F32 })?;
     let pixels = s.n as usize * (s.oh * s.ow) as usize;
@@ -1001,7 +1054,7 @@ fn same_conv(x: &CudaBuffer, packed: &PackedWeights, epi: &Epilogue, s: &ConvSha
     let cfg = forward_grid(pixels.div_ceil(tile), m.div_ceil(bm));
     let kernel = match read {
         Read::AsIs => {
-            if let Some(kernel) = wgmma.or(bf16_out) {
+            if let Some(kernel) = wgmma.or(bf16_out).or(bf16_residual) {
                 kernel
             } else if vec {
                 same_kernel(&SAME_FORWARD_VEC_KERNELS, prec, x.dtype(), bm, ks)?

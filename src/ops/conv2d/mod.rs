@@ -125,7 +125,14 @@ pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: Con
 /// are the same; the sum is rounded to f32 once more, between the parts).
 /// Otherwise the concatenation, then the conv.
 pub fn conv2d_concat(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Tensor> {
-    if let Some(y) = concat_in_two(x, x2, weight, bias, add, p)? {
+    conv2d_concat_stored(x, x2, weight, bias, add, p, None)
+}
+
+/// [`conv2d_concat`] with its output stored in bf16 where `store_bf16` asks
+/// and its one-launch 1×1 forward runs at bf16 (the up resnets' shortcut
+/// with bf16 activations); else f32 — the output's dtype says which.
+pub fn conv2d_concat_stored(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams, store_bf16: Option<Bf16Store>) -> Result<Tensor> {
+    if let Some(y) = concat_in_two(x, x2, weight, bias, add, p, store_bf16)? {
         return Ok(y);
     }
     conv2d_fused(&crate::ops::concat(&[x, x2], 1)?, weight, bias, add, p)
@@ -168,7 +175,7 @@ fn upsampled_in_place(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: C
 
 /// [`conv2d_concat`] without the concatenation — one 1×1 launch over both
 /// parts, or two same convs — where they run (else None).
-fn concat_in_two(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams) -> Result<Option<Tensor>> {
+fn concat_in_two(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>, add: ConvAdd, p: Conv2dParams, store_bf16: Option<Bf16Store>) -> Result<Option<Tensor>> {
     const OP: &str = "conv2d";
     let joinable = x.rank() == 4 && x2.rank() == 4 && x.dims()[0] == x2.dims()[0] && x.dims()[2..] == x2.dims()[2..];
     if !joinable || !f32_inference_on_cuda(OP, &[x, x2], weight, bias, add)? {
@@ -192,7 +199,8 @@ fn concat_in_two(x: &Tensor, x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>
     // a 1×1 whose parts split at a 32-channel slice: one launch over both parts
     if cuda::one_by_one_takes(&g) && c1.is_multiple_of(32) {
         let whole = packed_weights(weight, &sw, &g, prec)?;
-        if let Some(y) = cuda::forward_1x1_concat(sx.cuda(OP)?, sx2.cuda(OP)?, c1, &whole, &first_epi, &g, prec)? {
+        let epi = cuda::Epilogue { bf16_out: store_bf16, ..first_epi };
+        if let Some(y) = cuda::forward_1x1_concat(sx.cuda(OP)?, sx2.cuda(OP)?, c1, &whole, &epi, &g, prec)? {
             return Ok(joined(y));
         }
     }
@@ -370,6 +378,26 @@ fn conv2d_with(
     } else {
         x
     };
+    // a bf16 residual (a resnet's shortcut output with bf16 activations):
+    // read as it is where the CUDA kernel can, at inference with an f32
+    // output; else widened (exact)
+    let widened_residual;
+    let add = match add.residual {
+        Some(r) if r.dtype() != DType::F32 => {
+            let grad_wanted = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
+            let as_is = !grad_wanted
+                && store_bf16.is_none()
+                && r.dtype() == DType::BF16
+                && matches!(&*x.storage(), Storage::Cuda(b) if cuda::reads_bf16_residual(b, &g, prec));
+            if as_is {
+                add
+            } else {
+                widened_residual = crate::ops::cast(r, DType::F32)?;
+                ConvAdd { residual: Some(&widened_residual), ..add }
+            }
+        }
+        _ => add,
+    };
     // training on CUDA: the input gradient's flipped weights packed with the
     // forward's, in one launch, kept for this step's backward
     let mut flipped = None;
@@ -391,7 +419,8 @@ fn conv2d_with(
             let (sb, ss, sr) = (bias.map(|t| t.storage()), add.sample_bias.map(|t| t.storage()), add.residual.map(|t| t.storage()));
             let grad_wanted = crate::autograd::is_grad_enabled() && all.iter().any(|t| t.requires_grad());
             let bf16_out = store_bf16.filter(|_| !grad_wanted);
-            let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual: dev(&sr)?, bf16_out };
+            let residual = sr.as_deref().map(|s| s.cuda_any(OP)).transpose()?;
+            let epi = cuda::Epilogue { bias: dev(&sb)?, sample_bias: dev(&ss)?, residual, bf16_out };
             // few channels on one side (conv_in, conv_out): the direct forward, from the weights as they are
             let direct = cuda::direct_takes(&g);
             let packed = if !direct && cuda::forward_reads_packed(&g) && keeps_packed(weight) { Some(packed_weights(weight, &sw, &g, prec)?) } else { None };
