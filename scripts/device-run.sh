@@ -148,9 +148,10 @@ ours_bf16)
     MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_storage 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     MINIDIFFUSION_BF16_STORAGE=1 step ours_sample_bf16_storage_profile 60 "$md" bench sample --config seed --steps 4 -n 2048 --batch-size 2048 --device cuda --profile --precision bf16
     # with bf16 activations too (session 35: the resnets' conv1 output h stored in bf16 by
-    # conv2d_same_bf16_xbf16_ybf16_*, read as it is by norm2's groupnorm_forward_*_xbf16_bf16_*: ε̂ moves
-    # by one bf16 rounding of h, as autocast's; it implies the storage above, so compare the two), and
-    # its profile (norm2's _xbf16_bf16_ kernels and conv1's _ybf16_ ones beside the storage profile's)
+    # conv2d_same_bf16_xbf16_ybf16_*, read as it is by norm2's groupnorm_forward_*_xbf16_bf16_*, and the
+    # shortcuts' outputs stored in bf16, read by conv2's _xbf16_rbf16_ kernels: ε̂ moves by a bf16 rounding
+    # of those maps, as autocast's; it implies the storage above, so compare the two), and its profile
+    # (those kernels beside the storage profile's norm2, conv1, shortcut and conv2 ones)
     MINIDIFFUSION_BF16_ACTIVATIONS=on step ours_sample_bf16_activations 150 "$md" bench sample --config seed --steps 100 -n 2048 --batch-size 2048 --device cuda --json --precision bf16
     MINIDIFFUSION_BF16_ACTIVATIONS=on step ours_sample_bf16_activations_profile 60 "$md" bench sample --config seed --steps 4 -n 2048 --batch-size 2048 --device cuda --profile --precision bf16
     # conv_in and conv_out by the tensor-core same conv (session 32 runs them direct, conv2d_direct_*: 1/16

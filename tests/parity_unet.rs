@@ -282,15 +282,17 @@ fn bf16_conv_input_storage_gives_the_same_bits() {
 /// bf16): each resnet's conv1 stores h in bf16 (`conv2d_same_bf16_xbf16_ybf16_*`
 /// where its 4-pixel staging takes the conv, else a cast) and norm2 reads
 /// it as it is (`groupnorm_forward_*_xbf16_bf16_*`; with "scale_shift", as
-/// in unet_e, its plain norm widens h). This rounds h where nothing rounded
-/// it before, so ε̂ moves (on the CPU twin, which rounds h the same way: by
-/// about what bf16 products move it from f32, less than twice), and the
+/// in unet_e, its plain norm widens h); a shortcut's output is stored in
+/// bf16 too and conv2 reads it so (`*_xbf16_rbf16_*`). This rounds values
+/// nothing rounded before, so ε̂ moves (on the CPU twin, which rounds them
+/// the same way: by about what bf16 products move it from f32, less than
+/// twice), and the
 /// device follows the twin with the rounding as it does without: no further
 /// from it than the twin's ε̂ is from f32 (the bar of
 /// golden_unets_at_bf16_on_the_device_match_the_cpu_twin). A wrong kernel
-/// moves ε̂ by O(1). On the emulation the twin moves 6.1e-3 / 9.0e-3 /
-/// 6.9e-3 of ε̂'s scale (unet_c / unet_e / unet_a; bf16 products 7.2e-3 /
-/// 1.1e-2 / 9.3e-3 from f32) and the device is 0 / 5.7e-3 / 8.3e-3 from it.
+/// moves ε̂ by O(1). On the emulation the twin moves 6.6e-3 / 9.8e-3 /
+/// 8.9e-3 of ε̂'s scale (unet_c / unet_e / unet_a; bf16 products 7.2e-3 /
+/// 1.1e-2 / 9.3e-3 from f32) and the device is 4.1e-3 / 7.0e-3 / 6.6e-3 from it.
 #[test]
 fn bf16_activations_round_the_resnets_hidden_maps() {
     use minidiffusion::ops::precision::with_bf16_activations;
@@ -310,12 +312,14 @@ fn bf16_activations_round_the_resnets_hidden_maps() {
         let norm2_reads_bf16 = golden_mixed_case(name, Device::Cpu).0.config.resnet_time_scale_shift != "scale_shift";
         let read_as_is = rows.iter().any(|r| r.0.starts_with("groupnorm_forward_") && r.0.contains("_xbf16_bf16_"));
         assert_eq!(read_as_is, norm2_reads_bf16, "{name}: norm2 reads h as it is: {rows:?}");
+        // the shortcuts' outputs in bf16, read as they are by conv2 (of bf16 storage: not after "scale_shift")
+        assert_eq!(launched("conv2d_same_bf16_xbf16_rbf16_") > 0, norm2_reads_bf16, "{name}: conv2 reads the skip in bf16: {rows:?}");
         let off = run(device, Precision::Bf16, false);
         let (twin_on, twin_off, twin_f32) = (run(Device::Cpu, Precision::Bf16, true), run(Device::Cpu, Precision::Bf16, false), run(Device::Cpu, Precision::F32, false));
         let moved = scaled_error(&twin_on, &twin_off);
         let bf16_from_f32 = scaled_error(&twin_off, &twin_f32);
-        println!("{name}: the twin's ε̂ moved {moved:.2e} by rounding h (bf16 products: {bf16_from_f32:.2e} from f32); device from twin {:.2e} with, {:.2e} without", scaled_error(&on, &twin_on), scaled_error(&off, &twin_off));
-        assert!(moved > 0.0 && moved < 2.0 * bf16_from_f32, "{name}: rounding h moved the twin's ε̂ by {moved:.2e} (bf16 products: {bf16_from_f32:.2e})");
+        println!("{name}: the twin's ε̂ moved {moved:.2e} by rounding h and the skips (bf16 products: {bf16_from_f32:.2e} from f32); device from twin {:.2e} with, {:.2e} without", scaled_error(&on, &twin_on), scaled_error(&off, &twin_off));
+        assert!(moved > 0.0 && moved < 2.0 * bf16_from_f32, "{name}: rounding h and the skips moved the twin's ε̂ by {moved:.2e} (bf16 products: {bf16_from_f32:.2e})");
         let bar = scaled_error(&twin_on, &twin_f32);
         assert!(scaled_error(&on, &twin_on) <= bar, "{name}: the device is {:.2e} from the twin with bf16 activations, the twin {bar:.2e} from f32", scaled_error(&on, &twin_on));
         assert!(on.iter().zip(&off).any(|(a, b)| a.to_bits() != b.to_bits()), "{name}: h rounded on the device too");

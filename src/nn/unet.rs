@@ -487,7 +487,9 @@ impl ResnetBlock {
         let bf16_h = ops::precision::bf16_activations();
         let h = stored_bf16(self.conv1.after(ConvAdd { sample_bias: Some(&t), residual: None }, bf16_h.then_some(ops::Bf16Store::AS_IS)).forward(&a)?, bf16_h)?;
         drop(a);
-        let skip = ops::conv2d_concat(x, x2, &shortcut.weight, shortcut.bias.as_ref(), ConvAdd::default(), shortcut.params)?;
+        // (the shortcut's output, read only by conv2's epilogue: stored in bf16 with h)
+        let skip = ops::conv2d_concat_stored(x, x2, &shortcut.weight, shortcut.bias.as_ref(), ConvAdd::default(), shortcut.params, bf16_h.then_some(ops::Bf16Store::AS_IS))?;
+        let skip = stored_bf16(skip, bf16_h)?;
         let out = self.norm_act_conv(&self.conv2, &h, &self.norm2, ConvAdd { sample_bias: None, residual: Some(&skip) }, false)?;
         if self.output_scale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.output_scale) }
     }
@@ -508,8 +510,9 @@ impl ResnetBlock {
                 (r.apply(x)?, stored_bf16(self.conv1.after(add_t, bf16_h.then_some(ops::Bf16Store::AS_IS)).forward(&a)?, bf16_h)?)
             }
         };
+        // a shortcut's output is read only by conv2's epilogue: stored in bf16 with h
         let skip = match &self.conv_shortcut {
-            Some(c) => c.forward(&x)?,
+            Some(c) => stored_bf16(c.after(ConvAdd::default(), bf16_h.then_some(ops::Bf16Store::AS_IS)).forward(&x)?, bf16_h)?,
             None => x,
         };
         let to_skip = ConvAdd { sample_bias: None, residual: Some(&skip) };
