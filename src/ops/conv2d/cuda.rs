@@ -955,7 +955,8 @@ const ONE_BY_ONE_CAT_BF16_OUT_KERNELS: [&str; 2] = ["conv2d_1x1_bf16_cat_ybf16_m
 /// y = conv1x1(x ⧺ x2) + the epilogue for the 1×1 conv `g` over the
 /// concatenation along the channels of f32 x [N, c1, H, W] and x2 [N, C − c1,
 /// H, W], which is never written: one launch reading each part where it
-/// lies, the bits of the conv over the written concatenation. `packed` is
+/// lies, the bits of the conv over the written concatenation (stored in
+/// bf16, rounded, where `epi.bf16_out` asks at bf16). `packed` is
 /// the whole weight packed for `g`. None where the kernel does not take it
 /// (`forward_1x1` not taking `g`, c1 not a multiple of its 32-channel
 /// slices, a part not f32 or not 16-byte aligned).
