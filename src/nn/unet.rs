@@ -485,7 +485,7 @@ impl ResnetBlock {
         let store = ops::precision::conv_input_storage();
         let a = ops::group_norm::group_norm_concat_stored(x, x2, n1.groups, Some(&n1.weight), Some(&n1.bias), n1.eps, true, store)?;
         let bf16_h = ops::precision::bf16_activations();
-        let h = stored_bf16(self.conv1.after(ConvAdd { sample_bias: Some(&t), residual: None }, bf16_h.then_some(ops::Bf16Store::AS_IS)).forward(&a)?, bf16_h)?;
+        let h = conv_stored(&self.conv1, &a, ConvAdd { sample_bias: Some(&t), residual: None }, bf16_h)?;
         drop(a);
         // (the shortcut's output, read only by conv2's epilogue: stored in bf16 with h)
         let skip = ops::conv2d_concat_stored(x, x2, &shortcut.weight, shortcut.bias.as_ref(), ConvAdd::default(), shortcut.params, bf16_h.then_some(ops::Bf16Store::AS_IS))?;
@@ -507,12 +507,12 @@ impl ResnetBlock {
             None => (x.clone(), self.norm_act_conv(&self.conv1, x, &self.norm1, add_t, bf16_h)?),
             Some(r) => {
                 let a = r.apply(&ops::activation(&self.norm1.forward(x)?, self.act)?)?;
-                (r.apply(x)?, stored_bf16(self.conv1.after(add_t, bf16_h.then_some(ops::Bf16Store::AS_IS)).forward(&a)?, bf16_h)?)
+                (r.apply(x)?, conv_stored(&self.conv1, &a, add_t, bf16_h)?)
             }
         };
         // a shortcut's output is read only by conv2's epilogue: stored in bf16 with h
         let skip = match &self.conv_shortcut {
-            Some(c) => stored_bf16(c.after(ConvAdd::default(), bf16_h.then_some(ops::Bf16Store::AS_IS)).forward(&x)?, bf16_h)?,
+            Some(c) => conv_stored(c, &x, ConvAdd::default(), bf16_h)?,
             None => x,
         };
         let to_skip = ConvAdd { sample_bias: None, residual: Some(&skip) };
@@ -530,6 +530,11 @@ impl ResnetBlock {
         };
         if self.output_scale == 1.0 { Ok(out) } else { ops::mul_scalar(&out, 1.0 / self.output_scale) }
     }
+}
+
+/// conv(x) + add, in bf16 when `bf16` (see [`stored_bf16`]).
+fn conv_stored(conv: &Conv2d, x: &Tensor, add: ConvAdd, bf16: bool) -> Result<Tensor> {
+    stored_bf16(conv.after(add, bf16.then_some(ops::Bf16Store::AS_IS)).forward(x)?, bf16)
 }
 
 /// `y` in bf16 when `bf16` (cast where its conv stored f32: the same bits
