@@ -41,6 +41,26 @@ fn conv2d(c: &mut Criterion) {
     group.finish();
 }
 
+/// The 3×3 same convs' weight gradient alone, side by side in one run: the
+/// AVX-512 direct kernel (`direct_weight_grad`) and im2col + gemm.
+fn conv2d_weight_grad(c: &mut Criterion) {
+    use minidiffusion::ops::conv2d::cpu::{ConvGeom, conv2d_backward_weight_gemm};
+    use minidiffusion::ops::conv2d::direct_weight_grad;
+    let mut group = c.benchmark_group("conv2d_weight_grad");
+    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    for &(n, ci, co, hw) in &[(64, 32, 32, 32), (64, 64, 64, 16), (64, 128, 128, 16), (64, 256, 256, 8), (64, 16, 16, 32)] {
+        let g = ConvGeom { n, c: ci, h: hw, w: hw, oc: co, kh: 3, kw: 3, stride: 1, pad: 1, oh: hw, ow: hw };
+        let (x, dy) = (randn(&[n, ci, hw, hw], 1).to_vec(), randn(&[n, co, hw, hw], 2).to_vec());
+        let id = format!("{n}x{ci}x{hw}x{hw}->{co}");
+        group.throughput(Throughput::Elements((2 * n * co * hw * hw * ci * 9) as u64));
+        if direct_weight_grad::takes(&g) {
+            group.bench_function(BenchmarkId::new("direct", &id), |bench| bench.iter(|| black_box(direct_weight_grad::backward_weight(&dy, &x, &g))));
+        }
+        group.bench_function(BenchmarkId::new("im2col_gemm", &id), |bench| bench.iter(|| black_box(conv2d_backward_weight_gemm(&dy, &x, &g))));
+    }
+    group.finish();
+}
+
 fn group_norm(c: &mut Criterion) {
     let mut group = c.benchmark_group("group_norm");
     group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
@@ -107,5 +127,5 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv2d, group_norm, matmul, attention);
+criterion_group!(benches, conv2d, conv2d_weight_grad, group_norm, matmul, attention);
 criterion_main!(benches);

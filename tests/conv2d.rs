@@ -326,6 +326,92 @@ fn avx512_direct_kernel_matches_the_gemm_path_on_random_geometries() {
     }
 }
 
+/// dW [OC, C, KH, KW] = Σ_{n, oy, ox} dY[n, o, oy, ox] · x[n, c, oy − p + ki, ox − p + kj] in f64 (stride 1).
+fn weight_grad_f64(dy: &[f32], x: &[f32], [n, c, h, w]: [usize; 4], oc: usize, k: usize, pad: usize) -> Vec<f64> {
+    let (oh, ow) = (h + 2 * pad - k + 1, w + 2 * pad - k + 1);
+    let mut dw = vec![0.0f64; oc * c * k * k];
+    for ni in 0..n {
+        for o in 0..oc {
+            for ci in 0..c {
+                for ki in 0..k {
+                    for kj in 0..k {
+                        let mut acc = 0.0f64;
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                let (iy, ix) = ((oy + ki) as isize - pad as isize, (ox + kj) as isize - pad as isize);
+                                if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                                    let xv = x[((ni * c + ci) * h + iy as usize) * w + ix as usize];
+                                    acc += dy[((ni * oc + o) * oh + oy) * ow + ox] as f64 * xv as f64;
+                                }
+                            }
+                        }
+                        dw[((o * c + ci) * k + ki) * k + kj] += acc;
+                    }
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// The AVX-512 weight gradient of the 3×3 same convs against im2col + gemm
+/// and an f64 sum: every microkernel width (16, 32, 48 output channels a
+/// call, 64 as 32 + 32, 128 and 256 as threes and a rest), output channels
+/// off 16 (lanes past OC), maps 1 wide or 1 high, one image, one channel;
+/// and the same bits whatever the thread count (each dW entry summed in one
+/// order: images, then pixels).
+#[test]
+fn avx512_direct_weight_gradient_matches_the_gemm_path() {
+    use minidiffusion::ops::conv2d::cpu::{ConvGeom, conv2d_backward_weight, conv2d_backward_weight_gemm};
+    use minidiffusion::ops::conv2d::{direct, direct_weight_grad};
+    if !direct::available() {
+        println!("SKIPPED avx512_direct_weight_gradient_matches_the_gemm_path: this CPU has no AVX-512");
+        return;
+    }
+    // (n, c, h, w, oc)
+    let cases = [
+        (2, 5, 32, 32, 32),
+        (3, 7, 16, 16, 64),
+        (2, 3, 8, 8, 128),
+        (4, 2, 4, 4, 256),
+        (2, 3, 5, 7, 17),
+        (1, 1, 1, 1, 9),
+        (3, 4, 3, 9, 40),
+        (5, 6, 2, 1, 48),
+        (1, 9, 1, 6, 8),
+        (2, 4, 6, 1, 80),
+    ];
+    for (i, &(n, c, h, w, oc)) in cases.iter().enumerate() {
+        let g = ConvGeom { n, c, h, w, oc, kh: 3, kw: 3, stride: 1, pad: 1, oh: h, ow: w };
+        assert!(direct_weight_grad::takes(&g), "case {i}: {g:?}");
+        let (x, dy) = (randn(&[n, c, h, w], 800 + i as u64), randn(&[n, oc, h, w], 900 + i as u64));
+        let got = conv2d_backward_weight(&dy, &x, &g);
+        let gemm = conv2d_backward_weight_gemm(&dy, &x, &g);
+        let exact = weight_grad_f64(&dy, &x, [n, c, h, w], oc, 3, 1);
+        let worst = |v: &[f32]| v.iter().zip(&exact).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+        let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let (direct_err, gemm_err) = (worst(&got), worst(&gemm));
+        // sums of up to N·H·W = 2048 products in f32: within a few ulps of their scale, as the gemm path
+        assert!(direct_err <= (2.0 * gemm_err).max(1e-6 * scale), "case {i} {g:?}: direct error {direct_err:e}, gemm {gemm_err:e}, scale {scale:e}");
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let again = pool.install(|| conv2d_backward_weight(&dy, &x, &g));
+            assert!(again.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "case {i}: {threads} threads changed the bits");
+        }
+    }
+    // what it does not take stays with im2col + gemm: stride 2, padding 0, a 5×5 kernel, fewer than 8 output channels
+    for g in [
+        ConvGeom { n: 1, c: 2, h: 8, w: 8, oc: 16, kh: 3, kw: 3, stride: 2, pad: 1, oh: 4, ow: 4 },
+        ConvGeom { n: 1, c: 2, h: 8, w: 8, oc: 16, kh: 3, kw: 3, stride: 1, pad: 0, oh: 6, ow: 6 },
+        ConvGeom { n: 1, c: 2, h: 8, w: 8, oc: 16, kh: 5, kw: 5, stride: 1, pad: 2, oh: 8, ow: 8 },
+        ConvGeom { n: 1, c: 2, h: 8, w: 8, oc: 7, kh: 3, kw: 3, stride: 1, pad: 1, oh: 8, ow: 8 },
+    ] {
+        assert!(!direct_weight_grad::takes(&g), "{g:?}");
+    }
+    // and through the op, by finite differences (x, weight and bias; 9 output channels)
+    grad_check("conv2d k3 s1 p1 oc 9", &[&[2, 3, 5, 4], &[9, 3, 3, 3], &[9]], |t| conv2d(&t[0], &t[1], Some(&t[2]), params(1, 1)), GradTol::default());
+}
+
 /// x used twice (conv(x) + x, a shortcut's sum): the input gradient plus
 /// the other use's, by finite differences.
 #[test]

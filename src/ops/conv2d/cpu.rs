@@ -1,5 +1,6 @@
 //! 2-D convolution on the host (CPU reference): im2col + gemm, and the
-//! AVX-512 direct forward kernel of `direct.rs` where the CPU has it.
+//! AVX-512 direct kernels where the CPU has them (`direct.rs`, the forward;
+//! `direct_weight_grad.rs`, the 3×3 same convs' weight gradient).
 //!
 //! Notation (one image n): x_n [C, H, W], weight W [OC, K] with K = C·KH·KW
 //! (PyTorch's [OC, C, KH, KW] read as a matrix), y_n [OC, P] with P = OH·OW.
@@ -275,13 +276,23 @@ fn input_grad_as_conv(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> {
     conv2d_forward(dy, &flipped, None, &gt)
 }
 
-/// dW [OC, C, KH, KW] = Σ_n dY_n [OC, P] · col_nᵀ [P, K].
+/// dW [OC, C, KH, KW] = Σ_n dY_n [OC, P] · col_nᵀ [P, K]: the AVX-512
+/// direct kernel where it takes the conv (`direct_weight_grad`: stride-1 3×3
+/// same convs), else [`conv2d_backward_weight_gemm`].
+pub fn conv2d_backward_weight(dy: &[f32], x: &[f32], g: &ConvGeom) -> Vec<f32> {
+    if super::direct_weight_grad::takes(g) {
+        return super::direct_weight_grad::backward_weight(dy, x, g);
+    }
+    conv2d_backward_weight_gemm(dy, x, g)
+}
+
+/// [`conv2d_backward_weight`] by im2col + gemm.
 ///
 /// The batch is cut into one contiguous run of images per rayon thread; each
 /// run sums into its own partial dW (with its own col buffer), and the
 /// partials are added in run order, so the result depends only on the
 /// thread count, not on scheduling.
-pub fn conv2d_backward_weight(dy: &[f32], x: &[f32], g: &ConvGeom) -> Vec<f32> {
+pub fn conv2d_backward_weight_gemm(dy: &[f32], x: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (k, p) = (g.k(), g.p());
     let run = |images: std::ops::Range<usize>, parallel: bool| -> Vec<f32> {
         let mut dw = vec![0.0; g.oc * k];

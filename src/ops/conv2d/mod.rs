@@ -26,6 +26,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod direct;
+pub mod direct_weight_grad;
 mod wg_layout;
 
 use crate::autograd::Node;

@@ -1,0 +1,249 @@
+//! The CPU weight gradient of stride-1 3×3 convolutions with padding 1 (the
+//! UNet's) on AVX-512, without an im2col matrix:
+//!
+//!   dW[o, c, ki, kj] = Σ_n Σ_p dY[n, o, p] · x[n, c, oy + ki − 1, ox + kj − 1]
+//!
+//! (p = oy·W + ox; 0 outside the image), vectorised over 16 output channels:
+//!
+//! - dYᵀ_n [P][OC16] (OC rounded up to 16, the lanes past OC zero) is the
+//!   vector operand;
+//! - x is read as scalars from three zero-padded copies of each channel
+//!   plane, W + 1 zeros before and after it, the copy for kj = 0 with its
+//!   last column zeroed and the one for kj = 2 with its first: tap (ki, kj)
+//!   of pixel p reads element p + ki·W + kj of its copy with no bounds test
+//!   (a step off the left or right edge lands on the zeroed column of the
+//!   neighbouring row, one off the top or bottom row in the padding);
+//! - the microkernel holds dWᵀ[c·9 + tap][16·NV output channels] of one
+//!   input channel in 9·NV zmm accumulators over one image's pixels: per
+//!   pixel, NV vector loads of dYᵀ, 9 broadcasts of x and 9·NV fused
+//!   multiply-adds; then it adds them to dWᵀ.
+//!
+//! Where im2col + gemm wrote the K × P matrix per image and the gemm
+//! packed it again, this reads x in place; dY is transposed instead, 16 × 16 blocks
+//! in registers, by each task for each image (OC·P values, a ninth of
+//! im2col's 9·C·P at C = OC). Tasks take ranges of input channels, each
+//! over every image in order, so each dW entry is summed in one order —
+//! images in turn, each image's pixels in turn with FMA — whatever the
+//! thread count.
+
+use super::cpu::ConvGeom;
+use rayon::prelude::*;
+
+/// Whether [`backward_weight`] takes the convolution `g`: this CPU has
+/// AVX-512, a stride-1 3×3 kernel with padding 1 (output H × W), and at
+/// least 8 output channels (fewer leave most of a vector's lanes idle: the
+/// im2col + gemm path keeps those).
+pub fn takes(g: &ConvGeom) -> bool {
+    super::direct::available()
+        && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1)
+        && (g.oh, g.ow) == (g.h, g.w)
+        && g.oc >= 8
+        && g.n * g.c * g.p() > 0
+}
+
+/// dW [OC, C, 3, 3] = Σ_n dY_n · col_nᵀ for dY [N, OC, H, W] and x [N, C, H, W]
+/// (see the module docs); `g` must be one [`takes`] takes.
+pub fn backward_weight(dy: &[f32], x: &[f32], g: &ConvGeom) -> Vec<f32> {
+    assert!(takes(g), "direct weight gradient of a convolution it does not take: {g:?}");
+    let (p, oc16) = (g.p(), g.oc.next_multiple_of(16));
+    assert_eq!((dy.len(), x.len()), (g.n * g.oc * p, g.n * g.c * p), "dY and x must be [N, OC, H, W] and [N, C, H, W]");
+    // dWᵀ [C·9][OC16], a task's input channels a contiguous range; each task
+    // transposes each image's dY into its own dYᵀ_n (in its L2 while its
+    // channels read it)
+    let mut dwt = vec![0.0f32; g.c * 9 * oc16];
+    let per_task = g.c.div_ceil(rayon::current_num_threads().clamp(1, g.c));
+    dwt.par_chunks_mut(per_task * 9 * oc16).enumerate().for_each(|(task, out)| {
+        let mut planes = Planes::new(g.h, g.w);
+        let mut dyt_n = vec![0.0f32; p * oc16];
+        for (dy_n, x_n) in dy.chunks(g.oc * p).zip(x.chunks(g.c * p)) {
+            // SAFETY (both calls): takes() checked AVX-512; the lengths are
+            // those the functions ask (dy_n OC·P, dyt_n P·OC16; the planes
+            // P + 2(W + 1) values each, out_c 9·OC16)
+            unsafe { avx512::transpose(dy_n, g.oc, p, &mut dyt_n, oc16) };
+            for (cc, out_c) in out.chunks_mut(9 * oc16).enumerate() {
+                let c = task * per_task + cc;
+                planes.fill(&x_n[c * p..(c + 1) * p]);
+                unsafe { avx512::accumulate(p, &planes.taps(), &dyt_n, oc16, out_c) };
+            }
+        }
+    });
+    let k = g.c * 9;
+    let mut dw = vec![0.0f32; g.oc * k];
+    for (r, row) in dwt.chunks(oc16).enumerate() {
+        for (o, &v) in row[..g.oc].iter().enumerate() {
+            dw[o * k + r] = v;
+        }
+    }
+    dw
+}
+
+/// The three zero-padded copies of a channel plane (see the module docs),
+/// one buffer: copy kj at kj·len.
+struct Planes {
+    buf: Vec<f32>,
+    w: usize,
+    len: usize,
+}
+
+impl Planes {
+    fn new(h: usize, w: usize) -> Planes {
+        let len = h * w + 2 * (w + 1);
+        Planes { buf: vec![0.0; 3 * len], w, len }
+    }
+
+    /// Copies plane [H·W] into the three copies' interiors (the padding stays zero).
+    fn fill(&mut self, plane: &[f32]) {
+        let (w, len) = (self.w, self.len);
+        for kj in 0..3 {
+            let inner = &mut self.buf[kj * len + w + 1..][..plane.len()];
+            inner.copy_from_slice(plane);
+            // kj = 0 reads column ox − 1: its copy's last column stands for column −1 of the next row
+            let zeroed = match kj {
+                0 => Some(w - 1),
+                2 => Some(0),
+                _ => None,
+            };
+            if let Some(col) = zeroed {
+                inner.iter_mut().skip(col).step_by(w).for_each(|v| *v = 0.0);
+            }
+        }
+    }
+
+    /// The first element each tap (ki, kj), in order ki·3 + kj, reads:
+    /// pixel p's is at offset p from it.
+    fn taps(&self) -> [&[f32]; 9] {
+        std::array::from_fn(|t| {
+            let (ki, kj) = (t / 3, t % 3);
+            &self.buf[kj * self.len + ki * self.w + kj..(kj + 1) * self.len]
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// out[tap][o] += Σ_q dyt[q][o] · taps[tap][q] for every tap and every
+    /// o < OC16, 16·NV output channels a microkernel call (NV 3, then 2 or 1).
+    ///
+    /// # Safety
+    /// AVX-512F; taps[t].len() ≥ p, dyt.len() ≥ p·oc16, out.len() ≥ 9·oc16, oc16 a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn accumulate(p: usize, taps: &[&[f32]; 9], dyt: &[f32], oc16: usize, out: &mut [f32]) {
+        debug_assert!(taps.iter().all(|t| t.len() >= p) && dyt.len() >= p * oc16 && out.len() >= 9 * oc16);
+        let bases: [*const f32; 9] = std::array::from_fn(|t| taps[t].as_ptr());
+        let mut o = 0;
+        while o < oc16 {
+            let left = (oc16 - o) / 16;
+            // (four vectors as 2 + 2 rather than 3 + 1)
+            let nv = if left == 4 { 2 } else { left.min(3) };
+            // SAFETY: as this function's, for the columns o … o + 16·nv
+            unsafe {
+                let (d, y) = (dyt.as_ptr().add(o), out.as_mut_ptr().add(o));
+                match nv {
+                    3 => micro::<3>(p, &bases, d, oc16, y),
+                    2 => micro::<2>(p, &bases, d, oc16, y),
+                    _ => micro::<1>(p, &bases, d, oc16, y),
+                }
+            }
+            o += 16 * nv;
+        }
+    }
+
+    /// dyt [P][OC16] = d [OC][P]ᵀ, the columns past OC zero: 16 × 16 blocks
+    /// transposed in registers (a scalar transpose stores each value to
+    /// another cache line: as slow as the products it feeds).
+    ///
+    /// # Safety
+    /// AVX-512F; d.len() ≥ oc·p, dyt.len() ≥ p·oc16, oc16 ≥ oc a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn transpose(d: &[f32], oc: usize, p: usize, dyt: &mut [f32], oc16: usize) {
+        debug_assert!(d.len() >= oc * p && dyt.len() >= p * oc16 && oc16 >= oc && oc16.is_multiple_of(16));
+        for q0 in (0..p).step_by(16) {
+            let lanes = (p - q0).min(16);
+            let mask: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
+            for o0 in (0..oc16).step_by(16) {
+                // SAFETY: row o0 + i < oc is read at q0 … q0 + lanes − 1 < p; rows past oc are zero
+                let rows: [__m512; 16] = std::array::from_fn(|i| {
+                    if o0 + i < oc { unsafe { _mm512_maskz_loadu_ps(mask, d.as_ptr().add((o0 + i) * p + q0)) } } else { _mm512_setzero_ps() }
+                });
+                let cols = transpose16(rows);
+                for (j, col) in cols.iter().enumerate().take(lanes) {
+                    // SAFETY: q0 + j < p, o0 + 16 ≤ oc16
+                    unsafe { _mm512_storeu_ps(dyt.as_mut_ptr().add((q0 + j) * oc16 + o0), *col) };
+                }
+            }
+        }
+    }
+
+    /// The 16 × 16 transpose: out[c][r] = rows[r][c]. 32-bit then 64-bit
+    /// interleaves within 128-bit lanes leave u[4i + j]'s lane L holding
+    /// column 4L + j of rows 4i … 4i + 3; two rounds of 128-bit lane
+    /// shuffles gather each column's four lanes.
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        let t: [__m512; 16] = std::array::from_fn(|k| {
+            let (a, b) = (r[k & !1], r[k | 1]);
+            if k % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
+        });
+        let u: [__m512; 16] = std::array::from_fn(|k| {
+            // u[4i + j]: t[4i + j/2] with t[4i + 2 + j/2], low (j even) or high 64-bit halves
+            let (i, j) = (k / 4, k % 4);
+            let (a, b) = (_mm512_castps_pd(t[4 * i + j / 2]), _mm512_castps_pd(t[4 * i + 2 + j / 2]));
+            _mm512_castpd_ps(if j % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+        });
+        let mut out = [_mm512_setzero_ps(); 16];
+        for j in 0..4 {
+            // v0 = (u[j]: lanes 0, 2; u[4+j]: 0, 2), v1 = the same of lanes 1, 3; v2, v3 of u[8+j], u[12+j]
+            let v0 = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
+            let v1 = _mm512_shuffle_f32x4::<0xdd>(u[j], u[4 + j]);
+            let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
+            let v3 = _mm512_shuffle_f32x4::<0xdd>(u[8 + j], u[12 + j]);
+            out[j] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+            out[8 + j] = _mm512_shuffle_f32x4::<0xdd>(v0, v2);
+            out[4 + j] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+            out[12 + j] = _mm512_shuffle_f32x4::<0xdd>(v1, v3);
+        }
+        out
+    }
+
+    /// acc[t][v] = Σ_q dyt[q·ld + 16v ..] · bases[t][q], added to out[t·ld + 16v ..].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn micro<const NV: usize>(p: usize, bases: &[*const f32; 9], dyt: *const f32, ld: usize, out: *mut f32) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; 9];
+        for q in 0..p {
+            // SAFETY: q < p, the caller's bounds
+            unsafe {
+                let row = dyt.add(q * ld);
+                let d: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(row.add(16 * v)));
+                for (t, acc_t) in acc.iter_mut().enumerate() {
+                    let b = _mm512_set1_ps(*bases[t].add(q));
+                    for (a, &dv) in acc_t.iter_mut().zip(&d) {
+                        *a = _mm512_fmadd_ps(dv, b, *a);
+                    }
+                }
+            }
+        }
+        for (t, acc_t) in acc.iter().enumerate() {
+            for (v, &a) in acc_t.iter().enumerate() {
+                // SAFETY: t < 9, 16v + 16 ≤ 16·NV ≤ the columns left
+                unsafe {
+                    let at = out.add(t * ld + 16 * v);
+                    _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), a));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    /// Never called: `takes` is false without AVX-512.
+    pub unsafe fn transpose(_: &[f32], _: usize, _: usize, _: &mut [f32], _: usize) {
+        unreachable!("the direct weight gradient runs on AVX-512 only")
+    }
+    /// Never called: `takes` is false without AVX-512.
+    pub unsafe fn accumulate(_: usize, _: &[&[f32]; 9], _: &[f32], _: usize, _: &mut [f32]) {
+        unreachable!("the direct weight gradient runs on AVX-512 only")
+    }
+}
