@@ -6,9 +6,13 @@ at 16×16, 8×8, 4×4 and in the middle), the same DDIM loop (leading spacing,
 eps 1e-5 wd 0.01). Prints one JSON object per line.
 
     python3 scripts/bench_pytorch.py sample [--n 2048] [--steps 100] [--batch-size 2048] [--device cuda]
-                                            [--dtype fp32|bf16] [--compile] [--threads 2]
+                                            [--dtype fp32|bf16] [--compile] [--threads 2] [--config seed|tiny]
     python3 scripts/bench_pytorch.py train  [--batch-size 512] [--iters 20] [--windows 3] [--device cuda]
-                                            [--dtype fp32|bf16] [--compile] [--threads 2]
+                                            [--dtype fp32|bf16] [--compile] [--threads 2] [--config seed|tiny]
+
+`--config tiny` is the `tiny` preset instead (16, 32, 64 channels, one
+resnet a block, attention at 8×8 only): the UNet `minidiffusion train`
+trains on a CPU.
 
 Needs torch and diffusers (scripts/golden-requirements.txt). The GPU machines
 have PyTorch but no network: carry diffusers as a wheel (pure Python).
@@ -31,10 +35,21 @@ SEED_CONFIG = dict(
     up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
 )
 
+TINY_CONFIG = dict(
+    sample_size=32,
+    in_channels=1,
+    out_channels=1,
+    block_out_channels=(16, 32, 64),
+    layers_per_block=1,
+    norm_num_groups=8,
+    down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+)
 
-def model_and_sched(device):
+
+def model_and_sched(device, config="seed"):
     torch.manual_seed(0)
-    model = UNet2DModel(**SEED_CONFIG).to(device)
+    model = UNet2DModel(**(TINY_CONFIG if config == "tiny" else SEED_CONFIG)).to(device)
     sched = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.01, beta_schedule="linear",
                           clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading")
     return model, sched
@@ -46,7 +61,7 @@ def sync(device):
 
 
 def bench_sample(args, device, dtype):
-    model, sched = model_and_sched(device)
+    model, sched = model_and_sched(device, args.config)
     model.eval()
     fwd = torch.compile(model) if args.compile else model
     sched.set_timesteps(args.steps)
@@ -66,12 +81,12 @@ def bench_sample(args, device, dtype):
         run(min(args.batch_size, args.n - first))
     sync(device)
     seconds = time.perf_counter() - start
-    return {"bench": "sample", "samples_per_s": args.n / seconds, "model_evals_per_s": args.n * args.steps / seconds,
+    return {"bench": "sample", "config": args.config, "samples_per_s": args.n / seconds, "model_evals_per_s": args.n * args.steps / seconds,
             "n": args.n, "steps": args.steps, "batch_size": args.batch_size, "seconds": seconds}
 
 
 def bench_train(args, device, dtype):
-    model, sched = model_and_sched(device)
+    model, sched = model_and_sched(device, args.config)
     model.train()
     fwd = torch.compile(model) if args.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-5, weight_decay=0.01)
@@ -102,7 +117,7 @@ def bench_train(args, device, dtype):
         sync(device)
         rates.append(args.iters * args.batch_size / (time.perf_counter() - start))
     rate = sorted(rates)[len(rates) // 2]
-    return {"bench": "train", "images_per_s": rate, "batch_size": args.batch_size, "iters": args.iters,
+    return {"bench": "train", "config": args.config, "images_per_s": rate, "batch_size": args.batch_size, "iters": args.iters,
             "seconds_per_step": args.batch_size / rate, "windows_images_per_s": rates}
 
 
@@ -118,6 +133,7 @@ def main():
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (2 to match the CI machine kind)")
+    ap.add_argument("--config", choices=["seed", "tiny"], default="seed", help="the UNet: the seed preset or the tiny one")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
