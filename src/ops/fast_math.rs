@@ -129,6 +129,13 @@ dispatch! {
     pub fn sum_sq_dev_f64(v: &[f32], c: f64) -> f64 => sum_sq_dev_f64_lanes
 }
 
+dispatch! {
+    /// (Σ a, Σ a·(b − c)·r) accumulated in f64 as [`sum_f64`] accumulates
+    /// (each product in f32): the group norm backward's per-channel sums of
+    /// dy and dy·x̂, x̂ = (x − μ)·rstd.
+    pub fn sum_and_dot_centred_f64(a: &[f32], b: &[f32], c: f32, r: f32) -> (f64, f64) => sum_and_dot_centred_lanes
+}
+
 /// `Fn(f32) -> f32 + Copy`, nameable in the dispatch macro.
 pub trait MapFn: Fn(f32) -> f32 + Copy {}
 impl<F: Fn(f32) -> f32 + Copy> MapFn for F {}
@@ -254,6 +261,38 @@ fn sum_blocks_f64(v: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     rest.iter().fold(acc[0], |s, &x| s + f(x) as f64)
 }
 
+/// [`sum_and_dot_centred_f64`]: `sum_blocks_f64`'s scheme for both sums.
+#[inline(always)]
+fn sum_and_dot_centred_lanes(a: &[f32], b: &[f32], c: f32, r: f32) -> (f64, f64) {
+    assert_eq!(a.len(), b.len());
+    const BLOCK: usize = 16 * LANES;
+    let (mut acc_a, mut acc_b) = ([0f64; LANES], [0f64; LANES]);
+    let (blocks_a, blocks_b) = (a.chunks_exact(BLOCK), b.chunks_exact(BLOCK));
+    let (rest_a, rest_b) = (blocks_a.remainder(), blocks_b.remainder());
+    for (block_a, block_b) in blocks_a.zip(blocks_b) {
+        let (mut part_a, mut part_b) = ([0f32; LANES], [0f32; LANES]);
+        for (ca, cb) in block_a.chunks_exact(LANES).zip(block_b.chunks_exact(LANES)) {
+            for i in 0..LANES {
+                part_a[i] += ca[i];
+                part_b[i] += ca[i] * ((cb[i] - c) * r);
+            }
+        }
+        for i in 0..LANES {
+            acc_a[i] += part_a[i] as f64;
+            acc_b[i] += part_b[i] as f64;
+        }
+    }
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc_a[i] += acc_a[i + width];
+            acc_b[i] += acc_b[i + width];
+        }
+    }
+    rest_a.iter().zip(rest_b).fold((acc_a[0], acc_b[0]), |(sa, sb), (&x, &y)| (sa + x as f64, sb + (x * ((y - c) * r)) as f64))
+}
+
 #[inline(always)]
 fn map_in_place_sum_lanes(buf: &mut [f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; LANES];
@@ -340,6 +379,16 @@ mod tests {
         let dev: f64 = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum();
         assert!((sum_sq_dev_f64(&v, mean) - dev).abs() <= 1e-6 * dev);
         assert_eq!(sum_f64(&[]), 0.0);
+        // the group norm backward's two sums, against f64 (sums of both signs: within 1e-6 of Σ|terms|)
+        let b: Vec<f32> = (0..1003).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.1).collect();
+        let (c, r) = (0.3f32, 1.7f32);
+        let (sa, sb) = sum_and_dot_centred_f64(&v, &b, c, r);
+        let terms = |i: usize| v[i] as f64 * ((b[i] as f64 - c as f64) * r as f64);
+        let (want_b, scale_b): (f64, f64) = (0..v.len()).map(|i| (terms(i), terms(i).abs())).fold((0.0, 0.0), |(s, m), (t, a)| (s + t, m + a));
+        assert!((sa - exact).abs() <= 1e-9 * exact.abs(), "{sa} {exact}");
+        assert!((sb - want_b).abs() <= 1e-6 * scale_b, "{sb} {want_b}");
+        assert_eq!((sa, sb), sum_and_dot_centred_lanes(&v, &b, c, r));
+        assert_eq!(sum_and_dot_centred_f64(&[], &[], c, r), (0.0, 0.0));
     }
 
     #[test]

@@ -130,14 +130,8 @@ pub fn backward(
     sums.par_chunks_mut(cg).zip(dy.par_chunks(m).zip(x.par_chunks(m))).enumerate().for_each(|(ng, (sg, (dyg, xg)))| {
         let (mu, rs) = (mean[ng], rstd[ng]);
         for (ci, acc) in sg.iter_mut().enumerate() {
-            let (dyc, xc) = (&dyg[ci * s..(ci + 1) * s], &xg[ci * s..(ci + 1) * s]);
-            let (mut a, mut b) = (0.0f64, 0.0f64);
-            for (&dv, &xv) in dyc.iter().zip(xc) {
-                let xhat = (xv - mu) * rs;
-                a += dv as f64;
-                b += dv as f64 * xhat as f64;
-            }
-            *acc = (a, b);
+            let range = ci * s..(ci + 1) * s;
+            *acc = crate::ops::fast_math::sum_and_dot_centred_f64(&dyg[range.clone()], &xg[range], mu, rs);
         }
     });
     // Pass 2: dx, one task per group.
@@ -155,10 +149,10 @@ pub fn backward(
                 for ci in 0..cg {
                     let gm = gamma(ci) as f32;
                     let range = ci * s..(ci + 1) * s;
-                    for ((o, &dv), &xv) in dxg[range.clone()].iter_mut().zip(&dyg[range.clone()]).zip(&xg[range]) {
+                    crate::ops::fast_math::map2(&mut dxg[range.clone()], &dyg[range.clone()], &xg[range], |dv, xv| {
                         let xhat = (xv - mu) * rs;
-                        *o = rs * (dv * gm - mean_g - xhat * mean_gx);
-                    }
+                        rs * (dv * gm - mean_g - xhat * mean_gx)
+                    });
                 }
             },
         );
