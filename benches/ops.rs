@@ -20,6 +20,9 @@ fn param(dims: &[usize], seed: u64, scale: f32) -> Tensor {
 }
 
 fn conv2d(c: &mut Criterion) {
+    // freed buffers kept for reuse as the CLI keeps them (else each large
+    // output is mapped and zeroed afresh, a page fault a page)
+    minidiffusion::device::keep_freed_memory();
     let mut group = c.benchmark_group("conv2d");
     group.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
     // (batch, in channels, out channels, size, kernel)
