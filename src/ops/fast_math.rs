@@ -205,7 +205,13 @@ fn sum_lanes(v: &[f32]) -> f32 {
 
 /// The 16 lane sums added pairwise, then the tail in order.
 #[inline(always)]
-fn finish_sum(mut acc: [f32; LANES], tail: &[f32]) -> f32 {
+fn finish_sum(acc: [f32; LANES], tail: &[f32]) -> f32 {
+    tail.iter().fold(pairwise(acc), |s, &x| s + x)
+}
+
+/// The lanes added pairwise: lane i + width into lane i, width halving.
+#[inline(always)]
+fn pairwise<T: Copy + std::ops::AddAssign>(mut acc: [T; LANES]) -> T {
     let mut width = LANES;
     while width > 1 {
         width /= 2;
@@ -213,7 +219,7 @@ fn finish_sum(mut acc: [f32; LANES], tail: &[f32]) -> f32 {
             acc[i] += acc[i + width];
         }
     }
-    tail.iter().fold(acc[0], |s, &x| s + x)
+    acc[0]
 }
 
 #[inline(always)]
@@ -251,14 +257,7 @@ fn sum_blocks_f64(v: &[f32], f: impl Fn(f32) -> f32) -> f64 {
             *a += p as f64;
         }
     }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-    }
-    rest.iter().fold(acc[0], |s, &x| s + f(x) as f64)
+    rest.iter().fold(pairwise(acc), |s, &x| s + f(x) as f64)
 }
 
 /// [`sum_and_dot_centred_f64`]: `sum_blocks_f64`'s scheme for both sums.
@@ -282,15 +281,7 @@ fn sum_and_dot_centred_lanes(a: &[f32], b: &[f32], c: f32, r: f32) -> (f64, f64)
             acc_b[i] += part_b[i] as f64;
         }
     }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc_a[i] += acc_a[i + width];
-            acc_b[i] += acc_b[i + width];
-        }
-    }
-    rest_a.iter().zip(rest_b).fold((acc_a[0], acc_b[0]), |(sa, sb), (&x, &y)| (sa + x as f64, sb + (x * ((y - c) * r)) as f64))
+    rest_a.iter().zip(rest_b).fold((pairwise(acc_a), pairwise(acc_b)), |(sa, sb), (&x, &y)| (sa + x as f64, sb + (x * ((y - c) * r)) as f64))
 }
 
 #[inline(always)]
