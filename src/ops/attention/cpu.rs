@@ -438,28 +438,8 @@ pub fn backward(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Dims, QUERIES};
+    use crate::ops::avx512::exp16;
     use std::arch::x86_64::*;
-
-    /// e^x on 16 lanes within 2 ulp (tested against f64), in about half the
-    /// operations of `fast_math::exp`: n = round(x·log₂e) by `roundscale`,
-    /// r = x − n·ln 2 by two FMAs, e^r by `fast_math`'s polynomial in FMAs,
-    /// and 2ⁿ·e^r by `scalef`, which also gives 0 and +∞ past the f32
-    /// range. NaN stays NaN; −∞ gives 0.
-    #[target_feature(enable = "avx512f")]
-    fn exp16(x: __m512) -> __m512 {
-        use crate::ops::fast_math::exp_consts::*;
-        // max/min return their second operand for a NaN: x's NaN survives
-        let xc = _mm512_min_ps(_mm512_set1_ps(HI + 1.0), _mm512_max_ps(_mm512_set1_ps(-104.0), x));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(xc, _mm512_set1_ps(LOG2E)));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), xc);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-        let mut p = _mm512_set1_ps(POLY[0]);
-        for &c in &POLY[1..] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        let e_r = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
-        _mm512_scalef_ps(e_r, n)
-    }
 
     /// The 16 queries from i0 of `super::columns_lanes_plain`, in registers:
     /// scores four keys at a time (four accumulator chains), exp and sum in
@@ -548,38 +528,6 @@ mod avx512 {
     #[cfg(test)]
     mod tests {
         use super::*;
-
-        #[test]
-        fn exp16_is_within_2_ulp_of_f64() {
-            if !std::arch::is_x86_feature_detected!("avx512f") {
-                println!("SKIPPED exp16: this CPU has no AVX-512");
-                return;
-            }
-            let exp16_of = |lanes: &[f32; 16]| -> [f32; 16] {
-                let mut got = [0.0f32; 16];
-                // SAFETY: AVX-512F checked above.
-                unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp16(_mm512_loadu_ps(lanes.as_ptr()))) };
-                got
-            };
-            let mut worst = 0f64;
-            let mut x = -87.0f32;
-            while x < 88.0 {
-                let lanes: [f32; 16] = std::array::from_fn(|i| x + i as f32 * 0.000_731);
-                for (&xi, &g) in lanes.iter().zip(&exp16_of(&lanes)) {
-                    let want = (xi as f64).exp();
-                    let ulp = (want as f32).next_up() as f64 - want as f32 as f64;
-                    worst = worst.max((g as f64 - want).abs() / ulp);
-                }
-                x += 16.0 * 0.000_731;
-            }
-            assert!(worst <= 2.0, "worst error {worst} ulp");
-            let specials = [0.0, -0.0, -100.0, 100.0, f32::NEG_INFINITY, f32::INFINITY, f32::NAN, -200.0, 89.0, -87.5, 1.0, -1.0, 0.5, 2.0, -2.0, 88.7];
-            let got = exp16_of(&specials);
-            // e^−100 ≈ 3.7e−44 comes out subnormal (fast_math::exp flushes it to 0)
-            assert!((got[2] as f64 - (-100f64).exp()).abs() <= 1.5e-45, "{}", got[2]);
-            assert_eq!([got[0], got[1], got[3], got[4], got[5]], [1.0, 1.0, f32::INFINITY, 0.0, f32::INFINITY]);
-            assert!(got[6].is_nan() && got[7] == 0.0 && got[8] == f32::INFINITY);
-        }
 
         #[test]
         fn intrinsics_block_matches_the_portable_lanes() {

@@ -121,6 +121,7 @@ impl Planes {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use crate::ops::avx512::transpose16;
     use std::arch::x86_64::*;
 
     /// out[tap][o] += Σ_q dyt[q][o] · taps[tap][q] for every tap and every
@@ -174,37 +175,6 @@ mod avx512 {
                 }
             }
         }
-    }
-
-    /// The 16 × 16 transpose: out[c][r] = rows[r][c]. 32-bit then 64-bit
-    /// interleaves within 128-bit lanes leave u[4i + j]'s lane L holding
-    /// column 4L + j of rows 4i … 4i + 3; two rounds of 128-bit lane
-    /// shuffles gather each column's four lanes.
-    #[target_feature(enable = "avx512f")]
-    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
-        let t: [__m512; 16] = std::array::from_fn(|k| {
-            let (a, b) = (r[k & !1], r[k | 1]);
-            if k % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
-        });
-        let u: [__m512; 16] = std::array::from_fn(|k| {
-            // u[4i + j]: t[4i + j/2] with t[4i + 2 + j/2], low (j even) or high 64-bit halves
-            let (i, j) = (k / 4, k % 4);
-            let (a, b) = (_mm512_castps_pd(t[4 * i + j / 2]), _mm512_castps_pd(t[4 * i + 2 + j / 2]));
-            _mm512_castpd_ps(if j % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
-        });
-        let mut out = [_mm512_setzero_ps(); 16];
-        for j in 0..4 {
-            // v0 = (u[j]: lanes 0, 2; u[4+j]: 0, 2), v1 = the same of lanes 1, 3; v2, v3 of u[8+j], u[12+j]
-            let v0 = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
-            let v1 = _mm512_shuffle_f32x4::<0xdd>(u[j], u[4 + j]);
-            let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
-            let v3 = _mm512_shuffle_f32x4::<0xdd>(u[8 + j], u[12 + j]);
-            out[j] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
-            out[8 + j] = _mm512_shuffle_f32x4::<0xdd>(v0, v2);
-            out[4 + j] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
-            out[12 + j] = _mm512_shuffle_f32x4::<0xdd>(v1, v3);
-        }
-        out
     }
 
     /// acc[t][v] = Σ_q dyt[q·ld + 16v ..] · bases[t][q], added to out[t·ld + 16v ..].
