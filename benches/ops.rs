@@ -130,5 +130,39 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv2d, conv2d_weight_grad, group_norm, matmul, attention);
+/// The UNet's attention (channels-first heads, Layout::Columns) at the seed
+/// UNet's training batch 32, the CPU kernels called directly so the
+/// reference paths run beside them: the training forward (lanes, keeping
+/// the log-sum-exp) beside the gemm forward of the same sizes (Rows), and
+/// the lane backward beside the gemm backward it replaced.
+fn attention_columns(c: &mut Criterion) {
+    use minidiffusion::ops::attention::{Layout, columns_backward, cpu};
+    minidiffusion::device::keep_freed_memory();
+    let mut group = c.benchmark_group("attention_columns");
+    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    // (batch·heads, pixels, head size): 16×16 with 64 channels, 8×8 with 128,
+    // 4×4 with 256; 16×16 with heads of 16
+    for &(bh, pixels, d) in &[(32 * 8, 256, 8), (32 * 16, 64, 8), (32 * 32, 16, 8), (32 * 4, 256, 16)] {
+        let dims = cpu::Dims { batch: bh, lq: pixels, lk: pixels, d, dv: d };
+        let data = |seed: u64| randn(&[bh * d * pixels], seed).to_vec();
+        let (q, k, v, g) = (data(1), data(2), data(3), data(4));
+        let scale = 1.0 / (d as f32).sqrt();
+        let id = format!("{bh}x{pixels}px d{d}");
+        group.throughput(Throughput::Elements((4 * bh * pixels * pixels * d) as u64));
+        group.bench_function(BenchmarkId::new("forward_lanes", &id), |b| b.iter(|| black_box(cpu::forward(&q, &k, &v, dims, Layout::Columns, scale))));
+        group.bench_function(BenchmarkId::new("forward_gemm", &id), |b| b.iter(|| black_box(cpu::forward(&q, &k, &v, dims, Layout::Rows, scale))));
+        let (o, lse) = cpu::forward(&q, &k, &v, dims, Layout::Columns, scale);
+        // the backward's FLOPs: five products of the forward's two
+        group.throughput(Throughput::Elements((10 * bh * pixels * pixels * d) as u64));
+        group.bench_function(BenchmarkId::new("backward_lanes", &id), |b| {
+            b.iter(|| black_box(columns_backward::backward(&q, &k, &v, &o, &lse, &g, dims, scale)))
+        });
+        group.bench_function(BenchmarkId::new("backward_gemm", &id), |b| {
+            b.iter(|| black_box(cpu::backward(&q, &k, &v, &lse, &g, dims, Layout::Columns, scale)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, conv2d, conv2d_weight_grad, group_norm, matmul, attention, attention_columns);
 criterion_main!(benches);

@@ -8,6 +8,7 @@ use std::arch::x86_64::*;
 /// r = x − n·ln 2 by two FMAs, e^r by `fast_math`'s polynomial in FMAs,
 /// and 2ⁿ·e^r by `scalef`, which also gives 0 and +∞ past the f32
 /// range. NaN stays NaN; −∞ gives 0.
+#[inline]
 #[target_feature(enable = "avx512f")]
 pub fn exp16(x: __m512) -> __m512 {
     use crate::ops::fast_math::exp_consts::*;
@@ -28,6 +29,7 @@ pub fn exp16(x: __m512) -> __m512 {
 /// interleaves within 128-bit lanes leave u[4i + j]'s lane L holding
 /// column 4L + j of rows 4i … 4i + 3; two rounds of 128-bit lane
 /// shuffles gather each column's four lanes.
+#[inline]
 #[target_feature(enable = "avx512f")]
 pub fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     let t: [__m512; 16] = std::array::from_fn(|k| {

@@ -52,11 +52,23 @@ impl Layout {
 /// Lq] the rows' log-sum-exp, L_i = log Σ_j e^(scale·s_ij): what [`backward`]
 /// needs to recompute P_ij = e^(scale·s_ij − L_i) per batch entry, so no
 /// [batch, Lq, Lk] P is kept (67 MB per 16×16 attention block of the seed
-/// UNet at batch 32, fresh pages each step). P lives in one scratch per task.
+/// UNet at batch 32, fresh pages each step). Layout::Columns (the UNet's)
+/// runs [`columns_lanes`]; Rows keeps P in one scratch per task.
 pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scale: f32) -> (Vec<f32>, Vec<f32>) {
-    let Dims { batch, lq, lk, dv, .. } = dims;
+    let Dims { batch, lq, lk, d, dv } = dims;
     let mut o = vec![0.0; batch * lq * dv];
     let mut lse = vec![0.0; batch * lq];
+    if layout == Layout::Columns && lk > 0 && lq > 0 {
+        // the inference lanes, each query's log-sum-exp kept as well
+        o.par_chunks_mut(lq * dv).zip(lse.par_chunks_mut(lq)).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(scores, q_block), (b, (o, lse))| {
+                let (qb, kb, vb) = (&q[b * d * lq..][..d * lq], &k[b * d * lk..][..d * lk], &v[b * dv * lk..][..dv * lk]);
+                columns_lanes(qb, kb, vb, o, Some(lse), dims, scale, scores, q_block);
+            },
+        );
+        return (o, lse);
+    }
     o.par_chunks_mut(lq * dv).zip(lse.par_chunks_mut(lq)).enumerate().for_each_init(
         || vec![0.0; lq * lk],
         |p, (b, (o, lse))| forward_one(q, k, v, dims, layout, scale, b, p, o, lse),
@@ -76,7 +88,7 @@ pub fn forward_output(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layou
             || (Vec::new(), Vec::new()),
             |(scores, q_block), (b, o)| {
                 let (qb, kb, vb) = (&q[b * d * lq..][..d * lq], &k[b * d * lk..][..d * lk], &v[b * dv * lk..][..dv * lk]);
-                columns_lanes(qb, kb, vb, o, dims, scale, scores, q_block);
+                columns_lanes(qb, kb, vb, o, None, dims, scale, scores, q_block);
             },
         );
         return o;
@@ -269,36 +281,48 @@ pub fn backward_bf16(q: &[f32], k: &[f32], v: &[f32], o: &[f32], lse: &[f32], d_
 /// Queries per block of [`columns_lanes`]: one 16-lane vector.
 const QUERIES: usize = 16;
 
-/// Attention of one batch entry in the Columns layout, inference only: Q
-/// [D, Lq], K [D, Lk], V [Dv, Lk] → O [Dv, Lq], 16 queries at a time, one per
-/// vector lane, so every step is lane-wise (no horizontal sums, no P matrix):
+/// Attention of one batch entry in the Columns layout: Q [D, Lq], K [D, Lk],
+/// V [Dv, Lk] → O [Dv, Lq], and with `lse` [Lq] each query's log-sum-exp
+/// (what the backward needs), 16 queries at a time, one per vector lane, so
+/// every step is lane-wise (no horizontal sums, no P matrix):
 ///   s_j = scale · Σ_d K[d, j] · Q[d, i]      for all keys j  (`scores`, Lk × 16)
 ///   m = max_j s_j,  e_j = exp(s_j − m),  l = Σ_j e_j
-///   O[c, i] = (Σ_j V[c, j] · e_j) / l
+///   O[c, i] = (Σ_j V[c, j] · e_j) / l,  L_i = m + ln l
 /// With AVX-512 each block runs `avx512::columns_block`, the same steps in
 /// intrinsics; else the portable [`columns_lanes_plain`].
 #[allow(clippy::too_many_arguments)]
-fn columns_lanes(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) {
+fn columns_lanes(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], mut lse: Option<&mut [f32]>, dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         let Dims { lq, lk, d, dv, .. } = dims;
         assert!(q.len() >= d * lq && k.len() >= d * lk && v.len() >= dv * lk && o.len() >= dv * lq);
+        assert!(lse.as_ref().is_none_or(|l| l.len() >= lq));
         scores.resize(lk, [0.0; QUERIES]);
         q_block.resize(d, [0.0; QUERIES]);
         for i0 in (0..lq).step_by(QUERIES) {
             // SAFETY: AVX-512F checked above; the slices hold Q [D, Lq], K
             // [D, Lk], V [Dv, Lk], O [Dv, Lq] (asserted), the scratch Lk and
             // D vectors, and the block's n ≤ 16 lanes start at i0 < Lq.
-            unsafe { avx512::columns_block(q, k, v, o, dims, scale, i0, scores, q_block) };
+            let (m, l) = unsafe { avx512::columns_block(q, k, v, o, dims, scale, i0, scores, q_block) };
+            if let Some(lse) = lse.as_deref_mut() {
+                log_sum_exp(&m, &l, &mut lse[i0..(i0 + QUERIES).min(lq)]);
+            }
         }
         return;
     }
-    columns_lanes_plain(q, k, v, o, dims, scale, scores, q_block)
+    columns_lanes_plain(q, k, v, o, lse, dims, scale, scores, q_block)
+}
+
+/// L_i = m_i + ln l_i for the block's queries.
+fn log_sum_exp(max: &[f32; QUERIES], sum: &[f32; QUERIES], lse: &mut [f32]) {
+    for ((out, &m), &l) in lse.iter_mut().zip(max).zip(sum) {
+        *out = m + l.ln();
+    }
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn columns_lanes_plain(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) {
+fn columns_lanes_plain(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], mut lse: Option<&mut [f32]>, dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) {
     let Dims { lq, lk, d, dv, .. } = dims;
     assert!(q.len() >= d * lq && k.len() >= d * lk && v.len() >= dv * lk && o.len() >= dv * lq);
     scores.resize(lk, [0.0; QUERIES]);
@@ -330,6 +354,9 @@ fn columns_lanes_plain(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], dims: Dim
                 *e = fast_math::exp(*e - m);
                 *l += *e;
             }
+        }
+        if let Some(lse) = lse.as_deref_mut() {
+            log_sum_exp(&max, &sum, &mut lse[i0..i0 + n]);
         }
         let mut c0 = 0;
         while c0 + 8 <= dv {
@@ -445,12 +472,14 @@ mod avx512 {
     /// scores four keys at a time (four accumulator chains), exp and sum in
     /// one pass, the weighted values eight output rows at a time.
     ///
+    /// Returns each lane's maximum score m and Σ e (lanes past Lq unspecified).
+    ///
     /// # Safety
     /// AVX-512F; q [D, Lq], k [D, Lk], v [Dv, Lk], o [Dv, Lq] at least that
     /// long; scores Lk and q_block D vectors; i0 < Lq.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn columns_block(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], dims: Dims, scale: f32, i0: usize, scores: &mut [[f32; QUERIES]], q_block: &mut [[f32; QUERIES]]) {
+    pub unsafe fn columns_block(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], dims: Dims, scale: f32, i0: usize, scores: &mut [[f32; QUERIES]], q_block: &mut [[f32; QUERIES]]) -> ([f32; QUERIES], [f32; QUERIES]) {
         let Dims { lq, lk, d, dv, .. } = dims;
         let n = QUERIES.min(lq - i0);
         let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
@@ -522,6 +551,10 @@ mod avx512 {
                 }
                 c0 += rows;
             }
+            let (mut m, mut l) = ([0.0f32; QUERIES], [0.0f32; QUERIES]);
+            _mm512_storeu_ps(m.as_mut_ptr(), max);
+            _mm512_storeu_ps(l.as_mut_ptr(), sum);
+            (m, l)
         }
     }
 
@@ -543,9 +576,10 @@ mod avx512 {
             let v: Vec<f32> = (0..dv * lk).map(|i| val(i, 3)).collect();
             let (mut want, mut got) = (vec![0.0; dv * lq], vec![0.0; dv * lq]);
             let (mut s, mut qb) = (Vec::new(), Vec::new());
-            super::super::columns_lanes_plain(&q, &k, &v, &mut want, dims, 0.7, &mut s, &mut qb);
-            super::super::columns_lanes(&q, &k, &v, &mut got, dims, 0.7, &mut s, &mut qb);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let (mut lse_want, mut lse_got) = (vec![0.0; lq], vec![0.0; lq]);
+            super::super::columns_lanes_plain(&q, &k, &v, &mut want, Some(&mut lse_want), dims, 0.7, &mut s, &mut qb);
+            super::super::columns_lanes(&q, &k, &v, &mut got, Some(&mut lse_got), dims, 0.7, &mut s, &mut qb);
+            for (i, (g, w)) in got.iter().zip(&want).chain(lse_got.iter().zip(&lse_want)).enumerate() {
                 assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "entry {i}: {g} vs {w}");
             }
         }

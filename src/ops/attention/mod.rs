@@ -13,6 +13,7 @@
 //! ([`cpu::forward_bf16`], [`cpu::backward_bf16`]) and on CUDA's tensor cores
 //! alike; other shapes run at f32.
 
+pub mod columns_backward;
 pub mod cpu;
 pub mod cuda;
 
@@ -214,6 +215,9 @@ fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, layout: Layout
                     let (dq, dk, dv) = if bf16 {
                         let so = out.storage();
                         cpu::backward_bf16(q, k, v, so.cpu_f32(name)?, lse, g, dims, scale)
+                    } else if layout == Layout::Columns && columns_backward::takes(dims) {
+                        let so = out.storage();
+                        columns_backward::backward(q, k, v, so.cpu_f32(name)?, lse, g, dims, scale)
                     } else {
                         cpu::backward(q, k, v, lse, g, dims, layout, scale)
                     };
