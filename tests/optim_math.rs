@@ -440,3 +440,27 @@ fn adamw_length_mismatch_panics() {
     let (mut m, mut v) = ([0f32; 3], [0f32; 3]);
     adamw_step(&mut p, &[0.0; 2], &mut m, &mut v, 1, HYPER);
 }
+
+#[test]
+fn large_parameters_update_with_the_bits_of_one_value_at_a_time() {
+    // past 32,768 values the update runs in runs on the rayon threads, and
+    // always at the CPU's widest vectors: every value must come out as
+    // updating it alone does (the plain single-value path); both lerp
+    // branches (beta1 0.9: weight 0.1; beta1 0.3: weight 0.7), three steps
+    let n = 100_003;
+    let val = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 20_011) as f32 / 10_005.5) - 1.0;
+    for beta1 in [0.9, 0.3] {
+        let h = AdamWHyper { lr: 3e-3, beta1, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let (mut p, mut m, mut v) = ((0..n).map(|i| val(i, 1)).collect::<Vec<f32>>(), vec![0.0f32; n], vec![0.0f32; n]);
+        let (mut p1, mut m1, mut v1) = (p.clone(), m.clone(), v.clone());
+        for t in 1..=3u64 {
+            let g: Vec<f32> = (0..n).map(|i| val(i, 2 + t as usize)).collect();
+            adamw_step(&mut p, &g, &mut m, &mut v, t, h);
+            for i in 0..n {
+                adamw_step(&mut p1[i..i + 1], &g[i..i + 1], &mut m1[i..i + 1], &mut v1[i..i + 1], t, h);
+            }
+        }
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        assert!(bits(&p) == bits(&p1) && bits(&m) == bits(&m1) && bits(&v) == bits(&v1), "beta1 {beta1}: bits differ");
+    }
+}

@@ -74,6 +74,7 @@ macro_rules! dispatch {
                 unsafe fn wide $(<$g: $bound>)? ($($arg: $ty),*) $(-> $ret)? { $plain($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn narrow $(<$g: $bound>)? ($($arg: $ty),*) $(-> $ret)? { $plain($($arg),*) }
+                use $crate::ops::fast_math::{SimdLevel, simd_level};
                 match simd_level() {
                     // SAFETY: the CPU has the features (checked by simd_level).
                     SimdLevel::Avx512 => return unsafe { wide($($arg),*) },
@@ -86,6 +87,8 @@ macro_rules! dispatch {
         }
     };
 }
+
+pub(crate) use dispatch;
 
 dispatch! {
     /// dst[i] = f(src[i]).
@@ -144,19 +147,19 @@ pub trait Map2Fn: Fn(f32, f32) -> f32 + Copy {}
 impl<F: Fn(f32, f32) -> f32 + Copy> Map2Fn for F {}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum SimdLevel {
+pub(crate) enum SimdLevel {
     Avx512,
     Avx2,
     Plain,
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn simd_level() -> SimdLevel {
+pub(crate) fn simd_level() -> SimdLevel {
     SimdLevel::Plain
 }
 
 #[cfg(target_arch = "x86_64")]
-fn simd_level() -> SimdLevel {
+pub(crate) fn simd_level() -> SimdLevel {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {

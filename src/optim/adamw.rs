@@ -115,9 +115,12 @@ impl AdamW {
 
     /// The CPU parameters' step: the norm, then each update on the scaled gradient.
     fn step_cpu(&mut self, present: &[(usize, &Tensor)]) -> Result<HostValues> {
+        // Σ g² in f64: fixed runs of each gradient on the rayon threads, added in order
         let mut sumsq = 0.0f64;
         for (_, g) in present {
-            sumsq += g.storage().cpu_f32("adamw")?.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
+            use rayon::prelude::*;
+            let runs: Vec<f64> = g.storage().cpu_f32("adamw")?.par_chunks(1 << 16).map(|run| crate::ops::fast_math::sum_sq_dev_f64(run, 0.0)).collect();
+            sumsq += runs.iter().sum::<f64>();
         }
         let norm = sumsq.sqrt() as f32;
         let factor = clip_factor(norm, self.max_grad_norm);

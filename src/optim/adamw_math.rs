@@ -92,38 +92,76 @@ pub fn adamw_step(
     let eps = h.eps;
 
     let (params, grads, m, v) = (&mut params[..n], &grads[..n], &mut m[..n], &mut v[..n]);
-    // Hoist lerp's branch (ATen Lerp.h `is_lerp_weight_small`) out of the loop so
-    // each loop body is branch-free and vectorisable.
-    if weight.abs() < 0.5 {
-        for (((p, &g), m), v) in params
-            .iter_mut()
-            .zip(grads)
-            .zip(m.iter_mut())
-            .zip(v.iter_mut())
-        {
-            let pd = *p * decay;
-            let mi = *m + weight * (g - *m);
-            let vi = *v * b2 + (c2 * g) * g;
-            let denom = vi.sqrt() / bc2_sqrt + eps;
-            *p = pd + (neg_step_size * mi) / denom;
-            *m = mi;
-            *v = vi;
-        }
+    let f = StepFactors { decay, weight, b2, c2, bc2_sqrt, neg_step_size, eps };
+    // elementwise: chunks on the rayon threads give the same bits
+    if n >= PARALLEL_MIN {
+        use rayon::prelude::*;
+        params.par_chunks_mut(CHUNK).zip(grads.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(|(((p, g), m), v)| update(p, g, m, v, f));
     } else {
-        let one_minus_weight = 1.0f32 - weight;
-        for (((p, &g), m), v) in params
-            .iter_mut()
-            .zip(grads)
-            .zip(m.iter_mut())
-            .zip(v.iter_mut())
-        {
-            let pd = *p * decay;
-            let mi = g - (g - *m) * one_minus_weight;
-            let vi = *v * b2 + (c2 * g) * g;
-            let denom = vi.sqrt() / bc2_sqrt + eps;
-            *p = pd + (neg_step_size * mi) / denom;
-            *m = mi;
-            *v = vi;
+        update(params, grads, m, v, f);
+    }
+}
+
+/// Parameters from this many values update on the rayon threads, CHUNK at a time.
+const PARALLEL_MIN: usize = 1 << 15;
+const CHUNK: usize = 1 << 14;
+
+/// One step's f32 factors (see [`adamw_step`]).
+#[derive(Clone, Copy)]
+pub struct StepFactors {
+    decay: f32,
+    weight: f32,
+    b2: f32,
+    c2: f32,
+    bc2_sqrt: f32,
+    neg_step_size: f32,
+    eps: f32,
+}
+
+crate::ops::fast_math::dispatch! {
+    /// The update of [`adamw_step`] on one run of values, compiled for the
+    /// widest vectors the CPU has (multiplies, adds, divisions and square
+    /// roots, each rounded as IEEE says: the same bits at every width).
+    pub fn update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], f: StepFactors) => update_plain
+}
+
+#[inline(always)]
+fn update_plain(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], f: StepFactors) {
+    {
+        let StepFactors { decay, weight, b2, c2, bc2_sqrt, neg_step_size, eps } = f;
+        // Hoist lerp's branch (ATen Lerp.h `is_lerp_weight_small`) out of the loop so
+        // each loop body is branch-free and vectorisable.
+        if weight.abs() < 0.5 {
+            for (((p, &g), m), v) in params
+                .iter_mut()
+                .zip(grads)
+                .zip(m.iter_mut())
+                .zip(v.iter_mut())
+            {
+                let pd = *p * decay;
+                let mi = *m + weight * (g - *m);
+                let vi = *v * b2 + (c2 * g) * g;
+                let denom = vi.sqrt() / bc2_sqrt + eps;
+                *p = pd + (neg_step_size * mi) / denom;
+                *m = mi;
+                *v = vi;
+            }
+        } else {
+            let one_minus_weight = 1.0f32 - weight;
+            for (((p, &g), m), v) in params
+                .iter_mut()
+                .zip(grads)
+                .zip(m.iter_mut())
+                .zip(v.iter_mut())
+            {
+                let pd = *p * decay;
+                let mi = g - (g - *m) * one_minus_weight;
+                let vi = *v * b2 + (c2 * g) * g;
+                let denom = vi.sqrt() / bc2_sqrt + eps;
+                *p = pd + (neg_step_size * mi) / denom;
+                *m = mi;
+                *v = vi;
+            }
         }
     }
 }

@@ -47,7 +47,7 @@ pub fn backward(q: &[f32], k: &[f32], v: &[f32], o: &[f32], lse: &[f32], d_o: &[
     let Dims { batch, lq, lk, d, .. } = dims;
     assert!(q.len() >= batch * d * lq && o.len() >= batch * d * lq && d_o.len() >= batch * d * lq && lse.len() >= batch * lq);
     assert!(k.len() >= batch * d * lk && v.len() >= batch * d * lk);
-    let (mut dq, mut dk, mut dv) = (vec![0.0; batch * d * lq], vec![0.0; batch * d * lk], vec![0.0; batch * d * lk]);
+    let (mut dq, mut dk, mut dv) = (crate::ops::zeros(batch * d * lq), crate::ops::zeros(batch * d * lk), crate::ops::zeros(batch * d * lk));
     dq.par_chunks_mut(d * lq).zip(dk.par_chunks_mut(d * lk)).zip(dv.par_chunks_mut(d * lk)).enumerate().for_each_init(|| std::array::from_fn(|_| Vec::new()), |scratch, (b, ((dq, dk), dv))| {
         let (sq, sk) = (b * d * lq, b * d * lk);
         let entry = avx512::Entry {

@@ -56,7 +56,7 @@ impl Layout {
 /// runs [`columns_lanes`]; Rows keeps P in one scratch per task.
 pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scale: f32) -> (Vec<f32>, Vec<f32>) {
     let Dims { batch, lq, lk, d, dv } = dims;
-    let mut o = vec![0.0; batch * lq * dv];
+    let mut o = crate::ops::zeros(batch * lq * dv);
     let mut lse = vec![0.0; batch * lq];
     if layout == Layout::Columns && lk > 0 && lq > 0 {
         // the inference lanes, each query's log-sum-exp kept as well
@@ -81,7 +81,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scal
 /// stays in cache between the two products.
 pub fn forward_output(q: &[f32], k: &[f32], v: &[f32], dims: Dims, layout: Layout, scale: f32) -> Vec<f32> {
     let Dims { batch, lq, lk, dv, .. } = dims;
-    let mut o = vec![0.0; batch * lq * dv];
+    let mut o = crate::ops::zeros(batch * lq * dv);
     if layout == Layout::Columns && lk > 0 {
         let Dims { d, .. } = dims;
         o.par_chunks_mut(lq * dv).enumerate().for_each_init(

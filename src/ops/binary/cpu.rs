@@ -19,7 +19,7 @@ fn apply(op: BinaryOp, a: f32, b: f32) -> f32 {
 pub fn binary(op: BinaryOp, a: &[f32], a_shape: &Shape, b: &[f32], b_shape: &Shape, out_shape: &Shape) -> Vec<f32> {
     let n = out_shape.numel();
     if a_shape == b_shape {
-        let mut out = vec![0.0; n];
+        let mut out = crate::ops::zeros(n);
         if n >= PARALLEL_THRESHOLD {
             out.par_chunks_mut(4096).zip(a.par_chunks(4096).zip(b.par_chunks(4096))).for_each(|(o, (a, b))| {
                 for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
@@ -52,7 +52,7 @@ pub fn binary(op: BinaryOp, a: &[f32], a_shape: &Shape, b: &[f32], b_shape: &Sha
     }
     let sa = a_shape.broadcast_strides(out_shape);
     let sb = b_shape.broadcast_strides(out_shape);
-    let mut out = vec![0.0; n];
+    let mut out = crate::ops::zeros(n);
     for_each_offset2(out_shape.dims(), &sa, &sb, |i, ia, ib| out[i] = apply(op, a[ia], b[ib]));
     out
 }
@@ -68,7 +68,7 @@ pub fn affine(x: &[f32], scale: f32, shift: f32) -> Vec<f32> {
 
 /// out[i] = f(full[i], block[(i / inner) % middle]).
 fn with_block(full: &[f32], block: &[f32], inner: usize, middle: usize, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0.0; full.len()];
+    let mut out = crate::ops::zeros(full.len());
     let run = |(k, (o, x)): (usize, (&mut [f32], &[f32]))| {
         let v = block[k % middle];
         for (o, &x) in o.iter_mut().zip(x) {

@@ -201,7 +201,7 @@ pub fn conv2d_forward_fused(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvG
 /// the direct kernel is tested against).
 pub fn conv2d_forward_gemm(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
     let (k, p) = (g.k(), g.p());
-    let mut out = vec![0.0; g.n * g.y_len()];
+    let mut out = crate::ops::zeros(g.n * g.y_len());
     let scratch = if g.is_pointwise() { 0 } else { k * p };
     let w_mat = MatRef::rows(weight, g.oc, k);
     per_image(&mut out, g.y_len(), g.n, scratch, |i, y, col, parallel| {
@@ -237,7 +237,7 @@ pub fn conv2d_backward_input(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f3
         return input_grad_as_conv(dy, weight, g);
     }
     let (k, p) = (g.k(), g.p());
-    let mut dx = vec![0.0; g.n * g.x_len()];
+    let mut dx = crate::ops::zeros(g.n * g.x_len());
     let scratch = if g.is_pointwise() { 0 } else { k * p };
     // Wᵀ [K, OC] as a strided view of W [OC, K]
     let wt = MatRef::rows(weight, g.oc, k).t();
@@ -261,15 +261,15 @@ pub fn conv2d_backward_input(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f3
 fn input_grad_as_conv(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> {
     let kk = g.kh * g.kw;
     let mut flipped = vec![0.0; weight.len()];
-    for oc in 0..g.oc {
-        for c in 0..g.c {
+    // written in order, an input channel a task
+    flipped.par_chunks_mut(g.oc * kk).enumerate().for_each(|(c, dst_c)| {
+        for (oc, dst) in dst_c.chunks_mut(kk).enumerate() {
             let src = &weight[(oc * g.c + c) * kk..][..kk];
-            let dst = &mut flipped[(c * g.oc + oc) * kk..][..kk];
             for (d, &w) in dst.iter_mut().zip(src.iter().rev()) {
                 *d = w;
             }
         }
-    }
+    });
     let pad = g.kh - 1 - g.pad;
     let gt = ConvGeom { n: g.n, c: g.oc, h: g.oh, w: g.ow, oc: g.c, kh: g.kh, kw: g.kw, stride: 1, pad, oh: g.h, ow: g.w };
     debug_assert_eq!(g.oh + 2 * pad + 1 - g.kh, g.h);

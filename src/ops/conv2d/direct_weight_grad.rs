@@ -67,13 +67,18 @@ pub fn backward_weight(dy: &[f32], x: &[f32], g: &ConvGeom) -> Vec<f32> {
             }
         }
     });
+    // dW = dWᵀᵀ, 16 output channels (one line of a dWᵀ row) a task, so
+    // each row of dWᵀ is read a line at a time and 16 rows of dW written
     let k = g.c * 9;
     let mut dw = vec![0.0f32; g.oc * k];
-    for (r, row) in dwt.chunks(oc16).enumerate() {
-        for (o, &v) in row[..g.oc].iter().enumerate() {
-            dw[o * k + r] = v;
+    dw.par_chunks_mut(16 * k).enumerate().for_each(|(block, rows)| {
+        let o0 = 16 * block;
+        for (r, line) in dwt.chunks(oc16).enumerate() {
+            for (o, &v) in line[o0..].iter().take(rows.len() / k).enumerate() {
+                rows[o * k + r] = v;
+            }
         }
-    }
+    });
     dw
 }
 

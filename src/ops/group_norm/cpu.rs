@@ -73,7 +73,7 @@ fn forward_act(
     silu: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (cg, m, s) = (d.cg(), d.m(), d.s);
-    let mut y = vec![0.0f32; x.len()];
+    let mut y = crate::ops::zeros(x.len());
     let mut mean = vec![0.0f32; d.n * d.groups];
     let mut rstd = vec![0.0f32; d.n * d.groups];
     if m == 0 {
@@ -136,7 +136,7 @@ pub fn backward(
     });
     // Pass 2: dx, one task per group.
     let dx = need_dx.then(|| {
-        let mut dx = vec![0.0f32; x.len()];
+        let mut dx = crate::ops::zeros(x.len());
         dx.par_chunks_mut(m).zip(dy.par_chunks(m).zip(x.par_chunks(m))).enumerate().for_each(
             |(ng, (dxg, (dyg, xg)))| {
                 let (n, g) = (ng / d.groups, ng % d.groups);
@@ -183,7 +183,7 @@ pub fn silu_grad(
     d: GroupNormDims,
 ) -> Vec<f32> {
     let (cg, m, s) = (d.cg(), d.m(), d.s);
-    let mut dz = vec![0.0f32; x.len()];
+    let mut dz = crate::ops::zeros(x.len());
     if m == 0 {
         return dz;
     }

@@ -11,10 +11,12 @@ pub fn sum_keepdim(x: &[f32], in_shape: &Shape, keep_shape: &Shape) -> Vec<f32> 
         return vec![total as f32];
     }
     if let Some((inner, middle)) = keep_shape.middle_block_of(in_shape) {
-        // the kept dims are one contiguous run: sum runs of `inner` into slot (k % middle)
+        // the kept dims are one contiguous run: sum runs of `inner` (on the
+        // rayon threads, in f64 lanes) into slot (k % middle), in order of k
+        let runs: Vec<f64> = x.par_chunks(inner.max(1)).with_min_len(((1 << 14) / inner.max(1)).max(1)).map(crate::ops::fast_math::sum_f64).collect();
         let mut acc = vec![0f64; middle];
-        for (k, run) in x.chunks(inner.max(1)).enumerate() {
-            acc[k % middle] += run.iter().map(|&v| v as f64).sum::<f64>();
+        for (k, run) in runs.into_iter().enumerate() {
+            acc[k % middle] += run;
         }
         return acc.into_iter().map(|v| v as f32).collect();
     }

@@ -19,7 +19,7 @@ fn per_plane(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) 
 
 /// y [planes, 2H, 2W]: y[2i + a, 2j + b] = x[i, j] for a, b ∈ {0, 1}.
 pub fn upsample_nearest2x(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut y = vec![0.0; planes * 4 * h * w];
+    let mut y = crate::ops::zeros(planes * 4 * h * w);
     per_plane(&mut y, 4 * h * w, |pl, y| {
         let x = &x[pl * h * w..(pl + 1) * h * w];
         for i in 0..h {
@@ -36,7 +36,7 @@ pub fn upsample_nearest2x(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f
 
 /// dX [planes, H, W] from dY [planes, 2H, 2W]: dX[i, j] = Σ_{a, b ∈ {0,1}} dY[2i + a, 2j + b].
 pub fn upsample_nearest2x_backward(dy: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut dx = vec![0.0; planes * h * w];
+    let mut dx = crate::ops::zeros(planes * h * w);
     per_plane(&mut dx, h * w, |pl, dx| {
         let dy = &dy[pl * 4 * h * w..(pl + 1) * 4 * h * w];
         for i in 0..h {
@@ -66,7 +66,7 @@ fn window(i: usize, len: usize) -> std::ops::Range<usize> {
 /// AvgPool2d(2, ceil_mode=True).
 pub fn avg_pool2x2(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
     let (oh, ow) = (pooled(h), pooled(w));
-    let mut y = vec![0.0; planes * oh * ow];
+    let mut y = crate::ops::zeros(planes * oh * ow);
     per_plane(&mut y, oh * ow, |pl, y| {
         let x = &x[pl * h * w..(pl + 1) * h * w];
         for i in 0..oh {
@@ -85,7 +85,7 @@ pub fn avg_pool2x2(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
 /// gets dY of its window divided by that window's element count.
 pub fn avg_pool2x2_backward(dy: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
     let (oh, ow) = (pooled(h), pooled(w));
-    let mut dx = vec![0.0; planes * h * w];
+    let mut dx = crate::ops::zeros(planes * h * w);
     per_plane(&mut dx, h * w, |pl, dx| {
         let dy = &dy[pl * oh * ow..(pl + 1) * oh * ow];
         for r in 0..h {
@@ -144,7 +144,7 @@ fn fir_weight(a: usize, b: usize, up: bool) -> f32 {
 /// one fused multiply-add each, as the CUDA kernel.
 pub fn fir2x(x: &[f32], planes: usize, h: usize, w: usize, up: bool) -> Vec<f32> {
     let (oh, ow) = (fir2x_len(h, up), fir2x_len(w, up));
-    let mut y = vec![0.0; planes * oh * ow];
+    let mut y = crate::ops::zeros(planes * oh * ow);
     per_plane(&mut y, oh * ow, |pl, y| {
         let x = &x[pl * h * w..(pl + 1) * h * w];
         for oy in 0..oh {
@@ -169,7 +169,7 @@ pub fn fir2x(x: &[f32], planes: usize, h: usize, w: usize, up: bool) -> Vec<f32>
 /// outputs whose taps (a, b) read it.
 pub fn fir2x_backward(dy: &[f32], planes: usize, h: usize, w: usize, up: bool) -> Vec<f32> {
     let (oh, ow) = (fir2x_len(h, up), fir2x_len(w, up));
-    let mut dx = vec![0.0; planes * h * w];
+    let mut dx = crate::ops::zeros(planes * h * w);
     per_plane(&mut dx, h * w, |pl, dx| {
         let dy = &dy[pl * oh * ow..(pl + 1) * oh * ow];
         for i in 0..h {
