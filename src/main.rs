@@ -10,7 +10,7 @@ fn main() {
     // The command runs on a rayon worker: its parallel ops then split by
     // work stealing among the pool's threads, where from the main thread each
     // one was injected into the pool while the main thread slept and woke
-    // (on 2 CPU threads: seed training +5 %, tiny +10 %, sampling +7 %).
+    // (on 2 CPU threads: seed training +5 %, tiny +11 %, sampling +8 %).
     // Workers get the main thread's stack and more (the default is 2 MiB).
     let _ = rayon::ThreadPoolBuilder::new().stack_size(64 << 20).build_global();
     let result = rayon::scope(|_| run(cli));
