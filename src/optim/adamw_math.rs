@@ -127,41 +127,28 @@ crate::ops::fast_math::dispatch! {
 
 #[inline(always)]
 fn update_plain(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], f: StepFactors) {
-    {
-        let StepFactors { decay, weight, b2, c2, bc2_sqrt, neg_step_size, eps } = f;
-        // Hoist lerp's branch (ATen Lerp.h `is_lerp_weight_small`) out of the loop so
-        // each loop body is branch-free and vectorisable.
-        if weight.abs() < 0.5 {
-            for (((p, &g), m), v) in params
-                .iter_mut()
-                .zip(grads)
-                .zip(m.iter_mut())
-                .zip(v.iter_mut())
-            {
-                let pd = *p * decay;
-                let mi = *m + weight * (g - *m);
-                let vi = *v * b2 + (c2 * g) * g;
-                let denom = vi.sqrt() / bc2_sqrt + eps;
-                *p = pd + (neg_step_size * mi) / denom;
-                *m = mi;
-                *v = vi;
-            }
-        } else {
-            let one_minus_weight = 1.0f32 - weight;
-            for (((p, &g), m), v) in params
-                .iter_mut()
-                .zip(grads)
-                .zip(m.iter_mut())
-                .zip(v.iter_mut())
-            {
-                let pd = *p * decay;
-                let mi = g - (g - *m) * one_minus_weight;
-                let vi = *v * b2 + (c2 * g) * g;
-                let denom = vi.sqrt() / bc2_sqrt + eps;
-                *p = pd + (neg_step_size * mi) / denom;
-                *m = mi;
-                *v = vi;
-            }
-        }
+    // lerp(m, g, weight) as ATen computes it, from the nearer end (Lerp.h
+    // `is_lerp_weight_small`): the branch hoisted out of the loop so each
+    // loop body is branch-free and vectorisable
+    let weight = f.weight;
+    if weight.abs() < 0.5 {
+        update_with(params, grads, m, v, f, |m, g| m + weight * (g - m));
+    } else {
+        let one_minus_weight = 1.0f32 - weight;
+        update_with(params, grads, m, v, f, |m, g| g - (g - m) * one_minus_weight);
+    }
+}
+
+#[inline(always)]
+fn update_with(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], f: StepFactors, lerp: impl Fn(f32, f32) -> f32) {
+    let StepFactors { decay, b2, c2, bc2_sqrt, neg_step_size, eps, .. } = f;
+    for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let pd = *p * decay;
+        let mi = lerp(*m, g);
+        let vi = *v * b2 + (c2 * g) * g;
+        let denom = vi.sqrt() / bc2_sqrt + eps;
+        *p = pd + (neg_step_size * mi) / denom;
+        *m = mi;
+        *v = vi;
     }
 }

@@ -50,7 +50,7 @@ pub fn backward(q: &[f32], k: &[f32], v: &[f32], o: &[f32], lse: &[f32], d_o: &[
     let (mut dq, mut dk, mut dv) = (crate::ops::zeros(batch * d * lq), crate::ops::zeros(batch * d * lk), crate::ops::zeros(batch * d * lk));
     dq.par_chunks_mut(d * lq).zip(dk.par_chunks_mut(d * lk)).zip(dv.par_chunks_mut(d * lk)).enumerate().for_each_init(|| std::array::from_fn(|_| Vec::new()), |scratch, (b, ((dq, dk), dv))| {
         let (sq, sk) = (b * d * lq, b * d * lk);
-        let entry = avx512::Entry {
+        let entry = Entry {
             q: &q[sq..][..d * lq],
             k: &k[sk..][..d * lk],
             v: &v[sk..][..d * lk],
@@ -72,22 +72,23 @@ pub fn backward(q: &[f32], k: &[f32], v: &[f32], o: &[f32], lse: &[f32], d_o: &[
     (dq, dk, dv)
 }
 
+/// One batch entry's inputs: q, o, d_o [D, Lq], k, v [D, Lk], lse [Lq].
+struct Entry<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    o: &'a [f32],
+    d_o: &'a [f32],
+    lse: &'a [f32],
+    lq: usize,
+    lk: usize,
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::Entry;
     use crate::ops::avx512::{exp16, transpose16};
     use std::arch::x86_64::*;
-
-    /// One batch entry's inputs: q, o, d_o [D, Lq], k, v [D, Lk], lse [Lq].
-    pub struct Entry<'a> {
-        pub q: &'a [f32],
-        pub k: &'a [f32],
-        pub v: &'a [f32],
-        pub o: &'a [f32],
-        pub d_o: &'a [f32],
-        pub lse: &'a [f32],
-        pub lq: usize,
-        pub lk: usize,
-    }
 
     /// The first n of 16 lanes.
     fn lanes(n: usize) -> __mmask16 {
@@ -239,16 +240,7 @@ mod avx512 {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
-    pub struct Entry<'a> {
-        pub q: &'a [f32],
-        pub k: &'a [f32],
-        pub v: &'a [f32],
-        pub o: &'a [f32],
-        pub d_o: &'a [f32],
-        pub lse: &'a [f32],
-        pub lq: usize,
-        pub lk: usize,
-    }
+    use super::Entry;
 
     /// Never called: `takes` is false without AVX-512.
     pub unsafe fn entry<const D: usize>(_: &Entry, _: f32, _: &mut [f32], _: &mut [f32], _: &mut [f32], _: &mut [Vec<f32>; 4]) {
