@@ -64,6 +64,37 @@ fn conv2d_weight_grad(c: &mut Criterion) {
     group.finish();
 }
 
+/// The small maps' forward side by side in one run: the channel-lane kernel
+/// (`channel_lanes`, 4- and 8-pixel rows) and the pixel-lane one (`direct`).
+fn conv2d_small_maps(c: &mut Criterion) {
+    use minidiffusion::ops::conv2d::cpu::{ConvGeom, Epilogue};
+    use minidiffusion::ops::conv2d::{channel_lanes, direct};
+    if !direct::available() {
+        return;
+    }
+    let mut group = c.benchmark_group("conv2d_small_maps");
+    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    // the seed UNet's 8×8 and 4×4 convs at batch 32, concatenated inputs too
+    for &(n, ci, co, hw) in &[(32, 256, 256, 4), (32, 512, 256, 4), (32, 128, 128, 8), (32, 256, 256, 8), (32, 384, 128, 8)] {
+        let g = ConvGeom { n, c: ci, h: hw, w: hw, oc: co, kh: 3, kw: 3, stride: 1, pad: 1, oh: hw, ow: hw };
+        let (x, w, b) = (randn(&[n, ci, hw, hw], 1).to_vec(), randn(&[co, ci, 3, 3], 2).to_vec(), randn(&[co], 3).to_vec());
+        let epi = Epilogue { bias: Some(&b), ..Epilogue::default() };
+        let id = format!("{n}x{ci}x{hw}x{hw}->{co}");
+        group.throughput(Throughput::Elements((2 * n * co * hw * hw * ci * 9) as u64));
+        let lanes = channel_lanes::Packed::new(&w, &g);
+        group.bench_function(BenchmarkId::new("channel_lanes", &id), |bench| bench.iter(|| black_box(channel_lanes::forward_packed(&x, &lanes, &epi, &g))));
+        let panels = direct::Panels::pixel_lanes(&w, &g);
+        group.bench_function(BenchmarkId::new("pixel_lanes", &id), |bench| bench.iter(|| black_box(direct::forward_packed(&x, &panels, &epi, &g))));
+        if ci == 256 && hw == 4 {
+            // packing the weight, as a trained forward does every call
+            group.throughput(Throughput::Elements((co * ci * 9) as u64));
+            group.bench_function(BenchmarkId::new("pack_channel_lanes", &id), |bench| bench.iter(|| black_box(channel_lanes::Packed::new(&w, &g))));
+            group.bench_function(BenchmarkId::new("pack_pixel_lanes", &id), |bench| bench.iter(|| black_box(direct::Panels::pixel_lanes(&w, &g))));
+        }
+    }
+    group.finish();
+}
+
 fn group_norm(c: &mut Criterion) {
     let mut group = c.benchmark_group("group_norm");
     group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
@@ -164,5 +195,5 @@ fn attention_columns(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv2d, conv2d_weight_grad, group_norm, matmul, attention, attention_columns);
+criterion_group!(benches, conv2d, conv2d_weight_grad, conv2d_small_maps, group_norm, matmul, attention, attention_columns);
 criterion_main!(benches);

@@ -206,6 +206,9 @@ fn conv2d_grad_check_stride1_input_gradient_as_a_convolution() {
     grad_check("conv2d k3 s1 p0", &[&[1, 2, 5, 6], &[2, 2, 3, 3]], |t| conv2d(&t[0], &t[1], None, params(1, 0)), GradTol::default());
     grad_check("conv2d k3 s1 p2", &[&[1, 2, 4, 3], &[2, 2, 3, 3]], |t| conv2d(&t[0], &t[1], None, params(1, 2)), GradTol::default());
     grad_check("conv2d k2 s1 p1", &[&[2, 2, 4, 5], &[2, 2, 2, 2]], |t| conv2d(&t[0], &t[1], None, params(1, 1)), GradTol::default());
+    // maps the channel-lane kernel takes (rows of 4 and of 8), forward and input gradient
+    grad_check("conv2d k3 s1 p1 rows of 4", &[&[2, 3, 4, 4], &[5, 3, 3, 3]], |t| conv2d(&t[0], &t[1], None, params(1, 1)), GradTol::default());
+    grad_check("conv2d k3 s1 p1 rows of 8", &[&[1, 2, 2, 8], &[3, 2, 3, 3]], |t| conv2d(&t[0], &t[1], None, params(1, 1)), GradTol::default());
 }
 
 #[test]
@@ -219,7 +222,9 @@ fn avx512_direct_kernel_matches_the_gemm_path_with_every_epilogue() {
     // (n, c, h, w, oc, k, stride, pad): every tile shape (24×16, 12×32, 8×32,
     // 1×128) with partial channel tiles, pixel counts off the panel width,
     // several K blocks (K = 297, 360, 576, 2304), one image (channel tiles
-    // split across threads) and image groups, strided and 1×1 kernels
+    // split across threads) and image groups, strided and 1×1 kernels; the
+    // 4×4 and 8×8 3×3 maps go to the channel-lane kernel (`direct::forward`
+    // dispatches), and each case runs the pixel-lane kernel as well
     let cases = [
         (9, 40, 4, 4, 50, 3, 1, 1),
         (3, 64, 8, 8, 40, 3, 1, 1),
@@ -258,6 +263,9 @@ fn avx512_direct_kernel_matches_the_gemm_path_with_every_epilogue() {
             let got = direct::forward(&x, &wt, epi, &g);
             // two f32 summation orders over K ≤ 2304 terms of unit size
             assert_close(&format!("direct conv case {i} epilogue {j} {g:?}"), &got, &want, ATOL, RTOL);
+            // the pixel-lane kernel too where the channel-lane one takes the map
+            let pixel_lanes = direct::forward_packed(&x, &direct::Panels::pixel_lanes(&wt, &g), epi, &g);
+            assert_close(&format!("pixel-lane conv case {i} epilogue {j} {g:?}"), &pixel_lanes, &want, ATOL, RTOL);
             if j == 1 {
                 // and no less accurate than the gemm path against an f64 sum
                 let exact = conv_direct(&x, [n, c, h, w], &wt, [oc, c, k, k], Some(&bias), stride, pad);
@@ -323,6 +331,65 @@ fn avx512_direct_kernel_matches_the_gemm_path_on_random_geometries() {
         let got = direct::forward(&x, &wt, &epi, &g);
         assert_close(&format!("direct conv {g:?}"), &got, &want, ATOL, RTOL);
         checked += 1;
+    }
+}
+
+#[test]
+fn avx512_channel_lane_kernel_matches_the_gemm_path_with_every_epilogue() {
+    use minidiffusion::ops::conv2d::channel_lanes;
+    use minidiffusion::ops::conv2d::cpu::{ConvGeom, Epilogue, conv2d_forward_gemm};
+    if !minidiffusion::ops::conv2d::direct::available() {
+        println!("SKIPPED avx512_channel_lane_kernel_matches_the_gemm_path: this CPU has no AVX-512");
+        return;
+    }
+    // (n, c, h, w, oc): rows of 8 (tiles of ≤ 3 vectors) and of 4 (≤ 6),
+    // channel counts off the vector width and the tile split (1, 17, 40,
+    // 100, 256 = 3 3 3 3 2 2 at rows of 8), maps not square, one image
+    // (tiles split across threads), batches in groups with a short last one
+    let cases = [
+        (32, 256, 4, 4, 256),
+        (9, 128, 8, 8, 128),
+        (1, 256, 4, 4, 256),
+        (3, 5, 3, 8, 17),
+        (5, 40, 6, 4, 100),
+        (2, 1, 2, 4, 1),
+        (17, 33, 8, 8, 40),
+        (1, 64, 12, 8, 96),
+    ];
+    for (i, &(n, c, h, w, oc)) in cases.iter().enumerate() {
+        let g = ConvGeom { n, c, h, w, oc, kh: 3, kw: 3, stride: 1, pad: 1, oh: h, ow: w };
+        assert!(channel_lanes::takes(&g), "case {i}: {g:?}");
+        let x = randn(&[n, c, h, w], 800 + i as u64);
+        let wt = randn(&[oc, c, 3, 3], 900 + i as u64);
+        let bias = randn(&[oc], 1000 + i as u64);
+        let sample_bias = randn(&[n, oc], 1100 + i as u64);
+        let residual = randn(&[n, oc, h, w], 1200 + i as u64);
+        let epilogues = [
+            Epilogue::default(),
+            Epilogue { bias: Some(&bias), ..Epilogue::default() },
+            Epilogue { bias: Some(&bias), sample_bias: Some(&sample_bias), residual: Some(&residual) },
+            Epilogue { residual: Some(&residual), ..Epilogue::default() },
+        ];
+        for (j, epi) in epilogues.iter().enumerate() {
+            let want = conv2d_forward_gemm(&x, &wt, epi, &g);
+            let got = channel_lanes::forward(&x, &wt, epi, &g);
+            assert_close(&format!("channel-lane conv case {i} epilogue {j} {g:?}"), &got, &want, ATOL, RTOL);
+            if j == 1 {
+                // no less accurate than the gemm path against an f64 sum
+                let exact = conv_direct(&x, [n, c, h, w], &wt, [oc, c, 3, 3], Some(&bias), 1, 1);
+                let worst = |y: &[f32]| y.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let (lanes_err, gemm_err) = (worst(&got), worst(&want));
+                assert!(lanes_err <= 2.0 * gemm_err + 1e-6, "case {i}: channel-lane error {lanes_err:e}, gemm {gemm_err:e}");
+            }
+        }
+    }
+    // what it does not take
+    let g = |h: usize, w: usize, k: usize, stride: usize, pad: usize| {
+        let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+        ConvGeom { n: 2, c: 8, h, w, oc: 8, kh: k, kw: k, stride, pad, oh, ow }
+    };
+    for geom in [g(8, 16, 3, 1, 1), g(8, 5, 3, 1, 1), g(8, 8, 1, 1, 0), g(8, 8, 3, 2, 1), g(8, 8, 3, 1, 0), g(4, 4, 5, 1, 2)] {
+        assert!(!channel_lanes::takes(&geom), "{geom:?}");
     }
 }
 

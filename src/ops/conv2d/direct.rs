@@ -248,24 +248,34 @@ pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f
     forward_packed(x, &Panels::new(weight, g), epi, g)
 }
 
-/// A weight packed into the channel panels A_u of [`forward_packed`] for a
-/// convolution's shape (their height MR depends on OC and the output pixels).
-pub struct Panels {
-    a: Vec<f32>,
-    mr: usize,
-    oc: usize,
-    k: usize,
+/// A weight packed for [`forward_packed`] for a convolution's shape: into the
+/// channel panels A_u (their height MR depends on OC and the output pixels),
+/// or for the small maps `channel_lanes` takes, into its Wᵀ tiles.
+pub enum Panels {
+    Pixels { a: Vec<f32>, mr: usize, oc: usize, k: usize },
+    Channels(super::channel_lanes::Packed),
 }
 
 impl Panels {
     pub fn new(weight: &[f32], g: &ConvGeom) -> Panels {
-        let mr = Panels::rows(g);
-        Panels { a: pack_weights(weight, g.oc, g.k(), mr), mr, oc: g.oc, k: g.k() }
+        if super::channel_lanes::takes(g) {
+            Panels::Channels(super::channel_lanes::Packed::new(weight, g))
+        } else {
+            Panels::pixel_lanes(weight, g)
+        }
     }
 
-    /// MR of the panels a convolution of shape `g` takes.
-    pub fn rows(g: &ConvGeom) -> usize {
-        tile_shape(g.oc, g.p()).0
+    /// The pixel-lane panels whatever the shape (tests and benchmarks
+    /// compare the two kernels on the maps both take).
+    pub fn pixel_lanes(weight: &[f32], g: &ConvGeom) -> Panels {
+        let mr = tile_shape(g.oc, g.p()).0;
+        Panels::Pixels { a: pack_weights(weight, g.oc, g.k(), mr), mr, oc: g.oc, k: g.k() }
+    }
+
+    /// Which packing [`Panels::new`] makes for `g`: MR for channel panels,
+    /// 0 for the channel-lane tiles.
+    pub fn kind(g: &ConvGeom) -> usize {
+        if super::channel_lanes::takes(g) { 0 } else { tile_shape(g.oc, g.p()).0 }
     }
 }
 
@@ -274,7 +284,13 @@ pub fn forward_packed(x: &[f32], panels: &Panels, epi: &Epilogue, g: &ConvGeom) 
     assert!(available(), "direct convolution needs AVX-512");
     let (k, p) = (g.k(), g.p());
     let (mr, nv) = tile_shape(g.oc, p);
-    assert!((panels.mr, panels.oc, panels.k) == (mr, g.oc, k), "weight panels packed for another shape");
+    let a = match panels {
+        Panels::Channels(packed) => return super::channel_lanes::forward_packed(x, packed, epi, g),
+        Panels::Pixels { a, mr: pmr, oc, k: pk } => {
+            assert!((*pmr, *oc, *pk) == (mr, g.oc, k), "weight panels packed for another shape");
+            a
+        }
+    };
     let y_len = g.oc * p;
     let total = g.n * y_len;
     if total == 0 {
@@ -283,7 +299,6 @@ pub fn forward_packed(x: &[f32], panels: &Panels, epi: &Epilogue, g: &ConvGeom) 
     let mut y: Vec<f32> = Vec::with_capacity(total);
     let t_len = 16 * nv;
     let tiles = p.div_ceil(t_len);
-    let a = &panels.a;
     let image_panels = tiles * k * t_len;
     let x_len = g.c * g.h * g.w;
     let shape = Tiling { k, p, mr, nv, tiles };

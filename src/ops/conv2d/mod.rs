@@ -23,6 +23,7 @@
 //! runs ([`crate::ops::precision`]): at bf16 their operands (x, W, dY) are
 //! rounded to bf16; bias, the per-image bias, the residual and dB stay f32.
 
+pub mod channel_lanes;
 pub mod cpu;
 pub mod cuda;
 pub mod direct;
@@ -496,9 +497,9 @@ fn keeps_packed(weight: &Tensor) -> bool {
 }
 
 /// What the CPU forward of `g` at `prec` keeps with its weight: the direct
-/// kernel's channel panels, MR rows high.
+/// kernel's channel panels (MR rows high) or channel-lane tiles.
 fn panels_key(g: &ConvGeom, prec: Precision) -> DerivedKey {
-    DerivedKey { what: "conv2d direct weight panels", params: [prec as u64, g.oc as u64, g.k() as u64, direct::Panels::rows(g) as u64] }
+    DerivedKey { what: "conv2d direct weight panels", params: [prec as u64, g.oc as u64, g.k() as u64, direct::Panels::kind(g) as u64] }
 }
 
 /// `weight` (whose storage guard is `sw`) packed for a same-conv forward of
