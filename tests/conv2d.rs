@@ -383,6 +383,22 @@ fn avx512_channel_lane_kernel_matches_the_gemm_path_with_every_epilogue() {
             }
         }
     }
+    // the input gradient: W' = W flipped, packed straight from W
+    for (i, &(n, c, h, w, oc)) in cases.iter().enumerate() {
+        use minidiffusion::ops::conv2d::cpu::conv2d_backward_input;
+        let g = ConvGeom { n, c, h, w, oc, kh: 3, kw: 3, stride: 1, pad: 1, oh: h, ow: w };
+        let (dy, wt) = (randn(&[n, oc, h, w], 1300 + i as u64), randn(&[oc, c, 3, 3], 1400 + i as u64));
+        let mut flipped = vec![0.0; wt.len()];
+        for o in 0..oc {
+            for ci in 0..c {
+                for t in 0..9 {
+                    flipped[(ci * oc + o) * 9 + 8 - t] = wt[(o * c + ci) * 9 + t];
+                }
+            }
+        }
+        let want = conv2d_forward_gemm(&dy, &flipped, &Epilogue::default(), &channel_lanes::input_grad_geom(&g));
+        assert_close(&format!("channel-lane input gradient case {i} {g:?}"), &conv2d_backward_input(&dy, &wt, &g), &want, ATOL, RTOL);
+    }
     // what it does not take
     let g = |h: usize, w: usize, k: usize, stride: usize, pad: usize| {
         let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
@@ -445,6 +461,9 @@ fn avx512_direct_weight_gradient_matches_the_gemm_path() {
         (1, 1, 1, 1, 9),
         (3, 4, 3, 9, 40),
         (5, 6, 2, 1, 48),
+        // small maps run images in groups (≥ 128 pixels): a short last group
+        (11, 3, 4, 4, 24),
+        (5, 2, 8, 8, 16),
         (1, 9, 1, 6, 8),
         (2, 4, 6, 1, 80),
     ];

@@ -62,42 +62,89 @@ pub struct Packed {
 impl Packed {
     pub fn new(weight: &[f32], g: &ConvGeom) -> Packed {
         assert!(takes(g), "channel-lane convolution of a shape it does not take: {g:?}");
-        let k = g.k();
-        assert_eq!(weight.len(), g.oc * k, "weight must be [OC, C, 3, 3]");
+        assert_eq!(weight.len(), g.oc * g.k(), "weight must be [OC, C, 3, 3]");
+        // column o, row tap·C + c: W[o, c, tap]
+        let source = Source { rows: g.c, cols: g.oc, row_step: 9, col_step: g.k(), tap: |t| t };
         let tiles = channel_tiles(g.oc, MAX_NV);
-        let sizes: Vec<usize> = tiles.iter().map(|nv| k * 16 * nv).collect();
-        let mut w = vec![0.0f32; sizes.iter().sum()];
-        // a task per tile and tap: rows tap·C .. (tap + 1)·C of Wᵀ_u (the order
-        // the taps are read), 16 rows (3 KB at most) at a time, each filled
-        // by every output channel of the tile while it sits in L1
-        let mut chunks: Vec<(usize, usize, usize, &mut [f32])> = Vec::new();
-        let (mut rest, mut o0) = (&mut w[..], 0);
-        for &nv in &tiles {
-            for tap in 0..9 {
-                let (head, tail) = rest.split_at_mut(g.c * 16 * nv);
-                chunks.push((o0, nv, tap, head));
-                rest = tail;
-            }
-            o0 += 16 * nv;
-        }
-        chunks.into_par_iter().for_each(|(o0, nv, tap, dst)| {
-            let width = 16 * nv;
-            for (c0, rows) in (0..g.c).step_by(16).zip(dst.chunks_mut(16 * width)) {
-                for o in o0..g.oc.min(o0 + width) {
-                    let src = &weight[o * k + c0 * 9 + tap..];
-                    for (i, row) in rows.chunks_mut(width).enumerate() {
-                        row[o - o0] = src[i * 9];
-                    }
-                }
-            }
-        });
-        Packed { w, oc: g.oc, k, tiles }
+        Packed { w: pack(weight, &source, &tiles), oc: g.oc, k: g.k(), tiles }
+    }
+
+    /// The weight of the input gradient's convolution (`cpu.rs`: dY with W
+    /// flipped, W'[c, o, tap] = W[o, c, 8 − tap], C outputs from OC inputs),
+    /// packed straight from the forward's W [OC, C, 3, 3]; `g` is the
+    /// forward's geometry.
+    pub fn for_input_grad(weight: &[f32], g: &ConvGeom) -> Packed {
+        let gt = input_grad_geom(g);
+        assert!(takes(&gt), "channel-lane convolution of a shape it does not take: {gt:?}");
+        assert_eq!(weight.len(), g.oc * g.k(), "weight must be [OC, C, 3, 3]");
+        // column c, row tap·OC + o: W[o, c, 8 − tap]
+        let source = Source { rows: g.oc, cols: g.c, row_step: g.k(), col_step: 9, tap: |t| 8 - t };
+        let tiles = channel_tiles(gt.oc, MAX_NV);
+        Packed { w: pack(weight, &source, &tiles), oc: gt.oc, k: gt.k(), tiles }
     }
 
     /// Whether these panels were packed for `g`.
     fn fits(&self, g: &ConvGeom) -> bool {
         (self.oc, self.k) == (g.oc, g.k()) && self.tiles == channel_tiles(g.oc, MAX_NV)
     }
+}
+
+/// The 3×3 same convolution that is the input gradient of `g`'s (stride 1):
+/// dY [N, OC, H, W] in, C channels out.
+pub fn input_grad_geom(g: &ConvGeom) -> ConvGeom {
+    ConvGeom { c: g.oc, oc: g.c, ..*g }
+}
+
+/// Where the packed rows' values lie in a weight: row tap·rows + r, column j
+/// of the output channels at r·row_step + j·col_step + tap(tap).
+struct Source<T: Fn(usize) -> usize> {
+    rows: usize,
+    cols: usize,
+    row_step: usize,
+    col_step: usize,
+    tap: T,
+}
+
+/// Wᵀ_u [9·rows][16·NV] for each channel tile (`tiles`: NV of each), the
+/// columns past `cols` zero: a task per tile and tap, 16 columns of a row
+/// gathered at once (rows are contiguous in neither weight layout).
+fn pack<T: Fn(usize) -> usize + Sync>(weight: &[f32], src: &Source<T>, tiles: &[usize]) -> Vec<f32> {
+    let rows = src.rows;
+    let len = 9 * rows * 16 * tiles.iter().sum::<usize>();
+    // every entry is written below (the columns past `cols` as zeros)
+    let mut w: Vec<f32> = Vec::with_capacity(len);
+    let mut chunks: Vec<(usize, usize, usize, &mut [std::mem::MaybeUninit<f32>])> = Vec::new();
+    let (mut rest, mut o0) = (&mut w.spare_capacity_mut()[..len], 0);
+    for &nv in tiles {
+        for tap in 0..9 {
+            let (head, tail) = rest.split_at_mut(rows * 16 * nv);
+            chunks.push((o0, nv, tap, head));
+            rest = tail;
+        }
+        o0 += 16 * nv;
+    }
+    // the farthest read, (rows − 1)·row_step + (cols − 1)·col_step + 8, is inside the weight
+    assert!(rows * src.cols > 0 && (rows - 1) * src.row_step + (src.cols - 1) * src.col_step + 8 < weight.len());
+    assert!(16 * src.col_step < i32::MAX as usize);
+    chunks.into_par_iter().for_each(|(o0, nv, tap, dst)| {
+        let width = 16 * nv;
+        for (r, row) in dst.chunks_mut(width).enumerate() {
+            for j0 in (0..width).step_by(16) {
+                let n = src.cols.saturating_sub(o0 + j0).min(16);
+                let at = if n > 0 { r * src.row_step + (o0 + j0) * src.col_step + (src.tap)(tap) } else { 0 };
+                // SAFETY: takes() (asserted by the callers) means AVX-512;
+                // the n lanes read at + i·col_step ≤ the farthest read
+                // (asserted); row[j0..] holds 16 floats, all written
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::gather16(weight.as_ptr().add(at), src.col_step, n, row.as_mut_ptr().add(j0).cast())
+                };
+            }
+        }
+    });
+    // SAFETY: the tasks wrote all `len` entries (16 per block of every row)
+    unsafe { w.set_len(len) };
+    w
 }
 
 /// y [N, OC, H, W] = conv(x, weight) + epilogue for a convolution [`takes`] takes.
@@ -275,6 +322,21 @@ fn run_tile(layout: &Layout, xpad: &[f32], w_u: &[f32], tile: &Tile, epi: &Epilo
 mod avx512 {
     use super::R;
     use std::arch::x86_64::*;
+
+    /// dst[i] = src[i·step] for i < n (≤ 16), the rest of the 16 zero.
+    ///
+    /// # Safety
+    /// AVX-512F; src[i·step] readable for i < n, dst 16 floats, 16·step < 2³¹.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gather16(src: *const f32, step: usize, n: usize, dst: *mut f32) {
+        let index = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(step as i32));
+        let mask: __mmask16 = if n >= 16 { !0 } else { (1u16 << n) - 1 };
+        // SAFETY: only the n masked lanes are read; dst holds 16 floats
+        unsafe {
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, index, src);
+            _mm512_storeu_ps(dst, v);
+        }
+    }
 
     /// block[px][16v + l] (+)= Σ_k w[k·16NV + 16v + l] · x_k[px] for px < R,
     /// v < NV, where pixel px of rows of RW lies at

@@ -259,6 +259,12 @@ pub fn conv2d_backward_input(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f3
 ///   W'[c, oc, kh', kw'] = W[oc, c, KH − 1 − kh', KW − 1 − kw'],  padding KH − 1 − p,
 /// whose output is H × W again. im2col gathers where col2im would scatter-add.
 fn input_grad_as_conv(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> {
+    use super::channel_lanes;
+    let gt = channel_lanes::input_grad_geom(g);
+    if channel_lanes::takes(g) && channel_lanes::takes(&gt) {
+        // W' packed straight from W
+        return channel_lanes::forward_packed(dy, &channel_lanes::Packed::for_input_grad(weight, g), &Epilogue::default(), &gt);
+    }
     let kk = g.kh * g.kw;
     let mut flipped = vec![0.0; weight.len()];
     // written in order, an input channel a task
