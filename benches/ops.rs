@@ -75,7 +75,7 @@ fn conv2d_small_maps(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv2d_small_maps");
     group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     // the seed UNet's 8×8 and 4×4 convs at batch 32, concatenated inputs too
-    for &(n, ci, co, hw) in &[(32, 256, 256, 4), (32, 512, 256, 4), (32, 128, 128, 8), (32, 256, 256, 8), (32, 384, 128, 8)] {
+    for &(n, ci, co, hw) in &[(32, 256, 256, 4), (32, 512, 256, 4), (32, 128, 128, 8), (32, 256, 256, 8), (32, 384, 128, 8), (64, 64, 64, 8), (64, 128, 64, 8), (64, 32, 32, 8), (64, 64, 64, 4)] {
         let g = ConvGeom { n, c: ci, h: hw, w: hw, oc: co, kh: 3, kw: 3, stride: 1, pad: 1, oh: hw, ow: hw };
         let (x, w, b) = (randn(&[n, ci, hw, hw], 1).to_vec(), randn(&[co, ci, 3, 3], 2).to_vec(), randn(&[co], 3).to_vec());
         let epi = Epilogue { bias: Some(&b), ..Epilogue::default() };
