@@ -229,19 +229,23 @@ impl Layout {
         Layout { wp, plane, image_len: g.c.div_ceil(16) * plane, offs }
     }
 
-    /// dst = the images of x [images, C, H, W] in this layout.
+    /// dst = the images of x [images, C, H, W] in this layout: 16 channels
+    /// × 16 pixels at a time transposed in registers.
     fn pad(&self, x: &[f32], g: &ConvGeom, dst: &mut Vec<f32>) {
-        let images = x.len() / (g.c * g.h * g.w);
+        let (p, x_len) = (g.h * g.w, g.c * g.h * g.w);
+        let images = x.len() / x_len;
         dst.clear();
         dst.resize(images * self.image_len, 0.0);
-        for (image, x_n) in dst.chunks_mut(self.image_len).zip(x.chunks(g.c * g.h * g.w)) {
-            for (c, plane) in x_n.chunks(g.h * g.w).enumerate() {
-                let block = &mut image[c / 16 * self.plane + c % 16..];
-                for (iy, row) in plane.chunks(g.w).enumerate() {
-                    for (ix, &v) in row.iter().enumerate() {
-                        block[((iy + 1) * self.wp + ix + 1) * 16] = v;
-                    }
-                }
+        // where pixel q of a 16-channel block lands
+        let at: Vec<usize> = (0..p).map(|q| ((q / g.w + 1) * self.wp + q % g.w + 1) * 16).collect();
+        for (image, x_n) in dst.chunks_mut(self.image_len).zip(x.chunks(x_len)) {
+            for (c0, block) in (0..g.c).step_by(16).zip(image.chunks_mut(self.plane)) {
+                // SAFETY: takes() checked AVX-512; rows c0 + i < C are read at
+                // pixels q0 .. q0 + n ≤ P; block holds the plane, at[q] + 16 ≤ plane
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::to_channel_blocks(&x_n[c0 * p..], (g.c - c0).min(16), p, &at, block)
+                };
             }
         }
     }
@@ -302,9 +306,23 @@ fn run_tile(layout: &Layout, xpad: &[f32], w_u: &[f32], tile: &Tile, epi: &Epilo
         let add: Vec<f32> = epi.row_add(image, g.oc)[tile.o0..tile.o0 + rows].to_vec();
         let residual = epi.residual.map(|res| &res[(image * g.oc + tile.o0) * p..][..rows * p]);
         let y_j = &mut out[j * y_len..][..rows * p];
-        for seg in 0..segments {
-            let block = &sums[(j * segments + seg) * block..][..block];
+        let mut seg = 0;
+        while seg < segments {
             let pix0 = seg * R;
+            if seg + 1 < segments {
+                // two segments' sums are 16 pixel rows of `width`: transposed in registers
+                let pair = &sums[(j * segments + seg) * block..][..2 * block];
+                // SAFETY: takes() checked AVX-512; pair holds 16 rows of width
+                // floats; y_j and residual hold rows channel rows of P from
+                // pix0, pix0 + 16 ≤ P
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::store_transposed(pair, width, &add, residual.map(|r| &r[pix0..]), &mut y_j[pix0..], p)
+                };
+                seg += 2;
+                continue;
+            }
+            let block = &sums[(j * segments + seg) * block..][..block];
             for o in 0..rows {
                 let y_seg = &mut y_j[o * p + pix0..][..R];
                 for (px, y) in y_seg.iter_mut().enumerate() {
@@ -314,6 +332,7 @@ fn run_tile(layout: &Layout, xpad: &[f32], w_u: &[f32], tile: &Tile, epi: &Epilo
                     y_seg.iter_mut().zip(&res[o * p + pix0..][..R]).for_each(|(y, v)| *y += v);
                 }
             }
+            seg += 1;
         }
     }
 }
@@ -322,6 +341,58 @@ fn run_tile(layout: &Layout, xpad: &[f32], w_u: &[f32], tile: &Tile, epi: &Epilo
 mod avx512 {
     use super::R;
     use std::arch::x86_64::*;
+
+    /// block[at[q] + i] = x[i·p + q] for the `rows` (≤ 16) channel rows of x
+    /// and every pixel q < p.
+    ///
+    /// # Safety
+    /// AVX-512F; x holds rows·p values, at[q] + 16 ≤ block.len().
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn to_channel_blocks(x: &[f32], rows: usize, p: usize, at: &[usize], block: &mut [f32]) {
+        debug_assert!(x.len() >= rows * p && at.len() == p && at.iter().all(|&a| a + 16 <= block.len()));
+        for q0 in (0..p).step_by(16) {
+            let n = (p - q0).min(16);
+            let mask: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
+            // SAFETY: row i < rows is read at q0 .. q0 + n ≤ p
+            let lanes: [__m512; 16] =
+                std::array::from_fn(|i| if i < rows { unsafe { _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i * p + q0)) } } else { _mm512_setzero_ps() });
+            let pixels = crate::ops::avx512::transpose16(lanes);
+            for (j, v) in pixels.iter().enumerate().take(n) {
+                // SAFETY: at[q0 + j] + 16 ≤ block.len()
+                unsafe { _mm512_storeu_ps(block.as_mut_ptr().add(at[q0 + j]), *v) };
+            }
+        }
+    }
+
+    /// y[o·p + i] = pair[i·width + o] + add[o] (+ residual[o·p + i]) for
+    /// 16 pixels i and the add.len() channels o: 16 channels at a time
+    /// transposed in registers.
+    ///
+    /// # Safety
+    /// AVX-512F; pair holds 16·width floats, width ≥ add.len() a multiple
+    /// of 16; y (and residual) add.len() rows of p from their start, p ≥ 16.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn store_transposed(pair: &[f32], width: usize, add: &[f32], residual: Option<&[f32]>, y: &mut [f32], p: usize) {
+        let rows = add.len();
+        debug_assert!(pair.len() >= 16 * width && width >= rows && p >= 16 && y.len() >= (rows - 1) * p + 16);
+        debug_assert!(residual.is_none_or(|r| r.len() >= (rows - 1) * p + 16));
+        for o0 in (0..rows).step_by(16) {
+            // SAFETY: pixel row i < 16 at columns o0 .. o0 + 16 ≤ width
+            let pixels: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(pair.as_ptr().add(i * width + o0)) });
+            let channels = crate::ops::avx512::transpose16(pixels);
+            for (l, &v) in channels.iter().enumerate().take(rows - o0) {
+                let o = o0 + l;
+                // SAFETY: o < rows: 16 floats of row o inside y and residual
+                unsafe {
+                    let mut val = _mm512_add_ps(v, _mm512_set1_ps(add[o]));
+                    if let Some(r) = residual {
+                        val = _mm512_add_ps(val, _mm512_loadu_ps(r.as_ptr().add(o * p)));
+                    }
+                    _mm512_storeu_ps(y.as_mut_ptr().add(o * p), val);
+                }
+            }
+        }
+    }
 
     /// dst[i] = src[i·step] for i < n (≤ 16), the rest of the 16 zero.
     ///
