@@ -211,12 +211,20 @@ fn conv2d_grad_check_stride1_input_gradient_as_a_convolution() {
     grad_check("conv2d k3 s1 p1 rows of 8", &[&[1, 2, 2, 8], &[3, 2, 3, 3]], |t| conv2d(&t[0], &t[1], None, params(1, 1)), GradTol::default());
 }
 
+/// Whether this CPU runs the AVX-512 kernels; prints that `test` skipped if not.
+fn avx512_or_skipped(test: &str) -> bool {
+    let available = minidiffusion::ops::conv2d::direct::available();
+    if !available {
+        println!("SKIPPED {test}: this CPU has no AVX-512");
+    }
+    available
+}
+
 #[test]
 fn avx512_direct_kernel_matches_the_gemm_path_with_every_epilogue() {
     use minidiffusion::ops::conv2d::cpu::{ConvGeom, Epilogue, conv2d_forward_gemm};
     use minidiffusion::ops::conv2d::direct;
-    if !direct::available() {
-        println!("SKIPPED avx512_direct_kernel_matches_the_gemm_path: this CPU has no AVX-512");
+    if !avx512_or_skipped("avx512_direct_kernel_matches_the_gemm_path") {
         return;
     }
     // (n, c, h, w, oc, k, stride, pad): every tile shape (24×16, 12×32, 8×32,
@@ -303,8 +311,7 @@ fn conv2d_fused_equals_conv_then_adds_and_its_gradients_check() {
 fn avx512_direct_kernel_matches_the_gemm_path_on_random_geometries() {
     use minidiffusion::ops::conv2d::cpu::{ConvGeom, Epilogue, conv2d_forward_gemm};
     use minidiffusion::ops::conv2d::direct;
-    if !direct::available() {
-        println!("SKIPPED avx512_direct_kernel_matches_the_gemm_path_on_random_geometries: this CPU has no AVX-512");
+    if !avx512_or_skipped("avx512_direct_kernel_matches_the_gemm_path_on_random_geometries") {
         return;
     }
     // 200 geometries from a fixed LCG: kernels 1–5 (non-square too), strides
@@ -338,14 +345,14 @@ fn avx512_direct_kernel_matches_the_gemm_path_on_random_geometries() {
 fn avx512_channel_lane_kernel_matches_the_gemm_path_with_every_epilogue() {
     use minidiffusion::ops::conv2d::channel_lanes;
     use minidiffusion::ops::conv2d::cpu::{ConvGeom, Epilogue, conv2d_forward_gemm};
-    if !minidiffusion::ops::conv2d::direct::available() {
-        println!("SKIPPED avx512_channel_lane_kernel_matches_the_gemm_path: this CPU has no AVX-512");
+    if !avx512_or_skipped("avx512_channel_lane_kernel_matches_the_gemm_path") {
         return;
     }
-    // (n, c, h, w, oc): rows of 8 (tiles of ≤ 3 vectors) and of 4 (≤ 6),
-    // channel counts off the vector width and the tile split (1, 17, 40,
-    // 100, 256 = 3 3 3 3 2 2 at rows of 8), maps not square, one image
-    // (tiles split across threads), batches in groups with a short last one
+    // (n, c, h, w, oc): rows of 8 and pairs of rows of 4 (a last segment
+    // without a pair at 3×8 and 6×4), channel counts off the vector width
+    // and the tile split (1, 17, 40, 100, 256 = 3 3 3 3 2 2 vectors), maps
+    // not square, one image (tiles split across threads), batches in groups
+    // with a short last one
     let cases = [
         (32, 256, 4, 4, 256),
         (9, 128, 8, 8, 128),
@@ -446,9 +453,8 @@ fn weight_grad_f64(dy: &[f32], x: &[f32], [n, c, h, w]: [usize; 4], oc: usize, k
 #[test]
 fn avx512_direct_weight_gradient_matches_the_gemm_path() {
     use minidiffusion::ops::conv2d::cpu::{ConvGeom, conv2d_backward_weight, conv2d_backward_weight_gemm};
-    use minidiffusion::ops::conv2d::{direct, direct_weight_grad};
-    if !direct::available() {
-        println!("SKIPPED avx512_direct_weight_gradient_matches_the_gemm_path: this CPU has no AVX-512");
+    use minidiffusion::ops::conv2d::direct_weight_grad;
+    if !avx512_or_skipped("avx512_direct_weight_gradient_matches_the_gemm_path") {
         return;
     }
     // (n, c, h, w, oc)
