@@ -21,10 +21,12 @@
 //! Where im2col + gemm wrote the K × P matrix per image and the gemm
 //! packed it again, this reads x in place; dY is transposed instead, 16 × 16 blocks
 //! in registers, by each task for each image (OC·P values, a ninth of
-//! im2col's 9·C·P at C = OC). Tasks take ranges of input channels, each
-//! over every image in order, so each dW entry is summed in one order —
-//! images in turn, each image's pixels in turn with FMA — whatever the
-//! thread count.
+//! im2col's 9·C·P at C = OC). Small maps run a group of images a
+//! microkernel call (at least 128 pixels in its loop). Tasks take ranges of
+//! input channels, each over every image in order, so each dW entry is
+//! summed in one order — images in turn, each image's pixels in turn with
+//! FMA, a group's products in one register chain — whatever the thread
+//! count.
 
 use super::cpu::ConvGeom;
 use rayon::prelude::*;
