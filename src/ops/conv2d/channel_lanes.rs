@@ -153,7 +153,7 @@ pub fn forward(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f
 }
 
 /// k values a microkernel call sums in registers (its Wᵀ_u block, ≤ 24 KB,
-/// stays in L1 while every row of the task's images runs over it); the
+/// stays in L1 while every segment of the task's images runs over it); the
 /// calls' sums add up in memory.
 const KC: usize = 128;
 
