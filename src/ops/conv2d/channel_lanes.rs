@@ -1,6 +1,7 @@
 //! The CPU forward of stride-1 3×3 same convolutions over small maps (rows of
-//! 4 or 8 pixels: the UNet's 8×8 and 4×4 levels) on AVX-512, the output
-//! channels in the vector lanes:
+//! 4 or 8 pixels: the UNet's 8×8 and 4×4 levels) on AVX-512, and with the
+//! flipped weight their input gradient, the output channels in the vector
+//! lanes:
 //!
 //!   y[o, oy, ox] = Σ_{tap = (ki, kj), c} W[o, c, ki, kj] · xpad[c, oy + ki, ox + kj]
 //!
@@ -42,10 +43,10 @@ const R: usize = 8;
 const MAX_NV: usize = 3;
 
 /// The vectors of each channel tile: ceil(OC/16) vectors in as few tiles of
-/// at most `max` as fit, spread evenly (16 at 3: 3 3 3 3 2 2).
-fn channel_tiles(oc: usize, max: usize) -> Vec<usize> {
+/// at most [`MAX_NV`] as fit, spread evenly (16: 3 3 3 3 2 2).
+fn channel_tiles(oc: usize) -> Vec<usize> {
     let vectors = oc.div_ceil(16);
-    let tiles = vectors.div_ceil(max);
+    let tiles = vectors.div_ceil(MAX_NV);
     (0..tiles).map(|i| vectors / tiles + usize::from(i < vectors % tiles)).collect()
 }
 
@@ -65,7 +66,7 @@ impl Packed {
         assert_eq!(weight.len(), g.oc * g.k(), "weight must be [OC, C, 3, 3]");
         // column o, row tap·C + c: W[o, c, tap]
         let source = Source { rows: g.c, cols: g.oc, row_step: 9, col_step: g.k(), tap: |t| t };
-        let tiles = channel_tiles(g.oc, MAX_NV);
+        let tiles = channel_tiles(g.oc);
         Packed { w: pack(weight, &source, &tiles), oc: g.oc, k: g.k(), tiles }
     }
 
@@ -79,13 +80,13 @@ impl Packed {
         assert_eq!(weight.len(), g.oc * g.k(), "weight must be [OC, C, 3, 3]");
         // column c, row tap·OC + o: W[o, c, 8 − tap]
         let source = Source { rows: g.oc, cols: g.c, row_step: g.k(), col_step: 9, tap: |t| 8 - t };
-        let tiles = channel_tiles(gt.oc, MAX_NV);
+        let tiles = channel_tiles(gt.oc);
         Packed { w: pack(weight, &source, &tiles), oc: gt.oc, k: gt.k(), tiles }
     }
 
     /// Whether these panels were packed for `g`.
     fn fits(&self, g: &ConvGeom) -> bool {
-        (self.oc, self.k) == (g.oc, g.k()) && self.tiles == channel_tiles(g.oc, MAX_NV)
+        (self.oc, self.k) == (g.oc, g.k()) && self.tiles == channel_tiles(g.oc)
     }
 }
 
@@ -424,7 +425,8 @@ mod avx512 {
             // SAFETY: kk < k, the caller's bounds
             unsafe {
                 let x = row.offset(*offs.add(kk));
-                let x2 = x.add(row_stride);
+                // the second row of 4 (past the copy's end for rows of 8: never read)
+                let x2 = x.wrapping_add(row_stride);
                 let wk = w.add(kk * 16 * NV);
                 let wv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(wk.add(16 * v)));
                 for (px, acc_px) in acc.iter_mut().enumerate() {
@@ -451,9 +453,9 @@ mod avx512 {
 mod tests {
     #[test]
     fn channel_tiles_spread_the_vectors() {
-        assert_eq!(super::channel_tiles(256, 3), [3, 3, 3, 3, 2, 2]);
-        assert_eq!(super::channel_tiles(128, 3), [3, 3, 2]);
-        assert_eq!(super::channel_tiles(40, 3), [3]);
-        assert_eq!(super::channel_tiles(1, 3), [1]);
+        assert_eq!(super::channel_tiles(256), [3, 3, 3, 3, 2, 2]);
+        assert_eq!(super::channel_tiles(128), [3, 3, 2]);
+        assert_eq!(super::channel_tiles(40), [3]);
+        assert_eq!(super::channel_tiles(1), [1]);
     }
 }

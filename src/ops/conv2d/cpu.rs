@@ -261,7 +261,7 @@ pub fn conv2d_backward_input(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f3
 fn input_grad_as_conv(dy: &[f32], weight: &[f32], g: &ConvGeom) -> Vec<f32> {
     use super::channel_lanes;
     let gt = channel_lanes::input_grad_geom(g);
-    if channel_lanes::takes(g) && channel_lanes::takes(&gt) {
+    if channel_lanes::takes(&gt) {
         // W' packed straight from W
         return channel_lanes::forward_packed(dy, &channel_lanes::Packed::for_input_grad(weight, g), &Epilogue::default(), &gt);
     }
