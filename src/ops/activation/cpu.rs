@@ -2,7 +2,7 @@
 
 use super::Activation;
 use crate::ops::PARALLEL_THRESHOLD;
-use crate::ops::fast_math::{self, map, map2};
+use crate::ops::fast_math::{self, MapFn, map, map2};
 use rayon::prelude::*;
 
 /// 1/√(2π).
@@ -57,17 +57,41 @@ impl Activation {
     }
 }
 
+/// `$run(g, args…)` with g = the activation's `$method` (f or f′) as a
+/// closure of its own type. A `match` on the activation inside the element
+/// loop kept the loop scalar (SiLU ran 9× slower than PyTorch's); with one
+/// closure per activation it vectorises.
+macro_rules! with_each_activation {
+    ($act:expr, $method:ident, $run:ident($($arg:expr),*)) => {
+        match $act {
+            Activation::Silu => $run(|v| Activation::Silu.$method(v), $($arg),*),
+            Activation::Relu => $run(|v| Activation::Relu.$method(v), $($arg),*),
+            Activation::LeakyRelu { slope } => $run(move |v| Activation::LeakyRelu { slope }.$method(v), $($arg),*),
+            Activation::GeneralRelu { leak, sub } => $run(move |v| Activation::GeneralRelu { leak, sub }.$method(v), $($arg),*),
+            Activation::Mish => $run(|v| Activation::Mish.$method(v), $($arg),*),
+            Activation::Gelu => $run(|v| Activation::Gelu.$method(v), $($arg),*),
+        }
+    };
+}
+
+/// y = f(x).
 pub fn forward(act: Activation, x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(PARALLEL_THRESHOLD).zip(x.par_chunks(PARALLEL_THRESHOLD)).for_each(|(y, x)| map(y, x, |v| act.apply(v)));
-    y
+    fn run(f: impl MapFn + Sync, x: &[f32]) -> Vec<f32> {
+        let mut y = crate::ops::zeros(x.len());
+        y.par_chunks_mut(PARALLEL_THRESHOLD).zip(x.par_chunks(PARALLEL_THRESHOLD)).for_each(|(y, x)| map(y, x, f));
+        y
+    }
+    with_each_activation!(act, apply, run(x))
 }
 
 /// dx = dy · f'(x).
 pub fn backward(act: Activation, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0; x.len()];
-    dx.par_chunks_mut(PARALLEL_THRESHOLD)
-        .zip(x.par_chunks(PARALLEL_THRESHOLD).zip(dy.par_chunks(PARALLEL_THRESHOLD)))
-        .for_each(|(dx, (x, dy))| map2(dx, x, dy, |v, g| g * act.derivative(v)));
-    dx
+    fn run(df: impl MapFn + Sync, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let mut dx = crate::ops::zeros(x.len());
+        dx.par_chunks_mut(PARALLEL_THRESHOLD)
+            .zip(x.par_chunks(PARALLEL_THRESHOLD).zip(dy.par_chunks(PARALLEL_THRESHOLD)))
+            .for_each(|(dx, (x, dy))| map2(dx, x, dy, |v, g| g * df(v)));
+        dx
+    }
+    with_each_activation!(act, derivative, run(x, dy))
 }
