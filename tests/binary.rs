@@ -23,8 +23,17 @@ fn large_same_shape_path_matches_small_path() {
     let b = randn(&[n], 2);
     let ta = Tensor::from_vec(a.clone(), [n]).unwrap();
     let tb = Tensor::from_vec(b.clone(), [n]).unwrap();
-    let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
-    assert_close("mul", &ops::mul(&ta, &tb).unwrap().to_vec(), &want, 0.0, 0.0);
+    type Op = fn(&Tensor, &Tensor) -> minidiffusion::Result<Tensor>;
+    let cases: [(&str, Op, fn(f32, f32) -> f32); 4] = [
+        ("add", ops::add, |x, y| x + y),
+        ("sub", ops::sub, |x, y| x - y),
+        ("mul", ops::mul, |x, y| x * y),
+        ("div", ops::div, |x, y| x / y),
+    ];
+    for (name, op, f) in cases {
+        let want: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| f(x, y)).collect();
+        assert_close(name, &op(&ta, &tb).unwrap().to_vec(), &want, 0.0, 0.0);
+    }
 }
 
 #[test]
