@@ -336,3 +336,34 @@ fn grad_check_x_with_another_use() {
         GradTol::default(),
     );
 }
+
+/// At a UNet's size (many groups a thread, 256-value channels), with x used
+/// twice — sum((norm(x) + x)·r), so that x's gradient from the sum, r,
+/// reaches the norm's backward first and is summed into dx as it is
+/// written: the fused backward (with and without SiLU) against the tape
+/// through silu(group_norm(x)·w + b) without the second use, plus r;
+/// 1e-5 abs + 1e-4 rel.
+#[test]
+fn large_gradients_with_another_use_equal_the_chain() {
+    use minidiffusion::ops;
+    let dims = [4, 64, 16, 16];
+    let x = tensor(&dims, 5).1.requires_grad_();
+    let w = tensor(&[64], 6).1.requires_grad_();
+    let b = tensor(&[64], 7).1.requires_grad_();
+    let r = tensor(&dims, 8).1;
+    let grads_of = |y: Tensor| {
+        let g = minidiffusion::backward(&ops::sum_all(&ops::mul(&y, &r).unwrap()).unwrap()).unwrap();
+        [&x, &w, &b].map(|t| g.get(t).unwrap().to_vec())
+    };
+    for silu in [false, true] {
+        let y = if silu { group_norm_silu(&x, 8, Some(&w), Some(&b), 1e-5) } else { group_norm(&x, 8, Some(&w), Some(&b), 1e-5) };
+        let fused = grads_of(ops::add(&y.unwrap(), &x).unwrap());
+        let normed = ops::mul(&group_norm(&x, 8, None, None, 1e-5).unwrap(), &ops::reshape(&w, [1, 64, 1, 1]).unwrap()).unwrap();
+        let normed = ops::add(&normed, &ops::reshape(&b, [1, 64, 1, 1]).unwrap()).unwrap();
+        let mut chained = grads_of(if silu { ops::silu(&normed).unwrap() } else { normed });
+        chained[0] = chained[0].iter().zip(r.to_vec()).map(|(d, r)| d + r).collect();
+        for (i, name) in ["dx", "dw", "db"].iter().enumerate() {
+            assert_close(&format!("{name} silu {silu}"), &fused[i], &chained[i], 1e-5, 1e-4);
+        }
+    }
+}

@@ -50,29 +50,32 @@ pub(crate) const PARALLEL_THRESHOLD: usize = 1 << 15;
 
 /// An n-long output computed `chunk` values at a time by `fill(i, out)`
 /// (out = values i·chunk…, the last chunk shorter), on the rayon threads
-/// from [`PARALLEL_THRESHOLD`] values on. Each chunk is zeroed just before
-/// `fill` sees it, while it is in cache: zeroing the whole output first
-/// ([`zeros`]) is a second pass over memory as long as the fill's writes.
+/// from [`PARALLEL_THRESHOLD`] values on, each chunk [`zeroed`] just before.
 pub(crate) fn filled(n: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     use rayon::prelude::*;
-    use std::mem::MaybeUninit;
     let mut v: Vec<f32> = Vec::with_capacity(n);
-    let run = |(i, c): (usize, &mut [MaybeUninit<f32>])| {
-        for x in c.iter_mut() {
-            x.write(0.0);
-        }
-        // SAFETY: every value of c was written just above
-        fill(i, unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) })
-    };
+    let run = |(i, c)| fill(i, zeroed(c));
     let out = &mut v.spare_capacity_mut()[..n];
     if n < PARALLEL_THRESHOLD {
         out.chunks_mut(chunk).enumerate().for_each(run);
     } else {
         out.par_chunks_mut(chunk).enumerate().for_each(run);
     }
-    // SAFETY: the chunks cover all n values, each written
+    // SAFETY: the chunks cover all n values, each written by `zeroed`
     unsafe { v.set_len(n) };
     v
+}
+
+/// `part` of an output's spare capacity, written with zeros, as floats.
+/// Zeroing a part just before a task fills it, while it is in cache, costs
+/// little; zeroing the whole output first ([`zeros`]) is a pass over memory
+/// as long as the fill's writes.
+pub(crate) fn zeroed(part: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    for v in part.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every value of part was written just above
+    unsafe { &mut *(part as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// n zeros for an output that parallel work then fills. From

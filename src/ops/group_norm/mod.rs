@@ -261,16 +261,13 @@ fn norm(
             let (dx, dw, db): (Option<Tensor>, Tensor, Tensor) = match &saved {
                 SavedStats::Cpu { mean, rstd } => {
                     let w = ws.as_ref().map(|s| s.cpu_f32(op)).transpose()?;
+                    let b = bs.as_ref().map(|s| s.cpu_f32(op)).transpose()?;
                     let (dy, xv) = (gs.cpu_f32(op)?, xs.cpu_f32(op)?);
-                    let dz;
-                    let dy = if silu {
-                        let b = bs.as_ref().map(|s| s.cpu_f32(op)).transpose()?;
-                        dz = cpu::silu_grad(dy, xv, mean, rstd, w, b, d);
-                        &dz[..]
-                    } else {
-                        dy
-                    };
-                    let (dx, dw, db) = cpu::backward(dy, xv, mean, rstd, w, d, x.requires_grad());
+                    // an f32 gradient on the CPU is added as dx is written; anything else after
+                    let summed_in_pass = dx_earlier.take_if(|t| x.requires_grad() && t.dtype() == DType::F32 && t.device() == Device::Cpu);
+                    let es = summed_in_pass.as_ref().map(|t| t.storage());
+                    let add = es.as_ref().map(|s| s.cpu_f32(op)).transpose()?;
+                    let (dx, dw, db) = cpu::backward(dy, xv, mean, rstd, w, b, silu, d, x.requires_grad(), add);
                     let dx = dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?;
                     (autograd::plus(dx, dx_earlier.take())?, Tensor::from_vec(dw, vec![c])?, Tensor::from_vec(db, vec![c])?)
                 }
