@@ -139,7 +139,7 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
             leaves.map.insert(t.id(), grad);
             continue;
         };
-        let op_range = nvtx::enabled().then(|| nvtx::range(&format!("{} backward", node.op)));
+        let op_range = nvtx::active().then(|| nvtx::range(&format!("{} backward", node.op)));
         let input_grads = match &node.backward {
             Backward::Plain(backward) => backward(&grad)?,
             Backward::Accumulating(backward) => {

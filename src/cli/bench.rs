@@ -64,7 +64,7 @@ pub struct SampleBenchArgs {
     pub device: String,
     #[arg(long)]
     pub json: bool,
-    /// Print a per-kernel table (calls, total ms, share) of the timed run (CUDA devices).
+    /// Print a table of the timed run: per kernel (calls, total ms, share) on CUDA, per op, layer and step (self time) on the CPU.
     #[arg(long)]
     pub profile: bool,
 }
@@ -83,7 +83,7 @@ pub struct TrainBenchArgs {
     pub device: String,
     #[arg(long)]
     pub json: bool,
-    /// Print a per-kernel table (calls, total ms, share) of the timed steps (CUDA devices).
+    /// Print a table of the timed steps: per kernel (calls, total ms, share) on CUDA, per op, layer and step (self time) on the CPU.
     #[arg(long)]
     pub profile: bool,
     /// Products in f32 or bf16 (mixed precision, f32 master weights).
@@ -257,20 +257,37 @@ fn cases(b: usize, device: Device) -> Result<Vec<Case>> {
     Ok(out)
 }
 
-/// Start timing kernels when asked (CUDA only); the closure prints the table.
-fn profiler(device: Device, on: bool) -> anyhow::Result<Option<std::sync::Arc<minidiffusion::device::cuda::CudaBackend>>> {
+/// What `--profile` times: a CUDA device's kernels (CUDA events), or on the
+/// CPU the ranges of this thread's ops, layers and steps (self time).
+enum Profiler {
+    Cuda(std::sync::Arc<minidiffusion::device::cuda::CudaBackend>),
+    Cpu,
+}
+
+/// Start timing when asked; [`print_profile`] prints the table.
+fn profiler(device: Device, on: bool) -> anyhow::Result<Option<Profiler>> {
     if !on {
         return Ok(None);
     }
-    let Device::Cuda(d) = device else { anyhow::bail!("--profile times CUDA kernels; use --device cuda") };
-    let backend = minidiffusion::device::cuda::backend(d)?;
-    backend.start_profiling();
-    Ok(Some(backend))
+    Ok(Some(match device {
+        Device::Cuda(d) => {
+            let backend = minidiffusion::device::cuda::backend(d)?;
+            backend.start_profiling();
+            Profiler::Cuda(backend)
+        }
+        Device::Cpu => {
+            minidiffusion::device::cpu_profile::start();
+            Profiler::Cpu
+        }
+    }))
 }
 
-fn print_profile(backend: Option<std::sync::Arc<minidiffusion::device::cuda::CudaBackend>>) -> anyhow::Result<()> {
-    if let Some(b) = backend {
-        eprint!("{}", minidiffusion::device::cuda::profile_table(&b.stop_profiling()?));
+fn print_profile(profiler: Option<Profiler>) -> anyhow::Result<()> {
+    use minidiffusion::device::{cpu_profile, cuda};
+    match profiler {
+        Some(Profiler::Cuda(b)) => eprint!("{}", cuda::profile_table(&b.stop_profiling()?)),
+        Some(Profiler::Cpu) => eprint!("{}", cpu_profile::table(&cpu_profile::stop())),
+        None => {}
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! in `kernels/` — on a GPU, or on the CPU emulation of CUDA that lets the
 //! CUDA path be tested on machines without one.
 
+pub mod cpu_profile;
 pub mod cuda;
 pub mod nvtx;
 
@@ -108,4 +109,15 @@ pub fn keep_freed_memory() {
             }
         });
     }
+}
+
+/// A profile as a table: name, calls, total ms and share of the total, one
+/// row per (name, calls, ms) in the order given (`--profile`'s output).
+pub fn profile_table<'a>(heading: &str, rows: impl IntoIterator<Item = (&'a str, usize, f64)> + Clone) -> String {
+    let total: f64 = rows.clone().into_iter().map(|(_, _, ms)| ms).sum();
+    let mut out = format!("{heading:<32} {:>8} {:>12} {:>8}\n", "calls", "total ms", "share");
+    for (name, calls, ms) in rows {
+        out += &format!("{name:<32} {calls:>8} {ms:>12.3} {:>7.1}%\n", 100.0 * ms / total.max(1e-12));
+    }
+    out
 }

@@ -25,23 +25,35 @@ pub fn enabled() -> bool {
     }
 }
 
+/// Whether a range does anything on this thread: NVTX is [`enabled`] or
+/// this thread's ranges are timed for `--profile` ([`super::cpu_profile`]).
+/// (A caller that builds a range's name can skip it when not.)
+pub fn active() -> bool {
+    enabled() || super::cpu_profile::is_on()
+}
+
 /// A range on this thread, open until the guard drops.
 #[must_use = "the range closes when this guard drops"]
 pub struct Range {
     open: bool,
+    timed: bool,
 }
 
-/// Opens a range named `name` (when [`enabled`]).
+/// Opens a range named `name` (when [`enabled`]; timed when this thread
+/// profiles the CPU).
 pub fn range(name: &str) -> Range {
     let open = enabled();
     if open {
         nvtx::range_push!("{name}");
     }
-    Range { open }
+    Range { open, timed: super::cpu_profile::open(name) }
 }
 
 impl Drop for Range {
     fn drop(&mut self) {
+        if self.timed {
+            super::cpu_profile::close();
+        }
         if self.open {
             nvtx::range_pop!();
         }

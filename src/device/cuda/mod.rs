@@ -302,12 +302,7 @@ pub struct KernelTime {
 
 /// The profile as a table: kernel, calls, total ms, share of the total.
 pub fn profile_table(rows: &[KernelTime]) -> String {
-    let total: f64 = rows.iter().map(|r| r.total_ms).sum();
-    let mut out = format!("{:<32} {:>8} {:>12} {:>8}\n", "kernel", "calls", "total ms", "share");
-    for r in rows {
-        out += &format!("{:<32} {:>8} {:>12.3} {:>7.1}%\n", r.kernel, r.calls, r.total_ms, 100.0 * r.total_ms / total.max(1e-12));
-    }
-    out
+    super::profile_table("kernel", rows.iter().map(|r| (r.kernel, r.calls, r.total_ms)))
 }
 
 /// The storage of a CUDA tensor: `len` elements of f32 (the compute type) or
