@@ -40,6 +40,25 @@ fn concat_and_narrow_values() {
     assert!(ops::narrow(&c, 1, 2, 2).is_err());
 }
 
+/// Past the parallel threshold (rows copied on the rayon threads): concat
+/// along channels and along the batch, and narrow, against index arithmetic.
+#[test]
+fn large_concat_and_narrow_match_the_indices() {
+    let (a, b) = (iota(&[3, 5, 40, 50]), ops::add_scalar(&iota(&[3, 2, 40, 50]), 1e6).unwrap());
+    let (av, bv) = (a.to_vec(), b.to_vec());
+    let c = ops::concat(&[&a, &b], 1).unwrap();
+    assert_eq!(c.dims(), &[3, 7, 40, 50]);
+    let plane = 40 * 50;
+    let want: Vec<f32> =
+        (0..3 * 7 * plane).map(|i| (i / (7 * plane), i / plane % 7, i % plane)).map(|(n, ch, q)| if ch < 5 { av[(n * 5 + ch) * plane + q] } else { bv[(n * 2 + ch - 5) * plane + q] }).collect();
+    assert_eq!(c.to_vec(), want);
+    assert_eq!(ops::narrow(&c, 1, 5, 2).unwrap().to_vec(), bv);
+    assert_eq!(ops::narrow(&c, 1, 0, 5).unwrap().to_vec(), av);
+    let batch = ops::concat(&[&a, &a], 0).unwrap();
+    assert_eq!(batch.to_vec(), [av.clone(), av.clone()].concat());
+    assert_eq!(ops::narrow(&batch, 0, 3, 3).unwrap().to_vec(), av);
+}
+
 #[test]
 fn reshape_grad() {
     grad_check("reshape", &[&[2, 6]], |x| ops::reshape(&x[0], [4, 3]), GradTol::default());
