@@ -146,32 +146,66 @@ impl<F: Fn(f32) -> f32 + Copy> MapFn for F {}
 pub trait Map2Fn: Fn(f32, f32) -> f32 + Copy {}
 impl<F: Fn(f32, f32) -> f32 + Copy> Map2Fn for F {}
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// The widest vectors the CPU kernels use: AVX-512 (the direct
+/// convolutions, attention's lanes, 16-lane elementwise loops), AVX2 + FMA
+/// (elementwise loops; convolutions by im2col + gemm) or plain Rust.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) enum SimdLevel {
-    Avx512,
-    Avx2,
     Plain,
+    Avx2,
+    Avx512,
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-pub(crate) fn simd_level() -> SimdLevel {
-    SimdLevel::Plain
+impl SimdLevel {
+    /// `MINIDIFFUSION_SIMD`'s names.
+    fn named(name: &str) -> Option<SimdLevel> {
+        Some(match name {
+            "avx512" => SimdLevel::Avx512,
+            "avx2" => SimdLevel::Avx2,
+            "plain" => SimdLevel::Plain,
+            _ => return None,
+        })
+    }
 }
 
-#[cfg(target_arch = "x86_64")]
+/// What this CPU has, capped by `MINIDIFFUSION_SIMD` (avx512, avx2 or
+/// plain): a CPU without AVX-512 runs the other paths, and so do the tests
+/// that set it (tests/portable.rs). Read once a process.
 pub(crate) fn simd_level() -> SimdLevel {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-        if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
-            SimdLevel::Avx512
-        } else if avx2 {
-            SimdLevel::Avx2
-        } else {
-            SimdLevel::Plain
-        }
+        let cap = std::env::var("MINIDIFFUSION_SIMD").ok().and_then(|v| {
+            let named = SimdLevel::named(&v);
+            if named.is_none() {
+                eprintln!("warning: MINIDIFFUSION_SIMD={v} is not avx512, avx2 or plain; ignored");
+            }
+            named
+        });
+        detected().min(cap.unwrap_or(SimdLevel::Avx512))
     })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detected() -> SimdLevel {
+    SimdLevel::Plain
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detected() -> SimdLevel {
+    let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+        SimdLevel::Avx512
+    } else if avx2 {
+        SimdLevel::Avx2
+    } else {
+        SimdLevel::Plain
+    }
+}
+
+/// Whether the AVX-512 kernels run ([`simd_level`]).
+pub(crate) fn avx512() -> bool {
+    simd_level() == SimdLevel::Avx512
 }
 
 const LANES: usize = 16;

@@ -27,14 +27,8 @@ pub fn takes(dims: Dims) -> bool {
     avx512_available() && dims.d == dims.dv && matches!(dims.d, 8 | 16) && dims.lq > 0 && dims.lk > 0
 }
 
-#[cfg(target_arch = "x86_64")]
 fn avx512_available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn avx512_available() -> bool {
-    false
+    crate::ops::fast_math::avx512()
 }
 
 /// (dQ, dK, dV) of the Columns-layout attention O = softmax(scale·QᵀK)·Vᵀ

@@ -30,14 +30,7 @@ use std::cell::RefCell;
 
 /// True when this CPU runs the AVX-512 kernel.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::ops::fast_math::avx512()
 }
 
 /// (MR, NV): output channels × 16-pixel vectors per microkernel call. Picks
