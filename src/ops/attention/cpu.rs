@@ -389,11 +389,13 @@ fn columns_lanes_plain(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], mut lse: 
 #[allow(clippy::too_many_arguments)]
 fn weighted_values<const C: usize>(v: &[f32], e: &[[f32; QUERIES]], lk: usize, c0: usize, sum: &[f32; QUERIES], o: &mut [f32], lq: usize, n: usize) {
     let mut acc = [[0.0f32; QUERIES]; C];
-    let rows: [&[f32]; C] = std::array::from_fn(|c| &v[(c0 + c) * lk..(c0 + c + 1) * lk]);
-    for (j, e_j) in e.iter().enumerate() {
-        for (acc_c, row) in acc.iter_mut().zip(&rows) {
-            let vv = row[j];
-            for (a, &x) in acc_c.iter_mut().zip(e_j) {
+    // every slice lk long, so that the loop below has no bounds test (one
+    // kept the accumulators in memory and the lanes scalar)
+    let (e, rows): (_, [&[f32]; C]) = (&e[..lk], std::array::from_fn(|c| &v[(c0 + c) * lk..][..lk]));
+    for j in 0..lk {
+        for c in 0..C {
+            let vv = rows[c][j];
+            for (a, &x) in acc[c].iter_mut().zip(&e[j]) {
                 *a = vv.mul_add(x, *a);
             }
         }
