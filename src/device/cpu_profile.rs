@@ -1,9 +1,10 @@
 //! `--profile` on the CPU: wall-clock time by op, layer and step, from the
 //! ranges that already name them for NVTX ([`super::nvtx::range`]). A
 //! range's self time — its wall time less that of the ranges opened inside
-//! it — is summed by name, so the rows add up to the profiled time: an op's
-//! row is its kernels (their rayon work included), a layer's or a step's
-//! the glue between its ops. Only the thread that started the profile is
+//! it — is summed by name, so the rows add up to the time spent in ranges
+//! (a training or sampling step is one, so all of a bench's timed run): an
+//! op's row is its kernels (their rayon work included), a layer's or a
+//! step's the glue between its ops. Only the thread that started the profile is
 //! timed, as the CUDA profile times only its thread's launches (the ops run
 //! their parallel work inside their range on that thread).
 
