@@ -64,10 +64,10 @@ pub fn sigmoid(x: f32) -> f32 {
 /// CPU has at run time. Plain multiplies and adds only (Rust never fuses them),
 /// so every version gives the same bits.
 macro_rules! dispatch {
-    ($(#[$doc:meta])* pub fn $name:ident $(<$g:ident: $bound:path>)? ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $plain:ident) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident $(<$g:ident: $bound:path>)? ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $plain:ident) => {
         $(#[$doc])*
         #[inline]
-        pub fn $name $(<$g: $bound>)? ($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name $(<$g: $bound>)? ($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]

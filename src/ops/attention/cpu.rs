@@ -289,8 +289,7 @@ const QUERIES: usize = 16;
 ///   m = max_j s_j,  e_j = exp(s_j − m),  l = Σ_j e_j
 ///   O[c, i] = (Σ_j V[c, j] · e_j) / l,  L_i = m + ln l
 /// With AVX-512 each block runs `avx512::columns_block`, the same steps in
-/// intrinsics; else the portable [`columns_lanes_plain`] (for AVX2 + FMA
-/// where the CPU has them).
+/// intrinsics; else the portable lanes, [`columns_lanes_portable`].
 #[allow(clippy::too_many_arguments)]
 fn columns_lanes(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], mut lse: Option<&mut [f32]>, dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) {
     #[cfg(target_arch = "x86_64")]
@@ -311,19 +310,13 @@ fn columns_lanes(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], mut lse: Option
         }
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if crate::ops::fast_math::simd_level() == crate::ops::fast_math::SimdLevel::Avx2 {
-        /// The portable lanes compiled for AVX2 + FMA: without, each
-        /// `mul_add` is a call to libm's software fmaf (35× slower).
-        #[target_feature(enable = "avx2,fma")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn narrow(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: Option<&mut [f32]>, dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) {
-            columns_lanes_plain(q, k, v, o, lse, dims, scale, scores, q_block)
-        }
-        // SAFETY: the CPU has AVX2 and FMA (simd_level checked them)
-        return unsafe { narrow(q, k, v, o, lse, dims, scale, scores, q_block) };
-    }
-    columns_lanes_plain(q, k, v, o, lse, dims, scale, scores, q_block)
+    columns_lanes_portable(q, k, v, o, lse, dims, scale, scores, q_block)
+}
+
+crate::ops::fast_math::dispatch! {
+    /// [`columns_lanes_plain`] compiled for the CPU's vectors: without FMA
+    /// each `mul_add` is a call to libm's software fmaf (35× slower).
+    fn columns_lanes_portable(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: Option<&mut [f32]>, dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) => columns_lanes_plain
 }
 
 /// L_i = m_i + ln l_i for the block's queries.
