@@ -52,16 +52,28 @@ pub(crate) const PARALLEL_THRESHOLD: usize = 1 << 15;
 /// (out = values i·chunk…, the last chunk shorter), on the rayon threads
 /// from [`PARALLEL_THRESHOLD`] values on, each chunk [`zeroed`] just before.
 pub(crate) fn filled(n: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    // SAFETY: `zeroed` writes every value of each chunk
+    unsafe { written(n, chunk, |i, c| fill(i, zeroed(c))) }
+}
+
+/// An n-long output written `chunk` values at a time by `write(i, out)`
+/// into its spare capacity (out = values i·chunk…, the last chunk shorter),
+/// on the rayon threads from [`PARALLEL_THRESHOLD`] values on.
+///
+/// # Safety
+/// `write` must write every value of the chunk it is given.
+pub(crate) unsafe fn written(n: usize, chunk: usize, write: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync) -> Vec<f32> {
     use rayon::prelude::*;
     let mut v: Vec<f32> = Vec::with_capacity(n);
-    let run = |(i, c)| fill(i, zeroed(c));
-    let out = &mut v.spare_capacity_mut()[..n];
-    if n < PARALLEL_THRESHOLD {
-        out.chunks_mut(chunk).enumerate().for_each(run);
-    } else {
-        out.par_chunks_mut(chunk).enumerate().for_each(run);
+    if n > 0 {
+        let out = &mut v.spare_capacity_mut()[..n];
+        if n < PARALLEL_THRESHOLD {
+            out.chunks_mut(chunk).enumerate().for_each(|(i, c)| write(i, c));
+        } else {
+            out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| write(i, c));
+        }
     }
-    // SAFETY: the chunks cover all n values, each written by `zeroed`
+    // SAFETY: the chunks cover all n values, each written (the caller's promise)
     unsafe { v.set_len(n) };
     v
 }

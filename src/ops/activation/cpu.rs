@@ -3,7 +3,6 @@
 use super::Activation;
 use crate::ops::PARALLEL_THRESHOLD;
 use crate::ops::fast_math::{self, MapFn, map, map2};
-use rayon::prelude::*;
 
 /// 1/√(2π).
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
@@ -77,9 +76,7 @@ macro_rules! with_each_activation {
 /// y = f(x).
 pub fn forward(act: Activation, x: &[f32]) -> Vec<f32> {
     fn run(f: impl MapFn + Sync, x: &[f32]) -> Vec<f32> {
-        let mut y = crate::ops::zeros(x.len());
-        y.par_chunks_mut(PARALLEL_THRESHOLD).zip(x.par_chunks(PARALLEL_THRESHOLD)).for_each(|(y, x)| map(y, x, f));
-        y
+        crate::ops::filled(x.len(), PARALLEL_THRESHOLD, |i, y| map(y, &x[i * PARALLEL_THRESHOLD..][..y.len()], f))
     }
     with_each_activation!(act, apply, run(x))
 }
@@ -87,11 +84,10 @@ pub fn forward(act: Activation, x: &[f32]) -> Vec<f32> {
 /// dx = dy · f'(x).
 pub fn backward(act: Activation, x: &[f32], dy: &[f32]) -> Vec<f32> {
     fn run(df: impl MapFn + Sync, x: &[f32], dy: &[f32]) -> Vec<f32> {
-        let mut dx = crate::ops::zeros(x.len());
-        dx.par_chunks_mut(PARALLEL_THRESHOLD)
-            .zip(x.par_chunks(PARALLEL_THRESHOLD).zip(dy.par_chunks(PARALLEL_THRESHOLD)))
-            .for_each(|(dx, (x, dy))| map2(dx, x, dy, |v, g| g * df(v)));
-        dx
+        crate::ops::filled(x.len(), PARALLEL_THRESHOLD, |i, dx| {
+            let at = i * PARALLEL_THRESHOLD;
+            map2(dx, &x[at..][..dx.len()], &dy[at..][..dx.len()], |v, g| g * df(v))
+        })
     }
     with_each_activation!(act, derivative, run(x, dy))
 }
