@@ -211,24 +211,25 @@ fn conv2d_grad_check_stride1_input_gradient_as_a_convolution() {
     grad_check("conv2d k3 s1 p1 rows of 8", &[&[1, 2, 2, 8], &[3, 2, 3, 3]], |t| conv2d(&t[0], &t[1], None, params(1, 1)), GradTol::default());
 }
 
-/// Whether this CPU runs the AVX-512 kernels; prints that `test` skipped if not.
-fn avx512_or_skipped(test: &str) -> bool {
-    let available = minidiffusion::ops::conv2d::direct::available();
-    if !available {
-        println!("SKIPPED {test}: this CPU has no AVX-512");
+/// Whether this CPU runs a direct kernel (`available`: its check, `needs`:
+/// what it needs); prints that `test` skipped if not.
+fn runs_or_skipped(available: fn() -> bool, needs: &str, test: &str) -> bool {
+    let runs = available();
+    if !runs {
+        println!("SKIPPED {test}: this CPU has no {needs}");
     }
-    available
+    runs
 }
 
 #[test]
-fn avx512_direct_kernel_matches_the_gemm_path_with_every_epilogue() {
+fn direct_kernel_matches_the_gemm_path_with_every_epilogue() {
     use minidiffusion::ops::conv2d::cpu::{ConvGeom, Epilogue, conv2d_forward_gemm};
     use minidiffusion::ops::conv2d::direct;
-    if !avx512_or_skipped("avx512_direct_kernel_matches_the_gemm_path") {
+    if !runs_or_skipped(direct::available, "AVX-512 or AVX2", "direct_kernel_matches_the_gemm_path_with_every_epilogue") {
         return;
     }
-    // (n, c, h, w, oc, k, stride, pad): every tile shape (24×16, 12×32, 8×32,
-    // 1×128) with partial channel tiles, pixel counts off the panel width,
+    // (n, c, h, w, oc, k, stride, pad): every tile shape (AVX-512: 24×16,
+    // 12×32, 8×32, 1×128; AVX2: 6×16, 3×32, 1×64) with partial channel tiles, pixel counts off the panel width,
     // several K blocks (K = 297, 360, 576, 2304), one image (channel tiles
     // split across threads) and image groups, strided and 1×1 kernels; the
     // 4×4 and 8×8 3×3 maps go to the channel-lane kernel (`direct::forward`
@@ -308,10 +309,10 @@ fn conv2d_fused_equals_conv_then_adds_and_its_gradients_check() {
 }
 
 #[test]
-fn avx512_direct_kernel_matches_the_gemm_path_on_random_geometries() {
+fn direct_kernel_matches_the_gemm_path_on_random_geometries() {
     use minidiffusion::ops::conv2d::cpu::{ConvGeom, Epilogue, conv2d_forward_gemm};
     use minidiffusion::ops::conv2d::direct;
-    if !avx512_or_skipped("avx512_direct_kernel_matches_the_gemm_path_on_random_geometries") {
+    if !runs_or_skipped(direct::available, "AVX-512 or AVX2", "direct_kernel_matches_the_gemm_path_on_random_geometries") {
         return;
     }
     // 200 geometries from a fixed LCG: kernels 1–5 (non-square too), strides
@@ -345,7 +346,7 @@ fn avx512_direct_kernel_matches_the_gemm_path_on_random_geometries() {
 fn avx512_channel_lane_kernel_matches_the_gemm_path_with_every_epilogue() {
     use minidiffusion::ops::conv2d::channel_lanes;
     use minidiffusion::ops::conv2d::cpu::{ConvGeom, Epilogue, conv2d_forward_gemm};
-    if !avx512_or_skipped("avx512_channel_lane_kernel_matches_the_gemm_path") {
+    if !runs_or_skipped(channel_lanes::available, "AVX-512", "avx512_channel_lane_kernel_matches_the_gemm_path_with_every_epilogue") {
         return;
     }
     // (n, c, h, w, oc): rows of 8 and pairs of rows of 4 (a last segment
@@ -454,7 +455,7 @@ fn weight_grad_f64(dy: &[f32], x: &[f32], [n, c, h, w]: [usize; 4], oc: usize, k
 fn avx512_direct_weight_gradient_matches_the_gemm_path() {
     use minidiffusion::ops::conv2d::cpu::{ConvGeom, conv2d_backward_weight, conv2d_backward_weight_gemm};
     use minidiffusion::ops::conv2d::direct_weight_grad;
-    if !avx512_or_skipped("avx512_direct_weight_gradient_matches_the_gemm_path") {
+    if !runs_or_skipped(direct_weight_grad::available, "AVX-512", "avx512_direct_weight_gradient_matches_the_gemm_path") {
         return;
     }
     // (n, c, h, w, oc)

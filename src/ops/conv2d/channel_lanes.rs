@@ -29,12 +29,17 @@ use rayon::prelude::*;
 /// Whether [`forward`] takes the convolution `g`: AVX-512, 3×3, stride 1,
 /// padding 1, output H × W with rows of 4 or 8 pixels.
 pub fn takes(g: &ConvGeom) -> bool {
-    super::direct::available()
+    available()
         && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1)
         && (g.oh, g.ow) == (g.h, g.w)
         && matches!(g.w, 4 | 8)
         && (g.h * g.w).is_multiple_of(R)
         && g.n * g.c * g.oc > 0
+}
+
+/// True when this CPU runs the kernel (AVX-512).
+pub fn available() -> bool {
+    crate::ops::fast_math::avx512()
 }
 
 /// Output pixels a microkernel call covers (one row of 8, two of 4) and

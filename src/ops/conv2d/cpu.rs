@@ -1,5 +1,6 @@
 //! 2-D convolution on the host (CPU reference): im2col + gemm, and the
-//! AVX-512 direct kernels where the CPU has them (`direct.rs`, the forward;
+//! direct kernels where the CPU has them (`direct.rs`, the forward on AVX-512
+//! or AVX2; on AVX-512 `channel_lanes.rs`, the small maps' forward, and
 //! `direct_weight_grad.rs`, the 3×3 same convs' weight gradient).
 //!
 //! Notation (one image n): x_n [C, H, W], weight W [OC, K] with K = C·KH·KW
@@ -187,8 +188,8 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvG
     conv2d_forward_fused(x, weight, &Epilogue { bias, ..Epilogue::default() }, g)
 }
 
-/// y = conv(x, weight) + epilogue: the AVX-512 direct kernel where the CPU has
-/// it ([`super::direct`]), else im2col + gemm.
+/// y = conv(x, weight) + epilogue: the direct kernel where the CPU has
+/// AVX-512 or AVX2 ([`super::direct`]), else im2col + gemm.
 pub fn conv2d_forward_fused(x: &[f32], weight: &[f32], epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
     if super::direct::available() {
         super::direct::forward(x, weight, epi, g)

@@ -1,5 +1,6 @@
-//! The CPU forward convolution on AVX-512: im2col packed straight into pixel
-//! panels, a register-blocked microkernel, the epilogue added as it stores.
+//! The CPU forward convolution on AVX-512 or AVX2: im2col packed straight
+//! into pixel panels, a register-blocked microkernel, the epilogue added as it
+//! stores.
 //!
 //! Per image (notation of `cpu.rs`: y_n [OC, P] = W [OC, K] · col_n [K, P]):
 //!
@@ -12,9 +13,9 @@
 //!   just before use (it stays in L1); strided convolutions pack whole panels
 //!   from im2col rows first;
 //! - for each K block, pixel panel t and channel tile u the microkernel keeps
-//!   the MR × T block of y in MR·NV zmm accumulators: per k, NV vector loads
-//!   of B_t[k], MR broadcasts of A_u[k], MR·NV fused multiply-adds,
-//!   acc[r][v] += A_u[k][r] · B_t[k][16v .. 16v + 16];
+//!   the MR × T block of y in registers (MR·NV zmm, or MR·2NV ymm on AVX2):
+//!   per k, the vector loads of B_t[k], MR broadcasts of A_u[k] and the fused
+//!   multiply-adds acc[r][v] += A_u[k][r] · B_t[k][16v .. 16v + 16];
 //!   the first K block writes y, later ones add to it, the last adds the
 //!   epilogue (masked at the edges).
 //!
@@ -22,28 +23,33 @@
 //! block in cache serves several pixel panels.
 //!
 //! Sums run over k in order with FMA: not the bits of the gemm path, within
-//! its rounding (tested against it and against an f64 sum).
+//! its rounding (tested against it and against an f64 sum). AVX-512 and AVX2
+//! sum each output in the same order, so they agree bit for bit.
 
 use super::cpu::{ConvGeom, Epilogue, im2col_row};
+use crate::ops::fast_math::{SimdLevel, avx512};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// True when this CPU runs the AVX-512 kernel.
+/// True when this CPU runs the kernel: AVX-512, or AVX2 with FMA.
 pub fn available() -> bool {
-    crate::ops::fast_math::avx512()
+    crate::ops::fast_math::simd_level() >= SimdLevel::Avx2
 }
 
 /// (MR, NV): output channels × 16-pixel vectors per microkernel call. Picks
-/// the shape with the least padded work (24×16 for few pixels and many
-/// channels, 8×32 for few channels, 1×128 for one).
+/// the shape with the least padded work; on AVX-512 (32 zmm) 24×16 for few
+/// pixels and many channels, 8×32 for few channels, 1×128 for one; on AVX2
+/// (16 ymm, a 16-pixel vector in two) 6×16 or 3×32, 1×64 for one.
 fn tile_shape(oc: usize, p: usize) -> (usize, usize) {
     // (MR, NV, cost weight): 8×2 has 16 accumulators, a little less overlap;
-    // 1×8 (one output channel, the UNet's conv_out) loads more than it computes
-    const SHAPES: [(usize, usize, f64); 4] = [(24, 1, 1.0), (12, 2, 1.0), (8, 2, 1.05), (1, 8, 2.0)];
+    // 1×NV (one output channel, the UNet's conv_out) loads more than it computes
+    const WIDE: [(usize, usize, f64); 4] = [(24, 1, 1.0), (12, 2, 1.0), (8, 2, 1.05), (1, 8, 2.0)];
+    const NARROW: [(usize, usize, f64); 3] = [(6, 1, 1.0), (3, 2, 1.0), (1, 4, 2.0)];
     let cost = |&(mr, nv, weight): &(usize, usize, f64)| {
         (oc.next_multiple_of(mr) * p.next_multiple_of(16 * nv)) as f64 * weight
     };
-    let best = SHAPES.iter().min_by(|a, b| cost(a).total_cmp(&cost(b))).expect("shapes");
+    let shapes: &[_] = if avx512() { &WIDE } else { &NARROW };
+    let best = shapes.iter().min_by(|a, b| cost(a).total_cmp(&cost(b))).expect("shapes");
     (best.0, best.1)
 }
 
@@ -99,10 +105,10 @@ fn pack_image(x_n: &[f32], g: &ConvGeom, t_len: usize, panels: &mut [f32], row: 
     #[cfg(target_arch = "x86_64")]
     if let Some(runs) = runs {
         for t in 0..tiles {
-            // SAFETY: AVX-512 checked by `forward`; `runs` was built for this
-            // geometry, its masked lanes read only inside x_n (see Runs::new);
-            // panel t (K·T floats) is inside `panels` (asserted size).
-            unsafe { avx512::pack_block(x_n.as_ptr(), g, t, 0, k, t_len, panels[t * k * t_len..].as_mut_ptr(), runs) };
+            // SAFETY: `available()` checked by `forward`; `runs` was built for
+            // this geometry, its masked lanes read only inside x_n (see
+            // Runs::new); panel t (K·T floats) is inside `panels` (asserted size).
+            unsafe { pack_block(x_n.as_ptr(), g, t, 0, k, t_len, panels[t * k * t_len..].as_mut_ptr(), runs) };
         }
         return;
     }
@@ -179,6 +185,25 @@ impl Runs {
     fn at(&self, q: usize, t: usize) -> &[(u16, isize)] {
         let (first, n) = (self.starts[q], self.starts[q + 1] - self.starts[q]);
         &self.taps[first * self.taps_per_run + t * n..][..n]
+    }
+}
+
+/// Rows k0 .. k0 + kc of stride-1 pixel panel t into dst [kc][T], by the
+/// vector width this CPU has (see the modules' `pack_block`).
+///
+/// # Safety
+/// [`available`]; `runs` built for `g`; x holds C·H·W floats, dst kc·T;
+/// k0 + kc ≤ K.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_block(x: *const f32, g: &ConvGeom, t: usize, k0: usize, kc: usize, t_len: usize, dst: *mut f32, runs: &Runs) {
+    // SAFETY: the caller's contract; the module matches the CPU's level.
+    unsafe {
+        if avx512() {
+            avx512::pack_block(x, g, t, k0, kc, t_len, dst, runs)
+        } else {
+            avx2::pack_block(x, g, t, k0, kc, t_len, dst, runs)
+        }
     }
 }
 
@@ -274,7 +299,7 @@ impl Panels {
 
 /// [`forward`] with the weight packed beforehand (for this shape).
 pub fn forward_packed(x: &[f32], panels: &Panels, epi: &Epilogue, g: &ConvGeom) -> Vec<f32> {
-    assert!(available(), "direct convolution needs AVX-512");
+    assert!(available(), "direct convolution needs AVX-512 or AVX2");
     let (k, p) = (g.k(), g.p());
     let (mr, nv) = tile_shape(g.oc, p);
     let a = match panels {
@@ -439,6 +464,7 @@ fn block_tiles(b: &Block, y: &mut [std::mem::MaybeUninit<f32>], s: &Tiling) {
             assert!(offs.iter().all(|&o| o >= 0) && (last_vector / ow) * wp + last_vector % ow + 16 + far as usize <= image_len);
         }
     }
+    let wide = avx512();
     BLOCK.with_borrow_mut(|scratch| {
         let buf = scratch.get(if matches!(b.source, Source::Images { .. }) { KC * t_len } else { 0 });
         for k0 in (0..k).step_by(KC) {
@@ -451,11 +477,11 @@ fn block_tiles(b: &Block, y: &mut [std::mem::MaybeUninit<f32>], s: &Tiling) {
                     let b_rows = match b.source {
                         Source::Packed(panels) => BRows::Contiguous(panels[((j * tiles + t) * k + k0) * t_len..].as_ptr()),
                         Source::Images { x, x_len, g, runs } => {
-                            // SAFETY: AVX-512 checked by `forward`; image j holds
-                            // C·H·W floats and buf KC·T (asserted above).
+                            // SAFETY: `available()` checked by `forward`; image j
+                            // holds C·H·W floats and buf KC·T (asserted above).
                             #[cfg(target_arch = "x86_64")]
                             unsafe {
-                                avx512::pack_block(x[j * x_len..].as_ptr(), g, t, k0, kc, t_len, buf.as_mut_ptr(), runs)
+                                pack_block(x[j * x_len..].as_ptr(), g, t, k0, kc, t_len, buf.as_mut_ptr(), runs)
                             };
                             BRows::Contiguous(buf.as_ptr())
                         }
@@ -490,17 +516,10 @@ fn block_tiles(b: &Block, y: &mut [std::mem::MaybeUninit<f32>], s: &Tiling) {
                         // rows of `cols` entries at stride P inside y / residual.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            use avx512::{Contiguous, Offsets, micro};
-                            match (b_rows, mr, nv) {
-                                (BRows::Contiguous(b_t), 24, 1) => micro::<24, 1, _>(kc, a_u, Contiguous::<1>(b_t), &out),
-                                (BRows::Contiguous(b_t), 12, 2) => micro::<12, 2, _>(kc, a_u, Contiguous::<2>(b_t), &out),
-                                (BRows::Contiguous(b_t), 8, 2) => micro::<8, 2, _>(kc, a_u, Contiguous::<2>(b_t), &out),
-                                (BRows::Contiguous(b_t), 1, 8) => micro::<1, 8, _>(kc, a_u, Contiguous::<8>(b_t), &out),
-                                (BRows::Offsets(offs), 24, 1) => micro::<24, 1, _>(kc, a_u, Offsets::<1> { offs, bases: first_bases(&bases) }, &out),
-                                (BRows::Offsets(offs), 12, 2) => micro::<12, 2, _>(kc, a_u, Offsets::<2> { offs, bases: first_bases(&bases) }, &out),
-                                (BRows::Offsets(offs), 8, 2) => micro::<8, 2, _>(kc, a_u, Offsets::<2> { offs, bases: first_bases(&bases) }, &out),
-                                (BRows::Offsets(offs), 1, 8) => micro::<1, 8, _>(kc, a_u, Offsets::<8> { offs, bases: first_bases(&bases) }, &out),
-                                _ => unreachable!("tile shape {mr}×{nv}"),
+                            if wide {
+                                avx512::tile(kc, a_u, b_rows, &bases, mr, nv, &out)
+                            } else {
+                                avx2::tile(kc, a_u, b_rows, &bases, mr, nv, &out)
                             }
                         }
                     }
@@ -523,6 +542,64 @@ fn first_bases<const N: usize>(bases: &[*const f32; 8]) -> [*const f32; N] {
     std::array::from_fn(|v| bases[v])
 }
 
+/// Where B_k[v], the 16 floats of pixel vector v at row k, lie.
+trait PanelRows {
+    /// # Safety
+    /// k and v inside the panel this describes.
+    unsafe fn at(&self, k: usize, v: usize) -> *const f32;
+}
+
+/// A packed panel: B_k[v] at base + (k·NV + v)·16.
+#[derive(Clone, Copy)]
+struct Contiguous<const NV: usize>(*const f32);
+
+impl<const NV: usize> PanelRows for Contiguous<NV> {
+    #[inline(always)]
+    unsafe fn at(&self, k: usize, v: usize) -> *const f32 {
+        // SAFETY: the caller keeps (k, v) inside the panel.
+        unsafe { self.0.add((k * NV + v) * 16) }
+    }
+}
+
+/// Rows of a padded image: B_k[v] at bases[v] + offs[k].
+#[derive(Clone, Copy)]
+struct Offsets<const NV: usize> {
+    offs: *const isize,
+    bases: [*const f32; NV],
+}
+
+impl<const NV: usize> PanelRows for Offsets<NV> {
+    #[inline(always)]
+    unsafe fn at(&self, k: usize, v: usize) -> *const f32 {
+        // SAFETY: the caller keeps (k, v) inside the image.
+        unsafe { self.bases[v].offset(*self.offs.add(k)) }
+    }
+}
+
+/// `$module::tile`: the microkernel for a tile shape the module's
+/// `tile_shape` picks, over packed rows or a padded image.
+macro_rules! tiles {
+    ($($mr:literal x $nv:literal),*) => {
+        /// [`micro`] for tile shape MR × NV.
+        ///
+        /// # Safety
+        /// As [`micro`], with `bases` (the first NV) the vectors' rows for
+        /// [`BRows::Offsets`](super::BRows).
+        pub unsafe fn tile(k: usize, a: *const f32, b: BRows, bases: &[*const f32; 8], mr: usize, nv: usize, out: &Store) {
+            // SAFETY: the caller's contract.
+            unsafe {
+                match (b, mr, nv) {
+                    $(
+                        (BRows::Contiguous(b), $mr, $nv) => micro::<$mr, $nv, _>(k, a, Contiguous::<$nv>(b), out),
+                        (BRows::Offsets(offs), $mr, $nv) => micro::<$mr, $nv, _>(k, a, Offsets::<$nv> { offs, bases: first_bases(bases) }, out),
+                    )*
+                    _ => unreachable!("tile shape {mr}×{nv}"),
+                }
+            }
+        }
+    };
+}
+
 /// Where one microkernel block goes: `rows` rows of `cols` (≤ T) outputs.
 struct Store {
     y: *mut f32,
@@ -540,7 +617,7 @@ struct Store {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{ConvGeom, Runs, Store};
+    use super::{BRows, Contiguous, ConvGeom, Offsets, PanelRows, Runs, Store, first_bases};
     use std::arch::x86_64::*;
 
     /// Rows k0 .. k0 + kc of stride-1 pixel panel t, into dst [kc][T]: per
@@ -584,39 +661,7 @@ mod avx512 {
         }
     }
 
-    /// Where B_k[v], the 16 floats of pixel vector v at row k, lie.
-    pub trait PanelRows {
-        /// # Safety
-        /// k and v inside the panel this describes.
-        unsafe fn row(&self, k: usize, v: usize) -> __m512;
-    }
-
-    /// A packed panel: B_k[v] at base + (k·NV + v)·16.
-    #[derive(Clone, Copy)]
-    pub struct Contiguous<const NV: usize>(pub *const f32);
-
-    impl<const NV: usize> PanelRows for Contiguous<NV> {
-        #[inline(always)]
-        unsafe fn row(&self, k: usize, v: usize) -> __m512 {
-            // SAFETY: the caller keeps (k, v) inside the panel.
-            unsafe { _mm512_loadu_ps(self.0.add((k * NV + v) * 16)) }
-        }
-    }
-
-    /// Rows of a padded image: B_k[v] at bases[v] + offs[k].
-    #[derive(Clone, Copy)]
-    pub struct Offsets<const NV: usize> {
-        pub offs: *const isize,
-        pub bases: [*const f32; NV],
-    }
-
-    impl<const NV: usize> PanelRows for Offsets<NV> {
-        #[inline(always)]
-        unsafe fn row(&self, k: usize, v: usize) -> __m512 {
-            // SAFETY: the caller keeps (k, v) inside the image.
-            unsafe { _mm512_loadu_ps(self.bases[v].offset(*self.offs.add(k))) }
-        }
-    }
+    tiles!(24 x 1, 12 x 2, 8 x 2, 1 x 8);
 
     /// acc[r][v] = Σ_k a[k·MR + r] · B_k[v], then
     /// y[r, 16v + j] = (y[r, 16v + j] if accumulating) + acc[r][v][j]
@@ -626,14 +671,14 @@ mod avx512 {
     /// AVX-512F; `a` holds K·MR floats and `b` K rows of NV vectors; `out` as
     /// documented.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn micro<const MR: usize, const NV: usize, B: PanelRows + Copy>(k: usize, a: *const f32, b: B, out: &Store) {
+    unsafe fn micro<const MR: usize, const NV: usize, B: PanelRows + Copy>(k: usize, a: *const f32, b: B, out: &Store) {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         for kk in 0..k {
             // SAFETY (whole block): kk < K keeps every read inside the panels.
             unsafe {
                 let mut bv = [_mm512_setzero_ps(); NV];
                 for (v, lane) in bv.iter_mut().enumerate() {
-                    *lane = b.row(kk, v);
+                    *lane = _mm512_loadu_ps(b.at(kk, v));
                 }
                 let a_k = a.add(kk * MR);
                 for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -675,16 +720,150 @@ mod avx512 {
     }
 }
 
+/// The same kernel on AVX2: a 16-pixel vector is two ymm halves (lanes 0–7,
+/// 8–15), every sum taken in the same order as on AVX-512.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BRows, Contiguous, ConvGeom, Offsets, PanelRows, Runs, Store, first_bases};
+    use std::arch::x86_64::*;
+
+    /// The maskload/maskstore mask of the low 8 bits of `bits`: lane j all
+    /// ones where bit j is set.
+    #[inline(always)]
+    fn lane_mask(bits: u32) -> __m256i {
+        // SAFETY: AVX2 (every caller enables it).
+        unsafe {
+            let select = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+            _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits as i32), select), select)
+        }
+    }
+
+    /// As `avx512::pack_block`, each 16-lane group as two masked 8-lane loads
+    /// per run (a half without lanes in the run is not loaded).
+    ///
+    /// # Safety
+    /// AVX2; `runs` built for `g`; x holds C·H·W floats, dst kc·T;
+    /// k0 + kc ≤ K.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn pack_block(x: *const f32, g: &ConvGeom, t: usize, k0: usize, kc: usize, t_len: usize, dst: *mut f32, runs: &Runs) {
+        let taps = g.kh * g.kw;
+        let groups = runs.starts.len() - 1;
+        let nv = t_len / 16;
+        let (mut c, mut tap) = (k0 / taps, k0 % taps);
+        for kk in 0..kc {
+            let plane = x.wrapping_add(c * g.h * g.w);
+            for v in 0..nv {
+                let q = t * nv + v;
+                let mut halves = [_mm256_setzero_ps(); 2];
+                if q < groups {
+                    for &(mask, offset) in runs.at(q, tap) {
+                        for (h, half) in halves.iter_mut().enumerate() {
+                            let bits = u32::from(mask) >> (8 * h) & 0xff;
+                            if bits != 0 {
+                                // SAFETY: only the lanes in `mask` are read, and
+                                // those lie inside the channel plane (Runs::new).
+                                let run = unsafe { _mm256_maskload_ps(plane.wrapping_offset(offset + 8 * h as isize), lane_mask(bits)) };
+                                *half = _mm256_or_ps(*half, run);
+                            }
+                        }
+                    }
+                }
+                for (h, &half) in halves.iter().enumerate() {
+                    // SAFETY: row kk < kc, lanes 16v + 8h.. + 8 ≤ T: inside dst.
+                    unsafe { _mm256_storeu_ps(dst.add(kk * t_len + 16 * v + 8 * h), half) };
+                }
+            }
+            tap += 1;
+            if tap == taps {
+                tap = 0;
+                c += 1;
+            }
+        }
+    }
+
+    tiles!(6 x 1, 3 x 2, 1 x 4);
+
+    /// As `avx512::micro`, with acc[r][v] as two ymm halves.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a` holds K·MR floats and `b` K rows of NV vectors;
+    /// `out` as documented.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn micro<const MR: usize, const NV: usize, B: PanelRows + Copy>(k: usize, a: *const f32, b: B, out: &Store) {
+        let mut acc = [[[_mm256_setzero_ps(); 2]; NV]; MR];
+        for kk in 0..k {
+            // SAFETY (whole block): kk < K keeps every read inside the panels.
+            unsafe {
+                let mut bv = [[_mm256_setzero_ps(); 2]; NV];
+                for (v, halves) in bv.iter_mut().enumerate() {
+                    let row = b.at(kk, v);
+                    *halves = [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))];
+                }
+                let a_k = a.add(kk * MR);
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let w = _mm256_set1_ps(*a_k.add(r));
+                    for (acc_rv, bvv) in acc_r.iter_mut().zip(&bv) {
+                        for (acc_h, &b_h) in acc_rv.iter_mut().zip(bvv) {
+                            *acc_h = _mm256_fmadd_ps(w, b_h, *acc_h);
+                        }
+                    }
+                }
+            }
+        }
+        // a copy for the epilogue, as in `avx512::micro`
+        let tile = std::hint::black_box(acc);
+        for (r, acc_r) in tile.iter().enumerate().take(out.rows) {
+            for (start, &acc_h) in (0..).step_by(8).zip(acc_r.as_flattened()) {
+                if start >= out.cols {
+                    break;
+                }
+                let n = (out.cols - start).min(8);
+                let mask = lane_mask((1 << n) - 1);
+                // SAFETY: row r < rows and columns start..start + n < cols are
+                // inside y / residual (the full-width loads only when n = 8).
+                unsafe {
+                    let load = |p: *const f32| if n == 8 { _mm256_loadu_ps(p) } else { _mm256_maskload_ps(p, mask) };
+                    let at = r * out.row_stride + start;
+                    let mut val = acc_h;
+                    if out.accumulate {
+                        val = _mm256_add_ps(load(out.y.add(at)), val);
+                    }
+                    if !out.row_add.is_null() {
+                        val = _mm256_add_ps(val, _mm256_set1_ps(*out.row_add.add(r)));
+                    }
+                    if !out.residual.is_null() {
+                        val = _mm256_add_ps(val, load(out.residual.add(at)));
+                    }
+                    if n == 8 {
+                        _mm256_storeu_ps(out.y.add(at), val);
+                    } else {
+                        _mm256_maskstore_ps(out.y.add(at), mask, val);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn tile_shapes_fit_the_unet() {
-        assert_eq!(tile_shape(256, 16), (24, 1));
-        assert_eq!(tile_shape(32, 1024), (8, 2));
-        assert_eq!(tile_shape(1, 1024), (1, 8));
-        assert_eq!(tile_shape(3, 1024), (1, 8));
-        assert_eq!(tile_shape(6, 1024), (8, 2));
+        if avx512() {
+            assert_eq!(tile_shape(256, 16), (24, 1));
+            assert_eq!(tile_shape(32, 1024), (8, 2));
+            assert_eq!(tile_shape(1, 1024), (1, 8));
+            assert_eq!(tile_shape(3, 1024), (1, 8));
+            assert_eq!(tile_shape(6, 1024), (8, 2));
+        } else {
+            assert_eq!(tile_shape(256, 16), (6, 1));
+            assert_eq!(tile_shape(32, 1024), (3, 2));
+            assert_eq!(tile_shape(64, 256), (6, 1));
+            assert_eq!(tile_shape(1, 1024), (1, 4));
+            assert_eq!(tile_shape(3, 1024), (3, 2));
+        }
     }
 }

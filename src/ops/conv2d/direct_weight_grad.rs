@@ -31,12 +31,17 @@
 use super::cpu::ConvGeom;
 use rayon::prelude::*;
 
+/// True when this CPU runs the kernel (AVX-512).
+pub fn available() -> bool {
+    crate::ops::fast_math::avx512()
+}
+
 /// Whether [`backward_weight`] takes the convolution `g`: this CPU has
 /// AVX-512, a stride-1 3×3 kernel with padding 1 (output H × W), and at
 /// least 8 output channels (fewer leave most of a vector's lanes idle: the
 /// im2col + gemm path keeps those).
 pub fn takes(g: &ConvGeom) -> bool {
-    super::direct::available()
+    available()
         && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1)
         && (g.oh, g.ow) == (g.h, g.w)
         && g.oc >= 8
