@@ -7,6 +7,8 @@ pub(crate) mod ab_switch;
 pub mod activation;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod batch_norm;
 pub mod binary;

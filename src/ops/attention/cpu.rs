@@ -288,35 +288,53 @@ const QUERIES: usize = 16;
 ///   s_j = scale · Σ_d K[d, j] · Q[d, i]      for all keys j  (`scores`, Lk × 16)
 ///   m = max_j s_j,  e_j = exp(s_j − m),  l = Σ_j e_j
 ///   O[c, i] = (Σ_j V[c, j] · e_j) / l,  L_i = m + ln l
-/// With AVX-512 each block runs `avx512::columns_block`, the same steps in
-/// intrinsics; else the portable lanes, [`columns_lanes_portable`].
+/// With AVX-512 each block runs `avx512::columns_block`, with AVX2
+/// `avx2::columns_block`: the same steps in intrinsics; else
+/// [`columns_lanes_plain`].
 #[allow(clippy::too_many_arguments)]
-fn columns_lanes(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], mut lse: Option<&mut [f32]>, dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) {
+fn columns_lanes(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: Option<&mut [f32]>, dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) {
     #[cfg(target_arch = "x86_64")]
-    if crate::ops::fast_math::avx512() {
-        let Dims { lq, lk, d, dv, .. } = dims;
-        assert!(q.len() >= d * lq && k.len() >= d * lk && v.len() >= dv * lk && o.len() >= dv * lq);
-        assert!(lse.as_ref().is_none_or(|l| l.len() >= lq));
-        scores.resize(lk, [0.0; QUERIES]);
-        q_block.resize(d, [0.0; QUERIES]);
-        for i0 in (0..lq).step_by(QUERIES) {
-            // SAFETY: AVX-512F checked above; the slices hold Q [D, Lq], K
-            // [D, Lk], V [Dv, Lk], O [Dv, Lq] (asserted), the scratch Lk and
-            // D vectors, and the block's n ≤ 16 lanes start at i0 < Lq.
-            let (m, l) = unsafe { avx512::columns_block(q, k, v, o, dims, scale, i0, scores, q_block) };
-            if let Some(lse) = lse.as_deref_mut() {
-                log_sum_exp(&m, &l, &mut lse[i0..(i0 + QUERIES).min(lq)]);
-            }
-        }
-        return;
+    {
+        use crate::ops::fast_math::{SimdLevel, simd_level};
+        let block: ColumnsBlock = match simd_level() {
+            SimdLevel::Avx512 => avx512::columns_block,
+            SimdLevel::Avx2 => avx2::columns_block,
+            SimdLevel::Plain => return columns_lanes_plain(q, k, v, o, lse, dims, scale, scores, q_block),
+        };
+        // SAFETY: simd_level() checked the block's features.
+        unsafe { columns_blocks(block, q, k, v, o, lse, dims, scale, scores, q_block) };
     }
-    columns_lanes_portable(q, k, v, o, lse, dims, scale, scores, q_block)
+    #[cfg(not(target_arch = "x86_64"))]
+    columns_lanes_plain(q, k, v, o, lse, dims, scale, scores, q_block)
 }
 
-crate::ops::fast_math::dispatch! {
-    /// [`columns_lanes_plain`] compiled for the CPU's vectors: without FMA
-    /// each `mul_add` is a call to libm's software fmaf (35× slower).
-    fn columns_lanes_portable(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: Option<&mut [f32]>, dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) => columns_lanes_plain
+/// One 16-query block of [`columns_lanes`] in intrinsics (queries i0..;
+/// scratch: scores Lk vectors, q_block D), returning each lane's maximum
+/// score m and Σ e.
+#[cfg(target_arch = "x86_64")]
+type ColumnsBlock = unsafe fn(&[f32], &[f32], &[f32], &mut [f32], Dims, f32, usize, &mut [[f32; QUERIES]], &mut [[f32; QUERIES]]) -> ([f32; QUERIES], [f32; QUERIES]);
+
+/// [`columns_lanes`] by `block`, 16 queries at a time.
+///
+/// # Safety
+/// The CPU has the features `block` is compiled for.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn columns_blocks(block: ColumnsBlock, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], mut lse: Option<&mut [f32]>, dims: Dims, scale: f32, scores: &mut Vec<[f32; QUERIES]>, q_block: &mut Vec<[f32; QUERIES]>) {
+    let Dims { lq, lk, d, dv, .. } = dims;
+    assert!(q.len() >= d * lq && k.len() >= d * lk && v.len() >= dv * lk && o.len() >= dv * lq);
+    assert!(lse.as_ref().is_none_or(|l| l.len() >= lq));
+    scores.resize(lk, [0.0; QUERIES]);
+    q_block.resize(d, [0.0; QUERIES]);
+    for i0 in (0..lq).step_by(QUERIES) {
+        // SAFETY: the caller checked the features; the slices hold Q [D, Lq],
+        // K [D, Lk], V [Dv, Lk], O [Dv, Lq] (asserted), the scratch Lk and
+        // D vectors, and the block's n ≤ 16 lanes start at i0 < Lq.
+        let (m, l) = unsafe { block(q, k, v, o, dims, scale, i0, scores, q_block) };
+        if let Some(lse) = lse.as_deref_mut() {
+            log_sum_exp(&m, &l, &mut lse[i0..(i0 + QUERIES).min(lq)]);
+        }
+    }
 }
 
 /// L_i = m_i + ln l_i for the block's queries.
@@ -470,6 +488,133 @@ pub fn backward(
     (dq, dk, dvv)
 }
 
+/// `avx512::columns_block` on AVX2: each 16-lane vector as two ymm halves.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Dims, QUERIES};
+    use crate::ops::avx2::exp8;
+    use std::arch::x86_64::*;
+
+    /// The 16 queries from i0 of `super::columns_lanes_plain`, in registers:
+    /// scores four keys at a time (eight accumulator chains), exp and sum in
+    /// one pass, the weighted values four output rows at a time (the 16 ymm
+    /// registers hold eight accumulators, the loaded halves and a broadcast).
+    ///
+    /// Returns each lane's maximum score m and Σ e (lanes past Lq unspecified).
+    ///
+    /// # Safety
+    /// AVX2 and FMA; q [D, Lq], k [D, Lk], v [Dv, Lk], o [Dv, Lq] at least
+    /// that long; scores Lk and q_block D vectors; i0 < Lq.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn columns_block(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], dims: Dims, scale: f32, i0: usize, scores: &mut [[f32; QUERIES]], q_block: &mut [[f32; QUERIES]]) -> ([f32; QUERIES], [f32; QUERIES]) {
+        let Dims { lq, lk, d, dv, .. } = dims;
+        let n = QUERIES.min(lq - i0);
+        for (dd, lanes) in q_block.iter_mut().enumerate().take(d) {
+            *lanes = [0.0; QUERIES];
+            lanes[..n].copy_from_slice(&q[dd * lq + i0..][..n]);
+        }
+        let (kp, vp, sp) = (k.as_ptr(), v.as_ptr(), scores.as_mut_ptr().cast::<f32>());
+        let load = |p: *const f32| -> [__m256; 2] {
+            // SAFETY: p addresses 16 floats (the callers' vectors).
+            unsafe { [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))] }
+        };
+        // SAFETY (all blocks below): every index stays inside the slices'
+        // asserted sizes; lanes past Lq are never written to o.
+        unsafe {
+            let qp = q_block.as_ptr().cast::<f32>();
+            let scale_v = _mm256_set1_ps(scale);
+            let mut max = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+            let mut j = 0;
+            while j + 4 <= lk {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for dd in 0..d {
+                    let qv = load(qp.add(16 * dd));
+                    let kr = kp.add(dd * lk + j);
+                    for (key, acc_key) in acc.iter_mut().enumerate() {
+                        let kv = _mm256_set1_ps(*kr.add(key));
+                        for (a, &qh) in acc_key.iter_mut().zip(&qv) {
+                            *a = _mm256_fmadd_ps(kv, qh, *a);
+                        }
+                    }
+                }
+                for (key, acc_key) in acc.iter().enumerate() {
+                    for (h, (&a, m)) in acc_key.iter().zip(max.iter_mut()).enumerate() {
+                        let s = _mm256_mul_ps(a, scale_v);
+                        *m = _mm256_max_ps(s, *m);
+                        _mm256_storeu_ps(sp.add(16 * (j + key) + 8 * h), s);
+                    }
+                }
+                j += 4;
+            }
+            while j < lk {
+                let mut acc = [_mm256_setzero_ps(); 2];
+                for dd in 0..d {
+                    let kv = _mm256_set1_ps(*kp.add(dd * lk + j));
+                    for (a, qh) in acc.iter_mut().zip(load(qp.add(16 * dd))) {
+                        *a = _mm256_fmadd_ps(kv, qh, *a);
+                    }
+                }
+                for (h, (&a, m)) in acc.iter().zip(max.iter_mut()).enumerate() {
+                    let s = _mm256_mul_ps(a, scale_v);
+                    *m = _mm256_max_ps(s, *m);
+                    _mm256_storeu_ps(sp.add(16 * j + 8 * h), s);
+                }
+                j += 1;
+            }
+            let mut sum = [_mm256_setzero_ps(); 2];
+            for j in 0..lk {
+                for (h, (l, &m)) in sum.iter_mut().zip(&max).enumerate() {
+                    let at = sp.add(16 * j + 8 * h);
+                    let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(at), m));
+                    *l = _mm256_add_ps(*l, e);
+                    _mm256_storeu_ps(at, e);
+                }
+            }
+            let mut c0 = 0;
+            while c0 < dv {
+                let rows = 4.min(dv - c0);
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                if rows == 4 {
+                    for j in 0..lk {
+                        let e = load(sp.add(16 * j));
+                        for (c, acc_c) in acc.iter_mut().enumerate() {
+                            let vv = _mm256_set1_ps(*vp.add((c0 + c) * lk + j));
+                            for (a, &eh) in acc_c.iter_mut().zip(&e) {
+                                *a = _mm256_fmadd_ps(vv, eh, *a);
+                            }
+                        }
+                    }
+                } else {
+                    for j in 0..lk {
+                        let e = load(sp.add(16 * j));
+                        for (c, acc_c) in acc.iter_mut().enumerate().take(rows) {
+                            let vv = _mm256_set1_ps(*vp.add((c0 + c) * lk + j));
+                            for (a, &eh) in acc_c.iter_mut().zip(&e) {
+                                *a = _mm256_fmadd_ps(vv, eh, *a);
+                            }
+                        }
+                    }
+                }
+                for (c, acc_c) in acc.iter().enumerate().take(rows) {
+                    let mut out = [0.0f32; QUERIES];
+                    for (h, (&a, &l)) in acc_c.iter().zip(&sum).enumerate() {
+                        _mm256_storeu_ps(out.as_mut_ptr().add(8 * h), _mm256_div_ps(a, l));
+                    }
+                    o[(c0 + c) * lq + i0..][..n].copy_from_slice(&out[..n]);
+                }
+                c0 += rows;
+            }
+            let (mut m, mut l) = ([0.0f32; QUERIES], [0.0f32; QUERIES]);
+            for h in 0..2 {
+                _mm256_storeu_ps(m.as_mut_ptr().add(8 * h), max[h]);
+                _mm256_storeu_ps(l.as_mut_ptr().add(8 * h), sum[h]);
+            }
+            (m, l)
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Dims, QUERIES};
@@ -565,30 +710,41 @@ mod avx512 {
             (m, l)
         }
     }
+}
 
-    #[cfg(test)]
-    mod tests {
-        use super::*;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
 
-        #[test]
-        fn intrinsics_block_matches_the_portable_lanes() {
-            if !std::arch::is_x86_feature_detected!("avx512f") {
-                println!("SKIPPED columns_block: this CPU has no AVX-512");
-                return;
+    /// Each intrinsics block (whichever this CPU has, whatever the
+    /// `MINIDIFFUSION_SIMD` cap) against the plain lanes: a partial last
+    /// block of queries, keys past the four-key steps, output rows past the
+    /// row groups.
+    #[test]
+    fn intrinsics_blocks_match_the_plain_lanes() {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        let blocks: [(&str, bool, ColumnsBlock); 2] =
+            [("avx512", std::arch::is_x86_feature_detected!("avx512f"), avx512::columns_block), ("avx2", avx2, avx2::columns_block)];
+        for (name, available, block) in blocks {
+            if !available {
+                println!("SKIPPED the {name} attention block: this CPU lacks it");
+                continue;
             }
-            let (lq, lk, d, dv) = (37, 23, 5, 11);
-            let dims = Dims { batch: 1, lq, lk, d, dv };
-            let val = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0) - 1.0;
-            let q: Vec<f32> = (0..d * lq).map(|i| val(i, 1)).collect();
-            let k: Vec<f32> = (0..d * lk).map(|i| val(i, 2)).collect();
-            let v: Vec<f32> = (0..dv * lk).map(|i| val(i, 3)).collect();
-            let (mut want, mut got) = (vec![0.0; dv * lq], vec![0.0; dv * lq]);
-            let (mut s, mut qb) = (Vec::new(), Vec::new());
-            let (mut lse_want, mut lse_got) = (vec![0.0; lq], vec![0.0; lq]);
-            super::super::columns_lanes_plain(&q, &k, &v, &mut want, Some(&mut lse_want), dims, 0.7, &mut s, &mut qb);
-            super::super::columns_lanes(&q, &k, &v, &mut got, Some(&mut lse_got), dims, 0.7, &mut s, &mut qb);
-            for (i, (g, w)) in got.iter().zip(&want).chain(lse_got.iter().zip(&lse_want)).enumerate() {
-                assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "entry {i}: {g} vs {w}");
+            for (lq, lk, d, dv) in [(37, 23, 5, 11), (16, 4, 8, 4), (5, 1, 3, 3), (64, 70, 32, 34)] {
+                let dims = Dims { batch: 1, lq, lk, d, dv };
+                let val = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0) - 1.0;
+                let q: Vec<f32> = (0..d * lq).map(|i| val(i, 1)).collect();
+                let k: Vec<f32> = (0..d * lk).map(|i| val(i, 2)).collect();
+                let v: Vec<f32> = (0..dv * lk).map(|i| val(i, 3)).collect();
+                let (mut want, mut got) = (vec![0.0; dv * lq], vec![f32::NAN; dv * lq]);
+                let (mut s, mut qb) = (Vec::new(), Vec::new());
+                let (mut lse_want, mut lse_got) = (vec![0.0; lq], vec![f32::NAN; lq]);
+                columns_lanes_plain(&q, &k, &v, &mut want, Some(&mut lse_want), dims, 0.7, &mut s, &mut qb);
+                // SAFETY: the CPU has the block's features (checked above).
+                unsafe { columns_blocks(block, &q, &k, &v, &mut got, Some(&mut lse_got), dims, 0.7, &mut s, &mut qb) };
+                for (i, (g, w)) in got.iter().zip(&want).chain(lse_got.iter().zip(&lse_want)).enumerate() {
+                    assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{name} {dims:?} entry {i}: {g} vs {w}");
+                }
             }
         }
     }

@@ -1,0 +1,73 @@
+//! AVX2 building blocks shared by the CPU kernels: e^x on 8 lanes. Callers
+//! check `fast_math::simd_level()` (AVX2 and FMA).
+
+use std::arch::x86_64::*;
+
+/// e^x on 8 lanes within 2 ulp (tested against f64): `fast_math::exp`'s
+/// steps in intrinsics with FMAs — n = round(x·log₂e), r = x − n·ln 2,
+/// e^r by its polynomial, 2ⁿ into the exponent bits — and its edges: 0
+/// below −87.3 (and for −∞), +∞ above 88.7, NaN kept.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub fn exp8(x: __m256) -> __m256 {
+    use crate::ops::fast_math::exp_consts::*;
+    // NaN lanes become HI here (max/min return their second operand) and
+    // are put back at the end
+    let xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(LO)), _mm256_set1_ps(HI));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(xc, _mm256_set1_ps(LOG2E)));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), xc);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(POLY[0]);
+    for &c in &POLY[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let e_r = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    // 2ⁿ: n + 127 in the exponent field (n ≥ −126 after the clamp)
+    let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
+    let y = _mm256_mul_ps(e_r, two_n);
+    let y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(LO)));
+    let y = _mm256_blendv_ps(y, _mm256_set1_ps(f32::INFINITY), _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(HI)));
+    _mm256_blendv_ps(y, x, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp8_is_within_2_ulp_of_f64_and_keeps_exps_edges() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            println!("SKIPPED exp8: this CPU has no AVX2 and FMA");
+            return;
+        }
+        let exp8_of = |lanes: &[f32; 8]| -> [f32; 8] {
+            let mut got = [0.0f32; 8];
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), exp8(_mm256_loadu_ps(lanes.as_ptr()))) };
+            got
+        };
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let lanes: [f32; 8] = std::array::from_fn(|i| x + i as f32 * 0.000_731);
+            for (&xi, &g) in lanes.iter().zip(&exp8_of(&lanes)) {
+                let want = (xi as f64).exp();
+                let ulp = (want as f32).next_up() as f64 - want as f32 as f64;
+                worst = worst.max((g as f64 - want).abs() / ulp);
+            }
+            x += 8.0 * 0.000_731;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        // the edges are fast_math::exp's
+        for specials in [[0.0, -0.0, -100.0, 100.0, f32::NEG_INFINITY, f32::INFINITY, f32::NAN, -200.0], [89.0, -87.5, 1.0, -1.0, 0.5, -87.3, 88.7, 88.0]] {
+            let got = exp8_of(&specials);
+            for (&x, &g) in specials.iter().zip(&got) {
+                let want = crate::ops::fast_math::exp(x);
+                assert!(g == want || (g.is_nan() && want.is_nan()) || (g - want).abs() <= 2.0 * (want.next_up() - want), "e^{x}: {g} vs {want}");
+            }
+        }
+        let got = exp8_of(&[-100.0, 100.0, f32::NEG_INFINITY, f32::INFINITY, f32::NAN, 0.0, -200.0, 89.0]);
+        assert!(got[4].is_nan());
+        assert_eq!([got[0], got[1], got[2], got[3], got[5], got[6], got[7]], [0.0, f32::INFINITY, 0.0, f32::INFINITY, 1.0, 0.0, f32::INFINITY]);
+    }
+}
