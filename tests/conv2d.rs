@@ -229,11 +229,12 @@ fn direct_kernel_matches_the_gemm_path_with_every_epilogue() {
         return;
     }
     // (n, c, h, w, oc, k, stride, pad): every tile shape (AVX-512: 24×16,
-    // 12×32, 8×32, 1×128; AVX2: 6×16, 3×32, 1×64) with partial channel tiles, pixel counts off the panel width,
-    // several K blocks (K = 297, 360, 576, 2304), one image (channel tiles
-    // split across threads) and image groups, strided and 1×1 kernels; the
-    // 4×4 and 8×8 3×3 maps go to the channel-lane kernel (`direct::forward`
-    // dispatches), and each case runs the pixel-lane kernel as well
+    // 12×32, 8×32, 1×128; AVX2: 6×16, 4×16, 1×64) with partial channel
+    // tiles, pixel counts off the panel width, several K blocks (K = 297,
+    // 360, 576, 2304), one image (channel tiles split across threads) and
+    // image groups, strided and 1×1 kernels; on AVX-512 the 4×4 and 8×8 3×3
+    // maps go to the channel-lane kernel (`direct::forward` dispatches), and
+    // each case runs the pixel-lane kernel as well
     let cases = [
         (9, 40, 4, 4, 50, 3, 1, 1),
         (3, 64, 8, 8, 40, 3, 1, 1),
