@@ -446,17 +446,17 @@ fn weight_grad_f64(dy: &[f32], x: &[f32], [n, c, h, w]: [usize; 4], oc: usize, k
     dw
 }
 
-/// The AVX-512 weight gradient of the 3×3 same convs against im2col + gemm
-/// and an f64 sum: every microkernel width (16, 32, 48 output channels a
-/// call, 64 as 32 + 32, 128 and 256 as threes and a rest), output channels
-/// off 16 (lanes past OC), maps 1 wide or 1 high, one image, one channel;
+/// The direct weight gradient of the 3×3 same convs against im2col + gemm
+/// and an f64 sum: every microkernel width (AVX-512: 16, 32, 48 output
+/// channels a call, 64 as 32 + 32, 128 and 256 as threes and a rest; AVX2:
+/// 8), output channels off 16 (lanes past OC), maps 1 wide or 1 high, one image, one channel;
 /// and the same bits whatever the thread count (each dW entry summed in one
 /// order: images, then pixels).
 #[test]
-fn avx512_direct_weight_gradient_matches_the_gemm_path() {
+fn direct_weight_gradient_matches_the_gemm_path() {
     use minidiffusion::ops::conv2d::cpu::{ConvGeom, conv2d_backward_weight, conv2d_backward_weight_gemm};
     use minidiffusion::ops::conv2d::direct_weight_grad;
-    if !runs_or_skipped(direct_weight_grad::available, "AVX-512", "avx512_direct_weight_gradient_matches_the_gemm_path") {
+    if !runs_or_skipped(direct_weight_grad::available, "AVX-512 or AVX2", "direct_weight_gradient_matches_the_gemm_path") {
         return;
     }
     // (n, c, h, w, oc)

@@ -38,13 +38,22 @@ fn golden_attention_conv_and_norm_tests_pass_capped_at_avx2_and_plain() {
 
 /// Outputs of the pixel-lane convolution over geometries that reach every
 /// source of its panels (a padded copy, masked gathers, packed strided
-/// panels, 1×1 in place), several K blocks and every epilogue term, hashed
-/// bit for bit (FNV-1a over the f32 bits).
+/// panels, 1×1 in place), several K blocks and every epilogue term, and of
+/// the direct weight gradient of the 3×3 ones, hashed bit for bit (FNV-1a
+/// over the f32 bits).
 fn pixel_lane_digest() -> String {
     use minidiffusion::ops::conv2d::cpu::{ConvGeom, Epilogue};
     use minidiffusion::ops::conv2d::direct::{Panels, forward_packed};
+    use minidiffusion::ops::conv2d::direct_weight_grad;
     use minidiffusion::testing::randn;
     let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    let mut add = |values: Vec<f32>| {
+        for y in values {
+            for byte in y.to_bits().to_le_bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    };
     // (n, c, h, w, oc, k, stride, pad)
     let cases = [(2, 40, 16, 16, 50, 3, 1, 1), (3, 33, 8, 8, 13, 3, 1, 1), (2, 8, 9, 7, 1, 3, 1, 1), (2, 6, 13, 13, 25, 3, 2, 1), (1, 20, 16, 16, 7, 1, 1, 0), (1, 256, 4, 4, 30, 3, 1, 1)];
     for (i, &(n, c, h, w, oc, k, stride, pad)) in cases.iter().enumerate() {
@@ -54,17 +63,17 @@ fn pixel_lane_digest() -> String {
         let (x, wt) = (randn(&[n, c, h, w], seed), randn(&[oc, c, k, k], seed + 1));
         let (bias, sample_bias, residual) = (randn(&[oc], seed + 2), randn(&[n, oc], seed + 3), randn(&[n, oc, oh, ow], seed + 4));
         let epi = Epilogue { bias: Some(&bias), sample_bias: Some(&sample_bias), residual: Some(&residual) };
-        for y in forward_packed(&x, &Panels::pixel_lanes(&wt, &g), &epi, &g) {
-            for byte in y.to_bits().to_le_bytes() {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-            }
+        add(forward_packed(&x, &Panels::pixel_lanes(&wt, &g), &epi, &g));
+        if direct_weight_grad::takes(&g) {
+            add(direct_weight_grad::backward_weight(&residual, &x, &g));
         }
     }
     format!("{hash:016x}")
 }
 
 /// The AVX2 pixel-lane convolution sums each output in the AVX-512 kernel's
-/// order (its 16-pixel vectors as two halves), so the two give the same bits.
+/// order (its 16-pixel vectors as two halves), and the weight gradient each
+/// lane's, so the two give the same bits.
 #[test]
 fn pixel_lane_convolution_has_the_same_bits_at_avx2_and_avx512() {
     use minidiffusion::ops::conv2d::channel_lanes;

@@ -1,7 +1,33 @@
-//! AVX2 building blocks shared by the CPU kernels: e^x on 8 lanes. Callers
-//! check `fast_math::simd_level()` (AVX2 and FMA).
+//! AVX2 building blocks shared by the CPU kernels: e^x on 8 lanes, lane
+//! masks and an 8 × 8 transpose. Callers check `fast_math::simd_level()`
+//! (AVX2 and FMA).
 
 use std::arch::x86_64::*;
+
+/// The maskload/maskstore mask of the low 8 bits of `bits`: lane j all
+/// ones where bit j is set.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub fn lane_mask(bits: u32) -> __m256i {
+    let select = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits as i32), select), select)
+}
+
+/// The 8 × 8 transpose: out[c][r] = rows[r][c]. 32-bit interleaves of row
+/// pairs, then 64-bit shuffles, leave s_i holding column i (i < 4) of four
+/// rows in its low 128 bits and column i + 4 in its high; 128-bit lane
+/// permutes join the two row quartets.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let quartet = |a: &[__m256]| {
+        let (t0, t1) = (_mm256_unpacklo_ps(a[0], a[1]), _mm256_unpackhi_ps(a[0], a[1]));
+        let (t2, t3) = (_mm256_unpacklo_ps(a[2], a[3]), _mm256_unpackhi_ps(a[2], a[3]));
+        [_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xee>(t0, t2), _mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xee>(t1, t3)]
+    };
+    let (lo, hi) = (quartet(&r[..4]), quartet(&r[4..]));
+    std::array::from_fn(|c| if c < 4 { _mm256_permute2f128_ps::<0x20>(lo[c], hi[c]) } else { _mm256_permute2f128_ps::<0x31>(lo[c - 4], hi[c - 4]) })
+}
 
 /// e^x on 8 lanes within 2 ulp (tested against f64): `fast_math::exp`'s
 /// steps in intrinsics with FMAs — n = round(x·log₂e), r = x − n·ln 2,
@@ -34,10 +60,43 @@ pub fn exp8(x: __m256) -> __m256 {
 mod tests {
     use super::*;
 
+    fn avx2_or_skipped(test: &str) -> bool {
+        let has = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        if !has {
+            println!("SKIPPED {test}: this CPU has no AVX2 and FMA");
+        }
+        has
+    }
+
+    #[test]
+    fn transpose8_swaps_rows_and_columns_and_lane_mask_picks_bits() {
+        if !avx2_or_skipped("transpose8") {
+            return;
+        }
+        let m: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let mut out = [[0.0f32; 8]; 8];
+        let mut masked = [[0.0f32; 8]; 3];
+        // SAFETY: AVX2 checked above; m holds 8 rows of 8
+        unsafe {
+            let rows: [__m256; 8] = std::array::from_fn(|r| _mm256_loadu_ps(m.as_ptr().add(8 * r)));
+            for (o, c) in out.iter_mut().zip(transpose8(rows)) {
+                _mm256_storeu_ps(o.as_mut_ptr(), c);
+            }
+            for (o, bits) in masked.iter_mut().zip([0b1011_0001u32, 0xff, 0x100]) {
+                _mm256_storeu_ps(o.as_mut_ptr(), _mm256_maskload_ps(m.as_ptr(), lane_mask(bits)));
+            }
+        }
+        for (c, col) in out.iter().enumerate() {
+            for (r, &x) in col.iter().enumerate() {
+                assert_eq!(x, m[8 * r + c], "out[{c}][{r}]");
+            }
+        }
+        assert_eq!(masked, [[0.0, 0.0, 0.0, 0.0, 4.0, 5.0, 0.0, 7.0], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], [0.0; 8]]);
+    }
+
     #[test]
     fn exp8_is_within_2_ulp_of_f64_and_keeps_exps_edges() {
-        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
-            println!("SKIPPED exp8: this CPU has no AVX2 and FMA");
+        if !avx2_or_skipped("exp8") {
             return;
         }
         let exp8_of = |lanes: &[f32; 8]| -> [f32; 8] {

@@ -727,18 +727,8 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{BRows, Contiguous, ConvGeom, Offsets, PanelRows, Runs, Store, first_bases};
+    use crate::ops::avx2::lane_mask;
     use std::arch::x86_64::*;
-
-    /// The maskload/maskstore mask of the low 8 bits of `bits`: lane j all
-    /// ones where bit j is set.
-    #[inline(always)]
-    fn lane_mask(bits: u32) -> __m256i {
-        // SAFETY: AVX2 (every caller enables it).
-        unsafe {
-            let select = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-            _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits as i32), select), select)
-        }
-    }
 
     /// As `avx512::pack_block`, each 16-lane group as two masked 8-lane loads
     /// per run (a half without lanes in the run is not loaded).

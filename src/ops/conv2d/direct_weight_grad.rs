@@ -1,5 +1,5 @@
 //! The CPU weight gradient of stride-1 3×3 convolutions with padding 1 (the
-//! UNet's) on AVX-512, without an im2col matrix:
+//! UNet's) on AVX-512 or AVX2, without an im2col matrix:
 //!
 //!   dW[o, c, ki, kj] = Σ_n Σ_p dY[n, o, p] · x[n, c, oy + ki − 1, ox + kj − 1]
 //!
@@ -14,9 +14,9 @@
 //!   (a step off the left or right edge lands on the zeroed column of the
 //!   neighbouring row, one off the top or bottom row in the padding);
 //! - the microkernel holds dWᵀ[c·9 + tap][16·NV output channels] of one
-//!   input channel in 9·NV zmm accumulators over one image's pixels: per
-//!   pixel, NV vector loads of dYᵀ, 9 broadcasts of x and 9·NV fused
-//!   multiply-adds; then it adds them to dWᵀ.
+//!   input channel in 9·NV zmm accumulators (on AVX2 8 output channels in 9
+//!   ymm) over one image's pixels: per pixel, NV vector loads of dYᵀ, 9
+//!   broadcasts of x and 9·NV fused multiply-adds; then it adds them to dWᵀ.
 //!
 //! Where im2col + gemm wrote the K × P matrix per image and the gemm
 //! packed it again, this reads x in place; dY is transposed instead, 16 × 16 blocks
@@ -26,18 +26,20 @@
 //! input channels, each over every image in order, so each dW entry is
 //! summed in one order — images in turn, each image's pixels in turn with
 //! FMA, a group's products in one register chain — whatever the thread
-//! count.
+//! count, and whatever the vector width (each lane's chain is the same on
+//! AVX-512 and AVX2).
 
 use super::cpu::ConvGeom;
+use crate::ops::fast_math::{SimdLevel, avx512, simd_level};
 use rayon::prelude::*;
 
-/// True when this CPU runs the kernel (AVX-512).
+/// True when this CPU runs the kernel (AVX-512, or AVX2 with FMA).
 pub fn available() -> bool {
-    crate::ops::fast_math::avx512()
+    simd_level() >= SimdLevel::Avx2
 }
 
 /// Whether [`backward_weight`] takes the convolution `g`: this CPU has
-/// AVX-512, a stride-1 3×3 kernel with padding 1 (output H × W), and at
+/// AVX-512 or AVX2, a stride-1 3×3 kernel with padding 1 (output H × W), and at
 /// least 8 output channels (fewer leave most of a vector's lanes idle: the
 /// im2col + gemm path keeps those).
 pub fn takes(g: &ConvGeom) -> bool {
@@ -62,14 +64,15 @@ pub fn backward_weight(dy: &[f32], x: &[f32], g: &ConvGeom) -> Vec<f32> {
     // small maps run several images a microkernel call, its pixel loop ≥ 128
     // long (4 × 4: 5.8 → 4.4 ms at batch 64, 8 × 8: 17.2 → 14.7 ms)
     let group = 128usize.div_ceil(p).min(g.n);
+    let wide = avx512();
     dwt.par_chunks_mut(per_task * 9 * oc16).enumerate().for_each(|(task, out)| {
         let mut planes = Planes::new(g.h, g.w, group);
         let mut dyt = vec![0.0f32; group * p * oc16];
         for (dy_g, x_g) in dy.chunks(group * g.oc * p).zip(x.chunks(group * g.c * p)) {
             let images = dy_g.len() / (g.oc * p);
             for (dy_n, dyt_n) in dy_g.chunks(g.oc * p).zip(dyt.chunks_mut(p * oc16)) {
-                // SAFETY: takes() checked AVX-512; dy_n holds OC·P values, dyt_n P·OC16
-                unsafe { avx512::transpose(dy_n, g.oc, p, dyt_n, oc16) };
+                // SAFETY: takes() checked the features; dy_n holds OC·P values, dyt_n P·OC16
+                unsafe { transpose(wide, dy_n, g.oc, p, dyt_n, oc16) };
             }
             for (cc, out_c) in out.chunks_mut(9 * oc16).enumerate() {
                 let c = task * per_task + cc;
@@ -78,7 +81,7 @@ pub fn backward_weight(dy: &[f32], x: &[f32], g: &ConvGeom) -> Vec<f32> {
                 }
                 // SAFETY: as above; each image's planes hold P + 2(W + 1)
                 // values, dyt images·P rows of OC16, out_c 9·OC16
-                unsafe { avx512::accumulate(p, images, planes.len, &planes.taps(), &dyt, oc16, out_c) };
+                unsafe { accumulate(wide, p, images, planes.len, &planes.taps(), &dyt, oc16, out_c) };
             }
         }
     });
@@ -233,14 +236,118 @@ mod avx512 {
     }
 }
 
+/// `avx512::transpose` (`wide`) or `avx2::transpose`.
+///
+/// # Safety
+/// The CPU has the module's features; the sizes of `avx512::transpose`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn transpose(wide: bool, d: &[f32], oc: usize, p: usize, dyt: &mut [f32], oc16: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if wide {
+            avx512::transpose(d, oc, p, dyt, oc16)
+        } else {
+            avx2::transpose(d, oc, p, dyt, oc16)
+        }
+    }
+}
+
+/// `avx512::accumulate` (`wide`) or `avx2::accumulate`.
+///
+/// # Safety
+/// The CPU has the module's features; the sizes of `avx512::accumulate`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn accumulate(wide: bool, p: usize, images: usize, stride: usize, taps: &[&[f32]; 9], dyt: &[f32], oc16: usize, out: &mut [f32]) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if wide {
+            avx512::accumulate(p, images, stride, taps, dyt, oc16, out)
+        } else {
+            avx2::accumulate(p, images, stride, taps, dyt, oc16, out)
+        }
+    }
+}
+
+/// The same steps on AVX2: 8 output channels a microkernel call, 8 × 8
+/// transposes.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use crate::ops::avx2::{lane_mask, transpose8};
+    use std::arch::x86_64::*;
+
+    /// As `avx512::accumulate`, 8 output channels a call in 9 ymm accumulators.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the sizes of `avx512::accumulate`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn accumulate(p: usize, images: usize, stride: usize, taps: &[&[f32]; 9], dyt: &[f32], oc16: usize, out: &mut [f32]) {
+        debug_assert!(taps.iter().all(|t| t.len() >= (images - 1) * stride + p) && dyt.len() >= images * p * oc16 && out.len() >= 9 * oc16);
+        let bases: [*const f32; 9] = std::array::from_fn(|t| taps[t].as_ptr());
+        for o in (0..oc16).step_by(8) {
+            // SAFETY: as this function's, for the columns o … o + 8
+            unsafe { micro(p, images, stride, &bases, dyt.as_ptr().add(o), oc16, out.as_mut_ptr().add(o)) };
+        }
+    }
+
+    /// As `avx512::transpose`, in 8 × 8 blocks.
+    ///
+    /// # Safety
+    /// AVX2; the sizes of `avx512::transpose`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn transpose(d: &[f32], oc: usize, p: usize, dyt: &mut [f32], oc16: usize) {
+        debug_assert!(d.len() >= oc * p && dyt.len() >= p * oc16 && oc16 >= oc && oc16.is_multiple_of(16));
+        for q0 in (0..p).step_by(8) {
+            let lanes = (p - q0).min(8);
+            let mask = lane_mask((1 << lanes) - 1);
+            for o0 in (0..oc16).step_by(8) {
+                // SAFETY: row o0 + i < oc is read at q0 … q0 + lanes − 1 < p; rows past oc are zero
+                let rows: [__m256; 8] = std::array::from_fn(|i| {
+                    if o0 + i < oc { unsafe { _mm256_maskload_ps(d.as_ptr().add((o0 + i) * p + q0), mask) } } else { _mm256_setzero_ps() }
+                });
+                for (j, col) in transpose8(rows).iter().enumerate().take(lanes) {
+                    // SAFETY: q0 + j < p, o0 + 8 ≤ oc16
+                    unsafe { _mm256_storeu_ps(dyt.as_mut_ptr().add((q0 + j) * oc16 + o0), *col) };
+                }
+            }
+        }
+    }
+
+    /// acc[t] = Σ_{j, q} dyt[(j·p + q)·ld ..][..8] · bases[t][j·stride + q],
+    /// added to out[t·ld ..][..8].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn micro(p: usize, images: usize, stride: usize, bases: &[*const f32; 9], dyt: *const f32, ld: usize, out: *mut f32) {
+        let mut acc = [_mm256_setzero_ps(); 9];
+        for j in 0..images {
+            for q in 0..p {
+                // SAFETY: j < images, q < p: the caller's bounds
+                unsafe {
+                    let d = _mm256_loadu_ps(dyt.add((j * p + q) * ld));
+                    for (t, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(d, _mm256_set1_ps(*bases[t].add(j * stride + q)), *a);
+                    }
+                }
+            }
+        }
+        for (t, &a) in acc.iter().enumerate() {
+            // SAFETY: t < 9, 8 columns left
+            unsafe {
+                let at = out.add(t * ld);
+                _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), a));
+            }
+        }
+    }
+}
+
+/// Never called: `takes` is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-mod avx512 {
-    /// Never called: `takes` is false without AVX-512.
-    pub unsafe fn transpose(_: &[f32], _: usize, _: usize, _: &mut [f32], _: usize) {
-        unreachable!("the direct weight gradient runs on AVX-512 only")
-    }
-    /// Never called: `takes` is false without AVX-512.
-    pub unsafe fn accumulate(_: usize, _: usize, _: usize, _: &[&[f32]; 9], _: &[f32], _: usize, _: &mut [f32]) {
-        unreachable!("the direct weight gradient runs on AVX-512 only")
-    }
+unsafe fn transpose(_: bool, _: &[f32], _: usize, _: usize, _: &mut [f32], _: usize) {
+    unreachable!("the direct weight gradient runs on x86-64 only")
+}
+
+/// Never called: `takes` is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn accumulate(_: bool, _: usize, _: usize, _: usize, _: &[&[f32]; 9], _: &[f32], _: usize, _: &mut [f32]) {
+    unreachable!("the direct weight gradient runs on x86-64 only")
 }
