@@ -1,9 +1,10 @@
-//! The paths a CPU without AVX-512 runs (the AVX2 direct convolution or
-//! im2col + gemm, attention's portable lanes, 8- and 1-lane elementwise
-//! loops): the golden tests against diffusers and PyTorch, and the
-//! convolution, attention and group-norm tests, run again in child processes
-//! of this binary with `MINIDIFFUSION_SIMD` capping the kernels at AVX2 and
-//! at plain Rust. (Here they also run as they are, on what this CPU has.)
+//! The paths a CPU without AVX-512 runs (at AVX2 the direct convolutions
+//! and attention's block on 8 lanes; in plain Rust im2col + gemm and
+//! attention's portable lanes; 8- and 1-lane elementwise loops): the golden
+//! tests against diffusers and PyTorch, and the convolution, attention and
+//! group-norm tests, run again in child processes of this binary with
+//! `MINIDIFFUSION_SIMD` capping the kernels at AVX2 and at plain Rust.
+//! (Here they also run as they are, on what this CPU has.)
 
 #[path = "attention.rs"]
 mod attention;
