@@ -209,6 +209,35 @@ unsafe fn pack_block(x: *const f32, g: &ConvGeom, t: usize, k0: usize, kc: usize
     }
 }
 
+/// The walk both modules' `pack_block` share: for each row kk < kc (tap
+/// k0 + kk = (c, ki, kj)) and 16-lane group v of pixel panel t,
+/// `gather(plane, runs, out)` writes the group's 16 lanes at `out` =
+/// dst + kk·T + 16v from channel plane c (x + c·H·W, not dereferenced
+/// here) through the group's runs at that tap, or zeros for a group past P
+/// (`runs` None). Inlined into each module, so `gather` is compiled with its
+/// features.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn walk_groups(x: *const f32, g: &ConvGeom, t: usize, k0: usize, kc: usize, t_len: usize, dst: *mut f32, runs: &Runs, mut gather: impl FnMut(*const f32, Option<&[(u16, isize)]>, *mut f32)) {
+    let taps = g.kh * g.kw;
+    let groups = runs.starts.len() - 1;
+    let nv = t_len / 16;
+    let (mut c, mut tap) = (k0 / taps, k0 % taps);
+    for kk in 0..kc {
+        let plane = x.wrapping_add(c * g.h * g.w);
+        for v in 0..nv {
+            let q = t * nv + v;
+            gather(plane, (q < groups).then(|| runs.at(q, tap)), dst.wrapping_add(kk * t_len + 16 * v));
+        }
+        tap += 1;
+        if tap == taps {
+            tap = 0;
+            c += 1;
+        }
+    }
+}
+
 /// Geometry of [`Source::Padded`]: planes of hp × wp and the K tap offsets.
 struct PaddedLayout {
     hp: usize,
@@ -619,7 +648,7 @@ struct Store {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{BRows, Contiguous, ConvGeom, Offsets, PanelRows, Runs, Store, first_bases};
+    use super::{BRows, Contiguous, ConvGeom, Offsets, PanelRows, Runs, Store, first_bases, walk_groups};
     use std::arch::x86_64::*;
 
     /// Rows k0 .. k0 + kc of stride-1 pixel panel t, into dst [kc][T]: per
@@ -632,35 +661,19 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn pack_block(x: *const f32, g: &ConvGeom, t: usize, k0: usize, kc: usize, t_len: usize, dst: *mut f32, runs: &Runs) {
-        let taps = g.kh * g.kw;
-        let groups = runs.starts.len() - 1;
-        let nv = t_len / 16;
-        let (mut c, mut tap) = (k0 / taps, k0 % taps);
-        for kk in 0..kc {
-            let plane = x.wrapping_add(c * g.h * g.w);
-            for v in 0..nv {
-                let q = t * nv + v;
-                let mut lanes = _mm512_setzero_si512();
-                // groups past P (the rest of the last panel) stay 0
-                if q < groups {
-                    for &(mask, offset) in runs.at(q, tap) {
-                        // runs own disjoint lanes: zero-masked loads ORed
-                        // together (independent, unlike a chain of merging loads)
-                        // SAFETY: only the lanes in `mask` are read, and
-                        // those lie inside the channel plane (Runs::new).
-                        let run = unsafe { _mm512_maskz_loadu_ps(mask, plane.wrapping_offset(offset)) };
-                        lanes = _mm512_or_si512(lanes, _mm512_castps_si512(run));
-                    }
-                }
-                // SAFETY: row kk < kc, lanes 16v.. 16v + 16 ≤ T: inside dst.
-                unsafe { _mm512_storeu_ps(dst.add(kk * t_len + 16 * v), _mm512_castsi512_ps(lanes)) };
+        walk_groups(x, g, t, k0, kc, t_len, dst, runs, |plane, runs, out| {
+            let mut lanes = _mm512_setzero_si512();
+            for &(mask, offset) in runs.unwrap_or_default() {
+                // runs own disjoint lanes: zero-masked loads ORed
+                // together (independent, unlike a chain of merging loads)
+                // SAFETY: only the lanes in `mask` are read, and
+                // those lie inside the channel plane (Runs::new).
+                let run = unsafe { _mm512_maskz_loadu_ps(mask, plane.wrapping_offset(offset)) };
+                lanes = _mm512_or_si512(lanes, _mm512_castps_si512(run));
             }
-            tap += 1;
-            if tap == taps {
-                tap = 0;
-                c += 1;
-            }
-        }
+            // SAFETY: row kk < kc, lanes 16v.. 16v + 16 ≤ T: inside dst.
+            unsafe { _mm512_storeu_ps(out, _mm512_castsi512_ps(lanes)) };
+        })
     }
 
     tiles!(24 x 1, 12 x 2, 8 x 2, 1 x 8);
@@ -726,7 +739,7 @@ mod avx512 {
 /// 8–15), every sum taken in the same order as on AVX-512.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BRows, Contiguous, ConvGeom, Offsets, PanelRows, Runs, Store, first_bases};
+    use super::{BRows, Contiguous, ConvGeom, Offsets, PanelRows, Runs, Store, first_bases, walk_groups};
     use crate::ops::avx2::lane_mask;
     use std::arch::x86_64::*;
 
@@ -739,39 +752,24 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn pack_block(x: *const f32, g: &ConvGeom, t: usize, k0: usize, kc: usize, t_len: usize, dst: *mut f32, runs: &Runs) {
-        let taps = g.kh * g.kw;
-        let groups = runs.starts.len() - 1;
-        let nv = t_len / 16;
-        let (mut c, mut tap) = (k0 / taps, k0 % taps);
-        for kk in 0..kc {
-            let plane = x.wrapping_add(c * g.h * g.w);
-            for v in 0..nv {
-                let q = t * nv + v;
-                let mut halves = [_mm256_setzero_ps(); 2];
-                if q < groups {
-                    for &(mask, offset) in runs.at(q, tap) {
-                        for (h, half) in halves.iter_mut().enumerate() {
-                            let bits = u32::from(mask) >> (8 * h) & 0xff;
-                            if bits != 0 {
-                                // SAFETY: only the lanes in `mask` are read, and
-                                // those lie inside the channel plane (Runs::new).
-                                let run = unsafe { _mm256_maskload_ps(plane.wrapping_offset(offset + 8 * h as isize), lane_mask(bits)) };
-                                *half = _mm256_or_ps(*half, run);
-                            }
-                        }
+        walk_groups(x, g, t, k0, kc, t_len, dst, runs, |plane, runs, out| {
+            let mut halves = [_mm256_setzero_ps(); 2];
+            for &(mask, offset) in runs.unwrap_or_default() {
+                for (h, half) in halves.iter_mut().enumerate() {
+                    let bits = u32::from(mask) >> (8 * h) & 0xff;
+                    if bits != 0 {
+                        // SAFETY: only the lanes in `mask` are read, and
+                        // those lie inside the channel plane (Runs::new).
+                        let run = unsafe { _mm256_maskload_ps(plane.wrapping_offset(offset + 8 * h as isize), lane_mask(bits)) };
+                        *half = _mm256_or_ps(*half, run);
                     }
                 }
-                for (h, &half) in halves.iter().enumerate() {
-                    // SAFETY: row kk < kc, lanes 16v + 8h.. + 8 ≤ T: inside dst.
-                    unsafe { _mm256_storeu_ps(dst.add(kk * t_len + 16 * v + 8 * h), half) };
-                }
             }
-            tap += 1;
-            if tap == taps {
-                tap = 0;
-                c += 1;
+            for (h, &half) in halves.iter().enumerate() {
+                // SAFETY: row kk < kc, lanes 16v + 8h.. + 8 ≤ T: inside dst.
+                unsafe { _mm256_storeu_ps(out.add(8 * h), half) };
             }
-        }
+        })
     }
 
     tiles!(6 x 1, 4 x 1, 1 x 4);
