@@ -449,7 +449,8 @@ fn weight_grad_f64(dy: &[f32], x: &[f32], [n, c, h, w]: [usize; 4], oc: usize, k
 /// The direct weight gradient of the 3×3 same convs against im2col + gemm
 /// and an f64 sum: every microkernel width (AVX-512: 16, 32, 48 output
 /// channels a call, 64 as 32 + 32, 128 and 256 as threes and a rest; AVX2:
-/// 8), output channels off 16 (lanes past OC), maps 1 wide or 1 high, one image, one channel;
+/// 8), output channels off 16 (lanes past OC), maps 1 wide or 1 high, one
+/// image, one channel;
 /// and the same bits whatever the thread count (each dW entry summed in one
 /// order: images, then pixels).
 #[test]
